@@ -1,0 +1,217 @@
+"""One typed configuration for the whole pipeline.
+
+``PipelineConfig`` is the finetune flow's single parameter, so the Prefect UI renders it as the run form; each stage
+reads only its own section. Named presets (``PRESETS``) cover the embedded tiny default and the real
+DeepSeek-R1-Distill models. Unknown keys are errors, not silently ignored typos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EMBEDDED = "embedded"  # ModelConfig.name_or_path value that selects the tiny model built from code
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EmbeddedModelConfig(Section):
+    """Shape and pre-training of the embedded tiny R1-Distill-Qwen (see tasks/embedded.py)."""
+
+    hidden_size: int = Field(64, ge=32, le=1024, description="Multiple of 32 (4-bit blocks, GGUF rows).")
+    intermediate_size: int = Field(256, ge=32)
+    num_layers: int = Field(4, ge=1, le=32)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    max_position_embeddings: int = Field(2048, ge=128)
+    tie_word_embeddings: bool = True
+    pretrain_steps: int = Field(600, ge=1, description="Causal-LM steps on data/corpus/general.txt before use.")
+    pretrain_seq_len: int = Field(128, ge=16)
+    pretrain_batch_size: int = Field(16, ge=1)
+    pretrain_lr: float = Field(3e-3, gt=0)
+    seed: int = 1234
+    corpus_path: str = Field("data/corpus/general.txt", description="Pre-training text.")
+    chat_paths: list[str] = Field(["data/sample/general.jsonl"], description="R1-format chats in the pre-training.")
+    chat_repeats: int = Field(4, ge=0, description="How often each chat appears in the pre-training stream.")
+    vocab_paths: list[str] = Field(
+        ["data/sample/train.jsonl", "data/sample/test.jsonl", "data/sample/general.jsonl",
+         "data/augment/prompt_templates.txt", "data/debias/term_pairs.csv"],
+        description="Texts whose tokens the tiny model knows (see tasks/embedded.py).",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads or self.hidden_size % 32:
+            raise ValueError("hidden_size must be a multiple of 32 and of num_heads; num_heads of num_kv_heads")
+        return self
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(EMBEDDED, description="A Hugging Face hub id, a local model directory, or 'embedded'.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    load_in_4bit: bool = Field(True, description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes).")
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off unless you trust it.")
+    embedded: EmbeddedModelConfig = EmbeddedModelConfig()
+
+
+class DataConfig(Section):
+    train_paths: list[str] = Field(["data/sample/train.jsonl"], description="Training files (JSONL or JSON).")
+    test_path: str = Field("data/sample/test.jsonl", description="Held-out evaluation file; never trained on.")
+    replay_path: str | None = Field("data/sample/general.jsonl", description="General data for replay and forgetting.")
+    max_rejected_fraction: float = Field(0.25, ge=0, le=1, description="Fail the run when more rows are rejected.")
+    max_field_chars: int = Field(100_000, ge=1, description="Longer instruction/output fields are rejected.")
+
+
+class AugmentConfig(Section):
+    templates_path: str = Field("data/augment/prompt_templates.txt", description="Prompt wordings, {instruction} inside.")
+    prompt_variants: int = Field(1, ge=0, le=8, description="Extra copies of each row under other prompt wordings.")
+    replay_ratio: float = Field(0.1, ge=0, le=1, description="General replay rows mixed in, as a share of train rows.")
+    seed: int = 0
+
+
+class DebiasConfig(Section):
+    enabled: bool = True
+    blocklist_path: str | None = Field("data/debias/blocklist.txt", description="One term per line; rows with one are quarantined.")
+    term_pairs_path: str | None = Field("data/debias/term_pairs.csv", description="group_a,group_b,term_a,term_b rows.")
+    counterfactual: bool = Field(True, description="Add a swapped twin of each row that mentions a paired term.")
+    max_balance_ratio: float = Field(1.5, ge=1, description="Warn when a pair's groups differ more than this after.")
+    fail_on_imbalance: bool = False
+
+
+class TokenizeConfig(Section):
+    max_seq_length: int = Field(256, ge=16)
+    truncation: Literal["drop", "truncate", "fail"] = Field("drop", description="What to do with over-long rows.")
+    think_in_loss: Literal["keep", "mask", "drop"] = Field(
+        "keep",
+        description="keep: reasoning is trained; mask: shown but not trained; drop: removed (answers only).",
+    )
+    system_prompt: str = ""
+
+
+class LoraSettings(Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainConfig(Section):
+    backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA, else HF + peft.")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    micro_batch_size: int = Field(2, ge=1)
+    gradient_accumulation: int = Field(4, ge=1)
+    min_micro_batch_size: int = Field(1, ge=1, description="Floor for the out-of-memory retry's halving.")
+    optimizer: Literal["adamw_8bit", "adamw_torch", "adafactor"] = "adamw_8bit"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = True
+    packing: bool = Field(False, description="Pack short rows into full sequences (padding-free).")
+    bf16: Literal["auto", "on", "off"] = "auto"
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps; a rerun resumes from the last.")
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    eval_steps: int = Field(0, ge=0, description="Evaluate loss every N steps (0: never during training).")
+    early_stopping_patience: int = Field(0, ge=0, description="Stop after N evaluations without improvement (0: off).")
+    seed: int = 42
+    lora: LoraSettings = LoraSettings()
+
+
+class EvalConfig(Section):
+    max_examples: int = Field(100, ge=1, description="Held-out rows used for generation accuracy.")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    time_limit_s: float = Field(600, gt=0, description="Stop generating (and say so) past this time per model.")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, ge=1)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+
+
+class ExportConfig(Section):
+    outtype: Literal["f16", "bf16", "f32"] = Field("f16", description="The converter's full-precision GGUF type.")
+    quantizations: list[Literal["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q5_0", "Q6_K", "Q3_K_M", "Q2_K"]] = ["Q8_0", "Q4_K_M"]
+
+
+class SmokeConfig(Section):
+    prompts: list[str] = Field(["What is the largest of 3, 9 and 4?"], min_length=1)
+    max_tokens: int = Field(64, ge=1)
+    parity_tokens: int = Field(24, ge=1, description="Greedy tokens compared between HF and the F16 GGUF.")
+    n_ctx: int = Field(512, ge=64)
+
+
+class PipelineConfig(Section):
+    """Everything one fine-tuning run needs. Paths are relative to the working directory."""
+
+    preset: str = Field("tiny", description="The preset these values started from (for the record).")
+    run_name: str | None = Field(None, description="Run directory name under runs_dir; default: derived from the config.")
+    runs_dir: str = "runs"
+    cache_dir: str = ".cache"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    debias: DebiasConfig = DebiasConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    smoke: SmokeConfig = SmokeConfig()
+
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / (self.run_name or f"{self.preset}-{self.fingerprint()[:10]}")
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json(exclude={"run_name"}).encode()).hexdigest()
+
+
+def _tiny() -> PipelineConfig:
+    # Tuned so the whole DAG finishes in a couple of minutes on two CPU cores.
+    return PipelineConfig(
+        preset="tiny",
+        train=TrainConfig(
+            epochs=1.0, learning_rate=3e-3, micro_batch_size=16, gradient_accumulation=1, warmup_ratio=0.05,
+            optimizer="adamw_torch", gradient_checkpointing=False, save_steps=25, logging_steps=5,
+            lora=LoraSettings(r=16, alpha=32),
+        ),
+        evaluate=EvalConfig(max_examples=60, batch_size=30, max_new_tokens=48),
+    )
+
+
+def _real(model_id: str, max_seq_length: int = 4096, micro_batch_size: int = 4) -> PipelineConfig:
+    return PipelineConfig(
+        preset=model_id.split("/")[-1],
+        model=ModelConfig(name_or_path=model_id),
+        tokenize=TokenizeConfig(max_seq_length=max_seq_length),
+        train=TrainConfig(learning_rate=2e-4, micro_batch_size=micro_batch_size, gradient_accumulation=4,
+                          optimizer="adamw_8bit", packing=True, save_steps=100),
+        evaluate=EvalConfig(max_examples=200, batch_size=16, max_new_tokens=1024),
+        export=ExportConfig(quantizations=["Q4_K_M", "Q5_K_M", "Q8_0"]),
+        smoke=SmokeConfig(max_tokens=512, n_ctx=4096),
+    )
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "r1-qwen-1.5b": lambda: _real("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", micro_batch_size=8),
+    "r1-qwen-7b": lambda: _real("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
+    "r1-qwen-14b": lambda: _real("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", micro_batch_size=2),
+    "r1-llama-8b": lambda: _real("deepseek-ai/DeepSeek-R1-Distill-Llama-8B"),
+    "r1-llama-8b-unsloth-4bit": lambda: _real("unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit"),
+}
+
+
+def preset(name: str, **overrides) -> PipelineConfig:
+    """A named preset, with top-level sections optionally replaced (``preset('tiny', run_name='x')``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    return cfg.model_validate({**cfg.model_dump(), **overrides})

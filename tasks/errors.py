@@ -1,0 +1,19 @@
+"""Errors that a retry cannot fix. The Prefect tasks' retry condition fails these at once instead of retrying."""
+
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    """Bad data, bad configuration or a broken model: retrying the same inputs gives the same failure."""
+
+
+class DataValidationError(PermanentError):
+    pass
+
+
+class ConfigError(PermanentError):
+    pass
+
+
+class ExportCheckError(PermanentError):
+    """A produced artifact failed its check (e.g. a GGUF that answers nothing)."""

@@ -1,0 +1,161 @@
+"""The one internal record every input format is normalized into, and the format detection that gets it there.
+
+A record is a plain dict (cheap to stream as JSON lines)::
+
+    {"id": "<sha256 of the content>",
+     "system": "" ,
+     "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": <answer only>}, ...],
+     "reasoning": "<thinking of the last assistant turn>" or None,
+     "source": {"file": ..., "line": ...},
+     "origin": "original" | "prompt_template:<n>" | "replay" | "counterfactual" ...}
+
+Formats recognized: the seed's ``{"instruction", "output"}``; Alpaca (``input`` appended to the instruction);
+ShareGPT ``{"conversations": [{"from", "value"}]}``; OpenAI-style ``{"messages": [{"role", "content"}]}``;
+``{"prompt", "completion"}``. Reasoning is read from a ``reasoning``/``think``/``thinking`` field or from an inline
+``<think>...</think>`` block at the start of the last assistant turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from typing import Any
+
+from tasks.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
+
+ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+                "bot": "assistant", "system": "system"}
+REASONING_FIELDS = ("reasoning", "think", "thinking", "reasoning_content")
+# C0/C1 control characters other than tab, newline and carriage return.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+class RecordError(ValueError):
+    """A row that cannot become a record; ``reason`` is a stable code, ``field`` the offending field."""
+
+    def __init__(self, reason: str, field: str | None, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+
+
+def detect_format(row: dict) -> str:
+    if "conversations" in row:
+        return "sharegpt"
+    if "messages" in row:
+        return "messages"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "instruction" in row or "output" in row:
+        return "alpaca" if "input" in row else "instruction_output"
+    raise RecordError("unknown_format", None, f"no known format fits the keys {sorted(row)[:8]}")
+
+
+def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> str:
+    if field not in row or row[field] is None:
+        if required:
+            raise RecordError("missing_field", field, f"field '{field}' is missing")
+        return ""
+    value = row[field]
+    if not isinstance(value, str):
+        raise RecordError("wrong_type", field, f"field '{field}' must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise RecordError("empty_field", field, f"field '{field}' is empty")
+    if _CONTROL_RE.search(value):
+        raise RecordError("control_character", field, f"field '{field}' holds a control character")
+    if len(value) > max_chars:
+        raise RecordError("field_too_long", field, f"field '{field}' has {len(value)} characters (limit {max_chars})")
+    return value
+
+
+def _turns(items: Any, field: str, role_key: str, content_key: str, max_chars: int) -> list[dict]:
+    if not isinstance(items, list) or not items:
+        raise RecordError("wrong_type", field, f"field '{field}' must be a non-empty list of turns")
+    turns = []
+    for i, item in enumerate(items):
+        name = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise RecordError("wrong_type", name, f"{name} must be an object")
+        role = ROLE_ALIASES.get(str(item.get(role_key, "")).lower())
+        if role is None:
+            raise RecordError("unknown_role", f"{name}.{role_key}", f"{name} has unknown role {item.get(role_key)!r}")
+        turns.append({"role": role, "content": _text(item, content_key, max_chars=max_chars)})
+    return turns
+
+
+def _check_order(messages: list[dict], field: str) -> None:
+    roles = [m["role"] for m in messages]
+    expected = ["user", "assistant"] * (len(roles) // 2 + 1)
+    if roles != expected[: len(roles)] or roles[-1] != "assistant":
+        raise RecordError("role_order", field, f"turns must alternate user/assistant and end with assistant: {roles}")
+
+
+def normalize(row: Any, max_chars: int = 100_000) -> dict:
+    """One raw row -> a record without id/source. Raises RecordError with a reason code."""
+    if not isinstance(row, dict):
+        raise RecordError("not_an_object", None, f"row is a JSON {type(row).__name__}, not an object")
+    fmt = detect_format(row)
+    system = ""
+    if fmt == "instruction_output" or fmt == "alpaca":
+        prompt = _text(row, "instruction", max_chars=max_chars)
+        extra = _text(row, "input", required=False, max_chars=max_chars)
+        if extra.strip():
+            prompt = f"{prompt}\n\n{extra}"
+        system = _text(row, "system", required=False, max_chars=max_chars)
+        messages = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": _text(row, "output", max_chars=max_chars)}]
+        field = "output"
+    elif fmt == "prompt_completion":
+        messages = [{"role": "user", "content": _text(row, "prompt", max_chars=max_chars)},
+                    {"role": "assistant", "content": _text(row, "completion", max_chars=max_chars)}]
+        field = "completion"
+    else:
+        key = "conversations" if fmt == "sharegpt" else "messages"
+        role_key, content_key = ("from", "value") if fmt == "sharegpt" else ("role", "content")
+        messages = _turns(row[key], key, role_key, content_key, max_chars)
+        if messages[0]["role"] == "system":
+            system = messages.pop(0)["content"]
+        field = f"{key}[-1]"
+    _check_order(messages, field)
+
+    answer_turn = messages[-1]
+    reasoning = None
+    for name in REASONING_FIELDS:
+        if name in row and row[name] is not None:
+            reasoning = _text(row, name, max_chars=max_chars)
+    inline, answer = split_reasoning(answer_turn["content"])
+    if inline is not None:
+        reasoning = inline
+    elif THINK_OPEN in answer_turn["content"] or THINK_CLOSE in answer_turn["content"]:
+        raise RecordError("unclosed_think", field, f"'{field}' has an unbalanced <think> block")
+    if reasoning is not None and not reasoning.strip():
+        raise RecordError("empty_reasoning", field, f"'{field}' has an empty <think> block")
+    if not answer:
+        raise RecordError("empty_answer", field, f"'{field}' has no answer after its reasoning")
+    answer_turn["content"] = answer
+    # Earlier assistant turns keep only their answers, as the R1 template shows them.
+    for turn in messages[:-1]:
+        if turn["role"] == "assistant":
+            turn["content"] = split_reasoning(turn["content"])[1]
+    return {"system": system, "messages": messages, "reasoning": reasoning}
+
+
+def content_key(record: dict) -> str:
+    """A stable hash of what a record says (Unicode-normalized), the basis of its id and of exact dedup."""
+    payload = json.dumps([record["system"], record["messages"], record["reasoning"]], ensure_ascii=False)
+    return hashlib.sha256(unicodedata.normalize("NFC", payload).encode()).hexdigest()
+
+
+def make_record(body: dict, file: str, line: int, origin: str = "original") -> dict:
+    return {"id": content_key(body)[:16], **body, "source": {"file": file, "line": line}, "origin": origin}
+
+
+def prompt_of(record: dict) -> str:
+    """The last user turn: what the model is asked."""
+    return next(m["content"] for m in reversed(record["messages"]) if m["role"] == "user")
+
+
+def answer_of(record: dict) -> str:
+    return record["messages"][-1]["content"]

@@ -1,0 +1,333 @@
+"""Stage 5, train: 4-bit LoRA (QLoRA) with TRL's SFTTrainer, through Unsloth on CUDA or transformers + peft elsewhere.
+
+Backends (``train.backend``), the only place in the pipeline that knows them:
+  unsloth  ``FastLanguageModel.from_pretrained(load_in_4bit=True)`` + ``get_peft_model(use_gradient_checkpointing=
+           "unsloth")``; needs an NVIDIA GPU.
+  hf       transformers + bitsandbytes NF4 + peft: the fallback, the CPU path, and the benchmark baseline.
+  auto     unsloth when CUDA is available and unsloth imports, else hf.
+Both train through the same ``SFTTrainer``, ``SFTConfig`` and pre-tokenized rows (labels already masked to the
+answer by the tokenize stage), whose loss projects only labelled positions through the LM head.
+
+Checkpoints land every ``save_steps`` in ``checkpoints/<inputs key>/`` and are marked complete only after the
+trainer finished writing them; a rerun with the same inputs (a Prefect retry after a crash or kill) resumes from the
+last complete one (weights, optimizer, scheduler, RNG and data position) and deletes any half-written one. On CUDA
+out-of-memory the micro-batch is halved and gradient accumulation doubled (same effective batch), down to
+``min_micro_batch_size``, and the run summary says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from pydantic import BaseModel
+
+from tasks.config import ModelConfig, TokenizeConfig, TrainConfig
+from tasks.errors import ConfigError
+from tasks.io import atomic_dir, write_json
+from tasks.orchestration import stage_options
+
+log = logging.getLogger(__name__)
+COMPLETE_MARKER = "checkpoint-complete.json"
+
+
+class TrainResult(BaseModel):
+    adapter: str
+    backend: str
+    steps: int
+    epochs: float
+    train_loss: float
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    tokens_per_second: float
+    resumed_from: str | None
+    micro_batch_size: int
+    gradient_accumulation: int
+    oom_retries: list[str]
+    log_history: str
+
+
+# --- backends -----------------------------------------------------------------------------------------------------
+
+
+def choose_backend(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.backend == "unsloth" and not torch.cuda.is_available():
+        raise ConfigError("train.backend = unsloth needs an NVIDIA GPU; use 'auto' or 'hf' on this machine")
+    if cfg.backend != "auto":
+        return cfg.backend
+    if torch.cuda.is_available():
+        try:
+            import unsloth  # noqa: F401
+            return "unsloth"
+        except ImportError:
+            log.warning("unsloth is not installed: training with transformers + peft (pip install '.[gpu]')")
+    return "hf"
+
+
+def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_seq_length: int):
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_dir, max_seq_length=max_seq_length, load_in_4bit=model_cfg.load_in_4bit, dtype=None,
+        trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules, bias="none", random_state=cfg.seed,
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+    )
+    return model, tokenizer
+
+
+def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from tasks.model import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
+    if model_cfg.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    return model, load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)
+
+
+def _install_torch_logprob_fallback() -> None:
+    """TRL's loss projects labelled positions through the LM head with a Triton kernel; CPU builds of torch have no
+    Triton, so there TRL leaves the kernel unset. This supplies the same function in plain torch (token chunks)."""
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    if trl_utils._ChunkedLogProbFunction is not None:
+        return
+
+    class TorchChunkedLogProb:
+        @staticmethod
+        def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
+            results = {name: [] for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")}
+            for start in range(0, hidden.shape[0], 1024):
+                logits = torch.nn.functional.linear(hidden[start:start + 1024], weight, bias).float()
+                logits = logits * (logit_scale or 1.0)
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                logp = (logits / temperature).log_softmax(-1)
+                target = targets[start:start + 1024]
+                results["log_probs"].append(logp.gather(-1, target[:, None]).squeeze(-1))
+                with torch.no_grad():
+                    probs = logp.exp()
+                    results["entropy"].append(-(probs * logp).sum(-1))
+                    results["log_sum_sq_probs"].append(torch.logsumexp(2 * logp, -1))
+                    results["mean_logits"].append(logits.mean(-1))
+                    results["is_top1"].append(logits.argmax(-1) == target)
+            return tuple(torch.cat(results[name]) if (name == "log_probs" or name in outputs) and results[name]
+                         else None for name in results)
+
+    trl_utils._ChunkedLogProbFunction = TorchChunkedLogProb
+
+
+# --- checkpoints --------------------------------------------------------------------------------------------------
+
+
+def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig) -> str:
+    """Checkpoints are reused only by a run with the same data, model and training settings."""
+    from datasets import load_from_disk
+
+    digest = hashlib.sha256()
+    digest.update(load_from_disk(dataset_dir)._fingerprint.encode())
+    digest.update(model_dir.encode())
+    digest.update(model_cfg.model_dump_json().encode())
+    # The OOM retry changes micro-batch/accumulation; the effective batch (and so the run) stays the same.
+    digest.update(cfg.model_dump_json(exclude={"micro_batch_size", "gradient_accumulation"}).encode())
+    digest.update(str(cfg.micro_batch_size * cfg.gradient_accumulation).encode())
+    return digest.hexdigest()[:12]
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint marked complete; incomplete ones (a crash mid-save) are deleted."""
+    if not checkpoint_dir.exists():
+        return None
+    found = []
+    for path in checkpoint_dir.glob("checkpoint-*"):
+        if (path / COMPLETE_MARKER).exists():
+            found.append((int(path.name.split("-")[-1]), path))
+        else:
+            log.warning("deleting incomplete checkpoint %s (the last run stopped while writing it)", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return max(found)[1] if found else None
+
+
+def _callbacks(progress_hook=None):
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and state.max_steps:
+                progress_hook(state.global_step, state.max_steps, logs or {})
+
+    return [MarkComplete()] + ([Progress()] if progress_hook else [])
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+
+def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_batch: int, accumulation: int,
+               has_eval: bool):
+    import torch
+    from trl import SFTConfig
+
+    use_bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=micro_batch,
+        per_device_eval_batch_size=micro_batch,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        optim={"adamw_8bit": "adamw_bnb_8bit"}.get(cfg.optimizer, cfg.optimizer) if torch.cuda.is_available()
+        else ("adamw_torch" if cfg.optimizer == "adamw_8bit" else cfg.optimizer),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=use_bf16,
+        fp16=torch.cuda.is_available() and not use_bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing and cfg.backend != "unsloth",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if has_eval and cfg.eval_steps else "no",
+        eval_steps=cfg.eval_steps or None,
+        load_best_model_at_end=bool(has_eval and cfg.eval_steps and cfg.early_stopping_patience),
+        metric_for_best_model="eval_loss",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_length=max_seq_length,
+        packing=cfg.packing,
+        padding_free=cfg.packing,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc)
+
+
+def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
+          tokenize_cfg: TokenizeConfig, out_dir: Path, progress_hook=None) -> TrainResult:
+    """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    out_dir = Path(out_dir)
+    backend = choose_backend(cfg)
+    checkpoint_dir = out_dir / "checkpoints" / inputs_key(dataset_dir, model_dir, model_cfg, cfg)
+    train_rows = load_from_disk(dataset_dir)
+    eval_rows = load_from_disk(eval_dataset_dir) if eval_dataset_dir and cfg.eval_steps else None
+    micro_batch, accumulation = cfg.micro_batch_size, cfg.gradient_accumulation
+    oom_retries: list[str] = []
+    _install_torch_logprob_fallback()
+    while True:
+        resume = last_complete_checkpoint(checkpoint_dir)
+        if resume:
+            log.info("resuming training from %s", resume)
+        if backend == "unsloth":
+            model, tokenizer = load_unsloth(model_dir, model_cfg, cfg, tokenize_cfg.max_seq_length)
+        else:
+            model, tokenizer = load_hf(model_dir, model_cfg, cfg)
+        callbacks = _callbacks(progress_hook)
+        if eval_rows is not None and cfg.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+        trainer = SFTTrainer(
+            model=model, processing_class=tokenizer, train_dataset=train_rows, eval_dataset=eval_rows,
+            args=sft_config(cfg, checkpoint_dir, tokenize_cfg.max_seq_length, micro_batch, accumulation,
+                            eval_rows is not None),
+            callbacks=callbacks,
+        )
+        started = time.monotonic()
+        try:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            break
+        except Exception as exc:
+            if not _is_oom(exc) or micro_batch // 2 < cfg.min_micro_batch_size:
+                raise
+            message = (f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}; "
+                       f"retrying with {micro_batch // 2} x {accumulation * 2} (same effective batch)")
+            log.warning(message)
+            oom_retries.append(message)
+            micro_batch, accumulation = micro_batch // 2, accumulation * 2
+            del trainer, model
+            torch.cuda.empty_cache()
+    seconds = time.monotonic() - started
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    history_path = write_json(out_dir / "log_history.json", history)
+    with atomic_dir(out_dir / "adapter") as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    trained_tokens = sum(len(ids) for ids in train_rows["input_ids"]) * output.metrics.get("epoch", cfg.epochs)
+    result = TrainResult(
+        adapter=str(out_dir / "adapter"), backend=backend, steps=trainer.state.global_step,
+        epochs=round(output.metrics.get("epoch", 0.0), 3), train_loss=output.training_loss,
+        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
+        seconds=round(seconds, 1), tokens_per_second=round(trained_tokens / max(seconds, 1e-9), 1),
+        resumed_from=str(resume) if resume else None, micro_batch_size=micro_batch,
+        gradient_accumulation=accumulation, oom_retries=oom_retries, log_history=str(history_path),
+    )
+    write_json(out_dir / "result.json", result.model_dump())
+    return result
+
+
+# --- Prefect ------------------------------------------------------------------------------------------------------
+
+
+@task(name="train", **stage_options(retries=2, timeout_seconds=24 * 3600))
+def train_task(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig,
+               cfg: TrainConfig, tokenize_cfg: TokenizeConfig, run_dir: str) -> TrainResult:
+    """QLoRA fine-tuning; resumes from the last complete checkpoint when retried."""
+    progress_id = create_progress_artifact(progress=0.0, key="training-progress", description="Optimizer steps done")
+    curve: list[dict] = []
+
+    def report(step: int, max_steps: int, logs: dict) -> None:
+        update_progress_artifact(artifact_id=progress_id, progress=100.0 * step / max_steps)
+        if "loss" in logs:
+            curve.append({"step": step, "loss": round(logs["loss"], 4), "lr": logs.get("learning_rate")})
+
+    result = train(dataset_dir, eval_dataset_dir, model_dir, model_cfg, cfg, tokenize_cfg,
+                   Path(run_dir) / "train", progress_hook=report)
+    rows = "\n".join(f"| {c['step']} | {c['loss']} | {c['lr']:.2e} |" for c in curve if c["lr"] is not None)
+    create_markdown_artifact(
+        key="training-loss",
+        markdown=f"**{result.backend}** backend, {result.steps} steps in {result.seconds} s "
+                 f"({result.tokens_per_second} tokens/s)"
+                 + (f", resumed from `{result.resumed_from}`" if result.resumed_from else "")
+                 + ("\n\n" + "\n".join(f"- {m}" for m in result.oom_retries) if result.oom_retries else "")
+                 + f"\n\n| step | loss | learning rate |\n|---|---|---|\n{rows}",
+    )
+    return result
