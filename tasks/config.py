@@ -141,7 +141,8 @@ class ExportConfig(Section):
 
 
 class SmokeConfig(Section):
-    prompts: list[str] = Field(["What is the largest of 3, 9 and 4?"], min_length=1)
+    prompts: list[str] = Field(["My brother talked about the lion and the owl at the park. What is the sentence about?",
+                                "What is the capital of France?"], min_length=1)
     max_tokens: int = Field(64, ge=1)
     parity_tokens: int = Field(24, ge=1, description="Greedy tokens compared between HF and the F16 GGUF.")
     n_ctx: int = Field(512, ge=64)
@@ -177,9 +178,10 @@ def _tiny() -> PipelineConfig:
     # Tuned so the whole DAG finishes in a couple of minutes on two CPU cores.
     return PipelineConfig(
         preset="tiny",
+        augment=AugmentConfig(prompt_variants=1, replay_ratio=0.3),
         train=TrainConfig(
-            epochs=1.0, learning_rate=3e-3, micro_batch_size=16, gradient_accumulation=1, warmup_ratio=0.05,
-            optimizer="adamw_torch", gradient_checkpointing=False, save_steps=25, logging_steps=5,
+            max_steps=90, learning_rate=1e-2, micro_batch_size=16, gradient_accumulation=1, warmup_ratio=0.05,
+            optimizer="adamw_torch", gradient_checkpointing=False, save_steps=30, logging_steps=5,
             lora=LoraSettings(r=16, alpha=32),
         ),
         evaluate=EvalConfig(max_examples=60, batch_size=30, max_new_tokens=48),

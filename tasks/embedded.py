@@ -251,3 +251,12 @@ def ensure_embedded_model(cfg: EmbeddedModelConfig, cache_dir: Path) -> Path:
         return out_dir
     log.info("building the embedded tiny R1-Distill-Qwen model (first use; cached in %s)", out_dir)
     return build(cfg, out_dir)
+
+
+if __name__ == "__main__":
+    # Build (or find) the embedded model of the default configuration: scripts/bootstrap runs this once.
+    from tasks.config import PipelineConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    defaults = PipelineConfig()
+    print(ensure_embedded_model(defaults.model.embedded, Path(defaults.cache_dir)))

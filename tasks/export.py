@@ -85,6 +85,7 @@ def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUF
     """llama.cpp's quantizer (``llama_model_quantize``) from llama-cpp-python."""
     import llama_cpp
 
+    logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)  # per-tensor progress lines
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}", None)
     if ftype is None:
         raise ExportCheckError(f"llama.cpp has no quantization type {qtype!r}")
