@@ -1,0 +1,32 @@
+import pytest
+
+from tasks.io import atomic_dir, atomic_path, write_jsonl
+
+
+def test_a_crash_mid_write_leaves_neither_a_half_file_nor_a_temp(tmp_path):
+    target = tmp_path / "out.gguf"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_old_file_survives_a_failed_rewrite(tmp_path):
+    target = tmp_path / "rows.jsonl"
+    write_jsonl(target, [{"a": 1}])
+    with pytest.raises(ValueError):
+        write_jsonl(target, ({"a": i} if i < 3 else (_ for _ in ()).throw(ValueError("boom")) for i in range(5)))
+    assert target.read_text() == '{"a": 1}\n'
+
+
+def test_atomic_dir_replaces_only_when_complete(tmp_path):
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights").write_text("v2-half")
+            raise RuntimeError("killed")
+    assert (target / "weights").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
