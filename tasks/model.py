@@ -44,10 +44,22 @@ def is_prequantized(model_dir: str) -> bool:
     return getattr(config, "quantization_config", None) is not None
 
 
-def load_tokenizer(model_dir: str, trust_remote_code: bool = False, revision: str | None = None):
+def hub_token(cfg: ModelConfig) -> str | None:
+    """The hub token from the configured Prefect Secret block; None lets huggingface_hub read HF_TOKEN itself.
+    The token is passed to the loaders only, never logged, stored in results or written to any output."""
+    if not cfg.hub_token_secret:
+        return None
+    from prefect.blocks.system import Secret
+
+    return Secret.load(cfg.hub_token_secret).get()
+
+
+def load_tokenizer(model_dir: str, trust_remote_code: bool = False, revision: str | None = None,
+                   token: str | None = None):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code, revision=revision,
+                                              token=token)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -74,7 +86,8 @@ def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool):
         )
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=compute_dtype(), use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
-        revision=cfg.revision, device_map={"": 0} if torch.cuda.is_available() else None, **kwargs,
+        revision=cfg.revision, token=hub_token(cfg), device_map={"": 0} if torch.cuda.is_available() else None,
+        **kwargs,
     )
     model.config.use_cache = False
     return model

@@ -1,0 +1,133 @@
+"""Faults injected on purpose: a training process killed with SIGKILL, a disk that fills up mid-write."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TRAIN_SCRIPT = """
+import json, sys
+from pathlib import Path
+from tasks.config import TrainConfig, preset
+from tasks.model import resolve_model
+from tasks.train import train
+cfg = preset("tiny")
+train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12, "save_steps": 4, "logging_steps": 1,
+                           "micro_batch_size": 8, "learning_rate": 3e-3})
+model_dir = resolve_model(cfg.model, cfg.cache_dir)
+result = train(sys.argv[1], None, model_dir, cfg.model, train_cfg, cfg.tokenize, Path(sys.argv[2]))
+print("RESULT " + result.model_dump_json())
+"""
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory, tokenizer):
+    from datasets import Dataset
+
+    from tasks.config import TokenizeConfig
+    from tasks.io import read_jsonl
+    from tasks.records import make_record, normalize
+    from tasks.tokenize import tokenize_records
+
+    rows = read_jsonl(ROOT / "data/sample/train.jsonl")[:120]
+    records = [make_record(normalize(r), "train.jsonl", i) for i, r in enumerate(rows, 1)]
+    tokenized, _, _ = tokenize_records(tokenizer, records, TokenizeConfig())
+    path = tmp_path_factory.mktemp("data") / "dataset"
+    Dataset.from_list(tokenized).save_to_disk(str(path))
+    return str(path)
+
+
+def start_training(dataset: str, out_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, dataset, str(out_dir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def final_loss(result: dict) -> float:
+    history = json.loads(Path(result["log_history"]).read_text())
+    return [h["loss"] for h in history if "loss" in h][-1]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_resumes_from_the_last_complete_checkpoint(small_dataset, tmp_path):
+    uninterrupted = finish(start_training(small_dataset, tmp_path / "clean"))
+
+    proc = start_training(small_dataset, tmp_path / "killed")
+    checkpoints = tmp_path / "killed" / "train" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/checkpoint-4/checkpoint-complete.json")):
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "train" / "adapter").exists()
+
+    resumed = finish(start_training(small_dataset, tmp_path / "killed"))
+    assert resumed["resumed_from"] and resumed["resumed_from"].split("checkpoint-")[-1] in ("4", "8")
+    assert resumed["steps"] == uninterrupted["steps"] == 12
+    assert abs(final_loss(resumed) - final_loss(uninterrupted)) < 0.05 * final_loss(uninterrupted)
+    assert (tmp_path / "killed" / "train" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
+    from tasks.train import COMPLETE_MARKER, last_complete_checkpoint
+
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / COMPLETE_MARKER).write_text("{}")
+    (tmp_path / "checkpoint-8").mkdir()  # the process died while writing this one
+    (tmp_path / "checkpoint-8" / "optimizer.pt").write_bytes(b"half")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert not (tmp_path / "checkpoint-8").exists()
+
+
+def test_disk_full_during_gguf_conversion_leaves_nothing_and_a_retry_succeeds(tmp_path, monkeypatch):
+    """The converter dies with ENOSPC after writing part of the file; the stage fails clearly, no GGUF is left."""
+    import tasks.export as export
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    target = tmp_path / "model-F16.gguf"
+
+    def full_disk(cmd, **kwargs):
+        outfile = Path(cmd[cmd.index("--outfile") + 1])
+        outfile.write_bytes(b"GGUF" + b"\0" * 1000)  # a partial file under the temporary name
+        return subprocess.CompletedProcess(cmd, 1, "", f"OSError: [Errno {errno.ENOSPC}] No space left on device")
+
+    monkeypatch.setattr(export.subprocess, "run", full_disk)
+    with pytest.raises(RuntimeError, match="No space left on device"):
+        export.convert(str(merged), "f16", target)
+    assert list(tmp_path.glob("*.gguf")) == [] and list(tmp_path.glob(".*tmp*")) == []
+
+    def converter_ok(cmd, **kwargs):
+        Path(cmd[cmd.index("--outfile") + 1]).write_bytes(b"GGUF-complete")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(export.subprocess, "run", converter_ok)
+    monkeypatch.setattr(export, "gguf_metadata", lambda path, key: "deepseek-r1-qwen")
+    assert export.convert(str(merged), "f16", target).bytes == len(b"GGUF-complete")
+
+
+def test_disk_full_while_saving_the_adapter_keeps_no_half_adapter(tmp_path):
+    from tasks.io import atomic_dir
+
+    target = tmp_path / "adapter"
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_dir(target) as tmp:
+            (tmp / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
