@@ -86,3 +86,43 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class DirectoryBusy(RuntimeError):
+    """Another process holds the lock of a directory (e.g. a second run training into the same run directory)."""
+
+
+@contextlib.contextmanager
+def exclusive_dir(path: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` (a ``.lock`` file inside) while the block runs.
+
+    A second holder waits up to ``wait_seconds`` and then fails with a message naming the process that holds it. The
+    lock is a kernel ``flock``: it is released when its holder exits, killed processes included, so it never goes
+    stale.
+    """
+    import fcntl
+    import time
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / ".lock"
+    handle = open(lock_path, "a+")
+    deadline = time.monotonic() + wait_seconds
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise DirectoryBusy(f"{path} is in use by {holder}; wait for it to finish or use another run_name")
+                time.sleep(0.5)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield path
+    finally:
+        handle.close()

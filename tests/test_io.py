@@ -30,3 +30,25 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path):
             raise RuntimeError("killed")
     assert (target / "weights").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_a_second_holder_of_a_run_directory_fails_clearly(tmp_path):
+    import subprocess
+    import sys
+
+    from tasks.io import DirectoryBusy, exclusive_dir
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, '.'); from tasks.io import exclusive_dir\n"
+        f"with exclusive_dir({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(30)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DirectoryBusy, match=rf"{tmp_path} is in use by pid {holder.pid}"):
+            with exclusive_dir(tmp_path, wait_seconds=1):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_dir(tmp_path):  # a killed holder leaves no stale lock
+        pass
