@@ -1,6 +1,7 @@
 """The whole DAG on the embedded tiny model, with the deliberately broken file mixed into the training data."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -9,18 +10,24 @@ from tasks.config import preset
 
 pytestmark = pytest.mark.slow
 BROKEN = "data/sample/broken.jsonl"
+PLANTED_SECRET = "hf_PLANTEDsecretTOKENthatMUSTnotLEAK42"
 
 
 @pytest.fixture(scope="module")
 def summary(prefect_harness, tmp_path_factory):
     from flows.finetune import finetune
 
+    # A hub token and a storage credential in the environment, as a worker would have them: they must reach no output.
+    os.environ["HF_TOKEN"] = os.environ["AWS_SECRET_ACCESS_KEY"] = PLANTED_SECRET
     runs = tmp_path_factory.mktemp("runs")
     config = preset("tiny")
     config = config.model_validate({**config.model_dump(), "runs_dir": str(runs),
                                     "data": {**config.data.model_dump(),
                                              "train_paths": ["data/sample/train.jsonl", BROKEN]}})
-    return finetune(config)
+    try:
+        return finetune(config)
+    finally:
+        del os.environ["HF_TOKEN"], os.environ["AWS_SECRET_ACCESS_KEY"]
 
 
 def test_every_broken_row_is_quarantined_with_a_reason_and_none_is_lost(summary):
@@ -69,3 +76,23 @@ def test_debias_balanced_the_gendered_terms(summary):
 def test_summary_json_is_written(summary):
     on_disk = json.loads((Path(summary["run_dir"]) / "summary.json").read_text())
     assert on_disk["evaluate"] == summary["evaluate"]
+
+
+def test_planted_secret_appears_in_no_output(summary):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter
+
+    secret = PLANTED_SECRET.encode()
+    leaks = [str(p) for p in Path(summary["run_dir"]).rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert leaks == []
+    assert PLANTED_SECRET not in json.dumps(summary)
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter())
+
+    import asyncio
+
+    found = asyncio.run(artifacts())
+    assert found, "the run created artifacts"
+    assert not [a.key for a in found if PLANTED_SECRET in json.dumps(a.data, default=str)]
