@@ -7,7 +7,6 @@ code, see tasks/embedded.py). Weights load from safetensors only, and code shipp
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -112,10 +111,6 @@ def answer_token_nll(model, input_ids, labels, attention_mask=None, chunk: int =
         logits = head(hidden[start:start + chunk]).float()
         total = total + torch.nn.functional.cross_entropy(logits, targets[start:start + chunk], reduction="sum")
     return total, int(mask.sum())
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
