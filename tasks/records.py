@@ -9,7 +9,7 @@ A record is a plain dict (cheap to stream as JSON lines)::
      "source": {"file": ..., "line": ...},
      "origin": "original" | "prompt_template:<n>" | "replay" | "counterfactual" ...}
 
-Formats recognized: the seed's ``{"instruction", "output"}``; Alpaca (``input`` appended to the instruction);
+Formats recognized (detected per row from its keys): the seed's ``{"instruction", "output"}``; Alpaca (``input`` appended to the instruction);
 ShareGPT ``{"conversations": [{"from", "value"}]}``; OpenAI-style ``{"messages": [{"role", "content"}]}``;
 ``{"prompt", "completion"}``. Reasoning is read from a ``reasoning``/``think``/``thinking`` field or from an inline
 ``<think>...</think>`` block at the start of the last assistant turn.
@@ -21,7 +21,9 @@ import hashlib
 import json
 import re
 import unicodedata
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
 
@@ -30,6 +32,9 @@ ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant"
 REASONING_FIELDS = ("reasoning", "think", "thinking", "reasoning_content")
 # C0/C1 control characters other than tab, newline and carriage return.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Lone UTF-16 surrogates: valid in JSON escapes ("\\ud800") and in Python strings, but not encodable as UTF-8.
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+_BAD_CHAR_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class RecordError(ValueError):
@@ -39,6 +44,53 @@ class RecordError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.field = field
+
+
+# --- The declared schema of a record (pydantic); validate.py checks every accepted record against it. -----------
+
+
+class MessageSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["user", "assistant"]
+    content: str = Field(min_length=1)
+
+
+class SourceSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    file: str
+    line: int = Field(ge=1)
+
+
+class RecordSchema(BaseModel):
+    """What every stage may rely on: alternating user/assistant turns ending with a non-empty answer."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    id: str = Field(min_length=16, max_length=16)
+    system: str
+    messages: list[MessageSchema] = Field(min_length=2)
+    reasoning: str | None
+    source: SourceSchema
+    origin: str = Field(min_length=1)
+    parent: str | None = None
+
+    @model_validator(mode="after")
+    def _alternating(self):
+        roles = [m.role for m in self.messages]
+        if roles != ["user", "assistant"] * (len(roles) // 2) or len(roles) % 2:
+            raise ValueError(f"turns must alternate user/assistant and end with assistant: {roles}")
+        if self.reasoning is not None and not self.reasoning.strip():
+            raise ValueError("reasoning is empty")
+        return self
+
+
+def check_schema(record: dict) -> None:
+    """Raise RecordError('schema') when a record breaks the declared schema (a bug upstream, never silently kept)."""
+    try:
+        RecordSchema.model_validate(record)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise RecordError("schema", field, f"record breaks the schema: {first['msg']} at {field}") from None
 
 
 def detect_format(row: dict) -> str:
@@ -63,7 +115,9 @@ def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> st
         raise RecordError("wrong_type", field, f"field '{field}' must be a string, got {type(value).__name__}")
     if required and not value.strip():
         raise RecordError("empty_field", field, f"field '{field}' is empty")
-    if _CONTROL_RE.search(value):
+    if _BAD_CHAR_RE.search(value):  # one scan for the common, clean case; then say which
+        if _SURROGATE_RE.search(value):
+            raise RecordError("invalid_utf8", field, f"field '{field}' holds a lone surrogate (not encodable as UTF-8)")
         raise RecordError("control_character", field, f"field '{field}' holds a control character")
     if len(value) > max_chars:
         raise RecordError("field_too_long", field, f"field '{field}' has {len(value)} characters (limit {max_chars})")

@@ -4,6 +4,18 @@ Nothing is lost: every input row ends either in the accepted records or in ``qua
 (or row) number, a reason code, the offending field and the raw text, so accepted + quarantined == rows read. The
 stage fails (without retry: a retry cannot fix data) when the rejected share of a file exceeds
 ``data.max_rejected_fraction``.
+
+Inputs: each entry of ``data.train_paths`` / ``test_path`` / ``replay_path`` is a file, a folder or a glob, local or
+any fsspec URL; files are JSON lines, JSON (one object or an array, e.g. Alpaca), CSV or Parquet, and the row format
+(instruction/output, Alpaca, ShareGPT, OpenAI messages, prompt/completion, R1 reasoning) is detected per row.
+
+Checks, each with a stable reason code in the quarantine and in the per-file report: invalid_utf8 (bad bytes or lone
+surrogates), invalid_json, not_an_object, unknown_format, missing_field, wrong_type, empty_field, control_character,
+field_too_long, unknown_role, role_order, unclosed_think, empty_reasoning, empty_answer, schema (the record model in
+tasks/records.py). Token length against ``tokenize.max_seq_length`` needs the model's tokenizer, so it is enforced by
+the tokenize stage (policy ``tokenize.truncation``: drop -> ``runs/<run>/tokenize/<split>/quarantine.jsonl`` with
+reason ``too_long``, truncate -> counted in its audit, fail -> the stage fails); here only ``max_field_chars`` bounds
+the length. Duplicates and train/test leakage are the dedup stage's (tasks/dedup.py).
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from tasks.config import DataConfig
 from tasks.errors import DataValidationError
 from tasks.io import write_json, write_jsonl
 from tasks.orchestration import stage_options
-from tasks.records import RecordError, make_record, normalize
+from tasks.records import RecordError, check_schema, make_record, normalize
 
 log = logging.getLogger(__name__)
 
@@ -52,48 +64,125 @@ class ValidatedData(BaseModel):
         return sum(r.quarantined for r in self.reports)
 
 
-def iter_raw_rows(path: Path) -> Iterator[tuple[int, str, object]]:
-    """Yield (line or row number, raw text, parsed value or the exception that parsing raised), 1-based."""
-    suffix = path.suffix.lower()
+BLANK = object()  # what iter_raw_rows yields for a blank line (a JSON ``null`` row is None, and is quarantined)
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+_GLOB_CHARS = "*?["
+# CSV cells are flat strings: turn lists serialized as JSON (ShareGPT/OpenAI turns) back into lists.
+_NESTED_FIELDS = ("conversations", "messages")
+
+
+def _safe(text: str) -> str:
+    """Text that can be written as UTF-8 (lone surrogates become backslash escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _dump_raw(row: object) -> str:
+    return _safe(json.dumps(row, ensure_ascii=False, default=str))
+
+
+def expand_inputs(spec: str | Path) -> list[str]:
+    """One input spec -> its files: a file, a folder (its data files, recursively, sorted) or a glob; local paths or
+    any fsspec URL (``file://``, ``memory://``, ``s3://`` ...). A plain existing file is returned exactly as given."""
+    import fsspec
+    from fsspec.core import url_to_fs
+
+    spec = str(spec)
+    fs, root = url_to_fs(spec)
+    remote = "://" in spec
+    if any(c in spec for c in _GLOB_CHARS):
+        found = sorted(fs.glob(root))
+    elif fs.isdir(root):
+        found = sorted(p for p in fs.find(root) if p.lower().endswith(SUFFIXES))
+    else:
+        return [spec]
+    files = [p for p in found if p.lower().endswith(SUFFIXES) and not fs.isdir(p)]
+    if not files:
+        raise DataValidationError(f"{spec}: no data file ({', '.join(SUFFIXES)}) matches")
+    return [fs.unstrip_protocol(p) if remote else p for p in files]
+
+
+def _exists(path: str) -> bool:
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(path)
+    return fs.exists(root)
+
+
+def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, str, object]]:
+    """Yield (line or row number, raw text, parsed value or the exception that parsing raised, or BLANK), 1-based.
+
+    Streams: JSON lines line by line and Parquet batch by batch; a .json file (one object or an array) and a CSV are
+    read whole. ``path`` may be any fsspec URL.
+    """
+    import fsspec
+
+    name = str(path)
+    suffix = Path(name.split("?")[0]).suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        with open(path, "rb") as handle:
+        with fsspec.open(name, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    yield number, raw.decode("utf-8", errors="backslashreplace"), exc
+                    yield number, raw.decode("utf-8", errors="backslashreplace").rstrip("\n"), exc
                     continue
                 if not text.strip():
-                    yield number, text, None
+                    yield number, text, BLANK
                     continue
                 try:
                     yield number, text.rstrip("\n"), json.loads(text)
                 except json.JSONDecodeError as exc:
                     yield number, text.rstrip("\n"), exc
     elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with fsspec.open(name, "rb") as handle:
+            blob = handle.read()
+        try:
+            data = json.loads(blob.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            yield 1, blob.decode("utf-8", errors="backslashreplace"), exc
+            return
+        except json.JSONDecodeError as exc:
+            yield 1, blob.decode("utf-8"), exc
+            return
         rows = data if isinstance(data, list) else [data]
         for number, row in enumerate(rows, start=1):
-            yield number, json.dumps(row, ensure_ascii=False), row
-    elif suffix in (".csv", ".parquet"):
+            yield number, _dump_raw(row), row
+    elif suffix == ".csv":
         import pandas as pd
 
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False) if suffix == ".csv" else pd.read_parquet(path)
+        with fsspec.open(name, "rb") as handle:
+            frame = pd.read_csv(handle, dtype=str, keep_default_na=False, encoding_errors="backslashreplace")
         for number, row in enumerate(frame.to_dict(orient="records"), start=1):
-            row = {k: (None if v is None or v != v else v) for k, v in row.items()}  # NaN -> None
-            yield number, json.dumps(row, ensure_ascii=False, default=str), row
+            row = {k: v for k, v in row.items() if not (v == "" and k not in ("instruction", "output", "prompt",
+                                                                               "completion"))}
+            for key in _NESTED_FIELDS:
+                if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
+                    try:
+                        row[key] = json.loads(row[key])
+                    except json.JSONDecodeError:
+                        pass  # left a string: normalize() quarantines it as wrong_type
+            yield number, _dump_raw(row), row
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with fsspec.open(name, "rb") as handle:
+            number = 0
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=8192):
+                for row in batch.to_pylist():
+                    number += 1
+                    row = {k: v for k, v in row.items() if v is not None}  # absent columns of a mixed file
+                    yield number, _dump_raw(row), row
     else:
-        raise DataValidationError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
+        raise DataValidationError(f"{name}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
 
 
-def validate_file(path: Path, max_chars: int) -> tuple[list[dict], list[dict], FileReport]:
-    """Records and quarantine rows of one file, plus its report."""
-    if not path.exists():
-        raise DataValidationError(f"{path}: file not found")
-    accepted, quarantined, blank = [], [], 0
+def iter_validated(path: str | Path, max_chars: int) -> Iterator[tuple[bool, dict | None, int]]:
+    """Stream one file: (True, record, number) for each accepted row, (False, quarantine row, number) for each
+    rejected one, (False, None, number) for a blank line (counted, not quarantined)."""
+    name = str(path)
     for number, raw, parsed in iter_raw_rows(path):
-        if parsed is None:
-            blank += 1
+        if parsed is BLANK:
+            yield False, None, number
             continue
         if isinstance(parsed, UnicodeDecodeError):
             reason, field, message = "invalid_utf8", None, f"not valid UTF-8 ({parsed.reason} at byte {parsed.start})"
@@ -101,12 +190,28 @@ def validate_file(path: Path, max_chars: int) -> tuple[list[dict], list[dict], F
             reason, field, message = "invalid_json", None, f"not valid JSON ({parsed.msg} at column {parsed.colno})"
         else:
             try:
-                accepted.append(make_record(normalize(parsed, max_chars), str(path), number))
+                record = make_record(normalize(parsed, max_chars), name, number)
+                check_schema(record)
+                yield True, record, number
                 continue
             except RecordError as exc:
                 reason, field, message = exc.reason, exc.field, str(exc)
-        quarantined.append({"file": str(path), "line": number, "reason": reason, "field": field,
-                            "message": f"{path}:{number}: {message}", "raw": raw})
+        yield False, {"file": name, "line": number, "reason": reason, "field": field,
+                      "message": _safe(f"{name}:{number}: {message}"), "raw": _safe(raw)}, number
+
+
+def validate_file(path: str | Path, max_chars: int) -> tuple[list[dict], list[dict], FileReport]:
+    """Records and quarantine rows of one file, plus its report."""
+    if not _exists(str(path)):
+        raise DataValidationError(f"{path}: file not found")
+    accepted, quarantined, blank = [], [], 0
+    for ok, row, _ in iter_validated(path, max_chars):
+        if ok:
+            accepted.append(row)
+        elif row is None:
+            blank += 1
+        else:
+            quarantined.append(row)
     report = FileReport(file=str(path), rows=len(accepted) + len(quarantined), accepted=len(accepted),
                         quarantined=len(quarantined), blank_lines=blank,
                         reasons=dict(Counter(q["reason"] for q in quarantined)))
@@ -119,11 +224,13 @@ def validate(cfg: DataConfig, out_dir: Path) -> ValidatedData:
     quarantine: list[dict] = []
     reports: list[FileReport] = []
     outputs: dict[str, list[dict]] = {"train": [], "test": [], "replay": []}
-    inputs = [("train", p) for p in cfg.train_paths] + [("test", cfg.test_path)]
+    # An empty test_path means the data came without a test file (dedup.split_test_fraction can carve one out).
+    specs = [("train", p) for p in cfg.train_paths] + ([("test", cfg.test_path)] if cfg.test_path else [])
     if cfg.replay_path:
-        inputs.append(("replay", cfg.replay_path))
+        specs.append(("replay", cfg.replay_path))
+    inputs = [(split, path) for split, spec in specs for path in expand_inputs(spec)]
     for split, path in inputs:
-        records, rejected, report = validate_file(Path(path), cfg.max_field_chars)
+        records, rejected, report = validate_file(path, cfg.max_field_chars)
         outputs[split].extend(records)
         quarantine.extend(rejected)
         reports.append(report)
