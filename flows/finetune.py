@@ -13,16 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Annotated, Any
 
 from prefect import flow
+from prefect.runtime import flow_run
+from pydantic import BeforeValidator
 
 from tasks.augment import augment_task
+from tasks.card import card_task
 from tasks.config import PRESETS, PipelineConfig, preset
 from tasks.debias import debias_task
 from tasks.dedup import dedup_task
 from tasks.evaluate import evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
 from tasks.model import resolve_model_task
+from tasks.orchestration import gpu_slot
 from tasks.smoke import smoke_task
 from tasks.summary import render, summary_task
 from tasks.tokenize import tokenize_task
@@ -30,32 +35,75 @@ from tasks.train import train_task
 from tasks.validate import validate_task
 
 
-@flow(name="r1-finetune", flow_run_name="finetune-{config.preset}", log_prints=True)
-def finetune(config: PipelineConfig = preset("tiny")) -> dict:
-    """validate -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> merge -> GGUF -> quantize -> smoke."""
+def expand_preset(value: Any) -> Any:
+    """A partial config (a deployment's or the UI's parameters) applies over its preset, like ``--config`` does:
+    ``{"preset": "tiny", "train": {"max_steps": 5}}`` is the tiny preset with five steps, not the class defaults."""
+    if isinstance(value, dict):
+        return _merge(preset(value.get("preset", "tiny")).model_dump(), value)
+    return value
+
+
+# The flow's parameter type: a PipelineConfig, where a partial dict means "this preset, with these fields changed".
+PresetConfig = Annotated[PipelineConfig, BeforeValidator(expand_preset)]
+
+
+def run_name() -> str:
+    """Readable flow-run names in the UI: ``finetune tiny -> runs/tiny-0123abcd45 (90 steps)``."""
+    config = flow_run.parameters.get("config")
+    if not isinstance(config, PipelineConfig):
+        config = PipelineConfig.model_validate(expand_preset(config or {}))
+    steps = config.train.max_steps if config.train.max_steps > 0 else f"{config.train.epochs:g} epochs"
+    return f"finetune {config.preset} -> {config.run_dir()} ({steps}{' steps' if config.train.max_steps > 0 else ''})"
+
+
+# Readable task-run names (the stages' own names stay the cache identity; these only label the runs in the UI).
+augment = augment_task.with_options(task_run_name="augment x{cfg.prompt_variants} + replay {cfg.replay_ratio}")
+debias = debias_task.with_options(task_run_name="debias")
+resolve_model = resolve_model_task.with_options(task_run_name="resolve-model {cfg.name_or_path}")
+train = train_task.with_options(task_run_name="train ({cfg.backend}, {cfg.max_steps} steps, lr {cfg.learning_rate})")
+evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)")
+merge = merge_task.with_options(task_run_name="merge adapter")
+convert = convert_task.with_options(task_run_name="convert-gguf {outtype}")
+smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} tokens")
+
+
+@flow(name="r1-finetune", flow_run_name=run_name, log_prints=True)
+def finetune(config: PresetConfig = preset("tiny")) -> dict:
+    """validate -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> merge -> GGUF -> quantize -> smoke.
+
+    Every stage's result is cached on its inputs, its code and its input files (tasks/orchestration.py), so a retry
+    of a failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu``
+    global concurrency limit: two runs never share one GPU.
+    """
     run = str(config.run_dir())
     data = validate_task(config.data, run)
     data = dedup_task(data, config.dedup, run)  # same ValidatedData, train/test deduplicated and leak-free
-    augmented = augment_task(data.train, data.replay, config.augment, run)
-    debiased = debias_task(augmented.train, config.debias, run)
+    augmented = augment(data.train, data.replay, config.augment, run)
+    debiased = debias(augmented.train, config.debias, run)
 
-    model = resolve_model_task(config.model, config.cache_dir)
+    model = resolve_model(config.model, config.cache_dir)
     train_rows = tokenize_task(debiased.train, model, config.tokenize, run, split="train")
     test_rows = tokenize_task(data.test, model, config.tokenize, run, split="test")
     replay_rows = tokenize_task(data.replay, model, config.tokenize, run, split="replay") if data.replay else None
 
-    trained = train_task(train_rows.dataset, test_rows.dataset, model, config.model, config.train, config.tokenize, run)
-    evaluation = evaluate_task(model, trained.adapter, data.test, test_rows.dataset,
-                               replay_rows.dataset if replay_rows else None,
-                               config.model, config.evaluate, config.tokenize, run)
+    with gpu_slot():
+        trained = train(train_rows.dataset, test_rows.dataset, model, config.model, config.train, config.tokenize, run)
+        evaluation = evaluate(model, trained.adapter, data.test, test_rows.dataset,
+                              replay_rows.dataset if replay_rows else None,
+                              config.model, config.evaluate, config.tokenize, run)
+        merged = merge(model, trained.adapter, config.model, run)
 
-    merged = merge_task(model, trained.adapter, config.model, run)
-    f16 = convert_task(merged, config.export.outtype, run)
+    f16 = convert(merged, config.export.outtype, run)
     quantized = [quantize_task(f16, qtype, run) for qtype in config.export.quantizations]
-    smoke = smoke_task(merged, [f16, *quantized], config.smoke, run)
+    smoke = smoke_test(merged, [f16, *quantized], config.smoke, run)
+    card_task(config, run, [f16, *quantized], trained, evaluation, smoke)  # Modelfiles + model card
 
-    return summary_task(config, run, data=data, augmented=augmented, debiased=debiased, tokenized=train_rows,
-                        trained=trained, evaluation=evaluation, ggufs=[f16, *quantized], smoke=smoke)
+    summary = summary_task(config, run, data=data, augmented=augmented, debiased=debiased, tokenized=train_rows,
+                           trained=trained, evaluation=evaluation, ggufs=[f16, *quantized], smoke=smoke)
+    # What a caller (the nightly flow) needs to re-evaluate another adapter on exactly this held-out set.
+    summary["eval_inputs"] = {"model_dir": model, "test_records": data.test, "test_dataset": test_rows.dataset,
+                              "replay_dataset": replay_rows.dataset if replay_rows else None, "merged": merged}
+    return summary
 
 
 def config_from_args(argv: list[str]) -> PipelineConfig:

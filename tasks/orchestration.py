@@ -1,12 +1,39 @@
-"""Prefect policy shared by every stage's @task: retries with backoff and jitter, except for permanent errors."""
+"""Prefect policy shared by every stage's @task: caching that survives the flow run, retries, timeouts.
+
+Caching. Every stage's result is persisted and keyed on (a) its inputs, (b) its own source code and (c) the content of
+the files and directories its inputs name (``FILES``; stages take paths, so hashing the path string alone would miss a
+changed file). The flow-run id is *not* part of the key, so a retried flow run (``prefect flow-run retry``, the UI's
+Retry) or a new run with the same inputs finds every finished stage in the cache and starts at the failed one; the
+train stage itself resumes from its last complete checkpoint. A cached result whose output files have since vanished
+(someone cleaned ``runs/``) is not trusted: the stage runs again.
+
+Results live in ``$R1_RESULT_STORAGE`` when set (a block slug such as ``s3-bucket/r1-results``, or a local folder),
+else in Prefect's default ``$PREFECT_HOME/storage``; a worker pool whose runs must share the cache needs shared storage.
+
+Retries. Transient failures (I/O, network, a killed process, CUDA hiccups) retry with exponential backoff and jitter;
+``tasks.errors.PermanentError`` (bad data, bad config, a broken export) fails at once. Long stages get timeouts.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.tasks import exponential_backoff
 
 from tasks.errors import PermanentError
+
+# Inputs that name where a stage writes (or a whole cache), not what it reads: their path is part of INPUTS, their
+# content is not (it changes as stages write into them).
+OUTPUT_LOCATIONS = frozenset({"run_dir", "cache_dir", "out_dir", "runs_dir"})
+# Files above this size are fingerprinted by (size, mtime) instead of their bytes: hashing a 15 GB model per stage
+# would cost minutes, and such files are only ever replaced whole (atomic renames), which changes their mtime.
+CONTENT_HASH_LIMIT = 64 * 2**20
+_MAX_CACHE_GENERATIONS = 20
 
 
 def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
@@ -20,9 +47,156 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-def stage_options(retries: int = 2, timeout_seconds: float | None = None) -> dict[str, Any]:
+# --- file fingerprints --------------------------------------------------------------------------------------------
+
+
+def _file_digest(path: Path, digest: "hashlib._Hash") -> None:
+    stat = path.stat()
+    digest.update(f"{stat.st_size}:".encode())
+    if stat.st_size > CONTENT_HASH_LIMIT:
+        digest.update(f"mtime:{stat.st_mtime_ns}".encode())
+        return
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+
+
+def _derived(path: Path) -> bool:
+    """Files that readers add to a directory without changing its content: ``datasets`` writes its ``map``/``filter``
+    caches (``cache-<hash>.arrow``) beside a dataset loaded from disk (the train stage does), half-written temporary
+    files, Python bytecode."""
+    name = path.name
+    return ((name.startswith("cache-") and name.endswith(".arrow")) or ".tmp-" in name or name.startswith("tmp")
+            or "__pycache__" in path.parts)
+
+
+def path_fingerprint(path: str | Path) -> str | None:
+    """sha256 over a file's bytes, or over a directory's relative names and file bytes; None if it does not exist."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        _file_digest(path, digest)
+    elif path.is_dir():
+        for child in sorted(path.rglob("*")):
+            if child.is_file() and not _derived(child):
+                digest.update(str(child.relative_to(path)).encode() + b"\0")
+                _file_digest(child, digest)
+    else:
+        return None
+    return digest.hexdigest()
+
+
+def _looks_like_path(value: str) -> bool:
+    return 0 < len(value) < 4096 and "\n" not in value and ("/" in value or "." in value) and not value.startswith(
+        ("http://", "https://"))
+
+
+def referenced_paths(value: Any, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Existing files and directories named anywhere in a task input (strings, lists, dicts, pydantic models)."""
+    found: list[str] = []
+
+    def walk(item: Any, key: str | None = None) -> None:
+        if key in skip:
+            return
+        if hasattr(item, "model_dump"):
+            item = item.model_dump()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                walk(v, str(k))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            for v in item:
+                walk(v)
+        elif isinstance(item, (str, Path)) and _looks_like_path(str(item)) and os.path.exists(item):
+            found.append(str(item))
+
+    walk(value)
+    return sorted(set(found))
+
+
+def inputs_fingerprint(inputs: dict[str, Any]) -> str:
+    """One digest over the content of every file or directory the inputs name (output locations excluded)."""
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        if name in OUTPUT_LOCATIONS:
+            continue
+        for path in referenced_paths(inputs[name], skip=OUTPUT_LOCATIONS):
+            digest.update(f"{name}:{path}:{path_fingerprint(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _missing_outputs(value: Any) -> list[str]:
+    """Paths in a cached result that should exist (their top folder does) but do not."""
+    missing: list[str] = []
+
+    def walk(item: Any) -> None:
+        if hasattr(item, "model_dump"):
+            item = item.model_dump()
+        if isinstance(item, dict):
+            for v in item.values():
+                walk(v)
+        elif isinstance(item, (list, tuple)):
+            for v in item:
+                walk(v)
+        elif isinstance(item, str) and _looks_like_path(item) and "/" in item:
+            top = Path(item).parts[0] if not item.startswith("/") else None
+            anchored = item.startswith("/") or (top is not None and Path(top).is_dir())
+            if anchored and not os.path.exists(item):
+                missing.append(item)
+
+    walk(value)
+    return missing
+
+
+@dataclass
+class InputFiles(CachePolicy):
+    """Cache-key part: the content of the files and directories the task's inputs point to."""
+
+    exclude: list[str] = field(default_factory=list)
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        return inputs_fingerprint({k: v for k, v in (inputs or {}).items() if k not in self.exclude})
+
+
+FILES = InputFiles()
+
+
+@dataclass
+class StageCache(CachePolicy):
+    """INPUTS + TASK_SOURCE + FILES, never the flow-run id; skips a cached result whose output files are gone."""
+
+    policy: CachePolicy = field(default_factory=lambda: INPUTS + TASK_SOURCE + FILES)
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        key = self.policy.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        store = getattr(task_ctx, "result_store", None)
+        if key is None or store is None:
+            return key
+        # A key whose cached result names files that no longer exist is passed over for the next generation.
+        for generation in range(_MAX_CACHE_GENERATIONS):
+            candidate = key if generation == 0 else f"{key}-g{generation}"
+            try:
+                if not store.exists(candidate):
+                    return candidate
+                if not _missing_outputs(store.read(candidate).result):
+                    return candidate
+            except Exception:  # an unreadable record: let Prefect decide (it recomputes)
+                return candidate
+        return f"{key}-g{_MAX_CACHE_GENERATIONS}"
+
+
+STAGE_CACHE = StageCache()
+
+
+def result_storage() -> str | None:
+    """Where stage results persist: ``$R1_RESULT_STORAGE`` (block slug or folder), else Prefect's default."""
+    return os.environ.get("R1_RESULT_STORAGE") or None
+
+
+def stage_options(retries: int = 2, timeout_seconds: float | None = None, cache: bool = True) -> dict[str, Any]:
     """Keyword arguments for ``@task`` that every stage uses."""
-    return {
+    options: dict[str, Any] = {
         "retries": retries,
         "retry_delay_seconds": exponential_backoff(backoff_factor=2),
         "retry_jitter_factor": 0.5,
@@ -30,3 +204,32 @@ def stage_options(retries: int = 2, timeout_seconds: float | None = None) -> dic
         "timeout_seconds": timeout_seconds,
         "log_prints": True,
     }
+    if cache:
+        options.update(cache_policy=STAGE_CACHE, persist_result=True)
+        if result_storage():
+            options["result_storage"] = result_storage()
+    return options
+
+
+# --- GPU concurrency ----------------------------------------------------------------------------------------------
+
+
+def gpu_limit_name() -> str:
+    """The global concurrency limit that GPU stages occupy: ``$R1_GPU_LIMIT`` (default ``gpu``; empty: none).
+
+    Create it once per GPU (``prefect gcl create gpu --limit 1``), or per worker box with ``R1_GPU_LIMIT=gpu:<host>``
+    in the worker's environment. While the limit does not exist the slot is a no-op (Prefect logs that it skipped it).
+    """
+    return os.environ.get("R1_GPU_LIMIT", "gpu")
+
+
+def gpu_slot():
+    """Context manager: hold one slot of the GPU limit, so two training runs never share one GPU."""
+    import contextlib
+
+    from prefect.concurrency.sync import concurrency
+
+    name = gpu_limit_name()
+    if not name:
+        return contextlib.nullcontext()
+    return concurrency(name, occupy=1, strict=False)
