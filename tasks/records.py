@@ -142,7 +142,7 @@ def _turns(items: Any, field: str, role_key: str, content_key: str, max_chars: i
 def _check_order(messages: list[dict], field: str) -> None:
     roles = [m["role"] for m in messages]
     expected = ["user", "assistant"] * (len(roles) // 2 + 1)
-    if roles != expected[: len(roles)] or roles[-1] != "assistant":
+    if not roles or roles != expected[: len(roles)] or roles[-1] != "assistant":
         raise RecordError("role_order", field, f"turns must alternate user/assistant and end with assistant: {roles}")
 
 

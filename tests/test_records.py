@@ -50,6 +50,7 @@ def test_prompt_completion_pairs():
         ({"instruction": "a\x00b", "output": "y"}, "control_character", "instruction"),
         ({"messages": [{"role": "assistant", "content": "y"}]}, "role_order", "messages[-1]"),
         ({"messages": [{"role": "robot", "content": "y"}]}, "unknown_role", "messages[0].role"),
+        ({"conversations": [{"from": "system", "value": "only a system turn"}]}, "role_order", "conversations[-1]"),
         ({"foo": 1}, "unknown_format", None),
         ([1, 2], "not_an_object", None),
     ],
