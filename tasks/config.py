@@ -152,6 +152,13 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, ge=1)
     no_repeat_ngram_size: int = Field(0, ge=0)
+    max_forgetting_ratio: float | None = Field(
+        1.5, gt=0, description="Limit on replay perplexity after / before (forgetting); None: no limit.")
+    on_forgetting: Literal["warn", "fail"] = Field("warn", description="What to do past max_forgetting_ratio.")
+    perplexity_rows: int | None = Field(None, ge=1, description="Held-out / replay rows for perplexity (None: all).")
+    lm_eval_tasks: list[str] = Field([], description="Optional lm-evaluation-harness tasks, run only from local data.")
+    lm_eval_path: str | None = Field(None, description="Local folder with the lm_eval task YAMLs/data (never downloaded).")
+    lm_eval_limit: int | None = Field(None, ge=1, description="Examples per lm_eval task (None: all).")
 
 
 class ExportConfig(Section):
@@ -165,6 +172,14 @@ class SmokeConfig(Section):
     max_tokens: int = Field(64, ge=1)
     parity_tokens: int = Field(24, ge=1, description="Greedy tokens compared between HF and the F16 GGUF.")
     n_ctx: int = Field(512, ge=64)
+    perplexity_rows: int = Field(64, ge=0, description="Held-out rows for GGUF vs HF perplexity (0: skip).")
+    max_f16_perplexity_drift: float = Field(
+        0.02, ge=0, description="Fail when the F16/BF16 GGUF's perplexity differs from HF's by more (relative).")
+    max_quant_perplexity_increase: float | None = Field(
+        None, ge=0, description="Fail when a quantized GGUF's perplexity exceeds the F16's by more (relative); None: report only.")
+    use_eval_decoding: bool = Field(True, description="Generate with the evaluate stage's temperature/top-p/repeat penalty.")
+    timeout_s: float = Field(600, gt=0, description="Per GGUF child process.")
+    n_threads: int | None = Field(None, ge=1, description="llama.cpp threads (None: half the CPU cores, 1 to 8).")
 
 
 class PipelineConfig(Section):

