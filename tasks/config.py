@@ -55,6 +55,8 @@ class ModelConfig(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     load_in_4bit: bool = Field(True, description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes).")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off unless you trust it.")
+    hub_token_secret: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the hub token; else HF_TOKEN from the environment.")
     embedded: EmbeddedModelConfig = EmbeddedModelConfig()
 
 
