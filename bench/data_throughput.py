@@ -56,6 +56,11 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # --- 1. the benchmark set -----------------------------------------------------------------------------------------
 
 NAMES = [("Tom", "he", "his"), ("Ann", "she", "her"), ("My brother", "he", "his"), ("The king", "he", "his"),
@@ -246,7 +251,8 @@ def phase1(args: tuple) -> dict:
              lines=cat(lines, np.int64),
              sig=np.concatenate(sigs) if sigs else np.zeros((0, dcfg.num_perm), dtype=np.uint32))
     return {"file": path, "rows": rows, "accepted": rows - len(quarantine), "quarantined": len(quarantine),
-            "blank_lines": blank, "reasons": dict(reasons), "chunks": n_chunks, "rss_mib": rss_mib()}
+            "blank_lines": blank, "reasons": dict(reasons), "chunks": n_chunks, "rss_mib": rss_mib(),
+            "pid": os.getpid(), "cpu_s": cpu_s()}
 
 
 def plan_dedup(train_files: list[str], test_file: str, work: Path, dcfg: DedupConfig) -> tuple[dict, Counter, int]:
@@ -463,7 +469,8 @@ def phase3(args: tuple) -> dict:
     write_jsonl(work / f"debias-{shard}.quarantine.jsonl", blocked_rows)
     return {"shard": shard, **stats, "origins": dict(origins), "parity_rows": parity,
             "before": {f"{k[0]}:{k[1]}": v for k, v in before.items()},
-            "after": {f"{k[0]}:{k[1]}": v for k, v in after.items()}, "rss_mib": rss_mib()}
+            "after": {f"{k[0]}:{k[1]}": v for k, v in after.items()}, "rss_mib": rss_mib(),
+            "pid": os.getpid(), "cpu_s": cpu_s()}
 
 
 # --- 3. the baseline ----------------------------------------------------------------------------------------------
@@ -496,10 +503,11 @@ def baseline(args: tuple) -> dict:
         c = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
         return {"input_ids": [a + b for a, b in zip(p, c)], "labels": [[-100] * len(a) + b for a, b in zip(p, c)]}
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_s()
     out = dataset.map(tok, batched=True, batch_size=1000, remove_columns=["prompt", "completion"])
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_s() - cpu_start
     return {"rows": len(out), "seconds": round(seconds, 2), "rows_per_s": round(len(out) / seconds),
+            "cpu_seconds": round(cpu, 1), "rows_per_cpu_s": round(len(out) / cpu),
             "peak_rss_mib": round(rss_mib())}
 
 
@@ -534,7 +542,7 @@ def main() -> None:
     ctx = get_context("fork")
     files = manifest["files"]
     timings = {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_s()
     with ctx.Pool(args.workers) as pool:
         # biggest files first, so the two workers finish together
         t = time.perf_counter()
@@ -550,6 +558,10 @@ def main() -> None:
         timings["augment+debias+tokenize"] = time.perf_counter() - t
     seconds = time.perf_counter() - start
     main_rss = rss_mib()
+    worker_cpu: dict[int, float] = {}
+    for r in p1 + p3:
+        worker_cpu[r["pid"]] = max(worker_cpu.get(r["pid"], 0.0), r["cpu_s"])
+    cpu_seconds = cpu_s() - cpu_start + sum(worker_cpu.values())
     worker_rss = max(r["rss_mib"] for r in p1 + p3)
     train_reports = [r for r in p1 if r["file"] != manifest["test"]]
     rows_in = sum(r["rows"] for r in train_reports)
@@ -569,6 +581,8 @@ def main() -> None:
     rows_per_s = rows_in / seconds
     pipeline = {
         "rows_in": rows_in, "seconds": round(seconds, 2), "rows_per_s": round(rows_per_s),
+        "cpu_seconds": round(cpu_seconds, 1), "rows_per_cpu_s": round(rows_in / cpu_seconds),
+        "cpu_share_of_workers": round(cpu_seconds / (seconds * args.workers), 2),
         "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
         "peak_rss_mib": {"main": round(main_rss), "largest_worker": round(worker_rss),
                          "bound_main_plus_all_workers": round(main_rss + args.workers * worker_rss)},
@@ -581,7 +595,8 @@ def main() -> None:
                                 "after": [after.get("male/female:a", 0), after.get("male/female:b", 0)]},
         "tokenizer": args.tokenizer, "parity_rows_checked": totals["parity_rows"],
     }
-    print(f"pipeline: {rows_in} rows in {seconds:.1f} s = {rows_per_s:,.0f} rows/s "
+    print(f"pipeline: {rows_in} rows in {seconds:.1f} s = {rows_per_s:,.0f} rows/s, {cpu_seconds:.0f} CPU-s = "
+          f"{rows_in / cpu_seconds:,.0f} rows per CPU-second "
           f"(stages {pipeline['stage_seconds']}); peak RSS main {main_rss:.0f} MiB, largest worker "
           f"{worker_rss:.0f} MiB, bound {pipeline['peak_rss_mib']['bound_main_plus_all_workers']} MiB")
     print(f"  validate {pipeline['validate']}\n  dedup {pipeline['dedup']}\n  out {dict(totals)}")
@@ -594,7 +609,7 @@ def main() -> None:
             base = pool.apply(baseline, ((str(work), [(f, chunks[f]) for f in files], args.baseline_rows),))
         result["baseline_datasets_map"] = base
         print(f"baseline datasets.map(batched=True): {base['rows']} rows in {base['seconds']} s = "
-              f"{base['rows_per_s']:,} rows/s, peak RSS {base['peak_rss_mib']} MiB")
+              f"{base['rows_per_s']:,} rows/s ({base['rows_per_cpu_s']:,} rows per CPU-second), peak RSS {base['peak_rss_mib']} MiB")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
