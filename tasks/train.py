@@ -6,7 +6,12 @@ Backends (``train.backend``), the only place in the pipeline that knows them:
   hf       transformers + bitsandbytes NF4 + peft: the fallback, the CPU path, and the benchmark baseline.
   auto     unsloth when CUDA is available and unsloth imports, else hf.
 Both train through the same ``SFTTrainer``, ``SFTConfig`` and pre-tokenized rows (labels already masked to the
-answer by the tokenize stage), whose loss projects only labelled positions through the LM head.
+answer by the tokenize stage), whose loss projects only labelled positions through the LM head, in training and in
+evaluation (``prediction_loss_only``): no ``batch x seq x vocab`` logits are built. ``build_trainer`` is that one path
+(fresh model + trainer); bench/train_throughput.py measures it. Settings: bf16 where supported, cosine (or linear)
+schedule with warm-up as a ratio, gradient accumulation, 8-bit AdamW on CUDA (``adamw_8bit``) or Adafactor,
+``packing`` = TRL's BFD packing + padding-free batches, early stopping on eval loss when ``eval_steps`` and
+``early_stopping_patience`` are set. ``tokens_per_second`` counts the non-pad tokens the model actually trained on.
 
 Checkpoints land every ``save_steps`` in ``checkpoints/<inputs key>/`` and are marked complete only after the
 trainer finished writing them; a rerun with the same inputs (a Prefect retry after a crash or kill) resumes from the
@@ -17,6 +22,7 @@ out-of-memory the micro-batch is halved and gradient accumulation doubled (same 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -76,15 +82,18 @@ def choose_backend(cfg: TrainConfig) -> str:
 def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_seq_length: int):
     from unsloth import FastLanguageModel
 
+    extra = {"revision": model_cfg.revision} if model_cfg.revision else {}
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_dir, max_seq_length=max_seq_length, load_in_4bit=model_cfg.load_in_4bit, dtype=None,
-        trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code, **extra,
     )
     model = FastLanguageModel.get_peft_model(
         model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules, bias="none", random_state=cfg.seed,
+        target_modules=cfg.lora.target_modules, bias="none", random_state=cfg.seed, max_seq_length=max_seq_length,
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
     )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
@@ -188,12 +197,26 @@ def _callbacks(progress_hook=None):
 # --- training -----------------------------------------------------------------------------------------------------
 
 
+def optimizer_name(cfg: TrainConfig, cuda: bool) -> str:
+    """Our optimizer names mapped to transformers' (bitsandbytes' 8-bit AdamW needs CUDA; plain AdamW elsewhere)."""
+    if cfg.optimizer == "adamw_8bit":
+        return "adamw_bnb_8bit" if cuda else "adamw_torch"
+    return cfg.optimizer  # adamw_torch, adafactor
+
+
 def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_batch: int, accumulation: int,
-               has_eval: bool):
+               has_eval: bool, backend: str | None = None):
     import torch
     from trl import SFTConfig
 
-    use_bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    backend = backend or cfg.backend
+    cuda = torch.cuda.is_available()
+    use_bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported())
+    early_stopping = bool(has_eval and cfg.eval_steps and cfg.early_stopping_patience)
+    save_steps = cfg.save_steps
+    if early_stopping and save_steps % cfg.eval_steps:
+        # load_best_model_at_end needs checkpoints at evaluation steps
+        save_steps = cfg.eval_steps * max(1, round(save_steps / cfg.eval_steps))
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=micro_batch,
@@ -203,100 +226,167 @@ def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_ba
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        optim={"adamw_8bit": "adamw_bnb_8bit"}.get(cfg.optimizer, cfg.optimizer) if torch.cuda.is_available()
-        else ("adamw_torch" if cfg.optimizer == "adamw_8bit" else cfg.optimizer),
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        optim=optimizer_name(cfg, cuda),
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         bf16=use_bf16,
-        fp16=torch.cuda.is_available() and not use_bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing and cfg.backend != "unsloth",
+        fp16=cuda and not use_bf16,
+        # Unsloth checkpoints through its own offloaded implementation (get_peft_model); the trainer must not add
+        # transformers' on top. The HF baseline uses transformers' (non-reentrant) checkpointing.
+        gradient_checkpointing=cfg.gradient_checkpointing and backend != "unsloth",
+        gradient_checkpointing_kwargs={"use_reentrant": False} if backend != "unsloth" else None,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=save_steps,
         save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if has_eval and cfg.eval_steps else "no",
         eval_steps=cfg.eval_steps or None,
-        load_best_model_at_end=bool(has_eval and cfg.eval_steps and cfg.early_stopping_patience),
+        # Evaluation computes the loss only, through TRL's fused LM head (labelled positions, in tiles): the
+        # batch x seq x vocab logits are never built, in training or evaluation.
+        prediction_loss_only=True,
+        load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
+        greater_is_better=False,
         seed=cfg.seed,
         data_seed=cfg.seed,
         max_length=max_seq_length,
         packing=cfg.packing,
         padding_free=cfg.packing,
         report_to="none",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not cuda,
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
 
 
+class TokenCounter:
+    """Counts the tokens the model trains on (non-pad input tokens, and labelled ones) with a forward pre-hook on the
+    top module: it runs once per micro-batch, also under gradient checkpointing; evaluation forwards are skipped."""
+
+    def __init__(self, model):
+        self.tokens = 0
+        self.padded = 0
+        self.labelled = 0
+        self.micro_batches = 0
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        if not module.training:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        mask = kwargs.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else ids.numel()  # padding-free: no pad at all
+        self.padded += ids.numel()
+        labels = kwargs.get("labels")
+        if labels is not None:
+            self.labelled += int((labels[..., 1:] != -100).sum())
+        self.micro_batches += 1
+
+    def remove(self):
+        self._handle.remove()
+
+
+def build_trainer(backend: str, train_rows, eval_rows, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
+                  max_seq_length: int, output_dir: Path, micro_batch: int, accumulation: int, callbacks=()):
+    """A fresh model (4-bit base + LoRA) and the SFTTrainer around it; the one path both backends and the benchmark
+    use. Returns (trainer, tokenizer)."""
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (first: it patches transformers, peft and trl on import)
+    from trl import SFTTrainer
+
+    _install_torch_logprob_fallback()
+    if backend == "unsloth":
+        model, tokenizer = load_unsloth(model_dir, model_cfg, cfg, max_seq_length)
+    else:
+        model, tokenizer = load_hf(model_dir, model_cfg, cfg)
+    trainer = SFTTrainer(
+        model=model, processing_class=tokenizer, train_dataset=train_rows, eval_dataset=eval_rows,
+        args=sft_config(cfg, output_dir, max_seq_length, micro_batch, accumulation, eval_rows is not None, backend),
+        callbacks=list(callbacks),
+    )
+    return trainer, tokenizer
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc)
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc) \
+        or "CUBLAS_STATUS_ALLOC_FAILED" in str(exc)
+
+
+def _free_cuda() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
           tokenize_cfg: TokenizeConfig, out_dir: Path, progress_hook=None) -> TrainResult:
     """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went."""
-    import torch
+    backend = choose_backend(cfg)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (before transformers / trl / peft are imported below)
     from datasets import load_from_disk
     from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
 
     out_dir = Path(out_dir)
-    backend = choose_backend(cfg)
     checkpoint_dir = out_dir / "checkpoints" / inputs_key(dataset_dir, model_dir, model_cfg, cfg)
     train_rows = load_from_disk(dataset_dir)
     eval_rows = load_from_disk(eval_dataset_dir) if eval_dataset_dir and cfg.eval_steps else None
     micro_batch, accumulation = cfg.micro_batch_size, cfg.gradient_accumulation
     oom_retries: list[str] = []
-    _install_torch_logprob_fallback()
     while True:
         resume = last_complete_checkpoint(checkpoint_dir)
         if resume:
             log.info("resuming training from %s", resume)
-        if backend == "unsloth":
-            model, tokenizer = load_unsloth(model_dir, model_cfg, cfg, tokenize_cfg.max_seq_length)
-        else:
-            model, tokenizer = load_hf(model_dir, model_cfg, cfg)
         callbacks = _callbacks(progress_hook)
         if eval_rows is not None and cfg.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-        trainer = SFTTrainer(
-            model=model, processing_class=tokenizer, train_dataset=train_rows, eval_dataset=eval_rows,
-            args=sft_config(cfg, checkpoint_dir, tokenize_cfg.max_seq_length, micro_batch, accumulation,
-                            eval_rows is not None),
-            callbacks=callbacks,
-        )
-        started = time.monotonic()
+        trainer = counter = None
+        oom = None
         try:
+            trainer, tokenizer = build_trainer(backend, train_rows, eval_rows, model_dir, model_cfg, cfg,
+                                               tokenize_cfg.max_seq_length, checkpoint_dir, micro_batch,
+                                               accumulation, callbacks)
+            counter = TokenCounter(trainer.model)
+            started = time.monotonic()
             output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-            break
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             if not _is_oom(exc) or micro_batch // 2 < cfg.min_micro_batch_size:
                 raise
-            message = (f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}; "
-                       f"retrying with {micro_batch // 2} x {accumulation * 2} (same effective batch)")
-            log.warning(message)
-            oom_retries.append(message)
-            micro_batch, accumulation = micro_batch // 2, accumulation * 2
-            del trainer, model
-            torch.cuda.empty_cache()
+            oom = (f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}; "
+                   f"retrying with {micro_batch // 2} x {accumulation * 2} (same effective batch)")
+        if oom is None:
+            break
+        # Out of the except block, so that the traceback's frames (and the tensors they hold) can be freed.
+        log.warning(oom)
+        oom_retries.append(oom)
+        micro_batch, accumulation = micro_batch // 2, accumulation * 2
+        if counter is not None:
+            counter.remove()
+        if trainer is not None:
+            trainer.model = trainer.model_wrapped = None
+            trainer.optimizer = trainer.lr_scheduler = None
+        del trainer, counter
+        _free_cuda()
     seconds = time.monotonic() - started
+    counter.remove()
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     history_path = write_json(out_dir / "log_history.json", history)
     with atomic_dir(out_dir / "adapter") as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    trained_tokens = sum(len(ids) for ids in train_rows["input_ids"]) * output.metrics.get("epoch", cfg.epochs)
     result = TrainResult(
         adapter=str(out_dir / "adapter"), backend=backend, steps=trainer.state.global_step,
         epochs=round(output.metrics.get("epoch", 0.0), 3), train_loss=output.training_loss,
         first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
-        seconds=round(seconds, 1), tokens_per_second=round(trained_tokens / max(seconds, 1e-9), 1),
+        seconds=round(seconds, 1), tokens_per_second=round(counter.tokens / max(seconds, 1e-9), 1),
         resumed_from=str(resume) if resume else None, micro_batch_size=micro_batch,
         gradient_accumulation=accumulation, oom_retries=oom_retries, log_history=str(history_path),
     )
