@@ -194,15 +194,17 @@ def result_storage() -> str | None:
     return os.environ.get("R1_RESULT_STORAGE") or None
 
 
-def stage_options(retries: int = 2, timeout_seconds: float | None = None, cache: bool = True) -> dict[str, Any]:
-    """Keyword arguments for ``@task`` that every stage uses."""
+def stage_options(retries: int = 2, timeout_seconds: float | None = None, cache: bool = True,
+                  log_prints: bool = True) -> dict[str, Any]:
+    """Keyword arguments for ``@task`` that every stage uses. ``log_prints=False`` for stages whose libraries print
+    noise (trl/datasets print bytecode disassembly while training)."""
     options: dict[str, Any] = {
         "retries": retries,
         "retry_delay_seconds": exponential_backoff(backoff_factor=2),
         "retry_jitter_factor": 0.5,
         "retry_condition_fn": retry_unless_permanent,
         "timeout_seconds": timeout_seconds,
-        "log_prints": True,
+        "log_prints": log_prints,
     }
     if cache:
         options.update(cache_policy=STAGE_CACHE, persist_result=True)

@@ -397,7 +397,7 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="train", **stage_options(retries=2, timeout_seconds=24 * 3600))
+@task(name="train", **stage_options(retries=2, timeout_seconds=24 * 3600, log_prints=False))
 def train_task(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig,
                cfg: TrainConfig, tokenize_cfg: TokenizeConfig, run_dir: str) -> TrainResult:
     """QLoRA fine-tuning; resumes from the last complete checkpoint when retried."""
