@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from tasks.config import ModelConfig, TokenizeConfig, TrainConfig
 from tasks.errors import ConfigError
-from tasks.io import atomic_dir, write_json
+from tasks.io import atomic_dir, exclusive_dir, write_json
 from tasks.orchestration import stage_options
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,18 @@ def _free_cuda() -> None:
 
 def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
           tokenize_cfg: TokenizeConfig, out_dir: Path, progress_hook=None) -> TrainResult:
-    """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went."""
+    """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went.
+
+    A second training into the same ``out_dir`` (two runs of one config at once) fails at once with a message naming
+    the process that holds it, instead of interleaving checkpoints; a Prefect retry of it waits with backoff.
+    """
+    with exclusive_dir(Path(out_dir)):
+        return _train(dataset_dir, eval_dataset_dir, model_dir, model_cfg, cfg, tokenize_cfg, Path(out_dir),
+                      progress_hook)
+
+
+def _train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
+           tokenize_cfg: TokenizeConfig, out_dir: Path, progress_hook=None) -> TrainResult:
     backend = choose_backend(cfg)
     if backend == "unsloth":
         import unsloth  # noqa: F401  (before transformers / trl / peft are imported below)

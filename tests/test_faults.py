@@ -140,3 +140,26 @@ def test_disk_full_while_saving_the_adapter_keeps_no_half_adapter(tmp_path):
             (tmp / "adapter_model.safetensors").write_bytes(b"\0" * 100)
             raise OSError(errno.ENOSPC, "No space left on device")
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_trainings_on_one_run_directory_do_not_interleave(small_dataset, tmp_path):
+    from tasks.config import TrainConfig, preset
+    from tasks.io import DirectoryBusy
+    from tasks.model import resolve_model
+    from tasks.train import train
+
+    first = start_training(small_dataset, tmp_path / "shared")
+    lock = tmp_path / "shared" / ".lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().startswith("pid")):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    cfg = preset("tiny")
+    try:
+        with pytest.raises(DirectoryBusy, match=rf"is in use by pid {first.pid}"):
+            train(small_dataset, None, resolve_model(cfg.model, cfg.cache_dir), cfg.model,
+                  TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12}), cfg.tokenize, tmp_path / "shared")
+    finally:
+        result = finish(first)
+    assert result["steps"] == 12 and result["resumed_from"] is None  # the first run was not disturbed
