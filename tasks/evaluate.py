@@ -121,7 +121,9 @@ def generate(model, tokenizer, prompts: list[str], cfg: EvalConfig) -> tuple[lis
               "no_repeat_ngram_size": cfg.no_repeat_ngram_size, "do_sample": cfg.temperature > 0}
     if cfg.temperature > 0:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
-    for start in range(0, len(prompts), cfg.batch_size):
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", unit="batch"):
         if time.monotonic() - started > cfg.time_limit_s:
             stopped = True
             log.warning("evaluation generation stopped by its time limit after %d prompts", len(outputs))
