@@ -241,6 +241,8 @@ def nightly(drop_url: str = "data/drop", registry_dir: str = "registry",
         raise ConfigError(f"missing accepted data files: {[p for p in train_paths if not Path(p).exists()]}")
     challenger_cfg = config.model_copy(deep=True)
     challenger_cfg.data.train_paths = list(dict.fromkeys(train_paths))
+    # The registry's snapshots of accepted drop files are data too: readable under the registry's data folder only.
+    challenger_cfg.data.allowed_roots = [*challenger_cfg.data.allowed_roots, str(registry.root / "data")]
     if challenger_cfg.run_name is None:
         challenger_cfg.run_name = f"nightly-{challenger_cfg.fingerprint()[:10]}"
 

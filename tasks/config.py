@@ -57,6 +57,12 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off unless you trust it.")
     hub_token_secret: str | None = Field(
         None, description="Name of a Prefect Secret block holding the hub token; else HF_TOKEN from the environment.")
+    allowed_roots: list[str] = Field(
+        ["{project}/.cache", ".", "{hf_cache}"],
+        description="Folders a local model directory must resolve under (symlinks followed), and with it every file "
+                    "it links to or its safetensors index names (tasks/paths.py); relative ones are relative to the "
+                    "working directory, {project} is this checkout, {hf_cache} the Hugging Face hub cache. Hub ids "
+                    "and the embedded model are not paths and are not affected.")
     embedded: EmbeddedModelConfig = EmbeddedModelConfig()
 
 
@@ -66,6 +72,15 @@ class DataConfig(Section):
     replay_path: str | None = Field("data/sample/general.jsonl", description="General data for replay and forgetting.")
     max_rejected_fraction: float = Field(0.25, ge=0, le=1, description="Fail the run when more rows are rejected.")
     max_field_chars: int = Field(100_000, ge=1, description="Longer instruction/output fields are rejected.")
+    max_line_bytes: int = Field(
+        64 * 2**20, ge=1,
+        description="A longer JSONL line or CSV record is never held in memory: it streams through a sha256 into the "
+                    "quarantine (reason line_too_long). Also the largest .json file, which is read whole.")
+    allowed_roots: list[str] = Field(
+        ["{project}/data", "."],
+        description="Folders, and remote URL prefixes such as 's3://my-bucket/', that every data file must resolve "
+                    "under (symlinks followed; tasks/paths.py); relative ones are relative to the working directory, "
+                    "{project} is this checkout. Archives are never read.")
 
 
 class AugmentConfig(Section):

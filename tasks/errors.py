@@ -17,3 +17,7 @@ class ConfigError(PermanentError):
 
 class ExportCheckError(PermanentError):
     """A produced artifact failed its check (e.g. a GGUF that answers nothing)."""
+
+
+class PathNotAllowed(ConfigError):
+    """A configured path (or a file a model directory points to) resolves outside the allowed roots, or is an archive."""

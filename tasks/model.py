@@ -2,7 +2,8 @@
 
 A model is a hub id (``deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B``), a local directory, or ``embedded`` (built from
 code, see tasks/embedded.py). Weights load from safetensors only, and code shipped with a model runs only when
-``model.trust_remote_code`` is set.
+``model.trust_remote_code`` is set. A local directory, every file it links to and every file its safetensors index
+names must lie under ``model.allowed_roots`` (tasks/paths.py).
 """
 
 from __future__ import annotations
@@ -15,24 +16,30 @@ from prefect import task
 from tasks.config import EMBEDDED, ModelConfig
 from tasks.errors import ConfigError
 from tasks.orchestration import stage_options
+from tasks.paths import check_model_dir, confine, resolve_roots
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
-    """A local directory or hub id to load from; builds the embedded model on first use."""
-    if cfg.name_or_path == EMBEDDED:
+    """A local directory or hub id to load from; builds the embedded model on first use. Anything but an existing
+    directory or a hub id is a path, so it is confined too: ``../../etc`` is refused as outside the roots."""
+    name = cfg.name_or_path
+    if name == EMBEDDED:
         from tasks.embedded import ensure_embedded_model
 
         return str(ensure_embedded_model(cfg.embedded, Path(cache_dir)))
-    path = Path(cfg.name_or_path).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ConfigError(f"{path}: not a model directory (no config.json)")
-        return str(path)
-    if HUB_ID.match(cfg.name_or_path) and not cfg.name_or_path.startswith((".", "/")):
-        return cfg.name_or_path
-    raise ConfigError(f"model {cfg.name_or_path!r} is neither a local model directory nor a hub id (org/name)")
+    path = Path(name).expanduser()
+    if not path.is_dir() and HUB_ID.match(name) and not name.startswith((".", "/")):
+        return name
+    roots = resolve_roots(cfg.allowed_roots)
+    confine(name, roots, "model.allowed_roots")
+    if not path.is_dir():
+        raise ConfigError(f"model {name!r} is neither a local model directory nor a hub id (org/name)")
+    if not (path / "config.json").exists():
+        raise ConfigError(f"{path}: not a model directory (no config.json)")
+    check_model_dir(path, roots)
+    return str(path)
 
 
 def is_prequantized(model_dir: str) -> bool:

@@ -13,6 +13,7 @@ from tasks.debias import DebiasedData
 from tasks.evaluate import Evaluation, comparison_table
 from tasks.export import GGUFFile
 from tasks.io import write_json
+from tasks.paths import resolve_roots
 from tasks.smoke import SmokeReport
 from tasks.tokenize import TokenizedData
 from tasks.train import TrainResult
@@ -27,6 +28,9 @@ def summarize(config: PipelineConfig, data: ValidatedData, augmented: AugmentedD
         "preset": config.preset,
         "model": config.model.name_or_path,
         "trust_remote_code": config.model.trust_remote_code,
+        # The roots in force, as this machine resolved them ({project}, {hf_cache}, relative paths filled in).
+        "allowed_roots": {"data": resolve_roots(config.data.allowed_roots),
+                          "model": resolve_roots(config.model.allowed_roots)},
         "data": {"rows_read": data.rows_in, "quarantined": data.quarantined, "quarantine": data.quarantine,
                  "per_file": {r.file: {"accepted": r.accepted, "quarantined": r.quarantined, "reasons": r.reasons}
                               for r in data.reports}},
@@ -90,6 +94,8 @@ def render(summary: dict) -> str:
     lines = [
         f"r1-finetune run summary ({summary['preset']}: {summary['model']})",
         f"  data       {data['rows_read']} rows read, {data['quarantined']} quarantined -> {data['quarantine']}",
+        f"  roots      data {', '.join(summary['allowed_roots']['data'])}; "
+        f"model {', '.join(summary['allowed_roots']['model'])}",
         f"  augment    {summary['augment']['rows_in']} -> {summary['augment']['rows_out']} rows {summary['augment']['origins']}",
         f"  debias     {summary['debias']['blocked']} blocked, {summary['debias']['counterfactuals']} counterfactuals; "
         + ", ".join(f"{b['groups']} ratio {b['ratio_before']} -> {b['ratio_after']}" for b in summary["debias"]["balance"]),

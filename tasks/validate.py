@@ -7,24 +7,37 @@ stage fails (without retry: a retry cannot fix data) when the rejected share of 
 
 Inputs: each entry of ``data.train_paths`` / ``test_path`` / ``replay_path`` is a file, a folder or a glob, local or
 any fsspec URL; files are JSON lines, JSON (one object or an array, e.g. Alpaca), CSV or Parquet, and the row format
-(instruction/output, Alpaca, ShareGPT, OpenAI messages, prompt/completion, R1 reasoning) is detected per row.
+(instruction/output, Alpaca, ShareGPT, OpenAI messages, prompt/completion, R1 reasoning) is detected per row. Every
+entry and every file it expands to must lie under ``data.allowed_roots`` (symlinks resolved; archives refused:
+tasks/paths.py).
 
-Checks, each with a stable reason code in the quarantine and in the per-file report: invalid_utf8 (bad bytes or lone
-surrogates), invalid_json, not_an_object, unknown_format, missing_field, wrong_type, empty_field, control_character,
-field_too_long, unknown_role, role_order, unclosed_think, empty_reasoning, empty_answer, schema (the record model in
-tasks/records.py). Token length against ``tokenize.max_seq_length`` needs the model's tokenizer, so it is enforced by
-the tokenize stage (policy ``tokenize.truncation``: drop -> ``runs/<run>/tokenize/<split>/quarantine.jsonl`` with
-reason ``too_long``, truncate -> counted in its audit, fail -> the stage fails); here only ``max_field_chars`` bounds
-the length. Duplicates and train/test leakage are the dedup stage's (tasks/dedup.py).
+Memory stays bounded whatever a file holds: JSON lines and CSV records are read in blocks, and one longer than
+``data.max_line_bytes`` is never held: it streams through a sha256 to its end and is quarantined as line_too_long
+with its byte offset, length and hash (its first bytes as ``raw``). A .json file, read whole, may not exceed the same
+cap (the error says to use JSON lines).
+
+Checks, each with a stable reason code in the quarantine and in the per-file report: line_too_long, invalid_utf8 (bad
+bytes or lone surrogates), invalid_json, invalid_csv (unparsable, or more cells than the header), not_an_object,
+unknown_format, missing_field, wrong_type, empty_field, control_character, field_too_long, unknown_role, role_order,
+unclosed_think, empty_reasoning, empty_answer, schema (the record model in tasks/records.py). Token length against
+``tokenize.max_seq_length`` needs the model's tokenizer, so it is enforced by the tokenize stage (policy
+``tokenize.truncation``: drop -> ``runs/<run>/tokenize/<split>/quarantine.jsonl`` with reason ``too_long``, truncate
+-> counted in its audit, fail -> the stage fails); here only ``max_field_chars`` bounds the length. Duplicates and
+train/test leakage are the dedup stage's (tasks/dedup.py).
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -34,6 +47,7 @@ from tasks.config import DataConfig
 from tasks.errors import DataValidationError
 from tasks.io import write_json, write_jsonl
 from tasks.orchestration import stage_options
+from tasks.paths import confine, resolve_roots
 from tasks.records import RecordError, check_schema, make_record, normalize
 
 log = logging.getLogger(__name__)
@@ -69,6 +83,12 @@ SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 _GLOB_CHARS = "*?["
 # CSV cells are flat strings: turn lists serialized as JSON (ShareGPT/OpenAI turns) back into lists.
 _NESTED_FIELDS = ("conversations", "messages")
+_BOM = b"\xef\xbb\xbf"
+_BLOCK = 1 << 20  # bytes read at a time
+_HEAD = 200  # bytes of an over-long line kept in the quarantine, to recognize it by
+MAX_LINE_BYTES = DataConfig.model_fields["max_line_bytes"].default
+DATA_ROOTS = DataConfig.model_fields["allowed_roots"].default
+ROOTS_FIELD = "data.allowed_roots"
 
 
 def _safe(text: str) -> str:
@@ -93,13 +113,15 @@ def _loads(text: str) -> object:
         return json.JSONDecodeError("nested too deeply", text, 0)
 
 
-def expand_inputs(spec: str | Path) -> list[str]:
+def expand_inputs(spec: str | Path, allowed_roots: Sequence[str] = DATA_ROOTS) -> list[str]:
     """One input spec -> its files: a file, a folder (its data files, recursively, sorted) or a glob; local paths or
-    any fsspec URL (``file://``, ``memory://``, ``s3://`` ...). A plain existing file is returned exactly as given."""
-    import fsspec
+    any fsspec URL (``file://``, ``memory://``, ``s3://`` ...). A plain existing file is returned exactly as given.
+    The spec (before anything is opened) and every file found must lie under ``allowed_roots``."""
     from fsspec.core import url_to_fs
 
     spec = str(spec)
+    roots = resolve_roots(allowed_roots)
+    confine(spec, roots, ROOTS_FIELD)
     fs, root = url_to_fs(spec)
     remote = "://" in spec
     if any(c in spec for c in _GLOB_CHARS):
@@ -111,7 +133,8 @@ def expand_inputs(spec: str | Path) -> list[str]:
     files = [p for p in found if p.lower().endswith(SUFFIXES) and not fs.isdir(p)]
     if not files:
         raise DataValidationError(f"{spec}: no data file ({', '.join(SUFFIXES)}) matches")
-    return [fs.unstrip_protocol(p) if remote else p for p in files]
+    # A folder or glob may hold symlinks that lead out of the roots: each file is checked as itself.
+    return [confine(fs.unstrip_protocol(p) if remote else p, roots, ROOTS_FIELD) for p in files]
 
 
 def _exists(path: str) -> bool:
@@ -121,10 +144,121 @@ def _exists(path: str) -> bool:
     return fs.exists(root)
 
 
-def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, str, object]]:
-    """Yield (line or row number, raw text, parsed value or the exception that parsing raised, or BLANK), 1-based.
+@dataclass(frozen=True)
+class LineTooLong:
+    """A line (a CSV record) over ``data.max_line_bytes``: streamed through a sha256, never held in memory."""
 
-    Streams: JSON lines line by line, CSV and Parquet in batches; a .json file (one object or an array) is read whole. ``path`` may be any fsspec URL.
+    offset: int  # of its first byte in the file
+    length: int  # in bytes, without its newline
+    sha256: str
+    head: bytes  # its first bytes
+
+
+def _head(pieces: list[bytes]) -> bytes:
+    return b"".join(p[:_HEAD] for p in pieces[:_HEAD])[:_HEAD]
+
+
+def iter_lines(handle: BinaryIO, max_bytes: int, quoted: bool = False) -> Iterator[tuple[int, bytes | LineTooLong]]:
+    """(byte offset, bytes without the newline) of each line of a binary stream; with ``quoted`` (CSV) a newline
+    inside double quotes does not end the record. One longer than ``max_bytes`` comes as a LineTooLong: it streams
+    through a sha256 to its end, so memory stays near ``max_bytes`` + one block whatever the file holds."""
+    pieces: list[bytes] = []
+    size = quotes = offset = 0
+    digest = None
+    head = b""
+    while block := handle.read(_BLOCK):
+        start = 0
+        while True:
+            newline = block.find(b"\n", start)
+            piece = block[start:] if newline < 0 else block[start:newline]
+            if quoted:
+                quotes += piece.count(b'"')  # a doubled quote inside a quoted field counts twice: parity holds
+            ends = newline >= 0 and not quotes % 2
+            if newline >= 0 and not ends:
+                piece += b"\n"  # a newline inside a quoted CSV field is part of the record
+            size += len(piece)
+            if digest is not None:
+                digest.update(piece)
+                if len(head) < _HEAD:  # a cap below _HEAD: the head goes on past it
+                    head += piece[:_HEAD - len(head)]
+            elif size > max_bytes:  # from here on the line is hashed and dropped, not kept
+                pieces.append(piece)
+                head = _head(pieces)
+                digest = hashlib.sha256()
+                for held in pieces:
+                    digest.update(held)
+                pieces = []
+            else:
+                pieces.append(piece)
+            if newline < 0:
+                break
+            start = newline + 1
+            if ends:
+                yield offset, (LineTooLong(offset, size, digest.hexdigest(), head) if digest else b"".join(pieces))
+                offset += size + 1
+                pieces, size, quotes, digest = [], 0, 0, None
+    if size:  # a last line without a newline
+        yield offset, (LineTooLong(offset, size, digest.hexdigest(), head) if digest else b"".join(pieces))
+
+
+def _raw_head(line: LineTooLong) -> str:
+    return _safe(line.head.decode("utf-8", errors="backslashreplace")) + f"... ({line.length} bytes)"
+
+
+def _csv_rows(name: str, handle: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str, object]]:
+    """The rows of a CSV file (first record: the header) as iter_raw_rows yields them, numbered from 1."""
+    # The stdlib's field limit (128 KiB) would refuse legal cells; a record is capped by iter_lines anyway.
+    csv.field_size_limit(max_line_bytes)
+    header: list[str] | None = None
+    number = 0
+    for offset, record in iter_lines(handle, max_line_bytes, quoted=True):
+        if isinstance(record, LineTooLong):
+            if header is None:
+                raise DataValidationError(f"{name}: the CSV header is over data.max_line_bytes ({max_line_bytes})")
+            number += 1
+            yield number, _raw_head(record), record
+            continue
+        if offset == 0 and record.startswith(_BOM):
+            record = record[len(_BOM):]
+        if not record.strip():
+            if header is not None:
+                yield number, "", BLANK
+            continue
+        try:
+            text = record.decode("utf-8")
+            cells = list(csv.reader(io.StringIO(text, newline="")))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            if header is None:
+                raise DataValidationError(f"{name}: unreadable CSV header ({exc})") from exc
+            number += 1
+            yield number, _safe(record.decode("utf-8", errors="backslashreplace")), exc
+            continue
+        if header is None:
+            header, cells = cells[0], cells[1:]
+        for values in cells:  # one record, or several where a stray quote made iter_lines join lines
+            if not values:
+                yield number, "", BLANK
+                continue
+            number += 1
+            if len(values) > len(header):
+                yield number, _safe(text), csv.Error(f"{len(values)} cells, the header has {len(header)}")
+                continue
+            row = {k: v for k, v in zip(header, values)
+                   if not (v == "" and k not in ("instruction", "output", "prompt", "completion"))}
+            for key in _NESTED_FIELDS:
+                if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
+                    parsed = _loads(row[key])
+                    if not isinstance(parsed, json.JSONDecodeError):
+                        row[key] = parsed  # else left a string: normalize() quarantines it as wrong_type
+            yield number, _dump_raw(row), row
+
+
+def iter_raw_rows(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str, object]]:
+    """Yield (line or row number, raw text, parsed value or the exception that parsing raised, a LineTooLong, or
+    BLANK), 1-based.
+
+    Streams: JSON lines and CSV records in blocks (bounded by ``max_line_bytes``), Parquet in batches; a .json file
+    (one object or an array) is read whole, up to ``max_line_bytes``. ``path`` may be any fsspec URL.
     """
     import fsspec
 
@@ -132,21 +266,28 @@ def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, str, object]]:
     suffix = Path(name.split("?")[0]).suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         with fsspec.open(name, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a byte-order mark opens the file; it is not part of the first row
+            for number, (offset, raw) in enumerate(iter_lines(handle, max_line_bytes), start=1):
+                if isinstance(raw, LineTooLong):
+                    yield number, _raw_head(raw), raw
+                    continue
+                if offset == 0 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM):]  # a byte-order mark opens the file; it is not part of the first row
                 if not raw.strip():  # blank: ASCII whitespace only (a line of control characters is a bad row)
                     yield number, raw.decode("utf-8", errors="backslashreplace"), BLANK
                     continue
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    yield number, raw.decode("utf-8", errors="backslashreplace").rstrip("\n"), exc
+                    yield number, raw.decode("utf-8", errors="backslashreplace"), exc
                     continue
-                yield number, text.rstrip("\n"), _loads(text)
+                yield number, text, _loads(text)
     elif suffix == ".json":
         with fsspec.open(name, "rb") as handle:
-            blob = handle.read()
+            blob = handle.read(max_line_bytes + 1)
+        if len(blob) > max_line_bytes:
+            raise DataValidationError(
+                f"{name}: a .json file is read whole, and this one is over data.max_line_bytes ({max_line_bytes} "
+                "bytes); convert it to JSON lines (.jsonl, one row per line), which is streamed")
         try:
             text = blob.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -160,22 +301,8 @@ def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, str, object]]:
         for number, row in enumerate(rows, start=1):
             yield number, _dump_raw(row), row
     elif suffix == ".csv":
-        import pandas as pd
-
         with fsspec.open(name, "rb") as handle:
-            number = 0
-            for frame in pd.read_csv(handle, dtype=str, keep_default_na=False, encoding_errors="backslashreplace",
-                                     chunksize=8192):
-                for row in frame.to_dict(orient="records"):
-                    number += 1
-                    row = {k: v for k, v in row.items() if not (v == "" and k not in ("instruction", "output", "prompt",
-                                                                                       "completion"))}
-                    for key in _NESTED_FIELDS:
-                        if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
-                            parsed = _loads(row[key])
-                            if not isinstance(parsed, json.JSONDecodeError):
-                                row[key] = parsed  # else left a string: normalize() quarantines it as wrong_type
-                    yield number, _dump_raw(row), row
+            yield from _csv_rows(name, handle, max_line_bytes)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -190,18 +317,27 @@ def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, str, object]]:
         raise DataValidationError(f"{name}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
 
 
-def iter_validated(path: str | Path, max_chars: int) -> Iterator[tuple[bool, dict | None, int]]:
+def iter_validated(path: str | Path, max_chars: int,
+                   max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[bool, dict | None, int]]:
     """Stream one file: (True, record, number) for each accepted row, (False, quarantine row, number) for each
     rejected one, (False, None, number) for a blank line (counted, not quarantined)."""
     name = str(path)
-    for number, raw, parsed in iter_raw_rows(path):
+    for number, raw, parsed in iter_raw_rows(path, max_line_bytes):
         if parsed is BLANK:
             yield False, None, number
             continue
-        if isinstance(parsed, UnicodeDecodeError):
+        extra = {}
+        if isinstance(parsed, LineTooLong):
+            reason, field = "line_too_long", None
+            message = (f"{parsed.length} bytes from byte {parsed.offset}, over data.max_line_bytes ({max_line_bytes}); "
+                       f"not read, sha256 {parsed.sha256}")
+            extra = {"offset": parsed.offset, "bytes": parsed.length, "sha256": parsed.sha256}
+        elif isinstance(parsed, UnicodeDecodeError):
             reason, field, message = "invalid_utf8", None, f"not valid UTF-8 ({parsed.reason} at byte {parsed.start})"
         elif isinstance(parsed, json.JSONDecodeError):
             reason, field, message = "invalid_json", None, f"not valid JSON ({parsed.msg} at column {parsed.colno})"
+        elif isinstance(parsed, csv.Error):
+            reason, field, message = "invalid_csv", None, f"not a valid CSV record ({parsed})"
         else:
             try:
                 record = make_record(normalize(parsed, max_chars), name, number)
@@ -211,15 +347,16 @@ def iter_validated(path: str | Path, max_chars: int) -> Iterator[tuple[bool, dic
             except RecordError as exc:
                 reason, field, message = exc.reason, exc.field, str(exc)
         yield False, {"file": name, "line": number, "reason": reason, "field": field,
-                      "message": _safe(f"{name}:{number}: {message}"), "raw": _safe(raw)}, number
+                      "message": _safe(f"{name}:{number}: {message}"), "raw": _safe(raw), **extra}, number
 
 
-def validate_file(path: str | Path, max_chars: int) -> tuple[list[dict], list[dict], FileReport]:
+def validate_file(path: str | Path, max_chars: int,
+                  max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[dict], list[dict], FileReport]:
     """Records and quarantine rows of one file, plus its report."""
     if not _exists(str(path)):
         raise DataValidationError(f"{path}: file not found")
     accepted, quarantined, blank = [], [], 0
-    for ok, row, _ in iter_validated(path, max_chars):
+    for ok, row, _ in iter_validated(path, max_chars, max_line_bytes):
         if ok:
             accepted.append(row)
         elif row is None:
@@ -242,9 +379,9 @@ def validate(cfg: DataConfig, out_dir: Path) -> ValidatedData:
     specs = [("train", p) for p in cfg.train_paths] + ([("test", cfg.test_path)] if cfg.test_path else [])
     if cfg.replay_path:
         specs.append(("replay", cfg.replay_path))
-    inputs = [(split, path) for split, spec in specs for path in expand_inputs(spec)]
+    inputs = [(split, path) for split, spec in specs for path in expand_inputs(spec, cfg.allowed_roots)]
     for split, path in inputs:
-        records, rejected, report = validate_file(path, cfg.max_field_chars)
+        records, rejected, report = validate_file(path, cfg.max_field_chars, cfg.max_line_bytes)
         outputs[split].extend(records)
         quarantine.extend(rejected)
         reports.append(report)

@@ -123,7 +123,7 @@ def test_stage_on_validated_files_writes_quarantine_and_keeps_the_validated_shap
     write_lines(tmp_path / "train.jsonl", rows)
     write_lines(tmp_path / "test.jsonl", [rows[2]])
     data = validate(DataConfig(train_paths=[str(tmp_path / "train.jsonl")], test_path=str(tmp_path / "test.jsonl"),
-                               replay_path=None), tmp_path / "validate")
+                               replay_path=None, allowed_roots=[str(tmp_path)]), tmp_path / "validate")
     result, report, quarantine = dedup_files(data, DedupConfig(), tmp_path / "dedup")
     assert type(result) is type(data) and result.reports == data.reports and result.quarantine == data.quarantine
     lines = [json.loads(x) for x in open(quarantine, encoding="utf-8")]
@@ -136,8 +136,8 @@ def test_no_test_file_and_split(tmp_path):
     rows = [{"instruction": f"Question {i}: {' '.join(random.Random(i).choices(WORDS, k=8))}", "output": str(i)}
             for i in range(200)]
     write_lines(tmp_path / "train.jsonl", rows)
-    data = validate(DataConfig(train_paths=[str(tmp_path / "train.jsonl")], test_path="", replay_path=None),
-                    tmp_path / "validate")
+    data = validate(DataConfig(train_paths=[str(tmp_path / "train.jsonl")], test_path="", replay_path=None,
+                               allowed_roots=[str(tmp_path)]), tmp_path / "validate")
     assert open(data.test).read() == ""
     result, report, _ = dedup_files(data, DedupConfig(split_test_fraction=0.2), tmp_path / "dedup")
     n_test = sum(1 for _ in open(result.test, encoding="utf-8"))

@@ -96,12 +96,13 @@ def test_unicode_round_trips_untouched(tmp_path):
 
 def test_folder_glob_and_fsspec_urls(tmp_path):
     _write_all(tmp_path)
-    folder = expand_inputs(str(tmp_path))
+    roots = [str(tmp_path)]
+    folder = expand_inputs(str(tmp_path), roots)
     assert [p.rsplit("/", 1)[-1] for p in folder] == sorted(["mixed.jsonl", "alpaca.json", "one.json", "alpaca.csv",
                                                              "sharegpt.csv", "sg.parquet", "pc.parquet"])
-    assert [p.rsplit("/", 1)[-1] for p in expand_inputs(str(tmp_path / "*.parquet"))] == ["pc.parquet", "sg.parquet"]
+    assert [p.rsplit("/", 1)[-1] for p in expand_inputs(str(tmp_path / "*.parquet"), roots)] == ["pc.parquet", "sg.parquet"]
     url = f"file://{tmp_path}/mixed.jsonl"
-    assert expand_inputs(url) == [url]
+    assert expand_inputs(url, roots) == [url]
     accepted, _, _ = validate_file(url, 10_000)
     assert len(accepted) == 7 and accepted[0]["source"]["file"] == url
 
@@ -114,17 +115,17 @@ def test_memory_filesystem_and_validate_over_a_glob(tmp_path):
         handle.write("\n".join(json.dumps(r, ensure_ascii=False) for r in ROWS) + "\n")
     with fs.open("/bench/b.json", "w") as handle:
         handle.write(json.dumps([ALPACA], ensure_ascii=False))
-    assert expand_inputs("memory://bench/*") == ["memory:///bench/a.jsonl", "memory:///bench/b.json"]
+    assert expand_inputs("memory://bench/*", ["memory://"]) == ["memory:///bench/a.jsonl", "memory:///bench/b.json"]
     write_lines(tmp_path / "test.jsonl", [OPENAI])
     result = validate(DataConfig(train_paths=["memory://bench"], test_path=str(tmp_path / "test.jsonl"),
-                                 replay_path=None), tmp_path / "out")
+                                 replay_path=None, allowed_roots=["memory://", str(tmp_path)]), tmp_path / "out")
     assert [r.file for r in result.reports][:2] == ["memory:///bench/a.jsonl", "memory:///bench/b.json"]
     assert sum(1 for _ in open(result.train, encoding="utf-8")) == 8
 
 
 def test_glob_without_match_and_missing_url_are_clear_errors(tmp_path):
     with pytest.raises(DataValidationError, match="no data file"):
-        expand_inputs(str(tmp_path / "*.jsonl"))
+        expand_inputs(str(tmp_path / "*.jsonl"), [str(tmp_path)])
     with pytest.raises(DataValidationError, match="file not found"):
         validate_file("memory://nowhere/x.jsonl", 100)
 

@@ -1,5 +1,6 @@
 """Hostile data files: every line ends accepted or quarantined with a reason; none is lost, nothing crashes."""
 
+import hashlib
 import json
 import random
 
@@ -8,13 +9,14 @@ from hypothesis import strategies as st
 
 from tasks.validate import validate_file
 
-STATS = {"files": 0, "rows": 0, "quarantined": 0, "lost": 0}
+STATS = {"files": 0, "rows": 0, "quarantined": 0, "line_too_long": 0, "lost": 0}
+MAX_LINE_BYTES = 300_000  # small, so that over-long lines stay cheap to generate
 
 GOOD = {"instruction": "What is the sentence about?", "output": "<think>\nTwo animals.\n</think>\n\nAnimals."}
 
 
 def mutate(rng: random.Random, line: bytes) -> bytes:
-    kind = rng.randrange(9)
+    kind = rng.randrange(10)
     if kind == 0:
         return line[: rng.randrange(len(line))]                     # truncated JSON
     if kind == 1:
@@ -37,6 +39,8 @@ def mutate(rng: random.Random, line: bytes) -> bytes:
         return b"\xef\xbb\xbf" + line                                 # a byte-order mark
     if kind == 7:
         return json.dumps(rng.choice([None, 1, "s", [GOOD], {"messages": "no"}])).encode()
+    if kind == 8:
+        return json.dumps({**GOOD, "output": "z" * rng.randrange(MAX_LINE_BYTES, 3 * MAX_LINE_BYTES)}).encode()  # too long
     return line
 
 
@@ -49,13 +53,19 @@ def test_mutated_files_lose_no_row(tmp_path_factory, seed, n, extra):
     path = tmp_path_factory.mktemp("fuzz") / "data.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     non_blank = sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
-    accepted, quarantined, report = validate_file(path, 100_000)
+    accepted, quarantined, report = validate_file(path, 100_000, max_line_bytes=MAX_LINE_BYTES)
+    too_long = [q for q in quarantined if q["reason"] == "line_too_long"]
     STATS["files"] += 1
     STATS["rows"] += non_blank
     STATS["quarantined"] += len(quarantined)
+    STATS["line_too_long"] += len(too_long)
     STATS["lost"] += non_blank - len(accepted) - len(quarantined)
     assert len(accepted) + len(quarantined) == non_blank
     assert all(q["reason"] and q["line"] >= 1 for q in quarantined)
+    assert len(too_long) == sum(len(line) > MAX_LINE_BYTES for line in lines)
+    for q in too_long:  # identified by its hash and place, not kept
+        line = lines[q["line"] - 1]
+        assert (q["bytes"], q["sha256"]) == (len(line), hashlib.sha256(line).hexdigest()) and len(q["raw"]) < 1000
 
 
 def test_fuzz_summary():

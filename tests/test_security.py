@@ -88,4 +88,4 @@ def test_model_names_that_are_neither_a_directory_nor_a_hub_id_are_refused(tmp_p
             resolve_model(ModelConfig(name_or_path=name), str(tmp_path))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no config.json"):
-        resolve_model(ModelConfig(name_or_path=str(tmp_path / "empty")), str(tmp_path))
+        resolve_model(ModelConfig(name_or_path=str(tmp_path / "empty"), allowed_roots=[str(tmp_path)]), str(tmp_path))

@@ -64,7 +64,7 @@ def test_json_csv_and_parquet_inputs(tmp_path):
 
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataValidationError, match="nope.jsonl: file not found"):
-        validate(DataConfig(train_paths=[str(tmp_path / "nope.jsonl")]), tmp_path)
+        validate(DataConfig(train_paths=[str(tmp_path / "nope.jsonl")], allowed_roots=[".", str(tmp_path)]), tmp_path)
 
 
 def test_blank_lines_are_counted_not_quarantined(tmp_path):
