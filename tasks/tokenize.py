@@ -12,21 +12,28 @@ Rows longer than ``max_seq_length`` are dropped (to quarantine), truncated, or f
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
+import threading
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks.chat_template import THINK_CLOSE, THINK_OPEN, completion_text
+from tasks.chat_template import THINK_CLOSE, THINK_OPEN, chat_renderer, completion_text
 from tasks.config import TokenizeConfig
 from tasks.errors import DataValidationError, PermanentError
-from tasks.io import atomic_dir, read_jsonl, write_json, write_jsonl
+from tasks.io import atomic_dir, atomic_path, concat_files, iter_jsonl, write_json
 from tasks.orchestration import stage_options
+from tasks.shards import JsonlWriter, Shard, chunked
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+CHUNK_ROWS = 4096  # records encoded per encode_batch call in tokenize_records (bounds memory)
+TOKENIZE_CHUNK = 8192  # records a tokenize_shard holds at once
 
 
 class TokenizedData(BaseModel):
@@ -78,13 +85,97 @@ def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
             "prompt_len": len(prompt_ids)}
 
 
+def render_prompts(tokenizer, records: list[dict], system_prompt: str = "") -> list[str]:
+    """``render_prompt`` of each record, equal to it, through the tokenizer's cached FastChatRenderer (each shape's
+    template rendered once and filled in; rows it cannot show to be equal, and a checked sample, go through Jinja)."""
+    conversations = []
+    for record in records:
+        messages = prompt_messages(record)
+        if system_prompt and not record["system"]:
+            messages = [{"role": "system", "content": system_prompt}, *messages]
+        conversations.append(messages)
+    return chat_renderer(tokenizer, add_generation_prompt=True).render(conversations)
+
+
+def _direct_backend(tokenizer):
+    """The Rust tokenizer that ``tokenizer(texts, add_special_tokens=False)`` would hand the texts to unchanged (no
+    subclass override, no truncation/padding set, same special-token splitting), or None."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    cls, backend = type(tokenizer), getattr(tokenizer, "_tokenizer", None)
+    if (not isinstance(tokenizer, TokenizersBackend) or backend is None
+            or cls.__call__ is not PreTrainedTokenizerBase.__call__
+            or cls._encode_plus is not TokenizersBackend._encode_plus or hasattr(tokenizer, "_switch_to_input_mode")
+            or backend.truncation is not None or backend.padding is not None
+            or backend.encode_special_tokens != bool(getattr(tokenizer, "split_special_tokens", False))):
+        return None
+    return backend
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """``tokenizer(text, add_special_tokens=False)["input_ids"]`` of each text, in one batched call: straight to the
+    Rust tokenizer (``encode_batch_fast``: no offsets) when that is what the call would do anyway (the first text is
+    checked against the plain call), else ``tokenizer(texts)``."""
+    if not texts:
+        return []
+    backend = _direct_backend(tokenizer)
+    if backend is not None:
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        ids = [e.ids for e in encode(texts, add_special_tokens=False)]
+        if ids[0] == tokenizer(texts[0], add_special_tokens=False)["input_ids"]:
+            return ids
+        log.warning("direct Rust tokenization differs from %s's own call: using the latter", type(tokenizer).__name__)
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def encode_batch(tokenizer, records: list[dict], cfg: TokenizeConfig) -> list[dict]:
+    """``encode_row`` of each record (input_ids, labels, prompt_len; equal to it), much faster: prompts rendered by
+    ``render_prompts``, every distinct text (prompts, shown reasoning, completions: augmented variants share theirs)
+    tokenized once, in one batched call. Prompt and completion are still tokenized separately, as in encode_row."""
+    prompts = render_prompts(tokenizer, records, cfg.system_prompt)
+    mask, drop = cfg.think_in_loss == "mask", cfg.think_in_loss == "drop"
+    think_open = f"{THINK_OPEN}\n"
+    eos_token = tokenizer.eos_token
+    index: dict[str, int] = {}  # distinct text -> its position in the one tokenizer call
+    plan = []
+    for record, prompt in zip(records, prompts):
+        opens_think = prompt.rstrip(" ").endswith(think_open)
+        reasoning = None if drop else record.get("reasoning")
+        answer = record["messages"][-1]["content"]
+        shown = -1
+        if mask and reasoning:
+            text = ("" if opens_think else think_open) + f"{reasoning.strip()}\n"
+            shown = index.setdefault(text, len(index))
+            completion = f"{THINK_CLOSE}\n\n{answer.strip()}{eos_token}"
+        else:
+            completion = completion_text(reasoning, answer, opens_think)
+        plan.append((index.setdefault(prompt, len(index)), shown, index.setdefault(completion, len(index))))
+    ids = encode_texts(tokenizer, list(index))
+    bos = tokenizer.bos_token_id
+    rows = []
+    for p, shown, c in plan:
+        prompt_ids = ids[p]
+        if bos is not None and prompt_ids[:1] != [bos]:
+            prompt_ids = [bos, *prompt_ids]  # templates without {{ bos_token }}
+        if shown >= 0:
+            prompt_ids = prompt_ids + ids[shown]
+        completion_ids = ids[c]
+        n = len(prompt_ids)
+        rows.append({"input_ids": prompt_ids + completion_ids, "labels": [IGNORE] * n + completion_ids,
+                     "prompt_len": n})
+    return rows
+
+
 def tokenize_records(tokenizer, records: list[dict], cfg: TokenizeConfig) -> tuple[list[dict], list[dict], dict]:
     """(rows, quarantined rows, audit figures)."""
     rows, quarantined = [], []
     audit = {"truncated": 0, "bos_ok": 0, "think_in_labels": 0, "eos_at_end": 0}
     think_close_ids = tokenizer(THINK_CLOSE, add_special_tokens=False)["input_ids"]
-    for record in records:
-        row = encode_row(tokenizer, record, cfg)
+    bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    for record, row in _encoded(tokenizer, records, cfg):
         ids = row["input_ids"]
         if len(ids) > cfg.max_seq_length:
             where = f"{record['source']['file']}:{record['source']['line']}"
@@ -97,21 +188,42 @@ def tokenize_records(tokenizer, records: list[dict], cfg: TokenizeConfig) -> tup
                 continue
             row["input_ids"], row["labels"] = ids[: cfg.max_seq_length], row["labels"][: cfg.max_seq_length]
             audit["truncated"] += 1
-        bos_count = row["input_ids"].count(tokenizer.bos_token_id) if tokenizer.bos_token_id is not None else 1
-        if bos_count != 1 or (tokenizer.bos_token_id is not None and row["input_ids"][0] != tokenizer.bos_token_id):
+        bos_count = row["input_ids"].count(bos_id) if bos_id is not None else 1
+        if bos_count != 1 or (bos_id is not None and row["input_ids"][0] != bos_id):
             raise PermanentError(f"{record['source']}: {bos_count} BOS tokens after templating; expected exactly one "
                                  "at position 0 (check the model's chat template)")
         audit["bos_ok"] += 1
-        labels = [t for t in row["labels"] if t != IGNORE]
+        # The labels that are not IGNORE: exactly those after the prompt (token ids are never -100).
+        labels = row["labels"][row["prompt_len"]:]
         audit["think_in_labels"] += _contains(labels, think_close_ids)
-        audit["eos_at_end"] += labels[-1:] == [tokenizer.eos_token_id]
+        audit["eos_at_end"] += labels[-1:] == [eos_id]
         rows.append({"input_ids": row["input_ids"], "labels": row["labels"]})
     return rows, quarantined, audit
 
 
+def _encoded(tokenizer, records, cfg: TokenizeConfig):
+    """(record, encode_row's row) of each record, encoded CHUNK_ROWS records at a time by encode_batch."""
+    from itertools import islice
+
+    it = iter(records)
+    while chunk := list(islice(it, CHUNK_ROWS)):
+        yield from zip(chunk, encode_batch(tokenizer, chunk, cfg))
+
+
 def _contains(seq: list[int], sub: list[int]) -> bool:
+    """Whether ``sub`` occurs in ``seq`` as a contiguous run (the empty run occurs everywhere)."""
     n = len(sub)
-    return any(seq[i:i + n] == sub for i in range(len(seq) - n + 1))
+    if n == 0:
+        return True
+    first, i = sub[0], 0
+    try:
+        while True:
+            i = seq.index(first, i)
+            if seq[i:i + n] == sub:
+                return True
+            i += 1
+    except ValueError:
+        return False
 
 
 def decoded_example(tokenizer, row: dict) -> dict:
@@ -121,38 +233,157 @@ def decoded_example(tokenizer, row: dict) -> dict:
             "trained": tokenizer.decode(row["input_ids"][prompt_len:])}
 
 
-def tokenize_file(tokenizer, records_path: Path, cfg: TokenizeConfig, out_dir: Path) -> TokenizedData:
-    from datasets import Dataset
+class TokenizedShard(BaseModel):
+    arrow: str  # the rows (input_ids, labels) as a datasets Arrow file
+    digest: str  # xxh3-128 of that file
+    quarantine: str
+    rows_in: int
+    rows_out: int
+    tokens: int
+    trained_tokens: int
+    max_length: int
+    audit: dict[str, int]
+    examples: list[dict]  # the first rows, decoded, for the audit
 
-    records = read_jsonl(records_path)
-    rows, quarantined, audit = tokenize_records(tokenizer, records, cfg)
-    if not rows:
-        raise DataValidationError(f"{records_path}: no row left after tokenization ({len(quarantined)} too long)")
-    out_dir = Path(out_dir)
-    dataset_dir = out_dir / "dataset"
+
+def _features():
+    from datasets import Features, List, Value
+
+    # What Dataset.from_list infers for these rows (datasets stores input_ids as int32).
+    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int64"))})
+
+
+def _table(rows: list[dict]):
+    import pyarrow as pa
+
+    return pa.table({"input_ids": pa.array([r["input_ids"] for r in rows], type=pa.list_(pa.int32())),
+                     "labels": pa.array([r["labels"] for r in rows], type=pa.list_(pa.int64()))})
+
+
+def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Path) -> TokenizedShard:
+    """The map unit: one shard of records to an Arrow file of rows (streamed in chunks) and its quarantine part."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import xxhash
+    from datasets.arrow_writer import ArrowWriter
+
+    arrow = Path(f"{out_prefix}.arrow")
+    totals = {"truncated": 0, "bos_ok": 0, "think_in_labels": 0, "eos_at_end": 0}
+    rows_in = rows_out = tokens = trained = longest = 0
+    examples: list[dict] = []
+    with atomic_path(arrow) as tmp, JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
+        writer = ArrowWriter(features=_features(), path=str(tmp))
+        try:
+            for chunk in chunked(iter_jsonl(Path(shard.path)), TOKENIZE_CHUNK):
+                rows, quarantined, audit = tokenize_records(tokenizer, chunk, cfg)
+                rows_in += len(chunk)
+                quarantine.write_many(quarantined)
+                for key in totals:
+                    totals[key] += audit[key]
+                if not rows:
+                    continue
+                if len(examples) < 3:
+                    examples += [decoded_example(tokenizer, r) for r in rows[: 3 - len(examples)]]
+                table = _table(rows)
+                labels = table.column("labels").combine_chunks().values.to_numpy()
+                rows_out += len(rows)
+                tokens += len(labels)
+                trained += int(np.count_nonzero(labels != IGNORE))
+                longest = max(longest, pc.max(pc.list_value_length(table.column("input_ids"))).as_py())
+                writer.write_table(table)
+            writer.finalize()
+        finally:
+            writer.close()
+        digest = xxhash.xxh3_128()
+        with open(tmp, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        return TokenizedShard(arrow=str(arrow), digest=digest.hexdigest(), quarantine=quarantine.close().path,
+                              rows_in=rows_in, rows_out=rows_out, tokens=tokens, trained_tokens=trained,
+                              max_length=longest, audit=totals, examples=examples)
+
+
+def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> None:
+    """A ``datasets.load_from_disk`` directory whose data files are ``arrows``, in order, hard-linked (copied across
+    filesystems) instead of rewritten: what ``save_to_disk`` writes (the same state.json and dataset_info.json),
+    without reading the rows again. The fingerprint comes from the content, so equal data gives an equal folder."""
+    import shutil
+
+    from datasets import DatasetInfo
+    from datasets.utils.py_utils import asdict
+
+    names = [f"data-{k:05d}-of-{len(arrows):05d}.arrow" for k in range(len(arrows))]
+    state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint,
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+             "_split": None}
+    info = asdict(DatasetInfo(features=_features()))
     with atomic_dir(dataset_dir) as tmp:
-        Dataset.from_list(rows).save_to_disk(str(tmp))
-    quarantine = out_dir / "quarantine.jsonl"
-    write_jsonl(quarantine, quarantined)
-    lengths = [len(r["input_ids"]) for r in rows]
+        for source, name in zip(arrows, names):
+            try:
+                os.link(source, tmp / name)
+            except OSError:
+                shutil.copyfile(source, tmp / name)
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+        (tmp / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2),
+                                               encoding="utf-8")
+
+
+def merge_tokenized(parts: list[TokenizedShard], out_dir: Path, name: str) -> TokenizedData:
+    """The shards' rows as one dataset (``out_dir/dataset``), their quarantine parts joined, the audit summed."""
+    import xxhash
+
+    out_dir = Path(out_dir)
+    full = [p for p in parts if p.rows_out]
+    dropped = sum(p.rows_in - p.rows_out for p in parts)
+    if not full:
+        raise DataValidationError(f"{name}: no row left after tokenization ({dropped} too long)")
+    fingerprint = xxhash.xxh3_64("".join(p.digest for p in full).encode()).hexdigest()
+    write_dataset([p.arrow for p in full], fingerprint, out_dir / "dataset")
+    quarantine = concat_files(out_dir / "quarantine.jsonl", [p.quarantine for p in parts])
+    audit = {key: sum(p.audit[key] for p in parts) for key in parts[0].audit}
     result = TokenizedData(
-        dataset=str(dataset_dir), rows_in=len(records), rows_out=len(rows), dropped_too_long=len(quarantined),
-        tokens=sum(lengths), trained_tokens=sum(sum(t != IGNORE for t in r["labels"]) for r in rows),
-        max_length=max(lengths), quarantine=str(quarantine), **audit,
+        dataset=str(out_dir / "dataset"), rows_in=sum(p.rows_in for p in parts), rows_out=sum(p.rows_out for p in parts),
+        dropped_too_long=dropped, tokens=sum(p.tokens for p in parts), trained_tokens=sum(p.trained_tokens for p in parts),
+        max_length=max(p.max_length for p in full), quarantine=str(quarantine), **audit,
     )
-    write_json(out_dir / "audit.json", {**result.model_dump(), "examples": [decoded_example(tokenizer, r) for r in rows[:3]]})
+    # Paths relative to out_dir: the same data gives the same bytes in any run directory.
+    write_json(out_dir / "audit.json", {**result.model_dump(), "dataset": "dataset", "quarantine": "quarantine.jsonl",
+                                        "examples": full[0].examples})
     return result
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="tokenize", task_run_name="tokenize {split}", **stage_options())
-def tokenize_task(records_path: str, model_dir: str, cfg: TokenizeConfig, run_dir: str, split: str = "train") -> TokenizedData:
-    """Apply the R1 chat template, mask the prompt, enforce the length policy."""
+_TOKENIZER_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_tokenizer(model_dir: str):
     from tasks.model import load_tokenizer
 
-    result = tokenize_file(load_tokenizer(model_dir), Path(records_path), cfg, Path(run_dir) / "tokenize" / split)
+    return load_tokenizer(model_dir)
+
+
+def _tokenizer(model_dir: str):
+    """One tokenizer per worker process and model (a worker runs many shards). Loaded under a lock: threads of the
+    default runner importing transformers at once can see it half-initialized."""
+    with _TOKENIZER_LOCK:
+        return _load_tokenizer(model_dir)
+
+
+@task(name="tokenize-shard", task_run_name="tokenize {split} {index}", **stage_options())
+def tokenize_shard_task(shard: Shard, model_dir: str, cfg: TokenizeConfig, split: str, index: int,
+                        run_dir: str) -> TokenizedShard:
+    """Apply the R1 chat template, mask the prompt, enforce the length policy on one shard."""
+    return tokenize_shard(_tokenizer(model_dir), shard, cfg,
+                          Path(run_dir) / "tokenize" / split / "shards" / f"{split}-{index:04d}")
+
+
+@task(name="tokenize", task_run_name="tokenize {split}", **stage_options())
+def tokenize_merge_task(parts: list[TokenizedShard], split: str, run_dir: str) -> TokenizedData:
+    """The tokenized shards as one dataset, with its audit."""
+    result = merge_tokenized(parts, Path(run_dir) / "tokenize" / split, split)
     create_table_artifact(
         key=f"tokenization-audit-{split}",
         table=[{"rows": result.rows_out, "dropped (too long)": result.dropped_too_long, "truncated": result.truncated,
