@@ -118,6 +118,23 @@ class DedupConfig(Section):
     split_salt: str = Field("r1-finetune-split", description="Changes which rows the stable split picks.")
 
 
+class RunnerConfig(Section):
+    """Where the CPU-heavy data stages (validate, dedup, augment, debias, tokenize) run: each is a Prefect task map
+    over shards (flows/data.py), so they scale out on a Dask or Ray cluster. Every runner writes the same files,
+    byte for byte: shards are cut by input order and concatenated in that order."""
+
+    kind: Literal["default", "dask", "ray"] = Field(
+        "default", description="default: Prefect's thread pool in the flow's process; dask: prefect-dask's "
+                               "DaskTaskRunner; ray: prefect-ray's RayTaskRunner (install prefect-ray).")
+    address: str | None = Field(
+        None, description="An existing cluster to use (dask: 'tcp://host:8786', ray: 'ray://host:10001'); None "
+                          "starts a temporary local one with `workers` processes. Its workers need this working "
+                          "directory (run dir, data) on a shared filesystem.")
+    workers: int = Field(2, ge=1, le=1024, description="Worker processes of a temporary local cluster.")
+    shard_rows: int = Field(100_000, ge=1, description="Rows per shard: the unit of work of every data-stage map. "
+                            "Changes the output (augmentation draws per shard), unlike the other runner fields.")
+
+
 class TokenizeConfig(Section):
     max_seq_length: int = Field(256, ge=16)
     truncation: Literal["drop", "truncate", "fail"] = Field("drop", description="What to do with over-long rows.")
@@ -156,6 +173,13 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, ge=1)
     eval_steps: int = Field(0, ge=0, description="Evaluate loss every N steps (0: never during training).")
     early_stopping_patience: int = Field(0, ge=0, description="Stop after N evaluations without improvement (0: off).")
+    gpus: int = Field(1, ge=0, description="Processes to train with: 1 = this process; N > 1 = data parallel over N "
+                      "GPUs (N CPU processes without CUDA); 0 = every visible GPU. The effective batch stays "
+                      "micro_batch_size x gradient_accumulation: each process accumulates 1/N of it.")
+    launch: str = Field("auto", pattern=r"^[A-Za-z0-9_.\-/]+$",
+                        description="Launch preset, a file in deployments/launch/ (single, ddp, fsdp) or a path to "
+                        "one; auto = single for one process, ddp for more. The R1_FINETUNE_LAUNCH environment "
+                        "variable (a deployment's job variables) overrides auto.")
     seed: int = 42
     lora: LoraSettings = LoraSettings()
 
@@ -212,6 +236,7 @@ class PipelineConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     debias: DebiasConfig = DebiasConfig()
     dedup: DedupConfig = DedupConfig()
+    runner: RunnerConfig = RunnerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
@@ -224,7 +249,7 @@ class PipelineConfig(Section):
     def fingerprint(self) -> str:
         import hashlib
 
-        return hashlib.sha256(self.model_dump_json(exclude={"run_name"}).encode()).hexdigest()
+        return hashlib.sha256(self.model_dump_json(exclude={"run_name": True, "runner": {"kind", "address", "workers"}}).encode()).hexdigest()
 
 
 def _tiny() -> PipelineConfig:

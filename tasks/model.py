@@ -79,8 +79,9 @@ def compute_dtype():
     return torch.float32
 
 
-def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool):
-    """The base model, 4-bit NF4 (QLoRA) or in its compute dtype, on the GPU when there is one."""
+def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool, quant_storage: str | None = None):
+    """The base model, 4-bit NF4 (QLoRA) or in its compute dtype, on this process's GPU when there is one.
+    ``quant_storage`` (FSDP): the dtype the packed 4-bit weights are stored in, so FSDP can shard them."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -89,10 +90,11 @@ def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype(),
+            **({"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}),
         )
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=compute_dtype(), use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
-        revision=cfg.revision, token=hub_token(cfg), device_map={"": 0} if torch.cuda.is_available() else None,
+        revision=cfg.revision, token=hub_token(cfg), device_map=None if quant_storage or not torch.cuda.is_available() else {"": torch.cuda.current_device()},
         **kwargs,
     )
     model.config.use_cache = False

@@ -22,13 +22,18 @@ out-of-memory the micro-batch is halved and gradient accumulation doubled (same 
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -53,9 +58,12 @@ class TrainResult(BaseModel):
     last_loss: float | None
     seconds: float
     tokens_per_second: float
+    steady_tokens_per_second: float | None = None  # after the first 3 optimizer steps (compilation, warm-up)
     resumed_from: str | None
     micro_batch_size: int
-    gradient_accumulation: int
+    gradient_accumulation: int  # per process
+    processes: int = 1
+    launch: str = "single"
     oom_retries: list[str]
     log_history: str
 
@@ -80,12 +88,15 @@ def choose_backend(cfg: TrainConfig) -> str:
 
 
 def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_seq_length: int):
+    import torch
     from unsloth import FastLanguageModel
 
     extra = {"revision": model_cfg.revision} if model_cfg.revision else {}
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_dir, max_seq_length=max_seq_length, load_in_4bit=model_cfg.load_in_4bit, dtype=None,
         trust_remote_code=model_cfg.trust_remote_code, **extra,
+        # under torchrun each rank loads its own copy onto its own GPU
+        **({"device_map": {"": torch.cuda.current_device()}} if "LOCAL_RANK" in os.environ else {}),
     )
     model = FastLanguageModel.get_peft_model(
         model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -97,13 +108,13 @@ def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_s
     return model, tokenizer
 
 
-def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig):
+def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, quant_storage: str | None = None):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from tasks.model import load_causal_lm, load_tokenizer
 
-    model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
+    model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit, quant_storage=quant_storage)
     if model_cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     torch.manual_seed(cfg.seed)
@@ -149,8 +160,9 @@ def _install_torch_logprob_fallback() -> None:
 # --- checkpoints --------------------------------------------------------------------------------------------------
 
 
-def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig) -> str:
-    """Checkpoints are reused only by a run with the same data, model and training settings."""
+def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, processes: int = 1) -> str:
+    """Checkpoints are reused only by a run with the same data, model, training settings and number of processes
+    (each rank's data order and RNG state are in the checkpoint)."""
     from datasets import load_from_disk
 
     digest = hashlib.sha256()
@@ -158,8 +170,10 @@ def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: Tr
     digest.update(model_dir.encode())
     digest.update(model_cfg.model_dump_json().encode())
     # The OOM retry changes micro-batch/accumulation; the effective batch (and so the run) stays the same.
-    digest.update(cfg.model_dump_json(exclude={"micro_batch_size", "gradient_accumulation"}).encode())
+    digest.update(cfg.model_dump_json(exclude={"micro_batch_size", "gradient_accumulation", "gpus", "launch"}).encode())
     digest.update(str(cfg.micro_batch_size * cfg.gradient_accumulation).encode())
+    if processes > 1:
+        digest.update(f"processes={processes}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -182,6 +196,7 @@ def _callbacks(progress_hook=None):
 
     class MarkComplete(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            _barrier()  # every rank has written its part (its RNG state) before the checkpoint counts as complete
             if state.is_world_process_zero:
                 path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
@@ -205,7 +220,8 @@ def optimizer_name(cfg: TrainConfig, cuda: bool) -> str:
 
 
 def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_batch: int, accumulation: int,
-               has_eval: bool, backend: str | None = None):
+               has_eval: bool, backend: str | None = None, extra: dict | None = None):
+    """``extra``: a launch preset's TrainingArguments (DDP / FSDP settings), applied over ours."""
     import torch
     from trl import SFTConfig
 
@@ -217,7 +233,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_ba
     if early_stopping and save_steps % cfg.eval_steps:
         # load_best_model_at_end needs checkpoints at evaluation steps
         save_steps = cfg.eval_steps * max(1, round(save_steps / cfg.eval_steps))
-    return SFTConfig(
+    settings = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=micro_batch,
         per_device_eval_batch_size=micro_batch,
@@ -258,6 +274,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_ba
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+    return SFTConfig(**{**settings, **(extra or {})})
 
 
 class TokenCounter:
@@ -290,9 +307,11 @@ class TokenCounter:
 
 
 def build_trainer(backend: str, train_rows, eval_rows, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
-                  max_seq_length: int, output_dir: Path, micro_batch: int, accumulation: int, callbacks=()):
-    """A fresh model (4-bit base + LoRA) and the SFTTrainer around it; the one path both backends and the benchmark
-    use. Returns (trainer, tokenizer)."""
+                  max_seq_length: int, output_dir: Path, micro_batch: int, accumulation: int, callbacks=(),
+                  trainer_args: dict | None = None, quant_storage: str | None = None):
+    """A fresh model (4-bit base + LoRA) and the SFTTrainer around it; the one path both backends, every launch preset
+    and the benchmarks use. ``trainer_args`` are the launch preset's extra TrainingArguments. Returns (trainer,
+    tokenizer)."""
     if backend == "unsloth":
         import unsloth  # noqa: F401  (first: it patches transformers, peft and trl on import)
     from trl import SFTTrainer
@@ -301,12 +320,11 @@ def build_trainer(backend: str, train_rows, eval_rows, model_dir: str, model_cfg
     if backend == "unsloth":
         model, tokenizer = load_unsloth(model_dir, model_cfg, cfg, max_seq_length)
     else:
-        model, tokenizer = load_hf(model_dir, model_cfg, cfg)
-    trainer = SFTTrainer(
-        model=model, processing_class=tokenizer, train_dataset=train_rows, eval_dataset=eval_rows,
-        args=sft_config(cfg, output_dir, max_seq_length, micro_batch, accumulation, eval_rows is not None, backend),
-        callbacks=list(callbacks),
-    )
+        model, tokenizer = load_hf(model_dir, model_cfg, cfg, quant_storage)
+    args = sft_config(cfg, output_dir, max_seq_length, micro_batch, accumulation, eval_rows is not None, backend,
+                      trainer_args)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train_rows, eval_dataset=eval_rows,
+                         args=args, callbacks=list(callbacks))
     return trainer, tokenizer
 
 
@@ -325,6 +343,290 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
+# --- launch presets -----------------------------------------------------------------------------------------------
+
+LAUNCH_DIR = Path(__file__).resolve().parent.parent / "deployments" / "launch"
+OOM_EXIT_CODE = 75  # a rank's exit status when it ran out of GPU memory (the parent retries with a smaller batch)
+
+
+class LaunchPlan(BaseModel):
+    """A launch preset (deployments/launch/<name>.yaml) resolved against the config and this machine."""
+    name: str
+    launcher: Literal["in-process", "torchrun"]
+    processes: int
+    trainer_args: dict = {}
+    quant_storage: str | None = None
+    env: dict[str, str] = {}
+
+
+def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
+    import torch
+    import yaml
+
+    name = cfg.launch
+    if name == "auto":
+        name = os.environ.get("R1_FINETUNE_LAUNCH") or ("single" if cfg.gpus == 1 else "ddp")
+    path = Path(name) if name.endswith((".yaml", ".yml")) else LAUNCH_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in LAUNCH_DIR.glob("*.yaml")))
+        raise ConfigError(f"train.launch = {name!r}: no preset {path} (known: {known})")
+    preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if backend not in preset.get("backends", ["unsloth", "hf"]):
+        raise ConfigError(f"launch preset {path.name} does not support the {backend} backend "
+                          f"(supports {preset['backends']}); set train.backend accordingly")
+    visible = torch.cuda.device_count()
+    wanted = cfg.gpus or preset.get("processes", 1)
+    if wanted == "all":
+        wanted = max(visible, 1)
+    if preset.get("launcher") == "in-process":
+        wanted = 1
+    if visible and wanted > visible:
+        raise ConfigError(f"train.gpus = {wanted} but this machine shows {visible} GPU(s)")
+    if cfg.gradient_accumulation % wanted:
+        raise ConfigError(f"train.gradient_accumulation ({cfg.gradient_accumulation}) must be a multiple of the "
+                          f"{wanted} training processes, so that the effective batch stays micro_batch_size x "
+                          f"gradient_accumulation = {cfg.micro_batch_size * cfg.gradient_accumulation}")
+    launcher = preset.get("launcher", "in-process") if wanted > 1 or preset.get("launcher") == "in-process" \
+        else "in-process"
+    return LaunchPlan(name=path.stem, launcher=launcher, processes=wanted, trainer_args=preset.get("trainer") or {},
+                      quant_storage=preset.get("quant_storage"),
+                      env={k: str(v) for k, v in (preset.get("env") or {}).items()})
+
+
+# --- one training run (in this process, or in each rank of a distributed launch) ---------------------------------
+
+
+class FitSpec(BaseModel):
+    """Everything one training run needs; written to JSON for the ranks of a distributed launch."""
+    backend: str
+    dataset_dir: str
+    eval_dataset_dir: str | None
+    model_dir: str
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    max_seq_length: int
+    checkpoint_dir: str
+    adapter_dir: str
+    resume: str | None
+    micro_batch: int
+    accumulation: int  # per process
+    trainer_args: dict = {}
+    quant_storage: str | None = None
+
+
+class FitOutcome(BaseModel):
+    steps: int
+    epochs: float
+    train_loss: float
+    losses: list[float]
+    seconds: float
+    tokens: int  # non-pad tokens trained on, summed over all processes
+    steady_tokens_per_second: float | None  # after the first optimizer steps (compilation, warm-up)
+    world_size: int
+    log_history: list[dict]
+
+
+class CudaOutOfMemory(RuntimeError):
+    """Training ran out of GPU memory (in this process or in a rank of a distributed launch)."""
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _sum_over_ranks(value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _steady_timer(counter: "TokenCounter", skip_steps: int):
+    """A callback that notes time and tokens once ``skip_steps`` optimizer steps are done, to measure the steady
+    rate (the first steps pay for compilation and allocator warm-up)."""
+    from transformers import TrainerCallback
+
+    class SteadyTimer(TrainerCallback):
+        mark: tuple[float, int, int] | None = None
+        end: tuple[float, int, int] | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = (time.monotonic(), counter.tokens, state.global_step)
+            if state.global_step == skip_steps:
+                self.mark = now
+            self.end = now
+
+        def rate(self) -> float | None:
+            if self.mark is None or self.end is None or self.end[2] <= self.mark[2]:
+                return None
+            return (self.end[1] - self.mark[1]) / max(self.end[0] - self.mark[0], 1e-9)
+
+    return SteadyTimer()
+
+
+@functools.cache
+def _accept_indexed_cpu_locations() -> None:
+    """A resumed multi-process run loads the optimizer state with ``map_location=args.device``, which is ``cpu:0``
+    for CPU ranks (the tests' DDP over gloo); torch's loader knows only ``cpu``. Teach it ``cpu:<n>``."""
+    import torch.serialization
+
+    torch.serialization.register_package(
+        11, lambda obj: None, lambda obj, location: obj if location.startswith("cpu:") else None)
+
+
+def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
+    """Train once: build the model and trainer, train (resuming from ``spec.resume``), save the adapter. Runs in the
+    task's own process or in every rank of a distributed launch; only rank 0 writes the adapter."""
+    if spec.backend == "unsloth":
+        import unsloth  # noqa: F401  (before transformers / trl / peft are imported below)
+    from datasets import load_from_disk
+    from transformers import EarlyStoppingCallback
+
+    cfg = spec.cfg
+    _accept_indexed_cpu_locations()
+    train_rows = load_from_disk(spec.dataset_dir)
+    eval_rows = load_from_disk(spec.eval_dataset_dir) if spec.eval_dataset_dir and cfg.eval_steps else None
+    callbacks = _callbacks(progress_hook)
+    if eval_rows is not None and cfg.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer, tokenizer = build_trainer(spec.backend, train_rows, eval_rows, spec.model_dir, spec.model_cfg, cfg,
+                                       spec.max_seq_length, Path(spec.checkpoint_dir), spec.micro_batch,
+                                       spec.accumulation, callbacks, spec.trainer_args, spec.quant_storage)
+    counter = TokenCounter(trainer.model)
+    timer = _steady_timer(counter, skip_steps=3)
+    trainer.add_callback(timer)
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=spec.resume)
+    seconds = time.monotonic() - started
+    counter.remove()
+    rank, world = _rank()
+    tokens = int(_sum_over_ranks(counter.tokens))
+    steady = timer.rate()
+    steady = _sum_over_ranks(steady) if steady is not None else None
+    publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), rank == 0)
+    history = trainer.state.log_history
+    return FitOutcome(
+        steps=trainer.state.global_step, epochs=round(output.metrics.get("epoch", 0.0), 3),
+        train_loss=output.training_loss, losses=[h["loss"] for h in history if "loss" in h],
+        seconds=round(seconds, 1), tokens=tokens, steady_tokens_per_second=round(steady, 1) if steady else None,
+        world_size=world, log_history=history,
+    )
+
+
+def publish_adapter(trainer, tokenizer, adapter_dir: Path, is_rank_zero: bool) -> None:
+    """Every rank takes part in saving (FSDP gathers the sharded LoRA weights); rank 0 writes, into a staging
+    directory that is renamed onto ``adapter_dir`` only when complete."""
+    staging = adapter_dir.with_name(f".{adapter_dir.name}.staging")
+    if is_rank_zero and staging.exists():
+        shutil.rmtree(staging)
+    _barrier()
+    trainer.save_model(str(staging))
+    if is_rank_zero:
+        tokenizer.save_pretrained(staging)
+        with atomic_dir(adapter_dir) as tmp:
+            tmp.rmdir()
+            os.replace(staging, tmp)
+    _barrier()
+
+
+def rank_main(spec_path: str) -> None:
+    """Entry point of one rank of a distributed launch: ``torchrun ... -m tasks.train <spec.json>``."""
+    import torch
+
+    spec = FitSpec.model_validate_json(Path(spec_path).read_text(encoding="utf-8"))
+    work = Path(spec_path).parent
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    rank = int(os.environ.get("RANK", 0))
+
+    def relay_progress(step: int, max_steps: int, logs: dict) -> None:
+        with open(work / "progress.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, "max_steps": max_steps, "logs": logs}) + "\n")
+
+    try:
+        outcome = fit(spec, relay_progress if rank == 0 else None)
+    except Exception as exc:  # noqa: BLE001
+        if not _is_oom(exc):
+            raise
+        (work / f"oom-rank{rank}.txt").write_text(str(exc)[:2000], encoding="utf-8")
+        sys.exit(OOM_EXIT_CODE)
+    if rank == 0:
+        write_json(work / "outcome.json", outcome.model_dump())
+
+
+def _die_with_parent() -> None:
+    """Runs in the launcher's child before exec: the kernel sends it SIGTERM when the task's process dies (a killed
+    worker), and torchrun passes that on to the ranks, so no orphaned rank keeps writing checkpoints."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_distributed(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=None) -> FitOutcome:
+    """Start ``plan.processes`` ranks with torchrun and wait; relays rank 0's progress; OOM in any rank raises
+    CudaOutOfMemory."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    spec_path = write_json(work / "spec.json", spec.model_dump())
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, **plan.env,
+           "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={plan.processes}",
+               "-m", "tasks.train", str(spec_path)]
+    log.info("launching %d ranks (%s): %s", plan.processes, plan.name, " ".join(command))
+    process = subprocess.Popen(command, env=env, cwd=root, preexec_fn=_die_with_parent)
+    seen = 0
+    try:
+        while process.poll() is None:
+            time.sleep(1.0)
+            seen = _relay(work / "progress.jsonl", seen, progress_hook)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
+    _relay(work / "progress.jsonl", seen, progress_hook)
+    ooms = sorted(work.glob("oom-rank*.txt"))
+    if ooms:
+        raise CudaOutOfMemory(f"{ooms[0].stem}: {ooms[0].read_text(encoding='utf-8')}")
+    if process.returncode != 0:
+        raise RuntimeError(f"distributed training ({plan.processes} x {plan.name}) failed with exit status "
+                           f"{process.returncode}; the ranks' tracebacks are in the log above")
+    return FitOutcome.model_validate_json((work / "outcome.json").read_text(encoding="utf-8"))
+
+
+def _relay(path: Path, seen: int, progress_hook) -> int:
+    if not path.exists():
+        return seen
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line in lines[seen:]:
+        if progress_hook and line.strip():
+            item = json.loads(line)
+            progress_hook(item["step"], item["max_steps"], item["logs"])
+    return len(lines)
+
+
+# --- the stage ----------------------------------------------------------------------------------------------------
+
+
 def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
           tokenize_cfg: TokenizeConfig, out_dir: Path, progress_hook=None) -> TrainResult:
     """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went.
@@ -332,77 +634,54 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
     A second training into the same ``out_dir`` (two runs of one config at once) fails at once with a message naming
     the process that holds it, instead of interleaving checkpoints; a Prefect retry of it waits with backoff.
     """
-    with exclusive_dir(Path(out_dir)):
-        return _train(dataset_dir, eval_dataset_dir, model_dir, model_cfg, cfg, tokenize_cfg, Path(out_dir),
-                      progress_hook)
-
-
-def _train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
-           tokenize_cfg: TokenizeConfig, out_dir: Path, progress_hook=None) -> TrainResult:
-    backend = choose_backend(cfg)
-    if backend == "unsloth":
-        import unsloth  # noqa: F401  (before transformers / trl / peft are imported below)
-    from datasets import load_from_disk
-    from transformers import EarlyStoppingCallback
-
     out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / "checkpoints" / inputs_key(dataset_dir, model_dir, model_cfg, cfg)
-    train_rows = load_from_disk(dataset_dir)
-    eval_rows = load_from_disk(eval_dataset_dir) if eval_dataset_dir and cfg.eval_steps else None
-    micro_batch, accumulation = cfg.micro_batch_size, cfg.gradient_accumulation
-    oom_retries: list[str] = []
-    while True:
-        resume = last_complete_checkpoint(checkpoint_dir)
-        if resume:
-            log.info("resuming training from %s", resume)
-        callbacks = _callbacks(progress_hook)
-        if eval_rows is not None and cfg.early_stopping_patience:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-        trainer = counter = None
-        oom = None
-        try:
-            trainer, tokenizer = build_trainer(backend, train_rows, eval_rows, model_dir, model_cfg, cfg,
-                                               tokenize_cfg.max_seq_length, checkpoint_dir, micro_batch,
-                                               accumulation, callbacks)
-            counter = TokenCounter(trainer.model)
-            started = time.monotonic()
-            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        except Exception as exc:  # noqa: BLE001
-            if not _is_oom(exc) or micro_batch // 2 < cfg.min_micro_batch_size:
-                raise
-            oom = (f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}; "
-                   f"retrying with {micro_batch // 2} x {accumulation * 2} (same effective batch)")
-        if oom is None:
-            break
-        # Out of the except block, so that the traceback's frames (and the tensors they hold) can be freed.
-        log.warning(oom)
-        oom_retries.append(oom)
-        micro_batch, accumulation = micro_batch // 2, accumulation * 2
-        if counter is not None:
-            counter.remove()
-        if trainer is not None:
-            trainer.model = trainer.model_wrapped = None
-            trainer.optimizer = trainer.lr_scheduler = None
-        del trainer, counter
-        _free_cuda()
-    seconds = time.monotonic() - started
-    counter.remove()
-    history = trainer.state.log_history
-    losses = [h["loss"] for h in history if "loss" in h]
-    history_path = write_json(out_dir / "log_history.json", history)
-    with atomic_dir(out_dir / "adapter") as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    result = TrainResult(
-        adapter=str(out_dir / "adapter"), backend=backend, steps=trainer.state.global_step,
-        epochs=round(output.metrics.get("epoch", 0.0), 3), train_loss=output.training_loss,
-        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
-        seconds=round(seconds, 1), tokens_per_second=round(counter.tokens / max(seconds, 1e-9), 1),
-        resumed_from=str(resume) if resume else None, micro_batch_size=micro_batch,
-        gradient_accumulation=accumulation, oom_retries=oom_retries, log_history=str(history_path),
-    )
-    write_json(out_dir / "result.json", result.model_dump())
-    return result
+    with exclusive_dir(out_dir):
+        backend = choose_backend(cfg)
+        plan = launch_plan(cfg, backend)
+        checkpoint_dir = out_dir / "checkpoints" / inputs_key(dataset_dir, model_dir, model_cfg, cfg, plan.processes)
+        micro_batch, accumulation = cfg.micro_batch_size, cfg.gradient_accumulation // plan.processes
+        oom_retries: list[str] = []
+        while True:
+            resume = last_complete_checkpoint(checkpoint_dir)
+            if resume:
+                log.info("resuming training from %s", resume)
+            spec = FitSpec(backend=backend, dataset_dir=dataset_dir, eval_dataset_dir=eval_dataset_dir,
+                           model_dir=model_dir, model_cfg=model_cfg, cfg=cfg,
+                           max_seq_length=tokenize_cfg.max_seq_length, checkpoint_dir=str(checkpoint_dir),
+                           adapter_dir=str(out_dir / "adapter"), resume=str(resume) if resume else None,
+                           micro_batch=micro_batch, accumulation=accumulation, trainer_args=plan.trainer_args,
+                           quant_storage=plan.quant_storage)
+            oom = None
+            try:
+                if plan.launcher == "in-process":
+                    outcome = fit(spec, progress_hook)
+                else:
+                    outcome = run_distributed(spec, plan, out_dir / "launch", progress_hook)
+            except Exception as exc:  # noqa: BLE001
+                if not (isinstance(exc, CudaOutOfMemory) or _is_oom(exc)) or micro_batch // 2 < cfg.min_micro_batch_size:
+                    raise
+                oom = (f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}"
+                       f"{f' x {plan.processes} GPUs' if plan.processes > 1 else ''}; retrying with "
+                       f"{micro_batch // 2} x {accumulation * 2} (same effective batch)")
+            if oom is None:
+                break
+            # Out of the except block, so that the traceback's frames (and the tensors they hold) can be freed.
+            log.warning(oom)
+            oom_retries.append(oom)
+            micro_batch, accumulation = micro_batch // 2, accumulation * 2
+            _free_cuda()
+        history_path = write_json(out_dir / "log_history.json", outcome.log_history)
+        result = TrainResult(
+            adapter=str(out_dir / "adapter"), backend=backend, steps=outcome.steps, epochs=outcome.epochs,
+            train_loss=outcome.train_loss, first_loss=outcome.losses[0] if outcome.losses else None,
+            last_loss=outcome.losses[-1] if outcome.losses else None, seconds=outcome.seconds,
+            tokens_per_second=round(outcome.tokens / max(outcome.seconds, 1e-9), 1),
+            steady_tokens_per_second=outcome.steady_tokens_per_second, resumed_from=str(resume) if resume else None,
+            micro_batch_size=micro_batch, gradient_accumulation=accumulation, processes=plan.processes,
+            launch=plan.name, oom_retries=oom_retries, log_history=str(history_path),
+        )
+        write_json(out_dir / "result.json", result.model_dump())
+        return result
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -432,3 +711,7 @@ def train_task(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, m
                  + f"\n\n| step | loss | learning rate |\n|---|---|---|\n{rows}",
     )
     return result
+
+
+if __name__ == "__main__":  # one rank of a distributed launch (run_distributed)
+    rank_main(sys.argv[1])

@@ -1,0 +1,151 @@
+"""Multi-process training (issue 8): launch presets, and data-parallel training through torchrun.
+
+On this CPU machine the DDP preset starts 2 CPU processes that all-reduce over gloo: the same code path as 2 GPUs over
+NCCL (tests/test_gpu.py runs that on a 2-GPU machine), small enough for CI.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.config import TrainConfig, preset
+from tasks.errors import ConfigError
+from tasks.train import launch_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TRAIN_SCRIPT = """
+import sys
+from pathlib import Path
+from tasks.config import TrainConfig, preset
+from tasks.model import resolve_model
+from tasks.train import train
+cfg = preset("tiny")
+train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": int(sys.argv[4]), "save_steps": 3,
+                           "logging_steps": 1, "micro_batch_size": 4, "gradient_accumulation": 2,
+                           "gpus": int(sys.argv[3]), "learning_rate": 3e-3})
+model_dir = resolve_model(cfg.model, cfg.cache_dir)
+result = train(sys.argv[1], None, model_dir, cfg.model, train_cfg, cfg.tokenize, Path(sys.argv[2]))
+print("RESULT " + result.model_dump_json())
+"""
+
+
+def start(dataset: str, out_dir: Path, processes: int, steps: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, dataset, str(out_dir), str(processes), str(steps)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def losses(result: dict) -> list[float]:
+    return [h["loss"] for h in json.loads(Path(result["log_history"]).read_text()) if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory, tokenizer):
+    from datasets import Dataset
+
+    from tasks.config import TokenizeConfig
+    from tasks.io import read_jsonl
+    from tasks.records import make_record, normalize
+    from tasks.tokenize import tokenize_records
+
+    rows = read_jsonl(ROOT / "data/sample/train.jsonl")[:120]
+    records = [make_record(normalize(r), "train.jsonl", i) for i, r in enumerate(rows, 1)]
+    tokenized, _, _ = tokenize_records(tokenizer, records, TokenizeConfig())
+    path = tmp_path_factory.mktemp("data") / "dataset"
+    Dataset.from_list(tokenized).save_to_disk(str(path))
+    return str(path)
+
+
+# --- launch presets -----------------------------------------------------------------------------------------------
+
+
+def train_cfg(**changes) -> TrainConfig:
+    return TrainConfig(**{**preset("tiny").train.model_dump(), **changes})
+
+
+def test_one_process_trains_in_the_task_process():
+    plan = launch_plan(train_cfg(gpus=1), "hf")
+    assert (plan.name, plan.launcher, plan.processes) == ("single", "in-process", 1)
+
+
+def test_more_processes_choose_the_ddp_preset_and_keep_the_effective_batch():
+    plan = launch_plan(train_cfg(gpus=2, micro_batch_size=4, gradient_accumulation=2), "hf")
+    assert (plan.name, plan.launcher, plan.processes) == ("ddp", "torchrun", 2)
+    assert plan.trainer_args["ddp_find_unused_parameters"] is False
+    with pytest.raises(ConfigError, match="multiple of the 2 training processes.*= 12"):
+        launch_plan(train_cfg(gpus=2, micro_batch_size=4, gradient_accumulation=3), "hf")
+
+
+def test_presets_are_data_files_chosen_by_config_or_the_environment(monkeypatch):
+    fsdp = launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"), "hf")
+    assert fsdp.trainer_args["fsdp"] == "full_shard auto_wrap" and fsdp.quant_storage == "bfloat16"
+    with pytest.raises(ConfigError, match="does not support the unsloth backend"):
+        launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"), "unsloth")
+    with pytest.raises(ConfigError, match=r"no preset .*known: ddp, fsdp, single"):
+        launch_plan(train_cfg(launch="deepspeed"), "hf")
+    # A deployment's job variables set the environment of the flow-run process: they pick the preset for "auto".
+    monkeypatch.setenv("R1_FINETUNE_LAUNCH", "ddp")
+    assert launch_plan(train_cfg(gpus=2, gradient_accumulation=2), "hf").name == "ddp"
+
+
+# --- data-parallel training ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ddp_over_two_processes_trains_like_one_process_and_rank_zero_writes_one_adapter(small_dataset, tmp_path):
+    single = finish(start(small_dataset, tmp_path / "single", processes=1, steps=6))
+    ddp = finish(start(small_dataset, tmp_path / "ddp", processes=2, steps=6))
+
+    assert (ddp["processes"], ddp["launch"], ddp["steps"]) == (2, "ddp", 6)
+    # Same effective batch (4 x 2 on one process, 4 x 1 on each of two): the same rows per step, so the same losses
+    # up to floating-point reduction order.
+    assert ddp["micro_batch_size"] * ddp["gradient_accumulation"] * 2 == 8
+    assert losses(ddp) == pytest.approx(losses(single), rel=0.02)
+    # Rank 0 wrote the artifacts once; each rank its own RNG state in the checkpoint.
+    train_dir = tmp_path / "ddp"
+    assert sorted(p.name for p in train_dir.iterdir()) == [".lock", "adapter", "checkpoints", "launch",
+                                                           "log_history.json", "result.json"]
+    assert (train_dir / "adapter" / "adapter_model.safetensors").exists()
+    last = max((train_dir / "checkpoints").glob("*/checkpoint-6"))
+    assert {p.name for p in last.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert (last / "checkpoint-complete.json").exists()
+
+
+@pytest.mark.slow
+def test_killed_ddp_training_leaves_no_orphan_rank_and_resumes(small_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    proc = start(small_dataset, out, processes=2, steps=9)
+    deadline = time.monotonic() + 600
+    while not list(out.glob("checkpoints/*/checkpoint-3/checkpoint-complete.json")):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL of the task's process: the ranks get SIGTERM from the kernel (PR_SET_PDEATHSIG)
+    proc.wait()
+    time.sleep(5)
+    ranks = subprocess.run(["pgrep", "-f", f"tasks.train {out}/launch/spec.json"], capture_output=True, text=True)
+    assert ranks.stdout.strip() == "", f"orphaned ranks still running: {ranks.stdout}"
+    if proc.pid:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # tidy up should the assertion above have failed
+        except ProcessLookupError:
+            pass
+
+    resumed = finish(start(small_dataset, out, processes=2, steps=9))
+    assert resumed["resumed_from"] and resumed["resumed_from"].rsplit("-", 1)[-1] in ("3", "6")
+    assert resumed["steps"] == 9
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
