@@ -250,8 +250,12 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
                                              counter.micro_batches, getattr(trainer, "_total_train_tokens", 0))
 
     load_started = time.monotonic()
-    trainer, _ = build_trainer(spec["backend"], dataset, None, model_dir, model_cfg, cfg, seq,
-                               work / f"ckpt-{spec['name']}", spec["micro_batch"], spec["accumulation"], [Timer()])
+    if spec["backend"] == "hf-plain":
+        trainer = plain_hf_trainer(dataset, model_dir, model_cfg, cfg, seq, work / f"ckpt-{spec['name']}",
+                                   spec["micro_batch"], spec["accumulation"], [Timer()])
+    else:
+        trainer, _ = build_trainer(spec["backend"], dataset, None, model_dir, model_cfg, cfg, seq,
+                                   work / f"ckpt-{spec['name']}", spec["micro_batch"], spec["accumulation"], [Timer()])
     counter = TokenCounter(trainer.model)
     load_s = time.monotonic() - load_started
     trainer.train()
@@ -283,6 +287,20 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     del trainer
     gc_collect()
     return result
+
+
+def plain_hf_trainer(dataset, model_dir, model_cfg, cfg, seq, output_dir, micro_batch, accumulation, callbacks):
+    """The peers' plain baseline (transformers + bitsandbytes NF4 + peft, as in ../shared/gpu/README.md): the same
+    4-bit + LoRA model as the HF backend (tasks.train.load_hf) and the same settings, but transformers' own Trainer
+    and the model's own loss, which builds the full-vocabulary logits (upcast to fp32) instead of TRL's fused head."""
+    from transformers import Trainer, default_data_collator
+
+    from tasks.train import load_hf, sft_config
+
+    model, _ = load_hf(model_dir, model_cfg, cfg)
+    args = sft_config(cfg, output_dir, seq, micro_batch, accumulation, False, "hf")
+    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
+                   callbacks=callbacks)
 
 
 def gc_collect():
@@ -354,11 +372,14 @@ def plan(args, model_dirs: dict) -> dict[str, list[dict]]:
         common = dict(shape=shape, model_dir=str(model_dirs[shape]), seq=args.seq)
         big = shape == "llama8b"
         if "fixed" in args.suites:
-            for backend in ("hf", "unsloth"):
-                specs[backend].append(dict(common, name=f"{shape}-fixed-{backend}-mb{args.fixed_batch}",
-                                           backend=backend, data="fixed", micro_batch=args.fixed_batch,
-                                           accumulation=1, packing=False, warmup=args.fixed_warmup,
-                                           steps=args.steps, min_s=60 if big else 30))
+            runs = [("hf", "hf", args.fixed_batch), ("unsloth", "unsloth", args.fixed_batch)]
+            runs += [("hf", "hf-plain", args.fixed_batch)] if args.plain_baseline and big else []
+            runs += [("unsloth", "unsloth", mb) for mb in args.unsloth_batches if big]
+            for child, backend, micro_batch in runs:
+                specs[child].append(dict(common, name=f"{shape}-fixed-{backend}-mb{micro_batch}",
+                                         backend=backend, data="fixed", micro_batch=micro_batch,
+                                         accumulation=1, packing=False, warmup=args.fixed_warmup,
+                                         steps=args.steps, min_s=60 if big else 30))
         if "varlen" in args.suites and shape in args.varlen_shapes.split(","):
             train = preset(SHAPES[shape]["preset"]).train
             pipeline = dict(micro_batch=train.micro_batch_size, accumulation=train.gradient_accumulation,
@@ -390,7 +411,18 @@ def report(results: list[dict], peak: float) -> dict:
     ratios = {}
     for shape in SHAPES:
         u = next((r for n, r in by.items() if n.startswith(f"{shape}-fixed-unsloth") and "tokens_per_s" in r), None)
-        h = next((r for n, r in by.items() if n.startswith(f"{shape}-fixed-hf") and "tokens_per_s" in r), None)
+        h = next((r for n, r in by.items() if n.startswith(f"{shape}-fixed-hf-mb") and "tokens_per_s" in r), None)
+        plain = next((r for n, r in by.items() if n.startswith(f"{shape}-fixed-hf-plain") and "tokens_per_s" in r),
+                     None)
+        if u and plain:
+            ratios[f"{shape} fixed: Unsloth / plain HF (full logits) tokens/s"] = round(
+                u["tokens_per_s"] / plain["tokens_per_s"], 3)
+            ratios[f"{shape} fixed: Unsloth / plain HF (full logits) peak reserved"] = round(
+                u["peak_reserved_gib"] / plain["peak_reserved_gib"], 3)
+        best = max((r for n, r in by.items() if n.startswith(f"{shape}-fixed-unsloth") and "tokens_per_s" in r),
+                   key=lambda r: r["mfu_datasheet"], default=None)
+        if best and best is not u:
+            ratios[f"{shape} fixed: Unsloth best MFU (datasheet), mb {best['micro_batch']}"] = best["mfu_datasheet"]
         if u and h:
             ratios[f"{shape} fixed: Unsloth / HF tokens/s"] = round(u["tokens_per_s"] / h["tokens_per_s"], 3)
             ratios[f"{shape} fixed: Unsloth / HF peak reserved"] = round(u["peak_reserved_gib"] / h["peak_reserved_gib"], 3)
@@ -425,6 +457,9 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true", help="only build and save the random-weight models")
     parser.add_argument("--varlen-shapes", default="llama8b", help="shapes that also run the variable-length suite")
     parser.add_argument("--fixed-warmup", type=int, default=2)
+    parser.add_argument("--plain-baseline", action="store_true",
+                        help="8B: also transformers' Trainer with the model's own full-logits loss (the peers' baseline)")
+    parser.add_argument("--unsloth-batches", default="", help="8B: more Unsloth micro-batches, e.g. 8")
     parser.add_argument("--child", choices=["hf", "unsloth"])
     parser.add_argument("--specs")
     parser.add_argument("--results")
@@ -433,6 +468,7 @@ def main() -> None:
         return child(args)
     args.shapes = [s for s in args.shapes.split(",") if s]
     args.suites = [s for s in args.suites.split(",") if s]
+    args.unsloth_batches = [int(b) for b in args.unsloth_batches.split(",") if b]
 
     started = time.monotonic()
     import torch

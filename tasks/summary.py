@@ -40,8 +40,9 @@ def summarize(config: PipelineConfig, data: ValidatedData, augmented: AugmentedD
         "tokenize": {"rows": tokenized.rows_out, "dropped_too_long": tokenized.dropped_too_long,
                      "truncated": tokenized.truncated, "masked_share": round(1 - tokenized.trained_tokens / tokenized.tokens, 3)},
         "train": trained.model_dump(include={"backend", "steps", "first_loss", "last_loss", "seconds",
-                                             "tokens_per_second", "resumed_from", "micro_batch_size",
-                                             "gradient_accumulation", "oom_retries", "adapter"}),
+                                             "tokens_per_second", "steady_tokens_per_second", "resumed_from",
+                                             "micro_batch_size", "gradient_accumulation", "processes", "launch",
+                                             "oom_retries", "adapter"}),
         "evaluate": {
             "perplexity_before": evaluation.base.perplexity, "perplexity_after": evaluation.tuned.perplexity,
             "accuracy_before": evaluation.base.accuracy, "accuracy_after": evaluation.tuned.accuracy,

@@ -279,12 +279,12 @@ def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_ba
 
 class TokenCounter:
     """Counts the tokens the model trains on (non-pad input tokens, and labelled ones) with a forward pre-hook on the
-    top module: it runs once per micro-batch, also under gradient checkpointing; evaluation forwards are skipped."""
+    top module: it runs once per micro-batch, also under gradient checkpointing; evaluation forwards are skipped.
+    The counts stay on the device until read, so counting never makes the CPU wait for the GPU."""
 
     def __init__(self, model):
-        self.tokens = 0
+        self._tokens = self._labelled = 0
         self.padded = 0
-        self.labelled = 0
         self.micro_batches = 0
         self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
@@ -295,12 +295,20 @@ class TokenCounter:
         if ids is None:
             return
         mask = kwargs.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else ids.numel()  # padding-free: no pad at all
+        self._tokens = self._tokens + (mask.sum() if mask is not None else ids.numel())  # padding-free: no pad
         self.padded += ids.numel()
         labels = kwargs.get("labels")
         if labels is not None:
-            self.labelled += int((labels[..., 1:] != -100).sum())
+            self._labelled = self._labelled + (labels[..., 1:] != -100).sum()
         self.micro_batches += 1
+
+    @property
+    def tokens(self) -> int:
+        return int(self._tokens)
+
+    @property
+    def labelled(self) -> int:
+        return int(self._labelled)
 
     def remove(self):
         self._handle.remove()
@@ -467,10 +475,15 @@ def _steady_timer(counter: "TokenCounter", skip_steps: int):
         end: tuple[float, int, int] | None = None
 
         def on_step_end(self, args, state, control, **kwargs):
-            now = (time.monotonic(), counter.tokens, state.global_step)
-            if state.global_step == skip_steps:
-                self.mark = now
-            self.end = now
+            # Read at two steps only: reading the device-side count waits for the GPU.
+            if state.global_step in (skip_steps, state.max_steps):
+                now = (time.monotonic(), counter.tokens, state.global_step)
+                self.mark = now if state.global_step == skip_steps else self.mark
+                self.end = now
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.end is None or self.end[2] != state.global_step:  # stopped early
+                self.end = (time.monotonic(), counter.tokens, state.global_step)
 
         def rate(self) -> float | None:
             if self.mark is None or self.end is None or self.end[2] <= self.mark[2]:
