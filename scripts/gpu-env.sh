@@ -1,8 +1,11 @@
 # Sourced first on the lent GPU machine (see scripts/gpu-bundle): unpacks the carried packages and points Python there.
-mkdir -p /tmp/site
-for bundle in .gpu/unsloth-bundle.tar.xz .gpu/prefect-bundle.tar.xz .gpu/llama-bundle.tar.xz; do
-  tar -xJf "$bundle" -C /tmp/site
-done
+if [ ! -f /tmp/site/.unpacked ]; then  # a warm machine keeps /tmp between calls
+  mkdir -p /tmp/site
+  for bundle in .gpu/unsloth-bundle.tar.xz .gpu/prefect-bundle.tar.xz .gpu/llama-bundle.tar.xz; do
+    tar -xJf "$bundle" -C /tmp/site
+  done
+  touch /tmp/site/.unpacked
+fi
 export PYTHONPATH=/tmp/site:$PWD
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast there
