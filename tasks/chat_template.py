@@ -100,6 +100,10 @@ _NOT_WRAPPED = frozenset({
     "__subclasshook__", "__getnewargs__", "__reduce__", "__reduce_ex__", "__sizeof__", "__dir__", "__doc__",
     "__str__", "__format__", "__add__", "__radd__",
 })
+# Filters that read a string's characters in C (or copy it into a new str) without calling a method of it: the
+# placeholders cannot see what they do, so a template that uses one is rendered by Jinja.
+_OPAQUE_FILTERS = frozenset({"int", "float", "wordcount", "wordwrap", "urlize", "urlencode", "striptags", "safe",
+                             "forceescape", "filesizeformat", "pprint", "xmlattr", "format"})
 # Filters whose string arguments name attributes, tests or defaults, not text to look for in a content.
 _STRUCTURAL_FILTERS = frozenset({"selectattr", "rejectattr", "select", "reject", "map", "attr", "groupby", "sort",
                                  "unique", "dictsort", "default", "d", "min", "max", "sum"})
@@ -188,28 +192,50 @@ def _is_role(node) -> bool:
     return isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and node.arg.value == "role"
 
 
-def template_triggers(ast) -> frozenset[str]:
-    """Non-empty string constants that a parsed template compares values with (other than roles), tests membership
-    with, or passes to a method, test or text filter: the strings whose presence in a content may change its output."""
+def template_analysis(ast) -> tuple[frozenset[str], str | None]:
+    """(triggers, reason) of a parsed template. Triggers: non-empty string constants that it compares values with
+    (other than roles), tests membership with, or passes to a method, test or text filter, the strings whose presence
+    in a content may change its output. Reason (or None): why no shape of it can be filled, for uses of a content
+    that read it below what the placeholders can see: a membership test in a string constant (``content in 'abc'``),
+    a string constant's method given a non-constant (``'abc'.startswith(content)``; join and format copy it as is),
+    printf-style widths (``'%-20s' % content``) and the filters in _OPAQUE_FILTERS."""
     from jinja2 import nodes
 
     found: set[str] = set()
+    reasons: list[str] = []
 
     def consts(exprs):
         found.update(e.value for e in exprs if isinstance(e, nodes.Const) and isinstance(e.value, str) and e.value)
 
-    for node in ast.find_all((nodes.Compare, nodes.Call, nodes.Filter, nodes.Test)):
-        if isinstance(node, nodes.Compare):
+    def is_text(node) -> bool:
+        return isinstance(node, nodes.Const) and isinstance(node.value, str)
+
+    for node in ast.find_all((nodes.Compare, nodes.Call, nodes.Filter, nodes.Test, nodes.Mod)):
+        if isinstance(node, nodes.Mod):
+            if is_text(node.left) and re.search(r"%[-#0 +]*(\d|\*|\.)", node.left.value):
+                reasons.append(f"printf-style width or precision in {node.left.value!r}")
+        elif isinstance(node, nodes.Compare):
             operands = [node.expr, *(op.expr for op in node.ops)]
+            for left, op, right in zip(operands, node.ops, operands[1:]):
+                if op.op in ("in", "notin") and is_text(right) and not is_text(left):
+                    reasons.append(f"a membership test in the string constant {right.value!r}")
             if not any(_is_role(e) for e in operands):
                 consts(operands)
         elif isinstance(node, nodes.Call):
             if isinstance(node.node, nodes.Getattr):  # a method call: x.split('</think>')
-                consts([*node.args, *(k.value for k in node.kwargs)])
+                args = [*node.args, *(k.value for k in node.kwargs), *filter(None, (node.dyn_args, node.dyn_kwargs))]
+                if (is_text(node.node.node) and node.node.attr not in ("join", "format")
+                        and not all(isinstance(a, nodes.Const) for a in args)):
+                    reasons.append(f"the string constant method {node.node.attr!r} on a value")
+                consts(args)
+        elif isinstance(node, nodes.Filter) and node.name in _OPAQUE_FILTERS:
+            reasons.append(f"the filter {node.name!r}")
         elif not (isinstance(node, nodes.Filter) and node.name in _STRUCTURAL_FILTERS):
+            if isinstance(node, nodes.Test) and node.name in ("in", "contains") and node.args and is_text(node.args[0]):
+                reasons.append(f"a membership test in the string constant {node.args[0].value!r}")
             if not (isinstance(node, nodes.Test) and _is_role(node.node)):
                 consts([*node.args, *(k.value for k in node.kwargs)])
-    return frozenset(found)
+    return frozenset(found), ("the template uses " + "; ".join(dict.fromkeys(reasons))) if reasons else None
 
 
 class _Shape:
@@ -248,7 +274,7 @@ class FastChatRenderer:
             self.static_reason = "the template renders the date (strftime_now)"
         else:
             try:
-                self.triggers = template_triggers(parse(template))
+                self.triggers, self.static_reason = template_analysis(parse(template))
             except Exception as exc:  # noqa: BLE001 - unparseable here: Jinja decides (and raises) per row
                 self.static_reason = f"template not analysable ({type(exc).__name__}: {exc})"
 
@@ -291,7 +317,7 @@ class FastChatRenderer:
             return _Shape(roles, f"the template raised {type(exc).__name__}: {exc}")
         unsupported = short[2].unsupported + long[2].unsupported
         if unsupported:
-            return _Shape(roles, "the template " + "; ".join(dict.fromkeys(unsupported)))
+            return _Shape(roles, "the template uses the contents: " + "; ".join(dict.fromkeys(unsupported)))
         if short[:2] != long[:2] or short[2].tests != long[2].tests:
             return _Shape(roles, "the output depends on the length of a content")
         shape = _Shape(roles)
