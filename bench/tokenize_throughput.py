@@ -2,16 +2,19 @@
 encode_batch (template shapes filled in, one batched tokenizer call per chunk), on the embedded tokenizer (the real
 Qwen2 BPE with DeepSeek-R1's special tokens and the official R1 template).
 
-    .venv/bin/python bench/tokenize_throughput.py                 # ~20,000 rows
+    .venv/bin/python bench/tokenize_throughput.py                 # ~20,000 rows (+ the shipped samples)
     .venv/bin/python bench/tokenize_throughput.py --base 1000     # a quicker look
 
-The rows are sample-like and go through the project's own augment and debias code, as in the data stages: base
-records (short English arithmetic, Chinese, worded reasoning, a few long ones; 20% with a system prompt, 10% with an
-earlier turn, a few of whose earlier answers hold "</think>", which the R1 template rewrites) -> augment.expand (two
-prompt wordings + the three text variants) -> debias.debias_rows (counterfactual twins). encode_batch runs in chunks
-of tasks.tokenize.CHUNK_ROWS, on the rows in the order augment.expand writes them (a record's variants in the same
-chunk as in bench/data_throughput.py, where completions are shared) and shuffled (as augment.augment writes the whole
-set: siblings rarely share a chunk). Every row of encode_batch is compared with encode_row's.
+Two sets of rows, both through the project's own augment and debias code, streamed as the sharded data stages do
+(augment.expand on chunks of 2,000 records: one prompt wording + the punctuation and question_first text variants;
+then debias.debias_rows on chunks of 2,000 rows, counterfactual twins appended: ~6 rows per record):
+  mixed    generated records like bench/data_throughput.py's: short English arithmetic, Chinese, worded reasoning, a
+           few long ones; 20% with a system prompt, 10% with an earlier turn, a few of whose earlier answers hold
+           "</think>" (which the R1 template rewrites, so those rows must go through Jinja);
+  sample   the shipped data/sample/{train,test,general}.jsonl records (short rows).
+encode_batch runs in chunks of tasks.tokenize.CHUNK_ROWS with one tasks.tokenize.IdsCache (as tokenize_records
+does), on the rows in that streamed order (a record's variants within a few thousand rows of it) and shuffled (the
+worst case for sharing completions). Every row of encode_batch is compared with encode_row's.
 
 Speed is rows per wall second and per CPU second of this process (time.process_time): the 2 cores are shared, so the
 wall figure depends on the others' load. Writes bench/results/tokenize_throughput.json.
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
 RESULTS = ROOT / "bench" / "results" / "tokenize_throughput.json"
+STREAM_CHUNK = 2_000  # rows an augment/debias shard holds at once (tasks/shards.py CHUNK)
 
 NAMES = [("Tom", "he", "his"), ("Ann", "she", "her"), ("My brother", "he", "his"), ("The king", "he", "his"),
          ("Maria", "she", "her"), ("The boy", "he", "his"), ("A student", "they", "their"), ("She", "she", "her")]
@@ -79,22 +83,24 @@ def base_row(rng: random.Random) -> dict:
     return {"instruction": prompt, "output": output, **({"system": system} if system else {})}
 
 
-def make_rows(n_base: int, seed: int = 0) -> list[dict]:
-    """Sample-like tokenize-stage input: base records -> augment.expand -> debias.debias_rows."""
+def make_rows(n_base: int, seed: int = 0, base: list[dict] | None = None) -> list[dict]:
+    """Tokenize-stage input: base records (generated, or ``base``) -> augment.expand -> debias.debias_rows."""
     from tasks.augment import expand, load_templates
     from tasks.config import AugmentConfig, DebiasConfig
-    from tasks.debias import TermPairs, compile_terms, load_blocklist
-    from tasks.debias import debias_rows
+    from tasks.debias import TermPairs, compile_terms, debias_rows, load_blocklist
     from tasks.records import make_record, normalize
 
     rng = random.Random(seed)
-    base = [make_record(normalize(base_row(rng)), "bench.jsonl", i + 1) for i in range(n_base)]
-    acfg = AugmentConfig(prompt_variants=2, text_variants=["whitespace", "punctuation", "question_first"])
-    rows = expand(base, acfg, load_templates(Path(acfg.templates_path)), random.Random(seed))
+    if base is None:
+        base = [make_record(normalize(base_row(rng)), "bench.jsonl", i + 1) for i in range(n_base)]
+    acfg = AugmentConfig(prompt_variants=1, text_variants=["punctuation", "question_first"])
+    templates, rng = load_templates(Path(acfg.templates_path)), random.Random(seed)
+    augmented = [row for i in range(0, len(base), STREAM_CHUNK)
+                 for row in expand(base[i:i + STREAM_CHUNK], acfg, templates, rng)]
     dcfg = DebiasConfig()
-    rows, _, _, _ = debias_rows(rows, compile_terms(load_blocklist(Path(dcfg.blocklist_path))),
-                                TermPairs.load(Path(dcfg.term_pairs_path)), True)
-    return rows
+    blocklist, pairs = compile_terms(load_blocklist(Path(dcfg.blocklist_path))), TermPairs.load(Path(dcfg.term_pairs_path))
+    return [row for i in range(0, len(augmented), STREAM_CHUNK)
+            for row in debias_rows(augmented[i:i + STREAM_CHUNK], blocklist, pairs, True)[0]]
 
 
 def measure(fn, rows: int) -> dict:
@@ -105,9 +111,15 @@ def measure(fn, rows: int) -> dict:
             "rows_per_cpu_s": round(rows / cpu), "out": out}
 
 
+def sample_records() -> list[dict]:
+    from tasks.validate import validate_file
+
+    return [r for name in ("train", "test", "general") for r in validate_file(f"data/sample/{name}.jsonl", 100_000)[0]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=int, default=3300, help="base records (~6 rows each after augment/debias)")
+    parser.add_argument("--base", type=int, default=3400, help="generated base records (~6 rows each)")
     parser.add_argument("--modes", default="keep,mask,drop", help="think_in_loss policies to run")
     args = parser.parse_args()
 
@@ -117,56 +129,66 @@ def main() -> None:
     from tasks.chat_template import chat_renderer
     from tasks.config import TokenizeConfig
     from tasks.embedded import build_tokenizer
-    from tasks.tokenize import CHUNK_ROWS, encode_batch, encode_row, tokenize_records
+    from tasks.tokenize import CHUNK_ROWS, IdsCache, encode_batch, encode_row, tokenize_records
 
     tokenizer = build_tokenizer()
-    rows = make_rows(args.base)
-    shuffled = rows[:]
-    random.Random(1).shuffle(shuffled)
-    n = len(rows)
-    multi = sum(len(r["messages"]) > 2 for r in rows)
-    print(f"{n} rows from {args.base} base records ({n / args.base:.1f} each), {multi} multi-turn; "
-          f"chunks of {CHUNK_ROWS}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; "
-          f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '(unset)')}")
+    sets = {"mixed": make_rows(args.base), "sample": make_rows(0, base=sample_records())}
+    print(f"chunks of {CHUNK_ROWS}; {os.cpu_count()} CPUs; TOKENIZERS_PARALLELISM="
+          f"{os.environ.get('TOKENIZERS_PARALLELISM', '(unset)')}")
+    for name, rows in sets.items():
+        print(f"{name}: {len(rows)} rows, {sum(len(r['messages']) > 2 for r in rows)} multi-turn")
 
     def batched(data, cfg):
-        out = []
+        out, cache = [], IdsCache(tokenizer)
         for start in range(0, len(data), CHUNK_ROWS):
-            out += encode_batch(tokenizer, data[start:start + CHUNK_ROWS], cfg)
+            out += encode_batch(tokenizer, data[start:start + CHUNK_ROWS], cfg, cache)
         return out
 
-    results = []
-    print(f"{'policy':<6} {'order':<9} {'encode_row rows/s (wall / CPU)':>31} {'encode_batch rows/s (wall / CPU)':>33} "
-          f"{'ratio (CPU)':>11}  equal")
+    warm = make_rows(50, seed=99)  # untimed: imports, template shapes, the tokenizer's word cache, for both
     for mode in args.modes.split(","):
-        cfg = TokenizeConfig(think_in_loss=mode)
-        row = measure(lambda: [encode_row(tokenizer, r, cfg) for r in rows], n)
-        reference = row.pop("out")
-        for order, data in (("expand", rows), ("shuffled", shuffled)):
-            load = os.getloadavg()[0]
-            batch = measure(lambda: batched(data, cfg), n)
-            got = batch.pop("out")
-            expected = reference if data is rows else [encode_row(tokenizer, r, cfg) for r in data]
-            equal = got == expected
-            results.append({"think_in_loss": mode, "order": order, "encode_row": row, "encode_batch": batch,
-                            "ratio_cpu": round(batch["rows_per_cpu_s"] / row["rows_per_cpu_s"], 2),
-                            "ratio_wall": round(batch["rows_per_s"] / row["rows_per_s"], 2),
-                            "equal_rows": equal, "load_average_1m": round(load, 2)})
-            print(f"{mode:<6} {order:<9} {row['rows_per_s']:>14,} / {row['rows_per_cpu_s']:>14,} "
-                  f"{batch['rows_per_s']:>16,} / {batch['rows_per_cpu_s']:>14,} {results[-1]['ratio_cpu']:>10}x  {equal}")
-            if not equal:
-                raise SystemExit(f"encode_batch differs from encode_row ({mode}, {order})")
-    stage = measure(lambda: tokenize_records(tokenizer, shuffled, TokenizeConfig(max_seq_length=1024))[0], n)
+        [encode_row(tokenizer, r, TokenizeConfig(think_in_loss=mode)) for r in warm]
+        batched(warm, TokenizeConfig(think_in_loss=mode))
+
+    results = []
+    print(f"{'set':<7} {'policy':<6} {'order':<9} {'encode_row rows/s (wall / CPU)':>31} "
+          f"{'encode_batch rows/s (wall / CPU)':>33} {'CPU ratio':>9}  load  equal")
+    for name, rows in sets.items():
+        n = len(rows)
+        perm = list(range(n))
+        random.Random(1).shuffle(perm)
+        for mode in args.modes.split(","):
+            cfg = TokenizeConfig(think_in_loss=mode)
+            row = measure(lambda: [encode_row(tokenizer, r, cfg) for r in rows], n)
+            reference = row.pop("out")
+            for order, index in (("streamed", list(range(n))), ("shuffled", perm)):
+                data = [rows[i] for i in index]
+                load = os.getloadavg()[0]
+                batch = measure(lambda: batched(data, cfg), n)
+                equal = batch.pop("out") == [reference[i] for i in index]
+                results.append({"set": name, "think_in_loss": mode, "order": order, "encode_row": row,
+                                "encode_batch": batch,
+                                "ratio_cpu": round(batch["rows_per_cpu_s"] / row["rows_per_cpu_s"], 2),
+                                "ratio_wall": round(batch["rows_per_s"] / row["rows_per_s"], 2),
+                                "equal_rows": equal, "load_average_1m": round(load, 2)})
+                print(f"{name:<7} {mode:<6} {order:<9} {row['rows_per_s']:>14,} / {row['rows_per_cpu_s']:>14,} "
+                      f"{batch['rows_per_s']:>16,} / {batch['rows_per_cpu_s']:>14,} {results[-1]['ratio_cpu']:>8}x "
+                      f"{load:>5.1f}  {equal}")
+                if not equal:
+                    raise SystemExit(f"encode_batch differs from encode_row ({name}, {mode}, {order})")
+    rows = sets["mixed"]
+    stage = measure(lambda: tokenize_records(tokenizer, rows, TokenizeConfig(max_seq_length=1024))[0], len(rows))
     stage.pop("out")
-    print(f"tokenize_records (stage loop: encode_batch + length policy + BOS check + audit, shuffled): "
-          f"{stage['rows_per_s']:,} rows/s wall, {stage['rows_per_cpu_s']:,} rows/CPU-s")
+    print(f"tokenize_records (the stage's loop: encode_batch + length policy + BOS check + audit; mixed, streamed "
+          f"order): {stage['rows_per_s']:,} rows/s wall, {stage['rows_per_cpu_s']:,} rows/CPU-s")
     stats = chat_renderer(tokenizer, add_generation_prompt=True).stats
-    print(f"template: {stats}")
+    print(f"template rows: {stats}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "what": "tasks.tokenize.encode_row vs encode_batch on the embedded R1-Distill-Qwen tokenizer",
-        "rows": n, "base_records": args.base, "multi_turn_rows": multi, "chunk_rows": CHUNK_ROWS,
-        "results": results, "tokenize_records": stage, "template_stats": stats,
+        "sets": {name: {"rows": len(rows), "multi_turn_rows": sum(len(r["messages"]) > 2 for r in rows)}
+                 for name, rows in sets.items()},
+        "base_records_mixed": args.base, "chunk_rows": CHUNK_ROWS,
+        "results": results, "tokenize_records_mixed": stage, "template_rows": stats,
         "machine": {"cpus": os.cpu_count(), "load_average_end": [round(x, 2) for x in os.getloadavg()],
                     "python": platform.python_version(), "transformers": transformers.__version__,
                     "tokenizers": tokenizers.__version__,

@@ -131,51 +131,85 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
-def encode_batch(tokenizer, records: list[dict], cfg: TokenizeConfig) -> list[dict]:
+class IdsCache:
+    """Token ids of completion-side texts (completions, shown reasoning) already tokenized, so that rows sharing one
+    (a record's prompt variants) tokenize it once across encode_batch calls too. Oldest out first beyond ``max_ids``
+    ids. For one tokenizer only (encode_batch checks)."""
+
+    def __init__(self, tokenizer, max_ids: int = 2_000_000):
+        from collections import OrderedDict
+
+        self.tokenizer, self.max_ids, self.size = tokenizer, max_ids, 0
+        self.ids: OrderedDict[str, list[int]] = OrderedDict()
+
+    def put(self, text: str, ids: list[int]) -> None:
+        if text not in self.ids:
+            self.ids[text] = ids
+            self.size += len(ids)
+            while self.size > self.max_ids and self.ids:
+                self.size -= len(self.ids.popitem(last=False)[1])
+
+
+def encode_batch(tokenizer, records: list[dict], cfg: TokenizeConfig, cache: IdsCache | None = None) -> list[dict]:
     """``encode_row`` of each record (input_ids, labels, prompt_len; equal to it), much faster: prompts rendered by
     ``render_prompts``, every distinct text (prompts, shown reasoning, completions: augmented variants share theirs)
-    tokenized once, in one batched call. Prompt and completion are still tokenized separately, as in encode_row."""
+    tokenized once, in one batched call; completion-side texts found in ``cache`` are not tokenized again. Prompt and
+    completion are still tokenized separately, as in encode_row."""
+    if cache is not None and cache.tokenizer is not tokenizer:
+        raise ValueError("encode_batch: the IdsCache belongs to another tokenizer")
+    known = cache.ids if cache is not None else {}
     prompts = render_prompts(tokenizer, records, cfg.system_prompt)
     mask, drop = cfg.think_in_loss == "mask", cfg.think_in_loss == "drop"
     think_open = f"{THINK_OPEN}\n"
     eos_token = tokenizer.eos_token
-    index: dict[str, int] = {}  # distinct text -> its position in the one tokenizer call
+    todo: dict[str, None] = {}  # distinct texts to tokenize now, in order
     plan = []
     for record, prompt in zip(records, prompts):
         opens_think = prompt.rstrip(" ").endswith(think_open)
         reasoning = None if drop else record.get("reasoning")
         answer = record["messages"][-1]["content"]
-        shown = -1
+        shown = None
         if mask and reasoning:
-            text = ("" if opens_think else think_open) + f"{reasoning.strip()}\n"
-            shown = index.setdefault(text, len(index))
+            shown = ("" if opens_think else think_open) + f"{reasoning.strip()}\n"
+            if shown not in known:
+                todo[shown] = None
             completion = f"{THINK_CLOSE}\n\n{answer.strip()}{eos_token}"
         else:
             completion = completion_text(reasoning, answer, opens_think)
-        plan.append((index.setdefault(prompt, len(index)), shown, index.setdefault(completion, len(index))))
-    ids = encode_texts(tokenizer, list(index))
+        todo[prompt] = None
+        if completion not in known:
+            todo[completion] = None
+        plan.append((prompt, shown, completion))
+    fresh = dict(zip(todo, encode_texts(tokenizer, list(todo))))
     bos = tokenizer.bos_token_id
     rows = []
-    for p, shown, c in plan:
-        prompt_ids = ids[p]
+    for prompt, shown, completion in plan:
+        prompt_ids = fresh[prompt]
         if bos is not None and prompt_ids[:1] != [bos]:
             prompt_ids = [bos, *prompt_ids]  # templates without {{ bos_token }}
-        if shown >= 0:
-            prompt_ids = prompt_ids + ids[shown]
-        completion_ids = ids[c]
+        if shown is not None:
+            prompt_ids = prompt_ids + (fresh[shown] if shown in fresh else known[shown])
+        completion_ids = fresh[completion] if completion in fresh else known[completion]
         n = len(prompt_ids)
         rows.append({"input_ids": prompt_ids + completion_ids, "labels": [IGNORE] * n + completion_ids,
                      "prompt_len": n})
+    if cache is not None:
+        for _, shown, completion in plan:
+            for text in (shown, completion):
+                if text is not None and text in fresh:
+                    cache.put(text, fresh[text])
     return rows
 
 
-def tokenize_records(tokenizer, records: list[dict], cfg: TokenizeConfig) -> tuple[list[dict], list[dict], dict]:
-    """(rows, quarantined rows, audit figures)."""
+def tokenize_records(tokenizer, records: list[dict], cfg: TokenizeConfig, cache: IdsCache | None = None
+                     ) -> tuple[list[dict], list[dict], dict]:
+    """(rows, quarantined rows, audit figures). Records are encoded by encode_batch, CHUNK_ROWS at a time, sharing
+    ``cache`` (one IdsCache per call when None; pass one to share it across calls, e.g. the chunks of a shard)."""
     rows, quarantined = [], []
     audit = {"truncated": 0, "bos_ok": 0, "think_in_labels": 0, "eos_at_end": 0}
     think_close_ids = tokenizer(THINK_CLOSE, add_special_tokens=False)["input_ids"]
     bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    for record, row in _encoded(tokenizer, records, cfg):
+    for record, row in _encoded(tokenizer, records, cfg, cache if cache is not None else IdsCache(tokenizer)):
         ids = row["input_ids"]
         if len(ids) > cfg.max_seq_length:
             where = f"{record['source']['file']}:{record['source']['line']}"
@@ -201,13 +235,13 @@ def tokenize_records(tokenizer, records: list[dict], cfg: TokenizeConfig) -> tup
     return rows, quarantined, audit
 
 
-def _encoded(tokenizer, records, cfg: TokenizeConfig):
+def _encoded(tokenizer, records, cfg: TokenizeConfig, cache: IdsCache):
     """(record, encode_row's row) of each record, encoded CHUNK_ROWS records at a time by encode_batch."""
     from itertools import islice
 
     it = iter(records)
     while chunk := list(islice(it, CHUNK_ROWS)):
-        yield from zip(chunk, encode_batch(tokenizer, chunk, cfg))
+        yield from zip(chunk, encode_batch(tokenizer, chunk, cfg, cache))
 
 
 def _contains(seq: list[int], sub: list[int]) -> bool:

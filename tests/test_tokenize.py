@@ -96,7 +96,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from tasks.chat_template import ASSISTANT, BOS, EOS, R1_CHAT_TEMPLATE, THINK_OPEN, USER, chat_renderer  # noqa: E402
-from tasks.tokenize import encode_batch, encode_row, encode_texts, render_prompt, render_prompts  # noqa: E402
+from tasks.tokenize import IdsCache, encode_batch, encode_row, encode_texts, render_prompt, render_prompts  # noqa: E402
 
 POLICIES = [TokenizeConfig(), TokenizeConfig(think_in_loss="mask"), TokenizeConfig(think_in_loss="drop"),
             TokenizeConfig(system_prompt="You are a careful tutor.")]
@@ -301,6 +301,21 @@ def test_tokenize_records_in_chunks_equals_one_row_at_a_time(tokenizer, monkeypa
     whole = tokenize_records(tokenizer, rows, cfg)
     monkeypatch.setattr(tk, "CHUNK_ROWS", 97)
     assert tokenize_records(tokenizer, iter(rows), cfg) == whole
-    monkeypatch.setattr(tk, "encode_batch", lambda tok, chunk, c: [encode_row(tok, r, c) for r in chunk])
+    monkeypatch.setattr(tk, "encode_batch", lambda tok, chunk, c, cache=None: [encode_row(tok, r, c) for r in chunk])
     assert tokenize_records(tokenizer, rows, cfg) == whole  # the previous, one-row-at-a-time stage
     assert whole[2]["truncated"] == 1
+
+
+@pytest.mark.parametrize("max_ids", [2_000_000, 50])
+def test_ids_cache_across_calls(tokenizer, max_ids):
+    """Completion ids kept from earlier chunks (or evicted: a 50-id budget) change nothing; a cache is bound to its
+    tokenizer."""
+    records = sample_records()[:900]
+    random.Random(3).shuffle(records)
+    for cfg in POLICIES[:3]:
+        cache = IdsCache(tokenizer, max_ids=max_ids)
+        got = [row for i in range(0, len(records), 128) for row in encode_batch(tokenizer, records[i:i + 128], cfg, cache)]
+        assert got == [encode_row(tokenizer, r, cfg) for r in records]
+        assert cache.size <= max_ids and cache.size == sum(map(len, cache.ids.values()))
+    with pytest.raises(ValueError, match="another tokenizer"):
+        encode_batch(tokenizer, records[:1], TokenizeConfig(), IdsCache(object()))
