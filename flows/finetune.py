@@ -19,20 +19,16 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BeforeValidator
 
-from tasks.augment import augment_task
+from flows.data import run_data_stages
 from tasks.card import card_task
 from tasks.config import PRESETS, PipelineConfig, preset
-from tasks.debias import debias_task
-from tasks.dedup import dedup_task
 from tasks.evaluate import evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
 from tasks.model import resolve_model_task
 from tasks.orchestration import gpu_slot
 from tasks.smoke import smoke_task
 from tasks.summary import render, summary_task
-from tasks.tokenize import tokenize_task
 from tasks.train import train_task
-from tasks.validate import validate_task
 
 
 def expand_preset(value: Any) -> Any:
@@ -57,8 +53,6 @@ def run_name() -> str:
 
 
 # Readable task-run names (the stages' own names stay the cache identity; these only label the runs in the UI).
-augment = augment_task.with_options(task_run_name="augment x{cfg.prompt_variants} + replay {cfg.replay_ratio}")
-debias = debias_task.with_options(task_run_name="debias")
 resolve_model = resolve_model_task.with_options(task_run_name="resolve-model {cfg.name_or_path}")
 train = train_task.with_options(task_run_name="train ({cfg.backend}, {cfg.max_steps} steps, lr {cfg.learning_rate})")
 evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)")
@@ -69,22 +63,18 @@ smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} 
 
 @flow(name="r1-finetune", flow_run_name=run_name, log_prints=True)
 def finetune(config: PresetConfig = preset("tiny")) -> dict:
-    """validate -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> merge -> GGUF -> quantize -> smoke.
+    """validate -> dedup -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> merge -> GGUF -> quantize
+    -> smoke. The data stages are task maps over shards (flows/data.py), on the task runner ``config.runner`` names.
 
     Every stage's result is cached on its inputs, its code and its input files (tasks/orchestration.py), so a retry
     of a failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu``
     global concurrency limit: two runs never share one GPU.
     """
     run = str(config.run_dir())
-    data = validate_task(config.data, run)
-    data = dedup_task(data, config.dedup, run)  # same ValidatedData, train/test deduplicated and leak-free
-    augmented = augment(data.train, data.replay, config.augment, run)
-    debiased = debias(augmented.train, config.debias, run)
-
     model = resolve_model(config.model, config.cache_dir)
-    train_rows = tokenize_task(debiased.train, model, config.tokenize, run, split="train")
-    test_rows = tokenize_task(data.test, model, config.tokenize, run, split="test")
-    replay_rows = tokenize_task(data.replay, model, config.tokenize, run, split="replay") if data.replay else None
+    # validate -> dedup (train/test deduplicated and leak-free) -> augment -> debias -> tokenize, mapped over shards
+    prepared = run_data_stages(config, model, run)
+    data, train_rows, test_rows, replay_rows = prepared.data, prepared.train, prepared.test, prepared.replay
 
     with gpu_slot():
         trained = train(train_rows.dataset, test_rows.dataset, model, config.model, config.train, config.tokenize, run)
@@ -98,8 +88,9 @@ def finetune(config: PresetConfig = preset("tiny")) -> dict:
     smoke = smoke_test(merged, [f16, *quantized], config.smoke, run)
     card_task(config, run, [f16, *quantized], trained, evaluation, smoke)  # Modelfiles + model card
 
-    summary = summary_task(config, run, data=data, augmented=augmented, debiased=debiased, tokenized=train_rows,
-                           trained=trained, evaluation=evaluation, ggufs=[f16, *quantized], smoke=smoke)
+    summary = summary_task(config, run, data=data, augmented=prepared.augmented, debiased=prepared.debiased,
+                           tokenized=train_rows, trained=trained, evaluation=evaluation, ggufs=[f16, *quantized],
+                           smoke=smoke)
     # What a caller (the nightly flow) needs to re-evaluate another adapter on exactly this held-out set.
     summary["eval_inputs"] = {"model_dir": model, "test_records": data.test, "test_dataset": test_rows.dataset,
                               "replay_dataset": replay_rows.dataset if replay_rows else None, "merged": merged}

@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
-import copy
 import random
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prefect import task
@@ -25,12 +25,15 @@ from pydantic import BaseModel
 
 from tasks.config import AugmentConfig
 from tasks.errors import ConfigError
-from tasks.io import read_jsonl, write_jsonl
+from tasks.io import iter_jsonl, write_json
 from tasks.orchestration import stage_options
 from tasks.records import content_key
+from tasks.shards import JsonlWriter, Shard, chunked
+
 
 class AugmentedData(BaseModel):
-    train: str
+    shards: list[Shard]  # the augmented training rows, in shard order
+    report: str  # every file a result names is checked by the stage cache (tasks/orchestration.py)
     rows_in: int
     rows_out: int
     origins: dict[str, int]
@@ -124,8 +127,8 @@ def text_variant(record: dict, name: str) -> dict | None:
 
 
 def expand(train: list[dict], cfg: AugmentConfig, templates: list[str], rng: random.Random) -> list[dict]:
-    """The rows and their prompt-template and text variants (no replay, no shuffle): the part that streams chunk by
-    chunk (bench/data_throughput.py) as well as whole."""
+    """The rows and their prompt-template and text variants (no replay): chunk by chunk, with one ``rng`` running
+    through them, this draws what one call on all the rows would."""
     out = list(train)
     n_variants = min(cfg.prompt_variants, len(templates))
     for record in train:
@@ -137,33 +140,73 @@ def expand(train: list[dict], cfg: AugmentConfig, templates: list[str], rng: ran
     return out
 
 
-def augment(train: list[dict], replay: list[dict], cfg: AugmentConfig, templates: list[str]) -> list[dict]:
-    rng = random.Random(cfg.seed)
-    out = expand(train, cfg, templates, rng)
-    n_replay = round(cfg.replay_ratio * len(train))
+def augment_chunks(records: Iterable[dict], n_rows: int, replay: list[dict], cfg: AugmentConfig,
+                   templates: list[str], rng: random.Random) -> Iterator[list[dict]]:
+    """One shard, streamed: each chunk of records with its variants, then ``replay_ratio`` x ``n_rows`` replay rows
+    drawn from ``replay``. No shuffle: the trainer samples rows at random anyway, and streaming keeps memory flat."""
+    for chunk in chunked(records):
+        yield expand(chunk, cfg, templates, rng)
+    n_replay = round(cfg.replay_ratio * n_rows)
     if n_replay and replay:
         picks = rng.sample(replay, n_replay) if n_replay <= len(replay) else rng.choices(replay, k=n_replay)
-        out.extend({**copy.deepcopy(r), "origin": "replay", "parent": r["id"]} for r in picks)
-    rng.shuffle(out)
-    return out
+        yield [{**r, "origin": "replay", "parent": r["id"]} for r in picks]
 
 
-def augment_files(train_path: Path, replay_path: Path | None, cfg: AugmentConfig, out_dir: Path) -> AugmentedData:
-    train = read_jsonl(train_path)
-    replay = read_jsonl(replay_path) if replay_path else []
-    rows = augment(train, replay, cfg, load_templates(Path(cfg.templates_path)))
-    out = Path(out_dir) / "train.jsonl"
-    write_jsonl(out, rows)
-    origins = Counter(r["origin"].split(":")[0] for r in rows)
-    return AugmentedData(train=str(out), rows_in=len(train), rows_out=len(rows), origins=dict(origins))
+def shard_rng(cfg: AugmentConfig, index: int) -> random.Random:
+    """Each shard draws from its own stream (seeded by ``seed`` and the shard's place), so shards run anywhere, in
+    any order, and draw the same."""
+    return random.Random(f"{cfg.seed}:{index}")
+
+
+def augment(train: list[dict], replay: list[dict], cfg: AugmentConfig, templates: list[str], index: int = 0) -> list[dict]:
+    """Shard ``index`` augmented in memory (what augment_shard writes)."""
+    return [row for chunk in augment_chunks(train, len(train), replay, cfg, templates, shard_rng(cfg, index))
+            for row in chunk]
+
+
+class AugmentedShard(BaseModel):
+    shard: Shard
+    rows_in: int
+    origins: dict[str, int]
+
+
+def augment_shard(shard: Shard, replay_path: str | None, cfg: AugmentConfig, index: int, out_path: Path) -> AugmentedShard:
+    """The map unit: one deduplicated shard with its variants and its share of replay rows."""
+    replay = list(iter_jsonl(Path(replay_path))) if replay_path and cfg.replay_ratio > 0 else []
+    templates = load_templates(Path(cfg.templates_path))
+    origins: Counter = Counter()
+    with JsonlWriter(out_path) as out:
+        for rows in augment_chunks(iter_jsonl(Path(shard.path)), shard.rows, replay, cfg, templates,
+                                   shard_rng(cfg, index)):
+            out.write_many(rows)
+            origins.update(r["origin"].split(":")[0] for r in rows)
+        return AugmentedShard(shard=out.close(), rows_in=shard.rows, origins=dict(origins))
+
+
+def merge_augmented(parts: list[AugmentedShard], out_dir: Path) -> AugmentedData:
+    """The augmented shards in order (they stay shards: debias maps over them) and the counts in report.json."""
+    origins: Counter = Counter()
+    for part in parts:
+        origins.update(part.origins)
+    result = AugmentedData(shards=[p.shard for p in parts], report=str(Path(out_dir) / "report.json"),
+                           rows_in=sum(p.rows_in for p in parts), rows_out=sum(p.shard.rows for p in parts),
+                           origins=dict(sorted(origins.items())))
+    write_json(Path(result.report), result.model_dump(exclude={"shards", "report"}))
+    return result
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
+@task(name="augment-shard", task_run_name="augment {index}", **stage_options())
+def augment_shard_task(shard: Shard, replay_path: str | None, cfg: AugmentConfig, index: int, run_dir: str) -> AugmentedShard:
+    """Add prompt-template and text variants and general replay rows to one shard."""
+    return augment_shard(shard, replay_path, cfg, index, Path(run_dir) / "augment" / "shards" / f"train-{index:04d}.jsonl")
+
+
 @task(name="augment", **stage_options())
-def augment_task(train_path: str, replay_path: str | None, cfg: AugmentConfig, run_dir: str) -> AugmentedData:
-    """Add prompt-template variants and general replay rows."""
-    result = augment_files(Path(train_path), Path(replay_path) if replay_path else None, cfg, Path(run_dir) / "augment")
+def augment_merge_task(parts: list[AugmentedShard], run_dir: str) -> AugmentedData:
+    """The augmented training shards and their counts."""
+    result = merge_augmented(parts, Path(run_dir) / "augment")
     print(f"augmented {result.rows_in} training rows into {result.rows_out}: {result.origins}")
     return result

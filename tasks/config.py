@@ -249,7 +249,9 @@ class PipelineConfig(Section):
     def fingerprint(self) -> str:
         import hashlib
 
-        return hashlib.sha256(self.model_dump_json(exclude={"run_name": True, "runner": {"kind", "address", "workers"}}).encode()).hexdigest()
+        # The runner's kind, address and workers change where the data stages run, not what they write.
+        exclude = {"run_name": True, "runner": {"kind", "address", "workers"}}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
 
 def _tiny() -> PipelineConfig:

@@ -39,8 +39,9 @@ from pydantic import BaseModel
 
 from tasks.config import DedupConfig
 from tasks.errors import DataValidationError
-from tasks.io import read_jsonl, write_json, write_jsonl
+from tasks.io import atomic_path, concat_files, iter_jsonl, write_json
 from tasks.orchestration import stage_options
+from tasks.shards import Shard, JsonlWriter, chunked
 
 _WS_RE = re.compile(r"\s+")
 # A word is a run of word characters, except that CJK characters (written without spaces) are one word each.
@@ -85,14 +86,6 @@ def hash64(text: str, salt: str = "") -> int:
                                           digest_size=8).digest(), "little")
 
 
-def exact_key(record: dict) -> int:
-    return hash64(normalize_text(conversation_text(record)))
-
-
-def prompt_key(record: dict) -> int:
-    return hash64(normalize_text(prompt_text(record)))
-
-
 def is_test_item(record: dict, fraction: float, salt: str) -> bool:
     """The stable split: depends only on this row's normalized prompt, never on the other rows."""
     return fraction > 0 and hash64(normalize_text(prompt_text(record)), salt) < fraction * 2**64
@@ -135,13 +128,14 @@ class MinHasher:
             out.append(h)
         return out
 
-    def shingle_hashes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def shingle_hashes(self, texts: list[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(uint32 hash of every shingle of every text, the text index of each). A text shorter than ``ngram`` words is
-        one shingle; an empty one gets a single fixed shingle."""
+        one shingle; an empty one gets a single fixed shingle. ``normalized``: the texts already went through
+        normalize_text."""
         n = self.ngram
         tokens = []
         for text in texts:
-            t = self._tokens(normalize_text(text)) or [0]
+            t = self._tokens(text if normalized else normalize_text(text)) or [0]
             if len(t) < n:
                 t = t + [0] * (n - len(t))
             tokens.append(t)
@@ -177,8 +171,8 @@ class MinHasher:
             sig[owners[bounds[lo: lo + step]]] = np.minimum.reduceat(block, bounds[lo: lo + step] - b_lo, axis=0)
         return sig
 
-    def signatures(self, texts: list[str]) -> np.ndarray:
-        hashes, owners = self.shingle_hashes(texts)
+    def signatures(self, texts: list[str], normalized: bool = False) -> np.ndarray:
+        hashes, owners = self.shingle_hashes(texts, normalized)
         return self.signatures_of_hashes(hashes, owners, len(texts))
 
 
@@ -276,80 +270,285 @@ def find_leaks(train_prompt_keys: np.ndarray, train_sig: np.ndarray | None, test
     return leaks
 
 
-def dedup(train: list[dict], test: list[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict], list[dict], DedupReport]:
-    """(kept train rows, kept test rows, quarantine rows, report)."""
-    train_in, test_in = len(train), len(test)
-    split = 0
-    if not test and cfg.split_test_fraction > 0:
-        moved = [r for r in train if is_test_item(r, cfg.split_test_fraction, cfg.split_salt)]
-        train = [r for r in train if not is_test_item(r, cfg.split_test_fraction, cfg.split_salt)]
-        test, split = moved, len(moved)
-    bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
+# --- keys (map), plan (reduce), survivors (map) ----------------------------------------------------------------------
+
+KEEP_TRAIN, KEEP_TEST, DROPPED = 0, 1, 2
+
+
+class Keys(BaseModel):
+    """What the plan needs of one shard's rows (``path``: a .npy structured array, one entry per row in order) and
+    the input files they came from (``files``, indexed by the array's ``file`` field)."""
+
+    path: str
+    rows: int
+    files: list[str]
+
+
+def _key_dtype(num_perm: int) -> np.dtype:
+    return np.dtype([("exact", "<u8"), ("prompt", "<u8"), ("to_test", "?"), ("line", "<i8"), ("file", "<i4"),
+                     ("id", "S16"), ("sig", "<u4", (num_perm,))])
+
+
+def record_keys(records: list[dict], cfg: DedupConfig, hasher: MinHasher | None, files: dict[str, int]) -> np.ndarray:
+    """The keys of a chunk of records: exact and prompt hashes, the split decision, the MinHash signature, and
+    file/line/id to name the row in another row's quarantine entry. Each text is normalized once."""
+    out = np.zeros(len(records), dtype=_key_dtype(cfg.num_perm))
+    conversations = [normalize_text(conversation_text(r)) for r in records]
+    prompts = [normalize_text(prompt_text(r)) for r in records]
+    out["exact"] = [hash64(c) for c in conversations] if cfg.exact else 0
+    out["prompt"] = [hash64(p) for p in prompts]
+    if cfg.split_test_fraction > 0:
+        limit = cfg.split_test_fraction * 2**64
+        out["to_test"] = [hash64(p, cfg.split_salt) < limit for p in prompts]
+    out["line"] = [r["source"]["line"] for r in records]
+    out["file"] = [files.setdefault(r["source"]["file"], len(files)) for r in records]
+    out["id"] = [r["id"].encode() for r in records]
+    if hasher is not None:
+        out["sig"] = hasher.signatures(conversations, normalized=True)
+    return out
+
+
+def shard_keys(shard: str, cfg: DedupConfig, out_path: Path) -> Keys:
+    """The map before the plan: keys of one shard, streamed chunk by chunk."""
     hasher = MinHasher(cfg.num_perm, cfg.ngram, cfg.seed) if cfg.near else None
-    quarantine: list[dict] = []
+    files: dict[str, int] = {}
+    parts = [record_keys(chunk, cfg, hasher, files) for chunk in chunked(iter_jsonl(Path(shard)), 10_000)]
+    keys = np.concatenate(parts) if parts else np.zeros(0, dtype=_key_dtype(cfg.num_perm))
+    with atomic_path(Path(out_path)) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, keys, allow_pickle=False)
+    return Keys(path=str(out_path), rows=len(keys), files=list(files))
 
-    def drop_rows(rows_: list[dict], split_name: str) -> tuple[list[dict], np.ndarray | None]:
-        keys = np.fromiter((exact_key(r) for r in rows_), dtype=np.uint64, count=len(rows_)) if cfg.exact else \
-            np.arange(len(rows_), dtype=np.uint64)
-        sig = hasher.signatures([conversation_text(r) for r in rows_]) if hasher else None
-        drop = find_duplicates(keys, sig, cfg.threshold, bands, rows)
-        for i, (reason, of) in sorted(drop.items()):
-            quarantine.append(_quarantine_row(rows_[i], reason, rows_[of], split_name))
-        keep = np.array([i not in drop for i in range(len(rows_))], dtype=bool)
-        return [r for r, k in zip(rows_, keep) if k], (sig[keep] if sig is not None else None)
 
-    train, train_sig = drop_rows(train, "train")
-    test, test_sig = drop_rows(test, "test")
-    if cfg.leakage and test:
-        leaks = find_leaks(np.fromiter((prompt_key(r) for r in train), dtype=np.uint64, count=len(train)), train_sig,
-                           np.fromiter((prompt_key(r) for r in test), dtype=np.uint64, count=len(test)), test_sig,
+class Side:
+    """The keys of one split's shards, concatenated in shard order."""
+
+    def __init__(self, arrays: list[np.ndarray], files: list[list[str]], num_perm: int):
+        self.keys = np.concatenate(arrays) if arrays else np.zeros(0, dtype=_key_dtype(num_perm))
+        self.files = files
+        sizes = [len(a) for a in arrays]
+        self.shard_of = np.repeat(np.arange(len(arrays)), sizes)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    @classmethod
+    def load(cls, keys: list[Keys], num_perm: int) -> "Side":
+        return cls([np.load(k.path, allow_pickle=False) for k in keys], [k.files for k in keys], num_perm)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def ref(self, i: int) -> dict:
+        """file, line and id of row ``i``: how another row's quarantine entry names it."""
+        row = self.keys[i]
+        return {"file": self.files[self.shard_of[i]][row["file"]], "line": int(row["line"]), "id": row["id"].decode()}
+
+
+def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray, dict, DedupReport]:
+    """The reduce: one global pass over every shard's keys. Returns the fate of each train and test row (KEEP_TRAIN,
+    KEEP_TEST or DROPPED), the dropped rows ({(side, row): (reason, split, other side, other row)}) and the report.
+
+    With no test rows and ``split_test_fraction`` > 0, train rows whose prompt hash falls below the fraction become
+    the test set (in train order). Then each set loses its exact and near duplicates (the first row is kept), then
+    train loses the rows that leak a kept test row (same prompt, or a near-identical conversation)."""
+    bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
+    n_train, n_test = len(train), len(test)
+    moved = train.keys["to_test"] & (n_test == 0 and cfg.split_test_fraction > 0)
+    train_fate = np.where(moved, KEEP_TEST, KEEP_TRAIN).astype(np.int8)
+    test_fate = np.full(n_test, KEEP_TEST, dtype=np.int8)
+    fates = {"train": train_fate, "test": test_fate}
+    sides = {"train": train, "test": test}
+    drops: dict[tuple[str, int], tuple[str, str, str, int]] = {}
+
+    def drop_duplicates(side: str, idx: np.ndarray, split: str) -> np.ndarray:
+        keys = sides[side].keys
+        exact = keys["exact"][idx] if cfg.exact else np.arange(len(idx), dtype=np.uint64)
+        for pos, (reason, of) in find_duplicates(exact, keys["sig"][idx] if cfg.near else None, cfg.threshold,
+                                                 bands, rows).items():
+            drops[(side, int(idx[pos]))] = (reason, split, side, int(idx[of]))
+            fates[side][idx[pos]] = DROPPED
+        return idx[fates[side][idx] != DROPPED]
+
+    train_idx = drop_duplicates("train", np.flatnonzero(~moved), "train")
+    test_side, test_idx = ("train", np.flatnonzero(moved)) if moved.any() else ("test", np.arange(n_test))
+    test_idx = drop_duplicates(test_side, test_idx, "test")
+    if cfg.leakage and len(test_idx):
+        t, e = train.keys[train_idx], sides[test_side].keys[test_idx]
+        leaks = find_leaks(t["prompt"], t["sig"] if cfg.near else None, e["prompt"], e["sig"] if cfg.near else None,
                            cfg.threshold, bands, rows)
-        for i, j in sorted(leaks.items()):
-            quarantine.append(_quarantine_row(train[i], "test_leak", test[j], "train"))
-        train = [r for i, r in enumerate(train) if i not in leaks]
-    report = DedupReport(train_in=train_in, test_in=test_in, train_out=len(train), test_out=len(test),
-                         split_to_test=split, reasons=dict(Counter(q["reason"] for q in quarantine)),
+        for i, j in leaks.items():
+            drops[("train", int(train_idx[i]))] = ("test_leak", "train", test_side, int(test_idx[j]))
+            train_fate[train_idx[i]] = DROPPED
+    report = DedupReport(train_in=n_train, test_in=n_test, train_out=int((train_fate == KEEP_TRAIN).sum()),
+                         test_out=int((train_fate == KEEP_TEST).sum() + (test_fate == KEEP_TEST).sum()),
+                         split_to_test=int(moved.sum()), reasons=dict(Counter(d[0] for d in drops.values())),
                          threshold=cfg.threshold, num_perm=cfg.num_perm, bands=bands, rows_per_band=rows)
-    return train, test, quarantine, report
+    return train_fate, test_fate, drops, report
+
+
+def shard_plans(side_name: str, side: Side, fate: np.ndarray, drops: dict, sides: dict[str, Side]) -> list[dict]:
+    """The plan cut back into shards: per shard, the fate of each row and, for each dropped row, what it repeats."""
+    plans = []
+    for k in range(len(side.offsets) - 1):
+        lo, hi = int(side.offsets[k]), int(side.offsets[k + 1])
+        dropped = {}
+        for i in np.flatnonzero(fate[lo:hi] == DROPPED).tolist():
+            reason, split, other_side, other = drops[(side_name, lo + i)]
+            dropped[str(i)] = {"reason": reason, "split": split, "of": sides[other_side].ref(other)}
+        plans.append({"fate": (fate[lo:hi] + ord("0")).astype(np.uint8).tobytes().decode("ascii"), "dropped": dropped})
+    return plans
+
+
+class DedupPlan(BaseModel):
+    train: list[str]  # one plan file per train shard, in shard order
+    test: list[str]
+    report: DedupReport
+
+
+def make_plan(train_keys: list[Keys], test_keys: list[Keys], cfg: DedupConfig, out_dir: Path) -> DedupPlan:
+    """The reduce task: the global plan, written as one small JSON file per shard."""
+    sides = {"train": Side.load(train_keys, cfg.num_perm), "test": Side.load(test_keys, cfg.num_perm)}
+    train_fate, test_fate, drops, report = plan(sides["train"], sides["test"], cfg)
+    paths: dict[str, list[str]] = {"train": [], "test": []}
+    for name, fate in (("train", train_fate), ("test", test_fate)):
+        for k, shard_plan in enumerate(shard_plans(name, sides[name], fate, drops, sides)):
+            paths[name].append(str(write_json(Path(out_dir) / "plan" / f"{name}-{k:04d}.json", shard_plan)))
+    return DedupPlan(train=paths["train"], test=paths["test"], report=report)
+
+
+class DedupShard(BaseModel):
+    """One shard after dedup: its kept train rows, its test rows (kept test rows, or train rows the split moved) and
+    its quarantined rows."""
+
+    train: Shard | None
+    test: Shard | None
+    quarantine: str | None = None
+
+
+def write_survivors(shard: str, plan_path: str, out_prefix: Path) -> DedupShard:
+    """The map after the plan: one shard's rows to its train part, its test part (kept test rows, or train rows the
+    split moved), or its quarantine part."""
+    shard_plan = json.loads(Path(plan_path).read_text(encoding="utf-8"))
+    fate, dropped = shard_plan["fate"], shard_plan["dropped"]
+    with JsonlWriter(f"{out_prefix}.train.jsonl") as train, JsonlWriter(f"{out_prefix}.test.jsonl") as test, \
+            JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
+        rows = 0
+        for i, record in enumerate(iter_jsonl(Path(shard))):
+            rows += 1
+            if fate[i] == "0":
+                train.write(record)
+            elif fate[i] == "1":
+                test.write(record)
+            else:
+                drop = dropped[str(i)]
+                quarantine.write(_quarantine_row(record, drop["reason"], drop["of"], drop["split"]))
+        if rows != len(fate):  # the shard changed after its keys were taken
+            raise DataValidationError(f"{shard}: {rows} rows, but its dedup plan has {len(fate)}")
+        return DedupShard(train=train.close(), test=test.close(), quarantine=quarantine.close().path)
 
 
 def _quarantine_row(record: dict, reason: str, other: dict, split: str) -> dict:
-    src, osrc = record["source"], other["source"]
+    src = record["source"]
     what = {"duplicate": "repeats", "near_duplicate": "nearly repeats", "test_leak": "leaks test row"}[reason]
     return {"file": src["file"], "line": src["line"], "reason": reason, "field": None, "split": split,
-            "duplicate_of": {"file": osrc["file"], "line": osrc["line"], "id": other["id"]},
-            "message": f"{src['file']}:{src['line']}: {what} {osrc['file']}:{osrc['line']}", "record": record}
+            "duplicate_of": other, "message": f"{src['file']}:{src['line']}: {what} {other['file']}:{other['line']}",
+            "record": record}
+
+
+def merge_dedup(data, train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, out_dir: Path):
+    """Join the shards' parts in shard order: train.jsonl, test.jsonl (test-file rows, then rows the split moved),
+    quarantine.jsonl, report.json. Returns the ``ValidatedData`` of the cleaned sets (its shards included)."""
+    out_dir = Path(out_dir)
+    if not report.train_out:
+        raise DataValidationError(f"{data.train}: no training row left after dedup ({report.reasons})")
+    train_shards = [p.train for p in train_parts if p.train and p.train.rows]
+    test_shards = [p.test for p in test_parts + train_parts if p.test and p.test.rows]
+    quarantines = [p.quarantine for p in train_parts + test_parts if p.quarantine]
+    paths = {"train": concat_files(out_dir / "train.jsonl", [s.path for s in train_shards]),
+             "test": concat_files(out_dir / "test.jsonl", [s.path for s in test_shards]),
+             "quarantine": concat_files(out_dir / "quarantine.jsonl", quarantines)}
+    report_path = write_json(out_dir / "report.json", report.model_dump())
+    shards = {**data.shards, "train": train_shards, "test": test_shards}
+    result = data.model_copy(update={"train": str(paths["train"]), "test": str(paths["test"]), "shards": shards,
+                                     "dedup_report": str(report_path)})
+    return result, str(paths["quarantine"])
+
+
+def passthrough_parts(data) -> tuple[list[DedupShard], list[DedupShard]]:
+    """dedup.enabled = false: every shard kept as it is."""
+    return ([DedupShard(train=s, test=None) for s in data.shards.get("train", [])],
+            [DedupShard(train=None, test=s) for s in data.shards.get("test", [])])
+
+
+def passthrough_report(data, cfg: DedupConfig) -> DedupReport:
+    train_in = sum(s.rows for s in data.shards.get("train", []))
+    test_in = sum(s.rows for s in data.shards.get("test", []))
+    return DedupReport(train_in=train_in, test_in=test_in, train_out=train_in, test_out=test_in, split_to_test=0,
+                       reasons={}, threshold=cfg.threshold, num_perm=cfg.num_perm, bands=0, rows_per_band=0)
 
 
 def dedup_files(data, cfg: DedupConfig, out_dir: Path):
-    """The dedup stage on validate's output: returns (``ValidatedData`` with cleaned train/test, report, quarantine)."""
+    """The whole stage in this process, on validate's output (the flow maps the same steps over the shards:
+    flows/data.py). Returns (``ValidatedData`` with cleaned train/test, report, quarantine path)."""
     out_dir = Path(out_dir)
-    train, test = read_jsonl(Path(data.train)), read_jsonl(Path(data.test))
+    train, test = data.shards.get("train", []), data.shards.get("test", [])
     if not cfg.enabled:
-        kept_train, kept_test, quarantine = train, test, []
-        report = DedupReport(train_in=len(train), test_in=len(test), train_out=len(train), test_out=len(test),
-                             split_to_test=0, reasons={}, threshold=cfg.threshold, num_perm=cfg.num_perm,
-                             bands=0, rows_per_band=0)
-    else:
-        kept_train, kept_test, quarantine, report = dedup(train, test, cfg)
-    if not kept_train:
-        raise DataValidationError(f"{data.train}: no training row left after dedup ({report.reasons})")
-    paths = {"train": out_dir / "train.jsonl", "test": out_dir / "test.jsonl", "quarantine": out_dir / "quarantine.jsonl"}
-    write_jsonl(paths["train"], kept_train)
-    write_jsonl(paths["test"], kept_test)
-    write_jsonl(paths["quarantine"], quarantine)
-    write_json(out_dir / "report.json", report.model_dump())
-    result = data.model_copy(update={"train": str(paths["train"]), "test": str(paths["test"])})
-    return result, report, str(paths["quarantine"])
+        report = passthrough_report(data, cfg)
+        result, quarantine = merge_dedup(data, *passthrough_parts(data), report, out_dir)
+        return result, report, quarantine
+    keys = {split: [shard_keys(s.path, cfg, out_dir / "keys" / f"{split}-{k:04d}.npy") for k, s in enumerate(shards)]
+            for split, shards in (("train", train), ("test", test))}
+    the_plan = make_plan(keys["train"], keys["test"], cfg, out_dir)
+    parts = {split: [write_survivors(s.path, p, out_dir / "shards" / f"{split}-{k:04d}")
+                     for k, (s, p) in enumerate(zip(shards, getattr(the_plan, split)))]
+             for split, shards in (("train", train), ("test", test))}
+    result, quarantine = merge_dedup(data, parts["train"], parts["test"], the_plan.report, out_dir)
+    return result, the_plan.report, quarantine
+
+
+def dedup(train: list[dict], test: list[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict], list[dict], DedupReport]:
+    """The plan on records in memory: (kept train rows, kept test rows, quarantine rows, report)."""
+    hasher = MinHasher(cfg.num_perm, cfg.ngram, cfg.seed) if cfg.near else None
+
+    def side(records: list[dict]) -> Side:
+        files: dict[str, int] = {}
+        keys = record_keys(records, cfg, hasher, files)
+        return Side([keys], [list(files)], cfg.num_perm)
+
+    sides = {"train": side(train), "test": side(test)}
+    train_fate, test_fate, drops, report = plan(sides["train"], sides["test"], cfg)
+    records = {"train": train, "test": test}
+    quarantine = [_quarantine_row(records[side][i], reason, sides[other_side].ref(other), split)
+                  for (side, i), (reason, split, other_side, other) in sorted(drops.items())]
+    kept_test = [r for r, f in zip(test, test_fate) if f == KEEP_TEST] + \
+                [r for r, f in zip(train, train_fate) if f == KEEP_TEST]
+    return [r for r, f in zip(train, train_fate) if f == KEEP_TRAIN], kept_test, quarantine, report
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
+@task(name="dedup-keys", task_run_name="dedup keys {split} {index}", **stage_options())
+def dedup_keys_task(shard: Shard, cfg: DedupConfig, split: str, index: int, run_dir: str) -> Keys:
+    """Normalized-text hashes and MinHash signatures of one shard."""
+    return shard_keys(shard.path, cfg, Path(run_dir) / "dedup" / "keys" / f"{split}-{index:04d}.npy")
+
+
+@task(name="dedup-plan", **stage_options())
+def dedup_plan_task(train_keys: list[Keys], test_keys: list[Keys], cfg: DedupConfig, run_dir: str) -> DedupPlan:
+    """One global pass over every shard's keys: which rows are duplicates, near duplicates or test leaks."""
+    return make_plan(train_keys, test_keys, cfg, Path(run_dir) / "dedup")
+
+
+@task(name="dedup-write", task_run_name="dedup write {split} {index}", **stage_options())
+def dedup_write_task(shard: Shard, plan_path: str, split: str, index: int, run_dir: str) -> DedupShard:
+    """Write one shard's survivors and its quarantined rows."""
+    return write_survivors(shard.path, plan_path, Path(run_dir) / "dedup" / "shards" / f"{split}-{index:04d}")
+
+
 @task(name="dedup", **stage_options())
-def dedup_task(data, cfg: DedupConfig, run_dir: str):
-    """Drop exact and near duplicates and train rows that leak the test set; split off a test set if there is none."""
-    result, report, quarantine = dedup_files(data, cfg, Path(run_dir) / "dedup")
+def dedup_merge_task(data, train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport,
+                     run_dir: str):
+    """Join the deduplicated shards; the same ``ValidatedData``, train/test deduplicated and leak-free."""
+    result, quarantine = merge_dedup(data, train_parts, test_parts, report, Path(run_dir) / "dedup")
     create_table_artifact(
         key="dedup-report",
         table=[{"train in": report.train_in, "train out": report.train_out, "test in": report.test_in,

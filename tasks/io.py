@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -65,19 +67,50 @@ def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def jsonl_line(row: Any) -> bytes:
+    """One row as a UTF-8 JSON line, non-ASCII kept as is. orjson is ~5x faster than json.dumps on records (the data
+    stages write millions); what it refuses (integers past 64 bits) goes through json."""
+    try:
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     """Write rows as JSON lines (UTF-8, non-ASCII kept as is); returns the row count."""
     count = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(jsonl_line(row))
             count += 1
     return count
+
+
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    """Stream the rows of a JSON lines file (blank lines skipped), parsed by orjson (~2x json.loads). orjson reads an
+    integer past 64 bits as a float: for the data stages' record files (whose only integers are line numbers);
+    read_jsonl is exact for any file."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError:  # what orjson is stricter about (NaN): the standard parser decides
+                    yield json.loads(line)
 
 
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def concat_files(path: Path, parts: Iterable[str | Path]) -> Path:
+    """``parts`` joined byte for byte, in the given order, into ``path`` (atomically)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 20)
+    return path
 
 
 def sha256_file(path: Path) -> str:

@@ -30,6 +30,9 @@ from tasks.errors import PermanentError
 # Inputs that name where a stage writes (or a whole cache), not what it reads: their path is part of INPUTS, their
 # content is not (it changes as stages write into them).
 OUTPUT_LOCATIONS = frozenset({"run_dir", "cache_dir", "out_dir", "runs_dir"})
+# Fields whose paths are a permission (the folders inputs may come from), not something a stage reads: hashing
+# ``allowed_roots: ["."]`` would read the whole working tree for every task that takes the config.
+NOT_READ = OUTPUT_LOCATIONS | {"allowed_roots"}
 # Files above this size are fingerprinted by (size, mtime) instead of their bytes: hashing a 15 GB model per stage
 # would cost minutes, and such files are only ever replaced whole (atomic renames), which changes their mtime.
 CONTENT_HASH_LIMIT = 64 * 2**20
@@ -119,7 +122,7 @@ def inputs_fingerprint(inputs: dict[str, Any]) -> str:
     for name in sorted(inputs):
         if name in OUTPUT_LOCATIONS:
             continue
-        for path in referenced_paths(inputs[name], skip=OUTPUT_LOCATIONS):
+        for path in referenced_paths(inputs[name], skip=NOT_READ):
             digest.update(f"{name}:{path}:{path_fingerprint(path)}\n".encode())
     return digest.hexdigest()
 

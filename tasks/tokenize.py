@@ -49,6 +49,7 @@ class TokenizedData(BaseModel):
     think_in_labels: int
     eos_at_end: int
     quarantine: str
+    audit: str | None = None  # audit.json
 
 
 def prompt_messages(record: dict) -> list[dict]:
@@ -378,11 +379,12 @@ def merge_tokenized(parts: list[TokenizedShard], out_dir: Path, name: str) -> To
     result = TokenizedData(
         dataset=str(out_dir / "dataset"), rows_in=sum(p.rows_in for p in parts), rows_out=sum(p.rows_out for p in parts),
         dropped_too_long=dropped, tokens=sum(p.tokens for p in parts), trained_tokens=sum(p.trained_tokens for p in parts),
-        max_length=max(p.max_length for p in full), quarantine=str(quarantine), **audit,
+        max_length=max(p.max_length for p in full), quarantine=str(quarantine), audit=str(out_dir / "audit.json"),
+        **audit,
     )
     # Paths relative to out_dir: the same data gives the same bytes in any run directory.
-    write_json(out_dir / "audit.json", {**result.model_dump(), "dataset": "dataset", "quarantine": "quarantine.jsonl",
-                                        "examples": full[0].examples})
+    write_json(Path(result.audit), {**result.model_dump(exclude={"audit"}), "dataset": "dataset",
+                                    "quarantine": "quarantine.jsonl", "examples": full[0].examples})
     return result
 
 

@@ -45,10 +45,11 @@ from pydantic import BaseModel
 
 from tasks.config import DataConfig
 from tasks.errors import DataValidationError
-from tasks.io import write_json, write_jsonl
+from tasks.io import concat_files, write_json
 from tasks.orchestration import stage_options
 from tasks.paths import confine, resolve_roots
 from tasks.records import RecordError, check_schema, make_record, normalize
+from tasks.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class ValidatedData(BaseModel):
     replay: str | None
     quarantine: str
     reports: list[FileReport]
+    # The same records as train/test/replay, in shards of runner.shard_rows: what the data stages map over.
+    shards: dict[str, list[Shard]] = {}
+    report: str | None = None  # validate's report.json
+    dedup_report: str | None = None  # dedup's, once it ran
 
     @property
     def rows_in(self) -> int:
@@ -369,55 +374,104 @@ def validate_file(path: str | Path, max_chars: int,
     return accepted, quarantined, report
 
 
-def validate(cfg: DataConfig, out_dir: Path) -> ValidatedData:
-    """Validate train, test and replay files into ``out_dir``; raise if a file rejects too much."""
-    out_dir = Path(out_dir)
-    quarantine: list[dict] = []
-    reports: list[FileReport] = []
-    outputs: dict[str, list[dict]] = {"train": [], "test": [], "replay": []}
+def data_inputs(cfg: DataConfig) -> list[tuple[str, str]]:
+    """(split, file) of every input file, in the order the stages keep: train specs, test, replay."""
     # An empty test_path means the data came without a test file (dedup.split_test_fraction can carve one out).
     specs = [("train", p) for p in cfg.train_paths] + ([("test", cfg.test_path)] if cfg.test_path else [])
     if cfg.replay_path:
         specs.append(("replay", cfg.replay_path))
-    inputs = [(split, path) for split, spec in specs for path in expand_inputs(spec, cfg.allowed_roots)]
-    for split, path in inputs:
-        records, rejected, report = validate_file(path, cfg.max_field_chars, cfg.max_line_bytes)
-        outputs[split].extend(records)
-        quarantine.extend(rejected)
-        reports.append(report)
-        log.info("validated %s: %d rows, %d accepted, %d quarantined %s",
-                 path, report.rows, report.accepted, report.quarantined, report.reasons or "")
-    paths = {split: out_dir / f"{split}.jsonl" for split in outputs}
-    for split, rows in outputs.items():
-        write_jsonl(paths[split], rows)
-    quarantine_path = out_dir / "quarantine.jsonl"
-    write_jsonl(quarantine_path, quarantine)
-    write_json(out_dir / "report.json", [r.model_dump() for r in reports])
+    return [(split, path) for split, spec in specs for path in expand_inputs(spec, cfg.allowed_roots)]
 
-    for split in outputs:
-        split_reports = [r for r, (s, _) in zip(reports, inputs) if s == split]
-        rows = sum(r.rows for r in split_reports)
-        rejected = sum(r.quarantined for r in split_reports)
+
+class ValidatedInput(BaseModel):
+    """One input file, validated: its accepted records in shards, its rejected rows, its report."""
+
+    split: str
+    shards: list[Shard]
+    quarantine: str
+    report: FileReport
+
+
+def validate_input(index: int, split: str, path: str, cfg: DataConfig, shard_rows: int, out_dir: Path) -> ValidatedInput:
+    """Validate one input file, streaming: accepted records into shards of ``shard_rows``, rejected rows into its
+    quarantine part (the map unit of the validate stage; ``index`` orders the outputs)."""
+    if not _exists(str(path)):
+        raise DataValidationError(f"{path}: file not found")
+    parts = Path(out_dir) / "shards"
+    accepted = blank = 0
+    reasons: Counter = Counter()
+    with ShardWriter(parts / f"{split}-{index:04d}", shard_rows) as shards, \
+            JsonlWriter(parts / f"{split}-{index:04d}.quarantine.jsonl") as quarantine:
+        for ok, row, _ in iter_validated(path, cfg.max_field_chars, cfg.max_line_bytes):
+            if ok:
+                shards.write(row)
+                accepted += 1
+            elif row is None:
+                blank += 1
+            else:
+                quarantine.write(row)
+                reasons[row["reason"]] += 1
+        rejected = quarantine.close()
+        written = shards.close()
+    report = FileReport(file=str(path), rows=accepted + rejected.rows, accepted=accepted, quarantined=rejected.rows,
+                        blank_lines=blank, reasons=dict(reasons))
+    log.info("validated %s: %d rows, %d accepted, %d quarantined %s",
+             path, report.rows, report.accepted, report.quarantined, report.reasons or "")
+    return ValidatedInput(split=split, shards=written, quarantine=rejected.path, report=report)
+
+
+def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path) -> ValidatedData:
+    """Join the inputs' outputs in input order into ``<split>.jsonl``, ``quarantine.jsonl`` and ``report.json``;
+    raise if a split rejects too much."""
+    out_dir = Path(out_dir)
+    splits = ("train", "test", "replay")
+    paths = {split: out_dir / f"{split}.jsonl" for split in splits}
+    for split in splits:
+        concat_files(paths[split], [s.path for i in inputs if i.split == split for s in i.shards])
+    quarantine_path = concat_files(out_dir / "quarantine.jsonl", [i.quarantine for i in inputs])
+    reports = [i.report for i in inputs]
+    report = write_json(out_dir / "report.json", [r.model_dump() for r in reports])
+
+    for split in splits:
+        split_inputs = [i for i in inputs if i.split == split]
+        rows = sum(i.report.rows for i in split_inputs)
+        rejected = sum(i.report.quarantined for i in split_inputs)
         share = rejected / rows if rows else 1.0
-        if split_reports and (share > cfg.max_rejected_fraction or rows == rejected):
-            files = {r.file: r.reasons for r in split_reports if r.quarantined or not r.rows}
-            first = next((q["message"] for q in quarantine if q["file"] in files), "no rows at all")
+        if split_inputs and (share > cfg.max_rejected_fraction or rows == rejected):
+            bad = [i for i in split_inputs if i.report.quarantined or not i.report.rows]
+            first = next((json.loads(line)["message"] for i in bad if i.report.quarantined
+                          for line in open(i.quarantine, encoding="utf-8")), "no rows at all")
             raise DataValidationError(
                 f"{split} data: {rejected} of {rows} rows rejected ({share:.0%}, limit {cfg.max_rejected_fraction:.0%}); "
-                f"reasons per file {files}; first: {first}; every rejected row is in {quarantine_path}"
+                f"reasons per file { {i.report.file: i.report.reasons for i in bad} }; first: {first}; every rejected "
+                f"row is in {quarantine_path}"
             )
     return ValidatedData(train=str(paths["train"]), test=str(paths["test"]),
                          replay=str(paths["replay"]) if cfg.replay_path else None,
-                         quarantine=str(quarantine_path), reports=reports)
+                         quarantine=str(quarantine_path), reports=reports, report=str(report),
+                         shards={split: [s for i in inputs if i.split == split for s in i.shards] for split in splits})
+
+
+def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROWS) -> ValidatedData:
+    """The whole stage in this process: validate train, test and replay files into ``out_dir``; raise if a split
+    rejects too much. (The flow maps validate_input over the files instead: flows/data.py.)"""
+    inputs = [validate_input(k, split, path, cfg, shard_rows, out_dir) for k, (split, path) in enumerate(data_inputs(cfg))]
+    return merge_validated(cfg, inputs, out_dir)
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="validate", task_run_name="validate {cfg.train_paths}", **stage_options())
-def validate_task(cfg: DataConfig, run_dir: str) -> ValidatedData:
-    """Validate and normalize the input data; quarantine what is wrong."""
-    result = validate(cfg, Path(run_dir) / "validate")
+@task(name="validate-file", task_run_name="validate {split} {path}", **stage_options())
+def validate_input_task(index: int, split: str, path: str, cfg: DataConfig, shard_rows: int, run_dir: str) -> ValidatedInput:
+    """Validate and normalize one input file; quarantine what is wrong."""
+    return validate_input(index, split, path, cfg, shard_rows, Path(run_dir) / "validate")
+
+
+@task(name="validate", task_run_name="validate: merge {cfg.train_paths}", **stage_options())
+def validate_merge_task(cfg: DataConfig, inputs: list[ValidatedInput], run_dir: str) -> ValidatedData:
+    """Join the validated files; fail when too much was rejected."""
+    result = merge_validated(cfg, inputs, Path(run_dir) / "validate")
     create_table_artifact(
         key="validation-report",
         table=[{**r.model_dump(exclude={"reasons"}), "reasons": json.dumps(r.reasons)} for r in result.reports],

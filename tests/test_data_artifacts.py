@@ -1,39 +1,38 @@
-"""The data stages as Prefect tasks in one flow: validation, dedup and bias reports land as artifacts."""
+"""The data sub-flow (flows/data.py): validation, dedup, bias and tokenization reports land as artifacts."""
 
 import json
 
 import pytest
 
-from prefect import flow
-
-from tasks.augment import augment_task
-from tasks.config import AugmentConfig, DataConfig, DebiasConfig, DedupConfig
-from tasks.debias import debias_task
-from tasks.dedup import dedup_task
-from tasks.validate import ValidatedData, validate_task
+from tasks.config import preset
+from tasks.validate import ValidatedData
 
 
 @pytest.mark.slow  # starts a throwaway Prefect server (~15 s of the run on an idle machine)
 def test_data_stages_publish_their_reports_as_artifacts(prefect_harness, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    @flow
-    def data_stages(run: str):
-        data = validate_task(DataConfig(), run)
-        data = dedup_task(data, DedupConfig(), run)  # the line flows/finetune.py has
-        augmented = augment_task(data.train, data.replay, AugmentConfig(text_variants=["question_first"]), run)
-        return data, debias_task(augmented.train, DebiasConfig(), run)
+    from flows.data import run_data_stages
+    from tasks.model import resolve_model
 
-    data, debiased = data_stages(str(tmp_path))
+    config = preset("tiny")
+    config.augment.text_variants = ["question_first"]
+    config.runner.shard_rows = 500  # several shards per stage
+    prepared = run_data_stages(config, resolve_model(config.model, config.cache_dir), str(tmp_path))
+    data, debiased = prepared.data, prepared.debiased
     assert isinstance(data, ValidatedData) and data.train.endswith("dedup/train.jsonl")
+    assert [s.rows for s in data.shards["train"]] == [498, 490, 196]  # 1200 rows, 16 dropped by dedup
     assert debiased.balance[0].ratio_before > 1.5 >= debiased.balance[0].ratio_after
+    assert prepared.train.rows_in == debiased.rows_out and set(prepared.seconds) == {
+        "validate", "dedup", "augment", "debias", "tokenize"}
 
-    with get_client(sync_client=True) as client:
-        artifacts = {a.key: a for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-report", "dedup-report",
-                                                                      "bias-report", "debias-summary"])))}
-    assert set(artifacts) == {"validation-report", "dedup-report", "bias-report", "debias-summary"}
+    keys = ["validation-report", "dedup-report", "bias-report", "debias-summary", "tokenization-audit-train"]
+    with get_client(sync_client=True) as client:  # the newest of each key: other tests' runs share the server
+        artifacts = {a.key: a for a in reversed(client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), sort=ArtifactSort.CREATED_DESC))}
+    assert set(artifacts) == set(keys)
     bias = artifacts["bias-report"].data
     bias = json.loads(bias) if isinstance(bias, str) else bias
     assert bias[0]["groups"] == "male/female" and {"ratio_before", "ratio_after"} <= set(bias[0])

@@ -1,15 +1,14 @@
 """Text-level augmentation that keeps answers correct; counterfactual swaps on tricky casing, punctuation, scripts."""
 
 import json
-import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from conftest import r1
-from tasks.augment import (augment, expand, load_templates, punctuation_variant, question_first_variant, text_variant,
-                           whitespace_variant)
+from tasks.augment import (augment, expand, load_templates, punctuation_variant, question_first_variant, shard_rng,
+                           text_variant, whitespace_variant)
 from tasks.config import AugmentConfig, DebiasConfig
 from tasks.debias import TermPairs, compile_terms, counterfactual, debias, debias_file, debias_rows
 from tasks.io import write_jsonl
@@ -70,8 +69,10 @@ def test_augment_adds_text_variants_beside_templates():
     origins = Counter(r["origin"].split(":")[0] for r in out)
     assert origins == {"original": 10, "prompt_template": 10, "text_variant": 10}
     assert all(r.get("parent") in {x["id"] for x in records} for r in out if r["origin"] != "original")
-    chunked = expand(records, cfg, load_templates(Path(cfg.templates_path)), random.Random(cfg.seed))
-    assert sorted(r["id"] for r in chunked) == sorted(r["id"] for r in out)
+    rng, templates = shard_rng(cfg, 0), load_templates(Path(cfg.templates_path))
+    chunked = [row for chunk in (records[:4], records[4:]) for row in expand(chunk, cfg, templates, rng)]
+    assert sorted(r["id"] for r in chunked) == sorted(r["id"] for r in out)  # chunk by chunk draws what one call draws
+    assert [r["id"] for r in augment(records, [], cfg, templates, index=1)] != [r["id"] for r in out]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

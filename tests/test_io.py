@@ -17,7 +17,16 @@ def test_old_file_survives_a_failed_rewrite(tmp_path):
     write_jsonl(target, [{"a": 1}])
     with pytest.raises(ValueError):
         write_jsonl(target, ({"a": i} if i < 3 else (_ for _ in ()).throw(ValueError("boom")) for i in range(5)))
-    assert target.read_text() == '{"a": 1}\n'
+    assert target.read_text() == '{"a":1}\n'
+
+
+def test_jsonl_keeps_unicode_and_big_integers(tmp_path):
+    from tasks.io import iter_jsonl, read_jsonl
+
+    rows = [{"text": "法国 \u00e9", "n": 2**70}, {"x": None}]
+    write_jsonl(tmp_path / "r.jsonl", rows)  # orjson, and json for what orjson refuses (integers past 64 bits)
+    assert "法国" in (tmp_path / "r.jsonl").read_text(encoding="utf-8")
+    assert read_jsonl(tmp_path / "r.jsonl") == rows and list(iter_jsonl(tmp_path / "r.jsonl"))[1:] == rows[1:]
 
 
 def test_atomic_dir_replaces_only_when_complete(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from flows.nightly import PromotionPolicy, data_fingerprint, decide, scan_drop
 from tasks.errors import ConfigError, DataValidationError
-from tasks.orchestration import (STAGE_CACHE, inputs_fingerprint, path_fingerprint, referenced_paths,
+from tasks.orchestration import (NOT_READ, STAGE_CACHE, inputs_fingerprint, path_fingerprint, referenced_paths,
                                  retry_unless_permanent, stage_options)
 from tasks.registry import Registry
 
@@ -62,7 +62,9 @@ def test_fingerprint_walks_models_and_directories(tmp_path):
     folder.mkdir()
     (folder / "part-0.arrow").write_bytes(b"x" * 10)
     cfg = DataConfig(train_paths=[str(folder / "part-0.arrow")], test_path=str(folder), replay_path=None)
-    assert referenced_paths(cfg) == sorted([str(folder), str(folder / "part-0.arrow")])
+    # data.allowed_roots names folders inputs may come from ("."): a permission, never hashed as content
+    assert referenced_paths(cfg, skip=NOT_READ) == sorted([str(folder), str(folder / "part-0.arrow")])
+    assert inputs_fingerprint({"cfg": cfg}) == inputs_fingerprint({"cfg": cfg.model_copy(update={"allowed_roots": ["/"]})})
     first = path_fingerprint(folder)
     (folder / "part-0.arrow").write_bytes(b"y" * 10)
     assert path_fingerprint(folder) != first

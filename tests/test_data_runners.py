@@ -1,0 +1,91 @@
+"""The data stages write the same files, byte for byte, on Prefect's default task runner and on a Dask LocalCluster
+of two worker processes; duplicates, near duplicates and test leaks are found across shard boundaries."""
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import r1, write_lines
+from tasks.config import preset
+
+pytestmark = pytest.mark.slow  # a throwaway Prefect server, two flow runs, a Dask cluster: ~2 minutes on 2 cores
+
+SHARD_ROWS = 400
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
+         "phi chi psi omega red green blue cyan magenta yellow black white").split()
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def runs(prefect_harness, tmp_path_factory):
+    """The sample data plus planted rows whose twins lie in other shards, through both runners."""
+    from flows.data import run_data_stages
+    from tasks.model import resolve_model
+
+    tmp = tmp_path_factory.mktemp("runners")
+    rows = [json.loads(line) for line in open("data/sample/train.jsonl", encoding="utf-8")]
+    rng = random.Random(0)
+    long_ = " ".join(rng.choices(WORDS, k=80))
+    planted = {
+        "near": {"instruction": long_, "output": r1("Count them.", "80")},  # shard 0 ...
+        "near_twin": {"instruction": long_ + " omega", "output": r1("Count them.", "80")},  # ... and shard 2
+        "exact": {"instruction": "What is the sentence about? The cat sat.", "output": "animals"},  # shard 0 ...
+        "exact_twin": {"instruction": "WHAT is the sentence about?  The cat sat.", "output": "animals"},  # ... shard 1
+        "leak": {"instruction": " ".join(rng.choices(WORDS, k=60)), "output": "x"},  # shard 2, near a test row
+    }
+    rows.insert(5, planted["near"])
+    rows.insert(7, planted["exact"])
+    rows.insert(SHARD_ROWS + 10, planted["exact_twin"])
+    rows.insert(2 * SHARD_ROWS + 20, planted["near_twin"])
+    rows.insert(2 * SHARD_ROWS + 30, planted["leak"])
+    write_lines(tmp / "train.jsonl", rows)
+    test = [json.loads(line) for line in open("data/sample/test.jsonl", encoding="utf-8")]
+    write_lines(tmp / "test.jsonl", test + [{**planted["leak"], "instruction": planted["leak"]["instruction"] + " pi"}])
+
+    out = {}
+    for kind in ("default", "dask"):
+        config = preset("tiny")
+        config.data.train_paths, config.data.test_path = [str(tmp / "train.jsonl")], str(tmp / "test.jsonl")
+        config.data.allowed_roots = [str(tmp), "data"]
+        config.augment.text_variants = ["question_first"]
+        config.runner.kind, config.runner.workers, config.runner.shard_rows = kind, 2, SHARD_ROWS
+        run = tmp / kind
+        out[kind] = (run, run_data_stages(config, resolve_model(config.model, config.cache_dir), str(run)))
+    return out
+
+
+def test_dask_cluster_writes_the_default_runners_bytes(runs):
+    (default_run, default), (dask_run, dask) = runs["default"], runs["dask"]
+    expected = digests(default_run)
+    assert len(expected) > 60 and any(name.endswith(".arrow") for name in expected)
+    assert digests(dask_run) == expected
+    assert (dask.train.rows_out, dask.debiased.counterfactuals) == (default.train.rows_out, default.debiased.counterfactuals)
+
+
+def test_duplicates_across_shards_are_found(runs):
+    run, prepared = runs["default"]
+    assert len(prepared.data.shards["train"]) == 4  # 1205 rows in shards of 400
+    quarantine = [json.loads(line) for line in open(run / "dedup" / "quarantine.jsonl", encoding="utf-8")]
+    found = {(q["reason"], q["line"]): q["duplicate_of"]["line"] for q in quarantine}
+    assert found[("near_duplicate", 2 * SHARD_ROWS + 21)] == 6  # shard 2 nearly repeats shard 0
+    assert found[("duplicate", SHARD_ROWS + 11)] == 8  # shard 1 repeats shard 0 (case and spaces differ)
+    leak = next(q for q in quarantine if q["reason"] == "test_leak" and q["line"] == 2 * SHARD_ROWS + 31)
+    assert leak["duplicate_of"]["file"].endswith("test.jsonl")
+    report = json.loads((run / "dedup" / "report.json").read_text())
+    assert report["train_in"] == 1205 and report["train_out"] == 1205 - sum(q["split"] == "train" for q in quarantine)
+
+
+def test_the_tokenized_dataset_loads_as_one(runs):
+    from datasets import load_from_disk
+
+    _, prepared = runs["dask"]
+    dataset = load_from_disk(prepared.train.dataset)
+    assert len(dataset) == prepared.train.rows_out and dataset.features["input_ids"].feature.dtype == "int32"
+    assert sum(len(r) for r in dataset["input_ids"]) == prepared.train.tokens
