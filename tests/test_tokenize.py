@@ -138,7 +138,8 @@ def sample_records() -> list[dict]:
     from tasks.config import AugmentConfig
     from tasks.validate import validate_file
 
-    records = [r for name in ("train", "test", "general") for r in validate_file(f"data/sample/{name}.jsonl", 100_000)[0]]
+    records = [r for name in ("train", "test", "general")
+               for r in validate_file(f"data/sample/{name}.jsonl", 100_000)[0]]
     cfg = AugmentConfig(prompt_variants=1, text_variants=["whitespace", "punctuation", "question_first"])
     return expand(records, cfg, load_templates(Path(cfg.templates_path)), random.Random(0))
 
@@ -167,7 +168,8 @@ def test_multi_turn_history_with_think_renders_like_jinja(tokenizer):
                multi_turn("no think", system="系统提示", reasoning=None)]
     records.append(make_record(normalize({"messages": [
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "earlier </think> kept by normalize"},
-        {"role": "user", "content": "c"}, {"role": "assistant", "content": "<think>\ny\n</think>\n\nd"}]}), "m.jsonl", 2))
+        {"role": "user", "content": "c"}, {"role": "assistant", "content": "<think>\ny\n</think>\n\nd"}]}),
+        "m.jsonl", 2))
     with unchecked(tokenizer) as renderer:
         for cfg in POLICIES:
             before = dict(renderer.stats)
@@ -247,11 +249,13 @@ TRANSFORMING = {  # a template that changes contents, and what the renderer must
     # Uses that read a content in C, out of the placeholders' sight: refused from the template's syntax.
     # (Without that rule the first two give wrong rows; the recorder sees the last two through __repr__/__rmod__.)
     "in_constant": R1_CHAT_TEMPLATE.replace(
-        R1_USER, "{{ '<｜User｜>' }}{% if message['content'] in 'please answer' %}[in]{% endif %}{{ message['content'] }}"),
+        R1_USER, "{{ '<｜User｜>' }}{% if message['content'] in 'please answer' %}[in]{% endif %}"
+                 "{{ message['content'] }}"),
     "constant_method": R1_CHAT_TEMPLATE.replace(
         R1_USER, "{{ '<｜User｜>' }}{% if 'please answer'.startswith(message['content']) %}[p]{% endif %}"
                  "{{ message['content'] }}"),
-    "int_filter": R1_CHAT_TEMPLATE.replace(R1_USER, "{{ '<｜User｜>' + message['content'] }}{{ message['content'] | int }}"),
+    "int_filter": R1_CHAT_TEMPLATE.replace(R1_USER,
+                                           "{{ '<｜User｜>' + message['content'] }}{{ message['content'] | int }}"),
     "printf_width": R1_CHAT_TEMPLATE.replace(R1_USER, "{{ '<｜User｜>' + '%-30s|' % message['content'] }}"),
 }
 
@@ -314,7 +318,8 @@ def test_ids_cache_across_calls(tokenizer, max_ids):
     random.Random(3).shuffle(records)
     for cfg in POLICIES[:3]:
         cache = IdsCache(tokenizer, max_ids=max_ids)
-        got = [row for i in range(0, len(records), 128) for row in encode_batch(tokenizer, records[i:i + 128], cfg, cache)]
+        got = [row for i in range(0, len(records), 128)
+               for row in encode_batch(tokenizer, records[i:i + 128], cfg, cache)]
         assert got == [encode_row(tokenizer, r, cfg) for r in records]
         assert cache.size <= max_ids and cache.size == sum(map(len, cache.ids.values()))
     with pytest.raises(ValueError, match="another tokenizer"):
