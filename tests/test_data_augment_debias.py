@@ -5,12 +5,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import r1
 from tasks.augment import (augment, expand, load_templates, punctuation_variant, question_first_variant, shard_rng,
                            text_variant, whitespace_variant)
 from tasks.config import AugmentConfig, DebiasConfig
-from tasks.debias import TermPairs, compile_terms, counterfactual, debias, debias_file, debias_rows
+from tasks.debias import (TermPairs, compile_terms, counterfactual, debias, debias_file, debias_rows,
+                          load_blocklist)
 from tasks.io import write_jsonl
 from tasks.records import make_record, normalize
 
@@ -147,3 +150,21 @@ def test_imbalance_can_fail_the_stage(tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [rec("He ran.", "He won, his dog too.", 1)])
     with pytest.raises(DataValidationError, match="unbalanced"):
         debias_file(tmp_path / "in.jsonl", DebiasConfig(counterfactual=False, fail_on_imbalance=True), tmp_path / "o")
+
+
+_PIECES = ["he", "He", "HIS", "her", "she", "idiot", "Idiots", "his/her", "mr", "Mrs.", "ſhe", "Kid", "ıdiot", "白痴",
+           "他", "er", "sie", "the", "x_he", "he2", "é", " ", " ", ",", ".", "\n", "'", "(", "-", "ǅ"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=30).map("".join))
+def test_term_shortcut_finds_exactly_what_the_pattern_finds(text):
+    """The word-set shortcut of TermPattern (ASCII texts) answers what the full regex answers, on any text."""
+    blocklist = compile_terms(load_blocklist(Path("data/debias/blocklist.txt")))
+    for pattern in (blocklist, PAIRS.pattern):
+        assert [m.span() for m in pattern.finditer(text)] == [m.span() for m in pattern.pattern.finditer(text)]
+        assert bool(pattern.search(text)) == bool(pattern.pattern.search(text))
+    expected = tuple(PAIRS.group_of[PAIRS.term(m.group(0))] for m in PAIRS.pattern.pattern.finditer(text))
+    assert TermPairs(PAIRS.rows).found(text) == expected
+    assert PAIRS.swap_text(text) == PAIRS.pattern.pattern.sub(
+        lambda m: PAIRS._match_case(m.group(0), PAIRS._partner(m)), text)

@@ -54,3 +54,22 @@ def test_nothing_crashes_nothing_is_lost_every_rejection_has_a_reason(tmp_path, 
     write_jsonl(tmp_path / "accepted.jsonl", accepted)  # everything kept is writable as UTF-8 and reads back equal
     write_jsonl(tmp_path / "quarantine.jsonl", quarantined)
     assert read_jsonl(tmp_path / "accepted.jsonl") == accepted
+
+
+_VALUES = st.none() | st.booleans() | st.integers(-2, 3) | st.text(max_size=18) | st.just("x" * 16) | st.just(
+    {"file": "f", "line": 1}) | st.just([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["id", "system", "messages", "reasoning", "source", "origin", "parent", "x"]),
+                       _VALUES, max_size=8),
+       st.booleans())
+def test_schema_fast_path_never_accepts_what_pydantic_rejects(changes, start_valid):
+    """check_schema's plain-Python fast path: whenever it says a record conforms, RecordSchema agrees."""
+    from tasks.records import RecordSchema, _conforms, make_record, normalize
+
+    valid = make_record(normalize({"instruction": "q", "output": "a"}), "f", 1)
+    assert _conforms(valid)
+    record = {**(valid if start_valid else {}), **changes}
+    if _conforms(record):
+        RecordSchema.model_validate(record)  # raises if the fast path was wrong
