@@ -10,6 +10,10 @@
   apples."). Answer and reasoning are untouched.
 - Replay: general rows (``data.replay_path``) mixed in at ``replay_ratio`` of the training rows, a guard against
   forgetting. Every added row records its ``origin`` and its ``parent`` row id.
+
+Sharded (flows/data.py): each shard draws its templates and replay rows from its own random stream (``seed`` and the
+shard's place), so the output does not depend on where or when a shard runs; a shard's replay rows follow its own
+rows, unshuffled (the trainer samples at random).
 """
 
 from __future__ import annotations

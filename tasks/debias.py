@@ -6,6 +6,9 @@
   his/her, ...) gets a twin with each term swapped for its partner, both directions at once, preserving case.
 - Report: per group pair, how often each group's terms occur before and after, and the balance ratio
   (larger / smaller). Above ``max_balance_ratio`` the stage warns, or fails when ``fail_on_imbalance`` is set.
+
+Sharded (flows/data.py): each shard streams through ``debias_rows`` chunk by chunk (term counts add up); the merge
+sums the counts and judges the balance over all shards.
 """
 
 from __future__ import annotations

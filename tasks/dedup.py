@@ -18,6 +18,11 @@ train/test point at the cleaned files, so every later stage is unchanged.
   the hash of its normalized prompt (salted with ``split_salt``) falls below the fraction. The decision depends on
   that row alone, so adding rows never moves an old test item into train.
 
+Sharded (flows/data.py): a map takes each shard's keys (exact and prompt hashes, split decision, signature, and
+file/line/id; ``dedup/keys/*.npy``), one task plans over all of them at once, so duplicates, near duplicates and leaks
+are found across shard boundaries exactly as in one pass (``dedup/plan/*.json``: each row's fate), and a second map
+writes each shard's survivors. ``dedup()`` runs the same plan on records in memory.
+
 Every dropped row is written to ``runs/<run>/dedup/quarantine.jsonl`` with file, line, reason and the row it
 duplicates (``duplicate_of``); counts are in ``report.json`` and a Prefect table artifact.
 """

@@ -8,6 +8,9 @@ Both are tokenized with ``add_special_tokens=False`` (the template already holds
 duplicate-BOS bug), and every row is checked to hold exactly one BOS, at position 0. Labels are -100 on the prompt;
 ``think_in_loss`` decides whether the reasoning is trained (keep), shown but not trained (mask) or left out (drop).
 Rows longer than ``max_seq_length`` are dropped (to quarantine), truncated, or fail the stage, as configured.
+
+Sharded (flows/data.py): ``tokenize_shard`` writes each shard's rows to an Arrow file, chunk by chunk;
+``merge_tokenized`` hard-links them, in shard order, into one ``load_from_disk`` dataset (``write_dataset``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ unclosed_think, empty_reasoning, empty_answer, schema (the record model in tasks
 ``tokenize.truncation``: drop -> ``runs/<run>/tokenize/<split>/quarantine.jsonl`` with reason ``too_long``, truncate
 -> counted in its audit, fail -> the stage fails); here only ``max_field_chars`` bounds the length. Duplicates and
 train/test leakage are the dedup stage's (tasks/dedup.py).
+
+Sharded (flows/data.py): ``validate_input`` is mapped over the input files, writing each file's accepted records in
+shards of ``runner.shard_rows`` (the unit every later stage maps over) and its rejected rows in a quarantine part;
+``merge_validated`` joins them in input order into ``<split>.jsonl``, ``quarantine.jsonl`` and ``report.json``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ import pytest
 from conftest import r1, write_lines
 from tasks.config import preset
 
-pytestmark = pytest.mark.slow  # a throwaway Prefect server, two flow runs, a Dask cluster: ~2 minutes on 2 cores
+# The runs fixture: a throwaway Prefect server, two flow runs, a Dask cluster (~1.5 minutes on 2 cores).
+slow = pytest.mark.slow
 
 SHARD_ROWS = 400
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
@@ -61,6 +62,7 @@ def runs(prefect_harness, tmp_path_factory):
     return out
 
 
+@slow
 def test_dask_cluster_writes_the_default_runners_bytes(runs):
     (default_run, default), (dask_run, dask) = runs["default"], runs["dask"]
     expected = digests(default_run)
@@ -69,6 +71,7 @@ def test_dask_cluster_writes_the_default_runners_bytes(runs):
     assert (dask.train.rows_out, dask.debiased.counterfactuals) == (default.train.rows_out, default.debiased.counterfactuals)
 
 
+@slow
 def test_duplicates_across_shards_are_found(runs):
     run, prepared = runs["default"]
     assert len(prepared.data.shards["train"]) == 4  # 1205 rows in shards of 400
@@ -82,6 +85,7 @@ def test_duplicates_across_shards_are_found(runs):
     assert report["train_in"] == 1205 and report["train_out"] == 1205 - sum(q["split"] == "train" for q in quarantine)
 
 
+@slow
 def test_the_tokenized_dataset_loads_as_one(runs):
     from datasets import load_from_disk
 
@@ -89,3 +93,28 @@ def test_the_tokenized_dataset_loads_as_one(runs):
     dataset = load_from_disk(prepared.train.dataset)
     assert len(dataset) == prepared.train.rows_out and dataset.features["input_ids"].feature.dtype == "int32"
     assert sum(len(r) for r in dataset["input_ids"]) == prepared.train.tokens
+
+
+def test_runner_section_picks_the_task_runner():
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.data import task_runner
+    from tasks.config import RunnerConfig
+    from tasks.errors import ConfigError
+
+    default = task_runner(RunnerConfig(workers=3))
+    assert isinstance(default, ThreadPoolTaskRunner) and default._max_workers == 3
+    local = task_runner(RunnerConfig(kind="dask", workers=2))
+    assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 2
+    assert task_runner(RunnerConfig(kind="dask", address="tcp://127.0.0.1:8786")).address == "tcp://127.0.0.1:8786"
+    try:
+        import prefect_ray  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="prefect-ray"):
+            task_runner(RunnerConfig(kind="ray"))
+    # Where the stages run is not part of the run directory's name; how the data is cut is.
+    config = preset("tiny")
+    moved = config.model_copy(update={"runner": RunnerConfig(kind="dask", workers=8)})
+    assert moved.run_dir() == config.run_dir()
+    assert config.model_copy(update={"runner": RunnerConfig(shard_rows=10)}).run_dir() != config.run_dir()
