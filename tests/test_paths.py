@@ -121,7 +121,8 @@ def _model_dir(path: Path, shards: dict[str, str] | None = None) -> Path:
     (path / "config.json").write_text("{}")
     (path / "model-00001-of-00002.safetensors").write_bytes(b"")
     (path / "model-00002-of-00002.safetensors").write_bytes(b"")
-    weight_map = shards or {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}
+    weight_map = shards or {"a.weight": "model-00001-of-00002.safetensors",
+                            "b.weight": "model-00002-of-00002.safetensors"}
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return path
 
@@ -187,7 +188,8 @@ def test_hf_cache_style_links_inside_the_roots_are_fine(tree):
 
 def test_a_hub_id_is_not_a_path_and_resolves_as_before(tree):
     root, _ = tree
-    for hub_id in ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit"]:
+    for hub_id in ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit",
+                   "org/name"]:
         assert resolve_model(ModelConfig(name_or_path=hub_id, allowed_roots=[str(root)]), ".cache") == hub_id
     with pytest.raises(PathNotAllowed, match="archive"):
         resolve_model(_model(root / "model.tar.gz", root), ".cache")

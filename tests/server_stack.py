@@ -1,0 +1,284 @@
+"""The Prefect stack the server tests run against (tests/test_server.py, tests/test_server_crash.py).
+
+One server per test module (SQLite, PREFECT_HOME in a temp dir, loopback only), two work pools of type ``process``
+(``local-process``, and ``gpu`` standing in for the Docker/Kubernetes GPU pool: the deployment is the same), the ``gpu``
+global concurrency limit, ``prefect deploy --all`` from the project's prefect.yaml, and one worker per pool. Every
+process started here is stopped in the fixture's teardown: the server and the workers by process group (TERM, then
+KILL), and the flow-run processes the workers started (each in a session of its own) by their process ids.
+
+Runs are kept small through deployment parameters (``small_config``: a 120-row training file, a few optimizer steps,
+a few held-out rows, one quantization).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+RUN_TIMEOUT = 1500  # seconds for one flow run on a busy two-core machine
+
+# Loaded by every Python process the workers start (PYTHONPATH), it wraps tasks.smoke.smoke_test so that the smoke
+# stage fails while the marker file exists: a failure injected into the real, late stage without touching its code
+# (its TASK_SOURCE cache key stays the same).
+FAULT_HOOK = '''
+import importlib.abc, os, sys
+
+MARKER = os.environ.get("R1_TEST_FAULT_FILE")
+
+
+class _InjectSmokeFault(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "tasks.smoke" or not MARKER:
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        original = spec.loader.exec_module
+
+        def exec_module(module):
+            original(module)
+            real = module.smoke_test
+
+            def smoke_test(*args, **kwargs):
+                if os.path.exists(MARKER):
+                    raise RuntimeError(f"injected fault: {MARKER} exists")
+                return real(*args, **kwargs)
+
+            module.smoke_test = smoke_test
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _InjectSmokeFault())
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Stack:
+    """The server, the workers, and how to talk to them."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.fault_file = tmp / "fail-smoke-test"
+        hook_dir = tmp / "hook"
+        hook_dir.mkdir()
+        (hook_dir / "sitecustomize.py").write_text(FAULT_HOOK)
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(tmp / "prefect-home"),
+            "PREFECT_API_URL": f"{self.url}/api",
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp}/prefect.db",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "true",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            "PREFECT_CLI_PROMPT": "false",
+            "DO_NOT_TRACK": "1",
+            "R1_PROJECT_DIR": str(ROOT),
+            "R1_TEST_FAULT_FILE": str(self.fault_file),
+            "PYTHONPATH": os.pathsep.join([str(hook_dir), str(ROOT)]),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "w")
+        proc = subprocess.Popen([PREFECT, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def cli(self, *args: str, timeout: float = 300) -> str:
+        proc = subprocess.run([PREFECT, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    def flow_run_pids(self, flow_run_id: str | None = None) -> list[int]:
+        """Processes the workers started for this stack's flow runs (or for one of them), with their children.
+
+        Found by their environment (the API URL is this stack's, the worker sets PREFECT__FLOW_RUN_ID), so nothing
+        of another test or another user is ever signalled."""
+        api, found = f"PREFECT_API_URL={self.url}/api".encode(), []
+        for entry in Path("/proc").iterdir():
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError):  # not a process, gone, or not ours to read
+                continue
+            run = next((v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"PREFECT__FLOW_RUN_ID=")), None)
+            if api in environ and run and (flow_run_id is None or run == flow_run_id):
+                found.append(int(entry.name))
+        return sorted(found)
+
+    def stop(self) -> None:
+        for pid in self.flow_run_pids():  # in sessions of their own: not reached through the workers' groups
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for name, proc in reversed(self.procs):
+            if proc.poll() is not None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)  # the worker's and server's children too
+                proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    # --- API --------------------------------------------------------------------------------------------------------
+
+    def client(self):
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(f"{self.url}/api")
+
+    def run_deployment(self, name: str, parameters: dict) -> str:
+        with self.client() as client:
+            deployment = client.read_deployment_by_name(name)
+            run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+        return str(run.id)
+
+    def wait(self, flow_run_id: str, timeout: float = RUN_TIMEOUT, after: float | None = None):
+        """Wait until the flow run is final (and, with ``after``, was last set so after that time)."""
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while True:
+                run = client.read_flow_run(flow_run_id)
+                final = run.state and run.state.is_final()
+                fresh = after is None or (run.state.timestamp.timestamp() > after)
+                if final and fresh:
+                    return run
+                for name, proc in self.procs:
+                    assert proc.poll() is None, f"{name} died:\n{self.log(name)}"
+                assert time.monotonic() < deadline, (f"flow run {flow_run_id} still {run.state.name}\n"
+                                                     f"{self.log('worker-local')}\n{self.log('worker-gpu')}")
+                time.sleep(3)
+
+    def task_runs(self, flow_run_id: str) -> list:
+        """The task runs of a flow run and of its sub-flow runs (the data stages), without the task runs that only
+        stand for a sub-flow in its parent."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+        found, runs = [], [uuid.UUID(flow_run_id)]
+        with self.client() as client:
+            while runs:
+                subflows = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=runs)))
+                stand_ins = {run.parent_task_run_id for run in subflows}
+                tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)))
+                found += [task for task in tasks if task.id not in stand_ins]
+                runs = [run.id for run in subflows]
+        return found
+
+    def artifacts(self, flow_run_id: str) -> dict[str, list]:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        with self.client() as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)])))
+        by_key: dict[str, list] = {}
+        for artifact in found:
+            by_key.setdefault(artifact.key, []).append(artifact)
+        return by_key
+
+    def flow_runs_of(self, flow_name: str) -> list:
+        from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+        with self.client() as client:
+            return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    stack = Stack(tmp)
+    try:
+        started = time.monotonic()
+        stack.start("server", "server", "start", "--host", "127.0.0.1", "--port", str(stack.port))
+        import urllib.request
+
+        while True:
+            try:
+                with urllib.request.urlopen(f"{stack.url}/api/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() - started < 180, f"server did not start:\n{stack.log('server')}"
+            time.sleep(1)
+        print(f"server healthy after {time.monotonic() - started:.1f} s")
+        stack.cli("work-pool", "create", "local-process", "--type", "process")
+        stack.cli("work-pool", "create", "gpu", "--type", "process")  # stands in for the Docker/Kubernetes GPU pool
+        stack.cli("global-concurrency-limit", "create", "gpu", "--limit", "1")
+        stack.cli("--no-prompt", "deploy", "--all")
+        stack.start("worker-local", "worker", "start", "--pool", "local-process", "--limit", "1")
+        stack.start("worker-gpu", "worker", "start", "--pool", "gpu", "--limit", "1")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def head(source: str, target: Path, lines: int) -> str:
+    if not target.exists():
+        rows = (ROOT / source).read_text(encoding="utf-8").splitlines(keepends=True)
+        target.write_text("".join(rows[:lines]), encoding="utf-8")
+    return str(target)
+
+
+def small_config(tmp: Path, name: str | None, **sections) -> dict:
+    """A partial PipelineConfig (applied over the tiny preset): two gentle steps on small files.
+
+    A gentle learning rate on purpose: a few steps at the tiny preset's 1e-2 leave the model between formats (its
+    GGUF then fails the smoke test's closed-<think> check); at 2e-4 it stays close to the base, which passes."""
+    config = {
+        "preset": "tiny", "run_name": name, "runs_dir": str(tmp / "runs"),
+        "data": {"train_paths": [head("data/sample/train.jsonl", tmp / "train-small.jsonl", 120)],
+                 "test_path": head("data/sample/test.jsonl", tmp / "test-small.jsonl", 30),
+                 "replay_path": head("data/sample/general.jsonl", tmp / "replay-small.jsonl", 20),
+                 "allowed_roots": [str(tmp)]},
+        "augment": {"prompt_variants": 0, "replay_ratio": 0.2},
+        "train": {"max_steps": 2, "micro_batch_size": 8, "save_steps": 1, "logging_steps": 1, "learning_rate": 2e-4},
+        "evaluate": {"max_examples": 4, "batch_size": 4, "max_new_tokens": 16},
+        "export": {"quantizations": ["Q8_0"]},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+def stage(name: str) -> str:
+    """A task run's name without Prefect's random suffix (``dedup-3f2`` -> ``dedup``); readable names stay."""
+    return re.sub(r"-[0-9a-f]{3}$", "", name)
