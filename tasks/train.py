@@ -274,7 +274,13 @@ def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_ba
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    return SFTConfig(**{**settings, **(extra or {})})
+    args = SFTConfig(**{**settings, **(extra or {})})
+    if cuda and "LOCAL_RANK" not in os.environ and torch.cuda.device_count() > 1:
+        # One process trains on one GPU. transformers would otherwise wrap the model in nn.DataParallel over every
+        # visible GPU (which TRL refuses); more GPUs go through a launch preset (DDP / FSDP ranks) instead.
+        _ = args.device  # sets up the devices (and _n_gpu) first, so that the override below sticks
+        args._n_gpu = 1
+    return args
 
 
 class TokenCounter:
