@@ -7,7 +7,8 @@ Dedup needs every row at once only for its decision: the keys (hashes, MinHash s
 plans over all of them (duplicates, near duplicates and train/test leaks across shard boundaries), and the
 survivors are written by a second map.
 
-    runner.kind default   the shards run in threads of the flow's process
+    runner.kind default   the shards run in threads of the flow's process, runner.workers at a time (in the
+                          finetune flow: as its own task runs)
     runner.kind dask      a temporary LocalCluster of runner.workers processes, or the cluster at runner.address
     runner.kind ray       a temporary local Ray, or the cluster at runner.address (needs prefect-ray)
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow, unmapped
+from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
@@ -63,10 +65,24 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner:
     return RayTaskRunner(address=cfg.address) if cfg.address else RayTaskRunner(init_kwargs={"num_cpus": cfg.workers})
 
 
-@flow(name="r1-data", flow_run_name="data stages -> {run}", log_prints=True)
-def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
-    """validate -> dedup -> augment -> debias -> tokenize, each a task map over shards plus a merge."""
+def _map(task, limit: int | None, **arguments):
+    """``task.map(**arguments)``; with ``limit``, in waves of at most ``limit`` shards (results, not futures), so a
+    thread pool without its own bound (the finetune flow's) holds only ``limit`` shards in memory at once."""
+    if limit is None:
+        return task.map(**arguments)
+    mapped = {name: value for name, value in arguments.items() if not isinstance(value, unmapped)}
+    results = []
+    for lo in range(0, len(next(iter(mapped.values()))), limit):
+        wave = {name: value[lo:lo + limit] if name in mapped else value for name, value in arguments.items()}
+        results += task.map(**wave).result()
+    return results
+
+
+def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
+    """validate -> dedup -> augment -> debias -> tokenize, each a task map over shards plus a merge, submitted to the
+    task runner of the flow this is called in."""
     shard_rows, seconds = config.runner.shard_rows, {}
+    limit = config.runner.workers if config.runner.kind == "default" else None
     clock = time.perf_counter()
 
     def lap(stage: str) -> None:
@@ -74,21 +90,23 @@ def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedDa
         seconds[stage] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
+    def indices(items: list) -> list[int]:
+        return list(range(len(items)))
+
     inputs = data_inputs(config.data)
-    validated = validate_input_task.map(index=list(range(len(inputs))), split=[s for s, _ in inputs],
-                                        path=[p for _, p in inputs], cfg=unmapped(config.data),
-                                        shard_rows=unmapped(shard_rows), run_dir=unmapped(run))
+    validated = _map(validate_input_task, limit, index=indices(inputs), split=[s for s, _ in inputs],
+                     path=[p for _, p in inputs], cfg=unmapped(config.data), shard_rows=unmapped(shard_rows),
+                     run_dir=unmapped(run))
     data = validate_merge_task(config.data, validated, run)
     lap("validate")
 
     if config.dedup.enabled:
         splits = {split: data.shards.get(split, []) for split in ("train", "test")}
-        keys = {split: dedup_keys_task.map(shard=shards, index=list(range(len(shards))), split=unmapped(split),
-                                           cfg=unmapped(config.dedup), run_dir=unmapped(run))
-                for split, shards in splits.items()}
+        keys = {split: _map(dedup_keys_task, limit, shard=shards, index=indices(shards), split=unmapped(split),
+                            cfg=unmapped(config.dedup), run_dir=unmapped(run)) for split, shards in splits.items()}
         plan = dedup_plan_task(keys["train"], keys["test"], config.dedup, run)
-        parts = {split: dedup_write_task.map(shard=shards, plan_path=getattr(plan, split), split=unmapped(split),
-                                             index=list(range(len(shards))), run_dir=unmapped(run))
+        parts = {split: _map(dedup_write_task, limit, shard=shards, plan_path=getattr(plan, split),
+                             split=unmapped(split), index=indices(shards), run_dir=unmapped(run))
                  for split, shards in splits.items()}
         data = dedup_merge_task(data, parts["train"], parts["test"], plan.report, run)
     else:
@@ -96,33 +114,39 @@ def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedDa
     lap("dedup")
 
     shards = data.shards["train"]
-    augmented = augment_merge_task(augment_shard_task.map(
-        shard=shards, index=list(range(len(shards))), replay_path=unmapped(data.replay), cfg=unmapped(config.augment),
-        run_dir=unmapped(run)), run)
+    augmented = augment_merge_task(_map(augment_shard_task, limit, shard=shards, index=indices(shards),
+                                        replay_path=unmapped(data.replay), cfg=unmapped(config.augment),
+                                        run_dir=unmapped(run)), run)
     lap("augment")
     shards = augmented.shards
-    debiased = debias_merge_task(debias_shard_task.map(
-        shard=shards, index=list(range(len(shards))), cfg=unmapped(config.debias), run_dir=unmapped(run)),
-        config.debias, run)
+    debiased = debias_merge_task(_map(debias_shard_task, limit, shard=shards, index=indices(shards),
+                                      cfg=unmapped(config.debias), run_dir=unmapped(run)), config.debias, run)
     lap("debias")
 
-    def tokenize(shards: list[Shard], split: str):
-        parts = tokenize_shard_task.map(shard=shards, index=list(range(len(shards))), model_dir=unmapped(model_dir),
-                                        cfg=unmapped(config.tokenize), split=unmapped(split), run_dir=unmapped(run))
-        return tokenize_merge_task.submit(parts, split, run)
-
-    # The three splits' maps run side by side; each merge waits only for its own shards.
-    merges = {split: tokenize(shards, split) for split, shards in
-              (("train", debiased.shards), ("test", data.shards["test"]), ("replay", data.shards["replay"]))
-              if split != "replay" or data.replay}
-    train, test = merges["train"].result(), merges["test"].result()
-    replay = merges["replay"].result() if "replay" in merges else None
+    splits = {"train": debiased.shards, "test": data.shards["test"]} | (
+        {"replay": data.shards["replay"]} if data.replay else {})
+    # Without a limit the splits' maps run side by side; each merge waits only for its own shards.
+    parts = {split: _map(tokenize_shard_task, limit, shard=shards, index=indices(shards), model_dir=unmapped(model_dir),
+                         cfg=unmapped(config.tokenize), split=unmapped(split), run_dir=unmapped(run))
+             for split, shards in splits.items()}
+    merges = {split: tokenize_merge_task.submit(shard_parts, split, run) for split, shard_parts in parts.items()}
+    tokenized = {split: merge.result() for split, merge in merges.items()}
     lap("tokenize")
     print(f"data stages: {seconds} s")
-    return PreparedData(data=data, augmented=augmented, debiased=debiased, train=train, test=test, replay=replay,
-                        seconds=seconds)
+    return PreparedData(data=data, augmented=augmented, debiased=debiased, train=tokenized["train"],
+                        test=tokenized["test"], replay=tokenized.get("replay"), seconds=seconds)
+
+
+@flow(name="r1-data", flow_run_name="data stages -> {run}", log_prints=True)
+def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
+    """The data stages as a flow of their own, on the task runner it is given."""
+    return data_stages(config, model_dir, run)
 
 
 def run_data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
-    """The data sub-flow on the task runner ``config.runner`` names."""
+    """Inside a flow run with ``runner.kind: default``: the data stages on that flow's own runner (their task runs
+    are the flow's, as for any stage). Otherwise: the ``r1-data`` sub-flow on the task runner ``config.runner`` names
+    (a Dask or Ray cluster; outside a flow, Prefect's thread pool of ``runner.workers`` threads)."""
+    if config.runner.kind == "default" and FlowRunContext.get() is not None:
+        return data_stages(config, model_dir, run)
     return prepare_data.with_options(task_runner=task_runner(config.runner))(config, model_dir, run)

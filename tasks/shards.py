@@ -8,6 +8,7 @@ stream in chunks of ``CHUNK`` rows, so a worker's memory does not grow with the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -57,8 +58,6 @@ class JsonlWriter:
         self.rows += len(rows)
 
     def close(self) -> Shard:
-        import os
-
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from prefect import flow
+
 from conftest import r1, write_lines
 from tasks.config import preset
 
@@ -50,15 +52,20 @@ def runs(prefect_harness, tmp_path_factory):
     test = [json.loads(line) for line in open("data/sample/test.jsonl", encoding="utf-8")]
     write_lines(tmp / "test.jsonl", test + [{**planted["leak"], "instruction": planted["leak"]["instruction"] + " pi"}])
 
+    @flow
+    def finetune_like(config, model_dir: str, run: str):  # as flows/finetune.py calls it: inline on default
+        return run_data_stages(config, model_dir, run)
+
     out = {}
-    for kind in ("default", "dask"):
+    for kind in ("default", "dask", "inline"):
         config = preset("tiny")
         config.data.train_paths, config.data.test_path = [str(tmp / "train.jsonl")], str(tmp / "test.jsonl")
         config.data.allowed_roots = [str(tmp), "data"]
         config.augment.text_variants = ["question_first"]
-        config.runner.kind, config.runner.workers, config.runner.shard_rows = kind, 2, SHARD_ROWS
-        run = tmp / kind
-        out[kind] = (run, run_data_stages(config, resolve_model(config.model, config.cache_dir), str(run)))
+        config.runner.kind = "default" if kind == "inline" else kind
+        config.runner.workers, config.runner.shard_rows = 2, SHARD_ROWS
+        run, model = tmp / kind, resolve_model(config.model, config.cache_dir)
+        out[kind] = (run, (finetune_like if kind == "inline" else run_data_stages)(config, model, str(run)))
     return out
 
 
@@ -68,6 +75,7 @@ def test_dask_cluster_writes_the_default_runners_bytes(runs):
     expected = digests(default_run)
     assert len(expected) > 60 and any(name.endswith(".arrow") for name in expected)
     assert digests(dask_run) == expected
+    assert digests(runs["inline"][0]) == expected  # inside a flow, on that flow's runner, in waves of 2 shards
     assert (dask.train.rows_out, dask.debiased.counterfactuals) == (default.train.rows_out, default.debiased.counterfactuals)
 
 
