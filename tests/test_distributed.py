@@ -149,3 +149,20 @@ def test_killed_ddp_training_leaves_no_orphan_rank_and_resumes(small_dataset, tm
     assert resumed["resumed_from"] and resumed["resumed_from"].rsplit("-", 1)[-1] in ("3", "6")
     assert resumed["steps"] == 9
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_the_ddp_deployment_picks_the_ddp_preset_through_its_job_variables(monkeypatch):
+    import yaml
+
+    from flows.finetune import expand_preset
+    from tasks.config import PipelineConfig
+
+    deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+                      if d["name"] == "nightly-retrain-ddp")
+    config = PipelineConfig.model_validate(expand_preset(deployment["parameters"]["config"]))
+    env = deployment["work_pool"]["job_variables"]["env"]
+    assert config.train.gpus == 0 and env["R1_GPU_LIMIT"] == "gpu"
+    monkeypatch.setenv("R1_FINETUNE_LAUNCH", env["R1_FINETUNE_LAUNCH"])
+    # gpus=0 means every visible GPU; on this CPU machine that is one process, so torchrun is not needed
+    plan = launch_plan(config.train, "hf")
+    assert (plan.name, plan.processes, plan.launcher) == ("ddp", 1, "in-process")
