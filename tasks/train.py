@@ -392,7 +392,10 @@ def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
     wanted = cfg.gpus or preset.get("processes", 1)
     if wanted == "all":
         wanted = max(visible, 1)
-    if preset.get("launcher") == "in-process":
+    if preset.get("launcher", "in-process") == "in-process":
+        if cfg.gpus > 1:
+            raise ConfigError(f"launch preset {path.name} trains in one process; use ddp or fsdp for train.gpus = "
+                              f"{cfg.gpus}")
         wanted = 1
     if visible and wanted > visible:
         raise ConfigError(f"train.gpus = {wanted} but this machine shows {visible} GPU(s)")
@@ -400,8 +403,8 @@ def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
         raise ConfigError(f"train.gradient_accumulation ({cfg.gradient_accumulation}) must be a multiple of the "
                           f"{wanted} training processes, so that the effective batch stays micro_batch_size x "
                           f"gradient_accumulation = {cfg.micro_batch_size * cfg.gradient_accumulation}")
-    launcher = preset.get("launcher", "in-process") if wanted > 1 or preset.get("launcher") == "in-process" \
-        else "in-process"
+    # One process needs no launcher, whatever the preset: it trains in the task's own process.
+    launcher = "in-process" if wanted == 1 else preset["launcher"]
     return LaunchPlan(name=path.stem, launcher=launcher, processes=wanted, trainer_args=preset.get("trainer") or {},
                       quant_storage=preset.get("quant_storage"),
                       env={k: str(v) for k, v in (preset.get("env") or {}).items()})

@@ -95,6 +95,8 @@ def test_presets_are_data_files_chosen_by_config_or_the_environment(monkeypatch)
     assert fsdp.trainer_args["fsdp"] == "full_shard auto_wrap" and fsdp.quant_storage == "bfloat16"
     with pytest.raises(ConfigError, match="does not support the unsloth backend"):
         launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"), "unsloth")
+    with pytest.raises(ConfigError, match="trains in one process; use ddp or fsdp"):
+        launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="single"), "hf")
     with pytest.raises(ConfigError, match=r"no preset .*known: ddp, fsdp, single"):
         launch_plan(train_cfg(launch="deepspeed"), "hf")
     # A deployment's job variables set the environment of the flow-run process: they pick the preset for "auto".
