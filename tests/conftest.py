@@ -28,6 +28,24 @@ def tokenizer():
     return build_tokenizer()
 
 
+# 120 tokenized sample rows (the tiny model's tokenizer), for the training fault and multi-process tests.
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory, tokenizer):
+    from datasets import Dataset
+
+    from tasks.config import TokenizeConfig
+    from tasks.io import read_jsonl
+    from tasks.records import make_record, normalize
+    from tasks.tokenize import tokenize_records
+
+    rows = read_jsonl(ROOT / "data/sample/train.jsonl")[:120]
+    records = [make_record(normalize(r), "train.jsonl", i) for i, r in enumerate(rows, 1)]
+    tokenized, _, _ = tokenize_records(tokenizer, records, TokenizeConfig())
+    path = tmp_path_factory.mktemp("data") / "dataset"
+    Dataset.from_list(tokenized).save_to_disk(str(path))
+    return str(path)
+
+
 def write_lines(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
                     encoding="utf-8")

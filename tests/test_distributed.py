@@ -53,23 +53,6 @@ def losses(result: dict) -> list[float]:
     return [h["loss"] for h in json.loads(Path(result["log_history"]).read_text()) if "loss" in h]
 
 
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory, tokenizer):
-    from datasets import Dataset
-
-    from tasks.config import TokenizeConfig
-    from tasks.io import read_jsonl
-    from tasks.records import make_record, normalize
-    from tasks.tokenize import tokenize_records
-
-    rows = read_jsonl(ROOT / "data/sample/train.jsonl")[:120]
-    records = [make_record(normalize(r), "train.jsonl", i) for i, r in enumerate(rows, 1)]
-    tokenized, _, _ = tokenize_records(tokenizer, records, TokenizeConfig())
-    path = tmp_path_factory.mktemp("data") / "dataset"
-    Dataset.from_list(tokenized).save_to_disk(str(path))
-    return str(path)
-
-
 # --- launch presets -----------------------------------------------------------------------------------------------
 
 
@@ -168,3 +151,26 @@ def test_the_ddp_deployment_picks_the_ddp_preset_through_its_job_variables(monke
     # gpus=0 means every visible GPU; on this CPU machine that is one process, so torchrun is not needed
     plan = launch_plan(config.train, "hf")
     assert (plan.name, plan.processes, plan.launcher) == ("ddp", 1, "in-process")
+
+
+@pytest.mark.slow
+def test_the_whole_flow_trains_data_parallel_and_writes_one_adapter(tmp_path):
+    """The finetune flow with train.gpus=2 on this CPU machine: the train task launches 2 gloo ranks; evaluation,
+    merge, GGUF export and the smoke test then use the one adapter rank 0 wrote (tests/test_gpu.py: the same on 2
+    GPUs)."""
+    command = [sys.executable, "-m", "flows.finetune", "--set", f"runs_dir={tmp_path}", "--set", "train.gpus=2",
+               "--set", "train.micro_batch_size=8", "--set", "train.gradient_accumulation=2",
+               "--set", "train.max_steps=30", "--set", 'export.quantizations=["Q8_0"]',
+               "--set", "evaluate.max_examples=20"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_dir = next(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    train = summary["train"]
+    assert (train["processes"], train["launch"], train["steps"]) == (2, "ddp", 30)
+    assert train["micro_batch_size"] * train["gradient_accumulation"] * train["processes"] == 16
+    assert train["last_loss"] < train["first_loss"] / 2
+    assert sorted(p.name for p in (run_dir / "train").glob("*adapter*")) == ["adapter"]
+    assert summary["evaluate"]["perplexity_after"] < summary["evaluate"]["perplexity_before"] / 2
+    assert all(g["smoke_answer"] for g in summary["gguf"])

@@ -28,23 +28,6 @@ print("RESULT " + result.model_dump_json())
 """
 
 
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory, tokenizer):
-    from datasets import Dataset
-
-    from tasks.config import TokenizeConfig
-    from tasks.io import read_jsonl
-    from tasks.records import make_record, normalize
-    from tasks.tokenize import tokenize_records
-
-    rows = read_jsonl(ROOT / "data/sample/train.jsonl")[:120]
-    records = [make_record(normalize(r), "train.jsonl", i) for i, r in enumerate(rows, 1)]
-    tokenized, _, _ = tokenize_records(tokenizer, records, TokenizeConfig())
-    path = tmp_path_factory.mktemp("data") / "dataset"
-    Dataset.from_list(tokenized).save_to_disk(str(path))
-    return str(path)
-
-
 def start_training(dataset: str, out_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, dataset, str(out_dir)], cwd=ROOT, env=env,
