@@ -187,28 +187,37 @@ class Stack:
                                                      f"{self.log('worker-local')}\n{self.log('worker-gpu')}")
                 time.sleep(3)
 
-    def task_runs(self, flow_run_id: str) -> list:
-        """The task runs of a flow run and of its sub-flow runs (the data stages), without the task runs that only
-        stand for a sub-flow in its parent."""
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+    @staticmethod
+    def _family(client, flow_run_id: str) -> tuple[list[uuid.UUID], set[uuid.UUID]]:
+        """A flow run with its sub-flow runs (the data stages), and the task runs that stand for those sub-flows in
+        their parents."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-        found, runs = [], [uuid.UUID(flow_run_id)]
+        ids, stand_ins, runs = [], set(), [uuid.UUID(flow_run_id)]
+        while runs:
+            ids += runs
+            subflows = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=runs)))
+            stand_ins |= {run.parent_task_run_id for run in subflows}
+            runs = [run.id for run in subflows]
+        return ids, stand_ins
+
+    def task_runs(self, flow_run_id: str) -> list:
+        """The task runs of a flow run and of its sub-flow runs (not those that only stand for a sub-flow)."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
         with self.client() as client:
-            while runs:
-                subflows = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=runs)))
-                stand_ins = {run.parent_task_run_id for run in subflows}
-                tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)))
-                found += [task for task in tasks if task.id not in stand_ins]
-                runs = [run.id for run in subflows]
-        return found
+            ids, stand_ins = self._family(client, flow_run_id)
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        return [task for task in tasks if task.id not in stand_ins]
 
     def artifacts(self, flow_run_id: str) -> dict[str, list]:
+        """The artifacts of a flow run and of its sub-flow runs, by key."""
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
         with self.client() as client:
-            found = client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)])))
+            ids, _ = self._family(client, flow_run_id)
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
         by_key: dict[str, list] = {}
         for artifact in found:
             by_key.setdefault(artifact.key, []).append(artifact)
