@@ -17,8 +17,8 @@ the finetune flow's own data sub-flow (flows/data.py), on Prefect's default task
    debias adds a counterfactual twin of every row that mentions a gendered term; the printed ``rows`` line says how
    many tokenized rows came out. No replay file (replay rows would add rows that were not read).
    Rows/s are input rows (rows read from the train files, broken ones included) per second of wall time, per stage
-   and in total; CPU seconds and peak RSS are summed over every process of the run (this one, the temporary Prefect
-   server, Dask's scheduler, nannies and workers), sampled every 0.2 s.
+   and in total; CPU seconds and peak RSS are summed over every process of the run (a fresh process per runner, the
+   temporary Prefect server it starts, Dask's scheduler, nannies and workers), sampled every 0.2 s.
 3. Checks that both runners wrote the same bytes: one sha256 over every file of each run directory.
 4. Baseline, in the same run, in its own process: plain ``datasets.Dataset.map(batched=True)`` tokenization (the
    model's chat template through ``apply_chat_template``, HF tokenizer, prompt + completion) of the first
@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -374,11 +375,12 @@ def baseline(args: tuple) -> dict:
         return usage.ru_utime + usage.ru_stime
 
     start, cpu_start = time.perf_counter(), cpu()
-    out = dataset.map(tok, batched=True, batch_size=1000, remove_columns=dataset.column_names)
+    with Meter() as meter:  # sampled: ru_maxrss of a spawned process starts at its parent's peak on Linux
+        out = dataset.map(tok, batched=True, batch_size=1000, remove_columns=dataset.column_names)
     seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
     return {"rows": len(out), "seconds": round(seconds, 2), "rows_per_s": round(len(out) / seconds),
             "cpu_seconds": round(cpu_seconds, 1), "rows_per_cpu_s": round(len(out) / cpu_seconds),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "peak_rss_mib": round(meter.peak_rss / 2**20)}
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
@@ -425,7 +427,10 @@ def main() -> None:
     runs = []
     for kind in args.runners.split(","):
         run = data_dir / f"run-{kind}"
-        result = run_pipeline(manifest, kind, args.workers, shard_rows, model_dir, run)
+        # Each runner in a fresh process: memory a finished run keeps (Python rarely returns it) must not count
+        # against the next one.
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # not daemonic: Dask starts workers
+            result = pool.submit(run_pipeline, manifest, kind, args.workers, shard_rows, model_dir, run).result()
         print(report(result), flush=True)
         runs.append(result)
         if kind == args.runners.split(",")[-1] and not args.no_baseline:

@@ -57,12 +57,30 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner:
         # One thread per worker process: the stages are pure-Python CPU work, which threads would serialize.
         return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                               cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None})
+                                              "dashboard_address": None, "env": {"PREFECT_API_URL": api_url()}})
     try:
         from prefect_ray import RayTaskRunner
     except ImportError as exc:
         raise ConfigError("runner.kind 'ray' needs prefect-ray (pip install prefect-ray)") from exc
-    return RayTaskRunner(address=cfg.address) if cfg.address else RayTaskRunner(init_kwargs={"num_cpus": cfg.workers})
+    if cfg.address:
+        return RayTaskRunner(address=cfg.address)
+    return RayTaskRunner(init_kwargs={"num_cpus": cfg.workers,
+                                      "runtime_env": {"env_vars": {"PREFECT_API_URL": api_url()}}})
+
+
+def api_url() -> str:
+    """The Prefect API this process reports to, for a local cluster's workers: without it each worker starts a
+    temporary server of its own, and their task runs and artifacts never reach this one. With no API configured,
+    Prefect's temporary server is started here (the flow run then uses the same one)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if url := PREFECT_API_URL.value():
+        return url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
 
 
 def _map(task, limit: int | None, **arguments):
@@ -95,7 +113,8 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
 
     inputs = data_inputs(config.data)
     validated = _map(validate_input_task, limit, index=indices(inputs), split=[s for s, _ in inputs],
-                     path=[p for _, p in inputs], cfg=unmapped(config.data), shard_rows=unmapped(shard_rows),
+                     path=[p for _, p in inputs], max_chars=unmapped(config.data.max_field_chars),
+                     max_line_bytes=unmapped(config.data.max_line_bytes), shard_rows=unmapped(shard_rows),
                      run_dir=unmapped(run))
     data = validate_merge_task(config.data, validated, run)
     lap("validate")

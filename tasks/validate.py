@@ -396,9 +396,11 @@ class ValidatedInput(BaseModel):
     report: FileReport
 
 
-def validate_input(index: int, split: str, path: str, cfg: DataConfig, shard_rows: int, out_dir: Path) -> ValidatedInput:
+def validate_input(index: int, split: str, path: str, max_chars: int, max_line_bytes: int, shard_rows: int,
+                   out_dir: Path) -> ValidatedInput:
     """Validate one input file, streaming: accepted records into shards of ``shard_rows``, rejected rows into its
-    quarantine part (the map unit of the validate stage; ``index`` orders the outputs)."""
+    quarantine part (the map unit of the validate stage; ``index`` orders the outputs). It takes the two limits, not
+    the DataConfig: the stage cache hashes every file its inputs name, and the config names all input files."""
     if not _exists(str(path)):
         raise DataValidationError(f"{path}: file not found")
     parts = Path(out_dir) / "shards"
@@ -406,7 +408,7 @@ def validate_input(index: int, split: str, path: str, cfg: DataConfig, shard_row
     reasons: Counter = Counter()
     with ShardWriter(parts / f"{split}-{index:04d}", shard_rows) as shards, \
             JsonlWriter(parts / f"{split}-{index:04d}.quarantine.jsonl") as quarantine:
-        for ok, row, _ in iter_validated(path, cfg.max_field_chars, cfg.max_line_bytes):
+        for ok, row, _ in iter_validated(path, max_chars, max_line_bytes):
             if ok:
                 shards.write(row)
                 accepted += 1
@@ -459,7 +461,8 @@ def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path
 def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROWS) -> ValidatedData:
     """The whole stage in this process: validate train, test and replay files into ``out_dir``; raise if a split
     rejects too much. (The flow maps validate_input over the files instead: flows/data.py.)"""
-    inputs = [validate_input(k, split, path, cfg, shard_rows, out_dir) for k, (split, path) in enumerate(data_inputs(cfg))]
+    inputs = [validate_input(k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir)
+              for k, (split, path) in enumerate(data_inputs(cfg))]
     return merge_validated(cfg, inputs, out_dir)
 
 
@@ -467,9 +470,10 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
 
 
 @task(name="validate-file", task_run_name="validate {split} {path}", **stage_options())
-def validate_input_task(index: int, split: str, path: str, cfg: DataConfig, shard_rows: int, run_dir: str) -> ValidatedInput:
+def validate_input_task(index: int, split: str, path: str, max_chars: int, max_line_bytes: int, shard_rows: int,
+                        run_dir: str) -> ValidatedInput:
     """Validate and normalize one input file; quarantine what is wrong."""
-    return validate_input(index, split, path, cfg, shard_rows, Path(run_dir) / "validate")
+    return validate_input(index, split, path, max_chars, max_line_bytes, shard_rows, Path(run_dir) / "validate")
 
 
 @task(name="validate", task_run_name="validate: merge {cfg.train_paths}", **stage_options())

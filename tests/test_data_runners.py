@@ -76,6 +76,13 @@ def test_dask_cluster_writes_the_default_runners_bytes(runs):
     assert len(expected) > 60 and any(name.endswith(".arrow") for name in expected)
     assert digests(dask_run) == expected
     assert digests(runs["inline"][0]) == expected  # inside a flow, on that flow's runner, in waves of 2 shards
+    # The Dask workers reported their task runs to this run's Prefect API (not to servers of their own).
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs_of_shard = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["augment 0"])))
+    assert len(runs_of_shard) == 3
     assert (dask.train.rows_out, dask.debiased.counterfactuals) == (default.train.rows_out, default.debiased.counterfactuals)
 
 
