@@ -384,8 +384,7 @@ def merge_debiased(parts: list[DebiasedShard], cfg: DebiasConfig, out_dir: Path)
 
 def debias_file(train_path: Path, cfg: DebiasConfig, out_dir: Path) -> DebiasedData:
     """The whole stage in this process on one file of records (the flow maps debias_shard instead)."""
-    rows = sum(1 for _ in iter_jsonl(Path(train_path)))
-    part = debias_shard(Shard(path=str(train_path), rows=rows), cfg, Path(out_dir) / "shards" / "train-0000")
+    part = debias_shard(Shard.of(train_path), cfg, Path(out_dir) / "shards" / "train-0000")
     return merge_debiased([part], cfg, out_dir)
 
 

@@ -26,6 +26,12 @@ class Shard(BaseModel):
     path: str
     rows: int
 
+    @classmethod
+    def of(cls, path: str | Path) -> "Shard":
+        """A whole JSON lines file as one shard (its non-blank lines counted)."""
+        with open(path, "rb") as handle:
+            return cls(path=str(path), rows=sum(1 for line in handle if line.strip()))
+
 
 def chunked(items: Iterable[Any], size: int = CHUNK) -> Iterator[list[Any]]:
     chunk: list[Any] = []
