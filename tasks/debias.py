@@ -70,7 +70,7 @@ _ASCII_WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 
 
 class TermPattern:
-    """A compiled term pattern (``search``/``finditer``/``sub`` as on ``re.Pattern``) that answers an ASCII text
+    r"""A compiled term pattern (``search``/``finditer``/``sub`` as on ``re.Pattern``) that answers an ASCII text
     holding no term by a set lookup of its words instead of a scan: the alternation of every term is tried at every
     position, ~10x slower on long reasoning, and most texts hold no term.
 
@@ -117,7 +117,7 @@ class TermPattern:
 
 
 def compile_terms(terms: list[str]) -> TermPattern | None:
-    """One case-insensitive pattern for all terms: whole words (``(?<!\w)term(?!\w)``), CJK terms as substrings."""
+    r"""One case-insensitive pattern for all terms: whole words (``(?<!\w)term(?!\w)``), CJK terms as substrings."""
     return TermPattern(terms) if terms else None
 
 
