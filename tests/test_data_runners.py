@@ -26,6 +26,14 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def shard_task_runs(name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[name])))
+
+
 @pytest.fixture(scope="module")
 def runs(prefect_harness, tmp_path_factory):
     """The sample data plus planted rows whose twins lie in other shards, through both runners."""
@@ -56,7 +64,7 @@ def runs(prefect_harness, tmp_path_factory):
     def finetune_like(config, model_dir: str, run: str):  # as flows/finetune.py calls it: inline on default
         return run_data_stages(config, model_dir, run)
 
-    out = {}
+    out = {"augment_0_runs_before": len(shard_task_runs("augment 0"))}  # the session's API also holds other tests' runs
     for kind in ("default", "dask", "inline"):
         config = preset("tiny")
         config.data.train_paths, config.data.test_path = [str(tmp / "train.jsonl")], str(tmp / "test.jsonl")
@@ -77,12 +85,7 @@ def test_dask_cluster_writes_the_default_runners_bytes(runs):
     assert digests(dask_run) == expected
     assert digests(runs["inline"][0]) == expected  # inside a flow, on that flow's runner, in waves of 2 shards
     # The Dask workers reported their task runs to this run's Prefect API (not to servers of their own).
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-
-    with get_client(sync_client=True) as client:
-        runs_of_shard = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["augment 0"])))
-    assert len(runs_of_shard) == 3
+    assert len(shard_task_runs("augment 0")) - runs["augment_0_runs_before"] == 3
     assert (dask.train.rows_out, dask.debiased.counterfactuals) == (default.train.rows_out, default.debiased.counterfactuals)
 
 
