@@ -439,20 +439,11 @@ class FitOutcome(BaseModel):
     seconds: float
     tokens: int  # non-pad tokens trained on, summed over all processes
     steady_tokens_per_second: float | None  # after the first optimizer steps (compilation, warm-up)
-    world_size: int
     log_history: list[dict]
 
 
 class CudaOutOfMemory(RuntimeError):
     """Training ran out of GPU memory (in this process or in a rank of a distributed launch)."""
-
-
-def _rank() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _sum_over_ranks(value: float) -> float:
@@ -537,17 +528,16 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     output = trainer.train(resume_from_checkpoint=spec.resume)
     seconds = time.monotonic() - started
     counter.remove()
-    rank, world = _rank()
     tokens = int(_sum_over_ranks(counter.tokens))
     steady = timer.rate()
     steady = _sum_over_ranks(steady) if steady is not None else None
-    publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), rank == 0)
+    publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), trainer.is_world_process_zero())
     history = trainer.state.log_history
     return FitOutcome(
         steps=trainer.state.global_step, epochs=round(output.metrics.get("epoch", 0.0), 3),
         train_loss=output.training_loss, losses=[h["loss"] for h in history if "loss" in h],
         seconds=round(seconds, 1), tokens=tokens, steady_tokens_per_second=round(steady, 1) if steady else None,
-        world_size=world, log_history=history,
+        log_history=history,
     )
 
 
