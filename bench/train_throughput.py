@@ -224,7 +224,8 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     seq = spec["seq"]
     base = preset(shape["preset"]).train
     cfg = base.model_copy(update=dict(
-        backend=spec["backend"], max_steps=spec["warmup"] + spec["steps"], save_steps=100_000, logging_steps=1,
+        backend=spec["backend"], max_steps=spec["warmup"] + spec["steps"], save_steps=100_000,
+        logging_steps=spec.get("logging_steps") or base.logging_steps,
         micro_batch_size=spec["micro_batch"], gradient_accumulation=spec["accumulation"], packing=spec["packing"],
         eval_steps=0, early_stopping_patience=0,
     ))
@@ -369,7 +370,7 @@ def plan(args, model_dirs: dict) -> dict[str, list[dict]]:
 
     specs = {"hf": [], "unsloth": []}
     for shape in args.shapes:
-        common = dict(shape=shape, model_dir=str(model_dirs[shape]), seq=args.seq)
+        common = dict(shape=shape, model_dir=str(model_dirs[shape]), seq=args.seq, logging_steps=args.logging_steps)
         big = shape == "llama8b"
         if "fixed" in args.suites:
             runs = [("hf", "hf", args.fixed_batch), ("unsloth", "unsloth", args.fixed_batch)]
@@ -460,6 +461,8 @@ def main() -> None:
     parser.add_argument("--plain-baseline", action="store_true",
                         help="8B: also transformers' Trainer with the model's own full-logits loss (the peers' baseline)")
     parser.add_argument("--unsloth-batches", default="", help="8B: more Unsloth micro-batches, e.g. 8")
+    parser.add_argument("--logging-steps", type=int, default=0,
+                        help="log (and so sync on) the loss every N steps; 0: the preset's, what the pipeline runs with")
     parser.add_argument("--child", choices=["hf", "unsloth"])
     parser.add_argument("--specs")
     parser.add_argument("--results")
