@@ -28,6 +28,7 @@ from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
 from tasks.dedup import (dedup_keys_task, dedup_merge_task, dedup_plan_task, dedup_write_task, passthrough_parts,
                          passthrough_report)
 from tasks.errors import ConfigError
+from tasks.paths import check_config_paths
 from tasks.shards import Shard
 from tasks.tokenize import TokenizedData, tokenize_merge_task, tokenize_shard_task
 from tasks.validate import ValidatedData, data_inputs, validate_input_task, validate_merge_task
@@ -111,6 +112,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
     def indices(items: list) -> list[int]:
         return list(range(len(items)))
 
+    check_config_paths(config)  # the augment/debias files too, not only the inputs data_inputs expands
     inputs = data_inputs(config.data)
     validated = _map(validate_input_task, limit, index=indices(inputs), split=[s for s, _ in inputs],
                      path=[p for _, p in inputs], max_chars=unmapped(config.data.max_field_chars),

@@ -26,6 +26,7 @@ from tasks.evaluate import evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
 from tasks.model import resolve_model_task
 from tasks.orchestration import gpu_slot
+from tasks.paths import check_config_paths
 from tasks.smoke import smoke_task
 from tasks.summary import render, summary_task
 from tasks.train import train_task
@@ -70,6 +71,7 @@ def finetune(config: PresetConfig = preset("tiny")) -> dict:
     of a failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu``
     global concurrency limit: two runs never share one GPU.
     """
+    check_config_paths(config)  # every configured file under data.allowed_roots, before any stage does work
     run = str(config.run_dir())
     model = resolve_model(config.model, config.cache_dir)
     # validate -> dedup (train/test deduplicated and leak-free) -> augment -> debias -> tokenize, mapped over shards

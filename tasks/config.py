@@ -79,8 +79,9 @@ class DataConfig(Section):
     allowed_roots: list[str] = Field(
         ["{project}/data", "."],
         description="Folders, and remote URL prefixes such as 's3://my-bucket/', that every data file must resolve "
-                    "under (symlinks followed; tasks/paths.py); relative ones are relative to the working directory, "
-                    "{project} is this checkout. Archives are never read.")
+                    "under (symlinks followed; tasks/paths.py), and every other file the configuration names: "
+                    "augmentation templates, debias lists, the lm_eval folder, the embedded model's texts; relative "
+                    "ones are relative to the working directory, {project} is this checkout. Archives are never read.")
 
 
 class AugmentConfig(Section):

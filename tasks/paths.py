@@ -7,6 +7,10 @@ paths and roots are relative to the working directory, as every configured path 
 under a listed prefix and never with a ``..`` segment. Archives (.zip, .tar, .tar.gz, .tgz, .7z ... and fsspec's
 ``zip://`` / ``tar://``) are refused, never opened: extracting one writes wherever its member names say.
 
+Besides the data inputs, every other file the configuration names for reading (augmentation templates, debias lists,
+the lm_eval folder, the embedded model's pre-training texts) must lie under ``data.allowed_roots`` as well:
+``check_config_paths``, which the flows call before any stage runs.
+
 Two placeholders keep the defaults free of machine-specific paths: ``{project}`` (this checkout) and ``{hf_cache}``
 (the Hugging Face hub cache: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``). A violation raises ``PathNotAllowed``, a
 permanent error (no retry) that names the path, what it resolved to and the roots.
@@ -18,9 +22,13 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from tasks.errors import PathNotAllowed
+
+if TYPE_CHECKING:
+    from tasks.config import PipelineConfig
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")
@@ -88,16 +96,21 @@ def confine(path: str | Path, roots: Sequence[str], field: str) -> str:
     raise PathNotAllowed(f"{path!r} resolves to {real!r}, outside {field} {list(roots)}")
 
 
+def check_links(folder: str | Path, roots: Sequence[str], field: str) -> None:
+    """Every symlink inside ``folder`` (files and folders, at any depth) resolves under the roots."""
+    for parent, dirs, files in os.walk(str(folder)):  # does not descend into linked folders: they are checked here
+        for name in dirs + files:
+            entry = os.path.join(parent, name)
+            if os.path.islink(entry):
+                confine(entry, roots, field)
+
+
 def check_model_dir(model_dir: str | Path, roots: Sequence[str], field: str = "model.allowed_roots") -> None:
     """A local model directory reads nothing outside the roots: every symlink in it (files and folders, at any depth)
     resolves under them, and every file a safetensors index (``*.index.json`` weight_map) names is a plain relative
     name inside the directory. The directory itself is checked by the caller (confine)."""
     model_dir = str(model_dir)
-    for folder, dirs, files in os.walk(model_dir):  # does not descend into linked folders: they are checked here
-        for name in dirs + files:
-            entry = os.path.join(folder, name)
-            if os.path.islink(entry):
-                confine(entry, roots, field)
+    check_links(model_dir, roots, field)
     for index in sorted(Path(model_dir).glob("*.index.json")):
         try:
             manifest = json.loads(index.read_text(encoding="utf-8"))
@@ -111,3 +124,41 @@ def check_model_dir(model_dir: str | Path, roots: Sequence[str], field: str = "m
                 raise PathNotAllowed(f"{index}: weight_map entry {name!r} leaves the model directory {model_dir} "
                                      "(entries must be plain relative file names)")
             confine(os.path.join(model_dir, name), roots, field)
+
+
+def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
+    """(field, path) of every file or folder the configuration names for the run to read, other than the model:
+    the data inputs as written (files, folders or globs; validate confines what they expand to), the augmentation
+    templates, the debias lists when debiasing is on, the lm_eval folder when lm_eval tasks are asked for, and the
+    embedded model's pre-training texts when the embedded model is the one used."""
+    from tasks.config import EMBEDDED
+
+    data, named = config.data, []
+    named += [(f"data.train_paths[{i}]", path) for i, path in enumerate(data.train_paths)]
+    named += [("data.test_path", data.test_path), ("data.replay_path", data.replay_path),
+              ("augment.templates_path", config.augment.templates_path)]
+    if config.debias.enabled:
+        named += [("debias.blocklist_path", config.debias.blocklist_path),
+                  ("debias.term_pairs_path", config.debias.term_pairs_path)]
+    if config.evaluate.lm_eval_tasks:
+        named.append(("evaluate.lm_eval_path", config.evaluate.lm_eval_path))
+    if config.model.name_or_path == EMBEDDED:
+        embedded = config.model.embedded
+        named.append(("model.embedded.corpus_path", embedded.corpus_path))
+        named += [(f"model.embedded.chat_paths[{i}]", path) for i, path in enumerate(embedded.chat_paths)]
+        named += [(f"model.embedded.vocab_paths[{i}]", path) for i, path in enumerate(embedded.vocab_paths)]
+    return [(name, path) for name, path in named if path]
+
+
+def check_config_paths(config: PipelineConfig) -> None:
+    """Every path ``config_paths`` lists lies under ``data.allowed_roots`` (and, for the lm_eval folder, every
+    symlink inside it); else PathNotAllowed naming the configuration field. Reads no file, so a flow calls it first
+    and a bad path fails before any stage does work."""
+    roots, field = resolve_roots(config.data.allowed_roots), "data.allowed_roots"
+    for name, path in config_paths(config):
+        try:
+            confine(path, roots, field)
+            if name == "evaluate.lm_eval_path" and not is_url(path) and os.path.isdir(path):
+                check_links(path, roots, field)
+        except PathNotAllowed as exc:
+            raise PathNotAllowed(f"{name}: {exc}") from None

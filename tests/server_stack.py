@@ -277,7 +277,7 @@ def small_config(tmp: Path, name: str | None, **sections) -> dict:
         "data": {"train_paths": [head("data/sample/train.jsonl", tmp / "train-small.jsonl", 120)],
                  "test_path": head("data/sample/test.jsonl", tmp / "test-small.jsonl", 30),
                  "replay_path": head("data/sample/general.jsonl", tmp / "replay-small.jsonl", 20),
-                 "allowed_roots": [str(tmp)]},
+                 "allowed_roots": [str(tmp), "{project}/data"]},  # the shipped templates, debias lists, corpus
         "augment": {"prompt_variants": 0, "replay_ratio": 0.2},
         "train": {"max_steps": 2, "micro_batch_size": 8, "save_steps": 1, "logging_steps": 1, "learning_rate": 2e-4},
         "evaluate": {"max_examples": 4, "batch_size": 4, "max_new_tokens": 16},

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import DataConfig, ModelConfig
+from tasks.config import PRESETS, DataConfig, ModelConfig, PipelineConfig, preset
 from tasks.errors import ConfigError, DataValidationError, PathNotAllowed, PermanentError
 from tasks.model import resolve_model
-from tasks.paths import PROJECT_DIR, confine, hf_cache_dir, resolve_roots
+from tasks.paths import PROJECT_DIR, check_config_paths, config_paths, confine, hf_cache_dir, resolve_roots
 from tasks.validate import expand_inputs, validate
 
 ROW = json.dumps({"instruction": "What is the sentence about?", "output": "Animals."}) + "\n"
@@ -193,3 +193,151 @@ def test_a_hub_id_is_not_a_path_and_resolves_as_before(tree):
         assert resolve_model(ModelConfig(name_or_path=hub_id, allowed_roots=[str(root)]), ".cache") == hub_id
     with pytest.raises(PathNotAllowed, match="archive"):
         resolve_model(_model(root / "model.tar.gz", root), ".cache")
+
+
+# --- the other files the configuration names -----------------------------------------------------------------------
+
+
+def _set(section: str, attr: str, prepend: list[str] | None = None, **extra):
+    """A setter of one configured path (a list field gets [*prepend, path]), plus fields that make it read."""
+    def apply(config: PipelineConfig, path: str) -> None:
+        target = config
+        for part in section.split("."):
+            target = getattr(target, part)
+        for name, value in extra.items():
+            setattr(target, name, value)
+        setattr(target, attr, path if prepend is None else [*prepend, path])
+    return apply
+
+
+CONFIG_PATHS = {
+    "augment.templates_path": _set("augment", "templates_path"),
+    "debias.blocklist_path": _set("debias", "blocklist_path"),
+    "debias.term_pairs_path": _set("debias", "term_pairs_path"),
+    "evaluate.lm_eval_path": _set("evaluate", "lm_eval_path", lm_eval_tasks=["arc_easy"]),
+    "model.embedded.corpus_path": _set("model.embedded", "corpus_path"),
+    "model.embedded.chat_paths[0]": _set("model.embedded", "chat_paths", []),
+    "model.embedded.vocab_paths[1]": _set("model.embedded", "vocab_paths", ["data/sample/train.jsonl"]),
+    "data.train_paths[1]": _set("data", "train_paths", ["data/sample/train.jsonl"]),
+    "data.test_path": _set("data", "test_path"),
+    "data.replay_path": _set("data", "replay_path"),
+}
+
+
+def _config_with(root: Path, field: str, path: str) -> PipelineConfig:
+    """The tiny preset with one configured path replaced; the roots are ``root`` and the shipped data folder."""
+    config = preset("tiny")
+    config.data.allowed_roots = [str(root), "{project}/data"]
+    CONFIG_PATHS[field](config, path)
+    return config
+
+
+@pytest.mark.parametrize("escape", ["absolute", "dot-dot", "symlink"])
+@pytest.mark.parametrize("field", sorted(CONFIG_PATHS))
+def test_a_configured_file_outside_the_data_roots_is_refused(tree, field, escape):
+    root, outside = tree
+    secret = outside / "secret.txt"
+    secret.write_text("not for training\n")
+    if escape == "symlink":
+        (root / "link.txt").symlink_to(secret)
+    path = {"absolute": str(secret), "dot-dot": str(root / ".." / "outside" / "secret.txt"),
+            "symlink": str(root / "link.txt")}[escape]
+    config = _config_with(root, field, path)
+    assert (field, path) in [(f, p) for f, p in config_paths(config)]
+    with pytest.raises(PathNotAllowed) as info:
+        check_config_paths(config)
+    message = str(info.value)  # names the field, the path, what it resolved to and the roots
+    assert message.startswith(f"{field}: {path!r} resolves to '{secret}', outside data.allowed_roots")
+    assert str(root) in message and str(PROJECT_DIR / "data") in message
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, PermanentError)  # no Prefect retry
+
+
+@pytest.mark.parametrize("field", sorted(CONFIG_PATHS))
+def test_a_configured_file_inside_the_data_roots_is_allowed(tree, field):
+    root, _ = tree
+    (root / "inner-link.jsonl").symlink_to(root / "a.jsonl")  # a link that stays inside is fine
+    for path in [root / "a.jsonl", root / "sub" / ".." / "a.jsonl", root / "inner-link.jsonl"]:
+        check_config_paths(_config_with(root, field, str(path)))
+
+
+def test_an_archive_named_by_the_configuration_is_refused(tree):
+    root, _ = tree
+    with pytest.raises(PathNotAllowed, match=r"^debias\.blocklist_path: .*is an archive"):
+        check_config_paths(_config_with(root, "debias.blocklist_path", str(root / "blocklist.tar.gz")))
+
+
+def test_a_link_inside_the_lm_eval_folder_pointing_outside_is_refused(tree):
+    root, outside = tree
+    tasks = root / "lm_eval"
+    (tasks / "arc").mkdir(parents=True)
+    (tasks / "arc" / "arc.yaml").write_text("task: arc_easy\n")
+    config = _config_with(root, "evaluate.lm_eval_path", str(tasks))
+    check_config_paths(config)
+    (tasks / "arc" / "data.jsonl").symlink_to(outside / "secret.jsonl")
+    with pytest.raises(PathNotAllowed, match=rf"^evaluate\.lm_eval_path: .*data\.jsonl.* resolves to '{outside}"):
+        check_config_paths(config)
+
+
+def test_files_that_are_not_read_are_not_checked(tree):
+    root, outside = tree
+    config = preset("tiny")
+    config.data.allowed_roots = [str(root), "{project}/data"]
+    config.debias.blocklist_path = config.debias.term_pairs_path = str(outside / "secret.jsonl")
+    config.evaluate.lm_eval_path = str(outside / "dir")  # no lm_eval_tasks: never read
+    config.model.embedded.corpus_path = str(outside / "secret.jsonl")
+    config.model.name_or_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # not the embedded model
+    config.debias.enabled = False
+    check_config_paths(config)
+    config.debias.enabled = True
+    with pytest.raises(PathNotAllowed, match="^debias.blocklist_path: "):
+        check_config_paths(config)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_shipped_defaults_pass_with_the_default_roots(name, monkeypatch):
+    monkeypatch.chdir(PROJECT_DIR)  # where scripts/demo runs the flow from
+    config = preset(name)
+    assert config.data.allowed_roots == ["{project}/data", "."]
+    config.evaluate.lm_eval_tasks = ["arc_easy"]  # lm_eval_path stays None: nothing to check
+    check_config_paths(config)
+    fields = {field for field, _ in config_paths(config)}
+    assert {"augment.templates_path", "debias.blocklist_path", "debias.term_pairs_path"} <= fields
+    assert ("model.embedded.corpus_path" in fields) == (name == "tiny")
+
+
+def test_the_shipped_defaults_pass_with_only_the_project_data_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # "." no longer covers the checkout: {project}/data alone must hold every default
+    config, at = preset("tiny"), lambda path: str(PROJECT_DIR / path)
+    config.data.allowed_roots = ["{project}/data"]
+    config.data.train_paths = [at(p) for p in config.data.train_paths]
+    config.data.test_path, config.data.replay_path = at(config.data.test_path), at(config.data.replay_path)
+    config.augment.templates_path = at(config.augment.templates_path)
+    config.debias.blocklist_path = at(config.debias.blocklist_path)
+    config.debias.term_pairs_path = at(config.debias.term_pairs_path)
+    embedded = config.model.embedded
+    embedded.corpus_path = at(embedded.corpus_path)
+    embedded.chat_paths = [at(p) for p in embedded.chat_paths]
+    embedded.vocab_paths = [at(p) for p in embedded.vocab_paths]
+    check_config_paths(config)
+    config.augment.templates_path = at("README.md")  # in the checkout, not under data/
+    with pytest.raises(PathNotAllowed, match="^augment.templates_path: "):
+        check_config_paths(config)
+
+
+def test_the_flows_refuse_before_any_stage_runs(tree, tmp_path, monkeypatch):
+    import flows.data
+    import flows.finetune
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage ran before the configured paths were checked")
+
+    root, outside = tree
+    config = _config_with(root, "augment.templates_path", str(outside / "secret.jsonl"))
+    config.runs_dir = str(tmp_path / "runs")
+    monkeypatch.setattr(flows.finetune, "resolve_model", no_stage)  # the flow's first stage
+    with pytest.raises(PathNotAllowed, match="^augment.templates_path: "):
+        flows.finetune.finetune.fn(config)
+    monkeypatch.setattr(flows.data, "data_inputs", no_stage)  # the data stages on their own (r1-data, nightly)
+    with pytest.raises(PathNotAllowed, match="^augment.templates_path: "):
+        flows.data.data_stages(config, "embedded", str(tmp_path / "runs" / "x"))
+    assert not (tmp_path / "runs").exists()
