@@ -1,0 +1,141 @@
+"""Real instruction data from public repositories (tests/fixtures/public/, sources in its README.md) goes through the
+validate stage unchanged in meaning.
+
+Per file: the detected format, which rows are accepted and which are quarantined (by exact row number and reason),
+accepted + quarantined == the rows in the file, and for every accepted row the record's system prompt, user turns,
+assistant answers and reasoning equal the source fields' text. The expected values are computed here from the source
+JSON alone, not through tasks/records.py, so a change of meaning anywhere in the stage fails the test.
+"""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.config import DataConfig
+from tasks.records import detect_format
+from tasks.validate import validate, validate_file
+
+PUBLIC = Path(__file__).parent / "fixtures" / "public"
+
+# file -> (the format every row is detected as, {row number: (reason, field)} of the rows expected in quarantine)
+FILES = {
+    # Alpaca, one JSON array, English then Chinese rows, every "input" empty.
+    "llamafactory_identity.json": ("alpaca", {}),
+    # Alpaca, one JSON array, Chinese; inputs with newlines, code blocks with significant spaces, quotes.
+    "llamafactory_alpaca_zh_demo.json": ("alpaca", {}),
+    # ShareGPT (human/gpt), multi-turn, with an extra "id" field.
+    "fastchat_dummy_conversation.json": ("sharegpt", {}),
+    # ShareGPT with an extra "tools" field; row 3 is a tool-call conversation (function_call/observation turns): the
+    # pipeline trains plain chat, so it must be quarantined with a reason, never flattened into user/assistant turns.
+    "llamafactory_glaive_toolcall_en_demo.json": ("sharegpt", {3: ("unknown_role", "conversations[1].from")}),
+    # OpenAI chat fine-tuning JSONL; row 4 (system + assistant, no user turn) is one of the cookbook's deliberately
+    # invalid examples: there is no prompt to train on.
+    "openai_cookbook_toy_chat_fine_tuning.jsonl": ("messages", {4: ("role_order", "messages[-1]")}),
+}
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def source_rows(path: Path) -> list[dict]:
+    """The rows of a fixture, read with the standard library only."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        return data if isinstance(data, list) else [data]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def expected(row: dict) -> dict:
+    """What the record must say, from the source fields alone: system prompt, turns (role, text), reasoning."""
+    if "instruction" in row:
+        prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        return {"system": row.get("system") or "", "reasoning": None,
+                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]}
+    turns, role_key, text_key = ((row["conversations"], "from", "value") if "conversations" in row
+                                 else (row["messages"], "role", "content"))
+    system = ""
+    if turns[0][role_key] == "system":
+        system, turns = turns[0][text_key], turns[1:]
+    return {"system": system, "reasoning": None,
+            "messages": [{"role": ROLES[t[role_key]], "content": t[text_key]} for t in turns]}
+
+
+def body(record: dict) -> dict:
+    return {k: record[k] for k in ("system", "messages", "reasoning")}
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_public_file_goes_through_unchanged_in_meaning(name):
+    fmt, rejects = FILES[name]
+    path = PUBLIC / name
+    rows = source_rows(path)
+    assert 1 <= len(rows) <= 50 and path.stat().st_size < 60_000
+    assert {detect_format(r) for r in rows} == {fmt}
+
+    accepted, quarantined, report = validate_file(path, max_chars=100_000)
+
+    assert len(accepted) + len(quarantined) == len(rows) == report.rows
+    assert {q["line"]: (q["reason"], q["field"]) for q in quarantined} == rejects
+    for q in quarantined:  # the raw row is kept whole in the quarantine
+        assert json.loads(q["raw"]) == rows[q["line"] - 1]
+    assert [r["source"]["line"] for r in accepted] == [n for n in range(1, len(rows) + 1) if n not in rejects]
+    for record in accepted:
+        row = rows[record["source"]["line"] - 1]
+        assert body(record) == expected(row), f"{name} row {record['source']['line']} changed in meaning"
+
+
+def test_the_checks_can_fail():
+    """The comparison is not vacuous: a record that lost a character, a turn or the system prompt differs."""
+    row = source_rows(PUBLIC / "fastchat_dummy_conversation.json")[2]
+    accepted, _, _ = validate_file(PUBLIC / "fastchat_dummy_conversation.json", max_chars=100_000)
+    good = body(accepted[2])
+    assert good == expected(row)
+    assert len(good["messages"]) == 6
+    for broken in ({**good, "messages": good["messages"][1:]},
+                   {**good, "messages": [*good["messages"][:-1], {"role": "assistant",
+                                                                   "content": good["messages"][-1]["content"][:-1]}]},
+                   {**good, "system": "You are a helpful assistant."}):
+        assert broken != expected(row)
+
+
+def test_whitespace_and_unicode_inside_the_text_are_kept():
+    rows = source_rows(PUBLIC / "llamafactory_alpaca_zh_demo.json")
+    accepted, _, _ = validate_file(PUBLIC / "llamafactory_alpaca_zh_demo.json", max_chars=100_000)
+    art = accepted[5]["messages"][1]["content"]  # the X pattern: trailing spaces inside a code block
+    assert art == rows[5]["output"] and "*         * \n    *   * \n" in art
+    code = accepted[12]["messages"]
+    assert code[0]["content"] == "生成一个算法，找到并显示两个文本字符串之间的最长公共子串。\n\n" + rows[12]["input"]
+    assert "    # 创建一个(m+1)x(n+1)的二维数组来表示最长公共子串的长度\n" in code[1]["content"]
+    assert accepted[1]["messages"][1]["content"] == '输出： "雷霆，公牛和网队：各显神通，角逐群雄!"'
+
+
+def _containers(tmp_path):
+    """CSV and Parquet copies of two public files, built from the source rows (nothing binary is committed)."""
+    zh = source_rows(PUBLIC / "llamafactory_alpaca_zh_demo.json")
+    sg = source_rows(PUBLIC / "fastchat_dummy_conversation.json")
+    pd.DataFrame(zh).to_csv(tmp_path / "alpaca_zh.csv", index=False)
+    pd.DataFrame(zh).to_parquet(tmp_path / "alpaca_zh.parquet")
+    pd.DataFrame([{**r, "conversations": json.dumps(r["conversations"], ensure_ascii=False)} for r in sg]).to_csv(
+        tmp_path / "sharegpt.csv", index=False)
+    pd.DataFrame(sg).to_parquet(tmp_path / "sharegpt.parquet")
+    return {"alpaca_zh.csv": zh, "alpaca_zh.parquet": zh, "sharegpt.csv": sg, "sharegpt.parquet": sg}
+
+
+def test_csv_and_parquet_copies_say_the_same(tmp_path):
+    for name, rows in _containers(tmp_path).items():
+        accepted, quarantined, report = validate_file(tmp_path / name, max_chars=100_000)
+        assert (quarantined, report.rows) == ([], len(rows)), name
+        assert [body(r) for r in accepted] == [expected(r) for r in rows], name
+
+
+def test_the_whole_stage_over_the_public_folder(tmp_path):
+    result = validate(DataConfig(train_paths=[str(PUBLIC)], test_path="", replay_path=None,
+                                 allowed_roots=[str(PUBLIC)]), tmp_path / "out")
+    total = sum(len(source_rows(PUBLIC / n)) for n in FILES)
+    rejected = sum(len(r) for _, r in FILES.values())
+    assert (result.rows_in, result.quarantined) == (total, rejected)
+    assert sum(1 for _ in open(result.train, encoding="utf-8")) == total - rejected
+    reasons = sorted(json.loads(line)["reason"] for line in open(result.quarantine, encoding="utf-8"))
+    assert reasons == ["role_order", "unknown_role"]
