@@ -33,7 +33,7 @@ def run(backend: str, gpus: int, args, model_dir: Path, dataset_dir: Path, work:
 
     shape = tt.SHAPES[args.shape]
     cfg = preset(shape["preset"]).train.model_copy(update=dict(
-        backend=backend, gpus=gpus, launch="auto", max_steps=3 + args.steps, save_steps=100_000, logging_steps=1,
+        backend=backend, gpus=gpus, launch=args.launch if gpus > 1 else "auto", max_steps=3 + args.steps, save_steps=100_000, logging_steps=1,
         micro_batch_size=args.micro_batch, gradient_accumulation=args.accumulation, packing=False, eval_steps=0,
         early_stopping_patience=0))
     started = time.monotonic()
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--accumulation", type=int, default=2)
+    parser.add_argument("--launch", default="auto", help="the launch preset of the multi-GPU runs: auto (ddp), ddp, fsdp")
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps after 3 warm-up steps")
     parser.add_argument("--work", default="/tmp/bench-scaling")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
