@@ -33,7 +33,8 @@ def run(backend: str, gpus: int, args, model_dir: Path, dataset_dir: Path, work:
 
     shape = tt.SHAPES[args.shape]
     cfg = preset(shape["preset"]).train.model_copy(update=dict(
-        backend=backend, gpus=gpus, launch=args.launch if gpus > 1 else "auto", max_steps=3 + args.steps, save_steps=100_000, logging_steps=1,
+        backend=backend, gpus=gpus, launch=args.launch if gpus > 1 else "auto", max_steps=3 + args.steps,
+        save_steps=100_000, logging_steps=1,
         micro_batch_size=args.micro_batch, gradient_accumulation=args.accumulation, packing=False, eval_steps=0,
         early_stopping_patience=0))
     started = time.monotonic()
@@ -98,12 +99,14 @@ def main() -> None:
     lines = ["", f"{'backend':8} {'GPUs':>4} {'launch':7} {'micro x acc x ranks':>20} {'tokens/s':>10} {'speed-up':>9} "
                  f"{'efficiency':>10}"]
     for r in results:
-        speedup = r["steady_tokens_per_s"] / base["steady_tokens_per_s"] if base else None
+        # no steady rate where a run resumed a finished checkpoint (a warm machine's work folder) or had < 4 steps
+        timed = base and base["steady_tokens_per_s"] and r["steady_tokens_per_s"]
+        speedup = r["steady_tokens_per_s"] / base["steady_tokens_per_s"] if timed else None
         r["speedup_over_1gpu"] = round(speedup, 3) if speedup else None
         r["scaling_efficiency"] = round(speedup / r["gpus"], 3) if speedup else None
         lines.append(f"{r['backend']:8} {r['gpus']:4} {r['launch']:7} "
                      f"{r['micro_batch']:>8} x {r['accumulation_per_rank']} x {r['processes']:<5} "
-                     f"{r['steady_tokens_per_s']:10.0f} {speedup or 0:8.2f}x {r['scaling_efficiency'] or 0:10.1%}")
+                     f"{r['steady_tokens_per_s'] or 0:10.0f} {speedup or 0:8.2f}x {r['scaling_efficiency'] or 0:10.1%}")
     print("\n".join(lines + [f"errors: {errors}" if errors else ""]), flush=True)
     summary = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    device_count=torch.cuda.device_count(), torch=torch.__version__, shape=args.shape,
