@@ -15,9 +15,9 @@ schedule with warm-up as a ratio, gradient accumulation, 8-bit AdamW on CUDA (``
 
 Checkpoints land every ``save_steps`` in ``checkpoints/<inputs key>/`` and are marked complete only after the
 trainer finished writing them; a rerun with the same inputs (a Prefect retry after a crash or kill) resumes from the
-last complete one (weights, optimizer, scheduler, RNG and data position) and deletes any half-written one. On CUDA
-out-of-memory the micro-batch is halved and gradient accumulation doubled (same effective batch), down to
-``min_micro_batch_size``, and the run summary says so.
+last complete one (weights, optimizer, scheduler, RNG and data position) and deletes any half-written one; one saved
+at the last step is published as it is, without training again. On CUDA out-of-memory the micro-batch is halved and
+gradient accumulation doubled (same effective batch), down to ``min_micro_batch_size``, and the run summary says so.
 """
 
 from __future__ import annotations
@@ -521,6 +521,8 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     trainer, tokenizer = build_trainer(spec.backend, train_rows, eval_rows, spec.model_dir, spec.model_cfg, cfg,
                                        spec.max_seq_length, Path(spec.checkpoint_dir), spec.micro_batch,
                                        spec.accumulation, callbacks, spec.trainer_args, spec.quant_storage)
+    if spec.resume and (finished := _finished_state(Path(spec.resume))):
+        return _publish_finished(trainer, tokenizer, spec, finished, progress_hook)
     counter = TokenCounter(trainer.model)
     timer = _steady_timer(counter, skip_steps=3)
     trainer.add_callback(timer)
@@ -537,6 +539,47 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
         steps=trainer.state.global_step, epochs=round(output.metrics.get("epoch", 0.0), 3),
         train_loss=output.training_loss, losses=[h["loss"] for h in history if "loss" in h],
         seconds=round(seconds, 1), tokens=tokens, steady_tokens_per_second=round(steady, 1) if steady else None,
+        log_history=history,
+    )
+
+
+def _finished_state(checkpoint: Path) -> dict | None:
+    """The checkpoint's trainer state when it was saved at the run's last step (the task died after the final save,
+    before it returned), else None."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    # Needs the adapter as a file (FSDP's sharded state dict keeps none): otherwise resume as before.
+    if state["global_step"] >= state["max_steps"] and (checkpoint / "adapter_model.safetensors").exists():
+        return state
+    return None
+
+
+def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_hook=None) -> FitOutcome:
+    """Publish a finished checkpoint instead of resuming from it: transformers' resume runs the rest of the current
+    epoch's loop before it checks for the end, so it would train one step past max_steps."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    checkpoint = Path(spec.resume)
+    best = state.get("best_model_checkpoint")
+    if trainer.args.load_best_model_at_end and best and Path(best, "adapter_model.safetensors").exists():
+        checkpoint = Path(best)  # what a run that had not died would have published
+    log.info("%s already reached step %d of %d: publishing %s without training", spec.resume,
+             state["global_step"], state["max_steps"], checkpoint)
+    loaded = set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
+    if loaded.unexpected_keys:
+        raise RuntimeError(f"{checkpoint}: adapter weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
+    publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), trainer.is_world_process_zero())
+    history = state["log_history"]
+    logged = [h for h in history if "loss" in h]
+    if progress_hook:
+        for item in logged:
+            progress_hook(item["step"], state["max_steps"], item)
+    # Each logged loss is the mean over the steps since the previous log: weight by them for the run's mean.
+    spans = [h["step"] - before for h, before in zip(logged, [0] + [h["step"] for h in logged])]
+    return FitOutcome(
+        steps=state["global_step"], epochs=round(state["epoch"], 3),
+        train_loss=sum(h["loss"] * n for h, n in zip(logged, spans)) / max(sum(spans), 1),
+        losses=[h["loss"] for h in logged], seconds=0.0, tokens=0, steady_tokens_per_second=None,
         log_history=history,
     )
 

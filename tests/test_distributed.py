@@ -6,6 +6,7 @@ NCCL (tests/test_gpu.py runs that on a 2-GPU machine), small enough for CI.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,18 @@ def test_ddp_over_two_processes_trains_like_one_process_and_rank_zero_writes_one
     last = max((train_dir / "checkpoints").glob("*/checkpoint-6"))
     assert {p.name for p in last.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
     assert (last / "checkpoint-complete.json").exists()
+
+    # The task died after the final checkpoint, before it returned: the rerun publishes that checkpoint through the
+    # ranks (no step past max_steps, which transformers' resume would train at a mid-epoch end).
+    from safetensors.torch import load_file
+
+    shutil.rmtree(train_dir / "adapter")
+    again = finish(start(small_dataset, train_dir, processes=2, steps=6))
+    assert (again["steps"], again["resumed_from"]) == (6, str(last))
+    assert not list((train_dir / "checkpoints").glob("*/checkpoint-7"))
+    published = load_file(train_dir / "adapter" / "adapter_model.safetensors")
+    saved = load_file(last / "adapter_model.safetensors")
+    assert published.keys() == saved.keys() and all(published[k].equal(saved[k]) for k in saved)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,3 +147,38 @@ def test_two_trainings_on_one_run_directory_do_not_interleave(small_dataset, tmp
     finally:
         result = finish(first)
     assert result["steps"] == 12 and result["resumed_from"] is None  # the first run was not disturbed
+
+
+@pytest.mark.slow
+def test_rerun_after_the_final_checkpoint_publishes_it_without_training_past_max_steps(small_dataset, tmp_path):
+    """The task died after the trainer saved checkpoint-<max_steps> but before the adapter was published (or the same
+    training ran again on a kept work folder). 120 rows at 8 a step: 15 steps an epoch, so max_steps=6 ends mid-epoch,
+    where transformers' resume would run one more step (the epoch loop trains before it checks for the end)."""
+    from safetensors.torch import load_file
+
+    from tasks.config import TrainConfig, preset
+    from tasks.model import resolve_model
+    from tasks.train import train
+
+    cfg = preset("tiny")
+    train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": 6, "save_steps": 3, "logging_steps": 1,
+                               "micro_batch_size": 8, "learning_rate": 3e-3})
+    model_dir = resolve_model(cfg.model, cfg.cache_dir)
+    out = tmp_path / "train"
+    first = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
+    assert first.steps == 6 and first.resumed_from is None
+    [final] = (out / "checkpoints").glob("*/checkpoint-6")
+    shutil.rmtree(out / "adapter")  # the task died while publishing it
+
+    again = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
+    assert again.resumed_from == str(final)
+    assert again.steps == 6 and again.train_loss == pytest.approx(first.train_loss)
+    history = json.loads(Path(again.log_history).read_text())
+    assert max(h["step"] for h in history) == 6
+    assert [h["loss"] for h in history if "loss" in h] == pytest.approx(
+        [h["loss"] for h in json.loads(Path(first.log_history).read_text()) if "loss" in h])
+    assert not list((out / "checkpoints").glob("*/checkpoint-7"))
+    published = load_file(out / "adapter" / "adapter_model.safetensors")
+    saved = load_file(final / "adapter_model.safetensors")
+    assert published.keys() == saved.keys()
+    assert all(published[k].equal(saved[k]) for k in saved)
