@@ -40,7 +40,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from pydantic import BaseModel
 
 from tasks.config import ModelConfig, TokenizeConfig, TrainConfig
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, PermanentError
 from tasks.io import atomic_dir, exclusive_dir, write_json
 from tasks.orchestration import stage_options
 
@@ -591,8 +591,15 @@ def publish_adapter(trainer, tokenizer, adapter_dir: Path, is_rank_zero: bool) -
     if is_rank_zero and staging.exists():
         shutil.rmtree(staging)
     _barrier()
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # With the preset's SHARDED_STATE_DICT (right for checkpoints) save_model writes no adapter weights at all;
+        # gather the full LoRA state on rank 0 for the adapter instead.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(staging))
     if is_rank_zero:
+        if not any(staging.glob("adapter_model.*")):
+            raise PermanentError(f"saving the adapter wrote no adapter weights into {staging} "
+                                 f"(found: {sorted(p.name for p in staging.iterdir())})")
         tokenizer.save_pretrained(staging)
         with atomic_dir(adapter_dir) as tmp:
             tmp.rmdir()
