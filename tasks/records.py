@@ -11,8 +11,11 @@ A record is a plain dict (cheap to stream as JSON lines)::
 
 Formats recognized (detected per row from its keys): the seed's ``{"instruction", "output"}``; Alpaca (``input`` appended to the instruction);
 ShareGPT ``{"conversations": [{"from", "value"}]}``; OpenAI-style ``{"messages": [{"role", "content"}]}``;
-``{"prompt", "completion"}``. Reasoning is read from a ``reasoning``/``think``/``thinking`` field or from an inline
-``<think>...</think>`` block at the start of the last assistant turn.
+``{"prompt", "completion"}``. A conversation's system prompt is its first turn or a top-level ``system`` field; a
+turn's content is a string or a list of typed parts (text and reasoning parts; ``text`` or ``value`` holds the text).
+The last assistant turn's reasoning is read from a ``reasoning``/``think``/``thinking``/``reasoning_content`` field of
+the row or of that turn, a reasoning part, or an inline ``<think>...</think>`` block at the start of its content;
+two different texts for it refuse the row.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tasks.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                 "bot": "assistant", "system": "system"}
 REASONING_FIELDS = ("reasoning", "think", "thinking", "reasoning_content")
+REASONING_PARTS = ("reasoning", "thinking")  # typed content parts that hold a turn's reasoning
 # C0/C1 control characters other than tab, newline and carriage return.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Lone UTF-16 surrogates: valid in JSON escapes ("\\ud800") and in Python strings, but not encodable as UTF-8.
@@ -149,6 +153,7 @@ def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> st
 
 
 def _turns(items: Any, field: str, role_key: str, content_key: str, max_chars: int) -> list[dict]:
+    """The turns, each {"role", "content"} plus "reasoning" where the turn carries its own (see _content)."""
     if not isinstance(items, list) or not items:
         raise RecordError("wrong_type", field, f"field '{field}' must be a non-empty list of turns")
     turns = []
@@ -159,8 +164,48 @@ def _turns(items: Any, field: str, role_key: str, content_key: str, max_chars: i
         role = ROLE_ALIASES.get(str(item.get(role_key, "")).lower())
         if role is None:
             raise RecordError("unknown_role", f"{name}.{role_key}", f"{name} has unknown role {item.get(role_key)!r}")
-        turns.append({"role": role, "content": _text(item, content_key, max_chars=max_chars)})
+        content, reasoning = _content(item, name, content_key, max_chars)
+        # The DeepSeek API shape: the assistant message carries its reasoning beside its content.
+        for key in REASONING_FIELDS:
+            if item.get(key) is not None:
+                reasoning = _agree(reasoning, _text(item, key, max_chars=max_chars), f"{name}.{key}")
+        if reasoning is not None and role != "assistant":
+            raise RecordError("unsupported_content", name, f"{name} is a {role} turn with reasoning")
+        turns.append({"role": role, "content": content} | ({"reasoning": reasoning} if reasoning is not None else {}))
     return turns
+
+
+def _content(item: dict, name: str, content_key: str, max_chars: int) -> tuple[str, str | None]:
+    """(text, reasoning) of one turn. Content is a string, or a list of typed parts (OpenAI's {"type", "text"},
+    LLaMA-Factory's {"type", "value"}): text parts are joined as OpenAI joins them (with nothing between), reasoning
+    or thinking parts are the turn's reasoning. Any other part (an image, a tool call) cannot be trained as text: the
+    row is refused rather than trained without it."""
+    parts, whole = item.get(content_key), f"{name}.{content_key}"
+    if not isinstance(parts, list):
+        return _text({whole: parts}, whole, max_chars=max_chars), None
+    texts, reasoning = [], None
+    for j, part in enumerate(parts):
+        where = f"{name}.{content_key}[{j}]"
+        if not isinstance(part, dict):
+            raise RecordError("wrong_type", where, f"{where} must be an object with a 'type'")
+        kind = part.get("type")
+        key = "text" if "text" in part else "value"
+        if kind == "text":
+            texts.append(_text({where: part.get(key)}, where, required=False, max_chars=max_chars))
+        elif kind in REASONING_PARTS:
+            reasoning = _agree(reasoning, _text({where: part.get(key)}, where, max_chars=max_chars), where)
+        else:
+            raise RecordError("unsupported_content", f"{where}.type",
+                              f"{where} is a {kind!r} part; only text and reasoning parts can be trained")
+    return _text({whole: "".join(texts)}, whole, max_chars=max_chars), reasoning
+
+
+def _agree(known: str | None, found: str, field: str) -> str:
+    """One reasoning text from two places: the same text, or the row is refused (never pick one silently)."""
+    if known is not None and known != found:
+        raise RecordError("conflicting_reasoning", field, f"'{field}' differs from the reasoning given elsewhere "
+                          "for the same turn")
+    return found
 
 
 def _check_order(messages: list[dict], field: str) -> None:
@@ -193,19 +238,25 @@ def normalize(row: Any, max_chars: int = 100_000) -> dict:
         key = "conversations" if fmt == "sharegpt" else "messages"
         role_key, content_key = ("from", "value") if fmt == "sharegpt" else ("role", "content")
         messages = _turns(row[key], key, role_key, content_key, max_chars)
+        # OpenThoughts / Bespoke-Stratos keep the system prompt beside the turns, others as the first turn.
+        system = _text(row, "system", required=False, max_chars=max_chars)
         if messages[0]["role"] == "system":
-            system = messages.pop(0)["content"]
+            first = messages.pop(0)["content"]
+            if system and system != first:
+                raise RecordError("conflicting_system", "system",
+                                  f"field 'system' differs from the system turn {key}[0]")
+            system = first
         field = f"{key}[-1]"
     _check_order(messages, field)
 
     answer_turn = messages[-1]
-    reasoning = None
+    reasoning = answer_turn.pop("reasoning", None)
     for name in REASONING_FIELDS:
         if name in row and row[name] is not None:
-            reasoning = _text(row, name, max_chars=max_chars)
+            reasoning = _agree(reasoning, _text(row, name, max_chars=max_chars), name)
     inline, answer = split_reasoning(answer_turn["content"])
     if inline is not None:
-        reasoning = inline
+        reasoning = _agree(reasoning, inline, field)
     elif THINK_OPEN in answer_turn["content"] or THINK_CLOSE in answer_turn["content"]:
         raise RecordError("unclosed_think", field, f"'{field}' has an unbalanced <think> block")
     if reasoning is not None and not reasoning.strip():
@@ -215,6 +266,7 @@ def normalize(row: Any, max_chars: int = 100_000) -> dict:
     answer_turn["content"] = answer
     # Earlier assistant turns keep only their answers, as the R1 template shows them.
     for turn in messages[:-1]:
+        turn.pop("reasoning", None)
         if turn["role"] == "assistant":
             turn["content"] = split_reasoning(turn["content"])[1]
     return {"system": system, "messages": messages, "reasoning": reasoning}

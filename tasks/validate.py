@@ -19,7 +19,9 @@ cap (the error says to use JSON lines).
 Checks, each with a stable reason code in the quarantine and in the per-file report: line_too_long, invalid_utf8 (bad
 bytes or lone surrogates), invalid_json, invalid_csv (unparsable, or more cells than the header), not_an_object,
 unknown_format, missing_field, wrong_type, empty_field, control_character, field_too_long, unknown_role, role_order,
-unclosed_think, empty_reasoning, empty_answer, schema (the record model in tasks/records.py). Token length against
+unsupported_content (an image or tool-call part), conflicting_system, conflicting_reasoning (two different texts
+for one turn's reasoning or the system prompt: never one picked silently), unclosed_think, empty_reasoning,
+empty_answer, schema (the record model in tasks/records.py). Token length against
 ``tokenize.max_seq_length`` needs the model's tokenizer, so it is enforced by the tokenize stage (policy
 ``tokenize.truncation``: drop -> ``runs/<run>/tokenize/<split>/quarantine.jsonl`` with reason ``too_long``, truncate
 -> counted in its audit, fail -> the stage fails); here only ``max_field_chars`` bounds the length. Duplicates and
