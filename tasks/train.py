@@ -46,6 +46,7 @@ from tasks.orchestration import stage_options
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "checkpoint-complete.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft writes for a LoRA adapter (checkpoints too)
 
 
 class TrainResult(BaseModel):
@@ -548,7 +549,7 @@ def _finished_state(checkpoint: Path) -> dict | None:
     before it returned), else None."""
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     # Needs the adapter as a file (FSDP's sharded state dict keeps none): otherwise resume as before.
-    if state["global_step"] >= state["max_steps"] and (checkpoint / "adapter_model.safetensors").exists():
+    if state["global_step"] >= state["max_steps"] and (checkpoint / ADAPTER_WEIGHTS).exists():
         return state
     return None
 
@@ -561,7 +562,7 @@ def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_h
 
     checkpoint = Path(spec.resume)
     best = state.get("best_model_checkpoint")
-    if trainer.args.load_best_model_at_end and best and Path(best, "adapter_model.safetensors").exists():
+    if trainer.args.load_best_model_at_end and best and Path(best, ADAPTER_WEIGHTS).exists():
         checkpoint = Path(best)  # what a run that had not died would have published
     log.info("%s already reached step %d of %d: publishing %s without training", spec.resume,
              state["global_step"], state["max_steps"], checkpoint)
