@@ -283,7 +283,7 @@ def tree_digest(root: Path) -> tuple[str, int, int]:
 
 
 def bench_config(manifest: dict, kind: str, workers: int, shard_rows: int):
-    from tasks.config import preset
+    from r1lib.config import preset
 
     config = preset("tiny")
     config.data.train_paths, config.data.test_path, config.data.replay_path = manifest["files"], manifest["test"], None
@@ -344,9 +344,9 @@ def baseline(args: tuple) -> dict:
 
     from datasets import Dataset, disable_caching
 
-    from tasks.chat_template import completion_text
-    from tasks.io import iter_jsonl
-    from tasks.model import load_tokenizer
+    from r1lib.chat_template import completion_text
+    from r1lib.io import iter_jsonl
+    from r1lib.models import load_tokenizer
 
     disable_caching()
     records_path, model_dir, limit = args
@@ -414,8 +414,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    from tasks.config import RunnerConfig, preset
-    from tasks.model import resolve_model
+    from r1lib.config import RunnerConfig, preset
+    from tasks.resolve_model import resolve_model
 
     data_dir = ROOT / ".cache" / "data_throughput" / str(args.rows)
     t0 = time.perf_counter()

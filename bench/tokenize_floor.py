@@ -33,9 +33,9 @@ TARGET_INPUT_ROWS_PER_S = 20_000
 def main() -> None:
     import orjson
 
-    from tasks.chat_template import completion_text
-    from tasks.config import preset
-    from tasks.model import resolve_model
+    from r1lib.chat_template import completion_text
+    from r1lib.config import preset
+    from tasks.resolve_model import resolve_model
     from tasks.tokenize import _direct_backend, _load_tokenizer, render_prompts
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
 RESULTS = ROOT / "bench" / "results" / "tokenize_throughput.json"
-STREAM_CHUNK = 2_000  # rows an augment/debias shard holds at once (tasks/shards.py CHUNK)
+STREAM_CHUNK = 2_000  # rows an augment/debias shard holds at once (r1lib/shards.py CHUNK)
 
 NAMES = [("Tom", "he", "his"), ("Ann", "she", "her"), ("My brother", "he", "his"), ("The king", "he", "his"),
          ("Maria", "she", "her"), ("The boy", "he", "his"), ("A student", "they", "their"), ("She", "she", "her")]
@@ -88,9 +88,9 @@ def base_row(rng: random.Random) -> dict:
 def make_rows(n_base: int, seed: int = 0, base: list[dict] | None = None) -> list[dict]:
     """Tokenize-stage input: base records (generated, or ``base``) -> augment.expand -> debias.debias_rows."""
     from tasks.augment import expand, load_templates
-    from tasks.config import AugmentConfig, DebiasConfig
+    from r1lib.config import AugmentConfig, DebiasConfig
     from tasks.debias import TermPairs, compile_terms, debias_rows, load_blocklist
-    from tasks.records import make_record, normalize
+    from r1lib.records import make_record, normalize
 
     rng = random.Random(seed)
     if base is None:
@@ -125,7 +125,7 @@ def time_parts(tokenizer, rows: list[dict], batched, repeat: int) -> dict:
     """Where encode_batch's CPU time goes (best of ``repeat``): the template (render_prompts), the tokenizer
     (encode_texts: the Rust call) and the rest (Python: texts, dedup, assembling the rows)."""
     import tasks.tokenize as tk
-    from tasks.config import TokenizeConfig
+    from r1lib.config import TokenizeConfig
 
     spent = {"render": 0.0, "tokenizer": 0.0}
     originals = tk.render_prompts, tk.encode_texts
@@ -173,9 +173,9 @@ def main() -> None:
     import tokenizers
     import transformers
 
-    from tasks.chat_template import chat_renderer
-    from tasks.config import TokenizeConfig
-    from tasks.embedded import build_tokenizer
+    from r1lib.chat_template import chat_renderer
+    from r1lib.config import TokenizeConfig
+    from r1lib.embedded import build_tokenizer
     from tasks.tokenize import CHUNK_ROWS, IdsCache, encode_batch, encode_row, tokenize_records
 
     tokenizer = build_tokenizer()

@@ -5,7 +5,7 @@
 
 Models are built from their configs with random weights (no download; speed and memory do not depend on the values)
 and saved once, in bf16, to a scratch directory; every measured configuration then loads a *fresh* 4-bit model from
-there through the project's own path: ``tasks.train.build_trainer`` (``load_unsloth`` / ``load_hf`` +
+there through the project's own path: ``r1lib.training.backends.build_trainer`` (``load_unsloth`` / ``load_hf`` +
 ``sft_config`` + TRL ``SFTTrainer``, 8-bit AdamW, bf16, cosine + warm-up), exactly what ``tasks.train.train`` runs.
 
 Suites
@@ -217,8 +217,9 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from tasks.config import ModelConfig, preset
-    from tasks.train import TokenCounter, build_trainer
+    from r1lib.config import ModelConfig, preset
+    from r1lib.training.backends import build_trainer
+    from r1lib.training.fit import TokenCounter
 
     shape = SHAPES[spec["shape"]]
     seq = spec["seq"]
@@ -292,11 +293,11 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
 
 def plain_hf_trainer(dataset, model_dir, model_cfg, cfg, seq, output_dir, micro_batch, accumulation, callbacks):
     """The peers' plain baseline (transformers + bitsandbytes NF4 + peft, as in ../shared/gpu/README.md): the same
-    4-bit + LoRA model as the HF backend (tasks.train.load_hf) and the same settings, but transformers' own Trainer
+    4-bit + LoRA model as the HF backend (r1lib.training.backends.load_hf) and the same settings, but transformers' own Trainer
     and the model's own loss, which builds the full-vocabulary logits (upcast to fp32) instead of TRL's fused head."""
     from transformers import Trainer, default_data_collator
 
-    from tasks.train import load_hf, sft_config
+    from r1lib.training.backends import load_hf, sft_config
 
     model, _ = load_hf(model_dir, model_cfg, cfg)
     args = sft_config(cfg, output_dir, seq, micro_batch, accumulation, False, "hf")
@@ -366,7 +367,7 @@ def matmul_peak() -> float:
 
 
 def plan(args, model_dirs: dict) -> dict[str, list[dict]]:
-    from tasks.config import preset
+    from r1lib.config import preset
 
     specs = {"hf": [], "unsloth": []}
     for shape in args.shapes:

@@ -23,13 +23,13 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
-from tasks.config import PipelineConfig, RunnerConfig
+from r1lib.compat import start_local_prefect_server
+from r1lib.config import PipelineConfig, RunnerConfig
 from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
 from tasks.dedup import (dedup_keys_task, dedup_merge_task, dedup_plan_task, dedup_write_task, passthrough_parts,
                          passthrough_report)
-from tasks.errors import ConfigError
-from tasks.paths import check_config_paths
-from tasks.shards import Shard
+from r1lib.errors import ConfigError
+from r1lib.paths import check_config_paths
 from tasks.tokenize import TokenizedData, tokenize_merge_task, tokenize_shard_task
 from tasks.validate import ValidatedData, data_inputs, validate_input_task, validate_merge_task
 
@@ -77,11 +77,7 @@ def api_url() -> str:
 
     if url := PREFECT_API_URL.value():
         return url
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    return server.api_url
+    return start_local_prefect_server()
 
 
 def _map(task, limit: int | None, **arguments):

@@ -21,12 +21,12 @@ from pydantic import BeforeValidator
 
 from flows.data import run_data_stages
 from tasks.card import card_task
-from tasks.config import PRESETS, PipelineConfig, preset
+from r1lib.config import PRESETS, PipelineConfig, preset
 from tasks.evaluate import evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
-from tasks.model import resolve_model_task
-from tasks.orchestration import gpu_slot
-from tasks.paths import check_config_paths
+from tasks.resolve_model import resolve_model_task
+from r1lib.policy import gpu_slot
+from r1lib.paths import check_config_paths
 from tasks.smoke import smoke_task
 from tasks.summary import render, summary_task
 from tasks.train import train_task
@@ -67,7 +67,7 @@ def finetune(config: PresetConfig = preset("tiny")) -> dict:
     """validate -> dedup -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> merge -> GGUF -> quantize
     -> smoke. The data stages are task maps over shards (flows/data.py), on the task runner ``config.runner`` names.
 
-    Every stage's result is cached on its inputs, its code and its input files (tasks/orchestration.py), so a retry
+    Every stage's result is cached on its inputs, its code and its input files (r1lib/policy.py), so a retry
     of a failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu``
     global concurrency limit: two runs never share one GPU.
     """

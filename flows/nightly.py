@@ -35,10 +35,10 @@ from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
 from flows.finetune import PresetConfig, expand_preset, finetune
-from tasks.config import PipelineConfig, preset
-from tasks.errors import ConfigError
-from tasks.orchestration import gpu_slot, stage_options
-from tasks.registry import Registry, code_version
+from r1lib.config import PipelineConfig, preset
+from r1lib.errors import ConfigError
+from r1lib.policy import gpu_slot, stage_options
+from r1lib.registry import Registry, code_version
 
 DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 LOWER_IS_BETTER = {"perplexity"}
@@ -151,7 +151,7 @@ def snapshot_task(files: list[DropFile], registry_dir: str) -> list[dict]:
     """Copy each new drop file into the registry, verified by its sha256, so the drop may be cleaned later."""
     import fsspec
 
-    from tasks.io import atomic_path, sha256_file
+    from r1lib.io import atomic_path, sha256_file
 
     registry, stored = Registry(registry_dir), []
     for f in files:

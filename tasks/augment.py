@@ -27,17 +27,17 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.config import AugmentConfig
-from tasks.errors import ConfigError
-from tasks.io import iter_jsonl, write_json
-from tasks.orchestration import stage_options
-from tasks.records import content_key
-from tasks.shards import JsonlWriter, Shard, chunked
+from r1lib.config import AugmentConfig
+from r1lib.errors import ConfigError
+from r1lib.io import iter_jsonl, write_json
+from r1lib.policy import stage_options
+from r1lib.records import content_key
+from r1lib.shards import JsonlWriter, Shard, chunked
 
 
 class AugmentedData(BaseModel):
     shards: list[Shard]  # the augmented training rows, in shard order
-    report: str  # every file a result names is checked by the stage cache (tasks/orchestration.py)
+    report: str  # every file a result names is checked by the stage cache (r1lib/policy.py)
     rows_in: int
     rows_out: int
     origins: dict[str, int]

@@ -20,10 +20,10 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.chat_template import ASSISTANT, BOS, EOS, USER
-from tasks.config import PipelineConfig
-from tasks.io import atomic_path, sha256_file, write_text
-from tasks.orchestration import stage_options
+from r1lib.chat_template import ASSISTANT, BOS, EOS, USER
+from r1lib.config import PipelineConfig
+from r1lib.io import atomic_path, sha256_file, write_text
+from r1lib.policy import stage_options
 
 PREFERRED = ("Q4_K_M", "Q5_K_M", "Q8_0")
 FULL_PRECISION = ("F16", "BF16", "F32")

@@ -25,12 +25,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
-from tasks.config import DebiasConfig
-from tasks.errors import ConfigError, DataValidationError
-from tasks.io import concat_files, iter_jsonl, write_json
-from tasks.orchestration import stage_options
-from tasks.records import content_key
-from tasks.shards import JsonlWriter, Shard, chunked
+from r1lib.config import DebiasConfig
+from r1lib.errors import ConfigError, DataValidationError
+from r1lib.io import concat_files, iter_jsonl, write_json
+from r1lib.policy import stage_options
+from r1lib.records import content_key
+from r1lib.shards import JsonlWriter, Shard, chunked
 
 log = logging.getLogger(__name__)
 

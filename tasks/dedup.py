@@ -42,11 +42,12 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks.config import DedupConfig
-from tasks.errors import DataValidationError
-from tasks.io import atomic_path, concat_files, iter_jsonl, write_json
-from tasks.orchestration import stage_options
-from tasks.shards import Shard, JsonlWriter, chunked
+from r1lib.compat import lsh_optimal_params, minhash_fmix
+from r1lib.config import DedupConfig
+from r1lib.errors import DataValidationError
+from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
+from r1lib.policy import stage_options
+from r1lib.shards import Shard, JsonlWriter, chunked
 
 _WS_RE = re.compile(r"\s+")
 # A word is a run of word characters, except that CJK characters (written without spaces) are one word each.
@@ -102,9 +103,7 @@ def is_test_item(record: dict, fraction: float, salt: str) -> bool:
 @functools.lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) minimizing false positives + negatives, as datasketch.MinHashLSH chooses them."""
-    from datasketch.lsh import _optimal_param
-
-    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+    return lsh_optimal_params(threshold, num_perm)
 
 
 class MinHasher:
@@ -112,12 +111,11 @@ class MinHasher:
 
     def __init__(self, num_perm: int = 64, ngram: int = 3, seed: int = 1):
         from datasketch import MinHash
-        from datasketch.minhash import _fmix
 
         self.num_perm, self.ngram = num_perm, ngram
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
         self.a, self.b = np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
-        self._fmix = _fmix
+        self._fmix = minhash_fmix()
         self._token_hash: dict[str, int] = {}
 
     def _tokens(self, text: str) -> list[int]:

@@ -24,12 +24,12 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
-from tasks.config import EvalConfig, ModelConfig, TokenizeConfig
-from tasks.errors import PermanentError
-from tasks.io import read_jsonl, write_json, write_jsonl
-from tasks.orchestration import stage_options
-from tasks.records import answer_of
+from r1lib.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
+from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
+from r1lib.errors import PermanentError
+from r1lib.io import read_jsonl, write_json, write_jsonl
+from r1lib.policy import stage_options
+from r1lib.records import answer_of
 from tasks.tokenize import render_prompt
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def answer_nll(model, dataset_dir: str, batch_size: int, max_rows: int | None = 
     import torch
     from datasets import load_from_disk
 
-    from tasks.model import answer_token_nll
+    from r1lib.models import answer_token_nll
 
     rows = load_from_disk(dataset_dir)
     if max_rows is not None:
@@ -248,7 +248,7 @@ def evaluate(model_dir: str, adapter_dir: str, test_records: str, test_dataset: 
              model_cfg: ModelConfig, cfg: EvalConfig, tokenize_cfg: TokenizeConfig, out_dir: Path) -> Evaluation:
     from peft import PeftModel
 
-    from tasks.model import load_causal_lm, load_tokenizer
+    from r1lib.models import load_causal_lm, load_tokenizer
 
     records = read_jsonl(Path(test_records))[: cfg.max_examples]
     tokenizer = load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)

@@ -24,11 +24,12 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
-from tasks.config import ModelConfig
-from tasks.errors import ExportCheckError
-from tasks.io import atomic_dir, atomic_path
-from tasks.orchestration import stage_options
+from r1lib.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
+from r1lib.compat import forget_quantized_loading
+from r1lib.config import ModelConfig
+from r1lib.errors import ExportCheckError
+from r1lib.io import atomic_dir, atomic_path
+from r1lib.policy import stage_options
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tasks.model import is_prequantized, load_causal_lm, load_tokenizer
+    from r1lib.models import is_prequantized, load_causal_lm, load_tokenizer
 
     if is_prequantized(model_dir):
         log.info("base checkpoint is pre-quantized: dequantizing it before merging")
@@ -91,25 +92,6 @@ def check_unquantized(model) -> None:
     bad += [name for name, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
     if bad:
         raise ExportCheckError(f"merged model still has quantized weights/modules: {bad[:5]}")
-
-
-def forget_quantized_loading(model) -> None:
-    """Drop the 4-bit deserialization that transformers remembers from ``from_pretrained`` (it would try, and fail,
-    to re-quantize the now full-precision weights on save)."""
-    conversions = getattr(model, "_weight_conversions", None)
-    if conversions:
-        model._weight_conversions = [
-            c for c in conversions
-            if not any(("Deserialize" in type(op).__name__ or "Quantiz" in type(op).__name__)
-                       for op in getattr(c, "operations", None) or [])
-        ]
-    if hasattr(model, "is_quantized"):
-        try:
-            model.is_quantized = False
-        except AttributeError:
-            pass
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
 
 
 def clean_stale_tmp(path: Path) -> list[Path]:

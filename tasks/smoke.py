@@ -12,7 +12,7 @@ tokens/s.
 Parity, two ways:
 - greedy tokens: the F16 GGUF's greedy tokens (no penalties) must equal the HF merged model's for the same prompt;
 - perplexity: each GGUF's perplexity on held-out rows, over the answer tokens only (the HF definition,
-  ``tasks.model.answer_token_nll``), computed from llama.cpp logits of the whole token sequence (``logits_all``), beside
+  ``r1lib.models.answer_token_nll``), computed from llama.cpp logits of the whole token sequence (``logits_all``), beside
   the HF merged model's. The F16 GGUF must match HF within ``max_f16_perplexity_drift``; each quantized type's loss
   against the F16 is reported (and gated by ``max_quant_perplexity_increase`` when set).
 """
@@ -32,12 +32,12 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks.chat_template import BOS, extract_answer
-from tasks.config import SmokeConfig
-from tasks.errors import ExportCheckError
+from r1lib.chat_template import BOS, extract_answer
+from r1lib.config import SmokeConfig
+from r1lib.errors import ExportCheckError
 from tasks.export import GGUFFile, child_code, offline_env
-from tasks.io import write_json
-from tasks.orchestration import stage_options
+from r1lib.io import write_json
+from r1lib.policy import stage_options
 
 log = logging.getLogger(__name__)
 FULL_PRECISION = ("F16", "BF16", "F32")
@@ -226,7 +226,7 @@ def load_merged(merged_dir: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tasks.model import load_tokenizer
+    from r1lib.models import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, use_safetensors=True,
                                                  device_map={"": 0} if torch.cuda.is_available() else None)
@@ -259,7 +259,7 @@ def write_perplexity_rows(test_dataset: str, n_rows: int, n_ctx_limit: int, path
 def hf_perplexity(loaded, rows_path: Path) -> float:
     import torch
 
-    from tasks.model import answer_token_nll
+    from r1lib.models import answer_token_nll
 
     model, _ = loaded
     total, count = 0.0, 0

@@ -8,12 +8,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.augment import AugmentedData
-from tasks.config import PipelineConfig
+from r1lib.config import PipelineConfig
 from tasks.debias import DebiasedData
 from tasks.evaluate import Evaluation, comparison_table
 from tasks.export import GGUFFile
-from tasks.io import write_json
-from tasks.paths import resolve_roots
+from r1lib.io import write_json
+from r1lib.paths import resolve_roots
 from tasks.smoke import SmokeReport
 from tasks.tokenize import TokenizedData
 from tasks.train import TrainResult

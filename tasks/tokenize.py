@@ -3,7 +3,7 @@
 A row becomes ``prompt + completion``:
   prompt      the model's own chat template with ``add_generation_prompt=True`` (BOS, system, turns, ``<｜Assistant｜>``
               and, with the official template, ``<think>\\n``), so training sees exactly what inference sends;
-  completion  ``reasoning \\n</think>\\n\\n answer <｜end▁of▁sentence｜>`` (see tasks/chat_template.py).
+  completion  ``reasoning \\n</think>\\n\\n answer <｜end▁of▁sentence｜>`` (see r1lib/chat_template.py).
 Both are tokenized with ``add_special_tokens=False`` (the template already holds the BOS: re-adding it is the classic
 duplicate-BOS bug), and every row is checked to hold exactly one BOS, at position 0. Labels are -100 on the prompt;
 ``think_in_loss`` decides whether the reasoning is trained (keep), shown but not trained (mask) or left out (drop).
@@ -26,12 +26,13 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks.chat_template import THINK_CLOSE, THINK_OPEN, chat_renderer, completion_text
-from tasks.config import TokenizeConfig
-from tasks.errors import DataValidationError, PermanentError
-from tasks.io import atomic_dir, atomic_path, concat_files, iter_jsonl, write_json
-from tasks.orchestration import stage_options
-from tasks.shards import JsonlWriter, Shard, chunked
+from r1lib.compat import rust_tokenizer
+from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, chat_renderer, completion_text
+from r1lib.config import TokenizeConfig
+from r1lib.errors import DataValidationError, PermanentError
+from r1lib.io import atomic_dir, atomic_path, concat_files, iter_jsonl, write_json
+from r1lib.policy import stage_options
+from r1lib.shards import JsonlWriter, Shard, chunked
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -101,31 +102,13 @@ def render_prompts(tokenizer, records: list[dict], system_prompt: str = "") -> l
     return chat_renderer(tokenizer, add_generation_prompt=True).render(conversations)
 
 
-def _direct_backend(tokenizer):
-    """The Rust tokenizer that ``tokenizer(texts, add_special_tokens=False)`` would hand the texts to unchanged (no
-    subclass override, no truncation/padding set, same special-token splitting), or None."""
-    try:
-        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-        from transformers.tokenization_utils_tokenizers import TokenizersBackend
-    except ImportError:
-        return None
-    cls, backend = type(tokenizer), getattr(tokenizer, "_tokenizer", None)
-    if (not isinstance(tokenizer, TokenizersBackend) or backend is None
-            or cls.__call__ is not PreTrainedTokenizerBase.__call__
-            or cls._encode_plus is not TokenizersBackend._encode_plus or hasattr(tokenizer, "_switch_to_input_mode")
-            or backend.truncation is not None or backend.padding is not None
-            or backend.encode_special_tokens != bool(getattr(tokenizer, "split_special_tokens", False))):
-        return None
-    return backend
-
-
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     """``tokenizer(text, add_special_tokens=False)["input_ids"]`` of each text, in one batched call: straight to the
     Rust tokenizer (``encode_batch_fast``: no offsets) when that is what the call would do anyway (the first text is
     checked against the plain call), else ``tokenizer(texts)``."""
     if not texts:
         return []
-    backend = _direct_backend(tokenizer)
+    backend = rust_tokenizer(tokenizer)
     if backend is not None:
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
         ids = [e.ids for e in encode(texts, add_special_tokens=False)]
@@ -414,7 +397,7 @@ _TOKENIZER_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=2)
 def _load_tokenizer(model_dir: str):
-    from tasks.model import load_tokenizer
+    from r1lib.models import load_tokenizer
 
     return load_tokenizer(model_dir)
 

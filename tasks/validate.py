@@ -9,7 +9,7 @@ Inputs: each entry of ``data.train_paths`` / ``test_path`` / ``replay_path`` is 
 any fsspec URL; files are JSON lines, JSON (one object or an array, e.g. Alpaca), CSV or Parquet, and the row format
 (instruction/output, Alpaca, ShareGPT, OpenAI messages, prompt/completion, R1 reasoning) is detected per row. Every
 entry and every file it expands to must lie under ``data.allowed_roots`` (symlinks resolved; archives refused:
-tasks/paths.py).
+r1lib/paths.py).
 
 Memory stays bounded whatever a file holds: JSON lines and CSV records are read in blocks, and one longer than
 ``data.max_line_bytes`` is never held: it streams through a sha256 to its end and is quarantined as line_too_long
@@ -21,7 +21,7 @@ bytes or lone surrogates), invalid_json, invalid_csv (unparsable, or more cells 
 unknown_format, missing_field, wrong_type, empty_field, control_character, field_too_long, unknown_role, role_order,
 unsupported_content (an image or tool-call part), conflicting_system, conflicting_reasoning (two different texts
 for one turn's reasoning or the system prompt: never one picked silently), unclosed_think, empty_reasoning,
-empty_answer, schema (the record model in tasks/records.py). Token length against
+empty_answer, schema (the record model in r1lib/records.py). Token length against
 ``tokenize.max_seq_length`` needs the model's tokenizer, so it is enforced by the tokenize stage (policy
 ``tokenize.truncation``: drop -> ``runs/<run>/tokenize/<split>/quarantine.jsonl`` with reason ``too_long``, truncate
 -> counted in its audit, fail -> the stage fails); here only ``max_field_chars`` bounds the length. Duplicates and
@@ -49,13 +49,13 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from tasks.config import DataConfig
-from tasks.errors import DataValidationError
-from tasks.io import concat_files, write_json
-from tasks.orchestration import stage_options
-from tasks.paths import confine, resolve_roots
-from tasks.records import RecordError, check_schema, make_record, normalize
-from tasks.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
+from r1lib.config import DataConfig
+from r1lib.errors import DataValidationError
+from r1lib.io import concat_files, write_json
+from r1lib.policy import stage_options
+from r1lib.paths import confine, resolve_roots
+from r1lib.records import RecordError, check_schema, make_record, normalize
+from r1lib.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.finetune import config_from_args
-from tasks.config import PRESETS, PipelineConfig, preset
+from r1lib.config import PRESETS, PipelineConfig, preset
 
 
 def test_every_preset_validates_and_names_a_real_model():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tasks.config import preset
+from r1lib.config import preset
 from tasks.validate import ValidatedData
 
 
@@ -15,7 +15,7 @@ def test_data_stages_publish_their_reports_as_artifacts(prefect_harness, tmp_pat
     from prefect.client.schemas.sorting import ArtifactSort
 
     from flows.data import run_data_stages
-    from tasks.model import resolve_model
+    from tasks.resolve_model import resolve_model
 
     config = preset("tiny")
     config.augment.text_variants = ["question_first"]

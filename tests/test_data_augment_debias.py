@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from conftest import r1
 from tasks.augment import (augment, expand, load_templates, punctuation_variant, question_first_variant, shard_rng,
                            text_variant, whitespace_variant)
-from tasks.config import AugmentConfig, DebiasConfig
+from r1lib.config import AugmentConfig, DebiasConfig
 from tasks.debias import (TermPairs, compile_terms, counterfactual, debias, debias_file, debias_rows,
                           load_blocklist)
-from tasks.io import write_jsonl
-from tasks.records import make_record, normalize
+from r1lib.io import write_jsonl
+from r1lib.records import make_record, normalize
 
 PAIRS = TermPairs.load(Path("data/debias/term_pairs.csv"))
 
@@ -145,7 +145,7 @@ def test_debias_rows_chunks_add_up_to_the_whole_and_balance_is_measured(tmp_path
 
 
 def test_imbalance_can_fail_the_stage(tmp_path):
-    from tasks.errors import DataValidationError
+    from r1lib.errors import DataValidationError
 
     write_jsonl(tmp_path / "in.jsonl", [rec("He ran.", "He won, his dog too.", 1)])
     with pytest.raises(DataValidationError, match="unbalanced"):

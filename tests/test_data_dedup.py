@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import r1, write_lines
-from tasks.config import DataConfig, DedupConfig
+from r1lib.config import DataConfig, DedupConfig
 from tasks.dedup import (MinHasher, candidate_pairs, band_keys, dedup, dedup_files, find_duplicates, is_test_item,
                          lsh_params)
-from tasks.records import make_record, normalize
+from r1lib.records import make_record, normalize
 from tasks.validate import validate
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from conftest import r1, write_lines
-from tasks.config import DataConfig
-from tasks.errors import DataValidationError
-from tasks.io import read_jsonl, write_jsonl
-from tasks.records import RecordError, check_schema, detect_format, make_record, normalize
+from r1lib.config import DataConfig
+from r1lib.errors import DataValidationError
+from r1lib.io import read_jsonl, write_jsonl
+from r1lib.records import RecordError, check_schema, detect_format, make_record, normalize
 from tasks.validate import expand_inputs, validate, validate_file
 
 # Rows shaped like the public datasets they imitate.

@@ -5,8 +5,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.io import read_jsonl, write_jsonl
-from tasks.records import check_schema
+from r1lib.io import read_jsonl, write_jsonl
+from r1lib.records import check_schema
 from tasks.validate import validate_file
 
 text = st.text(max_size=40)  # any code point, control characters and lone surrogates included
@@ -66,7 +66,7 @@ _VALUES = st.none() | st.booleans() | st.integers(-2, 3) | st.text(max_size=18) 
        st.booleans())
 def test_schema_fast_path_never_accepts_what_pydantic_rejects(changes, start_valid):
     """check_schema's plain-Python fast path: whenever it says a record conforms, RecordSchema agrees."""
-    from tasks.records import RecordSchema, _conforms, make_record, normalize
+    from r1lib.records import RecordSchema, _conforms, make_record, normalize
 
     valid = make_record(normalize({"instruction": "q", "output": "a"}), "f", 1)
     assert _conforms(valid)

@@ -11,7 +11,7 @@ import pytest
 from prefect import flow
 
 from conftest import r1, write_lines
-from tasks.config import preset
+from r1lib.config import preset
 
 # The runs fixture: a throwaway Prefect server, two flow runs, a Dask cluster (~1.5 minutes on 2 cores).
 slow = pytest.mark.slow
@@ -38,7 +38,7 @@ def shard_task_runs(name: str) -> list:
 def runs(prefect_harness, tmp_path_factory):
     """The sample data plus planted rows whose twins lie in other shards, through both runners."""
     from flows.data import run_data_stages
-    from tasks.model import resolve_model
+    from tasks.resolve_model import resolve_model
 
     tmp = tmp_path_factory.mktemp("runners")
     rows = [json.loads(line) for line in open("data/sample/train.jsonl", encoding="utf-8")]
@@ -118,8 +118,8 @@ def test_runner_section_picks_the_task_runner():
     from prefect_dask import DaskTaskRunner
 
     from flows.data import task_runner
-    from tasks.config import RunnerConfig
-    from tasks.errors import ConfigError
+    from r1lib.config import RunnerConfig
+    from r1lib.errors import ConfigError
 
     default = task_runner(RunnerConfig(workers=3))
     assert isinstance(default, ThreadPoolTaskRunner) and default._max_workers == 3

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import TrainConfig, preset
-from tasks.errors import ConfigError
-from tasks.train import launch_plan
+from r1lib.config import TrainConfig, preset
+from r1lib.errors import ConfigError
+from r1lib.training.launcher import launch_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TRAIN_SCRIPT = """
 import sys
 from pathlib import Path
-from tasks.config import TrainConfig, preset
-from tasks.model import resolve_model
+from r1lib.config import TrainConfig, preset
+from tasks.resolve_model import resolve_model
 from tasks.train import train
 cfg = preset("tiny")
 train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": int(sys.argv[4]), "save_steps": 3,
@@ -135,7 +135,7 @@ def test_killed_ddp_training_leaves_no_orphan_rank_and_resumes(small_dataset, tm
     proc.kill()  # SIGKILL of the task's process: the ranks get SIGTERM from the kernel (PR_SET_PDEATHSIG)
     proc.wait()
     time.sleep(5)
-    ranks = subprocess.run(["pgrep", "-f", f"tasks.train {out}/launch/spec.json"], capture_output=True, text=True)
+    ranks = subprocess.run(["pgrep", "-f", f"r1lib.training.launcher {out}/launch/spec.json"], capture_output=True, text=True)
     assert ranks.stdout.strip() == "", f"orphaned ranks still running: {ranks.stdout}"
     if proc.pid:
         try:
@@ -153,7 +153,7 @@ def test_the_ddp_deployment_picks_the_ddp_preset_through_its_job_variables(monke
     import yaml
 
     from flows.finetune import expand_preset
-    from tasks.config import PipelineConfig
+    from r1lib.config import PipelineConfig
 
     deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
                       if d["name"] == "nightly-retrain-ddp")

@@ -2,8 +2,8 @@
 
 from hashlib import sha256
 
-from tasks.chat_template import R1_CHAT_TEMPLATE, extract_answer, split_reasoning
-from tasks.embedded import R1_QWEN_ADDED_TOKENS, R1_QWEN_VOCAB_SIZE
+from r1lib.chat_template import R1_CHAT_TEMPLATE, extract_answer, split_reasoning
+from r1lib.embedded import R1_QWEN_ADDED_TOKENS, R1_QWEN_VOCAB_SIZE
 
 # The text llama.cpp's converter hashes to recognise a BPE pre-tokenizer (conversion/base.py, get_vocab_base_pre).
 CHKTXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 '
@@ -50,9 +50,9 @@ def test_embedded_model_is_built_once_and_loads_as_qwen2(tmp_path):
     import json
     from pathlib import Path
 
-    from tasks.config import PipelineConfig
-    from tasks.embedded import cache_key
-    from tasks.model import resolve_model
+    from r1lib.config import PipelineConfig
+    from r1lib.embedded import cache_key
+    from tasks.resolve_model import resolve_model
 
     cfg = PipelineConfig()
     model_dir = Path(resolve_model(cfg.model, cfg.cache_dir))

@@ -21,11 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "runs" / "pytest-eval-export"
 # The shared run is rebuilt when its configuration or the code that trains it changes (export is exercised afresh
 # by the tests that need it: tests/test_export_crash.py).
-KEY_SOURCES = ["tasks/embedded.py", "tasks/model.py", "tasks/tokenize.py", "tasks/train.py", "tasks/chat_template.py"]
+KEY_SOURCES = ["r1lib/embedded.py", "r1lib/models.py", "tasks/tokenize.py", "tasks/train.py", "r1lib/training/backends.py",
+               "r1lib/training/fit.py", "r1lib/chat_template.py"]
 
 
 def fixture_config():
-    from tasks.config import preset
+    from r1lib.config import preset
 
     cfg = preset("tiny", run_name="pytest-eval-export")
     cfg.train.max_steps = 5
@@ -52,8 +53,9 @@ def _lock(path: Path):
 def shared_run() -> dict:
     """Paths of the shared small run, built on first use (validate, tokenize, 5 training steps, merge, GGUFs)."""
     from tasks.export import convert, merge, quantize
-    from tasks.io import write_json
-    from tasks.model import load_tokenizer, resolve_model
+    from r1lib.io import write_json
+    from r1lib.models import load_tokenizer
+    from tasks.resolve_model import resolve_model
     from tasks.tokenize import tokenize_file
     from tasks.train import train
     from tasks.validate import validate
@@ -122,7 +124,7 @@ def test_scores_strip_reasoning_and_check_the_r1_format():
 
 
 def test_forgetting_limit_warns_or_fails():
-    from tasks.config import EvalConfig
+    from r1lib.config import EvalConfig
     from tasks.evaluate import check_forgetting
 
     assert not check_forgetting(1.2, EvalConfig(max_forgetting_ratio=1.5))
@@ -134,7 +136,7 @@ def test_forgetting_limit_warns_or_fails():
 def test_lm_eval_is_skipped_with_a_clear_message(tmp_path):
     import importlib.util
 
-    from tasks.config import EvalConfig
+    from r1lib.config import EvalConfig
     from tasks.evaluate import lm_eval_unavailable
 
     assert lm_eval_unavailable(EvalConfig()) == "not requested"
@@ -146,7 +148,7 @@ def test_lm_eval_is_skipped_with_a_clear_message(tmp_path):
 
 
 def test_evaluate_base_vs_tuned_and_the_forgetting_gate(run, tmp_path):
-    from tasks.config import EvalConfig, ModelConfig, TokenizeConfig
+    from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
     from tasks.evaluate import Evaluation, QualityGateError, evaluate
 
     cfg = EvalConfig(max_examples=4, batch_size=4, max_new_tokens=12, repetition_penalty=1.2, no_repeat_ngram_size=3,
@@ -183,7 +185,7 @@ def _safetensors_dtypes(folder: Path) -> set[str]:
 
 
 def test_merged_model_is_full_precision_with_tokenizer_and_r1_template(run):
-    from tasks.chat_template import ASSISTANT, USER
+    from r1lib.chat_template import ASSISTANT, USER
     from tasks.export import gguf_metadata
 
     merged = Path(run["merged"])
@@ -202,9 +204,9 @@ def test_merged_model_is_full_precision_with_tokenizer_and_r1_template(run):
 def test_prequantized_base_is_dequantized_before_merging(run, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from tasks.config import ModelConfig
+    from r1lib.config import ModelConfig
     from tasks.export import check_unquantized, merge
-    from tasks.model import is_prequantized, load_causal_lm, load_tokenizer
+    from r1lib.models import is_prequantized, load_causal_lm, load_tokenizer
 
     prequantized = tmp_path / "base-bnb-4bit"  # like unsloth's -bnb-4bit uploads
     load_causal_lm(run["model_dir"], ModelConfig(), four_bit=True).save_pretrained(prequantized)
@@ -221,7 +223,7 @@ def test_prequantized_base_is_dequantized_before_merging(run, tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke(run, tmp_path_factory):
-    from tasks.config import SmokeConfig
+    from r1lib.config import SmokeConfig
     from tasks.smoke import smoke_test
 
     cfg = SmokeConfig(max_tokens=32, perplexity_rows=8, parity_tokens=16, n_threads=1)
@@ -245,8 +247,8 @@ def test_smoke_and_perplexity_parity_per_gguf(smoke):
 
 
 def test_smoke_fails_loudly_on_a_broken_gguf(run, tmp_path):
-    from tasks.config import SmokeConfig
-    from tasks.errors import ExportCheckError
+    from r1lib.config import SmokeConfig
+    from r1lib.errors import ExportCheckError
     from tasks.export import GGUFFile
     from tasks.smoke import smoke_one
 
@@ -259,7 +261,7 @@ def test_smoke_fails_loudly_on_a_broken_gguf(run, tmp_path):
 
 def test_model_card_and_modelfiles(run, smoke, tmp_path):
     from tasks.card import write_card
-    from tasks.chat_template import ASSISTANT, EOS, USER
+    from r1lib.chat_template import ASSISTANT, EOS, USER
     from tasks.evaluate import Evaluation, ModelScores
     from tasks.train import TrainResult
 

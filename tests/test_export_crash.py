@@ -125,7 +125,7 @@ def test_export_runs_offline_without_network(run, child_env, tmp_path):
     proc = _driver(f'''
         import socket
         from pathlib import Path
-        from tasks.config import ModelConfig
+        from r1lib.config import ModelConfig
         from tasks.export import convert, merge, quantize
         assert socket.socket.connect.__name__ == "_blocked_connect"  # the guard is active
         merged = merge({run["model_dir"]!r}, {run["adapter"]!r}, ModelConfig(), Path({str(out / "merged")!r}))

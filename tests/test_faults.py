@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = """
 import json, sys
 from pathlib import Path
-from tasks.config import TrainConfig, preset
-from tasks.model import resolve_model
+from r1lib.config import TrainConfig, preset
+from tasks.resolve_model import resolve_model
 from tasks.train import train
 cfg = preset("tiny")
 train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12, "save_steps": 4, "logging_steps": 1,
@@ -69,7 +69,7 @@ def test_sigkill_mid_training_resumes_from_the_last_complete_checkpoint(small_da
 
 
 def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
-    from tasks.train import COMPLETE_MARKER, last_complete_checkpoint
+    from r1lib.training.fit import COMPLETE_MARKER, last_complete_checkpoint
 
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / COMPLETE_MARKER).write_text("{}")
@@ -116,7 +116,7 @@ def test_disk_full_during_gguf_conversion_leaves_nothing_and_a_retry_succeeds(tm
 
 
 def test_disk_full_while_saving_the_adapter_keeps_no_half_adapter(tmp_path):
-    from tasks.io import atomic_dir
+    from r1lib.io import atomic_dir
 
     target = tmp_path / "adapter"
     with pytest.raises(OSError, match="No space left"):
@@ -128,9 +128,9 @@ def test_disk_full_while_saving_the_adapter_keeps_no_half_adapter(tmp_path):
 
 @pytest.mark.slow
 def test_two_trainings_on_one_run_directory_do_not_interleave(small_dataset, tmp_path):
-    from tasks.config import TrainConfig, preset
-    from tasks.io import DirectoryBusy
-    from tasks.model import resolve_model
+    from r1lib.config import TrainConfig, preset
+    from r1lib.io import DirectoryBusy
+    from tasks.resolve_model import resolve_model
     from tasks.train import train
 
     first = start_training(small_dataset, tmp_path / "shared")
@@ -156,8 +156,8 @@ def test_rerun_after_the_final_checkpoint_publishes_it_without_training_past_max
     where transformers' resume would run one more step (the epoch loop trains before it checks for the end)."""
     from safetensors.torch import load_file
 
-    from tasks.config import TrainConfig, preset
-    from tasks.model import resolve_model
+    from r1lib.config import TrainConfig, preset
+    from tasks.resolve_model import resolve_model
     from tasks.train import train
 
     cfg = preset("tiny")

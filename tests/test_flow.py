@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import preset
+from r1lib.config import preset
 
 pytestmark = pytest.mark.slow
 BROKEN = "data/sample/broken.jsonl"

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tasks.config import PipelineConfig, preset
+from r1lib.config import PipelineConfig, preset
 
 SECTIONS = ["model", "data", "augment", "debias", "tokenize", "train", "evaluate", "export", "smoke"]
 json_values = st.recursive(

@@ -70,7 +70,7 @@ def _imports():
         import unsloth  # noqa: F401  (before transformers / trl / peft)
 
     from tasks import train as train_mod
-    from tasks.config import ModelConfig, TokenizeConfig, TrainConfig
+    from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
 
     return train_mod, ModelConfig, TokenizeConfig, TrainConfig
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.io import atomic_dir, atomic_path, write_jsonl
+from r1lib.io import atomic_dir, atomic_path, write_jsonl
 
 
 def test_a_crash_mid_write_leaves_neither_a_half_file_nor_a_temp(tmp_path):
@@ -21,7 +21,7 @@ def test_old_file_survives_a_failed_rewrite(tmp_path):
 
 
 def test_jsonl_keeps_unicode_and_big_integers(tmp_path):
-    from tasks.io import iter_jsonl, read_jsonl
+    from r1lib.io import iter_jsonl, read_jsonl
 
     rows = [{"text": "法国 \u00e9", "n": 2**70}, {"x": None}]
     write_jsonl(tmp_path / "r.jsonl", rows)  # orjson, and json for what orjson refuses (integers past 64 bits)
@@ -45,10 +45,10 @@ def test_a_second_holder_of_a_run_directory_fails_clearly(tmp_path):
     import subprocess
     import sys
 
-    from tasks.io import DirectoryBusy, exclusive_dir
+    from r1lib.io import DirectoryBusy, exclusive_dir
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, '.'); from tasks.io import exclusive_dir\n"
+        "import sys, time; sys.path.insert(0, '.'); from r1lib.io import exclusive_dir\n"
         f"with exclusive_dir({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(30)")],
         stdout=subprocess.PIPE, text=True)
     try:

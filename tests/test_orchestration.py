@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 
 from flows.nightly import PromotionPolicy, data_fingerprint, decide, scan_drop
-from tasks.errors import ConfigError, DataValidationError
-from tasks.orchestration import (NOT_READ, STAGE_CACHE, inputs_fingerprint, path_fingerprint, referenced_paths,
+from r1lib.errors import ConfigError, DataValidationError
+from r1lib.policy import (NOT_READ, STAGE_CACHE, inputs_fingerprint, path_fingerprint, referenced_paths,
                                  retry_unless_permanent, stage_options)
-from tasks.registry import Registry
+from r1lib.registry import Registry
 
 
 class _State:
@@ -56,7 +56,7 @@ def test_file_fingerprint_follows_content_not_path_string(tmp_path):
 
 
 def test_fingerprint_walks_models_and_directories(tmp_path):
-    from tasks.config import DataConfig
+    from r1lib.config import DataConfig
 
     folder = tmp_path / "dataset"
     folder.mkdir()
@@ -156,9 +156,9 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
     from prefect.transactions import transaction
 
     from flows.nightly import promote_task, register_task, verify_release_task
-    from tasks.config import SmokeConfig
-    from tasks.embedded import ensure_embedded_model
-    from tasks.config import EmbeddedModelConfig
+    from r1lib.config import SmokeConfig
+    from r1lib.embedded import ensure_embedded_model
+    from r1lib.config import EmbeddedModelConfig
 
     model_dir = str(ensure_embedded_model(EmbeddedModelConfig(), Path(".cache")))
     registry_dir = str(tmp_path / "registry")

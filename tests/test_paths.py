@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import PRESETS, DataConfig, ModelConfig, PipelineConfig, preset
-from tasks.errors import ConfigError, DataValidationError, PathNotAllowed, PermanentError
-from tasks.model import resolve_model
-from tasks.paths import PROJECT_DIR, check_config_paths, config_paths, confine, hf_cache_dir, resolve_roots
+from r1lib.config import PRESETS, DataConfig, ModelConfig, PipelineConfig, preset
+from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed, PermanentError
+from tasks.resolve_model import resolve_model
+from r1lib.paths import PROJECT_DIR, check_config_paths, config_paths, confine, hf_cache_dir, resolve_roots
 from tasks.validate import expand_inputs, validate
 
 ROW = json.dumps({"instruction": "What is the sentence about?", "output": "Animals."}) + "\n"

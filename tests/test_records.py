@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import r1
-from tasks.records import RecordError, normalize
+from r1lib.records import RecordError, normalize
 
 
 def test_seed_format_splits_reasoning_from_answer():

@@ -22,8 +22,8 @@ def tiny_qwen(path, safe: bool):
 
 
 def test_pickled_weights_are_refused(tmp_path):
-    from tasks.config import ModelConfig
-    from tasks.model import load_causal_lm
+    from r1lib.config import ModelConfig
+    from r1lib.models import load_causal_lm
 
     model_dir = tiny_qwen(tmp_path / "pickled", safe=False)
     assert (model_dir / "pytorch_model.bin").exists() and not (model_dir / "model.safetensors").exists()
@@ -32,8 +32,8 @@ def test_pickled_weights_are_refused(tmp_path):
 
 
 def test_safetensors_weights_load(tmp_path):
-    from tasks.config import ModelConfig
-    from tasks.model import load_causal_lm
+    from r1lib.config import ModelConfig
+    from r1lib.models import load_causal_lm
 
     model_dir = tiny_qwen(tmp_path / "safe", safe=True)
     model = load_causal_lm(str(model_dir), ModelConfig(name_or_path=str(model_dir)), four_bit=False)
@@ -41,8 +41,8 @@ def test_safetensors_weights_load(tmp_path):
 
 
 def test_remote_code_in_a_model_directory_does_not_run(tmp_path):
-    from tasks.config import ModelConfig
-    from tasks.model import load_causal_lm
+    from r1lib.config import ModelConfig
+    from r1lib.models import load_causal_lm
 
     model_dir = tiny_qwen(tmp_path / "remote", safe=True)
     marker = tmp_path / "pwned"
@@ -79,9 +79,9 @@ def test_a_hostile_chat_template_cannot_reach_files_or_the_environment(tokenizer
 
 
 def test_model_names_that_are_neither_a_directory_nor_a_hub_id_are_refused(tmp_path):
-    from tasks.config import ModelConfig
-    from tasks.errors import ConfigError
-    from tasks.model import resolve_model
+    from r1lib.config import ModelConfig
+    from r1lib.errors import ConfigError
+    from tasks.resolve_model import resolve_model
 
     for name in ["../../etc", "/definitely/not/here", "not a hub id", "org/name/extra"]:
         with pytest.raises(ConfigError):

@@ -111,7 +111,7 @@ def _decision(stack, run_id: str) -> str:
 
 
 def test_nightly_promotes_skips_unchanged_data_and_keeps_a_better_champion(stack):
-    from tasks.registry import Registry
+    from r1lib.registry import Registry
 
     tmp = stack.tmp / "nightly"
     drop = tmp / "drop"

@@ -4,7 +4,7 @@ What is killed: the flow-run process (``python -m prefect.engine``, started by t
 stage and holds the training state: what the OOM killer or a preempted machine does to it. The worker sees its
 child die (status -9) and reports the run Crashed within seconds; ``prefect flow-run retry`` then takes every
 finished stage from the cache and training resumes from its last complete checkpoint. The dead run's GPU slot is
-freed when its lease runs out (tasks/orchestration.py: GPU_LEASE_SECONDS), so the retry waits for that first.
+freed when its lease runs out (r1lib/policy.py: GPU_LEASE_SECONDS), so the retry waits for that first.
 
 Killing the worker instead was tried too (by hand, with the Stack of tests/server_stack.py): after a SIGKILL of the
 worker alone, the flow-run process exited on its own (a Python SystemExit) and the run was Crashed within 10 s

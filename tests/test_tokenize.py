@@ -1,9 +1,9 @@
 import pytest
 
-from tasks.chat_template import THINK_CLOSE
-from tasks.config import TokenizeConfig
-from tasks.errors import DataValidationError
-from tasks.records import make_record, normalize
+from r1lib.chat_template import THINK_CLOSE
+from r1lib.config import TokenizeConfig
+from r1lib.errors import DataValidationError
+from r1lib.records import make_record, normalize
 from tasks.tokenize import IGNORE, decoded_example, tokenize_records
 
 
@@ -95,7 +95,7 @@ from pathlib import Path  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from tasks.chat_template import ASSISTANT, BOS, EOS, R1_CHAT_TEMPLATE, THINK_OPEN, USER, chat_renderer  # noqa: E402
+from r1lib.chat_template import ASSISTANT, BOS, EOS, R1_CHAT_TEMPLATE, THINK_OPEN, USER, chat_renderer  # noqa: E402
 from tasks.tokenize import IdsCache, encode_batch, encode_row, encode_texts, render_prompt, render_prompts  # noqa: E402
 
 POLICIES = [TokenizeConfig(), TokenizeConfig(think_in_loss="mask"), TokenizeConfig(think_in_loss="drop"),
@@ -135,7 +135,7 @@ def assert_same(tokenizer, records, cfg):
 
 def sample_records() -> list[dict]:
     from tasks.augment import expand, load_templates
-    from tasks.config import AugmentConfig
+    from r1lib.config import AugmentConfig
     from tasks.validate import validate_file
 
     records = [r for name in ("train", "test", "general")

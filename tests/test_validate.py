@@ -3,8 +3,8 @@ import json
 import pytest
 
 from conftest import r1, write_lines
-from tasks.config import DataConfig
-from tasks.errors import DataValidationError
+from r1lib.config import DataConfig
+from r1lib.errors import DataValidationError
 from tasks.validate import validate, validate_file
 
 BROKEN = "data/sample/broken.jsonl"

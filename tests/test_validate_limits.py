@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.errors import DataValidationError
+from r1lib.errors import DataValidationError
 from tasks.validate import LineTooLong, iter_lines, validate_file
 
 ROOT = Path(__file__).resolve().parent.parent

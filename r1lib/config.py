@@ -20,7 +20,7 @@ class Section(BaseModel):
 
 
 class EmbeddedModelConfig(Section):
-    """Shape and pre-training of the embedded tiny R1-Distill-Qwen (see tasks/embedded.py)."""
+    """Shape and pre-training of the embedded tiny R1-Distill-Qwen (see r1lib/embedded.py)."""
 
     hidden_size: int = Field(64, ge=32, le=1024, description="Multiple of 32 (4-bit blocks, GGUF rows).")
     intermediate_size: int = Field(256, ge=32)
@@ -40,7 +40,7 @@ class EmbeddedModelConfig(Section):
     vocab_paths: list[str] = Field(
         ["data/sample/train.jsonl", "data/sample/test.jsonl", "data/sample/general.jsonl",
          "data/augment/prompt_templates.txt", "data/debias/term_pairs.csv"],
-        description="Texts whose tokens the tiny model knows (see tasks/embedded.py).",
+        description="Texts whose tokens the tiny model knows (see r1lib/embedded.py).",
     )
 
     @model_validator(mode="after")
@@ -60,7 +60,7 @@ class ModelConfig(Section):
     allowed_roots: list[str] = Field(
         ["{project}/.cache", ".", "{hf_cache}"],
         description="Folders a local model directory must resolve under (symlinks followed), and with it every file "
-                    "it links to or its safetensors index names (tasks/paths.py); relative ones are relative to the "
+                    "it links to or its safetensors index names (r1lib/paths.py); relative ones are relative to the "
                     "working directory, {project} is this checkout, {hf_cache} the Hugging Face hub cache. Hub ids "
                     "and the embedded model are not paths and are not affected.")
     embedded: EmbeddedModelConfig = EmbeddedModelConfig()
@@ -79,7 +79,7 @@ class DataConfig(Section):
     allowed_roots: list[str] = Field(
         ["{project}/data", "."],
         description="Folders, and remote URL prefixes such as 's3://my-bucket/', that every data file must resolve "
-                    "under (symlinks followed; tasks/paths.py), and every other file the configuration names: "
+                    "under (symlinks followed; r1lib/paths.py), and every other file the configuration names: "
                     "augmentation templates, debias lists, the lm_eval folder, the embedded model's texts; relative "
                     "ones are relative to the working directory, {project} is this checkout. Archives are never read.")
 

@@ -9,13 +9,13 @@ Layout under the registry folder::
     models/v<N>/          the version's adapter and GGUF files (hard links or copies of the run's outputs)
 
 Why atomic updates: the index is the single source of truth for "what is serving". It is rewritten whole through
-``tasks.io.write_json`` (a temporary file, fsync, rename), so a crash or a kill in the middle of an update leaves the
+``r1lib.io.write_json`` (a temporary file, fsync, rename), so a crash or a kill in the middle of an update leaves the
 previous index intact and a reader (a serving box, the UI, a concurrent nightly) never sees a half-written file.
 Read-modify-write cycles also hold an exclusive ``flock`` on ``index.lock`` so two writers cannot lose each other's
 update.
 
-    python -m tasks.registry list registry/          # versions, metrics, champion
-    python -m tasks.registry rollback registry/      # make the previous champion the champion again
+    python -m r1lib.registry list registry/          # versions, metrics, champion
+    python -m r1lib.registry rollback registry/      # make the previous champion the champion again
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tasks.io import write_json
+from r1lib.io import write_json
 
 INDEX = "index.json"
 
@@ -186,7 +186,7 @@ class Registry:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tasks.registry", description="The model registry.")
+    parser = argparse.ArgumentParser(prog="python -m r1lib.registry", description="The model registry.")
     parser.add_argument("command", choices=["list", "rollback"])
     parser.add_argument("root", nargs="?", default="registry")
     args = parser.parse_args(argv)

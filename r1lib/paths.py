@@ -1,6 +1,6 @@
 """Where the pipeline may read from: dataset paths and local model directories stay under configured roots.
 
-Roots are ``data.allowed_roots`` and ``model.allowed_roots`` (tasks/config.py): local folders, or remote URL prefixes
+Roots are ``data.allowed_roots`` and ``model.allowed_roots`` (r1lib/config.py): local folders, or remote URL prefixes
 such as ``s3://my-bucket/``. A local path is resolved before it is compared (``~``, ``..`` and every symlink, by
 ``os.path.realpath``), so neither ``../../etc`` nor a symlink inside a root that points elsewhere gets out; relative
 paths and roots are relative to the working directory, as every configured path is. A remote URL is allowed only
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from tasks.errors import PathNotAllowed
+from r1lib.errors import PathNotAllowed
 
 if TYPE_CHECKING:
-    from tasks.config import PipelineConfig
+    from r1lib.config import PipelineConfig
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")
@@ -131,7 +131,7 @@ def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
     the data inputs as written (files, folders or globs; validate confines what they expand to), the augmentation
     templates, the debias lists when debiasing is on, the lm_eval folder when lm_eval tasks are asked for, and the
     embedded model's pre-training texts when the embedded model is the one used."""
-    from tasks.config import EMBEDDED
+    from r1lib.config import EMBEDDED
 
     data, named = config.data, []
     named += [(f"data.train_paths[{i}]", path) for i, path in enumerate(data.train_paths)]

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
+from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
 
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                 "bot": "assistant", "system": "system"}

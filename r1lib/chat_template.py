@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
+
+from r1lib.compat import jinja_environment
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -400,8 +403,6 @@ _RENDERERS: "weakref.WeakKeyDictionary" = None  # tokenizer -> {template key: Fa
 def chat_renderer(tokenizer, **template_kwargs) -> FastChatRenderer:
     """The tokenizer's (cached) FastChatRenderer for ``apply_chat_template(messages, tokenize=False,
     **template_kwargs)``. A new one is made when the template or the special tokens change."""
-    import weakref
-
     global _RENDERERS
     if _RENDERERS is None:
         _RENDERERS = weakref.WeakKeyDictionary()
@@ -430,13 +431,4 @@ def chat_renderer(tokenizer, **template_kwargs) -> FastChatRenderer:
 
 def _parse_template(template: str):
     """The template's Jinja AST, parsed by the environment transformers renders it with."""
-    try:
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-
-        environment = _compile_jinja_template(template).environment
-    except ImportError:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                    extensions=["jinja2.ext.loopcontrols"])
-    return environment.parse(template)
+    return jinja_environment(template).parse(template)

@@ -11,7 +11,7 @@ Results live in ``$R1_RESULT_STORAGE`` when set (a block slug such as ``s3-bucke
 else in Prefect's default ``$PREFECT_HOME/storage``; a worker pool whose runs must share the cache needs shared storage.
 
 Retries. Transient failures (I/O, network, a killed process, CUDA hiccups) retry with exponential backoff and jitter;
-``tasks.errors.PermanentError`` (bad data, bad config, a broken export) fails at once. Long stages get timeouts.
+``r1lib.errors.PermanentError`` (bad data, bad config, a broken export) fails at once. Long stages get timeouts.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.tasks import exponential_backoff
 
-from tasks.errors import PermanentError
+from r1lib.errors import PermanentError
 
 # Inputs that name where a stage writes (or a whole cache), not what it reads: their path is part of INPUTS, their
 # content is not (it changes as stages write into them).

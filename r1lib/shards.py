@@ -15,8 +15,8 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 
-from tasks.config import RunnerConfig
-from tasks.io import _tmp_sibling, jsonl_line
+from r1lib.config import RunnerConfig
+from r1lib.io import _tmp_sibling, jsonl_line
 
 DEFAULT_SHARD_ROWS = RunnerConfig.model_fields["shard_rows"].default
 CHUNK = 2_000  # rows a stage holds at once inside a shard (x ~5 after augmentation and counterfactuals)

@@ -18,9 +18,9 @@ import math
 import time
 from pathlib import Path
 
-from tasks.chat_template import BOS, EOS, R1_CHAT_TEMPLATE
-from tasks.config import EmbeddedModelConfig
-from tasks.io import atomic_dir
+from r1lib.chat_template import BOS, EOS, R1_CHAT_TEMPLATE
+from r1lib.config import EmbeddedModelConfig
+from r1lib.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ def pretraining_documents(tokenizer, cfg: EmbeddedModelConfig) -> list[list[int]
     Plain-text paragraphs of the corpus, plus the chat files rendered in the R1 format (reasoning included), so the
     tiny model is, like a real R1-Distill model, a chat model that already answers general questions in the format.
     """
-    from tasks.chat_template import completion_text
-    from tasks.records import normalize
+    from r1lib.chat_template import completion_text
+    from r1lib.records import normalize
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     paragraphs = [p for p in Path(cfg.corpus_path).read_text(encoding="utf-8").split("\n\n") if p.strip()]
@@ -255,7 +255,7 @@ def ensure_embedded_model(cfg: EmbeddedModelConfig, cache_dir: Path) -> Path:
 
 if __name__ == "__main__":
     # Build (or find) the embedded model of the default configuration: scripts/bootstrap runs this once.
-    from tasks.config import PipelineConfig
+    from r1lib.config import PipelineConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     defaults = PipelineConfig()

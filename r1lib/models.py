@@ -1,45 +1,11 @@
 """Loading models and tokenizers the same way in every stage, and the answer-only token loss.
 
-A model is a hub id (``deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B``), a local directory, or ``embedded`` (built from
-code, see tasks/embedded.py). Weights load from safetensors only, and code shipped with a model runs only when
-``model.trust_remote_code`` is set. A local directory, every file it links to and every file its safetensors index
-names must lie under ``model.allowed_roots`` (tasks/paths.py).
+Weights load from safetensors only, and code shipped with a model runs only when ``model.trust_remote_code`` is set.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-from prefect import task
-
-from tasks.config import EMBEDDED, ModelConfig
-from tasks.errors import ConfigError
-from tasks.orchestration import stage_options
-from tasks.paths import check_model_dir, confine, resolve_roots
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
-    """A local directory or hub id to load from; builds the embedded model on first use. Anything but an existing
-    directory or a hub id is a path, so it is confined too: ``../../etc`` is refused as outside the roots."""
-    name = cfg.name_or_path
-    if name == EMBEDDED:
-        from tasks.embedded import ensure_embedded_model
-
-        return str(ensure_embedded_model(cfg.embedded, Path(cache_dir)))
-    path = Path(name).expanduser()
-    if not path.is_dir() and HUB_ID.match(name) and not name.startswith((".", "/")):
-        return name
-    roots = resolve_roots(cfg.allowed_roots)
-    confine(name, roots, "model.allowed_roots")
-    if not path.is_dir():
-        raise ConfigError(f"model {name!r} is neither a local model directory nor a hub id (org/name)")
-    if not (path / "config.json").exists():
-        raise ConfigError(f"{path}: not a model directory (no config.json)")
-    check_model_dir(path, roots)
-    return str(path)
+from r1lib.config import ModelConfig
 
 
 def is_prequantized(model_dir: str) -> bool:
@@ -120,14 +86,3 @@ def answer_token_nll(model, input_ids, labels, attention_mask=None, chunk: int =
         logits = head(hidden[start:start + chunk]).float()
         total = total + torch.nn.functional.cross_entropy(logits, targets[start:start + chunk], reduction="sum")
     return total, int(mask.sum())
-
-
-# --- Prefect ------------------------------------------------------------------------------------------------------
-
-
-@task(name="resolve-model", **stage_options(timeout_seconds=3600))
-def resolve_model_task(cfg: ModelConfig, cache_dir: str) -> str:
-    """Find the base model (hub id or local directory), or build the embedded one on first use."""
-    model_dir = resolve_model(cfg, cache_dir)
-    print(f"base model: {model_dir}" + ("  (trust_remote_code is ON)" if cfg.trust_remote_code else ""))
-    return model_dir

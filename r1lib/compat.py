@@ -1,0 +1,162 @@
+"""Every use of a third-party private API, in one place.
+
+Each entry names the version it was written against and the condition for deleting it. Nothing else in the project
+may touch a private name of another package: add it here, with both, instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """The content fingerprint ``datasets`` keeps for a dataset (``Dataset._fingerprint``).
+
+    Written for datasets 4.8.5. Remove when datasets exposes the fingerprint publicly."""
+    return dataset._fingerprint
+
+
+def install_torch_chunked_logprob() -> None:
+    """TRL's loss projects labelled positions through the LM head with a Triton kernel
+    (``trl.trainer.utils._ChunkedLogProbFunction``); CPU builds of torch have no Triton, so TRL leaves it unset.
+    This supplies the same function in plain torch, a chunk of tokens at a time.
+
+    Written for trl 1.15.0. Remove when TRL computes its chunked log-probabilities without Triton on CPU."""
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    if trl_utils._ChunkedLogProbFunction is not None:
+        return
+
+    class TorchChunkedLogProb:
+        @staticmethod
+        def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
+            results = {name: [] for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")}
+            for start in range(0, hidden.shape[0], 1024):
+                logits = torch.nn.functional.linear(hidden[start : start + 1024], weight, bias).float()
+                logits = logits * (logit_scale or 1.0)
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                logp = (logits / temperature).log_softmax(-1)
+                target = targets[start : start + 1024]
+                results["log_probs"].append(logp.gather(-1, target[:, None]).squeeze(-1))
+                with torch.no_grad():
+                    probs = logp.exp()
+                    results["entropy"].append(-(probs * logp).sum(-1))
+                    results["log_sum_sq_probs"].append(torch.logsumexp(2 * logp, -1))
+                    results["mean_logits"].append(logits.mean(-1))
+                    results["is_top1"].append(logits.argmax(-1) == target)
+            return tuple(
+                torch.cat(results[name]) if (name == "log_probs" or name in outputs) and results[name] else None
+                for name in results
+            )
+
+    trl_utils._ChunkedLogProbFunction = TorchChunkedLogProb
+
+
+def train_on_one_gpu(args: Any) -> None:
+    """Keep transformers from wrapping the model in ``nn.DataParallel`` over every visible GPU, by setting
+    ``TrainingArguments._n_gpu`` to 1 after the devices are set up.
+
+    Written for transformers 5.17.0. Remove when TrainingArguments can be told to use one GPU without a launcher."""
+    _ = args.device  # sets up the devices (and _n_gpu) first, so that the override below sticks
+    args._n_gpu = 1
+
+
+def forget_quantized_loading(model: Any) -> None:
+    """Drop the 4-bit deserialization that transformers remembers from ``from_pretrained``
+    (``_weight_conversions``, ``hf_quantizer``): saving a dequantized, merged model would otherwise try, and fail, to
+    re-quantize its full-precision weights.
+
+    Written for transformers 5.17.0. Remove when ``dequantize()`` / ``merge_and_unload()`` leave a model that saves
+    as full precision on its own."""
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [
+            c
+            for c in conversions
+            if not any(
+                ("Deserialize" in type(op).__name__ or "Quantiz" in type(op).__name__)
+                for op in getattr(c, "operations", None) or []
+            )
+        ]
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+
+
+def jinja_environment(template: str) -> Any:
+    """The sandboxed Jinja environment transformers renders chat templates with
+    (``transformers.utils.chat_template_utils._compile_jinja_template``), so the AST we analyse is the one it runs.
+
+    Written for transformers 5.17.0. Remove when transformers exposes its chat-template environment publicly."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        return _compile_jinja_template(template).environment
+    except ImportError:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+
+
+def rust_tokenizer(tokenizer: Any) -> Any:
+    """The Rust tokenizer (``tokenizer._tokenizer``) that ``tokenizer(texts, add_special_tokens=False)`` would hand
+    the texts to unchanged (no subclass override of ``__call__``/``_encode_plus``, no truncation or padding, the same
+    special-token splitting), or None.
+
+    Written for transformers 5.17.0. Remove when transformers offers a public batch encoder without per-call
+    Python overhead."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:
+        return None
+    cls, backend = type(tokenizer), getattr(tokenizer, "_tokenizer", None)
+    if (
+        not isinstance(tokenizer, TokenizersBackend)
+        or backend is None
+        or cls.__call__ is not PreTrainedTokenizerBase.__call__
+        or cls._encode_plus is not TokenizersBackend._encode_plus
+        or hasattr(tokenizer, "_switch_to_input_mode")
+        or backend.truncation is not None
+        or backend.padding is not None
+        or backend.encode_special_tokens != bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        return None
+    return backend
+
+
+def lsh_optimal_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) as ``datasketch.MinHashLSH`` chooses them (``datasketch.lsh._optimal_param``).
+
+    Written for datasketch 2.0.0. Remove when datasketch exposes the parameter choice publicly."""
+    from datasketch.lsh import _optimal_param
+
+    return _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+
+def minhash_fmix():
+    """datasketch's 32-bit finalizer mix (``datasketch.minhash._fmix``), so our vectorized signatures equal
+    ``MinHash(scheme="affine32")``'s.
+
+    Written for datasketch 2.0.0. Remove when datasketch can hash a batch of shingles itself."""
+    from datasketch.minhash import _fmix
+
+    return _fmix
+
+
+def start_local_prefect_server() -> str:
+    """Start Prefect's temporary local API server in a subprocess (``prefect.server.api.server.SubprocessASGIServer``)
+    and return its URL, for local Dask/Ray workers that must report to the same API as the flow.
+
+    Written for prefect 3.9.1. Remove when Prefect offers a public way to share its temporary server."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url

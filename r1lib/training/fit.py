@@ -1,0 +1,295 @@
+"""One training run, in the task's own process or in each rank of a distributed launch.
+
+``fit`` builds the model and trainer (r1lib/training/backends.py), trains, resuming from ``spec.resume`` (weights,
+optimizer, scheduler, RNG and data position), and publishes the adapter (rank 0 writes it). Checkpoints land every
+``save_steps`` in ``checkpoints/<inputs key>/`` and count as complete only after every rank has written its part; a
+checkpoint saved at the last step is published as it is, without training again. ``tokens`` counts the non-pad
+tokens the model actually trained on, over all ranks.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from r1lib.compat import dataset_fingerprint
+from r1lib.config import ModelConfig, TrainConfig
+from r1lib.errors import PermanentError
+from r1lib.io import atomic_dir
+from r1lib.training.backends import build_trainer
+
+log = logging.getLogger(__name__)
+COMPLETE_MARKER = "checkpoint-complete.json"
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft writes for a LoRA adapter (checkpoints too)
+
+
+class FitSpec(BaseModel):
+    """Everything one training run needs; written to JSON for the ranks of a distributed launch."""
+    backend: str
+    dataset_dir: str
+    eval_dataset_dir: str | None
+    model_dir: str
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    max_seq_length: int
+    checkpoint_dir: str
+    adapter_dir: str
+    resume: str | None
+    micro_batch: int
+    accumulation: int  # per process
+    trainer_args: dict = {}
+    quant_storage: str | None = None
+
+class FitOutcome(BaseModel):
+    steps: int
+    epochs: float
+    train_loss: float
+    losses: list[float]
+    seconds: float
+    tokens: int  # non-pad tokens trained on, summed over all processes
+    steady_tokens_per_second: float | None  # after the first optimizer steps (compilation, warm-up)
+    log_history: list[dict]
+
+def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, processes: int = 1) -> str:
+    """Checkpoints are reused only by a run with the same data, model, training settings and number of processes
+    (each rank's data order and RNG state are in the checkpoint)."""
+    from datasets import load_from_disk
+
+    digest = hashlib.sha256()
+    digest.update(dataset_fingerprint(load_from_disk(dataset_dir)).encode())
+    digest.update(model_dir.encode())
+    digest.update(model_cfg.model_dump_json().encode())
+    # The OOM retry changes micro-batch/accumulation; the effective batch (and so the run) stays the same.
+    digest.update(cfg.model_dump_json(exclude={"micro_batch_size", "gradient_accumulation", "gpus", "launch"}).encode())
+    digest.update(str(cfg.micro_batch_size * cfg.gradient_accumulation).encode())
+    if processes > 1:
+        digest.update(f"processes={processes}".encode())
+    return digest.hexdigest()[:12]
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint marked complete; incomplete ones (a crash mid-save) are deleted."""
+    if not checkpoint_dir.exists():
+        return None
+    found = []
+    for path in checkpoint_dir.glob("checkpoint-*"):
+        if (path / COMPLETE_MARKER).exists():
+            found.append((int(path.name.split("-")[-1]), path))
+        else:
+            log.warning("deleting incomplete checkpoint %s (the last run stopped while writing it)", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return max(found)[1] if found else None
+
+def _callbacks(progress_hook=None):
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            _barrier()  # every rank has written its part (its RNG state) before the checkpoint counts as complete
+            if state.is_world_process_zero:
+                path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and state.max_steps:
+                progress_hook(state.global_step, state.max_steps, logs or {})
+
+    return [MarkComplete()] + ([Progress()] if progress_hook else [])
+
+class TokenCounter:
+    """Counts the tokens the model trains on (non-pad input tokens, and labelled ones) with a forward pre-hook on the
+    top module: it runs once per micro-batch, also under gradient checkpointing; evaluation forwards are skipped.
+    The counts stay on the device until read, so counting never makes the CPU wait for the GPU."""
+
+    def __init__(self, model):
+        self._tokens = self._labelled = 0
+        self.padded = 0
+        self.micro_batches = 0
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        if not module.training:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        mask = kwargs.get("attention_mask")
+        self._tokens = self._tokens + (mask.sum() if mask is not None else ids.numel())  # padding-free: no pad
+        self.padded += ids.numel()
+        labels = kwargs.get("labels")
+        if labels is not None:
+            self._labelled = self._labelled + (labels[..., 1:] != -100).sum()
+        self.micro_batches += 1
+
+    @property
+    def tokens(self) -> int:
+        return int(self._tokens)
+
+    @property
+    def labelled(self) -> int:
+        return int(self._labelled)
+
+    def remove(self):
+        self._handle.remove()
+
+def _sum_over_ranks(value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item())
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+def _steady_timer(counter: "TokenCounter", skip_steps: int):
+    """A callback that notes time and tokens once ``skip_steps`` optimizer steps are done, to measure the steady
+    rate (the first steps pay for compilation and allocator warm-up)."""
+    from transformers import TrainerCallback
+
+    class SteadyTimer(TrainerCallback):
+        mark: tuple[float, int, int] | None = None
+        end: tuple[float, int, int] | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # Read at two steps only: reading the device-side count waits for the GPU.
+            if state.global_step in (skip_steps, state.max_steps):
+                now = (time.monotonic(), counter.tokens, state.global_step)
+                self.mark = now if state.global_step == skip_steps else self.mark
+                self.end = now
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.end is None or self.end[2] != state.global_step:  # stopped early
+                self.end = (time.monotonic(), counter.tokens, state.global_step)
+
+        def rate(self) -> float | None:
+            if self.mark is None or self.end is None or self.end[2] <= self.mark[2]:
+                return None
+            return (self.end[1] - self.mark[1]) / max(self.end[0] - self.mark[0], 1e-9)
+
+    return SteadyTimer()
+
+@functools.cache
+def _accept_indexed_cpu_locations() -> None:
+    """A resumed multi-process run loads the optimizer state with ``map_location=args.device``, which is ``cpu:0``
+    for CPU ranks (the tests' DDP over gloo); torch's loader knows only ``cpu``. Teach it ``cpu:<n>``."""
+    import torch.serialization
+
+    torch.serialization.register_package(
+        11, lambda obj: None, lambda obj, location: obj if location.startswith("cpu:") else None)
+
+def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
+    """Train once: build the model and trainer, train (resuming from ``spec.resume``), save the adapter. Runs in the
+    task's own process or in every rank of a distributed launch; only rank 0 writes the adapter."""
+    if spec.backend == "unsloth":
+        import unsloth  # noqa: F401  (before transformers / trl / peft are imported below)
+    from datasets import load_from_disk
+    from transformers import EarlyStoppingCallback
+
+    cfg = spec.cfg
+    _accept_indexed_cpu_locations()
+    train_rows = load_from_disk(spec.dataset_dir)
+    eval_rows = load_from_disk(spec.eval_dataset_dir) if spec.eval_dataset_dir and cfg.eval_steps else None
+    callbacks = _callbacks(progress_hook)
+    if eval_rows is not None and cfg.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer, tokenizer = build_trainer(spec.backend, train_rows, eval_rows, spec.model_dir, spec.model_cfg, cfg,
+                                       spec.max_seq_length, Path(spec.checkpoint_dir), spec.micro_batch,
+                                       spec.accumulation, callbacks, spec.trainer_args, spec.quant_storage)
+    if spec.resume and (finished := _finished_state(Path(spec.resume))):
+        return _publish_finished(trainer, tokenizer, spec, finished, progress_hook)
+    counter = TokenCounter(trainer.model)
+    timer = _steady_timer(counter, skip_steps=3)
+    trainer.add_callback(timer)
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=spec.resume)
+    seconds = time.monotonic() - started
+    counter.remove()
+    tokens = int(_sum_over_ranks(counter.tokens))
+    steady = timer.rate()
+    steady = _sum_over_ranks(steady) if steady is not None else None
+    publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), trainer.is_world_process_zero())
+    history = trainer.state.log_history
+    return FitOutcome(
+        steps=trainer.state.global_step, epochs=round(output.metrics.get("epoch", 0.0), 3),
+        train_loss=output.training_loss, losses=[h["loss"] for h in history if "loss" in h],
+        seconds=round(seconds, 1), tokens=tokens, steady_tokens_per_second=round(steady, 1) if steady else None,
+        log_history=history,
+    )
+
+def _finished_state(checkpoint: Path) -> dict | None:
+    """The checkpoint's trainer state when it was saved at the run's last step (the task died after the final save,
+    before it returned), else None."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    # Needs the adapter as a file (FSDP's sharded state dict keeps none): otherwise resume as before.
+    if state["global_step"] >= state["max_steps"] and (checkpoint / ADAPTER_WEIGHTS).exists():
+        return state
+    return None
+
+def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_hook=None) -> FitOutcome:
+    """Publish a finished checkpoint instead of resuming from it: transformers' resume runs the rest of the current
+    epoch's loop before it checks for the end, so it would train one step past max_steps."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    checkpoint = Path(spec.resume)
+    best = state.get("best_model_checkpoint")
+    if trainer.args.load_best_model_at_end and best and Path(best, ADAPTER_WEIGHTS).exists():
+        checkpoint = Path(best)  # what a run that had not died would have published
+    log.info("%s already reached step %d of %d: publishing %s without training", spec.resume,
+             state["global_step"], state["max_steps"], checkpoint)
+    loaded = set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
+    if loaded.unexpected_keys:
+        raise RuntimeError(f"{checkpoint}: adapter weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
+    publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), trainer.is_world_process_zero())
+    history = state["log_history"]
+    logged = [h for h in history if "loss" in h]
+    if progress_hook:
+        for item in logged:
+            progress_hook(item["step"], state["max_steps"], item)
+    # Each logged loss is the mean over the steps since the previous log: weight by them for the run's mean.
+    spans = [h["step"] - before for h, before in zip(logged, [0] + [h["step"] for h in logged])]
+    return FitOutcome(
+        steps=state["global_step"], epochs=round(state["epoch"], 3),
+        train_loss=sum(h["loss"] * n for h, n in zip(logged, spans)) / max(sum(spans), 1),
+        losses=[h["loss"] for h in logged], seconds=0.0, tokens=0, steady_tokens_per_second=None,
+        log_history=history,
+    )
+
+def publish_adapter(trainer, tokenizer, adapter_dir: Path, is_rank_zero: bool) -> None:
+    """Every rank takes part in saving (FSDP gathers the sharded LoRA weights); rank 0 writes, into a staging
+    directory that is renamed onto ``adapter_dir`` only when complete."""
+    staging = adapter_dir.with_name(f".{adapter_dir.name}.staging")
+    if is_rank_zero and staging.exists():
+        shutil.rmtree(staging)
+    _barrier()
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # With the preset's SHARDED_STATE_DICT (right for checkpoints) save_model writes no adapter weights at all;
+        # gather the full LoRA state on rank 0 for the adapter instead.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(staging))
+    if is_rank_zero:
+        if not any(staging.glob("adapter_model.*")):
+            raise PermanentError(f"saving the adapter wrote no adapter weights into {staging} "
+                                 f"(found: {sorted(p.name for p in staging.iterdir())})")
+        tokenizer.save_pretrained(staging)
+        with atomic_dir(adapter_dir) as tmp:
+            tmp.rmdir()
+            os.replace(staging, tmp)
+    _barrier()
