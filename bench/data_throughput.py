@@ -283,7 +283,7 @@ def tree_digest(root: Path) -> tuple[str, int, int]:
 
 
 def bench_config(manifest: dict, kind: str, workers: int, shard_rows: int):
-    from r1lib.config import preset
+    from r1lib.presets import preset
 
     config = preset("tiny")
     config.data.train_paths, config.data.test_path, config.data.replay_path = manifest["files"], manifest["test"], None
@@ -305,13 +305,13 @@ def run_pipeline(manifest: dict, kind: str, workers: int, shard_rows: int, model
         prepared = run_data_stages(config, model_dir, str(run))
     seconds = time.perf_counter() - start
     checksum, files, size = tree_digest(run)
-    data = prepared.data
+    data = prepared.validated
     train_reports = [r for r in data.reports if r.file in manifest["files"]]
     rows_in = sum(r.rows for r in train_reports)
     assert sum(r.accepted + r.quarantined for r in train_reports) == rows_in
-    dedup = json.loads(Path(data.dedup_report).read_text())
+    dedup = prepared.deduped.report.model_dump()
     return {
-        "runner": kind, "workers": workers, "shard_rows": shard_rows, "train_shards": len(data.shards["train"]),
+        "runner": kind, "workers": workers, "shard_rows": shard_rows, "train_shards": len(prepared.deduped.shards["train"]),
         "rows_in": rows_in, "seconds": round(seconds, 2), "rows_per_s": round(rows_in / seconds),
         "cpu_seconds": round(meter.cpu_seconds, 1), "rows_per_cpu_s": round(rows_in / meter.cpu_seconds),
         "stage_seconds": prepared.seconds,
@@ -331,7 +331,7 @@ def run_pipeline(manifest: dict, kind: str, workers: int, shard_rows: int, model
         "tokenize": {"rows_in": prepared.train.rows_in, "rows_out": prepared.train.rows_out,
                      "too_long": prepared.train.dropped_too_long, "tokens": prepared.train.tokens,
                      "trained_tokens": prepared.train.trained_tokens},
-        "train_records": data.train,
+        "train_records": prepared.deduped.train,
     }
 
 
@@ -414,7 +414,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    from r1lib.config import RunnerConfig, preset
+    from r1lib.config import RunnerConfig
+    from r1lib.presets import preset
     from tasks.resolve_model import resolve_model
 
     data_dir = ROOT / ".cache" / "data_throughput" / str(args.rows)

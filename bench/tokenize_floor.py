@@ -34,9 +34,11 @@ def main() -> None:
     import orjson
 
     from r1lib.chat_template import completion_text
-    from r1lib.config import preset
+    from r1lib.presets import preset
     from tasks.resolve_model import resolve_model
-    from tasks.tokenize import _direct_backend, _load_tokenizer, render_prompts
+    from r1lib.chat_template import render_prompts
+    from r1lib.compat import rust_tokenizer
+    from tasks.tokenize import _load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=20_000, help="the kept data_throughput run to read")
@@ -50,7 +52,7 @@ def main() -> None:
                  "--no-baseline --keep first")
     config = preset("tiny")
     tokenizer = _load_tokenizer(resolve_model(config.model, str(ROOT / ".cache")))
-    backend = _direct_backend(tokenizer)
+    backend = rust_tokenizer(tokenizer)
     rows = [orjson.loads(line) for path in shards for line in path.open("rb")]
     prompts = render_prompts(tokenizer, rows, config.tokenize.system_prompt)
     completions = [completion_text(r.get("reasoning"), r["messages"][-1]["content"], True) for r in rows]

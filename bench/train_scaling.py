@@ -28,7 +28,8 @@ import train_throughput as tt  # noqa: E402  (model shapes, random-weight models
 
 
 def run(backend: str, gpus: int, args, model_dir: Path, dataset_dir: Path, work: Path) -> dict:
-    from r1lib.config import ModelConfig, TokenizeConfig, preset
+    from r1lib.config import ModelConfig, TokenizeConfig
+    from r1lib.presets import preset
     from tasks.train import train
 
     shape = tt.SHAPES[args.shape]

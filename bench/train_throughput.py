@@ -217,7 +217,8 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from r1lib.config import ModelConfig, preset
+    from r1lib.config import ModelConfig
+    from r1lib.presets import preset
     from r1lib.training.backends import build_trainer
     from r1lib.training.fit import TokenCounter
 
@@ -367,7 +368,7 @@ def matmul_peak() -> float:
 
 
 def plan(args, model_dirs: dict) -> dict[str, list[dict]]:
-    from r1lib.config import preset
+    from r1lib.presets import preset
 
     specs = {"hf": [], "unsloth": []}
     for shape in args.shapes:

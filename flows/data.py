@@ -26,24 +26,30 @@ from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
 from r1lib.compat import start_local_prefect_server
 from r1lib.config import PipelineConfig, RunnerConfig
 from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
-from tasks.dedup import (dedup_keys_task, dedup_merge_task, dedup_plan_task, dedup_write_task, passthrough_parts,
-                         passthrough_report)
+from tasks.dedup import (DedupedData, dedup_keys_task, dedup_merge_task, dedup_plan_task, dedup_write_task,
+                         passthrough_parts, passthrough_report)
 from r1lib.errors import ConfigError
 from r1lib.paths import check_config_paths
+from r1lib.stage import StageResult
 from tasks.tokenize import TokenizedData, tokenize_merge_task, tokenize_shard_task
 from tasks.validate import ValidatedData, data_inputs, validate_input_task, validate_merge_task
 
 
 class PreparedData(BaseModel):
-    """What the training part of the flow needs from the data stages."""
+    """What the data stages hand the rest of the flow."""
 
-    data: ValidatedData  # deduplicated train/test, replay, the validation reports and quarantine
+    validated: ValidatedData  # the validation reports and quarantine; replay records
+    deduped: DedupedData  # train/test records, deduplicated and leak-free
     augmented: AugmentedData
     debiased: DebiasedData
     train: TokenizedData
     test: TokenizedData
     replay: TokenizedData | None
     seconds: dict[str, float]  # wall time of each stage (map + merge), for the logs and bench/data_throughput.py
+
+    def results(self) -> list[StageResult]:
+        """The stage results the run summary shows, in stage order."""
+        return [self.validated, self.deduped, self.augmented, self.debiased, self.train]
 
 
 def task_runner(cfg: RunnerConfig) -> TaskRunner:
@@ -95,7 +101,7 @@ def _map(task, limit: int | None, **arguments):
 
 def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
     """validate -> dedup -> augment -> debias -> tokenize, each a task map over shards plus a merge, submitted to the
-    task runner of the flow this is called in."""
+    task runner of the flow this is called in. The caller has checked the configured paths (check_config_paths)."""
     shard_rows, seconds = config.runner.shard_rows, {}
     limit = config.runner.workers if config.runner.kind == "default" else None
     clock = time.perf_counter()
@@ -108,31 +114,31 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
     def indices(items: list) -> list[int]:
         return list(range(len(items)))
 
-    check_config_paths(config)  # the augment/debias files too, not only the inputs data_inputs expands
     inputs = data_inputs(config.data)
     validated = _map(validate_input_task, limit, index=indices(inputs), split=[s for s, _ in inputs],
                      path=[p for _, p in inputs], max_chars=unmapped(config.data.max_field_chars),
                      max_line_bytes=unmapped(config.data.max_line_bytes), shard_rows=unmapped(shard_rows),
                      run_dir=unmapped(run))
-    data = validate_merge_task(config.data, validated, run)
+    validated = validate_merge_task(config.data, validated, run)
     lap("validate")
 
+    splits = {split: validated.shards.get(split, []) for split in ("train", "test")}
     if config.dedup.enabled:
-        splits = {split: data.shards.get(split, []) for split in ("train", "test")}
         keys = {split: _map(dedup_keys_task, limit, shard=shards, index=indices(shards), split=unmapped(split),
                             cfg=unmapped(config.dedup), run_dir=unmapped(run)) for split, shards in splits.items()}
         plan = dedup_plan_task(keys["train"], keys["test"], config.dedup, run)
         parts = {split: _map(dedup_write_task, limit, shard=shards, plan_path=getattr(plan, split),
                              split=unmapped(split), index=indices(shards), run_dir=unmapped(run))
                  for split, shards in splits.items()}
-        data = dedup_merge_task(data, parts["train"], parts["test"], plan.report, run)
+        deduped = dedup_merge_task(parts["train"], parts["test"], plan.report, run)
     else:
-        data = dedup_merge_task(data, *passthrough_parts(data), passthrough_report(data, config.dedup), run)
+        deduped = dedup_merge_task(*passthrough_parts(splits["train"], splits["test"]),
+                                   passthrough_report(splits["train"], splits["test"], config.dedup), run)
     lap("dedup")
 
-    shards = data.shards["train"]
+    shards = deduped.shards["train"]
     augmented = augment_merge_task(_map(augment_shard_task, limit, shard=shards, index=indices(shards),
-                                        replay_path=unmapped(data.replay), cfg=unmapped(config.augment),
+                                        replay_path=unmapped(validated.replay), cfg=unmapped(config.augment),
                                         run_dir=unmapped(run)), run)
     lap("augment")
     shards = augmented.shards
@@ -140,8 +146,8 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
                                       cfg=unmapped(config.debias), run_dir=unmapped(run)), config.debias, run)
     lap("debias")
 
-    splits = {"train": debiased.shards, "test": data.shards["test"]} | (
-        {"replay": data.shards["replay"]} if data.replay else {})
+    splits = {"train": debiased.shards, "test": deduped.shards["test"]} | (
+        {"replay": validated.shards["replay"]} if validated.replay else {})
     # Without a limit the splits' maps run side by side; each merge waits only for its own shards.
     parts = {split: _map(tokenize_shard_task, limit, shard=shards, index=indices(shards), model_dir=unmapped(model_dir),
                          cfg=unmapped(config.tokenize), split=unmapped(split), run_dir=unmapped(run))
@@ -150,13 +156,15 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
     tokenized = {split: merge.result() for split, merge in merges.items()}
     lap("tokenize")
     print(f"data stages: {seconds} s")
-    return PreparedData(data=data, augmented=augmented, debiased=debiased, train=tokenized["train"],
-                        test=tokenized["test"], replay=tokenized.get("replay"), seconds=seconds)
+    return PreparedData(validated=validated, deduped=deduped, augmented=augmented, debiased=debiased,
+                        train=tokenized["train"], test=tokenized["test"], replay=tokenized.get("replay"),
+                        seconds=seconds)
 
 
 @flow(name="r1-data", flow_run_name="data stages -> {run}", log_prints=True)
 def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
     """The data stages as a flow of their own, on the task runner it is given."""
+    check_config_paths(config)  # the augment/debias files too, not only the inputs data_inputs expands
     return data_stages(config, model_dir, run)
 
 

@@ -432,3 +432,27 @@ def chat_renderer(tokenizer, **template_kwargs) -> FastChatRenderer:
 def _parse_template(template: str):
     """The template's Jinja AST, parsed by the environment transformers renders it with."""
     return jinja_environment(template).parse(template)
+
+
+def prompt_messages(record: dict) -> list[dict]:
+    system = [{"role": "system", "content": record["system"]}] if record["system"] else []
+    return system + record["messages"][:-1]
+
+
+def render_prompt(tokenizer, record: dict, system_prompt: str = "") -> str:
+    messages = prompt_messages(record)
+    if system_prompt and not record["system"]:
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def render_prompts(tokenizer, records: list[dict], system_prompt: str = "") -> list[str]:
+    """``render_prompt`` of each record, equal to it, through the tokenizer's cached FastChatRenderer (each shape's
+    template rendered once and filled in; rows it cannot show to be equal, and a checked sample, go through Jinja)."""
+    conversations = []
+    for record in records:
+        messages = prompt_messages(record)
+        if system_prompt and not record["system"]:
+            messages = [{"role": "system", "content": system_prompt}, *messages]
+        conversations.append(messages)
+    return chat_renderer(tokenizer, add_generation_prompt=True).render(conversations)

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from r1lib.paths import InputPath, OutputPath
+
 EMBEDDED = "embedded"  # ModelConfig.name_or_path value that selects the tiny model built from code
 
 
@@ -34,10 +36,10 @@ class EmbeddedModelConfig(Section):
     pretrain_batch_size: int = Field(16, ge=1)
     pretrain_lr: float = Field(3e-3, gt=0)
     seed: int = 1234
-    corpus_path: str = Field("data/corpus/general.txt", description="Pre-training text.")
-    chat_paths: list[str] = Field(["data/sample/general.jsonl"], description="R1-format chats in the pre-training.")
+    corpus_path: InputPath = Field("data/corpus/general.txt", description="Pre-training text.")
+    chat_paths: list[InputPath] = Field(["data/sample/general.jsonl"], description="R1-format chats in the pre-training.")
     chat_repeats: int = Field(4, ge=0, description="How often each chat appears in the pre-training stream.")
-    vocab_paths: list[str] = Field(
+    vocab_paths: list[InputPath] = Field(
         ["data/sample/train.jsonl", "data/sample/test.jsonl", "data/sample/general.jsonl",
          "data/augment/prompt_templates.txt", "data/debias/term_pairs.csv"],
         description="Texts whose tokens the tiny model knows (see r1lib/embedded.py).",
@@ -67,9 +69,9 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train_paths: list[str] = Field(["data/sample/train.jsonl"], description="Training files (JSONL or JSON).")
-    test_path: str = Field("data/sample/test.jsonl", description="Held-out evaluation file; never trained on.")
-    replay_path: str | None = Field("data/sample/general.jsonl", description="General data for replay and forgetting.")
+    train_paths: list[InputPath] = Field(["data/sample/train.jsonl"], description="Training files (JSONL or JSON).")
+    test_path: InputPath = Field("data/sample/test.jsonl", description="Held-out evaluation file; never trained on.")
+    replay_path: InputPath | None = Field("data/sample/general.jsonl", description="General data for replay and forgetting.")
     max_rejected_fraction: float = Field(0.25, ge=0, le=1, description="Fail the run when more rows are rejected.")
     max_field_chars: int = Field(100_000, ge=1, description="Longer instruction/output fields are rejected.")
     max_line_bytes: int = Field(
@@ -85,7 +87,7 @@ class DataConfig(Section):
 
 
 class AugmentConfig(Section):
-    templates_path: str = Field("data/augment/prompt_templates.txt", description="Prompt wordings, {instruction} inside.")
+    templates_path: InputPath = Field("data/augment/prompt_templates.txt", description="Prompt wordings, {instruction} inside.")
     prompt_variants: int = Field(1, ge=0, le=8, description="Extra copies of each row under other prompt wordings.")
     replay_ratio: float = Field(0.1, ge=0, le=1, description="General replay rows mixed in, as a share of train rows.")
     seed: int = 0
@@ -96,8 +98,8 @@ class AugmentConfig(Section):
 
 class DebiasConfig(Section):
     enabled: bool = True
-    blocklist_path: str | None = Field("data/debias/blocklist.txt", description="One term per line; rows with one are quarantined.")
-    term_pairs_path: str | None = Field("data/debias/term_pairs.csv", description="group_a,group_b,term_a,term_b rows.")
+    blocklist_path: InputPath | None = Field("data/debias/blocklist.txt", description="One term per line; rows with one are quarantined.")
+    term_pairs_path: InputPath | None = Field("data/debias/term_pairs.csv", description="group_a,group_b,term_a,term_b rows.")
     counterfactual: bool = Field(True, description="Add a swapped twin of each row that mentions a paired term.")
     max_balance_ratio: float = Field(1.5, ge=1, description="Warn when a pair's groups differ more than this after.")
     fail_on_imbalance: bool = False
@@ -179,8 +181,8 @@ class TrainConfig(Section):
                       "micro_batch_size x gradient_accumulation: each process accumulates 1/N of it.")
     launch: str = Field("auto", pattern=r"^[A-Za-z0-9_.\-/]+$",
                         description="Launch preset, a file in deployments/launch/ (single, ddp, fsdp) or a path to "
-                        "one; auto = single for one process, ddp for more. The R1_FINETUNE_LAUNCH environment "
-                        "variable (a deployment's job variables) overrides auto.")
+                        "one; auto = single for one process, ddp for more. The TrainingArguments a preset sets over "
+                        "this config are named in the train stage's log.")
     seed: int = 42
     lora: LoraSettings = LoraSettings()
 
@@ -199,7 +201,7 @@ class EvalConfig(Section):
     on_forgetting: Literal["warn", "fail"] = Field("warn", description="What to do past max_forgetting_ratio.")
     perplexity_rows: int | None = Field(None, ge=1, description="Held-out / replay rows for perplexity (None: all).")
     lm_eval_tasks: list[str] = Field([], description="Optional lm-evaluation-harness tasks, run only from local data.")
-    lm_eval_path: str | None = Field(None, description="Local folder with the lm_eval task YAMLs/data (never downloaded).")
+    lm_eval_path: InputPath | None = Field(None, description="Local folder with the lm_eval task YAMLs/data (never downloaded).")
     lm_eval_limit: int | None = Field(None, ge=1, description="Examples per lm_eval task (None: all).")
 
 
@@ -230,8 +232,8 @@ class PipelineConfig(Section):
 
     preset: str = Field("tiny", description="The preset these values started from (for the record).")
     run_name: str | None = Field(None, description="Run directory name under runs_dir; default: derived from the config.")
-    runs_dir: str = "runs"
-    cache_dir: str = ".cache"
+    runs_dir: OutputPath = "runs"
+    cache_dir: OutputPath = ".cache"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -244,6 +246,15 @@ class PipelineConfig(Section):
     export: ExportConfig = ExportConfig()
     smoke: SmokeConfig = SmokeConfig()
 
+    def unused_paths(self) -> list[str]:
+        """Config fields whose files this run never reads (their sections are switched off)."""
+        unused = [] if self.model.name_or_path == EMBEDDED else ["model.embedded"]
+        if not self.debias.enabled:
+            unused += ["debias.blocklist_path", "debias.term_pairs_path"]
+        if not self.evaluate.lm_eval_tasks:
+            unused.append("evaluate.lm_eval_path")
+        return unused
+
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / (self.run_name or f"{self.preset}-{self.fingerprint()[:10]}")
 
@@ -253,48 +264,3 @@ class PipelineConfig(Section):
         # The runner's kind, address and workers change where the data stages run, not what they write.
         exclude = {"run_name": True, "runner": {"kind", "address", "workers"}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
-
-
-def _tiny() -> PipelineConfig:
-    # Tuned so the whole DAG finishes in a couple of minutes on two CPU cores.
-    return PipelineConfig(
-        preset="tiny",
-        augment=AugmentConfig(prompt_variants=1, replay_ratio=0.3),
-        train=TrainConfig(
-            max_steps=90, learning_rate=1e-2, micro_batch_size=16, gradient_accumulation=1, warmup_ratio=0.05,
-            optimizer="adamw_torch", gradient_checkpointing=False, save_steps=30, logging_steps=5,
-            lora=LoraSettings(r=16, alpha=32),
-        ),
-        evaluate=EvalConfig(max_examples=60, batch_size=30, max_new_tokens=48),
-    )
-
-
-def _real(model_id: str, max_seq_length: int = 4096, micro_batch_size: int = 4) -> PipelineConfig:
-    return PipelineConfig(
-        preset=model_id.split("/")[-1],
-        model=ModelConfig(name_or_path=model_id),
-        tokenize=TokenizeConfig(max_seq_length=max_seq_length),
-        train=TrainConfig(learning_rate=2e-4, micro_batch_size=micro_batch_size, gradient_accumulation=4,
-                          optimizer="adamw_8bit", packing=True, save_steps=100),
-        evaluate=EvalConfig(max_examples=200, batch_size=16, max_new_tokens=1024),
-        export=ExportConfig(quantizations=["Q4_K_M", "Q5_K_M", "Q8_0"]),
-        smoke=SmokeConfig(max_tokens=512, n_ctx=4096),
-    )
-
-
-PRESETS = {
-    "tiny": _tiny,
-    "r1-qwen-1.5b": lambda: _real("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", micro_batch_size=8),
-    "r1-qwen-7b": lambda: _real("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
-    "r1-qwen-14b": lambda: _real("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", micro_batch_size=2),
-    "r1-llama-8b": lambda: _real("deepseek-ai/DeepSeek-R1-Distill-Llama-8B"),
-    "r1-llama-8b-unsloth-4bit": lambda: _real("unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit"),
-}
-
-
-def preset(name: str, **overrides) -> PipelineConfig:
-    """A named preset, with top-level sections optionally replaced (``preset('tiny', run_name='x')``)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    cfg = PRESETS[name]()
-    return cfg.model_validate({**cfg.model_dump(), **overrides})

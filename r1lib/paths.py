@@ -7,9 +7,11 @@ paths and roots are relative to the working directory, as every configured path 
 under a listed prefix and never with a ``..`` segment. Archives (.zip, .tar, .tar.gz, .tgz, .7z ... and fsspec's
 ``zip://`` / ``tar://``) are refused, never opened: extracting one writes wherever its member names say.
 
-Besides the data inputs, every other file the configuration names for reading (augmentation templates, debias lists,
-the lm_eval folder, the embedded model's pre-training texts) must lie under ``data.allowed_roots`` as well:
-``check_config_paths``, which the flows call before any stage runs.
+Which strings are paths is declared, never guessed: a configuration field, a task parameter or a result field that
+names a file or folder to read is typed ``InputPath``; one that names where a stage writes is ``OutputPath``.
+``declared_paths`` finds them in any value by its type, and that one walk decides both what must lie under the roots
+(every ``InputPath`` of the configuration: ``check_config_paths``, which the flows call before any stage runs) and
+what a stage's cache key hashes (r1lib/policy.py).
 
 Two placeholders keep the defaults free of machine-specific paths: ``{project}`` (this checkout) and ``{hf_cache}``
 (the Hugging Face hub cache: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``). A violation raises ``PathNotAllowed``, a
@@ -20,10 +22,15 @@ from __future__ import annotations
 
 import json
 import os
+import types
+import typing
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote
+
+from pydantic import BaseModel
 
 from r1lib.errors import PathNotAllowed
 
@@ -33,6 +40,72 @@ if TYPE_CHECKING:
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")
 ARCHIVE_PROTOCOLS = frozenset({"zip", "tar", "libarchive"})  # fsspec filesystems that read inside an archive
+
+
+@dataclass(frozen=True)
+class PathRef:
+    """Marks a ``str`` as naming a file or folder; ``output``: a place a stage writes, not something it reads."""
+
+    output: bool = False
+
+
+InputPath = Annotated[str, PathRef()]
+OutputPath = Annotated[str, PathRef(output=True)]
+
+
+def declared_paths(value: Any, annotation: Any = Any, name: str = "") -> list[tuple[str, str, PathRef]]:
+    """(dotted name, path, its PathRef) of every string that ``annotation`` (or, inside pydantic models, a field's
+    type) declares a path, at any depth of models, lists, tuples and dicts."""
+    found: list[tuple[str, str, PathRef]] = []
+    _walk(value, annotation, name, found)
+    return found
+
+
+def _walk(value: Any, annotation: Any, name: str, found: list) -> None:
+    if value is None:
+        return
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *meta = typing.get_args(annotation)
+        ref = next((m for m in meta if isinstance(m, PathRef)), None)
+        if ref is None:
+            _walk(value, base, name, found)
+        elif isinstance(value, (str, Path)) and str(value):
+            found.append((name, str(value), ref))
+        return
+    if isinstance(value, BaseModel):
+        for field, info in type(value).model_fields.items():
+            _walk(getattr(value, field), info.rebuild_annotation(), f"{name}.{field}" if name else field, found)
+    elif origin in (typing.Union, types.UnionType):
+        arg = next((a for a in typing.get_args(annotation) if _accepts(a, value)), Any)
+        _walk(value, arg, name, found)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        args = typing.get_args(annotation)
+        for i, item in enumerate(value):
+            fixed = origin is tuple and args and args[-1] is not Ellipsis
+            _walk(item, (args[i] if i < len(args) else Any) if fixed else (args[0] if args else Any), f"{name}[{i}]",
+                  found)
+    elif isinstance(value, dict):
+        args = typing.get_args(annotation)
+        for key, item in value.items():
+            _walk(item, args[1] if len(args) == 2 else Any, f"{name}.{key}" if name else str(key), found)
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` can be of the union member ``annotation`` (to walk it with the right type)."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if annotation is type(None):
+        return value is None
+    try:
+        return isinstance(value, typing.get_origin(annotation) or annotation)
+    except TypeError:  # Any, Literal, ...
+        return True
+
+
+def parameter_types(fn: Any) -> dict[str, Any]:
+    """The type of each parameter (and ``return``) of ``fn``, with their Annotated metadata."""
+    return typing.get_type_hints(fn, include_extras=True)
 
 
 def is_url(path: str) -> bool:
@@ -127,27 +200,13 @@ def check_model_dir(model_dir: str | Path, roots: Sequence[str], field: str = "m
 
 
 def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
-    """(field, path) of every file or folder the configuration names for the run to read, other than the model:
-    the data inputs as written (files, folders or globs; validate confines what they expand to), the augmentation
-    templates, the debias lists when debiasing is on, the lm_eval folder when lm_eval tasks are asked for, and the
-    embedded model's pre-training texts when the embedded model is the one used."""
-    from r1lib.config import EMBEDDED
-
-    data, named = config.data, []
-    named += [(f"data.train_paths[{i}]", path) for i, path in enumerate(data.train_paths)]
-    named += [("data.test_path", data.test_path), ("data.replay_path", data.replay_path),
-              ("augment.templates_path", config.augment.templates_path)]
-    if config.debias.enabled:
-        named += [("debias.blocklist_path", config.debias.blocklist_path),
-                  ("debias.term_pairs_path", config.debias.term_pairs_path)]
-    if config.evaluate.lm_eval_tasks:
-        named.append(("evaluate.lm_eval_path", config.evaluate.lm_eval_path))
-    if config.model.name_or_path == EMBEDDED:
-        embedded = config.model.embedded
-        named.append(("model.embedded.corpus_path", embedded.corpus_path))
-        named += [(f"model.embedded.chat_paths[{i}]", path) for i, path in enumerate(embedded.chat_paths)]
-        named += [(f"model.embedded.vocab_paths[{i}]", path) for i, path in enumerate(embedded.vocab_paths)]
-    return [(name, path) for name, path in named if path]
+    """(field, path) of every ``InputPath`` the configuration names for the run to read, other than the model, in
+    the sections in use (``PipelineConfig.unused_paths``): data inputs as written (files, folders or globs; validate
+    confines what they expand to), augmentation templates, debias lists, the lm_eval folder, the embedded model's
+    pre-training texts."""
+    unused = config.unused_paths()
+    return [(name, path) for name, path, ref in declared_paths(config)
+            if not ref.output and not any(name == u or name.startswith((u + ".", u + "[")) for u in unused)]
 
 
 def check_config_paths(config: PipelineConfig) -> None:

@@ -1,11 +1,11 @@
 """Prefect policy shared by every stage's @task: caching that survives the flow run, retries, timeouts.
 
 Caching. Every stage's result is persisted and keyed on (a) its inputs, (b) its own source code and (c) the content of
-the files and directories its inputs name (``FILES``; stages take paths, so hashing the path string alone would miss a
-changed file). The flow-run id is *not* part of the key, so a retried flow run (``prefect flow-run retry``, the UI's
+the files and directories its inputs declare as ``InputPath`` (``FILES``; stages take paths, so hashing the path
+string alone would miss a changed file). The flow-run id is *not* part of the key, so a retried flow run (``prefect flow-run retry``, the UI's
 Retry) or a new run with the same inputs finds every finished stage in the cache and starts at the failed one; the
-train stage itself resumes from its last complete checkpoint. A cached result whose output files have since vanished
-(someone cleaned ``runs/``) is not trusted: the stage runs again.
+train stage itself resumes from its last complete checkpoint. A cached result whose ``InputPath`` outputs (what the next
+stages read) have since vanished (someone cleaned ``runs/``) is not trusted: the stage runs again.
 
 Results live in ``$R1_RESULT_STORAGE`` when set (a block slug such as ``s3-bucket/r1-results``, or a local folder),
 else in Prefect's default ``$PREFECT_HOME/storage``; a worker pool whose runs must share the cache needs shared storage.
@@ -17,6 +17,7 @@ Retries. Transient failures (I/O, network, a killed process, CUDA hiccups) retry
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +27,23 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.tasks import exponential_backoff
 
 from r1lib.errors import PermanentError
+from r1lib.paths import declared_paths, is_url, parameter_types
 
-# Inputs that name where a stage writes (or a whole cache), not what it reads: their path is part of INPUTS, their
-# content is not (it changes as stages write into them).
-OUTPUT_LOCATIONS = frozenset({"run_dir", "cache_dir", "out_dir", "runs_dir"})
-# Fields whose paths are a permission (the folders inputs may come from), not something a stage reads: hashing
-# ``allowed_roots: ["."]`` would read the whole working tree for every task that takes the config.
-NOT_READ = OUTPUT_LOCATIONS | {"allowed_roots"}
 # Files above this size are fingerprinted by (size, mtime) instead of their bytes: hashing a 15 GB model per stage
 # would cost minutes, and such files are only ever replaced whole (atomic renames), which changes their mtime.
 CONTENT_HASH_LIMIT = 64 * 2**20
 _MAX_CACHE_GENERATIONS = 20
+
+
+def stage_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a flow or task run (its lines reach the UI), else this project's logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("r1-finetune")
 
 
 def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
@@ -89,64 +96,27 @@ def path_fingerprint(path: str | Path) -> str | None:
     return digest.hexdigest()
 
 
-def _looks_like_path(value: str) -> bool:
-    return 0 < len(value) < 4096 and "\n" not in value and ("/" in value or "." in value) and not value.startswith(
-        ("http://", "https://"))
-
-
-def referenced_paths(value: Any, skip: frozenset[str] = frozenset()) -> list[str]:
-    """Existing files and directories named anywhere in a task input (strings, lists, dicts, pydantic models)."""
-    found: list[str] = []
-
-    def walk(item: Any, key: str | None = None) -> None:
-        if key in skip:
-            return
-        if hasattr(item, "model_dump"):
-            item = item.model_dump()
-        if isinstance(item, dict):
-            for k, v in item.items():
-                walk(v, str(k))
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            for v in item:
-                walk(v)
-        elif isinstance(item, (str, Path)) and _looks_like_path(str(item)) and os.path.exists(item):
-            found.append(str(item))
-
-    walk(value)
-    return sorted(set(found))
-
-
-def inputs_fingerprint(inputs: dict[str, Any]) -> str:
-    """One digest over the content of every file or directory the inputs name (output locations excluded)."""
+def inputs_fingerprint(inputs: dict[str, Any], types: dict[str, Any]) -> str:
+    """One digest over the content of every file or directory that ``types`` (a task's parameter types) declares an
+    ``InputPath`` anywhere in the inputs; an ``OutputPath`` is where a stage writes, so only its name counts."""
     digest = hashlib.sha256()
     for name in sorted(inputs):
-        if name in OUTPUT_LOCATIONS:
-            continue
-        for path in referenced_paths(inputs[name], skip=NOT_READ):
-            digest.update(f"{name}:{path}:{path_fingerprint(path)}\n".encode())
+        for where, path, ref in declared_paths(inputs[name], types.get(name, Any), name):
+            if not ref.output:
+                digest.update(f"{where}:{path}:{path_fingerprint(path)}\n".encode())
     return digest.hexdigest()
 
 
-def _missing_outputs(value: Any) -> list[str]:
-    """Paths in a cached result that should exist (their top folder does) but do not."""
-    missing: list[str] = []
-
-    def walk(item: Any) -> None:
-        if hasattr(item, "model_dump"):
-            item = item.model_dump()
-        if isinstance(item, dict):
-            for v in item.values():
-                walk(v)
-        elif isinstance(item, (list, tuple)):
-            for v in item:
-                walk(v)
-        elif isinstance(item, str) and _looks_like_path(item) and "/" in item:
-            top = Path(item).parts[0] if not item.startswith("/") else None
-            anchored = item.startswith("/") or (top is not None and Path(top).is_dir())
-            if anchored and not os.path.exists(item):
-                missing.append(item)
-
-    walk(value)
+def missing_outputs(result: Any, annotation: Any = Any) -> list[str]:
+    """The ``InputPath`` files and folders a cached result hands on that no longer exist (where their top folder
+    does, so that a hub id is not taken for a missing path). Fields the next stages do not read (a checkpoint the
+    trainer rotates, a report) are plain strings and never make a cached result stale."""
+    missing = []
+    for _, path, ref in declared_paths(result, annotation):
+        if ref.output or is_url(path) or os.path.exists(path):
+            continue
+        if os.path.isabs(path) or Path(Path(path).parts[0]).is_dir():
+            missing.append(path)
     return missing
 
 
@@ -158,7 +128,8 @@ class InputFiles(CachePolicy):
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        return inputs_fingerprint({k: v for k, v in (inputs or {}).items() if k not in self.exclude})
+        inputs = {k: v for k, v in (inputs or {}).items() if k not in self.exclude}
+        return inputs_fingerprint(inputs, parameter_types(task_ctx.task.fn))
 
 
 FILES = InputFiles()
@@ -177,12 +148,13 @@ class StageCache(CachePolicy):
         if key is None or store is None:
             return key
         # A key whose cached result names files that no longer exist is passed over for the next generation.
+        result_type = parameter_types(task_ctx.task.fn).get("return", Any)
         for generation in range(_MAX_CACHE_GENERATIONS):
             candidate = key if generation == 0 else f"{key}-g{generation}"
             try:
                 if not store.exists(candidate):
                     return candidate
-                if not _missing_outputs(store.read(candidate).result):
+                if not missing_outputs(store.read(candidate).result, result_type):
                     return candidate
             except Exception:  # an unreadable record: let Prefect decide (it recomputes)
                 return candidate

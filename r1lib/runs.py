@@ -8,3 +8,8 @@ from pathlib import Path
 def stage_dir(run_dir: str | Path, stage: str, *parts: str) -> Path:
     """The folder of ``stage`` in the run folder (or a path inside it); stages write only under their own."""
     return Path(run_dir, stage, *parts)
+
+
+def run_file(run_dir: str | Path, name: str) -> Path:
+    """A file of the whole run, beside the stage folders (``summary.json``)."""
+    return Path(run_dir, name)

@@ -17,13 +17,14 @@ from pydantic import BaseModel
 
 from r1lib.config import RunnerConfig
 from r1lib.io import _tmp_sibling, jsonl_line
+from r1lib.paths import InputPath
 
 DEFAULT_SHARD_ROWS = RunnerConfig.model_fields["shard_rows"].default
 CHUNK = 2_000  # rows a stage holds at once inside a shard (x ~5 after augmentation and counterfactuals)
 
 
 class Shard(BaseModel):
-    path: str
+    path: InputPath
     rows: int
 
     @classmethod

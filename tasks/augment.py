@@ -32,15 +32,24 @@ from r1lib.errors import ConfigError
 from r1lib.io import iter_jsonl, write_json
 from r1lib.policy import stage_options
 from r1lib.records import content_key
+from r1lib.paths import InputPath, OutputPath
+from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
+from r1lib.stage import StageResult
 
 
-class AugmentedData(BaseModel):
+class AugmentedData(StageResult):
     shards: list[Shard]  # the augmented training rows, in shard order
-    report: str  # every file a result names is checked by the stage cache (r1lib/policy.py)
+    report: str
     rows_in: int
     rows_out: int
     origins: dict[str, int]
+
+    def summary(self) -> dict:
+        return {"augment": {"rows_in": self.rows_in, "rows_out": self.rows_out, "origins": self.origins}}
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        return [("augment", f"{self.rows_in} -> {self.rows_out} rows {self.origins}")]
 
 
 def load_templates(path: Path) -> list[str]:
@@ -203,14 +212,15 @@ def merge_augmented(parts: list[AugmentedShard], out_dir: Path) -> AugmentedData
 
 
 @task(name="augment-shard", task_run_name="augment {index}", **stage_options())
-def augment_shard_task(shard: Shard, replay_path: str | None, cfg: AugmentConfig, index: int, run_dir: str) -> AugmentedShard:
+def augment_shard_task(shard: Shard, replay_path: InputPath | None, cfg: AugmentConfig, index: int,
+                       run_dir: OutputPath) -> AugmentedShard:
     """Add prompt-template and text variants and general replay rows to one shard."""
-    return augment_shard(shard, replay_path, cfg, index, Path(run_dir) / "augment" / "shards" / f"train-{index:04d}.jsonl")
+    return augment_shard(shard, replay_path, cfg, index, stage_dir(run_dir, "augment", "shards", f"train-{index:04d}.jsonl"))
 
 
 @task(name="augment", **stage_options())
-def augment_merge_task(parts: list[AugmentedShard], run_dir: str) -> AugmentedData:
+def augment_merge_task(parts: list[AugmentedShard], run_dir: OutputPath) -> AugmentedData:
     """The augmented training shards and their counts."""
-    result = merge_augmented(parts, Path(run_dir) / "augment")
+    result = merge_augmented(parts, stage_dir(run_dir, "augment"))
     print(f"augmented {result.rows_in} training rows into {result.rows_out}: {result.origins}")
     return result

@@ -5,8 +5,8 @@
   (``<｜end▁of▁sentence｜>``, ``<｜User｜>``, ...) and the evaluate stage's decoding settings (temperature, top_p,
   repeat_penalty; ``no_repeat_ngram_size`` has no Ollama / llama.cpp equivalent and is noted instead).
 - ``README.md``: a model card with the base model, the data fingerprint (sha256 of every input file), the
-  configuration, the evaluation and GGUF metrics, the training and eval loss curves (``loss_curve.png``, drawn from
-  ``train/log_history.json``) and the exact commands to run it with llama.cpp (llama-cli / llama-server) and Ollama.
+  configuration, the card section of each stage result it is given (training with its loss curve, evaluation, GGUF
+  metrics) and the exact commands to run it with llama.cpp (llama-cli / llama-server) and Ollama.
 
 Everything is written under a temporary name and renamed when complete.
 """
@@ -14,19 +14,20 @@ Everything is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import json
-import math
+import shutil
 from pathlib import Path
 
 from prefect import task
-from pydantic import BaseModel
 
 from r1lib.chat_template import ASSISTANT, BOS, EOS, USER
 from r1lib.config import PipelineConfig
 from r1lib.io import atomic_path, sha256_file, write_text
+from r1lib.gguf import FULL_PRECISION, GGUFFile
+from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
+from r1lib.stage import StageResult
 
 PREFERRED = ("Q4_K_M", "Q5_K_M", "Q8_0")
-FULL_PRECISION = ("F16", "BF16", "F32")
 
 # The R1 format as an Ollama (Go) template. No BOS here: llama.cpp adds it from the GGUF's add_bos_token, exactly
 # once (the smoke test checks this). Earlier assistant turns carry their answers only, as the official template does.
@@ -45,14 +46,20 @@ OLLAMA_TEMPLATE = (
 STOP_TOKENS = (EOS, BOS, USER, ASSISTANT)
 
 
-class CardResult(BaseModel):
+class CardResult(StageResult):
     readme: str
     modelfiles: list[str]
     modelfile: str | None  # the recommended GGUF's
     loss_curve: str | None
 
+    def summary(self) -> dict:
+        return {"deploy": {"model_card": self.readme, "modelfile": self.modelfile, "loss_curve": self.loss_curve}}
 
-def recommended(ggufs: list) -> object:
+    def summary_lines(self) -> list[tuple[str, str]]:
+        return [("deploy", f"{self.readme}; ollama create <name> -f {self.modelfile}")]
+
+
+def recommended(ggufs: list[GGUFFile]) -> GGUFFile:
     by_type = {g.type: g for g in ggufs}
     for qtype in PREFERRED:
         if qtype in by_type:
@@ -77,38 +84,6 @@ def modelfile_text(gguf_name: str, decoding: dict, n_ctx: int, system_prompt: st
     return "\n".join(lines) + "\n"
 
 
-def loss_curve(log_history: Path, out_png: Path, eval_points: list[tuple[int, float, str]] = ()) -> Path | None:
-    """Training loss (and eval_loss when training evaluated) per step, plus the evaluate stage's held-out answer loss
-    before/after (``eval_points``: step, loss, label). None when there is nothing to draw."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    history = json.loads(Path(log_history).read_text(encoding="utf-8")) if Path(log_history).exists() else []
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
-    if not train and not evals:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if train:
-        ax.plot(*zip(*train), marker=".", label="training loss")
-    if evals:
-        ax.plot(*zip(*evals), marker="o", label="eval loss (held-out, during training)")
-    for step, loss, label in eval_points:
-        ax.scatter([step], [loss], marker="s", s=50, zorder=3, label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title("Training and evaluation loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(out_png)
-
-
 def data_fingerprint(config: PipelineConfig) -> dict:
     paths = [*config.data.train_paths, config.data.test_path, *([config.data.replay_path] if config.data.replay_path else [])]
     files = {p: sha256_file(Path(p)) for p in paths if Path(p).exists()}
@@ -118,20 +93,10 @@ def data_fingerprint(config: PipelineConfig) -> dict:
     return {"sha256": combined, "files": files}
 
 
-def _fmt(value, pct: bool = False) -> str:
-    if value is None:
-        return "–"
-    if pct:
-        return f"{value:+.3%}"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def card_text(config: PipelineConfig, run_dir: str, trained, evaluation, ggufs: list, smoke, fingerprint: dict,
-              curve: Path | None, rec) -> str:
+def card_text(config: PipelineConfig, run_dir: str, sections: list[StageResult], decoding: dict, fingerprint: dict,
+              rec: GGUFFile) -> str:
     name = Path(run_dir).name
     rec_name = Path(rec.path).name
-    smoke_by_type = {r.type: r for r in smoke.results} if smoke else {}
-    decoding = evaluation.decoding if evaluation else {}
     temp = decoding.get("temperature", 0.0)
     penalty = decoding.get("repetition_penalty", 1.0)
     top_p = decoding.get("top_p", 1.0)
@@ -160,46 +125,11 @@ def card_text(config: PipelineConfig, run_dir: str, trained, evaluation, ggufs: 
         "| file | sha256 |", "|---|---|",
         *[f"| `{path}` | `{digest}` |" for path, digest in fingerprint["files"].items()],
         "",
-        "## Training",
-        "",
+        "<details><summary>Configuration</summary>", "", "```json",
+        json.dumps({k: config.model_dump()[k] for k in ("model", "tokenize", "train", "evaluate", "export")},
+                   indent=2, default=str), "```", "", "</details>", "",
+        *[section.card_section() for section in sections],
     ]
-    if trained is not None:
-        lines += [f"{trained.backend} backend, {trained.steps} steps, loss {_fmt(trained.first_loss)} -> "
-                  f"{_fmt(trained.last_loss)}, {trained.seconds} s, micro batch {trained.micro_batch_size} x "
-                  f"accumulation {trained.gradient_accumulation}.", ""]
-    if curve is not None:
-        lines += [f"![Training and evaluation loss]({curve.name})", ""]
-    lines += ["<details><summary>Configuration</summary>", "", "```json",
-              json.dumps({k: config.model_dump()[k] for k in ("model", "tokenize", "train", "evaluate", "export")},
-                         indent=2, default=str), "```", "", "</details>", ""]
-    if evaluation is not None:
-        from tasks.evaluate import comparison_table
-
-        lines += ["## Evaluation (held-out set, base vs fine-tuned)", "",
-                  f"Decoding: {json.dumps(decoding)}. Perplexity is token-weighted over answer tokens only; accuracy "
-                  "compares the answer after `</think>` (reasoning stripped) with the reference.", "",
-                  "| metric | base | fine-tuned | change |", "|---|---|---|---|",
-                  *[f"| {r['metric']} | {_fmt(r['base'])} | {_fmt(r['tuned'])} | {_fmt(r['change'])} |"
-                    for r in comparison_table(evaluation)], ""]
-        if evaluation.forgetting_exceeded:
-            lines += [f"**Warning:** replay perplexity rose {evaluation.forgetting_ratio}x, over the limit "
-                      f"{evaluation.forgetting_limit}x (forgetting).", ""]
-        lines += [f"lm-evaluation-harness: {evaluation.lm_eval_status}.", ""]
-    lines += ["## GGUF files", ""]
-    if smoke is not None and smoke.hf_perplexity is not None:
-        lines += [f"Perplexity on {smoke.perplexity_rows} held-out rows (answer tokens only) through llama-cpp-python; "
-                  f"the HF merged model scores {smoke.hf_perplexity:.6g}. Quantization loss is the relative perplexity "
-                  "increase over the full-precision GGUF.", ""]
-    lines += ["| file | type | MiB | perplexity | vs HF | quantization loss | smoke tokens/s | load s |",
-              "|---|---|---|---|---|---|---|---|"]
-    for g in ggufs:
-        r = smoke_by_type.get(g.type)
-        lines.append(f"| `{Path(g.path).name}` | {g.type} | {g.bytes / 2**20:.1f} | {_fmt(r.perplexity if r else None)} | "
-                     f"{_fmt(r.perplexity_vs_hf if r else None, True)} | {_fmt(r.quant_loss if r else None, True)} | "
-                     f"{_fmt(r.tokens_per_second if r else None)} | {_fmt(r.load_seconds if r else None)} |")
-    if smoke is not None:
-        lines += ["", f"Greedy-token parity, F16 GGUF vs HF merged model: {smoke.parity_matching}/{smoke.parity_tokens} "
-                  "tokens equal. Every GGUF passed the smoke test (one BOS, closed think block, non-empty answer)."]
     prompt = "What is the capital of France?"
     raw = f"{USER}{prompt}{ASSISTANT}<think>\\n"
     lines += [
@@ -232,11 +162,10 @@ def card_text(config: PipelineConfig, run_dir: str, trained, evaluation, ggufs: 
     return "\n".join(lines)
 
 
-def write_card(config: PipelineConfig, run_dir: str, ggufs: list, trained=None, evaluation=None, smoke=None,
-               out_dir: Path | None = None) -> CardResult:
-    """Modelfiles and README.md (+ loss_curve.png) beside the GGUFs (``runs/<run>/export``)."""
+def write_card(config: PipelineConfig, run_dir: str, ggufs: list[GGUFFile], decoding: dict,
+               sections: list[StageResult], loss_curve: str | None = None, out_dir: Path | None = None) -> CardResult:
+    """Modelfiles, README.md and the loss curve in ``out_dir``, by default beside the GGUFs (``runs/<run>/export``)."""
     out_dir = Path(out_dir or Path(ggufs[0].path).parent)
-    decoding = evaluation.decoding if evaluation is not None else {}
     modelfiles = []
     for g in ggufs:
         name = Path(g.path).name
@@ -247,15 +176,13 @@ def write_card(config: PipelineConfig, run_dir: str, ggufs: list, trained=None, 
     main_modelfile = out_dir / "Modelfile"
     write_text(main_modelfile, modelfile_text(Path(rec.path).name, decoding, config.smoke.n_ctx,
                                               config.tokenize.system_prompt))
-    points = []
-    if evaluation is not None:
-        last_step = trained.steps if trained is not None else 0
-        points = [(0, math.log(evaluation.base.perplexity), "held-out answer loss, base"),
-                  (last_step, math.log(evaluation.tuned.perplexity), "held-out answer loss, fine-tuned")]
-    history = Path(trained.log_history) if trained is not None else Path(run_dir) / "train" / "log_history.json"
-    curve = loss_curve(history, out_dir / "loss_curve.png", points)
+    curve = None
+    if loss_curve and Path(loss_curve).exists():
+        curve = out_dir / "loss_curve.png"
+        with atomic_path(curve) as tmp:
+            shutil.copyfile(loss_curve, tmp)
     readme = out_dir / "README.md"
-    write_text(readme, card_text(config, run_dir, trained, evaluation, ggufs, smoke, data_fingerprint(config), curve, rec))
+    write_text(readme, card_text(config, run_dir, sections, decoding, data_fingerprint(config), rec))
     return CardResult(readme=str(readme), modelfiles=modelfiles, modelfile=str(main_modelfile),
                       loss_curve=str(curve) if curve else None)
 
@@ -264,8 +191,10 @@ def write_card(config: PipelineConfig, run_dir: str, ggufs: list, trained=None, 
 
 
 @task(name="model-card", **stage_options(timeout_seconds=600))
-def card_task(config: PipelineConfig, run_dir: str, ggufs: list, trained=None, evaluation=None, smoke=None) -> CardResult:
-    """Ollama Modelfiles and the model card (README.md + loss curve) beside the GGUFs."""
-    result = write_card(config, run_dir, ggufs, trained, evaluation, smoke)
+def card_task(config: PipelineConfig, run_dir: OutputPath, ggufs: list[GGUFFile], decoding: dict,
+              sections: list[StageResult], loss_curve: InputPath | None = None) -> CardResult:
+    """Ollama Modelfiles and the model card (README.md + loss curve) beside the GGUFs; ``sections``: the stage
+    results whose card sections it shows, in order; ``decoding``: the evaluate stage's generation settings."""
+    result = write_card(config, run_dir, ggufs, decoding, sections, loss_curve)
     print(f"model card {result.readme}; Ollama: ollama create <name> -f {result.modelfile}")
     return result

@@ -30,7 +30,10 @@ from r1lib.errors import ConfigError, DataValidationError
 from r1lib.io import concat_files, iter_jsonl, write_json
 from r1lib.policy import stage_options
 from r1lib.records import content_key
+from r1lib.paths import InputPath, OutputPath
+from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
+from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class GroupBalance(BaseModel):
     ratio_after: float
 
 
-class DebiasedData(BaseModel):
+class DebiasedData(StageResult):
     shards: list[Shard]  # the debiased training rows, in shard order
     quarantine: str
     report: str
@@ -54,6 +57,14 @@ class DebiasedData(BaseModel):
     counterfactuals: int
     rows_out: int
     balance: list[GroupBalance]
+
+    def summary(self) -> dict:
+        return {"debias": {"blocked": self.blocked, "counterfactuals": self.counterfactuals,
+                           "balance": [b.model_dump() for b in self.balance]}}
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        balance = ", ".join(f"{b.groups} ratio {b.ratio_before} -> {b.ratio_after}" for b in self.balance)
+        return [("debias", f"{self.blocked} blocked, {self.counterfactuals} counterfactuals; {balance}")]
 
 
 _CJK_TERM_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -321,7 +332,7 @@ def _ratio(a: int, b: int) -> float:
 
 class DebiasedShard(BaseModel):
     shard: Shard
-    quarantine: str
+    quarantine: InputPath
     rows_in: int
     blocked: int
     counterfactuals: int
@@ -392,15 +403,15 @@ def debias_file(train_path: Path, cfg: DebiasConfig, out_dir: Path) -> DebiasedD
 
 
 @task(name="debias-shard", task_run_name="debias {index}", **stage_options())
-def debias_shard_task(shard: Shard, cfg: DebiasConfig, index: int, run_dir: str) -> DebiasedShard:
+def debias_shard_task(shard: Shard, cfg: DebiasConfig, index: int, run_dir: OutputPath) -> DebiasedShard:
     """Quarantine blocklisted rows and add counterfactual twins in one shard."""
-    return debias_shard(shard, cfg, Path(run_dir) / "debias" / "shards" / f"train-{index:04d}")
+    return debias_shard(shard, cfg, stage_dir(run_dir, "debias", "shards", f"train-{index:04d}"))
 
 
 @task(name="debias", **stage_options())
-def debias_merge_task(parts: list[DebiasedShard], cfg: DebiasConfig, run_dir: str) -> DebiasedData:
+def debias_merge_task(parts: list[DebiasedShard], cfg: DebiasConfig, run_dir: OutputPath) -> DebiasedData:
     """Join the debiased shards; report group balance."""
-    result = merge_debiased(parts, cfg, Path(run_dir) / "debias")
+    result = merge_debiased(parts, cfg, stage_dir(run_dir, "debias"))
     create_table_artifact(key="bias-report", table=[b.model_dump() for b in result.balance],
                           description="Group term counts before/after counterfactual augmentation (ratio = larger/smaller).")
     create_markdown_artifact(

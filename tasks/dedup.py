@@ -1,7 +1,6 @@
 """Stage 1b, dedup: exact and near-duplicate removal, train/test leakage, and a stable split when no test file exists.
 
-Runs right after validate, on its records (``ValidatedData``) and returns a ``ValidatedData`` of the same shape whose
-train/test point at the cleaned files, so every later stage is unchanged.
+Runs right after validate, on its train and test shards, and returns the cleaned sets (``DedupedData``).
 
 - Exact duplicates: the conversation (system + every turn, reasoning left out) is normalized (NFKC, case-folded,
   whitespace collapsed) and hashed; the first row of each hash is kept, the others go to quarantine as ``duplicate``.
@@ -29,11 +28,7 @@ duplicates (``duplicate_of``); counts are in ``report.json`` and a Prefect table
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import re
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -42,17 +37,15 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from r1lib.compat import lsh_optimal_params, minhash_fmix
 from r1lib.config import DedupConfig
 from r1lib.errors import DataValidationError
+from r1lib.minhash import MinHasher, band_keys, candidate_pairs, hash64, lsh_params, normalize_text, similarity
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.policy import stage_options
-from r1lib.shards import Shard, JsonlWriter, chunked
-
-_WS_RE = re.compile(r"\s+")
-# A word is a run of word characters, except that CJK characters (written without spaces) are one word each.
-_WORD_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
-_M32 = np.uint64(0xFFFFFFFF)
+from r1lib.paths import InputPath, OutputPath
+from r1lib.runs import stage_dir
+from r1lib.shards import JsonlWriter, Shard, chunked
+from r1lib.stage import StageResult
 
 
 class DedupReport(BaseModel):
@@ -71,11 +64,6 @@ class DedupReport(BaseModel):
 # --- text keys ----------------------------------------------------------------------------------------------------
 
 
-def normalize_text(text: str) -> str:
-    """What counts as "the same text": NFKC, case-folded, whitespace collapsed."""
-    return _WS_RE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-
-
 def conversation_text(record: dict) -> str:
     parts = [record["system"]] if record.get("system") else []
     return "\n".join(parts + [m["content"] for m in record["messages"]])
@@ -86,136 +74,12 @@ def prompt_text(record: dict) -> str:
     return "\n".join(parts + [m["content"] for m in record["messages"] if m["role"] == "user"])
 
 
-def hash64(text: str, salt: str = "") -> int:
-    """A stable 64-bit hash (the same in every process and on every machine, unlike ``hash()``)."""
-    return int.from_bytes(hashlib.blake2b(f"{salt}\x1f{text}".encode("utf-8", "surrogatepass"),
-                                          digest_size=8).digest(), "little")
-
-
 def is_test_item(record: dict, fraction: float, salt: str) -> bool:
     """The stable split: depends only on this row's normalized prompt, never on the other rows."""
     return fraction > 0 and hash64(normalize_text(prompt_text(record)), salt) < fraction * 2**64
 
 
 # --- MinHash (datasketch affine32 scheme, vectorized over batches) -------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) minimizing false positives + negatives, as datasketch.MinHashLSH chooses them."""
-    return lsh_optimal_params(threshold, num_perm)
-
-
-class MinHasher:
-    """MinHash signatures of many texts at once: word n-gram shingles -> uint32 hashes -> ``num_perm`` minima."""
-
-    def __init__(self, num_perm: int = 64, ngram: int = 3, seed: int = 1):
-        from datasketch import MinHash
-
-        self.num_perm, self.ngram = num_perm, ngram
-        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-        self.a, self.b = np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
-        self._fmix = minhash_fmix()
-        self._token_hash: dict[str, int] = {}
-
-    def _tokens(self, text: str) -> list[int]:
-        cache = self._token_hash
-        out = []
-        for word in _WORD_RE.findall(text):
-            h = cache.get(word)
-            if h is None:
-                if len(cache) > 2_000_000:
-                    cache.clear()
-                h = cache[word] = int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"),
-                                                                 digest_size=4).digest(), "little")
-            out.append(h)
-        return out
-
-    def shingle_hashes(self, texts: list[str], normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(uint32 hash of every shingle of every text, the text index of each). A text shorter than ``ngram`` words is
-        one shingle; an empty one gets a single fixed shingle. ``normalized``: the texts already went through
-        normalize_text."""
-        n = self.ngram
-        tokens = []
-        for text in texts:
-            t = self._tokens(text if normalized else normalize_text(text)) or [0]
-            if len(t) < n:
-                t = t + [0] * (n - len(t))
-            tokens.append(t)
-        lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
-        flat = np.fromiter((h for t in tokens for h in t), dtype=np.uint64, count=int(lengths.sum()))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        # n-gram hash: a polynomial combination of the n word hashes (64-bit, wrapping), folded to 32 bits.
-        total = len(flat)
-        g = flat[: total - n + 1].copy()
-        for k in range(1, n):
-            g = g * np.uint64(0x9E3779B97F4A7C15) + flat[k: total - n + 1 + k]
-        g = ((g ^ (g >> np.uint64(32))) & _M32).astype(np.uint32)
-        # keep only n-grams that lie inside one text (they start at most len - n words into it)
-        text_of = np.repeat(np.arange(len(tokens), dtype=np.int64), lengths)[: total - n + 1]
-        offset = np.arange(total - n + 1, dtype=np.int64) - starts[text_of]
-        valid = offset <= (lengths - n)[text_of]
-        owners = text_of[valid]
-        return g[valid], owners
-
-    def signatures_of_hashes(self, hashes: np.ndarray, owners: np.ndarray, n_texts: int) -> np.ndarray:
-        """(n_texts, num_perm) uint32 signatures, exactly datasketch's affine32 MinHash of these shingle hashes."""
-        sig = np.full((n_texts, self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-        if not len(hashes):
-            return sig
-        hv = self._fmix(hashes.astype(np.uint32), 32)
-        # rows are grouped by owner (shingle_hashes emits them in order): minimum per owner with reduceat
-        bounds = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        step = max(1, (1 << 22) // self.num_perm)  # bound the temporary (shingles x perms) matrix to ~16 MiB
-        for lo in range(0, len(bounds), step):
-            b_lo = bounds[lo]
-            b_hi = bounds[lo + step] if lo + step < len(bounds) else len(hv)
-            block = hv[b_lo:b_hi, None] * self.a[None, :] + self.b[None, :]
-            sig[owners[bounds[lo: lo + step]]] = np.minimum.reduceat(block, bounds[lo: lo + step] - b_lo, axis=0)
-        return sig
-
-    def signatures(self, texts: list[str], normalized: bool = False) -> np.ndarray:
-        hashes, owners = self.shingle_hashes(texts, normalized)
-        return self.signatures_of_hashes(hashes, owners, len(texts))
-
-
-def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64: one hash per band of each signature."""
-    n = len(sig)
-    out = np.zeros((n, bands), dtype=np.uint64)
-    for b in range(bands):
-        h = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
-        for r in range(rows):
-            h = (h ^ sig[:, b * rows + r].astype(np.uint64)) * np.uint64(0x100000001B3)
-        out[:, b] = h ^ np.uint64(b)
-    return out
-
-
-def candidate_pairs(keys: np.ndarray) -> np.ndarray:
-    """(i, j) pairs, i < j, that share at least one band: within each bucket every member is paired with the bucket's
-    first member and with its predecessor (enough to find every member of a tight cluster)."""
-    pairs = []
-    n = len(keys)
-    idx = np.arange(n)
-    for b in range(keys.shape[1]):
-        order = np.lexsort((idx, keys[:, b]))
-        k = keys[order, b]
-        same = np.flatnonzero(k[1:] == k[:-1]) + 1  # positions whose predecessor is in the same bucket
-        if not len(same):
-            continue
-        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-        first = starts[np.searchsorted(starts, same, side="right") - 1]
-        pairs.append(np.stack([order[same - 1], order[same]], axis=1))
-        pairs.append(np.stack([order[first], order[same]], axis=1))
-    if not pairs:
-        return np.zeros((0, 2), dtype=np.int64)
-    p = np.unique(np.sort(np.concatenate(pairs), axis=1), axis=0)
-    return p[p[:, 0] != p[:, 1]]
-
-
-def similarity(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
-    """Estimated Jaccard similarity of row-aligned signatures."""
-    return (sig_a == sig_b).mean(axis=1)
 
 
 # --- the plan: which rows go ---------------------------------------------------------------------------------------
@@ -282,7 +146,7 @@ class Keys(BaseModel):
     """What the plan needs of one shard's rows (``path``: a .npy structured array, one entry per row in order) and
     the input files they came from (``files``, indexed by the array's ``file`` field)."""
 
-    path: str
+    path: InputPath
     rows: int
     files: list[str]
 
@@ -401,8 +265,8 @@ def shard_plans(side_name: str, side: Side, fate: np.ndarray, drops: dict, sides
 
 
 class DedupPlan(BaseModel):
-    train: list[str]  # one plan file per train shard, in shard order
-    test: list[str]
+    train: list[InputPath]  # one plan file per train shard, in shard order
+    test: list[InputPath]
     report: DedupReport
 
 
@@ -423,7 +287,7 @@ class DedupShard(BaseModel):
 
     train: Shard | None
     test: Shard | None
-    quarantine: str | None = None
+    quarantine: InputPath | None = None
 
 
 def write_survivors(shard: str, plan_path: str, out_prefix: Path) -> DedupShard:
@@ -456,55 +320,69 @@ def _quarantine_row(record: dict, reason: str, other: dict, split: str) -> dict:
             "record": record}
 
 
-def merge_dedup(data, train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, out_dir: Path):
+class DedupedData(StageResult):
+    """Train and test records, deduplicated and leak-free, as files and as shards (what the next stages map over)."""
+
+    train: InputPath
+    test: InputPath
+    shards: dict[str, list[Shard]]  # "train", "test"
+    quarantine: str
+    report: DedupReport
+
+    def summary(self) -> dict:
+        return {"dedup": {**self.report.model_dump(include={"train_in", "train_out", "test_in", "test_out",
+                                                           "split_to_test", "reasons"}),
+                          "quarantine": self.quarantine}}
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        r = self.report
+        return [("dedup", f"train {r.train_in} -> {r.train_out}, test {r.test_in} -> {r.test_out}, "
+                          f"{r.reasons or 'nothing dropped'}")]
+
+
+def merge_dedup(train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport,
+                out_dir: Path) -> DedupedData:
     """Join the shards' parts in shard order: train.jsonl, test.jsonl (test-file rows, then rows the split moved),
-    quarantine.jsonl, report.json. Returns the ``ValidatedData`` of the cleaned sets (its shards included)."""
+    quarantine.jsonl, report.json."""
     out_dir = Path(out_dir)
     if not report.train_out:
-        raise DataValidationError(f"{data.train}: no training row left after dedup ({report.reasons})")
+        raise DataValidationError(f"no training row left after dedup ({report.reasons}); every dropped row is in "
+                                  f"{out_dir / 'quarantine.jsonl'}")
     train_shards = [p.train for p in train_parts if p.train and p.train.rows]
     test_shards = [p.test for p in test_parts + train_parts if p.test and p.test.rows]
     quarantines = [p.quarantine for p in train_parts + test_parts if p.quarantine]
-    paths = {"train": concat_files(out_dir / "train.jsonl", [s.path for s in train_shards]),
-             "test": concat_files(out_dir / "test.jsonl", [s.path for s in test_shards]),
-             "quarantine": concat_files(out_dir / "quarantine.jsonl", quarantines)}
-    report_path = write_json(out_dir / "report.json", report.model_dump())
-    shards = {**data.shards, "train": train_shards, "test": test_shards}
-    result = data.model_copy(update={"train": str(paths["train"]), "test": str(paths["test"]), "shards": shards,
-                                     "dedup_report": str(report_path)})
-    return result, str(paths["quarantine"])
+    train = concat_files(out_dir / "train.jsonl", [s.path for s in train_shards])
+    test = concat_files(out_dir / "test.jsonl", [s.path for s in test_shards])
+    quarantine = concat_files(out_dir / "quarantine.jsonl", quarantines)
+    write_json(out_dir / "report.json", report.model_dump())
+    return DedupedData(train=str(train), test=str(test), shards={"train": train_shards, "test": test_shards},
+                       quarantine=str(quarantine), report=report)
 
 
-def passthrough_parts(data) -> tuple[list[DedupShard], list[DedupShard]]:
+def passthrough_parts(train: list[Shard], test: list[Shard]) -> tuple[list[DedupShard], list[DedupShard]]:
     """dedup.enabled = false: every shard kept as it is."""
-    return ([DedupShard(train=s, test=None) for s in data.shards.get("train", [])],
-            [DedupShard(train=None, test=s) for s in data.shards.get("test", [])])
+    return [DedupShard(train=s, test=None) for s in train], [DedupShard(train=None, test=s) for s in test]
 
 
-def passthrough_report(data, cfg: DedupConfig) -> DedupReport:
-    train_in = sum(s.rows for s in data.shards.get("train", []))
-    test_in = sum(s.rows for s in data.shards.get("test", []))
+def passthrough_report(train: list[Shard], test: list[Shard], cfg: DedupConfig) -> DedupReport:
+    train_in, test_in = sum(s.rows for s in train), sum(s.rows for s in test)
     return DedupReport(train_in=train_in, test_in=test_in, train_out=train_in, test_out=test_in, split_to_test=0,
                        reasons={}, threshold=cfg.threshold, num_perm=cfg.num_perm, bands=0, rows_per_band=0)
 
 
-def dedup_files(data, cfg: DedupConfig, out_dir: Path):
-    """The whole stage in this process, on validate's output (the flow maps the same steps over the shards:
-    flows/data.py). Returns (``ValidatedData`` with cleaned train/test, report, quarantine path)."""
+def dedup_files(train: list[Shard], test: list[Shard], cfg: DedupConfig, out_dir: Path) -> DedupedData:
+    """The whole stage in this process, on validate's shards (the flow maps the same steps over them:
+    flows/data.py)."""
     out_dir = Path(out_dir)
-    train, test = data.shards.get("train", []), data.shards.get("test", [])
     if not cfg.enabled:
-        report = passthrough_report(data, cfg)
-        result, quarantine = merge_dedup(data, *passthrough_parts(data), report, out_dir)
-        return result, report, quarantine
+        return merge_dedup(*passthrough_parts(train, test), passthrough_report(train, test, cfg), out_dir)
     keys = {split: [shard_keys(s.path, cfg, out_dir / "keys" / f"{split}-{k:04d}.npy") for k, s in enumerate(shards)]
             for split, shards in (("train", train), ("test", test))}
     the_plan = make_plan(keys["train"], keys["test"], cfg, out_dir)
     parts = {split: [write_survivors(s.path, p, out_dir / "shards" / f"{split}-{k:04d}")
                      for k, (s, p) in enumerate(zip(shards, getattr(the_plan, split)))]
              for split, shards in (("train", train), ("test", test))}
-    result, quarantine = merge_dedup(data, parts["train"], parts["test"], the_plan.report, out_dir)
-    return result, the_plan.report, quarantine
+    return merge_dedup(parts["train"], parts["test"], the_plan.report, out_dir)
 
 
 def dedup(train: list[dict], test: list[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict], list[dict], DedupReport]:
@@ -530,36 +408,35 @@ def dedup(train: list[dict], test: list[dict], cfg: DedupConfig) -> tuple[list[d
 
 
 @task(name="dedup-keys", task_run_name="dedup keys {split} {index}", **stage_options())
-def dedup_keys_task(shard: Shard, cfg: DedupConfig, split: str, index: int, run_dir: str) -> Keys:
+def dedup_keys_task(shard: Shard, cfg: DedupConfig, split: str, index: int, run_dir: OutputPath) -> Keys:
     """Normalized-text hashes and MinHash signatures of one shard."""
-    return shard_keys(shard.path, cfg, Path(run_dir) / "dedup" / "keys" / f"{split}-{index:04d}.npy")
+    return shard_keys(shard.path, cfg, stage_dir(run_dir, "dedup", "keys", f"{split}-{index:04d}.npy"))
 
 
 @task(name="dedup-plan", **stage_options())
-def dedup_plan_task(train_keys: list[Keys], test_keys: list[Keys], cfg: DedupConfig, run_dir: str) -> DedupPlan:
+def dedup_plan_task(train_keys: list[Keys], test_keys: list[Keys], cfg: DedupConfig, run_dir: OutputPath) -> DedupPlan:
     """One global pass over every shard's keys: which rows are duplicates, near duplicates or test leaks."""
-    return make_plan(train_keys, test_keys, cfg, Path(run_dir) / "dedup")
+    return make_plan(train_keys, test_keys, cfg, stage_dir(run_dir, "dedup"))
 
 
 @task(name="dedup-write", task_run_name="dedup write {split} {index}", **stage_options())
-def dedup_write_task(shard: Shard, plan_path: str, split: str, index: int, run_dir: str) -> DedupShard:
+def dedup_write_task(shard: Shard, plan_path: InputPath, split: str, index: int, run_dir: OutputPath) -> DedupShard:
     """Write one shard's survivors and its quarantined rows."""
-    return write_survivors(shard.path, plan_path, Path(run_dir) / "dedup" / "shards" / f"{split}-{index:04d}")
+    return write_survivors(shard.path, plan_path, stage_dir(run_dir, "dedup", "shards", f"{split}-{index:04d}"))
 
 
 @task(name="dedup", **stage_options())
-def dedup_merge_task(data, train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport,
-                     run_dir: str):
-    """Join the deduplicated shards; the same ``ValidatedData``, train/test deduplicated and leak-free."""
-    result, quarantine = merge_dedup(data, train_parts, test_parts, report, Path(run_dir) / "dedup")
+def dedup_merge_task(train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport,
+                     run_dir: OutputPath) -> DedupedData:
+    """Join the deduplicated shards: train/test deduplicated and leak-free."""
+    result = merge_dedup(train_parts, test_parts, report, stage_dir(run_dir, "dedup"))
     create_table_artifact(
         key="dedup-report",
         table=[{"train in": report.train_in, "train out": report.train_out, "test in": report.test_in,
                 "test out": report.test_out, "split to test": report.split_to_test,
                 "reasons": json.dumps(report.reasons), "threshold": report.threshold,
                 "bands x rows": f"{report.bands} x {report.rows_per_band}"}],
-        description=f"Exact/near duplicates and train/test leakage removed. Quarantine: {quarantine}",
+        description=f"Exact/near duplicates and train/test leakage removed. Quarantine: {result.quarantine}",
     )
-    print(f"dedup: train {report.train_in} -> {report.train_out}, test {report.test_in} -> {report.test_out}, "
-          f"{report.reasons or 'nothing dropped'}")
+    print(result.summary_lines()[0][1])
     return result

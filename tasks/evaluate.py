@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import string
@@ -24,19 +25,26 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from r1lib.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
+from r1lib.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer, render_prompt
 from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
 from r1lib.errors import PermanentError
 from r1lib.io import read_jsonl, write_json, write_jsonl
 from r1lib.policy import stage_options
 from r1lib.records import answer_of
-from tasks.tokenize import render_prompt
+from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
 
 
 class QualityGateError(PermanentError):
     """The fine-tuned model failed a configured quality limit (e.g. forgetting)."""
+
+
+COMPARED = [("perplexity", "held-out answer perplexity (lower is better)"),
+            ("accuracy", "answer accuracy, exact"), ("accuracy_normalized", "answer accuracy, normalized"),
+            ("format_ok", "R1 format compliance"), ("empty_thinking", "empty thinking share"),
+            ("repetition_rate", "repeated 3-gram rate"), ("replay_perplexity", "replay perplexity (forgetting)"),
+            ("generated", "generations scored")]
 
 
 class ModelScores(BaseModel):
@@ -54,7 +62,7 @@ class ModelScores(BaseModel):
     lm_eval: dict[str, float] = {}
 
 
-class Evaluation(BaseModel):
+class Evaluation(StageResult):
     base: ModelScores
     tuned: ModelScores
     forgetting_ratio: float | None  # replay perplexity after / before
@@ -63,6 +71,76 @@ class Evaluation(BaseModel):
     decoding: dict = {}  # the generation settings used (carried into the smoke test and the Modelfile)
     lm_eval_status: str = "not requested"
     samples: str
+
+    def comparison(self) -> list[dict]:
+        """One row per metric: base, fine-tuned and the change."""
+        rows = []
+        for key, label in COMPARED:
+            before, after = getattr(self.base, key), getattr(self.tuned, key)
+            rows.append({"metric": label, "base": before, "tuned": after, "change": _change(before, after)})
+        for key in sorted(set(self.base.lm_eval) | set(self.tuned.lm_eval)):
+            before, after = self.base.lm_eval.get(key), self.tuned.lm_eval.get(key)
+            rows.append({"metric": f"lm_eval {key}", "base": before, "tuned": after, "change": _change(before, after)})
+        rows.append({"metric": "forgetting ratio (replay ppl after / before)", "base": None,
+                     "tuned": self.forgetting_ratio, "change": None})
+        return rows
+
+    def metrics(self) -> dict:
+        """The figures a model registry keeps and a promotion compares."""
+        return {"perplexity": self.tuned.perplexity, "accuracy": self.tuned.accuracy, "format_ok": self.tuned.format_ok,
+                "replay_perplexity": self.tuned.replay_perplexity, "forgetting_ratio": self.forgetting_ratio,
+                "base_perplexity": self.base.perplexity, "base_accuracy": self.base.accuracy}
+
+    def summary(self) -> dict:
+        base, tuned = self.base, self.tuned
+        return {"evaluate": {
+            "perplexity_before": base.perplexity, "perplexity_after": tuned.perplexity,
+            "accuracy_before": base.accuracy, "accuracy_after": tuned.accuracy,
+            "format_ok_before": base.format_ok, "format_ok_after": tuned.format_ok,
+            "replay_perplexity_before": base.replay_perplexity, "replay_perplexity_after": tuned.replay_perplexity,
+            "forgetting_ratio": self.forgetting_ratio,
+            "accuracy_normalized_before": base.accuracy_normalized, "accuracy_normalized_after": tuned.accuracy_normalized,
+            "empty_thinking_before": base.empty_thinking, "empty_thinking_after": tuned.empty_thinking,
+            "repetition_rate_before": base.repetition_rate, "repetition_rate_after": tuned.repetition_rate,
+            "answer_tokens": tuned.answer_tokens, "generated": tuned.generated,
+            "stopped_by_time_limit": base.stopped_by_time_limit or tuned.stopped_by_time_limit,
+            "forgetting_limit": self.forgetting_limit, "forgetting_exceeded": self.forgetting_exceeded,
+            "decoding": self.decoding,
+            "lm_eval": {"status": self.lm_eval_status, "before": base.lm_eval, "after": tuned.lm_eval},
+            "comparison": self.comparison(),
+        }}
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        base, tuned = self.base, self.tuned
+        limit = f"forgetting limit {self.forgetting_limit}" + (" EXCEEDED" if self.forgetting_exceeded else " ok")
+        return [("evaluate", f"perplexity {base.perplexity:.2f} -> {tuned.perplexity:.2f}; accuracy "
+                             f"{base.accuracy:.0%} -> {tuned.accuracy:.0%}; format {base.format_ok:.0%} -> "
+                             f"{tuned.format_ok:.0%}; forgetting ratio {self.forgetting_ratio}"),
+                ("", f"normalized accuracy {base.accuracy_normalized:.0%} -> {tuned.accuracy_normalized:.0%}; "
+                     f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; {limit}; "
+                     f"lm_eval: {self.lm_eval_status}")]
+
+    def card_section(self) -> str:
+        lines = ["## Evaluation (held-out set, base vs fine-tuned)", "",
+                 f"Decoding: {json.dumps(self.decoding)}. Perplexity is token-weighted over answer tokens only; "
+                 "accuracy compares the answer after `</think>` (reasoning stripped) with the reference.", "",
+                 "| metric | base | fine-tuned | change |", "|---|---|---|---|",
+                 *[f"| {r['metric']} | {_fmt(r['base'])} | {_fmt(r['tuned'])} | {_fmt(r['change'])} |"
+                   for r in self.comparison()], ""]
+        if self.forgetting_exceeded:
+            lines += [f"**Warning:** replay perplexity rose {self.forgetting_ratio}x, over the limit "
+                      f"{self.forgetting_limit}x (forgetting).", ""]
+        return "\n".join(lines + [f"lm-evaluation-harness: {self.lm_eval_status}.", ""])
+
+
+def _change(before: float | None, after: float | None) -> float | None:
+    return round(after - before, 4) if before is not None and after is not None else None
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def perplexity(model, dataset_dir: str, batch_size: int, max_rows: int | None = None) -> float:
@@ -272,7 +350,7 @@ def evaluate(model_dir: str, adapter_dir: str, test_records: str, test_dataset: 
                         lm_eval_status=lm_eval_status or f"ran {cfg.lm_eval_tasks} from {cfg.lm_eval_path}",
                         samples=str(samples))
     write_json(Path(out_dir) / "evaluation.json", result.model_dump())
-    write_json(Path(out_dir) / "comparison.json", comparison_table(result))
+    write_json(Path(out_dir) / "comparison.json", result.comparison())
     if result.forgetting_exceeded and cfg.on_forgetting == "fail":
         raise QualityGateError(
             f"forgetting: replay perplexity {base.replay_perplexity} -> {tuned.replay_perplexity} "
@@ -280,27 +358,6 @@ def evaluate(model_dir: str, adapter_dir: str, test_records: str, test_dataset: 
     return result
 
 
-COMPARED = [("perplexity", "held-out answer perplexity (lower is better)"),
-            ("accuracy", "answer accuracy, exact"), ("accuracy_normalized", "answer accuracy, normalized"),
-            ("format_ok", "R1 format compliance"), ("empty_thinking", "empty thinking share"),
-            ("repetition_rate", "repeated 3-gram rate"), ("replay_perplexity", "replay perplexity (forgetting)"),
-            ("generated", "generations scored")]
-
-
-def comparison_table(result: Evaluation) -> list[dict]:
-    """One row per metric: base, fine-tuned and the change."""
-    rows = []
-    for key, label in COMPARED:
-        before, after = getattr(result.base, key), getattr(result.tuned, key)
-        delta = round(after - before, 4) if before is not None and after is not None else None
-        rows.append({"metric": label, "base": before, "tuned": after, "change": delta})
-    for key in sorted(set(result.base.lm_eval) | set(result.tuned.lm_eval)):
-        before, after = result.base.lm_eval.get(key), result.tuned.lm_eval.get(key)
-        rows.append({"metric": f"lm_eval {key}", "base": before, "tuned": after,
-                     "change": round(after - before, 4) if before is not None and after is not None else None})
-    rows.append({"metric": "forgetting ratio (replay ppl after / before)", "base": None,
-                 "tuned": result.forgetting_ratio, "change": None})
-    return rows
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -314,7 +371,7 @@ def evaluate_task(model_dir: str, adapter_dir: str, test_records: str, test_data
                       Path(run_dir) / "evaluate")
     create_table_artifact(
         key="evaluation",
-        table=comparison_table(result),
+        table=result.comparison(),
         description=(f"Held-out evaluation, base vs fine-tuned (decoding {result.decoding}). Forgetting ratio "
                      f"{result.forgetting_ratio} (limit {result.forgetting_limit}"
                      f"{', EXCEEDED' if result.forgetting_exceeded else ''}). lm_eval: {result.lm_eval_status}"),

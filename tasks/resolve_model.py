@@ -14,7 +14,7 @@ from prefect import task
 
 from r1lib.config import EMBEDDED, ModelConfig
 from r1lib.errors import ConfigError
-from r1lib.paths import check_model_dir, confine, resolve_roots
+from r1lib.paths import InputPath, OutputPath, check_model_dir, confine, resolve_roots
 from r1lib.policy import stage_options
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -45,7 +45,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
 
 
 @task(name="resolve-model", **stage_options(timeout_seconds=3600))
-def resolve_model_task(cfg: ModelConfig, cache_dir: str) -> str:
+def resolve_model_task(cfg: ModelConfig, cache_dir: OutputPath) -> InputPath:
     """Find the base model (hub id or local directory), or build the embedded one on first use."""
     model_dir = resolve_model(cfg, cache_dir)
     print(f"base model: {model_dir}" + ("  (trust_remote_code is ON)" if cfg.trust_remote_code else ""))

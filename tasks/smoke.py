@@ -35,12 +35,14 @@ from pydantic import BaseModel
 from r1lib.chat_template import BOS, extract_answer
 from r1lib.config import SmokeConfig
 from r1lib.errors import ExportCheckError
-from tasks.export import GGUFFile, child_code, offline_env
+from r1lib.gguf import FULL_PRECISION, GGUFFile, child_code, offline_env
 from r1lib.io import write_json
+from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
+from r1lib.runs import stage_dir
+from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
-FULL_PRECISION = ("F16", "BF16", "F32")
 
 
 class SmokeResult(BaseModel):
@@ -60,7 +62,8 @@ class SmokeResult(BaseModel):
     quant_loss: float | None = None  # relative perplexity increase over the full-precision GGUF
 
 
-class SmokeReport(BaseModel):
+class SmokeReport(StageResult):
+    ggufs: list[GGUFFile]
     results: list[SmokeResult]
     parity_tokens: int
     parity_matching: int
@@ -68,6 +71,60 @@ class SmokeReport(BaseModel):
     hf_perplexity: float | None = None
     perplexity_rows: int = 0
     decoding: dict = {}
+
+    def summary(self) -> dict:
+        by_type = {r.type: r for r in self.results}
+        return {
+            "gguf": [{"type": g.type, "path": g.path, "mib": round(g.bytes / 2**20, 2),
+                      "perplexity": by_type[g.type].perplexity, "perplexity_vs_hf": by_type[g.type].perplexity_vs_hf,
+                      "quantization_loss": by_type[g.type].quant_loss,
+                      "smoke_tokens_per_second": by_type[g.type].tokens_per_second,
+                      "smoke_load_seconds": by_type[g.type].load_seconds,
+                      "smoke_answer": by_type[g.type].answers[0]} for g in self.ggufs],
+            "parity_f16_vs_hf": f"{self.parity_matching}/{self.parity_tokens} greedy tokens equal",
+            "parity_perplexity": {"hf_merged": self.hf_perplexity, "rows": self.perplexity_rows,
+                                  **{r.type: r.perplexity for r in self.results}},
+        }
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        lines = []
+        for g in self.summary()["gguf"]:
+            ppl = (f"  ppl {g['perplexity']:.4f} (vs HF {g['perplexity_vs_hf']:+.3%}, quant loss "
+                   f"{g['quantization_loss']:+.3%})" if g["perplexity"] is not None
+                   and g["perplexity_vs_hf"] is not None else "")
+            lines.append(("gguf", f"{g['type']:7} {g['mib']:7.2f} MiB  {g['smoke_tokens_per_second']:8.1f} tok/s{ppl}  "
+                                  f"answer {g['smoke_answer']!r}  {g['path']}"))
+        lines.append(("parity", f"F16 GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} greedy "
+                                "tokens equal"))
+        if self.hf_perplexity is not None:
+            lines.append(("", f"HF merged perplexity {self.hf_perplexity:.4f} on {self.perplexity_rows} held-out rows"))
+        return lines
+
+    def card_section(self) -> str:
+        by_type = {r.type: r for r in self.results}
+        lines = ["## GGUF files", ""]
+        if self.hf_perplexity is not None:
+            lines += [f"Perplexity on {self.perplexity_rows} held-out rows (answer tokens only) through "
+                      f"llama-cpp-python; the HF merged model scores {self.hf_perplexity:.6g}. Quantization loss is "
+                      "the relative perplexity increase over the full-precision GGUF.", ""]
+        lines += ["| file | type | MiB | perplexity | vs HF | quantization loss | smoke tokens/s | load s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for g in self.ggufs:
+            r = by_type[g.type]
+            lines.append(f"| `{Path(g.path).name}` | {g.type} | {g.bytes / 2**20:.1f} | {_fmt(r.perplexity)} | "
+                         f"{_fmt(r.perplexity_vs_hf, True)} | {_fmt(r.quant_loss, True)} | "
+                         f"{_fmt(r.tokens_per_second)} | {_fmt(r.load_seconds)} |")
+        lines += ["", f"Greedy-token parity, F16 GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} "
+                  "tokens equal. Every GGUF passed the smoke test (one BOS, closed think block, non-empty answer).", ""]
+        return "\n".join(lines)
+
+
+def _fmt(value, pct: bool = False) -> str:
+    if value is None:
+        return "–"
+    if pct:
+        return f"{value:+.3%}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # --- the child process --------------------------------------------------------------------------------------------
@@ -297,7 +354,7 @@ def smoke_test(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, out_dir
     gguf_tokens = reference.parity_ids[: cfg.parity_tokens]
     matching = next((i for i, (a, b) in enumerate(zip(hf_tokens, gguf_tokens)) if a != b),
                     min(len(hf_tokens), len(gguf_tokens)))
-    report = SmokeReport(results=results, parity_tokens=len(hf_tokens), parity_matching=matching, hf_tokens=hf_tokens,
+    report = SmokeReport(ggufs=ggufs, results=results, parity_tokens=len(hf_tokens), parity_matching=matching, hf_tokens=hf_tokens,
                          hf_perplexity=hf_ppl, perplexity_rows=n_rows, decoding=decoding or {})
     write_json(out_dir / "smoke.json", report.model_dump())
 
@@ -317,21 +374,16 @@ def smoke_test(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, out_dir
     return report
 
 
-def eval_decoding(run_dir: str) -> dict:
-    """The decoding settings the evaluate stage used (its evaluation.json), or {} (greedy) when absent."""
-    path = Path(run_dir) / "evaluate" / "evaluation.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("decoding", {}) if path.exists() else {}
-
-
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
 @task(name="smoke-test", **stage_options(retries=1, timeout_seconds=3600))
-def smoke_task(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, run_dir: str) -> SmokeReport:
-    """Load every GGUF in llama-cpp-python, answer in the R1 format, check parity (tokens, perplexity) with HF."""
-    decoding = eval_decoding(run_dir) if cfg.use_eval_decoding else {}
-    test_dataset = Path(run_dir) / "tokenize" / "test" / "dataset"
-    report = smoke_test(merged_dir, ggufs, cfg, Path(run_dir) / "smoke", str(test_dataset), decoding)
+def smoke_task(merged_dir: InputPath, ggufs: list[GGUFFile], test_dataset: InputPath | None, decoding: dict,
+               cfg: SmokeConfig, run_dir: OutputPath) -> SmokeReport:
+    """Load every GGUF in llama-cpp-python, answer in the R1 format, check parity (tokens, perplexity) with HF.
+    ``decoding``: the evaluate stage's generation settings (used when ``smoke.use_eval_decoding``)."""
+    decoding = decoding if cfg.use_eval_decoding else {}
+    report = smoke_test(merged_dir, ggufs, cfg, stage_dir(run_dir, "smoke"), test_dataset, decoding)
     create_table_artifact(
         key="gguf-smoke-test",
         table=[{"type": r.type, "file": r.gguf, "MiB": round(Path(r.gguf).stat().st_size / 2**20, 1),

@@ -27,12 +27,15 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from r1lib.compat import rust_tokenizer
-from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, chat_renderer, completion_text
+from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render_prompt, render_prompts
 from r1lib.config import TokenizeConfig
 from r1lib.errors import DataValidationError, PermanentError
 from r1lib.io import atomic_dir, atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.policy import stage_options
+from r1lib.paths import InputPath, OutputPath
+from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
+from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -40,8 +43,8 @@ CHUNK_ROWS = 4096  # records encoded per encode_batch call in tokenize_records (
 TOKENIZE_CHUNK = 8192  # records a tokenize_shard holds at once
 
 
-class TokenizedData(BaseModel):
-    dataset: str  # a datasets.Dataset saved with save_to_disk: input_ids, labels
+class TokenizedData(StageResult):
+    dataset: InputPath  # a datasets.Dataset saved with save_to_disk: input_ids, labels
     rows_in: int
     rows_out: int
     dropped_too_long: int
@@ -55,17 +58,17 @@ class TokenizedData(BaseModel):
     quarantine: str
     audit: str | None = None  # audit.json
 
+    @property
+    def masked_share(self) -> float:
+        return round(1 - self.trained_tokens / self.tokens, 3)
 
-def prompt_messages(record: dict) -> list[dict]:
-    system = [{"role": "system", "content": record["system"]}] if record["system"] else []
-    return system + record["messages"][:-1]
+    def summary(self) -> dict:
+        return {"tokenize": {"rows": self.rows_out, "dropped_too_long": self.dropped_too_long,
+                             "truncated": self.truncated, "masked_share": self.masked_share}}
 
-
-def render_prompt(tokenizer, record: dict, system_prompt: str = "") -> str:
-    messages = prompt_messages(record)
-    if system_prompt and not record["system"]:
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def summary_lines(self) -> list[tuple[str, str]]:
+        return [("tokenize", f"{self.rows_out} rows, masked share {self.masked_share}, "
+                             f"{self.dropped_too_long} too long")]
 
 
 def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
@@ -88,18 +91,6 @@ def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
     return {"input_ids": prompt_ids + completion_ids,
             "labels": [IGNORE] * len(prompt_ids) + completion_ids,
             "prompt_len": len(prompt_ids)}
-
-
-def render_prompts(tokenizer, records: list[dict], system_prompt: str = "") -> list[str]:
-    """``render_prompt`` of each record, equal to it, through the tokenizer's cached FastChatRenderer (each shape's
-    template rendered once and filled in; rows it cannot show to be equal, and a checked sample, go through Jinja)."""
-    conversations = []
-    for record in records:
-        messages = prompt_messages(record)
-        if system_prompt and not record["system"]:
-            messages = [{"role": "system", "content": system_prompt}, *messages]
-        conversations.append(messages)
-    return chat_renderer(tokenizer, add_generation_prompt=True).render(conversations)
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -255,9 +246,9 @@ def decoded_example(tokenizer, row: dict) -> dict:
 
 
 class TokenizedShard(BaseModel):
-    arrow: str  # the rows (input_ids, labels) as a datasets Arrow file
+    arrow: InputPath  # the rows (input_ids, labels) as a datasets Arrow file
     digest: str  # xxh3-128 of that file
-    quarantine: str
+    quarantine: InputPath
     rows_in: int
     rows_out: int
     tokens: int
@@ -410,23 +401,23 @@ def _tokenizer(model_dir: str):
 
 
 @task(name="tokenize-shard", task_run_name="tokenize {split} {index}", **stage_options())
-def tokenize_shard_task(shard: Shard, model_dir: str, cfg: TokenizeConfig, split: str, index: int,
-                        run_dir: str) -> TokenizedShard:
+def tokenize_shard_task(shard: Shard, model_dir: InputPath, cfg: TokenizeConfig, split: str, index: int,
+                        run_dir: OutputPath) -> TokenizedShard:
     """Apply the R1 chat template, mask the prompt, enforce the length policy on one shard."""
     return tokenize_shard(_tokenizer(model_dir), shard, cfg,
-                          Path(run_dir) / "tokenize" / split / "shards" / f"{split}-{index:04d}")
+                          stage_dir(run_dir, "tokenize", split, "shards", f"{split}-{index:04d}"))
 
 
 @task(name="tokenize", task_run_name="tokenize {split}", **stage_options())
-def tokenize_merge_task(parts: list[TokenizedShard], split: str, run_dir: str) -> TokenizedData:
+def tokenize_merge_task(parts: list[TokenizedShard], split: str, run_dir: OutputPath) -> TokenizedData:
     """The tokenized shards as one dataset, with its audit."""
-    result = merge_tokenized(parts, Path(run_dir) / "tokenize" / split, split)
+    result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split)
     create_table_artifact(
         key=f"tokenization-audit-{split}",
         table=[{"rows": result.rows_out, "dropped (too long)": result.dropped_too_long, "truncated": result.truncated,
                 "rows with exactly one BOS": result.bos_ok, "rows with </think> in labels": result.think_in_labels,
                 "rows ending in EOS": result.eos_at_end,
-                "masked share": round(1 - result.trained_tokens / result.tokens, 3), "max length": result.max_length}],
+                "masked share": result.masked_share, "max length": result.max_length}],
         description=f"Tokenization audit ({split}).",
     )
     return result

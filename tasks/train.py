@@ -13,20 +13,23 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from pydantic import BaseModel
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
 from r1lib.io import exclusive_dir, write_json
-from r1lib.policy import stage_options
+from r1lib.paths import InputPath, OutputPath
+from r1lib.policy import stage_logger, stage_options
+from r1lib.runs import stage_dir
+from r1lib.stage import StageResult
 from r1lib.training.backends import choose_backend
-from r1lib.training.fit import FitSpec, fit, inputs_key, last_complete_checkpoint
-from r1lib.training.launcher import CudaOutOfMemory, free_cuda, is_oom, launch_plan, run_distributed
+from r1lib.io import atomic_path
+from r1lib.training.fit import FitSpec, inputs_key, last_complete_checkpoint
+from r1lib.training.launcher import CudaOutOfMemory, free_cuda, is_oom, launch, launch_plan
 
 log = logging.getLogger(__name__)
 
 
-class TrainResult(BaseModel):
-    adapter: str
+class TrainResult(StageResult):
+    adapter: InputPath
     backend: str
     steps: int
     epochs: float
@@ -43,6 +46,58 @@ class TrainResult(BaseModel):
     launch: str = "single"
     oom_retries: list[str]
     log_history: str
+    loss_curve: str | None = None  # loss_curve.png, when any loss was logged
+
+    def summary(self) -> dict:
+        return {"train": self.model_dump(include={
+            "backend", "steps", "first_loss", "last_loss", "seconds", "tokens_per_second", "steady_tokens_per_second",
+            "resumed_from", "micro_batch_size", "gradient_accumulation", "processes", "launch", "oom_retries",
+            "adapter"})}
+
+    def loss_text(self) -> str:
+        if self.first_loss is None or self.last_loss is None:
+            return "no loss logged (train.max_steps < train.logging_steps)"
+        return f"loss {self.first_loss:.3f} -> {self.last_loss:.3f}"
+
+    def summary_lines(self) -> list[tuple[str, str]]:
+        return [("train", f"{self.backend}: {self.steps} steps, {self.loss_text()}, {self.seconds} s "
+                          f"({self.tokens_per_second} tokens/s)")]
+
+    def card_section(self) -> str:
+        lines = ["## Training", "", f"{self.backend} backend, {self.steps} steps, {self.loss_text()}, {self.seconds} s, "
+                 f"micro batch {self.micro_batch_size} x accumulation {self.gradient_accumulation}.", ""]
+        if self.loss_curve:
+            lines += [f"![Training and evaluation loss]({Path(self.loss_curve).name})", ""]
+        return "\n".join(lines)
+
+
+def loss_curve(history: list[dict], out_png: Path) -> Path | None:
+    """Training loss (and eval loss, when training evaluated) per optimizer step; None when nothing was logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), marker=".", label="training loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="eval loss (held-out, during training)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(out_png)
+
 
 def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
           tokenize_cfg: TokenizeConfig, out_dir: Path, progress_hook=None) -> TrainResult:
@@ -55,6 +110,8 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
     with exclusive_dir(out_dir):
         backend = choose_backend(cfg)
         plan = launch_plan(cfg, backend)
+        if plan.trainer_args:
+            stage_logger().info("launch preset %s sets %s", plan.name, "; ".join(plan.overrides(cfg)))
         checkpoint_dir = out_dir / "checkpoints" / inputs_key(dataset_dir, model_dir, model_cfg, cfg, plan.processes)
         micro_batch, accumulation = cfg.micro_batch_size, cfg.gradient_accumulation // plan.processes
         oom_retries: list[str] = []
@@ -70,10 +127,7 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
                            quant_storage=plan.quant_storage)
             oom = None
             try:
-                if plan.launcher == "in-process":
-                    outcome = fit(spec, progress_hook)
-                else:
-                    outcome = run_distributed(spec, plan, out_dir / "launch", progress_hook)
+                outcome = launch(spec, plan, out_dir / "launch", progress_hook)
             except Exception as exc:  # noqa: BLE001
                 if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or micro_batch // 2 < cfg.min_micro_batch_size:
                     raise
@@ -88,6 +142,7 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
             micro_batch, accumulation = micro_batch // 2, accumulation * 2
             free_cuda()
         history_path = write_json(out_dir / "log_history.json", outcome.log_history)
+        curve = loss_curve(outcome.log_history, out_dir / "loss_curve.png")
         result = TrainResult(
             adapter=str(out_dir / "adapter"), backend=backend, steps=outcome.steps, epochs=outcome.epochs,
             train_loss=outcome.train_loss, first_loss=outcome.losses[0] if outcome.losses else None,
@@ -96,6 +151,7 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
             steady_tokens_per_second=outcome.steady_tokens_per_second, resumed_from=str(resume) if resume else None,
             micro_batch_size=micro_batch, gradient_accumulation=accumulation, processes=plan.processes,
             launch=plan.name, oom_retries=oom_retries, log_history=str(history_path),
+            loss_curve=str(curve) if curve else None,
         )
         write_json(out_dir / "result.json", result.model_dump())
         return result
@@ -105,8 +161,8 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
 
 
 @task(name="train", **stage_options(retries=2, timeout_seconds=24 * 3600, log_prints=False))
-def train_task(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig,
-               cfg: TrainConfig, tokenize_cfg: TokenizeConfig, run_dir: str) -> TrainResult:
+def train_task(dataset_dir: InputPath, eval_dataset_dir: InputPath | None, model_dir: InputPath,
+               model_cfg: ModelConfig, cfg: TrainConfig, tokenize_cfg: TokenizeConfig, run_dir: OutputPath) -> TrainResult:
     """QLoRA fine-tuning; resumes from the last complete checkpoint when retried."""
     progress_id = create_progress_artifact(progress=0.0, key="training-progress", description="Optimizer steps done")
     curve: list[dict] = []
@@ -117,7 +173,7 @@ def train_task(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, m
             curve.append({"step": step, "loss": round(logs["loss"], 4), "lr": logs.get("learning_rate")})
 
     result = train(dataset_dir, eval_dataset_dir, model_dir, model_cfg, cfg, tokenize_cfg,
-                   Path(run_dir) / "train", progress_hook=report)
+                   stage_dir(run_dir, "train"), progress_hook=report)
     rows = "\n".join(f"| {c['step']} | {c['loss']} | {c['lr']:.2e} |" for c in curve if c["lr"] is not None)
     create_markdown_artifact(
         key="training-loss",

@@ -1,8 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from flows.finetune import config_from_args
-from r1lib.config import PRESETS, PipelineConfig, preset
+from r1lib.presets import config_from_args
+from r1lib.config import PipelineConfig
+from r1lib.presets import PRESETS, preset
 
 
 def test_every_preset_validates_and_names_a_real_model():

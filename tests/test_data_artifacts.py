@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from r1lib.config import preset
+from r1lib.presets import preset
 from tasks.validate import ValidatedData
 
 
@@ -21,9 +21,9 @@ def test_data_stages_publish_their_reports_as_artifacts(prefect_harness, tmp_pat
     config.augment.text_variants = ["question_first"]
     config.runner.shard_rows = 500  # several shards per stage
     prepared = run_data_stages(config, resolve_model(config.model, config.cache_dir), str(tmp_path))
-    data, debiased = prepared.data, prepared.debiased
-    assert isinstance(data, ValidatedData) and data.train.endswith("dedup/train.jsonl")
-    assert [s.rows for s in data.shards["train"]] == [498, 490, 196]  # 1200 rows, 16 dropped by dedup
+    deduped, debiased = prepared.deduped, prepared.debiased
+    assert isinstance(prepared.validated, ValidatedData) and deduped.train.endswith("dedup/train.jsonl")
+    assert [s.rows for s in deduped.shards["train"]] == [498, 490, 196]  # 1200 rows, 16 dropped by dedup
     assert debiased.balance[0].ratio_before > 1.5 >= debiased.balance[0].ratio_after
     assert prepared.train.rows_in == debiased.rows_out and set(prepared.seconds) == {
         "validate", "dedup", "augment", "debias", "tokenize"}

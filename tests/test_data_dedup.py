@@ -117,16 +117,15 @@ def test_candidate_pairs_cover_every_bucket_member():
     assert drop == {1: ("near_duplicate", 0), 2: ("near_duplicate", 0), 4: ("near_duplicate", 0)}
 
 
-def test_stage_on_validated_files_writes_quarantine_and_keeps_the_validated_shape(tmp_path):
+def test_stage_on_validated_shards_writes_quarantine_and_the_cleaned_sets(tmp_path):
     rows = [{"instruction": f"Question number {w} about {w} and {w}.", "output": r1("Think.", w)} for w in WORDS]
     rows += [rows[0], {**rows[1], "instruction": rows[1]["instruction"].upper()}]
     write_lines(tmp_path / "train.jsonl", rows)
     write_lines(tmp_path / "test.jsonl", [rows[2]])
     data = validate(DataConfig(train_paths=[str(tmp_path / "train.jsonl")], test_path=str(tmp_path / "test.jsonl"),
                                replay_path=None, allowed_roots=[str(tmp_path)]), tmp_path / "validate")
-    result, report, quarantine = dedup_files(data, DedupConfig(), tmp_path / "dedup")
-    assert type(result) is type(data) and result.reports == data.reports and result.quarantine == data.quarantine
-    lines = [json.loads(x) for x in open(quarantine, encoding="utf-8")]
+    result = dedup_files(data.shards["train"], data.shards["test"], DedupConfig(), tmp_path / "dedup")
+    lines = [json.loads(x) for x in open(result.quarantine, encoding="utf-8")]
     assert sorted((q["line"], q["reason"]) for q in lines) == [(3, "test_leak"), (33, "duplicate"), (34, "duplicate")]
     assert sum(1 for _ in open(result.train, encoding="utf-8")) == len(WORDS) - 1
     assert json.loads(open(tmp_path / "dedup" / "report.json").read())["train_out"] == len(WORDS) - 1
@@ -139,7 +138,9 @@ def test_no_test_file_and_split(tmp_path):
     data = validate(DataConfig(train_paths=[str(tmp_path / "train.jsonl")], test_path="", replay_path=None,
                                allowed_roots=[str(tmp_path)]), tmp_path / "validate")
     assert open(data.test).read() == ""
-    result, report, _ = dedup_files(data, DedupConfig(split_test_fraction=0.2), tmp_path / "dedup")
+    result = dedup_files(data.shards["train"], data.shards["test"], DedupConfig(split_test_fraction=0.2),
+                         tmp_path / "dedup")
+    report = result.report
     n_test = sum(1 for _ in open(result.test, encoding="utf-8"))
     assert report.split_to_test == n_test and 20 < n_test < 60
     assert report.train_out + n_test == 200
@@ -147,7 +148,8 @@ def test_no_test_file_and_split(tmp_path):
 
 def test_disabled_stage_passes_rows_through(tmp_path):
     data = validate(DataConfig(), tmp_path / "validate")
-    result, report, _ = dedup_files(data, DedupConfig(enabled=False), tmp_path / "dedup")
+    report = dedup_files(data.shards["train"], data.shards["test"], DedupConfig(enabled=False),
+                         tmp_path / "dedup").report
     assert report.train_out == report.train_in and report.reasons == {}
     with pytest.raises(Exception):
         DedupConfig(threshold=0)

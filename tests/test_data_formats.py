@@ -10,7 +10,8 @@ from r1lib.config import DataConfig
 from r1lib.errors import DataValidationError
 from r1lib.io import read_jsonl, write_jsonl
 from r1lib.records import RecordError, check_schema, detect_format, make_record, normalize
-from tasks.validate import expand_inputs, validate, validate_file
+from r1lib.readers import expand_inputs
+from tasks.validate import validate, validate_file
 
 # Rows shaped like the public datasets they imitate.
 ALPACA = {"instruction": "Give three tips for staying healthy.", "input": "",

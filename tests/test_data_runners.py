@@ -11,7 +11,7 @@ import pytest
 from prefect import flow
 
 from conftest import r1, write_lines
-from r1lib.config import preset
+from r1lib.presets import preset
 
 # The runs fixture: a throwaway Prefect server, two flow runs, a Dask cluster (~1.5 minutes on 2 cores).
 slow = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_dask_cluster_writes_the_default_runners_bytes(runs):
 @slow
 def test_duplicates_across_shards_are_found(runs):
     run, prepared = runs["default"]
-    assert len(prepared.data.shards["train"]) == 4  # 1205 rows in shards of 400
+    assert len(prepared.deduped.shards["train"]) == 4  # 1205 rows in shards of 400
     quarantine = [json.loads(line) for line in open(run / "dedup" / "quarantine.jsonl", encoding="utf-8")]
     found = {(q["reason"], q["line"]): q["duplicate_of"]["line"] for q in quarantine}
     assert found[("near_duplicate", 2 * SHARD_ROWS + 21)] == 6  # shard 2 nearly repeats shard 0

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from r1lib.config import TrainConfig, preset
+from r1lib.config import TrainConfig
+from r1lib.presets import preset
 from r1lib.errors import ConfigError
 from r1lib.training.launcher import launch_plan
 
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = """
 import sys
 from pathlib import Path
-from r1lib.config import TrainConfig, preset
+from r1lib.config import TrainConfig
+from r1lib.presets import preset
 from tasks.resolve_model import resolve_model
 from tasks.train import train
 cfg = preset("tiny")
@@ -74,18 +76,22 @@ def test_more_processes_choose_the_ddp_preset_and_keep_the_effective_batch():
         launch_plan(train_cfg(gpus=2, micro_batch_size=4, gradient_accumulation=3), "hf")
 
 
-def test_presets_are_data_files_chosen_by_config_or_the_environment(monkeypatch):
+def test_presets_are_data_files_chosen_by_the_config(monkeypatch):
     fsdp = launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"), "hf")
     assert fsdp.trainer_args["fsdp"] == "full_shard auto_wrap" and fsdp.quant_storage == "bfloat16"
+    # What the preset sets over the config is said, field by field (the train stage logs it).
+    said = fsdp.overrides(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"))
+    assert "optim='adamw_torch_fused' (train.optimizer = 'adamw_torch')" in said
     with pytest.raises(ConfigError, match="does not support the unsloth backend"):
         launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"), "unsloth")
     with pytest.raises(ConfigError, match="trains in one process; use ddp or fsdp"):
         launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="single"), "hf")
     with pytest.raises(ConfigError, match=r"no preset .*known: ddp, fsdp, single"):
         launch_plan(train_cfg(launch="deepspeed"), "hf")
-    # A deployment's job variables set the environment of the flow-run process: they pick the preset for "auto".
+    assert launch_plan(train_cfg(gpus=2, gradient_accumulation=2), "hf").name == "ddp"  # auto: ddp for more than one
+    # The config alone decides: an environment variable that used to pick the preset is ignored.
     monkeypatch.setenv("R1_FINETUNE_LAUNCH", "ddp")
-    assert launch_plan(train_cfg(gpus=2, gradient_accumulation=2), "hf").name == "ddp"
+    assert launch_plan(train_cfg(), "hf").name == "single"
 
 
 # --- data-parallel training ---------------------------------------------------------------------------------------
@@ -149,18 +155,17 @@ def test_killed_ddp_training_leaves_no_orphan_rank_and_resumes(small_dataset, tm
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_the_ddp_deployment_picks_the_ddp_preset_through_its_job_variables(monkeypatch):
+def test_the_ddp_deployment_picks_the_ddp_preset_through_its_parameters():
     import yaml
 
-    from flows.finetune import expand_preset
     from r1lib.config import PipelineConfig
+    from r1lib.presets import expand_preset
 
     deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
                       if d["name"] == "nightly-retrain-ddp")
     config = PipelineConfig.model_validate(expand_preset(deployment["parameters"]["config"]))
     env = deployment["work_pool"]["job_variables"]["env"]
-    assert config.train.gpus == 0 and env["R1_GPU_LIMIT"] == "gpu"
-    monkeypatch.setenv("R1_FINETUNE_LAUNCH", env["R1_FINETUNE_LAUNCH"])
+    assert config.train.gpus == 0 and config.train.launch == "ddp" and env["R1_GPU_LIMIT"] == "gpu"
     # gpus=0 means every visible GPU; on this CPU machine that is one process, so torchrun is not needed
     plan = launch_plan(config.train, "hf")
     assert (plan.name, plan.processes, plan.launcher) == ("ddp", 1, "in-process")

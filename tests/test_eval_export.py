@@ -26,7 +26,7 @@ KEY_SOURCES = ["r1lib/embedded.py", "r1lib/models.py", "tasks/tokenize.py", "tas
 
 
 def fixture_config():
-    from r1lib.config import preset
+    from r1lib.presets import preset
 
     cfg = preset("tiny", run_name="pytest-eval-export")
     cfg.train.max_steps = 5
@@ -93,7 +93,7 @@ def run() -> dict:
 
 
 def gguf_files(run: dict) -> list:
-    from tasks.export import GGUFFile
+    from r1lib.gguf import GGUFFile
 
     return [GGUFFile(path=p, type=t, bytes=Path(p).stat().st_size) for t, p in run["ggufs"].items()]
 
@@ -186,7 +186,7 @@ def _safetensors_dtypes(folder: Path) -> set[str]:
 
 def test_merged_model_is_full_precision_with_tokenizer_and_r1_template(run):
     from r1lib.chat_template import ASSISTANT, USER
-    from tasks.export import gguf_metadata
+    from r1lib.gguf import gguf_metadata
 
     merged = Path(run["merged"])
     config = json.loads((merged / "config.json").read_text())
@@ -249,7 +249,7 @@ def test_smoke_and_perplexity_parity_per_gguf(smoke):
 def test_smoke_fails_loudly_on_a_broken_gguf(run, tmp_path):
     from r1lib.config import SmokeConfig
     from r1lib.errors import ExportCheckError
-    from tasks.export import GGUFFile
+    from r1lib.gguf import GGUFFile
     from tasks.smoke import smoke_one
 
     broken = tmp_path / "broken-F16.gguf"
@@ -272,8 +272,9 @@ def test_model_card_and_modelfiles(run, smoke, tmp_path):
                             decoding={"temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.2,
                                       "no_repeat_ngram_size": 3})
     cfg = fixture_config()
-    card = write_card(cfg, run["run_dir"], gguf_files(run), TrainResult.model_validate(run["train_result"]),
-                      evaluation, smoke, out_dir=tmp_path)
+    trained = TrainResult.model_validate(run["train_result"])
+    card = write_card(cfg, run["run_dir"], gguf_files(run), evaluation.decoding, [trained, evaluation, smoke],
+                      trained.loss_curve, out_dir=tmp_path)
     modelfile = Path(card.modelfile).read_text()
     assert "FROM ./pytest-eval-export-Q4_K_M.gguf" in modelfile
     assert 'TEMPLATE """' in modelfile and USER in modelfile and f"{ASSISTANT}<think>" in modelfile

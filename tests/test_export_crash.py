@@ -141,7 +141,8 @@ def test_export_runs_offline_without_network(run, child_env, tmp_path):
 
 
 def test_convert_killed_mid_write_leaves_no_gguf_and_a_retry_succeeds(run, child_env, tmp_path):
-    from tasks.export import check_gguf, convert
+    from r1lib.gguf import check_gguf
+    from tasks.export import convert
 
     final = tmp_path / "out" / "m-F16.gguf"
     code = f'''
@@ -176,7 +177,8 @@ def test_convert_killed_mid_write_leaves_no_gguf_and_a_retry_succeeds(run, child
 
 
 def test_quantize_killed_mid_write_leaves_no_gguf_and_a_retry_succeeds(run, child_env, tmp_path):
-    from tasks.export import check_gguf, quantize
+    from r1lib.gguf import check_gguf
+    from tasks.export import quantize
 
     final = tmp_path / "out" / "m-Q8_0.gguf"
     code = f'''

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = """
 import json, sys
 from pathlib import Path
-from r1lib.config import TrainConfig, preset
+from r1lib.config import TrainConfig
+from r1lib.presets import preset
 from tasks.resolve_model import resolve_model
 from tasks.train import train
 cfg = preset("tiny")
@@ -128,7 +129,8 @@ def test_disk_full_while_saving_the_adapter_keeps_no_half_adapter(tmp_path):
 
 @pytest.mark.slow
 def test_two_trainings_on_one_run_directory_do_not_interleave(small_dataset, tmp_path):
-    from r1lib.config import TrainConfig, preset
+    from r1lib.config import TrainConfig
+    from r1lib.presets import preset
     from r1lib.io import DirectoryBusy
     from tasks.resolve_model import resolve_model
     from tasks.train import train
@@ -156,7 +158,8 @@ def test_rerun_after_the_final_checkpoint_publishes_it_without_training_past_max
     where transformers' resume would run one more step (the epoch loop trains before it checks for the end)."""
     from safetensors.torch import load_file
 
-    from r1lib.config import TrainConfig, preset
+    from r1lib.config import TrainConfig
+    from r1lib.presets import preset
     from tasks.resolve_model import resolve_model
     from tasks.train import train
 

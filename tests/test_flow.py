@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from r1lib.config import preset
+from r1lib.presets import preset
 
 pytestmark = pytest.mark.slow
 BROKEN = "data/sample/broken.jsonl"
@@ -25,7 +25,7 @@ def summary(prefect_harness, tmp_path_factory):
                                     "data": {**config.data.model_dump(),
                                              "train_paths": ["data/sample/train.jsonl", BROKEN]}})
     try:
-        return finetune(config)
+        return finetune(config).summary.data
     finally:
         del os.environ["HF_TOKEN"], os.environ["AWS_SECRET_ACCESS_KEY"]
 
@@ -61,7 +61,7 @@ def test_ggufs_load_and_answer_in_the_r1_format(summary):
 
 
 def test_converter_identifies_the_tokenizer_as_deepseek_r1_qwen(summary):
-    from tasks.export import gguf_metadata
+    from r1lib.gguf import gguf_metadata
 
     f16 = next(g for g in summary["gguf"] if g["type"] == "F16")
     assert gguf_metadata(Path(f16["path"]), "tokenizer.ggml.pre") == "deepseek-r1-qwen"

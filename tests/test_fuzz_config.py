@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from r1lib.config import PipelineConfig, preset
+from r1lib.config import PipelineConfig
+from r1lib.presets import preset
 
 SECTIONS = ["model", "data", "augment", "debias", "tokenize", "train", "evaluate", "export", "smoke"]
 json_values = st.recursive(

@@ -6,18 +6,20 @@ Fast: no training. The transaction test runs a small flow on the session's throw
 from __future__ import annotations
 
 import json
-import os
-import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prefect import flow, task
+from pydantic import BaseModel
 
-from flows.nightly import PromotionPolicy, data_fingerprint, decide, scan_drop
+from r1lib.config import DataConfig
 from r1lib.errors import ConfigError, DataValidationError
-from r1lib.policy import (NOT_READ, STAGE_CACHE, inputs_fingerprint, path_fingerprint, referenced_paths,
-                                 retry_unless_permanent, stage_options)
+from r1lib.paths import InputPath, OutputPath, declared_paths
+from r1lib.policy import STAGE_CACHE, inputs_fingerprint, path_fingerprint, retry_unless_permanent, stage_options
 from r1lib.registry import Registry
+from tasks.promote import PromotionPolicy, data_fingerprint, decide, scan_drop
 
 
 class _State:
@@ -48,11 +50,12 @@ def test_stage_options_cache_on_inputs_code_and_files_not_the_run():
 def test_file_fingerprint_follows_content_not_path_string(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text('{"a": 1}\n')
-    before = inputs_fingerprint({"records_path": str(data), "run_dir": str(tmp_path)})
+    types = {"records_path": InputPath, "run_dir": OutputPath}
+    before = inputs_fingerprint({"records_path": str(data), "run_dir": str(tmp_path)}, types)
     (tmp_path / "unrelated-output.txt").write_text("stages write into run_dir; that must not change the key")
-    assert inputs_fingerprint({"records_path": str(data), "run_dir": str(tmp_path)}) == before
+    assert inputs_fingerprint({"records_path": str(data), "run_dir": str(tmp_path)}, types) == before
     data.write_text('{"a": 2}\n')
-    assert inputs_fingerprint({"records_path": str(data), "run_dir": str(tmp_path)}) != before
+    assert inputs_fingerprint({"records_path": str(data), "run_dir": str(tmp_path)}, types) != before
 
 
 def test_fingerprint_walks_models_and_directories(tmp_path):
@@ -63,12 +66,51 @@ def test_fingerprint_walks_models_and_directories(tmp_path):
     (folder / "part-0.arrow").write_bytes(b"x" * 10)
     cfg = DataConfig(train_paths=[str(folder / "part-0.arrow")], test_path=str(folder), replay_path=None)
     # data.allowed_roots names folders inputs may come from ("."): a permission, never hashed as content
-    assert referenced_paths(cfg, skip=NOT_READ) == sorted([str(folder), str(folder / "part-0.arrow")])
-    assert inputs_fingerprint({"cfg": cfg}) == inputs_fingerprint({"cfg": cfg.model_copy(update={"allowed_roots": ["/"]})})
+    assert [(name, path) for name, path, _ in declared_paths(cfg, DataConfig, "cfg")] == [
+        ("cfg.train_paths[0]", str(folder / "part-0.arrow")), ("cfg.test_path", str(folder))]
+    types = {"cfg": DataConfig}
+    assert inputs_fingerprint({"cfg": cfg}, types) == inputs_fingerprint(
+        {"cfg": cfg.model_copy(update={"allowed_roots": ["/"]})}, types)
     first = path_fingerprint(folder)
     (folder / "part-0.arrow").write_bytes(b"y" * 10)
     assert path_fingerprint(folder) != first
     assert path_fingerprint(tmp_path / "missing") is None
+
+
+@task(**stage_options(retries=0))
+def read_first_line(cfg: DataConfig) -> str:
+    READS.append(cfg.train_paths[0])
+    return Path(cfg.train_paths[0]).read_text().splitlines()[0]
+
+
+@flow
+def read_training_file(name: str) -> str:
+    return read_first_line(DataConfig(train_paths=[name], test_path="", replay_path=None))
+
+
+READS: list[str] = []
+
+
+def test_an_input_file_named_without_slash_or_dot_invalidates_the_cache(prefect_harness, tmp_path, monkeypatch):
+    """A data file called ``traindata`` in the working directory is as much an input as ``data/x.jsonl``: when its
+    content changes, a stage that reads it through the configuration runs again instead of coming from the cache."""
+    monkeypatch.chdir(tmp_path)
+    name = f"traindata{uuid.uuid4().hex}"  # no '/' or '.': a name, not a path string; new in every session
+    Path(name).write_text("first\n")
+    assert read_training_file(name) == "first" and read_training_file(name) == "first"
+    assert READS.count(name) == 1  # unchanged: the second run came from the cache
+    Path(name).write_text("second\n")
+    assert read_training_file(name) == "second" and READS.count(name) == 2
+
+
+class TrainedLike(BaseModel):
+    adapter: InputPath  # what the next stage reads
+    resumed_from: str  # a checkpoint the trainer rotates away: not an output anyone reads
+
+
+class TrainedLike(BaseModel):
+    adapter: InputPath  # what the next stage reads
+    resumed_from: str  # a checkpoint the trainer rotates away: not an output anyone reads
 
 
 def test_cached_result_with_vanished_outputs_is_not_reused(tmp_path):
@@ -76,16 +118,15 @@ def test_cached_result_with_vanished_outputs_is_not_reused(tmp_path):
     out.write_text("x")
     records: dict[str, object] = {}
     store = SimpleNamespace(exists=lambda key: key in records, read=lambda key: SimpleNamespace(result=records[key]))
-    from prefect import task
 
     @task
-    def stage(x: int) -> dict:
-        return {"path": str(out)}
+    def stage(x: int) -> TrainedLike:
+        return TrainedLike(adapter=str(out), resumed_from=str(tmp_path / "checkpoint-10"))
 
     ctx = SimpleNamespace(result_store=store, task=stage)
     key = STAGE_CACHE.compute_key(ctx, {"x": 1}, {})
-    records[key] = {"path": str(out)}
-    assert STAGE_CACHE.compute_key(ctx, {"x": 1}, {}) == key  # outputs still there: reuse
+    records[key] = stage.fn(1)
+    assert STAGE_CACHE.compute_key(ctx, {"x": 1}, {}) == key  # the adapter is there (the checkpoint is not): reuse
     out.unlink()
     assert STAGE_CACHE.compute_key(ctx, {"x": 1}, {}) == f"{key}-g1"  # gone: recompute under a new key
 
@@ -155,10 +196,11 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
     from prefect import flow
     from prefect.transactions import transaction
 
-    from flows.nightly import promote_task, register_task, verify_release_task
-    from r1lib.config import SmokeConfig
+    from r1lib.config import EmbeddedModelConfig, SmokeConfig
     from r1lib.embedded import ensure_embedded_model
-    from r1lib.config import EmbeddedModelConfig
+    from r1lib.gguf import GGUFFile
+    from tasks.promote import promote_task, register_task, registered_ggufs
+    from tasks.smoke import smoke_task
 
     model_dir = str(ensure_embedded_model(EmbeddedModelConfig(), Path(".cache")))
     registry_dir = str(tmp_path / "registry")
@@ -176,7 +218,8 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
             txn.set("previous_champion", champion["version"])
             promote_task(registry_dir, record["version"], "better")
             assert Registry(registry_dir).champion()["version"] == record["version"]  # promoted, for a moment
-            verify_release_task(record["version"], model_dir, record["ggufs"], SmokeConfig(), str(tmp_path / "smoke"))
+            smoke_task(model_dir, [GGUFFile(**g) for g in registered_ggufs(record)], None, {}, SmokeConfig(),
+                       str(tmp_path))
 
     with pytest.raises(Exception, match="llama-cpp-python exited|failed its smoke test"):
         release()

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from r1lib.config import PRESETS, DataConfig, ModelConfig, PipelineConfig, preset
+from r1lib.config import DataConfig, ModelConfig, PipelineConfig
+from r1lib.presets import PRESETS, preset
 from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed, PermanentError
 from tasks.resolve_model import resolve_model
 from r1lib.paths import PROJECT_DIR, check_config_paths, config_paths, confine, hf_cache_dir, resolve_roots
-from tasks.validate import expand_inputs, validate
+from r1lib.readers import expand_inputs
+from tasks.validate import validate
 
 ROW = json.dumps({"instruction": "What is the sentence about?", "output": "Animals."}) + "\n"
 
@@ -339,5 +341,5 @@ def test_the_flows_refuse_before_any_stage_runs(tree, tmp_path, monkeypatch):
         flows.finetune.finetune.fn(config)
     monkeypatch.setattr(flows.data, "data_inputs", no_stage)  # the data stages on their own (r1-data, nightly)
     with pytest.raises(PathNotAllowed, match="^augment.templates_path: "):
-        flows.data.data_stages(config, "embedded", str(tmp_path / "runs" / "x"))
+        flows.data.prepare_data.fn(config, "embedded", str(tmp_path / "runs" / "x"))
     assert not (tmp_path / "runs").exists()

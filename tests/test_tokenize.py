@@ -96,7 +96,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from r1lib.chat_template import ASSISTANT, BOS, EOS, R1_CHAT_TEMPLATE, THINK_OPEN, USER, chat_renderer  # noqa: E402
-from tasks.tokenize import IdsCache, encode_batch, encode_row, encode_texts, render_prompt, render_prompts  # noqa: E402
+from r1lib.chat_template import render_prompt, render_prompts  # noqa: E402
+from tasks.tokenize import IdsCache, encode_batch, encode_row, encode_texts  # noqa: E402
 
 POLICIES = [TokenizeConfig(), TokenizeConfig(think_in_loss="mask"), TokenizeConfig(think_in_loss="drop"),
             TokenizeConfig(system_prompt="You are a careful tutor.")]

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1lib.errors import DataValidationError
-from tasks.validate import LineTooLong, iter_lines, validate_file
+from r1lib.readers import LineTooLong, iter_lines
+from tasks.validate import validate_file
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = json.dumps({"instruction": "What is the sentence about?", "output": "<think>\nAnimals.\n</think>\n\nAnimals."})

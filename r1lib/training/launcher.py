@@ -42,13 +42,23 @@ class LaunchPlan(BaseModel):
     quant_storage: str | None = None
     env: dict[str, str] = {}
 
+    def overrides(self, cfg: TrainConfig) -> list[str]:
+        """The preset's TrainingArguments that replace what the config set, in words for the log."""
+        said = {"optim": cfg.optimizer, "gradient_checkpointing": cfg.gradient_checkpointing,
+                "learning_rate": cfg.learning_rate, "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed,
+                "logging_steps": cfg.logging_steps, "save_steps": cfg.save_steps}
+        fields = {"optim": "optimizer"}
+        return [f"{key}={value!r} (train.{fields.get(key, key)} = {said[key]!r})" if key in said else f"{key}={value!r}"
+                for key, value in self.trainer_args.items()]
+
 def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
+    """``train.launch`` (auto: single for one process, ddp for more) resolved for ``backend`` on this machine."""
     import torch
     import yaml
 
     name = cfg.launch
     if name == "auto":
-        name = os.environ.get("R1_FINETUNE_LAUNCH") or ("single" if cfg.gpus == 1 else "ddp")
+        name = "single" if cfg.gpus == 1 else "ddp"
     path = Path(name) if name.endswith((".yaml", ".yml")) else LAUNCH_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in LAUNCH_DIR.glob("*.yaml")))
@@ -158,6 +168,13 @@ def run_distributed(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=N
         raise RuntimeError(f"distributed training ({plan.processes} x {plan.name}) failed with exit status "
                            f"{process.returncode}; the ranks' tracebacks are in the log above")
     return FitOutcome.model_validate_json((work / "outcome.json").read_text(encoding="utf-8"))
+
+def launch(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=None) -> FitOutcome:
+    """Run ``spec`` as ``plan`` says: ``fit`` in this process, or ``plan.processes`` torchrun ranks."""
+    if plan.launcher == "in-process":
+        return fit(spec, progress_hook)
+    return run_distributed(spec, plan, work, progress_hook)
+
 
 def _relay(path: Path, seen: int, progress_hook) -> int:
     if not path.exists():

@@ -1,0 +1,184 @@
+"""The nightly retrain's stages around the finetune flow: find fresh data, snapshot it, compare the challenger with
+the champion, register it, promote it.
+
+Promotion and registration run inside one Prefect transaction (flows/nightly.py): their rollback hooks here undo them
+(the previous champion is restored, the new entry and its files removed) when a later step of it fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from r1lib.io import atomic_path, sha256_file
+from r1lib.readers import SUFFIXES
+from r1lib.registry import Registry
+
+LOWER_IS_BETTER = {"perplexity", "replay_perplexity", "forgetting_ratio"}
+COMPARED = ("perplexity", "accuracy", "format_ok", "replay_perplexity", "forgetting_ratio")
+
+
+class DropFile(BaseModel):
+    name: str
+    url: str
+    sha256: str
+    bytes: int
+
+
+class PromotionPolicy(BaseModel):
+    metric: Literal["accuracy", "perplexity", "format_ok"] = Field(
+        "accuracy", description="Compared on the fixed held-out set; perplexity: lower is better, others higher.")
+    min_improvement: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this.")
+    forgetting_tolerance: float = Field(
+        0.05, ge=0, description="Refuse a challenger whose forgetting ratio exceeds the champion's by this share.")
+    max_forgetting_ratio: float | None = Field(
+        1.5, gt=0, description="Refuse a challenger whose replay perplexity grew by more than this factor (None: no "
+                               "limit); the only forgetting check while there is no champion yet.")
+
+
+class Decision(BaseModel):
+    promote: bool
+    reason: str
+
+
+def scan_drop(drop_url: str) -> list[DropFile]:
+    """Every data file under the drop location (recursively), fingerprinted by content."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(drop_url)
+    if not fs.exists(root):
+        return []
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    files = []
+    for path in sorted(fs.find(root)):
+        name = path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/") + "/") else Path(path).name
+        if not path.lower().endswith(SUFFIXES) or any(part.startswith(".") for part in Path(name).parts):
+            continue
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        url = path if protocol in ("file", "local") else f"{protocol}://{path}"
+        files.append(DropFile(name=name, url=url, sha256=digest.hexdigest(), bytes=fs.size(path)))
+    return files
+
+
+def data_fingerprint(files: list[DropFile]) -> str:
+    return hashlib.sha256("".join(f"{f.sha256}\n" for f in sorted(files, key=lambda f: f.sha256)).encode()).hexdigest()
+
+
+def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> tuple[bool, str]:
+    """Promote? and why. Without a champion the challenger must beat the base model it was tuned from."""
+    metric = policy.metric
+    lower = metric in LOWER_IS_BETTER
+    new = challenger.get(metric)
+    if champion is not None:
+        old, against, old_forgetting = champion.get(metric), "champion", champion.get("forgetting_ratio")
+    else:
+        old, against, old_forgetting = challenger.get(f"base_{metric}"), "base model", None
+    if new is None:
+        return False, f"challenger has no {metric}"
+    if old is not None:
+        gain = (old - new) if lower else (new - old)
+        if gain <= policy.min_improvement:
+            return False, (f"{metric} {new:.4g} vs {against} {old:.4g}: not better by more than "
+                           f"{policy.min_improvement:g} ({'lower' if lower else 'higher'} is better)")
+    forgetting = challenger.get("forgetting_ratio")
+    if forgetting is not None:
+        if policy.max_forgetting_ratio is not None and forgetting > policy.max_forgetting_ratio:
+            return False, f"forgetting ratio {forgetting:.4g} above the limit {policy.max_forgetting_ratio:g}"
+        if old_forgetting is not None and forgetting > old_forgetting * (1 + policy.forgetting_tolerance):
+            return False, (f"forgetting regression: replay perplexity ratio {forgetting:.4g} vs {against} "
+                           f"{old_forgetting:.4g} (tolerance {policy.forgetting_tolerance:.0%})")
+    return True, (f"{metric} {new:.4g} beats {against} {old if old is None else format(old, '.4g')}; "
+                  f"forgetting ratio {forgetting}")
+
+
+def comparison_rows(challenger: dict, champion: dict | None) -> list[dict]:
+    """Challenger, champion and base model side by side, with which direction is better for each metric."""
+    return [{"metric": m, "challenger": challenger.get(m), "champion": None if champion is None else champion.get(m),
+             "base model": challenger.get(f"base_{m}") if m in ("perplexity", "accuracy") else None,
+             "better": "lower" if m in LOWER_IS_BETTER else "higher"} for m in COMPARED]
+
+
+def registered_ggufs(record: dict) -> list[dict]:
+    """The GGUF files of a registry version (its own copies), as the smoke test takes them."""
+    return [{k: g[k] for k in ("path", "type", "bytes", "tokenizer_pre") if k in g} for g in record["ggufs"]]
+
+
+# --- Prefect ------------------------------------------------------------------------------------------------------
+
+
+@task(name="scan-drop", task_run_name="scan-drop {drop_url}", cache_policy=NO_CACHE, retries=3,
+      retry_delay_seconds=[5, 30, 120], retry_jitter_factor=0.5)
+def scan_drop_task(drop_url: str) -> list[DropFile]:
+    """List and fingerprint the data files in the drop location (never cached: its content is the question)."""
+    return scan_drop(drop_url)
+
+
+@task(name="snapshot-new-data", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 30, 120])
+def snapshot_task(files: list[DropFile], registry_dir: str) -> list[dict]:
+    """Copy each new drop file into the registry, verified by its sha256, so the drop may be cleaned later."""
+    import fsspec
+
+    registry, stored = Registry(registry_dir), []
+    for f in files:
+        target = registry.snapshot_path(f.name, f.sha256)
+        if not (target.exists() and sha256_file(target) == f.sha256):
+            with atomic_path(target) as tmp, fsspec.open(f.url, "rb") as src, open(tmp, "wb") as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(chunk)
+                dst.flush()
+            if sha256_file(target) != f.sha256:
+                raise OSError(f"{f.url} changed while it was copied (sha256 differs); the retry copies it again")
+        stored.append({"name": f.name, "url": f.url, "sha256": f.sha256, "bytes": f.bytes, "snapshot": str(target)})
+    return stored
+
+
+@task(name="register-version", task_run_name="register challenger", cache_policy=NO_CACHE)
+def register_task(registry_dir: str, entry: dict, adapter: str, ggufs: list[dict]) -> dict:
+    record = Registry(registry_dir).add_version(entry, adapter, ggufs)
+    print(f"registered v{record['version']} (data {entry['data_fingerprint'][:12]}, code {entry['code_version'][:12]})")
+    return record
+
+
+@register_task.on_rollback
+def _unregister(txn) -> None:
+    record = txn.get("record")
+    Registry(txn.get("registry_dir")).remove_version(record["version"])
+    print(f"rolled back: v{record['version']} removed from the registry")
+
+
+@task(name="promote", task_run_name="promote v{version}", cache_policy=NO_CACHE)
+def promote_task(registry_dir: str, version: int, decision: str) -> int | None:
+    registry = Registry(registry_dir)
+    previous = registry.set_champion(version)
+    registry.set_status(version, "champion", decision)
+    print(f"promoted v{version} to champion (previous: {previous})")
+    return previous
+
+
+@promote_task.on_rollback
+def _demote(txn) -> None:
+    registry = Registry(txn.get("registry_dir"))
+    previous = txn.get("previous_champion")
+    registry.set_champion(previous)
+    print(f"rolled back: champion restored to {previous}")
+
+
+@task(name="decide-promotion", task_run_name="champion vs challenger", cache_policy=NO_CACHE)
+def decide_task(challenger: dict, champion: dict | None, champion_label: str, test_path: str,
+                policy: PromotionPolicy) -> Decision:
+    """Promote? and why, with the comparison as a table artifact."""
+    promote, reason = decide(challenger, champion, policy)
+    create_table_artifact(
+        key="champion-vs-challenger", table=comparison_rows(challenger, champion),
+        description=(f"{champion_label} vs challenger on `{test_path}`; metric **{policy.metric}**. Decision: "
+                     f"**{'PROMOTE' if promote else 'keep champion'}**: {reason}"))
+    return Decision(promote=promote, reason=reason)
