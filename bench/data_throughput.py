@@ -53,15 +53,28 @@ RESULTS = ROOT / "bench" / "results" / "data_throughput.json"
 
 # --- 1. the benchmark set -----------------------------------------------------------------------------------------
 
-NAMES = [("Tom", "he", "his"), ("Ann", "she", "her"), ("My brother", "he", "his"), ("The king", "he", "his"),
-         ("His father", "he", "his"), ("The boy", "he", "his"), ("Mr Lee", "he", "his"), ("She", "she", "her"),
-         ("He", "he", "his"), ("The man", "he", "his"), ("A student", "they", "their"), ("Maria", "she", "her")]
+NAMES = [
+    ("Tom", "he", "his"),
+    ("Ann", "she", "her"),
+    ("My brother", "he", "his"),
+    ("The king", "he", "his"),
+    ("His father", "he", "his"),
+    ("The boy", "he", "his"),
+    ("Mr Lee", "he", "his"),
+    ("She", "she", "her"),
+    ("He", "he", "his"),
+    ("The man", "he", "his"),
+    ("A student", "they", "their"),
+    ("Maria", "she", "her"),
+]
 ITEMS = ["apple", "book", "coin", "pencil", "marble", "stamp", "card", "shell", "ticket", "cookie", "sticker", "box"]
 ZH_NAMES = [("他", "他"), ("她", "她"), ("小明", "他"), ("小红", "她"), ("老师", "他")]
 ZH_ITEMS = ["苹果", "书", "铅笔", "硬币", "邮票"]
-WORDS = ("the model checks each step and writes down what it knows before it moves on so the final answer follows "
-         "from the facts given in the question rather than from a guess about what looks likely here first then "
-         "next because therefore since each value sum total count result").split()
+WORDS = (
+    "the model checks each step and writes down what it knows before it moves on so the final answer follows "
+    "from the facts given in the question rather than from a guess about what looks likely here first then "
+    "next because therefore since each value sum total count result"
+).split()
 SYSTEMS = ["You are a careful math tutor.", "Answer briefly.", ""]
 
 
@@ -87,8 +100,10 @@ def make_row(rng: random.Random) -> dict:
     elif kind < 0.96:  # medium: a worded reasoning of 40-120 words
         name, pron, poss = rng.choice(NAMES)
         a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 9)
-        prompt = (f"{name} packs {a} boxes with {b} cards each and gives away {c} boxes. How many cards are left "
-                  f"in {poss} boxes?")
+        prompt = (
+            f"{name} packs {a} boxes with {b} cards each and gives away {c} boxes. How many cards are left "
+            f"in {poss} boxes?"
+        )
         reasoning = " ".join(rng.choices(WORDS, k=rng.randint(40, 120))) + f". ({a} - {c}) x {b} = {(a - c) * b}."
         answer = f"{(a - c) * b} cards."
     else:  # long: 300-900 words of reasoning (some exceed max_seq_length and are dropped by the length policy)
@@ -98,8 +113,12 @@ def make_row(rng: random.Random) -> dict:
         answer = f"{a * b}"
     if rng.random() < 0.0005:
         prompt = "The idiot asked: " + prompt  # blocklisted
-    return {"system": rng.choice(SYSTEMS) if rng.random() < 0.2 else "", "prompt": prompt, "reasoning": reasoning,
-            "answer": answer}
+    return {
+        "system": rng.choice(SYSTEMS) if rng.random() < 0.2 else "",
+        "prompt": prompt,
+        "reasoning": reasoning,
+        "answer": answer,
+    }
 
 
 def to_format(row: dict, fmt: str, rng: random.Random) -> dict:
@@ -111,24 +130,41 @@ def to_format(row: dict, fmt: str, rng: random.Random) -> dict:
         head, _, tail = p.partition(". ")
         return {"instruction": head + ("." if tail else ""), "input": tail, "output": _think(r, a)}
     if fmt == "messages":
-        msgs = ([{"role": "system", "content": s}] if s else []) + [{"role": "user", "content": p},
-                                                                    {"role": "assistant", "content": a}]
+        msgs = ([{"role": "system", "content": s}] if s else []) + [
+            {"role": "user", "content": p},
+            {"role": "assistant", "content": a},
+        ]
         return {"messages": msgs, "reasoning_content": r}
     if fmt == "sharegpt":
-        conv = ([{"from": "system", "value": s}] if s else []) + [{"from": "human", "value": p},
-                                                                  {"from": "gpt", "value": _think(r, a)}]
+        conv = ([{"from": "system", "value": s}] if s else []) + [
+            {"from": "human", "value": p},
+            {"from": "gpt", "value": _think(r, a)},
+        ]
         return {"conversations": conv}
     if fmt == "prompt_completion":
         return {"prompt": p, "completion": _think(r, a)}
     raise ValueError(fmt)
 
 
-FILES = [("train-0.jsonl", "instruction_output"), ("train-1.jsonl", "messages"), ("train-2.json", "alpaca"),
-         ("train-3.parquet", "sharegpt"), ("train-4.csv", "prompt_completion"), ("train-5.parquet", "alpaca"),
-         ("train-6.jsonl", "sharegpt"), ("train-7.csv", "instruction_output")]
-BROKEN = ['{"instruction": "cut off', '{"instruction": "no output"}', '{"instruction": "bell \\u0007", "output": "x"}',
-          '{"instruction": "x", "output": "<think>\\nnever closed"}', '["not", "an", "object"]',
-          '{"instruction": "", "output": "empty prompt"}', '{"messages": [{"role": "assistant", "content": "first"}]}']
+FILES = [
+    ("train-0.jsonl", "instruction_output"),
+    ("train-1.jsonl", "messages"),
+    ("train-2.json", "alpaca"),
+    ("train-3.parquet", "sharegpt"),
+    ("train-4.csv", "prompt_completion"),
+    ("train-5.parquet", "alpaca"),
+    ("train-6.jsonl", "sharegpt"),
+    ("train-7.csv", "instruction_output"),
+]
+BROKEN = [
+    '{"instruction": "cut off',
+    '{"instruction": "no output"}',
+    '{"instruction": "bell \\u0007", "output": "x"}',
+    '{"instruction": "x", "output": "<think>\\nnever closed"}',
+    '["not", "an", "object"]',
+    '{"instruction": "", "output": "empty prompt"}',
+    '{"messages": [{"role": "assistant", "content": "first"}]}',
+]
 
 
 def generate(n: int, out: Path, seed: int = 7) -> dict:
@@ -184,8 +220,10 @@ def generate(n: int, out: Path, seed: int = 7) -> dict:
                 frame.to_parquet(path, index=False)
         files.append(str(path))
     test_path = out / "test.jsonl"
-    test_path.write_text("".join(json.dumps(to_format(r, "instruction_output", rng), ensure_ascii=False) + "\n"
-                                 for r in test), encoding="utf-8")
+    test_path.write_text(
+        "".join(json.dumps(to_format(r, "instruction_output", rng), ensure_ascii=False) + "\n" for r in test),
+        encoding="utf-8",
+    )
     manifest = {"rows": n, "files": files, "test": str(test_path), "planted": dict(planted)}
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -231,7 +269,7 @@ class Meter:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self._sample()
         self.cpu_start = dict(self.cpu)
         self._thread.start()
@@ -311,26 +349,48 @@ def run_pipeline(manifest: dict, kind: str, workers: int, shard_rows: int, model
     assert sum(r.accepted + r.quarantined for r in train_reports) == rows_in
     dedup = prepared.deduped.report.model_dump()
     return {
-        "runner": kind, "workers": workers, "shard_rows": shard_rows, "train_shards": len(prepared.deduped.shards["train"]),
-        "rows_in": rows_in, "seconds": round(seconds, 2), "rows_per_s": round(rows_in / seconds),
-        "cpu_seconds": round(meter.cpu_seconds, 1), "rows_per_cpu_s": round(rows_in / meter.cpu_seconds),
+        "runner": kind,
+        "workers": workers,
+        "shard_rows": shard_rows,
+        "train_shards": len(prepared.deduped.shards["train"]),
+        "rows_in": rows_in,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows_in / seconds),
+        "cpu_seconds": round(meter.cpu_seconds, 1),
+        "rows_per_cpu_s": round(rows_in / meter.cpu_seconds),
         "stage_seconds": prepared.seconds,
         "stage_rows_per_s": {stage: round(rows_in / s) if s else None for stage, s in prepared.seconds.items()},
-        "peak_rss_mib_all_processes": round(meter.peak_rss / 2**20), "processes": meter.breakdown(),
-        "loadavg_before": [round(x, 2) for x in load], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "checksum": checksum, "files": files, "bytes": size,
-        "validate": {"accepted": sum(r.accepted for r in train_reports),
-                     "quarantined": sum(r.quarantined for r in train_reports),
-                     "reasons": dict(sum((Counter(r.reasons) for r in train_reports), Counter()))},
+        "peak_rss_mib_all_processes": round(meter.peak_rss / 2**20),
+        "processes": meter.breakdown(),
+        "loadavg_before": [round(x, 2) for x in load],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "checksum": checksum,
+        "files": files,
+        "bytes": size,
+        "validate": {
+            "accepted": sum(r.accepted for r in train_reports),
+            "quarantined": sum(r.quarantined for r in train_reports),
+            "reasons": dict(sum((Counter(r.reasons) for r in train_reports), Counter())),
+        },
         "dedup": {"reasons": dedup["reasons"], "train_out": dedup["train_out"], "test_out": dedup["test_out"]},
-        "augment": {"rows_in": prepared.augmented.rows_in, "rows_out": prepared.augmented.rows_out,
-                    "origins": prepared.augmented.origins},
-        "debias": {"blocked": prepared.debiased.blocked, "counterfactuals": prepared.debiased.counterfactuals,
-                   "rows_out": prepared.debiased.rows_out,
-                   "balance": [b.model_dump() for b in prepared.debiased.balance]},
-        "tokenize": {"rows_in": prepared.train.rows_in, "rows_out": prepared.train.rows_out,
-                     "too_long": prepared.train.dropped_too_long, "tokens": prepared.train.tokens,
-                     "trained_tokens": prepared.train.trained_tokens},
+        "augment": {
+            "rows_in": prepared.augmented.rows_in,
+            "rows_out": prepared.augmented.rows_out,
+            "origins": prepared.augmented.origins,
+        },
+        "debias": {
+            "blocked": prepared.debiased.blocked,
+            "counterfactuals": prepared.debiased.counterfactuals,
+            "rows_out": prepared.debiased.rows_out,
+            "balance": [b.model_dump() for b in prepared.debiased.balance],
+        },
+        "tokenize": {
+            "rows_in": prepared.train.rows_in,
+            "rows_out": prepared.train.rows_out,
+            "too_long": prepared.train.dropped_too_long,
+            "tokens": prepared.train.tokens,
+            "trained_tokens": prepared.train.trained_tokens,
+        },
         "train_records": prepared.deduped.train,
     }
 
@@ -353,19 +413,24 @@ def baseline(args: tuple) -> dict:
     tokenizer = load_tokenizer(model_dir)
     rows = []
     for record in iter_jsonl(Path(records_path)):
-        rows.append({"system": record["system"], "messages": record["messages"],
-                     "reasoning": record["reasoning"] or ""})
+        rows.append(
+            {"system": record["system"], "messages": record["messages"], "reasoning": record["reasoning"] or ""}
+        )
         if len(rows) >= limit:
             break
     dataset = Dataset.from_list(rows)
     del rows
 
     def tok(batch):
-        prompts = [tokenizer.apply_chat_template(([{"role": "system", "content": s}] if s else []) + m[:-1],
-                                                 add_generation_prompt=True, tokenize=False)
-                   for s, m in zip(batch["system"], batch["messages"])]
-        completions = [completion_text(r or None, m[-1]["content"], True)
-                       for r, m in zip(batch["reasoning"], batch["messages"])]
+        prompts = [
+            tokenizer.apply_chat_template(
+                ([{"role": "system", "content": s}] if s else []) + m[:-1], add_generation_prompt=True, tokenize=False
+            )
+            for s, m in zip(batch["system"], batch["messages"])
+        ]
+        completions = [
+            completion_text(r or None, m[-1]["content"], True) for r, m in zip(batch["reasoning"], batch["messages"])
+        ]
         p = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         c = tokenizer(completions, add_special_tokens=False)["input_ids"]
         return {"input_ids": [a + b for a, b in zip(p, c)], "labels": [[-100] * len(a) + b for a, b in zip(p, c)]}
@@ -378,9 +443,14 @@ def baseline(args: tuple) -> dict:
     with Meter() as meter:  # sampled: ru_maxrss of a spawned process starts at its parent's peak on Linux
         out = dataset.map(tok, batched=True, batch_size=1000, remove_columns=dataset.column_names)
     seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
-    return {"rows": len(out), "seconds": round(seconds, 2), "rows_per_s": round(len(out) / seconds),
-            "cpu_seconds": round(cpu_seconds, 1), "rows_per_cpu_s": round(len(out) / cpu_seconds),
-            "peak_rss_mib": round(meter.peak_rss / 2**20)}
+    return {
+        "rows": len(out),
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(len(out) / seconds),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "rows_per_cpu_s": round(len(out) / cpu_seconds),
+        "peak_rss_mib": round(meter.peak_rss / 2**20),
+    }
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
@@ -388,17 +458,22 @@ def baseline(args: tuple) -> dict:
 
 def report(r: dict) -> str:
     stages = ", ".join(f"{k} {v:,}" for k, v in r["stage_rows_per_s"].items())
-    return (f"{r['runner']:>7}: {r['rows_in']:,} rows in {r['seconds']:.1f} s = {r['rows_per_s']:,} rows/s; "
-            f"{r['cpu_seconds']:.0f} CPU-s = {r['rows_per_cpu_s']:,} rows per CPU-second; peak RSS (all processes) "
-            f"{r['peak_rss_mib_all_processes']:,} MiB; load {r['loadavg_before'][0]} -> {r['loadavg_after'][0]}\n"
-            f"         rows/s per stage: {stages}\n"
-            f"         rows: {r['rows_in']:,} read -> {r['validate']['accepted']:,} valid -> "
-            f"{r['dedup']['train_out']:,} after dedup -> {r['augment']['rows_out']:,} augmented -> "
-            f"{r['debias']['rows_out']:,} debiased -> {r['tokenize']['rows_out']:,} tokenized "
-            f"({r['tokenize']['tokens']:,} tokens)\n"
-            f"         checksum {r['checksum']} ({r['files']} files, {r['bytes'] / 2**30:.2f} GiB)\n"
-            f"         processes: " + "; ".join(f"{k} x{v['processes']}: {v['peak_rss_mib']:,} MiB, {v['cpu_seconds']} CPU-s"
-                                              for k, v in r["processes"].items()))
+    return (
+        f"{r['runner']:>7}: {r['rows_in']:,} rows in {r['seconds']:.1f} s = {r['rows_per_s']:,} rows/s; "
+        f"{r['cpu_seconds']:.0f} CPU-s = {r['rows_per_cpu_s']:,} rows per CPU-second; peak RSS (all processes) "
+        f"{r['peak_rss_mib_all_processes']:,} MiB; load {r['loadavg_before'][0]} -> {r['loadavg_after'][0]}\n"
+        f"         rows/s per stage: {stages}\n"
+        f"         rows: {r['rows_in']:,} read -> {r['validate']['accepted']:,} valid -> "
+        f"{r['dedup']['train_out']:,} after dedup -> {r['augment']['rows_out']:,} augmented -> "
+        f"{r['debias']['rows_out']:,} debiased -> {r['tokenize']['rows_out']:,} tokenized "
+        f"({r['tokenize']['tokens']:,} tokens)\n"
+        f"         checksum {r['checksum']} ({r['files']} files, {r['bytes'] / 2**30:.2f} GiB)\n"
+        f"         processes: "
+        + "; ".join(
+            f"{k} x{v['processes']}: {v['peak_rss_mib']:,} MiB, {v['cpu_seconds']} CPU-s"
+            for k, v in r["processes"].items()
+        )
+    )
 
 
 def main() -> None:
@@ -407,8 +482,9 @@ def main() -> None:
     parser.add_argument("--runners", default="default,dask", help="comma-separated: default, dask")
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes (and default-runner threads)")
     parser.add_argument("--shard-rows", type=int, default=None, help="runner.shard_rows (default: the config's)")
-    parser.add_argument("--baseline-rows", type=int, default=100_000,
-                        help="validated rows the datasets.map baseline tokenizes (0: all)")
+    parser.add_argument(
+        "--baseline-rows", type=int, default=100_000, help="validated rows the datasets.map baseline tokenizes (0: all)"
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the run directories (GBs at 1M rows)")
     parser.add_argument("--out", default=str(RESULTS))
@@ -421,8 +497,10 @@ def main() -> None:
     data_dir = ROOT / ".cache" / "data_throughput" / str(args.rows)
     t0 = time.perf_counter()
     manifest = generate(args.rows, data_dir)
-    print(f"benchmark set: {args.rows:,} rows in {len(manifest['files'])} files "
-          f"({time.perf_counter() - t0:.1f} s to generate or load); {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    print(
+        f"benchmark set: {args.rows:,} rows in {len(manifest['files'])} files "
+        f"({time.perf_counter() - t0:.1f} s to generate or load); {os.cpu_count()} CPUs, load {os.getloadavg()}"
+    )
     model_dir = resolve_model(preset("tiny").model, ".cache")
     shard_rows = args.shard_rows or RunnerConfig().shard_rows
     runs = []
@@ -437,22 +515,33 @@ def main() -> None:
         if kind == args.runners.split(",")[-1] and not args.no_baseline:
             with get_context("spawn").Pool(1) as pool:
                 base = pool.apply(baseline, ((result["train_records"], model_dir, args.baseline_rows or 1 << 62),))
-            print(f"baseline datasets.map(batched=True), chat template + HF tokenizer: {base['rows']:,} validated rows "
-                  f"in {base['seconds']} s = {base['rows_per_s']:,} rows/s ({base['rows_per_cpu_s']:,} rows per "
-                  f"CPU-second), peak RSS {base['peak_rss_mib']:,} MiB")
+            print(
+                f"baseline datasets.map(batched=True), chat template + HF tokenizer: {base['rows']:,} validated rows "
+                f"in {base['seconds']} s = {base['rows_per_s']:,} rows/s ({base['rows_per_cpu_s']:,} rows per "
+                f"CPU-second), peak RSS {base['peak_rss_mib']:,} MiB"
+            )
         if not args.keep:
             shutil.rmtree(run, ignore_errors=True)
     same = len({r["checksum"] for r in runs}) == 1
     if len(runs) > 1:
-        print(f"checksums {'EQUAL' if same else 'DIFFER'}: " + ", ".join(f"{r['runner']} {r['checksum'][:16]}" for r in runs))
-    result = {"runs": runs, "same_output": same, "generated": manifest["planted"],
-              "rows_per_input_row": {"augment": "1 original + 1 prompt template + 1 question_first variant when the "
-                                                "question can move", "debias": "+1 counterfactual twin per row "
-                                                "mentioning a gendered term"},
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-              "config": bench_config(manifest, "default", args.workers, shard_rows).model_dump(
-                  include={"dedup", "augment", "debias", "tokenize", "runner"}),
-              "target": {"rows_per_s": 20_000, "peak_rss_mib": 2048}}
+        print(
+            f"checksums {'EQUAL' if same else 'DIFFER'}: "
+            + ", ".join(f"{r['runner']} {r['checksum'][:16]}" for r in runs)
+        )
+    result = {
+        "runs": runs,
+        "same_output": same,
+        "generated": manifest["planted"],
+        "rows_per_input_row": {
+            "augment": "1 original + 1 prompt template + 1 question_first variant when the question can move",
+            "debias": "+1 counterfactual twin per row mentioning a gendered term",
+        },
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": bench_config(manifest, "default", args.workers, shard_rows).model_dump(
+            include={"dedup", "augment", "debias", "tokenize", "runner"}
+        ),
+        "target": {"rows_per_s": 20_000, "peak_rss_mib": 2048},
+    }
     if not args.no_baseline:
         result["baseline_datasets_map"] = base
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -47,15 +47,39 @@ sys.path.insert(0, str(ROOT))
 
 SHAPES = {
     # DeepSeek-R1-Distill-Llama-8B = Llama-3.1-8B
-    "llama8b": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                    num_key_value_heads=8, intermediate_size=14336, vocab_size=128256, max_position_embeddings=8192,
-                    rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                    bos_token_id=128000, eos_token_id=128001, preset="r1-llama-8b"),
+    "llama8b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128001,
+        preset="r1-llama-8b",
+    ),
     # DeepSeek-R1-Distill-Qwen-1.5B = Qwen2.5-Math-1.5B
-    "qwen1.5b": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-                     num_key_value_heads=2, intermediate_size=8960, vocab_size=151936, max_position_embeddings=8192,
-                     rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                     bos_token_id=151646, eos_token_id=151643, preset="r1-qwen-1.5b"),
+    "qwen1.5b": dict(
+        model_type="qwen2",
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
+        max_position_embeddings=8192,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=151646,
+        eos_token_id=151643,
+        preset="r1-qwen-1.5b",
+    ),
 }
 DATASHEET_BF16 = 989.4e12
 
@@ -104,6 +128,7 @@ def stub_prefect(force: bool = False) -> bool:
     if not force:
         try:
             import prefect  # noqa: F401
+
             return False
         except ImportError:
             pass
@@ -155,8 +180,9 @@ def write_tokenizer(path: Path, shape: dict) -> None:
     vocab.update({"<unk>": 1000, "<pad>": 1001, "<bos>": shape["bos_token_id"], "<eos>": shape["eos_token_id"]})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
-                                   eos_token="<eos>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
     fast.save_pretrained(path)
 
 
@@ -176,8 +202,10 @@ def build_model_dir(name: str, root: Path) -> Path:
     write_tokenizer(path, SHAPES[name])
     del model
     torch.cuda.empty_cache()
-    print(f"[bench] built {name} ({sum(1 for _ in path.iterdir())} files) in {time.monotonic() - started:.0f} s",
-          flush=True)
+    print(
+        f"[bench] built {name} ({sum(1 for _ in path.iterdir())} files) in {time.monotonic() - started:.0f} s",
+        flush=True,
+    )
     return path
 
 
@@ -225,12 +253,19 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     shape = SHAPES[spec["shape"]]
     seq = spec["seq"]
     base = preset(shape["preset"]).train
-    cfg = base.model_copy(update=dict(
-        backend=spec["backend"], max_steps=spec["warmup"] + spec["steps"], save_steps=100_000,
-        logging_steps=spec.get("logging_steps") or base.logging_steps,
-        micro_batch_size=spec["micro_batch"], gradient_accumulation=spec["accumulation"], packing=spec["packing"],
-        eval_steps=0, early_stopping_patience=0,
-    ))
+    cfg = base.model_copy(
+        update=dict(
+            backend=spec["backend"],
+            max_steps=spec["warmup"] + spec["steps"],
+            save_steps=100_000,
+            logging_steps=spec.get("logging_steps") or base.logging_steps,
+            micro_batch_size=spec["micro_batch"],
+            gradient_accumulation=spec["accumulation"],
+            packing=spec["packing"],
+            eval_steps=0,
+            early_stopping_patience=0,
+        )
+    )
     model_cfg = ModelConfig(name_or_path=model_dir, load_in_4bit=True)
     per_step = spec["micro_batch"] * spec["accumulation"]
     if spec["data"] == "fixed":
@@ -244,26 +279,56 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     timing = {}
+    trainer = None  # set below; the timer reads it while training
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            nonlocal trainer
             if state.global_step in (spec["warmup"], spec["warmup"] + spec["steps"]):
                 torch.cuda.synchronize()
-                timing[state.global_step] = (time.perf_counter(), counter.tokens, counter.padded, counter.labelled,
-                                             counter.micro_batches, getattr(trainer, "_total_train_tokens", 0))
+                timing[state.global_step] = (
+                    time.perf_counter(),
+                    counter.tokens,
+                    counter.padded,
+                    counter.labelled,
+                    counter.micro_batches,
+                    getattr(trainer, "_total_train_tokens", 0),
+                )
 
     load_started = time.monotonic()
     if spec["backend"] == "hf-plain":
-        trainer = plain_hf_trainer(dataset, model_dir, model_cfg, cfg, seq, work / f"ckpt-{spec['name']}",
-                                   spec["micro_batch"], spec["accumulation"], [Timer()])
+        trainer = plain_hf_trainer(
+            dataset,
+            model_dir,
+            model_cfg,
+            cfg,
+            seq,
+            work / f"ckpt-{spec['name']}",
+            spec["micro_batch"],
+            spec["accumulation"],
+            [Timer()],
+        )
     else:
-        trainer, _ = build_trainer(spec["backend"], dataset, None, model_dir, model_cfg, cfg, seq,
-                                   work / f"ckpt-{spec['name']}", spec["micro_batch"], spec["accumulation"], [Timer()])
+        trainer, _ = build_trainer(
+            spec["backend"],
+            dataset,
+            None,
+            model_dir,
+            model_cfg,
+            cfg,
+            seq,
+            work / f"ckpt-{spec['name']}",
+            spec["micro_batch"],
+            spec["accumulation"],
+            [Timer()],
+        )
     counter = TokenCounter(trainer.model)
     load_s = time.monotonic() - load_started
     trainer.train()
-    (t0, tok0, pad0, lab0, mb0, trl0), (t1, tok1, pad1, lab1, mb1, trl1) = timing[spec["warmup"]], \
-        timing[spec["warmup"] + spec["steps"]]
+    (t0, tok0, pad0, _, mb0, trl0), (t1, tok1, pad1, _, mb1, trl1) = (
+        timing[spec["warmup"]],
+        timing[spec["warmup"] + spec["steps"]],
+    )
     seconds = t1 - t0
     tokens = tok1 - tok0
     count_source = "forward pre-hook"
@@ -273,16 +338,26 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     # The labelled fraction and l_eff of the rows actually trained would need the batches; the dataset's are used.
     fpt = flops_per_token(shape, l_eff if spec["data"] != "fixed" else seq, labelled_fraction)
     result = dict(
-        spec, model_load_s=round(load_s, 1), timed_seconds=round(seconds, 2), tokens=tokens,
-        padded_tokens=pad1 - pad0, micro_batches=mb1 - mb0, tokens_per_s=round(tps, 1),
+        spec,
+        model_load_s=round(load_s, 1),
+        timed_seconds=round(seconds, 2),
+        tokens=tokens,
+        padded_tokens=pad1 - pad0,
+        micro_batches=mb1 - mb0,
+        tokens_per_s=round(tps, 1),
         pad_fraction=round(1 - tokens / max(pad1 - pad0, 1), 4),
-        trl_tokens=trl1 - trl0, token_count_source=count_source, gflop_per_token=round(fpt / 1e9, 2), tflops=round(tps * fpt / 1e12, 1),
+        trl_tokens=trl1 - trl0,
+        token_count_source=count_source,
+        gflop_per_token=round(fpt / 1e9, 2),
+        tflops=round(tps * fpt / 1e12, 1),
         mfu_datasheet=round(tps * fpt / DATASHEET_BF16, 4),
         peak_allocated_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
         peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
         allocated_before_gib=round(before / 2**30, 2),
-        l_eff=round(l_eff, 1), labelled_fraction=round(labelled_fraction, 3),
-        optimizer=cfg.optimizer, effective_batch_rows=per_step,
+        l_eff=round(l_eff, 1),
+        labelled_fraction=round(labelled_fraction, 3),
+        optimizer=cfg.optimizer,
+        effective_batch_rows=per_step,
         losses=[round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h],
     )
     counter.remove()
@@ -293,17 +368,19 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
 
 
 def plain_hf_trainer(dataset, model_dir, model_cfg, cfg, seq, output_dir, micro_batch, accumulation, callbacks):
-    """The peers' plain baseline (transformers + bitsandbytes NF4 + peft, as in ../shared/gpu/README.md): the same
-    4-bit + LoRA model as the HF backend (r1lib.training.backends.load_hf) and the same settings, but transformers' own Trainer
-    and the model's own loss, which builds the full-vocabulary logits (upcast to fp32) instead of TRL's fused head."""
+    """The peers' plain baseline (transformers + bitsandbytes NF4 + peft, as in ../shared/gpu/README.md): the same 4-bit
+    + LoRA model as the HF backend (r1lib.training.backends.load_hf) and the same settings, but transformers' own
+    Trainer and the model's own loss, which builds the full-vocabulary logits (upcast to fp32) instead of TRL's fused
+    head."""
     from transformers import Trainer, default_data_collator
 
     from r1lib.training.backends import load_hf, sft_config
 
     model, _ = load_hf(model_dir, model_cfg, cfg)
     args = sft_config(cfg, output_dir, seq, micro_batch, accumulation, False, "hf")
-    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
-                   callbacks=callbacks)
+    return Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=default_data_collator, callbacks=callbacks
+    )
 
 
 def gc_collect():
@@ -379,23 +456,54 @@ def plan(args, model_dirs: dict) -> dict[str, list[dict]]:
             runs += [("hf", "hf-plain", args.fixed_batch)] if args.plain_baseline and big else []
             runs += [("unsloth", "unsloth", mb) for mb in args.unsloth_batches if big]
             for child, backend, micro_batch in runs:
-                specs[child].append(dict(common, name=f"{shape}-fixed-{backend}-mb{micro_batch}",
-                                         backend=backend, data="fixed", micro_batch=micro_batch,
-                                         accumulation=1, packing=False, warmup=args.fixed_warmup,
-                                         steps=args.steps, min_s=60 if big else 30))
+                specs[child].append(
+                    dict(
+                        common,
+                        name=f"{shape}-fixed-{backend}-mb{micro_batch}",
+                        backend=backend,
+                        data="fixed",
+                        micro_batch=micro_batch,
+                        accumulation=1,
+                        packing=False,
+                        warmup=args.fixed_warmup,
+                        steps=args.steps,
+                        min_s=60 if big else 30,
+                    )
+                )
         if "varlen" in args.suites and shape in args.varlen_shapes.split(","):
             train = preset(SHAPES[shape]["preset"]).train
-            pipeline = dict(micro_batch=train.micro_batch_size, accumulation=train.gradient_accumulation,
-                            packing=train.packing)
+            pipeline = dict(
+                micro_batch=train.micro_batch_size, accumulation=train.gradient_accumulation, packing=train.packing
+            )
             notebook = dict(micro_batch=2, accumulation=4, packing=False)
             for label, setting in (("pipeline", pipeline), ("notebook", notebook)):
-                specs["unsloth"].append(dict(
-                    common, **setting, name=f"{shape}-varlen-unsloth-{label}", backend="unsloth", data="varlen",
-                    varlen_rows=args.varlen_rows, warmup=2, steps=args.varlen_steps, min_s=60 if big else 30))
+                specs["unsloth"].append(
+                    dict(
+                        common,
+                        **setting,
+                        name=f"{shape}-varlen-unsloth-{label}",
+                        backend="unsloth",
+                        data="varlen",
+                        varlen_rows=args.varlen_rows,
+                        warmup=2,
+                        steps=args.varlen_steps,
+                        min_s=60 if big else 30,
+                    )
+                )
             if args.hf_varlen:
-                specs["hf"].append(dict(common, **pipeline, name=f"{shape}-varlen-hf-pipeline", backend="hf",
-                                        data="varlen", varlen_rows=args.varlen_rows, warmup=2,
-                                        steps=max(3, args.varlen_steps // 2), min_s=60 if big else 30))
+                specs["hf"].append(
+                    dict(
+                        common,
+                        **pipeline,
+                        name=f"{shape}-varlen-hf-pipeline",
+                        backend="hf",
+                        data="varlen",
+                        varlen_rows=args.varlen_rows,
+                        warmup=2,
+                        steps=max(3, args.varlen_steps // 2),
+                        min_s=60 if big else 30,
+                    )
+                )
     # 8B first, then the variable-length suite, then the other fixed shapes: what a short budget drops comes last
     specs["unsloth"].sort(key=lambda spec: spec["data"] == "fixed" and spec["shape"] != "llama8b")
     return specs
@@ -408,34 +516,46 @@ def report(results: list[dict], peak: float) -> dict:
         if "tokens_per_s" not in r:
             lines.append(f"{r['name']:42} {r.get('error') or r.get('skipped')}")
             continue
-        lines.append(f"{r['name']:42} {r['tokens_per_s']:9.0f} {r['mfu_datasheet']:6.1%} "
-                     f"{r['tflops'] * 1e12 / peak:7.1%} {r['peak_allocated_gib']:6.1f}G {r['peak_reserved_gib']:6.1f}G "
-                     f"{100 * r['pad_fraction']:5.1f}")
+        lines.append(
+            f"{r['name']:42} {r['tokens_per_s']:9.0f} {r['mfu_datasheet']:6.1%} "
+            f"{r['tflops'] * 1e12 / peak:7.1%} {r['peak_allocated_gib']:6.1f}G {r['peak_reserved_gib']:6.1f}G "
+            f"{100 * r['pad_fraction']:5.1f}"
+        )
     ratios = {}
     for shape in SHAPES:
         u = next((r for n, r in by.items() if n.startswith(f"{shape}-fixed-unsloth") and "tokens_per_s" in r), None)
         h = next((r for n, r in by.items() if n.startswith(f"{shape}-fixed-hf-mb") and "tokens_per_s" in r), None)
-        plain = next((r for n, r in by.items() if n.startswith(f"{shape}-fixed-hf-plain") and "tokens_per_s" in r),
-                     None)
+        plain = next(
+            (r for n, r in by.items() if n.startswith(f"{shape}-fixed-hf-plain") and "tokens_per_s" in r), None
+        )
         if u and plain:
             ratios[f"{shape} fixed: Unsloth / plain HF (full logits) tokens/s"] = round(
-                u["tokens_per_s"] / plain["tokens_per_s"], 3)
+                u["tokens_per_s"] / plain["tokens_per_s"], 3
+            )
             ratios[f"{shape} fixed: Unsloth / plain HF (full logits) peak reserved"] = round(
-                u["peak_reserved_gib"] / plain["peak_reserved_gib"], 3)
-        best = max((r for n, r in by.items() if n.startswith(f"{shape}-fixed-unsloth") and "tokens_per_s" in r),
-                   key=lambda r: r["mfu_datasheet"], default=None)
+                u["peak_reserved_gib"] / plain["peak_reserved_gib"], 3
+            )
+        best = max(
+            (r for n, r in by.items() if n.startswith(f"{shape}-fixed-unsloth") and "tokens_per_s" in r),
+            key=lambda r: r["mfu_datasheet"],
+            default=None,
+        )
         if best and best is not u:
             ratios[f"{shape} fixed: Unsloth best MFU (datasheet), mb {best['micro_batch']}"] = best["mfu_datasheet"]
         if u and h:
             ratios[f"{shape} fixed: Unsloth / HF tokens/s"] = round(u["tokens_per_s"] / h["tokens_per_s"], 3)
-            ratios[f"{shape} fixed: Unsloth / HF peak reserved"] = round(u["peak_reserved_gib"] / h["peak_reserved_gib"], 3)
+            ratios[f"{shape} fixed: Unsloth / HF peak reserved"] = round(
+                u["peak_reserved_gib"] / h["peak_reserved_gib"], 3
+            )
             ratios[f"{shape} fixed: Unsloth / HF peak allocated"] = round(
-                u["peak_allocated_gib"] / h["peak_allocated_gib"], 3)
+                u["peak_allocated_gib"] / h["peak_allocated_gib"], 3
+            )
             ratios[f"{shape} fixed: Unsloth MFU (datasheet)"] = u["mfu_datasheet"]
         p, nb = by.get(f"{shape}-varlen-unsloth-pipeline"), by.get(f"{shape}-varlen-unsloth-notebook")
         if p and nb and "tokens_per_s" in p and "tokens_per_s" in nb:
             ratios[f"{shape} varlen: pipeline (packing) / notebook effective tokens/s"] = round(
-                p["tokens_per_s"] / nb["tokens_per_s"], 3)
+                p["tokens_per_s"] / nb["tokens_per_s"], 3
+            )
     lines.append("")
     lines += [f"{k:70} {v}" for k, v in ratios.items()]
     print("\n".join(lines), flush=True)
@@ -460,11 +580,18 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true", help="only build and save the random-weight models")
     parser.add_argument("--varlen-shapes", default="llama8b", help="shapes that also run the variable-length suite")
     parser.add_argument("--fixed-warmup", type=int, default=2)
-    parser.add_argument("--plain-baseline", action="store_true",
-                        help="8B: also transformers' Trainer with the model's own full-logits loss (the peers' baseline)")
+    parser.add_argument(
+        "--plain-baseline",
+        action="store_true",
+        help="8B: also transformers' Trainer with the model's own full-logits loss (the peers' baseline)",
+    )
     parser.add_argument("--unsloth-batches", default="", help="8B: more Unsloth micro-batches, e.g. 8")
-    parser.add_argument("--logging-steps", type=int, default=0,
-                        help="log (and so sync on) the loss every N steps; 0: the preset's, what the pipeline runs with")
+    parser.add_argument(
+        "--logging-steps",
+        type=int,
+        default=0,
+        help="log (and so sync on) the loss every N steps; 0: the preset's, what the pipeline runs with",
+    )
     parser.add_argument("--child", choices=["hf", "unsloth"])
     parser.add_argument("--specs")
     parser.add_argument("--results")
@@ -487,8 +614,10 @@ def main() -> None:
             build_model_dir(shape, work / "models")
         return
     peak = matmul_peak()
-    print(f"[bench] {device}: bf16 8192^3 matmul {peak / 1e12:.0f} TFLOP/s (datasheet {DATASHEET_BF16 / 1e12:.0f})",
-          flush=True)
+    print(
+        f"[bench] {device}: bf16 8192^3 matmul {peak / 1e12:.0f} TFLOP/s (datasheet {DATASHEET_BF16 / 1e12:.0f})",
+        flush=True,
+    )
     model_dirs = {shape: build_model_dir(shape, work / "models") for shape in args.shapes}
     torch.cuda.empty_cache()
     specs = plan(args, model_dirs)
@@ -505,21 +634,47 @@ def main() -> None:
         if backend == "hf" and specs["unsloth"]:
             left = left * args.hf_share
         try:
-            subprocess.run([sys.executable, __file__, "--child", backend, "--specs", str(spec_path), "--results",
-                            str(results_path), "--work", str(work), "--budget-s", str(max(left, 0))],
-                           env=env, cwd=ROOT, timeout=max(left, 0) + 45, check=False)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    backend,
+                    "--specs",
+                    str(spec_path),
+                    "--results",
+                    str(results_path),
+                    "--work",
+                    str(work),
+                    "--budget-s",
+                    str(max(left, 0)),
+                ],
+                env=env,
+                cwd=ROOT,
+                timeout=max(left, 0) + 45,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             print(f"[bench] the {backend} child ran past its budget and was stopped", flush=True)
     results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
     ratios = report(results, peak)
     summary = dict(
-        device=device, torch=torch.__version__, datasheet_bf16_tflops=DATASHEET_BF16 / 1e12,
-        measured_matmul_bf16_tflops=round(peak / 1e12, 1), seq=args.seq, shapes={s: SHAPES[s] for s in args.shapes},
-        flops_note=__doc__[__doc__.index("FLOPs per trained token"):].strip(),
-        ratios=ratios, targets={"unsloth_over_hf_tokens_per_s": ">= 1.8", "unsloth_over_hf_peak_reserved": "<= 0.3",
-                                "unsloth_mfu_8b_seq2048": ">= 0.50", "packing_over_notebook_effective_tokens_per_s":
-                                ">= 1.5"},
-        results=results, wall_s=round(time.monotonic() - started, 1),
+        device=device,
+        torch=torch.__version__,
+        datasheet_bf16_tflops=DATASHEET_BF16 / 1e12,
+        measured_matmul_bf16_tflops=round(peak / 1e12, 1),
+        seq=args.seq,
+        shapes={s: SHAPES[s] for s in args.shapes},
+        flops_note=__doc__[__doc__.index("FLOPs per trained token") :].strip(),
+        ratios=ratios,
+        targets={
+            "unsloth_over_hf_tokens_per_s": ">= 1.8",
+            "unsloth_over_hf_peak_reserved": "<= 0.3",
+            "unsloth_mfu_8b_seq2048": ">= 0.50",
+            "packing_over_notebook_effective_tokens_per_s": ">= 1.5",
+        },
+        results=results,
+        wall_s=round(time.monotonic() - started, 1),
     )
     path = out / f"train_throughput{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -22,15 +22,22 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
 from r1lib.compat import start_local_prefect_server
 from r1lib.config import PipelineConfig, RunnerConfig
-from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
-from tasks.dedup import (DedupedData, dedup_keys_task, dedup_merge_task, dedup_plan_task, dedup_write_task,
-                         passthrough_parts, passthrough_report)
 from r1lib.errors import ConfigError
 from r1lib.paths import check_config_paths
 from r1lib.stage import StageResult
+from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
+from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
+from tasks.dedup import (
+    DedupedData,
+    dedup_keys_task,
+    dedup_merge_task,
+    dedup_plan_task,
+    dedup_write_task,
+    passthrough_parts,
+    passthrough_report,
+)
 from tasks.tokenize import TokenizedData, tokenize_merge_task, tokenize_shard_task
 from tasks.validate import ValidatedData, data_inputs, validate_input_task, validate_merge_task
 
@@ -62,17 +69,25 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner:
         if cfg.address:
             return DaskTaskRunner(address=cfg.address)
         # One thread per worker process: the stages are pure-Python CPU work, which threads would serialize.
-        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                              cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None, "env": {"PREFECT_API_URL": api_url()}})
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": cfg.workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+                "env": {"PREFECT_API_URL": api_url()},
+            },
+        )
     try:
         from prefect_ray import RayTaskRunner
     except ImportError as exc:
         raise ConfigError("runner.kind 'ray' needs prefect-ray (pip install prefect-ray)") from exc
     if cfg.address:
         return RayTaskRunner(address=cfg.address)
-    return RayTaskRunner(init_kwargs={"num_cpus": cfg.workers,
-                                      "runtime_env": {"env_vars": {"PREFECT_API_URL": api_url()}}})
+    return RayTaskRunner(
+        init_kwargs={"num_cpus": cfg.workers, "runtime_env": {"env_vars": {"PREFECT_API_URL": api_url()}}}
+    )
 
 
 def api_url() -> str:
@@ -94,7 +109,7 @@ def _map(task, limit: int | None, **arguments):
     mapped = {name: value for name, value in arguments.items() if not isinstance(value, unmapped)}
     results = []
     for lo in range(0, len(next(iter(mapped.values()))), limit):
-        wave = {name: value[lo:lo + limit] if name in mapped else value for name, value in arguments.items()}
+        wave = {name: value[lo : lo + limit] if name in mapped else value for name, value in arguments.items()}
         results += task.map(**wave).result()
     return results
 
@@ -115,50 +130,116 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         return list(range(len(items)))
 
     inputs = data_inputs(config.data)
-    validated = _map(validate_input_task, limit, index=indices(inputs), split=[s for s, _ in inputs],
-                     path=[p for _, p in inputs], max_chars=unmapped(config.data.max_field_chars),
-                     max_line_bytes=unmapped(config.data.max_line_bytes), shard_rows=unmapped(shard_rows),
-                     run_dir=unmapped(run))
+    validated = _map(
+        validate_input_task,
+        limit,
+        index=indices(inputs),
+        split=[s for s, _ in inputs],
+        path=[p for _, p in inputs],
+        max_chars=unmapped(config.data.max_field_chars),
+        max_line_bytes=unmapped(config.data.max_line_bytes),
+        shard_rows=unmapped(shard_rows),
+        run_dir=unmapped(run),
+    )
     validated = validate_merge_task(config.data, validated, run)
     lap("validate")
 
     splits = {split: validated.shards.get(split, []) for split in ("train", "test")}
     if config.dedup.enabled:
-        keys = {split: _map(dedup_keys_task, limit, shard=shards, index=indices(shards), split=unmapped(split),
-                            cfg=unmapped(config.dedup), run_dir=unmapped(run)) for split, shards in splits.items()}
+        keys = {
+            split: _map(
+                dedup_keys_task,
+                limit,
+                shard=shards,
+                index=indices(shards),
+                split=unmapped(split),
+                cfg=unmapped(config.dedup),
+                run_dir=unmapped(run),
+            )
+            for split, shards in splits.items()
+        }
         plan = dedup_plan_task(keys["train"], keys["test"], config.dedup, run)
-        parts = {split: _map(dedup_write_task, limit, shard=shards, plan_path=getattr(plan, split),
-                             split=unmapped(split), index=indices(shards), run_dir=unmapped(run))
-                 for split, shards in splits.items()}
+        parts = {
+            split: _map(
+                dedup_write_task,
+                limit,
+                shard=shards,
+                plan_path=getattr(plan, split),
+                split=unmapped(split),
+                index=indices(shards),
+                run_dir=unmapped(run),
+            )
+            for split, shards in splits.items()
+        }
         deduped = dedup_merge_task(parts["train"], parts["test"], plan.report, run)
     else:
-        deduped = dedup_merge_task(*passthrough_parts(splits["train"], splits["test"]),
-                                   passthrough_report(splits["train"], splits["test"], config.dedup), run)
+        deduped = dedup_merge_task(
+            *passthrough_parts(splits["train"], splits["test"]),
+            passthrough_report(splits["train"], splits["test"], config.dedup),
+            run,
+        )
     lap("dedup")
 
     shards = deduped.shards["train"]
-    augmented = augment_merge_task(_map(augment_shard_task, limit, shard=shards, index=indices(shards),
-                                        replay_path=unmapped(validated.replay), cfg=unmapped(config.augment),
-                                        run_dir=unmapped(run)), run)
+    augmented = augment_merge_task(
+        _map(
+            augment_shard_task,
+            limit,
+            shard=shards,
+            index=indices(shards),
+            replay_path=unmapped(validated.replay),
+            cfg=unmapped(config.augment),
+            run_dir=unmapped(run),
+        ),
+        run,
+    )
     lap("augment")
     shards = augmented.shards
-    debiased = debias_merge_task(_map(debias_shard_task, limit, shard=shards, index=indices(shards),
-                                      cfg=unmapped(config.debias), run_dir=unmapped(run)), config.debias, run)
+    debiased = debias_merge_task(
+        _map(
+            debias_shard_task,
+            limit,
+            shard=shards,
+            index=indices(shards),
+            cfg=unmapped(config.debias),
+            run_dir=unmapped(run),
+        ),
+        config.debias,
+        run,
+    )
     lap("debias")
 
     splits = {"train": debiased.shards, "test": deduped.shards["test"]} | (
-        {"replay": validated.shards["replay"]} if validated.replay else {})
+        {"replay": validated.shards["replay"]} if validated.replay else {}
+    )
     # Without a limit the splits' maps run side by side; each merge waits only for its own shards.
-    parts = {split: _map(tokenize_shard_task, limit, shard=shards, index=indices(shards), model_dir=unmapped(model_dir),
-                         cfg=unmapped(config.tokenize), split=unmapped(split), run_dir=unmapped(run))
-             for split, shards in splits.items()}
+    parts = {
+        split: _map(
+            tokenize_shard_task,
+            limit,
+            shard=shards,
+            index=indices(shards),
+            model_dir=unmapped(model_dir),
+            cfg=unmapped(config.tokenize),
+            split=unmapped(split),
+            run_dir=unmapped(run),
+        )
+        for split, shards in splits.items()
+    }
     merges = {split: tokenize_merge_task.submit(shard_parts, split, run) for split, shard_parts in parts.items()}
     tokenized = {split: merge.result() for split, merge in merges.items()}
     lap("tokenize")
     print(f"data stages: {seconds} s")
-    return PreparedData(validated=validated, deduped=deduped, augmented=augmented, debiased=debiased,
-                        train=tokenized["train"], test=tokenized["test"], replay=tokenized.get("replay"),
-                        seconds=seconds)
+    return PreparedData(
+        validated=validated,
+        deduped=deduped,
+        augmented=augmented,
+        debiased=debiased,
+        train=tokenized["train"],
+        test=tokenized["test"],
+        replay=tokenized.get("replay"),
+        seconds=seconds,
+    )
 
 
 @flow(name="r1-data", flow_run_name="data stages -> {run}", log_prints=True)

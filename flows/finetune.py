@@ -33,6 +33,7 @@ from tasks.train import TrainResult, train_task
 
 # The flow's parameter type: a PipelineConfig, where a partial dict means "this preset, with these fields changed".
 PresetConfig = Annotated[PipelineConfig, BeforeValidator(expand_preset)]
+TINY = preset("tiny")
 
 
 class FinetuneResult(BaseModel):
@@ -69,7 +70,7 @@ smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} 
 
 
 @flow(name="r1-finetune", flow_run_name=run_name, log_prints=True)
-def finetune(config: PresetConfig = preset("tiny")) -> FinetuneResult:
+def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     """validate -> dedup -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> merge -> GGUF -> quantize
     -> smoke -> card -> summary. The data stages are task maps over shards (flows/data.py).
 
@@ -85,8 +86,17 @@ def finetune(config: PresetConfig = preset("tiny")) -> FinetuneResult:
 
     with gpu_slot():
         trained = train(data.train.dataset, data.test.dataset, model, config.model, config.train, config.tokenize, run)
-        evaluation = evaluate(model, trained.adapter, data.deduped.test, data.test.dataset, replay, config.model,
-                              config.evaluate, config.tokenize, run)
+        evaluation = evaluate(
+            model,
+            trained.adapter,
+            data.deduped.test,
+            data.test.dataset,
+            replay,
+            config.model,
+            config.evaluate,
+            config.tokenize,
+            run,
+        )
         merged = merge(model, trained.adapter, config.model, run)
 
     f16 = convert(merged, config.export.outtype, run)
@@ -94,8 +104,18 @@ def finetune(config: PresetConfig = preset("tiny")) -> FinetuneResult:
     smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, run)
     card = card_task(config, run, ggufs, evaluation.decoding, [trained, evaluation, smoke], trained.loss_curve)
     summary = summary_task(config, run, [*data.results(), trained, evaluation, smoke, card])
-    return FinetuneResult(run_dir=run, model_dir=model, data=data, trained=trained, evaluation=evaluation,
-                          merged=merged, ggufs=ggufs, smoke=smoke, card=card, summary=summary)
+    return FinetuneResult(
+        run_dir=run,
+        model_dir=model,
+        data=data,
+        trained=trained,
+        evaluation=evaluation,
+        merged=merged,
+        ggufs=ggufs,
+        smoke=smoke,
+        card=card,
+        summary=summary,
+    )
 
 
 if __name__ == "__main__":

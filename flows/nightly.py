@@ -30,17 +30,27 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
 
-from flows.finetune import PresetConfig, finetune
+from flows.finetune import TINY, PresetConfig, finetune
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
 from r1lib.gguf import GGUFFile
 from r1lib.policy import gpu_slot
-from r1lib.presets import expand_preset, preset
+from r1lib.presets import expand_preset
 from r1lib.registry import Registry, code_version
 from tasks.evaluate import evaluate_task
-from tasks.promote import (PromotionPolicy, data_fingerprint, decide_task, promote_task, register_task,
-                           registered_ggufs, scan_drop_task, snapshot_task)
+from tasks.promote import (
+    PromotionPolicy,
+    data_fingerprint,
+    decide_task,
+    promote_task,
+    register_task,
+    registered_ggufs,
+    scan_drop_task,
+    snapshot_task,
+)
 from tasks.smoke import smoke_task
+
+DEFAULT_POLICY = PromotionPolicy()
 
 
 def nightly_name() -> str:
@@ -49,8 +59,12 @@ def nightly_name() -> str:
 
 
 @flow(name="r1-nightly-retrain", flow_run_name=nightly_name, log_prints=True)
-def nightly(drop_url: str = "data/drop", registry_dir: str = "registry",
-            config: PresetConfig = preset("tiny"), policy: PromotionPolicy = PromotionPolicy()) -> dict:
+def nightly(
+    drop_url: str = "data/drop",
+    registry_dir: str = "registry",
+    config: PresetConfig = TINY,
+    policy: PromotionPolicy = DEFAULT_POLICY,
+) -> dict:
     """Retrain on fresh data; promote the challenger only if it beats the champion without more forgetting."""
     registry = Registry(registry_dir)
     files = scan_drop_task(drop_url)
@@ -58,8 +72,10 @@ def nightly(drop_url: str = "data/drop", registry_dir: str = "registry",
     new = [f for f in files if f.sha256 not in seen]
     fingerprint = data_fingerprint(files)
     if not new:
-        message = (f"Nothing new in `{drop_url}`: {len(files)} data file(s), all already trained on "
-                   f"(data fingerprint `{fingerprint[:16]}`). No training, no promotion.")
+        message = (
+            f"Nothing new in `{drop_url}`: {len(files)} data file(s), all already trained on "
+            f"(data fingerprint `{fingerprint[:16]}`). No training, no promotion."
+        )
         print(message)
         create_markdown_artifact(key="nightly-decision", markdown=f"## Nightly retrain\n\n{message}")
         return {"status": "no-new-data", "data_fingerprint": fingerprint, "files": len(files)}
@@ -90,17 +106,33 @@ def nightly(drop_url: str = "data/drop", registry_dir: str = "registry",
             replay = run.data.replay.dataset if run.data.replay else None
             with gpu_slot():
                 evaluation = evaluate_task.with_options(task_run_name=f"evaluate champion v{version}")(
-                    run.model_dir, champion_entry["adapter"], run.data.deduped.test, run.data.test.dataset, replay,
-                    challenger_cfg.model, challenger_cfg.evaluate, challenger_cfg.tokenize,
-                    str(Path(registry_dir) / "eval" / f"v{version}"))
+                    run.model_dir,
+                    champion_entry["adapter"],
+                    run.data.deduped.test,
+                    run.data.test.dataset,
+                    replay,
+                    challenger_cfg.model,
+                    challenger_cfg.evaluate,
+                    challenger_cfg.tokenize,
+                    str(Path(registry_dir) / "eval" / f"v{version}"),
+                )
             champion, champion_label = evaluation.metrics(), f"champion v{version} (re-evaluated on this held-out set)"
     decision = decide_task(challenger, champion, champion_label, challenger_cfg.data.test_path, policy)
 
-    entry = {"data_fingerprint": fingerprint, "drop_files": stored, "train_paths": challenger_cfg.data.train_paths,
-             "config": challenger_cfg.model_dump(mode="json"), "config_fingerprint": challenger_cfg.fingerprint(),
-             "code_version": code_version(), "metrics": challenger, "model_dir": run.model_dir,
-             "run_dir": run.run_dir, "flow_run_id": str(flow_run.id) if flow_run.id else None,
-             "decision": decision.reason, "compared_with": champion_entry["version"] if champion_entry else None}
+    entry = {
+        "data_fingerprint": fingerprint,
+        "drop_files": stored,
+        "train_paths": challenger_cfg.data.train_paths,
+        "config": challenger_cfg.model_dump(mode="json"),
+        "config_fingerprint": challenger_cfg.fingerprint(),
+        "code_version": code_version(),
+        "metrics": challenger,
+        "model_dir": run.model_dir,
+        "run_dir": run.run_dir,
+        "flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "decision": decision.reason,
+        "compared_with": champion_entry["version"] if champion_entry else None,
+    }
     with transaction() as txn:
         txn.set("registry_dir", registry_dir)
         record = register_task(registry_dir, entry, run.trained.adapter, [g.model_dump() for g in run.ggufs])
@@ -110,23 +142,34 @@ def nightly(drop_url: str = "data/drop", registry_dir: str = "registry",
             promote_task(registry_dir, record["version"], decision.reason)
             # The registered copies themselves must load and answer: a failure here rolls back both steps above.
             smoke_task.with_options(task_run_name=f"verify-release v{record['version']}", retries=1)(
-                run.merged, [GGUFFile(**g) for g in registered_ggufs(record)],
+                run.merged,
+                [GGUFFile(**g) for g in registered_ggufs(record)],
                 run.data.test.dataset,
-                run.evaluation.decoding, challenger_cfg.smoke,
-                str(Path(registry_dir) / "models" / f"v{record['version']}"))
+                run.evaluation.decoding,
+                challenger_cfg.smoke,
+                str(Path(registry_dir) / "models" / f"v{record['version']}"),
+            )
         else:
             registry.set_status(record["version"], "rejected", decision.reason)
 
     final = Registry(registry_dir).champion()
     outcome = "promoted" if decision.promote else "rejected"
-    message = (f"## Nightly retrain: challenger v{record['version']} {outcome}\n\n{decision.reason}\n\n"
-               f"- data fingerprint `{fingerprint[:16]}`, new files: {', '.join(f.name for f in new)}\n"
-               f"- champion now: v{final['version'] if final else None}\n- run: `{run.run_dir}`")
+    message = (
+        f"## Nightly retrain: challenger v{record['version']} {outcome}\n\n{decision.reason}\n\n"
+        f"- data fingerprint `{fingerprint[:16]}`, new files: {', '.join(f.name for f in new)}\n"
+        f"- champion now: v{final['version'] if final else None}\n- run: `{run.run_dir}`"
+    )
     create_markdown_artifact(key="nightly-decision", markdown=message)
     print(message)
-    return {"status": outcome, "version": record["version"], "champion": final["version"] if final else None,
-            "reason": decision.reason, "data_fingerprint": fingerprint, "challenger": challenger,
-            "champion_metrics": champion}
+    return {
+        "status": outcome,
+        "version": record["version"],
+        "champion": final["version"] if final else None,
+        "reason": decision.reason,
+        "data_fingerprint": fingerprint,
+        "challenger": challenger,
+        "champion_metrics": champion,
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -137,8 +180,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args(argv)
     config = PipelineConfig.model_validate(expand_preset(json.loads(args.config) if args.config else {}))
-    print(json.dumps(nightly(args.drop, args.registry, config, PromotionPolicy(metric=args.metric)), indent=2,
-                     default=str))
+    print(
+        json.dumps(
+            nightly(args.drop, args.registry, config, PromotionPolicy(metric=args.metric)), indent=2, default=str
+        )
+    )
 
 
 if __name__ == "__main__":

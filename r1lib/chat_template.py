@@ -92,24 +92,98 @@ def extract_answer(generated: str) -> str | None:
 #      Jinja too; one difference sends that shape, in this batch and every later one, to Jinja.
 # Templates that call strftime_now (the date) always render with Jinja.
 
-_TESTS = frozenset({
-    "__contains__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__len__",
-    "startswith", "endswith", "find", "rfind", "count", "index", "rindex",
-    "isalnum", "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric", "isprintable",
-    "isspace", "istitle", "isupper",
-})
-_NOT_WRAPPED = frozenset({
-    "__new__", "__init__", "__getattribute__", "__setattr__", "__delattr__", "__class__", "__init_subclass__",
-    "__subclasshook__", "__getnewargs__", "__reduce__", "__reduce_ex__", "__sizeof__", "__dir__", "__doc__",
-    "__str__", "__format__", "__add__", "__radd__",
-})
+_TESTS = frozenset(
+    {
+        "__contains__",
+        "__eq__",
+        "__ne__",
+        "__lt__",
+        "__le__",
+        "__gt__",
+        "__ge__",
+        "__len__",
+        "startswith",
+        "endswith",
+        "find",
+        "rfind",
+        "count",
+        "index",
+        "rindex",
+        "isalnum",
+        "isalpha",
+        "isascii",
+        "isdecimal",
+        "isdigit",
+        "isidentifier",
+        "islower",
+        "isnumeric",
+        "isprintable",
+        "isspace",
+        "istitle",
+        "isupper",
+    }
+)
+_NOT_WRAPPED = frozenset(
+    {
+        "__new__",
+        "__init__",
+        "__getattribute__",
+        "__setattr__",
+        "__delattr__",
+        "__class__",
+        "__init_subclass__",
+        "__subclasshook__",
+        "__getnewargs__",
+        "__reduce__",
+        "__reduce_ex__",
+        "__sizeof__",
+        "__dir__",
+        "__doc__",
+        "__str__",
+        "__format__",
+        "__add__",
+        "__radd__",
+    }
+)
 # Filters that read a string's characters in C (or copy it into a new str) without calling a method of it: the
 # placeholders cannot see what they do, so a template that uses one is rendered by Jinja.
-_OPAQUE_FILTERS = frozenset({"int", "float", "wordcount", "wordwrap", "urlize", "urlencode", "striptags", "safe",
-                             "forceescape", "filesizeformat", "pprint", "xmlattr", "format"})
+_OPAQUE_FILTERS = frozenset(
+    {
+        "int",
+        "float",
+        "wordcount",
+        "wordwrap",
+        "urlize",
+        "urlencode",
+        "striptags",
+        "safe",
+        "forceescape",
+        "filesizeformat",
+        "pprint",
+        "xmlattr",
+        "format",
+    }
+)
 # Filters whose string arguments name attributes, tests or defaults, not text to look for in a content.
-_STRUCTURAL_FILTERS = frozenset({"selectattr", "rejectattr", "select", "reject", "map", "attr", "groupby", "sort",
-                                 "unique", "dictsort", "default", "d", "min", "max", "sum"})
+_STRUCTURAL_FILTERS = frozenset(
+    {
+        "selectattr",
+        "rejectattr",
+        "select",
+        "reject",
+        "map",
+        "attr",
+        "groupby",
+        "sort",
+        "unique",
+        "dictsort",
+        "default",
+        "d",
+        "min",
+        "max",
+        "sum",
+    }
+)
 
 
 class _Recorder:
@@ -183,8 +257,16 @@ def _placeholder_types(recorder: _Recorder) -> type:
     names = [n for n in dir(str) if n not in _NOT_WRAPPED and callable(getattr(str, n))]
     common = {"__str__": as_is, "__format__": format_, "__add__": add, "__radd__": radd}
     derived = type("Derived", (str,), {**{n: flag(n) for n in names}, **common, "__hash__": flag("__hash__")})
-    return type("Placeholder", (str,), {**{n: record(n) if n in _TESTS else flag(n) for n in names}, **common,
-                                        "__hash__": flag("__hash__"), "__bool__": truth})
+    return type(
+        "Placeholder",
+        (str,),
+        {
+            **{n: record(n) if n in _TESTS else flag(n) for n in names},
+            **common,
+            "__hash__": flag("__hash__"),
+            "__bool__": truth,
+        },
+    )
 
 
 def _is_role(node) -> bool:
@@ -227,8 +309,11 @@ def template_analysis(ast) -> tuple[frozenset[str], str | None]:
         elif isinstance(node, nodes.Call):
             if isinstance(node.node, nodes.Getattr):  # a method call: x.split('</think>')
                 args = [*node.args, *(k.value for k in node.kwargs), *filter(None, (node.dyn_args, node.dyn_kwargs))]
-                if (is_text(node.node.node) and node.node.attr not in ("join", "format")
-                        and not all(isinstance(a, nodes.Const) for a in args)):
+                if (
+                    is_text(node.node.node)
+                    and node.node.attr not in ("join", "format")
+                    and not all(isinstance(a, nodes.Const) for a in args)
+                ):
                     reasons.append(f"the string constant method {node.node.attr!r} on a value")
                 consts(args)
         elif isinstance(node, nodes.Filter) and node.name in _OPAQUE_FILTERS:
@@ -260,8 +345,16 @@ class FastChatRenderer:
     literal text (see the comment above). Safe for any template: what cannot be shown to render like Jinja is
     rendered by Jinja. ``stats`` counts rows filled, rendered by Jinja, checked and found different."""
 
-    def __init__(self, render_one, template: str | None, parse=None, *, verify_first: int = 32,
-                 verify_rate: float = 0.01, seed: int = 0):
+    def __init__(
+        self,
+        render_one,
+        template: str | None,
+        parse=None,
+        *,
+        verify_first: int = 32,
+        verify_rate: float = 0.01,
+        seed: int = 0,
+    ):
         import random
 
         self.render_one = render_one
@@ -366,9 +459,14 @@ class FastChatRenderer:
                 by_jinja.append(i)
                 continue
             shape = self._shape(tuple(roles))
-            if shape.jinja or (triggers and any(t in c for c in contents for t in triggers)) or (
-                    shape.tests and any(_replay(test, contents[slot], args) != answer
-                                        for slot, test, args, answer in shape.tests)):
+            if (
+                shape.jinja
+                or (triggers and any(t in c for c in contents for t in triggers))
+                or (
+                    shape.tests
+                    and any(_replay(test, contents[slot], args) != answer for slot, test, args, answer in shape.tests)
+                )
+            ):
                 by_jinja.append(i)
                 continue
             out[i] = shape.fill(contents)
@@ -385,8 +483,11 @@ class FastChatRenderer:
                 shape = self.shapes[tuple(m["role"] for m in conversations[i])]
                 if not shape.jinja:
                     shape.jinja, shape.reason = True, "a filled row differed from Jinja's rendering"
-                    log.warning("chat template: shape %s differs from Jinja on a checked row; rendering it with Jinja "
-                                "from now on", shape.roles)
+                    log.warning(
+                        "chat template: shape %s differs from Jinja on a checked row; rendering it with Jinja "
+                        "from now on",
+                        shape.roles,
+                    )
                 bad.add(id(shape))
         refill = [i for i, shape in filled if id(shape) in bad] if bad else []
         self.stats["filled"] += len(filled) - len(refill)
@@ -397,7 +498,7 @@ class FastChatRenderer:
         return out
 
 
-_RENDERERS: "weakref.WeakKeyDictionary" = None  # tokenizer -> {template key: FastChatRenderer}
+_RENDERERS: weakref.WeakKeyDictionary = None  # tokenizer -> {template key: FastChatRenderer}
 
 
 def chat_renderer(tokenizer, **template_kwargs) -> FastChatRenderer:

@@ -101,7 +101,9 @@ def jinja_environment(template: str) -> Any:
     except ImportError:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        return ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
 
 
 def rust_tokenizer(tokenizer: Any) -> Any:

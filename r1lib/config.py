@@ -37,11 +37,18 @@ class EmbeddedModelConfig(Section):
     pretrain_lr: float = Field(3e-3, gt=0)
     seed: int = 1234
     corpus_path: InputPath = Field("data/corpus/general.txt", description="Pre-training text.")
-    chat_paths: list[InputPath] = Field(["data/sample/general.jsonl"], description="R1-format chats in the pre-training.")
+    chat_paths: list[InputPath] = Field(
+        ["data/sample/general.jsonl"], description="R1-format chats in the pre-training."
+    )
     chat_repeats: int = Field(4, ge=0, description="How often each chat appears in the pre-training stream.")
     vocab_paths: list[InputPath] = Field(
-        ["data/sample/train.jsonl", "data/sample/test.jsonl", "data/sample/general.jsonl",
-         "data/augment/prompt_templates.txt", "data/debias/term_pairs.csv"],
+        [
+            "data/sample/train.jsonl",
+            "data/sample/test.jsonl",
+            "data/sample/general.jsonl",
+            "data/augment/prompt_templates.txt",
+            "data/debias/term_pairs.csv",
+        ],
         description="Texts whose tokens the tiny model knows (see r1lib/embedded.py).",
     )
 
@@ -56,50 +63,67 @@ class ModelConfig(Section):
     name_or_path: str = Field(EMBEDDED, description="A Hugging Face hub id, a local model directory, or 'embedded'.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     load_in_4bit: bool = Field(True, description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes).")
-    trust_remote_code: bool = Field(False, description="Run Python code shipped with the model. Off unless you trust it.")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model. Off unless you trust it."
+    )
     hub_token_secret: str | None = Field(
-        None, description="Name of a Prefect Secret block holding the hub token; else HF_TOKEN from the environment.")
+        None, description="Name of a Prefect Secret block holding the hub token; else HF_TOKEN from the environment."
+    )
     allowed_roots: list[str] = Field(
         ["{project}/.cache", ".", "{hf_cache}"],
         description="Folders a local model directory must resolve under (symlinks followed), and with it every file "
-                    "it links to or its safetensors index names (r1lib/paths.py); relative ones are relative to the "
-                    "working directory, {project} is this checkout, {hf_cache} the Hugging Face hub cache. Hub ids "
-                    "and the embedded model are not paths and are not affected.")
+        "it links to or its safetensors index names (r1lib/paths.py); relative ones are relative to the "
+        "working directory, {project} is this checkout, {hf_cache} the Hugging Face hub cache. Hub ids "
+        "and the embedded model are not paths and are not affected.",
+    )
     embedded: EmbeddedModelConfig = EmbeddedModelConfig()
 
 
 class DataConfig(Section):
     train_paths: list[InputPath] = Field(["data/sample/train.jsonl"], description="Training files (JSONL or JSON).")
     test_path: InputPath = Field("data/sample/test.jsonl", description="Held-out evaluation file; never trained on.")
-    replay_path: InputPath | None = Field("data/sample/general.jsonl", description="General data for replay and forgetting.")
+    replay_path: InputPath | None = Field(
+        "data/sample/general.jsonl", description="General data for replay and forgetting."
+    )
     max_rejected_fraction: float = Field(0.25, ge=0, le=1, description="Fail the run when more rows are rejected.")
     max_field_chars: int = Field(100_000, ge=1, description="Longer instruction/output fields are rejected.")
     max_line_bytes: int = Field(
-        64 * 2**20, ge=1,
+        64 * 2**20,
+        ge=1,
         description="A longer JSONL line or CSV record is never held in memory: it streams through a sha256 into the "
-                    "quarantine (reason line_too_long). Also the largest .json file, which is read whole.")
+        "quarantine (reason line_too_long). Also the largest .json file, which is read whole.",
+    )
     allowed_roots: list[str] = Field(
         ["{project}/data", "."],
         description="Folders, and remote URL prefixes such as 's3://my-bucket/', that every data file must resolve "
-                    "under (symlinks followed; r1lib/paths.py), and every other file the configuration names: "
-                    "augmentation templates, debias lists, the lm_eval folder, the embedded model's texts; relative "
-                    "ones are relative to the working directory, {project} is this checkout. Archives are never read.")
+        "under (symlinks followed; r1lib/paths.py), and every other file the configuration names: "
+        "augmentation templates, debias lists, the lm_eval folder, the embedded model's texts; relative "
+        "ones are relative to the working directory, {project} is this checkout. Archives are never read.",
+    )
 
 
 class AugmentConfig(Section):
-    templates_path: InputPath = Field("data/augment/prompt_templates.txt", description="Prompt wordings, {instruction} inside.")
+    templates_path: InputPath = Field(
+        "data/augment/prompt_templates.txt", description="Prompt wordings, {instruction} inside."
+    )
     prompt_variants: int = Field(1, ge=0, le=8, description="Extra copies of each row under other prompt wordings.")
     replay_ratio: float = Field(0.1, ge=0, le=1, description="General replay rows mixed in, as a share of train rows.")
     seed: int = 0
     text_variants: list[Literal["whitespace", "punctuation", "question_first"]] = Field(
-        [], description="Text-level rewrites of the prompt that keep the answer correct (tasks/augment.py); each adds "
-                        "a copy of a row when it changes the row.")
+        [],
+        description="Text-level rewrites of the prompt that keep the answer correct (tasks/augment.py); each adds "
+        "a copy of a row when it changes the row.",
+    )
 
 
 class DebiasConfig(Section):
     enabled: bool = True
-    blocklist_path: InputPath | None = Field("data/debias/blocklist.txt", description="One term per line; rows with one are quarantined.")
-    term_pairs_path: InputPath | None = Field("data/debias/term_pairs.csv", description="group_a,group_b,term_a,term_b rows.")
+    blocklist_path: InputPath | None = Field(
+        "data/debias/blocklist.txt", description="One term per line; rows with one are quarantined."
+    )
+    term_pairs_path: InputPath | None = Field(
+        "data/debias/term_pairs.csv", description="group_a,group_b,term_a,term_b rows."
+    )
     counterfactual: bool = Field(True, description="Add a swapped twin of each row that mentions a paired term.")
     max_balance_ratio: float = Field(1.5, ge=1, description="Warn when a pair's groups differ more than this after.")
     fail_on_imbalance: bool = False
@@ -111,13 +135,19 @@ class DedupConfig(Section):
     enabled: bool = True
     exact: bool = Field(True, description="Drop rows whose normalized conversation repeats an earlier row's.")
     near: bool = Field(True, description="Drop near duplicates (MinHash LSH).")
-    threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard similarity at which rows are near duplicates.")
+    threshold: float = Field(
+        0.85, gt=0, le=1, description="Estimated Jaccard similarity at which rows are near duplicates."
+    )
     num_perm: int = Field(64, ge=8, le=512, description="MinHash permutations (more: sharper, slower).")
     ngram: int = Field(3, ge=1, le=10, description="Words per shingle (a CJK character counts as a word).")
     seed: int = 1
     leakage: bool = Field(True, description="Remove train rows whose prompt or conversation (near-)repeats a test row.")
-    split_test_fraction: float = Field(0.0, ge=0, lt=1, description="With no test rows (data.test_path empty), the "
-                                       "share moved to test by a stable hash of the prompt.")
+    split_test_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="With no test rows (data.test_path empty), the share moved to test by a stable hash of the prompt.",
+    )
     split_salt: str = Field("r1-finetune-split", description="Changes which rows the stable split picks.")
 
 
@@ -127,15 +157,23 @@ class RunnerConfig(Section):
     byte for byte: shards are cut by input order and concatenated in that order."""
 
     kind: Literal["default", "dask", "ray"] = Field(
-        "default", description="default: Prefect's thread pool in the flow's process; dask: prefect-dask's "
-                               "DaskTaskRunner; ray: prefect-ray's RayTaskRunner (install prefect-ray).")
+        "default",
+        description="default: Prefect's thread pool in the flow's process; dask: prefect-dask's "
+        "DaskTaskRunner; ray: prefect-ray's RayTaskRunner (install prefect-ray).",
+    )
     address: str | None = Field(
-        None, description="An existing cluster to use (dask: 'tcp://host:8786', ray: 'ray://host:10001'); None "
-                          "starts a temporary local one with `workers` processes. Its workers need this working "
-                          "directory (run dir, data) on a shared filesystem.")
+        None,
+        description="An existing cluster to use (dask: 'tcp://host:8786', ray: 'ray://host:10001'); None "
+        "starts a temporary local one with `workers` processes. Its workers need this working "
+        "directory (run dir, data) on a shared filesystem.",
+    )
     workers: int = Field(2, ge=1, le=1024, description="Worker processes of a temporary local cluster.")
-    shard_rows: int = Field(100_000, ge=1, description="Rows per shard: the unit of work of every data-stage map. "
-                            "Changes the output (augmentation draws per shard), unlike the other runner fields.")
+    shard_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Rows per shard: the unit of work of every data-stage map. "
+        "Changes the output (augmentation draws per shard), unlike the other runner fields.",
+    )
 
 
 class TokenizeConfig(Section):
@@ -176,13 +214,20 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, ge=1)
     eval_steps: int = Field(0, ge=0, description="Evaluate loss every N steps (0: never during training).")
     early_stopping_patience: int = Field(0, ge=0, description="Stop after N evaluations without improvement (0: off).")
-    gpus: int = Field(1, ge=0, description="Processes to train with: 1 = this process; N > 1 = data parallel over N "
-                      "GPUs (N CPU processes without CUDA); 0 = every visible GPU. The effective batch stays "
-                      "micro_batch_size x gradient_accumulation: each process accumulates 1/N of it.")
-    launch: str = Field("auto", pattern=r"^[A-Za-z0-9_.\-/]+$",
-                        description="Launch preset, a file in deployments/launch/ (single, ddp, fsdp) or a path to "
-                        "one; auto = single for one process, ddp for more. The TrainingArguments a preset sets over "
-                        "this config are named in the train stage's log.")
+    gpus: int = Field(
+        1,
+        ge=0,
+        description="Processes to train with: 1 = this process; N > 1 = data parallel over N "
+        "GPUs (N CPU processes without CUDA); 0 = every visible GPU. The effective batch stays "
+        "micro_batch_size x gradient_accumulation: each process accumulates 1/N of it.",
+    )
+    launch: str = Field(
+        "auto",
+        pattern=r"^[A-Za-z0-9_.\-/]+$",
+        description="Launch preset, a file in deployments/launch/ (single, ddp, fsdp) or a path to "
+        "one; auto = single for one process, ddp for more. The TrainingArguments a preset sets over "
+        "this config are named in the train stage's log.",
+    )
     seed: int = 42
     lora: LoraSettings = LoraSettings()
 
@@ -197,31 +242,48 @@ class EvalConfig(Section):
     repetition_penalty: float = Field(1.0, ge=1)
     no_repeat_ngram_size: int = Field(0, ge=0)
     max_forgetting_ratio: float | None = Field(
-        1.5, gt=0, description="Limit on replay perplexity after / before (forgetting); None: no limit.")
+        1.5, gt=0, description="Limit on replay perplexity after / before (forgetting); None: no limit."
+    )
     on_forgetting: Literal["warn", "fail"] = Field("warn", description="What to do past max_forgetting_ratio.")
     perplexity_rows: int | None = Field(None, ge=1, description="Held-out / replay rows for perplexity (None: all).")
     lm_eval_tasks: list[str] = Field([], description="Optional lm-evaluation-harness tasks, run only from local data.")
-    lm_eval_path: InputPath | None = Field(None, description="Local folder with the lm_eval task YAMLs/data (never downloaded).")
+    lm_eval_path: InputPath | None = Field(
+        None, description="Local folder with the lm_eval task YAMLs/data (never downloaded)."
+    )
     lm_eval_limit: int | None = Field(None, ge=1, description="Examples per lm_eval task (None: all).")
 
 
 class ExportConfig(Section):
     outtype: Literal["f16", "bf16", "f32"] = Field("f16", description="The converter's full-precision GGUF type.")
-    quantizations: list[Literal["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q5_0", "Q6_K", "Q3_K_M", "Q2_K"]] = ["Q8_0", "Q4_K_M"]
+    quantizations: list[Literal["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q5_0", "Q6_K", "Q3_K_M", "Q2_K"]] = [
+        "Q8_0",
+        "Q4_K_M",
+    ]
 
 
 class SmokeConfig(Section):
-    prompts: list[str] = Field(["My brother talked about the lion and the owl at the park. What is the sentence about?",
-                                "What is the capital of France?"], min_length=1)
+    prompts: list[str] = Field(
+        [
+            "My brother talked about the lion and the owl at the park. What is the sentence about?",
+            "What is the capital of France?",
+        ],
+        min_length=1,
+    )
     max_tokens: int = Field(64, ge=1)
     parity_tokens: int = Field(24, ge=1, description="Greedy tokens compared between HF and the F16 GGUF.")
     n_ctx: int = Field(512, ge=64)
     perplexity_rows: int = Field(64, ge=0, description="Held-out rows for GGUF vs HF perplexity (0: skip).")
     max_f16_perplexity_drift: float = Field(
-        0.02, ge=0, description="Fail when the F16/BF16 GGUF's perplexity differs from HF's by more (relative).")
+        0.02, ge=0, description="Fail when the F16/BF16 GGUF's perplexity differs from HF's by more (relative)."
+    )
     max_quant_perplexity_increase: float | None = Field(
-        None, ge=0, description="Fail when a quantized GGUF's perplexity exceeds the F16's by more (relative); None: report only.")
-    use_eval_decoding: bool = Field(True, description="Generate with the evaluate stage's temperature/top-p/repeat penalty.")
+        None,
+        ge=0,
+        description="Fail when a quantized GGUF's perplexity exceeds the F16's by more (relative); None: report only.",
+    )
+    use_eval_decoding: bool = Field(
+        True, description="Generate with the evaluate stage's temperature/top-p/repeat penalty."
+    )
     timeout_s: float = Field(600, gt=0, description="Per GGUF child process.")
     n_threads: int | None = Field(None, ge=1, description="llama.cpp threads (None: half the CPU cores, 1 to 8).")
     n_gpu_layers: int = Field(-1, description="Layers llama.cpp offloads to a GPU (-1: all; no effect on CPU builds).")
@@ -231,7 +293,9 @@ class PipelineConfig(Section):
     """Everything one fine-tuning run needs. Paths are relative to the working directory."""
 
     preset: str = Field("tiny", description="The preset these values started from (for the record).")
-    run_name: str | None = Field(None, description="Run directory name under runs_dir; default: derived from the config.")
+    run_name: str | None = Field(
+        None, description="Run directory name under runs_dir; default: derived from the config."
+    )
     runs_dir: OutputPath = "runs"
     cache_dir: OutputPath = ".cache"
     model: ModelConfig = ModelConfig()

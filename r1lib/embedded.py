@@ -188,7 +188,7 @@ def pretrain(model, windows, used_ids: list[int], cfg: EmbeddedModelConfig) -> l
     started = time.monotonic()
     for step in range(cfg.pretrain_steps):
         start = (step * cfg.pretrain_batch_size) % max(1, len(windows) - cfg.pretrain_batch_size)
-        batch = windows[order[start:start + cfg.pretrain_batch_size]]
+        batch = windows[order[start : start + cfg.pretrain_batch_size]]
         hidden = model.model(input_ids=batch).last_hidden_state[:, :-1]
         logits = hidden @ model.get_output_embeddings().weight[used].T
         logits = torch.cat([logits, logits.new_full((*logits.shape[:-1], 1), unused_logit)], dim=-1)
@@ -200,8 +200,13 @@ def pretrain(model, windows, used_ids: list[int], cfg: EmbeddedModelConfig) -> l
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if step % 50 == 0 or step == cfg.pretrain_steps - 1:
-            log.info("pre-training the embedded model: step %d/%d, loss %.3f (%.0f s)",
-                     step + 1, cfg.pretrain_steps, loss.item(), time.monotonic() - started)
+            log.info(
+                "pre-training the embedded model: step %d/%d, loss %.3f (%.0f s)",
+                step + 1,
+                cfg.pretrain_steps,
+                loss.item(),
+                time.monotonic() - started,
+            )
     model.eval()
     return losses
 
@@ -238,8 +243,10 @@ def build(cfg: EmbeddedModelConfig, out_dir: Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "pretraining.json").write_text(
-            json.dumps({"steps": len(losses), "first_loss": losses[0], "final_loss": losses[-1],
-                        "spec": cfg.model_dump()}, indent=2)
+            json.dumps(
+                {"steps": len(losses), "first_loss": losses[0], "final_loss": losses[-1], "spec": cfg.model_dump()},
+                indent=2,
+            )
         )
     return out_dir
 

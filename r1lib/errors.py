@@ -20,4 +20,4 @@ class ExportCheckError(PermanentError):
 
 
 class PathNotAllowed(ConfigError):
-    """A configured path (or a file a model directory points to) resolves outside the allowed roots, or is an archive."""
+    """A configured path (or a file a model directory points to) lies outside the allowed roots, or is an archive."""

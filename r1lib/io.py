@@ -150,7 +150,9 @@ def exclusive_dir(path: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
                 if time.monotonic() >= deadline:
                     handle.seek(0)
                     holder = handle.read().strip() or "another process"
-                    raise DirectoryBusy(f"{path} is in use by {holder}; wait for it to finish or use another run_name")
+                    raise DirectoryBusy(
+                        f"{path} is in use by {holder}; wait for it to finish or use another run_name"
+                    ) from None
                 time.sleep(0.5)
         handle.seek(0)
         handle.truncate()

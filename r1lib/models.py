@@ -26,12 +26,14 @@ def hub_token(cfg: ModelConfig) -> str | None:
     return Secret.load(cfg.hub_token_secret).get()
 
 
-def load_tokenizer(model_dir: str, trust_remote_code: bool = False, revision: str | None = None,
-                   token: str | None = None):
+def load_tokenizer(
+    model_dir: str, trust_remote_code: bool = False, revision: str | None = None, token: str | None = None
+):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code, revision=revision,
-                                              token=token)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir, trust_remote_code=trust_remote_code, revision=revision, token=token
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -54,13 +56,20 @@ def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool, quant_stora
     kwargs = {}
     if four_bit and not is_prequantized(model_dir):
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype(),
             **({"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}),
         )
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=compute_dtype(), use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
-        revision=cfg.revision, token=hub_token(cfg), device_map=None if quant_storage or not torch.cuda.is_available() else {"": torch.cuda.current_device()},
+        model_dir,
+        dtype=compute_dtype(),
+        use_safetensors=True,
+        trust_remote_code=cfg.trust_remote_code,
+        revision=cfg.revision,
+        token=hub_token(cfg),
+        device_map=None if quant_storage or not torch.cuda.is_available() else {"": torch.cuda.current_device()},
         **kwargs,
     )
     model.config.use_cache = False
@@ -83,6 +92,36 @@ def answer_token_nll(model, input_ids, labels, attention_mask=None, chunk: int =
     head = model.get_output_embeddings()
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, len(targets), chunk):
-        logits = head(hidden[start:start + chunk]).float()
-        total = total + torch.nn.functional.cross_entropy(logits, targets[start:start + chunk], reduction="sum")
+        logits = head(hidden[start : start + chunk]).float()
+        total = total + torch.nn.functional.cross_entropy(logits, targets[start : start + chunk], reduction="sum")
     return total, int(mask.sum())
+
+
+def perplexity(model, dataset_dir: str, batch_size: int, max_rows: int | None = None) -> float:
+    """Token-weighted perplexity over the answer (labelled) tokens: exp(sum NLL / answer tokens)."""
+    import math
+
+    total, count = answer_nll(model, dataset_dir, batch_size, max_rows)
+    return math.exp(total / max(count, 1))
+
+
+def answer_nll(model, dataset_dir: str, batch_size: int, max_rows: int | None = None) -> tuple[float, int]:
+    """(summed NLL, answer tokens) of a tokenized dataset (input_ids, labels); the HF side of GGUF parity too."""
+    import torch
+    from datasets import load_from_disk
+
+    rows = load_from_disk(dataset_dir)
+    if max_rows is not None:
+        rows = rows.select(range(min(max_rows, len(rows))))
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(ids) for ids in batch["input_ids"])
+            ids = torch.tensor([x + [0] * (width - len(x)) for x in batch["input_ids"]], device=device)
+            labels = torch.tensor([x + [-100] * (width - len(x)) for x in batch["labels"]], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch["input_ids"]], device=device)
+            nll, n = answer_token_nll(model, ids, labels, mask)
+            total, count = total + nll.item(), count + n
+    return total, count

@@ -83,8 +83,12 @@ def _walk(value: Any, annotation: Any, name: str, found: list) -> None:
         args = typing.get_args(annotation)
         for i, item in enumerate(value):
             fixed = origin is tuple and args and args[-1] is not Ellipsis
-            _walk(item, (args[i] if i < len(args) else Any) if fixed else (args[0] if args else Any), f"{name}[{i}]",
-                  found)
+            _walk(
+                item,
+                (args[i] if i < len(args) else Any) if fixed else (args[0] if args else Any),
+                f"{name}[{i}]",
+                found,
+            )
     elif isinstance(value, dict):
         args = typing.get_args(annotation)
         for key, item in value.items():
@@ -134,8 +138,10 @@ def refuse_archive(path: str, field: str) -> None:
         protocol, sep, rest = part.partition("://")
         name = (rest if sep else part).split("?")[0].lower()
         if (sep and protocol.lower() in ARCHIVE_PROTOCOLS) or name.endswith(ARCHIVE_SUFFIXES):
-            raise PathNotAllowed(f"{path!r} is an archive; archives are never read or extracted (their member names "
-                                 f"can point anywhere): extract it yourself under one of {field} and name the files")
+            raise PathNotAllowed(
+                f"{path!r} is an archive; archives are never read or extracted (their member names "
+                f"can point anywhere): extract it yourself under one of {field} and name the files"
+            )
 
 
 def _under(real: str, root: str) -> bool:
@@ -161,8 +167,10 @@ def confine(path: str | Path, roots: Sequence[str], field: str) -> str:
             raise PathNotAllowed(f"{path!r} has a '..' segment; {field} {list(roots)}")
         if any(is_url(root) and _under_prefix(path, root) for root in roots):
             return path
-        raise PathNotAllowed(f"{path!r} is not under a URL prefix listed in {field} {list(roots)}; add its prefix "
-                             "(e.g. 's3://my-bucket/') to allow it")
+        raise PathNotAllowed(
+            f"{path!r} is not under a URL prefix listed in {field} {list(roots)}; add its prefix "
+            "(e.g. 's3://my-bucket/') to allow it"
+        )
     real = os.path.realpath(os.path.expanduser(path.removeprefix("file://")))
     if any(not is_url(root) and _under(real, root) for root in roots):
         return path
@@ -188,14 +196,16 @@ def check_model_dir(model_dir: str | Path, roots: Sequence[str], field: str = "m
         try:
             manifest = json.loads(index.read_text(encoding="utf-8"))
         except ValueError as exc:
-            raise PathNotAllowed(f"{index}: not valid JSON ({exc}), so the files it names cannot be checked")
+            raise PathNotAllowed(f"{index}: not valid JSON ({exc}), so the files it names cannot be checked") from None
         weight_map = manifest.get("weight_map") if isinstance(manifest, dict) else None
         if not isinstance(weight_map, dict):
             raise PathNotAllowed(f"{index}: no weight_map object, so the files it names cannot be checked")
         for name in sorted(set(map(str, weight_map.values()))):
             if not name or os.path.isabs(name) or ".." in Path(name).parts or "\\" in name:
-                raise PathNotAllowed(f"{index}: weight_map entry {name!r} leaves the model directory {model_dir} "
-                                     "(entries must be plain relative file names)")
+                raise PathNotAllowed(
+                    f"{index}: weight_map entry {name!r} leaves the model directory {model_dir} "
+                    "(entries must be plain relative file names)"
+                )
             confine(os.path.join(model_dir, name), roots, field)
 
 
@@ -205,8 +215,11 @@ def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
     confines what they expand to), augmentation templates, debias lists, the lm_eval folder, the embedded model's
     pre-training texts."""
     unused = config.unused_paths()
-    return [(name, path) for name, path, ref in declared_paths(config)
-            if not ref.output and not any(name == u or name.startswith((u + ".", u + "[")) for u in unused)]
+    return [
+        (name, path)
+        for name, path, ref in declared_paths(config)
+        if not ref.output and not any(name == u or name.startswith((u + ".", u + "[")) for u in unused)
+    ]
 
 
 def check_config_paths(config: PipelineConfig) -> None:

@@ -1,11 +1,12 @@
 """Prefect policy shared by every stage's @task: caching that survives the flow run, retries, timeouts.
 
 Caching. Every stage's result is persisted and keyed on (a) its inputs, (b) its own source code and (c) the content of
-the files and directories its inputs declare as ``InputPath`` (``FILES``; stages take paths, so hashing the path
-string alone would miss a changed file). The flow-run id is *not* part of the key, so a retried flow run (``prefect flow-run retry``, the UI's
-Retry) or a new run with the same inputs finds every finished stage in the cache and starts at the failed one; the
-train stage itself resumes from its last complete checkpoint. A cached result whose ``InputPath`` outputs (what the next
-stages read) have since vanished (someone cleaned ``runs/``) is not trusted: the stage runs again.
+the files and directories its inputs declare as ``InputPath`` (``FILES``; stages take paths, so hashing the path string
+alone would miss a changed file). The flow-run id is *not* part of the key, so a retried flow run (``prefect flow-run
+retry``, the UI's Retry) or a new run with the same inputs finds every finished stage in the cache and starts at the
+failed one; the train stage itself resumes from its last complete checkpoint. A cached result whose ``InputPath``
+outputs (what the next stages read) have since vanished (someone cleaned ``runs/``) is not trusted: the stage runs
+again.
 
 Results live in ``$R1_RESULT_STORAGE`` when set (a block slug such as ``s3-bucket/r1-results``, or a local folder),
 else in Prefect's default ``$PREFECT_HOME/storage``; a worker pool whose runs must share the cache needs shared storage.
@@ -60,7 +61,7 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
 # --- file fingerprints --------------------------------------------------------------------------------------------
 
 
-def _file_digest(path: Path, digest: "hashlib._Hash") -> None:
+def _file_digest(path: Path, digest: hashlib._Hash) -> None:
     stat = path.stat()
     digest.update(f"{stat.st_size}:".encode())
     if stat.st_size > CONTENT_HASH_LIMIT:
@@ -76,8 +77,12 @@ def _derived(path: Path) -> bool:
     caches (``cache-<hash>.arrow``) beside a dataset loaded from disk (the train stage does), half-written temporary
     files, Python bytecode."""
     name = path.name
-    return ((name.startswith("cache-") and name.endswith(".arrow")) or ".tmp-" in name or name.startswith("tmp")
-            or "__pycache__" in path.parts)
+    return (
+        (name.startswith("cache-") and name.endswith(".arrow"))
+        or ".tmp-" in name
+        or name.startswith("tmp")
+        or "__pycache__" in path.parts
+    )
 
 
 def path_fingerprint(path: str | Path) -> str | None:
@@ -126,8 +131,9 @@ class InputFiles(CachePolicy):
 
     exclude: list[str] = field(default_factory=list)
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> str | None:
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         inputs = {k: v for k, v in (inputs or {}).items() if k not in self.exclude}
         return inputs_fingerprint(inputs, parameter_types(task_ctx.task.fn))
 
@@ -141,8 +147,9 @@ class StageCache(CachePolicy):
 
     policy: CachePolicy = field(default_factory=lambda: INPUTS + TASK_SOURCE + FILES)
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> str | None:
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         key = self.policy.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
         store = getattr(task_ctx, "result_store", None)
         if key is None or store is None:
@@ -169,8 +176,9 @@ def result_storage() -> str | None:
     return os.environ.get("R1_RESULT_STORAGE") or None
 
 
-def stage_options(retries: int = 2, timeout_seconds: float | None = None, cache: bool = True,
-                  log_prints: bool = True) -> dict[str, Any]:
+def stage_options(
+    retries: int = 2, timeout_seconds: float | None = None, cache: bool = True, log_prints: bool = True
+) -> dict[str, Any]:
     """Keyword arguments for ``@task`` that every stage uses. ``log_prints=False`` for stages whose libraries print
     noise (trl/datasets print bytecode disassembly while training)."""
     options: dict[str, Any] = {

@@ -11,8 +11,17 @@ import argparse
 import json
 from typing import Any
 
-from r1lib.config import (AugmentConfig, EvalConfig, ExportConfig, LoraSettings, ModelConfig, PipelineConfig,
-                          SmokeConfig, TokenizeConfig, TrainConfig)
+from r1lib.config import (
+    AugmentConfig,
+    EvalConfig,
+    ExportConfig,
+    LoraSettings,
+    ModelConfig,
+    PipelineConfig,
+    SmokeConfig,
+    TokenizeConfig,
+    TrainConfig,
+)
 
 
 def _tiny() -> PipelineConfig:
@@ -21,8 +30,15 @@ def _tiny() -> PipelineConfig:
         preset="tiny",
         augment=AugmentConfig(prompt_variants=1, replay_ratio=0.3),
         train=TrainConfig(
-            max_steps=90, learning_rate=1e-2, micro_batch_size=16, gradient_accumulation=1, warmup_ratio=0.05,
-            optimizer="adamw_torch", gradient_checkpointing=False, save_steps=30, logging_steps=5,
+            max_steps=90,
+            learning_rate=1e-2,
+            micro_batch_size=16,
+            gradient_accumulation=1,
+            warmup_ratio=0.05,
+            optimizer="adamw_torch",
+            gradient_checkpointing=False,
+            save_steps=30,
+            logging_steps=5,
             lora=LoraSettings(r=16, alpha=32),
         ),
         evaluate=EvalConfig(max_examples=60, batch_size=30, max_new_tokens=48),
@@ -34,8 +50,14 @@ def _real(key: str, model_id: str, max_seq_length: int = 4096, micro_batch_size:
         preset=key,
         model=ModelConfig(name_or_path=model_id),
         tokenize=TokenizeConfig(max_seq_length=max_seq_length),
-        train=TrainConfig(learning_rate=2e-4, micro_batch_size=micro_batch_size, gradient_accumulation=4,
-                          optimizer="adamw_8bit", packing=True, save_steps=100),
+        train=TrainConfig(
+            learning_rate=2e-4,
+            micro_batch_size=micro_batch_size,
+            gradient_accumulation=4,
+            optimizer="adamw_8bit",
+            packing=True,
+            save_steps=100,
+        ),
         evaluate=EvalConfig(max_examples=200, batch_size=16, max_new_tokens=1024),
         export=ExportConfig(quantizations=["Q4_K_M", "Q5_K_M", "Q8_0"]),
         smoke=SmokeConfig(max_tokens=512, n_ctx=4096),
@@ -48,8 +70,9 @@ PRESETS = {
     "r1-qwen-7b": lambda: _real("r1-qwen-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
     "r1-qwen-14b": lambda: _real("r1-qwen-14b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", micro_batch_size=2),
     "r1-llama-8b": lambda: _real("r1-llama-8b", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"),
-    "r1-llama-8b-unsloth-4bit": lambda: _real("r1-llama-8b-unsloth-4bit",
-                                              "unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit"),
+    "r1-llama-8b-unsloth-4bit": lambda: _real(
+        "r1-llama-8b-unsloth-4bit", "unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit"
+    ),
 }
 
 
@@ -70,12 +93,18 @@ def expand_preset(value: Any) -> Any:
 
 
 def config_from_args(argv: list[str]) -> PipelineConfig:
-    parser = argparse.ArgumentParser(prog="python -m flows.finetune",
-                                     description="Fine-tune a DeepSeek-R1 distilled model, from raw data to a GGUF.")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.finetune", description="Fine-tune a DeepSeek-R1 distilled model, from raw data to a GGUF."
+    )
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--config", help="a JSON file of PipelineConfig fields, applied over the preset")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one field, dotted (train.max_steps=20); VALUE is JSON, or a plain string")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, dotted (train.max_steps=20); VALUE is JSON, or a plain string",
+    )
     args = parser.parse_args(argv)
     data = preset(args.preset).model_dump()
     if args.config:
@@ -95,5 +124,7 @@ def config_from_args(argv: list[str]) -> PipelineConfig:
 
 
 def merge(base: dict, override: dict) -> dict:
-    return {k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-            for k, v in {**base, **override}.items()}
+    return {
+        k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        for k, v in {**base, **override}.items()
+    }

@@ -123,7 +123,7 @@ def iter_lines(handle: BinaryIO, max_bytes: int, quoted: bool = False) -> Iterat
             if digest is not None:
                 digest.update(piece)
                 if len(head) < _HEAD:  # a cap below _HEAD: the head goes on past it
-                    head += piece[:_HEAD - len(head)]
+                    head += piece[: _HEAD - len(head)]
             elif size > max_bytes:  # from here on the line is hashed and dropped, not kept
                 pieces.append(piece)
                 head = _head(pieces)
@@ -162,7 +162,7 @@ def _csv_rows(name: str, handle: BinaryIO, max_line_bytes: int) -> Iterator[tupl
             yield number, _raw_head(record), record
             continue
         if offset == 0 and record.startswith(_BOM):
-            record = record[len(_BOM):]
+            record = record[len(_BOM) :]
         if not record.strip():
             if header is not None:
                 yield number, "", BLANK
@@ -186,8 +186,11 @@ def _csv_rows(name: str, handle: BinaryIO, max_line_bytes: int) -> Iterator[tupl
             if len(values) > len(header):
                 yield number, safe_text(text), csv.Error(f"{len(values)} cells, the header has {len(header)}")
                 continue
-            row = {k: v for k, v in zip(header, values)
-                   if not (v == "" and k not in ("instruction", "output", "prompt", "completion"))}
+            row = {
+                k: v
+                for k, v in zip(header, values)
+                if not (v == "" and k not in ("instruction", "output", "prompt", "completion"))
+            }
             for key in _NESTED_FIELDS:
                 if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
                     parsed = _loads(row[key])
@@ -214,7 +217,7 @@ def iter_raw_rows(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Ite
                     yield number, _raw_head(raw), raw
                     continue
                 if offset == 0 and raw.startswith(_BOM):
-                    raw = raw[len(_BOM):]  # a byte-order mark opens the file; it is not part of the first row
+                    raw = raw[len(_BOM) :]  # a byte-order mark opens the file; it is not part of the first row
                 if not raw.strip():  # blank: ASCII whitespace only (a line of control characters is a bad row)
                     yield number, raw.decode("utf-8", errors="backslashreplace"), BLANK
                     continue
@@ -230,7 +233,8 @@ def iter_raw_rows(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Ite
         if len(blob) > max_line_bytes:
             raise DataValidationError(
                 f"{name}: a .json file is read whole, and this one is over data.max_line_bytes ({max_line_bytes} "
-                "bytes); convert it to JSON lines (.jsonl, one row per line), which is streamed")
+                "bytes); convert it to JSON lines (.jsonl, one row per line), which is streamed"
+            )
         try:
             text = blob.decode("utf-8-sig")
         except UnicodeDecodeError as exc:

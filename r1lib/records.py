@@ -9,13 +9,13 @@ A record is a plain dict (cheap to stream as JSON lines)::
      "source": {"file": ..., "line": ...},
      "origin": "original" | "prompt_template:<n>" | "replay" | "counterfactual" ...}
 
-Formats recognized (detected per row from its keys): the seed's ``{"instruction", "output"}``; Alpaca (``input`` appended to the instruction);
-ShareGPT ``{"conversations": [{"from", "value"}]}``; OpenAI-style ``{"messages": [{"role", "content"}]}``;
-``{"prompt", "completion"}``. A conversation's system prompt is its first turn or a top-level ``system`` field; a
-turn's content is a string or a list of typed parts (text and reasoning parts; ``text`` or ``value`` holds the text).
-The last assistant turn's reasoning is read from a ``reasoning``/``think``/``thinking``/``reasoning_content`` field of
-the row or of that turn, a reasoning part, or an inline ``<think>...</think>`` block at the start of its content;
-two different texts for it refuse the row.
+Formats recognized (detected per row from its keys): the seed's ``{"instruction", "output"}``; Alpaca (``input``
+appended to the instruction); ShareGPT ``{"conversations": [{"from", "value"}]}``; OpenAI-style ``{"messages": [{"role",
+"content"}]}``; ``{"prompt", "completion"}``. A conversation's system prompt is its first turn or a top-level ``system``
+field; a turn's content is a string or a list of typed parts (text and reasoning parts; ``text`` or ``value`` holds the
+text). The last assistant turn's reasoning is read from a ``reasoning``/``think``/``thinking``/``reasoning_content``
+field of the row or of that turn, a reasoning part, or an inline ``<think>...</think>`` block at the start of its
+content; two different texts for it refuse the row.
 """
 
 from __future__ import annotations
@@ -30,8 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
 
-ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-                "bot": "assistant", "system": "system"}
+ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
 REASONING_FIELDS = ("reasoning", "think", "thinking", "reasoning_content")
 REASONING_PARTS = ("reasoning", "thinking")  # typed content parts that hold a turn's reasoning
 # C0/C1 control characters other than tab, newline and carriage return.
@@ -95,18 +102,35 @@ def _conforms(record: dict) -> bool:
         messages, source, reasoning = record["messages"], record["source"], record["reasoning"]
     except (KeyError, TypeError):
         return False
-    if not (type(rid) is str and len(rid) == 16 and type(system) is str and type(origin) is str and origin
-            and (parent is None or type(parent) is str)):
+    if not (
+        type(rid) is str
+        and len(rid) == 16
+        and type(system) is str
+        and type(origin) is str
+        and origin
+        and (parent is None or type(parent) is str)
+    ):
         return False
-    if not (type(source) is dict and source.keys() == {"file", "line"} and type(source["file"]) is str
-            and type(source["line"]) is int and source["line"] >= 1):
+    if not (
+        type(source) is dict
+        and source.keys() == {"file", "line"}
+        and type(source["file"]) is str
+        and type(source["line"]) is int
+        and source["line"] >= 1
+    ):
         return False
     if reasoning is not None and not (type(reasoning) is str and reasoning.strip()):
         return False
     if type(messages) is not list or len(messages) < 2 or len(messages) % 2:
         return False
-    return all(type(m) is dict and m.keys() == {"role", "content"} and m["role"] == ("user", "assistant")[i % 2]
-               and type(m["content"]) is str and m["content"] for i, m in enumerate(messages))
+    return all(
+        type(m) is dict
+        and m.keys() == {"role", "content"}
+        and m["role"] == ("user", "assistant")[i % 2]
+        and type(m["content"]) is str
+        and m["content"]
+        for i, m in enumerate(messages)
+    )
 
 
 def check_schema(record: dict) -> None:
@@ -195,16 +219,20 @@ def _content(item: dict, name: str, content_key: str, max_chars: int) -> tuple[s
         elif kind in REASONING_PARTS:
             reasoning = _agree(reasoning, _text({where: part.get(key)}, where, max_chars=max_chars), where)
         else:
-            raise RecordError("unsupported_content", f"{where}.type",
-                              f"{where} is a {kind!r} part; only text and reasoning parts can be trained")
+            raise RecordError(
+                "unsupported_content",
+                f"{where}.type",
+                f"{where} is a {kind!r} part; only text and reasoning parts can be trained",
+            )
     return _text({whole: "".join(texts)}, whole, max_chars=max_chars), reasoning
 
 
 def _agree(known: str | None, found: str, field: str) -> str:
     """One reasoning text from two places: the same text, or the row is refused (never pick one silently)."""
     if known is not None and known != found:
-        raise RecordError("conflicting_reasoning", field, f"'{field}' differs from the reasoning given elsewhere "
-                          "for the same turn")
+        raise RecordError(
+            "conflicting_reasoning", field, f"'{field}' differs from the reasoning given elsewhere for the same turn"
+        )
     return found
 
 
@@ -227,12 +255,16 @@ def normalize(row: Any, max_chars: int = 100_000) -> dict:
         if extra.strip():
             prompt = f"{prompt}\n\n{extra}"
         system = _text(row, "system", required=False, max_chars=max_chars)
-        messages = [{"role": "user", "content": prompt},
-                    {"role": "assistant", "content": _text(row, "output", max_chars=max_chars)}]
+        messages = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": _text(row, "output", max_chars=max_chars)},
+        ]
         field = "output"
     elif fmt == "prompt_completion":
-        messages = [{"role": "user", "content": _text(row, "prompt", max_chars=max_chars)},
-                    {"role": "assistant", "content": _text(row, "completion", max_chars=max_chars)}]
+        messages = [
+            {"role": "user", "content": _text(row, "prompt", max_chars=max_chars)},
+            {"role": "assistant", "content": _text(row, "completion", max_chars=max_chars)},
+        ]
         field = "completion"
     else:
         key = "conversations" if fmt == "sharegpt" else "messages"
@@ -243,8 +275,9 @@ def normalize(row: Any, max_chars: int = 100_000) -> dict:
         if messages[0]["role"] == "system":
             first = messages.pop(0)["content"]
             if system and system != first:
-                raise RecordError("conflicting_system", "system",
-                                  f"field 'system' differs from the system turn {key}[0]")
+                raise RecordError(
+                    "conflicting_system", "system", f"field 'system' differs from the system turn {key}[0]"
+                )
             system = first
         field = f"{key}[-1]"
     _check_order(messages, field)

@@ -41,12 +41,18 @@ def code_version(root: str | Path | None = None) -> str:
     """The git commit of the code that trained (``-dirty`` with uncommitted changes), else ``unknown``."""
     root = Path(root or Path(__file__).resolve().parent.parent)
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         if not sha:
             return os.environ.get("R1_CODE_VERSION", "unknown")
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("R1_CODE_VERSION", "unknown")
@@ -134,9 +140,15 @@ class Registry:
                 dst = home / Path(g["path"]).name
                 _link_or_copy(Path(g["path"]), dst)
                 stored_ggufs.append({**g, "path": str(dst), "source": g["path"]})
-            record = {"version": number, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                      "status": "candidate", "champion": False, **entry, "adapter": stored_adapter,
-                      "ggufs": stored_ggufs}
+            record = {
+                "version": number,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "status": "candidate",
+                "champion": False,
+                **entry,
+                "adapter": stored_adapter,
+                "ggufs": stored_ggufs,
+            }
             index["versions"].append(record)
         return record
 
@@ -175,7 +187,9 @@ class Registry:
         """Re-promote the most recent earlier champion (one that was retired); returns the new champion's number."""
         index = self.load()
         current = index["champion"]
-        earlier = [v for v in index["versions"] if v["status"] == "retired" and (current is None or v["version"] < current)]
+        earlier = [
+            v for v in index["versions"] if v["status"] == "retired" and (current is None or v["version"] < current)
+        ]
         if not earlier:
             raise LookupError("no earlier champion to roll back to")
         target = earlier[-1]["version"]
@@ -195,8 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"champion is now v{registry.rollback()}")
     for v in registry.versions():
         mark = "*" if v["champion"] else " "
-        print(f"{mark} v{v['version']:<3} {v['status']:11} {v['created_at']}  data {v['data_fingerprint'][:12]}  "
-              f"code {v['code_version'][:12]}  {json.dumps(v.get('metrics', {}))}")
+        print(
+            f"{mark} v{v['version']:<3} {v['status']:11} {v['created_at']}  data {v['data_fingerprint'][:12]}  "
+            f"code {v['code_version'][:12]}  {json.dumps(v.get('metrics', {}))}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ class Shard(BaseModel):
     rows: int
 
     @classmethod
-    def of(cls, path: str | Path) -> "Shard":
+    def of(cls, path: str | Path) -> Shard:
         """A whole JSON lines file as one shard (its non-blank lines counted)."""
         with open(path, "rb") as handle:
             return cls(path=str(path), rows=sum(1 for line in handle if line.strip()))
@@ -78,7 +78,7 @@ class JsonlWriter:
             self._handle = None
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -109,7 +109,7 @@ class ShardWriter:
             self._current = None
         return self.shards
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

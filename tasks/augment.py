@@ -30,9 +30,9 @@ from pydantic import BaseModel
 from r1lib.config import AugmentConfig
 from r1lib.errors import ConfigError
 from r1lib.io import iter_jsonl, write_json
+from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.records import content_key
-from r1lib.paths import InputPath, OutputPath
 from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
@@ -53,8 +53,11 @@ class AugmentedData(StageResult):
 
 
 def load_templates(path: Path) -> list[str]:
-    templates = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()
-                 if line.strip() and not line.startswith("#")]
+    templates = [
+        line.rstrip("\n")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     bad = [t for t in templates if t.count("{instruction}") != 1]
     if bad:
         raise ConfigError(f"{path}: each template needs exactly one {{instruction}} placeholder: {bad[:3]}")
@@ -79,14 +82,30 @@ def vary_prompt(record: dict, template: str, origin: str) -> dict:
 
 _INNER_SPACES_RE = re.compile(r"(?<=\S)[ \t\u00a0]{2,}(?=\S)")
 _CODE_RE = re.compile(r"```|^(?: {4}|\t)", re.MULTILINE)
-_FULL_TO_ASCII = str.maketrans({"，": ",", "。": ".", "？": "?", "！": "!", "：": ":", "；": ";", "（": "(", "）": ")",
-                                "“": '"', "”": '"', "‘": "'", "’": "'"})
+_FULL_TO_ASCII = str.maketrans(
+    {
+        "，": ",",
+        "。": ".",
+        "？": "?",
+        "！": "!",
+        "：": ":",
+        "；": ";",
+        "（": "(",
+        "）": ")",
+        "“": '"',
+        "”": '"',
+        "‘": "'",
+        "’": "'",
+    }
+)
 _ASCII_TO_FULL = str.maketrans({",": "，", "?": "？", "!": "！", ":": "：", ";": "；", "(": "（", ")": "）"})
 _CJK_RE = re.compile(r"[\u3400-\u9fff]")
 # "<context ending a sentence> <question>": the question is the last sentence (no sentence end inside it; "3.5" is
 # fine), the context holds no question mark.
 _QUESTION_LAST_RE = re.compile(
-    r"^(?P<context>[^?？]*?[^?？\s](?:[.!](?=\s)|[。！]))\s*(?P<question>(?:[^?？。.!！\n]|[.!](?=\S))+[?？])$", re.DOTALL)
+    r"^(?P<context>[^?？]*?[^?？\s](?:[.!](?=\s)|[。！]))\s*(?P<question>(?:[^?？。.!！\n]|[.!](?=\S))+[?？])$",
+    re.DOTALL,
+)
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "no", "e.g", "i.e", "approx", "fig"}
 
 
@@ -118,8 +137,11 @@ def question_first_variant(text: str) -> str:
     return f"{match.group('question').strip()}{joiner}{match.group('context').strip()}"
 
 
-TEXT_VARIANTS = {"whitespace": whitespace_variant, "punctuation": punctuation_variant,
-                 "question_first": question_first_variant}
+TEXT_VARIANTS = {
+    "whitespace": whitespace_variant,
+    "punctuation": punctuation_variant,
+    "question_first": question_first_variant,
+}
 
 
 def text_variant(record: dict, name: str) -> dict | None:
@@ -153,8 +175,14 @@ def expand(train: list[dict], cfg: AugmentConfig, templates: list[str], rng: ran
     return out
 
 
-def augment_chunks(records: Iterable[dict], n_rows: int, replay: list[dict], cfg: AugmentConfig,
-                   templates: list[str], rng: random.Random) -> Iterator[list[dict]]:
+def augment_chunks(
+    records: Iterable[dict],
+    n_rows: int,
+    replay: list[dict],
+    cfg: AugmentConfig,
+    templates: list[str],
+    rng: random.Random,
+) -> Iterator[list[dict]]:
     """One shard, streamed: each chunk of records with its variants, then ``replay_ratio`` x ``n_rows`` replay rows
     drawn from ``replay``. No shuffle: the trainer samples rows at random anyway, and streaming keeps memory flat."""
     for chunk in chunked(records):
@@ -171,10 +199,15 @@ def shard_rng(cfg: AugmentConfig, index: int) -> random.Random:
     return random.Random(f"{cfg.seed}:{index}")
 
 
-def augment(train: list[dict], replay: list[dict], cfg: AugmentConfig, templates: list[str], index: int = 0) -> list[dict]:
+def augment(
+    train: list[dict], replay: list[dict], cfg: AugmentConfig, templates: list[str], index: int = 0
+) -> list[dict]:
     """Shard ``index`` augmented in memory (what augment_shard writes)."""
-    return [row for chunk in augment_chunks(train, len(train), replay, cfg, templates, shard_rng(cfg, index))
-            for row in chunk]
+    return [
+        row
+        for chunk in augment_chunks(train, len(train), replay, cfg, templates, shard_rng(cfg, index))
+        for row in chunk
+    ]
 
 
 class AugmentedShard(BaseModel):
@@ -183,14 +216,17 @@ class AugmentedShard(BaseModel):
     origins: dict[str, int]
 
 
-def augment_shard(shard: Shard, replay_path: str | None, cfg: AugmentConfig, index: int, out_path: Path) -> AugmentedShard:
+def augment_shard(
+    shard: Shard, replay_path: str | None, cfg: AugmentConfig, index: int, out_path: Path
+) -> AugmentedShard:
     """The map unit: one deduplicated shard with its variants and its share of replay rows."""
     replay = list(iter_jsonl(Path(replay_path))) if replay_path and cfg.replay_ratio > 0 else []
     templates = load_templates(Path(cfg.templates_path))
     origins: Counter = Counter()
     with JsonlWriter(out_path) as out:
-        for rows in augment_chunks(iter_jsonl(Path(shard.path)), shard.rows, replay, cfg, templates,
-                                   shard_rng(cfg, index)):
+        for rows in augment_chunks(
+            iter_jsonl(Path(shard.path)), shard.rows, replay, cfg, templates, shard_rng(cfg, index)
+        ):
             out.write_many(rows)
             origins.update(r["origin"].split(":")[0] for r in rows)
         return AugmentedShard(shard=out.close(), rows_in=shard.rows, origins=dict(origins))
@@ -201,9 +237,13 @@ def merge_augmented(parts: list[AugmentedShard], out_dir: Path) -> AugmentedData
     origins: Counter = Counter()
     for part in parts:
         origins.update(part.origins)
-    result = AugmentedData(shards=[p.shard for p in parts], report=str(Path(out_dir) / "report.json"),
-                           rows_in=sum(p.rows_in for p in parts), rows_out=sum(p.shard.rows for p in parts),
-                           origins=dict(sorted(origins.items())))
+    result = AugmentedData(
+        shards=[p.shard for p in parts],
+        report=str(Path(out_dir) / "report.json"),
+        rows_in=sum(p.rows_in for p in parts),
+        rows_out=sum(p.shard.rows for p in parts),
+        origins=dict(sorted(origins.items())),
+    )
     write_json(Path(result.report), result.model_dump(exclude={"shards", "report"}))
     return result
 
@@ -212,10 +252,13 @@ def merge_augmented(parts: list[AugmentedShard], out_dir: Path) -> AugmentedData
 
 
 @task(name="augment-shard", task_run_name="augment {index}", **stage_options())
-def augment_shard_task(shard: Shard, replay_path: InputPath | None, cfg: AugmentConfig, index: int,
-                       run_dir: OutputPath) -> AugmentedShard:
+def augment_shard_task(
+    shard: Shard, replay_path: InputPath | None, cfg: AugmentConfig, index: int, run_dir: OutputPath
+) -> AugmentedShard:
     """Add prompt-template and text variants and general replay rows to one shard."""
-    return augment_shard(shard, replay_path, cfg, index, stage_dir(run_dir, "augment", "shards", f"train-{index:04d}.jsonl"))
+    return augment_shard(
+        shard, replay_path, cfg, index, stage_dir(run_dir, "augment", "shards", f"train-{index:04d}.jsonl")
+    )
 
 
 @task(name="augment", **stage_options())

@@ -21,8 +21,8 @@ from prefect import task
 
 from r1lib.chat_template import ASSISTANT, BOS, EOS, USER
 from r1lib.config import PipelineConfig
-from r1lib.io import atomic_path, sha256_file, write_text
 from r1lib.gguf import FULL_PRECISION, GGUFFile
+from r1lib.io import atomic_path, sha256_file, write_text
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.stage import StageResult
@@ -35,11 +35,11 @@ OLLAMA_TEMPLATE = (
     "{{- if .System }}{{ .System }}{{ end }}\n"
     "{{- range $i, $_ := .Messages }}\n"
     "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
-    f"{{{{- if eq .Role \"user\" }}}}{USER}{{{{ .Content }}}}\n"
-    f"{{{{- else if eq .Role \"assistant\" }}}}{ASSISTANT}{{{{ .Content }}}}"
+    f'{{{{- if eq .Role "user" }}}}{USER}{{{{ .Content }}}}\n'
+    f'{{{{- else if eq .Role "assistant" }}}}{ASSISTANT}{{{{ .Content }}}}'
     f"{{{{- if not $last }}}}{EOS}{{{{- end }}}}\n"
     "{{- end }}\n"
-    f"{{{{- if and $last (ne .Role \"assistant\") }}}}{ASSISTANT}<think>\n"
+    f'{{{{- if and $last (ne .Role "assistant") }}}}{ASSISTANT}<think>\n'
     "{{ end }}\n"
     "{{- end }}"
 )
@@ -69,23 +69,36 @@ def recommended(ggufs: list[GGUFFile]) -> GGUFFile:
 
 def modelfile_text(gguf_name: str, decoding: dict, n_ctx: int, system_prompt: str = "") -> str:
     """An Ollama Modelfile for ``gguf_name`` (a file in the same folder)."""
-    lines = [f"# Ollama: ollama create <name> -f {gguf_name.rsplit('.gguf', 1)[0]}.Modelfile  (or -f Modelfile)",
-             f"FROM ./{gguf_name}", "", f'TEMPLATE """{OLLAMA_TEMPLATE}"""', ""]
+    lines = [
+        f"# Ollama: ollama create <name> -f {gguf_name.rsplit('.gguf', 1)[0]}.Modelfile  (or -f Modelfile)",
+        f"FROM ./{gguf_name}",
+        "",
+        f'TEMPLATE """{OLLAMA_TEMPLATE}"""',
+        "",
+    ]
     if system_prompt:
         lines += [f'SYSTEM """{system_prompt}"""', ""]
     lines += [f'PARAMETER stop "{token}"' for token in STOP_TOKENS]
-    lines += [f"PARAMETER temperature {decoding.get('temperature', 0.0)}",
-              f"PARAMETER top_p {decoding.get('top_p', 1.0)}",
-              f"PARAMETER repeat_penalty {decoding.get('repetition_penalty', 1.0)}",
-              f"PARAMETER num_ctx {n_ctx}"]
+    lines += [
+        f"PARAMETER temperature {decoding.get('temperature', 0.0)}",
+        f"PARAMETER top_p {decoding.get('top_p', 1.0)}",
+        f"PARAMETER repeat_penalty {decoding.get('repetition_penalty', 1.0)}",
+        f"PARAMETER num_ctx {n_ctx}",
+    ]
     if decoding.get("no_repeat_ngram_size"):
-        lines.append(f"# no_repeat_ngram_size={decoding['no_repeat_ngram_size']} was used in evaluation; "
-                     "Ollama / llama.cpp have no equivalent (repeat_penalty is the closest).")
+        lines.append(
+            f"# no_repeat_ngram_size={decoding['no_repeat_ngram_size']} was used in evaluation; "
+            "Ollama / llama.cpp have no equivalent (repeat_penalty is the closest)."
+        )
     return "\n".join(lines) + "\n"
 
 
 def data_fingerprint(config: PipelineConfig) -> dict:
-    paths = [*config.data.train_paths, config.data.test_path, *([config.data.replay_path] if config.data.replay_path else [])]
+    paths = [
+        *config.data.train_paths,
+        config.data.test_path,
+        *([config.data.replay_path] if config.data.replay_path else []),
+    ]
     files = {p: sha256_file(Path(p)) for p in paths if Path(p).exists()}
     import hashlib
 
@@ -93,8 +106,9 @@ def data_fingerprint(config: PipelineConfig) -> dict:
     return {"sha256": combined, "files": files}
 
 
-def card_text(config: PipelineConfig, run_dir: str, sections: list[StageResult], decoding: dict, fingerprint: dict,
-              rec: GGUFFile) -> str:
+def card_text(
+    config: PipelineConfig, run_dir: str, sections: list[StageResult], decoding: dict, fingerprint: dict, rec: GGUFFile
+) -> str:
     name = Path(run_dir).name
     rec_name = Path(rec.path).name
     temp = decoding.get("temperature", 0.0)
@@ -122,48 +136,74 @@ def card_text(config: PipelineConfig, run_dir: str, sections: list[StageResult],
         "",
         f"Data fingerprint (sha256 over the files below): `{fingerprint['sha256']}`",
         "",
-        "| file | sha256 |", "|---|---|",
+        "| file | sha256 |",
+        "|---|---|",
         *[f"| `{path}` | `{digest}` |" for path, digest in fingerprint["files"].items()],
         "",
-        "<details><summary>Configuration</summary>", "", "```json",
-        json.dumps({k: config.model_dump()[k] for k in ("model", "tokenize", "train", "evaluate", "export")},
-                   indent=2, default=str), "```", "", "</details>", "",
+        "<details><summary>Configuration</summary>",
+        "",
+        "```json",
+        json.dumps(
+            {k: config.model_dump()[k] for k in ("model", "tokenize", "train", "evaluate", "export")},
+            indent=2,
+            default=str,
+        ),
+        "```",
+        "",
+        "</details>",
+        "",
         *[section.card_section() for section in sections],
     ]
     prompt = "What is the capital of France?"
     raw = f"{USER}{prompt}{ASSISTANT}<think>\\n"
     lines += [
-        "", "## Run it", "",
-        f"Recommended file: `{rec_name}` ({rec.type}).", "",
-        "### llama.cpp", "",
+        "",
+        "## Run it",
+        "",
+        f"Recommended file: `{rec_name}` ({rec.type}).",
+        "",
+        "### llama.cpp",
+        "",
         "```sh",
         "# interactive chat; --jinja uses the R1 chat template stored in the GGUF",
         f"llama-cli -m {rec_name} -cnv --jinja -c {n_ctx} -n {n_predict} --temp {temp} --top-p {top_p} "
         f"--repeat-penalty {penalty}",
         "# one prompt, raw R1 format (llama.cpp adds the BOS token itself)",
-        f"llama-cli -m {rec_name} -no-cnv -e -p \"{raw}\" -n {n_predict} --temp {temp} --top-p {top_p} "
+        f'llama-cli -m {rec_name} -no-cnv -e -p "{raw}" -n {n_predict} --temp {temp} --top-p {top_p} '
         f"--repeat-penalty {penalty}",
         "# OpenAI-compatible server",
         f"llama-server -m {rec_name} --jinja -c {n_ctx} --port 8080",
         "curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\",
-        f"  -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"{prompt}\"}}], \"temperature\": {temp}, "
-        f"\"repeat_penalty\": {penalty}}}'",
-        "```", "",
-        "### Ollama", "",
+        f'  -d \'{{"messages": [{{"role": "user", "content": "{prompt}"}}], "temperature": {temp}, '
+        f'"repeat_penalty": {penalty}}}\'',
+        "```",
+        "",
+        "### Ollama",
+        "",
         "```sh",
         f"ollama create {name.lower()} -f Modelfile          # Modelfile: FROM ./{rec_name}",
-        f"ollama run {name.lower()} \"{prompt}\"",
+        f'ollama run {name.lower()} "{prompt}"',
         "# another quantization: ollama create <name> -f <file stem>.Modelfile",
-        "```", "",
+        "```",
+        "",
         "The Modelfiles carry the R1 template, the stop tokens "
-        + ", ".join(f"`{t}`" for t in STOP_TOKENS) + f" and the evaluation's decoding (temperature {temp}, "
-        f"top_p {top_p}, repeat_penalty {penalty}).", "",
+        + ", ".join(f"`{t}`" for t in STOP_TOKENS)
+        + f" and the evaluation's decoding (temperature {temp}, "
+        f"top_p {top_p}, repeat_penalty {penalty}).",
+        "",
     ]
     return "\n".join(lines)
 
 
-def write_card(config: PipelineConfig, run_dir: str, ggufs: list[GGUFFile], decoding: dict,
-               sections: list[StageResult], loss_curve: str | None = None, out_dir: Path | None = None) -> CardResult:
+def write_card(
+    config: PipelineConfig,
+    run_dir: str,
+    ggufs: list[GGUFFile],
+    decoding: dict,
+    sections: list[StageResult],
+    loss_curve: str | None = None,
+    out_dir: Path | None = None,
+) -> CardResult:
     """Modelfiles, README.md and the loss curve in ``out_dir``, by default beside the GGUFs (``runs/<run>/export``)."""
     out_dir = Path(out_dir or Path(ggufs[0].path).parent)
     modelfiles = []
@@ -174,8 +214,9 @@ def write_card(config: PipelineConfig, run_dir: str, ggufs: list[GGUFFile], deco
         modelfiles.append(str(path))
     rec = recommended(ggufs)
     main_modelfile = out_dir / "Modelfile"
-    write_text(main_modelfile, modelfile_text(Path(rec.path).name, decoding, config.smoke.n_ctx,
-                                              config.tokenize.system_prompt))
+    write_text(
+        main_modelfile, modelfile_text(Path(rec.path).name, decoding, config.smoke.n_ctx, config.tokenize.system_prompt)
+    )
     curve = None
     if loss_curve and Path(loss_curve).exists():
         curve = out_dir / "loss_curve.png"
@@ -183,16 +224,26 @@ def write_card(config: PipelineConfig, run_dir: str, ggufs: list[GGUFFile], deco
             shutil.copyfile(loss_curve, tmp)
     readme = out_dir / "README.md"
     write_text(readme, card_text(config, run_dir, sections, decoding, data_fingerprint(config), rec))
-    return CardResult(readme=str(readme), modelfiles=modelfiles, modelfile=str(main_modelfile),
-                      loss_curve=str(curve) if curve else None)
+    return CardResult(
+        readme=str(readme),
+        modelfiles=modelfiles,
+        modelfile=str(main_modelfile),
+        loss_curve=str(curve) if curve else None,
+    )
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
 @task(name="model-card", **stage_options(timeout_seconds=600))
-def card_task(config: PipelineConfig, run_dir: OutputPath, ggufs: list[GGUFFile], decoding: dict,
-              sections: list[StageResult], loss_curve: InputPath | None = None) -> CardResult:
+def card_task(
+    config: PipelineConfig,
+    run_dir: OutputPath,
+    ggufs: list[GGUFFile],
+    decoding: dict,
+    sections: list[StageResult],
+    loss_curve: InputPath | None = None,
+) -> CardResult:
     """Ollama Modelfiles and the model card (README.md + loss curve) beside the GGUFs; ``sections``: the stage
     results whose card sections it shows, in order; ``decoding``: the evaluate stage's generation settings."""
     result = write_card(config, run_dir, ggufs, decoding, sections, loss_curve)

@@ -13,12 +13,8 @@ sums the counts and judges the balance over all shards.
 
 from __future__ import annotations
 
-import csv
-import functools
 import logging
-import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import task
@@ -26,14 +22,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from r1lib.config import DebiasConfig
-from r1lib.errors import ConfigError, DataValidationError
+from r1lib.errors import DataValidationError
 from r1lib.io import concat_files, iter_jsonl, write_json
+from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.records import content_key
-from r1lib.paths import InputPath, OutputPath
 from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
+from r1lib.terms import TermPairs, TermPattern, compile_terms, load_blocklist
 
 log = logging.getLogger(__name__)
 
@@ -59,172 +56,17 @@ class DebiasedData(StageResult):
     balance: list[GroupBalance]
 
     def summary(self) -> dict:
-        return {"debias": {"blocked": self.blocked, "counterfactuals": self.counterfactuals,
-                           "balance": [b.model_dump() for b in self.balance]}}
+        return {
+            "debias": {
+                "blocked": self.blocked,
+                "counterfactuals": self.counterfactuals,
+                "balance": [b.model_dump() for b in self.balance],
+            }
+        }
 
     def summary_lines(self) -> list[tuple[str, str]]:
         balance = ", ".join(f"{b.groups} ratio {b.ratio_before} -> {b.ratio_after}" for b in self.balance)
         return [("debias", f"{self.blocked} blocked, {self.counterfactuals} counterfactuals; {balance}")]
-
-
-_CJK_TERM_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
-
-
-_WORD_RE = re.compile(r"\w+")
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def _lower_words(text: str) -> tuple[str, ...]:
-    """The words of an ASCII text in lower case; cached because the blocklist and the term pairs both ask."""
-    return tuple(_WORD_RE.findall(text.lower()))
-_ASCII_WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
-
-
-class TermPattern:
-    r"""A compiled term pattern (``search``/``finditer``/``sub`` as on ``re.Pattern``) that answers an ASCII text
-    holding no term by a set lookup of its words instead of a scan: the alternation of every term is tried at every
-    position, ~10x slower on long reasoning, and most texts hold no term.
-
-    The shortcut is exact: in ASCII text a case-insensitive whole-word match of an ASCII word term is a ``\w+`` run
-    equal to it in lower case, and a term with a character that matches no ASCII character even ignoring case (é,
-    白; unlike ſ or the Kelvin sign) never matches ASCII text. Any other term (one like "e.g.") turns it off."""
-
-    def __init__(self, terms: list[str]):
-        ordered = sorted(set(terms), key=len, reverse=True)  # longest first: "his" must not shadow "himself"
-        words = [re.escape(t) for t in ordered if not _CJK_TERM_RE.search(t)]
-        cjk = [re.escape(t) for t in ordered if _CJK_TERM_RE.search(t)]
-        # The word terms share one boundary check around a single alternation (6x faster than one per term).
-        parts = ([rf"(?<!\w)(?:{'|'.join(words)})(?!\w)"] if words else []) + cjk
-        self.pattern = re.compile("|".join(parts), re.IGNORECASE)
-        ascii_words: set[str] | None = set()
-        for term in ordered:
-            if term.isascii() and re.fullmatch(r"\w+", term):
-                ascii_words.add(term.lower())
-            elif not any(not c.isascii() and not any(re.fullmatch(re.escape(c), a, re.IGNORECASE)
-                                                      for a in _ASCII_WORD_CHARS) for c in term):
-                ascii_words = None  # a term that could match ASCII text in a way the word set does not see
-                break
-        self._ascii_words = frozenset(ascii_words) if ascii_words is not None else None
-
-    def words_found(self, text: str) -> list[str] | None:
-        """The terms in ``text``, lower case, in order, when the word-set shortcut applies to it; else None."""
-        if self._ascii_words is None or not text.isascii():
-            return None
-        words = _lower_words(text)
-        return [] if self._ascii_words.isdisjoint(words) else [w for w in words if w in self._ascii_words]
-
-    def absent(self, text: str) -> bool:
-        """True when ``text`` surely holds no term."""
-        return self._ascii_words is not None and text.isascii() and self._ascii_words.isdisjoint(_lower_words(text))
-
-    def search(self, text: str) -> re.Match | None:
-        return None if self.absent(text) else self.pattern.search(text)
-
-    def finditer(self, text: str) -> Iterator[re.Match]:
-        return iter(()) if self.absent(text) else self.pattern.finditer(text)
-
-    def sub(self, repl, text: str) -> str:
-        return text if self.absent(text) else self.pattern.sub(repl, text)
-
-
-def compile_terms(terms: list[str]) -> TermPattern | None:
-    r"""One case-insensitive pattern for all terms: whole words (``(?<!\w)term(?!\w)``), CJK terms as substrings."""
-    return TermPattern(terms) if terms else None
-
-
-def load_blocklist(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.startswith("#")]
-
-
-_NEXT_WORD_RE = re.compile(r"[ \t]*(\w+)?")
-_SLASH_AFTER_RE = re.compile(r"\s*/\s*(\w+)")
-_SLASH_BEFORE_RE = re.compile(r"(\w+)\s*/\s*$")
-# Words after which "her" is an object ("him"), not a possessive ("his").
-_AFTER_OBJECT = {"and", "or", "but", "to", "with", "at", "in", "on", "for", "from", "that", "then", "again", "too",
-                 "the", "a", "an", "about", "as", "by", "so", "if", "when", "because", "yesterday", "today", "now",
-                 "here", "there", "up", "down", "out", "off", "back", "away", "into", "of", "is", "was", "not"}
-
-
-class TermPairs:
-    """Paired terms of two groups; swapping is case-preserving and goes both ways."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-        self.swap: dict[str, str] = {}
-        self.group_of: dict[str, tuple[str, str]] = {}  # term -> (pair name, side)
-        for row in rows:
-            a, b = row["term_a"].lower(), row["term_b"].lower()
-            pair = f"{row['group_a']}/{row['group_b']}"
-            self.swap.setdefault(a, b)
-            self.swap.setdefault(b, a)  # first listed wins for shared terms ("her" -> "his")
-            self.group_of[a] = (pair, "a")
-            self.group_of[b] = (pair, "b")
-        self.pattern = compile_terms(list(self.swap))
-        # Augmented variants repeat their parent's texts (reasoning, answer): each distinct text is scanned once.
-        self._swapped: dict[str, str] = {}
-        self._found: dict[str, tuple] = {}
-
-    @classmethod
-    def load(cls, path: Path) -> "TermPairs":
-        with open(path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        need = {"group_a", "group_b", "term_a", "term_b"}
-        if not rows or not need <= set(rows[0]):
-            raise ConfigError(f"{path}: needs a header with columns {sorted(need)}")
-        return cls(rows)
-
-    def term(self, matched: str) -> str:
-        """The listed term a match stands for: its lower case, or, where case-insensitive matching went beyond
-        lower() ("ſhe" matches "she"), the term it matches."""
-        lower = matched.lower()
-        if lower in self.swap:
-            return lower
-        return next(t for t in self.swap if re.fullmatch(re.escape(t), matched, re.IGNORECASE))
-
-    @staticmethod
-    def _match_case(source: str, target: str) -> str:
-        if source.isupper() and len(source) > 1:
-            return target.upper()
-        if source[:1].isupper():
-            return target[:1].upper() + target[1:]
-        return target
-
-    def _partner(self, match: re.Match) -> str:
-        term = self.term(match.group(0))
-        target = self.swap[term]
-        # English "her" is both "his" (her book) and "him" (saw her, gave her the book): the next word decides.
-        if term == "her" and {"his", "him"} <= set(self.swap):
-            # "his/her", "her/him": the slash pairs it with the form it must become
-            beside = _SLASH_AFTER_RE.match(match.string, match.end()) or _SLASH_BEFORE_RE.search(match.string[max(0, match.start() - 40): match.start()])
-            if beside and beside.group(1).lower() in ("his", "him"):
-                return beside.group(1).lower()
-            following = _NEXT_WORD_RE.match(match.string, match.end())
-            nxt = following.group(1).lower() if following and following.group(1) else ""
-            target = "him" if not nxt or nxt in _AFTER_OBJECT else "his"
-        return target
-
-    def swap_text(self, text: str) -> str:
-        """Every paired term swapped for its partner at once (so "his/her" -> "her/his"), case kept ("HE" -> "SHE",
-        "He's" -> "She's"); whole words only, except in CJK where terms are substrings."""
-        out = self._swapped.get(text)
-        if out is None:
-            if len(self._swapped) > 200_000:
-                self._swapped.clear()
-            out = self._swapped[text] = self.pattern.sub(lambda m: self._match_case(m.group(0), self._partner(m)), text)
-        return out
-
-    def found(self, text: str) -> tuple:
-        """The (pair, side) of every paired term in ``text``, in order (cached per distinct text)."""
-        out = self._found.get(text)
-        if out is None:
-            if len(self._found) > 200_000:
-                self._found.clear()
-            words = self.pattern.words_found(text)
-            if words is None:
-                words = [self.term(m.group(0)) for m in self.pattern.finditer(text)]
-            out = self._found[text] = tuple(self.group_of[w] for w in words)
-        return out
 
 
 def record_texts(record: dict) -> list[tuple[str, str]]:
@@ -272,12 +114,19 @@ def balance_counts(records: list[dict], pairs: TermPairs) -> Counter:
 
 def blocked_row(record: dict, field: str, term: str) -> dict:
     source = record["source"]
-    return {"file": source["file"], "line": source["line"], "reason": "blocked_term", "field": field,
-            "message": f"{source['file']}:{source['line']}: {field} holds blocked term {term!r}", "record": record}
+    return {
+        "file": source["file"],
+        "line": source["line"],
+        "reason": "blocked_term",
+        "field": field,
+        "message": f"{source['file']}:{source['line']}: {field} holds blocked term {term!r}",
+        "record": record,
+    }
 
 
-def debias_rows(records: list[dict], blocklist: TermPattern | None, pairs: TermPairs | None, add_counterfactuals: bool
-                ) -> tuple[list[dict], list[dict], Counter, Counter]:
+def debias_rows(
+    records: list[dict], blocklist: TermPattern | None, pairs: TermPairs | None, add_counterfactuals: bool
+) -> tuple[list[dict], list[dict], Counter, Counter]:
     """One chunk: (kept + counterfactual rows, blocked rows, term counts before, after). Counts of chunks add up, so
     this streams (bench/data_throughput.py) as well as runs whole."""
     kept, blocked = [], []
@@ -307,8 +156,17 @@ def balance_report(pairs: TermPairs, before: Counter, after: Counter) -> list[Gr
     balance = []
     for pair in dict.fromkeys(f"{r['group_a']}/{r['group_b']}" for r in pairs.rows):
         b_a, b_b, a_a, a_b = before[(pair, "a")], before[(pair, "b")], after[(pair, "a")], after[(pair, "b")]
-        balance.append(GroupBalance(groups=pair, before_a=b_a, before_b=b_b, after_a=a_a, after_b=a_b,
-                                    ratio_before=_ratio(b_a, b_b), ratio_after=_ratio(a_a, a_b)))
+        balance.append(
+            GroupBalance(
+                groups=pair,
+                before_a=b_a,
+                before_b=b_b,
+                after_a=a_a,
+                after_b=a_b,
+                ratio_before=_ratio(b_a, b_b),
+                ratio_after=_ratio(a_a, a_b),
+            )
+        )
     return balance
 
 
@@ -360,10 +218,15 @@ def debias_shard(shard: Shard, cfg: DebiasConfig, out_prefix: Path) -> DebiasedS
             blocked_rows += len(blocked)
             counterfactuals += sum(r["origin"] == "counterfactual" for r in kept)
         key = "|".join
-        return DebiasedShard(shard=out.close(), quarantine=quarantine.close().path, rows_in=rows_in,
-                             blocked=blocked_rows, counterfactuals=counterfactuals,
-                             before={key(k): v for k, v in sorted(before.items())},
-                             after={key(k): v for k, v in sorted(after.items())})
+        return DebiasedShard(
+            shard=out.close(),
+            quarantine=quarantine.close().path,
+            rows_in=rows_in,
+            blocked=blocked_rows,
+            counterfactuals=counterfactuals,
+            before={key(k): v for k, v in sorted(before.items())},
+            after={key(k): v for k, v in sorted(after.items())},
+        )
 
 
 def merge_debiased(parts: list[DebiasedShard], cfg: DebiasConfig, out_dir: Path) -> DebiasedData:
@@ -377,16 +240,23 @@ def merge_debiased(parts: list[DebiasedShard], cfg: DebiasConfig, out_dir: Path)
         before.update({tuple(k.split("|")): v for k, v in part.before.items()})
         after.update({tuple(k.split("|")): v for k, v in part.after.items()})
     pairs = TermPairs.load(Path(cfg.term_pairs_path)) if cfg.enabled and cfg.term_pairs_path else None
-    result = DebiasedData(shards=[p.shard for p in parts], quarantine=str(quarantine), report=str(out_dir / "report.json"),
-                          rows_in=sum(p.rows_in for p in parts), blocked=sum(p.blocked for p in parts),
-                          counterfactuals=sum(p.counterfactuals for p in parts),
-                          rows_out=sum(p.shard.rows for p in parts),
-                          balance=balance_report(pairs, before, after) if pairs else [])
+    result = DebiasedData(
+        shards=[p.shard for p in parts],
+        quarantine=str(quarantine),
+        report=str(out_dir / "report.json"),
+        rows_in=sum(p.rows_in for p in parts),
+        blocked=sum(p.blocked for p in parts),
+        counterfactuals=sum(p.counterfactuals for p in parts),
+        rows_out=sum(p.shard.rows for p in parts),
+        balance=balance_report(pairs, before, after) if pairs else [],
+    )
     write_json(Path(result.report), result.model_dump(exclude={"shards", "quarantine", "report"}))
     for group in result.balance:
         if group.ratio_after > cfg.max_balance_ratio:
-            message = (f"{group.groups} terms stay unbalanced after debiasing: {group.after_a} vs {group.after_b} "
-                       f"(ratio {group.ratio_after}, limit {cfg.max_balance_ratio})")
+            message = (
+                f"{group.groups} terms stay unbalanced after debiasing: {group.after_a} vs {group.after_b} "
+                f"(ratio {group.ratio_after}, limit {cfg.max_balance_ratio})"
+            )
             if cfg.fail_on_imbalance:
                 raise DataValidationError(message)
             log.warning(message)
@@ -412,13 +282,18 @@ def debias_shard_task(shard: Shard, cfg: DebiasConfig, index: int, run_dir: Outp
 def debias_merge_task(parts: list[DebiasedShard], cfg: DebiasConfig, run_dir: OutputPath) -> DebiasedData:
     """Join the debiased shards; report group balance."""
     result = merge_debiased(parts, cfg, stage_dir(run_dir, "debias"))
-    create_table_artifact(key="bias-report", table=[b.model_dump() for b in result.balance],
-                          description="Group term counts before/after counterfactual augmentation (ratio = larger/smaller).")
+    create_table_artifact(
+        key="bias-report",
+        table=[b.model_dump() for b in result.balance],
+        description="Group term counts before/after counterfactual augmentation (ratio = larger/smaller).",
+    )
     create_markdown_artifact(
         key="debias-summary",
         markdown=f"**Debias**: {result.rows_in} rows in, {result.blocked} blocked (see `{result.quarantine}`), "
-                 f"{result.counterfactuals} counterfactual twins added, {result.rows_out} rows out.",
+        f"{result.counterfactuals} counterfactual twins added, {result.rows_out} rows out.",
     )
-    print(f"debiased: {result.blocked} rows blocked, {result.counterfactuals} counterfactuals added; "
-          + ", ".join(f"{b.groups} {b.ratio_before} -> {b.ratio_after}" for b in result.balance))
+    print(
+        f"debiased: {result.blocked} rows blocked, {result.counterfactuals} counterfactuals added; "
+        + ", ".join(f"{b.groups} {b.ratio_before} -> {b.ratio_after}" for b in result.balance)
+    )
     return result

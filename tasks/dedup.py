@@ -1,30 +1,8 @@
-"""Stage 1b, dedup: exact and near-duplicate removal, train/test leakage, and a stable split when no test file exists.
+"""Stage 2, dedup: exact and near duplicates, train/test leakage, and a stable split when there is no test file.
 
-Runs right after validate, on its train and test shards, and returns the cleaned sets (``DedupedData``).
-
-- Exact duplicates: the conversation (system + every turn, reasoning left out) is normalized (NFKC, case-folded,
-  whitespace collapsed) and hashed; the first row of each hash is kept, the others go to quarantine as ``duplicate``.
-- Near duplicates: MinHash signatures (datasketch's ``affine32`` scheme over word n-gram shingles; CJK characters
-  count as words) and LSH banding with the (bands, rows) that datasketch's ``MinHashLSH`` would choose for
-  ``dedup.threshold``; candidate pairs are verified by their estimated Jaccard similarity. A row whose similarity to
-  an earlier kept row reaches the threshold is quarantined as ``near_duplicate``. Signatures and banding are computed
-  with numpy over whole batches (the hashes are identical to ``datasketch.MinHash(scheme="affine32")`` fed the same
-  shingle hashes; tests/test_data_dedup.py checks that), which is what makes a million rows take seconds.
-- Leakage: a train row whose prompt (system + user turns) equals a test prompt after normalization, or whose
-  conversation is near-identical to a test row's, is removed from train and quarantined as ``test_leak`` (the test
-  set is never touched by leakage removal: it is what we measure on).
-- Split: with ``dedup.split_test_fraction`` > 0 and no test rows (``data.test_path`` = ""), a row goes to test when
-  the hash of its normalized prompt (salted with ``split_salt``) falls below the fraction. The decision depends on
-  that row alone, so adding rows never moves an old test item into train.
-
-Sharded (flows/data.py): a map takes each shard's keys (exact and prompt hashes, split decision, signature, and
-file/line/id; ``dedup/keys/*.npy``), one task plans over all of them at once, so duplicates, near duplicates and leaks
-are found across shard boundaries exactly as in one pass (``dedup/plan/*.json``: each row's fate), and a second map
-writes each shard's survivors. ``dedup()`` runs the same plan on records in memory.
-
-Every dropped row is written to ``runs/<run>/dedup/quarantine.jsonl`` with file, line, reason and the row it
-duplicates (``duplicate_of``); counts are in ``report.json`` and a Prefect table artifact.
-"""
+Keys are mapped over the shards, one task plans over all of them (so duplicates and leaks across shards are found as
+in one pass), a second map writes each shard's survivors. Every dropped row goes to ``dedup/quarantine.jsonl`` with
+the row it repeats. The rules: docs/data-stages.md."""
 
 from __future__ import annotations
 
@@ -38,11 +16,11 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from r1lib.config import DedupConfig
+from r1lib.duplicates import MinHasher, find_duplicates, find_leaks, hash64, lsh_params, normalize_text
 from r1lib.errors import DataValidationError
-from r1lib.minhash import MinHasher, band_keys, candidate_pairs, hash64, lsh_params, normalize_text, similarity
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
-from r1lib.policy import stage_options
 from r1lib.paths import InputPath, OutputPath
+from r1lib.policy import stage_options
 from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
@@ -85,58 +63,6 @@ def is_test_item(record: dict, fraction: float, salt: str) -> bool:
 # --- the plan: which rows go ---------------------------------------------------------------------------------------
 
 
-def find_duplicates(keys: np.ndarray, sig: np.ndarray | None, threshold: float, bands: int, rows: int) -> dict[int, tuple[str, int]]:
-    """Row index -> (reason, index of the kept row it repeats). The first of each exact group is kept; a row is a near
-    duplicate when it is similar enough to an earlier row that is kept."""
-    drop: dict[int, tuple[str, int]] = {}
-    keys = np.asarray(keys, dtype=np.uint64)
-    order = np.lexsort((np.arange(len(keys)), keys))
-    k = keys[order]
-    same = np.flatnonzero(k[1:] == k[:-1]) + 1
-    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, dtype=np.int64)
-    if len(same):
-        first = order[starts[np.searchsorted(starts, same, side="right") - 1]]
-        for i, f in zip(order[same].tolist(), first.tolist()):
-            drop[i] = ("duplicate", f)
-    if sig is None or len(sig) < 2:
-        return drop
-    alive = np.ones(len(keys), dtype=bool)
-    alive[list(drop)] = False
-    live = np.flatnonzero(alive)
-    pairs = candidate_pairs(band_keys(sig[live], bands, rows))
-    if not len(pairs):
-        return drop
-    pairs = live[pairs]
-    pairs = pairs[similarity(sig[pairs[:, 0]], sig[pairs[:, 1]]) >= threshold]
-    for i, j in sorted(map(tuple, pairs.tolist()), key=lambda p: (p[1], p[0])):
-        if i not in drop and j not in drop:
-            drop[j] = ("near_duplicate", i)
-    return drop
-
-
-def find_leaks(train_prompt_keys: np.ndarray, train_sig: np.ndarray | None, test_prompt_keys: np.ndarray,
-               test_sig: np.ndarray | None, threshold: float, bands: int, rows: int) -> dict[int, int]:
-    """Train row index -> index of the test row it leaks (same normalized prompt, or near-identical conversation)."""
-    leaks: dict[int, int] = {}
-    test_of = {}
-    for j, key in enumerate(np.asarray(test_prompt_keys, dtype=np.uint64).tolist()):
-        test_of.setdefault(key, j)
-    for i, key in enumerate(np.asarray(train_prompt_keys, dtype=np.uint64).tolist()):
-        if key in test_of:
-            leaks[i] = test_of[key]
-    if train_sig is None or test_sig is None or not len(train_sig) or not len(test_sig):
-        return leaks
-    n = len(train_sig)
-    pairs = candidate_pairs(band_keys(np.concatenate([train_sig, test_sig]), bands, rows))
-    pairs = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)]  # i < j, so a train/test pair is (train, n + test)
-    if len(pairs):
-        all_sig = (train_sig, test_sig)
-        ok = similarity(all_sig[0][pairs[:, 0]], all_sig[1][pairs[:, 1] - n]) >= threshold
-        for i, j in pairs[ok].tolist():
-            leaks.setdefault(i, j - n)
-    return leaks
-
-
 # --- keys (map), plan (reduce), survivors (map) ----------------------------------------------------------------------
 
 KEEP_TRAIN, KEEP_TEST, DROPPED = 0, 1, 2
@@ -152,8 +78,17 @@ class Keys(BaseModel):
 
 
 def _key_dtype(num_perm: int) -> np.dtype:
-    return np.dtype([("exact", "<u8"), ("prompt", "<u8"), ("to_test", "?"), ("line", "<i8"), ("file", "<i4"),
-                     ("id", "S16"), ("sig", "<u4", (num_perm,))])
+    return np.dtype(
+        [
+            ("exact", "<u8"),
+            ("prompt", "<u8"),
+            ("to_test", "?"),
+            ("line", "<i8"),
+            ("file", "<i4"),
+            ("id", "S16"),
+            ("sig", "<u4", (num_perm,)),
+        ]
+    )
 
 
 def record_keys(records: list[dict], cfg: DedupConfig, hasher: MinHasher | None, files: dict[str, int]) -> np.ndarray:
@@ -197,7 +132,7 @@ class Side:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
     @classmethod
-    def load(cls, keys: list[Keys], num_perm: int) -> "Side":
+    def load(cls, keys: list[Keys], num_perm: int) -> Side:
         return cls([np.load(k.path, allow_pickle=False) for k in keys], [k.files for k in keys], num_perm)
 
     def __len__(self) -> int:
@@ -228,8 +163,9 @@ def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndar
     def drop_duplicates(side: str, idx: np.ndarray, split: str) -> np.ndarray:
         keys = sides[side].keys
         exact = keys["exact"][idx] if cfg.exact else np.arange(len(idx), dtype=np.uint64)
-        for pos, (reason, of) in find_duplicates(exact, keys["sig"][idx] if cfg.near else None, cfg.threshold,
-                                                 bands, rows).items():
+        for pos, (reason, of) in find_duplicates(
+            exact, keys["sig"][idx] if cfg.near else None, cfg.threshold, bands, rows
+        ).items():
             drops[(side, int(idx[pos]))] = (reason, split, side, int(idx[of]))
             fates[side][idx[pos]] = DROPPED
         return idx[fates[side][idx] != DROPPED]
@@ -239,15 +175,30 @@ def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndar
     test_idx = drop_duplicates(test_side, test_idx, "test")
     if cfg.leakage and len(test_idx):
         t, e = train.keys[train_idx], sides[test_side].keys[test_idx]
-        leaks = find_leaks(t["prompt"], t["sig"] if cfg.near else None, e["prompt"], e["sig"] if cfg.near else None,
-                           cfg.threshold, bands, rows)
+        leaks = find_leaks(
+            t["prompt"],
+            t["sig"] if cfg.near else None,
+            e["prompt"],
+            e["sig"] if cfg.near else None,
+            cfg.threshold,
+            bands,
+            rows,
+        )
         for i, j in leaks.items():
             drops[("train", int(train_idx[i]))] = ("test_leak", "train", test_side, int(test_idx[j]))
             train_fate[train_idx[i]] = DROPPED
-    report = DedupReport(train_in=n_train, test_in=n_test, train_out=int((train_fate == KEEP_TRAIN).sum()),
-                         test_out=int((train_fate == KEEP_TEST).sum() + (test_fate == KEEP_TEST).sum()),
-                         split_to_test=int(moved.sum()), reasons=dict(Counter(d[0] for d in drops.values())),
-                         threshold=cfg.threshold, num_perm=cfg.num_perm, bands=bands, rows_per_band=rows)
+    report = DedupReport(
+        train_in=n_train,
+        test_in=n_test,
+        train_out=int((train_fate == KEEP_TRAIN).sum()),
+        test_out=int((train_fate == KEEP_TEST).sum() + (test_fate == KEEP_TEST).sum()),
+        split_to_test=int(moved.sum()),
+        reasons=dict(Counter(d[0] for d in drops.values())),
+        threshold=cfg.threshold,
+        num_perm=cfg.num_perm,
+        bands=bands,
+        rows_per_band=rows,
+    )
     return train_fate, test_fate, drops, report
 
 
@@ -295,8 +246,11 @@ def write_survivors(shard: str, plan_path: str, out_prefix: Path) -> DedupShard:
     split moved), or its quarantine part."""
     shard_plan = json.loads(Path(plan_path).read_text(encoding="utf-8"))
     fate, dropped = shard_plan["fate"], shard_plan["dropped"]
-    with JsonlWriter(f"{out_prefix}.train.jsonl") as train, JsonlWriter(f"{out_prefix}.test.jsonl") as test, \
-            JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
+    with (
+        JsonlWriter(f"{out_prefix}.train.jsonl") as train,
+        JsonlWriter(f"{out_prefix}.test.jsonl") as test,
+        JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine,
+    ):
         rows = 0
         for i, record in enumerate(iter_jsonl(Path(shard))):
             rows += 1
@@ -315,9 +269,16 @@ def write_survivors(shard: str, plan_path: str, out_prefix: Path) -> DedupShard:
 def _quarantine_row(record: dict, reason: str, other: dict, split: str) -> dict:
     src = record["source"]
     what = {"duplicate": "repeats", "near_duplicate": "nearly repeats", "test_leak": "leaks test row"}[reason]
-    return {"file": src["file"], "line": src["line"], "reason": reason, "field": None, "split": split,
-            "duplicate_of": other, "message": f"{src['file']}:{src['line']}: {what} {other['file']}:{other['line']}",
-            "record": record}
+    return {
+        "file": src["file"],
+        "line": src["line"],
+        "reason": reason,
+        "field": None,
+        "split": split,
+        "duplicate_of": other,
+        "message": f"{src['file']}:{src['line']}: {what} {other['file']}:{other['line']}",
+        "record": record,
+    }
 
 
 class DedupedData(StageResult):
@@ -330,24 +291,37 @@ class DedupedData(StageResult):
     report: DedupReport
 
     def summary(self) -> dict:
-        return {"dedup": {**self.report.model_dump(include={"train_in", "train_out", "test_in", "test_out",
-                                                           "split_to_test", "reasons"}),
-                          "quarantine": self.quarantine}}
+        return {
+            "dedup": {
+                **self.report.model_dump(
+                    include={"train_in", "train_out", "test_in", "test_out", "split_to_test", "reasons"}
+                ),
+                "quarantine": self.quarantine,
+            }
+        }
 
     def summary_lines(self) -> list[tuple[str, str]]:
         r = self.report
-        return [("dedup", f"train {r.train_in} -> {r.train_out}, test {r.test_in} -> {r.test_out}, "
-                          f"{r.reasons or 'nothing dropped'}")]
+        return [
+            (
+                "dedup",
+                f"train {r.train_in} -> {r.train_out}, test {r.test_in} -> {r.test_out}, "
+                f"{r.reasons or 'nothing dropped'}",
+            )
+        ]
 
 
-def merge_dedup(train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport,
-                out_dir: Path) -> DedupedData:
+def merge_dedup(
+    train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, out_dir: Path
+) -> DedupedData:
     """Join the shards' parts in shard order: train.jsonl, test.jsonl (test-file rows, then rows the split moved),
     quarantine.jsonl, report.json."""
     out_dir = Path(out_dir)
     if not report.train_out:
-        raise DataValidationError(f"no training row left after dedup ({report.reasons}); every dropped row is in "
-                                  f"{out_dir / 'quarantine.jsonl'}")
+        raise DataValidationError(
+            f"no training row left after dedup ({report.reasons}); every dropped row is in "
+            f"{out_dir / 'quarantine.jsonl'}"
+        )
     train_shards = [p.train for p in train_parts if p.train and p.train.rows]
     test_shards = [p.test for p in test_parts + train_parts if p.test and p.test.rows]
     quarantines = [p.quarantine for p in train_parts + test_parts if p.quarantine]
@@ -355,8 +329,13 @@ def merge_dedup(train_parts: list[DedupShard], test_parts: list[DedupShard], rep
     test = concat_files(out_dir / "test.jsonl", [s.path for s in test_shards])
     quarantine = concat_files(out_dir / "quarantine.jsonl", quarantines)
     write_json(out_dir / "report.json", report.model_dump())
-    return DedupedData(train=str(train), test=str(test), shards={"train": train_shards, "test": test_shards},
-                       quarantine=str(quarantine), report=report)
+    return DedupedData(
+        train=str(train),
+        test=str(test),
+        shards={"train": train_shards, "test": test_shards},
+        quarantine=str(quarantine),
+        report=report,
+    )
 
 
 def passthrough_parts(train: list[Shard], test: list[Shard]) -> tuple[list[DedupShard], list[DedupShard]]:
@@ -366,8 +345,18 @@ def passthrough_parts(train: list[Shard], test: list[Shard]) -> tuple[list[Dedup
 
 def passthrough_report(train: list[Shard], test: list[Shard], cfg: DedupConfig) -> DedupReport:
     train_in, test_in = sum(s.rows for s in train), sum(s.rows for s in test)
-    return DedupReport(train_in=train_in, test_in=test_in, train_out=train_in, test_out=test_in, split_to_test=0,
-                       reasons={}, threshold=cfg.threshold, num_perm=cfg.num_perm, bands=0, rows_per_band=0)
+    return DedupReport(
+        train_in=train_in,
+        test_in=test_in,
+        train_out=train_in,
+        test_out=test_in,
+        split_to_test=0,
+        reasons={},
+        threshold=cfg.threshold,
+        num_perm=cfg.num_perm,
+        bands=0,
+        rows_per_band=0,
+    )
 
 
 def dedup_files(train: list[Shard], test: list[Shard], cfg: DedupConfig, out_dir: Path) -> DedupedData:
@@ -376,16 +365,24 @@ def dedup_files(train: list[Shard], test: list[Shard], cfg: DedupConfig, out_dir
     out_dir = Path(out_dir)
     if not cfg.enabled:
         return merge_dedup(*passthrough_parts(train, test), passthrough_report(train, test, cfg), out_dir)
-    keys = {split: [shard_keys(s.path, cfg, out_dir / "keys" / f"{split}-{k:04d}.npy") for k, s in enumerate(shards)]
-            for split, shards in (("train", train), ("test", test))}
+    keys = {
+        split: [shard_keys(s.path, cfg, out_dir / "keys" / f"{split}-{k:04d}.npy") for k, s in enumerate(shards)]
+        for split, shards in (("train", train), ("test", test))
+    }
     the_plan = make_plan(keys["train"], keys["test"], cfg, out_dir)
-    parts = {split: [write_survivors(s.path, p, out_dir / "shards" / f"{split}-{k:04d}")
-                     for k, (s, p) in enumerate(zip(shards, getattr(the_plan, split)))]
-             for split, shards in (("train", train), ("test", test))}
+    parts = {
+        split: [
+            write_survivors(s.path, p, out_dir / "shards" / f"{split}-{k:04d}")
+            for k, (s, p) in enumerate(zip(shards, getattr(the_plan, split)))
+        ]
+        for split, shards in (("train", train), ("test", test))
+    }
     return merge_dedup(parts["train"], parts["test"], the_plan.report, out_dir)
 
 
-def dedup(train: list[dict], test: list[dict], cfg: DedupConfig) -> tuple[list[dict], list[dict], list[dict], DedupReport]:
+def dedup(
+    train: list[dict], test: list[dict], cfg: DedupConfig
+) -> tuple[list[dict], list[dict], list[dict], DedupReport]:
     """The plan on records in memory: (kept train rows, kept test rows, quarantine rows, report)."""
     hasher = MinHasher(cfg.num_perm, cfg.ngram, cfg.seed) if cfg.near else None
 
@@ -397,10 +394,13 @@ def dedup(train: list[dict], test: list[dict], cfg: DedupConfig) -> tuple[list[d
     sides = {"train": side(train), "test": side(test)}
     train_fate, test_fate, drops, report = plan(sides["train"], sides["test"], cfg)
     records = {"train": train, "test": test}
-    quarantine = [_quarantine_row(records[side][i], reason, sides[other_side].ref(other), split)
-                  for (side, i), (reason, split, other_side, other) in sorted(drops.items())]
-    kept_test = [r for r, f in zip(test, test_fate) if f == KEEP_TEST] + \
-                [r for r, f in zip(train, train_fate) if f == KEEP_TEST]
+    quarantine = [
+        _quarantine_row(records[side][i], reason, sides[other_side].ref(other), split)
+        for (side, i), (reason, split, other_side, other) in sorted(drops.items())
+    ]
+    kept_test = [r for r, f in zip(test, test_fate) if f == KEEP_TEST] + [
+        r for r, f in zip(train, train_fate) if f == KEEP_TEST
+    ]
     return [r for r, f in zip(train, train_fate) if f == KEEP_TRAIN], kept_test, quarantine, report
 
 
@@ -426,16 +426,25 @@ def dedup_write_task(shard: Shard, plan_path: InputPath, split: str, index: int,
 
 
 @task(name="dedup", **stage_options())
-def dedup_merge_task(train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport,
-                     run_dir: OutputPath) -> DedupedData:
+def dedup_merge_task(
+    train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, run_dir: OutputPath
+) -> DedupedData:
     """Join the deduplicated shards: train/test deduplicated and leak-free."""
     result = merge_dedup(train_parts, test_parts, report, stage_dir(run_dir, "dedup"))
     create_table_artifact(
         key="dedup-report",
-        table=[{"train in": report.train_in, "train out": report.train_out, "test in": report.test_in,
-                "test out": report.test_out, "split to test": report.split_to_test,
-                "reasons": json.dumps(report.reasons), "threshold": report.threshold,
-                "bands x rows": f"{report.bands} x {report.rows_per_band}"}],
+        table=[
+            {
+                "train in": report.train_in,
+                "train out": report.train_out,
+                "test in": report.test_in,
+                "test out": report.test_out,
+                "split to test": report.split_to_test,
+                "reasons": json.dumps(report.reasons),
+                "threshold": report.threshold,
+                "bands x rows": f"{report.bands} x {report.rows_per_band}",
+            }
+        ],
         description=f"Exact/near duplicates and train/test leakage removed. Quarantine: {result.quarantine}",
     )
     print(result.summary_lines()[0][1])

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import string
 import time
 from pathlib import Path
 
@@ -25,10 +23,12 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from r1lib.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer, render_prompt
+from r1lib.chat_template import render_prompt
 from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
 from r1lib.errors import PermanentError
+from r1lib.generation import generate, score_generations
 from r1lib.io import read_jsonl, write_json, write_jsonl
+from r1lib.models import answer_nll, perplexity
 from r1lib.policy import stage_options
 from r1lib.records import answer_of
 from r1lib.stage import StageResult
@@ -40,11 +40,16 @@ class QualityGateError(PermanentError):
     """The fine-tuned model failed a configured quality limit (e.g. forgetting)."""
 
 
-COMPARED = [("perplexity", "held-out answer perplexity (lower is better)"),
-            ("accuracy", "answer accuracy, exact"), ("accuracy_normalized", "answer accuracy, normalized"),
-            ("format_ok", "R1 format compliance"), ("empty_thinking", "empty thinking share"),
-            ("repetition_rate", "repeated 3-gram rate"), ("replay_perplexity", "replay perplexity (forgetting)"),
-            ("generated", "generations scored")]
+COMPARED = [
+    ("perplexity", "held-out answer perplexity (lower is better)"),
+    ("accuracy", "answer accuracy, exact"),
+    ("accuracy_normalized", "answer accuracy, normalized"),
+    ("format_ok", "R1 format compliance"),
+    ("empty_thinking", "empty thinking share"),
+    ("repetition_rate", "repeated 3-gram rate"),
+    ("replay_perplexity", "replay perplexity (forgetting)"),
+    ("generated", "generations scored"),
+]
 
 
 class ModelScores(BaseModel):
@@ -81,55 +86,97 @@ class Evaluation(StageResult):
         for key in sorted(set(self.base.lm_eval) | set(self.tuned.lm_eval)):
             before, after = self.base.lm_eval.get(key), self.tuned.lm_eval.get(key)
             rows.append({"metric": f"lm_eval {key}", "base": before, "tuned": after, "change": _change(before, after)})
-        rows.append({"metric": "forgetting ratio (replay ppl after / before)", "base": None,
-                     "tuned": self.forgetting_ratio, "change": None})
+        rows.append(
+            {
+                "metric": "forgetting ratio (replay ppl after / before)",
+                "base": None,
+                "tuned": self.forgetting_ratio,
+                "change": None,
+            }
+        )
         return rows
 
     def metrics(self) -> dict:
         """The figures a model registry keeps and a promotion compares."""
-        return {"perplexity": self.tuned.perplexity, "accuracy": self.tuned.accuracy, "format_ok": self.tuned.format_ok,
-                "replay_perplexity": self.tuned.replay_perplexity, "forgetting_ratio": self.forgetting_ratio,
-                "base_perplexity": self.base.perplexity, "base_accuracy": self.base.accuracy}
+        return {
+            "perplexity": self.tuned.perplexity,
+            "accuracy": self.tuned.accuracy,
+            "format_ok": self.tuned.format_ok,
+            "replay_perplexity": self.tuned.replay_perplexity,
+            "forgetting_ratio": self.forgetting_ratio,
+            "base_perplexity": self.base.perplexity,
+            "base_accuracy": self.base.accuracy,
+        }
 
     def summary(self) -> dict:
         base, tuned = self.base, self.tuned
-        return {"evaluate": {
-            "perplexity_before": base.perplexity, "perplexity_after": tuned.perplexity,
-            "accuracy_before": base.accuracy, "accuracy_after": tuned.accuracy,
-            "format_ok_before": base.format_ok, "format_ok_after": tuned.format_ok,
-            "replay_perplexity_before": base.replay_perplexity, "replay_perplexity_after": tuned.replay_perplexity,
-            "forgetting_ratio": self.forgetting_ratio,
-            "accuracy_normalized_before": base.accuracy_normalized, "accuracy_normalized_after": tuned.accuracy_normalized,
-            "empty_thinking_before": base.empty_thinking, "empty_thinking_after": tuned.empty_thinking,
-            "repetition_rate_before": base.repetition_rate, "repetition_rate_after": tuned.repetition_rate,
-            "answer_tokens": tuned.answer_tokens, "generated": tuned.generated,
-            "stopped_by_time_limit": base.stopped_by_time_limit or tuned.stopped_by_time_limit,
-            "forgetting_limit": self.forgetting_limit, "forgetting_exceeded": self.forgetting_exceeded,
-            "decoding": self.decoding,
-            "lm_eval": {"status": self.lm_eval_status, "before": base.lm_eval, "after": tuned.lm_eval},
-            "comparison": self.comparison(),
-        }}
+        return {
+            "evaluate": {
+                "perplexity_before": base.perplexity,
+                "perplexity_after": tuned.perplexity,
+                "accuracy_before": base.accuracy,
+                "accuracy_after": tuned.accuracy,
+                "format_ok_before": base.format_ok,
+                "format_ok_after": tuned.format_ok,
+                "replay_perplexity_before": base.replay_perplexity,
+                "replay_perplexity_after": tuned.replay_perplexity,
+                "forgetting_ratio": self.forgetting_ratio,
+                "accuracy_normalized_before": base.accuracy_normalized,
+                "accuracy_normalized_after": tuned.accuracy_normalized,
+                "empty_thinking_before": base.empty_thinking,
+                "empty_thinking_after": tuned.empty_thinking,
+                "repetition_rate_before": base.repetition_rate,
+                "repetition_rate_after": tuned.repetition_rate,
+                "answer_tokens": tuned.answer_tokens,
+                "generated": tuned.generated,
+                "stopped_by_time_limit": base.stopped_by_time_limit or tuned.stopped_by_time_limit,
+                "forgetting_limit": self.forgetting_limit,
+                "forgetting_exceeded": self.forgetting_exceeded,
+                "decoding": self.decoding,
+                "lm_eval": {"status": self.lm_eval_status, "before": base.lm_eval, "after": tuned.lm_eval},
+                "comparison": self.comparison(),
+            }
+        }
 
     def summary_lines(self) -> list[tuple[str, str]]:
         base, tuned = self.base, self.tuned
         limit = f"forgetting limit {self.forgetting_limit}" + (" EXCEEDED" if self.forgetting_exceeded else " ok")
-        return [("evaluate", f"perplexity {base.perplexity:.2f} -> {tuned.perplexity:.2f}; accuracy "
-                             f"{base.accuracy:.0%} -> {tuned.accuracy:.0%}; format {base.format_ok:.0%} -> "
-                             f"{tuned.format_ok:.0%}; forgetting ratio {self.forgetting_ratio}"),
-                ("", f"normalized accuracy {base.accuracy_normalized:.0%} -> {tuned.accuracy_normalized:.0%}; "
-                     f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; {limit}; "
-                     f"lm_eval: {self.lm_eval_status}")]
+        return [
+            (
+                "evaluate",
+                f"perplexity {base.perplexity:.2f} -> {tuned.perplexity:.2f}; accuracy "
+                f"{base.accuracy:.0%} -> {tuned.accuracy:.0%}; format {base.format_ok:.0%} -> "
+                f"{tuned.format_ok:.0%}; forgetting ratio {self.forgetting_ratio}",
+            ),
+            (
+                "",
+                f"normalized accuracy {base.accuracy_normalized:.0%} -> {tuned.accuracy_normalized:.0%}; "
+                f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; {limit}; "
+                f"lm_eval: {self.lm_eval_status}",
+            ),
+        ]
 
     def card_section(self) -> str:
-        lines = ["## Evaluation (held-out set, base vs fine-tuned)", "",
-                 f"Decoding: {json.dumps(self.decoding)}. Perplexity is token-weighted over answer tokens only; "
-                 "accuracy compares the answer after `</think>` (reasoning stripped) with the reference.", "",
-                 "| metric | base | fine-tuned | change |", "|---|---|---|---|",
-                 *[f"| {r['metric']} | {_fmt(r['base'])} | {_fmt(r['tuned'])} | {_fmt(r['change'])} |"
-                   for r in self.comparison()], ""]
+        lines = [
+            "## Evaluation (held-out set, base vs fine-tuned)",
+            "",
+            f"Decoding: {json.dumps(self.decoding)}. Perplexity is token-weighted over answer tokens only; "
+            "accuracy compares the answer after `</think>` (reasoning stripped) with the reference.",
+            "",
+            "| metric | base | fine-tuned | change |",
+            "|---|---|---|---|",
+            *[
+                f"| {r['metric']} | {_fmt(r['base'])} | {_fmt(r['tuned'])} | {_fmt(r['change'])} |"
+                for r in self.comparison()
+            ],
+            "",
+        ]
         if self.forgetting_exceeded:
-            lines += [f"**Warning:** replay perplexity rose {self.forgetting_ratio}x, over the limit "
-                      f"{self.forgetting_limit}x (forgetting).", ""]
+            lines += [
+                f"**Warning:** replay perplexity rose {self.forgetting_ratio}x, over the limit "
+                f"{self.forgetting_limit}x (forgetting).",
+                "",
+            ]
         return "\n".join(lines + [f"lm-evaluation-harness: {self.lm_eval_status}.", ""])
 
 
@@ -143,123 +190,26 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def perplexity(model, dataset_dir: str, batch_size: int, max_rows: int | None = None) -> float:
-    """Token-weighted perplexity over the answer (labelled) tokens: exp(sum NLL / answer tokens)."""
-    import math
-
-    total, count = answer_nll(model, dataset_dir, batch_size, max_rows)
-    return math.exp(total / max(count, 1))
-
-
-def answer_nll(model, dataset_dir: str, batch_size: int, max_rows: int | None = None) -> tuple[float, int]:
-    """(summed NLL, answer tokens) of a tokenized dataset (input_ids, labels); the HF side of GGUF parity too."""
-    import torch
-    from datasets import load_from_disk
-
-    from r1lib.models import answer_token_nll
-
-    rows = load_from_disk(dataset_dir)
-    if max_rows is not None:
-        rows = rows.select(range(min(max_rows, len(rows))))
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start:start + batch_size]
-            width = max(len(ids) for ids in batch["input_ids"])
-            ids = torch.tensor([x + [0] * (width - len(x)) for x in batch["input_ids"]], device=device)
-            labels = torch.tensor([x + [-100] * (width - len(x)) for x in batch["labels"]], device=device)
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch["input_ids"]], device=device)
-            nll, n = answer_token_nll(model, ids, labels, mask)
-            total, count = total + nll.item(), count + n
-    return total, count
-
-
-def normalize_answer(text: str) -> str:
-    text = text.lower().strip()
-    text = text.translate(str.maketrans("", "", string.punctuation + "。，！？"))
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def repetition_rate(text: str, n: int = 3) -> float:
-    words = text.split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def generate(model, tokenizer, prompts: list[str], cfg: EvalConfig) -> tuple[list[str], bool]:
-    """Completions of the prompts (already templated), batched, left-padded; stops early past the time limit."""
-    import torch
-
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    outputs, started, stopped = [], time.monotonic(), False
-    kwargs = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": tokenizer.eos_token_id, "repetition_penalty": cfg.repetition_penalty,
-              "no_repeat_ngram_size": cfg.no_repeat_ngram_size, "do_sample": cfg.temperature > 0}
-    if cfg.temperature > 0:
-        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
-    from tqdm.auto import tqdm
-
-    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", unit="batch"):
-        if time.monotonic() - started > cfg.time_limit_s:
-            stopped = True
-            log.warning("evaluation generation stopped by its time limit after %d prompts", len(outputs))
-            break
-        batch = tokenizer(prompts[start:start + cfg.batch_size], add_special_tokens=False, padding=True,
-                          return_tensors="pt").to(device)
-        remaining = max(cfg.time_limit_s - (time.monotonic() - started), 1.0)
-        with torch.no_grad():  # max_time also bounds the batch that straddles the limit
-            out = model.generate(**batch, **kwargs, max_time=remaining, use_cache=True)
-        outputs += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=False)
-    return outputs, stopped
-
-
-def format_check(completion: str) -> tuple[bool, bool]:
-    """(R1 format ok, thinking empty) of a completion that follows the generation prompt (which opens ``<think>``).
-
-    OK means: exactly one ``</think>``, non-empty reasoning before it, no second ``<think>``, a non-empty answer after.
-    """
-    if completion.count(THINK_CLOSE) != 1:
-        return False, False
-    reasoning, answer = completion.split(THINK_CLOSE, 1)
-    reasoning = reasoning.replace(THINK_OPEN, "", 1).strip()
-    answer = answer.replace(EOS, "").strip()
-    ok = bool(reasoning) and bool(answer) and THINK_OPEN not in reasoning and THINK_OPEN not in answer
-    return ok, not reasoning
-
-
-def score_generations(records: list[dict], completions: list[str]) -> dict:
-    """Accuracy (reasoning stripped; exact and normalized), format compliance and repetition of the generations."""
-    exact = normalized = format_ok = empty = 0
-    repetition = 0.0
-    for record, completion in zip(records, completions):
-        completion = completion.split(EOS, 1)[0]  # padding after EOS in a batch is not part of the answer
-        answer = extract_answer(completion)
-        gold = answer_of(record).strip()
-        exact += answer == gold
-        normalized += answer is not None and normalize_answer(answer) == normalize_answer(gold)
-        ok, empty_thinking = format_check(completion)
-        format_ok += ok
-        empty += empty_thinking
-        repetition += repetition_rate(completion)
-    n = max(len(completions), 1)
-    return {"accuracy": round(exact / n, 4), "accuracy_normalized": round(normalized / n, 4),
-            "format_ok": round(format_ok / n, 4), "empty_thinking": round(empty / n, 4),
-            "repetition_rate": round(repetition / n, 4), "generated": len(completions)}
-
-
 def decoding_settings(cfg: EvalConfig) -> dict:
-    return {"temperature": cfg.temperature, "top_p": cfg.top_p, "repetition_penalty": cfg.repetition_penalty,
-            "no_repeat_ngram_size": cfg.no_repeat_ngram_size, "max_new_tokens": cfg.max_new_tokens}
+    return {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "repetition_penalty": cfg.repetition_penalty,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+        "max_new_tokens": cfg.max_new_tokens,
+    }
 
 
 def check_forgetting(ratio: float | None, cfg: EvalConfig) -> bool:
     """True when the replay perplexity ratio is past the configured limit (logged as a warning)."""
     if ratio is None or cfg.max_forgetting_ratio is None or ratio <= cfg.max_forgetting_ratio:
         return False
-    log.warning("forgetting: replay perplexity rose %.2fx (limit %.2fx, on_forgetting=%s)",
-                ratio, cfg.max_forgetting_ratio, cfg.on_forgetting)
+    log.warning(
+        "forgetting: replay perplexity rose %.2fx (limit %.2fx, on_forgetting=%s)",
+        ratio,
+        cfg.max_forgetting_ratio,
+        cfg.on_forgetting,
+    )
     return True
 
 
@@ -273,11 +223,15 @@ def lm_eval_unavailable(cfg: EvalConfig) -> str | None:
     if not cfg.lm_eval_tasks:
         return "not requested"
     if importlib.util.find_spec("lm_eval") is None:
-        return (f"skipped lm_eval tasks {cfg.lm_eval_tasks}: lm-evaluation-harness is not installed "
-                "(pip install lm-eval, and put its task data in evaluate.lm_eval_path)")
+        return (
+            f"skipped lm_eval tasks {cfg.lm_eval_tasks}: lm-evaluation-harness is not installed "
+            "(pip install lm-eval, and put its task data in evaluate.lm_eval_path)"
+        )
     if not cfg.lm_eval_path or not Path(cfg.lm_eval_path).is_dir():
-        return (f"skipped lm_eval tasks {cfg.lm_eval_tasks}: evaluate.lm_eval_path={cfg.lm_eval_path!r} is not a local "
-                "folder; lm_eval data is never downloaded at run time")
+        return (
+            f"skipped lm_eval tasks {cfg.lm_eval_tasks}: evaluate.lm_eval_path={cfg.lm_eval_path!r} is not a local "
+            "folder; lm_eval data is never downloaded at run time"
+        )
     return None
 
 
@@ -290,9 +244,12 @@ def run_lm_eval(model, tokenizer, cfg: EvalConfig) -> dict[str, float]:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    out = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size),
-                          tasks=cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
-                          task_manager=TaskManager(include_path=cfg.lm_eval_path))
+    out = simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size),
+        tasks=cfg.lm_eval_tasks,
+        limit=cfg.lm_eval_limit,
+        task_manager=TaskManager(include_path=cfg.lm_eval_path),
+    )
     scores = {}
     for task_name, metrics in out["results"].items():
         for metric, value in metrics.items():
@@ -301,8 +258,9 @@ def run_lm_eval(model, tokenizer, cfg: EvalConfig) -> dict[str, float]:
     return scores
 
 
-def score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg: EvalConfig, tokenize_cfg,
-                lm_eval: bool = False) -> tuple:
+def score_model(
+    model, tokenizer, records, test_dataset, replay_dataset, cfg: EvalConfig, tokenize_cfg, lm_eval: bool = False
+) -> tuple:
     import math
 
     model.eval()
@@ -312,18 +270,30 @@ def score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg: Ev
     seconds = time.monotonic() - started
     nll, tokens = answer_nll(model, test_dataset, cfg.batch_size, cfg.perplexity_rows)
     scores = ModelScores(
-        perplexity=round(math.exp(nll / max(tokens, 1)), 4), answer_tokens=tokens,
-        replay_perplexity=(round(perplexity(model, replay_dataset, cfg.batch_size, cfg.perplexity_rows), 4)
-                           if replay_dataset else None),
-        stopped_by_time_limit=stopped, generation_seconds=round(seconds, 2),
+        perplexity=round(math.exp(nll / max(tokens, 1)), 4),
+        answer_tokens=tokens,
+        replay_perplexity=(
+            round(perplexity(model, replay_dataset, cfg.batch_size, cfg.perplexity_rows), 4) if replay_dataset else None
+        ),
+        stopped_by_time_limit=stopped,
+        generation_seconds=round(seconds, 2),
         lm_eval=run_lm_eval(model, tokenizer, cfg) if lm_eval else {},
         **score_generations(records, completions),
     )
     return scores, completions
 
 
-def evaluate(model_dir: str, adapter_dir: str, test_records: str, test_dataset: str, replay_dataset: str | None,
-             model_cfg: ModelConfig, cfg: EvalConfig, tokenize_cfg: TokenizeConfig, out_dir: Path) -> Evaluation:
+def evaluate(
+    model_dir: str,
+    adapter_dir: str,
+    test_records: str,
+    test_dataset: str,
+    replay_dataset: str | None,
+    model_cfg: ModelConfig,
+    cfg: EvalConfig,
+    tokenize_cfg: TokenizeConfig,
+    out_dir: Path,
+) -> Evaluation:
     from peft import PeftModel
 
     from r1lib.models import load_causal_lm, load_tokenizer
@@ -341,47 +311,82 @@ def evaluate(model_dir: str, adapter_dir: str, test_records: str, test_dataset: 
     log.info("evaluating the fine-tuned model")
     tuned, tuned_out = score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg, run_lm)
     samples = Path(out_dir) / "generations.jsonl"
-    write_jsonl(samples, [{"prompt": r["messages"][-2]["content"], "reference": answer_of(r), "base": b, "tuned": t}
-                          for r, b, t in zip(records, base_out, tuned_out)])
-    forgetting = (round(tuned.replay_perplexity / base.replay_perplexity, 4)
-                  if base.replay_perplexity and tuned.replay_perplexity else None)
-    result = Evaluation(base=base, tuned=tuned, forgetting_ratio=forgetting, forgetting_limit=cfg.max_forgetting_ratio,
-                        forgetting_exceeded=check_forgetting(forgetting, cfg), decoding=decoding_settings(cfg),
-                        lm_eval_status=lm_eval_status or f"ran {cfg.lm_eval_tasks} from {cfg.lm_eval_path}",
-                        samples=str(samples))
+    write_jsonl(
+        samples,
+        [
+            {"prompt": r["messages"][-2]["content"], "reference": answer_of(r), "base": b, "tuned": t}
+            for r, b, t in zip(records, base_out, tuned_out)
+        ],
+    )
+    forgetting = (
+        round(tuned.replay_perplexity / base.replay_perplexity, 4)
+        if base.replay_perplexity and tuned.replay_perplexity
+        else None
+    )
+    result = Evaluation(
+        base=base,
+        tuned=tuned,
+        forgetting_ratio=forgetting,
+        forgetting_limit=cfg.max_forgetting_ratio,
+        forgetting_exceeded=check_forgetting(forgetting, cfg),
+        decoding=decoding_settings(cfg),
+        lm_eval_status=lm_eval_status or f"ran {cfg.lm_eval_tasks} from {cfg.lm_eval_path}",
+        samples=str(samples),
+    )
     write_json(Path(out_dir) / "evaluation.json", result.model_dump())
     write_json(Path(out_dir) / "comparison.json", result.comparison())
     if result.forgetting_exceeded and cfg.on_forgetting == "fail":
         raise QualityGateError(
             f"forgetting: replay perplexity {base.replay_perplexity} -> {tuned.replay_perplexity} "
-            f"({forgetting}x, limit {cfg.max_forgetting_ratio}x); results in {Path(out_dir) / 'evaluation.json'}")
+            f"({forgetting}x, limit {cfg.max_forgetting_ratio}x); results in {Path(out_dir) / 'evaluation.json'}"
+        )
     return result
-
-
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
 @task(name="evaluate", **stage_options(timeout_seconds=6 * 3600))
-def evaluate_task(model_dir: str, adapter_dir: str, test_records: str, test_dataset: str, replay_dataset: str | None,
-                  model_cfg: ModelConfig, cfg: EvalConfig, tokenize_cfg: TokenizeConfig, run_dir: str) -> Evaluation:
+def evaluate_task(
+    model_dir: str,
+    adapter_dir: str,
+    test_records: str,
+    test_dataset: str,
+    replay_dataset: str | None,
+    model_cfg: ModelConfig,
+    cfg: EvalConfig,
+    tokenize_cfg: TokenizeConfig,
+    run_dir: str,
+) -> Evaluation:
     """Base vs fine-tuned: perplexity, accuracy, format, repetition, forgetting."""
-    result = evaluate(model_dir, adapter_dir, test_records, test_dataset, replay_dataset, model_cfg, cfg, tokenize_cfg,
-                      Path(run_dir) / "evaluate")
+    result = evaluate(
+        model_dir,
+        adapter_dir,
+        test_records,
+        test_dataset,
+        replay_dataset,
+        model_cfg,
+        cfg,
+        tokenize_cfg,
+        Path(run_dir) / "evaluate",
+    )
     create_table_artifact(
         key="evaluation",
         table=result.comparison(),
-        description=(f"Held-out evaluation, base vs fine-tuned (decoding {result.decoding}). Forgetting ratio "
-                     f"{result.forgetting_ratio} (limit {result.forgetting_limit}"
-                     f"{', EXCEEDED' if result.forgetting_exceeded else ''}). lm_eval: {result.lm_eval_status}"),
+        description=(
+            f"Held-out evaluation, base vs fine-tuned (decoding {result.decoding}). Forgetting ratio "
+            f"{result.forgetting_ratio} (limit {result.forgetting_limit}"
+            f"{', EXCEEDED' if result.forgetting_exceeded else ''}). lm_eval: {result.lm_eval_status}"
+        ),
     )
-    print(f"perplexity {result.base.perplexity:.2f} -> {result.tuned.perplexity:.2f}; "
-          f"accuracy {result.base.accuracy:.0%} -> {result.tuned.accuracy:.0%} "
-          f"(normalized {result.base.accuracy_normalized:.0%} -> {result.tuned.accuracy_normalized:.0%}); "
-          f"format {result.base.format_ok:.0%} -> {result.tuned.format_ok:.0%}; "
-          f"repetition {result.base.repetition_rate} -> {result.tuned.repetition_rate}; "
-          f"forgetting ratio {result.forgetting_ratio}" + (" (OVER THE LIMIT)" if result.forgetting_exceeded else ""))
+    print(
+        f"perplexity {result.base.perplexity:.2f} -> {result.tuned.perplexity:.2f}; "
+        f"accuracy {result.base.accuracy:.0%} -> {result.tuned.accuracy:.0%} "
+        f"(normalized {result.base.accuracy_normalized:.0%} -> {result.tuned.accuracy_normalized:.0%}); "
+        f"format {result.base.format_ok:.0%} -> {result.tuned.format_ok:.0%}; "
+        f"repetition {result.base.repetition_rate} -> {result.tuned.repetition_rate}; "
+        f"forgetting ratio {result.forgetting_ratio}" + (" (OVER THE LIMIT)" if result.forgetting_exceeded else "")
+    )
     if result.lm_eval_status != "not requested":
         print(f"lm_eval: {result.lm_eval_status}")
     return result

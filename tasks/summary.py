@@ -30,10 +30,14 @@ class RunSummary(BaseModel):
 def summarize(config: PipelineConfig, run_dir: str, results: list[StageResult]) -> tuple[dict, list[tuple[str, str]]]:
     """(the summary.json content, the report's rows) of a run whose stages returned ``results``."""
     roots = {"data": resolve_roots(config.data.allowed_roots), "model": resolve_roots(config.model.allowed_roots)}
-    data: dict[str, Any] = {"preset": config.preset, "model": config.model.name_or_path,
-                            "trust_remote_code": config.model.trust_remote_code,
-                            # the roots in force, as this machine resolved them ({project}, {hf_cache} filled in)
-                            "allowed_roots": roots, "run_dir": run_dir}
+    data: dict[str, Any] = {
+        "preset": config.preset,
+        "model": config.model.name_or_path,
+        "trust_remote_code": config.model.trust_remote_code,
+        # the roots in force, as this machine resolved them ({project}, {hf_cache} filled in)
+        "allowed_roots": roots,
+        "run_dir": run_dir,
+    }
     rows = [("roots", f"data {', '.join(roots['data'])}; model {', '.join(roots['model'])}")]
     for result in results:
         data.update(result.summary())

@@ -26,13 +26,13 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from r1lib.compat import rust_tokenizer
 from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render_prompt, render_prompts
+from r1lib.compat import rust_tokenizer
 from r1lib.config import TokenizeConfig
 from r1lib.errors import DataValidationError, PermanentError
 from r1lib.io import atomic_dir, atomic_path, concat_files, iter_jsonl, write_json
-from r1lib.policy import stage_options
 from r1lib.paths import InputPath, OutputPath
+from r1lib.policy import stage_options
 from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
@@ -63,12 +63,19 @@ class TokenizedData(StageResult):
         return round(1 - self.trained_tokens / self.tokens, 3)
 
     def summary(self) -> dict:
-        return {"tokenize": {"rows": self.rows_out, "dropped_too_long": self.dropped_too_long,
-                             "truncated": self.truncated, "masked_share": self.masked_share}}
+        return {
+            "tokenize": {
+                "rows": self.rows_out,
+                "dropped_too_long": self.dropped_too_long,
+                "truncated": self.truncated,
+                "masked_share": self.masked_share,
+            }
+        }
 
     def summary_lines(self) -> list[tuple[str, str]]:
-        return [("tokenize", f"{self.rows_out} rows, masked share {self.masked_share}, "
-                             f"{self.dropped_too_long} too long")]
+        return [
+            ("tokenize", f"{self.rows_out} rows, masked share {self.masked_share}, {self.dropped_too_long} too long")
+        ]
 
 
 def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
@@ -88,9 +95,11 @@ def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
     else:
         completion = completion_text(reasoning, answer, opens_think)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return {"input_ids": prompt_ids + completion_ids,
-            "labels": [IGNORE] * len(prompt_ids) + completion_ids,
-            "prompt_len": len(prompt_ids)}
+    return {
+        "input_ids": prompt_ids + completion_ids,
+        "labels": [IGNORE] * len(prompt_ids) + completion_ids,
+        "prompt_len": len(prompt_ids),
+    }
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -169,8 +178,9 @@ def encode_batch(tokenizer, records: list[dict], cfg: TokenizeConfig, cache: Ids
             prompt_ids = prompt_ids + (fresh[shown] if shown in fresh else known[shown])
         completion_ids = fresh[completion] if completion in fresh else known[completion]
         n = len(prompt_ids)
-        rows.append({"input_ids": prompt_ids + completion_ids, "labels": [IGNORE] * n + completion_ids,
-                     "prompt_len": n})
+        rows.append(
+            {"input_ids": prompt_ids + completion_ids, "labels": [IGNORE] * n + completion_ids, "prompt_len": n}
+        )
     if cache is not None:
         for _, shown, completion in plan:
             for text in (shown, completion):
@@ -179,8 +189,9 @@ def encode_batch(tokenizer, records: list[dict], cfg: TokenizeConfig, cache: Ids
     return rows
 
 
-def tokenize_records(tokenizer, records: list[dict], cfg: TokenizeConfig, cache: IdsCache | None = None
-                     ) -> tuple[list[dict], list[dict], dict]:
+def tokenize_records(
+    tokenizer, records: list[dict], cfg: TokenizeConfig, cache: IdsCache | None = None
+) -> tuple[list[dict], list[dict], dict]:
     """(rows, quarantined rows, audit figures). Records are encoded by encode_batch, CHUNK_ROWS at a time, sharing
     ``cache`` (one IdsCache per call when None; pass one to share it across calls, e.g. the chunks of a shard)."""
     rows, quarantined = [], []
@@ -195,18 +206,27 @@ def tokenize_records(tokenizer, records: list[dict], cfg: TokenizeConfig, cache:
             if cfg.truncation == "fail":
                 raise DataValidationError(message + " (tokenize.truncation = fail)")
             if cfg.truncation == "drop" or row["prompt_len"] >= cfg.max_seq_length:
-                quarantined.append({**record["source"], "reason": "too_long", "field": "messages",
-                                    "message": message, "record": record})
+                quarantined.append(
+                    {
+                        **record["source"],
+                        "reason": "too_long",
+                        "field": "messages",
+                        "message": message,
+                        "record": record,
+                    }
+                )
                 continue
             row["input_ids"], row["labels"] = ids[: cfg.max_seq_length], row["labels"][: cfg.max_seq_length]
             audit["truncated"] += 1
         bos_count = row["input_ids"].count(bos_id) if bos_id is not None else 1
         if bos_count != 1 or (bos_id is not None and row["input_ids"][0] != bos_id):
-            raise PermanentError(f"{record['source']}: {bos_count} BOS tokens after templating; expected exactly one "
-                                 "at position 0 (check the model's chat template)")
+            raise PermanentError(
+                f"{record['source']}: {bos_count} BOS tokens after templating; expected exactly one "
+                "at position 0 (check the model's chat template)"
+            )
         audit["bos_ok"] += 1
         # The labels that are not IGNORE: exactly those after the prompt (token ids are never -100).
-        labels = row["labels"][row["prompt_len"]:]
+        labels = row["labels"][row["prompt_len"] :]
         audit["think_in_labels"] += _contains(labels, think_close_ids)
         audit["eos_at_end"] += labels[-1:] == [eos_id]
         rows.append({"input_ids": row["input_ids"], "labels": row["labels"]})
@@ -231,7 +251,7 @@ def _contains(seq: list[int], sub: list[int]) -> bool:
     try:
         while True:
             i = seq.index(first, i)
-            if seq[i:i + n] == sub:
+            if seq[i : i + n] == sub:
                 return True
             i += 1
     except ValueError:
@@ -241,8 +261,10 @@ def _contains(seq: list[int], sub: list[int]) -> bool:
 def decoded_example(tokenizer, row: dict) -> dict:
     """One row as text, trained part in [[...]], for eyes in the audit."""
     prompt_len = next(i for i, t in enumerate(row["labels"]) if t != IGNORE)
-    return {"prompt": tokenizer.decode(row["input_ids"][:prompt_len]),
-            "trained": tokenizer.decode(row["input_ids"][prompt_len:])}
+    return {
+        "prompt": tokenizer.decode(row["input_ids"][:prompt_len]),
+        "trained": tokenizer.decode(row["input_ids"][prompt_len:]),
+    }
 
 
 class TokenizedShard(BaseModel):
@@ -319,9 +341,18 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
         with open(tmp, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
-        return TokenizedShard(arrow=str(arrow), digest=digest.hexdigest(), quarantine=quarantine.close().path,
-                              rows_in=rows_in, rows_out=rows_out, tokens=tokens, trained_tokens=trained,
-                              max_length=longest, audit=totals, examples=examples)
+        return TokenizedShard(
+            arrow=str(arrow),
+            digest=digest.hexdigest(),
+            quarantine=quarantine.close().path,
+            rows_in=rows_in,
+            rows_out=rows_out,
+            tokens=tokens,
+            trained_tokens=trained,
+            max_length=longest,
+            audit=totals,
+            examples=examples,
+        )
 
 
 def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> None:
@@ -334,9 +365,15 @@ def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> Non
     from datasets.utils.py_utils import asdict
 
     names = [f"data-{k:05d}-of-{len(arrows):05d}.arrow" for k in range(len(arrows))]
-    state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint,
-             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
-             "_split": None}
+    state = {
+        "_data_files": [{"filename": name} for name in names],
+        "_fingerprint": fingerprint,
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
     info = asdict(DatasetInfo(features=_features()))
     with atomic_dir(dataset_dir) as tmp:
         for source, name in zip(arrows, names):
@@ -345,8 +382,9 @@ def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> Non
             except OSError:
                 shutil.copyfile(source, tmp / name)
         (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-        (tmp / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2),
-                                               encoding="utf-8")
+        (tmp / "dataset_info.json").write_text(
+            json.dumps({k: info[k] for k in sorted(info)}, indent=2), encoding="utf-8"
+        )
 
 
 def merge_tokenized(parts: list[TokenizedShard], out_dir: Path, name: str) -> TokenizedData:
@@ -363,14 +401,27 @@ def merge_tokenized(parts: list[TokenizedShard], out_dir: Path, name: str) -> To
     quarantine = concat_files(out_dir / "quarantine.jsonl", [p.quarantine for p in parts])
     audit = {key: sum(p.audit[key] for p in parts) for key in parts[0].audit}
     result = TokenizedData(
-        dataset=str(out_dir / "dataset"), rows_in=sum(p.rows_in for p in parts), rows_out=sum(p.rows_out for p in parts),
-        dropped_too_long=dropped, tokens=sum(p.tokens for p in parts), trained_tokens=sum(p.trained_tokens for p in parts),
-        max_length=max(p.max_length for p in full), quarantine=str(quarantine), audit=str(out_dir / "audit.json"),
+        dataset=str(out_dir / "dataset"),
+        rows_in=sum(p.rows_in for p in parts),
+        rows_out=sum(p.rows_out for p in parts),
+        dropped_too_long=dropped,
+        tokens=sum(p.tokens for p in parts),
+        trained_tokens=sum(p.trained_tokens for p in parts),
+        max_length=max(p.max_length for p in full),
+        quarantine=str(quarantine),
+        audit=str(out_dir / "audit.json"),
         **audit,
     )
     # Paths relative to out_dir: the same data gives the same bytes in any run directory.
-    write_json(Path(result.audit), {**result.model_dump(exclude={"audit"}), "dataset": "dataset",
-                                    "quarantine": "quarantine.jsonl", "examples": full[0].examples})
+    write_json(
+        Path(result.audit),
+        {
+            **result.model_dump(exclude={"audit"}),
+            "dataset": "dataset",
+            "quarantine": "quarantine.jsonl",
+            "examples": full[0].examples,
+        },
+    )
     return result
 
 
@@ -401,11 +452,13 @@ def _tokenizer(model_dir: str):
 
 
 @task(name="tokenize-shard", task_run_name="tokenize {split} {index}", **stage_options())
-def tokenize_shard_task(shard: Shard, model_dir: InputPath, cfg: TokenizeConfig, split: str, index: int,
-                        run_dir: OutputPath) -> TokenizedShard:
+def tokenize_shard_task(
+    shard: Shard, model_dir: InputPath, cfg: TokenizeConfig, split: str, index: int, run_dir: OutputPath
+) -> TokenizedShard:
     """Apply the R1 chat template, mask the prompt, enforce the length policy on one shard."""
-    return tokenize_shard(_tokenizer(model_dir), shard, cfg,
-                          stage_dir(run_dir, "tokenize", split, "shards", f"{split}-{index:04d}"))
+    return tokenize_shard(
+        _tokenizer(model_dir), shard, cfg, stage_dir(run_dir, "tokenize", split, "shards", f"{split}-{index:04d}")
+    )
 
 
 @task(name="tokenize", task_run_name="tokenize {split}", **stage_options())
@@ -414,10 +467,18 @@ def tokenize_merge_task(parts: list[TokenizedShard], split: str, run_dir: Output
     result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split)
     create_table_artifact(
         key=f"tokenization-audit-{split}",
-        table=[{"rows": result.rows_out, "dropped (too long)": result.dropped_too_long, "truncated": result.truncated,
-                "rows with exactly one BOS": result.bos_ok, "rows with </think> in labels": result.think_in_labels,
+        table=[
+            {
+                "rows": result.rows_out,
+                "dropped (too long)": result.dropped_too_long,
+                "truncated": result.truncated,
+                "rows with exactly one BOS": result.bos_ok,
+                "rows with </think> in labels": result.think_in_labels,
                 "rows ending in EOS": result.eos_at_end,
-                "masked share": result.masked_share, "max length": result.max_length}],
+                "masked share": result.masked_share,
+                "max length": result.max_length,
+            }
+        ],
         description=f"Tokenization audit ({split}).",
     )
     return result

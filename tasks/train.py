@@ -15,13 +15,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
-from r1lib.io import exclusive_dir, write_json
+from r1lib.io import atomic_path, exclusive_dir, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_logger, stage_options
 from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
 from r1lib.training.backends import choose_backend
-from r1lib.io import atomic_path
 from r1lib.training.fit import FitSpec, inputs_key, last_complete_checkpoint
 from r1lib.training.launcher import CudaOutOfMemory, free_cuda, is_oom, launch, launch_plan
 
@@ -49,10 +48,26 @@ class TrainResult(StageResult):
     loss_curve: str | None = None  # loss_curve.png, when any loss was logged
 
     def summary(self) -> dict:
-        return {"train": self.model_dump(include={
-            "backend", "steps", "first_loss", "last_loss", "seconds", "tokens_per_second", "steady_tokens_per_second",
-            "resumed_from", "micro_batch_size", "gradient_accumulation", "processes", "launch", "oom_retries",
-            "adapter"})}
+        return {
+            "train": self.model_dump(
+                include={
+                    "backend",
+                    "steps",
+                    "first_loss",
+                    "last_loss",
+                    "seconds",
+                    "tokens_per_second",
+                    "steady_tokens_per_second",
+                    "resumed_from",
+                    "micro_batch_size",
+                    "gradient_accumulation",
+                    "processes",
+                    "launch",
+                    "oom_retries",
+                    "adapter",
+                }
+            )
+        }
 
     def loss_text(self) -> str:
         if self.first_loss is None or self.last_loss is None:
@@ -60,12 +75,22 @@ class TrainResult(StageResult):
         return f"loss {self.first_loss:.3f} -> {self.last_loss:.3f}"
 
     def summary_lines(self) -> list[tuple[str, str]]:
-        return [("train", f"{self.backend}: {self.steps} steps, {self.loss_text()}, {self.seconds} s "
-                          f"({self.tokens_per_second} tokens/s)")]
+        return [
+            (
+                "train",
+                f"{self.backend}: {self.steps} steps, {self.loss_text()}, {self.seconds} s "
+                f"({self.tokens_per_second} tokens/s)",
+            )
+        ]
 
     def card_section(self) -> str:
-        lines = ["## Training", "", f"{self.backend} backend, {self.steps} steps, {self.loss_text()}, {self.seconds} s, "
-                 f"micro batch {self.micro_batch_size} x accumulation {self.gradient_accumulation}.", ""]
+        lines = [
+            "## Training",
+            "",
+            f"{self.backend} backend, {self.steps} steps, {self.loss_text()}, {self.seconds} s, "
+            f"micro batch {self.micro_batch_size} x accumulation {self.gradient_accumulation}.",
+            "",
+        ]
         if self.loss_curve:
             lines += [f"![Training and evaluation loss]({Path(self.loss_curve).name})", ""]
         return "\n".join(lines)
@@ -99,8 +124,16 @@ def loss_curve(history: list[dict], out_png: Path) -> Path | None:
     return Path(out_png)
 
 
-def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
-          tokenize_cfg: TokenizeConfig, out_dir: Path, progress_hook=None) -> TrainResult:
+def train(
+    dataset_dir: str,
+    eval_dataset_dir: str | None,
+    model_dir: str,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    tokenize_cfg: TokenizeConfig,
+    out_dir: Path,
+    progress_hook=None,
+) -> TrainResult:
     """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went.
 
     A second training into the same ``out_dir`` (two runs of one config at once) fails at once with a message naming
@@ -119,21 +152,33 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
             resume = last_complete_checkpoint(checkpoint_dir)
             if resume:
                 log.info("resuming training from %s", resume)
-            spec = FitSpec(backend=backend, dataset_dir=dataset_dir, eval_dataset_dir=eval_dataset_dir,
-                           model_dir=model_dir, model_cfg=model_cfg, cfg=cfg,
-                           max_seq_length=tokenize_cfg.max_seq_length, checkpoint_dir=str(checkpoint_dir),
-                           adapter_dir=str(out_dir / "adapter"), resume=str(resume) if resume else None,
-                           micro_batch=micro_batch, accumulation=accumulation, trainer_args=plan.trainer_args,
-                           quant_storage=plan.quant_storage)
+            spec = FitSpec(
+                backend=backend,
+                dataset_dir=dataset_dir,
+                eval_dataset_dir=eval_dataset_dir,
+                model_dir=model_dir,
+                model_cfg=model_cfg,
+                cfg=cfg,
+                max_seq_length=tokenize_cfg.max_seq_length,
+                checkpoint_dir=str(checkpoint_dir),
+                adapter_dir=str(out_dir / "adapter"),
+                resume=str(resume) if resume else None,
+                micro_batch=micro_batch,
+                accumulation=accumulation,
+                trainer_args=plan.trainer_args,
+                quant_storage=plan.quant_storage,
+            )
             oom = None
             try:
                 outcome = launch(spec, plan, out_dir / "launch", progress_hook)
             except Exception as exc:  # noqa: BLE001
                 if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or micro_batch // 2 < cfg.min_micro_batch_size:
                     raise
-                oom = (f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}"
-                       f"{f' x {plan.processes} GPUs' if plan.processes > 1 else ''}; retrying with "
-                       f"{micro_batch // 2} x {accumulation * 2} (same effective batch)")
+                oom = (
+                    f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}"
+                    f"{f' x {plan.processes} GPUs' if plan.processes > 1 else ''}; retrying with "
+                    f"{micro_batch // 2} x {accumulation * 2} (same effective batch)"
+                )
             if oom is None:
                 break
             # Out of the except block, so that the traceback's frames (and the tensors they hold) can be freed.
@@ -144,13 +189,23 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
         history_path = write_json(out_dir / "log_history.json", outcome.log_history)
         curve = loss_curve(outcome.log_history, out_dir / "loss_curve.png")
         result = TrainResult(
-            adapter=str(out_dir / "adapter"), backend=backend, steps=outcome.steps, epochs=outcome.epochs,
-            train_loss=outcome.train_loss, first_loss=outcome.losses[0] if outcome.losses else None,
-            last_loss=outcome.losses[-1] if outcome.losses else None, seconds=outcome.seconds,
+            adapter=str(out_dir / "adapter"),
+            backend=backend,
+            steps=outcome.steps,
+            epochs=outcome.epochs,
+            train_loss=outcome.train_loss,
+            first_loss=outcome.losses[0] if outcome.losses else None,
+            last_loss=outcome.losses[-1] if outcome.losses else None,
+            seconds=outcome.seconds,
             tokens_per_second=round(outcome.tokens / max(outcome.seconds, 1e-9), 1),
-            steady_tokens_per_second=outcome.steady_tokens_per_second, resumed_from=str(resume) if resume else None,
-            micro_batch_size=micro_batch, gradient_accumulation=accumulation, processes=plan.processes,
-            launch=plan.name, oom_retries=oom_retries, log_history=str(history_path),
+            steady_tokens_per_second=outcome.steady_tokens_per_second,
+            resumed_from=str(resume) if resume else None,
+            micro_batch_size=micro_batch,
+            gradient_accumulation=accumulation,
+            processes=plan.processes,
+            launch=plan.name,
+            oom_retries=oom_retries,
+            log_history=str(history_path),
             loss_curve=str(curve) if curve else None,
         )
         write_json(out_dir / "result.json", result.model_dump())
@@ -161,8 +216,15 @@ def train(dataset_dir: str, eval_dataset_dir: str | None, model_dir: str, model_
 
 
 @task(name="train", **stage_options(retries=2, timeout_seconds=24 * 3600, log_prints=False))
-def train_task(dataset_dir: InputPath, eval_dataset_dir: InputPath | None, model_dir: InputPath,
-               model_cfg: ModelConfig, cfg: TrainConfig, tokenize_cfg: TokenizeConfig, run_dir: OutputPath) -> TrainResult:
+def train_task(
+    dataset_dir: InputPath,
+    eval_dataset_dir: InputPath | None,
+    model_dir: InputPath,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    tokenize_cfg: TokenizeConfig,
+    run_dir: OutputPath,
+) -> TrainResult:
     """QLoRA fine-tuning; resumes from the last complete checkpoint when retried."""
     progress_id = create_progress_artifact(progress=0.0, key="training-progress", description="Optimizer steps done")
     curve: list[dict] = []
@@ -172,15 +234,23 @@ def train_task(dataset_dir: InputPath, eval_dataset_dir: InputPath | None, model
         if "loss" in logs:
             curve.append({"step": step, "loss": round(logs["loss"], 4), "lr": logs.get("learning_rate")})
 
-    result = train(dataset_dir, eval_dataset_dir, model_dir, model_cfg, cfg, tokenize_cfg,
-                   stage_dir(run_dir, "train"), progress_hook=report)
+    result = train(
+        dataset_dir,
+        eval_dataset_dir,
+        model_dir,
+        model_cfg,
+        cfg,
+        tokenize_cfg,
+        stage_dir(run_dir, "train"),
+        progress_hook=report,
+    )
     rows = "\n".join(f"| {c['step']} | {c['loss']} | {c['lr']:.2e} |" for c in curve if c["lr"] is not None)
     create_markdown_artifact(
         key="training-loss",
         markdown=f"**{result.backend}** backend, {result.steps} steps in {result.seconds} s "
-                 f"({result.tokens_per_second} tokens/s)"
-                 + (f", resumed from `{result.resumed_from}`" if result.resumed_from else "")
-                 + ("\n\n" + "\n".join(f"- {m}" for m in result.oom_retries) if result.oom_retries else "")
-                 + f"\n\n| step | loss | learning rate |\n|---|---|---|\n{rows}",
+        f"({result.tokens_per_second} tokens/s)"
+        + (f", resumed from `{result.resumed_from}`" if result.resumed_from else "")
+        + ("\n\n" + "\n".join(f"- {m}" for m in result.oom_retries) if result.oom_retries else "")
+        + f"\n\n| step | loss | learning rate |\n|---|---|---|\n{rows}",
     )
     return result

@@ -1,36 +1,9 @@
 """Stage 1, validate: read the input files, normalize every row into a record, quarantine what is wrong.
 
-Nothing is lost: every input row ends either in the accepted records or in ``quarantine.jsonl`` with its file, line
-(or row) number, a reason code, the offending field and the raw text, so accepted + quarantined == rows read. The
-stage fails (without retry: a retry cannot fix data) when the rejected share of a file exceeds
-``data.max_rejected_fraction``.
-
-Inputs: each entry of ``data.train_paths`` / ``test_path`` / ``replay_path`` is a file, a folder or a glob, local or
-any fsspec URL; files are JSON lines, JSON (one object or an array, e.g. Alpaca), CSV or Parquet, and the row format
-(instruction/output, Alpaca, ShareGPT, OpenAI messages, prompt/completion, R1 reasoning) is detected per row. Every
-entry and every file it expands to must lie under ``data.allowed_roots`` (symlinks resolved; archives refused:
-r1lib/paths.py).
-
-Memory stays bounded whatever a file holds: JSON lines and CSV records are read in blocks, and one longer than
-``data.max_line_bytes`` is never held: it streams through a sha256 to its end and is quarantined as line_too_long
-with its byte offset, length and hash (its first bytes as ``raw``). A .json file, read whole, may not exceed the same
-cap (the error says to use JSON lines).
-
-Checks, each with a stable reason code in the quarantine and in the per-file report: line_too_long, invalid_utf8 (bad
-bytes or lone surrogates), invalid_json, invalid_csv (unparsable, or more cells than the header), not_an_object,
-unknown_format, missing_field, wrong_type, empty_field, control_character, field_too_long, unknown_role, role_order,
-unsupported_content (an image or tool-call part), conflicting_system, conflicting_reasoning (two different texts
-for one turn's reasoning or the system prompt: never one picked silently), unclosed_think, empty_reasoning,
-empty_answer, schema (the record model in r1lib/records.py). Token length against
-``tokenize.max_seq_length`` needs the model's tokenizer, so it is enforced by the tokenize stage (policy
-``tokenize.truncation``: drop -> ``runs/<run>/tokenize/<split>/quarantine.jsonl`` with reason ``too_long``, truncate
--> counted in its audit, fail -> the stage fails); here only ``max_field_chars`` bounds the length. Duplicates and
-train/test leakage are the dedup stage's (tasks/dedup.py).
-
-Sharded (flows/data.py): ``validate_input`` is mapped over the input files, writing each file's accepted records in
-shards of ``runner.shard_rows`` (the unit every later stage maps over) and its rejected rows in a quarantine part;
-``merge_validated`` joins them in input order into ``<split>.jsonl``, ``quarantine.jsonl`` and ``report.json``.
-"""
+Every input row ends either in the accepted records (shards of ``runner.shard_rows``) or in ``quarantine.jsonl`` with
+its file, row, reason code, field and raw text: accepted + quarantined == rows read. A split whose rejected share
+passes ``data.max_rejected_fraction`` fails the stage (no retry). Formats, reason codes and limits:
+docs/data-stages.md."""
 
 from __future__ import annotations
 
@@ -48,11 +21,11 @@ from pydantic import BaseModel
 from r1lib.config import DataConfig
 from r1lib.errors import DataValidationError
 from r1lib.io import concat_files, write_json
-from r1lib.policy import stage_options
 from r1lib.paths import InputPath, OutputPath
-from r1lib.runs import stage_dir
+from r1lib.policy import stage_options
 from r1lib.readers import BLANK, MAX_LINE_BYTES, LineTooLong, expand_inputs, iter_raw_rows, path_exists, safe_text
 from r1lib.records import RecordError, check_schema, make_record, normalize
+from r1lib.runs import stage_dir
 from r1lib.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
 from r1lib.stage import StageResult
 
@@ -79,10 +52,17 @@ class ValidatedData(StageResult):
     report: str | None = None  # report.json
 
     def summary(self) -> dict:
-        per_file = {r.file: {"accepted": r.accepted, "quarantined": r.quarantined, "reasons": r.reasons}
-                    for r in self.reports}
-        return {"data": {"rows_read": self.rows_in, "quarantined": self.quarantined, "quarantine": self.quarantine,
-                         "per_file": per_file}}
+        per_file = {
+            r.file: {"accepted": r.accepted, "quarantined": r.quarantined, "reasons": r.reasons} for r in self.reports
+        }
+        return {
+            "data": {
+                "rows_read": self.rows_in,
+                "quarantined": self.quarantined,
+                "quarantine": self.quarantine,
+                "per_file": per_file,
+            }
+        }
 
     def summary_lines(self) -> list[tuple[str, str]]:
         return [("data", f"{self.rows_in} rows read, {self.quarantined} quarantined -> {self.quarantine}")]
@@ -96,8 +76,9 @@ class ValidatedData(StageResult):
         return sum(r.quarantined for r in self.reports)
 
 
-def iter_validated(path: str | Path, max_chars: int,
-                   max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[bool, dict | None, int]]:
+def iter_validated(
+    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[bool, dict | None, int]]:
     """Stream one file: (True, record, number) for each accepted row, (False, quarantine row, number) for each
     rejected one, (False, None, number) for a blank line (counted, not quarantined)."""
     name = str(path)
@@ -108,8 +89,10 @@ def iter_validated(path: str | Path, max_chars: int,
         extra = {}
         if isinstance(parsed, LineTooLong):
             reason, field = "line_too_long", None
-            message = (f"{parsed.length} bytes from byte {parsed.offset}, over data.max_line_bytes ({max_line_bytes}); "
-                       f"not read, sha256 {parsed.sha256}")
+            message = (
+                f"{parsed.length} bytes from byte {parsed.offset}, over data.max_line_bytes ({max_line_bytes}); "
+                f"not read, sha256 {parsed.sha256}"
+            )
             extra = {"offset": parsed.offset, "bytes": parsed.length, "sha256": parsed.sha256}
         elif isinstance(parsed, UnicodeDecodeError):
             reason, field, message = "invalid_utf8", None, f"not valid UTF-8 ({parsed.reason} at byte {parsed.start})"
@@ -125,12 +108,24 @@ def iter_validated(path: str | Path, max_chars: int,
                 continue
             except RecordError as exc:
                 reason, field, message = exc.reason, exc.field, str(exc)
-        yield False, {"file": name, "line": number, "reason": reason, "field": field,
-                      "message": safe_text(f"{name}:{number}: {message}"), "raw": safe_text(raw), **extra}, number
+        yield (
+            False,
+            {
+                "file": name,
+                "line": number,
+                "reason": reason,
+                "field": field,
+                "message": safe_text(f"{name}:{number}: {message}"),
+                "raw": safe_text(raw),
+                **extra,
+            },
+            number,
+        )
 
 
-def validate_file(path: str | Path, max_chars: int,
-                  max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[dict], list[dict], FileReport]:
+def validate_file(
+    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES
+) -> tuple[list[dict], list[dict], FileReport]:
     """Records and quarantine rows of one file, plus its report."""
     if not path_exists(str(path)):
         raise DataValidationError(f"{path}: file not found")
@@ -142,9 +137,14 @@ def validate_file(path: str | Path, max_chars: int,
             blank += 1
         else:
             quarantined.append(row)
-    report = FileReport(file=str(path), rows=len(accepted) + len(quarantined), accepted=len(accepted),
-                        quarantined=len(quarantined), blank_lines=blank,
-                        reasons=dict(Counter(q["reason"] for q in quarantined)))
+    report = FileReport(
+        file=str(path),
+        rows=len(accepted) + len(quarantined),
+        accepted=len(accepted),
+        quarantined=len(quarantined),
+        blank_lines=blank,
+        reasons=dict(Counter(q["reason"] for q in quarantined)),
+    )
     return accepted, quarantined, report
 
 
@@ -166,8 +166,9 @@ class ValidatedInput(BaseModel):
     report: FileReport
 
 
-def validate_input(index: int, split: str, path: str, max_chars: int, max_line_bytes: int, shard_rows: int,
-                   out_dir: Path) -> ValidatedInput:
+def validate_input(
+    index: int, split: str, path: str, max_chars: int, max_line_bytes: int, shard_rows: int, out_dir: Path
+) -> ValidatedInput:
     """Validate one input file, streaming: accepted records into shards of ``shard_rows``, rejected rows into its
     quarantine part (the map unit of the validate stage; ``index`` orders the outputs). It takes the two limits, not
     the DataConfig: the stage cache hashes every file its inputs name, and the config names all input files."""
@@ -176,8 +177,10 @@ def validate_input(index: int, split: str, path: str, max_chars: int, max_line_b
     parts = Path(out_dir) / "shards"
     accepted = blank = 0
     reasons: Counter = Counter()
-    with ShardWriter(parts / f"{split}-{index:04d}", shard_rows) as shards, \
-            JsonlWriter(parts / f"{split}-{index:04d}.quarantine.jsonl") as quarantine:
+    with (
+        ShardWriter(parts / f"{split}-{index:04d}", shard_rows) as shards,
+        JsonlWriter(parts / f"{split}-{index:04d}.quarantine.jsonl") as quarantine,
+    ):
         for ok, row, _ in iter_validated(path, max_chars, max_line_bytes):
             if ok:
                 shards.write(row)
@@ -189,10 +192,22 @@ def validate_input(index: int, split: str, path: str, max_chars: int, max_line_b
                 reasons[row["reason"]] += 1
         rejected = quarantine.close()
         written = shards.close()
-    report = FileReport(file=str(path), rows=accepted + rejected.rows, accepted=accepted, quarantined=rejected.rows,
-                        blank_lines=blank, reasons=dict(reasons))
-    log.info("validated %s: %d rows, %d accepted, %d quarantined %s",
-             path, report.rows, report.accepted, report.quarantined, report.reasons or "")
+    report = FileReport(
+        file=str(path),
+        rows=accepted + rejected.rows,
+        accepted=accepted,
+        quarantined=rejected.rows,
+        blank_lines=blank,
+        reasons=dict(reasons),
+    )
+    log.info(
+        "validated %s: %d rows, %d accepted, %d quarantined %s",
+        path,
+        report.rows,
+        report.accepted,
+        report.quarantined,
+        report.reasons or "",
+    )
     return ValidatedInput(split=split, shards=written, quarantine=rejected.path, report=report)
 
 
@@ -215,24 +230,39 @@ def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path
         share = rejected / rows if rows else 1.0
         if split_inputs and (share > cfg.max_rejected_fraction or rows == rejected):
             bad = [i for i in split_inputs if i.report.quarantined or not i.report.rows]
-            first = next((json.loads(line)["message"] for i in bad if i.report.quarantined
-                          for line in open(i.quarantine, encoding="utf-8")), "no rows at all")
+            first = next(
+                (
+                    json.loads(line)["message"]
+                    for i in bad
+                    if i.report.quarantined
+                    for line in open(i.quarantine, encoding="utf-8")
+                ),
+                "no rows at all",
+            )
             raise DataValidationError(
-                f"{split} data: {rejected} of {rows} rows rejected ({share:.0%}, limit {cfg.max_rejected_fraction:.0%}); "
+                f"{split} data: {rejected} of {rows} rows rejected ({share:.0%}, "
+                f"limit {cfg.max_rejected_fraction:.0%}); "
                 f"reasons per file { {i.report.file: i.report.reasons for i in bad} }; first: {first}; every rejected "
                 f"row is in {quarantine_path}"
             )
-    return ValidatedData(train=str(paths["train"]), test=str(paths["test"]),
-                         replay=str(paths["replay"]) if cfg.replay_path else None,
-                         quarantine=str(quarantine_path), reports=reports, report=str(report),
-                         shards={split: [s for i in inputs if i.split == split for s in i.shards] for split in splits})
+    return ValidatedData(
+        train=str(paths["train"]),
+        test=str(paths["test"]),
+        replay=str(paths["replay"]) if cfg.replay_path else None,
+        quarantine=str(quarantine_path),
+        reports=reports,
+        report=str(report),
+        shards={split: [s for i in inputs if i.split == split for s in i.shards] for split in splits},
+    )
 
 
 def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROWS) -> ValidatedData:
     """The whole stage in this process: validate train, test and replay files into ``out_dir``; raise if a split
     rejects too much. (The flow maps validate_input over the files instead: flows/data.py.)"""
-    inputs = [validate_input(k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir)
-              for k, (split, path) in enumerate(data_inputs(cfg))]
+    inputs = [
+        validate_input(k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir)
+        for k, (split, path) in enumerate(data_inputs(cfg))
+    ]
     return merge_validated(cfg, inputs, out_dir)
 
 
@@ -240,8 +270,9 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
 
 
 @task(name="validate-file", task_run_name="validate {split} {path}", **stage_options())
-def validate_input_task(index: int, split: str, path: InputPath, max_chars: int, max_line_bytes: int, shard_rows: int,
-                        run_dir: OutputPath) -> ValidatedInput:
+def validate_input_task(
+    index: int, split: str, path: InputPath, max_chars: int, max_line_bytes: int, shard_rows: int, run_dir: OutputPath
+) -> ValidatedInput:
     """Validate and normalize one input file; quarantine what is wrong."""
     return validate_input(index, split, path, max_chars, max_line_bytes, shard_rows, stage_dir(run_dir, "validate"))
 

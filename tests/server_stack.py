@@ -31,7 +31,7 @@ RUN_TIMEOUT = 1500  # seconds for one flow run on a busy two-core machine
 # Loaded by every Python process the workers start (PYTHONPATH), it wraps tasks.smoke.smoke_test so that the smoke
 # stage fails while the marker file exists: a failure injected into the real, late stage without touching its code
 # (its TASK_SOURCE cache key stays the same).
-FAULT_HOOK = '''
+FAULT_HOOK = """
 import importlib.abc, os, sys
 
 MARKER = os.environ.get("R1_TEST_FAULT_FILE")
@@ -66,7 +66,7 @@ class _InjectSmokeFault(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, _InjectSmokeFault())
-'''
+"""
 
 
 def free_port() -> int:
@@ -108,14 +108,14 @@ class Stack:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen([PREFECT, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [PREFECT, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append((name, proc))
         return proc
 
     def cli(self, *args: str, timeout: float = 300) -> str:
-        proc = subprocess.run([PREFECT, *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run([PREFECT, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout
 
@@ -141,7 +141,7 @@ class Stack:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for name, proc in reversed(self.procs):
+        for _, proc in reversed(self.procs):
             if proc.poll() is not None:
                 continue
             try:
@@ -183,8 +183,10 @@ class Stack:
                     return run
                 for name, proc in self.procs:
                     assert proc.poll() is None, f"{name} died:\n{self.log(name)}"
-                assert time.monotonic() < deadline, (f"flow run {flow_run_id} still {run.state.name}\n"
-                                                     f"{self.log('worker-local')}\n{self.log('worker-gpu')}")
+                assert time.monotonic() < deadline, (
+                    f"flow run {flow_run_id} still {run.state.name}\n"
+                    f"{self.log('worker-local')}\n{self.log('worker-gpu')}"
+                )
                 time.sleep(3)
 
     @staticmethod
@@ -197,7 +199,8 @@ class Stack:
         while runs:
             ids += runs
             subflows = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=runs)))
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=runs))
+            )
             stand_ins |= {run.parent_task_run_id for run in subflows}
             runs = [run.id for run in subflows]
         return ids, stand_ins
@@ -273,11 +276,15 @@ def small_config(tmp: Path, name: str | None, **sections) -> dict:
     A gentle learning rate on purpose: a few steps at the tiny preset's 1e-2 leave the model between formats (its
     GGUF then fails the smoke test's closed-<think> check); at 2e-4 it stays close to the base, which passes."""
     config = {
-        "preset": "tiny", "run_name": name, "runs_dir": str(tmp / "runs"),
-        "data": {"train_paths": [head("data/sample/train.jsonl", tmp / "train-small.jsonl", 120)],
-                 "test_path": head("data/sample/test.jsonl", tmp / "test-small.jsonl", 30),
-                 "replay_path": head("data/sample/general.jsonl", tmp / "replay-small.jsonl", 20),
-                 "allowed_roots": [str(tmp), "{project}/data"]},  # the shipped templates, debias lists, corpus
+        "preset": "tiny",
+        "run_name": name,
+        "runs_dir": str(tmp / "runs"),
+        "data": {
+            "train_paths": [head("data/sample/train.jsonl", tmp / "train-small.jsonl", 120)],
+            "test_path": head("data/sample/test.jsonl", tmp / "test-small.jsonl", 30),
+            "replay_path": head("data/sample/general.jsonl", tmp / "replay-small.jsonl", 20),
+            "allowed_roots": [str(tmp), "{project}/data"],
+        },  # the shipped templates, debias lists, corpus
         "augment": {"prompt_variants": 0, "replay_ratio": 0.2},
         "train": {"max_steps": 2, "micro_batch_size": 8, "save_steps": 1, "logging_steps": 1, "learning_rate": 2e-4},
         "evaluate": {"max_examples": 4, "batch_size": 4, "max_new_tokens": 16},

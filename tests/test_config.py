@@ -1,9 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from r1lib.presets import config_from_args
 from r1lib.config import PipelineConfig
-from r1lib.presets import PRESETS, preset
+from r1lib.presets import PRESETS, config_from_args, preset
 
 
 def test_every_preset_validates_and_names_a_real_model():
@@ -11,8 +10,11 @@ def test_every_preset_validates_and_names_a_real_model():
     assert names["tiny"] == "embedded"
     assert names["r1-llama-8b"] == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
     assert names["r1-llama-8b-unsloth-4bit"] == "unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit"
-    assert {"deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-            "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B"} <= set(names.values())
+    assert {
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
+    } <= set(names.values())
 
 
 def test_unknown_keys_and_bad_values_are_refused():
@@ -25,8 +27,18 @@ def test_unknown_keys_and_bad_values_are_refused():
 
 
 def test_cli_overrides():
-    cfg = config_from_args(["--preset", "tiny", "--set", "train.max_steps=7", "--set", "run_name=demo",
-                            "--set", 'data.train_paths=["a.jsonl", "b.jsonl"]'])
+    cfg = config_from_args(
+        [
+            "--preset",
+            "tiny",
+            "--set",
+            "train.max_steps=7",
+            "--set",
+            "run_name=demo",
+            "--set",
+            'data.train_paths=["a.jsonl", "b.jsonl"]',
+        ]
+    )
     assert (cfg.train.max_steps, cfg.run_name, cfg.data.train_paths) == (7, "demo", ["a.jsonl", "b.jsonl"])
 
 

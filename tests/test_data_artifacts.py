@@ -26,12 +26,23 @@ def test_data_stages_publish_their_reports_as_artifacts(prefect_harness, tmp_pat
     assert [s.rows for s in deduped.shards["train"]] == [498, 490, 196]  # 1200 rows, 16 dropped by dedup
     assert debiased.balance[0].ratio_before > 1.5 >= debiased.balance[0].ratio_after
     assert prepared.train.rows_in == debiased.rows_out and set(prepared.seconds) == {
-        "validate", "dedup", "augment", "debias", "tokenize"}
+        "validate",
+        "dedup",
+        "augment",
+        "debias",
+        "tokenize",
+    }
 
     keys = ["validation-report", "dedup-report", "bias-report", "debias-summary", "tokenization-audit-train"]
     with get_client(sync_client=True) as client:  # the newest of each key: other tests' runs share the server
-        artifacts = {a.key: a for a in reversed(client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), sort=ArtifactSort.CREATED_DESC))}
+        artifacts = {
+            a.key: a
+            for a in reversed(
+                client.read_artifacts(
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), sort=ArtifactSort.CREATED_DESC
+                )
+            )
+        }
     assert set(artifacts) == set(keys)
     bias = artifacts["bias-report"].data
     bias = json.loads(bias) if isinstance(bias, str) else bias

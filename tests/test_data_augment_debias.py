@@ -5,17 +5,25 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import r1
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import r1
-from tasks.augment import (augment, expand, load_templates, punctuation_variant, question_first_variant, shard_rng,
-                           text_variant, whitespace_variant)
 from r1lib.config import AugmentConfig, DebiasConfig
-from tasks.debias import (TermPairs, compile_terms, counterfactual, debias, debias_file, debias_rows,
-                          load_blocklist)
 from r1lib.io import write_jsonl
 from r1lib.records import make_record, normalize
+from r1lib.terms import TermPairs, compile_terms, load_blocklist
+from tasks.augment import (
+    augment,
+    expand,
+    load_templates,
+    punctuation_variant,
+    question_first_variant,
+    shard_rng,
+    text_variant,
+    whitespace_variant,
+)
+from tasks.debias import counterfactual, debias, debias_file, debias_rows
 
 PAIRS = TermPairs.load(Path("data/debias/term_pairs.csv"))
 
@@ -24,33 +32,48 @@ def rec(prompt: str, output: str, line: int = 1) -> dict:
     return make_record(normalize({"instruction": prompt, "output": output}), "t.jsonl", line)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Ann  has 3 apples.   How many?  ", "Ann has 3 apples. How many?"),
-    ("line one   \n  indented? no: trailing   \n", "line one\n  indented? no: trailing"),
-    ("def f():\n    return  1", "def f():\n    return  1"),  # code: whitespace can be meaning
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Ann  has 3 apples.   How many?  ", "Ann has 3 apples. How many?"),
+        ("line one   \n  indented? no: trailing   \n", "line one\n  indented? no: trailing"),
+        ("def f():\n    return  1", "def f():\n    return  1"),  # code: whitespace can be meaning
+    ],
+)
 def test_whitespace_variant(text, expected):
     assert whitespace_variant(text) == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("他有三个苹果。他有几个？", "他有三个苹果.他有几个?"),
-    ("天空是什么颜色?", "天空是什么颜色？"),
-    ("“Quoted” and ‘single’", "\"Quoted\" and 'single'"),
-    ("Plain ASCII, nothing to do.", "Plain ASCII, nothing to do."),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("他有三个苹果。他有几个？", "他有三个苹果.他有几个?"),
+        ("天空是什么颜色?", "天空是什么颜色？"),
+        ("“Quoted” and ‘single’", "\"Quoted\" and 'single'"),
+        ("Plain ASCII, nothing to do.", "Plain ASCII, nothing to do."),
+    ],
+)
 def test_punctuation_variant(text, expected):
     assert punctuation_variant(text) == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Ann has 3 apples and buys 2. How many apples does she have?", "How many apples does she have? Ann has 3 apples and buys 2."),
-    ("他有三个苹果。他有几个？", "他有几个？他有三个苹果。"),
-    ("What is 3.5 + 1?", "What is 3.5 + 1?"),  # no context sentence
-    ("Dr. Smith has how many?", "Dr. Smith has how many?"),  # an abbreviation is not a sentence end
-    ("Mr. Lee has 3 and Mrs. Lee has 2. How many in total?", "How many in total? Mr. Lee has 3 and Mrs. Lee has 2."),
-    ("Is it? Then go. Why?", "Is it? Then go. Why?"),  # the context holds a question: leave it
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Ann has 3 apples and buys 2. How many apples does she have?",
+            "How many apples does she have? Ann has 3 apples and buys 2.",
+        ),
+        ("他有三个苹果。他有几个？", "他有几个？他有三个苹果。"),
+        ("What is 3.5 + 1?", "What is 3.5 + 1?"),  # no context sentence
+        ("Dr. Smith has how many?", "Dr. Smith has how many?"),  # an abbreviation is not a sentence end
+        (
+            "Mr. Lee has 3 and Mrs. Lee has 2. How many in total?",
+            "How many in total? Mr. Lee has 3 and Mrs. Lee has 2.",
+        ),
+        ("Is it? Then go. Why?", "Is it? Then go. Why?"),  # the context holds a question: leave it
+    ],
+)
 def test_question_first_variant(text, expected):
     assert question_first_variant(text) == expected
 
@@ -60,7 +83,9 @@ def test_text_variants_keep_answer_and_reasoning_and_record_origin_and_parent():
     twin = text_variant(record, "question_first")
     assert twin["messages"][0]["content"] == "How many pens now? Tom has 2 pens and gets 3 more."
     assert twin["messages"][1] == record["messages"][1] and twin["reasoning"] == record["reasoning"]
-    assert (twin["origin"], twin["parent"]) == ("text_variant:question_first", record["id"]) and twin["id"] != record["id"]
+    assert (twin["origin"], twin["parent"]) == ("text_variant:question_first", record["id"]) and twin["id"] != record[
+        "id"
+    ]
     assert record["messages"][0]["content"].startswith("Tom")  # the parent is untouched
     assert text_variant(record, "punctuation") is None  # nothing to change: no copy
 
@@ -78,26 +103,29 @@ def test_augment_adds_text_variants_beside_templates():
     assert [r["id"] for r in augment(records, [], cfg, templates, index=1)] != [r["id"] for r in out]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("HE said no.", "SHE said no."),
-    ("He's here; she's not.", "She's here; he's not."),
-    ("his/her book", "her/his book"),
-    ("her/his", "his/her"),
-    ("him/her", "her/him"),
-    ('"He" asked, \'she\' answered.', '"She" asked, \'he\' answered.'),
-    ("(his) [her] {him}", "(her) [him] {her}"),  # a bare "her" reads as an object
-    ("she—he…HIM!", "he—she…HER!"),
-    ("I saw her. Her book is red.", "I saw him. His book is red."),
-    ("He gave her the book, and her brother thanked him.", "She gave him the book, and his sister thanked her."),
-    ("The King and the QUEEN", "The Queen and the KING"),
-    ("Mr Brown met Mrs Brown.", "Mrs Brown met Mr Brown."),
-    ("himself, herself", "herself, himself"),
-    ("the heir, their hen, shed, hermit, other", "the heir, their hen, shed, hermit, other"),  # whole words only
-    ("he_said and he2", "he_said and he2"),
-    ("他说她会来。", "她说他会来。"),
-    ("Er sagt, sie kommt.", "Sie sagt, er kommt."),
-    ("Élise et HE", "Élise et SHE"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("HE said no.", "SHE said no."),
+        ("He's here; she's not.", "She's here; he's not."),
+        ("his/her book", "her/his book"),
+        ("her/his", "his/her"),
+        ("him/her", "her/him"),
+        ("\"He\" asked, 'she' answered.", "\"She\" asked, 'he' answered."),
+        ("(his) [her] {him}", "(her) [him] {her}"),  # a bare "her" reads as an object
+        ("she—he…HIM!", "he—she…HER!"),
+        ("I saw her. Her book is red.", "I saw him. His book is red."),
+        ("He gave her the book, and her brother thanked him.", "She gave him the book, and his sister thanked her."),
+        ("The King and the QUEEN", "The Queen and the KING"),
+        ("Mr Brown met Mrs Brown.", "Mrs Brown met Mr Brown."),
+        ("himself, herself", "herself, himself"),
+        ("the heir, their hen, shed, hermit, other", "the heir, their hen, shed, hermit, other"),  # whole words only
+        ("he_said and he2", "he_said and he2"),
+        ("他说她会来。", "她说他会来。"),
+        ("Er sagt, sie kommt.", "Sie sagt, er kommt."),
+        ("Élise et HE", "Élise et SHE"),
+    ],
+)
 def test_counterfactual_swap_on_tricky_casing_and_punctuation(text, expected):
     assert PAIRS.swap_text(text) == expected
 
@@ -126,8 +154,12 @@ def test_blocklist_word_boundaries_and_cjk_substrings():
 
 
 def test_debias_rows_chunks_add_up_to_the_whole_and_balance_is_measured(tmp_path):
-    records = [rec("He and his brother ran.", "He won.", 1), rec("She ran.", "She won.", 2),
-               rec("The idiot ran.", "ok", 3), rec("The cat ran.", "ok", 4)]
+    records = [
+        rec("He and his brother ran.", "He won.", 1),
+        rec("She ran.", "She won.", 2),
+        rec("The idiot ran.", "ok", 3),
+        rec("The cat ran.", "ok", 4),
+    ]
     out, blocked, balance = debias(records, DebiasConfig())
     assert [b["line"] for b in blocked] == [3] and blocked[0]["reason"] == "blocked_term"
     assert len(out) == 3 + 2
@@ -152,8 +184,38 @@ def test_imbalance_can_fail_the_stage(tmp_path):
         debias_file(tmp_path / "in.jsonl", DebiasConfig(counterfactual=False, fail_on_imbalance=True), tmp_path / "o")
 
 
-_PIECES = ["he", "He", "HIS", "her", "she", "idiot", "Idiots", "his/her", "mr", "Mrs.", "ſhe", "Kid", "ıdiot", "白痴",
-           "他", "er", "sie", "the", "x_he", "he2", "é", " ", " ", ",", ".", "\n", "'", "(", "-", "ǅ"]
+_PIECES = [
+    "he",
+    "He",
+    "HIS",
+    "her",
+    "she",
+    "idiot",
+    "Idiots",
+    "his/her",
+    "mr",
+    "Mrs.",
+    "ſhe",
+    "Kid",
+    "ıdiot",
+    "白痴",
+    "他",
+    "er",
+    "sie",
+    "the",
+    "x_he",
+    "he2",
+    "é",
+    " ",
+    " ",
+    ",",
+    ".",
+    "\n",
+    "'",
+    "(",
+    "-",
+    "ǅ",
+]
 
 
 @settings(max_examples=300, deadline=None)
@@ -167,4 +229,5 @@ def test_term_shortcut_finds_exactly_what_the_pattern_finds(text):
     expected = tuple(PAIRS.group_of[PAIRS.term(m.group(0))] for m in PAIRS.pattern.pattern.finditer(text))
     assert TermPairs(PAIRS.rows).found(text) == expected
     assert PAIRS.swap_text(text) == PAIRS.pattern.pattern.sub(
-        lambda m: PAIRS._match_case(m.group(0), PAIRS._partner(m)), text)
+        lambda m: PAIRS._match_case(m.group(0), PAIRS._partner(m)), text
+    )

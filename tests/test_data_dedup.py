@@ -5,16 +5,19 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import r1, write_lines
+from pydantic import ValidationError
+
 from r1lib.config import DataConfig, DedupConfig
-from tasks.dedup import (MinHasher, candidate_pairs, band_keys, dedup, dedup_files, find_duplicates, is_test_item,
-                         lsh_params)
+from r1lib.duplicates import MinHasher, band_keys, candidate_pairs, find_duplicates, lsh_params
 from r1lib.records import make_record, normalize
+from tasks.dedup import dedup, dedup_files, is_test_item
 from tasks.validate import validate
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
-         "phi chi psi omega red green blue cyan magenta yellow black white").split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
+    "phi chi psi omega red green blue cyan magenta yellow black white"
+).split()
 
 
 def rec(prompt: str, answer: str, line: int, reasoning: str | None = None, file: str = "train.jsonl") -> dict:
@@ -64,7 +67,11 @@ def test_planted_exact_and_near_duplicates_are_found_and_first_is_kept():
     assert by_line[301]["reason"] == "duplicate" and by_line[301]["duplicate_of"]["line"] == 11
     assert by_line[302]["reason"] == "near_duplicate" and by_line[302]["duplicate_of"]["line"] == 21
     assert by_line[303]["reason"] == "duplicate"  # same conversation; reasoning is not part of the key
-    assert set(by_line) == {301, 302, 303} and len(train) == 300 and report.reasons == {"duplicate": 2, "near_duplicate": 1}
+    assert (
+        set(by_line) == {301, 302, 303}
+        and len(train) == 300
+        and report.reasons == {"duplicate": 2, "near_duplicate": 1}
+    )
     assert len(train) + len(quarantine) == len(rows)
 
 
@@ -79,9 +86,11 @@ def test_threshold_is_configurable():
 
 def test_leaked_test_items_are_removed_from_train_not_from_test():
     rows = corpus(200)
-    test = [rec(rows[7]["messages"][0]["content"], "another answer", 1, file="test.jsonl"),  # same prompt
-            rec(rows[8]["messages"][0]["content"] + " omega", rows[8]["messages"][1]["content"], 2, file="test.jsonl"),
-            rec("a brand new question nobody asked", "new", 3, file="test.jsonl")]
+    test = [
+        rec(rows[7]["messages"][0]["content"], "another answer", 1, file="test.jsonl"),  # same prompt
+        rec(rows[8]["messages"][0]["content"] + " omega", rows[8]["messages"][1]["content"], 2, file="test.jsonl"),
+        rec("a brand new question nobody asked", "new", 3, file="test.jsonl"),
+    ]
     train, kept_test, quarantine, report = dedup(rows, test, DedupConfig())
     leaks = sorted((q["line"], q["duplicate_of"]["line"]) for q in quarantine if q["reason"] == "test_leak")
     assert leaks == [(8, 1), (9, 2)]
@@ -122,8 +131,15 @@ def test_stage_on_validated_shards_writes_quarantine_and_the_cleaned_sets(tmp_pa
     rows += [rows[0], {**rows[1], "instruction": rows[1]["instruction"].upper()}]
     write_lines(tmp_path / "train.jsonl", rows)
     write_lines(tmp_path / "test.jsonl", [rows[2]])
-    data = validate(DataConfig(train_paths=[str(tmp_path / "train.jsonl")], test_path=str(tmp_path / "test.jsonl"),
-                               replay_path=None, allowed_roots=[str(tmp_path)]), tmp_path / "validate")
+    data = validate(
+        DataConfig(
+            train_paths=[str(tmp_path / "train.jsonl")],
+            test_path=str(tmp_path / "test.jsonl"),
+            replay_path=None,
+            allowed_roots=[str(tmp_path)],
+        ),
+        tmp_path / "validate",
+    )
     result = dedup_files(data.shards["train"], data.shards["test"], DedupConfig(), tmp_path / "dedup")
     lines = [json.loads(x) for x in open(result.quarantine, encoding="utf-8")]
     assert sorted((q["line"], q["reason"]) for q in lines) == [(3, "test_leak"), (33, "duplicate"), (34, "duplicate")]
@@ -132,14 +148,21 @@ def test_stage_on_validated_shards_writes_quarantine_and_the_cleaned_sets(tmp_pa
 
 
 def test_no_test_file_and_split(tmp_path):
-    rows = [{"instruction": f"Question {i}: {' '.join(random.Random(i).choices(WORDS, k=8))}", "output": str(i)}
-            for i in range(200)]
+    rows = [
+        {"instruction": f"Question {i}: {' '.join(random.Random(i).choices(WORDS, k=8))}", "output": str(i)}
+        for i in range(200)
+    ]
     write_lines(tmp_path / "train.jsonl", rows)
-    data = validate(DataConfig(train_paths=[str(tmp_path / "train.jsonl")], test_path="", replay_path=None,
-                               allowed_roots=[str(tmp_path)]), tmp_path / "validate")
+    data = validate(
+        DataConfig(
+            train_paths=[str(tmp_path / "train.jsonl")], test_path="", replay_path=None, allowed_roots=[str(tmp_path)]
+        ),
+        tmp_path / "validate",
+    )
     assert open(data.test).read() == ""
-    result = dedup_files(data.shards["train"], data.shards["test"], DedupConfig(split_test_fraction=0.2),
-                         tmp_path / "dedup")
+    result = dedup_files(
+        data.shards["train"], data.shards["test"], DedupConfig(split_test_fraction=0.2), tmp_path / "dedup"
+    )
     report = result.report
     n_test = sum(1 for _ in open(result.test, encoding="utf-8"))
     assert report.split_to_test == n_test and 20 < n_test < 60
@@ -148,8 +171,9 @@ def test_no_test_file_and_split(tmp_path):
 
 def test_disabled_stage_passes_rows_through(tmp_path):
     data = validate(DataConfig(), tmp_path / "validate")
-    report = dedup_files(data.shards["train"], data.shards["test"], DedupConfig(enabled=False),
-                         tmp_path / "dedup").report
+    report = dedup_files(
+        data.shards["train"], data.shards["test"], DedupConfig(enabled=False), tmp_path / "dedup"
+    ).report
     assert report.train_out == report.train_in and report.reasons == {}
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         DedupConfig(threshold=0)

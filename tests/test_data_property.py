@@ -10,9 +10,11 @@ from r1lib.records import check_schema
 from tasks.validate import validate_file
 
 text = st.text(max_size=40)  # any code point, control characters and lone surrogates included
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text,
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
-                           max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
 roles = st.sampled_from(["user", "assistant", "system", "human", "gpt", "robot", "", "USER"])
 turn = st.fixed_dictionaries({"role": roles, "content": text | st.integers()})
 sg_turn = st.fixed_dictionaries({"from": roles, "value": text})
@@ -26,8 +28,11 @@ rows = st.one_of(
     st.fixed_dictionaries({"prompt": text, "completion": answer}),
 )
 # A line is a JSON row (escaped as JSON writes it), raw text (often not JSON), or raw bytes (often not UTF-8).
-lines = st.one_of(rows.map(lambda r: json.dumps(r).encode()), text.map(lambda t: t.encode("utf-8", "surrogatepass")),
-                  st.binary(max_size=30))
+lines = st.one_of(
+    rows.map(lambda r: json.dumps(r).encode()),
+    text.map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.binary(max_size=30),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -45,7 +50,8 @@ def test_nothing_crashes_nothing_is_lost_every_rejection_has_a_reason(tmp_path, 
     assert len(accepted) + len(quarantined) == report.rows == len(physical) - blank
     assert report.blank_lines == blank
     assert sorted([r["source"]["line"] for r in accepted] + [q["line"] for q in quarantined]) == sorted(
-        set(range(1, len(physical) + 1)) - {i + 1 for i, b in enumerate(physical) if not b.strip()})
+        set(range(1, len(physical) + 1)) - {i + 1 for i, b in enumerate(physical) if not b.strip()}
+    )
     for q in quarantined:
         assert q["reason"] and q["file"] == str(path) and q["message"].startswith(f"{path}:{q['line']}: ")
     assert sum(report.reasons.values()) == len(quarantined)
@@ -56,14 +62,26 @@ def test_nothing_crashes_nothing_is_lost_every_rejection_has_a_reason(tmp_path, 
     assert read_jsonl(tmp_path / "accepted.jsonl") == accepted
 
 
-_VALUES = st.none() | st.booleans() | st.integers(-2, 3) | st.text(max_size=18) | st.just("x" * 16) | st.just(
-    {"file": "f", "line": 1}) | st.just([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-2, 3)
+    | st.text(max_size=18)
+    | st.just("x" * 16)
+    | st.just({"file": "f", "line": 1})
+    | st.just([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+)
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.dictionaries(st.sampled_from(["id", "system", "messages", "reasoning", "source", "origin", "parent", "x"]),
-                       _VALUES, max_size=8),
-       st.booleans())
+@given(
+    st.dictionaries(
+        st.sampled_from(["id", "system", "messages", "reasoning", "source", "origin", "parent", "x"]),
+        _VALUES,
+        max_size=8,
+    ),
+    st.booleans(),
+)
 def test_schema_fast_path_never_accepts_what_pydantic_rejects(changes, start_valid):
     """check_schema's plain-Python fast path: whenever it says a record conforms, RecordSchema agrees."""
     from r1lib.records import RecordSchema, _conforms, make_record, normalize

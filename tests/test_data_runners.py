@@ -7,23 +7,27 @@ import random
 from pathlib import Path
 
 import pytest
-
+from conftest import r1, write_lines
 from prefect import flow
 
-from conftest import r1, write_lines
 from r1lib.presets import preset
 
 # The runs fixture: a throwaway Prefect server, two flow runs, a Dask cluster (~1.5 minutes on 2 cores).
 slow = pytest.mark.slow
 
 SHARD_ROWS = 400
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
-         "phi chi psi omega red green blue cyan magenta yellow black white").split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
+    "phi chi psi omega red green blue cyan magenta yellow black white"
+).split()
 
 
 def digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def shard_task_runs(name: str) -> list:
@@ -86,7 +90,10 @@ def test_dask_cluster_writes_the_default_runners_bytes(runs):
     assert digests(runs["inline"][0]) == expected  # inside a flow, on that flow's runner, in waves of 2 shards
     # The Dask workers reported their task runs to this run's Prefect API (not to servers of their own).
     assert len(shard_task_runs("augment 0")) - runs["augment_0_runs_before"] == 3
-    assert (dask.train.rows_out, dask.debiased.counterfactuals) == (default.train.rows_out, default.debiased.counterfactuals)
+    assert (dask.train.rows_out, dask.debiased.counterfactuals) == (
+        default.train.rows_out,
+        default.debiased.counterfactuals,
+    )
 
 
 @slow

@@ -1,4 +1,4 @@
-"""Multi-process training (issue 8): launch presets, and data-parallel training through torchrun.
+"""Multi-process training: launch presets, and data-parallel training through torchrun.
 
 On this CPU machine the DDP preset starts 2 CPU processes that all-reduce over gloo: the same code path as 2 GPUs over
 NCCL (tests/test_gpu.py runs that on a 2-GPU machine), small enough for CI.
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from r1lib.config import TrainConfig
-from r1lib.presets import preset
 from r1lib.errors import ConfigError
+from r1lib.presets import preset
 from r1lib.training.launcher import launch_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +41,15 @@ print("RESULT " + result.model_dump_json())
 
 def start(dataset: str, out_dir: Path, processes: int, steps: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, dataset, str(out_dir), str(processes), str(steps)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", TRAIN_SCRIPT, dataset, str(out_dir), str(processes), str(steps)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen) -> dict:
@@ -89,7 +95,7 @@ def test_presets_are_data_files_chosen_by_the_config(monkeypatch):
     with pytest.raises(ConfigError, match=r"no preset .*known: ddp, fsdp, single"):
         launch_plan(train_cfg(launch="deepspeed"), "hf")
     assert launch_plan(train_cfg(gpus=2, gradient_accumulation=2), "hf").name == "ddp"  # auto: ddp for more than one
-    # The config alone decides: an environment variable that used to pick the preset is ignored.
+    # The config alone decides: no environment variable picks the preset.
     monkeypatch.setenv("R1_FINETUNE_LAUNCH", "ddp")
     assert launch_plan(train_cfg(), "hf").name == "single"
 
@@ -109,8 +115,14 @@ def test_ddp_over_two_processes_trains_like_one_process_and_rank_zero_writes_one
     assert losses(ddp) == pytest.approx(losses(single), rel=0.02)
     # Rank 0 wrote the artifacts once; each rank its own RNG state in the checkpoint.
     train_dir = tmp_path / "ddp"
-    assert sorted(p.name for p in train_dir.iterdir()) == [".lock", "adapter", "checkpoints", "launch",
-                                                           "log_history.json", "result.json"]
+    assert sorted(p.name for p in train_dir.iterdir()) == [
+        ".lock",
+        "adapter",
+        "checkpoints",
+        "launch",
+        "log_history.json",
+        "result.json",
+    ]
     assert (train_dir / "adapter" / "adapter_model.safetensors").exists()
     last = max((train_dir / "checkpoints").glob("*/checkpoint-6"))
     assert {p.name for p in last.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
@@ -141,7 +153,9 @@ def test_killed_ddp_training_leaves_no_orphan_rank_and_resumes(small_dataset, tm
     proc.kill()  # SIGKILL of the task's process: the ranks get SIGTERM from the kernel (PR_SET_PDEATHSIG)
     proc.wait()
     time.sleep(5)
-    ranks = subprocess.run(["pgrep", "-f", f"r1lib.training.launcher {out}/launch/spec.json"], capture_output=True, text=True)
+    ranks = subprocess.run(
+        ["pgrep", "-f", f"r1lib.training.launcher {out}/launch/spec.json"], capture_output=True, text=True
+    )
     assert ranks.stdout.strip() == "", f"orphaned ranks still running: {ranks.stdout}"
     if proc.pid:
         try:
@@ -161,8 +175,11 @@ def test_the_ddp_deployment_picks_the_ddp_preset_through_its_parameters():
     from r1lib.config import PipelineConfig
     from r1lib.presets import expand_preset
 
-    deployment = next(d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-                      if d["name"] == "nightly-retrain-ddp")
+    deployment = next(
+        d
+        for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+        if d["name"] == "nightly-retrain-ddp"
+    )
     config = PipelineConfig.model_validate(expand_preset(deployment["parameters"]["config"]))
     env = deployment["work_pool"]["job_variables"]["env"]
     assert config.train.gpus == 0 and config.train.launch == "ddp" and env["R1_GPU_LIMIT"] == "gpu"
@@ -176,12 +193,28 @@ def test_the_whole_flow_trains_data_parallel_and_writes_one_adapter(tmp_path):
     """The finetune flow with train.gpus=2 on this CPU machine: the train task launches 2 gloo ranks; evaluation,
     merge, GGUF export and the smoke test then use the one adapter rank 0 wrote (tests/test_gpu.py: the same on 2
     GPUs)."""
-    command = [sys.executable, "-m", "flows.finetune", "--set", f"runs_dir={tmp_path}", "--set", "train.gpus=2",
-               "--set", "train.micro_batch_size=8", "--set", "train.gradient_accumulation=2",
-               "--set", "train.max_steps=30", "--set", 'export.quantizations=["Q8_0"]',
-               "--set", "evaluate.max_examples=20"]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    command = [
+        sys.executable,
+        "-m",
+        "flows.finetune",
+        "--set",
+        f"runs_dir={tmp_path}",
+        "--set",
+        "train.gpus=2",
+        "--set",
+        "train.micro_batch_size=8",
+        "--set",
+        "train.gradient_accumulation=2",
+        "--set",
+        "train.max_steps=30",
+        "--set",
+        'export.quantizations=["Q8_0"]',
+        "--set",
+        "evaluate.max_examples=20",
+    ]
+    proc = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     run_dir = next(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())

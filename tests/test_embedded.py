@@ -6,10 +6,13 @@ from r1lib.chat_template import R1_CHAT_TEMPLATE, extract_answer, split_reasonin
 from r1lib.embedded import R1_QWEN_ADDED_TOKENS, R1_QWEN_VOCAB_SIZE
 
 # The text llama.cpp's converter hashes to recognise a BPE pre-tokenizer (conversion/base.py, get_vocab_base_pre).
-CHKTXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 '
-          '3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= '
-          'нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? '
-          '\'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL')
+CHKTXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) "
+    "✅ 🦙🦙 3 33 333 "
+    "3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= "
+    "нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
+    "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
 DEEPSEEK_R1_QWEN_HASH = "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5"
 
 
@@ -32,11 +35,19 @@ def test_plain_encoding_adds_bos_like_the_real_tokenizer(tokenizer):
 def test_chat_template_matches_the_official_r1_format(tokenizer):
     assert tokenizer.chat_template == R1_CHAT_TEMPLATE
     text = tokenizer.apply_chat_template(
-        [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
-         {"role": "assistant", "content": "<think>\nr\n</think>\n\nA1"}, {"role": "user", "content": "Q2"}],
-        add_generation_prompt=True, tokenize=False)
-    assert text == ("<｜begin▁of▁sentence｜>S<｜User｜>Q1<｜Assistant｜>\n\nA1<｜end▁of▁sentence｜><｜User｜>Q2"
-                    "<｜Assistant｜><think>\n")
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "<think>\nr\n</think>\n\nA1"},
+            {"role": "user", "content": "Q2"},
+        ],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert text == (
+        "<｜begin▁of▁sentence｜>S<｜User｜>Q1<｜Assistant｜>\n\nA1<｜end▁of▁sentence｜><｜User｜>Q2"
+        "<｜Assistant｜><think>\n"
+    )
 
 
 def test_split_and_extract_answer():

@@ -21,8 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "runs" / "pytest-eval-export"
 # The shared run is rebuilt when its configuration or the code that trains it changes (export is exercised afresh
 # by the tests that need it: tests/test_export_crash.py).
-KEY_SOURCES = ["r1lib/embedded.py", "r1lib/models.py", "tasks/tokenize.py", "tasks/train.py", "r1lib/training/backends.py",
-               "r1lib/training/fit.py", "r1lib/chat_template.py"]
+KEY_SOURCES = [
+    "r1lib/embedded.py",
+    "r1lib/models.py",
+    "tasks/tokenize.py",
+    "tasks/train.py",
+    "r1lib/training/backends.py",
+    "r1lib/training/fit.py",
+    "r1lib/chat_template.py",
+]
 
 
 def fixture_config():
@@ -52,9 +59,9 @@ def _lock(path: Path):
 
 def shared_run() -> dict:
     """Paths of the shared small run, built on first use (validate, tokenize, 5 training steps, merge, GGUFs)."""
-    from tasks.export import convert, merge, quantize
     from r1lib.io import write_json
     from r1lib.models import load_tokenizer
+    from tasks.export import convert, merge, quantize
     from tasks.resolve_model import resolve_model
     from tasks.tokenize import tokenize_file
     from tasks.train import train
@@ -71,18 +78,29 @@ def shared_run() -> dict:
         model_dir = resolve_model(cfg.model, cfg.cache_dir)
         data = validate(cfg.data, RUN / "validate")
         tokenizer = load_tokenizer(model_dir)
-        tok = {split: tokenize_file(tokenizer, Path(path), cfg.tokenize, RUN / "tokenize" / split).dataset
-               for split, path in (("train", data.train), ("test", data.test), ("replay", data.replay))}
+        tok = {
+            split: tokenize_file(tokenizer, Path(path), cfg.tokenize, RUN / "tokenize" / split).dataset
+            for split, path in (("train", data.train), ("test", data.test), ("replay", data.replay))
+        }
         trained = train(tok["train"], None, model_dir, cfg.model, cfg.train, cfg.tokenize, RUN / "train")
         merged = merge(model_dir, trained.adapter, cfg.model, RUN / "export" / "merged")
         f16 = convert(merged, "f16", RUN / "export" / "pytest-eval-export-F16.gguf")
         ggufs = {"F16": f16.path}
         for qtype in ("Q8_0", "Q4_K_M"):
             ggufs[qtype] = quantize(Path(f16.path), qtype, RUN / "export" / f"pytest-eval-export-{qtype}.gguf").path
-        info = {"key": key, "run_dir": str(RUN), "model_dir": model_dir, "adapter": trained.adapter,
-                "log_history": trained.log_history, "train_result": trained.model_dump(), "merged": merged,
-                "test_records": data.test, "test_dataset": tok["test"], "replay_dataset": tok["replay"],
-                "ggufs": ggufs}
+        info = {
+            "key": key,
+            "run_dir": str(RUN),
+            "model_dir": model_dir,
+            "adapter": trained.adapter,
+            "log_history": trained.log_history,
+            "train_result": trained.model_dump(),
+            "merged": merged,
+            "test_records": data.test,
+            "test_dataset": tok["test"],
+            "replay_dataset": tok["replay"],
+            "ggufs": ggufs,
+        }
         write_json(marker, info)
         return info
 
@@ -106,7 +124,7 @@ def _record(answer: str) -> dict:
 
 
 def test_scores_strip_reasoning_and_check_the_r1_format():
-    from tasks.evaluate import format_check, normalize_answer, repetition_rate, score_generations
+    from r1lib.generation import format_check, normalize_answer, repetition_rate, score_generations
 
     records = [_record("Paris."), _record("Paris."), _record("4"), _record("x")]
     completions = [
@@ -151,12 +169,29 @@ def test_evaluate_base_vs_tuned_and_the_forgetting_gate(run, tmp_path):
     from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
     from tasks.evaluate import Evaluation, QualityGateError, evaluate
 
-    cfg = EvalConfig(max_examples=4, batch_size=4, max_new_tokens=12, repetition_penalty=1.2, no_repeat_ngram_size=3,
-                     perplexity_rows=24,
-                     max_forgetting_ratio=0.01, on_forgetting="fail", lm_eval_tasks=["hellaswag"])
+    cfg = EvalConfig(
+        max_examples=4,
+        batch_size=4,
+        max_new_tokens=12,
+        repetition_penalty=1.2,
+        no_repeat_ngram_size=3,
+        perplexity_rows=24,
+        max_forgetting_ratio=0.01,
+        on_forgetting="fail",
+        lm_eval_tasks=["hellaswag"],
+    )
     with pytest.raises(QualityGateError, match="forgetting"):
-        evaluate(run["model_dir"], run["adapter"], run["test_records"], run["test_dataset"], run["replay_dataset"],
-                 ModelConfig(), cfg, TokenizeConfig(), tmp_path)
+        evaluate(
+            run["model_dir"],
+            run["adapter"],
+            run["test_records"],
+            run["test_dataset"],
+            run["replay_dataset"],
+            ModelConfig(),
+            cfg,
+            TokenizeConfig(),
+            tmp_path,
+        )
     result = Evaluation.model_validate(json.loads((tmp_path / "evaluation.json").read_text()))  # written before failing
     assert result.forgetting_exceeded and result.forgetting_limit == 0.01
     assert result.decoding["repetition_penalty"] == 1.2 and result.decoding["no_repeat_ngram_size"] == 3
@@ -165,8 +200,9 @@ def test_evaluate_base_vs_tuned_and_the_forgetting_gate(run, tmp_path):
         assert scores.generated == 4 and scores.answer_tokens > 100 and math.isfinite(scores.perplexity)
         assert scores.replay_perplexity and 0 <= scores.format_ok <= 1 and 0 <= scores.repetition_rate <= 1
     assert result.tuned.perplexity < result.base.perplexity  # even 5 steps move the held-out loss
-    assert result.forgetting_ratio == pytest.approx(result.tuned.replay_perplexity / result.base.replay_perplexity,
-                                                    rel=1e-3)
+    assert result.forgetting_ratio == pytest.approx(
+        result.tuned.replay_perplexity / result.base.replay_perplexity, rel=1e-3
+    )
     table = json.loads((tmp_path / "comparison.json").read_text())
     assert {r["metric"] for r in table} >= {"held-out answer perplexity (lower is better)", "answer accuracy, exact"}
     assert len((tmp_path / "generations.jsonl").read_text().splitlines()) == 4
@@ -193,8 +229,11 @@ def test_merged_model_is_full_precision_with_tokenizer_and_r1_template(run):
     assert "quantization_config" not in config
     assert _safetensors_dtypes(merged) <= {"F32", "F16", "BF16"}
     assert (merged / "tokenizer.json").exists() and (merged / "tokenizer_config.json").exists()
-    template = (merged / "chat_template.jinja").read_text() if (merged / "chat_template.jinja").exists() else \
-        json.loads((merged / "tokenizer_config.json").read_text())["chat_template"]
+    template = (
+        (merged / "chat_template.jinja").read_text()
+        if (merged / "chat_template.jinja").exists()
+        else json.loads((merged / "tokenizer_config.json").read_text())["chat_template"]
+    )
     assert USER in template and ASSISTANT in template and "</think>" in template
     f16 = Path(run["ggufs"]["F16"])
     assert ASSISTANT in gguf_metadata(f16, "tokenizer.chat_template")  # the GGUF carries the R1 template too
@@ -205,8 +244,8 @@ def test_prequantized_base_is_dequantized_before_merging(run, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from r1lib.config import ModelConfig
-    from tasks.export import check_unquantized, merge
     from r1lib.models import is_prequantized, load_causal_lm, load_tokenizer
+    from tasks.export import check_unquantized, merge
 
     prequantized = tmp_path / "base-bnb-4bit"  # like unsloth's -bnb-4bit uploads
     load_causal_lm(run["model_dir"], ModelConfig(), four_bit=True).save_pretrained(prequantized)
@@ -228,8 +267,9 @@ def smoke(run, tmp_path_factory):
 
     cfg = SmokeConfig(max_tokens=32, perplexity_rows=8, parity_tokens=16, n_threads=1)
     decoding = {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
-    return smoke_test(run["merged"], gguf_files(run), cfg, tmp_path_factory.mktemp("smoke"), run["test_dataset"],
-                      decoding)
+    return smoke_test(
+        run["merged"], gguf_files(run), cfg, tmp_path_factory.mktemp("smoke"), run["test_dataset"], decoding
+    )
 
 
 def test_smoke_and_perplexity_parity_per_gguf(smoke):
@@ -255,26 +295,48 @@ def test_smoke_fails_loudly_on_a_broken_gguf(run, tmp_path):
     broken = tmp_path / "broken-F16.gguf"
     broken.write_bytes(Path(run["ggufs"]["F16"]).read_bytes()[:4096])
     with pytest.raises(ExportCheckError, match="exited with"):
-        smoke_one(GGUFFile(path=str(broken), type="F16", bytes=4096), ["<｜User｜>hi<｜Assistant｜><think>\n"],
-                  SmokeConfig(n_threads=1), timeout=120)
+        smoke_one(
+            GGUFFile(path=str(broken), type="F16", bytes=4096),
+            ["<｜User｜>hi<｜Assistant｜><think>\n"],
+            SmokeConfig(n_threads=1),
+            timeout=120,
+        )
 
 
 def test_model_card_and_modelfiles(run, smoke, tmp_path):
-    from tasks.card import write_card
     from r1lib.chat_template import ASSISTANT, EOS, USER
+    from tasks.card import write_card
     from tasks.evaluate import Evaluation, ModelScores
     from tasks.train import TrainResult
 
-    scores = dict(perplexity=3.0, replay_perplexity=2.0, accuracy=0.1, accuracy_normalized=0.2, format_ok=1.0,
-                  repetition_rate=0.0, generated=4, stopped_by_time_limit=False)
-    evaluation = Evaluation(base=ModelScores(**scores), tuned=ModelScores(**{**scores, "perplexity": 1.5}),
-                            forgetting_ratio=1.0, samples="x",
-                            decoding={"temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.2,
-                                      "no_repeat_ngram_size": 3})
+    scores = dict(
+        perplexity=3.0,
+        replay_perplexity=2.0,
+        accuracy=0.1,
+        accuracy_normalized=0.2,
+        format_ok=1.0,
+        repetition_rate=0.0,
+        generated=4,
+        stopped_by_time_limit=False,
+    )
+    evaluation = Evaluation(
+        base=ModelScores(**scores),
+        tuned=ModelScores(**{**scores, "perplexity": 1.5}),
+        forgetting_ratio=1.0,
+        samples="x",
+        decoding={"temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3},
+    )
     cfg = fixture_config()
     trained = TrainResult.model_validate(run["train_result"])
-    card = write_card(cfg, run["run_dir"], gguf_files(run), evaluation.decoding, [trained, evaluation, smoke],
-                      trained.loss_curve, out_dir=tmp_path)
+    card = write_card(
+        cfg,
+        run["run_dir"],
+        gguf_files(run),
+        evaluation.decoding,
+        [trained, evaluation, smoke],
+        trained.loss_curve,
+        out_dir=tmp_path,
+    )
     modelfile = Path(card.modelfile).read_text()
     assert "FROM ./pytest-eval-export-Q4_K_M.gguf" in modelfile
     assert 'TEMPLATE """' in modelfile and USER in modelfile and f"{ASSISTANT}<think>" in modelfile
@@ -286,7 +348,15 @@ def test_model_card_and_modelfiles(run, smoke, tmp_path):
     readme = Path(card.readme).read_text()
     assert Path(card.loss_curve).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![Training and evaluation loss](loss_curve.png)" in readme
-    for needle in ("base_model: embedded", "Data fingerprint", "llama-cli -m pytest-eval-export-Q4_K_M.gguf",
-                   "llama-server -m", "ollama create", "ollama run", "F16 GGUF vs HF", "quantization loss",
-                   "data/sample/train.jsonl"):
+    for needle in (
+        "base_model: embedded",
+        "Data fingerprint",
+        "llama-cli -m pytest-eval-export-Q4_K_M.gguf",
+        "llama-server -m",
+        "ollama create",
+        "ollama run",
+        "F16 GGUF vs HF",
+        "quantization loss",
+        "data/sample/train.jsonl",
+    ):
         assert needle in readme, needle

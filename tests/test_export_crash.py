@@ -21,7 +21,7 @@ import pytest
 
 from tests.test_eval_export import ROOT, shared_run
 
-SITECUSTOMIZE = textwrap.dedent('''
+SITECUSTOMIZE = textwrap.dedent("""
     import os, socket
 
     _log = os.environ.get("NETWORK_ATTEMPTS_LOG")
@@ -65,7 +65,7 @@ SITECUSTOMIZE = textwrap.dedent('''
                 return code
 
             llama_cpp.llama_model_quantize = _slow_quantize
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +79,28 @@ def child_env(tmp_path):
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(PYTHONPATH=f"{site}{os.pathsep}{ROOT}", HF_HUB_OFFLINE="1", HTTPS_PROXY="http://127.0.0.1:9",
-               HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
-               NETWORK_ATTEMPTS_LOG=str(tmp_path / "network-attempts.log"))
+    env.update(
+        PYTHONPATH=f"{site}{os.pathsep}{ROOT}",
+        HF_HUB_OFFLINE="1",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+        http_proxy="http://127.0.0.1:9",
+        NETWORK_ATTEMPTS_LOG=str(tmp_path / "network-attempts.log"),
+    )
     return env
 
 
 def _driver(code: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def _wait_for(predicate, timeout: float = 240, what: str = ""):
@@ -122,7 +135,8 @@ def _assert_nothing_whole(final: Path):
 
 def test_export_runs_offline_without_network(run, child_env, tmp_path):
     out = tmp_path / "export"
-    proc = _driver(f'''
+    proc = _driver(
+        f"""
         import socket
         from pathlib import Path
         from r1lib.config import ModelConfig
@@ -131,7 +145,9 @@ def test_export_runs_offline_without_network(run, child_env, tmp_path):
         merged = merge({run["model_dir"]!r}, {run["adapter"]!r}, ModelConfig(), Path({str(out / "merged")!r}))
         f16 = convert(merged, "f16", Path({str(out / "m-F16.gguf")!r}))
         print(quantize(Path(f16.path), "Q8_0", Path({str(out / "m-Q8_0.gguf")!r})).path)
-    ''', child_env)
+    """,
+        child_env,
+    )
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     assert (out / "m-F16.gguf").stat().st_size > 0 and (out / "m-Q8_0.gguf").stat().st_size > 0
@@ -145,11 +161,11 @@ def test_convert_killed_mid_write_leaves_no_gguf_and_a_retry_succeeds(run, child
     from tasks.export import convert
 
     final = tmp_path / "out" / "m-F16.gguf"
-    code = f'''
+    code = f"""
         from pathlib import Path
         from tasks.export import convert
         convert({run["merged"]!r}, "f16", Path({str(final)!r}))
-    '''
+    """
     env = {**child_env, "STALL_GGUF_WRITE": "120"}
 
     # 1. the converter child dies mid-write: the export step fails and removes its temporary file
@@ -181,11 +197,11 @@ def test_quantize_killed_mid_write_leaves_no_gguf_and_a_retry_succeeds(run, chil
     from tasks.export import quantize
 
     final = tmp_path / "out" / "m-Q8_0.gguf"
-    code = f'''
+    code = f"""
         from pathlib import Path
         from tasks.export import quantize
         quantize(Path({run["ggufs"]["F16"]!r}), "Q8_0", Path({str(final)!r}))
-    '''
+    """
     env = {**child_env, "STALL_GGUF_WRITE": "120"}
 
     proc = _driver(code, env)

@@ -32,8 +32,14 @@ print("RESULT " + result.model_dump_json())
 
 def start_training(dataset: str, out_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, dataset, str(out_dir)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", TRAIN_SCRIPT, dataset, str(out_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen) -> dict:
@@ -130,8 +136,8 @@ def test_disk_full_while_saving_the_adapter_keeps_no_half_adapter(tmp_path):
 @pytest.mark.slow
 def test_two_trainings_on_one_run_directory_do_not_interleave(small_dataset, tmp_path):
     from r1lib.config import TrainConfig
-    from r1lib.presets import preset
     from r1lib.io import DirectoryBusy
+    from r1lib.presets import preset
     from tasks.resolve_model import resolve_model
     from tasks.train import train
 
@@ -144,8 +150,15 @@ def test_two_trainings_on_one_run_directory_do_not_interleave(small_dataset, tmp
     cfg = preset("tiny")
     try:
         with pytest.raises(DirectoryBusy, match=rf"is in use by pid {first.pid}"):
-            train(small_dataset, None, resolve_model(cfg.model, cfg.cache_dir), cfg.model,
-                  TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12}), cfg.tokenize, tmp_path / "shared")
+            train(
+                small_dataset,
+                None,
+                resolve_model(cfg.model, cfg.cache_dir),
+                cfg.model,
+                TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12}),
+                cfg.tokenize,
+                tmp_path / "shared",
+            )
     finally:
         result = finish(first)
     assert result["steps"] == 12 and result["resumed_from"] is None  # the first run was not disturbed
@@ -164,8 +177,16 @@ def test_rerun_after_the_final_checkpoint_publishes_it_without_training_past_max
     from tasks.train import train
 
     cfg = preset("tiny")
-    train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": 6, "save_steps": 3, "logging_steps": 1,
-                               "micro_batch_size": 8, "learning_rate": 3e-3})
+    train_cfg = TrainConfig(
+        **{
+            **cfg.train.model_dump(),
+            "max_steps": 6,
+            "save_steps": 3,
+            "logging_steps": 1,
+            "micro_batch_size": 8,
+            "learning_rate": 3e-3,
+        }
+    )
     model_dir = resolve_model(cfg.model, cfg.cache_dir)
     out = tmp_path / "train"
     first = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
@@ -179,7 +200,8 @@ def test_rerun_after_the_final_checkpoint_publishes_it_without_training_past_max
     history = json.loads(Path(again.log_history).read_text())
     assert max(h["step"] for h in history) == 6
     assert [h["loss"] for h in history if "loss" in h] == pytest.approx(
-        [h["loss"] for h in json.loads(Path(first.log_history).read_text()) if "loss" in h])
+        [h["loss"] for h in json.loads(Path(first.log_history).read_text()) if "loss" in h]
+    )
     assert not list((out / "checkpoints").glob("*/checkpoint-7"))
     published = load_file(out / "adapter" / "adapter_model.safetensors")
     saved = load_file(final / "adapter_model.safetensors")

@@ -21,9 +21,13 @@ def summary(prefect_harness, tmp_path_factory):
     os.environ["HF_TOKEN"] = os.environ["AWS_SECRET_ACCESS_KEY"] = PLANTED_SECRET
     runs = tmp_path_factory.mktemp("runs")
     config = preset("tiny")
-    config = config.model_validate({**config.model_dump(), "runs_dir": str(runs),
-                                    "data": {**config.data.model_dump(),
-                                             "train_paths": ["data/sample/train.jsonl", BROKEN]}})
+    config = config.model_validate(
+        {
+            **config.model_dump(),
+            "runs_dir": str(runs),
+            "data": {**config.data.model_dump(), "train_paths": ["data/sample/train.jsonl", BROKEN]},
+        }
+    )
     try:
         return finetune(config).summary.data
     finally:

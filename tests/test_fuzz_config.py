@@ -11,7 +11,7 @@ from r1lib.presets import preset
 
 SECTIONS = ["model", "data", "augment", "debias", "tokenize", "train", "evaluate", "export", "smoke"]
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=8,
 )
@@ -39,9 +39,14 @@ def test_any_override_is_accepted_or_refused_with_the_field_named(section, key, 
 
 
 def test_out_of_range_values_are_refused():
-    for section, field, value in [("train", "learning_rate", 0), ("train", "micro_batch_size", 0),
-                                  ("tokenize", "max_seq_length", 1), ("data", "max_rejected_fraction", 2),
-                                  ("evaluate", "top_p", 0), ("export", "quantizations", ["Q9_Z"])]:
+    for section, field, value in [
+        ("train", "learning_rate", 0),
+        ("train", "micro_batch_size", 0),
+        ("tokenize", "max_seq_length", 1),
+        ("data", "max_rejected_fraction", 2),
+        ("evaluate", "top_p", 0),
+        ("export", "quantizations", ["Q9_Z"]),
+    ]:
         data = preset("tiny").model_dump()
         data[section][field] = value
         try:

@@ -18,9 +18,9 @@ GOOD = {"instruction": "What is the sentence about?", "output": "<think>\nTwo an
 def mutate(rng: random.Random, line: bytes) -> bytes:
     kind = rng.randrange(10)
     if kind == 0:
-        return line[: rng.randrange(len(line))]                     # truncated JSON
+        return line[: rng.randrange(len(line))]  # truncated JSON
     if kind == 1:
-        return line.decode().encode("utf-16")                       # wrong encoding
+        return line.decode().encode("utf-16")  # wrong encoding
     if kind == 2:
         return json.dumps({**GOOD, "output": "x" * 200_000}).encode()  # huge field
     if kind == 3:
@@ -32,15 +32,17 @@ def mutate(rng: random.Random, line: bytes) -> bytes:
         except RecursionError:
             return b'{"instruction": ' + b"[" * 5000 + b"]" * 5000 + b', "output": "y"}'
     if kind == 4:
-        return line.replace(b"What", b"Wh\\u0000at")                  # NUL inside a string
+        return line.replace(b"What", b"Wh\\u0000at")  # NUL inside a string
     if kind == 5:
-        return line[:10] + b"\x00\xff\xfe" + line[10:]               # raw NUL and invalid UTF-8 bytes
+        return line[:10] + b"\x00\xff\xfe" + line[10:]  # raw NUL and invalid UTF-8 bytes
     if kind == 6:
-        return b"\xef\xbb\xbf" + line                                 # a byte-order mark
+        return b"\xef\xbb\xbf" + line  # a byte-order mark
     if kind == 7:
         return json.dumps(rng.choice([None, 1, "s", [GOOD], {"messages": "no"}])).encode()
     if kind == 8:
-        return json.dumps({**GOOD, "output": "z" * rng.randrange(MAX_LINE_BYTES, 3 * MAX_LINE_BYTES)}).encode()  # too long
+        return json.dumps(
+            {**GOOD, "output": "z" * rng.randrange(MAX_LINE_BYTES, 3 * MAX_LINE_BYTES)}
+        ).encode()  # too long
     return line
 
 

@@ -69,8 +69,8 @@ def _imports():
     if BACKEND == "unsloth":
         import unsloth  # noqa: F401  (before transformers / trl / peft)
 
-    from tasks import train as train_mod
     from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
+    from tasks import train as train_mod
 
     return train_mod, ModelConfig, TokenizeConfig, TrainConfig
 
@@ -82,9 +82,19 @@ def build_model(path: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
-    config = Qwen2Config(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
-                         num_key_value_heads=2, vocab_size=4096, max_position_embeddings=4096, tie_word_embeddings=True,
-                         bos_token_id=1001, eos_token_id=1002, pad_token_id=1003)
+    config = Qwen2Config(
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=4096,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=1001,
+        eos_token_id=1002,
+        pad_token_id=1003,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(path, safe_serialization=True)
@@ -92,8 +102,9 @@ def build_model(path: Path) -> Path:
     vocab.update({"<unk>": 1000, "<bos>": 1001, "<eos>": 1002, "<pad>": 1003})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
-                            pad_token="<pad>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    ).save_pretrained(path)
     return path
 
 
@@ -129,8 +140,17 @@ def assets(tmp_path_factory):
 
 
 def resume_config(TrainConfig):
-    return TrainConfig(backend=BACKEND, max_steps=24, micro_batch_size=4, gradient_accumulation=2,
-                       learning_rate=2e-3, save_steps=4, save_total_limit=3, logging_steps=1, packing=False)
+    return TrainConfig(
+        backend=BACKEND,
+        max_steps=24,
+        micro_batch_size=4,
+        gradient_accumulation=2,
+        learning_rate=2e-3,
+        save_steps=4,
+        save_total_limit=3,
+        logging_steps=1,
+        packing=False,
+    )
 
 
 # --- tests --------------------------------------------------------------------------------------------------------
@@ -138,11 +158,27 @@ def resume_config(TrainConfig):
 
 def test_unsloth_4bit_training_packed(assets, tmp_path):
     train_mod, ModelConfig, TokenizeConfig, TrainConfig = _imports()
-    cfg = TrainConfig(backend=BACKEND, max_steps=20, micro_batch_size=2, gradient_accumulation=2,
-                      learning_rate=3e-3, warmup_ratio=0.1, save_steps=10, logging_steps=1, packing=True)
+    cfg = TrainConfig(
+        backend=BACKEND,
+        max_steps=20,
+        micro_batch_size=2,
+        gradient_accumulation=2,
+        learning_rate=3e-3,
+        warmup_ratio=0.1,
+        save_steps=10,
+        logging_steps=1,
+        packing=True,
+    )
     assert train_mod.choose_backend(cfg) == BACKEND
-    result = train_mod.train(assets["train"], None, assets["model"], ModelConfig(name_or_path=assets["model"]), cfg,
-                             TokenizeConfig(max_seq_length=1024), tmp_path / "run")
+    result = train_mod.train(
+        assets["train"],
+        None,
+        assets["model"],
+        ModelConfig(name_or_path=assets["model"]),
+        cfg,
+        TokenizeConfig(max_seq_length=1024),
+        tmp_path / "run",
+    )
     print(result.model_dump_json(indent=1))
     assert result.backend == BACKEND and result.steps == 20 and not result.oom_retries
     assert (Path(result.adapter) / "adapter_config.json").exists()
@@ -160,15 +196,24 @@ def _child() -> None:
     os.chdir(ROOT)
     train_mod, ModelConfig, TokenizeConfig, TrainConfig = _imports()
     model_dir, data_dir, out_dir = sys.argv[2:5]
-    train_mod.train(data_dir, None, model_dir, ModelConfig(name_or_path=model_dir), resume_config(TrainConfig),
-                    TokenizeConfig(max_seq_length=1024), Path(out_dir), progress_hook=lambda *a: time.sleep(0.3))
+    train_mod.train(
+        data_dir,
+        None,
+        model_dir,
+        ModelConfig(name_or_path=model_dir),
+        resume_config(TrainConfig),
+        TokenizeConfig(max_seq_length=1024),
+        Path(out_dir),
+        progress_hook=lambda *a: time.sleep(0.3),
+    )
 
 
 def test_resume_after_kill(assets, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, __file__, "child", assets["model"], assets["train"], str(out)], env=env,
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "child", assets["model"], assets["train"], str(out)], env=env, cwd=ROOT
+    )
     deadline = time.monotonic() + 400
     killed_after = None
     try:
@@ -189,8 +234,15 @@ def test_resume_after_kill(assets, tmp_path):
     assert not (out / "result.json").exists()
 
     train_mod, ModelConfig, TokenizeConfig, TrainConfig = _imports()
-    result = train_mod.train(assets["train"], None, assets["model"], ModelConfig(name_or_path=assets["model"]),
-                             resume_config(TrainConfig), TokenizeConfig(max_seq_length=1024), out)
+    result = train_mod.train(
+        assets["train"],
+        None,
+        assets["model"],
+        ModelConfig(name_or_path=assets["model"]),
+        resume_config(TrainConfig),
+        TokenizeConfig(max_seq_length=1024),
+        out,
+    )
     print("checkpoints at kill:", killed_after, "resumed from:", result.resumed_from)
     assert result.resumed_from is not None
     resumed_step = int(result.resumed_from.rsplit("-", 1)[1])
@@ -205,15 +257,30 @@ def test_oom_retry_halves_micro_batch(assets, tmp_path):
     import gc
 
     train_mod, ModelConfig, TokenizeConfig, TrainConfig = _imports()
-    cfg = TrainConfig(backend=BACKEND, max_steps=2, micro_batch_size=64, gradient_accumulation=1,
-                      min_micro_batch_size=1, save_steps=100, logging_steps=1, packing=False)
+    cfg = TrainConfig(
+        backend=BACKEND,
+        max_steps=2,
+        micro_batch_size=64,
+        gradient_accumulation=1,
+        min_micro_batch_size=1,
+        save_steps=100,
+        logging_steps=1,
+        packing=False,
+    )
     gc.collect()
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(1.5 * 2**30 / total)
     try:
-        result = train_mod.train(assets["fixed"], None, assets["model"], ModelConfig(name_or_path=assets["model"]),
-                                 cfg, TokenizeConfig(max_seq_length=2048), tmp_path / "run")
+        result = train_mod.train(
+            assets["fixed"],
+            None,
+            assets["model"],
+            ModelConfig(name_or_path=assets["model"]),
+            cfg,
+            TokenizeConfig(max_seq_length=2048),
+            tmp_path / "run",
+        )
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     print(result.oom_retries, result.micro_batch_size, result.gradient_accumulation)
@@ -226,11 +293,28 @@ def test_oom_retry_halves_micro_batch(assets, tmp_path):
 
 def test_unsloth_eval_and_early_stopping_adafactor(assets, tmp_path):
     train_mod, ModelConfig, TokenizeConfig, TrainConfig = _imports()
-    cfg = TrainConfig(backend=BACKEND, max_steps=20, micro_batch_size=4, gradient_accumulation=1,
-                      learning_rate=1e-3, optimizer="adafactor", save_steps=5, eval_steps=5, early_stopping_patience=1,
-                      logging_steps=5, packing=False)
-    result = train_mod.train(assets["train"], assets["eval"], assets["model"], ModelConfig(name_or_path=assets["model"]),
-                             cfg, TokenizeConfig(max_seq_length=1024), tmp_path / "run")
+    cfg = TrainConfig(
+        backend=BACKEND,
+        max_steps=20,
+        micro_batch_size=4,
+        gradient_accumulation=1,
+        learning_rate=1e-3,
+        optimizer="adafactor",
+        save_steps=5,
+        eval_steps=5,
+        early_stopping_patience=1,
+        logging_steps=5,
+        packing=False,
+    )
+    result = train_mod.train(
+        assets["train"],
+        assets["eval"],
+        assets["model"],
+        ModelConfig(name_or_path=assets["model"]),
+        cfg,
+        TokenizeConfig(max_seq_length=1024),
+        tmp_path / "run",
+    )
     history = json.loads(Path(result.log_history).read_text())
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     print(result.steps, evals)
@@ -242,9 +326,15 @@ def test_unsloth_eval_and_early_stopping_adafactor(assets, tmp_path):
 
 # The embedded R1-Distill-Qwen (real Qwen2 architecture, BPE and R1 template, so the GGUF export runs too), widened to a
 # head size of 64 as real Qwen2/Llama models have, trained by Unsloth in 4-bit.
-GPU_FLOW = ["model.embedded.hidden_size=128", "model.embedded.num_heads=2", "model.embedded.num_kv_heads=2",
-            "model.embedded.intermediate_size=512", "train.max_steps=60", "train.learning_rate=5e-3",
-            "train.optimizer=adamw_8bit"]
+GPU_FLOW = [
+    "model.embedded.hidden_size=128",
+    "model.embedded.num_heads=2",
+    "model.embedded.num_kv_heads=2",
+    "model.embedded.intermediate_size=512",
+    "train.max_steps=60",
+    "train.learning_rate=5e-3",
+    "train.optimizer=adamw_8bit",
+]
 
 
 def run_flow(tmp_path: Path, *settings: str) -> dict:
@@ -254,13 +344,22 @@ def run_flow(tmp_path: Path, *settings: str) -> dict:
     for setting in [*GPU_FLOW, *settings]:
         command += ["--set", setting]
     started = time.monotonic()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    proc = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+    )
     print(proc.stdout[-6000:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     path = next(line.split("summary: ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("summary: "))
-    summary = json.loads(Path(ROOT / path.strip()).read_text() if not Path(path.strip()).is_absolute()
-                         else Path(path.strip()).read_text())
+    summary = json.loads(
+        Path(ROOT / path.strip()).read_text()
+        if not Path(path.strip()).is_absolute()
+        else Path(path.strip()).read_text()
+    )
     print(f"flow wall time {time.monotonic() - started:.0f} s")
     return summary
 

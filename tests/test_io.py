@@ -47,10 +47,18 @@ def test_a_second_holder_of_a_run_directory_fails_clearly(tmp_path):
 
     from r1lib.io import DirectoryBusy, exclusive_dir
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, '.'); from r1lib.io import exclusive_dir\n"
-        f"with exclusive_dir({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(30)")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; sys.path.insert(0, '.'); from r1lib.io import exclusive_dir\n"
+                f"with exclusive_dir({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(30)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(DirectoryBusy, match=rf"{tmp_path} is in use by pid {holder.pid}"):

@@ -67,10 +67,13 @@ def test_fingerprint_walks_models_and_directories(tmp_path):
     cfg = DataConfig(train_paths=[str(folder / "part-0.arrow")], test_path=str(folder), replay_path=None)
     # data.allowed_roots names folders inputs may come from ("."): a permission, never hashed as content
     assert [(name, path) for name, path, _ in declared_paths(cfg, DataConfig, "cfg")] == [
-        ("cfg.train_paths[0]", str(folder / "part-0.arrow")), ("cfg.test_path", str(folder))]
+        ("cfg.train_paths[0]", str(folder / "part-0.arrow")),
+        ("cfg.test_path", str(folder)),
+    ]
     types = {"cfg": DataConfig}
     assert inputs_fingerprint({"cfg": cfg}, types) == inputs_fingerprint(
-        {"cfg": cfg.model_copy(update={"allowed_roots": ["/"]})}, types)
+        {"cfg": cfg.model_copy(update={"allowed_roots": ["/"]})}, types
+    )
     first = path_fingerprint(folder)
     (folder / "part-0.arrow").write_bytes(b"y" * 10)
     assert path_fingerprint(folder) != first
@@ -101,11 +104,6 @@ def test_an_input_file_named_without_slash_or_dot_invalidates_the_cache(prefect_
     assert READS.count(name) == 1  # unchanged: the second run came from the cache
     Path(name).write_text("second\n")
     assert read_training_file(name) == "second" and READS.count(name) == 2
-
-
-class TrainedLike(BaseModel):
-    adapter: InputPath  # what the next stage reads
-    resumed_from: str  # a checkpoint the trainer rotates away: not an output anyone reads
 
 
 class TrainedLike(BaseModel):
@@ -171,14 +169,19 @@ def _fake_outputs(tmp_path: Path, name: str) -> tuple[str, list[dict]]:
 
 def test_registry_lineage_promotion_and_rollback(tmp_path):
     registry = Registry(tmp_path / "registry")
-    entry = {"data_fingerprint": "d" * 64, "code_version": "abc", "metrics": {"accuracy": 0.5},
-             "drop_files": [{"sha256": "1" * 64, "snapshot": "s1"}]}
+    entry = {
+        "data_fingerprint": "d" * 64,
+        "code_version": "abc",
+        "metrics": {"accuracy": 0.5},
+        "drop_files": [{"sha256": "1" * 64, "snapshot": "s1"}],
+    }
     v1 = registry.add_version(entry, *_fake_outputs(tmp_path, "one"))
     assert v1["version"] == 1 and not v1["champion"] and Path(v1["adapter"], "adapter_model.safetensors").exists()
     assert Path(v1["ggufs"][0]["path"]).read_bytes() == b"GGUF"
     registry.set_champion(1)
-    v2 = registry.add_version({**entry, "drop_files": [{"sha256": "2" * 64, "snapshot": "s2"}]},
-                              *_fake_outputs(tmp_path, "two"))
+    v2 = registry.add_version(
+        {**entry, "drop_files": [{"sha256": "2" * 64, "snapshot": "s2"}]}, *_fake_outputs(tmp_path, "two")
+    )
     assert registry.set_champion(2) == 1
     assert registry.champion()["version"] == 2 and registry.get(1)["status"] == "retired"
     assert registry.processed_files() == {"1" * 64, "2" * 64} and registry.accepted_data() == ["s1", "s2"]
@@ -205,7 +208,9 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
     model_dir = str(ensure_embedded_model(EmbeddedModelConfig(), Path(".cache")))
     registry_dir = str(tmp_path / "registry")
     registry = Registry(registry_dir)
-    champion = registry.add_version({"data_fingerprint": "a" * 64, "code_version": "x"}, *_fake_outputs(tmp_path, "old"))
+    champion = registry.add_version(
+        {"data_fingerprint": "a" * 64, "code_version": "x"}, *_fake_outputs(tmp_path, "old")
+    )
     registry.set_champion(champion["version"])
     adapter, ggufs = _fake_outputs(tmp_path, "new")  # "GGUF" and nothing else: llama.cpp cannot load it
 
@@ -218,8 +223,9 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
             txn.set("previous_champion", champion["version"])
             promote_task(registry_dir, record["version"], "better")
             assert Registry(registry_dir).champion()["version"] == record["version"]  # promoted, for a moment
-            smoke_task(model_dir, [GGUFFile(**g) for g in registered_ggufs(record)], None, {}, SmokeConfig(),
-                       str(tmp_path))
+            smoke_task(
+                model_dir, [GGUFFile(**g) for g in registered_ggufs(record)], None, {}, SmokeConfig(), str(tmp_path)
+            )
 
     with pytest.raises(Exception, match="llama-cpp-python exited|failed its smoke test"):
         release()

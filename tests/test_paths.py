@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from r1lib.config import DataConfig, ModelConfig, PipelineConfig
-from r1lib.presets import PRESETS, preset
 from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed, PermanentError
-from tasks.resolve_model import resolve_model
 from r1lib.paths import PROJECT_DIR, check_config_paths, config_paths, confine, hf_cache_dir, resolve_roots
+from r1lib.presets import PRESETS, preset
 from r1lib.readers import expand_inputs
+from tasks.resolve_model import resolve_model
 from tasks.validate import validate
 
 ROW = json.dumps({"instruction": "What is the sentence about?", "output": "Animals."}) + "\n"
@@ -76,17 +76,31 @@ def test_symlinked_folder_pointing_outside_is_refused(tree):
 
 def test_validate_refuses_before_reading_and_does_not_retry(tree, tmp_path):
     root, outside = tree
-    cfg = DataConfig(train_paths=[str(outside / "secret.jsonl")], test_path=str(root / "a.jsonl"), replay_path=None,
-                     allowed_roots=[str(root)])
+    cfg = DataConfig(
+        train_paths=[str(outside / "secret.jsonl")],
+        test_path=str(root / "a.jsonl"),
+        replay_path=None,
+        allowed_roots=[str(root)],
+    )
     with pytest.raises(PathNotAllowed) as info:
         validate(cfg, tmp_path / "out")
     assert isinstance(info.value, ConfigError) and isinstance(info.value, PermanentError)  # no Prefect retry
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("spec", ["data.zip", "data.tar", "data.tar.gz", "data.TGZ", "data.7z",
-                                  "zip://train.jsonl::file:///nowhere/data.zip", "tar://train.jsonl::s3://b/x.tar",
-                                  "s3://bucket/data.tar.gz"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "data.zip",
+        "data.tar",
+        "data.tar.gz",
+        "data.TGZ",
+        "data.7z",
+        "zip://train.jsonl::file:///nowhere/data.zip",
+        "tar://train.jsonl::s3://b/x.tar",
+        "s3://bucket/data.tar.gz",
+    ],
+)
 def test_archives_are_refused_never_opened(tree, spec):
     root, _ = tree
     spec = spec if "://" in spec else str(root / spec)  # none of them exists: opening one would fail differently
@@ -98,8 +112,13 @@ def test_remote_urls_need_a_listed_prefix():
     roots = resolve_roots(["s3://my-bucket/", "memory://"])
     assert confine("s3://my-bucket/train/a.jsonl", roots, "data.allowed_roots") == "s3://my-bucket/train/a.jsonl"
     assert confine("memory://bench/a.jsonl", roots, "data.allowed_roots")
-    for url in ["s3://my-bucket-2/a.jsonl", "gs://my-bucket/a.jsonl", "s3://my-bucket/../other/a.jsonl",
-                "s3://my-bucket/%2e%2e/other/a.jsonl", "https://example.com/a.jsonl"]:
+    for url in [
+        "s3://my-bucket-2/a.jsonl",
+        "gs://my-bucket/a.jsonl",
+        "s3://my-bucket/../other/a.jsonl",
+        "s3://my-bucket/%2e%2e/other/a.jsonl",
+        "https://example.com/a.jsonl",
+    ]:
         with pytest.raises(PathNotAllowed, match="data.allowed_roots"):
             confine(url, roots, "data.allowed_roots")
 
@@ -107,7 +126,11 @@ def test_remote_urls_need_a_listed_prefix():
 def test_roots_resolve_placeholders_and_relative_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_roots(["{project}/data", ".", "{hf_cache}", "s3://b/"]) == [
-        str(PROJECT_DIR / "data"), str(tmp_path.resolve()), os.path.realpath(hf_cache_dir()), "s3://b/"]
+        str(PROJECT_DIR / "data"),
+        str(tmp_path.resolve()),
+        os.path.realpath(hf_cache_dir()),
+        "s3://b/",
+    ]
 
 
 def test_the_default_data_roots_keep_the_sample_data():
@@ -123,8 +146,10 @@ def _model_dir(path: Path, shards: dict[str, str] | None = None) -> Path:
     (path / "config.json").write_text("{}")
     (path / "model-00001-of-00002.safetensors").write_bytes(b"")
     (path / "model-00002-of-00002.safetensors").write_bytes(b"")
-    weight_map = shards or {"a.weight": "model-00001-of-00002.safetensors",
-                            "b.weight": "model-00002-of-00002.safetensors"}
+    weight_map = shards or {
+        "a.weight": "model-00001-of-00002.safetensors",
+        "b.weight": "model-00002-of-00002.safetensors",
+    }
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return path
 
@@ -151,8 +176,9 @@ def test_model_directory_outside_the_roots_is_refused(tree):
         resolve_model(_model(root / ".." / "outside" / "model", root), ".cache")
 
 
-@pytest.mark.parametrize("entry", ["../outside/model.safetensors", "/etc/passwd", "sub/../../x.safetensors",
-                                   "..\\x.safetensors"])
+@pytest.mark.parametrize(
+    "entry", ["../outside/model.safetensors", "/etc/passwd", "sub/../../x.safetensors", "..\\x.safetensors"]
+)
 def test_manifest_entry_leaving_the_model_directory_is_refused(tree, entry):
     root, _ = tree
     model = _model_dir(root / "model", {"a.weight": "model-00001-of-00002.safetensors", "b.weight": entry})
@@ -190,8 +216,11 @@ def test_hf_cache_style_links_inside_the_roots_are_fine(tree):
 
 def test_a_hub_id_is_not_a_path_and_resolves_as_before(tree):
     root, _ = tree
-    for hub_id in ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit",
-                   "org/name"]:
+    for hub_id in [
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+        "unsloth/DeepSeek-R1-Distill-Llama-8B-unsloth-bnb-4bit",
+        "org/name",
+    ]:
         assert resolve_model(ModelConfig(name_or_path=hub_id, allowed_roots=[str(root)]), ".cache") == hub_id
     with pytest.raises(PathNotAllowed, match="archive"):
         resolve_model(_model(root / "model.tar.gz", root), ".cache")
@@ -202,6 +231,7 @@ def test_a_hub_id_is_not_a_path_and_resolves_as_before(tree):
 
 def _set(section: str, attr: str, prepend: list[str] | None = None, **extra):
     """A setter of one configured path (a list field gets [*prepend, path]), plus fields that make it read."""
+
     def apply(config: PipelineConfig, path: str) -> None:
         target = config
         for part in section.split("."):
@@ -209,6 +239,7 @@ def _set(section: str, attr: str, prepend: list[str] | None = None, **extra):
         for name, value in extra.items():
             setattr(target, name, value)
         setattr(target, attr, path if prepend is None else [*prepend, path])
+
     return apply
 
 
@@ -242,8 +273,11 @@ def test_a_configured_file_outside_the_data_roots_is_refused(tree, field, escape
     secret.write_text("not for training\n")
     if escape == "symlink":
         (root / "link.txt").symlink_to(secret)
-    path = {"absolute": str(secret), "dot-dot": str(root / ".." / "outside" / "secret.txt"),
-            "symlink": str(root / "link.txt")}[escape]
+    path = {
+        "absolute": str(secret),
+        "dot-dot": str(root / ".." / "outside" / "secret.txt"),
+        "symlink": str(root / "link.txt"),
+    }[escape]
     config = _config_with(root, field, path)
     assert (field, path) in [(f, p) for f, p in config_paths(config)]
     with pytest.raises(PathNotAllowed) as info:

@@ -41,8 +41,13 @@ FILES = {
     # plain chat (system, user, assistant [reasoning, text]). Rows 2 and 3 use tools: reading the turns in order,
     # system first, the first assistant turn (messages[2] = [reasoning, tool_call]) comes before the first "tool" turn
     # (messages[3]), so its tool_call part (content[1]) refuses the row before the tool role is reached.
-    "llamafactory_reason_tool_use_demo.jsonl": ("messages", {2: ("unsupported_content", "messages[2].content[1].type"),
-                                                             3: ("unsupported_content", "messages[2].content[1].type")}),
+    "llamafactory_reason_tool_use_demo.jsonl": (
+        "messages",
+        {
+            2: ("unsupported_content", "messages[2].content[1].type"),
+            3: ("unsupported_content", "messages[2].content[1].type"),
+        },
+    ),
 }
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -77,15 +82,22 @@ def expected(row: dict) -> dict:
     """What the record must say, from the source fields alone: system prompt, turns (role, text), reasoning."""
     if "instruction" in row:
         prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        return {"system": row.get("system") or "", "reasoning": None,
-                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]}
-    turns, role_key, text_key = ((row["conversations"], "from", "value") if "conversations" in row
-                                 else (row["messages"], "role", "content"))
+        return {
+            "system": row.get("system") or "",
+            "reasoning": None,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}],
+        }
+    turns, role_key, text_key = (
+        (row["conversations"], "from", "value") if "conversations" in row else (row["messages"], "role", "content")
+    )
     system = ""
     if turns[0][role_key] == "system":
         system, turns = text_of(turns[0][text_key]), turns[1:]
-    return {"system": system, "reasoning": reasoning_of(turns[-1][text_key]),
-            "messages": [{"role": ROLES[t[role_key]], "content": text_of(t[text_key])} for t in turns]}
+    return {
+        "system": system,
+        "reasoning": reasoning_of(turns[-1][text_key]),
+        "messages": [{"role": ROLES[t[role_key]], "content": text_of(t[text_key])} for t in turns],
+    }
 
 
 def body(record: dict) -> dict:
@@ -118,10 +130,17 @@ def test_the_checks_can_fail():
     good = body(accepted[2])
     assert good == expected(row)
     assert len(good["messages"]) == 6
-    for broken in ({**good, "messages": good["messages"][1:]},
-                   {**good, "messages": [*good["messages"][:-1], {"role": "assistant",
-                                                                   "content": good["messages"][-1]["content"][:-1]}]},
-                   {**good, "system": "You are a helpful assistant."}):
+    for broken in (
+        {**good, "messages": good["messages"][1:]},
+        {
+            **good,
+            "messages": [
+                *good["messages"][:-1],
+                {"role": "assistant", "content": good["messages"][-1]["content"][:-1]},
+            ],
+        },
+        {**good, "system": "You are a helpful assistant."},
+    ):
         assert broken != expected(row)
 
 
@@ -136,15 +155,20 @@ def test_r1_rows_keep_their_reasoning_apart_and_tool_rows_are_refused():
         system, user, assistant = rows[record["source"]["line"] - 1]["messages"]
         assert [p["type"] for p in assistant["content"]] == ["reasoning", "text"]
         assert record["system"] == system["content"][0]["value"]
-        assert record["messages"] == [{"role": "user", "content": user["content"][0]["value"]},
-                                      {"role": "assistant", "content": assistant["content"][1]["value"]}]
+        assert record["messages"] == [
+            {"role": "user", "content": user["content"][0]["value"]},
+            {"role": "assistant", "content": assistant["content"][1]["value"]},
+        ]
         assert record["reasoning"] == assistant["content"][0]["value"]
         assert record["reasoning"] not in record["messages"][-1]["content"]
     assert [q["line"] for q in quarantined] == [2, 3]
     for q in quarantined:
         turns = rows[q["line"] - 1]["messages"]
-        i, turn = next((i, t) for i, t in enumerate(turns) if t["role"] == "tool"
-                       or any(p["type"] not in ("text", "reasoning") for p in t["content"]))
+        i, turn = next(
+            (i, t)
+            for i, t in enumerate(turns)
+            if t["role"] == "tool" or any(p["type"] not in ("text", "reasoning") for p in t["content"])
+        )
         if turn["role"] == "tool":
             want = ("unknown_role", f"messages[{i}].role")
         else:
@@ -157,41 +181,111 @@ def test_r1_rows_keep_their_reasoning_apart_and_tool_rows_are_refused():
 # Shapes that no public file in tests/fixtures/public covers yet. Each: (what it is, the row, the record body it must
 # give, or the (reason, field) of its quarantine). The expected values are written out by hand.
 OWN_ROWS = [
-    ("OpenAI messages, DeepSeek API shape: the assistant message keeps its reasoning in reasoning_content",
-     {"messages": [{"role": "user", "content": "What is 2 + 3?"},
-                   {"role": "assistant", "content": "5", "reasoning_content": "2 plus 3 makes 5."}]},
-     {"system": "", "reasoning": "2 plus 3 makes 5.",
-      "messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]}),
-    ("OpenAI text parts ({type: text, text}), joined with nothing between",
-     {"messages": [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-                   {"role": "user", "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "prime."}]},
-                   {"role": "assistant", "content": [{"type": "text", "text": "7"}]}]},
-     {"system": "Be brief.", "reasoning": None,
-      "messages": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}]}),
-    ("ShareGPT with a top-level system field and user/assistant turns (the OpenThoughts / Bespoke-Stratos shape)",
-     {"system": "Think step by step, then answer.",
-      "conversations": [{"from": "user", "value": "Is 9 prime?"}, {"from": "assistant", "value": "No: 9 = 3 x 3."}]},
-     {"system": "Think step by step, then answer.", "reasoning": None,
-      "messages": [{"role": "user", "content": "Is 9 prime?"}, {"role": "assistant", "content": "No: 9 = 3 x 3."}]}),
-    ("a system turn and the same top-level system: they agree",
-     {"system": "Be brief.", "messages": [{"role": "system", "content": "Be brief."},
-                                          {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
-     {"system": "Be brief.", "reasoning": None,
-      "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}),
-    ("a system turn and a different top-level system",
-     {"system": "Be brief.", "messages": [{"role": "system", "content": "Be thorough."},
-                                          {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
-     ("conflicting_system", "system")),
-    ("reasoning_content and an inline <think> block with a different text",
-     {"messages": [{"role": "user", "content": "What is 2 + 3?"},
-                   {"role": "assistant", "content": "<think>\n2 plus 3 makes 6.\n</think>\n\n5",
-                    "reasoning_content": "2 plus 3 makes 5."}]},
-     ("conflicting_reasoning", "messages[-1]")),
-    ("an image_url part in a user turn",
-     {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is in this picture?"},
-                                                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]},
-                   {"role": "assistant", "content": "A cat."}]},
-     ("unsupported_content", "messages[0].content[1].type")),
+    (
+        "OpenAI messages, DeepSeek API shape: the assistant message keeps its reasoning in reasoning_content",
+        {
+            "messages": [
+                {"role": "user", "content": "What is 2 + 3?"},
+                {"role": "assistant", "content": "5", "reasoning_content": "2 plus 3 makes 5."},
+            ]
+        },
+        {
+            "system": "",
+            "reasoning": "2 plus 3 makes 5.",
+            "messages": [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}],
+        },
+    ),
+    (
+        "OpenAI text parts ({type: text, text}), joined with nothing between",
+        {
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "prime."}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "7"}]},
+            ]
+        },
+        {
+            "system": "Be brief.",
+            "reasoning": None,
+            "messages": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}],
+        },
+    ),
+    (
+        "ShareGPT with a top-level system field and user/assistant turns (the OpenThoughts / Bespoke-Stratos shape)",
+        {
+            "system": "Think step by step, then answer.",
+            "conversations": [
+                {"from": "user", "value": "Is 9 prime?"},
+                {"from": "assistant", "value": "No: 9 = 3 x 3."},
+            ],
+        },
+        {
+            "system": "Think step by step, then answer.",
+            "reasoning": None,
+            "messages": [
+                {"role": "user", "content": "Is 9 prime?"},
+                {"role": "assistant", "content": "No: 9 = 3 x 3."},
+            ],
+        },
+    ),
+    (
+        "a system turn and the same top-level system: they agree",
+        {
+            "system": "Be brief.",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+            ],
+        },
+        {
+            "system": "Be brief.",
+            "reasoning": None,
+            "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+        },
+    ),
+    (
+        "a system turn and a different top-level system",
+        {
+            "system": "Be brief.",
+            "messages": [
+                {"role": "system", "content": "Be thorough."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+            ],
+        },
+        ("conflicting_system", "system"),
+    ),
+    (
+        "reasoning_content and an inline <think> block with a different text",
+        {
+            "messages": [
+                {"role": "user", "content": "What is 2 + 3?"},
+                {
+                    "role": "assistant",
+                    "content": "<think>\n2 plus 3 makes 6.\n</think>\n\n5",
+                    "reasoning_content": "2 plus 3 makes 5.",
+                },
+            ]
+        },
+        ("conflicting_reasoning", "messages[-1]"),
+    ),
+    (
+        "an image_url part in a user turn",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is in this picture?"},
+                        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    ],
+                },
+                {"role": "assistant", "content": "A cat."},
+            ]
+        },
+        ("unsupported_content", "messages[0].content[1].type"),
+    ),
 ]
 
 
@@ -223,7 +317,8 @@ def _containers(tmp_path):
     pd.DataFrame(zh).to_csv(tmp_path / "alpaca_zh.csv", index=False)
     pd.DataFrame(zh).to_parquet(tmp_path / "alpaca_zh.parquet")
     pd.DataFrame([{**r, "conversations": json.dumps(r["conversations"], ensure_ascii=False)} for r in sg]).to_csv(
-        tmp_path / "sharegpt.csv", index=False)
+        tmp_path / "sharegpt.csv", index=False
+    )
     pd.DataFrame(sg).to_parquet(tmp_path / "sharegpt.parquet")
     return {"alpaca_zh.csv": zh, "alpaca_zh.parquet": zh, "sharegpt.csv": sg, "sharegpt.parquet": sg}
 
@@ -236,8 +331,10 @@ def test_csv_and_parquet_copies_say_the_same(tmp_path):
 
 
 def test_the_whole_stage_over_the_public_folder(tmp_path):
-    result = validate(DataConfig(train_paths=[str(PUBLIC)], test_path="", replay_path=None,
-                                 allowed_roots=[str(PUBLIC)]), tmp_path / "out")
+    result = validate(
+        DataConfig(train_paths=[str(PUBLIC)], test_path="", replay_path=None, allowed_roots=[str(PUBLIC)]),
+        tmp_path / "out",
+    )
     total = sum(len(source_rows(PUBLIC / n)) for n in FILES)
     rejected = sum(len(r) for _, r in FILES.values())
     assert (result.rows_in, result.quarantined) == (total, rejected) == (60, 4)

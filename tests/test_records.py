@@ -1,12 +1,15 @@
 import pytest
-
 from conftest import r1
+
 from r1lib.records import RecordError, normalize
 
 
 def test_seed_format_splits_reasoning_from_answer():
     record = normalize({"instruction": "Largest of 1, 5?", "output": r1("5 > 1.", "5")})
-    assert record["messages"] == [{"role": "user", "content": "Largest of 1, 5?"}, {"role": "assistant", "content": "5"}]
+    assert record["messages"] == [
+        {"role": "user", "content": "Largest of 1, 5?"},
+        {"role": "assistant", "content": "5"},
+    ]
     assert record["reasoning"] == "5 > 1."
 
 
@@ -17,8 +20,14 @@ def test_alpaca_input_is_appended_to_the_instruction():
 
 
 def test_sharegpt_with_system_turn_and_reasoning_field():
-    row = {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
-                             {"from": "gpt", "value": "Hello"}], "reasoning": "Greet back."}
+    row = {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello"},
+        ],
+        "reasoning": "Greet back.",
+    }
     record = normalize(row)
     assert record["system"] == "Be brief."
     assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
@@ -26,8 +35,14 @@ def test_sharegpt_with_system_turn_and_reasoning_field():
 
 
 def test_messages_multi_turn_strips_reasoning_of_earlier_answers():
-    row = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": r1("x", "b")},
-                        {"role": "user", "content": "c"}, {"role": "assistant", "content": r1("y", "d")}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": r1("x", "b")},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": r1("y", "d")},
+        ]
+    }
     record = normalize(row)
     assert [m["content"] for m in record["messages"]] == ["a", "b", "c", "d"]
     assert record["reasoning"] == "y"

@@ -11,8 +11,14 @@ def tiny_qwen(path, safe: bool):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(path)
     if not safe:  # a pickle checkpoint, as older or hostile uploads ship it (loading it can run arbitrary code)
@@ -46,7 +52,9 @@ def test_remote_code_in_a_model_directory_does_not_run(tmp_path):
 
     model_dir = tiny_qwen(tmp_path / "remote", safe=True)
     marker = tmp_path / "pwned"
-    (model_dir / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import Qwen2ForCausalLM as EvilModel\n")
+    (model_dir / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import Qwen2ForCausalLM as EvilModel\n"
+    )
     config = json.loads((model_dir / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel"}
     (model_dir / "config.json").write_text(json.dumps(config))
@@ -57,12 +65,15 @@ def test_remote_code_in_a_model_directory_does_not_run(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("template", [
-    "{{ cycler.__init__.__globals__.os.environ }}",
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{% for m in messages %}{{ m.__class__.__init__.__globals__ }}{% endfor %}",
-    "{{ self.__init__.__globals__.__builtins__.open('/etc/hostname').read() }}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ cycler.__init__.__globals__.os.environ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{% for m in messages %}{{ m.__class__.__init__.__globals__ }}{% endfor %}",
+        "{{ self.__init__.__globals__.__builtins__.open('/etc/hostname').read() }}",
+    ],
+)
 def test_a_hostile_chat_template_cannot_reach_files_or_the_environment(tokenizer, template, monkeypatch):
     import copy
 

@@ -17,8 +17,16 @@ from server_stack import ROOT, small_config, stack, stage  # noqa: F401 (stack: 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
-STAGE_ARTIFACTS = {"validation-report", "bias-report", "tokenization-audit-train", "training-progress",
-                   "training-loss", "evaluation", "gguf-smoke-test", "run-summary"}
+STAGE_ARTIFACTS = {
+    "validation-report",
+    "bias-report",
+    "tokenization-audit-train",
+    "training-progress",
+    "training-loss",
+    "evaluation",
+    "gguf-smoke-test",
+    "run-summary",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +46,17 @@ def retried_run(stack):
     stack.cli("flow-run", "retry", run_id)
     second = stack.wait(run_id, after=retry_at)
     retry_seconds = time.monotonic() - started
-    return {"id": run_id, "first": first, "first_tasks": first_tasks, "second": second,
-            "all_tasks": stack.task_runs(run_id), "retry_at": retry_at, "adapter": adapter,
-            "adapter_mtimes": adapter_mtimes, "retry_seconds": retry_seconds}
+    return {
+        "id": run_id,
+        "first": first,
+        "first_tasks": first_tasks,
+        "second": second,
+        "all_tasks": stack.task_runs(run_id),
+        "retry_at": retry_at,
+        "adapter": adapter,
+        "adapter_mtimes": adapter_mtimes,
+        "retry_seconds": retry_seconds,
+    }
 
 
 def test_failed_late_stage_then_retry_skips_finished_stages(retried_run):
@@ -51,7 +67,16 @@ def test_failed_late_stage_then_retry_skips_finished_stages(retried_run):
     assert failed[0].run_count == 2, "a transient failure is retried once (backoff + jitter) before the stage fails"
     finished = {stage(t.name) for t in retried_run["first_tasks"] if t.state.type.value == "COMPLETED"}
     assert {n.split(" ")[0].split("-")[0] for n in finished} >= {
-        "validate", "augment", "debias", "tokenize", "train", "evaluate", "merge", "convert", "quantize"}, finished
+        "validate",
+        "augment",
+        "debias",
+        "tokenize",
+        "train",
+        "evaluate",
+        "merge",
+        "convert",
+        "quantize",
+    }, finished
 
     assert second.state.type.value == "COMPLETED", second.state
     assert second.run_count >= 2
@@ -82,9 +107,11 @@ def test_ui_shows_the_flow_run_and_its_artifacts(stack, retried_run):
     with stack.client() as client:
         run_name = client.read_flow_run(retried_run["id"]).name
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True,
-                                             args=["--no-sandbox", "--disable-background-networking",
-                                                   "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{stack.url}/runs/flow-run/{retried_run['id']}", wait_until="domcontentloaded", timeout=60_000)
@@ -101,9 +128,12 @@ def test_ui_shows_the_flow_run_and_its_artifacts(stack, retried_run):
 
 
 def _nightly_params(tmp: Path, drop: Path, **train) -> dict:
-    return {"drop_url": str(drop), "registry_dir": str(tmp / "registry"),
-            "config": small_config(tmp, None, train=train),
-            "policy": {"metric": "perplexity", "max_forgetting_ratio": None, "forgetting_tolerance": 10.0}}
+    return {
+        "drop_url": str(drop),
+        "registry_dir": str(tmp / "registry"),
+        "config": small_config(tmp, None, train=train),
+        "policy": {"metric": "perplexity", "max_forgetting_ratio": None, "forgetting_tolerance": 10.0},
+    }
 
 
 def _decision(stack, run_id: str) -> str:
@@ -143,8 +173,9 @@ def test_nightly_promotes_skips_unchanged_data_and_keeps_a_better_champion(stack
 
     # Night 3: new data, but a deliberately weak challenger (one step at a tiny learning rate) -> not promoted.
     (drop / "2026-11-28.jsonl").write_text("".join(rows[300:360]), encoding="utf-8")
-    run3 = stack.run_deployment("r1-nightly-retrain/nightly-retrain",
-                                _nightly_params(tmp, drop, max_steps=1, learning_rate=1e-7))
+    run3 = stack.run_deployment(
+        "r1-nightly-retrain/nightly-retrain", _nightly_params(tmp, drop, max_steps=1, learning_rate=1e-7)
+    )
     state = stack.wait(run3)
     assert state.state.type.value == "COMPLETED", state.state
     decision = _decision(stack, run3)

@@ -36,8 +36,11 @@ def _parent(pid: int) -> int:
 
 def _mtimes(run_dir: Path) -> dict[str, int]:
     """mtime of every file in the run directory outside train/ (not the ``datasets`` caches that readers add)."""
-    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*")
-            if p.is_file() and p.relative_to(run_dir).parts[0] != "train" and not p.name.startswith("cache-")}
+    return {
+        str(p.relative_to(run_dir)): p.stat().st_mtime_ns
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.relative_to(run_dir).parts[0] != "train" and not p.name.startswith("cache-")
+    }
 
 
 def test_flow_run_killed_mid_training_crashes_and_its_retry_resumes_from_the_checkpoint(stack):
@@ -66,14 +69,22 @@ def test_flow_run_killed_mid_training_crashes_and_its_retry_resumes_from_the_che
 
     first = stack.wait(run_id)
     first_tasks = stack.task_runs(run_id)
-    print(f"killed pid {engine} after checkpoint(s) {[p.parent.name for p in checkpoints]}; flow run "
-          f"{first.state.name} after {time.monotonic() - killed_at:.1f} s: {first.state.message}; task runs "
-          f"{ {stage(t.name): t.state.name for t in first_tasks} }")
+    print(
+        f"killed pid {engine} after checkpoint(s) {[p.parent.name for p in checkpoints]}; flow run "
+        f"{first.state.name} after {time.monotonic() - killed_at:.1f} s: {first.state.message}; task runs "
+        f"{ {stage(t.name): t.state.name for t in first_tasks} }"
+    )
     assert first.state.type.value == "CRASHED", first.state
     assert "-9" in (first.state.message or ""), first.state.message
     finished = {stage(t.name) for t in first_tasks if t.state.type.value == "COMPLETED"}
-    assert {name.split(" ")[0].split("-")[0] for name in finished} >= {"validate", "dedup", "augment", "debias",
-                                                                         "resolve", "tokenize"}, finished
+    assert {name.split(" ")[0].split("-")[0] for name in finished} >= {
+        "validate",
+        "dedup",
+        "augment",
+        "debias",
+        "resolve",
+        "tokenize",
+    }, finished
     before = _mtimes(run_dir)  # what the stages before training wrote
 
     retry_at = time.time()
@@ -85,8 +96,10 @@ def test_flow_run_killed_mid_training_crashes_and_its_retry_resumes_from_the_che
     again = [t for t in stack.task_runs(run_id) if t.id not in first_ids]
     names = {stage(t.name): t.state.name for t in again}
     (train_run,) = [t for t in again if stage(t.name).startswith("train")]
-    print(f"retry took {time.monotonic() - started:.1f} s, training started "
-          f"{train_run.start_time.timestamp() - retry_at:.1f} s after the retry; task runs of the retry: {names}")
+    print(
+        f"retry took {time.monotonic() - started:.1f} s, training started "
+        f"{train_run.start_time.timestamp() - retry_at:.1f} s after the retry; task runs of the retry: {names}"
+    )
     # Nothing finished before training ran again: each came from the cache, and its files were not rewritten.
     assert {name: names.get(name) for name in finished} == {name: "Cached" for name in finished}
     after = _mtimes(run_dir)

@@ -26,8 +26,9 @@ def test_exactly_one_bos_and_prompt_masked(tokenizer):
 
 def test_prompt_matches_the_official_generation_prompt(tokenizer):
     rows, _, _ = tokenize_records(tokenizer, [record()], TokenizeConfig())
-    generation_prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who wrote it?"}],
-                                                      add_generation_prompt=True, tokenize=False)
+    generation_prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Who wrote it?"}], add_generation_prompt=True, tokenize=False
+    )
     prompt_ids = tokenizer(generation_prompt, add_special_tokens=False)["input_ids"]
     assert rows[0]["input_ids"][: len(prompt_ids)] == prompt_ids  # training sees exactly what inference sends
 
@@ -46,23 +47,37 @@ def test_think_policy_drop_removes_reasoning(tokenizer):
 
 
 def test_system_prompt_and_multi_turn(tokenizer):
-    rec = make_record(normalize({"messages": [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
-        {"role": "assistant", "content": "<think>\nx\n</think>\n\nb"}, {"role": "user", "content": "c"},
-        {"role": "assistant", "content": "<think>\ny\n</think>\n\nd"}]}), "m.jsonl", 1)
+    rec = make_record(
+        normalize(
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "<think>\nx\n</think>\n\nb"},
+                    {"role": "user", "content": "c"},
+                    {"role": "assistant", "content": "<think>\ny\n</think>\n\nd"},
+                ]
+            }
+        ),
+        "m.jsonl",
+        1,
+    )
     rows, _, _ = tokenize_records(tokenizer, [rec], TokenizeConfig())
     example = decoded_example(tokenizer, rows[0])
     # Earlier answers appear without their reasoning, as the R1 template shows them; only the last turn is trained.
-    assert example["prompt"] == ("<｜begin▁of▁sentence｜>Be brief.<｜User｜>a<｜Assistant｜>b<｜end▁of▁sentence｜>"
-                                 "<｜User｜>c<｜Assistant｜><think>\n")
+    assert example["prompt"] == (
+        "<｜begin▁of▁sentence｜>Be brief.<｜User｜>a<｜Assistant｜>b<｜end▁of▁sentence｜>"
+        "<｜User｜>c<｜Assistant｜><think>\n"
+    )
     assert example["trained"] == "y\n</think>\n\nd<｜end▁of▁sentence｜>"
 
 
-@pytest.mark.parametrize(("policy", "kept", "quarantined", "truncated"),
-                         [("drop", 1, 1, 0), ("truncate", 2, 0, 1)])
+@pytest.mark.parametrize(("policy", "kept", "quarantined", "truncated"), [("drop", 1, 1, 0), ("truncate", 2, 0, 1)])
 def test_length_policy(tokenizer, policy, kept, quarantined, truncated):
     long = record(output="<think>\n" + "word " * 200 + "\n</think>\n\nok")
-    rows, rejected, audit = tokenize_records(tokenizer, [record(), long], TokenizeConfig(max_seq_length=64, truncation=policy))
+    rows, rejected, audit = tokenize_records(
+        tokenizer, [record(), long], TokenizeConfig(max_seq_length=64, truncation=policy)
+    )
     assert (len(rows), len(rejected), audit["truncated"]) == (kept, quarantined, truncated)
     assert all(len(r["input_ids"]) <= 64 for r in rows)
     if rejected:
@@ -95,12 +110,25 @@ from pathlib import Path  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from r1lib.chat_template import ASSISTANT, BOS, EOS, R1_CHAT_TEMPLATE, THINK_OPEN, USER, chat_renderer  # noqa: E402
-from r1lib.chat_template import render_prompt, render_prompts  # noqa: E402
+from r1lib.chat_template import (  # noqa: E402  # noqa: E402
+    ASSISTANT,
+    BOS,
+    EOS,
+    R1_CHAT_TEMPLATE,
+    THINK_OPEN,
+    USER,
+    chat_renderer,
+    render_prompt,
+    render_prompts,
+)
 from tasks.tokenize import IdsCache, encode_batch, encode_row, encode_texts  # noqa: E402
 
-POLICIES = [TokenizeConfig(), TokenizeConfig(think_in_loss="mask"), TokenizeConfig(think_in_loss="drop"),
-            TokenizeConfig(system_prompt="You are a careful tutor.")]
+POLICIES = [
+    TokenizeConfig(),
+    TokenizeConfig(think_in_loss="mask"),
+    TokenizeConfig(think_in_loss="drop"),
+    TokenizeConfig(system_prompt="You are a careful tutor."),
+]
 
 
 @contextmanager
@@ -135,12 +163,13 @@ def assert_same(tokenizer, records, cfg):
 
 
 def sample_records() -> list[dict]:
-    from tasks.augment import expand, load_templates
     from r1lib.config import AugmentConfig
+    from tasks.augment import expand, load_templates
     from tasks.validate import validate_file
 
-    records = [r for name in ("train", "test", "general")
-               for r in validate_file(f"data/sample/{name}.jsonl", 100_000)[0]]
+    records = [
+        r for name in ("train", "test", "general") for r in validate_file(f"data/sample/{name}.jsonl", 100_000)[0]
+    ]
     cfg = AugmentConfig(prompt_variants=1, text_variants=["whitespace", "punctuation", "question_first"])
     return expand(records, cfg, load_templates(Path(cfg.templates_path)), random.Random(0))
 
@@ -156,21 +185,46 @@ def test_encode_batch_equals_encode_row_on_sample_data(tokenizer, cfg):
 
 
 def multi_turn(earlier_answer: str, system: str = "", last_user: str = "c", reasoning: str | None = "y") -> dict:
-    return {"system": system, "reasoning": reasoning, "source": {"file": "m.jsonl", "line": 1},
-            "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": earlier_answer},
-                         {"role": "user", "content": last_user}, {"role": "assistant", "content": "d"}]}
+    return {
+        "system": system,
+        "reasoning": reasoning,
+        "source": {"file": "m.jsonl", "line": 1},
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": earlier_answer},
+            {"role": "user", "content": last_user},
+            {"role": "assistant", "content": "d"},
+        ],
+    }
 
 
 def test_multi_turn_history_with_think_renders_like_jinja(tokenizer):
     """R1's template keeps only what follows '</think>' in earlier assistant turns: such rows must not be filled
     with the untouched content. The same shape without '</think>' is still filled."""
-    records = [multi_turn("b"), multi_turn("<think>\nr\n</think>\n\nb"), multi_turn("x </think> b", system="Be brief."),
-               multi_turn("only </think>"), multi_turn("中文 </think>\n答案", last_user="请回答。"),
-               multi_turn("no think", system="系统提示", reasoning=None)]
-    records.append(make_record(normalize({"messages": [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "earlier </think> kept by normalize"},
-        {"role": "user", "content": "c"}, {"role": "assistant", "content": "<think>\ny\n</think>\n\nd"}]}),
-        "m.jsonl", 2))
+    records = [
+        multi_turn("b"),
+        multi_turn("<think>\nr\n</think>\n\nb"),
+        multi_turn("x </think> b", system="Be brief."),
+        multi_turn("only </think>"),
+        multi_turn("中文 </think>\n答案", last_user="请回答。"),
+        multi_turn("no think", system="系统提示", reasoning=None),
+    ]
+    records.append(
+        make_record(
+            normalize(
+                {
+                    "messages": [
+                        {"role": "user", "content": "a"},
+                        {"role": "assistant", "content": "earlier </think> kept by normalize"},
+                        {"role": "user", "content": "c"},
+                        {"role": "assistant", "content": "<think>\ny\n</think>\n\nd"},
+                    ]
+                }
+            ),
+            "m.jsonl",
+            2,
+        )
+    )
     with unchecked(tokenizer) as renderer:
         for cfg in POLICIES:
             before = dict(renderer.stats)
@@ -182,18 +236,57 @@ def test_multi_turn_history_with_think_renders_like_jinja(tokenizer):
 
 
 def test_system_prompts_and_chinese(tokenizer):
-    records = [record(instruction="小明有3个苹果，又买了2个。他现在有几个？", output="<think>\n3加2等于5。\n</think>\n\n5个"),
-               record(system="你是一位老师。"), record(system="Answer in one word.", instruction="  spaced  \n"),
-               record(instruction="e\u0301 composed? ｜full width｜ 😀")]
+    records = [
+        record(instruction="小明有3个苹果，又买了2个。他现在有几个？", output="<think>\n3加2等于5。\n</think>\n\n5个"),
+        record(system="你是一位老师。"),
+        record(system="Answer in one word.", instruction="  spaced  \n"),
+        record(instruction="e\u0301 composed? ｜full width｜ 😀"),
+    ]
     with unchecked(tokenizer):
         for cfg in [*POLICIES, TokenizeConfig(system_prompt="请简短回答。", think_in_loss="mask")]:
             assert_same(tokenizer, records, cfg)
 
 
-TRICKY = ["{{ bos_token }}", "{{", "}}", "{% if true %}x{% endif %}", "{%", "%}", "{#", "#}", "%s", "%%", "%(a)s", "{}",
-          "{0}", "FillDEADBEEF00112233Zq", "<FillDEADBEEF00112233Zq:0>", "«Fill#1»", "Ab'\"\\&é中", BOS, EOS, USER,
-          ASSISTANT, THINK_OPEN, THINK_CLOSE, "<|EOT|>", "<tool_call>", "\n", "\r\n", " ", "\t", "中文", "e\u0301",
-          "😀", "\\", "'", '"', "<&>", "\u00a0", "\u200b"]
+TRICKY = [
+    "{{ bos_token }}",
+    "{{",
+    "}}",
+    "{% if true %}x{% endif %}",
+    "{%",
+    "%}",
+    "{#",
+    "#}",
+    "%s",
+    "%%",
+    "%(a)s",
+    "{}",
+    "{0}",
+    "FillDEADBEEF00112233Zq",
+    "<FillDEADBEEF00112233Zq:0>",
+    "«Fill#1»",
+    "Ab'\"\\&é中",
+    BOS,
+    EOS,
+    USER,
+    ASSISTANT,
+    THINK_OPEN,
+    THINK_CLOSE,
+    "<|EOT|>",
+    "<tool_call>",
+    "\n",
+    "\r\n",
+    " ",
+    "\t",
+    "中文",
+    "e\u0301",
+    "😀",
+    "\\",
+    "'",
+    '"',
+    "<&>",
+    "\u00a0",
+    "\u200b",
+]
 text = st.lists(st.one_of(st.sampled_from(TRICKY), st.text(max_size=8)), max_size=6).map("".join)
 
 
@@ -203,18 +296,26 @@ def records(draw):
     messages = []
     for _ in range(turns):
         messages += [{"role": "user", "content": draw(text)}, {"role": "assistant", "content": draw(text)}]
-    return {"system": draw(st.one_of(st.just(""), text)), "messages": messages,
-            "reasoning": draw(st.one_of(st.none(), text)), "source": {"file": "h.jsonl", "line": 1}}
+    return {
+        "system": draw(st.one_of(st.just(""), text)),
+        "messages": messages,
+        "reasoning": draw(st.one_of(st.none(), text)),
+        "source": {"file": "h.jsonl", "line": 1},
+    }
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batch=st.lists(records(), min_size=1, max_size=6),
-       policy=st.sampled_from(["keep", "mask", "drop"]), system_prompt=st.one_of(st.just(""), text))
+@given(
+    batch=st.lists(records(), min_size=1, max_size=6),
+    policy=st.sampled_from(["keep", "mask", "drop"]),
+    system_prompt=st.one_of(st.just(""), text),
+)
 def test_encode_batch_equals_encode_row_property(tokenizer, batch, policy, system_prompt):
     cfg = TokenizeConfig(think_in_loss=policy, system_prompt=system_prompt)
     with unchecked(tokenizer):
-        assert render_prompts(tokenizer, batch, system_prompt) == [render_prompt(tokenizer, r, system_prompt)
-                                                                   for r in batch]
+        assert render_prompts(tokenizer, batch, system_prompt) == [
+            render_prompt(tokenizer, r, system_prompt) for r in batch
+        ]
         assert_same(tokenizer, batch, cfg)
 
 
@@ -225,8 +326,19 @@ def test_encode_texts_equals_the_plain_call(tokenizer, texts):
 
 
 def varied_records() -> list[dict]:
-    contents = ["plain question", "  Edge spaces  ", "UPPER and lower", "please answer", "x </think> y",
-                "a" * 80, "中文内容", "{{ bos_token }} %s", "Please, PLEASE", "please", "42"]
+    contents = [
+        "plain question",
+        "  Edge spaces  ",
+        "UPPER and lower",
+        "please answer",
+        "x </think> y",
+        "a" * 80,
+        "中文内容",
+        "{{ bos_token }} %s",
+        "Please, PLEASE",
+        "please",
+        "42",
+    ]
     out = [record(instruction=c) for c in contents] + [record(instruction=c, system="Sys tem ") for c in contents[:3]]
     out += [multi_turn(c, last_user=d) for c, d in zip(contents, reversed(contents))]
     return out
@@ -241,22 +353,28 @@ TRANSFORMING = {  # a template that changes contents, and what the renderer must
     "slice": R1_CHAT_TEMPLATE.replace(R1_USER, "{{ '<｜User｜>' + message['content'][:40] }}"),
     "truncate": R1_CHAT_TEMPLATE.replace(R1_USER, "{{ '<｜User｜>' + message['content'] | truncate(40) }}"),
     "length": R1_CHAT_TEMPLATE.replace(
-        R1_USER, "{{ '<｜User｜>' }}{% if message['content'] | length > 30 %}[long]{% endif %}{{ message['content'] }}"),
+        R1_USER, "{{ '<｜User｜>' }}{% if message['content'] | length > 30 %}[long]{% endif %}{{ message['content'] }}"
+    ),
     "contains": R1_CHAT_TEMPLATE.replace(
-        R1_USER, "{{ '<｜User｜>' }}{% if 'please' in message['content'] %}[polite]{% endif %}{{ message['content'] }}"),
+        R1_USER, "{{ '<｜User｜>' }}{% if 'please' in message['content'] %}[polite]{% endif %}{{ message['content'] }}"
+    ),
     "title_of_concat": R1_CHAT_TEMPLATE.replace(R1_USER, "{{ ('<｜User｜>' + message['content']).title() }}"),
     "no_bos_strip": "{% for m in messages %}{{ m['role'] | upper }}: {{ m['content'] | trim }}\n{% endfor %}"
-                    "{% if add_generation_prompt %}ASSISTANT: {% endif %}",
+    "{% if add_generation_prompt %}ASSISTANT: {% endif %}",
     # Uses that read a content in C, out of the placeholders' sight: refused from the template's syntax.
     # (Without that rule the first two give wrong rows; the recorder sees the last two through __repr__/__rmod__.)
     "in_constant": R1_CHAT_TEMPLATE.replace(
-        R1_USER, "{{ '<｜User｜>' }}{% if message['content'] in 'please answer' %}[in]{% endif %}"
-                 "{{ message['content'] }}"),
+        R1_USER,
+        "{{ '<｜User｜>' }}{% if message['content'] in 'please answer' %}[in]{% endif %}{{ message['content'] }}",
+    ),
     "constant_method": R1_CHAT_TEMPLATE.replace(
-        R1_USER, "{{ '<｜User｜>' }}{% if 'please answer'.startswith(message['content']) %}[p]{% endif %}"
-                 "{{ message['content'] }}"),
-    "int_filter": R1_CHAT_TEMPLATE.replace(R1_USER,
-                                           "{{ '<｜User｜>' + message['content'] }}{{ message['content'] | int }}"),
+        R1_USER,
+        "{{ '<｜User｜>' }}{% if 'please answer'.startswith(message['content']) %}[p]{% endif %}"
+        "{{ message['content'] }}",
+    ),
+    "int_filter": R1_CHAT_TEMPLATE.replace(
+        R1_USER, "{{ '<｜User｜>' + message['content'] }}{{ message['content'] | int }}"
+    ),
     "printf_width": R1_CHAT_TEMPLATE.replace(R1_USER, "{{ '<｜User｜>' + '%-30s|' % message['content'] }}"),
 }
 
@@ -279,9 +397,11 @@ def test_templates_that_transform_content_render_like_jinja(tokenizer, name):
 def test_spot_check_catches_what_the_recorder_cannot_see(tokenizer):
     """A template whose test hides from the placeholders ('~' builds a plain string, the needle is computed, so
     no constant marks it either) is caught by the Jinja check of a shape's first rows, and the shape falls back."""
-    hidden = ("{{ bos_token }}{% for m in messages %}{% set x = m['content'] ~ '' %}"
-              "{% if ('z' ~ 'z') in x %}[ZZ]{% endif %}{{ '<' ~ m['role'] ~ '>' ~ m['content'] }}{% endfor %}"
-              "{% if add_generation_prompt %}<assistant>{% endif %}")
+    hidden = (
+        "{{ bos_token }}{% for m in messages %}{% set x = m['content'] ~ '' %}"
+        "{% if ('z' ~ 'z') in x %}[ZZ]{% endif %}{{ '<' ~ m['role'] ~ '>' ~ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     rows = [record(instruction="buzz") if i % 3 == 0 else record(instruction=f"row {i}") for i in range(60)]
     with template(tokenizer, hidden):
         renderer = chat_renderer(tokenizer, add_generation_prompt=True)
@@ -319,8 +439,11 @@ def test_ids_cache_across_calls(tokenizer, max_ids):
     random.Random(3).shuffle(records)
     for cfg in POLICIES[:3]:
         cache = IdsCache(tokenizer, max_ids=max_ids)
-        got = [row for i in range(0, len(records), 128)
-               for row in encode_batch(tokenizer, records[i:i + 128], cfg, cache)]
+        got = [
+            row
+            for i in range(0, len(records), 128)
+            for row in encode_batch(tokenizer, records[i : i + 128], cfg, cache)
+        ]
         assert got == [encode_row(tokenizer, r, cfg) for r in records]
         assert cache.size <= max_ids and cache.size == sum(map(len, cache.ids.values()))
     with pytest.raises(ValueError, match="another tokenizer"):

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import r1, write_lines
+
 from r1lib.config import DataConfig
 from r1lib.errors import DataValidationError
 from tasks.validate import validate, validate_file
@@ -18,9 +18,16 @@ def test_broken_file_loses_no_row_and_gives_every_rejection_a_reason():
     assert len(accepted) + len(quarantined) == len(lines) == report.rows
     assert len(accepted) == 2
     assert all(q["reason"] and q["message"].startswith(f"{BROKEN}:{q['line']}:") for q in quarantined)
-    assert {q["reason"] for q in quarantined} >= {"invalid_json", "missing_field", "empty_field", "wrong_type",
-                                                   "not_an_object", "unclosed_think", "empty_reasoning",
-                                                   "control_character"}
+    assert {q["reason"] for q in quarantined} >= {
+        "invalid_json",
+        "missing_field",
+        "empty_field",
+        "wrong_type",
+        "not_an_object",
+        "unclosed_think",
+        "empty_reasoning",
+        "control_character",
+    }
     for q in quarantined:  # the raw text is kept, so nothing is lost
         assert q["raw"] == lines[q["line"] - 1].rstrip("\n")
 
@@ -31,19 +38,25 @@ def test_quarantine_file_names_file_line_and_field(tmp_path):
     missing = next(r for r in rows if r["reason"] == "missing_field")
     assert (missing["file"], missing["line"], missing["field"]) == (BROKEN, 3, "output")
     train_rows = sum(1 for _ in open(result.train, encoding="utf-8"))
-    assert train_rows + len(rows) == sum(r.rows for r in result.reports if r.file != "data/sample/test.jsonl"
-                                         and r.file != "data/sample/general.jsonl")
+    assert train_rows + len(rows) == sum(
+        r.rows for r in result.reports if r.file != "data/sample/test.jsonl" and r.file != "data/sample/general.jsonl"
+    )
 
 
 def test_too_many_rejections_fail_with_a_clear_message(tmp_path):
-    with pytest.raises(DataValidationError, match=r"train data: 12 of 14 rows rejected .*broken.jsonl:2: not valid JSON"):
+    with pytest.raises(
+        DataValidationError, match=r"train data: 12 of 14 rows rejected .*broken.jsonl:2: not valid JSON"
+    ):
         validate(DataConfig(train_paths=[BROKEN]), tmp_path)
 
 
 def test_invalid_utf8_line_is_quarantined_not_crashing(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(json.dumps({"instruction": "ok", "output": "fine"}).encode() + b"\n"
-                     + b'{"instruction": "\xff\xfe", "output": "x"}\n')
+    path.write_bytes(
+        json.dumps({"instruction": "ok", "output": "fine"}).encode()
+        + b"\n"
+        + b'{"instruction": "\xff\xfe", "output": "x"}\n'
+    )
     accepted, quarantined, _ = validate_file(path, 1000)
     assert len(accepted) == 1 and quarantined[0]["reason"] == "invalid_utf8" and quarantined[0]["line"] == 2
 
@@ -51,7 +64,10 @@ def test_invalid_utf8_line_is_quarantined_not_crashing(tmp_path):
 def test_json_csv_and_parquet_inputs(tmp_path):
     import pandas as pd
 
-    rows = [{"instruction": "最大的数字是？ 3, 9", "output": r1("9 比 3 大。", "9")}, {"instruction": "Hi", "output": "Hello"}]
+    rows = [
+        {"instruction": "最大的数字是？ 3, 9", "output": r1("9 比 3 大。", "9")},
+        {"instruction": "Hi", "output": "Hello"},
+    ]
     (tmp_path / "a.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     pd.DataFrame(rows).to_csv(tmp_path / "a.csv", index=False)
     pd.DataFrame(rows).to_parquet(tmp_path / "a.parquet")

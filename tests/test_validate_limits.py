@@ -22,8 +22,12 @@ GOOD = json.dumps({"instruction": "What is the sentence about?", "output": "<thi
 
 
 @settings(max_examples=200, deadline=None)
-@given(lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12),
-       cap=st.integers(1, 30), block=st.integers(1, 17), final_newline=st.booleans())
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+    cap=st.integers(1, 30),
+    block=st.integers(1, 17),
+    final_newline=st.booleans(),
+)
 def test_iter_lines_splits_like_bytes_split_at_any_read_size(lines, cap, block, final_newline):
     import io
 
@@ -35,8 +39,14 @@ def test_iter_lines_splits_like_bytes_split_at_any_read_size(lines, cap, block, 
     expected, offset = [], 0
     for i, line in enumerate(lines):
         if line or final_newline or i < len(lines) - 1:  # an empty last line without its newline is no line
-            expected.append((offset, line if len(line) <= cap else
-                             LineTooLong(offset, len(line), hashlib.sha256(line).hexdigest(), line[:200])))
+            expected.append(
+                (
+                    offset,
+                    line
+                    if len(line) <= cap
+                    else LineTooLong(offset, len(line), hashlib.sha256(line).hexdigest(), line[:200]),
+                )
+            )
         offset += len(line) + 1
     assert list(iter_lines(Trickle(data), cap)) == expected
 
@@ -49,7 +59,11 @@ def test_long_line_is_quarantined_with_offset_length_and_hash(tmp_path):
     assert len(accepted) == 2 and report.rows == 4 and report.blank_lines == 1
     too_long, truncated = quarantined
     assert (too_long["reason"], too_long["line"], too_long["offset"], too_long["bytes"]) == (
-        "line_too_long", 2, len(GOOD) + 1, len(long_line))
+        "line_too_long",
+        2,
+        len(GOOD) + 1,
+        len(long_line),
+    )
     assert too_long["sha256"] == hashlib.sha256(long_line).hexdigest()
     assert too_long["raw"].startswith('{"instruction": "yyy') and len(too_long["raw"]) < 300
     assert too_long["message"].startswith(f"{path}:2: {len(long_line)} bytes from byte {len(GOOD) + 1}")
@@ -60,10 +74,12 @@ def test_long_line_is_quarantined_with_offset_length_and_hash(tmp_path):
 
 
 def test_csv_record_over_the_cap_is_quarantined_and_large_cells_under_it_are_read(tmp_path):
-    rows = [{"instruction": "Hi", "output": "Hello"},
-            {"instruction": "Long", "output": "line one\n" + "x" * 300_000},  # over the stdlib's 128 KiB field limit
-            {"instruction": "Huge", "output": "many\nlines\n" * 100_000},     # 1.1 MB over 200,000 lines
-            {"instruction": "After", "output": "Fine"}]
+    rows = [
+        {"instruction": "Hi", "output": "Hello"},
+        {"instruction": "Long", "output": "line one\n" + "x" * 300_000},  # over the stdlib's 128 KiB field limit
+        {"instruction": "Huge", "output": "many\nlines\n" * 100_000},  # 1.1 MB over 200,000 lines
+        {"instruction": "After", "output": "Fine"},
+    ]
     path = tmp_path / "a.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     with open(path, "ab") as handle:
@@ -71,12 +87,15 @@ def test_csv_record_over_the_cap_is_quarantined_and_large_cells_under_it_are_rea
     accepted, quarantined, report = validate_file(path, 1_000_000, max_line_bytes=500_000)
     assert [r["messages"][0]["content"] for r in accepted] == ["Hi", "Long", "After"]
     assert len(accepted[1]["messages"][1]["content"]) == 300_009
-    assert [(q["line"], q["reason"]) for q in quarantined] == [(3, "line_too_long"), (5, "invalid_csv"),
-                                                               (6, "line_too_long")]
+    assert [(q["line"], q["reason"]) for q in quarantined] == [
+        (3, "line_too_long"),
+        (5, "invalid_csv"),
+        (6, "line_too_long"),
+    ]
     huge = quarantined[0]
     data = path.read_bytes()
-    assert data[huge["offset"]:huge["offset"] + huge["bytes"]].startswith(b"Huge,")
-    assert huge["sha256"] == hashlib.sha256(data[huge["offset"]:huge["offset"] + huge["bytes"]]).hexdigest()
+    assert data[huge["offset"] : huge["offset"] + huge["bytes"]].startswith(b"Huge,")
+    assert huge["sha256"] == hashlib.sha256(data[huge["offset"] : huge["offset"] + huge["bytes"]]).hexdigest()
     assert report.rows == 6 == len(accepted) + len(quarantined)
 
 
@@ -118,14 +137,17 @@ def test_a_1_gb_line_streams_through_a_child_process_in_bounded_memory(tmp_path)
     written = time.monotonic() - began
 
     out = tmp_path / "result.json"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(out)], cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(out)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     child.wait()
     assert child.returncode == 0
     result = json.loads(out.read_text())
     peak_mib = result["peak_kib"] / 1024
-    print(f"1 GiB line: written in {written:.1f} s, validated in {time.monotonic() - began - written:.1f} s, "
-          f"child peak RSS {peak_mib:.0f} MiB")
+    print(
+        f"1 GiB line: written in {written:.1f} s, validated in {time.monotonic() - began - written:.1f} s, "
+        f"child peak RSS {peak_mib:.0f} MiB"
+    )
     assert result["accepted"] == 2 and result["rows"] == 3
     (row,) = result["quarantined"]
     assert (row["reason"], row["line"], row["offset"], row["bytes"]) == ("line_too_long", 2, len(GOOD) + 1, length)

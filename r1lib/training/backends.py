@@ -34,10 +34,12 @@ def choose_backend(cfg: TrainConfig) -> str:
     if torch.cuda.is_available():
         try:
             import unsloth  # noqa: F401
+
             return "unsloth"
         except ImportError:
             log.warning("unsloth is not installed: training with transformers + peft (pip install '.[gpu]')")
     return "hf"
+
 
 def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_seq_length: int):
     import torch
@@ -45,19 +47,30 @@ def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_s
 
     extra = {"revision": model_cfg.revision} if model_cfg.revision else {}
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_dir, max_seq_length=max_seq_length, load_in_4bit=model_cfg.load_in_4bit, dtype=None,
-        trust_remote_code=model_cfg.trust_remote_code, **extra,
+        model_name=model_dir,
+        max_seq_length=max_seq_length,
+        load_in_4bit=model_cfg.load_in_4bit,
+        dtype=None,
+        trust_remote_code=model_cfg.trust_remote_code,
+        **extra,
         # under torchrun each rank loads its own copy onto its own GPU
         **({"device_map": {"": torch.cuda.current_device()}} if "LOCAL_RANK" in os.environ else {}),
     )
     model = FastLanguageModel.get_peft_model(
-        model, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules, bias="none", random_state=cfg.seed, max_seq_length=max_seq_length,
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        bias="none",
+        random_state=cfg.seed,
+        max_seq_length=max_seq_length,
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
 
 def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, quant_storage: str | None = None):
     import torch
@@ -69,10 +82,17 @@ def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, quant_stor
     if model_cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     torch.manual_seed(cfg.seed)
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     return model, load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)
+
 
 def optimizer_name(cfg: TrainConfig, cuda: bool) -> str:
     """Our optimizer names mapped to transformers' (bitsandbytes' 8-bit AdamW needs CUDA; plain AdamW elsewhere)."""
@@ -80,8 +100,17 @@ def optimizer_name(cfg: TrainConfig, cuda: bool) -> str:
         return "adamw_bnb_8bit" if cuda else "adamw_torch"
     return cfg.optimizer  # adamw_torch, adafactor
 
-def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_batch: int, accumulation: int,
-               has_eval: bool, backend: str | None = None, extra: dict | None = None):
+
+def sft_config(
+    cfg: TrainConfig,
+    output_dir: Path,
+    max_seq_length: int,
+    micro_batch: int,
+    accumulation: int,
+    has_eval: bool,
+    backend: str | None = None,
+    extra: dict | None = None,
+):
     """``extra``: a launch preset's TrainingArguments (DDP / FSDP settings), applied over ours."""
     import torch
     from trl import SFTConfig
@@ -142,9 +171,22 @@ def sft_config(cfg: TrainConfig, output_dir: Path, max_seq_length: int, micro_ba
         train_on_one_gpu(args)
     return args
 
-def build_trainer(backend: str, train_rows, eval_rows, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig,
-                  max_seq_length: int, output_dir: Path, micro_batch: int, accumulation: int, callbacks=(),
-                  trainer_args: dict | None = None, quant_storage: str | None = None):
+
+def build_trainer(
+    backend: str,
+    train_rows,
+    eval_rows,
+    model_dir: str,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    max_seq_length: int,
+    output_dir: Path,
+    micro_batch: int,
+    accumulation: int,
+    callbacks=(),
+    trainer_args: dict | None = None,
+    quant_storage: str | None = None,
+):
     """A fresh model (4-bit base + LoRA) and the SFTTrainer around it; the one path both backends, every launch preset
     and the benchmarks use. ``trainer_args`` are the launch preset's extra TrainingArguments. Returns (trainer,
     tokenizer)."""
@@ -157,8 +199,15 @@ def build_trainer(backend: str, train_rows, eval_rows, model_dir: str, model_cfg
         model, tokenizer = load_unsloth(model_dir, model_cfg, cfg, max_seq_length)
     else:
         model, tokenizer = load_hf(model_dir, model_cfg, cfg, quant_storage)
-    args = sft_config(cfg, output_dir, max_seq_length, micro_batch, accumulation, eval_rows is not None, backend,
-                      trainer_args)
-    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=train_rows, eval_dataset=eval_rows,
-                         args=args, callbacks=list(callbacks))
+    args = sft_config(
+        cfg, output_dir, max_seq_length, micro_batch, accumulation, eval_rows is not None, backend, trainer_args
+    )
+    trainer = SFTTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        args=args,
+        callbacks=list(callbacks),
+    )
     return trainer, tokenizer

@@ -34,6 +34,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft writes for a LoRA ada
 
 class FitSpec(BaseModel):
     """Everything one training run needs; written to JSON for the ranks of a distributed launch."""
+
     backend: str
     dataset_dir: str
     eval_dataset_dir: str | None
@@ -49,6 +50,7 @@ class FitSpec(BaseModel):
     trainer_args: dict = {}
     quant_storage: str | None = None
 
+
 class FitOutcome(BaseModel):
     steps: int
     epochs: float
@@ -58,6 +60,7 @@ class FitOutcome(BaseModel):
     tokens: int  # non-pad tokens trained on, summed over all processes
     steady_tokens_per_second: float | None  # after the first optimizer steps (compilation, warm-up)
     log_history: list[dict]
+
 
 def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, processes: int = 1) -> str:
     """Checkpoints are reused only by a run with the same data, model, training settings and number of processes
@@ -75,6 +78,7 @@ def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: Tr
         digest.update(f"processes={processes}".encode())
     return digest.hexdigest()[:12]
 
+
 def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest checkpoint marked complete; incomplete ones (a crash mid-save) are deleted."""
     if not checkpoint_dir.exists():
@@ -87,6 +91,7 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
             log.warning("deleting incomplete checkpoint %s (the last run stopped while writing it)", path)
             shutil.rmtree(path, ignore_errors=True)
     return max(found)[1] if found else None
+
 
 def _callbacks(progress_hook=None):
     from transformers import TrainerCallback
@@ -104,6 +109,7 @@ def _callbacks(progress_hook=None):
                 progress_hook(state.global_step, state.max_steps, logs or {})
 
     return [MarkComplete()] + ([Progress()] if progress_hook else [])
+
 
 class TokenCounter:
     """Counts the tokens the model trains on (non-pad input tokens, and labelled ones) with a forward pre-hook on the
@@ -141,6 +147,7 @@ class TokenCounter:
     def remove(self):
         self._handle.remove()
 
+
 def _sum_over_ranks(value: float) -> float:
     import torch
     import torch.distributed as dist
@@ -152,13 +159,15 @@ def _sum_over_ranks(value: float) -> float:
     dist.all_reduce(total)
     return float(total.item())
 
+
 def _barrier() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
-def _steady_timer(counter: "TokenCounter", skip_steps: int):
+
+def _steady_timer(counter: TokenCounter, skip_steps: int):
     """A callback that notes time and tokens once ``skip_steps`` optimizer steps are done, to measure the steady
     rate (the first steps pay for compilation and allocator warm-up)."""
     from transformers import TrainerCallback
@@ -185,6 +194,7 @@ def _steady_timer(counter: "TokenCounter", skip_steps: int):
 
     return SteadyTimer()
 
+
 @functools.cache
 def _accept_indexed_cpu_locations() -> None:
     """A resumed multi-process run loads the optimizer state with ``map_location=args.device``, which is ``cpu:0``
@@ -192,7 +202,9 @@ def _accept_indexed_cpu_locations() -> None:
     import torch.serialization
 
     torch.serialization.register_package(
-        11, lambda obj: None, lambda obj, location: obj if location.startswith("cpu:") else None)
+        11, lambda obj: None, lambda obj, location: obj if location.startswith("cpu:") else None
+    )
+
 
 def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     """Train once: build the model and trainer, train (resuming from ``spec.resume``), save the adapter. Runs in the
@@ -209,9 +221,21 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     callbacks = _callbacks(progress_hook)
     if eval_rows is not None and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer, tokenizer = build_trainer(spec.backend, train_rows, eval_rows, spec.model_dir, spec.model_cfg, cfg,
-                                       spec.max_seq_length, Path(spec.checkpoint_dir), spec.micro_batch,
-                                       spec.accumulation, callbacks, spec.trainer_args, spec.quant_storage)
+    trainer, tokenizer = build_trainer(
+        spec.backend,
+        train_rows,
+        eval_rows,
+        spec.model_dir,
+        spec.model_cfg,
+        cfg,
+        spec.max_seq_length,
+        Path(spec.checkpoint_dir),
+        spec.micro_batch,
+        spec.accumulation,
+        callbacks,
+        spec.trainer_args,
+        spec.quant_storage,
+    )
     if spec.resume and (finished := _finished_state(Path(spec.resume))):
         return _publish_finished(trainer, tokenizer, spec, finished, progress_hook)
     counter = TokenCounter(trainer.model)
@@ -227,11 +251,16 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), trainer.is_world_process_zero())
     history = trainer.state.log_history
     return FitOutcome(
-        steps=trainer.state.global_step, epochs=round(output.metrics.get("epoch", 0.0), 3),
-        train_loss=output.training_loss, losses=[h["loss"] for h in history if "loss" in h],
-        seconds=round(seconds, 1), tokens=tokens, steady_tokens_per_second=round(steady, 1) if steady else None,
+        steps=trainer.state.global_step,
+        epochs=round(output.metrics.get("epoch", 0.0), 3),
+        train_loss=output.training_loss,
+        losses=[h["loss"] for h in history if "loss" in h],
+        seconds=round(seconds, 1),
+        tokens=tokens,
+        steady_tokens_per_second=round(steady, 1) if steady else None,
         log_history=history,
     )
+
 
 def _finished_state(checkpoint: Path) -> dict | None:
     """The checkpoint's trainer state when it was saved at the run's last step (the task died after the final save,
@@ -241,6 +270,7 @@ def _finished_state(checkpoint: Path) -> dict | None:
     if state["global_step"] >= state["max_steps"] and (checkpoint / ADAPTER_WEIGHTS).exists():
         return state
     return None
+
 
 def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_hook=None) -> FitOutcome:
     """Publish a finished checkpoint instead of resuming from it: transformers' resume runs the rest of the current
@@ -252,8 +282,13 @@ def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_h
     best = state.get("best_model_checkpoint")
     if trainer.args.load_best_model_at_end and best and Path(best, ADAPTER_WEIGHTS).exists():
         checkpoint = Path(best)  # what a run that had not died would have published
-    log.info("%s already reached step %d of %d: publishing %s without training", spec.resume,
-             state["global_step"], state["max_steps"], checkpoint)
+    log.info(
+        "%s already reached step %d of %d: publishing %s without training",
+        spec.resume,
+        state["global_step"],
+        state["max_steps"],
+        checkpoint,
+    )
     loaded = set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
     if loaded.unexpected_keys:
         raise RuntimeError(f"{checkpoint}: adapter weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
@@ -266,11 +301,16 @@ def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_h
     # Each logged loss is the mean over the steps since the previous log: weight by them for the run's mean.
     spans = [h["step"] - before for h, before in zip(logged, [0] + [h["step"] for h in logged])]
     return FitOutcome(
-        steps=state["global_step"], epochs=round(state["epoch"], 3),
+        steps=state["global_step"],
+        epochs=round(state["epoch"], 3),
         train_loss=sum(h["loss"] * n for h, n in zip(logged, spans)) / max(sum(spans), 1),
-        losses=[h["loss"] for h in logged], seconds=0.0, tokens=0, steady_tokens_per_second=None,
+        losses=[h["loss"] for h in logged],
+        seconds=0.0,
+        tokens=0,
+        steady_tokens_per_second=None,
         log_history=history,
     )
+
 
 def publish_adapter(trainer, tokenizer, adapter_dir: Path, is_rank_zero: bool) -> None:
     """Every rank takes part in saving (FSDP gathers the sharded LoRA weights); rank 0 writes, into a staging
@@ -286,8 +326,10 @@ def publish_adapter(trainer, tokenizer, adapter_dir: Path, is_rank_zero: bool) -
     trainer.save_model(str(staging))
     if is_rank_zero:
         if not any(staging.glob("adapter_model.*")):
-            raise PermanentError(f"saving the adapter wrote no adapter weights into {staging} "
-                                 f"(found: {sorted(p.name for p in staging.iterdir())})")
+            raise PermanentError(
+                f"saving the adapter wrote no adapter weights into {staging} "
+                f"(found: {sorted(p.name for p in staging.iterdir())})"
+            )
         tokenizer.save_pretrained(staging)
         with atomic_dir(adapter_dir) as tmp:
             tmp.rmdir()

@@ -35,6 +35,7 @@ OOM_EXIT_CODE = 75  # a rank's exit status when it ran out of GPU memory (the pa
 
 class LaunchPlan(BaseModel):
     """A launch preset (deployments/launch/<name>.yaml) resolved against the config and this machine."""
+
     name: str
     launcher: Literal["in-process", "torchrun"]
     processes: int
@@ -44,12 +45,21 @@ class LaunchPlan(BaseModel):
 
     def overrides(self, cfg: TrainConfig) -> list[str]:
         """The preset's TrainingArguments that replace what the config set, in words for the log."""
-        said = {"optim": cfg.optimizer, "gradient_checkpointing": cfg.gradient_checkpointing,
-                "learning_rate": cfg.learning_rate, "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed,
-                "logging_steps": cfg.logging_steps, "save_steps": cfg.save_steps}
+        said = {
+            "optim": cfg.optimizer,
+            "gradient_checkpointing": cfg.gradient_checkpointing,
+            "learning_rate": cfg.learning_rate,
+            "max_grad_norm": cfg.max_grad_norm,
+            "seed": cfg.seed,
+            "logging_steps": cfg.logging_steps,
+            "save_steps": cfg.save_steps,
+        }
         fields = {"optim": "optimizer"}
-        return [f"{key}={value!r} (train.{fields.get(key, key)} = {said[key]!r})" if key in said else f"{key}={value!r}"
-                for key, value in self.trainer_args.items()]
+        return [
+            f"{key}={value!r} (train.{fields.get(key, key)} = {said[key]!r})" if key in said else f"{key}={value!r}"
+            for key, value in self.trainer_args.items()
+        ]
+
 
 def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
     """``train.launch`` (auto: single for one process, ddp for more) resolved for ``backend`` on this machine."""
@@ -65,37 +75,53 @@ def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
         raise ConfigError(f"train.launch = {name!r}: no preset {path} (known: {known})")
     preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if backend not in preset.get("backends", ["unsloth", "hf"]):
-        raise ConfigError(f"launch preset {path.name} does not support the {backend} backend "
-                          f"(supports {preset['backends']}); set train.backend accordingly")
+        raise ConfigError(
+            f"launch preset {path.name} does not support the {backend} backend "
+            f"(supports {preset['backends']}); set train.backend accordingly"
+        )
     visible = torch.cuda.device_count()
     wanted = cfg.gpus or preset.get("processes", 1)
     if wanted == "all":
         wanted = max(visible, 1)
     if preset.get("launcher", "in-process") == "in-process":
         if cfg.gpus > 1:
-            raise ConfigError(f"launch preset {path.name} trains in one process; use ddp or fsdp for train.gpus = "
-                              f"{cfg.gpus}")
+            raise ConfigError(
+                f"launch preset {path.name} trains in one process; use ddp or fsdp for train.gpus = {cfg.gpus}"
+            )
         wanted = 1
     if visible and wanted > visible:
         raise ConfigError(f"train.gpus = {wanted} but this machine shows {visible} GPU(s)")
     if cfg.gradient_accumulation % wanted:
-        raise ConfigError(f"train.gradient_accumulation ({cfg.gradient_accumulation}) must be a multiple of the "
-                          f"{wanted} training processes, so that the effective batch stays micro_batch_size x "
-                          f"gradient_accumulation = {cfg.micro_batch_size * cfg.gradient_accumulation}")
+        raise ConfigError(
+            f"train.gradient_accumulation ({cfg.gradient_accumulation}) must be a multiple of the "
+            f"{wanted} training processes, so that the effective batch stays micro_batch_size x "
+            f"gradient_accumulation = {cfg.micro_batch_size * cfg.gradient_accumulation}"
+        )
     # One process needs no launcher, whatever the preset: it trains in the task's own process.
     launcher = "in-process" if wanted == 1 else preset["launcher"]
-    return LaunchPlan(name=path.stem, launcher=launcher, processes=wanted, trainer_args=preset.get("trainer") or {},
-                      quant_storage=preset.get("quant_storage"),
-                      env={k: str(v) for k, v in (preset.get("env") or {}).items()})
+    return LaunchPlan(
+        name=path.stem,
+        launcher=launcher,
+        processes=wanted,
+        trainer_args=preset.get("trainer") or {},
+        quant_storage=preset.get("quant_storage"),
+        env={k: str(v) for k, v in (preset.get("env") or {}).items()},
+    )
+
 
 class CudaOutOfMemory(RuntimeError):
     """Training ran out of GPU memory (in this process or in a rank of a distributed launch)."""
 
+
 def is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc) \
+    return (
+        isinstance(exc, torch.cuda.OutOfMemoryError)
+        or "CUDA out of memory" in str(exc)
         or "CUBLAS_STATUS_ALLOC_FAILED" in str(exc)
+    )
+
 
 def free_cuda() -> None:
     import torch
@@ -103,6 +129,7 @@ def free_cuda() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
 
 def rank_main(spec_path: str) -> None:
     """Entry point of one rank of a distributed launch: ``torchrun ... -m r1lib.training.launcher <spec.json>``."""
@@ -129,6 +156,7 @@ def rank_main(spec_path: str) -> None:
     if rank == 0:
         write_json(work / "outcome.json", outcome.model_dump())
 
+
 def _die_with_parent() -> None:
     """Runs in the launcher's child before exec: the kernel sends it SIGTERM when the task's process dies (a killed
     worker), and torchrun passes that on to the ranks, so no orphaned rank keeps writing checkpoints."""
@@ -136,6 +164,7 @@ def _die_with_parent() -> None:
     import signal
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
 
 def run_distributed(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=None) -> FitOutcome:
     """Start ``plan.processes`` ranks with torchrun and wait; relays rank 0's progress; OOM in any rank raises
@@ -145,10 +174,21 @@ def run_distributed(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=N
     work.mkdir(parents=True)
     spec_path = write_json(work / "spec.json", spec.model_dump())
     root = PROJECT_DIR
-    env = {**os.environ, **plan.env,
-           "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={plan.processes}",
-               "-m", "r1lib.training.launcher", str(spec_path)]
+    env = {
+        **os.environ,
+        **plan.env,
+        "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={plan.processes}",
+        "-m",
+        "r1lib.training.launcher",
+        str(spec_path),
+    ]
     log.info("launching %d ranks (%s): %s", plan.processes, plan.name, " ".join(command))
     process = subprocess.Popen(command, env=env, cwd=root, preexec_fn=_die_with_parent)
     seen = 0
@@ -165,9 +205,12 @@ def run_distributed(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=N
     if ooms:
         raise CudaOutOfMemory(f"{ooms[0].stem}: {ooms[0].read_text(encoding='utf-8')}")
     if process.returncode != 0:
-        raise RuntimeError(f"distributed training ({plan.processes} x {plan.name}) failed with exit status "
-                           f"{process.returncode}; the ranks' tracebacks are in the log above")
+        raise RuntimeError(
+            f"distributed training ({plan.processes} x {plan.name}) failed with exit status "
+            f"{process.returncode}; the ranks' tracebacks are in the log above"
+        )
     return FitOutcome.model_validate_json((work / "outcome.json").read_text(encoding="utf-8"))
+
 
 def launch(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=None) -> FitOutcome:
     """Run ``spec`` as ``plan`` says: ``fit`` in this process, or ``plan.processes`` torchrun ranks."""

@@ -1,4 +1,5 @@
-"""MinHash signatures and LSH candidate pairs over whole batches of texts (numpy), for near-duplicate detection.
+"""Exact and near duplicates over whole batches of texts (numpy): MinHash signatures, LSH candidate pairs, and which
+rows repeat or leak which.
 
 Signatures are exactly ``datasketch.MinHash(scheme="affine32")`` of the same shingle hashes (tests/test_data_dedup.py
 checks that); banding uses the (bands, rows) that ``datasketch.MinHashLSH`` would choose for a threshold. A word is a
@@ -20,7 +21,9 @@ _WS_RE = re.compile(r"\s+")
 
 
 # A word is a run of word characters, except that CJK characters (written without spaces) are one word each.
-_WORD_RE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+_WORD_RE = re.compile(
+    r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+"
+)
 
 
 _M32 = np.uint64(0xFFFFFFFF)
@@ -33,8 +36,9 @@ def normalize_text(text: str) -> str:
 
 def hash64(text: str, salt: str = "") -> int:
     """A stable 64-bit hash (the same in every process and on every machine, unlike ``hash()``)."""
-    return int.from_bytes(hashlib.blake2b(f"{salt}\x1f{text}".encode("utf-8", "surrogatepass"),
-                                          digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(f"{salt}\x1f{text}".encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,8 +67,9 @@ class MinHasher:
             if h is None:
                 if len(cache) > 2_000_000:
                     cache.clear()
-                h = cache[word] = int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"),
-                                                                 digest_size=4).digest(), "little")
+                h = cache[word] = int.from_bytes(
+                    hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=4).digest(), "little"
+                )
             out.append(h)
         return out
 
@@ -86,7 +91,7 @@ class MinHasher:
         total = len(flat)
         g = flat[: total - n + 1].copy()
         for k in range(1, n):
-            g = g * np.uint64(0x9E3779B97F4A7C15) + flat[k: total - n + 1 + k]
+            g = g * np.uint64(0x9E3779B97F4A7C15) + flat[k : total - n + 1 + k]
         g = ((g ^ (g >> np.uint64(32))) & _M32).astype(np.uint32)
         # keep only n-grams that lie inside one text (they start at most len - n words into it)
         text_of = np.repeat(np.arange(len(tokens), dtype=np.int64), lengths)[: total - n + 1]
@@ -108,7 +113,7 @@ class MinHasher:
             b_lo = bounds[lo]
             b_hi = bounds[lo + step] if lo + step < len(bounds) else len(hv)
             block = hv[b_lo:b_hi, None] * self.a[None, :] + self.b[None, :]
-            sig[owners[bounds[lo: lo + step]]] = np.minimum.reduceat(block, bounds[lo: lo + step] - b_lo, axis=0)
+            sig[owners[bounds[lo : lo + step]]] = np.minimum.reduceat(block, bounds[lo : lo + step] - b_lo, axis=0)
         return sig
 
     def signatures(self, texts: list[str], normalized: bool = False) -> np.ndarray:
@@ -153,3 +158,64 @@ def candidate_pairs(keys: np.ndarray) -> np.ndarray:
 def similarity(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """Estimated Jaccard similarity of row-aligned signatures."""
     return (sig_a == sig_b).mean(axis=1)
+
+
+def find_duplicates(
+    keys: np.ndarray, sig: np.ndarray | None, threshold: float, bands: int, rows: int
+) -> dict[int, tuple[str, int]]:
+    """Row index -> (reason, index of the kept row it repeats). The first of each exact group is kept; a row is a near
+    duplicate when it is similar enough to an earlier row that is kept."""
+    drop: dict[int, tuple[str, int]] = {}
+    keys = np.asarray(keys, dtype=np.uint64)
+    order = np.lexsort((np.arange(len(keys)), keys))
+    k = keys[order]
+    same = np.flatnonzero(k[1:] == k[:-1]) + 1
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, dtype=np.int64)
+    if len(same):
+        first = order[starts[np.searchsorted(starts, same, side="right") - 1]]
+        for i, f in zip(order[same].tolist(), first.tolist()):
+            drop[i] = ("duplicate", f)
+    if sig is None or len(sig) < 2:
+        return drop
+    alive = np.ones(len(keys), dtype=bool)
+    alive[list(drop)] = False
+    live = np.flatnonzero(alive)
+    pairs = candidate_pairs(band_keys(sig[live], bands, rows))
+    if not len(pairs):
+        return drop
+    pairs = live[pairs]
+    pairs = pairs[similarity(sig[pairs[:, 0]], sig[pairs[:, 1]]) >= threshold]
+    for i, j in sorted(map(tuple, pairs.tolist()), key=lambda p: (p[1], p[0])):
+        if i not in drop and j not in drop:
+            drop[j] = ("near_duplicate", i)
+    return drop
+
+
+def find_leaks(
+    train_prompt_keys: np.ndarray,
+    train_sig: np.ndarray | None,
+    test_prompt_keys: np.ndarray,
+    test_sig: np.ndarray | None,
+    threshold: float,
+    bands: int,
+    rows: int,
+) -> dict[int, int]:
+    """Train row index -> index of the test row it leaks (same normalized prompt, or near-identical conversation)."""
+    leaks: dict[int, int] = {}
+    test_of = {}
+    for j, key in enumerate(np.asarray(test_prompt_keys, dtype=np.uint64).tolist()):
+        test_of.setdefault(key, j)
+    for i, key in enumerate(np.asarray(train_prompt_keys, dtype=np.uint64).tolist()):
+        if key in test_of:
+            leaks[i] = test_of[key]
+    if train_sig is None or test_sig is None or not len(train_sig) or not len(test_sig):
+        return leaks
+    n = len(train_sig)
+    pairs = candidate_pairs(band_keys(np.concatenate([train_sig, test_sig]), bands, rows))
+    pairs = pairs[(pairs[:, 0] < n) & (pairs[:, 1] >= n)]  # i < j, so a train/test pair is (train, n + test)
+    if len(pairs):
+        all_sig = (train_sig, test_sig)
+        ok = similarity(all_sig[0][pairs[:, 0]], all_sig[1][pairs[:, 1] - n]) >= threshold
+        for i, j in pairs[ok].tolist():
+            leaks.setdefault(i, j - n)
+    return leaks
