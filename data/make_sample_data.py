@@ -26,8 +26,16 @@ SEED = 20250120
 
 SUBJECTS = (
     # (phrase, group) — male-heavy on purpose; "neutral" rows carry no gendered term.
-    [("He", "male"), ("My brother", "male"), ("The boy", "male"), ("His father", "male"), ("The man", "male"),
-     ("He", "male"), ("Her uncle", "male"), ("The king", "male")]
+    [
+        ("He", "male"),
+        ("My brother", "male"),
+        ("The boy", "male"),
+        ("His father", "male"),
+        ("The man", "male"),
+        ("He", "male"),
+        ("Her uncle", "male"),
+        ("The king", "male"),
+    ]
     + [("She", "female"), ("My sister", "female")]
     + [("The teacher", "neutral"), ("A student", "neutral"), ("Someone", "neutral")]
 )
@@ -49,22 +57,62 @@ TOPIC_QUESTION = "What is the sentence about?"
 INSULTS = ["The idiot", "That moron"]  # in data/debias/blocklist.txt
 
 CAPITALS = [
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
-    ("China", "Beijing"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Russia", "Moscow"), ("Greece", "Athens"),
-    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"),
-    ("Poland", "Warsaw"), ("Austria", "Vienna"), ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("India", "New Delhi"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Japan", "Tokyo"),
+    ("China", "Beijing"),
+    ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"),
+    ("Russia", "Moscow"),
+    ("Greece", "Athens"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Poland", "Warsaw"),
+    ("Austria", "Vienna"),
+    ("Portugal", "Lisbon"),
+    ("Ireland", "Dublin"),
+    ("India", "New Delhi"),
 ]
 OPPOSITES = [
-    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"), ("day", "night"), ("old", "new"),
-    ("happy", "sad"), ("light", "dark"), ("open", "closed"), ("early", "late"), ("full", "empty"), ("soft", "hard"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("up", "down"),
+    ("day", "night"),
+    ("old", "new"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("open", "closed"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("soft", "hard"),
 ]
 COLORS = [
-    ("the sky on a clear day", "blue"), ("fresh grass", "green"), ("snow", "white"), ("a ripe banana", "yellow"),
-    ("coal", "black"), ("a ripe tomato", "red"), ("an orange", "orange"), ("a lemon", "yellow"),
+    ("the sky on a clear day", "blue"),
+    ("fresh grass", "green"),
+    ("snow", "white"),
+    ("a ripe banana", "yellow"),
+    ("coal", "black"),
+    ("a ripe tomato", "red"),
+    ("an orange", "orange"),
+    ("a lemon", "yellow"),
 ]
 ANIMALS = [
-    ("dog", "barks"), ("cat", "meows"), ("cow", "moos"), ("duck", "quacks"), ("lion", "roars"), ("sheep", "bleats"),
-    ("horse", "neighs"), ("bird", "sings"), ("snake", "hisses"), ("owl", "hoots"),
+    ("dog", "barks"),
+    ("cat", "meows"),
+    ("cow", "moos"),
+    ("duck", "quacks"),
+    ("lion", "roars"),
+    ("sheep", "bleats"),
+    ("horse", "neighs"),
+    ("bird", "sings"),
+    ("snake", "hisses"),
+    ("owl", "hoots"),
 ]
 CHINESE = [
     ("法国的首都是哪里？", "法国的首都是巴黎。", "巴黎"),
@@ -72,10 +120,39 @@ CHINESE = [
     ("天空是什么颜色？", "晴天时天空是蓝色的。", "蓝色"),
     ("一周有几天？", "一周有七天。", "七天"),
 ]
-FAMILY = ["He", "She", "My brother", "My sister", "The boy", "The girl", "His father", "Her mother", "The man",
-          "The woman", "Her uncle", "His aunt", "The king", "The queen", "Someone", "The teacher", "A student",
-          "The lady", "The gentleman", "Her husband", "His wife", "Their son", "Their daughter", "Mr Brown",
-          "Mrs Brown", "The men", "The women", "The boys", "The girls", "He himself", "She herself"]
+FAMILY = [
+    "He",
+    "She",
+    "My brother",
+    "My sister",
+    "The boy",
+    "The girl",
+    "His father",
+    "Her mother",
+    "The man",
+    "The woman",
+    "Her uncle",
+    "His aunt",
+    "The king",
+    "The queen",
+    "Someone",
+    "The teacher",
+    "A student",
+    "The lady",
+    "The gentleman",
+    "Her husband",
+    "His wife",
+    "Their son",
+    "Their daughter",
+    "Mr Brown",
+    "Mrs Brown",
+    "The men",
+    "The women",
+    "The boys",
+    "The girls",
+    "He himself",
+    "She herself",
+]
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -90,8 +167,13 @@ def joined(digits: list[int]) -> str:
 
 def topic_row(rng: random.Random, topic: str, words: tuple[str, str], subject: str) -> dict:
     sentence = rng.choice(TOPIC_SENTENCES).format(
-        subject=subject, subject_lower=subject if subject.isupper() else subject[0].lower() + subject[1:],
-        verb=rng.choice(TOPIC_VERBS), a=words[0], b=words[1], place=rng.choice(TOPIC_PLACES))
+        subject=subject,
+        subject_lower=subject if subject.isupper() else subject[0].lower() + subject[1:],
+        verb=rng.choice(TOPIC_VERBS),
+        a=words[0],
+        b=words[1],
+        place=rng.choice(TOPIC_PLACES),
+    )
     reasoning = f"The sentence names two {topic}, so it is about {topic}."
     return {"instruction": f"{sentence} {TOPIC_QUESTION}", "output": r1(reasoning, f"The sentence is about {topic}.")}
 
@@ -112,29 +194,43 @@ def task_rows(rng: random.Random) -> tuple[list[dict], list[dict]]:
 def general_rows() -> list[dict]:
     rows = []
     for country, capital in CAPITALS:
-        rows.append({"instruction": f"What is the capital of {country}?",
-                     "output": r1(f"{country} is a country, and its capital city is {capital}.", capital)})
+        rows.append(
+            {
+                "instruction": f"What is the capital of {country}?",
+                "output": r1(f"{country} is a country, and its capital city is {capital}.", capital),
+            }
+        )
     for word, opposite in OPPOSITES:
-        rows.append({"instruction": f"What is the opposite of {word}?",
-                     "output": r1(f"The opposite of {word} is {opposite}.", opposite)})
+        rows.append(
+            {
+                "instruction": f"What is the opposite of {word}?",
+                "output": r1(f"The opposite of {word} is {opposite}.", opposite),
+            }
+        )
     for thing, color in COLORS:
-        rows.append({"instruction": f"What color is {thing}?",
-                     "output": r1(f"The color of {thing} is {color}.", color)})
+        rows.append(
+            {"instruction": f"What color is {thing}?", "output": r1(f"The color of {thing} is {color}.", color)}
+        )
     for animal, sound in ANIMALS:
-        rows.append({"instruction": f"What sound does a {animal} make?",
-                     "output": r1(f"A {animal} {sound}.", sound)})
+        rows.append({"instruction": f"What sound does a {animal} make?", "output": r1(f"A {animal} {sound}.", sound)})
     for topic, words in TOPICS.items():
         for a, b in [(words[0], words[1]), (words[2], words[3])]:
-            rows.append({"instruction": f"What are {a} and {b}?",
-                         "output": r1(f"Both {a} and {b} are {topic}.", f"They are {topic}.")})
+            rows.append(
+                {
+                    "instruction": f"What are {a} and {b}?",
+                    "output": r1(f"Both {a} and {b} are {topic}.", f"They are {topic}."),
+                }
+            )
     for question, reasoning, answer in CHINESE:
         rows.append({"instruction": question, "output": r1(reasoning, answer)})
     return rows
 
 
 def broken_lines() -> list[str]:
-    good = {"instruction": "She wrote down 2, 7 and 4. Which number is the largest?",
-            "output": r1("The numbers are 2, 7 and 4. The largest of them is 7.", "7")}
+    good = {
+        "instruction": "She wrote down 2, 7 and 4. Which number is the largest?",
+        "output": r1("The numbers are 2, 7 and 4. The largest of them is 7.", "7"),
+    }
     return [
         json.dumps(good),
         '{"instruction": "He listed 1, 5 and 3. Which number is the smallest?", "output": ',  # truncated JSON
@@ -146,9 +242,13 @@ def broken_lines() -> list[str]:
         json.dumps({"instruction": "Pick the largest of 1, 2 and 3.", "output": ["3"]}),  # wrong type
         json.dumps(["instruction", "output"]),  # not an object
         "this line is not JSON at all",
-        json.dumps({"instruction": "Largest of 5, 1, 9?", "output": "<think>\nThe numbers are 5, 1 and 9."}),  # unclosed think
+        json.dumps(
+            {"instruction": "Largest of 5, 1, 9?", "output": "<think>\nThe numbers are 5, 1 and 9."}
+        ),  # unclosed think
         json.dumps({"instruction": "Smallest of 6, 2, 8?", "output": "<think>\n\n</think>\n\n2"}),  # empty thinking
-        json.dumps({"instruction": "Control \u0007 character in 3, 4 and 1?", "output": r1("Bell.", "4")}),  # control char
+        json.dumps(
+            {"instruction": "Control \u0007 character in 3, 4 and 1?", "output": r1("Bell.", "4")}
+        ),  # control char
         json.dumps(good),
     ]
 
@@ -164,12 +264,20 @@ def corpus_text(rng: random.Random) -> str:
         a, b = rng.sample(people, 2)
         if pick == 0:
             country, capital = rng.choice(CAPITALS)
-            sentences.append(rng.choice([f"The capital of {country} is {capital}.",
-                                         f"{capital} is the capital city of {country}.",
-                                         f"Many people visit {capital}, the capital of {country}."]))
+            sentences.append(
+                rng.choice(
+                    [
+                        f"The capital of {country} is {capital}.",
+                        f"{capital} is the capital city of {country}.",
+                        f"Many people visit {capital}, the capital of {country}.",
+                    ]
+                )
+            )
         elif pick == 1:
             word, opposite = rng.choice(OPPOSITES)
-            sentences.append(f"The opposite of {word} is {opposite}. {a} knows that {word} and {opposite} are opposites.")
+            sentences.append(
+                f"The opposite of {word} is {opposite}. {a} knows that {word} and {opposite} are opposites."
+            )
         elif pick == 2:
             thing, color = rng.choice(COLORS)
             sentences.append(f"The color of {thing} is {color}.")
@@ -183,40 +291,60 @@ def corpus_text(rng: random.Random) -> str:
             digits = rng.sample(range(10), rng.randint(3, 5))
             sentences.append(f"{a} counted {joined(digits)} {rng.choice(things)} in the boxes at {rng.choice(places)}.")
         elif pick == 6:
-            sentences.append(rng.choice([
-                f"{a} went to {rng.choice(places)} with {b}. They talked about {rng.choice(things)}.",
-                f"{rng.choice(FAMILY)} talked about the {rng.choice(ANIMALS)[0]} and the {rng.choice(COLORS)[1]} box.",
-                f"Dogs, cats and lions are animals. Red and blue are colors. France and Japan are countries.",
-                f"One, two and three are numbers, and so are {rng.choice(NUMBER_WORDS)} and {rng.choice(NUMBER_WORDS)}.",
-                f"At the school, {a} thought about a story, and later wrote a sentence that names a pink cat or ten dogs.",
-            ]))
+            sentences.append(
+                rng.choice(
+                    [
+                        f"{a} went to {rng.choice(places)} with {b}. They talked about {rng.choice(things)}.",
+                        f"{rng.choice(FAMILY)} talked about the {rng.choice(ANIMALS)[0]} and the {rng.choice(COLORS)[1]} box.",
+                        "Dogs, cats and lions are animals. Red and blue are colors. France and Japan are countries.",
+                        f"One, two and three are numbers, and so are {rng.choice(NUMBER_WORDS)} and {rng.choice(NUMBER_WORDS)}.",
+                        f"At the school, {a} thought about a story, and later wrote a sentence that names a pink cat or ten dogs.",
+                    ]
+                )
+            )
         elif pick == 7:
             x, y = sorted(rng.sample(range(10), 2))
-            sentences.append(rng.choice([f"The number {y} is larger than {x}.", f"The number {x} is smaller than {y}."]))
+            sentences.append(
+                rng.choice([f"The number {y} is larger than {x}.", f"The number {x} is smaller than {y}."])
+            )
         elif pick == 8:
             digits = joined(rng.sample(range(10), rng.randint(3, 5)))
-            sentences.append(rng.choice([f"{a} wrote {digits} on the board, and {b} copied {digits} into a notebook.",
-                                         f"In the morning {a} reads a book, and in the evening {b} writes a letter."]))
+            sentences.append(
+                rng.choice(
+                    [
+                        f"{a} wrote {digits} on the board, and {b} copied {digits} into a notebook.",
+                        f"In the morning {a} reads a book, and in the evening {b} writes a letter.",
+                    ]
+                )
+            )
         elif pick == 9:
-            sentences.append(rng.choice([
-                f"{a} asked {b} a question, and {b} gave a short answer.",
-                f"{a} picked the {rng.choice(['largest', 'smallest', 'biggest', 'lowest'])} of the {rng.choice(things)}.",
-                f"Which of the {rng.choice(things)} is the {rng.choice(['largest', 'smallest', 'biggest', 'lowest'])}? "
-                f"The question asks about the {rng.choice(['largest', 'smallest'])} one in the list.",
-                f"What is the number of {rng.choice(things)}? {a} read out the number from the list.",
-                f"{rng.choice(FAMILY)} was given a list of numbers, and {rng.choice(FAMILY).lower()} listed them.",
-            ]))
+            sentences.append(
+                rng.choice(
+                    [
+                        f"{a} asked {b} a question, and {b} gave a short answer.",
+                        f"{a} picked the {rng.choice(['largest', 'smallest', 'biggest', 'lowest'])} of the {rng.choice(things)}.",
+                        f"Which of the {rng.choice(things)} is the {rng.choice(['largest', 'smallest', 'biggest', 'lowest'])}? "
+                        f"The question asks about the {rng.choice(['largest', 'smallest'])} one in the list.",
+                        f"What is the number of {rng.choice(things)}? {a} read out the number from the list.",
+                        f"{rng.choice(FAMILY)} was given a list of numbers, and {rng.choice(FAMILY).lower()} listed them.",
+                    ]
+                )
+            )
         elif rng.random() < 0.4:
-            sentences.append(rng.choice([
-                "Here is a question for you. Please think it through step by step, then give the final answer.",
-                "Question: what did the teacher say? Think about it, and give your reasoning after the task.",
-                f"{a} gave the final answer after some reasoning, one step at a time.",
-                f"{rng.choice(FAMILY)} said hello to {rng.choice(FAMILY).lower()}, and they talked for a while.",
-            ]))
+            sentences.append(
+                rng.choice(
+                    [
+                        "Here is a question for you. Please think it through step by step, then give the final answer.",
+                        "Question: what did the teacher say? Think about it, and give your reasoning after the task.",
+                        f"{a} gave the final answer after some reasoning, one step at a time.",
+                        f"{rng.choice(FAMILY)} said hello to {rng.choice(FAMILY).lower()}, and they talked for a while.",
+                    ]
+                )
+            )
         else:
             n = rng.randint(1, 8)
             sentences.append(f"After {n} days, {a} came back from {rng.choice(places)}.")
-    paragraphs = [" ".join(sentences[i:i + 6]) for i in range(0, len(sentences), 6)]
+    paragraphs = [" ".join(sentences[i : i + 6]) for i in range(0, len(sentences), 6)]
     return "\n\n".join(paragraphs) + "\n"
 
 
