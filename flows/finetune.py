@@ -15,14 +15,15 @@ from typing import Annotated
 
 from prefect import flow
 from prefect.runtime import flow_run
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from flows.data import PreparedData, run_data_stages
 from r1lib.config import PipelineConfig
+from r1lib.errors import ConfigError
 from r1lib.gguf import GGUFFile
 from r1lib.paths import check_config_paths
 from r1lib.policy import gpu_slot
-from r1lib.presets import config_from_args, expand_preset, preset
+from r1lib.presets import config_from_args, describe, expand_preset, preset
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
@@ -80,7 +81,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     """
     check_config_paths(config)  # every configured file under data.allowed_roots, before any stage does work
     run = str(config.run_dir())
-    model = resolve_model(config.model, config.cache_dir)
+    model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
     data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
     replay = data.replay.dataset if data.replay else None
 
@@ -118,6 +119,22 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     )
 
 
-if __name__ == "__main__":
-    result = finetune(config_from_args(sys.argv[1:]))
+def main(argv: list[str]) -> int:
+    """The command line: a bad configuration is refused before any work, in one line per field, without a
+    traceback."""
+    try:
+        config = config_from_args(argv)
+        check_config_paths(config)
+    except ValidationError as exc:
+        print(f"configuration refused:\n{describe(exc)}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"configuration refused: {exc}", file=sys.stderr)
+        return 2
+    result = finetune(config)
     print(f"\n{result.summary.text}\n\nsummary: {result.summary.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,14 +1,14 @@
-"""One typed configuration for the whole pipeline.
+"""One typed, strict configuration for the whole pipeline.
 
 ``PipelineConfig`` is the finetune flow's single parameter, so the Prefect UI renders it as the run form; each stage
-reads only its own section. Named presets (``PRESETS``) cover the embedded tiny default and the real
-DeepSeek-R1-Distill models. Unknown keys are errors, not silently ignored typos.
+reads only its own section. Presets are in r1lib/presets.py. Unknown keys are errors, values are never coerced (no
+"yes" for true, no "1e-3" for a number), numbers are finite and bounded, and names are names.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,30 +17,39 @@ from r1lib.paths import InputPath, OutputPath
 EMBEDDED = "embedded"  # ModelConfig.name_or_path value that selects the tiny model built from code
 
 
+# Upper bounds that no real run reaches, so that a typo (1e12 steps) is refused instead of run.
+MAX_COUNT = 10_000_000
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# A file or folder name: letters, digits, '.', '_', '-', not starting with '.' (no '/', no '..', not absolute).
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class EmbeddedModelConfig(Section):
     """Shape and pre-training of the embedded tiny R1-Distill-Qwen (see r1lib/embedded.py)."""
 
     hidden_size: int = Field(64, ge=32, le=1024, description="Multiple of 32 (4-bit blocks, GGUF rows).")
-    intermediate_size: int = Field(256, ge=32)
+    intermediate_size: int = Field(256, ge=32, le=16384)
     num_layers: int = Field(4, ge=1, le=32)
-    num_heads: int = Field(4, ge=1)
-    num_kv_heads: int = Field(2, ge=1)
-    max_position_embeddings: int = Field(2048, ge=128)
+    num_heads: int = Field(4, ge=1, le=128)
+    num_kv_heads: int = Field(2, ge=1, le=128)
+    max_position_embeddings: int = Field(2048, ge=128, le=1_048_576)
     tie_word_embeddings: bool = True
-    pretrain_steps: int = Field(600, ge=1, description="Causal-LM steps on data/corpus/general.txt before use.")
-    pretrain_seq_len: int = Field(128, ge=16)
-    pretrain_batch_size: int = Field(16, ge=1)
-    pretrain_lr: float = Field(3e-3, gt=0)
-    seed: int = 1234
+    pretrain_steps: int = Field(
+        600, ge=1, le=MAX_COUNT, description="Causal-LM steps on data/corpus/general.txt before use."
+    )
+    pretrain_seq_len: int = Field(128, ge=16, le=65536)
+    pretrain_batch_size: int = Field(16, ge=1, le=4096)
+    pretrain_lr: float = Field(3e-3, gt=0, le=1)
+    seed: Seed = 1234
     corpus_path: InputPath = Field("data/corpus/general.txt", description="Pre-training text.")
     chat_paths: list[InputPath] = Field(
         ["data/sample/general.jsonl"], description="R1-format chats in the pre-training."
     )
-    chat_repeats: int = Field(4, ge=0, description="How often each chat appears in the pre-training stream.")
+    chat_repeats: int = Field(4, ge=0, le=1000, description="How often each chat appears in the pre-training stream.")
     vocab_paths: list[InputPath] = Field(
         [
             "data/sample/train.jsonl",
@@ -61,13 +70,17 @@ class EmbeddedModelConfig(Section):
 
 class ModelConfig(Section):
     name_or_path: str = Field(EMBEDDED, description="A Hugging Face hub id, a local model directory, or 'embedded'.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    revision: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$", description="Hub revision (branch, tag or commit) to pin."
+    )
     load_in_4bit: bool = Field(True, description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes).")
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model. Off unless you trust it."
     )
     hub_token_secret: str | None = Field(
-        None, description="Name of a Prefect Secret block holding the hub token; else HF_TOKEN from the environment."
+        None,
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="Name of a Prefect Secret block holding the hub token; else HF_TOKEN from the environment.",
     )
     allowed_roots: list[str] = Field(
         ["{project}/.cache", ".", "{hf_cache}"],
@@ -80,16 +93,21 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train_paths: list[InputPath] = Field(["data/sample/train.jsonl"], description="Training files (JSONL or JSON).")
+    train_paths: list[InputPath] = Field(
+        ["data/sample/train.jsonl"], min_length=1, description="Training files, folders or globs (at least one)."
+    )
     test_path: InputPath = Field("data/sample/test.jsonl", description="Held-out evaluation file; never trained on.")
     replay_path: InputPath | None = Field(
         "data/sample/general.jsonl", description="General data for replay and forgetting."
     )
     max_rejected_fraction: float = Field(0.25, ge=0, le=1, description="Fail the run when more rows are rejected.")
-    max_field_chars: int = Field(100_000, ge=1, description="Longer instruction/output fields are rejected.")
+    max_field_chars: int = Field(
+        100_000, ge=1, le=2**31 - 1, description="Longer instruction/output fields are rejected."
+    )
     max_line_bytes: int = Field(
         64 * 2**20,
         ge=1,
+        le=2**31 - 1,
         description="A longer JSONL line or CSV record is never held in memory: it streams through a sha256 into the "
         "quarantine (reason line_too_long). Also the largest .json file, which is read whole.",
     )
@@ -108,7 +126,7 @@ class AugmentConfig(Section):
     )
     prompt_variants: int = Field(1, ge=0, le=8, description="Extra copies of each row under other prompt wordings.")
     replay_ratio: float = Field(0.1, ge=0, le=1, description="General replay rows mixed in, as a share of train rows.")
-    seed: int = 0
+    seed: Seed = 0
     text_variants: list[Literal["whitespace", "punctuation", "question_first"]] = Field(
         [],
         description="Text-level rewrites of the prompt that keep the answer correct (tasks/augment.py); each adds "
@@ -125,7 +143,9 @@ class DebiasConfig(Section):
         "data/debias/term_pairs.csv", description="group_a,group_b,term_a,term_b rows."
     )
     counterfactual: bool = Field(True, description="Add a swapped twin of each row that mentions a paired term.")
-    max_balance_ratio: float = Field(1.5, ge=1, description="Warn when a pair's groups differ more than this after.")
+    max_balance_ratio: float = Field(
+        1.5, ge=1, le=1000, description="Warn when a pair's groups differ more than this after."
+    )
     fail_on_imbalance: bool = False
 
 
@@ -140,7 +160,7 @@ class DedupConfig(Section):
     )
     num_perm: int = Field(64, ge=8, le=512, description="MinHash permutations (more: sharper, slower).")
     ngram: int = Field(3, ge=1, le=10, description="Words per shingle (a CJK character counts as a word).")
-    seed: int = 1
+    seed: Seed = 1
     leakage: bool = Field(True, description="Remove train rows whose prompt or conversation (near-)repeats a test row.")
     split_test_fraction: float = Field(
         0.0,
@@ -148,7 +168,9 @@ class DedupConfig(Section):
         lt=1,
         description="With no test rows (data.test_path empty), the share moved to test by a stable hash of the prompt.",
     )
-    split_salt: str = Field("r1-finetune-split", description="Changes which rows the stable split picks.")
+    split_salt: str = Field(
+        "r1-finetune-split", max_length=256, description="Changes which rows the stable split picks."
+    )
 
 
 class RunnerConfig(Section):
@@ -171,86 +193,113 @@ class RunnerConfig(Section):
     shard_rows: int = Field(
         100_000,
         ge=1,
+        le=MAX_COUNT,
         description="Rows per shard: the unit of work of every data-stage map. "
         "Changes the output (augmentation draws per shard), unlike the other runner fields.",
     )
 
 
 class TokenizeConfig(Section):
-    max_seq_length: int = Field(256, ge=16)
+    max_seq_length: int = Field(256, ge=16, le=1_048_576)
     truncation: Literal["drop", "truncate", "fail"] = Field("drop", description="What to do with over-long rows.")
     think_in_loss: Literal["keep", "mask", "drop"] = Field(
         "keep",
         description="keep: reasoning is trained; mask: shown but not trained; drop: removed (answers only).",
     )
-    system_prompt: str = ""
+    system_prompt: str = Field("", max_length=100_000)
 
 
 class LoraSettings(Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1, le=4096)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    target_modules: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")]] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Names of the linear modules that get LoRA adapters (each must exist in the model).",
+    )
 
 
 class TrainConfig(Section):
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA, else HF + peft.")
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run the epochs).")
-    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0, le=1000)
+    max_steps: int = Field(
+        -1, ge=-1, le=MAX_COUNT, description="Stop after this many optimizer steps (-1: run the epochs)."
+    )
+    learning_rate: float = Field(2e-4, gt=0, le=1)
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    micro_batch_size: int = Field(2, ge=1)
-    gradient_accumulation: int = Field(4, ge=1)
-    min_micro_batch_size: int = Field(1, ge=1, description="Floor for the out-of-memory retry's halving.")
+    micro_batch_size: int = Field(2, ge=1, le=4096)
+    gradient_accumulation: int = Field(4, ge=1, le=4096)
+    min_micro_batch_size: int = Field(1, ge=1, le=4096, description="Floor for the out-of-memory retry's halving.")
     optimizer: Literal["adamw_8bit", "adamw_torch", "adafactor"] = "adamw_8bit"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, le=10)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     gradient_checkpointing: bool = True
     packing: bool = Field(False, description="Pack short rows into full sequences (padding-free).")
     bf16: Literal["auto", "on", "off"] = "auto"
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps; a rerun resumes from the last.")
-    save_total_limit: int = Field(2, ge=1)
-    logging_steps: int = Field(5, ge=1)
-    eval_steps: int = Field(0, ge=0, description="Evaluate loss every N steps (0: never during training).")
-    early_stopping_patience: int = Field(0, ge=0, description="Stop after N evaluations without improvement (0: off).")
+    save_steps: int = Field(
+        50, ge=1, le=MAX_COUNT, description="Checkpoint every N optimizer steps; a rerun resumes from the last."
+    )
+    save_total_limit: int = Field(2, ge=1, le=1000)
+    logging_steps: int = Field(5, ge=1, le=MAX_COUNT)
+    eval_steps: int = Field(
+        0, ge=0, le=MAX_COUNT, description="Evaluate loss every N steps (0: never during training)."
+    )
+    early_stopping_patience: int = Field(
+        0, ge=0, le=1000, description="Stop after N evaluations without improvement (0: off)."
+    )
     gpus: int = Field(
         1,
         ge=0,
+        le=1024,
         description="Processes to train with: 1 = this process; N > 1 = data parallel over N "
         "GPUs (N CPU processes without CUDA); 0 = every visible GPU. The effective batch stays "
         "micro_batch_size x gradient_accumulation: each process accumulates 1/N of it.",
     )
     launch: str = Field(
         "auto",
-        pattern=r"^[A-Za-z0-9_.\-/]+$",
-        description="Launch preset, a file in deployments/launch/ (single, ddp, fsdp) or a path to "
-        "one; auto = single for one process, ddp for more. The TrainingArguments a preset sets over "
-        "this config are named in the train stage's log.",
+        pattern=r"^([A-Za-z0-9_-]+|[A-Za-z0-9_./-]+\.ya?ml)$",
+        description="Launch preset: a name in deployments/launch/ (single, ddp, fsdp), or the path of a .yaml under "
+        "data.allowed_roots; auto = single for one process, ddp for more. A preset's trainer block may set only "
+        "distributed-training arguments (r1lib/training/launcher.py); what it sets over this config is named in "
+        "the train stage's log.",
     )
-    seed: int = 42
+    seed: Seed = 42
     lora: LoraSettings = LoraSettings()
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self):
+        if self.max_steps == 0:
+            raise ValueError("max_steps must be -1 (train for `epochs`) or at least 1")
+        return self
 
 
 class EvalConfig(Section):
-    max_examples: int = Field(100, ge=1, description="Held-out rows used for generation accuracy.")
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
-    time_limit_s: float = Field(600, gt=0, description="Stop generating (and say so) past this time per model.")
-    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
+    max_examples: int = Field(100, ge=1, le=MAX_COUNT, description="Held-out rows used for generation accuracy.")
+    batch_size: int = Field(16, ge=1, le=4096)
+    max_new_tokens: int = Field(64, ge=1, le=1_048_576)
+    time_limit_s: float = Field(
+        600, gt=0, le=7 * 24 * 3600, description="Stop generating (and say so) past this time per model."
+    )
+    temperature: float = Field(0.0, ge=0, le=100, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0, le=1)
-    repetition_penalty: float = Field(1.0, ge=1)
-    no_repeat_ngram_size: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, ge=1, le=100)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=100)
     max_forgetting_ratio: float | None = Field(
-        1.5, gt=0, description="Limit on replay perplexity after / before (forgetting); None: no limit."
+        1.5, gt=0, le=1e6, description="Limit on replay perplexity after / before (forgetting); None: no limit."
     )
     on_forgetting: Literal["warn", "fail"] = Field("warn", description="What to do past max_forgetting_ratio.")
-    perplexity_rows: int | None = Field(None, ge=1, description="Held-out / replay rows for perplexity (None: all).")
-    lm_eval_tasks: list[str] = Field([], description="Optional lm-evaluation-harness tasks, run only from local data.")
+    perplexity_rows: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="Held-out / replay rows for perplexity (None: all)."
+    )
+    lm_eval_tasks: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        [], description="Optional lm-evaluation-harness tasks, run only from local data."
+    )
     lm_eval_path: InputPath | None = Field(
         None, description="Local folder with the lm_eval task YAMLs/data (never downloaded)."
     )
-    lm_eval_limit: int | None = Field(None, ge=1, description="Examples per lm_eval task (None: all).")
+    lm_eval_limit: int | None = Field(None, ge=1, le=MAX_COUNT, description="Examples per lm_eval task (None: all).")
 
 
 class ExportConfig(Section):
@@ -268,36 +317,46 @@ class SmokeConfig(Section):
             "What is the capital of France?",
         ],
         min_length=1,
+        max_length=100,
     )
-    max_tokens: int = Field(64, ge=1)
-    parity_tokens: int = Field(24, ge=1, description="Greedy tokens compared between HF and the F16 GGUF.")
-    n_ctx: int = Field(512, ge=64)
-    perplexity_rows: int = Field(64, ge=0, description="Held-out rows for GGUF vs HF perplexity (0: skip).")
+    max_tokens: int = Field(64, ge=1, le=1_048_576)
+    parity_tokens: int = Field(24, ge=1, le=4096, description="Greedy tokens compared between HF and the F16 GGUF.")
+    n_ctx: int = Field(512, ge=64, le=1_048_576)
+    perplexity_rows: int = Field(
+        64, ge=0, le=MAX_COUNT, description="Held-out rows for GGUF vs HF perplexity (0: skip)."
+    )
     max_f16_perplexity_drift: float = Field(
-        0.02, ge=0, description="Fail when the F16/BF16 GGUF's perplexity differs from HF's by more (relative)."
+        0.02, ge=0, le=100, description="Fail when the F16/BF16 GGUF's perplexity differs from HF's by more (relative)."
     )
     max_quant_perplexity_increase: float | None = Field(
         None,
         ge=0,
+        le=100,
         description="Fail when a quantized GGUF's perplexity exceeds the F16's by more (relative); None: report only.",
     )
     use_eval_decoding: bool = Field(
         True, description="Generate with the evaluate stage's temperature/top-p/repeat penalty."
     )
-    timeout_s: float = Field(600, gt=0, description="Per GGUF child process.")
-    n_threads: int | None = Field(None, ge=1, description="llama.cpp threads (None: half the CPU cores, 1 to 8).")
-    n_gpu_layers: int = Field(-1, description="Layers llama.cpp offloads to a GPU (-1: all; no effect on CPU builds).")
+    timeout_s: float = Field(600, gt=0, le=7 * 24 * 3600, description="Per GGUF child process.")
+    n_threads: int | None = Field(
+        None, ge=1, le=1024, description="llama.cpp threads (None: half the CPU cores, 1 to 8)."
+    )
+    n_gpu_layers: int = Field(
+        -1, ge=-1, le=100_000, description="Layers llama.cpp offloads to a GPU (-1: all; no effect on CPU builds)."
+    )
 
 
 class PipelineConfig(Section):
     """Everything one fine-tuning run needs. Paths are relative to the working directory."""
 
-    preset: str = Field("tiny", description="The preset these values started from (for the record).")
+    preset: str = Field("tiny", pattern=NAME_PATTERN, description="The preset these values started from.")
     run_name: str | None = Field(
-        None, description="Run directory name under runs_dir; default: derived from the config."
+        None,
+        pattern=NAME_PATTERN,
+        description="Run folder name under runs_dir (a name, not a path); default: derived from the config.",
     )
-    runs_dir: OutputPath = "runs"
-    cache_dir: OutputPath = ".cache"
+    runs_dir: OutputPath = Field("runs", min_length=1, description="Where run folders are made.")
+    cache_dir: OutputPath = Field(".cache", min_length=1, description="Where built models are cached.")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()

@@ -16,6 +16,20 @@ def is_prequantized(model_dir: str) -> bool:
     return getattr(config, "quantization_config", None) is not None
 
 
+def linear_module_names(model_dir: str, cfg: ModelConfig) -> set[str]:
+    """The last name part of every module of the model's architecture (``q_proj``, ``down_proj``, ...), built on the
+    meta device from its config: no weights are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(
+        model_dir, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, token=hub_token(cfg)
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+
+
 def hub_token(cfg: ModelConfig) -> str | None:
     """The hub token from the configured Prefect Secret block; None lets huggingface_hub read HF_TOKEN itself.
     The token is passed to the loaders only, never logged, stored in results or written to any output."""

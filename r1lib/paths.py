@@ -215,7 +215,8 @@ def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
     confines what they expand to), augmentation templates, debias lists, the lm_eval folder, the embedded model's
     pre-training texts."""
     unused = config.unused_paths()
-    return [
+    launch = [("train.launch", config.train.launch)] if config.train.launch.endswith((".yaml", ".yml")) else []
+    return launch + [
         (name, path)
         for name, path, ref in declared_paths(config)
         if not ref.output and not any(name == u or name.startswith((u + ".", u + "[")) for u in unused)

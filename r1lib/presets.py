@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from r1lib.config import (
     AugmentConfig,
@@ -22,6 +25,7 @@ from r1lib.config import (
     TokenizeConfig,
     TrainConfig,
 )
+from r1lib.errors import ConfigError
 
 
 def _tiny() -> PipelineConfig:
@@ -93,8 +97,11 @@ def expand_preset(value: Any) -> Any:
 
 
 def config_from_args(argv: list[str]) -> PipelineConfig:
+    """The configuration the command line describes: a preset, then ``--config FILE``, then each ``--set``. Raises
+    ConfigError (an unknown field, unreadable JSON) or pydantic's ValidationError (a bad value)."""
     parser = argparse.ArgumentParser(
-        prog="python -m flows.finetune", description="Fine-tune a DeepSeek-R1 distilled model, from raw data to a GGUF."
+        prog="python -m flows.finetune",
+        description="Fine-tune a DeepSeek-R1 distilled model, from raw data to a GGUF.",
     )
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--config", help="a JSON file of PipelineConfig fields, applied over the preset")
@@ -108,19 +115,44 @@ def config_from_args(argv: list[str]) -> PipelineConfig:
     args = parser.parse_args(argv)
     data = preset(args.preset).model_dump()
     if args.config:
-        data = merge(data, json.loads(open(args.config, encoding="utf-8").read()))
-    for item in args.set:
-        key, _, raw = item.partition("=")
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+            data = merge(data, json.loads(Path(args.config).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--config {args.config}: {exc}") from None
+    for item in args.set:
+        set_field(data, item)
     return PipelineConfig.model_validate(data)
+
+
+def set_field(data: dict, item: str) -> None:
+    """Apply one ``section.field=value`` to a config dump; an unknown field is a ConfigError naming the known ones."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=20")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    node, *parents, leaf = [data, *key.split(".")]
+    for depth, part in enumerate([*parents, leaf]):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(key.split(".")[:depth]) or "the configuration"
+            known = ", ".join(sorted(node)) if isinstance(node, dict) else "none (not a section)"
+            raise ConfigError(f"--set {key}: {where} has no field {part!r} (known: {known})")
+        if depth < len(parents):
+            node = node[part]
+    node[leaf] = value
+
+
+def describe(exc: ValidationError) -> str:
+    """A validation error as one line per bad field: ``train.learning_rate: Input should be ... (got inf)``."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "config"
+        got = error.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+        lines.append(f"{where}: {error['msg']}{shown}")
+    return "\n".join(lines)
 
 
 def merge(base: dict, override: dict) -> dict:

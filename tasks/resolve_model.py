@@ -14,6 +14,7 @@ from prefect import task
 
 from r1lib.config import EMBEDDED, ModelConfig
 from r1lib.errors import ConfigError
+from r1lib.models import linear_module_names
 from r1lib.paths import InputPath, OutputPath, check_model_dir, confine, resolve_roots
 from r1lib.policy import stage_options
 
@@ -44,9 +45,22 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
+def check_target_modules(model_dir: str, cfg: ModelConfig, target_modules: list[str]) -> None:
+    """Every LoRA target names a module of the model's architecture, or ConfigError before any work."""
+    known = linear_module_names(model_dir, cfg)
+    missing = [name for name in target_modules if name not in known]
+    if missing:
+        linear = sorted(n for n in known if n.endswith("proj") or n in ("fc1", "fc2", "wo", "wi", "wqkv"))
+        raise ConfigError(
+            f"train.lora.target_modules {missing}: no such module in {model_dir} (its projections: {linear})"
+        )
+
+
 @task(name="resolve-model", **stage_options(timeout_seconds=3600))
-def resolve_model_task(cfg: ModelConfig, cache_dir: OutputPath) -> InputPath:
-    """Find the base model (hub id or local directory), or build the embedded one on first use."""
+def resolve_model_task(cfg: ModelConfig, cache_dir: OutputPath, target_modules: list[str]) -> InputPath:
+    """Find the base model (hub id or local directory), or build the embedded one on first use; check that the LoRA
+    targets exist in it."""
     model_dir = resolve_model(cfg, cache_dir)
+    check_target_modules(model_dir, cfg, target_modules)
     print(f"base model: {model_dir}" + ("  (trust_remote_code is ON)" if cfg.trust_remote_code else ""))
     return model_dir

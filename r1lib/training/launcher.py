@@ -28,6 +28,25 @@ from r1lib.paths import PROJECT_DIR
 from r1lib.training.fit import FitOutcome, FitSpec, fit
 
 log = logging.getLogger(__name__)
+# What a launch preset's ``trainer:`` block may set: distributed-training arguments only. Anything that uploads
+# (push_to_hub, hub_*), reports elsewhere (report_to) or moves outputs (output_dir) is refused.
+TRAINER_ARGS_ALLOWED = frozenset(
+    {
+        "ddp_find_unused_parameters",
+        "ddp_timeout",
+        "ddp_backend",
+        "ddp_bucket_cap_mb",
+        "ddp_broadcast_buffers",
+        "fsdp",
+        "fsdp_config",
+        "optim",
+        "gradient_checkpointing",
+        "gradient_checkpointing_kwargs",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "tf32",
+    }
+)
 LAUNCH_DIR = PROJECT_DIR / "deployments" / "launch"
 
 OOM_EXIT_CODE = 75  # a rank's exit status when it ran out of GPU memory (the parent retries with a smaller batch)
@@ -74,6 +93,11 @@ def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
         known = ", ".join(sorted(p.stem for p in LAUNCH_DIR.glob("*.yaml")))
         raise ConfigError(f"train.launch = {name!r}: no preset {path} (known: {known})")
     preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    refused = sorted(set(preset.get("trainer") or {}) - TRAINER_ARGS_ALLOWED)
+    if refused:
+        raise ConfigError(
+            f"launch preset {path}: its trainer block may not set {refused}; allowed: {sorted(TRAINER_ARGS_ALLOWED)}"
+        )
     if backend not in preset.get("backends", ["unsloth", "hf"]):
         raise ConfigError(
             f"launch preset {path.name} does not support the {backend} backend "
