@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -61,6 +62,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tag", default="", help="suffix of the result file names")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder afterwards")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted rehearsal in --work")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="seconds after the start at which to write the table of what has run and exit with status 3",
+    )
     return parser.parse_args(argv)
 
 
@@ -232,16 +239,23 @@ def main(argv: list[str]) -> int:
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
     os.environ.pop("R1_RESULT_STORAGE", None)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a fresh Prefect home creates its database first: more than the default 20 s on a busy machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
     from r1lib.rehearsal.data import write_r1_data
-    from r1lib.rehearsal.meter import Sampler, cpu_count, now_utc, stage_table, task_runs_since
+    from r1lib.rehearsal.meter import Sampler, cpu_count, now_utc
     from r1lib.rehearsal.shapes import build_random_model, shape_tokenizer
 
+    began_all = time.monotonic()
     command = "python -m flows.rehearse " + " ".join(argv)
     started_at = now_utc()
     disk = disk_plan(args.shape, work)
     print(f"[rehearse] disk: {disk}", flush=True)
-    notes = []
+    notes = [
+        "random weights: generations never reach the end-of-sentence token, so evaluation and smoke test run to "
+        "their token limits; the smoke test records the R1 format instead of requiring it, and accepts a greedy "
+        "near tie within 0.05 logits"
+    ]
     record = {
         "shape": args.shape,
         "gpu_cap_gib": args.gpu_cap_gib,
@@ -290,24 +304,33 @@ def main(argv: list[str]) -> int:
                 weights.unlink()
                 deleted.append(weights.name)
             print(f"[rehearse] deleted the base weights ({len(deleted)} files) after the merge, for disk", flush=True)
+            notes.append(
+                f"disk: {disk['free_gib']} GiB free < {disk['need_gib']} GiB for every file at once, so the base "
+                "weights were deleted once the merge had written the merged model"
+            )
 
     sampler = Sampler(work, on_sample=housekeeping)
     flow_start = time.time()
+    if args.deadline_s:
+        watchdog = threading.Timer(
+            max(1.0, args.deadline_s - (time.monotonic() - began_all)),
+            _deadline,
+            (record, args, work, run_dir, sampler, flow_start, started_at),
+        )
+        watchdog.daemon = True
+        watchdog.start()
     result, error = run_flow(config, sampler)
     flow_end = time.time()
     samples = sampler.stop()
-    if deleted:
-        notes.append(
-            f"disk: {disk['free_gib']} GiB free < {disk['need_gib']} GiB for every file at once, so the base "
-            "weights were deleted once the merge had written the merged model"
-        )
-    notes.append(
-        "random weights: generations never reach the end-of-sentence token, so evaluation and smoke test run to "
-        "their token limits; the smoke test records the R1 format instead of requiring it, and accepts a greedy "
-        "near tie within 0.05 logits"
-    )
-    runs = task_runs_since(started_at)
-    stages = stage_table(runs, samples, flow_start, flow_end)
+    _measure(record, samples, flow_start, flow_end, started_at, result, run_dir, error)
+    return _finish(record, args, work, 0 if error is None else 1)
+
+
+def _measure(record: dict, samples, flow_start, flow_end, started_at, result, run_dir: Path, error) -> None:
+    """The stage table and the run's figures into ``record``."""
+    from r1lib.rehearsal.meter import stage_table, task_runs_since
+
+    stages = stage_table(task_runs_since(started_at), samples, flow_start, flow_end)
     covered = sum(row["seconds"] for row in stages.values())
     record.update(
         completed=error is None,
@@ -324,7 +347,17 @@ def main(argv: list[str]) -> int:
     )
     if error:
         record["error"] = error
-    return _finish(record, args, work, 0 if error is None else 1)
+
+
+def _deadline(record: dict, args, work: Path, run_dir: Path, sampler, flow_start, started_at) -> None:
+    """At ``--deadline-s``: the table of the stages so far (the running one up to now), then exit at once."""
+    try:
+        samples = list(sampler.samples) or [sampler.sample()]
+        error = f"stopped at --deadline-s {args.deadline_s:g} while the flow was still running"
+        _measure(record, samples, flow_start, time.time(), started_at, None, run_dir, error)
+        _finish(record, args, work, 3)
+    finally:
+        os._exit(3)
 
 
 def _finish(record: dict, args, work: Path, code: int) -> int:

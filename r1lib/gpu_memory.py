@@ -59,6 +59,18 @@ def available_bytes() -> int | None:
     return max(0, available)
 
 
+def release() -> None:
+    """Free what earlier stages of this process left: their models sit in reference cycles (trainer, callbacks,
+    adapters) until a full collection, and PyTorch keeps freed blocks reserved, which counts against a cap."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def peak_gib() -> dict[str, float] | None:
     """This process's peak allocated and reserved GPU memory since the last reset, in GiB (None without CUDA)."""
     import torch

@@ -331,8 +331,10 @@ def evaluate(
 ) -> Evaluation:
     from peft import PeftModel
 
+    from r1lib.gpu_memory import release
     from r1lib.models import dequantize_4bit, load_causal_lm, load_tokenizer
 
+    release()  # the training stage's model, before this stage loads its own
     records = read_jsonl(Path(test_records))[: cfg.max_examples]
     tokenizer = load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
@@ -345,7 +347,11 @@ def evaluate(
     speed = generation_plan(cfg, model_dir, model_cfg, longest)
     log.info("generation: %s, batch %d (%s)", speed["mode"], speed["batch"], speed["reason"])
     if cfg.baseline_rows and prompts:
-        speed["hf_generate"] = time_plain_generate(model, adapter_dir, tokenizer, prompts, cfg, speed["batch"])
+        try:  # a measurement beside the evaluation: its failure must not fail the stage
+            speed["hf_generate"] = time_plain_generate(model, adapter_dir, tokenizer, prompts, cfg, speed["batch"])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("timing plain HF generate failed: %s", exc)
+            speed["hf_generate_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     if speed["mode"] == "merged" and model_cfg.load_in_4bit:
         model = dequantize_4bit(model)
     log.info("evaluating the base model on %d held-out rows", len(records))

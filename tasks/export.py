@@ -40,13 +40,16 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from r1lib.models import is_prequantized, load_causal_lm, load_tokenizer
+    from r1lib.gpu_memory import release
+    from r1lib.models import dequantize_4bit, is_prequantized, load_causal_lm, load_tokenizer
 
+    release()  # what evaluation left on the GPU
     if is_prequantized(model_dir):
         log.info("base checkpoint is pre-quantized: dequantizing it before merging")
-        base = load_causal_lm(model_dir, model_cfg, four_bit=True).dequantize()
+        base = dequantize_4bit(load_causal_lm(model_dir, model_cfg, four_bit=True))
     else:
-        # The original weights at their own precision: the adapter must not be merged into 4-bit values.
+        # The original weights at their own precision: the adapter must not be merged into 4-bit values. They load
+        # into host memory (no device map), so the merge never needs the full-precision model in GPU memory.
         base = AutoModelForCausalLM.from_pretrained(
             model_dir,
             dtype="auto",

@@ -316,6 +316,9 @@ def smoke_test(
     test_dataset: str | None = None,
     decoding: dict | None = None,
 ) -> SmokeReport:
+    from r1lib.gpu_memory import release
+
+    release()  # what earlier stages left on the GPU, before the HF reference loads
     out_dir = Path(out_dir)
     dtype = reference_dtype(merged_dir)
     loaded = load_merged(merged_dir, dtype)

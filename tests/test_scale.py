@@ -372,3 +372,36 @@ def test_the_rehearsal_runs_every_stage_on_a_toy_shape_with_the_real_tokenizer(t
     }  # fmt: skip
     assert result["data"]["train"]["completion_tokens"]["max"] <= 200
     assert not (tmp_path / "work" / "tiny-qwen").exists()  # cleaned up (no --keep)
+
+
+# --- the FSDP rerun -------------------------------------------------------------------------------------------------
+
+
+def test_a_final_fsdp_sharded_checkpoint_is_published_not_trained_past(tmp_path):
+    """The fsdp preset's checkpoints hold the model as a torch.distributed.checkpoint folder and no adapter file; a
+    rerun after the last one must publish its LoRA weights instead of resuming (which trains one step more)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1lib.training.fit import FSDP_SHARDED_MODEL, _finished_state, checkpoint_adapter_weights
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model = get_peft_model(Qwen2ForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)
+    checkpoint = tmp_path / "checkpoint-9"
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(checkpoint / FSDP_SHARDED_MODEL), no_dist=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 9, "max_steps": 9, "log_history": []}))
+    assert _finished_state(checkpoint) is not None  # before: None, so the rerun resumed and trained step 10
+
+    weights = checkpoint_adapter_weights(checkpoint)
+    expected = get_peft_model_state_dict(model)
+    assert set(weights) == set(expected) and len(weights) == 8
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 5, "max_steps": 9, "log_history": []}))
+    assert _finished_state(checkpoint) is None  # not the last step: resume as before

@@ -87,15 +87,23 @@ def task_runs_since(started: datetime) -> list[dict]:
     from prefect import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
 
+    runs = []
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=started)), limit=10_000
-        )
+        while True:  # the API returns at most 200 a page
+            page = client.read_task_runs(
+                task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=started)),
+                limit=200,
+                offset=len(runs),
+            )
+            runs += page
+            if len(page) < 200:
+                break
+    now = time.time()
     return [
         {
             "stage": stage_of(r.task_key, r.name),
             "start": r.start_time.timestamp(),
-            "end": (r.end_time or r.start_time).timestamp(),
+            "end": r.end_time.timestamp() if r.end_time else now,  # still running: up to now
             "state": r.state_name,
         }
         for r in runs
