@@ -136,7 +136,7 @@ def rehearsal_config(args, model_dir: Path, data: dict, work: Path):
         "smoke.perplexity_max_tokens": 2048,
         "smoke.n_threads": cpu_count(),
         "smoke.require_r1_format": False,  # random weights cannot answer in the format
-        "smoke.parity_logit_tolerance": 0.05,  # random weights put near ties everywhere: see the README
+        "smoke.parity_logit_tolerance": 0.25,  # random weights: near ties everywhere (README)
     }
     for key, value in overrides.items():
         set_field(config, f"{key}={json.dumps(value)}")
@@ -254,7 +254,7 @@ def main(argv: list[str]) -> int:
     notes = [
         "random weights: generations never reach the end-of-sentence token, so evaluation and smoke test run to "
         "their token limits; the smoke test records the R1 format instead of requiring it, and accepts a greedy "
-        "near tie within 0.05 logits"
+        "near tie within 0.25 logits (about the mean gap between the top two logits of a random 7B model)"
     ]
     record = {
         "shape": args.shape,

@@ -162,8 +162,14 @@ def dequantize_4bit(model, dtype=None):
         if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
             module.state_dict()  # bitsandbytes repacks CPU weights on a first forward; saving restores its layout
         weight = bnb_dequantize(module.weight.data, module.weight.quant_state).to(dtype)
-        linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-        linear = linear.to(device=weight.device, dtype=dtype)
+        linear = torch.nn.utils.skip_init(  # no random init of billions of weights about to be overwritten
+            torch.nn.Linear,
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            device=weight.device,
+            dtype=dtype,
+        )
         with torch.no_grad():
             linear.weight.copy_(weight.reshape(module.out_features, module.in_features))
             if module.bias is not None:
