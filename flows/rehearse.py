@@ -54,7 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--eval-max-new-tokens", type=int, default=1024)
     parser.add_argument("--eval-batch", type=int, default=16)
     parser.add_argument("--eval-time-limit", type=float, default=240, help="seconds of generation per model")
-    parser.add_argument("--baseline-rows", type=int, default=8, help="rows of the plain HF generate timing")
+    parser.add_argument(
+        "--baseline-rows", type=int, default=None, help="rows of the plain HF generate timing (default: one batch)"
+    )
     parser.add_argument("--smoke-tokens", type=int, default=32)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     parser.add_argument("--work", default="/tmp/r1-rehearse", help="scratch folder (model, data, run)")
@@ -128,7 +130,7 @@ def rehearsal_config(args, model_dir: Path, data: dict, work: Path):
         "evaluate.batch_size": args.eval_batch,
         "evaluate.max_new_tokens": args.eval_max_new_tokens,
         "evaluate.time_limit_s": args.eval_time_limit,
-        "evaluate.baseline_rows": args.baseline_rows,
+        "evaluate.baseline_rows": args.eval_batch if args.baseline_rows is None else args.baseline_rows,
         "export.quantizations": ["Q4_K_M", "Q8_0"],
         "smoke.max_tokens": args.smoke_tokens,
         "smoke.parity_tokens": 16,
@@ -342,7 +344,7 @@ def _measure(record: dict, samples, flow_start, flow_end, started_at, result, ru
         ),
         outside_stages_seconds=round(max(0.0, flow_end - flow_start - covered), 2),
         stages=stages,
-        peak_disk_gib=round(max(s["disk"] for s in samples) / 2**30, 2),
+        peak_disk_gib=round(max(s["disk"] for s in samples) / 2**30, 2),  # everything under the rehearsal's folder
         **collect(result, run_dir),
     )
     if error:

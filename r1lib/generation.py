@@ -212,4 +212,9 @@ def time_plain_generate(model, adapter_dir: str, tokenizer, prompts: list[str], 
     generate(tuned, tokenizer, rows[:1], cfg, 1, 2)  # kernels and handles initialised outside the timing
     _, stats = generate(tuned, tokenizer, rows, cfg, len(rows), tokens)
     tuned.unload()
-    return {"rows": len(rows), "new_tokens": stats.new_tokens, "tokens_per_s": stats.tokens_per_second}
+    return {
+        "rows": len(rows),
+        "max_new_tokens": tokens,
+        "new_tokens": stats.new_tokens,
+        "tokens_per_s": stats.tokens_per_second,
+    }

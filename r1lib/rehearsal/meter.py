@@ -3,7 +3,8 @@
 A sampler thread reads, every ``interval`` seconds, the process tree's resident memory (the flow process and its
 children: converter, quantizer, smoke-test processes, torchrun ranks), PyTorch's peak allocated and reserved GPU
 memory since the last sample (then resets the peaks, so every interval has its own exact peak), the device's used
-memory as the driver reports it (all processes), and the bytes used on the run's filesystem. After the run, the
+memory as the driver reports it (all processes), and (every second) the bytes under the rehearsal's folder. After the
+run, the
 stages' start and end times come from Prefect's own task-run records, and each stage gets the peaks of the intervals
 that overlap it.
 """
@@ -11,7 +12,6 @@ that overlap it.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from datetime import UTC, datetime
@@ -28,7 +28,7 @@ class Sampler(threading.Thread):
         self.on_sample = on_sample  # called after each sample (the rehearsal's disk housekeeping)
         self.samples: list[dict] = []
         self._halt = threading.Event()
-        self.disk_start = shutil.disk_usage(self.disk_path).used
+        self._disk = (0.0, 0)  # (when, bytes): the folder is walked at most once a second
 
     def _rss(self) -> int:
         import psutil
@@ -42,12 +42,14 @@ class Sampler(threading.Thread):
                 pass
         return total
 
+    def _disk_bytes(self) -> int:
+        now = time.monotonic()
+        if now - self._disk[0] >= 1.0:
+            self._disk = (now, folder_bytes(self.disk_path))
+        return self._disk[1]
+
     def sample(self) -> dict:
-        point = {
-            "t": time.time(),
-            "rss": self._rss(),
-            "disk": shutil.disk_usage(self.disk_path).used - self.disk_start,
-        }
+        point = {"t": time.time(), "rss": self._rss(), "disk": self._disk_bytes()}
         import torch
 
         if torch.cuda.is_available():
@@ -70,6 +72,18 @@ class Sampler(threading.Thread):
         self.join(timeout=10)
         self.samples.append(self.sample())
         return self.samples
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (files that vanish while it is walked are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def stage_of(task_key: str, run_name: str) -> str:

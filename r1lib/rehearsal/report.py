@@ -115,7 +115,8 @@ def markdown(result: dict) -> str:
             f"Evaluation generation ({gen.get('mode')}, batch {gen.get('batch')}, max_new_tokens "
             f"{gen.get('max_new_tokens')}): base {_fmt(gen.get('base_tokens_per_s'))} tokens/s, fine-tuned "
             f"{_fmt(gen.get('tokens_per_s'))} tokens/s; plain HF generate on the 4-bit model with the adapter "
-            f"attached {_fmt(gen.get('hf_generate_tokens_per_s'))} tokens/s: **{_fmt(gen.get('speedup'), 2)}x**. "
+            f"attached {_fmt(gen.get('hf_generate_tokens_per_s'))} tokens/s ({_baseline(gen)}): "
+            f"**{_fmt(gen.get('speedup'), 2)}x**. "
             "Truncated thinking (reached max_new_tokens inside the think block): base "
             f"{gen.get('base_truncated_thinking')}, fine-tuned {gen.get('truncated_thinking')} of "
             f"{gen.get('generated')} (random weights never end a sentence: every row runs to max_new_tokens, "
@@ -142,6 +143,13 @@ def markdown(result: dict) -> str:
     if result.get("summary_text"):
         lines += ["```", result["summary_text"], "```", ""]
     return "\n".join(lines)
+
+
+def _baseline(gen: dict) -> str:
+    timed = gen.get("hf_generate") or {}
+    if not timed:
+        return "not timed"
+    return f"{timed['rows']} rows at once, up to {timed.get('max_new_tokens', '?')} new tokens each"
 
 
 def _pct(value) -> str:
