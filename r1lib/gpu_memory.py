@@ -51,11 +51,14 @@ def available_bytes() -> int | None:
 
     if not torch.cuda.is_available():
         return None
-    free, _ = torch.cuda.mem_get_info()
+    free, total = torch.cuda.mem_get_info()
     allocated = torch.cuda.memory_allocated()
     available = free + torch.cuda.memory_reserved() - allocated
     if _cap_bytes is not None:
         available = min(available, _cap_bytes - allocated)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # a fraction set by anyone (torch >= 2.7)
+    if fraction is not None:
+        available = min(available, int(fraction() * total) - allocated)
     return max(0, available)
 
 
