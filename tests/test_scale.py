@@ -405,3 +405,28 @@ def test_a_final_fsdp_sharded_checkpoint_is_published_not_trained_past(tmp_path)
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 5, "max_steps": 9, "log_history": []}))
     assert _finished_state(checkpoint) is None  # not the last step: resume as before
+
+
+def test_stage_table_attributes_peaks_and_disk_to_the_stage_that_caused_them():
+    from r1lib.rehearsal.meter import stage_of, stage_table
+
+    def disk(t):
+        return 0 if t < 9.8 else (5 * GIB if t < 19.9 else 8 * GIB)
+
+    samples = [
+        {"t": t, "rss": (3 if 12 < t < 14 else 1) * GIB, "disk": disk(t), "disk_t": t, "gpu_allocated": GIB,
+         "gpu_reserved": (20 if t < 9 else 2) * GIB, "device_used": 22 * GIB}
+        for t in [x * 0.5 for x in range(60)]
+    ]  # fmt: skip
+    runs = [
+        {"stage": "merge", "start": 5.0, "end": 10.0, "state": "Completed"},
+        {"stage": "convert", "start": 10.1, "end": 20.0, "state": "Completed"},
+    ]
+    table = stage_table(runs, samples, 0.0, 30.0)
+    assert list(table) == ["merge", "convert"] and table["convert"]["share"] == pytest.approx(9.9 / 30, abs=1e-4)
+    assert table["merge"]["disk_written_gib"] == 5.0 and table["convert"]["disk_written_gib"] == 3.0
+    assert table["merge"]["peak_gpu_reserved_gib"] == 20.0 and table["convert"]["peak_gpu_reserved_gib"] == 2.0
+    assert table["convert"]["peak_rss_gib"] == 3.0 and table["merge"]["peak_rss_gib"] == 1.0
+    assert stage_of("validate_input_task-1a2b", "validate train x") == "validate"
+    assert stage_of("quantize_task-ff00", "quantize Q8_0") == "quantize Q8_0"
+    assert stage_of("resolve_model_task-0", "resolve-model x") == "resolve-model"

@@ -28,7 +28,7 @@ class Sampler(threading.Thread):
         self.on_sample = on_sample  # called after each sample (the rehearsal's disk housekeeping)
         self.samples: list[dict] = []
         self._halt = threading.Event()
-        self._disk = (0.0, 0)  # (when, bytes): the folder is walked at most once a second
+        self._disk = (0.0, 0)  # (wall time of the walk, bytes): the folder is walked at most twice a second
 
     def _rss(self) -> int:
         import psutil
@@ -42,14 +42,14 @@ class Sampler(threading.Thread):
                 pass
         return total
 
-    def _disk_bytes(self) -> int:
-        now = time.monotonic()
-        if now - self._disk[0] >= 1.0:
-            self._disk = (now, folder_bytes(self.disk_path))
-        return self._disk[1]
+    def _disk_bytes(self) -> tuple[float, int]:
+        if time.time() - self._disk[0] >= 0.5:
+            self._disk = (time.time(), folder_bytes(self.disk_path))
+        return self._disk
 
     def sample(self) -> dict:
-        point = {"t": time.time(), "rss": self._rss(), "disk": self._disk_bytes()}
+        walked, disk = self._disk_bytes()
+        point = {"t": time.time(), "rss": self._rss(), "disk": disk, "disk_t": walked}
         import torch
 
         if torch.cuda.is_available():
@@ -136,14 +136,17 @@ def stage_table(runs: list[dict], samples: list[dict], flow_start: float, flow_e
         span[0], span[1] = min(span[0], run["start"]), max(span[1], run["end"])
     table = {}
     previous = flow_start
+
+    def disk_at(moment: float) -> int:  # the first folder walk made at or after ``moment``
+        return next((s["disk"] for s in samples if s.get("disk_t", s["t"]) >= moment), samples[-1]["disk"])
+
     for stage, (start, end) in sorted(spans.items(), key=lambda item: item[1][0]):
         inside = [s for s in samples if start <= s["t"] <= end + 0.5] or [min(samples, key=lambda s: abs(s["t"] - end))]
-        before = [s for s in samples if s["t"] <= start] or samples[:1]
         row = {
             "seconds": round(end - start, 2),
             "share": round((end - start) / total, 4),
             "peak_rss_gib": round(max(s["rss"] for s in inside) / GIB, 2),
-            "disk_written_gib": round((inside[-1]["disk"] - before[-1]["disk"]) / GIB, 2),
+            "disk_written_gib": round((disk_at(end) - disk_at(start)) / GIB, 3),
         }
         if "gpu_reserved" in inside[0]:
             row["peak_gpu_allocated_gib"] = round(max(s["gpu_allocated"] for s in inside) / GIB, 2)
