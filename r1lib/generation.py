@@ -171,9 +171,13 @@ def score_generations(records: list[dict], completions: list[str]) -> dict:
     }
 
 
-def generation_plan(cfg: EvalConfig, model_dir: str, model_cfg: ModelConfig, longest_prompt: int) -> dict:
+def generation_plan(
+    cfg: EvalConfig, model_dir: str, model_cfg: ModelConfig, longest_prompt: int, longest_row: int = 0
+) -> dict:
     """How to generate: ``mode`` (merged or adapter), ``batch`` and why, from the memory left after the 4-bit model
-    loaded. Merged needs the decoder's linears at full precision; both need the cache of a batch of rows."""
+    loaded. Merged needs the decoder's linears at full precision; both need the cache of a batch of rows. Also
+    ``perplexity_batch``: held-out rows of up to ``longest_row`` tokens per perplexity forward (the MLP's
+    intermediate activations of a whole row are what a forward pass holds at its peak)."""
     from r1lib.model_shape import ModelShape
 
     budget, shape = available_bytes(), ModelShape.read(model_dir)
@@ -182,7 +186,12 @@ def generation_plan(cfg: EvalConfig, model_dir: str, model_cfg: ModelConfig, lon
         modes = ["merged"]  # the base is already at full precision: merging the adapter costs nothing more
     if budget is None or shape is None:
         why = "no CUDA device" if budget is None else f"no Llama/Qwen2-style config.json in {model_dir}"
-        return {"mode": modes[0], "batch": cfg.batch_size, "reason": f"{why}: {modes[0]} at the configured batch"}
+        return {
+            "mode": modes[0],
+            "batch": cfg.batch_size,
+            "perplexity_batch": cfg.batch_size,
+            "reason": f"{why}: {modes[0]} at the configured batch",
+        }
     usable = budget * 0.85 - GIB
     per_row = shape.kv_bytes_per_token() * (longest_prompt + cfg.max_new_tokens) * 1.2
     for mode in modes:
@@ -190,9 +199,11 @@ def generation_plan(cfg: EvalConfig, model_dir: str, model_cfg: ModelConfig, lon
         fits = int((usable - extra) // per_row)
         if fits >= 1 or mode == modes[-1]:
             batch = max(1, min(cfg.batch_size, fits))
+            forward = 2 * (3 * shape.intermediate + 4 * shape.hidden) * max(longest_row, 1) * 1.2
             return {
                 "mode": mode,
                 "batch": batch,
+                "perplexity_batch": max(1, min(cfg.batch_size, int((usable - extra) // forward))),
                 "reason": f"{(extra + batch * per_row) / GIB:.1f} GiB needed of {usable / GIB:.1f} GiB usable"
                 + ("" if batch == cfg.batch_size else f" (batch lowered from {cfg.batch_size} to fit)"),
             }

@@ -294,6 +294,7 @@ def score_model(
     tokenize_cfg,
     lm_eval: bool = False,
     batch_size: int | None = None,
+    perplexity_batch: int | None = None,
 ) -> tuple:
     import math
 
@@ -302,12 +303,13 @@ def score_model(
     started = time.monotonic()
     completions, stats = generate(model, tokenizer, prompts, cfg, batch_size)
     seconds = time.monotonic() - started
-    nll, tokens = answer_nll(model, test_dataset, cfg.batch_size, cfg.perplexity_rows)
+    rows = perplexity_batch or cfg.batch_size
+    nll, tokens = answer_nll(model, test_dataset, rows, cfg.perplexity_rows)
     scores = ModelScores(
         perplexity=round(math.exp(nll / max(tokens, 1)), 4),
         answer_tokens=tokens,
         replay_perplexity=(
-            round(perplexity(model, replay_dataset, cfg.batch_size, cfg.perplexity_rows), 4) if replay_dataset else None
+            round(perplexity(model, replay_dataset, rows, cfg.perplexity_rows), 4) if replay_dataset else None
         ),
         stopped_by_time_limit=stats.stopped_by_time_limit,
         generation_seconds=round(seconds, 2),
@@ -344,7 +346,7 @@ def evaluate(
     run_lm = lm_eval_status is None
     prompts = [render_prompt(tokenizer, r, tokenize_cfg.system_prompt) for r in records]
     longest = max((len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]), default=0)
-    speed = generation_plan(cfg, model_dir, model_cfg, longest)
+    speed = generation_plan(cfg, model_dir, model_cfg, longest, tokenize_cfg.max_seq_length)
     log.info("generation: %s, batch %d (%s)", speed["mode"], speed["batch"], speed["reason"])
     if cfg.baseline_rows and prompts:
         try:  # a measurement beside the evaluation: its failure must not fail the stage
@@ -356,14 +358,32 @@ def evaluate(
         model = dequantize_4bit(model)
     log.info("evaluating the base model on %d held-out rows", len(records))
     base, base_out = score_model(
-        model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg, run_lm, speed["batch"]
+        model,
+        tokenizer,
+        records,
+        test_dataset,
+        replay_dataset,
+        cfg,
+        tokenize_cfg,
+        run_lm,
+        speed["batch"],
+        speed["perplexity_batch"],
     )
     model = PeftModel.from_pretrained(model, adapter_dir)
     if speed["mode"] == "merged":
         model = model.merge_and_unload()
     log.info("evaluating the fine-tuned model")
     tuned, tuned_out = score_model(
-        model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg, run_lm, speed["batch"]
+        model,
+        tokenizer,
+        records,
+        test_dataset,
+        replay_dataset,
+        cfg,
+        tokenize_cfg,
+        run_lm,
+        speed["batch"],
+        speed["perplexity_batch"],
     )
     if "hf_generate" in speed:
         speed["hf_generate_tokens_per_s"] = speed["hf_generate"]["tokens_per_s"]
