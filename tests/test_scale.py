@@ -430,3 +430,74 @@ def test_stage_table_attributes_peaks_and_disk_to_the_stage_that_caused_them():
     assert stage_of("validate_input_task-1a2b", "validate train x") == "validate"
     assert stage_of("quantize_task-ff00", "quantize Q8_0") == "quantize Q8_0"
     assert stage_of("resolve_model_task-0", "resolve-model x") == "resolve-model"
+
+
+# --- the merge ----------------------------------------------------------------------------------------------------
+
+
+def test_a_16bit_checkpoint_merges_shard_by_shard_exactly_as_peft_merges(tmp_path, tokenizer, monkeypatch):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    import r1lib.merge
+    from r1lib.config import ModelConfig
+    from tasks.export import merge
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "base", max_shard_size="20KB")
+    lora = get_peft_model(
+        Qwen2ForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"])
+    )
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)
+    lora.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    streamed, original = [], r1lib.merge.stream_merge
+    monkeypatch.setattr(r1lib.merge, "stream_merge", lambda *a, **k: streamed.append(1) or original(*a, **k))
+    out = Path(merge(str(tmp_path / "base"), str(tmp_path / "adapter"), ModelConfig(), tmp_path / "merged"))
+    assert streamed and len(list(out.glob("model-*.safetensors"))) == 3 and (out / "tokenizer.json").exists()
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype="auto")
+    reference = PeftModel.from_pretrained(base, tmp_path / "adapter").merge_and_unload().state_dict()
+    merged = {k: v for f in out.glob("*.safetensors") for k, v in load_file(f).items()}
+    assert set(merged) == set(reference) and all(torch.equal(merged[k], reference[k]) for k in reference)
+    changed = [k for k in merged if not torch.equal(merged[k], load_file_key(tmp_path / "base", k))]
+    assert sorted(changed) == sorted(
+        f"model.layers.{i}.{m}.weight" for i in (0, 1) for m in ("self_attn.q_proj", "mlp.down_proj")
+    )
+
+
+def test_anything_but_a_plain_16bit_lora_merge_goes_through_peft(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1lib.merge import stream_merge_plan
+
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "fp32")
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    for name, extra in (("plain", {}), ("dora", {"use_dora": True}), ("saved", {"modules_to_save": ["lm_head"]})):
+        model = get_peft_model(Qwen2ForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"], **extra))
+        model.save_pretrained(tmp_path / name)
+    assert stream_merge_plan(tmp_path / "bf16", tmp_path / "plain") is not None
+    assert stream_merge_plan(tmp_path / "fp32", tmp_path / "plain") is None  # float32 weights: peft casts them
+    assert stream_merge_plan(tmp_path / "bf16", tmp_path / "dora") is None
+    assert stream_merge_plan(tmp_path / "bf16", tmp_path / "saved") is None
+
+
+def load_file_key(folder: Path, key: str):
+    from safetensors import safe_open
+
+    for shard in folder.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as handle:
+            if key in handle.keys():
+                return handle.get_tensor(key)
+    raise KeyError(key)
