@@ -338,6 +338,10 @@ def test_rehearsal_results_carry_what_the_checks_read(tmp_path):
     assert saved["targets"]["non_training_share_at_10_min_of_steps"] == round(110 / 710, 4)
     assert saved["targets"]["peak_gpu_reserved_gib"] == 22.0 and saved["groups"]["export"] == 35.0
     assert "| train | 60.0 |" in md_path.read_text()
+    assert saved["headline"] == (
+        "r1-qwen-7b on GPU under a 24 GiB cap: data 5 s, train 60 s for 0.10M tokens, eval 30 s, export 35 s, "
+        "smoke 9 s; 150 s in all"
+    )
 
 
 # --- the whole rehearsal on a toy shape ------------------------------------------------------------------------------

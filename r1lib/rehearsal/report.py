@@ -74,6 +74,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Rehearsal: {result['shape']}{cap}, {result['date']}",
         "",
+        f"**{result['headline']}**",
+        "",
         f"`{result['command']}` on {result['device']} ({result['cpus']} CPUs). Random weights of the real shape "
         f"({result['model']['params'] / 1e9:.2f}B parameters), the real tokenizer and R1 chat template, "
         f"{result['data']['train']['rows']} train / {result['data']['test']['rows']} test R1-like rows. "
@@ -161,9 +163,23 @@ def result_name(shape: str, cap: float | None, date: str, tag: str = "") -> str:
     return name + (f"-{tag}" if tag else "")
 
 
+def headline(result: dict) -> str:
+    """One line for the README: ``r1-qwen-7b on 1x NVIDIA H200: data 20 s, train 150 s for 1.2M tokens, ...``."""
+    g = result["groups"]
+    tokens = (result.get("train") or {}).get("tokens")
+    cap = f" under a {result['gpu_cap_gib']:g} GiB cap" if result.get("gpu_cap_gib") else ""
+    return (
+        f"{result['shape']} on {result['device']}{cap}: data {g['data']:.0f} s, train {g['train']:.0f} s"
+        + (f" for {tokens / 1e6:.2f}M tokens" if tokens else "")
+        + f", eval {g['evaluate']:.0f} s, export {g['export']:.0f} s, smoke {g['smoke']:.0f} s; "
+        f"{result['total_seconds']:.0f} s in all" + ("" if result["completed"] else " (did not complete)")
+    )
+
+
 def write_result(result: dict, out_dir: Path, tag: str = "") -> tuple[Path, Path]:
     result["groups"] = group_seconds(result["stages"])
     result["targets"] = targets(result)
+    result["headline"] = headline(result)
     name = result_name(result["shape"], result.get("gpu_cap_gib"), result["date"], tag)
     out_dir = Path(out_dir)
     json_path = write_json(out_dir / f"{name}.json", result)
