@@ -276,10 +276,9 @@ def _finished_state(checkpoint: Path) -> dict | None:
 
 def checkpoint_adapter_weights(checkpoint: Path, adapter_name: str = "default") -> dict:
     """A checkpoint's LoRA weights, keyed as peft's adapter file keys them: from that file, or else the LoRA entries
-    of the FSDP sharded model state, read whole with torch.distributed.checkpoint (collectively when the ranks'
-    process group is up, as in ``_publish_finished``)."""
+    of the FSDP sharded model state, read whole by this process alone with torch.distributed.checkpoint (every
+    rank's shard files, no collective: the caller may be rank 0 only)."""
     import torch
-    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from peft.utils import load_peft_weights
 
@@ -294,7 +293,7 @@ def checkpoint_adapter_weights(checkpoint: Path, adapter_name: str = "default") 
     if not wanted:
         raise PermanentError(f"{checkpoint / FSDP_SHARDED_MODEL} holds no LoRA weights")
     state = {"model": wanted}
-    dcp.load(state, storage_reader=reader, no_dist=not (dist.is_available() and dist.is_initialized()))
+    dcp.load(state, storage_reader=reader, no_dist=True)
     return {key.replace(f".{adapter_name}.", "."): value for key, value in state["model"].items()}
 
 
@@ -315,9 +314,10 @@ def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_h
         state["max_steps"],
         checkpoint,
     )
-    loaded = set_peft_model_state_dict(trainer.model, checkpoint_adapter_weights(checkpoint))
-    if loaded.unexpected_keys:
-        raise RuntimeError(f"{checkpoint}: adapter weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
+    if trainer.is_world_process_zero():  # only rank 0 writes the adapter (FSDP's other ranks may hold meta weights)
+        loaded = set_peft_model_state_dict(trainer.model, checkpoint_adapter_weights(checkpoint))
+        if loaded.unexpected_keys:
+            raise RuntimeError(f"{checkpoint}: adapter weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
     publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), trainer.is_world_process_zero())
     history = state["log_history"]
     logged = [h for h in history if "loss" in h]
