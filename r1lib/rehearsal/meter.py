@@ -61,6 +61,10 @@ class Sampler(threading.Thread):
         return point
 
     def run(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():  # peaks from before the flow (building the model) are not a stage's
+            torch.cuda.reset_peak_memory_stats()
         while not self._halt.is_set():
             self.samples.append(self.sample())
             if self.on_sample:
