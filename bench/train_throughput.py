@@ -21,14 +21,18 @@ Backends run in separate processes: importing Unsloth patches transformers' mode
 so an HF baseline that ran after it would not be the baseline. Each child appends one JSON line per configuration as
 it finishes (partial results survive a timeout); the parent prints the table and ratios and writes one JSON.
 
-FLOPs per trained token (executed, bf16 matmuls; LoRA adapters' own FLOPs, ~0.5%, left out):
-  6 * N_layers            frozen 4-bit decoder linears: forward, recompute (gradient checkpointing), input gradient
-                          (no weight gradient: the base is frozen)
-  + 4 * V * h * f_lab     LM head on labelled positions only (TRL's fused head): forward + input gradient
-  + 8 * L * d_attn * l_eff   causal attention (QK^T and AV, half the square): forward, recompute, 2x backward;
+  plan    (with --plan) the pipeline's automatic memory plan (r1lib/training/plan.py) on the 8B fixed suite: the
+          Unsloth backend with the gradient checkpointing and micro-batch the plan chooses for this card.
+
+FLOPs per trained token (bf16 matmuls; LoRA adapters' own FLOPs, ~0.5%, left out; r1lib.model_shape.flops_per_token):
+  model FLOPs (MFU)       4 * N_layers (frozen 4-bit decoder linears: forward + input gradient, no weight gradient)
+                          + 4 * V * h * f_lab (LM head on labelled positions only: forward + input gradient)
+                          + 6 * L * d_attn * l_eff (causal attention, half the square: forward + 2x backward);
                           l_eff = sum(l_doc^2) / sum(l_doc) over documents (each packed document attends to itself)
-MFU = FLOPs/s over the card's dense bf16 datasheet peak (989.4 TFLOP/s for H100 SXM and H200), and also over a bf16
-matmul measured on the card in the same run.
+  hardware FLOPs (HFU)    what was executed: with gradient checkpointing the decoder's forward runs twice,
+                          6 * N_layers + 4 * V * h * f_lab + 8 * L * d_attn * l_eff; without it, the model FLOPs
+model_flops_mfu and hfu = FLOPs/s over the card's dense bf16 datasheet peak (989.4 TFLOP/s for H100 SXM and H200);
+the table also shows HFU over a bf16 matmul measured on the card in the same run.
 """
 
 from __future__ import annotations
@@ -160,12 +164,25 @@ def stub_prefect(force: bool = False) -> bool:
 # --- FLOPs --------------------------------------------------------------------------------------------------------
 
 
-def flops_per_token(shape: dict, l_eff: float, labelled_fraction: float) -> float:
-    h, L, inter, V = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"], shape["vocab_size"]
-    hd = h // shape["num_attention_heads"]
-    q, kv = shape["num_attention_heads"] * hd, shape["num_key_value_heads"] * hd
-    n_layers = L * (h * q + 2 * h * kv + q * h + 3 * h * inter)
-    return 6 * n_layers + 4 * V * h * labelled_fraction + 8 * L * q * l_eff
+def model_shape(shape: dict):
+    from r1lib.model_shape import ModelShape
+
+    return ModelShape(
+        model_type=shape["model_type"],
+        hidden=shape["hidden_size"],
+        layers=shape["num_hidden_layers"],
+        intermediate=shape["intermediate_size"],
+        heads=shape["num_attention_heads"],
+        kv_heads=shape["num_key_value_heads"],
+        head_dim=shape["hidden_size"] // shape["num_attention_heads"],
+        vocab=shape["vocab_size"],
+        tied_embeddings=shape["tie_word_embeddings"],
+    )
+
+
+def flops_per_token(shape: dict, l_eff: float, labelled_fraction: float, recompute: bool = True) -> float:
+    """Executed FLOPs per token (HFU); ``recompute=False`` gives the model FLOPs (MFU)."""
+    return model_shape(shape).flops_per_token(l_eff, labelled_fraction, recompute)
 
 
 # --- model and data -----------------------------------------------------------------------------------------------
@@ -253,6 +270,21 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     shape = SHAPES[spec["shape"]]
     seq = spec["seq"]
     base = preset(shape["preset"]).train
+    planned = None
+    if spec.get("plan"):
+        from r1lib.training.plan import plan_memory
+
+        planned = plan_memory(
+            base.model_copy(update=dict(backend=spec["backend"], packing=spec["packing"])),
+            ModelConfig(name_or_path=model_dir, load_in_4bit=True),
+            model_dir,
+            spec["backend"],
+            seq,
+            spec["micro_batch"],
+            spec["accumulation"],
+        )
+        print(f"[bench] {spec['name']}: memory plan {planned.describe()}", flush=True)
+        spec = dict(spec, micro_batch=planned.micro_batch, accumulation=planned.accumulation)
     cfg = base.model_copy(
         update=dict(
             backend=spec["backend"],
@@ -264,8 +296,12 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
             packing=spec["packing"],
             eval_steps=0,
             early_stopping_patience=0,
+            **({"gradient_checkpointing": planned.gradient_checkpointing} if planned else {}),
         )
     )
+    from r1lib.training.plan import resolved_checkpointing
+
+    recompute = resolved_checkpointing(cfg)
     model_cfg = ModelConfig(name_or_path=model_dir, load_in_4bit=True)
     per_step = spec["micro_batch"] * spec["accumulation"]
     if spec["data"] == "fixed":
@@ -336,7 +372,9 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
         tokens, count_source = trl1 - trl0, "TRL _total_train_tokens"
     tps = tokens / seconds
     # The labelled fraction and l_eff of the rows actually trained would need the batches; the dataset's are used.
-    fpt = flops_per_token(shape, l_eff if spec["data"] != "fixed" else seq, labelled_fraction)
+    attended = l_eff if spec["data"] != "fixed" else seq
+    fpt = flops_per_token(shape, attended, labelled_fraction, recompute)
+    model_fpt = flops_per_token(shape, attended, labelled_fraction, recompute=False)
     result = dict(
         spec,
         model_load_s=round(load_s, 1),
@@ -348,9 +386,13 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
         pad_fraction=round(1 - tokens / max(pad1 - pad0, 1), 4),
         trl_tokens=trl1 - trl0,
         token_count_source=count_source,
+        gradient_checkpointing=recompute,
+        memory_plan=planned.describe() if planned else None,
         gflop_per_token=round(fpt / 1e9, 2),
+        model_gflop_per_token=round(model_fpt / 1e9, 2),
         tflops=round(tps * fpt / 1e12, 1),
-        mfu_datasheet=round(tps * fpt / DATASHEET_BF16, 4),
+        hfu=round(tps * fpt / DATASHEET_BF16, 4),
+        model_flops_mfu=round(tps * model_fpt / DATASHEET_BF16, 4),
         peak_allocated_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
         peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
         allocated_before_gib=round(before / 2**30, 2),
@@ -455,12 +497,14 @@ def plan(args, model_dirs: dict) -> dict[str, list[dict]]:
             runs = [("hf", "hf", args.fixed_batch), ("unsloth", "unsloth", args.fixed_batch)]
             runs += [("hf", "hf-plain", args.fixed_batch)] if args.plain_baseline and big else []
             runs += [("unsloth", "unsloth", mb) for mb in args.unsloth_batches if big]
+            runs += [("unsloth", "plan", args.fixed_batch)] if args.plan and big else []
             for child, backend, micro_batch in runs:
                 specs[child].append(
                     dict(
                         common,
                         name=f"{shape}-fixed-{backend}-mb{micro_batch}",
-                        backend=backend,
+                        backend="unsloth" if backend == "plan" else backend,
+                        plan=backend == "plan",
                         data="fixed",
                         micro_batch=micro_batch,
                         accumulation=1,
@@ -511,13 +555,16 @@ def plan(args, model_dirs: dict) -> dict[str, list[dict]]:
 
 def report(results: list[dict], peak: float) -> dict:
     by = {r["name"]: r for r in results}
-    lines = ["", f"{'configuration':42} {'tok/s':>9} {'MFU':>6} {'MFU/mm':>7} {'alloc':>7} {'reserv':>7} {'pad%':>5}"]
+    lines = [
+        "",
+        f"{'configuration':42} {'tok/s':>9} {'MFU':>6} {'HFU':>6} {'HFU/mm':>7} {'alloc':>7} {'reserv':>7} {'pad%':>5}",
+    ]
     for r in results:
         if "tokens_per_s" not in r:
             lines.append(f"{r['name']:42} {r.get('error') or r.get('skipped')}")
             continue
         lines.append(
-            f"{r['name']:42} {r['tokens_per_s']:9.0f} {r['mfu_datasheet']:6.1%} "
+            f"{r['name']:42} {r['tokens_per_s']:9.0f} {r['model_flops_mfu']:6.1%} {r['hfu']:6.1%} "
             f"{r['tflops'] * 1e12 / peak:7.1%} {r['peak_allocated_gib']:6.1f}G {r['peak_reserved_gib']:6.1f}G "
             f"{100 * r['pad_fraction']:5.1f}"
         )
@@ -528,6 +575,14 @@ def report(results: list[dict], peak: float) -> dict:
         plain = next(
             (r for n, r in by.items() if n.startswith(f"{shape}-fixed-hf-plain") and "tokens_per_s" in r), None
         )
+        auto = next((r for n, r in by.items() if n.startswith(f"{shape}-fixed-plan") and "tokens_per_s" in r), None)
+        if auto:
+            ratios[f"{shape} fixed: automatic plan model-FLOPs MFU"] = auto["model_flops_mfu"]
+            ratios[f"{shape} fixed: automatic plan HFU"] = auto["hfu"]
+            if plain:
+                ratios[f"{shape} fixed: automatic plan / plain HF (full logits) tokens/s"] = round(
+                    auto["tokens_per_s"] / plain["tokens_per_s"], 3
+                )
         if u and plain:
             ratios[f"{shape} fixed: Unsloth / plain HF (full logits) tokens/s"] = round(
                 u["tokens_per_s"] / plain["tokens_per_s"], 3
@@ -537,11 +592,11 @@ def report(results: list[dict], peak: float) -> dict:
             )
         best = max(
             (r for n, r in by.items() if n.startswith(f"{shape}-fixed-unsloth") and "tokens_per_s" in r),
-            key=lambda r: r["mfu_datasheet"],
+            key=lambda r: r["hfu"],
             default=None,
         )
         if best and best is not u:
-            ratios[f"{shape} fixed: Unsloth best MFU (datasheet), mb {best['micro_batch']}"] = best["mfu_datasheet"]
+            ratios[f"{shape} fixed: Unsloth best MFU (datasheet), mb {best['micro_batch']}"] = best["hfu"]
         if u and h:
             ratios[f"{shape} fixed: Unsloth / HF tokens/s"] = round(u["tokens_per_s"] / h["tokens_per_s"], 3)
             ratios[f"{shape} fixed: Unsloth / HF peak reserved"] = round(
@@ -550,7 +605,9 @@ def report(results: list[dict], peak: float) -> dict:
             ratios[f"{shape} fixed: Unsloth / HF peak allocated"] = round(
                 u["peak_allocated_gib"] / h["peak_allocated_gib"], 3
             )
-            ratios[f"{shape} fixed: Unsloth MFU (datasheet)"] = u["mfu_datasheet"]
+            ratios[f"{shape} fixed: Unsloth MFU (datasheet)"] = u["hfu"]  # executed FLOPs, as this key always held
+            ratios[f"{shape} fixed: Unsloth model-FLOPs MFU"] = u["model_flops_mfu"]
+            ratios[f"{shape} fixed: Unsloth HFU"] = u["hfu"]
         p, nb = by.get(f"{shape}-varlen-unsloth-pipeline"), by.get(f"{shape}-varlen-unsloth-notebook")
         if p and nb and "tokens_per_s" in p and "tokens_per_s" in nb:
             ratios[f"{shape} varlen: pipeline (packing) / notebook effective tokens/s"] = round(
@@ -586,6 +643,11 @@ def main() -> None:
         help="8B: also transformers' Trainer with the model's own full-logits loss (the peers' baseline)",
     )
     parser.add_argument("--unsloth-batches", default="", help="8B: more Unsloth micro-batches, e.g. 8")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="8B: also Unsloth with the pipeline's automatic memory plan (checkpointing and micro-batch)",
+    )
     parser.add_argument(
         "--logging-steps",
         type=int,
@@ -671,6 +733,8 @@ def main() -> None:
             "unsloth_over_hf_tokens_per_s": ">= 1.8",
             "unsloth_over_hf_peak_reserved": "<= 0.3",
             "unsloth_mfu_8b_seq2048": ">= 0.50",
+            "automatic_plan_over_plain_hf_tokens_per_s_8b": ">= 2.2",
+            "automatic_plan_model_flops_mfu_8b_seq2048": ">= 0.45",
             "packing_over_notebook_effective_tokens_per_s": ">= 1.5",
         },
         results=results,

@@ -21,6 +21,7 @@ from flows.data import PreparedData, run_data_stages
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
 from r1lib.gguf import GGUFFile
+from r1lib.gpu_memory import apply_cap
 from r1lib.paths import check_config_paths
 from r1lib.policy import gpu_slot
 from r1lib.presets import config_from_args, describe, expand_preset, preset
@@ -80,6 +81,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     concurrency limit: two runs never share one GPU.
     """
     check_config_paths(config)  # every configured file under data.allowed_roots, before any stage does work
+    apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())
     model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
     data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize

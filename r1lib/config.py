@@ -235,7 +235,11 @@ class TrainConfig(Section):
     optimizer: Literal["adamw_8bit", "adamw_torch", "adafactor"] = "adamw_8bit"
     weight_decay: float = Field(0.0, ge=0, le=10)
     max_grad_norm: float = Field(1.0, gt=0, le=1e6)
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass (Unsloth: its CPU-offloaded implementation). auto: "
+        "the memory plan decides on a CUDA machine (r1lib/training/plan.py); on for a CPU or with memory_plan off.",
+    )
     packing: bool = Field(False, description="Pack short rows into full sequences (padding-free).")
     bf16: Literal["auto", "on", "off"] = "auto"
     save_steps: int = Field(
@@ -267,6 +271,20 @@ class TrainConfig(Section):
     )
     seed: Seed = 42
     lora: LoraSettings = LoraSettings()
+    max_gpu_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="Cap every GPU stage of the run at this much GPU memory (torch's per-process memory fraction), "
+        "e.g. 24 to rehearse a 24 GiB card on a bigger one; the memory plan, evaluation and smoke test fit "
+        "their settings under it. None: the whole card.",
+    )
+    memory_plan: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: on a CUDA machine, choose gradient checkpointing (where it is 'auto') and the micro-batch "
+        "(within the effective batch micro_batch_size x gradient_accumulation) from the model's shape and the GPU "
+        "memory available, and log what was chosen and why; off: train with micro_batch_size as configured.",
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self):
@@ -300,6 +318,21 @@ class EvalConfig(Section):
         None, description="Local folder with the lm_eval task YAMLs/data (never downloaded)."
     )
     lm_eval_limit: int | None = Field(None, ge=1, le=MAX_COUNT, description="Examples per lm_eval task (None: all).")
+    generation: Literal["auto", "merged", "adapter"] = Field(
+        "auto",
+        description="How the held-out rows are generated and scored. merged: the 4-bit base dequantized once and the "
+        "adapter merged into it (the same function as the 4-bit model with the adapter, without dequantizing every "
+        "weight at every step); adapter: the 4-bit model with the adapter attached (plain HF generate); auto: merged "
+        "when the full-precision weights and the generation cache fit the memory available, else adapter.",
+    )
+    baseline_rows: int = Field(
+        0,
+        ge=0,
+        le=MAX_COUNT,
+        description="Also time plain HF generate on the 4-bit model with the adapter attached over this many "
+        "held-out rows (one batch, at most baseline_tokens new tokens), to report the generation speed-up; 0: off.",
+    )
+    baseline_tokens: int = Field(128, ge=1, le=1_048_576, description="New tokens per row in the baseline timing.")
 
 
 class ExportConfig(Section):
@@ -343,6 +376,33 @@ class SmokeConfig(Section):
     )
     n_gpu_layers: int = Field(
         -1, ge=-1, le=100_000, description="Layers llama.cpp offloads to a GPU (-1: all; no effect on CPU builds)."
+    )
+    gguf_perplexity: Literal["auto", "all", "quantized", "none"] = Field(
+        "auto",
+        description="Which GGUFs get the held-out perplexity pass (perplexity_rows). all: every GGUF, the "
+        "full-precision one against the HF merged model; quantized: only the quantized types, each against the HF "
+        "merged model's perplexity (the full-precision GGUF keeps the greedy-token parity check); auto: all when "
+        "llama.cpp offloads to a GPU or the full-precision GGUF is under 2 GiB, else quantized.",
+    )
+    perplexity_max_tokens: int | None = Field(
+        16384,
+        ge=1,
+        le=MAX_COUNT,
+        description="Held-out rows go into the perplexity pass in order until they hold this many tokens (per GGUF), "
+        "so long R1 rows cannot turn the check into minutes of CPU; None: all perplexity_rows.",
+    )
+    require_r1_format: bool = Field(
+        True,
+        description="Fail unless every GGUF answers each prompt with a closed think block and a non-empty answer. "
+        "Off only for models that cannot (random weights in a rehearsal): the outputs are still recorded.",
+    )
+    parity_logit_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Where the F16 GGUF's greedy token differs from the HF merged model's, accept it when HF scored "
+        "it within this many logits of its own choice (a near tie that rounding decides) and stop comparing there; "
+        "0: every compared token must be equal.",
     )
 
 

@@ -139,3 +139,48 @@ def answer_nll(model, dataset_dir: str, batch_size: int, max_rows: int | None = 
             nll, n = answer_token_nll(model, ids, labels, mask)
             total, count = total + nll.item(), count + n
     return total, count
+
+
+def dequantize_4bit(model, dtype=None):
+    """Replace every bitsandbytes 4-bit linear of ``model`` by a plain linear holding its dequantized weight (one
+    module at a time, so the peak is the full-precision model plus one 4-bit layer), in place; returns the model.
+
+    The result computes the same function as the 4-bit model (whose forward dequantizes the same NF4 values at every
+    call), without the per-step dequantization: what merging an adapter or fast generation needs. Uses
+    bitsandbytes' public ``dequantize_4bit``; transformers' own ``model.dequantize()`` returned wrong weights on a
+    CPU build of bitsandbytes 0.50.2."""
+    import torch
+    from bitsandbytes.functional import dequantize_4bit as bnb_dequantize
+
+    from r1lib.compat import forget_quantized_loading
+
+    dtype = dtype or compute_dtype()
+    targets = [(name, module) for name, module in model.named_modules() if type(module).__name__ == "Linear4bit"]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+            module.state_dict()  # bitsandbytes repacks CPU weights on a first forward; saving restores its layout
+        weight = bnb_dequantize(module.weight.data, module.weight.quant_state).to(dtype)
+        linear = torch.nn.utils.skip_init(  # no random init of billions of weights about to be overwritten
+            torch.nn.Linear,
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            device=weight.device,
+            dtype=dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(weight.reshape(module.out_features, module.in_features))
+            if module.bias is not None:
+                linear.bias.copy_(module.bias.to(dtype))
+        linear.requires_grad_(False)
+        setattr(parent, child, linear)
+        del weight, module
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    forget_quantized_loading(model)
+    for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit"):
+        if getattr(model, flag, False):
+            setattr(model, flag, False)
+    return model

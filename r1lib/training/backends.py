@@ -20,6 +20,7 @@ from pathlib import Path
 from r1lib.compat import install_torch_chunked_logprob, train_on_one_gpu
 from r1lib.config import ModelConfig, TrainConfig
 from r1lib.errors import ConfigError
+from r1lib.training.plan import resolved_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_s
         bias="none",
         random_state=cfg.seed,
         max_seq_length=max_seq_length,
-        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        use_gradient_checkpointing="unsloth" if resolved_checkpointing(cfg) else False,
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -80,7 +81,7 @@ def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, quant_stor
 
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit, quant_storage=quant_storage)
     if model_cfg.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=resolved_checkpointing(cfg))
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(
         r=cfg.lora.r,
@@ -140,7 +141,7 @@ def sft_config(
         fp16=cuda and not use_bf16,
         # Unsloth checkpoints through its own offloaded implementation (get_peft_model); the trainer must not add
         # transformers' on top. The HF baseline uses transformers' (non-reentrant) checkpointing.
-        gradient_checkpointing=cfg.gradient_checkpointing and backend != "unsloth",
+        gradient_checkpointing=resolved_checkpointing(cfg) and backend != "unsloth",
         gradient_checkpointing_kwargs={"use_reentrant": False} if backend != "unsloth" else None,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 COMPLETE_MARKER = "checkpoint-complete.json"
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft writes for a LoRA adapter (checkpoints too)
+FSDP_SHARDED_MODEL = "pytorch_model_fsdp_0"  # accelerate's torch.distributed.checkpoint folder of a sharded model
 
 
 class FitSpec(BaseModel):
@@ -266,21 +267,45 @@ def _finished_state(checkpoint: Path) -> dict | None:
     """The checkpoint's trainer state when it was saved at the run's last step (the task died after the final save,
     before it returned), else None."""
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    # Needs the adapter as a file (FSDP's sharded state dict keeps none): otherwise resume as before.
-    if state["global_step"] >= state["max_steps"] and (checkpoint / ADAPTER_WEIGHTS).exists():
+    # The adapter as peft's file, or inside an FSDP sharded model state (the fsdp preset keeps no adapter file).
+    has_weights = (checkpoint / ADAPTER_WEIGHTS).exists() or (checkpoint / FSDP_SHARDED_MODEL).is_dir()
+    if state["global_step"] >= state["max_steps"] and has_weights:
         return state
     return None
+
+
+def checkpoint_adapter_weights(checkpoint: Path, adapter_name: str = "default") -> dict:
+    """A checkpoint's LoRA weights, keyed as peft's adapter file keys them: from that file, or else the LoRA entries
+    of the FSDP sharded model state, read whole by this process alone with torch.distributed.checkpoint (every
+    rank's shard files, no collective: the caller may be rank 0 only)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from peft.utils import load_peft_weights
+
+    if (checkpoint / ADAPTER_WEIGHTS).exists():
+        return load_peft_weights(str(checkpoint), device="cpu")
+    reader = dcp.FileSystemReader(str(checkpoint / FSDP_SHARDED_MODEL))
+    wanted = {
+        key.removeprefix("model."): torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        for key, meta in reader.read_metadata().state_dict_metadata.items()
+        if key.startswith("model.") and ".lora_" in key and hasattr(meta, "size")
+    }
+    if not wanted:
+        raise PermanentError(f"{checkpoint / FSDP_SHARDED_MODEL} holds no LoRA weights")
+    state = {"model": wanted}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    return {key.replace(f".{adapter_name}.", "."): value for key, value in state["model"].items()}
 
 
 def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_hook=None) -> FitOutcome:
     """Publish a finished checkpoint instead of resuming from it: transformers' resume runs the rest of the current
     epoch's loop before it checks for the end, so it would train one step past max_steps."""
     from peft import set_peft_model_state_dict
-    from peft.utils import load_peft_weights
 
     checkpoint = Path(spec.resume)
     best = state.get("best_model_checkpoint")
-    if trainer.args.load_best_model_at_end and best and Path(best, ADAPTER_WEIGHTS).exists():
+    holds_weights = best and (Path(best, ADAPTER_WEIGHTS).exists() or Path(best, FSDP_SHARDED_MODEL).is_dir())
+    if trainer.args.load_best_model_at_end and holds_weights:
         checkpoint = Path(best)  # what a run that had not died would have published
     log.info(
         "%s already reached step %d of %d: publishing %s without training",
@@ -289,9 +314,10 @@ def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_h
         state["max_steps"],
         checkpoint,
     )
-    loaded = set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device="cpu"))
-    if loaded.unexpected_keys:
-        raise RuntimeError(f"{checkpoint}: adapter weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
+    if trainer.is_world_process_zero():  # only rank 0 writes the adapter (FSDP's other ranks may hold meta weights)
+        loaded = set_peft_model_state_dict(trainer.model, checkpoint_adapter_weights(checkpoint))
+        if loaded.unexpected_keys:
+            raise RuntimeError(f"{checkpoint}: adapter weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
     publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), trainer.is_world_process_zero())
     history = state["log_history"]
     logged = [h for h in history if "loss" in h]

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from r1lib.config import TrainConfig
 from r1lib.errors import ConfigError
+from r1lib.gpu_memory import apply_cap
 from r1lib.io import write_json
 from r1lib.paths import PROJECT_DIR
 from r1lib.training.fit import FitOutcome, FitSpec, fit
@@ -164,6 +165,7 @@ def rank_main(spec_path: str) -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
+        apply_cap(spec.cfg.max_gpu_memory_gib)
     rank = int(os.environ.get("RANK", 0))
 
     def relay_progress(step: int, max_steps: int, logs: dict) -> None:

@@ -1,0 +1,106 @@
+"""Merging a LoRA adapter into 16-bit safetensors shard by shard, without building the model.
+
+For the common case (a plain LoRA adapter on the linear projections of an unquantized bf16/fp16 checkpoint) the merge
+reads one shard at a time, adds ``scale * B @ A`` (computed in float32) to each adapted weight, and writes the shard
+under the same name: peak host memory is one shard instead of the whole model plus a save buffer, no model is built,
+and the GPU is never touched. Anything else (DoRA, extra saved modules, per-layer rank or alpha patterns, adapted
+embeddings, float32 or quantized weights) returns no plan, and the caller merges through peft instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+ADAPTER_FILE = "adapter_model.safetensors"
+HALF_DTYPES = {"BF16", "F16"}
+COPIED = ("config.json", "generation_config.json", "model.safetensors.index.json")
+
+
+def _shards(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [model_dir / name for name in names]
+    single = model_dir / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def stream_merge_plan(model_dir: str | Path, adapter_dir: str | Path) -> dict | None:
+    """What a shard-by-shard merge needs (the scale and, per adapted weight, its LoRA key pair), or None when the
+    adapter or checkpoint is not the plain case this merge handles."""
+    from safetensors import safe_open
+
+    model_dir, adapter_dir = Path(model_dir), Path(adapter_dir)
+    config_path, weights = adapter_dir / "adapter_config.json", adapter_dir / ADAPTER_FILE
+    if not config_path.is_file() or not weights.is_file():
+        return None
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    plain = (
+        config.get("peft_type") == "LORA"
+        and not config.get("use_dora")
+        and not config.get("modules_to_save")
+        and not config.get("rank_pattern")
+        and not config.get("alpha_pattern")
+        and not config.get("fan_in_fan_out")
+        and not config.get("lora_bias")
+        and not config.get("layer_replication")
+        and config.get("bias", "none") == "none"
+    )
+    shards = _shards(model_dir)
+    if not plain or not shards:
+        return None
+    r, alpha = int(config["r"]), float(config["lora_alpha"])
+    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    pairs: dict[str, tuple[str, str]] = {}
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():
+            if not key.endswith(".lora_A.weight"):
+                if not key.endswith(".lora_B.weight"):
+                    return None  # embeddings, magnitudes or anything else: peft knows how
+                continue
+            target = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight") + ".weight"
+            pairs[target] = (key, key.replace(".lora_A.weight", ".lora_B.weight"))
+    found: set[str] = set()
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as handle:
+            for key in handle.keys():
+                if handle.get_slice(key).get_dtype() not in HALF_DTYPES:
+                    return None  # float32 or quantized weights: the peft path handles dtype and dequantizing
+                found.add(key)
+    if not pairs or set(pairs) - found:
+        return None
+    return {"scale": scale, "pairs": pairs, "shards": [str(s) for s in shards]}
+
+
+def stream_merge(model_dir: str | Path, adapter_dir: str | Path, plan: dict, out_dir: Path) -> None:
+    """Write the merged checkpoint into ``out_dir`` (shards under their names, the index and configs copied;
+    ``use_cache`` on for inference). ``plan`` comes from ``stream_merge_plan``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    adapter = {}
+    with safe_open(str(Path(adapter_dir) / ADAPTER_FILE), framework="pt") as handle:
+        for key in handle.keys():
+            adapter[key] = handle.get_tensor(key)
+    for shard in plan["shards"]:
+        tensors = {}
+        with safe_open(shard, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            for key in handle.keys():
+                weight = handle.get_tensor(key)
+                if key in plan["pairs"]:
+                    a, b = (adapter[k].float() for k in plan["pairs"][key])
+                    weight = (weight.float() + (b @ a) * plan["scale"]).to(weight.dtype)
+                tensors[key] = weight.contiguous()
+        save_file(tensors, str(out_dir / Path(shard).name), metadata={**metadata, "format": "pt"})
+        del tensors
+    for name in COPIED:
+        if (model_dir / name).is_file():
+            shutil.copyfile(model_dir / name, out_dir / name)
+    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    config["use_cache"] = True
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
