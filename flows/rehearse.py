@@ -322,6 +322,8 @@ def main(argv: list[str]) -> int:
         watchdog.daemon = True
         watchdog.start()
     result, error = run_flow(config, sampler)
+    if args.deadline_s:
+        watchdog.cancel()  # the flow ended first: its own table, not the deadline's
     flow_end = time.time()
     samples = sampler.stop()
     _measure(record, samples, flow_start, flow_end, started_at, result, run_dir, error)
@@ -357,18 +359,19 @@ def _deadline(record: dict, args, work: Path, run_dir: Path, sampler, flow_start
         samples = list(sampler.samples) or [sampler.sample()]
         error = f"stopped at --deadline-s {args.deadline_s:g} while the flow was still running"
         _measure(record, samples, flow_start, time.time(), started_at, None, run_dir, error)
-        _finish(record, args, work, 3)
+        # The scratch folder stays: the stage that is still running (a quantize child) reads from it until it dies.
+        _finish(record, args, work, 3, keep=True)
     finally:
         os._exit(3)
 
 
-def _finish(record: dict, args, work: Path, code: int) -> int:
+def _finish(record: dict, args, work: Path, code: int, keep: bool = False) -> int:
     from r1lib.rehearsal.report import markdown, write_result
 
     json_path, md_path = write_result(record, Path(args.out), args.tag)
     print(markdown(record), flush=True)
     print(f"[rehearse] wrote {json_path} and {md_path}", flush=True)
-    if not args.keep:
+    if not (args.keep or keep):
         shutil.rmtree(work, ignore_errors=True)
     return code
 
