@@ -26,6 +26,7 @@ from r1lib.compat import start_local_prefect_server
 from r1lib.config import PipelineConfig, RunnerConfig
 from r1lib.errors import ConfigError
 from r1lib.paths import check_config_paths
+from r1lib.records import RowRules
 from r1lib.stage import StageResult
 from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
 from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
@@ -140,6 +141,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         max_line_bytes=unmapped(config.data.max_line_bytes),
         shard_rows=unmapped(shard_rows),
         run_dir=unmapped(run),
+        rules=unmapped(RowRules.of(config.data)),
     )
     validated = validate_merge_task(config.data, validated, run)
     lap("validate")
