@@ -56,8 +56,9 @@ class PreparedData(BaseModel):
     seconds: dict[str, float]  # wall time of each stage (map + merge), for the logs and bench/data_throughput.py
 
     def results(self) -> list[StageResult]:
-        """The stage results the run summary shows, in stage order."""
-        return [self.validated, self.deduped, self.augmented, self.debiased, self.train]
+        """The stage results the run summary shows, in stage order (every split's tokenization: each may drop rows)."""
+        splits = [self.train, self.test, *([self.replay] if self.replay else [])]
+        return [self.validated, self.deduped, self.augmented, self.debiased, *splits]
 
 
 def task_runner(cfg: RunnerConfig) -> TaskRunner:
@@ -228,7 +229,10 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         )
         for split, shards in splits.items()
     }
-    merges = {split: tokenize_merge_task.submit(shard_parts, split, run) for split, shard_parts in parts.items()}
+    merges = {
+        split: tokenize_merge_task.submit(shard_parts, split, run, config.tokenize)
+        for split, shard_parts in parts.items()
+    }
     tokenized = {split: merge.result() for split, merge in merges.items()}
     lap("tokenize")
     print(f"data stages: {seconds} s")

@@ -33,6 +33,7 @@ from r1lib.errors import DataValidationError, PermanentError
 from r1lib.io import atomic_dir, atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
+from r1lib.records import location
 from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
@@ -45,6 +46,7 @@ TOKENIZE_CHUNK = 8192  # records a tokenize_shard holds at once
 
 class TokenizedData(StageResult):
     dataset: InputPath  # a datasets.Dataset saved with save_to_disk: input_ids, labels
+    split: str = "train"
     rows_in: int
     rows_out: int
     dropped_too_long: int
@@ -62,19 +64,30 @@ class TokenizedData(StageResult):
     def masked_share(self) -> float:
         return round(1 - self.trained_tokens / self.tokens, 3)
 
+    @property
+    def label(self) -> str:
+        """``tokenize`` for the training split (the summary key runs have always had), ``tokenize_<split>`` else."""
+        return "tokenize" if self.split == "train" else f"tokenize_{self.split}"
+
     def summary(self) -> dict:
         return {
-            "tokenize": {
+            self.label: {
+                "rows_in": self.rows_in,
                 "rows": self.rows_out,
                 "dropped_too_long": self.dropped_too_long,
                 "truncated": self.truncated,
                 "masked_share": self.masked_share,
+                "quarantine": self.quarantine,
             }
         }
 
     def summary_lines(self) -> list[tuple[str, str]]:
         return [
-            ("tokenize", f"{self.rows_out} rows, masked share {self.masked_share}, {self.dropped_too_long} too long")
+            (
+                self.label,
+                f"{self.rows_in} -> {self.rows_out} rows, masked share {self.masked_share}, "
+                f"{self.dropped_too_long} dropped as too long, {self.truncated} truncated",
+            )
         ]
 
 
@@ -201,10 +214,13 @@ def tokenize_records(
     for record, row in _encoded(tokenizer, records, cfg, cache if cache is not None else IdsCache(tokenizer)):
         ids = row["input_ids"]
         if len(ids) > cfg.max_seq_length:
-            where = f"{record['source']['file']}:{record['source']['line']}"
-            message = f"{where}: {len(ids)} tokens exceed max_seq_length {cfg.max_seq_length}"
+            where = location(record["source"]["file"], record["source"]["line"])
+            message = f"{where}: {len(ids)} tokens exceed tokenize.max_seq_length={cfg.max_seq_length}"
             if cfg.truncation == "fail":
-                raise DataValidationError(message + " (tokenize.truncation = fail)")
+                raise DataValidationError(
+                    f"{message} (tokenize.truncation=fail); raise tokenize.max_seq_length, or set "
+                    "tokenize.truncation=truncate (cut the answer) or drop (quarantine such rows)"
+                )
             if cfg.truncation == "drop" or row["prompt_len"] >= cfg.max_seq_length:
                 quarantined.append(
                     {
@@ -212,6 +228,7 @@ def tokenize_records(
                         "reason": "too_long",
                         "field": "messages",
                         "message": message,
+                        "tokens": len(ids),
                         "record": record,
                     }
                 )
@@ -278,6 +295,7 @@ class TokenizedShard(BaseModel):
     max_length: int
     audit: dict[str, int]
     examples: list[dict]  # the first rows, decoded, for the audit
+    longest_dropped: int = 0  # tokens of the longest row dropped as too long
 
 
 def _features():
@@ -312,7 +330,7 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
 
     arrow = Path(f"{out_prefix}.arrow")
     totals = {"truncated": 0, "bos_ok": 0, "think_in_labels": 0, "eos_at_end": 0}
-    rows_in = rows_out = tokens = trained = longest = 0
+    rows_in = rows_out = tokens = trained = longest = longest_dropped = 0
     examples: list[dict] = []
     with atomic_path(arrow) as tmp, JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
         writer = ArrowWriter(features=_features(), path=str(tmp))
@@ -321,6 +339,7 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
                 rows, quarantined, audit = tokenize_records(tokenizer, chunk, cfg)
                 rows_in += len(chunk)
                 quarantine.write_many(quarantined)
+                longest_dropped = max([longest_dropped, *(q["tokens"] for q in quarantined)])
                 for key in totals:
                     totals[key] += audit[key]
                 if not rows:
@@ -352,6 +371,7 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
             max_length=longest,
             audit=totals,
             examples=examples,
+            longest_dropped=longest_dropped,
         )
 
 
@@ -387,20 +407,54 @@ def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> Non
         )
 
 
-def merge_tokenized(parts: list[TokenizedShard], out_dir: Path, name: str) -> TokenizedData:
-    """The shards' rows as one dataset (``out_dir/dataset``), their quarantine parts joined, the audit summed."""
+def check_dropped(parts: list[TokenizedShard], cfg: TokenizeConfig, name: str, quarantine: str) -> None:
+    """Rows dropped as too long: warned about, and past ``max_dropped_fraction`` (or when none is left) a failure
+    that names the settings that fix it."""
+    rows_in = sum(p.rows_in for p in parts)
+    dropped = sum(p.rows_in - p.rows_out for p in parts)
+    if not dropped:
+        return
+    longest = max(p.longest_dropped for p in parts)
+    share = dropped / max(rows_in, 1)
+    message = (
+        f"{name}: {dropped} of {rows_in} rows ({share:.0%}) are longer than tokenize.max_seq_length="
+        f"{cfg.max_seq_length} tokens (the longest {longest}) and were dropped (tokenize.truncation=drop); they are "
+        f"in {quarantine}"
+    )
+    if dropped == rows_in or share > cfg.max_dropped_fraction:
+        raise DataValidationError(
+            f"{message}. That is over tokenize.max_dropped_fraction={cfg.max_dropped_fraction:g}"
+            + (" and leaves no row" if dropped == rows_in else "")
+            + f": raise tokenize.max_seq_length (e.g. --set tokenize.max_seq_length={_fits(longest)}) or set "
+            "tokenize.truncation=truncate (keeps the rows, cut to the limit)"
+        )
+    log.warning(message)
+
+
+def _fits(tokens: int) -> int:
+    """The next multiple of 256 that holds ``tokens``."""
+    return -(-tokens // 256) * 256
+
+
+def merge_tokenized(
+    parts: list[TokenizedShard], out_dir: Path, name: str, cfg: TokenizeConfig | None = None
+) -> TokenizedData:
+    """The shards' rows as one dataset (``out_dir/dataset``), their quarantine parts joined, the audit summed; fails
+    when more rows were dropped as too long than ``cfg.max_dropped_fraction`` allows (check_dropped)."""
     import xxhash
 
     out_dir = Path(out_dir)
     full = [p for p in parts if p.rows_out]
     dropped = sum(p.rows_in - p.rows_out for p in parts)
+    check_dropped(parts, cfg or TokenizeConfig(), name, str(out_dir / "quarantine.jsonl"))
     if not full:
-        raise DataValidationError(f"{name}: no row left after tokenization ({dropped} too long)")
+        raise DataValidationError(f"{name}: no row to tokenize")
     fingerprint = xxhash.xxh3_64("".join(p.digest for p in full).encode()).hexdigest()
     write_dataset([p.arrow for p in full], fingerprint, out_dir / "dataset")
     quarantine = concat_files(out_dir / "quarantine.jsonl", [p.quarantine for p in parts])
     audit = {key: sum(p.audit[key] for p in parts) for key in parts[0].audit}
     result = TokenizedData(
+        split=name,
         dataset=str(out_dir / "dataset"),
         rows_in=sum(p.rows_in for p in parts),
         rows_out=sum(p.rows_out for p in parts),
@@ -428,7 +482,7 @@ def merge_tokenized(parts: list[TokenizedShard], out_dir: Path, name: str) -> To
 def tokenize_file(tokenizer, records_path: Path, cfg: TokenizeConfig, out_dir: Path) -> TokenizedData:
     """The whole stage in this process on one file of records (the flow maps tokenize_shard over shards instead)."""
     part = tokenize_shard(tokenizer, Shard.of(records_path), cfg, Path(out_dir) / "shards" / "part-0000")
-    return merge_tokenized([part], out_dir, str(records_path))
+    return merge_tokenized([part], out_dir, str(records_path), cfg)
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -462,9 +516,11 @@ def tokenize_shard_task(
 
 
 @task(name="tokenize", task_run_name="tokenize {split}", **stage_options())
-def tokenize_merge_task(parts: list[TokenizedShard], split: str, run_dir: OutputPath) -> TokenizedData:
-    """The tokenized shards as one dataset, with its audit."""
-    result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split)
+def tokenize_merge_task(
+    parts: list[TokenizedShard], split: str, run_dir: OutputPath, cfg: TokenizeConfig | None = None
+) -> TokenizedData:
+    """The tokenized shards as one dataset, with its audit; fails past tokenize.max_dropped_fraction."""
+    result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split, cfg)
     create_table_artifact(
         key=f"tokenization-audit-{split}",
         table=[
