@@ -33,10 +33,11 @@ _ASCII_WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 
 def segment(text: str) -> list[tuple[str, int, int]]:
     """(word, start, end) of every word of ``text`` as jieba segments it (character offsets; spaces and punctuation
-    are words of their own)."""
+    are words of their own). Dictionary words only (no HMM guesses): a term joins a longer word only where the
+    dictionary has that word (其他, 他们, 吉他), never in a guessed one ("他弹")."""
     import rjieba
 
-    return rjieba.tokenize(text)
+    return rjieba.tokenize(text, hmm=False)
 
 
 class Found:
