@@ -435,7 +435,9 @@ class PipelineConfig(Section):
         """Config fields whose files this run never reads (their sections are switched off)."""
         unused = [] if self.model.name_or_path == EMBEDDED else ["model.embedded"]
         if not self.debias.enabled:
-            unused += ["debias.blocklist_path", "debias.term_pairs_path", "debias.protected_phrases_path"]
+            unused.append("debias.blocklist_path")
+            if not self.fairness.enabled:  # the fairness check twins prompts with the same pairs and phrases
+                unused += ["debias.term_pairs_path", "debias.protected_phrases_path"]
         if not self.evaluate.lm_eval_tasks:
             unused.append("evaluate.lm_eval_path")
         return unused

@@ -479,10 +479,12 @@ def merge_tokenized(
     return result
 
 
-def tokenize_file(tokenizer, records_path: Path, cfg: TokenizeConfig, out_dir: Path) -> TokenizedData:
+def tokenize_file(
+    tokenizer, records_path: Path, cfg: TokenizeConfig, out_dir: Path, split: str = "train"
+) -> TokenizedData:
     """The whole stage in this process on one file of records (the flow maps tokenize_shard over shards instead)."""
     part = tokenize_shard(tokenizer, Shard.of(records_path), cfg, Path(out_dir) / "shards" / "part-0000")
-    return merge_tokenized([part], out_dir, str(records_path), cfg)
+    return merge_tokenized([part], out_dir, split, cfg)
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
