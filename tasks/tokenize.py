@@ -16,9 +16,7 @@ Sharded (flows/data.py): ``tokenize_shard`` writes each shard's rows to an Arrow
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -30,13 +28,14 @@ from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render
 from r1lib.compat import rust_tokenizer
 from r1lib.config import TokenizeConfig
 from r1lib.errors import DataValidationError, PermanentError
-from r1lib.io import atomic_dir, atomic_path, concat_files, iter_jsonl, write_json
+from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.records import location
 from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
+from r1lib.tokenized import rows_table, token_features, write_dataset
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -298,29 +297,6 @@ class TokenizedShard(BaseModel):
     longest_dropped: int = 0  # tokens of the longest row dropped as too long
 
 
-def _features():
-    from datasets import Features, List, Value
-
-    # What Dataset.from_list infers for these rows (datasets stores input_ids as int32).
-    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int64"))})
-
-
-def _table(rows: list[dict]):
-    """The rows as Arrow list columns, built from flat numpy buffers (5x faster than pa.array on lists of lists)."""
-    import itertools
-
-    import numpy as np
-    import pyarrow as pa
-
-    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int32, count=len(rows))
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int32)]).astype(np.int32))
-    columns = {}
-    for name, dtype in (("input_ids", np.int32), ("labels", np.int64)):
-        flat = np.fromiter(itertools.chain.from_iterable(r[name] for r in rows), dtype=dtype, count=int(lengths.sum()))
-        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(flat))
-    return pa.table(columns)
-
-
 def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Path) -> TokenizedShard:
     """The map unit: one shard of records to an Arrow file of rows (streamed in chunks) and its quarantine part."""
     import numpy as np
@@ -333,7 +309,7 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
     rows_in = rows_out = tokens = trained = longest = longest_dropped = 0
     examples: list[dict] = []
     with atomic_path(arrow) as tmp, JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
-        writer = ArrowWriter(features=_features(), path=str(tmp))
+        writer = ArrowWriter(features=token_features(), path=str(tmp))
         try:
             for chunk in chunked(iter_jsonl(Path(shard.path)), TOKENIZE_CHUNK):
                 rows, quarantined, audit = tokenize_records(tokenizer, chunk, cfg)
@@ -346,7 +322,7 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
                     continue
                 if len(examples) < 3:
                     examples += [decoded_example(tokenizer, r) for r in rows[: 3 - len(examples)]]
-                table = _table(rows)
+                table = rows_table(rows)
                 labels = table.column("labels").combine_chunks().values.to_numpy()
                 rows_out += len(rows)
                 tokens += len(labels)
@@ -372,38 +348,6 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
             audit=totals,
             examples=examples,
             longest_dropped=longest_dropped,
-        )
-
-
-def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> None:
-    """A ``datasets.load_from_disk`` directory whose data files are ``arrows``, in order, hard-linked (copied across
-    filesystems) instead of rewritten: what ``save_to_disk`` writes (the same state.json and dataset_info.json),
-    without reading the rows again. The fingerprint comes from the content, so equal data gives an equal folder."""
-    import shutil
-
-    from datasets import DatasetInfo
-    from datasets.utils.py_utils import asdict
-
-    names = [f"data-{k:05d}-of-{len(arrows):05d}.arrow" for k in range(len(arrows))]
-    state = {
-        "_data_files": [{"filename": name} for name in names],
-        "_fingerprint": fingerprint,
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": None,
-    }
-    info = asdict(DatasetInfo(features=_features()))
-    with atomic_dir(dataset_dir) as tmp:
-        for source, name in zip(arrows, names):
-            try:
-                os.link(source, tmp / name)
-            except OSError:
-                shutil.copyfile(source, tmp / name)
-        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-        (tmp / "dataset_info.json").write_text(
-            json.dumps({k: info[k] for k in sorted(info)}, indent=2), encoding="utf-8"
         )
 
 
