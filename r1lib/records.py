@@ -586,9 +586,9 @@ def normalize(row: Any, max_chars: int = 100_000, rules: RowRules | None = None)
         if turn["role"] == "assistant":
             turn["content"] = split_reasoning(turn["content"])[1]
     if row.get("tools") not in (None, "", []):
-        if rules.tools == "refuse":
+        tools = tools_prompt(row["tools"])  # "" for an empty list (a JSON "[]" too)
+        if tools and rules.tools == "refuse":
             raise RecordError("tools", "tools", "the row carries a 'tools' list and data.tools is 'refuse'")
-        tools = tools_prompt(row["tools"])
         system = f"{system}\n\n{tools}" if system and tools else system or tools
     return fill_placeholders({"system": system, "messages": messages, "reasoning": reasoning}, rules)
 

@@ -321,3 +321,13 @@ def test_the_rejected_share_failure_names_its_setting(tmp_path):
     with pytest.raises(DataValidationError, match=r"data\.max_rejected_fraction") as info:
         validate(cfg, tmp_path / "out")
     assert "preference data" in str(info.value) and "row 1" in str(info.value)
+
+
+def test_an_empty_tools_list_is_no_tool_under_either_policy():
+    name = "llamafactory_glaive_toolcall_en_demo.json"
+    path = Path(__file__).parent / "fixtures" / "public" / name
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    assert rows[0]["tools"] == "[]"
+    for rules in (RowRules(), RowRules(tools="refuse")):
+        accepted, _, _ = validate_file(path, max_chars=100_000, rules=rules)
+        assert accepted[0]["source"]["line"] == 1 and accepted[0]["system"] == ""
