@@ -26,6 +26,7 @@ from r1lib.compat import start_local_prefect_server
 from r1lib.config import PipelineConfig, RunnerConfig
 from r1lib.errors import ConfigError
 from r1lib.paths import check_config_paths
+from r1lib.records import RowRules
 from r1lib.stage import StageResult
 from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
 from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
@@ -55,8 +56,9 @@ class PreparedData(BaseModel):
     seconds: dict[str, float]  # wall time of each stage (map + merge), for the logs and bench/data_throughput.py
 
     def results(self) -> list[StageResult]:
-        """The stage results the run summary shows, in stage order."""
-        return [self.validated, self.deduped, self.augmented, self.debiased, self.train]
+        """The stage results the run summary shows, in stage order (every split's tokenization: each may drop rows)."""
+        splits = [self.train, self.test, *([self.replay] if self.replay else [])]
+        return [self.validated, self.deduped, self.augmented, self.debiased, *splits]
 
 
 def task_runner(cfg: RunnerConfig) -> TaskRunner:
@@ -140,6 +142,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         max_line_bytes=unmapped(config.data.max_line_bytes),
         shard_rows=unmapped(shard_rows),
         run_dir=unmapped(run),
+        rules=unmapped(RowRules.of(config.data)),
     )
     validated = validate_merge_task(config.data, validated, run)
     lap("validate")
@@ -226,7 +229,10 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         )
         for split, shards in splits.items()
     }
-    merges = {split: tokenize_merge_task.submit(shard_parts, split, run) for split, shard_parts in parts.items()}
+    merges = {
+        split: tokenize_merge_task.submit(shard_parts, split, run, config.tokenize)
+        for split, shard_parts in parts.items()
+    }
     tokenized = {split: merge.result() for split, merge in merges.items()}
     lap("tokenize")
     print(f"data stages: {seconds} s")

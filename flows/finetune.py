@@ -3,6 +3,7 @@
     python -m flows.finetune                        # the embedded tiny model on the shipped sample data (CPU)
     python -m flows.finetune --preset r1-qwen-1.5b  # a real model (GPU); see README.md
     python -m flows.finetune --set train.max_steps=20 --set data.train_paths='["my.jsonl"]'
+    python -m flows.finetune --stop-after tokenize  # the data stages only: inspect the prepared data first
 
 Each stage is a Prefect task in tasks/; this flow is the only place that knows their order, and it hands every
 stage its inputs. Stages write under ``runs/<run>/<stage>/``; only small typed results travel between them.
@@ -18,8 +19,9 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from flows.data import PreparedData, run_data_stages
+from r1lib.advice import allowed_roots_fix
 from r1lib.config import PipelineConfig
-from r1lib.errors import ConfigError
+from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed
 from r1lib.gguf import GGUFFile
 from r1lib.gpu_memory import apply_cap
 from r1lib.paths import check_config_paths
@@ -28,6 +30,7 @@ from r1lib.presets import config_from_args, describe, expand_preset, preset
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
+from tasks.fairness import FairnessReport, fairness_task
 from tasks.resolve_model import resolve_model_task
 from tasks.smoke import SmokeReport, smoke_task
 from tasks.summary import RunSummary, summary_task
@@ -39,18 +42,20 @@ TINY = preset("tiny")
 
 
 class FinetuneResult(BaseModel):
-    """Everything a caller (the nightly flow, a script) needs of one run."""
+    """Everything a caller (the nightly flow, a script) needs of one run. A data-only run (``stop_after``) has the
+    data and the summary only."""
 
     run_dir: str
     model_dir: str
     data: PreparedData
-    trained: TrainResult
-    evaluation: Evaluation
-    merged: str
-    ggufs: list[GGUFFile]
-    smoke: SmokeReport
-    card: CardResult
     summary: RunSummary
+    trained: TrainResult | None = None
+    evaluation: Evaluation | None = None
+    fairness: FairnessReport | None = None
+    merged: str | None = None
+    ggufs: list[GGUFFile] = []
+    smoke: SmokeReport | None = None
+    card: CardResult | None = None
 
 
 def run_name() -> str:
@@ -85,6 +90,9 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     run = str(config.run_dir())
     model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
     data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
+    if config.stop_after == "tokenize":
+        summary = summary_task(config, run, data.results())
+        return FinetuneResult(run_dir=run, model_dir=model, data=data, summary=summary)
     replay = data.replay.dataset if data.replay else None
 
     with gpu_slot():
@@ -100,19 +108,32 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
             config.tokenize,
             run,
         )
+        fairness = fairness_task(
+            model,
+            trained.adapter,
+            data.deduped.test,
+            config.model,
+            config.evaluate,
+            config.tokenize,
+            config.debias,
+            config.fairness,
+            run,
+        )
         merged = merge(model, trained.adapter, config.model, run)
 
     f16 = convert(merged, config.export.outtype, run)
     ggufs = [f16, *(quantize_task(f16, qtype) for qtype in config.export.quantizations)]
     smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, run)
-    card = card_task(config, run, ggufs, evaluation.decoding, [trained, evaluation, smoke], trained.loss_curve)
-    summary = summary_task(config, run, [*data.results(), trained, evaluation, smoke, card])
+    sections = [trained, evaluation, fairness, smoke]
+    card = card_task(config, run, ggufs, evaluation.decoding, sections, trained.loss_curve)
+    summary = summary_task(config, run, [*data.results(), *sections, card])
     return FinetuneResult(
         run_dir=run,
         model_dir=model,
         data=data,
         trained=trained,
         evaluation=evaluation,
+        fairness=fairness,
         merged=merged,
         ggufs=ggufs,
         smoke=smoke,
@@ -130,10 +151,18 @@ def main(argv: list[str]) -> int:
     except ValidationError as exc:
         print(f"configuration refused:\n{describe(exc)}", file=sys.stderr)
         return 2
+    except PathNotAllowed as exc:
+        fix = allowed_roots_fix(config)
+        print(f"configuration refused: {exc}" + (f"\nto allow it: {fix}" if fix else ""), file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"configuration refused: {exc}", file=sys.stderr)
         return 2
-    result = finetune(config)
+    try:
+        result = finetune(config)
+    except DataValidationError as exc:
+        print(f"\ndata refused: {exc}", file=sys.stderr)
+        return 1
     print(f"\n{result.summary.text}\n\nsummary: {result.summary.path}")
     return 0
 

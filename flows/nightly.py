@@ -93,7 +93,7 @@ def nightly(
         challenger_cfg.run_name = f"nightly-{challenger_cfg.fingerprint()[:10]}"
 
     run = finetune(challenger_cfg)
-    challenger = run.evaluation.metrics()
+    challenger = {**run.evaluation.metrics(), **(run.fairness.metrics() if run.fairness else {})}
 
     # The champion, scored on exactly the same held-out rows by the same evaluation code.
     champion_entry = registry.champion()

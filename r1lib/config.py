@@ -118,6 +118,22 @@ class DataConfig(Section):
         "augmentation templates, debias lists, the lm_eval folder, the embedded model's texts; relative "
         "ones are relative to the working directory, {project} is this checkout. Archives are never read.",
     )
+    placeholders: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], str] = Field(
+        {},
+        description='Values for template placeholders in the data, e.g. {"name": "Aria", "author": "ACME"}: '
+        "{{name}}, {{NAME}} and <NAME> are replaced by the value. A row that still holds a placeholder of "
+        "placeholder_keys or of this mapping is refused (reason placeholder).",
+    )
+    placeholder_keys: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] = Field(
+        ["name", "author"],
+        description="Placeholder names looked for as {{key}} (any case) or <KEY> (upper case); [] turns the check off.",
+    )
+    tools: Literal["system", "refuse"] = Field(
+        "system",
+        description="Rows with a 'tools' list (function calling): 'system' writes the tool schemas into the system "
+        "prompt (DeepSeek's '## Tools' convention), 'refuse' quarantines them (reason tools). Rows whose turns "
+        "call tools are refused either way (plain chat is trained).",
+    )
 
 
 class AugmentConfig(Section):
@@ -142,11 +158,31 @@ class DebiasConfig(Section):
     term_pairs_path: InputPath | None = Field(
         "data/debias/term_pairs.csv", description="group_a,group_b,term_a,term_b rows."
     )
-    counterfactual: bool = Field(True, description="Add a swapped twin of each row that mentions a paired term.")
+    counterfactual: bool = Field(
+        False,
+        description="Add a swapped twin of each row that mentions a paired term (whole words only; names, titles, "
+        "quotes, code, formulas and protected phrases are left alone; r1lib/counterfactual.py). Off: the stage "
+        "measures and reports the balance only.",
+    )
     max_balance_ratio: float = Field(
         1.5, ge=1, le=1000, description="Warn when a pair's groups differ more than this after."
     )
     fail_on_imbalance: bool = False
+    protected_phrases_path: InputPath | None = Field(
+        "data/debias/protected_phrases.txt",
+        description="Phrases counterfactual augmentation never changes (one a line: 'sister chromatid', 'His bundle').",
+    )
+    swap_reasoning: bool = Field(
+        False,
+        description="Let counterfactual twins rewrite the <think> reasoning too; off: a row whose reasoning "
+        "mentions a paired term gets no twin.",
+    )
+    sample_pairs: int = Field(
+        50, ge=0, le=100_000, description="Original/twin pairs written to debias/counterfactual_pairs.jsonl for review."
+    )
+    max_blocked_fraction: float = Field(
+        0.1, ge=0, le=1, description="Fail when a larger share of the training rows holds a blocklisted term."
+    )
 
 
 class DedupConfig(Section):
@@ -170,6 +206,9 @@ class DedupConfig(Section):
     )
     split_salt: str = Field(
         "r1-finetune-split", max_length=256, description="Changes which rows the stable split picks."
+    )
+    max_removed_fraction: float = Field(
+        0.5, ge=0, le=1, description="Fail when dedup removes a larger share of the train or test rows."
     )
 
 
@@ -207,6 +246,12 @@ class TokenizeConfig(Section):
         description="keep: reasoning is trained; mask: shown but not trained; drop: removed (answers only).",
     )
     system_prompt: str = Field("", max_length=100_000)
+    max_dropped_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="With truncation=drop: fail when a larger share of a split's rows is over max_seq_length.",
+    )
 
 
 class LoraSettings(Section):
@@ -406,6 +451,17 @@ class SmokeConfig(Section):
     )
 
 
+class FairnessConfig(Section):
+    """The model-level fairness check (tasks/fairness.py): held-out prompts that mention a group term are answered
+    as written and as their counterfactual twin (the debias term pairs), by the base and the fine-tuned model."""
+
+    enabled: bool = True
+    max_prompts: int = Field(8, ge=1, le=MAX_COUNT, description="Held-out prompts with a twin that are generated for.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=1_048_576, description="Tokens per answer (None: evaluate.max_new_tokens)."
+    )
+
+
 class PipelineConfig(Section):
     """Everything one fine-tuning run needs. Paths are relative to the working directory."""
 
@@ -428,12 +484,20 @@ class PipelineConfig(Section):
     evaluate: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     smoke: SmokeConfig = SmokeConfig()
+    fairness: FairnessConfig = FairnessConfig()
+    stop_after: Literal["tokenize"] | None = Field(
+        None,
+        description="'tokenize': run the data stages only (their outputs and the summary's data lines), no training; "
+        "the run folder and cached stages are those of the full run.",
+    )
 
     def unused_paths(self) -> list[str]:
         """Config fields whose files this run never reads (their sections are switched off)."""
         unused = [] if self.model.name_or_path == EMBEDDED else ["model.embedded"]
         if not self.debias.enabled:
-            unused += ["debias.blocklist_path", "debias.term_pairs_path"]
+            unused.append("debias.blocklist_path")
+            if not self.fairness.enabled:  # the fairness check twins prompts with the same pairs and phrases
+                unused += ["debias.term_pairs_path", "debias.protected_phrases_path"]
         if not self.evaluate.lm_eval_tasks:
             unused.append("evaluate.lm_eval_path")
         return unused
@@ -445,5 +509,6 @@ class PipelineConfig(Section):
         import hashlib
 
         # The runner's kind, address and workers change where the data stages run, not what they write.
-        exclude = {"run_name": True, "runner": {"kind", "address", "workers"}}
+        # stop_after: a data-only run shares the full run's folder and cached stages.
+        exclude = {"run_name": True, "stop_after": True, "runner": {"kind", "address", "workers"}}
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()

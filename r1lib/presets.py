@@ -112,6 +112,11 @@ def config_from_args(argv: list[str]) -> PipelineConfig:
         metavar="KEY=VALUE",
         help="override one field, dotted (train.max_steps=20); VALUE is JSON, or a plain string",
     )
+    parser.add_argument(
+        "--stop-after",
+        choices=["tokenize"],
+        help="run the data stages only (sets stop_after): inspect the prepared data before spending GPU time",
+    )
     args = parser.parse_args(argv)
     data = preset(args.preset).model_dump()
     if args.config:
@@ -121,6 +126,8 @@ def config_from_args(argv: list[str]) -> PipelineConfig:
             raise ConfigError(f"--config {args.config}: {exc}") from None
     for item in args.set:
         set_field(data, item)
+    if args.stop_after:
+        data["stop_after"] = args.stop_after
     return PipelineConfig.model_validate(data)
 
 

@@ -1,6 +1,7 @@
 """Reading data files row by row, whatever they hold, in bounded memory.
 
-Files are JSON lines, JSON (one object or an array), CSV or Parquet, local or any fsspec URL. JSON lines and CSV
+Files are JSON lines, JSON (one object or an array; JSON lines in a file named .json too), CSV, Parquet or plain text
+(.txt: one row per paragraph, {"text": ...}), local or any fsspec URL. JSON lines and CSV
 records are read in blocks, and one longer than ``data.max_line_bytes`` is never held: it streams through a sha256 to
 its end and comes back as a ``LineTooLong``. A .json file, read whole, may not exceed the same cap. Each row comes
 back with its number and raw text, parsed or with the exception that parsing raised, so the caller can quarantine it.
@@ -199,6 +200,69 @@ def _csv_rows(name: str, handle: BinaryIO, max_line_bytes: int) -> Iterator[tupl
             yield number, _dump_raw(row), row
 
 
+def _text_rows(handle: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str, object]]:
+    """The paragraphs of a plain-text file (blank lines between them) as rows ``{"text": paragraph}``, numbered by
+    their first line. A paragraph over ``max_line_bytes`` is cut at line ends into several rows; one line over it
+    is a LineTooLong, as in JSON lines. Lines that look like JSON are text here: a .txt file is read as text."""
+    first, held, size = 0, [], 0
+
+    def row() -> tuple[int, str, object]:
+        raw = b"\n".join(held)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return first, raw.decode("utf-8", errors="backslashreplace"), exc
+        return first, text, {"text": text}
+
+    for number, (offset, line) in enumerate(iter_lines(handle, max_line_bytes), start=1):
+        if isinstance(line, LineTooLong):
+            if held:
+                yield row()
+            held, size = [], 0
+            yield number, _raw_head(line), line
+            continue
+        if offset == 0 and line.startswith(_BOM):
+            line = line[len(_BOM) :]
+        line = line.removesuffix(b"\r")
+        if not line.strip():
+            if held:
+                yield row()
+            held, size = [], 0
+            continue
+        if held and size + len(line) + 1 > max_line_bytes:
+            yield row()
+            held, size = [], 0
+        if not held:
+            first = number
+        held.append(line)
+        size += len(line) + (len(held) > 1)
+    if held:
+        yield row()
+
+
+def _json_rows(name: str, blob: bytes) -> Iterator[tuple[int, str, object]]:
+    """The rows of a .json file read whole: one object, an array of rows (numbered from 1), or, where the file holds
+    JSON lines under a .json name (a common mix-up), its lines."""
+    try:
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield 1, blob.decode("utf-8", errors="backslashreplace"), exc
+        return
+    data = _loads(text)
+    if isinstance(data, json.JSONDecodeError):
+        first = text.lstrip().split("\n", 1)[0]
+        if data.msg == "Extra data" and isinstance(_loads(first), dict):
+            lines = text.split("\n")
+            for number, line in enumerate(lines[:-1] if not lines[-1].strip() else lines, start=1):
+                yield number, line, (_loads(line) if line.strip() else BLANK)
+            return
+        yield 1, text, data
+        return
+    rows = data if isinstance(data, list) else [data]
+    for number, row in enumerate(rows, start=1):
+        yield number, _dump_raw(row), row
+
+
 def iter_raw_rows(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str, object]]:
     """Yield (line or row number, raw text, parsed value or the exception that parsing raised, a LineTooLong, or
     BLANK), 1-based.
@@ -235,18 +299,7 @@ def iter_raw_rows(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Ite
                 f"{name}: a .json file is read whole, and this one is over data.max_line_bytes ({max_line_bytes} "
                 "bytes); convert it to JSON lines (.jsonl, one row per line), which is streamed"
             )
-        try:
-            text = blob.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            yield 1, blob.decode("utf-8", errors="backslashreplace"), exc
-            return
-        data = _loads(text)
-        if isinstance(data, json.JSONDecodeError):
-            yield 1, text, data
-            return
-        rows = data if isinstance(data, list) else [data]
-        for number, row in enumerate(rows, start=1):
-            yield number, _dump_raw(row), row
+        yield from _json_rows(name, blob)
     elif suffix == ".csv":
         with fsspec.open(name, "rb") as handle:
             yield from _csv_rows(name, handle, max_line_bytes)
@@ -260,5 +313,10 @@ def iter_raw_rows(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Ite
                     number += 1
                     row = {k: v for k, v in row.items() if v is not None}  # absent columns of a mixed file
                     yield number, _dump_raw(row), row
+    elif suffix == ".txt":
+        with fsspec.open(name, "rb") as handle:
+            yield from _text_rows(handle, max_line_bytes)
     else:
-        raise DataValidationError(f"{name}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
+        raise DataValidationError(
+            f"{name}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet, or .txt for plain text)"
+        )

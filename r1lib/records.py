@@ -9,13 +9,22 @@ A record is a plain dict (cheap to stream as JSON lines)::
      "source": {"file": ..., "line": ...},
      "origin": "original" | "prompt_template:<n>" | "replay" | "counterfactual" ...}
 
-Formats recognized (detected per row from its keys): the seed's ``{"instruction", "output"}``; Alpaca (``input``
-appended to the instruction); ShareGPT ``{"conversations": [{"from", "value"}]}``; OpenAI-style ``{"messages": [{"role",
-"content"}]}``; ``{"prompt", "completion"}``. A conversation's system prompt is its first turn or a top-level ``system``
-field; a turn's content is a string or a list of typed parts (text and reasoning parts; ``text`` or ``value`` holds the
-text). The last assistant turn's reasoning is read from a ``reasoning``/``think``/``thinking``/``reasoning_content``
-field of the row or of that turn, a reasoning part, or an inline ``<think>...</think>`` block at the start of its
-content; two different texts for it refuse the row.
+Formats recognized (detected per row from its keys; FORMATS names them): the seed's ``{"instruction", "output"}``;
+Alpaca (``input`` appended to the instruction); ShareGPT ``{"conversations": [{"from", "value"}]}``; OpenAI-style
+``{"messages": [{"role", "content"}]}`` (also a bare JSON array of such turns); ``{"prompt", "completion"}``; Firefly
+``{"conversation": [{"human", "assistant"}]}``; Qwen/ChatGLM ``{"query", "response", "history"}``; parallel lists
+``{"input": [...], "output": [...]}``; a DeepSeek reasoner dump ``{"input"|"question"|..., "reasoning_content",
+"content"}``. A conversation's system prompt is its first turn or a top-level ``system`` field; a turn's content is a
+string or a list of typed parts (text and reasoning parts; ``text`` or ``value`` holds the text). The last assistant
+turn's reasoning is read from a ``reasoning``/``think``/``thinking``/``reasoning_content`` field of the row or of that
+turn, a reasoning part, an inline ``<think>...</think>`` block at the start of its content, or Bespoke-Stratos
+``<|begin_of_thought|>...<|end_of_thought|><|begin_of_solution|>...<|end_of_solution|>`` markers; two different texts
+for it refuse the row.
+
+Refused with a reason of their own: preference data (``preference_data``: DPO chosen/rejected, KTO label, ORPO,
+ranked answers), plain pre-training text (``pretraining_text``), an unfilled template placeholder (``placeholder``,
+unless ``data.placeholders`` fills it), tool calls in the turns; a ``tools`` list is written into the system prompt
+(``data.tools``) or refused, never dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +38,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
+
+FORMATS = (
+    "instruction/output (Alpaca: instruction, input, output)",
+    "ShareGPT (conversations: [{from, value}])",
+    "OpenAI messages (messages: [{role, content}], or a bare array of them)",
+    "prompt/completion",
+    "Firefly (conversation: [{human, assistant}])",
+    "Qwen/ChatGLM (query, response, history)",
+    "parallel lists (input: [...], output: [...])",
+    "DeepSeek reasoner dump (input or question, reasoning_content, content)",
+)
 
 ROLE_ALIASES = {
     "human": "user",
@@ -145,16 +165,90 @@ def check_schema(record: dict) -> None:
         raise RecordError("schema", field, f"record breaks the schema: {first['msg']} at {field}") from None
 
 
+class RowRules(BaseModel):
+    """What validation does with a row beyond its shape: the field length cap, placeholder values, the tools policy
+    (the DataConfig fields of the same names)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_chars: int = 100_000
+    placeholders: dict[str, str] = {}
+    placeholder_keys: list[str] = ["name", "author"]
+    tools: Literal["system", "refuse"] = "system"
+
+    @classmethod
+    def of(cls, cfg) -> RowRules:
+        """The rules a DataConfig sets."""
+        return cls(
+            max_chars=cfg.max_field_chars,
+            placeholders=cfg.placeholders,
+            placeholder_keys=cfg.placeholder_keys,
+            tools=cfg.tools,
+        )
+
+
+_PROMPT_KEYS = ("input", "question", "prompt", "instruction", "query")
+_THOUGHT_RE = re.compile(
+    r"^\s*<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>\s*<\|begin_of_solution\|>(.*?)<\|end_of_solution\|>\s*$",
+    re.DOTALL,
+)
+_THOUGHT_MARKERS = ("<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>")
+
+
+def preference_shape(row: dict) -> tuple[str, str] | None:
+    """(shape, key) when the row is preference data (it pairs or labels answers), else None."""
+    if "chosen_messages" in row or "rejected_messages" in row:
+        return "DPO (chosen_messages/rejected_messages)", "rejected_messages"
+    if "chosen" in row or "rejected" in row:
+        return "DPO (chosen/rejected)", "rejected" if "rejected" in row else "chosen"
+    if "response_chosen" in row or "response_rejected" in row:
+        return "ORPO/reward (response_chosen/response_rejected)", "response_rejected"
+    if isinstance(row.get("label"), bool) or "kto_tag" in row:
+        return "KTO (a desirable/undesirable label per row)", "label" if "label" in row else "kto_tag"
+    output = row.get("output")
+    # Parallel input/output lists are a conversation (detect_format), not a ranking.
+    if isinstance(output, list) and len(output) > 1 and not isinstance(row.get("input"), list):
+        return "ranked answers (output is a list of alternatives)", "output"
+    return None
+
+
 def detect_format(row: dict) -> str:
+    if (shape := preference_shape(row)) is not None:
+        raise RecordError(
+            "preference_data",
+            shape[1],
+            f"preference data, {shape[0]}: this pipeline trains supervised fine-tuning rows only, where every answer "
+            "is a target; a rejected or undesirable answer would be learned. Train it with a preference trainer "
+            "(DPO/KTO/ORPO), or convert it to SFT rows of the chosen answers yourself",
+        )
     if "conversations" in row:
         return "sharegpt"
     if "messages" in row:
         return "messages"
+    if isinstance(row.get("conversation"), list):
+        return "firefly"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
+    if "reasoning_content" in row and "content" in row and any(k in row for k in _PROMPT_KEYS):
+        return "reasoner_dump"
+    if "response" in row and "output" not in row and ("query" in row or "instruction" in row):
+        return "query_response"
+    if isinstance(row.get("input"), list) and isinstance(row.get("output"), list):
+        return "parallel_lists"
     if "instruction" in row or "output" in row:
         return "alpaca" if "input" in row else "instruction_output"
-    raise RecordError("unknown_format", None, f"no known format fits the keys {sorted(row)[:8]}")
+    if "text" in row:
+        raise RecordError(
+            "pretraining_text",
+            "text",
+            "plain text ('text' only): continued pre-training data, not an instruction and its answer; this pipeline "
+            "fine-tunes on chat rows (" + "; ".join(FORMATS) + "). Give it as prompt/answer rows, or, for the "
+            "embedded model's pre-training, as model.embedded.corpus_path",
+        )
+    raise RecordError(
+        "unknown_format",
+        None,
+        f"no known format fits the keys {sorted(map(str, row))}; accepted formats: " + "; ".join(FORMATS),
+    )
 
 
 def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> str:
@@ -186,8 +280,16 @@ def _turns(items: Any, field: str, role_key: str, content_key: str, max_chars: i
         if not isinstance(item, dict):
             raise RecordError("wrong_type", name, f"{name} must be an object")
         role = ROLE_ALIASES.get(str(item.get(role_key, "")).lower())
+        if str(item.get(role_key, "")).lower() == "pretrain":
+            raise RecordError(
+                "pretraining_text",
+                f"{name}.{role_key}",
+                f"{name} is a 'pretrain' turn: continued pre-training text, not a chat; this pipeline fine-tunes on "
+                "prompt/answer rows",
+            )
         if role is None:
             raise RecordError("unknown_role", f"{name}.{role_key}", f"{name} has unknown role {item.get(role_key)!r}")
+        _check_calls(item, name)
         content, reasoning = _content(item, name, content_key, max_chars)
         # The DeepSeek API shape: the assistant message carries its reasoning beside its content.
         for key in REASONING_FIELDS:
@@ -240,36 +342,219 @@ def _check_order(messages: list[dict], field: str) -> None:
     roles = [m["role"] for m in messages]
     expected = ["user", "assistant"] * (len(roles) // 2 + 1)
     if not roles or roles != expected[: len(roles)] or roles[-1] != "assistant":
-        raise RecordError("role_order", field, f"turns must alternate user/assistant and end with assistant: {roles}")
+        ending = (
+            f" (it ends with a {roles[-1]} turn: no answer to train on)" if roles and roles[-1] != "assistant" else ""
+        )
+        raise RecordError(
+            "role_order", field, f"turns must alternate user/assistant and end with assistant: {roles}{ending}"
+        )
 
 
-def normalize(row: Any, max_chars: int = 100_000) -> dict:
+def _pairs_turns(pairs: Any, field: str, keys: tuple[str, str], max_chars: int) -> list[dict]:
+    """Turns from a list of exchanges: {"human", "assistant"} objects (Firefly) or [query, response] pairs (history)."""
+    if not isinstance(pairs, list) or not pairs:
+        raise RecordError("wrong_type", field, f"field '{field}' must be a non-empty list of exchanges")
+    turns = []
+    for i, pair in enumerate(pairs):
+        name = f"{field}[{i}]"
+        if isinstance(pair, dict):
+            extra = sorted(set(pair) - set(keys))
+            if extra:
+                raise RecordError("wrong_type", name, f"{name} has keys {extra}; an exchange holds only {list(keys)}")
+            values = {k: pair.get(k) for k in keys}
+        elif isinstance(pair, list) and len(pair) == 2:
+            values = dict(zip(keys, pair))
+        else:
+            raise RecordError("wrong_type", name, f"{name} must be an object {list(keys)} or a [query, response] pair")
+        for key, role in zip(keys, ("user", "assistant")):
+            turns.append(
+                {"role": role, "content": _text({f"{name}.{key}": values[key]}, f"{name}.{key}", max_chars=max_chars)}
+            )
+    return turns
+
+
+def _parallel_turns(row: dict, max_chars: int) -> list[dict]:
+    """Turns from parallel lists: input[i] is the user turn, output[i] the answer to it."""
+    asks, answers = row["input"], row["output"]
+    if len(asks) != len(answers) or not asks:
+        raise RecordError(
+            "wrong_type", "output", f"'input' has {len(asks)} turns and 'output' {len(answers)}: they must pair up"
+        )
+    turns = []
+    for i, (ask, answer) in enumerate(zip(asks, answers)):
+        turns.append({"role": "user", "content": _text({f"input[{i}]": ask}, f"input[{i}]", max_chars=max_chars)})
+        turns.append(
+            {"role": "assistant", "content": _text({f"output[{i}]": answer}, f"output[{i}]", max_chars=max_chars)}
+        )
+    return turns
+
+
+def _check_calls(item: dict, name: str) -> None:
+    """Tool calls in a turn cannot be trained as plain chat: the row is refused rather than trained without them."""
+    for call in ("tool_calls", "function_call"):
+        if item.get(call):
+            raise RecordError(
+                "unsupported_content",
+                f"{name}.{call}",
+                f"{name} calls a tool ('{call}'); only plain chat is trained, and training it without the call "
+                "would teach a different answer",
+            )
+
+
+def _check_trained(items: list, key: str) -> None:
+    """A turn marked as not trained is honoured for earlier answers (only the last one is trained) and refused for
+    the last: dropping the mark silently would train what the data says not to."""
+    last = items[-1]
+    if isinstance(last, dict) and (last.get("loss") is False or last.get("loss_weight") in (0, 0.0)):
+        raise RecordError(
+            "untrained_answer",
+            f"{key}[{len(items) - 1}]",
+            f"the last turn of '{key}' is marked as not trained (loss false / loss_weight 0), but it is the answer "
+            "this pipeline trains on",
+        )
+
+
+def tools_prompt(tools: Any) -> str:
+    """A ``tools`` list as the system-prompt section DeepSeek's chat templates write (``## Tools``, then per tool its
+    name, description and JSON parameters). Accepts a list or its JSON text; each tool ``{"type": "function",
+    "function": {...}}`` or the function object itself. A tool without a name is refused."""
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else []
+        except json.JSONDecodeError as exc:
+            raise RecordError("tools", "tools", f"field 'tools' is not valid JSON ({exc.msg})") from None
+    if tools is None or tools == []:
+        return ""
+    if not isinstance(tools, list):
+        raise RecordError("tools", "tools", f"field 'tools' must be a list of tools, got {type(tools).__name__}")
+    lines = ["## Tools", "You have access to the following tools:", ""]
+    for i, tool in enumerate(tools):
+        spec = tool.get("function", tool) if isinstance(tool, dict) else None
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            kind = tool.get("type") if isinstance(tool, dict) else type(tool).__name__
+            raise RecordError(
+                "tools",
+                f"tools[{i}]",
+                f"tools[{i}] ({kind!r}) is not a named function; only function tools can be "
+                "written into the system prompt (or set data.tools=refuse)",
+            )
+        lines += [f"### {name}", f"Description: {spec.get('description') or ''}", ""]
+        lines += [f"Parameters: {json.dumps(spec.get('parameters', {}), ensure_ascii=False)}", ""]
+    return "\n".join(lines).rstrip("\n")
+
+
+_PLACEHOLDER_CACHE: dict[tuple, re.Pattern | None] = {}
+
+
+def _placeholder_pattern(keys: tuple[str, ...]) -> re.Pattern | None:
+    if keys not in _PLACEHOLDER_CACHE:
+        alternatives = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
+        _PLACEHOLDER_CACHE[keys] = (
+            re.compile(rf"\{{\{{(?i:({alternatives}))\}}\}}|<({alternatives.upper()})>") if keys else None
+        )
+    return _PLACEHOLDER_CACHE[keys]
+
+
+def fill_placeholders(body: dict, rules: RowRules) -> dict:
+    """Every ``{{key}}``/``<KEY>`` placeholder in the body's texts replaced by its ``rules.placeholders`` value; a
+    placeholder without one refuses the row (it would be trained verbatim)."""
+    values = {k.lower(): v for k, v in rules.placeholders.items()}
+    pattern = _placeholder_pattern(tuple(sorted({k.lower() for k in rules.placeholder_keys} | set(values))))
+    if pattern is None:
+        return body
+
+    def fill(text: str, field: str) -> str:
+        def value(match: re.Match) -> str:
+            key = (match.group(1) or match.group(2)).lower()
+            if key not in values:
+                raise RecordError(
+                    "placeholder",
+                    field,
+                    f"'{field}' holds the unfilled template placeholder {match.group(0)}; give its value, e.g. "
+                    f'--set \'data.placeholders={{"{key}": "..."}}\' (every placeholder key of the data), or '
+                    "remove the row",
+                )
+            return values[key]
+
+        return pattern.sub(value, text) if ("{{" in text or "<" in text) else text
+
+    body["system"] = fill(body["system"], "system")
+    for i, message in enumerate(body["messages"]):
+        message["content"] = fill(message["content"], f"messages[{i}]")
+    if body["reasoning"] is not None:
+        body["reasoning"] = fill(body["reasoning"], "reasoning")
+    return body
+
+
+def _answer_split(text: str, field: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of an answer text: an inline <think> block or Bespoke-Stratos thought/solution markers."""
+    inline, answer = split_reasoning(text)
+    if inline is not None:
+        return inline, answer
+    if THINK_OPEN in text or THINK_CLOSE in text:
+        raise RecordError("unclosed_think", field, f"'{field}' has an unbalanced <think> block")
+    if any(marker in text for marker in _THOUGHT_MARKERS):
+        match = _THOUGHT_RE.match(text)
+        if match is None:
+            raise RecordError(
+                "unclosed_think",
+                field,
+                f"'{field}' has thought/solution markers that do not form <|begin_of_thought|>...<|end_of_thought|>"
+                "<|begin_of_solution|>...<|end_of_solution|>",
+            )
+        return match.group(1).strip(), match.group(2).strip()
+    return None, answer
+
+
+def normalize(row: Any, max_chars: int = 100_000, rules: RowRules | None = None) -> dict:
     """One raw row -> a record without id/source. Raises RecordError with a reason code."""
+    rules = rules or RowRules(max_chars=max_chars)
+    max_chars = rules.max_chars
+    if isinstance(row, list) and row and all(isinstance(t, dict) and "role" in t for t in row):
+        row = {"messages": row}  # a bare array of OpenAI turns (one conversation per line)
     if not isinstance(row, dict):
         raise RecordError("not_an_object", None, f"row is a JSON {type(row).__name__}, not an object")
     fmt = detect_format(row)
     system = ""
-    if fmt == "instruction_output" or fmt == "alpaca":
-        prompt = _text(row, "instruction", max_chars=max_chars)
-        extra = _text(row, "input", required=False, max_chars=max_chars)
+    if fmt in ("instruction_output", "alpaca", "query_response", "reasoner_dump"):
+        ask_key = next(k for k in _PROMPT_KEYS if k in row) if fmt == "reasoner_dump" else "instruction"
+        if fmt == "query_response" and "query" in row:
+            ask_key = "query"
+        answer_key = {"query_response": "response", "reasoner_dump": "content"}.get(fmt, "output")
+        prompt = _text(row, ask_key, max_chars=max_chars)
+        extra = _text(row, "input", required=False, max_chars=max_chars) if ask_key != "input" else ""
         if extra.strip():
             prompt = f"{prompt}\n\n{extra}"
         system = _text(row, "system", required=False, max_chars=max_chars)
+        history = (
+            _pairs_turns(row["history"], "history", ("query", "response"), max_chars) if row.get("history") else []
+        )
         messages = [
+            *history,
             {"role": "user", "content": prompt},
-            {"role": "assistant", "content": _text(row, "output", max_chars=max_chars)},
+            {"role": "assistant", "content": _text(row, answer_key, max_chars=max_chars)},
         ]
-        field = "output"
+        field = answer_key
     elif fmt == "prompt_completion":
         messages = [
             {"role": "user", "content": _text(row, "prompt", max_chars=max_chars)},
             {"role": "assistant", "content": _text(row, "completion", max_chars=max_chars)},
         ]
         field = "completion"
+    elif fmt == "firefly":
+        messages = _pairs_turns(row["conversation"], "conversation", ("human", "assistant"), max_chars)
+        system = _text(row, "system", required=False, max_chars=max_chars)
+        field = "conversation[-1].assistant"
+    elif fmt == "parallel_lists":
+        messages = _parallel_turns(row, max_chars)
+        system = _text(row, "system", required=False, max_chars=max_chars)
+        field = "output[-1]"
     else:
         key = "conversations" if fmt == "sharegpt" else "messages"
         role_key, content_key = ("from", "value") if fmt == "sharegpt" else ("role", "content")
         messages = _turns(row[key], key, role_key, content_key, max_chars)
+        _check_trained(row[key], key)
         # OpenThoughts / Bespoke-Stratos keep the system prompt beside the turns, others as the first turn.
         system = _text(row, "system", required=False, max_chars=max_chars)
         if messages[0]["role"] == "system":
@@ -287,11 +572,9 @@ def normalize(row: Any, max_chars: int = 100_000) -> dict:
     for name in REASONING_FIELDS:
         if name in row and row[name] is not None:
             reasoning = _agree(reasoning, _text(row, name, max_chars=max_chars), name)
-    inline, answer = split_reasoning(answer_turn["content"])
+    inline, answer = _answer_split(answer_turn["content"], field)
     if inline is not None:
         reasoning = _agree(reasoning, inline, field)
-    elif THINK_OPEN in answer_turn["content"] or THINK_CLOSE in answer_turn["content"]:
-        raise RecordError("unclosed_think", field, f"'{field}' has an unbalanced <think> block")
     if reasoning is not None and not reasoning.strip():
         raise RecordError("empty_reasoning", field, f"'{field}' has an empty <think> block")
     if not answer:
@@ -302,7 +585,20 @@ def normalize(row: Any, max_chars: int = 100_000) -> dict:
         turn.pop("reasoning", None)
         if turn["role"] == "assistant":
             turn["content"] = split_reasoning(turn["content"])[1]
-    return {"system": system, "messages": messages, "reasoning": reasoning}
+    if row.get("tools") not in (None, "", []):
+        tools = tools_prompt(row["tools"])  # "" for an empty list (a JSON "[]" too)
+        if tools and rules.tools == "refuse":
+            raise RecordError("tools", "tools", "the row carries a 'tools' list and data.tools is 'refuse'")
+        system = f"{system}\n\n{tools}" if system and tools else system or tools
+    return fill_placeholders({"system": system, "messages": messages, "reasoning": reasoning}, rules)
+
+
+def location(file: str, number: int) -> str:
+    """How a message names a row: ``file:N`` for a line of a line-based file, ``file row N`` for a row of a JSON
+    array, a CSV or a Parquet file."""
+    if file.split("?")[0].lower().endswith((".json", ".csv", ".parquet")):
+        return f"{file} row {number}"
+    return f"{file}:{number}"
 
 
 def content_key(record: dict) -> str:

@@ -21,6 +21,7 @@ from r1lib.errors import DataValidationError
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
+from r1lib.records import location
 from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
@@ -37,6 +38,14 @@ class DedupReport(BaseModel):
     num_perm: int
     bands: int
     rows_per_band: int
+    max_removed_fraction: float = 1.0  # dedup.max_removed_fraction, checked by merge_dedup
+
+    def removed(self) -> dict[str, tuple[int, int]]:
+        """(rows removed, rows in) per split; rows the split moved from train to test are moved, not removed."""
+        return {
+            "train": (self.train_in - self.split_to_test - self.train_out, self.train_in),
+            "test": (self.test_in + self.split_to_test - self.test_out, self.test_in + self.split_to_test),
+        }
 
 
 # --- text keys ----------------------------------------------------------------------------------------------------
@@ -198,6 +207,7 @@ def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndar
         num_perm=cfg.num_perm,
         bands=bands,
         rows_per_band=rows,
+        max_removed_fraction=cfg.max_removed_fraction,
     )
     return train_fate, test_fate, drops, report
 
@@ -276,7 +286,7 @@ def _quarantine_row(record: dict, reason: str, other: dict, split: str) -> dict:
         "field": None,
         "split": split,
         "duplicate_of": other,
-        "message": f"{src['file']}:{src['line']}: {what} {other['file']}:{other['line']}",
+        "message": f"{location(src['file'], src['line'])}: {what} {location(other['file'], other['line'])}",
         "record": record,
     }
 
@@ -322,6 +332,14 @@ def merge_dedup(
             f"no training row left after dedup ({report.reasons}); every dropped row is in "
             f"{out_dir / 'quarantine.jsonl'}"
         )
+    for split, (removed, rows) in report.removed().items():
+        if rows and removed / rows > report.max_removed_fraction:
+            raise DataValidationError(
+                f"dedup removed {removed} of {rows} {split} rows ({removed / rows:.0%}, over "
+                f"dedup.max_removed_fraction={report.max_removed_fraction:g}): {report.reasons}; every removed row "
+                f"is in {out_dir / 'quarantine.jsonl'} with the row it repeats. If that much repetition is expected, "
+                f"raise dedup.max_removed_fraction, or relax dedup.threshold (near duplicates) or dedup.leakage"
+            )
     train_shards = [p.train for p in train_parts if p.train and p.train.rows]
     test_shards = [p.test for p in test_parts + train_parts if p.test and p.test.rows]
     quarantines = [p.quarantine for p in train_parts + test_parts if p.quarantine]
@@ -356,6 +374,7 @@ def passthrough_report(train: list[Shard], test: list[Shard], cfg: DedupConfig) 
         num_perm=cfg.num_perm,
         bands=0,
         rows_per_band=0,
+        max_removed_fraction=cfg.max_removed_fraction,
     )
 
 

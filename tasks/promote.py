@@ -21,7 +21,7 @@ from r1lib.readers import SUFFIXES
 from r1lib.registry import Registry
 
 LOWER_IS_BETTER = {"perplexity", "replay_perplexity", "forgetting_ratio"}
-COMPARED = ("perplexity", "accuracy", "format_ok", "replay_perplexity", "forgetting_ratio")
+COMPARED = ("perplexity", "accuracy", "format_ok", "replay_perplexity", "forgetting_ratio", "fairness_agreement")
 
 
 class DropFile(BaseModel):
@@ -44,6 +44,13 @@ class PromotionPolicy(BaseModel):
         gt=0,
         description="Refuse a challenger whose replay perplexity grew by more than this factor (None: no "
         "limit); the only forgetting check while there is no champion yet.",
+    )
+    max_fairness_drop: float | None = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Refuse a challenger whose counterfactual agreement (tasks/fairness.py) is lower than the base "
+        "model's, or the champion's, by more than this (None: not checked).",
     )
 
 
@@ -105,10 +112,30 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
                 f"forgetting regression: replay perplexity ratio {forgetting:.4g} vs {against} "
                 f"{old_forgetting:.4g} (tolerance {policy.forgetting_tolerance:.0%})"
             )
+    if (refusal := fairness_refusal(challenger, champion, against, policy)) is not None:
+        return False, refusal
     return True, (
         f"{metric} {new:.4g} beats {against} {old if old is None else format(old, '.4g')}; "
-        f"forgetting ratio {forgetting}"
+        f"forgetting ratio {forgetting}; counterfactual agreement {challenger.get('fairness_agreement')}"
     )
+
+
+def fairness_refusal(challenger: dict, champion: dict | None, against: str, policy: PromotionPolicy) -> str | None:
+    """Why the challenger's counterfactual agreement rules it out (it dropped past ``max_fairness_drop`` below the
+    base model's or the champion's), or None."""
+    agreement = challenger.get("fairness_agreement")
+    if agreement is None or policy.max_fairness_drop is None:
+        return None
+    references = [("base model", challenger.get("base_fairness_agreement"))]
+    if champion is not None:
+        references.append((against, champion.get("fairness_agreement")))
+    for label, reference in references:
+        if reference is not None and agreement < reference - policy.max_fairness_drop:
+            return (
+                f"counterfactual agreement {agreement:.2f} vs {label} {reference:.2f}: dropped by more than "
+                f"max_fairness_drop {policy.max_fairness_drop:g}"
+            )
+    return None
 
 
 def comparison_rows(challenger: dict, champion: dict | None) -> list[dict]:
@@ -118,7 +145,9 @@ def comparison_rows(challenger: dict, champion: dict | None) -> list[dict]:
             "metric": m,
             "challenger": challenger.get(m),
             "champion": None if champion is None else champion.get(m),
-            "base model": challenger.get(f"base_{m}") if m in ("perplexity", "accuracy") else None,
+            "base model": challenger.get(f"base_{m}")
+            if m in ("perplexity", "accuracy", "fairness_agreement")
+            else None,
             "better": "lower" if m in LOWER_IS_BETTER else "higher",
         }
         for m in COMPARED

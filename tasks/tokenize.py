@@ -16,9 +16,7 @@ Sharded (flows/data.py): ``tokenize_shard`` writes each shard's rows to an Arrow
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -30,12 +28,14 @@ from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render
 from r1lib.compat import rust_tokenizer
 from r1lib.config import TokenizeConfig
 from r1lib.errors import DataValidationError, PermanentError
-from r1lib.io import atomic_dir, atomic_path, concat_files, iter_jsonl, write_json
+from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
+from r1lib.records import location
 from r1lib.runs import stage_dir
 from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
+from r1lib.tokenized import rows_table, token_features, write_dataset
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -45,6 +45,7 @@ TOKENIZE_CHUNK = 8192  # records a tokenize_shard holds at once
 
 class TokenizedData(StageResult):
     dataset: InputPath  # a datasets.Dataset saved with save_to_disk: input_ids, labels
+    split: str = "train"
     rows_in: int
     rows_out: int
     dropped_too_long: int
@@ -62,19 +63,30 @@ class TokenizedData(StageResult):
     def masked_share(self) -> float:
         return round(1 - self.trained_tokens / self.tokens, 3)
 
+    @property
+    def label(self) -> str:
+        """``tokenize`` for the training split (the summary key runs have always had), ``tokenize_<split>`` else."""
+        return "tokenize" if self.split == "train" else f"tokenize_{self.split}"
+
     def summary(self) -> dict:
         return {
-            "tokenize": {
+            self.label: {
+                "rows_in": self.rows_in,
                 "rows": self.rows_out,
                 "dropped_too_long": self.dropped_too_long,
                 "truncated": self.truncated,
                 "masked_share": self.masked_share,
+                "quarantine": self.quarantine,
             }
         }
 
     def summary_lines(self) -> list[tuple[str, str]]:
         return [
-            ("tokenize", f"{self.rows_out} rows, masked share {self.masked_share}, {self.dropped_too_long} too long")
+            (
+                self.label,
+                f"{self.rows_in} -> {self.rows_out} rows, masked share {self.masked_share}, "
+                f"{self.dropped_too_long} dropped as too long, {self.truncated} truncated",
+            )
         ]
 
 
@@ -201,10 +213,13 @@ def tokenize_records(
     for record, row in _encoded(tokenizer, records, cfg, cache if cache is not None else IdsCache(tokenizer)):
         ids = row["input_ids"]
         if len(ids) > cfg.max_seq_length:
-            where = f"{record['source']['file']}:{record['source']['line']}"
-            message = f"{where}: {len(ids)} tokens exceed max_seq_length {cfg.max_seq_length}"
+            where = location(record["source"]["file"], record["source"]["line"])
+            message = f"{where}: {len(ids)} tokens exceed tokenize.max_seq_length={cfg.max_seq_length}"
             if cfg.truncation == "fail":
-                raise DataValidationError(message + " (tokenize.truncation = fail)")
+                raise DataValidationError(
+                    f"{message} (tokenize.truncation=fail); raise tokenize.max_seq_length, or set "
+                    "tokenize.truncation=truncate (cut the answer) or drop (quarantine such rows)"
+                )
             if cfg.truncation == "drop" or row["prompt_len"] >= cfg.max_seq_length:
                 quarantined.append(
                     {
@@ -212,6 +227,7 @@ def tokenize_records(
                         "reason": "too_long",
                         "field": "messages",
                         "message": message,
+                        "tokens": len(ids),
                         "record": record,
                     }
                 )
@@ -278,29 +294,7 @@ class TokenizedShard(BaseModel):
     max_length: int
     audit: dict[str, int]
     examples: list[dict]  # the first rows, decoded, for the audit
-
-
-def _features():
-    from datasets import Features, List, Value
-
-    # What Dataset.from_list infers for these rows (datasets stores input_ids as int32).
-    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int64"))})
-
-
-def _table(rows: list[dict]):
-    """The rows as Arrow list columns, built from flat numpy buffers (5x faster than pa.array on lists of lists)."""
-    import itertools
-
-    import numpy as np
-    import pyarrow as pa
-
-    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int32, count=len(rows))
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int32)]).astype(np.int32))
-    columns = {}
-    for name, dtype in (("input_ids", np.int32), ("labels", np.int64)):
-        flat = np.fromiter(itertools.chain.from_iterable(r[name] for r in rows), dtype=dtype, count=int(lengths.sum()))
-        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(flat))
-    return pa.table(columns)
+    longest_dropped: int = 0  # tokens of the longest row dropped as too long
 
 
 def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Path) -> TokenizedShard:
@@ -312,22 +306,23 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
 
     arrow = Path(f"{out_prefix}.arrow")
     totals = {"truncated": 0, "bos_ok": 0, "think_in_labels": 0, "eos_at_end": 0}
-    rows_in = rows_out = tokens = trained = longest = 0
+    rows_in = rows_out = tokens = trained = longest = longest_dropped = 0
     examples: list[dict] = []
     with atomic_path(arrow) as tmp, JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
-        writer = ArrowWriter(features=_features(), path=str(tmp))
+        writer = ArrowWriter(features=token_features(), path=str(tmp))
         try:
             for chunk in chunked(iter_jsonl(Path(shard.path)), TOKENIZE_CHUNK):
                 rows, quarantined, audit = tokenize_records(tokenizer, chunk, cfg)
                 rows_in += len(chunk)
                 quarantine.write_many(quarantined)
+                longest_dropped = max([longest_dropped, *(q["tokens"] for q in quarantined)])
                 for key in totals:
                     totals[key] += audit[key]
                 if not rows:
                     continue
                 if len(examples) < 3:
                     examples += [decoded_example(tokenizer, r) for r in rows[: 3 - len(examples)]]
-                table = _table(rows)
+                table = rows_table(rows)
                 labels = table.column("labels").combine_chunks().values.to_numpy()
                 rows_out += len(rows)
                 tokens += len(labels)
@@ -352,55 +347,58 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
             max_length=longest,
             audit=totals,
             examples=examples,
+            longest_dropped=longest_dropped,
         )
 
 
-def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> None:
-    """A ``datasets.load_from_disk`` directory whose data files are ``arrows``, in order, hard-linked (copied across
-    filesystems) instead of rewritten: what ``save_to_disk`` writes (the same state.json and dataset_info.json),
-    without reading the rows again. The fingerprint comes from the content, so equal data gives an equal folder."""
-    import shutil
-
-    from datasets import DatasetInfo
-    from datasets.utils.py_utils import asdict
-
-    names = [f"data-{k:05d}-of-{len(arrows):05d}.arrow" for k in range(len(arrows))]
-    state = {
-        "_data_files": [{"filename": name} for name in names],
-        "_fingerprint": fingerprint,
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": None,
-    }
-    info = asdict(DatasetInfo(features=_features()))
-    with atomic_dir(dataset_dir) as tmp:
-        for source, name in zip(arrows, names):
-            try:
-                os.link(source, tmp / name)
-            except OSError:
-                shutil.copyfile(source, tmp / name)
-        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-        (tmp / "dataset_info.json").write_text(
-            json.dumps({k: info[k] for k in sorted(info)}, indent=2), encoding="utf-8"
+def check_dropped(parts: list[TokenizedShard], cfg: TokenizeConfig, name: str, quarantine: str) -> None:
+    """Rows dropped as too long: warned about, and past ``max_dropped_fraction`` (or when none is left) a failure
+    that names the settings that fix it."""
+    rows_in = sum(p.rows_in for p in parts)
+    dropped = sum(p.rows_in - p.rows_out for p in parts)
+    if not dropped:
+        return
+    longest = max(p.longest_dropped for p in parts)
+    share = dropped / max(rows_in, 1)
+    message = (
+        f"{name}: {dropped} of {rows_in} rows ({share:.0%}) are longer than tokenize.max_seq_length="
+        f"{cfg.max_seq_length} tokens (the longest {longest}) and were dropped (tokenize.truncation=drop); they are "
+        f"in {quarantine}"
+    )
+    if dropped == rows_in or share > cfg.max_dropped_fraction:
+        raise DataValidationError(
+            f"{message}. That is over tokenize.max_dropped_fraction={cfg.max_dropped_fraction:g}"
+            + (" and leaves no row" if dropped == rows_in else "")
+            + f": raise tokenize.max_seq_length (e.g. --set tokenize.max_seq_length={_fits(longest)}) or set "
+            "tokenize.truncation=truncate (keeps the rows, cut to the limit)"
         )
+    log.warning(message)
 
 
-def merge_tokenized(parts: list[TokenizedShard], out_dir: Path, name: str) -> TokenizedData:
-    """The shards' rows as one dataset (``out_dir/dataset``), their quarantine parts joined, the audit summed."""
+def _fits(tokens: int) -> int:
+    """The next multiple of 256 that holds ``tokens``."""
+    return -(-tokens // 256) * 256
+
+
+def merge_tokenized(
+    parts: list[TokenizedShard], out_dir: Path, name: str, cfg: TokenizeConfig | None = None
+) -> TokenizedData:
+    """The shards' rows as one dataset (``out_dir/dataset``), their quarantine parts joined, the audit summed; fails
+    when more rows were dropped as too long than ``cfg.max_dropped_fraction`` allows (check_dropped)."""
     import xxhash
 
     out_dir = Path(out_dir)
     full = [p for p in parts if p.rows_out]
     dropped = sum(p.rows_in - p.rows_out for p in parts)
+    check_dropped(parts, cfg or TokenizeConfig(), name, str(out_dir / "quarantine.jsonl"))
     if not full:
-        raise DataValidationError(f"{name}: no row left after tokenization ({dropped} too long)")
+        raise DataValidationError(f"{name}: no row to tokenize")
     fingerprint = xxhash.xxh3_64("".join(p.digest for p in full).encode()).hexdigest()
     write_dataset([p.arrow for p in full], fingerprint, out_dir / "dataset")
     quarantine = concat_files(out_dir / "quarantine.jsonl", [p.quarantine for p in parts])
     audit = {key: sum(p.audit[key] for p in parts) for key in parts[0].audit}
     result = TokenizedData(
+        split=name,
         dataset=str(out_dir / "dataset"),
         rows_in=sum(p.rows_in for p in parts),
         rows_out=sum(p.rows_out for p in parts),
@@ -425,10 +423,12 @@ def merge_tokenized(parts: list[TokenizedShard], out_dir: Path, name: str) -> To
     return result
 
 
-def tokenize_file(tokenizer, records_path: Path, cfg: TokenizeConfig, out_dir: Path) -> TokenizedData:
+def tokenize_file(
+    tokenizer, records_path: Path, cfg: TokenizeConfig, out_dir: Path, split: str = "train"
+) -> TokenizedData:
     """The whole stage in this process on one file of records (the flow maps tokenize_shard over shards instead)."""
     part = tokenize_shard(tokenizer, Shard.of(records_path), cfg, Path(out_dir) / "shards" / "part-0000")
-    return merge_tokenized([part], out_dir, str(records_path))
+    return merge_tokenized([part], out_dir, split, cfg)
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -462,9 +462,11 @@ def tokenize_shard_task(
 
 
 @task(name="tokenize", task_run_name="tokenize {split}", **stage_options())
-def tokenize_merge_task(parts: list[TokenizedShard], split: str, run_dir: OutputPath) -> TokenizedData:
-    """The tokenized shards as one dataset, with its audit."""
-    result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split)
+def tokenize_merge_task(
+    parts: list[TokenizedShard], split: str, run_dir: OutputPath, cfg: TokenizeConfig | None = None
+) -> TokenizedData:
+    """The tokenized shards as one dataset, with its audit; fails past tokenize.max_dropped_fraction."""
+    result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split, cfg)
     create_table_artifact(
         key=f"tokenization-audit-{split}",
         table=[

@@ -24,7 +24,7 @@ from r1lib.io import concat_files, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.readers import BLANK, MAX_LINE_BYTES, LineTooLong, expand_inputs, iter_raw_rows, path_exists, safe_text
-from r1lib.records import RecordError, check_schema, make_record, normalize
+from r1lib.records import RecordError, RowRules, check_schema, location, make_record, normalize
 from r1lib.runs import stage_dir
 from r1lib.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
 from r1lib.stage import StageResult
@@ -77,11 +77,13 @@ class ValidatedData(StageResult):
 
 
 def iter_validated(
-    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES
+    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES, rules: RowRules | None = None
 ) -> Iterator[tuple[bool, dict | None, int]]:
     """Stream one file: (True, record, number) for each accepted row, (False, quarantine row, number) for each
-    rejected one, (False, None, number) for a blank line (counted, not quarantined)."""
+    rejected one, (False, None, number) for a blank line (counted, not quarantined). ``rules``: placeholders and the
+    tools policy (RowRules; its max_chars gives way to ``max_chars``)."""
     name = str(path)
+    rules = (rules or RowRules()).model_copy(update={"max_chars": max_chars})
     for number, raw, parsed in iter_raw_rows(path, max_line_bytes):
         if parsed is BLANK:
             yield False, None, number
@@ -102,7 +104,7 @@ def iter_validated(
             reason, field, message = "invalid_csv", None, f"not a valid CSV record ({parsed})"
         else:
             try:
-                record = make_record(normalize(parsed, max_chars), name, number)
+                record = make_record(normalize(parsed, rules=rules), name, number)
                 check_schema(record)
                 yield True, record, number
                 continue
@@ -115,7 +117,7 @@ def iter_validated(
                 "line": number,
                 "reason": reason,
                 "field": field,
-                "message": safe_text(f"{name}:{number}: {message}"),
+                "message": safe_text(f"{location(name, number)}: {message}"),
                 "raw": safe_text(raw),
                 **extra,
             },
@@ -124,13 +126,13 @@ def iter_validated(
 
 
 def validate_file(
-    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES
+    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES, rules: RowRules | None = None
 ) -> tuple[list[dict], list[dict], FileReport]:
     """Records and quarantine rows of one file, plus its report."""
     if not path_exists(str(path)):
         raise DataValidationError(f"{path}: file not found")
     accepted, quarantined, blank = [], [], 0
-    for ok, row, _ in iter_validated(path, max_chars, max_line_bytes):
+    for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, rules):
         if ok:
             accepted.append(row)
         elif row is None:
@@ -167,11 +169,19 @@ class ValidatedInput(BaseModel):
 
 
 def validate_input(
-    index: int, split: str, path: str, max_chars: int, max_line_bytes: int, shard_rows: int, out_dir: Path
+    index: int,
+    split: str,
+    path: str,
+    max_chars: int,
+    max_line_bytes: int,
+    shard_rows: int,
+    out_dir: Path,
+    rules: RowRules | None = None,
 ) -> ValidatedInput:
     """Validate one input file, streaming: accepted records into shards of ``shard_rows``, rejected rows into its
-    quarantine part (the map unit of the validate stage; ``index`` orders the outputs). It takes the two limits, not
-    the DataConfig: the stage cache hashes every file its inputs name, and the config names all input files."""
+    quarantine part (the map unit of the validate stage; ``index`` orders the outputs). It takes the limits and the
+    RowRules, not the DataConfig: the stage cache hashes every file its inputs name, and the config names all input
+    files."""
     if not path_exists(str(path)):
         raise DataValidationError(f"{path}: file not found")
     parts = Path(out_dir) / "shards"
@@ -181,7 +191,7 @@ def validate_input(
         ShardWriter(parts / f"{split}-{index:04d}", shard_rows) as shards,
         JsonlWriter(parts / f"{split}-{index:04d}.quarantine.jsonl") as quarantine,
     ):
-        for ok, row, _ in iter_validated(path, max_chars, max_line_bytes):
+        for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, rules):
             if ok:
                 shards.write(row)
                 accepted += 1
@@ -240,10 +250,11 @@ def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path
                 "no rows at all",
             )
             raise DataValidationError(
-                f"{split} data: {rejected} of {rows} rows rejected ({share:.0%}, "
-                f"limit {cfg.max_rejected_fraction:.0%}); "
+                f"{split} data: {rejected} of {rows} rows rejected ({share:.0%}, over "
+                f"data.max_rejected_fraction={cfg.max_rejected_fraction:g}); "
                 f"reasons per file { {i.report.file: i.report.reasons for i in bad} }; first: {first}; every rejected "
-                f"row is in {quarantine_path}"
+                f"row is in {quarantine_path}. Fix the rows (or leave the file out); to train on the rest anyway, "
+                f"raise the limit: --set data.max_rejected_fraction={min(1, round(share + 0.05, 2)):g}"
             )
     return ValidatedData(
         train=str(paths["train"]),
@@ -260,7 +271,7 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
     """The whole stage in this process: validate train, test and replay files into ``out_dir``; raise if a split
     rejects too much. (The flow maps validate_input over the files instead: flows/data.py.)"""
     inputs = [
-        validate_input(k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir)
+        validate_input(k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir, RowRules.of(cfg))
         for k, (split, path) in enumerate(data_inputs(cfg))
     ]
     return merge_validated(cfg, inputs, out_dir)
@@ -271,10 +282,19 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
 
 @task(name="validate-file", task_run_name="validate {split} {path}", **stage_options())
 def validate_input_task(
-    index: int, split: str, path: InputPath, max_chars: int, max_line_bytes: int, shard_rows: int, run_dir: OutputPath
+    index: int,
+    split: str,
+    path: InputPath,
+    max_chars: int,
+    max_line_bytes: int,
+    shard_rows: int,
+    run_dir: OutputPath,
+    rules: RowRules | None = None,
 ) -> ValidatedInput:
     """Validate and normalize one input file; quarantine what is wrong."""
-    return validate_input(index, split, path, max_chars, max_line_bytes, shard_rows, stage_dir(run_dir, "validate"))
+    return validate_input(
+        index, split, path, max_chars, max_line_bytes, shard_rows, stage_dir(run_dir, "validate"), rules
+    )
 
 
 @task(name="validate", task_run_name="validate: merge {cfg.train_paths}", **stage_options())

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1lib.config import AugmentConfig, DebiasConfig
+from r1lib.counterfactual import Counterfactual
 from r1lib.io import write_jsonl
 from r1lib.records import make_record, normalize
-from r1lib.terms import TermPairs, compile_terms, load_blocklist
+from r1lib.terms import TermPairs, compile_terms, load_blocklist, segment
 from tasks.augment import (
     augment,
     expand,
@@ -137,7 +138,8 @@ def test_swap_twice_is_identity_where_unambiguous():
 
 def test_counterfactual_twin_swaps_every_field_and_records_parent():
     record = rec("My brother asked his teacher.", r1("He means his teacher.", "He asked his teacher."))
-    twin = counterfactual(record, PAIRS)
+    assert counterfactual(record, PAIRS) is None  # by default the reasoning is never rewritten: no twin
+    twin, why = Counterfactual(PAIRS, swap_reasoning=True).twin(record)
     assert twin["messages"][0]["content"] == "My sister asked her teacher."
     assert twin["reasoning"] == "She means her teacher."
     assert twin["messages"][1]["content"] == "She asked her teacher."
@@ -160,7 +162,7 @@ def test_debias_rows_chunks_add_up_to_the_whole_and_balance_is_measured(tmp_path
         rec("The idiot ran.", "ok", 3),
         rec("The cat ran.", "ok", 4),
     ]
-    out, blocked, balance = debias(records, DebiasConfig())
+    out, blocked, balance = debias(records, DebiasConfig(counterfactual=True, max_blocked_fraction=0.5))
     assert [b["line"] for b in blocked] == [3] and blocked[0]["reason"] == "blocked_term"
     assert len(out) == 3 + 2
     mf = balance[0]
@@ -171,7 +173,9 @@ def test_debias_rows_chunks_add_up_to_the_whole_and_balance_is_measured(tmp_path
     b = debias_rows(records[2:], blocklist, PAIRS, True)
     assert a[2] + b[2] == Counter({("male/female", "a"): 4, ("male/female", "b"): 2})
     write_jsonl(tmp_path / "in.jsonl", records)
-    result = debias_file(tmp_path / "in.jsonl", DebiasConfig(), tmp_path / "out")
+    result = debias_file(
+        tmp_path / "in.jsonl", DebiasConfig(counterfactual=True, max_blocked_fraction=0.5), tmp_path / "out"
+    )
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["balance"][0]["ratio_after"] == 1.0 and result.blocked == 1
 
@@ -224,10 +228,12 @@ def test_term_shortcut_finds_exactly_what_the_pattern_finds(text):
     """The word-set shortcut of TermPattern (ASCII texts) answers what the full regex answers, on any text."""
     blocklist = compile_terms(load_blocklist(Path("data/debias/blocklist.txt")))
     for pattern in (blocklist, PAIRS.pattern):
-        assert [m.span() for m in pattern.finditer(text)] == [m.span() for m in pattern.pattern.finditer(text)]
-        assert bool(pattern.search(text)) == bool(pattern.pattern.search(text))
-    expected = tuple(PAIRS.group_of[PAIRS.term(m.group(0))] for m in PAIRS.pattern.pattern.finditer(text))
+        # The pair terms in CJK are the words segmentation finds; the blocklist's are substrings (in the pattern).
+        words = [(s, e) for w, s, e in segment(text) if w in pattern.cjk_words] if pattern.cjk_words else []
+        want = sorted([m.span() for m in pattern.pattern.finditer(text)] + words)
+        assert [m.span() for m in pattern.finditer(text)] == want
+        assert bool(pattern.search(text)) == bool(want)
+    expected = tuple(PAIRS.group_of[PAIRS.term(m.group(0))] for m in PAIRS.pattern.finditer(text))
     assert TermPairs(PAIRS.rows).found(text) == expected
-    assert PAIRS.swap_text(text) == PAIRS.pattern.pattern.sub(
-        lambda m: PAIRS._match_case(m.group(0), PAIRS._partner(m)), text
-    )
+    if not PAIRS.pattern.cjk_words.intersection(text):
+        assert PAIRS.swap_text(text) == PAIRS.pattern.pattern.sub(PAIRS.replacement, text)

@@ -71,10 +71,23 @@ def test_converter_identifies_the_tokenizer_as_deepseek_r1_qwen(summary):
     assert gguf_metadata(Path(f16["path"]), "tokenizer.ggml.pre") == "deepseek-r1-qwen"
 
 
-def test_debias_balanced_the_gendered_terms(summary):
-    balance = summary["debias"]["balance"][0]
-    assert balance["ratio_before"] > 2 and balance["ratio_after"] <= 1.1
-    assert summary["debias"]["blocked"] > 0
+def test_debias_measures_the_gendered_terms_and_rewrites_nothing(summary):
+    # Counterfactual twins are off by default (tests/test_data_debias.py: switched on, they balance the sample data).
+    debias = summary["debias"]
+    balance = debias["balance"][0]
+    assert balance["ratio_before"] > 2 and balance["ratio_after"] == balance["ratio_before"]
+    assert (debias["counterfactual"], debias["counterfactuals"], debias["pairs"]) == (False, 0, None)
+    assert debias["blocked"] > 0
+
+
+def test_fairness_agreement_of_base_and_tuned_model_is_reported_and_on_the_card(summary):
+    fairness = summary["fairness"]
+    assert fairness["prompts"] == 8 and fairness["candidates"] >= fairness["prompts"]
+    assert 0 <= fairness["base_agreement"] <= 1 and 0 <= fairness["tuned_agreement"] <= 1
+    pairs = [json.loads(line) for line in open(fairness["pairs"], encoding="utf-8")]
+    assert len(pairs) == 8 and all(p["prompt"] != p["twin_prompt"] for p in pairs)
+    card = Path(summary["deploy"]["model_card"]).read_text(encoding="utf-8")
+    assert "## Fairness (counterfactual agreement)" in card
 
 
 def test_summary_json_is_written(summary):

@@ -322,7 +322,7 @@ def test_files_that_are_not_read_are_not_checked(tree):
     config.evaluate.lm_eval_path = str(outside / "dir")  # no lm_eval_tasks: never read
     config.model.embedded.corpus_path = str(outside / "secret.jsonl")
     config.model.name_or_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"  # not the embedded model
-    config.debias.enabled = False
+    config.debias.enabled = config.fairness.enabled = False  # the fairness check reads the term pairs too
     check_config_paths(config)
     config.debias.enabled = True
     with pytest.raises(PathNotAllowed, match="^debias.blocklist_path: "):
@@ -350,6 +350,7 @@ def test_the_shipped_defaults_pass_with_only_the_project_data_root(tmp_path, mon
     config.augment.templates_path = at(config.augment.templates_path)
     config.debias.blocklist_path = at(config.debias.blocklist_path)
     config.debias.term_pairs_path = at(config.debias.term_pairs_path)
+    config.debias.protected_phrases_path = at(config.debias.protected_phrases_path)
     embedded = config.model.embedded
     embedded.corpus_path = at(embedded.corpus_path)
     embedded.chat_paths = [at(p) for p in embedded.chat_paths]

@@ -78,6 +78,26 @@ def reasoning_of(content) -> str | None:
     return found[0] if found else None
 
 
+def tools_section(tools) -> str:
+    """DeepSeek's system-prompt section for a row's tools ('## Tools', then each function's name, description and
+    JSON parameters), written out here from the source field."""
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    if not tools:
+        return ""
+    text = "## Tools\nYou have access to the following tools:\n"
+    for tool in tools:
+        spec = tool.get("function", tool)
+        parameters = json.dumps(spec.get("parameters", {}), ensure_ascii=False)
+        text += f"\n### {spec['name']}\nDescription: {spec.get('description') or ''}\n\nParameters: {parameters}\n"
+    return text.rstrip("\n")
+
+
+def with_tools(system: str, row: dict) -> str:
+    """The system prompt with the row's tools section after it: the tools are kept, never dropped."""
+    section = tools_section(row.get("tools"))
+    return "\n\n".join(part for part in (system, section) if part)
+
+
 def expected(row: dict) -> dict:
     """What the record must say, from the source fields alone: system prompt, turns (role, text), reasoning."""
     if "instruction" in row:
@@ -94,7 +114,7 @@ def expected(row: dict) -> dict:
     if turns[0][role_key] == "system":
         system, turns = text_of(turns[0][text_key]), turns[1:]
     return {
-        "system": system,
+        "system": with_tools(system, row),
         "reasoning": reasoning_of(turns[-1][text_key]),
         "messages": [{"role": ROLES[t[role_key]], "content": text_of(t[text_key])} for t in turns],
     }
@@ -154,7 +174,8 @@ def test_r1_rows_keep_their_reasoning_apart_and_tool_rows_are_refused():
     for record in accepted:
         system, user, assistant = rows[record["source"]["line"] - 1]["messages"]
         assert [p["type"] for p in assistant["content"]] == ["reasoning", "text"]
-        assert record["system"] == system["content"][0]["value"]
+        assert record["system"] == with_tools(system["content"][0]["value"], rows[record["source"]["line"] - 1])
+        assert "## Tools" in record["system"]  # the row's tools list is kept in the system prompt
         assert record["messages"] == [
             {"role": "user", "content": user["content"][0]["value"]},
             {"role": "assistant", "content": assistant["content"][1]["value"]},

@@ -86,7 +86,7 @@ def test_length_policy(tokenizer, policy, kept, quarantined, truncated):
 
 def test_length_policy_fail_names_the_row(tokenizer):
     long = record(output="<think>\n" + "word " * 200 + "\n</think>\n\nok")
-    with pytest.raises(DataValidationError, match=r"mem.jsonl:1: \d+ tokens exceed max_seq_length 64"):
+    with pytest.raises(DataValidationError, match=r"mem.jsonl:1: \d+ tokens exceed tokenize.max_seq_length=64"):
         tokenize_records(tokenizer, [long], TokenizeConfig(max_seq_length=64, truncation="fail"))
 
 

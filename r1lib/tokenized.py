@@ -1,0 +1,66 @@
+"""Tokenized rows (input_ids, labels) as Arrow: the table of a chunk, and a ``datasets.load_from_disk`` folder made
+of Arrow files without rewriting them (the tokenize stage's building blocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from r1lib.io import atomic_dir
+
+
+def token_features():
+    """The features of a tokenized row."""
+    from datasets import Features, List, Value
+
+    # What Dataset.from_list infers for these rows (datasets stores input_ids as int32).
+    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int64"))})
+
+
+def rows_table(rows: list[dict]):
+    """The rows as Arrow list columns, built from flat numpy buffers (5x faster than pa.array on lists of lists)."""
+    import itertools
+
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int32, count=len(rows))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int32)]).astype(np.int32))
+    columns = {}
+    for name, dtype in (("input_ids", np.int32), ("labels", np.int64)):
+        flat = np.fromiter(itertools.chain.from_iterable(r[name] for r in rows), dtype=dtype, count=int(lengths.sum()))
+        columns[name] = pa.ListArray.from_arrays(offsets, pa.array(flat))
+    return pa.table(columns)
+
+
+def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> None:
+    """A ``datasets.load_from_disk`` directory whose data files are ``arrows``, in order, hard-linked (copied across
+    filesystems) instead of rewritten: what ``save_to_disk`` writes (the same state.json and dataset_info.json),
+    without reading the rows again. The fingerprint comes from the content, so equal data gives an equal folder."""
+    import shutil
+
+    from datasets import DatasetInfo
+    from datasets.utils.py_utils import asdict
+
+    names = [f"data-{k:05d}-of-{len(arrows):05d}.arrow" for k in range(len(arrows))]
+    state = {
+        "_data_files": [{"filename": name} for name in names],
+        "_fingerprint": fingerprint,
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    info = asdict(DatasetInfo(features=token_features()))
+    with atomic_dir(dataset_dir) as tmp:
+        for source, name in zip(arrows, names):
+            try:
+                os.link(source, tmp / name)
+            except OSError:
+                shutil.copyfile(source, tmp / name)
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+        (tmp / "dataset_info.json").write_text(
+            json.dumps({k: info[k] for k in sorted(info)}, indent=2), encoding="utf-8"
+        )
