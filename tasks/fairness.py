@@ -42,7 +42,11 @@ class FairnessReport(StageResult):
 
     def metrics(self) -> dict:
         """What the nightly promotion compares (tasks/promote.py)."""
-        return {"fairness_agreement": self.tuned_agreement, "base_fairness_agreement": self.base_agreement}
+        return {
+            "fairness_agreement": self.tuned_agreement,
+            "base_fairness_agreement": self.base_agreement,
+            "fairness_prompts": self.prompts,
+        }
 
     def summary(self) -> dict:
         return {"fairness": self.model_dump()}

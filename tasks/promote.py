@@ -52,6 +52,12 @@ class PromotionPolicy(BaseModel):
         description="Refuse a challenger whose counterfactual agreement (tasks/fairness.py) is lower than the base "
         "model's, or the champion's, by more than this (None: not checked).",
     )
+    min_fairness_prompts: int = Field(
+        20,
+        ge=1,
+        description="Judge counterfactual agreement only when at least this many twin prompts were scored: with "
+        "fewer, one changed answer moves agreement by more than max_fairness_drop.",
+    )
 
 
 class Decision(BaseModel):
@@ -126,6 +132,9 @@ def fairness_refusal(challenger: dict, champion: dict | None, against: str, poli
     agreement = challenger.get("fairness_agreement")
     if agreement is None or policy.max_fairness_drop is None:
         return None
+    scored = challenger.get("fairness_prompts")
+    if scored is not None and scored < policy.min_fairness_prompts:
+        return None  # too few twins to tell a drop from noise; the card still shows both agreements
     references = [("base model", challenger.get("base_fairness_agreement"))]
     if champion is not None:
         references.append((against, champion.get("fairness_agreement")))

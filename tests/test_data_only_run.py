@@ -132,6 +132,16 @@ def test_allowed_roots_refusal_prints_the_exact_fix_once_without_a_traceback(tmp
         ),
         ({"accuracy": 0.9, "fairness_agreement": 0.7}, {"accuracy": 0.8, "fairness_agreement": 0.95}, False),
         ({"accuracy": 0.9}, {"accuracy": 0.8, "fairness_agreement": 0.95}, True),  # not measured: not judged
+        (  # 6 of 8 twins vs 7 of 8: one answer, too few twins to judge
+            {"accuracy": 0.9, "fairness_agreement": 0.75, "base_fairness_agreement": 0.88, "fairness_prompts": 8},
+            None,
+            True,
+        ),
+        (
+            {"accuracy": 0.9, "fairness_agreement": 0.6, "base_fairness_agreement": 0.9, "fairness_prompts": 40},
+            None,
+            False,
+        ),
     ],
 )
 def test_promotion_refuses_a_challenger_whose_counterfactual_agreement_drops(challenger, champion, promote):

@@ -121,6 +121,7 @@ def test_ddp_over_two_processes_trains_like_one_process_and_rank_zero_writes_one
         "checkpoints",
         "launch",
         "log_history.json",
+        "loss_curve.png",
         "result.json",
     ]
     assert (train_dir / "adapter" / "adapter_model.safetensors").exists()
