@@ -223,6 +223,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
             cfg=unmapped(config.tokenize),
             split=unmapped(split),
             run_dir=unmapped(run),
+            trust_remote_code=unmapped(config.model.trust_remote_code),
         )
         for split, shards in splits.items()
     }

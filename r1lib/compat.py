@@ -162,3 +162,15 @@ def start_local_prefect_server() -> str:
     server = SubprocessASGIServer()
     server.start()
     return server.api_url
+
+
+def never_prompt_for_remote_code() -> None:
+    """Make transformers refuse, instead of asking ``Do you wish to run the custom code? [y/N]`` on stdin, when some
+    loading call (ours pass ``trust_remote_code`` explicitly; a library's internal one might not) leaves
+    ``trust_remote_code`` unset for a model that ships code: ``transformers.dynamic_module_utils.TIME_OUT_REMOTE_CODE``
+    at 0 is the switch transformers' own CI uses.
+
+    Written for transformers 5.17.0. Remove when transformers can be told not to prompt through a public setting."""
+    import transformers.dynamic_module_utils as dynamic_modules
+
+    dynamic_modules.TIME_OUT_REMOTE_CODE = 0

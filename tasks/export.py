@@ -40,20 +40,32 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from r1lib.models import is_prequantized, load_causal_lm, load_tokenizer
+    from r1lib.models import (
+        check_weights,
+        hub_token,
+        is_prequantized,
+        load_causal_lm,
+        load_tokenizer,
+        refuse_pickles,
+        remote_code_policy,
+    )
 
-    if is_prequantized(model_dir):
+    trust = model_cfg.trust_remote_code
+    check_weights(model_dir)
+    if is_prequantized(model_dir, trust, model_cfg.revision, hub_token(model_cfg)):
         log.info("base checkpoint is pre-quantized: dequantizing it before merging")
         base = load_causal_lm(model_dir, model_cfg, four_bit=True).dequantize()
     else:
         # The original weights at their own precision: the adapter must not be merged into 4-bit values.
-        base = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            dtype="auto",
-            use_safetensors=True,
-            trust_remote_code=model_cfg.trust_remote_code,
-            revision=model_cfg.revision,
-        )
+        with remote_code_policy(model_dir, trust), refuse_pickles(model_dir):
+            base = AutoModelForCausalLM.from_pretrained(
+                model_dir,
+                dtype="auto",
+                use_safetensors=True,
+                trust_remote_code=trust,
+                revision=model_cfg.revision,
+                token=hub_token(model_cfg),
+            )
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     if merged.dtype == torch.float32 and torch.cuda.is_available():
         merged = merged.to(torch.bfloat16)
@@ -62,7 +74,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
         del merged.config.quantization_config  # dequantized: the saved config must not claim 4-bit weights
     forget_quantized_loading(merged)
     merged.config.use_cache = True  # inference default for the exported model
-    tokenizer = load_tokenizer(adapter_dir, model_cfg.trust_remote_code)
+    tokenizer = load_tokenizer(adapter_dir, trust_remote_code=trust)
     if not has_r1_template(tokenizer.chat_template):
         log.warning("the adapter's tokenizer has no R1 chat template: writing the official one")
         tokenizer.chat_template = R1_CHAT_TEMPLATE

@@ -214,16 +214,23 @@ def smoke_one(
     return result
 
 
-def load_merged(merged_dir: str):
+def load_merged(merged_dir: str, trust_remote_code: bool = False):
+    """The merged export in full precision. It is this run's own output in an architecture llama.cpp converts, so it
+    needs no code of its own: ``trust_remote_code`` stays off unless a caller says otherwise."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from r1lib.models import load_tokenizer
+    from r1lib.models import load_tokenizer, remote_code_policy
 
-    model = AutoModelForCausalLM.from_pretrained(
-        merged_dir, dtype=torch.float32, use_safetensors=True, device_map={"": 0} if torch.cuda.is_available() else None
-    )
-    return model.eval(), load_tokenizer(merged_dir)
+    with remote_code_policy(merged_dir, trust_remote_code):
+        model = AutoModelForCausalLM.from_pretrained(
+            merged_dir,
+            dtype=torch.float32,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            device_map={"": 0} if torch.cuda.is_available() else None,
+        )
+    return model.eval(), load_tokenizer(merged_dir, trust_remote_code=trust_remote_code)
 
 
 def hf_greedy_tokens(merged_dir: str, prompt: str, n_tokens: int, loaded=None) -> list[int]:

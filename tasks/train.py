@@ -15,7 +15,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
-from r1lib.io import atomic_path, exclusive_dir, write_json
+from r1lib.io import atomic_path, disk_full, exclusive_dir, is_disk_full, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_logger, stage_options
 from r1lib.runs import stage_dir
@@ -172,6 +172,8 @@ def train(
             try:
                 outcome = launch(spec, plan, out_dir / "launch", progress_hook)
             except Exception as exc:  # noqa: BLE001
+                if is_disk_full(exc):
+                    raise disk_full(checkpoint_dir, exc) from exc  # names the folder and the free space; no retry
                 if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or micro_batch // 2 < cfg.min_micro_batch_size:
                     raise
                 oom = (
