@@ -140,6 +140,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         max_line_bytes=unmapped(config.data.max_line_bytes),
         shard_rows=unmapped(shard_rows),
         run_dir=unmapped(run),
+        allowed_roots=unmapped(config.data.allowed_roots),
     )
     validated = validate_merge_task(config.data, validated, run)
     lap("validate")

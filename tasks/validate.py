@@ -77,12 +77,13 @@ class ValidatedData(StageResult):
 
 
 def iter_validated(
-    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES
+    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES, allowed_roots: list[str] | None = None
 ) -> Iterator[tuple[bool, dict | None, int]]:
     """Stream one file: (True, record, number) for each accepted row, (False, quarantine row, number) for each
-    rejected one, (False, None, number) for a blank line (counted, not quarantined)."""
+    rejected one, (False, None, number) for a blank line (counted, not quarantined). ``allowed_roots`` are checked
+    against the file actually opened (r1lib/readers.py open_input)."""
     name = str(path)
-    for number, raw, parsed in iter_raw_rows(path, max_line_bytes):
+    for number, raw, parsed in iter_raw_rows(path, max_line_bytes, allowed_roots):
         if parsed is BLANK:
             yield False, None, number
             continue
@@ -99,7 +100,8 @@ def iter_validated(
         elif isinstance(parsed, json.JSONDecodeError):
             reason, field, message = "invalid_json", None, f"not valid JSON ({parsed.msg} at column {parsed.colno})"
         elif isinstance(parsed, csv.Error):
-            reason, field, message = "invalid_csv", None, f"not a valid CSV record ({parsed})"
+            reason, field = getattr(parsed, "reason", "invalid_csv"), None  # csv_desync: a stretch of broken quoting
+            message = f"not a valid CSV record ({parsed})"
         else:
             try:
                 record = make_record(normalize(parsed, max_chars), name, number)
@@ -124,13 +126,13 @@ def iter_validated(
 
 
 def validate_file(
-    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES
+    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES, allowed_roots: list[str] | None = None
 ) -> tuple[list[dict], list[dict], FileReport]:
     """Records and quarantine rows of one file, plus its report."""
     if not path_exists(str(path)):
         raise DataValidationError(f"{path}: file not found")
     accepted, quarantined, blank = [], [], 0
-    for ok, row, _ in iter_validated(path, max_chars, max_line_bytes):
+    for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, allowed_roots):
         if ok:
             accepted.append(row)
         elif row is None:
@@ -167,7 +169,14 @@ class ValidatedInput(BaseModel):
 
 
 def validate_input(
-    index: int, split: str, path: str, max_chars: int, max_line_bytes: int, shard_rows: int, out_dir: Path
+    index: int,
+    split: str,
+    path: str,
+    max_chars: int,
+    max_line_bytes: int,
+    shard_rows: int,
+    out_dir: Path,
+    allowed_roots: list[str],
 ) -> ValidatedInput:
     """Validate one input file, streaming: accepted records into shards of ``shard_rows``, rejected rows into its
     quarantine part (the map unit of the validate stage; ``index`` orders the outputs). It takes the two limits, not
@@ -181,7 +190,7 @@ def validate_input(
         ShardWriter(parts / f"{split}-{index:04d}", shard_rows) as shards,
         JsonlWriter(parts / f"{split}-{index:04d}.quarantine.jsonl") as quarantine,
     ):
-        for ok, row, _ in iter_validated(path, max_chars, max_line_bytes):
+        for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, allowed_roots):
             if ok:
                 shards.write(row)
                 accepted += 1
@@ -260,7 +269,7 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
     """The whole stage in this process: validate train, test and replay files into ``out_dir``; raise if a split
     rejects too much. (The flow maps validate_input over the files instead: flows/data.py.)"""
     inputs = [
-        validate_input(k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir)
+        validate_input(k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir, cfg.allowed_roots)
         for k, (split, path) in enumerate(data_inputs(cfg))
     ]
     return merge_validated(cfg, inputs, out_dir)
@@ -271,10 +280,20 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
 
 @task(name="validate-file", task_run_name="validate {split} {path}", **stage_options())
 def validate_input_task(
-    index: int, split: str, path: InputPath, max_chars: int, max_line_bytes: int, shard_rows: int, run_dir: OutputPath
+    index: int,
+    split: str,
+    path: InputPath,
+    max_chars: int,
+    max_line_bytes: int,
+    shard_rows: int,
+    run_dir: OutputPath,
+    allowed_roots: list[str],
 ) -> ValidatedInput:
-    """Validate and normalize one input file; quarantine what is wrong."""
-    return validate_input(index, split, path, max_chars, max_line_bytes, shard_rows, stage_dir(run_dir, "validate"))
+    """Validate and normalize one input file; quarantine what is wrong. ``allowed_roots``: data.allowed_roots, held
+    against the file actually opened."""
+    return validate_input(
+        index, split, path, max_chars, max_line_bytes, shard_rows, stage_dir(run_dir, "validate"), allowed_roots
+    )
 
 
 @task(name="validate", task_run_name="validate: merge {cfg.train_paths}", **stage_options())
