@@ -99,6 +99,55 @@ def adaptable_module_names(model_dir: str, cfg: ModelConfig) -> dict[str, str]:
     }
 
 
+def check_lora_targets(modules: dict[str, str], targets: list[str], model: str) -> None:
+    """Every LoRA target names a module of ``modules`` (adaptable_module_names), matched as peft matches it (the whole
+    dotted name or its ending); else ConfigError naming the field and the model's own choices."""
+    from r1lib.errors import ConfigError
+
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]
+    if missing:
+        choices = sorted({n.rsplit(".", 1)[-1] for n in modules})
+        raise ConfigError(
+            f"train.lora.target_modules {missing}: no such module in {model} that LoRA can adapt "
+            f"(a linear, embedding or convolution layer; this model's: {choices})"
+        )
+
+
+def _embedded_modules() -> dict[str, str]:
+    """The adaptable modules of the embedded model's architecture (Qwen2; the names do not depend on its size)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shape = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(shape)
+    kinds = (torch.nn.Linear, torch.nn.Embedding)
+    return {name: type(m).__name__ for name, m in model.named_modules() if name and isinstance(m, kinds)}
+
+
+def check_model_config(cfg: ModelConfig, targets: list[str]) -> None:
+    """Before any work: for the embedded model or a local model folder (under model.allowed_roots), the LoRA targets
+    exist in its architecture, its weights are safetensors and its code is not needed unless trusted. A hub id is
+    checked when it is resolved (its config comes from the hub)."""
+    from r1lib.config import EMBEDDED
+    from r1lib.paths import check_model_dir, confine, resolve_roots
+
+    name = cfg.name_or_path
+    if name == EMBEDDED:
+        check_lora_targets(_embedded_modules(), targets, "the embedded model")
+        return
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return
+    roots = resolve_roots(cfg.allowed_roots)
+    confine(name, roots, "model.allowed_roots")
+    check_model_dir(folder, roots)
+    if not (folder / "config.json").is_file():
+        return  # the resolve stage says what is wrong with the folder
+    check_weights(str(folder))
+    check_lora_targets(adaptable_module_names(str(folder), cfg), targets, str(folder))
+
+
 def hub_token(cfg: ModelConfig) -> str | None:
     """The hub token from the configured Prefect Secret block; None lets huggingface_hub read HF_TOKEN itself.
     The token is passed to the loaders only, never logged, stored in results or written to any output."""

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 from urllib.parse import unquote
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from r1lib.errors import PathNotAllowed
 
@@ -51,8 +51,21 @@ class PathRef:
     output: bool = False
 
 
-InputPath = Annotated[str, PathRef()]
-OutputPath = Annotated[str, PathRef(output=True)]
+def path_text(value: str) -> str:
+    """A path is text a filesystem can take: no NUL or other control character (a NUL makes every OS call fail,
+    a newline hides in logs), not only spaces, at most 4096 characters. The empty string stays: it means "none"
+    where a field allows that (``data.test_path``)."""
+    if len(value) > 4096:
+        raise ValueError(f"a path of {len(value)} characters; at most 4096")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{value!r} holds a control character (NUL, newline, tab ...); not a usable path")
+    if value and not value.strip():
+        raise ValueError(f"{value!r} is only spaces; not a usable path")
+    return value
+
+
+InputPath = Annotated[str, PathRef(), AfterValidator(path_text)]
+OutputPath = Annotated[str, PathRef(output=True), AfterValidator(path_text)]
 
 
 def declared_paths(value: Any, annotation: Any = Any, name: str = "") -> list[tuple[str, str, PathRef]]:
@@ -278,8 +291,16 @@ def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
 
 def check_config_paths(config: PipelineConfig) -> None:
     """Every path ``config_paths`` lists lies under ``data.allowed_roots`` (and, for the lm_eval folder, every
-    symlink inside it); else PathNotAllowed naming the configuration field. Reads no file, so a flow calls it first
-    and a bad path fails before any stage does work."""
+    symlink inside it); else PathNotAllowed naming the configuration field. Then what the configuration asks of
+    this machine: the launch preset ``train.launch`` names is read and checked (it exists; its trainer and env blocks
+    stay within their allow-lists; the processes it starts fit the GPUs or cores here), a local cluster's
+    ``runner.workers`` fit the cores, and the embedded model or a local model folder has the LoRA targets, safetensors
+    weights and no code it would need trusted (r1lib.models.check_model_config). Reads no data, so a flow calls it
+    first and a bad path, preset, count or model fails before any stage does work."""
+    from r1lib.errors import ConfigError
+    from r1lib.models import check_model_config
+    from r1lib.training.launcher import launch_plan
+
     roots, field = resolve_roots(config.data.allowed_roots), "data.allowed_roots"
     for name, path in config_paths(config):
         try:
@@ -288,3 +309,11 @@ def check_config_paths(config: PipelineConfig) -> None:
                 check_links(path, roots, field)
         except PathNotAllowed as exc:
             raise PathNotAllowed(f"{name}: {exc}") from None
+    launch_plan(config.train, "hf" if config.train.backend == "auto" else config.train.backend)
+    cores = os.cpu_count() or 1
+    if config.runner.address is None and config.runner.workers > max(8, 4 * cores):
+        raise ConfigError(
+            f"runner.workers = {config.runner.workers} local workers on {cores} CPU core(s) (at most "
+            f"{max(8, 4 * cores)}); a larger cluster is one you start yourself and name in runner.address"
+        )
+    check_model_config(config.model, config.train.lora.target_modules)

@@ -14,7 +14,7 @@ from prefect import task
 
 from r1lib.config import EMBEDDED, ModelConfig
 from r1lib.errors import ConfigError
-from r1lib.models import adaptable_module_names, check_weights
+from r1lib.models import adaptable_module_names, check_lora_targets, check_weights
 from r1lib.paths import InputPath, OutputPath, check_model_dir, confine, resolve_roots
 from r1lib.policy import stage_options
 
@@ -47,17 +47,9 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
 
 
 def check_target_modules(model_dir: str, cfg: ModelConfig, target_modules: list[str]) -> None:
-    """Every LoRA target names a module of the model's architecture that LoRA can adapt (a linear, embedding or
-    convolution layer), matched as peft matches it (the whole dotted name or its ending), or ConfigError before any
-    work."""
-    known = adaptable_module_names(model_dir, cfg)
-    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in known)]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n in known})
-        raise ConfigError(
-            f"train.lora.target_modules {missing}: no such module in {model_dir} that LoRA can adapt "
-            f"(a linear, embedding or convolution layer; this model's: {linear})"
-        )
+    """Every LoRA target names a module of the model's architecture that LoRA can adapt (r1lib.models), or
+    ConfigError before any data stage."""
+    check_lora_targets(adaptable_module_names(model_dir, cfg), target_modules, model_dir)
 
 
 @task(name="resolve-model", **stage_options(timeout_seconds=3600))

@@ -156,3 +156,28 @@ def test_every_loading_call_in_the_project_passes_trust_remote_code_explicitly()
                 ):
                     missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node.func)}")
     assert not missing, missing
+
+
+def test_the_command_line_refuses_such_a_model_before_any_work_without_a_prompt(tmp_path):
+    marker = tmp_path / "ran"
+    model_dir = hostile_model(tmp_path / "model", marker)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.finetune",
+            "--set",
+            f"model.name_or_path={model_dir}",
+            "--set",
+            f'model.allowed_roots=["{tmp_path}"]',
+        ],
+        input="y\n" * 50,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert not marker.exists() and "Do you wish" not in proc.stdout + proc.stderr
+    assert "configuration refused:" in proc.stderr and "model.trust_remote_code" in proc.stderr
+    assert "Traceback" not in proc.stderr and "flow run" not in proc.stdout.lower()
