@@ -21,6 +21,7 @@ from flows.data import PreparedData, run_data_stages
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
 from r1lib.gguf import GGUFFile
+from r1lib.local_server import prefect_api
 from r1lib.paths import check_config_paths
 from r1lib.policy import gpu_slot
 from r1lib.presets import config_from_args, describe, expand_preset, preset
@@ -131,7 +132,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"configuration refused: {exc}", file=sys.stderr)
         return 2
-    result = finetune(config)
+    with prefect_api():  # the configured server, else a local one that stops with the run and dies with it
+        result = finetune(config)
     print(f"\n{result.summary.text}\n\nsummary: {result.summary.path}")
     return 0
 

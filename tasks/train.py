@@ -46,6 +46,8 @@ class TrainResult(StageResult):
     oom_retries: list[str]
     log_history: str
     loss_curve: str | None = None  # loss_curve.png, when any loss was logged
+    tokens: int = 0  # non-pad tokens trained on, over every process and every segment of a resumed run
+    segments: int = 1  # training runs it took: more than one when it resumed from a checkpoint
 
     def summary(self) -> dict:
         return {
@@ -53,9 +55,12 @@ class TrainResult(StageResult):
                 include={
                     "backend",
                     "steps",
+                    "train_loss",
                     "first_loss",
                     "last_loss",
                     "seconds",
+                    "tokens",
+                    "segments",
                     "tokens_per_second",
                     "steady_tokens_per_second",
                     "resumed_from",
@@ -75,11 +80,12 @@ class TrainResult(StageResult):
         return f"loss {self.first_loss:.3f} -> {self.last_loss:.3f}"
 
     def summary_lines(self) -> list[tuple[str, str]]:
+        resumed = f", over {self.segments} runs (resumed from a checkpoint)" if self.segments > 1 else ""
         return [
             (
                 "train",
-                f"{self.backend}: {self.steps} steps, {self.loss_text()}, {self.seconds} s "
-                f"({self.tokens_per_second} tokens/s)",
+                f"{self.backend}: {self.steps} steps, {self.loss_text()} (mean {self.train_loss:.3f}), "
+                f"{self.seconds} s ({self.tokens_per_second} tokens/s){resumed}",
             )
         ]
 
@@ -209,6 +215,8 @@ def train(
             oom_retries=oom_retries,
             log_history=str(history_path),
             loss_curve=str(curve) if curve else None,
+            tokens=outcome.tokens,
+            segments=outcome.segments,
         )
         write_json(out_dir / "result.json", result.model_dump())
         return result
