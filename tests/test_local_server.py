@@ -50,14 +50,20 @@ def clean_env(tmp_path: Path) -> dict:
 
 def test_a_run_gets_a_server_that_stops_with_it(tmp_path, monkeypatch):
     from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from r1lib.local_server import prefect_api
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    with prefect_api() as url:
+    before = {p.pid for p in psutil.Process().children()}  # a shared server another test started may be there
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), prefect_api() as url:
         assert os.environ["PREFECT_API_URL"] == url and url.startswith("http://127.0.0.1:")
-        [server] = [p for p in psutil.Process().children() if "r1lib.local_server" in " ".join(p.cmdline())]
+        [server] = [
+            p
+            for p in psutil.Process().children()
+            if p.pid not in before and "r1lib.local_server" in " ".join(p.cmdline())
+        ]
 
         @flow
         def answer() -> int:
