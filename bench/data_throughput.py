@@ -410,7 +410,7 @@ def baseline(args: tuple) -> dict:
 
     disable_caching()
     records_path, model_dir, limit = args
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=False)
     rows = []
     for record in iter_jsonl(Path(records_path)):
         rows.append(

@@ -52,7 +52,7 @@ def main() -> None:
             "--no-baseline --keep first"
         )
     config = preset("tiny")
-    tokenizer = _load_tokenizer(resolve_model(config.model, str(ROOT / ".cache")))
+    tokenizer = _load_tokenizer(resolve_model(config.model, str(ROOT / ".cache")), config.model.trust_remote_code)
     backend = rust_tokenizer(tokenizer)
     rows = [orjson.loads(line) for path in shards for line in path.open("rb")]
     prompts = render_prompts(tokenizer, rows, config.tokenize.system_prompt)

@@ -214,7 +214,7 @@ def build_model_dir(name: str, root: Path) -> Path:
     started = time.monotonic()
     config = AutoConfig.for_model(**shape)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, trust_remote_code=False)
     model.save_pretrained(path, safe_serialization=True)
     write_tokenizer(path, SHAPES[name])
     del model

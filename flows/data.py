@@ -22,9 +22,9 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from r1lib.compat import start_local_prefect_server
 from r1lib.config import PipelineConfig, RunnerConfig
 from r1lib.errors import ConfigError
+from r1lib.local_server import shared_server_url
 from r1lib.paths import check_config_paths
 from r1lib.records import RowRules
 from r1lib.stage import StageResult
@@ -93,14 +93,10 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner:
 
 
 def api_url() -> str:
-    """The Prefect API this process reports to, for a local cluster's workers: without it each worker starts a
-    temporary server of its own, and their task runs and artifacts never reach this one. With no API configured,
-    Prefect's temporary server is started here (the flow run then uses the same one)."""
-    from prefect.settings import PREFECT_API_URL
-
-    if url := PREFECT_API_URL.value():
-        return url
-    return start_local_prefect_server()
+    """The Prefect API a local cluster's workers report to: without one each worker starts a temporary server of its
+    own, and their task runs and artifacts never reach this run's. The configured API (the command line sets one for
+    the run: r1lib/local_server.py), else one local server for this process that dies with it."""
+    return shared_server_url()
 
 
 def _map(task, limit: int | None, **arguments):
@@ -143,6 +139,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         shard_rows=unmapped(shard_rows),
         run_dir=unmapped(run),
         rules=unmapped(RowRules.of(config.data)),
+        allowed_roots=unmapped(config.data.allowed_roots),
     )
     validated = validate_merge_task(config.data, validated, run)
     lap("validate")
@@ -226,6 +223,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
             cfg=unmapped(config.tokenize),
             split=unmapped(split),
             run_dir=unmapped(run),
+            trust_remote_code=unmapped(config.model.trust_remote_code),
         )
         for split, shards in splits.items()
     }

@@ -24,6 +24,7 @@ from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed
 from r1lib.gguf import GGUFFile
 from r1lib.gpu_memory import apply_cap
+from r1lib.local_server import prefect_api
 from r1lib.paths import check_config_paths
 from r1lib.policy import gpu_slot
 from r1lib.presets import config_from_args, describe, expand_preset, preset
@@ -159,7 +160,8 @@ def main(argv: list[str]) -> int:
         print(f"configuration refused: {exc}", file=sys.stderr)
         return 2
     try:
-        result = finetune(config)
+        with prefect_api():  # the configured server, else a local one that stops with the run and dies with it
+            result = finetune(config)
     except DataValidationError as exc:
         print(f"\ndata refused: {exc}", file=sys.stderr)
         return 1

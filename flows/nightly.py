@@ -34,6 +34,7 @@ from flows.finetune import TINY, PresetConfig, finetune
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
 from r1lib.gguf import GGUFFile
+from r1lib.local_server import prefect_api
 from r1lib.policy import gpu_slot
 from r1lib.presets import expand_preset
 from r1lib.registry import Registry, code_version
@@ -180,11 +181,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args(argv)
     config = PipelineConfig.model_validate(expand_preset(json.loads(args.config) if args.config else {}))
-    print(
-        json.dumps(
-            nightly(args.drop, args.registry, config, PromotionPolicy(metric=args.metric)), indent=2, default=str
-        )
-    )
+    with prefect_api():  # the configured server, else a local one that stops with the run and dies with it
+        outcome = nightly(args.drop, args.registry, config, PromotionPolicy(metric=args.metric))
+    print(json.dumps(outcome, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -152,13 +152,39 @@ def minhash_fmix():
     return _fmix
 
 
-def start_local_prefect_server() -> str:
-    """Start Prefect's temporary local API server in a subprocess (``prefect.server.api.server.SubprocessASGIServer``)
-    and return its URL, for local Dask/Ray workers that must report to the same API as the flow.
+def drain_prefect_workers() -> None:
+    """Send what Prefect's background workers still hold (run logs: ``APILogWorker``; events: ``EventsWorker``) before
+    the API server they talk to is stopped, as ``prefect.testing.utilities.prefect_test_harness`` does; otherwise
+    they log connection errors at exit and the last logs and events of the run are lost.
 
-    Written for prefect 3.9.1. Remove when Prefect offers a public way to share its temporary server."""
-    from prefect.server.api.server import SubprocessASGIServer
+    Written for prefect 3.9.1. Remove when Prefect flushes these itself when a flow run ends."""
+    import inspect
 
-    server = SubprocessASGIServer()
-    server.start()
-    return server.api_url
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # the worker never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
+
+
+def never_prompt_for_remote_code() -> None:
+    """Make transformers refuse, instead of asking ``Do you wish to run the custom code? [y/N]`` on stdin, when some
+    loading call (ours pass ``trust_remote_code`` explicitly; a library's internal one might not) leaves
+    ``trust_remote_code`` unset for a model that ships code: ``transformers.dynamic_module_utils.TIME_OUT_REMOTE_CODE``
+    at 0 is the switch transformers' own CI uses.
+
+    Written for transformers 5.17.0. Remove when transformers can be told not to prompt through a public setting."""
+    import transformers.dynamic_module_utils as dynamic_modules
+
+    dynamic_modules.TIME_OUT_REMOTE_CODE = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from r1lib.paths import InputPath, OutputPath
 
@@ -22,6 +22,23 @@ MAX_COUNT = 10_000_000
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 # A file or folder name: letters, digits, '.', '_', '-', not starting with '.' (no '/', no '..', not absolute).
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+
+
+def _unique(values: list) -> list:
+    """A list that names a thing twice is a mistake (a file read twice, two tasks writing one GGUF)."""
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"lists {twice} more than once")
+    return values
+
+
+def _no_parent_segment(value: str | None) -> str | None:
+    if value is not None and ".." in value.split("/"):
+        raise ValueError(f"{value!r} has a '..' segment")
+    return value
+
+
+Unique = AfterValidator(_unique)
 
 
 class Section(BaseModel):
@@ -69,8 +86,14 @@ class EmbeddedModelConfig(Section):
 
 
 class ModelConfig(Section):
-    name_or_path: str = Field(EMBEDDED, description="A Hugging Face hub id, a local model directory, or 'embedded'.")
-    revision: str | None = Field(
+    name_or_path: str = Field(
+        EMBEDDED,
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="A Hugging Face hub id, a local model directory, or 'embedded'.",
+    )
+    revision: Annotated[str | None, AfterValidator(_no_parent_segment)] = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$", description="Hub revision (branch, tag or commit) to pin."
     )
     load_in_4bit: bool = Field(True, description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes).")
@@ -93,8 +116,11 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train_paths: list[InputPath] = Field(
-        ["data/sample/train.jsonl"], min_length=1, description="Training files, folders or globs (at least one)."
+    train_paths: Annotated[list[Annotated[InputPath, Field(min_length=1)]], Unique] = Field(
+        ["data/sample/train.jsonl"],
+        min_length=1,
+        max_length=10_000,
+        description="Training files, folders or globs (at least one, each once).",
     )
     test_path: InputPath = Field("data/sample/test.jsonl", description="Held-out evaluation file; never trained on.")
     replay_path: InputPath | None = Field(
@@ -143,7 +169,7 @@ class AugmentConfig(Section):
     prompt_variants: int = Field(1, ge=0, le=8, description="Extra copies of each row under other prompt wordings.")
     replay_ratio: float = Field(0.1, ge=0, le=1, description="General replay rows mixed in, as a share of train rows.")
     seed: Seed = 0
-    text_variants: list[Literal["whitespace", "punctuation", "question_first"]] = Field(
+    text_variants: Annotated[list[Literal["whitespace", "punctuation", "question_first"]], Unique] = Field(
         [],
         description="Text-level rewrites of the prompt that keep the answer correct (tasks/augment.py); each adds "
         "a copy of a row when it changes the row.",
@@ -224,6 +250,7 @@ class RunnerConfig(Section):
     )
     address: str | None = Field(
         None,
+        pattern=r"^(tcp|tls|ucx|ray)://[A-Za-z0-9._-]+(:[0-9]{1,5})?$|^(tcp|tls|ucx)://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$",
         description="An existing cluster to use (dask: 'tcp://host:8786', ray: 'ray://host:10001'); None "
         "starts a temporary local one with `workers` processes. Its workers need this working "
         "directory (run dir, data) on a shared filesystem.",
@@ -258,7 +285,7 @@ class LoraSettings(Section):
     r: int = Field(16, ge=1, le=1024)
     alpha: int = Field(32, ge=1, le=4096)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")]] = Field(
+    target_modules: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")]], Unique] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
         description="Names of the linear modules that get LoRA adapters (each must exist in the model).",
@@ -356,7 +383,7 @@ class EvalConfig(Section):
     perplexity_rows: int | None = Field(
         None, ge=1, le=MAX_COUNT, description="Held-out / replay rows for perplexity (None: all)."
     )
-    lm_eval_tasks: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+    lm_eval_tasks: Annotated[list[Annotated[str, Field(pattern=NAME_PATTERN)]], Unique] = Field(
         [], description="Optional lm-evaluation-harness tasks, run only from local data."
     )
     lm_eval_path: InputPath | None = Field(
@@ -382,14 +409,13 @@ class EvalConfig(Section):
 
 class ExportConfig(Section):
     outtype: Literal["f16", "bf16", "f32"] = Field("f16", description="The converter's full-precision GGUF type.")
-    quantizations: list[Literal["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q5_0", "Q6_K", "Q3_K_M", "Q2_K"]] = [
-        "Q8_0",
-        "Q4_K_M",
-    ]
+    quantizations: Annotated[
+        list[Literal["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q5_0", "Q6_K", "Q3_K_M", "Q2_K"]], Unique
+    ] = ["Q8_0", "Q4_K_M"]
 
 
 class SmokeConfig(Section):
-    prompts: list[str] = Field(
+    prompts: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(
         [
             "My brother talked about the lion and the owl at the park. What is the sentence about?",
             "What is the capital of France?",

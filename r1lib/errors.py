@@ -21,3 +21,16 @@ class ExportCheckError(PermanentError):
 
 class PathNotAllowed(ConfigError):
     """A configured path (or a file a model directory points to) lies outside the allowed roots, or is an archive."""
+
+
+class RemoteCodeRefused(ConfigError):
+    """A model ships Python code (``auto_map``) and ``model.trust_remote_code`` is off: the code is not run."""
+
+
+class UnsafeWeights(ConfigError):
+    """A model's weights exist only as pickle files (which can run code when loaded), or not at all."""
+
+
+class DiskFull(PermanentError, OSError):
+    """No space left on the device (ENOSPC, or the quota: EDQUOT) while writing a named file; its message says how
+    much is free. A retry would write into the same full disk."""

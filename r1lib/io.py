@@ -1,16 +1,22 @@
 """Crash-safe file output: everything is written under a temporary name and renamed into place when complete.
 
 A rename within one filesystem is atomic, so a reader (or a retried task) sees either the old state or the whole new
-file, never a half-written one that looks complete.
+file, never a half-written one that looks complete. A temporary name says which host and process writes it
+(``.<name>.tmp-<host>-<pid>-<random>``), so that the next writer of the same path removes what a killed one (kill -9,
+a lost node's process on this host) left behind, and never what a live one is writing. A full disk while writing is
+a ``DiskFull`` naming the file and the free space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,23 +24,111 @@ from typing import Any
 
 import orjson
 
+from r1lib.errors import DiskFull
+
+log = logging.getLogger(__name__)
+_HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
+
 
 def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_siblings(path: Path) -> list[Path]:
+    """Remove the temporary files and folders that killed writers of ``path`` on this host left beside it (a
+    truncated ``tokenizer.json`` in a half-written staging folder, a partial GGUF); a live writer's are kept, and so
+    are another host's (their process cannot be checked from here)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+        host, _, rest = tmp.name[len(path.name) + 6 :].rpartition("-")[0].rpartition("-")
+        if host != _HOST or not rest.isdigit() or _writer_alive(int(rest)):
+            continue
+        log.warning("removing %s, left by an interrupted writer of %s", tmp, path)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the exception's chain, or in the text a child process printed."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(exc) for text in DISK_FULL_TEXT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def free_space(path: Path) -> str:
+    """Free bytes on the filesystem that holds ``path`` (its nearest existing folder), in words."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:,.1f} MiB free on the filesystem of {folder}"
+
+
+def disk_full(path: Path, exc: BaseException) -> DiskFull:
+    """The DiskFull error for a write of ``path`` that failed with ``exc``."""
+    return DiskFull(
+        errno.ENOSPC,
+        f"No space left on device writing {path} ({free_space(path)}); free some space or point the run "
+        f"elsewhere (runs_dir), then retry ({type(exc).__name__}: {str(exc)[-300:]})",
+    )
+
+
+@contextlib.contextmanager
+def _disk_full_names(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, exc) from exc
+        raise
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block finishes."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block finishes. What killed
+    writers of ``path`` left is removed first; a full disk is a DiskFull naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_siblings(path)
     tmp = _tmp_sibling(path)
     try:
-        yield tmp
-        if tmp.exists():
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with _disk_full_names(path):
+            yield tmp
+            if tmp.exists():
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -42,16 +136,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block finishes."""
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block finishes. What killed
+    writers of ``path`` left is removed first; a full disk is a DiskFull naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_siblings(path)
     tmp = _tmp_sibling(path)
     tmp.mkdir()
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with _disk_full_names(path):
+            yield tmp
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

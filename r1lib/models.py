@@ -1,33 +1,151 @@
 """Loading models and tokenizers the same way in every stage, and the answer-only token loss.
 
-Weights load from safetensors only, and code shipped with a model runs only when ``model.trust_remote_code`` is set.
+Weights load from safetensors only: a folder with pickle weights alone is refused (``UnsafeWeights``), since loading
+a pickle can run code. Code shipped with a model runs only when ``model.trust_remote_code`` is set: every loader here
+takes the value as a required argument and hands it to transformers explicitly (left out, transformers would ask
+``[y/N]`` on stdin, and a "y" from a pipe would run the code), and a refusal is a ``RemoteCodeRefused`` naming the
+setting. Both are permanent errors (no retry).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 from r1lib.config import ModelConfig
+from r1lib.errors import RemoteCodeRefused, UnsafeWeights
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
-def is_prequantized(model_dir: str) -> bool:
+@contextlib.contextmanager
+def remote_code_policy(source: str, trust_remote_code: bool) -> Iterator[None]:
+    """Around a transformers loading call: never prompt, and turn transformers' refusal of a model's own code into a
+    RemoteCodeRefused that names the folder and the setting."""
+    from r1lib.compat import never_prompt_for_remote_code
+
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}")
+    never_prompt_for_remote_code()
+    try:
+        yield
+    except ValueError as exc:
+        if trust_remote_code or "trust_remote_code" not in str(exc):
+            raise
+        raise RemoteCodeRefused(
+            f"{source} ships Python code (an auto_map in its config) that would run on loading; "
+            "model.trust_remote_code is off, so it was not run and the model is refused. Read the code, then set "
+            "model.trust_remote_code: true only if you trust it"
+        ) from None
+
+
+def check_weights(model_dir: str) -> None:
+    """A local model folder holds safetensors weights; pickle weights alone are refused before anything loads."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        return  # a hub id: transformers downloads safetensors only (use_safetensors=True)
+    names = [p.name for p in folder.iterdir()]
+    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise UnsafeWeights(
+            f"{model_dir}: weights only as pickle files {pickles[:5]}, which can run code when loaded; refused. "
+            "Convert them to safetensors in a sandbox you trust (e.g. huggingface's convert.py) and point "
+            "model.name_or_path at the result"
+        )
+    raise UnsafeWeights(f"{model_dir}: no *.safetensors weights in the folder (found {sorted(names)[:10]})")
+
+
+def load_config(model_dir: str, cfg: ModelConfig):
+    """The model's transformers config, with the configured trust, revision and token."""
+    from transformers import AutoConfig
+
+    with remote_code_policy(model_dir, cfg.trust_remote_code):
+        return AutoConfig.from_pretrained(
+            model_dir, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, token=hub_token(cfg)
+        )
+
+
+def is_prequantized(
+    model_dir: str, trust_remote_code: bool, revision: str | None = None, token: str | None = None
+) -> bool:
     """True for checkpoints saved already quantized (e.g. unsloth's ``-bnb-4bit`` uploads)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir)
+    with remote_code_policy(model_dir, trust_remote_code):
+        config = AutoConfig.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, revision=revision, token=token
+        )
     return getattr(config, "quantization_config", None) is not None
 
 
-def linear_module_names(model_dir: str, cfg: ModelConfig) -> set[str]:
-    """The last name part of every module of the model's architecture (``q_proj``, ``down_proj``, ...), built on the
-    meta device from its config: no weights are read."""
+def adaptable_module_names(model_dir: str, cfg: ModelConfig) -> dict[str, str]:
+    """{dotted name: class name} of every module of the model's architecture that LoRA can adapt (linear,
+    embedding and convolution layers), built on the meta device from its config: no weights are read."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(
-        model_dir, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision, token=hub_token(cfg)
-    )
-    with torch.device("meta"):
+    config = load_config(model_dir, cfg)
+    with remote_code_policy(model_dir, cfg.trust_remote_code), torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
-    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d)
+    return {
+        name: type(module).__name__
+        for name, module in model.named_modules()
+        if name and (isinstance(module, kinds) or type(module).__name__ == "Conv1D")  # GPT-2 style Conv1D
+    }
+
+
+def check_lora_targets(modules: dict[str, str], targets: list[str], model: str) -> None:
+    """Every LoRA target names a module of ``modules`` (adaptable_module_names), matched as peft matches it (the whole
+    dotted name or its ending); else ConfigError naming the field and the model's own choices."""
+    from r1lib.errors import ConfigError
+
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]
+    if missing:
+        choices = sorted({n.rsplit(".", 1)[-1] for n in modules})
+        raise ConfigError(
+            f"train.lora.target_modules {missing}: no such module in {model} that LoRA can adapt "
+            f"(a linear, embedding or convolution layer; this model's: {choices})"
+        )
+
+
+def _embedded_modules() -> dict[str, str]:
+    """The adaptable modules of the embedded model's architecture (Qwen2; the names do not depend on its size)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shape = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(shape)
+    kinds = (torch.nn.Linear, torch.nn.Embedding)
+    return {name: type(m).__name__ for name, m in model.named_modules() if name and isinstance(m, kinds)}
+
+
+def check_model_config(cfg: ModelConfig, targets: list[str]) -> None:
+    """Before any work: for the embedded model or a local model folder (under model.allowed_roots), the LoRA targets
+    exist in its architecture, its weights are safetensors and its code is not needed unless trusted. A hub id is
+    checked when it is resolved (its config comes from the hub)."""
+    from r1lib.config import EMBEDDED
+    from r1lib.paths import check_model_dir, confine, resolve_roots
+
+    name = cfg.name_or_path
+    if name == EMBEDDED:
+        check_lora_targets(_embedded_modules(), targets, "the embedded model")
+        return
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return
+    roots = resolve_roots(cfg.allowed_roots)
+    confine(name, roots, "model.allowed_roots")
+    check_model_dir(folder, roots)
+    if not (folder / "config.json").is_file():
+        return  # the resolve stage says what is wrong with the folder
+    check_weights(str(folder))
+    check_lora_targets(adaptable_module_names(str(folder), cfg), targets, str(folder))
 
 
 def hub_token(cfg: ModelConfig) -> str | None:
@@ -40,14 +158,14 @@ def hub_token(cfg: ModelConfig) -> str | None:
     return Secret.load(cfg.hub_token_secret).get()
 
 
-def load_tokenizer(
-    model_dir: str, trust_remote_code: bool = False, revision: str | None = None, token: str | None = None
-):
+def load_tokenizer(model_dir: str, *, trust_remote_code: bool, revision: str | None = None, token: str | None = None):
+    """The tokenizer of a model or adapter folder (or hub id); ``trust_remote_code`` must be given: see the module."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_dir, trust_remote_code=trust_remote_code, revision=revision, token=token
-    )
+    with remote_code_policy(model_dir, trust_remote_code):
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, revision=revision, token=token
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -67,8 +185,9 @@ def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool, quant_stora
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    check_weights(model_dir)
     kwargs = {}
-    if four_bit and not is_prequantized(model_dir):
+    if four_bit and not is_prequantized(model_dir, cfg.trust_remote_code, cfg.revision, hub_token(cfg)):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -76,18 +195,31 @@ def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool, quant_stora
             bnb_4bit_compute_dtype=compute_dtype(),
             **({"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}),
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir,
-        dtype=compute_dtype(),
-        use_safetensors=True,
-        trust_remote_code=cfg.trust_remote_code,
-        revision=cfg.revision,
-        token=hub_token(cfg),
-        device_map=None if quant_storage or not torch.cuda.is_available() else {"": torch.cuda.current_device()},
-        **kwargs,
-    )
+    with remote_code_policy(model_dir, cfg.trust_remote_code), refuse_pickles(model_dir):
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=compute_dtype(),
+            use_safetensors=True,
+            trust_remote_code=cfg.trust_remote_code,
+            revision=cfg.revision,
+            token=hub_token(cfg),
+            device_map=None if quant_storage or not torch.cuda.is_available() else {"": torch.cuda.current_device()},
+            **kwargs,
+        )
     model.config.use_cache = False
     return model
+
+
+@contextlib.contextmanager
+def refuse_pickles(source: str) -> Iterator[None]:
+    """Around ``from_pretrained(use_safetensors=True)``: a hub repository without safetensors weights is an
+    UnsafeWeights (permanent), not an OSError that a retry would repeat."""
+    try:
+        yield
+    except OSError as exc:
+        if "safetensors" not in str(exc) or os.path.isdir(source) and any(Path(source).glob("*.safetensors")):
+            raise
+        raise UnsafeWeights(f"{source}: no safetensors weights, and pickle weights are never loaded ({exc})") from None
 
 
 def answer_token_nll(model, input_ids, labels, attention_mask=None, chunk: int = 1024):

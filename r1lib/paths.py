@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import sys
 import types
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 from urllib.parse import unquote
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from r1lib.errors import PathNotAllowed
 
@@ -49,8 +51,21 @@ class PathRef:
     output: bool = False
 
 
-InputPath = Annotated[str, PathRef()]
-OutputPath = Annotated[str, PathRef(output=True)]
+def path_text(value: str) -> str:
+    """A path is text a filesystem can take: no NUL or other control character (a NUL makes every OS call fail,
+    a newline hides in logs), not only spaces, at most 4096 characters. The empty string stays: it means "none"
+    where a field allows that (``data.test_path``)."""
+    if len(value) > 4096:
+        raise ValueError(f"a path of {len(value)} characters; at most 4096")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{value!r} holds a control character (NUL, newline, tab ...); not a usable path")
+    if value and not value.strip():
+        raise ValueError(f"{value!r} is only spaces; not a usable path")
+    return value
+
+
+InputPath = Annotated[str, PathRef(), AfterValidator(path_text)]
+OutputPath = Annotated[str, PathRef(output=True), AfterValidator(path_text)]
 
 
 def declared_paths(value: Any, annotation: Any = Any, name: str = "") -> list[tuple[str, str, PathRef]]:
@@ -177,6 +192,57 @@ def confine(path: str | Path, roots: Sequence[str], field: str) -> str:
     raise PathNotAllowed(f"{path!r} resolves to {real!r}, outside {field} {list(roots)}")
 
 
+def opened_path(fd: int) -> str | None:
+    """The real path of the file an open descriptor refers to, as the kernel knows it (no name is looked up again),
+    or None where the platform cannot tell."""
+    if os.path.isdir("/proc/self/fd"):
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+    if sys.platform == "darwin":
+        import fcntl
+
+        try:
+            return os.fsdecode(fcntl.fcntl(fd, 50, b"\0" * 1024).rstrip(b"\0"))  # F_GETPATH
+        except OSError:
+            return None
+    return None
+
+
+def open_confined(path: str | Path, roots: Sequence[str] | None, field: str = "data.allowed_roots") -> BinaryIO:
+    """Open a local file for binary reading such that the roots check holds for the file actually read, not for the
+    name checked earlier: the descriptor's own real path (``/proc/self/fd``) must lie under ``roots``, so a file
+    swapped for a symlink (or a folder on its path swapped for one) after ``confine`` passed is refused here, and
+    once open the file cannot be swapped. Only regular files (no FIFO that blocks, no device). ``roots`` None: the
+    caller has no roots to apply (tests of the parsers on files they made); the regular-file check still holds."""
+    name = str(path).removeprefix("file://")
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(name, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PathNotAllowed(f"{str(path)!r} is not a regular file (a FIFO, device or folder): not read")
+        if roots is not None:
+            real = opened_path(fd)
+            if real is None:  # no descriptor path here: the name resolved now must be the file that is open
+                real = os.path.realpath(name)
+                now = os.stat(real)
+                if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+                    raise PathNotAllowed(f"{str(path)!r} changed while it was being opened: not read")
+            if not any(not is_url(root) and _under(real, root) for root in roots):
+                raise PathNotAllowed(
+                    f"{str(path)!r} was opened as {real!r}, outside {field} {list(roots)} (a symlink or folder "
+                    "swapped in after the path was checked?): not read"
+                )
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def check_links(folder: str | Path, roots: Sequence[str], field: str) -> None:
     """Every symlink inside ``folder`` (files and folders, at any depth) resolves under the roots."""
     for parent, dirs, files in os.walk(str(folder)):  # does not descend into linked folders: they are checked here
@@ -225,8 +291,16 @@ def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
 
 def check_config_paths(config: PipelineConfig) -> None:
     """Every path ``config_paths`` lists lies under ``data.allowed_roots`` (and, for the lm_eval folder, every
-    symlink inside it); else PathNotAllowed naming the configuration field. Reads no file, so a flow calls it first
-    and a bad path fails before any stage does work."""
+    symlink inside it); else PathNotAllowed naming the configuration field. Then what the configuration asks of
+    this machine: the launch preset ``train.launch`` names is read and checked (it exists; its trainer and env blocks
+    stay within their allow-lists; the processes it starts fit the GPUs or cores here), a local cluster's
+    ``runner.workers`` fit the cores, and the embedded model or a local model folder has the LoRA targets, safetensors
+    weights and no code it would need trusted (r1lib.models.check_model_config). Reads no data, so a flow calls it
+    first and a bad path, preset, count or model fails before any stage does work."""
+    from r1lib.errors import ConfigError
+    from r1lib.models import check_model_config
+    from r1lib.training.launcher import launch_plan
+
     roots, field = resolve_roots(config.data.allowed_roots), "data.allowed_roots"
     for name, path in config_paths(config):
         try:
@@ -235,3 +309,11 @@ def check_config_paths(config: PipelineConfig) -> None:
                 check_links(path, roots, field)
         except PathNotAllowed as exc:
             raise PathNotAllowed(f"{name}: {exc}") from None
+    launch_plan(config.train, "hf" if config.train.backend == "auto" else config.train.backend)
+    cores = os.cpu_count() or 1
+    if config.runner.address is None and config.runner.workers > max(8, 4 * cores):
+        raise ConfigError(
+            f"runner.workers = {config.runner.workers} local workers on {cores} CPU core(s) (at most "
+            f"{max(8, 4 * cores)}); a larger cluster is one you start yourself and name in runner.address"
+        )
+    check_model_config(config.model, config.train.lora.target_modules)

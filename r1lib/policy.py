@@ -12,7 +12,8 @@ Results live in ``$R1_RESULT_STORAGE`` when set (a block slug such as ``s3-bucke
 else in Prefect's default ``$PREFECT_HOME/storage``; a worker pool whose runs must share the cache needs shared storage.
 
 Retries. Transient failures (I/O, network, a killed process, CUDA hiccups) retry with exponential backoff and jitter;
-``r1lib.errors.PermanentError`` (bad data, bad config, a broken export) fails at once. Long stages get timeouts.
+permanent ones (``is_permanent``: ``r1lib.errors.PermanentError`` for bad data, bad config, a refused model or a broken
+export; a chat template the sandbox stops; a full disk) fail at once. Long stages get timeouts.
 """
 
 from __future__ import annotations
@@ -47,14 +48,30 @@ def stage_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("r1-finetune")
 
 
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a retry of the same inputs must fail the same way: bad data or configuration (PermanentError), a
+    refused model (pickle weights, code that is not trusted: PermanentError too), a chat template the sandbox stops
+    (any Jinja template error), a full disk (ENOSPC/EDQUOT anywhere in the exception's chain or a child's output),
+    an invalid value (pydantic). Everything else (I/O hiccups, network, a killed process) is worth a retry."""
+    from jinja2.exceptions import TemplateError
+    from pydantic import ValidationError
+
+    from r1lib.io import is_disk_full
+
+    chain, seen = exc, 0
+    while chain is not None and seen < 20:
+        if isinstance(chain, (PermanentError, TemplateError, ValidationError)):
+            return True
+        chain, seen = chain.__cause__ or chain.__context__, seen + 1
+    return is_disk_full(exc)
+
+
 def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient failures (I/O, network, a killed process); fail bad data or config at once."""
+    """Retry transient failures (I/O, network, a killed process); fail permanent ones at once (is_permanent)."""
     try:
         state.result()
-    except PermanentError:
-        return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return not is_permanent(exc)
     return True
 
 

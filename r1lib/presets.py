@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -82,7 +81,7 @@ PRESETS = {
 
 def preset(name: str, **overrides) -> PipelineConfig:
     """A named preset, with top-level sections optionally replaced (``preset('tiny', run_name='x')``)."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     cfg = PRESETS[name]()
     return cfg.model_validate({**cfg.model_dump(), **overrides})
@@ -120,15 +119,38 @@ def config_from_args(argv: list[str]) -> PipelineConfig:
     args = parser.parse_args(argv)
     data = preset(args.preset).model_dump()
     if args.config:
-        try:
-            data = merge(data, json.loads(Path(args.config).read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--config {args.config}: {exc}") from None
+        data = merge(data, read_config_file(args.config))
     for item in args.set:
         set_field(data, item)
     if args.stop_after:
         data["stop_after"] = args.stop_after
     return PipelineConfig.model_validate(data)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"the key(s) {twice} appear twice in one object (which one would win is not obvious)")
+    return dict(pairs)
+
+
+def read_config_file(path: str) -> dict:
+    """A ``--config`` file: one JSON object (at most 1 MiB, no key twice in an object); else ConfigError."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(2**20 + 1)
+        if len(raw) > 2**20:
+            raise ValueError("over 1 MiB; a configuration is a few KiB")
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+    except RecursionError:
+        raise ConfigError(f"--config {path}: nested too deeply") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"--config {path}: a JSON object of PipelineConfig fields is expected, not a {kind}")
+    return data
 
 
 def set_field(data: dict, item: str) -> None:
@@ -137,9 +159,11 @@ def set_field(data: dict, item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=20")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError:
-        value = raw
+        value = raw  # a bare word: the string itself (a field that wants a number or a bool refuses it)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"--set {key}: {exc if isinstance(exc, ValueError) else 'nested too deeply'}") from None
     node, *parents, leaf = [data, *key.split(".")]
     for depth, part in enumerate([*parents, leaf]):
         if not isinstance(node, dict) or part not in node:

@@ -338,7 +338,7 @@ def evaluate(
 
     release()  # the training stage's model, before this stage loads its own
     records = read_jsonl(Path(test_records))[: cfg.max_examples]
-    tokenizer = load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
     lm_eval_status = lm_eval_unavailable(cfg)
     if lm_eval_status and lm_eval_status != "not requested":

@@ -45,10 +45,21 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
 
     from r1lib.gpu_memory import release
     from r1lib.merge import stream_merge, stream_merge_plan
-    from r1lib.models import dequantize_4bit, is_prequantized, load_causal_lm
+    from r1lib.models import (
+        check_weights,
+        dequantize_4bit,
+        hub_token,
+        is_prequantized,
+        load_causal_lm,
+        refuse_pickles,
+        remote_code_policy,
+    )
 
     release()  # what evaluation left on the GPU
-    plan = None if is_prequantized(model_dir) else stream_merge_plan(model_dir, adapter_dir)
+    trust = model_cfg.trust_remote_code
+    check_weights(model_dir)
+    prequantized = is_prequantized(model_dir, trust, model_cfg.revision, hub_token(model_cfg))
+    plan = None if prequantized else stream_merge_plan(model_dir, adapter_dir)
     if plan is not None:
         log.info("merging %d adapted weights shard by shard (%d shards)", len(plan["pairs"]), len(plan["shards"]))
         tokenizer = r1_tokenizer(adapter_dir, model_cfg)
@@ -56,19 +67,21 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
             stream_merge(model_dir, adapter_dir, plan, tmp)
             tokenizer.save_pretrained(tmp)
         return str(out_dir)
-    if is_prequantized(model_dir):
+    if prequantized:
         log.info("base checkpoint is pre-quantized: dequantizing it before merging")
         base = dequantize_4bit(load_causal_lm(model_dir, model_cfg, four_bit=True))
     else:
         # The original weights at their own precision: the adapter must not be merged into 4-bit values. They load
         # into host memory (no device map), so the merge never needs the full-precision model in GPU memory.
-        base = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            dtype="auto",
-            use_safetensors=True,
-            trust_remote_code=model_cfg.trust_remote_code,
-            revision=model_cfg.revision,
-        )
+        with remote_code_policy(model_dir, trust), refuse_pickles(model_dir):
+            base = AutoModelForCausalLM.from_pretrained(
+                model_dir,
+                dtype="auto",
+                use_safetensors=True,
+                trust_remote_code=trust,
+                revision=model_cfg.revision,
+                token=hub_token(model_cfg),
+            )
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     if merged.dtype == torch.float32 and torch.cuda.is_available():
         merged = merged.to(torch.bfloat16)
@@ -90,7 +103,7 @@ def r1_tokenizer(adapter_dir: str, model_cfg: ModelConfig):
     """The adapter's tokenizer, with the official R1 chat template where it has none."""
     from r1lib.models import load_tokenizer
 
-    tokenizer = load_tokenizer(adapter_dir, model_cfg.trust_remote_code)
+    tokenizer = load_tokenizer(adapter_dir, trust_remote_code=model_cfg.trust_remote_code)
     if not has_r1_template(tokenizer.chat_template):
         log.warning("the adapter's tokenizer has no R1 chat template: writing the official one")
         tokenizer.chat_template = R1_CHAT_TEMPLATE

@@ -14,7 +14,7 @@ from prefect import task
 
 from r1lib.config import EMBEDDED, ModelConfig
 from r1lib.errors import ConfigError
-from r1lib.models import linear_module_names
+from r1lib.models import adaptable_module_names, check_lora_targets, check_weights
 from r1lib.paths import InputPath, OutputPath, check_model_dir, confine, resolve_roots
 from r1lib.policy import stage_options
 
@@ -39,6 +39,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
     if not (path / "config.json").exists():
         raise ConfigError(f"{path}: not a model directory (no config.json)")
     check_model_dir(path, roots)
+    check_weights(str(path))  # pickle weights alone are refused here, before any data stage runs
     return str(path)
 
 
@@ -46,14 +47,9 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
 
 
 def check_target_modules(model_dir: str, cfg: ModelConfig, target_modules: list[str]) -> None:
-    """Every LoRA target names a module of the model's architecture, or ConfigError before any work."""
-    known = linear_module_names(model_dir, cfg)
-    missing = [name for name in target_modules if name not in known]
-    if missing:
-        linear = sorted(n for n in known if n.endswith("proj") or n in ("fc1", "fc2", "wo", "wi", "wqkv"))
-        raise ConfigError(
-            f"train.lora.target_modules {missing}: no such module in {model_dir} (its projections: {linear})"
-        )
+    """Every LoRA target names a module of the model's architecture that LoRA can adapt (r1lib.models), or
+    ConfigError before any data stage."""
+    check_lora_targets(adaptable_module_names(model_dir, cfg), target_modules, model_dir)
 
 
 @task(name="resolve-model", **stage_options(timeout_seconds=3600))

@@ -231,19 +231,23 @@ def smoke_one(
     return result
 
 
-def load_merged(merged_dir: str, dtype: str = "float32"):
+def load_merged(merged_dir: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """The merged export in ``dtype``. It is this run's own output in an architecture llama.cpp converts, so it
+    needs no code of its own: ``trust_remote_code`` stays off unless a caller says otherwise."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from r1lib.models import load_tokenizer
+    from r1lib.models import load_tokenizer, remote_code_policy
 
-    model = AutoModelForCausalLM.from_pretrained(
-        merged_dir,
-        dtype=getattr(torch, dtype),
-        use_safetensors=True,
-        device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else None,
-    )
-    return model.eval(), load_tokenizer(merged_dir)
+    with remote_code_policy(merged_dir, trust_remote_code):
+        model = AutoModelForCausalLM.from_pretrained(
+            merged_dir,
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else None,
+        )
+    return model.eval(), load_tokenizer(merged_dir, trust_remote_code=trust_remote_code)
 
 
 def hf_greedy_tokens(merged_dir: str, prompt: str, n_tokens: int, loaded=None, with_logits: bool = False):

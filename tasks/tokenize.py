@@ -438,26 +438,36 @@ _TOKENIZER_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=2)
-def _load_tokenizer(model_dir: str):
+def _load_tokenizer(model_dir: str, trust_remote_code: bool):
     from r1lib.models import load_tokenizer
 
-    return load_tokenizer(model_dir)
+    return load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
 
 
-def _tokenizer(model_dir: str):
+def _tokenizer(model_dir: str, trust_remote_code: bool):
     """One tokenizer per worker process and model (a worker runs many shards). Loaded under a lock: threads of the
     default runner importing transformers at once can see it half-initialized."""
     with _TOKENIZER_LOCK:
-        return _load_tokenizer(model_dir)
+        return _load_tokenizer(model_dir, trust_remote_code)
 
 
 @task(name="tokenize-shard", task_run_name="tokenize {split} {index}", **stage_options())
 def tokenize_shard_task(
-    shard: Shard, model_dir: InputPath, cfg: TokenizeConfig, split: str, index: int, run_dir: OutputPath
+    shard: Shard,
+    model_dir: InputPath,
+    cfg: TokenizeConfig,
+    split: str,
+    index: int,
+    run_dir: OutputPath,
+    trust_remote_code: bool = False,
 ) -> TokenizedShard:
-    """Apply the R1 chat template, mask the prompt, enforce the length policy on one shard."""
+    """Apply the R1 chat template, mask the prompt, enforce the length policy on one shard. ``trust_remote_code``:
+    the model.trust_remote_code setting, for a tokenizer that ships code."""
     return tokenize_shard(
-        _tokenizer(model_dir), shard, cfg, stage_dir(run_dir, "tokenize", split, "shards", f"{split}-{index:04d}")
+        _tokenizer(model_dir, trust_remote_code),
+        shard,
+        cfg,
+        stage_dir(run_dir, "tokenize", split, "shards", f"{split}-{index:04d}"),
     )
 
 

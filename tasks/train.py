@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
 from r1lib.gpu_memory import apply_cap
-from r1lib.io import atomic_path, exclusive_dir, write_json
+from r1lib.io import atomic_path, disk_full, exclusive_dir, is_disk_full, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_logger, stage_options
 from r1lib.runs import stage_dir
@@ -52,6 +52,8 @@ class TrainResult(StageResult):
     loss_curve: str | None = None  # loss_curve.png, when any loss was logged
     gradient_checkpointing: bool | None = None  # as trained (the memory plan's choice, or the configured value)
     memory_plan: str = ""  # what the memory plan chose and why
+    tokens: int = 0  # non-pad tokens trained on, over every process and every segment of a resumed run
+    segments: int = 1  # training runs it took: more than one when it resumed from a checkpoint
 
     def summary(self) -> dict:
         return {
@@ -59,9 +61,12 @@ class TrainResult(StageResult):
                 include={
                     "backend",
                     "steps",
+                    "train_loss",
                     "first_loss",
                     "last_loss",
                     "seconds",
+                    "tokens",
+                    "segments",
                     "tokens_per_second",
                     "steady_tokens_per_second",
                     "resumed_from",
@@ -83,11 +88,12 @@ class TrainResult(StageResult):
         return f"loss {self.first_loss:.3f} -> {self.last_loss:.3f}"
 
     def summary_lines(self) -> list[tuple[str, str]]:
+        resumed = f", over {self.segments} runs (resumed from a checkpoint)" if self.segments > 1 else ""
         return [
             (
                 "train",
-                f"{self.backend}: {self.steps} steps, {self.loss_text()}, {self.seconds} s "
-                f"({self.tokens_per_second} tokens/s)",
+                f"{self.backend}: {self.steps} steps, {self.loss_text()} (mean {self.train_loss:.3f}), "
+                f"{self.seconds} s ({self.tokens_per_second} tokens/s){resumed}",
             )
         ]
 
@@ -193,6 +199,8 @@ def train(
             try:
                 outcome = launch(spec, plan, out_dir / "launch", progress_hook)
             except Exception as exc:  # noqa: BLE001
+                if is_disk_full(exc):
+                    raise disk_full(checkpoint_dir, exc) from exc  # names the folder and the free space; no retry
                 # An automatic choice of no recompute is undone first; then the micro-batch halves.
                 recompute_next = not checkpointing and cfg.gradient_checkpointing == "auto"
                 if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or (
@@ -241,6 +249,8 @@ def train(
             loss_curve=str(curve) if curve else None,
             gradient_checkpointing=checkpointing,
             memory_plan=memory.describe(),
+            tokens=outcome.tokens,
+            segments=outcome.segments,
         )
         write_json(out_dir / "result.json", result.model_dump())
         return result

@@ -77,14 +77,19 @@ class ValidatedData(StageResult):
 
 
 def iter_validated(
-    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES, rules: RowRules | None = None
+    path: str | Path,
+    max_chars: int,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    rules: RowRules | None = None,
+    allowed_roots: list[str] | None = None,
 ) -> Iterator[tuple[bool, dict | None, int]]:
     """Stream one file: (True, record, number) for each accepted row, (False, quarantine row, number) for each
     rejected one, (False, None, number) for a blank line (counted, not quarantined). ``rules``: placeholders and the
-    tools policy (RowRules; its max_chars gives way to ``max_chars``)."""
+    tools policy (RowRules; its max_chars gives way to ``max_chars``). ``allowed_roots`` are checked against the file
+    actually opened (r1lib/readers.py open_input)."""
     name = str(path)
     rules = (rules or RowRules()).model_copy(update={"max_chars": max_chars})
-    for number, raw, parsed in iter_raw_rows(path, max_line_bytes):
+    for number, raw, parsed in iter_raw_rows(path, max_line_bytes, allowed_roots):
         if parsed is BLANK:
             yield False, None, number
             continue
@@ -101,7 +106,8 @@ def iter_validated(
         elif isinstance(parsed, json.JSONDecodeError):
             reason, field, message = "invalid_json", None, f"not valid JSON ({parsed.msg} at column {parsed.colno})"
         elif isinstance(parsed, csv.Error):
-            reason, field, message = "invalid_csv", None, f"not a valid CSV record ({parsed})"
+            reason, field = getattr(parsed, "reason", "invalid_csv"), None  # csv_desync: a stretch of broken quoting
+            message = f"not a valid CSV record ({parsed})"
         else:
             try:
                 record = make_record(normalize(parsed, rules=rules), name, number)
@@ -126,13 +132,17 @@ def iter_validated(
 
 
 def validate_file(
-    path: str | Path, max_chars: int, max_line_bytes: int = MAX_LINE_BYTES, rules: RowRules | None = None
+    path: str | Path,
+    max_chars: int,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    rules: RowRules | None = None,
+    allowed_roots: list[str] | None = None,
 ) -> tuple[list[dict], list[dict], FileReport]:
     """Records and quarantine rows of one file, plus its report."""
     if not path_exists(str(path)):
         raise DataValidationError(f"{path}: file not found")
     accepted, quarantined, blank = [], [], 0
-    for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, rules):
+    for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, rules, allowed_roots):
         if ok:
             accepted.append(row)
         elif row is None:
@@ -176,6 +186,7 @@ def validate_input(
     max_line_bytes: int,
     shard_rows: int,
     out_dir: Path,
+    allowed_roots: list[str] | None,
     rules: RowRules | None = None,
 ) -> ValidatedInput:
     """Validate one input file, streaming: accepted records into shards of ``shard_rows``, rejected rows into its
@@ -191,7 +202,7 @@ def validate_input(
         ShardWriter(parts / f"{split}-{index:04d}", shard_rows) as shards,
         JsonlWriter(parts / f"{split}-{index:04d}.quarantine.jsonl") as quarantine,
     ):
-        for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, rules):
+        for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, rules, allowed_roots):
             if ok:
                 shards.write(row)
                 accepted += 1
@@ -271,7 +282,9 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
     """The whole stage in this process: validate train, test and replay files into ``out_dir``; raise if a split
     rejects too much. (The flow maps validate_input over the files instead: flows/data.py.)"""
     inputs = [
-        validate_input(k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir, RowRules.of(cfg))
+        validate_input(
+            k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir, cfg.allowed_roots, RowRules.of(cfg)
+        )
         for k, (split, path) in enumerate(data_inputs(cfg))
     ]
     return merge_validated(cfg, inputs, out_dir)
@@ -289,11 +302,13 @@ def validate_input_task(
     max_line_bytes: int,
     shard_rows: int,
     run_dir: OutputPath,
+    allowed_roots: list[str],
     rules: RowRules | None = None,
 ) -> ValidatedInput:
-    """Validate and normalize one input file; quarantine what is wrong."""
+    """Validate and normalize one input file; quarantine what is wrong. ``allowed_roots``: data.allowed_roots, held
+    against the file actually opened."""
     return validate_input(
-        index, split, path, max_chars, max_line_bytes, shard_rows, stage_dir(run_dir, "validate"), rules
+        index, split, path, max_chars, max_line_bytes, shard_rows, stage_dir(run_dir, "validate"), allowed_roots, rules
     )
 
 

@@ -77,7 +77,7 @@ def shared_run() -> dict:
                 return info
         model_dir = resolve_model(cfg.model, cfg.cache_dir)
         data = validate(cfg.data, RUN / "validate")
-        tokenizer = load_tokenizer(model_dir)
+        tokenizer = load_tokenizer(model_dir, trust_remote_code=False)
         tok = {
             split: tokenize_file(tokenizer, Path(path), cfg.tokenize, RUN / "tokenize" / split).dataset
             for split, path in (("train", data.train), ("test", data.test), ("replay", data.replay))
@@ -249,8 +249,8 @@ def test_prequantized_base_is_dequantized_before_merging(run, tmp_path):
 
     prequantized = tmp_path / "base-bnb-4bit"  # like unsloth's -bnb-4bit uploads
     load_causal_lm(run["model_dir"], ModelConfig(), four_bit=True).save_pretrained(prequantized)
-    load_tokenizer(run["model_dir"]).save_pretrained(prequantized)
-    assert is_prequantized(str(prequantized))
+    load_tokenizer(run["model_dir"], trust_remote_code=False).save_pretrained(prequantized)
+    assert is_prequantized(str(prequantized), trust_remote_code=False)
     out = Path(merge(str(prequantized), run["adapter"], ModelConfig(), tmp_path / "merged"))
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     assert _safetensors_dtypes(out) <= {"F32", "F16", "BF16"}

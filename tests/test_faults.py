@@ -89,6 +89,7 @@ def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
 def test_disk_full_during_gguf_conversion_leaves_nothing_and_a_retry_succeeds(tmp_path, monkeypatch):
     """The converter dies with ENOSPC after writing part of the file; the stage fails clearly, no GGUF is left."""
     import tasks.export as export
+    from r1lib.errors import DiskFull
 
     merged = tmp_path / "merged"
     merged.mkdir()
@@ -100,7 +101,7 @@ def test_disk_full_during_gguf_conversion_leaves_nothing_and_a_retry_succeeds(tm
         return subprocess.CompletedProcess(cmd, 1, "", f"OSError: [Errno {errno.ENOSPC}] No space left on device")
 
     monkeypatch.setattr(export.subprocess, "run", full_disk)
-    with pytest.raises(RuntimeError, match="No space left on device"):
+    with pytest.raises(DiskFull, match="No space left on device writing .*model-F16.gguf"):
         export.convert(str(merged), "f16", target)
     assert list(tmp_path.glob("*.gguf")) == [] and list(tmp_path.glob(".*tmp*")) == []
 

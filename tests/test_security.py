@@ -29,11 +29,12 @@ def tiny_qwen(path, safe: bool):
 
 def test_pickled_weights_are_refused(tmp_path):
     from r1lib.config import ModelConfig
+    from r1lib.errors import UnsafeWeights
     from r1lib.models import load_causal_lm
 
     model_dir = tiny_qwen(tmp_path / "pickled", safe=False)
     assert (model_dir / "pytorch_model.bin").exists() and not (model_dir / "model.safetensors").exists()
-    with pytest.raises(OSError, match="safetensors"):
+    with pytest.raises(UnsafeWeights, match="safetensors"):
         load_causal_lm(str(model_dir), ModelConfig(name_or_path=str(model_dir)), four_bit=False)
 
 

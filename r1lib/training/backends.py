@@ -46,17 +46,20 @@ def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_s
     import torch
     from unsloth import FastLanguageModel
 
+    from r1lib.models import remote_code_policy
+
     extra = {"revision": model_cfg.revision} if model_cfg.revision else {}
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=model_dir,
-        max_seq_length=max_seq_length,
-        load_in_4bit=model_cfg.load_in_4bit,
-        dtype=None,
-        trust_remote_code=model_cfg.trust_remote_code,
-        **extra,
-        # under torchrun each rank loads its own copy onto its own GPU
-        **({"device_map": {"": torch.cuda.current_device()}} if "LOCAL_RANK" in os.environ else {}),
-    )
+    with remote_code_policy(model_dir, model_cfg.trust_remote_code):
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=model_dir,
+            max_seq_length=max_seq_length,
+            load_in_4bit=model_cfg.load_in_4bit,
+            dtype=None,
+            trust_remote_code=model_cfg.trust_remote_code,
+            **extra,
+            # under torchrun each rank loads its own copy onto its own GPU
+            **({"device_map": {"": torch.cuda.current_device()}} if "LOCAL_RANK" in os.environ else {}),
+        )
     model = FastLanguageModel.get_peft_model(
         model,
         r=cfg.lora.r,
@@ -92,7 +95,7 @@ def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, quant_stor
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    return model, load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)
+    return model, load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
 
 
 def optimizer_name(cfg: TrainConfig, cuda: bool) -> str:

@@ -5,6 +5,11 @@ optimizer, scheduler, RNG and data position), and publishes the adapter (rank 0 
 ``save_steps`` in ``checkpoints/<inputs key>/`` and count as complete only after every rank has written its part; a
 checkpoint saved at the last step is published as it is, without training again. ``tokens`` counts the non-pad
 tokens the model actually trained on, over all ranks.
+
+A resumed run reports the whole run, not its last segment: each checkpoint carries the training seconds and tokens
+so far (``run_totals.json``), and the loss is logged at every checkpoint and at the last step, so the log history a
+checkpoint restores covers every step and the run's mean loss is taken over all of them. Work a killed segment did
+after its last checkpoint is done again and counted once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from r1lib.training.backends import build_trainer
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "checkpoint-complete.json"
+RUN_TOTALS = "run_totals.json"  # in each checkpoint: training seconds and tokens up to it, over every segment
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft writes for a LoRA adapter (checkpoints too)
 FSDP_SHARDED_MODEL = "pytorch_model_fsdp_0"  # accelerate's torch.distributed.checkpoint folder of a sharded model
@@ -55,12 +61,46 @@ class FitSpec(BaseModel):
 class FitOutcome(BaseModel):
     steps: int
     epochs: float
-    train_loss: float
+    train_loss: float  # mean loss over every optimizer step of the run (all segments)
     losses: list[float]
-    seconds: float
-    tokens: int  # non-pad tokens trained on, summed over all processes
+    seconds: float  # training time of the whole run, over every segment
+    tokens: int  # non-pad tokens trained on, summed over all processes and segments
     steady_tokens_per_second: float | None  # after the first optimizer steps (compilation, warm-up)
     log_history: list[dict]
+    segments: int = 1  # training runs it took (a resumed run: more than one)
+
+
+class RunTotals:
+    """Training seconds and tokens of the whole run: what the checkpoint resumed from says of earlier segments, plus
+    this segment's (its TokenCounter and clock, set once training starts)."""
+
+    def __init__(self, resume: str | None):
+        saved = read_run_totals(Path(resume)) if resume else {}
+        self.seconds = float(saved.get("seconds", 0.0))
+        self.tokens = int(saved.get("tokens", 0))
+        self.segments = int(saved.get("segments", 0)) + 1
+        self.counter: TokenCounter | None = None
+        self.started: float | None = None
+
+    def now(self) -> dict:
+        """The totals up to this moment; every rank calls it (the token count is summed over ranks)."""
+        segment = time.monotonic() - self.started if self.started is not None else 0.0
+        tokens = int(_sum_over_ranks(self.counter.tokens)) if self.counter is not None else 0
+        return {"seconds": round(self.seconds + segment, 3), "tokens": self.tokens + tokens, "segments": self.segments}
+
+
+def read_run_totals(checkpoint: Path) -> dict:
+    """A checkpoint's run totals; a checkpoint written without them counts as no time and no tokens."""
+    path = checkpoint / RUN_TOTALS
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def run_mean_loss(history: list[dict]) -> float:
+    """The mean training loss over every optimizer step the log history covers: each logged loss is the mean over
+    the steps since the previous log, so each is weighted by them."""
+    logged = [h for h in history if "loss" in h and "step" in h]
+    spans = [h["step"] - before for h, before in zip(logged, [0] + [h["step"] for h in logged])]
+    return sum(h["loss"] * n for h, n in zip(logged, spans)) / max(sum(spans), 1)
 
 
 def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, processes: int = 1) -> str:
@@ -94,14 +134,24 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _callbacks(progress_hook=None):
+def _callbacks(progress_hook=None, totals: RunTotals | None = None):
     from transformers import TrainerCallback
+
+    class LogAtCheckpoints(TrainerCallback):
+        """Log the loss at every checkpoint and at the last step, so the log history covers every step."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save or control.should_training_stop or state.global_step >= state.max_steps:
+                control.should_log = True
 
     class MarkComplete(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            run = totals.now() if totals is not None else None  # every rank: the token count is summed over ranks
             _barrier()  # every rank has written its part (its RNG state) before the checkpoint counts as complete
             if state.is_world_process_zero:
                 path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if run is not None:
+                    (path / RUN_TOTALS).write_text(json.dumps(run))
                 (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
 
     class Progress(TrainerCallback):
@@ -109,7 +159,7 @@ def _callbacks(progress_hook=None):
             if state.is_world_process_zero and state.max_steps:
                 progress_hook(state.global_step, state.max_steps, logs or {})
 
-    return [MarkComplete()] + ([Progress()] if progress_hook else [])
+    return [LogAtCheckpoints(), MarkComplete()] + ([Progress()] if progress_hook else [])
 
 
 class TokenCounter:
@@ -219,7 +269,8 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     _accept_indexed_cpu_locations()
     train_rows = load_from_disk(spec.dataset_dir)
     eval_rows = load_from_disk(spec.eval_dataset_dir) if spec.eval_dataset_dir and cfg.eval_steps else None
-    callbacks = _callbacks(progress_hook)
+    totals = RunTotals(spec.resume)
+    callbacks = _callbacks(progress_hook, totals)
     if eval_rows is not None and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer, tokenizer = build_trainer(
@@ -242,11 +293,10 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     counter = TokenCounter(trainer.model)
     timer = _steady_timer(counter, skip_steps=3)
     trainer.add_callback(timer)
-    started = time.monotonic()
+    totals.counter, totals.started = counter, time.monotonic()
     output = trainer.train(resume_from_checkpoint=spec.resume)
-    seconds = time.monotonic() - started
+    run = totals.now()
     counter.remove()
-    tokens = int(_sum_over_ranks(counter.tokens))
     steady = timer.rate()
     steady = _sum_over_ranks(steady) if steady is not None else None
     publish_adapter(trainer, tokenizer, Path(spec.adapter_dir), trainer.is_world_process_zero())
@@ -254,12 +304,13 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     return FitOutcome(
         steps=trainer.state.global_step,
         epochs=round(output.metrics.get("epoch", 0.0), 3),
-        train_loss=output.training_loss,
+        train_loss=run_mean_loss(history) if any("loss" in h for h in history) else output.training_loss,
         losses=[h["loss"] for h in history if "loss" in h],
-        seconds=round(seconds, 1),
-        tokens=tokens,
+        seconds=round(run["seconds"], 1),
+        tokens=run["tokens"],
         steady_tokens_per_second=round(steady, 1) if steady else None,
         log_history=history,
+        segments=run["segments"],
     )
 
 
@@ -324,17 +375,17 @@ def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_h
     if progress_hook:
         for item in logged:
             progress_hook(item["step"], state["max_steps"], item)
-    # Each logged loss is the mean over the steps since the previous log: weight by them for the run's mean.
-    spans = [h["step"] - before for h, before in zip(logged, [0] + [h["step"] for h in logged])]
+    run = read_run_totals(Path(spec.resume))  # the run's totals when its last checkpoint was saved
     return FitOutcome(
         steps=state["global_step"],
         epochs=round(state["epoch"], 3),
-        train_loss=sum(h["loss"] * n for h, n in zip(logged, spans)) / max(sum(spans), 1),
+        train_loss=run_mean_loss(history),
         losses=[h["loss"] for h in logged],
-        seconds=0.0,
-        tokens=0,
+        seconds=round(float(run.get("seconds", 0.0)), 1),
+        tokens=int(run.get("tokens", 0)),
         steady_tokens_per_second=None,
         log_history=history,
+        segments=int(run.get("segments", 0)) + 1,
     )
 
 

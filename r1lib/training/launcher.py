@@ -17,38 +17,134 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from r1lib.config import TrainConfig
 from r1lib.errors import ConfigError
 from r1lib.gpu_memory import apply_cap
 from r1lib.io import write_json
-from r1lib.paths import PROJECT_DIR
+from r1lib.paths import PROJECT_DIR, open_confined
 from r1lib.training.fit import FitOutcome, FitSpec, fit
 
 log = logging.getLogger(__name__)
-# What a launch preset's ``trainer:`` block may set: distributed-training arguments only. Anything that uploads
-# (push_to_hub, hub_*), reports elsewhere (report_to) or moves outputs (output_dir) is refused.
-TRAINER_ARGS_ALLOWED = frozenset(
+LAUNCH_DIR = PROJECT_DIR / "deployments" / "launch"
+MAX_PRESET_BYTES = 64 * 2**10
+
+_Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/ -]{0,256}$")]  # an option's value: no control character
+_Scalar = bool | int | float | _Word
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class TrainerOverrides(_Strict):
+    """What a launch preset's ``trainer:`` block may set: distributed-training arguments only, with plain values.
+    Anything that uploads (push_to_hub, hub_*), reports elsewhere (report_to), moves outputs (output_dir) or names
+    a file to read (a string fsdp_config is a path) is refused."""
+
+    ddp_find_unused_parameters: bool | None = None
+    ddp_timeout: int | None = Field(None, ge=1, le=7 * 24 * 3600)
+    ddp_backend: Literal["nccl", "gloo", "mpi", "ccl", "hccl", "cncl", "mccl"] | None = None
+    ddp_bucket_cap_mb: int | None = Field(None, ge=1, le=65536)
+    ddp_broadcast_buffers: bool | None = None
+    fsdp: Annotated[str, Field(pattern=r"^[a-z_ ]{0,128}$")] | None = None
+    fsdp_config: dict[Annotated[str, Field(pattern=r"^[a-z_]{1,64}$")], _Scalar | list[_Word]] | None = None
+    optim: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")] | None = None
+    gradient_checkpointing: bool | None = None
+    gradient_checkpointing_kwargs: dict[Annotated[str, Field(pattern=r"^[a-z_]{1,64}$")], _Scalar] | None = None
+    dataloader_num_workers: int | None = Field(None, ge=0, le=64)
+    dataloader_pin_memory: bool | None = None
+    tf32: bool | None = None
+
+
+TRAINER_ARGS_ALLOWED = frozenset(TrainerOverrides.model_fields)
+# What a preset's ``env:`` may set for the ranks: switches of accelerate, torch and NCCL that load no code (no
+# LD_PRELOAD, PYTHON*, NCCL_*_PLUGIN) and send nothing anywhere (no HF_ENDPOINT, no proxies).
+ENV_ALLOWED = frozenset(
     {
-        "ddp_find_unused_parameters",
-        "ddp_timeout",
-        "ddp_backend",
-        "ddp_bucket_cap_mb",
-        "ddp_broadcast_buffers",
-        "fsdp",
-        "fsdp_config",
-        "optim",
-        "gradient_checkpointing",
-        "gradient_checkpointing_kwargs",
-        "dataloader_num_workers",
-        "dataloader_pin_memory",
-        "tf32",
+        "ACCELERATE_USE_FSDP",
+        "FSDP_CPU_RAM_EFFICIENT_LOADING",
+        "FSDP_SYNC_MODULE_STATES",
+        "FSDP_USE_ORIG_PARAMS",
+        "NCCL_DEBUG",
+        "NCCL_P2P_DISABLE",
+        "NCCL_IB_DISABLE",
+        "NCCL_SHM_DISABLE",
+        "NCCL_NVLS_ENABLE",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+        "TORCH_NCCL_BLOCKING_WAIT",
+        "TORCH_DISTRIBUTED_DEBUG",
+        "OMP_NUM_THREADS",
+        "CUDA_DEVICE_MAX_CONNECTIONS",
+        "PYTORCH_CUDA_ALLOC_CONF",
     }
 )
-LAUNCH_DIR = PROJECT_DIR / "deployments" / "launch"
+
+
+class LaunchPreset(_Strict):
+    """A launch preset file (deployments/launch/<name>.yaml, or a .yaml under data.allowed_roots), strictly."""
+
+    description: Annotated[str, Field(max_length=1000)] = ""
+    launcher: Literal["in-process", "torchrun"] = "in-process"
+    processes: Annotated[int, Field(ge=1, le=1024)] | Literal["all"] = 1
+    backends: list[Literal["unsloth", "hf"]] = ["unsloth", "hf"]
+    quant_storage: Literal["bfloat16", "float16", "float32", "uint8"] | None = None
+    trainer: TrainerOverrides = TrainerOverrides()
+    env: dict[str, _Word] = {}
+
+
+def preset_path(cfg: TrainConfig) -> Path:
+    """The file ``train.launch`` names (auto: single for one process, ddp for more)."""
+    name = cfg.launch
+    if name == "auto":
+        name = "single" if cfg.gpus == 1 else "ddp"
+    return Path(name) if name.endswith((".yaml", ".yml")) else LAUNCH_DIR / f"{name}.yaml"
+
+
+def load_launch_preset(cfg: TrainConfig) -> tuple[Path, LaunchPreset]:
+    """The launch preset ``train.launch`` names, read and checked strictly (a regular file of at most 64 KiB; the
+    trainer block and the environment within their allow-lists); else ConfigError naming the file and the field.
+    The flows call it before any stage works (r1lib.paths.check_config_paths), and the train stage reads the file
+    again through it, so a file changed in between is held to the same rules."""
+    import yaml
+
+    path = preset_path(cfg)
+    known = ", ".join(sorted(p.stem for p in LAUNCH_DIR.glob("*.yaml")))
+    try:
+        with open_confined(path, None, "train.launch") as handle:
+            raw = handle.read(MAX_PRESET_BYTES + 1)
+    except OSError:
+        raise ConfigError(f"train.launch = {cfg.launch!r}: no preset {path} (known: {known})") from None
+    if len(raw) > MAX_PRESET_BYTES:
+        raise ConfigError(f"launch preset {path}: over {MAX_PRESET_BYTES} bytes; a preset is a few lines")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"launch preset {path}: not readable YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"launch preset {path}: a mapping of settings is expected")
+    trainer = data.get("trainer") or {}
+    refused = sorted(set(trainer) - TRAINER_ARGS_ALLOWED) if isinstance(trainer, dict) else []
+    if refused:
+        raise ConfigError(
+            f"launch preset {path}: its trainer block may not set {refused}; allowed: {sorted(TRAINER_ARGS_ALLOWED)}"
+        )
+    env = data.get("env") or {}
+    refused = sorted(set(map(str, env)) - ENV_ALLOWED) if isinstance(env, dict) else []
+    if refused:
+        raise ConfigError(
+            f"launch preset {path}: its env block may not set {refused} (variables that load code or send data "
+            f"elsewhere); allowed: {sorted(ENV_ALLOWED)}"
+        )
+    try:
+        return path, LaunchPreset.model_validate({**data, "env": {str(k): str(v) for k, v in env.items()}})
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"launch preset {path}: {fields}") from None
+
 
 OOM_EXIT_CODE = 75  # a rank's exit status when it ran out of GPU memory (the parent retries with a smaller batch)
 
@@ -84,31 +180,22 @@ class LaunchPlan(BaseModel):
 def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
     """``train.launch`` (auto: single for one process, ddp for more) resolved for ``backend`` on this machine."""
     import torch
-    import yaml
 
-    name = cfg.launch
-    if name == "auto":
-        name = "single" if cfg.gpus == 1 else "ddp"
-    path = Path(name) if name.endswith((".yaml", ".yml")) else LAUNCH_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in LAUNCH_DIR.glob("*.yaml")))
-        raise ConfigError(f"train.launch = {name!r}: no preset {path} (known: {known})")
-    preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    refused = sorted(set(preset.get("trainer") or {}) - TRAINER_ARGS_ALLOWED)
-    if refused:
-        raise ConfigError(
-            f"launch preset {path}: its trainer block may not set {refused}; allowed: {sorted(TRAINER_ARGS_ALLOWED)}"
-        )
-    if backend not in preset.get("backends", ["unsloth", "hf"]):
+    path, preset = load_launch_preset(cfg)
+    if backend not in preset.backends:
         raise ConfigError(
             f"launch preset {path.name} does not support the {backend} backend "
-            f"(supports {preset['backends']}); set train.backend accordingly"
+            f"(supports {preset.backends}); set train.backend accordingly"
         )
     visible = torch.cuda.device_count()
-    wanted = cfg.gpus or preset.get("processes", 1)
+    wanted = cfg.gpus or preset.processes
     if wanted == "all":
         wanted = max(visible, 1)
-    if preset.get("launcher", "in-process") == "in-process":
+    if not visible and wanted > (os.cpu_count() or 1):
+        raise ConfigError(
+            f"train.gpus = {wanted} processes, but this machine has no GPU and {os.cpu_count()} CPU core(s)"
+        )
+    if preset.launcher == "in-process":
         if cfg.gpus > 1:
             raise ConfigError(
                 f"launch preset {path.name} trains in one process; use ddp or fsdp for train.gpus = {cfg.gpus}"
@@ -123,14 +210,14 @@ def launch_plan(cfg: TrainConfig, backend: str) -> LaunchPlan:
             f"gradient_accumulation = {cfg.micro_batch_size * cfg.gradient_accumulation}"
         )
     # One process needs no launcher, whatever the preset: it trains in the task's own process.
-    launcher = "in-process" if wanted == 1 else preset["launcher"]
+    launcher = "in-process" if wanted == 1 else preset.launcher
     return LaunchPlan(
         name=path.stem,
         launcher=launcher,
         processes=wanted,
-        trainer_args=preset.get("trainer") or {},
-        quant_storage=preset.get("quant_storage"),
-        env={k: str(v) for k, v in (preset.get("env") or {}).items()},
+        trainer_args=preset.trainer.model_dump(exclude_none=True),
+        quant_storage=preset.quant_storage,
+        env=preset.env,
     )
 
 
