@@ -21,9 +21,10 @@ from flows.data import PreparedData, run_data_stages
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
 from r1lib.gguf import GGUFFile
+from r1lib.gpu_slot import gpu_slot
 from r1lib.paths import check_config_paths
-from r1lib.policy import gpu_slot
 from r1lib.presets import config_from_args, describe, expand_preset, preset
+from r1lib.recovery import close_out_orphans
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
@@ -79,6 +80,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu`` global
     concurrency limit: two runs never share one GPU.
     """
+    close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/recovery.py)
     check_config_paths(config)  # every configured file under data.allowed_roots, before any stage does work
     run = str(config.run_dir())
     model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)

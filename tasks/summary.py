@@ -60,7 +60,7 @@ def render_markdown(title: str, rows: list[tuple[str, str]]) -> str:
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="summary")
+@task(name="summary", task_run_name="run summary")
 def summary_task(config: PipelineConfig, run_dir: OutputPath, results: list[StageResult]) -> RunSummary:
     """Write summary.json and show the summary in the UI."""
     data, rows = summarize(config, run_dir, results)
