@@ -304,9 +304,16 @@ class Stack:
         """The log messages of a flow run and of its sub-flow runs, oldest first."""
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+        found = []
         with self.client() as client:
             ids, _ = self._family(client, flow_run_id)
-            found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=5000)
+            while True:  # the API returns 200 at most per call
+                page = client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=len(found)
+                )
+                found += page
+                if len(page) < 200:
+                    break
         return [log.message for log in sorted(found, key=lambda log: log.timestamp)]
 
     def kill_flow_run_process(self, flow_run_id: str) -> int:
