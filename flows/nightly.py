@@ -155,11 +155,12 @@ def nightly(
             registry.set_status(record["version"], "rejected", decision.reason)
 
     final = Registry(registry_dir).champion()
+    champion_now = f"v{final['version']}" if final else "none"
     outcome = "promoted" if decision.promote else "rejected"
     message = (
         f"## Nightly retrain: challenger v{record['version']} {outcome}\n\n{decision.reason}\n\n"
         f"- data fingerprint `{fingerprint[:16]}`, new files: {', '.join(f.name for f in new)}\n"
-        f"- champion now: v{final['version'] if final else None}\n- run: `{run.run_dir}`"
+        f"- champion now: {champion_now}\n- run: `{run.run_dir}`"
     )
     create_markdown_artifact(key="nightly-decision", markdown=message)
     print(message)

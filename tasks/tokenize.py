@@ -465,20 +465,19 @@ def tokenize_shard_task(
 def tokenize_merge_task(parts: list[TokenizedShard], split: str, run_dir: OutputPath) -> TokenizedData:
     """The tokenized shards as one dataset, with its audit."""
     result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split)
+    checks = {
+        "rows": result.rows_out,
+        "dropped (too long)": result.dropped_too_long,
+        "truncated": result.truncated,
+        "rows with exactly one BOS": result.bos_ok,
+        "rows with </think> in labels": result.think_in_labels,
+        "rows ending in EOS": result.eos_at_end,
+        "masked share": result.masked_share,
+        "max length": result.max_length,
+    }
     create_table_artifact(
         key=f"tokenization-audit-{split}",
-        table=[
-            {
-                "rows": result.rows_out,
-                "dropped (too long)": result.dropped_too_long,
-                "truncated": result.truncated,
-                "rows with exactly one BOS": result.bos_ok,
-                "rows with </think> in labels": result.think_in_labels,
-                "rows ending in EOS": result.eos_at_end,
-                "masked share": result.masked_share,
-                "max length": result.max_length,
-            }
-        ],
+        table=[{"check": name, "value": value} for name, value in checks.items()],  # one per row: fits the page
         description=f"Tokenization audit ({split}).",
     )
     return result

@@ -205,7 +205,7 @@ def test_deployment_run_shows_every_stage_artifact(stack, retried_run):
 
 
 def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(stack, retried_run):
-    """Headless Chromium: the run page, its Artifacts tab, the smoke-test table within the page's width, the
+    """Headless Chromium: the run page, its Artifacts tab, every artifact table within the page's width, the
     training progress line, and the deployment's run form, whose unchanged submission is the preset's config."""
     from r1lib.config import PipelineConfig
     from r1lib.presets import expand_preset
@@ -236,7 +236,8 @@ def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(s
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{stack.url}/runs/flow-run/{retried_run['id']}", wait_until="domcontentloaded", timeout=60_000)
             page.get_by_text(run_name).first.wait_for(timeout=90_000)  # the flow run's page, by its readable name
-            page.wait_for_timeout(3000)  # the run graph draws after the page
+            page.wait_for_load_state("networkidle", timeout=90_000)
+            page.wait_for_timeout(5000)  # the run graph draws after its data came
             shot(page, "flow-run")
             page.get_by_text("Artifacts", exact=True).filter(visible=True).first.click()  # its Artifacts tab
             page.get_by_text("run-summary").first.wait_for(timeout=90_000)
@@ -245,21 +246,26 @@ def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(s
                 assert key in text, f"{key} not on the flow run's Artifacts tab"
             shot(page, "flow-run-artifacts")
 
-            page.goto(f"{stack.url}/artifacts/artifact/{artifacts['gguf-smoke-test'].id}", timeout=60_000)
-            page.locator("table").first.wait_for(timeout=90_000)
-            widths = page.evaluate(
-                "[...document.querySelectorAll('table')].map(t => [t.scrollWidth, t.parentElement.clientWidth])"
-            )
-            shot(page, "gguf-smoke-test")
-            assert widths and all(table <= box + 1 for table, box in widths), f"table wider than its box: {widths}"
+            # Every table (the table artifacts, and the Markdown ones that hold a table) fits the page: the UI never
+            # wraps a cell, so a wider table is cut off behind a scroll bar.
+            too_wide = {}
+            for key, artifact in sorted(artifacts.items()):
+                if artifact.type != "table" and "|---" not in str(artifact.data):
+                    continue
+                page.goto(f"{stack.url}/artifacts/artifact/{artifact.id}", timeout=60_000)
+                page.locator("table").first.wait_for(timeout=90_000)
+                widths = page.evaluate(
+                    "[...document.querySelectorAll('table')].map(t => [t.scrollWidth, t.parentElement.clientWidth])"
+                )
+                if key in ("gguf-smoke-test", "run-summary", "tokenization-audit-train"):
+                    shot(page, key)
+                if not widths or any(table > box + 1 for table, box in widths):
+                    too_wide[key] = widths
+            assert too_wide == {}, f"tables wider than the page (table, box px): {too_wide}"
 
             page.goto(f"{stack.url}/artifacts/artifact/{artifacts['training-progress'].id}", timeout=60_000)
             page.get_by_text("optimizer steps").first.wait_for(timeout=90_000)
             shot(page, "training-progress")
-
-            page.goto(f"{stack.url}/artifacts/artifact/{artifacts['run-summary'].id}", timeout=60_000)
-            page.locator("table").first.wait_for(timeout=90_000)  # rendered as a table, not a text block
-            shot(page, "run-summary")
 
             def capture(route) -> None:  # what the form submits, kept from the server: nothing is run
                 submitted.append(route.request.post_data_json)
@@ -267,7 +273,9 @@ def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(s
 
             page.route("**/create_flow_run", capture)
             page.goto(f"{stack.url}/deployments/deployment/{deployment.id}/run", timeout=60_000)
-            page.get_by_text("Learning Rate").first.wait_for(timeout=90_000)
+            learning_rate = page.get_by_text("Learning Rate").first
+            learning_rate.wait_for(timeout=90_000)
+            learning_rate.scroll_into_view_if_needed()  # the train section, whose values the issue was about
             shot(page, "run-form")
             page.get_by_role("button", name="Submit").click()
             deadline = time.monotonic() + 60
