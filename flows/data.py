@@ -7,8 +7,7 @@ Dedup needs every row at once only for its decision: the keys (hashes, MinHash s
 plans over all of them (duplicates, near duplicates and train/test leaks across shard boundaries), and the
 survivors are written by a second map.
 
-    runner.kind default   the shards run in threads of the flow's process, runner.workers at a time (in the
-                          finetune flow: as its own task runs)
+    runner.kind default   the shards run in threads of the flow's process, runner.workers at a time
     runner.kind dask      a temporary LocalCluster of runner.workers processes, or the cluster at runner.address
     runner.kind ray       a temporary local Ray, or the cluster at runner.address (needs prefect-ray)
 """
@@ -18,7 +17,6 @@ from __future__ import annotations
 import time
 
 from prefect import flow, unmapped
-from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
@@ -254,9 +252,7 @@ def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedDa
 
 
 def run_data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
-    """Inside a flow run with ``runner.kind: default``: the data stages on that flow's own runner (their task runs
-    are the flow's, as for any stage). Otherwise: the ``r1-data`` sub-flow on the task runner ``config.runner`` names
-    (a Dask or Ray cluster; outside a flow, Prefect's thread pool of ``runner.workers`` threads)."""
-    if config.runner.kind == "default" and FlowRunContext.get() is not None:
-        return data_stages(config, model_dir, run)
+    """The data stages as the ``r1-data`` sub-flow, on the task runner ``config.runner`` names (``default``: Prefect's
+    thread pool of ``runner.workers`` threads). Inside a flow run the sub-flow is one node of its run graph, which
+    opens onto the shard maps, instead of a few dozen shard tasks stacked at the start of the graph."""
     return prepare_data.with_options(task_runner=task_runner(config.runner))(config, model_dir, run)

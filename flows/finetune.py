@@ -24,10 +24,11 @@ from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed
 from r1lib.gguf import GGUFFile
 from r1lib.gpu_memory import apply_cap
+from r1lib.gpu_slot import gpu_slot
 from r1lib.local_server import prefect_api
 from r1lib.paths import check_config_paths
-from r1lib.policy import gpu_slot
 from r1lib.presets import config_from_args, describe, expand_preset, preset
+from r1lib.recovery import close_out_orphans
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
@@ -86,6 +87,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu`` global
     concurrency limit: two runs never share one GPU.
     """
+    close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/recovery.py)
     check_config_paths(config)  # every configured file under data.allowed_roots, before any stage does work
     apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())

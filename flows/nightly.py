@@ -34,9 +34,10 @@ from flows.finetune import TINY, PresetConfig, finetune
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
 from r1lib.gguf import GGUFFile
+from r1lib.gpu_slot import gpu_slot
 from r1lib.local_server import prefect_api
-from r1lib.policy import gpu_slot
 from r1lib.presets import expand_preset
+from r1lib.recovery import close_out_orphans
 from r1lib.registry import Registry, code_version
 from tasks.evaluate import evaluate_task
 from tasks.promote import (
@@ -67,6 +68,7 @@ def nightly(
     policy: PromotionPolicy = DEFAULT_POLICY,
 ) -> dict:
     """Retrain on fresh data; promote the challenger only if it beats the champion without more forgetting."""
+    close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/recovery.py)
     registry = Registry(registry_dir)
     files = scan_drop_task(drop_url)
     seen = registry.processed_files()
@@ -154,11 +156,12 @@ def nightly(
             registry.set_status(record["version"], "rejected", decision.reason)
 
     final = Registry(registry_dir).champion()
+    champion_now = f"v{final['version']}" if final else "none"
     outcome = "promoted" if decision.promote else "rejected"
     message = (
         f"## Nightly retrain: challenger v{record['version']} {outcome}\n\n{decision.reason}\n\n"
         f"- data fingerprint `{fingerprint[:16]}`, new files: {', '.join(f.name for f in new)}\n"
-        f"- champion now: v{final['version'] if final else None}\n- run: `{run.run_dir}`"
+        f"- champion now: {champion_now}\n- run: `{run.run_dir}`"
     )
     create_markdown_artifact(key="nightly-decision", markdown=message)
     print(message)

@@ -211,35 +211,3 @@ def stage_options(
         if result_storage():
             options["result_storage"] = result_storage()
     return options
-
-
-# --- GPU concurrency ----------------------------------------------------------------------------------------------
-
-
-# How long a GPU slot stays held without its holder renewing it (every 3/4 of it while the holder lives). A holder
-# killed outright (SIGKILL, the OOM killer, a lost node) cannot release its slot: the server frees it when the lease
-# runs out, so a retry of the killed run waits up to this long (plus the server's 15 s check) before it can train.
-# Prefect's default, 300 s, makes that wait five minutes; much shorter leaves little time to renew through an API
-# hiccup (the slot would lapse while training goes on).
-GPU_LEASE_SECONDS = 120
-
-
-def gpu_limit_name() -> str:
-    """The global concurrency limit that GPU stages occupy: ``$R1_GPU_LIMIT`` (default ``gpu``; empty: none).
-
-    Create it once per GPU (``prefect gcl create gpu --limit 1``), or per worker box with ``R1_GPU_LIMIT=gpu:<host>``
-    in the worker's environment. While the limit does not exist the slot is a no-op (Prefect logs that it skipped it).
-    """
-    return os.environ.get("R1_GPU_LIMIT", "gpu")
-
-
-def gpu_slot():
-    """Context manager: hold one slot of the GPU limit, so two training runs never share one GPU."""
-    import contextlib
-
-    from prefect.concurrency.sync import concurrency
-
-    name = gpu_limit_name()
-    if not name:
-        return contextlib.nullcontext()
-    return concurrency(name, occupy=1, strict=False, lease_duration=GPU_LEASE_SECONDS)

@@ -261,7 +261,7 @@ def augment_shard_task(
     )
 
 
-@task(name="augment", **stage_options())
+@task(name="augment", task_run_name="augment merge", **stage_options())
 def augment_merge_task(parts: list[AugmentedShard], run_dir: OutputPath) -> AugmentedData:
     """The augmented training shards and their counts."""
     result = merge_augmented(parts, stage_dir(run_dir, "augment"))

@@ -235,7 +235,7 @@ def write_card(
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="model-card", **stage_options(timeout_seconds=600))
+@task(name="model-card", task_run_name="model card", **stage_options(timeout_seconds=600))
 def card_task(
     config: PipelineConfig,
     run_dir: OutputPath,

@@ -357,7 +357,7 @@ def debias_shard_task(shard: Shard, cfg: DebiasConfig, index: int, run_dir: Outp
     return debias_shard(shard, cfg, stage_dir(run_dir, "debias", "shards", f"train-{index:04d}"))
 
 
-@task(name="debias", **stage_options())
+@task(name="debias", task_run_name="debias merge", **stage_options())
 def debias_merge_task(parts: list[DebiasedShard], cfg: DebiasConfig, run_dir: OutputPath) -> DebiasedData:
     """Join the debiased shards; report group balance."""
     result = merge_debiased(parts, cfg, stage_dir(run_dir, "debias"))

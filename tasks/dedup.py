@@ -432,7 +432,7 @@ def dedup_keys_task(shard: Shard, cfg: DedupConfig, split: str, index: int, run_
     return shard_keys(shard.path, cfg, stage_dir(run_dir, "dedup", "keys", f"{split}-{index:04d}.npy"))
 
 
-@task(name="dedup-plan", **stage_options())
+@task(name="dedup-plan", task_run_name="dedup plan", **stage_options())
 def dedup_plan_task(train_keys: list[Keys], test_keys: list[Keys], cfg: DedupConfig, run_dir: OutputPath) -> DedupPlan:
     """One global pass over every shard's keys: which rows are duplicates, near duplicates or test leaks."""
     return make_plan(train_keys, test_keys, cfg, stage_dir(run_dir, "dedup"))
@@ -444,7 +444,7 @@ def dedup_write_task(shard: Shard, plan_path: InputPath, split: str, index: int,
     return write_survivors(shard.path, plan_path, stage_dir(run_dir, "dedup", "shards", f"{split}-{index:04d}"))
 
 
-@task(name="dedup", **stage_options())
+@task(name="dedup", task_run_name="dedup merge", **stage_options())
 def dedup_merge_task(
     train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, run_dir: OutputPath
 ) -> DedupedData:

@@ -35,6 +35,7 @@ from r1lib.errors import PermanentError
 from r1lib.generation import GenerationStats, generate, generation_plan, score_generations, time_plain_generate
 from r1lib.io import read_jsonl, write_json, write_jsonl
 from r1lib.models import answer_nll, perplexity
+from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.records import answer_of
 from r1lib.stage import StageResult
@@ -425,17 +426,17 @@ def evaluate(
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="evaluate", **stage_options(timeout_seconds=6 * 3600))
+@task(name="evaluate", task_run_name="evaluate", **stage_options(timeout_seconds=6 * 3600))
 def evaluate_task(
-    model_dir: str,
-    adapter_dir: str,
-    test_records: str,
-    test_dataset: str,
-    replay_dataset: str | None,
+    model_dir: InputPath,
+    adapter_dir: InputPath,
+    test_records: InputPath,
+    test_dataset: InputPath,
+    replay_dataset: InputPath | None,
     model_cfg: ModelConfig,
     cfg: EvalConfig,
     tokenize_cfg: TokenizeConfig,
-    run_dir: str,
+    run_dir: OutputPath,
 ) -> Evaluation:
     """Base vs fine-tuned: perplexity, accuracy, format, repetition, forgetting."""
     result = evaluate(

@@ -191,13 +191,13 @@ def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUF
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="merge", **stage_options(timeout_seconds=4 * 3600))
+@task(name="merge", task_run_name="merge adapter", **stage_options(timeout_seconds=4 * 3600))
 def merge_task(model_dir: InputPath, adapter_dir: InputPath, model_cfg: ModelConfig, run_dir: OutputPath) -> InputPath:
     """Merge the LoRA adapter into the full-precision base; save safetensors + tokenizer."""
     return merge(model_dir, adapter_dir, model_cfg, stage_dir(run_dir, "export", "merged"))
 
 
-@task(name="convert-gguf", **stage_options(timeout_seconds=4 * 3600))
+@task(name="convert-gguf", task_run_name="convert-gguf {outtype}", **stage_options(timeout_seconds=4 * 3600))
 def convert_task(merged_dir: InputPath, outtype: str, run_dir: OutputPath) -> GGUFFile:
     """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter."""
     out = stage_dir(run_dir, "export", f"{Path(run_dir).name}-{outtype.upper()}.gguf")

@@ -184,7 +184,13 @@ def scan_drop_task(drop_url: str) -> list[DropFile]:
     return scan_drop(drop_url)
 
 
-@task(name="snapshot-new-data", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[5, 30, 120])
+@task(
+    name="snapshot-new-data",
+    task_run_name="snapshot new data",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+)
 def snapshot_task(files: list[DropFile], registry_dir: str) -> list[dict]:
     """Copy each new drop file into the registry, verified by its sha256, so the drop may be cleaned later."""
     import fsspec

@@ -52,7 +52,7 @@ def check_target_modules(model_dir: str, cfg: ModelConfig, target_modules: list[
     check_lora_targets(adaptable_module_names(model_dir, cfg), target_modules, model_dir)
 
 
-@task(name="resolve-model", **stage_options(timeout_seconds=3600))
+@task(name="resolve-model", task_run_name="resolve-model {cfg.name_or_path}", **stage_options(timeout_seconds=3600))
 def resolve_model_task(cfg: ModelConfig, cache_dir: OutputPath, target_modules: list[str]) -> InputPath:
     """Find the base model (hub id or local directory), or build the embedded one on first use; check that the LoRA
     targets exist in it."""

@@ -406,10 +406,47 @@ def smoke_test(
     return report
 
 
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{value:+.3%}"
+
+
+def _short(text: str | None, chars: int) -> str:
+    text = text or ""
+    return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
+def smoke_table(report: SmokeReport, answer_chars: int = 40) -> list[dict]:
+    """One short row per GGUF for the UI, narrow enough for a laptop screen: the files' folder is in the description,
+    the full answers in smoke/ and summary.json."""
+    return [
+        {
+            "GGUF": r.type,
+            "MiB": round(Path(r.gguf).stat().st_size / 2**20, 1),
+            "load s": r.load_seconds,
+            "tokens/s": r.tokens_per_second,
+            "perplexity": None if r.perplexity is None else float(f"{r.perplexity:.5g}"),
+            "vs HF": _share(r.perplexity_vs_hf),
+            "quant loss": _share(r.quant_loss),
+            "answer": _short(r.answers[0] if r.answers else None, answer_chars),
+        }
+        for r in report.results
+    ]
+
+
+def smoke_description(report: SmokeReport) -> str:
+    folder = Path(report.results[0].gguf).parent if report.results else None
+    hf = "n/a" if report.hf_perplexity is None else f"{report.hf_perplexity:.5g}"
+    return (
+        f"GGUF smoke test of `{folder}`. F16 greedy parity with HF: {report.parity_matching}/{report.parity_tokens} "
+        f"tokens. HF merged perplexity {hf} on {report.perplexity_rows} held-out rows; *vs HF*: each GGUF's "
+        f"perplexity against it, *quant loss*: against the first GGUF. Decoding {report.decoding or 'greedy'}."
+    )
+
+
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="smoke-test", **stage_options(retries=1, timeout_seconds=3600))
+@task(name="smoke-test", task_run_name="smoke-test", **stage_options(retries=1, timeout_seconds=3600))
 def smoke_task(
     merged_dir: InputPath,
     ggufs: list[GGUFFile],
@@ -422,26 +459,5 @@ def smoke_task(
     ``decoding``: the evaluate stage's generation settings (used when ``smoke.use_eval_decoding``)."""
     decoding = decoding if cfg.use_eval_decoding else {}
     report = smoke_test(merged_dir, ggufs, cfg, stage_dir(run_dir, "smoke"), test_dataset, decoding)
-    create_table_artifact(
-        key="gguf-smoke-test",
-        table=[
-            {
-                "type": r.type,
-                "file": r.gguf,
-                "MiB": round(Path(r.gguf).stat().st_size / 2**20, 1),
-                "load s": r.load_seconds,
-                "tokens/s": r.tokens_per_second,
-                "perplexity": r.perplexity,
-                "vs HF": r.perplexity_vs_hf,
-                "quant loss": r.quant_loss,
-                "answer": r.answers[0],
-            }
-            for r in report.results
-        ],
-        description=(
-            f"GGUF smoke test; F16 greedy parity with HF: {report.parity_matching}/{report.parity_tokens} "
-            f"tokens; HF merged perplexity {report.hf_perplexity} on {report.perplexity_rows} held-out rows; "
-            f"decoding {report.decoding or 'greedy'}."
-        ),
-    )
+    create_table_artifact(key="gguf-smoke-test", table=smoke_table(report), description=smoke_description(report))
     return report

@@ -6,6 +6,7 @@ being passed in.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from prefect import task
@@ -60,11 +61,13 @@ def render_markdown(title: str, rows: list[tuple[str, str]]) -> str:
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="summary")
+@task(name="summary", task_run_name="run summary")
 def summary_task(config: PipelineConfig, run_dir: OutputPath, results: list[StageResult]) -> RunSummary:
     """Write summary.json and show the summary in the UI."""
     data, rows = summarize(config, run_dir, results)
     title = f"r1-finetune run summary ({config.preset}: {config.model.name_or_path})"
     path = write_json(run_file(run_dir, "summary.json"), data)
-    create_markdown_artifact(key="run-summary", markdown=render_markdown(title, rows))
+    # The UI never wraps a table cell: long rows become lines of at most 72 characters.
+    lines = [(label, "<br>".join(textwrap.wrap(text, 72, break_on_hyphens=False))) for label, text in rows]
+    create_markdown_artifact(key="run-summary", markdown=render_markdown(title, lines))
     return RunSummary(data=data, text=render(title, rows), path=str(path))

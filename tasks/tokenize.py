@@ -477,20 +477,19 @@ def tokenize_merge_task(
 ) -> TokenizedData:
     """The tokenized shards as one dataset, with its audit; fails past tokenize.max_dropped_fraction."""
     result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split, cfg)
+    checks = {
+        "rows": result.rows_out,
+        "dropped (too long)": result.dropped_too_long,
+        "truncated": result.truncated,
+        "rows with exactly one BOS": result.bos_ok,
+        "rows with </think> in labels": result.think_in_labels,
+        "rows ending in EOS": result.eos_at_end,
+        "masked share": result.masked_share,
+        "max length": result.max_length,
+    }
     create_table_artifact(
         key=f"tokenization-audit-{split}",
-        table=[
-            {
-                "rows": result.rows_out,
-                "dropped (too long)": result.dropped_too_long,
-                "truncated": result.truncated,
-                "rows with exactly one BOS": result.bos_ok,
-                "rows with </think> in labels": result.think_in_labels,
-                "rows ending in EOS": result.eos_at_end,
-                "masked share": result.masked_share,
-                "max length": result.max_length,
-            }
-        ],
+        table=[{"check": name, "value": value} for name, value in checks.items()],  # one per row: fits the page
         description=f"Tokenization audit ({split}).",
     )
     return result

@@ -11,6 +11,7 @@ It writes ``train/adapter`` and ``train/log_history.json``.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from prefect import task
@@ -256,10 +257,26 @@ def train(
         return result
 
 
+def progress_line(step: int, max_steps: int, logs: dict, origin: tuple[int, float], now: float) -> str:
+    """One line for the UI's progress artifact: step, loss, learning rate, step rate and time left. The rate counts
+    from ``origin`` (this attempt's first report), so steps a resumed run skipped do not inflate it."""
+    parts = [f"step {step}/{max_steps}"]
+    if "loss" in logs:
+        parts.append(f"loss {logs['loss']:.4f}")
+    if logs.get("learning_rate") is not None:
+        parts.append(f"lr {logs['learning_rate']:.2e}")
+    steps, seconds = step - origin[0], now - origin[1]
+    if steps > 0 and seconds > 0:
+        rate = steps / seconds
+        left = (max_steps - step) / rate
+        parts += [f"{rate:.3g} steps/s", f"ETA {left:.0f} s" if left < 120 else f"ETA {left / 60:.1f} min"]
+    return " · ".join(parts)
+
+
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
-@task(name="train", **stage_options(retries=2, timeout_seconds=24 * 3600, log_prints=False))
+@task(name="train", task_run_name="train", **stage_options(retries=2, timeout_seconds=24 * 3600, log_prints=False))
 def train_task(
     dataset_dir: InputPath,
     eval_dataset_dir: InputPath | None,
@@ -270,11 +287,20 @@ def train_task(
     run_dir: OutputPath,
 ) -> TrainResult:
     """QLoRA fine-tuning; resumes from the last complete checkpoint when retried."""
-    progress_id = create_progress_artifact(progress=0.0, key="training-progress", description="Optimizer steps done")
+    progress_id = create_progress_artifact(
+        progress=0.0, key="training-progress", description=f"training: {cfg.max_steps or '?'} optimizer steps to go"
+    )
     curve: list[dict] = []
+    seen: list[tuple[int, float]] = []  # (step, time) of the first report of this attempt: the rate's origin
 
     def report(step: int, max_steps: int, logs: dict) -> None:
-        update_progress_artifact(artifact_id=progress_id, progress=100.0 * step / max_steps)
+        now = time.monotonic()
+        seen[:] = seen or [(step, now)]
+        update_progress_artifact(
+            artifact_id=progress_id,
+            progress=100.0 * step / max_steps,
+            description=progress_line(step, max_steps, logs, seen[0], now),
+        )
         if "loss" in logs:
             curve.append({"step": step, "loss": round(logs["loss"], 4), "lr": logs.get("learning_rate")})
 
@@ -287,6 +313,12 @@ def train_task(
         tokenize_cfg,
         stage_dir(run_dir, "train"),
         progress_hook=report,
+    )
+    resumed = f" · resumed from {Path(result.resumed_from).name}" if result.resumed_from else ""
+    update_progress_artifact(
+        artifact_id=progress_id,
+        progress=100.0,
+        description=f"done · {result.steps} optimizer steps · {result.loss_text()}{resumed}",
     )
     rows = "\n".join(f"| {c['step']} | {c['loss']} | {c['lr']:.2e} |" for c in curve if c["lr"] is not None)
     create_markdown_artifact(

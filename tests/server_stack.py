@@ -1,17 +1,21 @@
 """The Prefect stack the server tests run against (tests/test_server.py, tests/test_server_crash.py).
 
-One server per test module (SQLite, PREFECT_HOME in a temp dir, loopback only), two work pools of type ``process``
-(``local-process``, and ``gpu`` standing in for the Docker/Kubernetes GPU pool: the deployment is the same), the ``gpu``
-global concurrency limit, ``prefect deploy --all`` from the project's prefect.yaml, and one worker per pool. Every
-process started here is stopped in the fixture's teardown: the server and the workers by process group (TERM, then
-KILL), and the flow-run processes the workers started (each in a session of its own) by their process ids.
+One server per test module: its database is SQLite, or a PostgreSQL database of its own (created here, dropped on
+teardown) when R1_TEST_DATABASE_URL names a role that may create databases (.ci/run starts scripts/postgres for it).
+PREFECT_HOME is a fresh temp dir, everything listens on loopback, and R1_PROJECT_DIR is unset. Against that empty
+server the README's deploy command (DEPLOY_COMMAND) creates the two work pools (``local-process``, and ``gpu`` of type
+``process`` standing in for the Docker/Kubernetes GPU pool: the deployment is the same), the ``gpu`` global
+concurrency limit and the deployments; then one worker per pool starts. Every process started here is stopped in the
+fixture's teardown: the server and the workers by process group (TERM, then KILL), and the flow-run processes the
+workers started (each in a session of its own) by their process ids.
 
-Runs are kept small through deployment parameters (``small_config``: a 120-row training file, a few optimizer steps,
-a few held-out rows, one quantization).
+Runs are kept small through run parameters (``small_config``: a 120-row training file, a few optimizer steps, a few
+held-out rows, one quantization).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -21,25 +25,31 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+# How README.md tells a user to create the pools, the GPU limit and the deployments.
+DEPLOY_COMMAND = (".venv/bin/python", "-m", "flows.deploy")
 RUN_TIMEOUT = 1500  # seconds for one flow run on a busy two-core machine
+# postgresql+asyncpg://user:password@host:port/db of a role with CREATEDB (scripts/postgres prints one); unset: SQLite.
+DATABASE_URL = os.environ.get("R1_TEST_DATABASE_URL")
 
-# Loaded by every Python process the workers start (PYTHONPATH), it wraps tasks.smoke.smoke_test so that the smoke
-# stage fails while the marker file exists: a failure injected into the real, late stage without touching its code
-# (its TASK_SOURCE cache key stays the same).
+# Loaded by every Python process the workers start (PYTHONPATH), it wraps tasks.smoke.smoke_test, the real and late
+# stage, without touching its code (its TASK_SOURCE cache key stays the same): while <fault dir>/fail-smoke-test
+# exists the stage fails; while <fault dir>/hold-smoke-test exists it writes <fault dir>/smoke-test-started and
+# waits, so that a test can kill the flow-run process in the middle of it.
 FAULT_HOOK = """
-import importlib.abc, os, sys
+import importlib.abc, os, sys, time
 
-MARKER = os.environ.get("R1_TEST_FAULT_FILE")
+FAULTS = os.environ.get("R1_TEST_FAULT_DIR")
 
 
 class _InjectSmokeFault(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != "tasks.smoke" or not MARKER:
+        if name != "tasks.smoke" or not FAULTS:
             return None
         for finder in sys.meta_path:
             if finder is not self and hasattr(finder, "find_spec"):
@@ -55,8 +65,13 @@ class _InjectSmokeFault(importlib.abc.MetaPathFinder):
             real = module.smoke_test
 
             def smoke_test(*args, **kwargs):
-                if os.path.exists(MARKER):
-                    raise RuntimeError(f"injected fault: {MARKER} exists")
+                fail, hold = os.path.join(FAULTS, "fail-smoke-test"), os.path.join(FAULTS, "hold-smoke-test")
+                if os.path.exists(fail):
+                    raise RuntimeError(f"injected fault: {fail} exists")
+                if os.path.exists(hold):
+                    open(os.path.join(FAULTS, "smoke-test-started"), "w").close()
+                    while os.path.exists(hold):
+                        time.sleep(0.2)
                 return real(*args, **kwargs)
 
             module.smoke_test = smoke_test
@@ -67,6 +82,26 @@ class _InjectSmokeFault(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _InjectSmokeFault())
 """
+
+
+def postgres(sql: str) -> None:
+    """One statement on R1_TEST_DATABASE_URL's database, outside a transaction (CREATE/DROP DATABASE need that)."""
+    import asyncio
+
+    import asyncpg  # a dependency of prefect
+
+    async def run():
+        conn = await asyncpg.connect(DATABASE_URL.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def free_port() -> int:
@@ -82,25 +117,36 @@ class Stack:
         self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.fault_file = tmp / "fail-smoke-test"
+        self.faults = tmp / "faults"  # FAULT_HOOK's marker files
+        self.faults.mkdir()
+        self.fault_file = self.faults / "fail-smoke-test"
+        self.hold_file = self.faults / "hold-smoke-test"
+        self.held_file = self.faults / "smoke-test-started"
+        self.database = f"r1_test_{uuid.uuid4().hex[:12]}" if DATABASE_URL else None
+        if self.database:
+            postgres(f"CREATE DATABASE {self.database}")
         hook_dir = tmp / "hook"
         hook_dir.mkdir()
         (hook_dir / "sitecustomize.py").write_text(FAULT_HOOK)
         self.env = {
-            **os.environ,
+            # Not R1_PROJECT_DIR: the deploy command must place the nightly in this checkout without it.
+            **{k: v for k, v in os.environ.items() if k != "R1_PROJECT_DIR"},
             "PREFECT_HOME": str(tmp / "prefect-home"),
             "PREFECT_API_URL": f"{self.url}/api",
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(self.port),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp}/prefect.db",
+            "PREFECT_API_DATABASE_CONNECTION_URL": (
+                urlsplit(DATABASE_URL)._replace(path=f"/{self.database}").geturl()
+                if self.database
+                else f"sqlite+aiosqlite:///{tmp}/prefect.db"
+            ),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "true",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
             "PREFECT_CLI_PROMPT": "false",
             "DO_NOT_TRACK": "1",
-            "R1_PROJECT_DIR": str(ROOT),
-            "R1_TEST_FAULT_FILE": str(self.fault_file),
+            "R1_TEST_FAULT_DIR": str(self.faults),
             "PYTHONPATH": os.pathsep.join([str(hook_dir), str(ROOT)]),
             "PYTHONUNBUFFERED": "1",
         }
@@ -113,6 +159,24 @@ class Stack:
         )
         self.procs.append((name, proc))
         return proc
+
+    def deploy(self, *args: str) -> str:
+        """The README's deploy command (DEPLOY_COMMAND) against this stack's server; its output."""
+        proc = subprocess.run(
+            [sys.executable, *DEPLOY_COMMAND[1:], *args], cwd=ROOT, env=self.env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, f"{' '.join(DEPLOY_COMMAND)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    def pause_schedules(self) -> None:
+        """The nightly's 02:00 schedule would start a real-model run on the gpu worker if a test ran across 02:00
+        Berlin time: tests start every run themselves."""
+        from prefect.client.schemas.filters import DeploymentFilter
+
+        with self.client() as client:
+            for deployment in client.read_deployments(deployment_filter=DeploymentFilter()):
+                for schedule in deployment.schedules:
+                    client.update_deployment_schedule(deployment.id, schedule.id, active=False)
 
     def cli(self, *args: str, timeout: float = 300) -> str:
         proc = subprocess.run([PREFECT, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -153,6 +217,8 @@ class Stack:
                 except ProcessLookupError:
                     pass
                 proc.wait(timeout=10)
+        if self.database:
+            postgres(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
 
     def log(self, name: str) -> str:
         path = self.tmp / f"{name}.log"
@@ -226,6 +292,38 @@ class Stack:
             by_key.setdefault(artifact.key, []).append(artifact)
         return by_key
 
+    def unfinished_task_runs(self, flow_run_id: str) -> list:
+        """Task runs of the flow run and its sub-flow runs that are not in a final state."""
+        return [t for t in self.task_runs(flow_run_id) if not (t.state and t.state.is_final())]
+
+    def gpu_slots_in_use(self) -> int:
+        with self.client() as client:
+            return client.read_global_concurrency_limit_by_name("gpu").active_slots
+
+    def logs(self, flow_run_id: str) -> list[str]:
+        """The log messages of a flow run and of its sub-flow runs, oldest first."""
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        found = []
+        with self.client() as client:
+            ids, _ = self._family(client, flow_run_id)
+            while True:  # the API returns 200 at most per call
+                page = client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=len(found)
+                )
+                found += page
+                if len(page) < 200:
+                    break
+        return [log.message for log in sorted(found, key=lambda log: log.timestamp)]
+
+    def kill_flow_run_process(self, flow_run_id: str) -> int:
+        """SIGKILL the flow-run process (``python -m prefect.engine`` that the worker started, not one of its
+        children): what the OOM killer or a preempted machine does. Its pid."""
+        pids = self.flow_run_pids(flow_run_id)
+        (engine,) = [pid for pid in pids if _parent(pid) not in pids]
+        os.kill(engine, signal.SIGKILL)
+        return engine
+
     def flow_runs_of(self, flow_name: str) -> list:
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
@@ -233,9 +331,9 @@ class Stack:
             return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def running_stack(tmp: Path):
+    """The server, deployed by DEPLOY_COMMAND, with one worker per pool; everything stopped on exit."""
     stack = Stack(tmp)
     try:
         started = time.monotonic()
@@ -252,15 +350,19 @@ def stack(tmp_path_factory):
             assert time.monotonic() - started < 180, f"server did not start:\n{stack.log('server')}"
             time.sleep(1)
         print(f"server healthy after {time.monotonic() - started:.1f} s")
-        stack.cli("work-pool", "create", "local-process", "--type", "process")
-        stack.cli("work-pool", "create", "gpu", "--type", "process")  # stands in for the Docker/Kubernetes GPU pool
-        stack.cli("global-concurrency-limit", "create", "gpu", "--limit", "1")
-        stack.cli("--no-prompt", "deploy", "--all")
+        stack.deploy_output = stack.deploy()
+        stack.pause_schedules()
         stack.start("worker-local", "worker", "start", "--pool", "local-process", "--limit", "1")
         stack.start("worker-gpu", "worker", "start", "--pool", "gpu", "--limit", "1")
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("server")) as stack:
+        yield stack
 
 
 def head(source: str, target: Path, lines: int) -> str:

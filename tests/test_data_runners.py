@@ -65,7 +65,7 @@ def runs(prefect_harness, tmp_path_factory):
     write_lines(tmp / "test.jsonl", test + [{**planted["leak"], "instruction": planted["leak"]["instruction"] + " pi"}])
 
     @flow
-    def finetune_like(config, model_dir: str, run: str):  # as flows/finetune.py calls it: inline on default
+    def finetune_like(config, model_dir: str, run: str):  # as flows/finetune.py calls it: a sub-flow of its run
         return run_data_stages(config, model_dir, run)
 
     out = {"augment_0_runs_before": len(shard_task_runs("augment 0"))}  # the session's API also holds other tests' runs
@@ -87,7 +87,7 @@ def test_dask_cluster_writes_the_default_runners_bytes(runs):
     expected = digests(default_run)
     assert len(expected) > 60 and any(name.endswith(".arrow") for name in expected)
     assert digests(dask_run) == expected
-    assert digests(runs["inline"][0]) == expected  # inside a flow, on that flow's runner, in waves of 2 shards
+    assert digests(runs["inline"][0]) == expected  # a sub-flow inside a flow run, in waves of 2 shards
     # The Dask workers reported their task runs to this run's Prefect API (not to servers of their own).
     assert len(shard_task_runs("augment 0")) - runs["augment_0_runs_before"] == 3
     assert (dask.train.rows_out, dask.debiased.counterfactuals) == (
