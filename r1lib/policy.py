@@ -211,18 +211,40 @@ def gpu_limit_name() -> str:
     """The global concurrency limit that GPU stages occupy: ``$R1_GPU_LIMIT`` (default ``gpu``; empty: none).
 
     Create it once per GPU (``prefect gcl create gpu --limit 1``), or per worker box with ``R1_GPU_LIMIT=gpu:<host>``
-    in the worker's environment. While the limit does not exist the slot is a no-op (Prefect logs that it skipped it).
+    in the worker's environment. While the limit does not exist the slot is a no-op, said once at info level.
     """
     return os.environ.get("R1_GPU_LIMIT", "gpu")
 
 
+def gpu_limit_exists(name: str) -> bool:
+    """Whether the Prefect API has the global concurrency limit ``name``."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
 def gpu_slot():
-    """Context manager: hold one slot of the GPU limit, so two training runs never share one GPU."""
+    """Context manager: hold one slot of the GPU limit, so two training runs never share one GPU. Without the limit
+    on the API (a laptop, the demo's temporary server) there is nothing to hold: it says so once and runs."""
     import contextlib
 
     from prefect.concurrency.sync import concurrency
 
     name = gpu_limit_name()
     if not name:
+        return contextlib.nullcontext()
+    if not gpu_limit_exists(name):
+        stage_logger().info(
+            "no concurrency limit %r on this Prefect API: GPU stages run without a slot "
+            "(create one with `prefect gcl create %s --limit 1` to serialize them)",
+            name,
+            name,
+        )
         return contextlib.nullcontext()
     return concurrency(name, occupy=1, strict=False, lease_duration=GPU_LEASE_SECONDS)
