@@ -10,17 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 
-
-def process_defaults() -> None:
-    """Settings of this process and its children, set before torch or Prefect load (an explicit value wins)."""
-    # Waiting OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads made a pre-training
-    # step 10x slower (4.3 s against 0.45 s, bench/results/first_run.md).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # Prefect's default of 20 s for the temporary API to come up is too short on a busy machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from r1lib.process import apply_defaults
 
 
 def run(argv: list[str]) -> int:
@@ -77,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip().split("\n\n", 1)[1].rstrip(), file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    process_defaults()
+    apply_defaults()
     return COMMANDS[argv[0]](argv[1:])
 
 

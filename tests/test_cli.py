@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -109,3 +110,25 @@ def test_an_unknown_command_prints_the_usage(argv, capsys):
 
     assert main(argv) == 2
     assert "r1-finetune doctor" in capsys.readouterr().err
+
+
+def test_process_defaults_keep_explicit_values_and_demote_only_the_known_notice(monkeypatch, caplog):
+    import logging
+
+    from r1lib.process import OPTIONAL_KERNEL_NOTICE, apply_defaults
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.delenv("TQDM_DELAY", raising=False)
+    apply_defaults()
+    apply_defaults()  # idempotent: one filter
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["TQDM_DELAY"] == "5"
+    name, prefix = OPTIONAL_KERNEL_NOTICE
+    logger = logging.getLogger(name)
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.DEBUG, logger=name):
+        logger.warning(prefix + ": No module named 'kernels'. Please make sure ...")
+        logger.warning("some other bitsandbytes warning")
+    assert [(r.levelname, r.getMessage()[:20]) for r in caplog.records] == [
+        ("DEBUG", prefix[:20]),
+        ("WARNING", "some other bitsandby"),
+    ]
