@@ -118,7 +118,9 @@ def render_markdown() -> str:
         "# First run: fresh clone -> summary (bench/first_run.py)",
         "",
         "Each table is one bench run: the README's first command in a fresh clone (run 1), then again in the same",
-        "clone (run 2: model cached, nothing installed). Load = mean 1-minute load average over the phase (2 cores).",
+        "clone (run 2: nothing installed, the model and every stage's result cached), and, with --recompute, once more",
+        "with a new run name (every stage runs again; only the install and the embedded model are reused).",
+        "Load = mean 1-minute load average over the phase (2 cores).",
         "",
     ]
     for path in sorted(RESULTS.glob("first_run_*.json")):
@@ -128,6 +130,8 @@ def render_markdown() -> str:
             f"## {data['date']} {data['case']} ({data['source_commit'][:10]})",
             "",
             f"`{data['command']}`; {data['case_note']}",
+            "",
+            *[f"- run {i + 1}: `{r['command']}`" for i, r in enumerate(runs)],
             "",
             "| phase | " + " | ".join(f"run {i + 1} s | load" for i in range(len(runs))) + " |",
             "|---|" + "---|---|" * len(runs),
@@ -158,7 +162,12 @@ def main() -> int:
     parser.add_argument("--source", default=str(ROOT), help="repository to clone (default: this one)")
     parser.add_argument("--branch", default=None, help="branch to clone (default: the source's HEAD)")
     parser.add_argument("--fresh-machine", action="store_true", help="empty pip, uv and wheel caches")
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=2, help="runs of the command as the README gives it")
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="one more run with a new run name: every stage runs again, only the install and the model are reused",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the clone (printed)")
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--render-only", action="store_true", help="rewrite first_run.md from the JSON files")
@@ -185,9 +194,10 @@ def main() -> int:
     sampler = LoadSampler()
     sampler.start()
     runs = []
-    for number in range(1, args.runs + 1):
-        print(f"run {number}: {command} in {clone} (load {os.getloadavg()[0]:.2f})", flush=True)
-        runs.append(timed_run(command, clone, env, work / f"run{number}.log", sampler))
+    commands = [command] * args.runs + ([f"{command} --set run_name=first-run-recompute"] if args.recompute else [])
+    for number, run_command in enumerate(commands, 1):
+        print(f"run {number}: {run_command} in {clone} (load {os.getloadavg()[0]:.2f})", flush=True)
+        runs.append(timed_run(run_command, clone, env, work / f"run{number}.log", sampler))
         print(json.dumps({k: runs[-1][k] for k in ("exit_code", "total_seconds", "mean_load")}), flush=True)
         for phase in runs[-1]["phases"]:
             print(f"  {phase['phase']:52} {phase['seconds']:8.1f} s  load {phase['load']}", flush=True)
