@@ -276,7 +276,9 @@ def ensure_embedded_model(cfg: EmbeddedModelConfig, cache_dir: Path) -> Path:
 if __name__ == "__main__":
     # Build (or find) the embedded model of the default configuration: scripts/bootstrap runs this once.
     from r1lib.config import PipelineConfig
+    from r1lib.process import apply_defaults
 
+    apply_defaults()  # before torch loads: sleeping OpenMP waits
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     defaults = PipelineConfig()
     print(ensure_embedded_model(defaults.model.embedded, Path(defaults.cache_dir)))
