@@ -88,6 +88,9 @@ def run_variant(name: str, sets: list[str]) -> dict:
 
 
 def main() -> int:
+    from r1lib.process import apply_defaults
+
+    apply_defaults()  # as the r1-finetune command: before torch loads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], help="a field for every variant (KEY=VALUE)")
     parser.add_argument(
