@@ -1,13 +1,13 @@
 """Stage 8, smoke test: every GGUF loads in a fresh llama-cpp-python process and answers in the R1 format.
 
-Each GGUF runs in its own fresh child process (a bare ``python -c`` with r1lib/gguf.py's child functions; ``python -m
-r1lib.gguf GGUF --prompts ...`` runs the same by hand), so a crash inside llama.cpp fails the check instead of the
-worker. Per prompt the child checks exactly one BOS, both for the templated prompt (tokens parsed as
-special, no BOS added) and the way llama-cli / Ollama feed it (the template without the BOS text, BOS added from the
-GGUF's metadata); it generates with the evaluate stage's decoding settings where llama.cpp supports them
-(temperature, top-p, repeat penalty; ``no_repeat_ngram_size`` has no llama.cpp equivalent), and the parent fails
-loudly unless the output has a closed ``<think>`` block and a non-empty answer. It records load time and generation
-tokens/s.
+The GGUFs run one after the other in one fresh child process (a bare ``python -c`` with r1lib/gguf.py's child functions,
+so the interpreter starts and llama.cpp loads once; ``python -m r1lib.gguf GGUF --prompts ...`` runs one by hand), so a
+crash inside llama.cpp fails the check, naming the GGUF, instead of the worker. Per prompt the child checks exactly one
+BOS, both for the templated prompt (tokens parsed as special, no BOS added) and the way llama-cli / Ollama feed it (the
+template without the BOS text, BOS added from the GGUF's metadata); it generates with the evaluate stage's decoding
+settings where llama.cpp supports them (temperature, top-p, repeat penalty; ``no_repeat_ngram_size`` has no llama.cpp
+equivalent), and the parent fails loudly unless the output has a closed ``<think>`` block and a non-empty answer. It
+records load time and generation tokens/s.
 
 Parity, two ways:
 - greedy tokens: the F16 GGUF's greedy tokens (no penalties) must equal the HF merged model's for the same prompt;
@@ -161,40 +161,69 @@ def _fmt(value, pct: bool = False) -> str:
 # --- the child process --------------------------------------------------------------------------------------------
 
 
-def smoke_one(
-    gguf: GGUFFile,
+def smoke_all(
+    ggufs: list[GGUFFile],
     prompts: list[str],
     cfg: SmokeConfig,
     decoding: dict | None = None,
     perplexity_rows: Path | None = None,
     timeout: float | None = None,
-) -> SmokeResult:
-    """One GGUF in a fresh child process; raises ExportCheckError unless it answers every prompt in the R1 format."""
-    args = {
-        "path": gguf.path,
-        "prompts": prompts,
-        "max_tokens": cfg.max_tokens,
-        "n_ctx": cfg.n_ctx,
-        "decoding": decoding or {},
-        "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
-        "perplexity_rows": str(perplexity_rows) if perplexity_rows else None,
-        "n_threads": cfg.n_threads,
-        "n_gpu_layers": cfg.n_gpu_layers,
-    }
+) -> list[SmokeResult]:
+    """Every GGUF, one after the other, in one fresh child process (``timeout``, default ``cfg.timeout_s``, per
+    GGUF); raises ExportCheckError naming the first GGUF that crashes, hangs or does not answer every prompt in the
+    R1 format."""
+    jobs = [
+        {
+            "path": gguf.path,
+            "prompts": prompts,
+            "max_tokens": cfg.max_tokens,
+            "n_ctx": cfg.n_ctx,
+            "decoding": decoding or {},
+            "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
+            "perplexity_rows": str(perplexity_rows) if perplexity_rows else None,
+            "n_threads": cfg.n_threads,
+            "n_gpu_layers": cfg.n_gpu_layers,
+        }
+        for gguf in ggufs
+    ]
     # A fresh, bare interpreter (python -c with the child functions): nothing of the pipeline is imported.
-    command = [sys.executable, "-c", SMOKE_CHILD, "smoke", json.dumps(args)]
+    command = [sys.executable, "-c", SMOKE_CHILD, "smoke", json.dumps(jobs)]
+    limit = (timeout or cfg.timeout_s) * len(ggufs)
     try:
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout or cfg.timeout_s, env=offline_env()
-        )
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=limit, env=offline_env())
     except subprocess.TimeoutExpired as exc:
-        raise ExportCheckError(f"{gguf.path}: the smoke test took longer than {exc.timeout} s") from exc
-    if proc.returncode != 0:
-        raise ExportCheckError(f"{gguf.path}: llama-cpp-python exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
-    try:
-        data = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError) as exc:
-        raise ExportCheckError(f"{gguf.path}: no result from the smoke child:\n{proc.stdout[-1000:]}") from exc
+        done = len(_result_lines(exc.stdout))
+        raise ExportCheckError(
+            f"{ggufs[min(done, len(ggufs) - 1)].path}: the smoke test took longer than {limit / len(ggufs):g} s"
+        ) from exc
+    lines = _result_lines(proc.stdout)
+    if proc.returncode != 0 or len(lines) < len(ggufs):
+        failed = ggufs[min(len(lines), len(ggufs) - 1)]
+        if proc.returncode != 0:
+            raise ExportCheckError(
+                f"{failed.path}: llama-cpp-python exited with {proc.returncode}:\n{proc.stderr[-2000:]}"
+            )
+        raise ExportCheckError(f"{failed.path}: no result from the smoke child:\n{proc.stdout[-1000:]}")
+    return [_checked(gguf, data) for gguf, data in zip(ggufs, lines)]
+
+
+def smoke_one(gguf: GGUFFile, prompts: list[str], cfg: SmokeConfig, decoding=None, perplexity_rows=None, timeout=None):
+    """One GGUF in a fresh child process (``smoke_all`` with a list of one)."""
+    return smoke_all([gguf], prompts, cfg, decoding, perplexity_rows, timeout)[0]
+
+
+def _result_lines(stdout: str | bytes | None) -> list[dict]:
+    text = stdout.decode("utf-8", "replace") if isinstance(stdout, bytes) else stdout or ""
+    lines = []
+    for line in text.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [line for line in lines if isinstance(line, dict)]
+
+
+def _checked(gguf: GGUFFile, data: dict) -> SmokeResult:
     result = SmokeResult(gguf=gguf.path, type=gguf.type, answers=[extract_answer(o) for o in data["outputs"]], **data)
     problems = []
     if result.bos_count != 1:
@@ -295,7 +324,7 @@ def smoke_test(
         rows_path = out_dir / "perplexity_rows.json"
         n_rows = write_perplexity_rows(test_dataset, cfg.perplexity_rows, 1 << 16, rows_path)
         hf_ppl = round(hf_perplexity(loaded, rows_path), 6) if n_rows else None
-    results = [smoke_one(g, prompts, cfg, decoding, rows_path if n_rows else None) for g in ggufs]
+    results = smoke_all(ggufs, prompts, cfg, decoding, rows_path if n_rows else None)
 
     reference = next((r for r in results if r.type in FULL_PRECISION), None)
     if reference is None:
