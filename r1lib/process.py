@@ -24,24 +24,22 @@ OPTIONAL_KERNEL_NOTICE = (
 )
 
 
-class Demote(logging.Filter):
-    """Turn one known, harmless warning of a library logger into a debug record."""
+class DropNotice(logging.Filter):
+    """Drop one known, harmless warning of a library logger; every other record passes."""
 
     def __init__(self, prefix: str):
         super().__init__()
         self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and str(record.msg).startswith(self.prefix):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
+        return not (record.levelno == logging.WARNING and str(record.msg).startswith(self.prefix))
 
 
 def apply_defaults() -> None:
-    """Set ``DEFAULTS`` where unset and demote the known harmless library warnings."""
+    """Set ``DEFAULTS`` where unset and drop the known harmless library warning."""
     for name, value in DEFAULTS.items():
         os.environ.setdefault(name, value)
     logger_name, prefix = OPTIONAL_KERNEL_NOTICE
     logger = logging.getLogger(logger_name)
-    if not any(isinstance(f, Demote) for f in logger.filters):
-        logger.addFilter(Demote(prefix))
+    if not any(isinstance(f, DropNotice) for f in logger.filters):
+        logger.addFilter(DropNotice(prefix))

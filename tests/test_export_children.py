@@ -54,7 +54,11 @@ def test_an_unknown_type_writes_nothing(run, tmp_path):
 
 
 def _prompts():
-    return ["<｜begin▁of▁sentence｜><｜User｜>What is the capital of France?<｜Assistant｜><think>\n"]
+    question = "My brother talked about the lion and the owl at the park. What is the sentence about?"
+    return [f"<｜begin▁of▁sentence｜><｜User｜>{question}<｜Assistant｜><think>\n"]
+
+
+DECODING = {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.2}  # as test_eval_export's smoke fixture
 
 
 def test_smoke_runs_every_gguf_in_one_child(run, children):
@@ -63,7 +67,7 @@ def test_smoke_runs_every_gguf_in_one_child(run, children):
     from tasks.smoke import smoke_all
 
     ggufs = [GGUFFile(path=path, type=qtype, bytes=Path(path).stat().st_size) for qtype, path in run["ggufs"].items()]
-    results = smoke_all(ggufs, _prompts(), SmokeConfig(n_threads=1, max_tokens=48, parity_tokens=8))
+    results = smoke_all(ggufs, _prompts(), SmokeConfig(n_threads=1, max_tokens=32, parity_tokens=8), DECODING)
     assert len(children) == 1
     assert [r.type for r in results] == list(run["ggufs"])
     assert all(r.answers[0] and r.bos_count == 1 for r in results)
