@@ -75,57 +75,18 @@ def test_embedded_model_is_built_once_and_loads_as_qwen2(tmp_path):
     assert stats["final_loss"] < stats["first_loss"] / 5  # it learned language before fine-tuning
 
 
-def test_compact_pretraining_writes_back_an_exact_full_vocabulary_model(tokenizer):
-    """Pre-training updates only the used rows; afterwards the full model's own loss (151,936-way softmax) equals the
-    compact loss, and every other row is exactly zero."""
-    import math
+def test_used_token_ids_of_a_long_file_without_the_model_length_warning(tokenizer, caplog):
+    """The ids of whole shipped files (the train file is ~62k tokens, over model_max_length) are collected without
+    transformers' "Token indices sequence length is longer" warning, and equal the tokenizer's own ids."""
+    import logging
+    from pathlib import Path
 
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from r1lib.embedded import used_token_ids
 
-    from r1lib.config import EmbeddedModelConfig
-    from r1lib.embedded import pretrain, pretraining_documents, pretraining_windows
-
-    cfg = EmbeddedModelConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        pretrain_steps=3,
-        pretrain_batch_size=2,
-        pretrain_seq_len=32,
-        chat_repeats=1,
-    )
-    docs = pretraining_documents(tokenizer, cfg)[:40]
-    used = sorted({t for doc in docs for t in doc})
-    windows = pretraining_windows(docs, cfg.pretrain_seq_len, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=R1_QWEN_VOCAB_SIZE,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            tie_word_embeddings=True,
-        )
-    )
-    before = model.get_input_embeddings().weight[used].clone()
-    losses = pretrain(model, windows, used, cfg)
-    weight = model.get_input_embeddings().weight
-    unused = torch.ones(R1_QWEN_VOCAB_SIZE, dtype=torch.bool)
-    unused[used] = False
-    assert len(losses) == 3 and torch.count_nonzero(weight[unused]) == 0
-    assert not torch.equal(weight[used], before)  # the used rows were trained and written back
-    batch = windows[:2]
-    with torch.no_grad():
-        full = model(input_ids=batch, labels=batch).loss.item()
-        hidden = model.model(input_ids=batch).last_hidden_state[:, :-1]
-        logits = hidden @ weight[used].T
-        logits = torch.cat([logits, logits.new_full((*logits.shape[:-1], 1), math.log(int(unused.sum())))], -1)
-        remap = torch.full((R1_QWEN_VOCAB_SIZE,), -1, dtype=torch.long)
-        remap[used] = torch.arange(len(used))
-        compact = torch.nn.functional.cross_entropy(logits.flatten(0, 1), remap[batch[:, 1:]].flatten()).item()
-    assert abs(full - compact) < 1e-4 * max(1.0, full)
+    text = Path("data/sample/train.jsonl").read_text(encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        used = used_token_ids(tokenizer, [text, "hi"])
+    assert not [r for r in caplog.records if "sequence length" in r.getMessage()]
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(whole) > tokenizer.model_max_length
+    assert used == sorted(set(whole) | {6023})

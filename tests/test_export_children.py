@@ -61,12 +61,16 @@ def _prompts():
 DECODING = {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.2}  # as test_eval_export's smoke fixture
 
 
-def test_smoke_runs_every_gguf_in_one_child(run, children):
+def test_smoke_runs_every_gguf_in_one_child(run, children, monkeypatch):
+    import tasks.smoke
     from r1lib.config import SmokeConfig
     from r1lib.gguf import GGUFFile
     from tasks.smoke import smoke_all
 
     ggufs = [GGUFFile(path=path, type=qtype, bytes=Path(path).stat().st_size) for qtype, path in run["ggufs"].items()]
+    # The shared run trained 5 steps: its quantized files do not always close the think block in 32 tokens. This
+    # test is about the process structure; the R1-format check has its own tests (test_eval_export.py).
+    monkeypatch.setattr(tasks.smoke, "extract_answer", lambda output: output[-8:] or "-")
     results = smoke_all(ggufs, _prompts(), SmokeConfig(n_threads=1, max_tokens=32, parity_tokens=8), DECODING)
     assert len(children) == 1
     assert [r.type for r in results] == list(run["ggufs"])
