@@ -29,6 +29,7 @@ from r1lib.local_server import prefect_api
 from r1lib.paths import check_config_paths
 from r1lib.presets import config_from_args, describe, expand_preset, preset
 from r1lib.recovery import close_out_orphans
+from r1lib.process import apply_defaults
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
@@ -125,7 +126,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
         merged = merge(model, trained.adapter, config.model, run)
 
     f16 = convert(merged, config.export.outtype, run)
-    ggufs = [f16, *(quantize_task(f16, qtype) for qtype in config.export.quantizations)]
+    ggufs = [f16, *(quantize_task(f16, config.export.quantizations) if config.export.quantizations else [])]
     smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, run)
     sections = [trained, evaluation, fairness, smoke]
     card = card_task(config, run, ggufs, evaluation.decoding, sections, trained.loss_curve)
@@ -148,6 +149,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
 def main(argv: list[str]) -> int:
     """The command line: a bad configuration is refused before any work, in one line per field, without a
     traceback."""
+    apply_defaults()
     try:
         config = config_from_args(argv)
         check_config_paths(config)

@@ -441,7 +441,7 @@ class SmokeConfig(Section):
     use_eval_decoding: bool = Field(
         True, description="Generate with the evaluate stage's temperature/top-p/repeat penalty."
     )
-    timeout_s: float = Field(600, gt=0, le=7 * 24 * 3600, description="Per GGUF child process.")
+    timeout_s: float = Field(600, gt=0, le=7 * 24 * 3600, description="Per GGUF, in the smoke child process.")
     n_threads: int | None = Field(
         None, ge=1, le=1024, description="llama.cpp threads (None: half the CPU cores, 1 to 8)."
     )

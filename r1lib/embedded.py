@@ -142,10 +142,14 @@ def pretraining_windows(docs: list[list[int]], seq_len: int, seed: int):
 
 
 def used_token_ids(tokenizer, texts: list[str]) -> list[int]:
-    """Token ids of the shipped texts: the only rows of the tiny model's vocabulary that are not zero."""
+    """Token ids of the shipped texts: the only rows of the tiny model's vocabulary that are not zero.
+
+    Whole files go through the fast backend tokenizer: this collects ids, it builds no model input, so the model's
+    maximum sequence length does not apply.
+    """
     used: set[int] = set()
-    for text in texts:
-        used.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+    for encoding in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False):
+        used.update(encoding.ids)
     return sorted(used)
 
 
@@ -263,7 +267,9 @@ def ensure_embedded_model(cfg: EmbeddedModelConfig, cache_dir: Path) -> Path:
 if __name__ == "__main__":
     # Build (or find) the embedded model of the default configuration: scripts/bootstrap runs this once.
     from r1lib.config import PipelineConfig
+    from r1lib.process import apply_defaults
 
+    apply_defaults()  # before torch loads: sleeping OpenMP waits
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     defaults = PipelineConfig()
     print(ensure_embedded_model(defaults.model.embedded, Path(defaults.cache_dir)))

@@ -194,9 +194,16 @@ def run_gguf(
     return result
 
 
+def run_gguf_files(jobs: list[dict]) -> None:
+    """``run_gguf`` for each job in turn, in one process (the smoke child): one JSON line on stdout per GGUF as it
+    finishes, so a crash on the third file still names it and keeps the first two results."""
+    for job in jobs:
+        print(json.dumps(run_gguf(**job)), flush=True)
+
+
 SMOKE_CHILD = child_code(
-    [default_threads, gguf_perplexity, _generate, run_gguf],
-    "print(json.dumps(run_gguf(**json.loads(sys.argv[2]))))",
+    [default_threads, gguf_perplexity, _generate, run_gguf, run_gguf_files],
+    "run_gguf_files(json.loads(sys.argv[2]))",
     preamble=f"BOS = {BOS!r}",
 )
 
@@ -238,6 +245,12 @@ def quantize_file(source: str, qtype: str, dest: str, threads: int = 0) -> None:
     code = int(llama_cpp.llama_model_quantize(source.encode(), dest.encode(), params))
     if code != 0:
         sys.exit(f"llama_model_quantize returned {code}")
+
+
+def quantize_files(source: str, jobs: str, threads: int = 0) -> None:
+    """Every ``[qtype, dest]`` of the JSON list ``jobs`` from one source, in one process (the quantize child)."""
+    for qtype, dest in json.loads(jobs):
+        quantize_file(source, qtype, dest, threads)
 
 
 if __name__ == "__main__":

@@ -10,3 +10,6 @@ export PYTHONUNBUFFERED=1
 # Both are generous: on a busy two-core machine the 20 s Prefect waits by default was not enough.
 export R1_SERVER_START_TIMEOUT="${R1_SERVER_START_TIMEOUT:-600}"
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-600}"
+# The same process defaults as r1lib/process.py (the test suite and children get them too).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+export TQDM_DELAY="${TQDM_DELAY:-5}"

@@ -148,23 +148,36 @@ class Evaluation(StageResult):
             }
         }
 
+    def forgetting_text(self) -> str:
+        """The forgetting check in plain words."""
+        if self.forgetting_ratio is None:
+            return "forgetting not measured (no replay set)"
+        change = (
+            f"general-data (replay) perplexity {self.base.replay_perplexity} -> {self.tuned.replay_perplexity} "
+            f"({self.forgetting_ratio}x"
+        )
+        if self.forgetting_limit is None:
+            return f"{change}, no limit set)"
+        if self.forgetting_exceeded:
+            return (
+                f"{change}, over the limit {self.forgetting_limit}x): it forgot general data; "
+                "more replay (augment.replay_ratio) or fewer steps"
+            )
+        return f"{change}, within the limit {self.forgetting_limit}x): general ability kept"
+
     def summary_lines(self) -> list[tuple[str, str]]:
         base, tuned = self.base, self.tuned
-        limit = f"forgetting limit {self.forgetting_limit}" + (" EXCEEDED" if self.forgetting_exceeded else " ok")
         return [
             (
                 "evaluate",
                 f"perplexity {base.perplexity:.2f} -> {tuned.perplexity:.2f}; accuracy "
                 f"{base.accuracy:.0%} -> {tuned.accuracy:.0%}; format {base.format_ok:.0%} -> "
-                f"{tuned.format_ok:.0%}; forgetting ratio {self.forgetting_ratio}",
+                f"{tuned.format_ok:.0%}; normalized accuracy {base.accuracy_normalized:.0%} -> "
+                f"{tuned.accuracy_normalized:.0%}",
             ),
-            (
-                "",
-                f"normalized accuracy {base.accuracy_normalized:.0%} -> {tuned.accuracy_normalized:.0%}; "
-                f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; {limit}; "
-                f"lm_eval: {self.lm_eval_status}",
-            ),
+            ("", f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; lm_eval: {self.lm_eval_status}"),
             ("", self.speed_line()),
+            ("forgetting", self.forgetting_text()),
         ]
 
     def speed_line(self) -> str:

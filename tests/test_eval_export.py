@@ -290,13 +290,13 @@ def test_smoke_fails_loudly_on_a_broken_gguf(run, tmp_path):
     from r1lib.config import SmokeConfig
     from r1lib.errors import ExportCheckError
     from r1lib.gguf import GGUFFile
-    from tasks.smoke import smoke_one
+    from tasks.smoke import smoke_all
 
     broken = tmp_path / "broken-F16.gguf"
     broken.write_bytes(Path(run["ggufs"]["F16"]).read_bytes()[:4096])
     with pytest.raises(ExportCheckError, match="exited with"):
-        smoke_one(
-            GGUFFile(path=str(broken), type="F16", bytes=4096),
+        smoke_all(
+            [GGUFFile(path=str(broken), type="F16", bytes=4096)],
             ["<｜User｜>hi<｜Assistant｜><think>\n"],
             SmokeConfig(n_threads=1),
             timeout=120,
