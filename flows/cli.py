@@ -3,13 +3,12 @@
 r1-finetune run --preset tiny --set train.max_steps=20   # the finetune flow (same as python -m flows.finetune)
 r1-finetune presets                                       # the presets and what each runs
 r1-finetune doctor --preset r1-qwen-7b                    # can this machine run it? what to fix
-r1-finetune deploy ...                                    # deployments (flows/deploy.py)
+r1-finetune deploy --help                                 # work pools, the GPU limit, deployments
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 
 from r1lib.process import apply_defaults
@@ -53,9 +52,6 @@ def doctor(argv: list[str]) -> int:
 
 
 def deploy(argv: list[str]) -> int:
-    if importlib.util.find_spec("flows.deploy") is None:
-        print("r1-finetune deploy: flows/deploy.py is not in this checkout", file=sys.stderr)
-        return 2
     from flows.deploy import main as deploy_main
 
     return deploy_main(argv)

@@ -28,8 +28,8 @@ from r1lib.gpu_slot import gpu_slot
 from r1lib.local_server import prefect_api
 from r1lib.paths import check_config_paths
 from r1lib.presets import config_from_args, describe, expand_preset, preset
-from r1lib.recovery import close_out_orphans
 from r1lib.process import apply_defaults
+from r1lib.recovery import close_out_orphans
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task

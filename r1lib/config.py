@@ -17,6 +17,9 @@ from r1lib.paths import InputPath, OutputPath
 EMBEDDED = "embedded"  # ModelConfig.name_or_path value that selects the tiny model built from code
 
 
+# Replay perplexity after / before above which the model counts as having forgotten general data (the
+# evaluation's warning and the nightly promotion's refusal share it).
+FORGETTING_LIMIT = 1.5
 # Upper bounds that no real run reaches, so that a typo (1e12 steps) is refused instead of run.
 MAX_COUNT = 10_000_000
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -377,7 +380,10 @@ class EvalConfig(Section):
     repetition_penalty: float = Field(1.0, ge=1, le=100)
     no_repeat_ngram_size: int = Field(0, ge=0, le=100)
     max_forgetting_ratio: float | None = Field(
-        1.5, gt=0, le=1e6, description="Limit on replay perplexity after / before (forgetting); None: no limit."
+        FORGETTING_LIMIT,
+        gt=0,
+        le=1e6,
+        description="Limit on replay perplexity after / before (forgetting); None: no limit.",
     )
     on_forgetting: Literal["warn", "fail"] = Field("warn", description="What to do past max_forgetting_ratio.")
     perplexity_rows: int | None = Field(

@@ -61,10 +61,9 @@ ROLE_ALIASES = {
 }
 REASONING_FIELDS = ("reasoning", "think", "thinking", "reasoning_content")
 REASONING_PARTS = ("reasoning", "thinking")  # typed content parts that hold a turn's reasoning
-# C0/C1 control characters other than tab, newline and carriage return.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Lone UTF-16 surrogates: valid in JSON escapes ("\\ud800") and in Python strings, but not encodable as UTF-8.
 _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+# C0/C1 control characters other than tab, newline and carriage return, and lone surrogates.
 _BAD_CHAR_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 

@@ -16,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from r1lib.config import FORGETTING_LIMIT
 from r1lib.io import atomic_path, sha256_file
 from r1lib.readers import SUFFIXES
 from r1lib.registry import Registry
@@ -40,7 +41,7 @@ class PromotionPolicy(BaseModel):
         0.05, ge=0, description="Refuse a challenger whose forgetting ratio exceeds the champion's by this share."
     )
     max_forgetting_ratio: float | None = Field(
-        1.5,
+        FORGETTING_LIMIT,
         gt=0,
         description="Refuse a challenger whose replay perplexity grew by more than this factor (None: no "
         "limit); the only forgetting check while there is no champion yet.",

@@ -283,7 +283,15 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
     rejects too much. (The flow maps validate_input over the files instead: flows/data.py.)"""
     inputs = [
         validate_input(
-            k, split, path, cfg.max_field_chars, cfg.max_line_bytes, shard_rows, out_dir, cfg.allowed_roots, RowRules.of(cfg)
+            k,
+            split,
+            path,
+            cfg.max_field_chars,
+            cfg.max_line_bytes,
+            shard_rows,
+            out_dir,
+            cfg.allowed_roots,
+            RowRules.of(cfg),
         )
         for k, (split, path) in enumerate(data_inputs(cfg))
     ]
