@@ -66,8 +66,8 @@ def test_rows_all_longer_than_max_seq_length_fail_the_data_only_run_naming_the_s
     )
     assert code == 1
     assert "tokenize.max_seq_length=256" in err and "tokenize.truncation=truncate" in err
-    # 6 rows and their 6 prompt variants are too long; only the 2 replay rows fit: the run must not train on those.
-    assert "train: 12 of 14 rows" in err and "tokenize.max_dropped_fraction=0.1" in err
+    # 6 rows and their 6 prompt variants are too long; only the 6 replay rows fit: no training on those.
+    assert "train: 12 of 18 rows" in err and "tokenize.max_dropped_fraction=0.1" in err
 
 
 def test_preference_rows_and_unfilled_placeholders_never_reach_the_prepared_data(prefect_harness, tmp_path, capsys):

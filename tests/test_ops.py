@@ -180,6 +180,7 @@ def test_champion_table_says_lower_is_better_for_perplexities_and_forgetting():
         "format_ok": "higher",
         "replay_perplexity": "lower",
         "forgetting_ratio": "lower",
+        "fairness_agreement": "higher",
     }
 
 

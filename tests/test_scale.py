@@ -174,7 +174,9 @@ def tiny():
     from r1lib.models import load_causal_lm, load_tokenizer
 
     assert EMBEDDED is not None, "the embedded model is built by scripts/bootstrap"
-    return load_causal_lm(str(EMBEDDED), ModelConfig(), four_bit=False), load_tokenizer(str(EMBEDDED))
+    return load_causal_lm(str(EMBEDDED), ModelConfig(), four_bit=False), load_tokenizer(
+        str(EMBEDDED), trust_remote_code=False
+    )
 
 
 def test_dequantized_weights_compute_what_the_4bit_model_computes_even_after_a_forward():
