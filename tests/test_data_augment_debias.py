@@ -237,3 +237,14 @@ def test_term_shortcut_finds_exactly_what_the_pattern_finds(text):
     assert TermPairs(PAIRS.rows).found(text) == expected
     if not PAIRS.pattern.cjk_words.intersection(text):
         assert PAIRS.swap_text(text) == PAIRS.pattern.pattern.sub(PAIRS.replacement, text)
+
+
+def test_measured_imbalance_is_reported_at_info_not_as_a_warning(tmp_path, caplog):
+    import logging
+
+    write_jsonl(tmp_path / "in.jsonl", [rec("He ran.", "He won, his dog too.", 1)])
+    with caplog.at_level(logging.INFO, logger="tasks.debias"):
+        result = debias_file(tmp_path / "in.jsonl", DebiasConfig(counterfactual=False), tmp_path / "measured")
+    assert result.balance[0].ratio_after > DebiasConfig().max_balance_ratio
+    records = [r for r in caplog.records if "unbalanced" in r.getMessage()]
+    assert [r.levelno for r in records] == [logging.INFO] and "measured only" in records[0].getMessage()

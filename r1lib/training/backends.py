@@ -196,7 +196,15 @@ def build_trainer(
     tokenizer)."""
     if backend == "unsloth":
         import unsloth  # noqa: F401  (first: it patches transformers, peft and trl on import)
+    from transformers import ProgressCallback
     from trl import SFTTrainer
+
+    class StepBar(ProgressCallback):
+        """The step bar alone: losses go to the run's log and its training-progress artifact (fit.py), not as dicts
+        printed under the bar."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
 
     install_torch_chunked_logprob()
     if backend == "unsloth":
@@ -214,4 +222,6 @@ def build_trainer(
         args=args,
         callbacks=list(callbacks),
     )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(StepBar())
     return trainer, tokenizer

@@ -101,7 +101,8 @@ def plan_memory(
     )
     budget = budget if budget is not None else available_bytes()
     if budget is None:
-        keep.reasons.append("no CUDA device: the configured settings (auto checkpointing: on)")
+        auto = " (gradient_checkpointing auto: on)" if explicit_gc is None else ""
+        keep.reasons.append(f"no CUDA device: the configured settings{auto}")
         return keep
     if cfg.memory_plan == "off" and explicit_gc is not None:
         keep.reasons.append("train.memory_plan is off and gradient_checkpointing is set: as configured")
