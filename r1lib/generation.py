@@ -120,8 +120,8 @@ def generate(
         batch_size=batch_size,
         stopped_by_time_limit=stopped,
     )
-    if truncated_thinking:
-        log.warning(
+    if truncated_thinking:  # the caller warns where it matters (the fine-tuned model's answers: tasks/evaluate.py)
+        log.info(
             "%d of %d generations reached max_new_tokens=%d inside the think block (truncated thinking: no answer "
             "to score; raise evaluate.max_new_tokens to let them finish)",
             truncated_thinking,

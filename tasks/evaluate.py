@@ -399,6 +399,14 @@ def evaluate(
         speed["batch"],
         speed["perplexity_batch"],
     )
+    if tuned.generation is not None and tuned.generation.truncated_thinking:
+        log.warning(
+            "the fine-tuned model's thinking reached evaluate.max_new_tokens=%d in %d of %d answers: no answer to "
+            "score there, so accuracy reads low; raise evaluate.max_new_tokens",
+            cfg.max_new_tokens,
+            tuned.generation.truncated_thinking,
+            tuned.generation.generated,
+        )
     if "hf_generate" in speed:
         speed["hf_generate_tokens_per_s"] = speed["hf_generate"]["tokens_per_s"]
         speed["speedup"] = round(tuned.generation.tokens_per_second / max(speed["hf_generate_tokens_per_s"], 1e-9), 2)

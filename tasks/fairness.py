@@ -142,7 +142,7 @@ def fairness(
 
     from r1lib.models import load_causal_lm, load_tokenizer
 
-    tokenizer = load_tokenizer(model_dir, model_cfg.trust_remote_code, model_cfg.revision)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
     decoding = eval_cfg.model_copy(update={"max_new_tokens": cfg.max_new_tokens or eval_cfg.max_new_tokens})
     prompts = [render_prompt(tokenizer, r, tokenize_cfg.system_prompt) for pair in chosen for r in pair]
