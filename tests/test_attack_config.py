@@ -54,3 +54,28 @@ def test_the_cli_refuses_the_bomb_in_one_line_before_any_work(tmp_path, monkeypa
     assert (code, started) == (2, []), err
     assert err.startswith("configuration refused") and "aliases (*name) are not allowed" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "name", ["https://evil.example/model", "no/such/model/dir", "./missing-model", "org/name with space"]
+)
+def test_a_model_name_that_is_neither_a_folder_nor_a_hub_id_is_refused_before_any_work(
+    tmp_path, monkeypatch, capsys, name
+):
+    """Before: the command line accepted it, started the Prefect server and the flow, and the resolve-model stage
+    failed with a traceback, exit status 1."""
+    started = []
+    monkeypatch.setattr(finetune_module, "finetune", lambda config: started.append(config))
+    code = finetune_module.main(["--set", f"model.name_or_path={name}"])
+    err = capsys.readouterr().err
+    assert (code, started) == (2, []), err
+    assert err.startswith("configuration refused") and "Traceback" not in err
+    assert "neither a local model directory nor a hub id" in err or "not under a URL prefix" in err
+
+
+def test_a_hub_id_still_passes_the_command_line(monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(finetune_module, "finetune", lambda config: started.append(config))
+    with contextlib.suppress(AttributeError):  # the stub returns no result to print: the flow would have run
+        finetune_module.main(["--set", "model.name_or_path=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"])
+    assert started, capsys.readouterr().err
