@@ -177,7 +177,7 @@ def build_random_model(shape: str, out_dir: Path, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, trust_remote_code=False)
     params = sum(p.numel() for p in model.parameters())
     with atomic_dir(Path(out_dir)) as tmp:
         model.generation_config = GenerationConfig(
