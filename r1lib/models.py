@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from r1lib.config import ModelConfig
-from r1lib.errors import RemoteCodeRefused, UnsafeWeights
+from r1lib.errors import ConfigError, RemoteCodeRefused, UnsafeWeights
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -125,6 +126,14 @@ def _embedded_modules() -> dict[str, str]:
     return {name: type(m).__name__ for name, m in model.named_modules() if name and isinstance(m, kinds)}
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` as the hub spells a repository (not a path that starts with '.' or '/')."""
+    return bool(HUB_ID.match(name)) and not name.startswith((".", "/"))
+
+
 def check_model_config(cfg: ModelConfig, targets: list[str]) -> None:
     """Before any work: for the embedded model or a local model folder (under model.allowed_roots), the LoRA targets
     exist in its architecture, its weights are safetensors and its code is not needed unless trusted. A hub id is
@@ -137,10 +146,12 @@ def check_model_config(cfg: ModelConfig, targets: list[str]) -> None:
         check_lora_targets(_embedded_modules(), targets, "the embedded model")
         return
     folder = Path(name).expanduser()
-    if not folder.is_dir():
+    if not folder.is_dir() and is_hub_id(name):
         return
     roots = resolve_roots(cfg.allowed_roots)
     confine(name, roots, "model.allowed_roots")
+    if not folder.is_dir():
+        raise ConfigError(f"model {name!r} is neither a local model directory nor a hub id (org/name)")
     check_model_dir(folder, roots)
     if not (folder / "config.json").is_file():
         return  # the resolve stage says what is wrong with the folder

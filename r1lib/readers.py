@@ -47,14 +47,75 @@ def _dump_raw(row: object) -> str:
         return safe_text(repr(row)[:10_000])
 
 
-def _loads(text: str) -> object:
-    """json.loads, with nesting too deep for the parser reported as a JSON error instead of a crash."""
+class DuplicateKey(json.JSONDecodeError):
+    """A JSON object that names one key twice with different values: json.loads would keep the last silently, so
+    which one the row means cannot be known (reason ``duplicate_key``; the same key and value twice is harmless)."""
+
+    reason = "duplicate_key"
+
+    def __init__(self, keys: list[str], doc: str):
+        self.keys = keys
+        super().__init__(f"key {keys[0]!r} appears twice with different values (json.loads keeps the last)", doc, 0)
+
+
+class _Ambiguous(dict):
+    """A parsed JSON object in which a key appeared twice with different values (``keys``)."""
+
+    keys: list[str]
+
+
+def _duplicate_keys(value: object) -> list[str]:
+    """The keys named twice (with different values) in any object inside ``value``, as marked by _parse."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item, _Ambiguous):
+                found += item.keys
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _parse(text: str) -> tuple[object, bool]:
+    """json.loads, and whether some object in it names a key twice with different values (those objects come back
+    marked as _Ambiguous)."""
+    seen = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        obj = dict(items)
+        if len(obj) != len(items):
+            first: dict = {}
+            keys = [k for k, v in items if first.setdefault(k, v) != v]
+            if keys:
+                obj = _Ambiguous(obj)
+                obj.keys = sorted(set(keys))
+                seen.append(True)
+        return obj
+
+    return json.loads(text, object_pairs_hook=pairs), bool(seen)
+
+
+def _load(text: str) -> tuple[object, bool]:
+    """(json.loads, or the JSONDecodeError for what would crash the parser: nesting too deep, a number too long to
+    convert (over Python's 4300 digits); whether an object in it names a key twice with different values)."""
     try:
-        return json.loads(text)
+        return _parse(text)
     except json.JSONDecodeError as exc:
-        return exc
+        return exc, False
     except RecursionError:
-        return json.JSONDecodeError("nested too deeply", text, 0)
+        return json.JSONDecodeError("nested too deeply", text, 0), False
+    except ValueError as exc:  # int("1" * 5000): over sys.get_int_max_str_digits()
+        return json.JSONDecodeError(f"a number that cannot be read ({str(exc).split(';')[0]})", text, 0), False
+
+
+def _loads(text: str) -> object:
+    """One row's json.loads, with errors returned, not raised (_load); a key named twice with different values is a
+    DuplicateKey."""
+    value, ambiguous = _load(text)
+    return DuplicateKey(_duplicate_keys(value), text) if ambiguous else value
 
 
 def expand_inputs(spec: str | Path, allowed_roots: Sequence[str] = DATA_ROOTS) -> list[str]:
@@ -603,7 +664,7 @@ def _stretch_lines(handle: BinaryIO, record: CsvRecord, max_bytes: int) -> Itera
     handle.seek(resume)
 
 
-def _csv_row(header: list[str], values: list[str]) -> dict:
+def _csv_row(header: list[str], values: list[str]) -> dict | DuplicateKey:
     row = {
         k: v
         for k, v in zip(header, values)
@@ -612,6 +673,8 @@ def _csv_row(header: list[str], values: list[str]) -> dict:
     for key in _NESTED_FIELDS:
         if isinstance(row.get(key), str) and row[key].lstrip().startswith("["):
             parsed = _loads(row[key])
+            if isinstance(parsed, DuplicateKey):
+                return parsed
             if not isinstance(parsed, json.JSONDecodeError):
                 row[key] = parsed  # else left a string: normalize() quarantines it as wrong_type
     return row
@@ -638,9 +701,21 @@ def _csv_rows(name: str, handle: BinaryIO, max_line_bytes: int) -> Iterator[tupl
             try:
                 if problem or data is None:
                     raise csv.Error(problem)
-                header = next(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+                records = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise DataValidationError(f"{name}: unreadable CSV header ({exc})") from exc
+            if len(records) > 1:  # the rows after it would be read as part of the header, and lost
+                raise DataValidationError(
+                    f"{name}: line {record.first_line} holds {len(records)} CSV records separated by bare carriage "
+                    "returns (old Mac line ends); only \\n or \\r\\n end a record here: convert the line ends"
+                )
+            header = records[0] if records else []
+            twice = sorted({k for k in header if header.count(k) > 1})
+            if twice:
+                raise DataValidationError(
+                    f"{name}: the CSV header names the column(s) {twice} more than once, so which cell a row means "
+                    "cannot be known: rename or drop the extra column"
+                )
             continue
         one_line = record.first_line == record.last_line
         if isinstance(data, LineTooLong) and (problem is None or one_line):
@@ -682,7 +757,7 @@ def _csv_rows(name: str, handle: BinaryIO, max_line_bytes: int) -> Iterator[tupl
             yield number, safe_text(text), csv.Error(f"{len(cells[0])} cells, the header has {len(header)}")
             continue
         row = _csv_row(header, cells[0])
-        yield number, _dump_raw(row), row
+        yield number, (safe_text(text) if isinstance(row, DuplicateKey) else _dump_raw(row)), row
 
 
 def _text_rows(handle: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str, object]]:
@@ -733,10 +808,10 @@ def _json_rows(name: str, blob: bytes) -> Iterator[tuple[int, str, object]]:
     except UnicodeDecodeError as exc:
         yield 1, blob.decode("utf-8", errors="backslashreplace"), exc
         return
-    data = _loads(text)
+    data, ambiguous = _load(text)
     if isinstance(data, json.JSONDecodeError):
         first = text.lstrip().split("\n", 1)[0]
-        if data.msg == "Extra data" and isinstance(_loads(first), dict):
+        if data.msg == "Extra data" and isinstance(_load(first)[0], (dict, list)):  # a list: a bare array of turns
             lines = text.split("\n")
             for number, line in enumerate(lines[:-1] if not lines[-1].strip() else lines, start=1):
                 yield number, line, (_loads(line) if line.strip() else BLANK)
@@ -745,7 +820,8 @@ def _json_rows(name: str, blob: bytes) -> Iterator[tuple[int, str, object]]:
         return
     rows = data if isinstance(data, list) else [data]
     for number, row in enumerate(rows, start=1):
-        yield number, _dump_raw(row), row
+        twice = _duplicate_keys(row) if ambiguous else []
+        yield number, _dump_raw(row), (DuplicateKey(twice, "") if twice else row)
 
 
 def open_input(path: str, allowed_roots: Sequence[str] | None) -> BinaryIO:
@@ -805,14 +881,23 @@ def iter_raw_rows(
             yield from _csv_rows(name, handle, max_line_bytes)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
+        from pyarrow import ArrowException
 
         with open_input(name, allowed_roots) as handle:
             number = 0
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=8192):
-                for row in batch.to_pylist():
-                    number += 1
-                    row = {k: v for k, v in row.items() if v is not None}  # absent columns of a mixed file
-                    yield number, _dump_raw(row), row
+            try:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=8192):
+                    for row in batch.to_pylist():
+                        number += 1
+                        row = {k: v for k, v in row.items() if v is not None}  # absent columns of a mixed file
+                        yield number, _dump_raw(row), row
+            except (ArrowException, OSError) as exc:  # not Parquet, truncated, a corrupt page: the same bytes again
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise  # the OS failed to read it (a retry may help), not pyarrow to parse it
+                raise DataValidationError(
+                    f"{name}: not a readable Parquet file after row {number} ({exc}); rewrite it, or convert it to "
+                    "JSON lines"
+                ) from None
     elif suffix == ".txt":
         with open_input(name, allowed_roots) as handle:
             yield from _text_rows(handle, max_line_bytes)

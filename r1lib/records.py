@@ -422,6 +422,9 @@ def tools_prompt(tools: Any) -> str:
             tools = json.loads(tools) if tools.strip() else []
         except json.JSONDecodeError as exc:
             raise RecordError("tools", "tools", f"field 'tools' is not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # a number over 4300 digits, nesting too deep for the parser
+            what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+            raise RecordError("tools", "tools", f"field 'tools' is not readable JSON ({what})") from None
     if tools is None or tools == []:
         return ""
     if not isinstance(tools, list):

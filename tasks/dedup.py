@@ -327,6 +327,11 @@ def merge_dedup(
     """Join the shards' parts in shard order: train.jsonl, test.jsonl (test-file rows, then rows the split moved),
     quarantine.jsonl, report.json."""
     out_dir = Path(out_dir)
+    # Written before the limits are checked: a refusal names this file, so it must hold the removed rows.
+    quarantine = concat_files(
+        out_dir / "quarantine.jsonl", [p.quarantine for p in train_parts + test_parts if p.quarantine]
+    )
+    write_json(out_dir / "report.json", report.model_dump())
     if not report.train_out:
         raise DataValidationError(
             f"no training row left after dedup ({report.reasons}); every dropped row is in "
@@ -342,11 +347,8 @@ def merge_dedup(
             )
     train_shards = [p.train for p in train_parts if p.train and p.train.rows]
     test_shards = [p.test for p in test_parts + train_parts if p.test and p.test.rows]
-    quarantines = [p.quarantine for p in train_parts + test_parts if p.quarantine]
     train = concat_files(out_dir / "train.jsonl", [s.path for s in train_shards])
     test = concat_files(out_dir / "test.jsonl", [s.path for s in test_shards])
-    quarantine = concat_files(out_dir / "quarantine.jsonl", quarantines)
-    write_json(out_dir / "report.json", report.model_dump())
     return DedupedData(
         train=str(train),
         test=str(test),

@@ -7,18 +7,15 @@ index names must lie under ``model.allowed_roots`` (r1lib/paths.py).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from prefect import task
 
 from r1lib.config import EMBEDDED, ModelConfig
 from r1lib.errors import ConfigError
-from r1lib.models import adaptable_module_names, check_lora_targets, check_weights
+from r1lib.models import adaptable_module_names, check_lora_targets, check_weights, is_hub_id
 from r1lib.paths import InputPath, OutputPath, check_model_dir, confine, resolve_roots
 from r1lib.policy import stage_options
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
@@ -30,7 +27,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
 
         return str(ensure_embedded_model(cfg.embedded, Path(cache_dir)))
     path = Path(name).expanduser()
-    if not path.is_dir() and HUB_ID.match(name) and not name.startswith((".", "/")):
+    if not path.is_dir() and is_hub_id(name):
         return name
     roots = resolve_roots(cfg.allowed_roots)
     confine(name, roots, "model.allowed_roots")

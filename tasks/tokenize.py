@@ -390,12 +390,13 @@ def merge_tokenized(
     out_dir = Path(out_dir)
     full = [p for p in parts if p.rows_out]
     dropped = sum(p.rows_in - p.rows_out for p in parts)
-    check_dropped(parts, cfg or TokenizeConfig(), name, str(out_dir / "quarantine.jsonl"))
+    # Joined before the limit is checked: a refusal names this file, so it must hold the dropped rows.
+    quarantine = concat_files(out_dir / "quarantine.jsonl", [p.quarantine for p in parts])
+    check_dropped(parts, cfg or TokenizeConfig(), name, str(quarantine))
     if not full:
         raise DataValidationError(f"{name}: no row to tokenize")
     fingerprint = xxhash.xxh3_64("".join(p.digest for p in full).encode()).hexdigest()
     write_dataset([p.arrow for p in full], fingerprint, out_dir / "dataset")
-    quarantine = concat_files(out_dir / "quarantine.jsonl", [p.quarantine for p in parts])
     audit = {key: sum(p.audit[key] for p in parts) for key in parts[0].audit}
     result = TokenizedData(
         split=name,

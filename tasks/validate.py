@@ -23,7 +23,16 @@ from r1lib.errors import DataValidationError
 from r1lib.io import concat_files, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.readers import BLANK, MAX_LINE_BYTES, LineTooLong, expand_inputs, iter_raw_rows, path_exists, safe_text
+from r1lib.readers import (
+    BLANK,
+    MAX_LINE_BYTES,
+    DuplicateKey,
+    LineTooLong,
+    expand_inputs,
+    iter_raw_rows,
+    path_exists,
+    safe_text,
+)
 from r1lib.records import RecordError, RowRules, check_schema, location, make_record, normalize
 from r1lib.runs import stage_dir
 from r1lib.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
@@ -103,6 +112,9 @@ def iter_validated(
             extra = {"offset": parsed.offset, "bytes": parsed.length, "sha256": parsed.sha256}
         elif isinstance(parsed, UnicodeDecodeError):
             reason, field, message = "invalid_utf8", None, f"not valid UTF-8 ({parsed.reason} at byte {parsed.start})"
+        elif isinstance(parsed, DuplicateKey):
+            reason, field = parsed.reason, parsed.keys[0]
+            message = f"{parsed.msg}; which value the row means cannot be known: keep one"
         elif isinstance(parsed, json.JSONDecodeError):
             reason, field, message = "invalid_json", None, f"not valid JSON ({parsed.msg} at column {parsed.colno})"
         elif isinstance(parsed, csv.Error):

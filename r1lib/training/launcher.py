@@ -104,6 +104,28 @@ def preset_path(cfg: TrainConfig) -> Path:
     return Path(name) if name.endswith((".yaml", ".yml")) else LAUNCH_DIR / f"{name}.yaml"
 
 
+def _no_alias_loader():
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """yaml's safe loader without aliases: ``*name`` repeats a node by reference, so a few hundred bytes of
+        nested aliases stand for billions of values, which turning them into text (or an error message) spells out.
+        A preset is a few plain lines and needs none."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    "aliases (*name) are not allowed in a launch preset: write the value out",
+                    event.start_mark,
+                )
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 def load_launch_preset(cfg: TrainConfig) -> tuple[Path, LaunchPreset]:
     """The launch preset ``train.launch`` names, read and checked strictly (a regular file of at most 64 KiB; the
     trainer block and the environment within their allow-lists); else ConfigError naming the file and the field.
@@ -121,7 +143,7 @@ def load_launch_preset(cfg: TrainConfig) -> tuple[Path, LaunchPreset]:
     if len(raw) > MAX_PRESET_BYTES:
         raise ConfigError(f"launch preset {path}: over {MAX_PRESET_BYTES} bytes; a preset is a few lines")
     try:
-        data = yaml.safe_load(raw.decode("utf-8")) or {}
+        data = yaml.load(raw.decode("utf-8"), Loader=_no_alias_loader()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"launch preset {path}: not readable YAML ({exc})") from None
     if not isinstance(data, dict):
