@@ -76,6 +76,7 @@ train = train_task.with_options(task_run_name="train ({cfg.backend}, {cfg.max_st
 evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)")
 merge = merge_task.with_options(task_run_name="merge adapter")
 convert = convert_task.with_options(task_run_name="convert-gguf {outtype}")
+fairness_check = fairness_task.with_options(task_run_name="fairness (max {cfg.max_prompts} twin prompts)")
 smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} tokens")
 
 
@@ -112,7 +113,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
             config.tokenize,
             run,
         )
-        fairness = fairness_task(
+        fairness = fairness_check(
             model,
             trained.adapter,
             data.deduped.test,
