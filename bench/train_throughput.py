@@ -167,17 +167,7 @@ def stub_prefect(force: bool = False) -> bool:
 def model_shape(shape: dict):
     from r1lib.model_shape import ModelShape
 
-    return ModelShape(
-        model_type=shape["model_type"],
-        hidden=shape["hidden_size"],
-        layers=shape["num_hidden_layers"],
-        intermediate=shape["intermediate_size"],
-        heads=shape["num_attention_heads"],
-        kv_heads=shape["num_key_value_heads"],
-        head_dim=shape["hidden_size"] // shape["num_attention_heads"],
-        vocab=shape["vocab_size"],
-        tied_embeddings=shape["tie_word_embeddings"],
-    )
+    return ModelShape.of_config(shape)
 
 
 def flops_per_token(shape: dict, l_eff: float, labelled_fraction: float, recompute: bool = True) -> float:

@@ -80,17 +80,7 @@ def disk_plan(shape: str, folder: Path) -> dict:
     from r1lib.rehearsal.shapes import model_config
 
     config = model_config(shape).to_dict()
-    shape_info = ModelShape(
-        model_type=config["model_type"],
-        hidden=config["hidden_size"],
-        layers=config["num_hidden_layers"],
-        intermediate=config["intermediate_size"],
-        heads=config["num_attention_heads"],
-        kv_heads=config["num_key_value_heads"],
-        head_dim=config["hidden_size"] // config["num_attention_heads"],
-        vocab=config["vocab_size"],
-        tied_embeddings=config.get("tie_word_embeddings", False),
-    )
+    shape_info = ModelShape.of_config(config)
     params = shape_info.params
     base = merged = f16 = 2 * params
     quantized = int(params * (1.07 + 0.6))

@@ -33,7 +33,11 @@ class ModelShape(BaseModel):
         path = Path(model_dir) / "config.json"
         if not path.is_file():
             return None
-        config = json.loads(path.read_text(encoding="utf-8"))
+        return cls.of_config(json.loads(path.read_text(encoding="utf-8")))
+
+    @classmethod
+    def of_config(cls, config: dict) -> ModelShape | None:
+        """The shape a transformers config dict describes, or None when it is not a Llama/Qwen2-style decoder."""
         config = config.get("text_config", config)
         try:
             heads = int(config["num_attention_heads"])

@@ -370,35 +370,28 @@ def evaluate(
             speed["hf_generate_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     if speed["mode"] == "merged" and model_cfg.load_in_4bit:
         model = dequantize_4bit(model)
+
+    def score(model):  # the base and the fine-tuned model, on the same rows with the same settings
+        return score_model(
+            model,
+            tokenizer,
+            records,
+            test_dataset,
+            replay_dataset,
+            cfg,
+            tokenize_cfg,
+            run_lm,
+            speed["batch"],
+            speed["perplexity_batch"],
+        )
+
     log.info("evaluating the base model on %d held-out rows", len(records))
-    base, base_out = score_model(
-        model,
-        tokenizer,
-        records,
-        test_dataset,
-        replay_dataset,
-        cfg,
-        tokenize_cfg,
-        run_lm,
-        speed["batch"],
-        speed["perplexity_batch"],
-    )
+    base, base_out = score(model)
     model = PeftModel.from_pretrained(model, adapter_dir)
     if speed["mode"] == "merged":
         model = model.merge_and_unload()
     log.info("evaluating the fine-tuned model")
-    tuned, tuned_out = score_model(
-        model,
-        tokenizer,
-        records,
-        test_dataset,
-        replay_dataset,
-        cfg,
-        tokenize_cfg,
-        run_lm,
-        speed["batch"],
-        speed["perplexity_batch"],
-    )
+    tuned, tuned_out = score(model)
     if tuned.generation is not None and tuned.generation.truncated_thinking:
         log.warning(
             "the fine-tuned model's thinking reached evaluate.max_new_tokens=%d in %d of %d answers: no answer to "
