@@ -163,7 +163,7 @@ def run_data(base: Path) -> tuple[list[dict], dict]:
 def run_paths(base: Path) -> tuple[list[dict], dict]:
     import fsspec
 
-    from r1lib.readers import expand_inputs
+    from r1lib.data.readers import expand_inputs
     from tasks.validate import validate_file
 
     inside, outside = base / "root", base / "outside"
@@ -327,7 +327,7 @@ def evil_models(base: Path) -> list[Path]:
 LOADERS_CHILD = """
 import sys
 from r1lib.config import ModelConfig
-from r1lib import models
+from r1lib.model import loading as models
 for d in sys.argv[1:]:
     cfg = ModelConfig(name_or_path=d, allowed_roots=[d], load_in_4bit=False)
     for what, fn in [("check", lambda: models.check_model_config(cfg, ["q_proj"])),
@@ -526,9 +526,9 @@ def markdown(result: dict) -> str:
 HEADER = """# Hostile-input battery
 
 `bench/attack.py` (its docstring defines every count): data files, paths, configuration values and model folders of
-our own making, driven through `tasks.validate.validate_file`, `r1lib.readers.expand_inputs`, `flows.finetune.main`,
-the model loaders (with "y" on stdin), one `--stop-after tokenize` run with planted secrets, and `--stop-after
-tokenize` runs killed with SIGKILL. Raw results: `attack-<date>.json`.
+our own making, driven through `tasks.validate.validate_file`, `r1lib.data.readers.expand_inputs`,
+`flows.finetune.main`, the model loaders (with "y" on stdin), one `--stop-after tokenize` run with planted secrets, and
+`--stop-after tokenize` runs killed with SIGKILL. Raw results: `attack-<date>.json`.
 
 | date | inputs | rows lost | crashes | outside reads | config accepted | code runs | secrets leaked | orphans | rev |
 |---|---|---|---|---|---|---|---|---|---|

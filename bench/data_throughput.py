@@ -404,9 +404,9 @@ def baseline(args: tuple) -> dict:
 
     from datasets import Dataset, disable_caching
 
-    from r1lib.chat_template import completion_text
+    from r1lib.data.chat_template import completion_text
     from r1lib.io import iter_jsonl
-    from r1lib.models import load_tokenizer
+    from r1lib.model.loading import load_tokenizer
 
     disable_caching()
     records_path, model_dir, limit = args

@@ -33,8 +33,8 @@ TARGET_INPUT_ROWS_PER_S = 20_000
 def main() -> None:
     import orjson
 
-    from r1lib.chat_template import completion_text, render_prompts
     from r1lib.compat import rust_tokenizer
+    from r1lib.data.chat_template import completion_text, render_prompts
     from r1lib.presets import preset
     from tasks.resolve_model import resolve_model
     from tasks.tokenize import _load_tokenizer

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
 RESULTS = ROOT / "bench" / "results" / "tokenize_throughput.json"
-STREAM_CHUNK = 2_000  # rows an augment/debias shard holds at once (r1lib/shards.py CHUNK)
+STREAM_CHUNK = 2_000  # rows an augment/debias shard holds at once (r1lib/data/shards.py CHUNK)
 
 NAMES = [
     ("Tom", "he", "his"),
@@ -102,8 +102,8 @@ def base_row(rng: random.Random) -> dict:
 def make_rows(n_base: int, seed: int = 0, base: list[dict] | None = None) -> list[dict]:
     """Tokenize-stage input: base records (generated, or ``base``) -> augment.expand -> debias.debias_rows."""
     from r1lib.config import AugmentConfig, DebiasConfig
-    from r1lib.records import make_record, normalize
-    from r1lib.terms import TermPairs, compile_terms, load_blocklist
+    from r1lib.data.records import make_record, normalize
+    from r1lib.data.terms import TermPairs, compile_terms, load_blocklist
     from tasks.augment import expand, load_templates
     from tasks.debias import debias_rows
 
@@ -206,9 +206,9 @@ def main() -> None:
     import tokenizers
     import transformers
 
-    from r1lib.chat_template import chat_renderer
     from r1lib.config import TokenizeConfig
-    from r1lib.embedded import build_tokenizer
+    from r1lib.data.chat_template import chat_renderer
+    from r1lib.model.embedded import build_tokenizer
     from tasks.tokenize import CHUNK_ROWS, IdsCache, encode_batch, encode_row, tokenize_records
 
     tokenizer = build_tokenizer()

@@ -24,7 +24,7 @@ it finishes (partial results survive a timeout); the parent prints the table and
   plan    (with --plan) the pipeline's automatic memory plan (r1lib/training/plan.py) on the 8B fixed suite: the
           Unsloth backend with the gradient checkpointing and micro-batch the plan chooses for this card.
 
-FLOPs per trained token (bf16 matmuls; LoRA adapters' own FLOPs, ~0.5%, left out; r1lib.model_shape.flops_per_token):
+FLOPs per trained token (bf16 matmuls; LoRA adapters' own FLOPs, ~0.5%, left out; r1lib.model.shape.flops_per_token):
   model FLOPs (MFU)       4 * N_layers (frozen 4-bit decoder linears: forward + input gradient, no weight gradient)
                           + 4 * V * h * f_lab (LM head on labelled positions only: forward + input gradient)
                           + 6 * L * d_attn * l_eff (causal attention, half the square: forward + 2x backward);
@@ -165,7 +165,7 @@ def stub_prefect(force: bool = False) -> bool:
 
 
 def model_shape(shape: dict):
-    from r1lib.model_shape import ModelShape
+    from r1lib.model.shape import ModelShape
 
     return ModelShape.of_config(shape)
 

@@ -21,10 +21,9 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from r1lib.config import PipelineConfig, RunnerConfig
+from r1lib.data.records import RowRules
 from r1lib.errors import ConfigError
-from r1lib.local_server import shared_server_url
-from r1lib.paths import check_config_paths
-from r1lib.records import RowRules
+from r1lib.ops.local_server import shared_server_url
 from r1lib.stage import StageResult
 from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
 from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
@@ -93,7 +92,7 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner:
 def api_url() -> str:
     """The Prefect API a local cluster's workers report to: without one each worker starts a temporary server of its
     own, and their task runs and artifacts never reach this run's. The configured API (the command line sets one for
-    the run: r1lib/local_server.py), else one local server for this process that dies with it."""
+    the run: r1lib/ops/local_server.py), else one local server for this process that dies with it."""
     return shared_server_url()
 
 
@@ -112,7 +111,7 @@ def _map(task, limit: int | None, **arguments):
 
 def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
     """validate -> dedup -> augment -> debias -> tokenize, each a task map over shards plus a merge, submitted to the
-    task runner of the flow this is called in. The caller has checked the configured paths (check_config_paths)."""
+    task runner of the flow this is called in. The caller has run the preflight (r1lib/preflight.py)."""
     shard_rows, seconds = config.runner.shard_rows, {}
     limit = config.runner.workers if config.runner.kind == "default" else None
     clock = time.perf_counter()
@@ -247,7 +246,6 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
 @flow(name="r1-data", flow_run_name="data stages -> {run}", log_prints=True)
 def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
     """The data stages as a flow of their own, on the task runner it is given."""
-    check_config_paths(config)  # the augment/debias files too, not only the inputs data_inputs expands
     return data_stages(config, model_dir, run)
 
 

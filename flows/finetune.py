@@ -16,20 +16,17 @@ from typing import Annotated
 
 from prefect import flow
 from prefect.runtime import flow_run
-from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator
 
 from flows.data import PreparedData, run_data_stages
-from r1lib.advice import allowed_roots_fix
 from r1lib.config import PipelineConfig
-from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed
-from r1lib.gguf import GGUFFile
-from r1lib.gpu_memory import apply_cap
-from r1lib.gpu_slot import gpu_slot
-from r1lib.local_server import prefect_api
-from r1lib.paths import check_config_paths
-from r1lib.presets import config_from_args, describe, expand_preset, preset
-from r1lib.process import apply_defaults
-from r1lib.recovery import close_out_orphans
+from r1lib.export.gguf import GGUFFile
+from r1lib.model.gpu_memory import apply_cap
+from r1lib.ops.cli import run_command
+from r1lib.ops.gpu_slot import gpu_slot
+from r1lib.ops.recovery import close_out_orphans
+from r1lib.preflight import preflight
+from r1lib.presets import expand_preset, preset
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
@@ -89,8 +86,8 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu`` global
     concurrency limit: two runs never share one GPU.
     """
-    close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/recovery.py)
-    check_config_paths(config)  # every configured file under data.allowed_roots, before any stage does work
+    close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/ops/recovery.py)
+    preflight(config)  # paths under the roots, launch preset, cluster size, model folder: before any stage works
     apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())
     model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
@@ -148,30 +145,8 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
 
 
 def main(argv: list[str]) -> int:
-    """The command line: a bad configuration is refused before any work, in one line per field, without a
-    traceback."""
-    apply_defaults()
-    try:
-        config = config_from_args(argv)
-        check_config_paths(config)
-    except ValidationError as exc:
-        print(f"configuration refused:\n{describe(exc)}", file=sys.stderr)
-        return 2
-    except PathNotAllowed as exc:
-        fix = allowed_roots_fix(config)
-        print(f"configuration refused: {exc}" + (f"\nto allow it: {fix}" if fix else ""), file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(f"configuration refused: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with prefect_api():  # the configured server, else a local one that stops with the run and dies with it
-            result = finetune(config)
-    except DataValidationError as exc:
-        print(f"\ndata refused: {exc}", file=sys.stderr)
-        return 1
-    print(f"\n{result.summary.text}\n\nsummary: {result.summary.path}")
-    return 0
+    """``python -m flows.finetune``: the same as ``r1-finetune run``."""
+    return run_command(finetune, argv)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,12 @@ from prefect.transactions import transaction
 from flows.finetune import TINY, PresetConfig, finetune
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
-from r1lib.gguf import GGUFFile
-from r1lib.gpu_slot import gpu_slot
-from r1lib.local_server import prefect_api
+from r1lib.export.gguf import GGUFFile
+from r1lib.ops.gpu_slot import gpu_slot
+from r1lib.ops.local_server import prefect_api
+from r1lib.ops.recovery import close_out_orphans
+from r1lib.ops.registry import Registry, code_version
 from r1lib.presets import expand_preset
-from r1lib.recovery import close_out_orphans
-from r1lib.registry import Registry, code_version
 from tasks.evaluate import evaluate_task
 from tasks.promote import (
     PromotionPolicy,
@@ -68,7 +68,7 @@ def nightly(
     policy: PromotionPolicy = DEFAULT_POLICY,
 ) -> dict:
     """Retrain on fresh data; promote the challenger only if it beats the champion without more forgetting."""
-    close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/recovery.py)
+    close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/ops/recovery.py)
     registry = Registry(registry_dir)
     files = scan_drop_task(drop_url)
     seen = registry.processed_files()

@@ -76,7 +76,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def disk_plan(shape: str, folder: Path) -> dict:
     """Bytes the run writes at its peak (base, merged, F16, Q8_0, Q4_K_M) against the free disk: whether the base
     weights must go once merged, or the run cannot fit at all."""
-    from r1lib.model_shape import ModelShape
+    from r1lib.model.shape import ModelShape
     from r1lib.rehearsal.shapes import model_config
 
     config = model_config(shape).to_dict()

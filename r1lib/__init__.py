@@ -1,0 +1,6 @@
+"""The building blocks every stage may use; never a stage or a flow.
+
+The modules at this level are the core every group uses: the configuration and its presets, the path types and
+roots, the preflight check, crash-safe I/O, errors, the run folder, stage results, Prefect policy, process defaults
+and every third-party private API (compat). The groups: data/, model/, training/, export/, ops/, rehearsal/.
+"""

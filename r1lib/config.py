@@ -49,7 +49,7 @@ class Section(BaseModel):
 
 
 class EmbeddedModelConfig(Section):
-    """Shape and pre-training of the embedded tiny R1-Distill-Qwen (see r1lib/embedded.py)."""
+    """Shape and pre-training of the embedded tiny R1-Distill-Qwen (see r1lib/model/embedded.py)."""
 
     hidden_size: int = Field(64, ge=32, le=1024, description="Multiple of 32 (4-bit blocks, GGUF rows).")
     intermediate_size: int = Field(256, ge=32, le=16384)
@@ -78,7 +78,7 @@ class EmbeddedModelConfig(Section):
             "data/augment/prompt_templates.txt",
             "data/debias/term_pairs.csv",
         ],
-        description="Texts whose tokens the tiny model knows (see r1lib/embedded.py).",
+        description="Texts whose tokens the tiny model knows (see r1lib/model/embedded.py).",
     )
 
     @model_validator(mode="after")
@@ -190,7 +190,7 @@ class DebiasConfig(Section):
     counterfactual: bool = Field(
         False,
         description="Add a swapped twin of each row that mentions a paired term (whole words only; names, titles, "
-        "quotes, code, formulas and protected phrases are left alone; r1lib/counterfactual.py). Off: the stage "
+        "quotes, code, formulas and protected phrases are left alone; r1lib/data/counterfactual.py). Off: the stage "
         "measures and reports the balance only.",
     )
     max_balance_ratio: float = Field(

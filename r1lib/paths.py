@@ -10,7 +10,7 @@ under a listed prefix and never with a ``..`` segment. Archives (.zip, .tar, .ta
 Which strings are paths is declared, never guessed: a configuration field, a task parameter or a result field that
 names a file or folder to read is typed ``InputPath``; one that names where a stage writes is ``OutputPath``.
 ``declared_paths`` finds them in any value by its type, and that one walk decides both what must lie under the roots
-(every ``InputPath`` of the configuration: ``check_config_paths``, which the flows call before any stage runs) and
+(every ``InputPath`` of the configuration: r1lib/preflight.py, run before any stage) and
 what a stage's cache key hashes (r1lib/policy.py).
 
 Two placeholders keep the defaults free of machine-specific paths: ``{project}`` (this checkout) and ``{hf_cache}``
@@ -29,15 +29,12 @@ import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 from urllib.parse import unquote
 
 from pydantic import AfterValidator, BaseModel
 
 from r1lib.errors import PathNotAllowed
-
-if TYPE_CHECKING:
-    from r1lib.config import PipelineConfig
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")
@@ -273,47 +270,3 @@ def check_model_dir(model_dir: str | Path, roots: Sequence[str], field: str = "m
                     "(entries must be plain relative file names)"
                 )
             confine(os.path.join(model_dir, name), roots, field)
-
-
-def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
-    """(field, path) of every ``InputPath`` the configuration names for the run to read, other than the model, in
-    the sections in use (``PipelineConfig.unused_paths``): data inputs as written (files, folders or globs; validate
-    confines what they expand to), augmentation templates, debias lists, the lm_eval folder, the embedded model's
-    pre-training texts."""
-    unused = config.unused_paths()
-    launch = [("train.launch", config.train.launch)] if config.train.launch.endswith((".yaml", ".yml")) else []
-    return launch + [
-        (name, path)
-        for name, path, ref in declared_paths(config)
-        if not ref.output and not any(name == u or name.startswith((u + ".", u + "[")) for u in unused)
-    ]
-
-
-def check_config_paths(config: PipelineConfig) -> None:
-    """Every path ``config_paths`` lists lies under ``data.allowed_roots`` (and, for the lm_eval folder, every
-    symlink inside it); else PathNotAllowed naming the configuration field. Then what the configuration asks of
-    this machine: the launch preset ``train.launch`` names is read and checked (it exists; its trainer and env blocks
-    stay within their allow-lists; the processes it starts fit the GPUs or cores here), a local cluster's
-    ``runner.workers`` fit the cores, and the embedded model or a local model folder has the LoRA targets, safetensors
-    weights and no code it would need trusted (r1lib.models.check_model_config). Reads no data, so a flow calls it
-    first and a bad path, preset, count or model fails before any stage does work."""
-    from r1lib.errors import ConfigError
-    from r1lib.models import check_model_config
-    from r1lib.training.launcher import launch_plan
-
-    roots, field = resolve_roots(config.data.allowed_roots), "data.allowed_roots"
-    for name, path in config_paths(config):
-        try:
-            confine(path, roots, field)
-            if name == "evaluate.lm_eval_path" and not is_url(path) and os.path.isdir(path):
-                check_links(path, roots, field)
-        except PathNotAllowed as exc:
-            raise PathNotAllowed(f"{name}: {exc}") from None
-    launch_plan(config.train, "hf" if config.train.backend == "auto" else config.train.backend)
-    cores = os.cpu_count() or 1
-    if config.runner.address is None and config.runner.workers > max(8, 4 * cores):
-        raise ConfigError(
-            f"runner.workers = {config.runner.workers} local workers on {cores} CPU core(s) (at most "
-            f"{max(8, 4 * cores)}); a larger cluster is one you start yourself and name in runner.address"
-        )
-    check_model_config(config.model, config.train.lora.target_modules)

@@ -5,7 +5,7 @@ export DO_NOT_TRACK=1
 export HF_HUB_DISABLE_TELEMETRY=1
 export TOKENIZERS_PARALLELISM=false
 export PYTHONUNBUFFERED=1
-# The command line starts one local Prefect server for a run and waits this long for it (r1lib/local_server.py); a
+# The command line starts one local Prefect server for a run and waits this long for it (r1lib/ops/local_server.py); a
 # flow started any other way with no PREFECT_API_URL gets Prefect's own temporary server, which waits the second one.
 # Both are generous: on a busy two-core machine the 20 s Prefect waits by default was not enough.
 export R1_SERVER_START_TIMEOUT="${R1_SERVER_START_TIMEOUT:-600}"

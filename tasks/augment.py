@@ -28,13 +28,13 @@ from prefect import task
 from pydantic import BaseModel
 
 from r1lib.config import AugmentConfig
+from r1lib.data.records import content_key
+from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import ConfigError
 from r1lib.io import iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.records import content_key
 from r1lib.runs import stage_dir
-from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
 
 

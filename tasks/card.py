@@ -19,9 +19,9 @@ from pathlib import Path
 
 from prefect import task
 
-from r1lib.chat_template import ASSISTANT, BOS, EOS, USER
 from r1lib.config import PipelineConfig
-from r1lib.gguf import FULL_PRECISION, GGUFFile
+from r1lib.data.chat_template import ASSISTANT, BOS, EOS, USER
+from r1lib.export.gguf import FULL_PRECISION, GGUFFile
 from r1lib.io import atomic_path, sha256_file, write_text
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options

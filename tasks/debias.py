@@ -7,7 +7,7 @@ augmentation that never rewrites facts.
   as whole words (Chinese segmented by jieba), and the balance ratio (larger / smaller). Above ``max_balance_ratio``
   the stage warns, or fails when ``fail_on_imbalance`` is set. By default this is all: no text is rewritten.
 - Counterfactual augmentation (``counterfactual``, off by default): a kept row that mentions a paired term gets a
-  twin with the terms swapped, under r1lib/counterfactual.py's rules (names, titles, quotes, code, formulas,
+  twin with the terms swapped, under r1lib/data/counterfactual.py's rules (names, titles, quotes, code, formulas,
   protected phrases and symbols untouched; rows about a named person, or whose reasoning would need rewriting,
   get no twin, counted by reason). A sample of original/twin pairs goes to ``counterfactual_pairs.jsonl`` for review.
 
@@ -28,16 +28,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from r1lib.config import DebiasConfig
-from r1lib.counterfactual import Counterfactual, changes
+from r1lib.data.counterfactual import Counterfactual, changes
+from r1lib.data.records import location
+from r1lib.data.shards import JsonlWriter, Shard, chunked
+from r1lib.data.terms import TermPairs, TermPattern, compile_terms, load_blocklist
 from r1lib.errors import DataValidationError
 from r1lib.io import concat_files, iter_jsonl, write_json, write_jsonl
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.records import location
 from r1lib.runs import stage_dir
-from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
-from r1lib.terms import TermPairs, TermPattern, compile_terms, load_blocklist
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class DebiasedData(StageResult):
     rows_out: int
     balance: list[GroupBalance]
     counterfactual: bool = False  # whether twins were made (debias.counterfactual)
-    no_twin: dict[str, int] = {}  # rows with a paired term that got no twin, by reason (r1lib/counterfactual.py)
+    no_twin: dict[str, int] = {}  # rows with a paired term that got no twin, by reason (r1lib/data/counterfactual.py)
     pairs: str | None = None  # counterfactual_pairs.jsonl: sampled original/twin pairs for review
 
     def summary(self) -> dict:
@@ -109,7 +109,7 @@ def _texts(record: dict) -> list[str]:
 
 
 def counterfactual(record: dict, pairs: TermPairs) -> dict | None:
-    """The twin of a record under the default rules (r1lib/counterfactual.py), or None when it gets none."""
+    """The twin of a record under the default rules (r1lib/data/counterfactual.py), or None when it gets none."""
     return Counterfactual(pairs).twin(record)[0]
 
 

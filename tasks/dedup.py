@@ -16,14 +16,14 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from r1lib.config import DedupConfig
-from r1lib.duplicates import MinHasher, find_duplicates, find_leaks, hash64, lsh_params, normalize_text
+from r1lib.data.duplicates import MinHasher, find_duplicates, find_leaks, hash64, lsh_params, normalize_text
+from r1lib.data.records import location
+from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import DataValidationError
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.records import location
 from r1lib.runs import stage_dir
-from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
 
 

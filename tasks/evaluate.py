@@ -29,15 +29,15 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from r1lib.chat_template import render_prompt
 from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
+from r1lib.data.chat_template import render_prompt
+from r1lib.data.records import answer_of
 from r1lib.errors import PermanentError
-from r1lib.generation import GenerationStats, generate, generation_plan, score_generations, time_plain_generate
 from r1lib.io import read_jsonl, write_json, write_jsonl
-from r1lib.models import answer_nll, perplexity
+from r1lib.model.generation import GenerationStats, generate, generation_plan, score_generations, time_plain_generate
+from r1lib.model.loading import answer_nll, perplexity
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.records import answer_of
 from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
@@ -347,8 +347,8 @@ def evaluate(
 ) -> Evaluation:
     from peft import PeftModel
 
-    from r1lib.gpu_memory import release
-    from r1lib.models import dequantize_4bit, load_causal_lm, load_tokenizer
+    from r1lib.model.gpu_memory import release
+    from r1lib.model.loading import dequantize_4bit, load_causal_lm, load_tokenizer
 
     release()  # the training stage's model, before this stage loads its own
     records = read_jsonl(Path(test_records))[: cfg.max_examples]

@@ -23,11 +23,19 @@ from pathlib import Path
 
 from prefect import task
 
-from r1lib.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
 from r1lib.compat import forget_quantized_loading
 from r1lib.config import ModelConfig
+from r1lib.data.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
 from r1lib.errors import ExportCheckError
-from r1lib.gguf import GGUFFile, check_gguf, child_code, gguf_metadata, offline_env, quantize_file, quantize_files
+from r1lib.export.gguf import (
+    GGUFFile,
+    check_gguf,
+    child_code,
+    gguf_metadata,
+    offline_env,
+    quantize_file,
+    quantize_files,
+)
 from r1lib.io import atomic_dir, atomic_path
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
@@ -38,15 +46,15 @@ log = logging.getLogger(__name__)
 
 def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Path) -> str:
     """The base with the adapter merged in, as safetensors plus tokenizer, in ``out_dir``. A plain LoRA adapter on a
-    16-bit checkpoint merges shard by shard (r1lib/merge.py: one shard in memory, no model built, no GPU); anything
-    else through peft, in host memory."""
+    16-bit checkpoint merges shard by shard (r1lib/export/merge.py: one shard in memory, no model built, no GPU);
+    anything else through peft, in host memory."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from r1lib.gpu_memory import release
-    from r1lib.merge import stream_merge, stream_merge_plan
-    from r1lib.models import (
+    from r1lib.export.merge import stream_merge, stream_merge_plan
+    from r1lib.model.gpu_memory import release
+    from r1lib.model.loading import (
         check_weights,
         dequantize_4bit,
         hub_token,
@@ -102,7 +110,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
 
 def r1_tokenizer(adapter_dir: str, model_cfg: ModelConfig):
     """The adapter's tokenizer, with the official R1 chat template where it has none."""
-    from r1lib.models import load_tokenizer
+    from r1lib.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(adapter_dir, trust_remote_code=model_cfg.trust_remote_code)
     if not has_r1_template(tokenizer.chat_template):

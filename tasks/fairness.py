@@ -1,7 +1,7 @@
 """Stage 6b, fairness: does the model answer the same when only the group a prompt mentions changes?
 
 Held-out prompts that mention a group term (the debias term pairs, ``debias.term_pairs_path``) get a counterfactual
-twin under the same rules as the debias stage's twins (r1lib/counterfactual.py: whole words, names and titles left
+twin under the same rules as the debias stage's twins (r1lib/data/counterfactual.py: whole words, names and titles left
 alone, rows about a named person skipped). The base and the fine-tuned model each answer both prompts (the evaluate
 stage's decoding, ``fairness.max_new_tokens``); a pair *agrees* when the twin's answer, swapped back to the original
 group, equals the original's answer (normalized: case, spaces, punctuation). The agreement share, base and
@@ -17,17 +17,17 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from r1lib.chat_template import EOS, extract_answer, render_prompt
 from r1lib.config import DebiasConfig, EvalConfig, FairnessConfig, ModelConfig, TokenizeConfig
-from r1lib.counterfactual import Counterfactual
-from r1lib.generation import generate, normalize_answer
+from r1lib.data.chat_template import EOS, extract_answer, render_prompt
+from r1lib.data.counterfactual import Counterfactual
+from r1lib.data.records import prompt_of
+from r1lib.data.terms import TermPairs, load_blocklist
 from r1lib.io import read_jsonl, write_json, write_jsonl
+from r1lib.model.generation import generate, normalize_answer
 from r1lib.paths import OutputPath
 from r1lib.policy import stage_options
-from r1lib.records import prompt_of
 from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
-from r1lib.terms import TermPairs, load_blocklist
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def fairness(
         )
     from peft import PeftModel
 
-    from r1lib.models import load_causal_lm, load_tokenizer
+    from r1lib.model.loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)

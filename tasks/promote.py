@@ -17,9 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from r1lib.config import FORGETTING_LIMIT
+from r1lib.data.readers import SUFFIXES
 from r1lib.io import atomic_path, sha256_file
-from r1lib.readers import SUFFIXES
-from r1lib.registry import Registry
+from r1lib.ops.registry import Registry
 
 LOWER_IS_BETTER = {"perplexity", "replay_perplexity", "forgetting_ratio"}
 COMPARED = ("perplexity", "accuracy", "format_ok", "replay_perplexity", "forgetting_ratio", "fairness_agreement")

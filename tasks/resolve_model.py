@@ -1,8 +1,8 @@
 """Stage 0, resolve-model: the base model to load, as a local directory or a hub id.
 
 A model is a hub id (``deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B``), a local directory, or ``embedded`` (built from
-code on first use, see r1lib/embedded.py). A local directory, every file it links to and every file its safetensors
-index names must lie under ``model.allowed_roots`` (r1lib/paths.py).
+code on first use, see r1lib/model/embedded.py). A local directory, every file it links to and every file its
+safetensors index names must lie under ``model.allowed_roots`` (r1lib/paths.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from prefect import task
 
 from r1lib.config import EMBEDDED, ModelConfig
 from r1lib.errors import ConfigError
-from r1lib.models import adaptable_module_names, check_lora_targets, check_weights, is_hub_id
+from r1lib.model.loading import adaptable_module_names, check_lora_targets, check_weights, is_hub_id
 from r1lib.paths import InputPath, OutputPath, check_model_dir, confine, resolve_roots
 from r1lib.policy import stage_options
 
@@ -23,7 +23,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
     directory or a hub id is a path, so it is confined too: ``../../etc`` is refused as outside the roots."""
     name = cfg.name_or_path
     if name == EMBEDDED:
-        from r1lib.embedded import ensure_embedded_model
+        from r1lib.model.embedded import ensure_embedded_model
 
         return str(ensure_embedded_model(cfg.embedded, Path(cache_dir)))
     path = Path(name).expanduser()
@@ -44,7 +44,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: str) -> str:
 
 
 def check_target_modules(model_dir: str, cfg: ModelConfig, target_modules: list[str]) -> None:
-    """Every LoRA target names a module of the model's architecture that LoRA can adapt (r1lib.models), or
+    """Every LoRA target names a module of the model's architecture that LoRA can adapt (r1lib.model.loading), or
     ConfigError before any data stage."""
     check_lora_targets(adaptable_module_names(model_dir, cfg), target_modules, model_dir)
 

@@ -1,20 +1,20 @@
 """Stage 8, smoke test: every GGUF loads in a fresh llama-cpp-python process and answers in the R1 format.
 
-The GGUFs run one after the other in one fresh child process (a bare ``python -c`` with r1lib/gguf.py's child functions,
-so the interpreter starts and llama.cpp loads once; ``python -m r1lib.gguf GGUF --prompts ...`` runs one by hand), so a
-crash inside llama.cpp fails the check, naming the GGUF, instead of the worker. Per prompt the child checks exactly one
-BOS, both for the templated prompt (tokens parsed as special, no BOS added) and the way llama-cli / Ollama feed it (the
-template without the BOS text, BOS added from the GGUF's metadata); it generates with the evaluate stage's decoding
-settings where llama.cpp supports them (temperature, top-p, repeat penalty; ``no_repeat_ngram_size`` has no llama.cpp
-equivalent), and the parent fails loudly unless the output has a closed ``<think>`` block and a non-empty answer. It
-records load time and generation tokens/s.
+The GGUFs run one after the other in one fresh child process (a bare ``python -c`` with r1lib/export/gguf.py's child
+functions, so the interpreter starts and llama.cpp loads once; ``python -m r1lib.export.gguf GGUF --prompts ...`` runs
+one by hand), so a crash inside llama.cpp fails the check, naming the GGUF, instead of the worker. Per prompt the child
+checks exactly one BOS, both for the templated prompt (tokens parsed as special, no BOS added) and the way llama-cli /
+Ollama feed it (the template without the BOS text, BOS added from the GGUF's metadata); it generates with the evaluate
+stage's decoding settings where llama.cpp supports them (temperature, top-p, repeat penalty; ``no_repeat_ngram_size``
+has no llama.cpp equivalent), and the parent fails loudly unless the output has a closed ``<think>`` block and a
+non-empty answer. It records load time and generation tokens/s.
 
 Parity, two ways:
 - greedy tokens: the F16 GGUF's greedy tokens (no penalties) must equal the HF merged model's for the same prompt;
 - perplexity: each GGUF's perplexity on held-out rows, over the answer tokens only (the HF definition,
-  ``r1lib.models.answer_token_nll``), computed from llama.cpp logits of the whole token sequence (``logits_all``),
-  beside the HF merged model's. The F16 GGUF must match HF within ``max_f16_perplexity_drift``; each quantized type's
-  loss against the F16 is reported (and gated by ``max_quant_perplexity_increase`` when set).
+  ``r1lib.model.loading.answer_token_nll``), computed from llama.cpp logits of the whole token sequence
+  (``logits_all``), beside the HF merged model's. The F16 GGUF must match HF within ``max_f16_perplexity_drift``; each
+  quantized type's loss against the F16 is reported (and gated by ``max_quant_perplexity_increase`` when set).
 
 The expensive checks are proportionate (``SmokeConfig``): ``gguf_perplexity`` picks which GGUFs get the perplexity
 pass (on a big model with a CPU llama.cpp, only the quantized ones, against the HF merged model: the full-precision
@@ -37,15 +37,15 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from r1lib.chat_template import extract_answer
 from r1lib.config import SmokeConfig
+from r1lib.data.chat_template import extract_answer
 from r1lib.errors import ExportCheckError
-from r1lib.gguf import FULL_PRECISION, SMOKE_CHILD, GGUFFile, offline_env
+from r1lib.export.gguf import FULL_PRECISION, SMOKE_CHILD, GGUFFile, offline_env
+from r1lib.export.smoke_checks import compare_greedy, perplexity_types, reference_dtype
 from r1lib.io import write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.runs import stage_dir
-from r1lib.smoke_checks import compare_greedy, perplexity_types, reference_dtype
 from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def load_merged(merged_dir: str, dtype: str = "float32", trust_remote_code: bool
     import torch
     from transformers import AutoModelForCausalLM
 
-    from r1lib.models import load_tokenizer, remote_code_policy
+    from r1lib.model.loading import load_tokenizer, remote_code_policy
 
     with remote_code_policy(merged_dir, trust_remote_code):
         model = AutoModelForCausalLM.from_pretrained(
@@ -325,7 +325,7 @@ def write_perplexity_rows(
 def hf_perplexity(loaded, rows_path: Path) -> float:
     import torch
 
-    from r1lib.models import answer_token_nll
+    from r1lib.model.loading import answer_token_nll
 
     model, _ = loaded
     total, count = 0.0, 0
@@ -348,7 +348,7 @@ def smoke_test(
     test_dataset: str | None = None,
     decoding: dict | None = None,
 ) -> SmokeReport:
-    from r1lib.gpu_memory import release
+    from r1lib.model.gpu_memory import release
 
     release()  # what earlier stages left on the GPU, before the HF reference loads
     out_dir = Path(out_dir)

@@ -3,7 +3,7 @@
 A row becomes ``prompt + completion``:
   prompt      the model's own chat template with ``add_generation_prompt=True`` (BOS, system, turns, ``<｜Assistant｜>``
               and, with the official template, ``<think>\\n``), so training sees exactly what inference sends;
-  completion  ``reasoning \\n</think>\\n\\n answer <｜end▁of▁sentence｜>`` (see r1lib/chat_template.py).
+  completion  ``reasoning \\n</think>\\n\\n answer <｜end▁of▁sentence｜>`` (see r1lib/data/chat_template.py).
 Both are tokenized with ``add_special_tokens=False`` (the template already holds the BOS: re-adding it is the classic
 duplicate-BOS bug), and every row is checked to hold exactly one BOS, at position 0. Labels are -100 on the prompt;
 ``think_in_loss`` decides whether the reasoning is trained (keep), shown but not trained (mask) or left out (drop).
@@ -24,18 +24,18 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
-from r1lib.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render_prompt, render_prompts
 from r1lib.compat import rust_tokenizer
 from r1lib.config import TokenizeConfig
+from r1lib.data.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render_prompt, render_prompts
+from r1lib.data.records import location
+from r1lib.data.shards import JsonlWriter, Shard, chunked
+from r1lib.data.tokenized import rows_table, token_features, write_dataset
 from r1lib.errors import DataValidationError, PermanentError
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.records import location
 from r1lib.runs import stage_dir
-from r1lib.shards import JsonlWriter, Shard, chunked
 from r1lib.stage import StageResult
-from r1lib.tokenized import rows_table, token_features, write_dataset
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -440,7 +440,7 @@ _TOKENIZER_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=2)
 def _load_tokenizer(model_dir: str, trust_remote_code: bool):
-    from r1lib.models import load_tokenizer
+    from r1lib.model.loading import load_tokenizer
 
     return load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
 

@@ -18,8 +18,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
-from r1lib.gpu_memory import apply_cap
 from r1lib.io import atomic_path, disk_full, exclusive_dir, is_disk_full, write_json
+from r1lib.model.gpu_memory import apply_cap
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_logger, stage_options
 from r1lib.runs import stage_dir

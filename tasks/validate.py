@@ -19,11 +19,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from r1lib.config import DataConfig
-from r1lib.errors import DataValidationError
-from r1lib.io import concat_files, write_json
-from r1lib.paths import InputPath, OutputPath
-from r1lib.policy import stage_options
-from r1lib.readers import (
+from r1lib.data.readers import (
     BLANK,
     MAX_LINE_BYTES,
     DuplicateKey,
@@ -33,9 +29,13 @@ from r1lib.readers import (
     path_exists,
     safe_text,
 )
-from r1lib.records import RecordError, RowRules, check_schema, location, make_record, normalize
+from r1lib.data.records import RecordError, RowRules, check_schema, location, make_record, normalize
+from r1lib.data.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
+from r1lib.errors import DataValidationError
+from r1lib.io import concat_files, write_json
+from r1lib.paths import InputPath, OutputPath
+from r1lib.policy import stage_options
 from r1lib.runs import stage_dir
-from r1lib.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
 from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def iter_validated(
     """Stream one file: (True, record, number) for each accepted row, (False, quarantine row, number) for each
     rejected one, (False, None, number) for a blank line (counted, not quarantined). ``rules``: placeholders and the
     tools policy (RowRules; its max_chars gives way to ``max_chars``). ``allowed_roots`` are checked against the file
-    actually opened (r1lib/readers.py open_input)."""
+    actually opened (r1lib/data/readers.py open_input)."""
     name = str(path)
     rules = (rules or RowRules()).model_copy(update={"max_chars": max_chars})
     for number, raw, parsed in iter_raw_rows(path, max_line_bytes, allowed_roots):

@@ -23,7 +23,7 @@ def prefect_harness(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from r1lib.embedded import build_tokenizer
+    from r1lib.model.embedded import build_tokenizer
 
     return build_tokenizer()
 
@@ -34,8 +34,8 @@ def small_dataset(tmp_path_factory, tokenizer):
     from datasets import Dataset
 
     from r1lib.config import TokenizeConfig
+    from r1lib.data.records import make_record, normalize
     from r1lib.io import read_jsonl
-    from r1lib.records import make_record, normalize
     from tasks.tokenize import tokenize_records
 
     rows = read_jsonl(ROOT / "data/sample/train.jsonl")[:120]

@@ -1,4 +1,4 @@
-"""The Prefect stack the server tests run against (tests/test_server.py, tests/test_server_crash.py).
+"""The Prefect stack the server tests run against (tests/flows/test_server.py, tests/flows/test_server_crash.py).
 
 One server per test module: its database is SQLite, or a PostgreSQL database of its own (created here, dropped on
 teardown) when R1_TEST_DATABASE_URL names a role that may create databases (.ci/run starts scripts/postgres for it).
@@ -32,7 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 # How README.md tells a user to create the pools, the GPU limit and the deployments.
-DEPLOY_COMMAND = (".venv/bin/python", "-m", "flows.deploy")
+DEPLOY_COMMAND = (".venv/bin/python", "-m", "r1lib.ops.deploy")
 RUN_TIMEOUT = 1500  # seconds for one flow run on a busy two-core machine
 # postgresql+asyncpg://user:password@host:port/db of a role with CREATEDB (scripts/postgres prints one); unset: SQLite.
 DATABASE_URL = os.environ.get("R1_TEST_DATABASE_URL")

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from r1lib.chat_template import ASSISTANT, BOS, EOS, R1_CHAT_TEMPLATE, THINK_CLOSE, THINK_OPEN, USER
+from r1lib.data.chat_template import ASSISTANT, BOS, EOS, R1_CHAT_TEMPLATE, THINK_CLOSE, THINK_OPEN, USER
 from r1lib.errors import ConfigError
 from r1lib.io import atomic_dir
 
@@ -153,7 +153,7 @@ def build_llama3_r1_tokenizer():
 def shape_tokenizer(shape: str):
     if SHAPES[shape]["tokenizer"] == "llama3":
         return build_llama3_r1_tokenizer()
-    from r1lib.embedded import build_tokenizer
+    from r1lib.model.embedded import build_tokenizer
 
     return build_tokenizer()
 

@@ -1,0 +1,1 @@
+"""Training: backends (Unsloth / HF), the fit loop, the launcher, the memory plan."""

@@ -46,7 +46,7 @@ def load_unsloth(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, max_s
     import torch
     from unsloth import FastLanguageModel
 
-    from r1lib.models import remote_code_policy
+    from r1lib.model.loading import remote_code_policy
 
     extra = {"revision": model_cfg.revision} if model_cfg.revision else {}
     with remote_code_policy(model_dir, model_cfg.trust_remote_code):
@@ -80,7 +80,7 @@ def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, quant_stor
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from r1lib.models import load_causal_lm, load_tokenizer
+    from r1lib.model.loading import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit, quant_storage=quant_storage)
     if model_cfg.load_in_4bit:

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from r1lib.config import TrainConfig
 from r1lib.errors import ConfigError
-from r1lib.gpu_memory import apply_cap
 from r1lib.io import write_json
+from r1lib.model.gpu_memory import apply_cap
 from r1lib.paths import PROJECT_DIR, open_confined
 from r1lib.training.fit import FitOutcome, FitSpec, fit
 
@@ -129,7 +129,7 @@ def _no_alias_loader():
 def load_launch_preset(cfg: TrainConfig) -> tuple[Path, LaunchPreset]:
     """The launch preset ``train.launch`` names, read and checked strictly (a regular file of at most 64 KiB; the
     trainer block and the environment within their allow-lists); else ConfigError naming the file and the field.
-    The flows call it before any stage works (r1lib.paths.check_config_paths), and the train stage reads the file
+    The flows call it before any stage works (r1lib/preflight.py), and the train stage reads the file
     again through it, so a file changed in between is held to the same rules."""
     import yaml
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from r1lib.config import ModelConfig, TrainConfig
-from r1lib.gpu_memory import GIB, available_bytes, cap_bytes
-from r1lib.model_shape import ModelShape
+from r1lib.model.gpu_memory import GIB, available_bytes, cap_bytes
+from r1lib.model.shape import ModelShape
 
 HEADROOM = 0.85  # of the available memory: the caching allocator's fragmentation and kernels' workspaces
 RESERVE_BYTES = 1 * GIB  # cuBLAS/compile workspaces, the CUDA graph pools, the loss chunks

@@ -1,0 +1,1 @@
+"""Models: loading base models and tokenizers, their shapes, the embedded tiny model, generation, GPU memory caps."""

@@ -1,0 +1,231 @@
+"""Generating R1 answers in batches, and scoring them against references.
+
+Generation batches prompts by length and counts what a throughput table needs (new tokens, tokens/s) and the
+completions that hit ``max_new_tokens`` inside the think block (truncated thinking). Scores: accuracy of the answer
+after ``</think>`` (exact and normalized: case, spaces, punctuation), R1 format
+compliance (a closed think block with reasoning, then an answer), the share of empty thinking, repeated 3-grams.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+import time
+
+from pydantic import BaseModel
+
+from r1lib.config import EvalConfig, ModelConfig
+from r1lib.data.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
+from r1lib.data.records import answer_of
+from r1lib.model.gpu_memory import GIB, available_bytes
+
+log = logging.getLogger(__name__)
+
+
+def normalize_answer(text: str) -> str:
+    text = text.lower().strip()
+    text = text.translate(str.maketrans("", "", string.punctuation + "。，！？"))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def repetition_rate(text: str, n: int = 3) -> float:
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+class GenerationStats(BaseModel):
+    """How a generation pass went: what the throughput table and the truncated-thinking count read."""
+
+    prompts: int
+    generated: int  # prompts that got a completion (the rest were cut by the time limit)
+    new_tokens: int  # tokens generated, up to and including each row's end-of-sentence token
+    seconds: float
+    tokens_per_second: float
+    truncated: int  # completions that reached max_new_tokens without an end-of-sentence token
+    truncated_thinking: int  # of those, the ones still inside the think block (no </think> yet)
+    batch_size: int
+    stopped_by_time_limit: bool
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    cfg: EvalConfig,
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+) -> tuple[list[str | None], GenerationStats]:
+    """Completions of the prompts (already templated), in their order; None for prompts the time limit cut off.
+
+    Prompts are batched by length (shortest first, left-padded), so a batch pads little and the time limit leaves the
+    fewest rows ungenerated; each row stops at the end-of-sentence token, a batch when all its rows have. The last
+    batch that runs is bounded by the time left (``max_time``).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    batch_size = batch_size or cfg.batch_size
+    max_new_tokens = max_new_tokens or cfg.max_new_tokens
+    tokenizer.padding_side = "left"
+    eos = tokenizer.eos_token_id
+    kwargs = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": eos,
+        "repetition_penalty": cfg.repetition_penalty,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+        "do_sample": cfg.temperature > 0,
+    }
+    if cfg.temperature > 0:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+    from tqdm.auto import tqdm
+
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    outputs: list[str | None] = [None] * len(prompts)
+    new_tokens = truncated = truncated_thinking = done = 0
+    started, stopped = time.monotonic(), False
+    for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch"):
+        if time.monotonic() - started > cfg.time_limit_s:
+            stopped = True
+            log.warning("evaluation generation stopped by its time limit after %d prompts", done)
+            break
+        rows = order[start : start + batch_size]
+        batch = tokenizer([prompts[i] for i in rows], add_special_tokens=False, padding=True, return_tensors="pt")
+        batch = batch.to(device)
+        remaining = max(cfg.time_limit_s - (time.monotonic() - started), 1.0)
+        with torch.no_grad():  # max_time also bounds the batch that straddles the limit
+            out = model.generate(**batch, **kwargs, max_time=remaining, use_cache=True)
+        for i, ids in zip(rows, out[:, batch["input_ids"].shape[1] :].tolist()):
+            ended = eos in ids
+            ids = ids[: ids.index(eos) + 1] if ended else ids
+            text = tokenizer.decode(ids, skip_special_tokens=False)
+            outputs[i] = text
+            new_tokens += len(ids)
+            if not ended and len(ids) >= max_new_tokens:
+                truncated += 1
+                truncated_thinking += THINK_CLOSE not in text
+        done += len(rows)
+    seconds = time.monotonic() - started
+    stats = GenerationStats(
+        prompts=len(prompts),
+        generated=done,
+        new_tokens=new_tokens,
+        seconds=round(seconds, 3),
+        tokens_per_second=round(new_tokens / max(seconds, 1e-9), 1),
+        truncated=truncated,
+        truncated_thinking=truncated_thinking,
+        batch_size=batch_size,
+        stopped_by_time_limit=stopped,
+    )
+    if truncated_thinking:  # the caller warns where it matters (the fine-tuned model's answers: tasks/evaluate.py)
+        log.info(
+            "%d of %d generations reached max_new_tokens=%d inside the think block (truncated thinking: no answer "
+            "to score; raise evaluate.max_new_tokens to let them finish)",
+            truncated_thinking,
+            done,
+            max_new_tokens,
+        )
+    return outputs, stats
+
+
+def format_check(completion: str) -> tuple[bool, bool]:
+    """(R1 format ok, thinking empty) of a completion that follows the generation prompt (which opens ``<think>``).
+
+    OK means: exactly one ``</think>``, non-empty reasoning before it, no second ``<think>``, a non-empty answer after.
+    """
+    if completion.count(THINK_CLOSE) != 1:
+        return False, False
+    reasoning, answer = completion.split(THINK_CLOSE, 1)
+    reasoning = reasoning.replace(THINK_OPEN, "", 1).strip()
+    answer = answer.replace(EOS, "").strip()
+    ok = bool(reasoning) and bool(answer) and THINK_OPEN not in reasoning and THINK_OPEN not in answer
+    return ok, not reasoning
+
+
+def score_generations(records: list[dict], completions: list[str]) -> dict:
+    """Accuracy (reasoning stripped; exact and normalized), format compliance and repetition of the generations."""
+    exact = normalized = format_ok = empty = 0
+    repetition = 0.0
+    pairs = [(r, c) for r, c in zip(records, completions) if c is not None]  # None: cut by the time limit
+    for record, completion in pairs:
+        completion = completion.split(EOS, 1)[0]  # padding after EOS in a batch is not part of the answer
+        answer = extract_answer(completion)
+        gold = answer_of(record).strip()
+        exact += answer == gold
+        normalized += answer is not None and normalize_answer(answer) == normalize_answer(gold)
+        ok, empty_thinking = format_check(completion)
+        format_ok += ok
+        empty += empty_thinking
+        repetition += repetition_rate(completion)
+    n = max(len(pairs), 1)
+    return {
+        "accuracy": round(exact / n, 4),
+        "accuracy_normalized": round(normalized / n, 4),
+        "format_ok": round(format_ok / n, 4),
+        "empty_thinking": round(empty / n, 4),
+        "repetition_rate": round(repetition / n, 4),
+        "generated": len(pairs),
+    }
+
+
+def generation_plan(
+    cfg: EvalConfig, model_dir: str, model_cfg: ModelConfig, longest_prompt: int, longest_row: int = 0
+) -> dict:
+    """How to generate: ``mode`` (merged or adapter), ``batch`` and why, from the memory left after the 4-bit model
+    loaded. Merged needs the decoder's linears at full precision; both need the cache of a batch of rows. Also
+    ``perplexity_batch``: held-out rows of up to ``longest_row`` tokens per perplexity forward (the MLP's
+    intermediate activations of a whole row are what a forward pass holds at its peak)."""
+    from r1lib.model.shape import ModelShape
+
+    budget, shape = available_bytes(), ModelShape.read(model_dir)
+    modes = ["merged", "adapter"] if cfg.generation == "auto" else [cfg.generation]
+    if not model_cfg.load_in_4bit:
+        modes = ["merged"]  # the base is already at full precision: merging the adapter costs nothing more
+    if budget is None or shape is None:
+        why = "no CUDA device" if budget is None else f"no Llama/Qwen2-style config.json in {model_dir}"
+        return {
+            "mode": modes[0],
+            "batch": cfg.batch_size,
+            "perplexity_batch": cfg.batch_size,
+            "reason": f"{why}: {modes[0]} at the configured batch",
+        }
+    usable = budget * 0.85 - GIB
+    per_row = shape.kv_bytes_per_token() * (longest_prompt + cfg.max_new_tokens) * 1.2
+    for mode in modes:
+        extra = shape.linear_params * 2 if mode == "merged" and model_cfg.load_in_4bit else 0
+        fits = int((usable - extra) // per_row)
+        if fits >= 1 or mode == modes[-1]:
+            batch = max(1, min(cfg.batch_size, fits))
+            forward = 2 * (3 * shape.intermediate + 4 * shape.hidden) * max(longest_row, 1) * 1.2
+            return {
+                "mode": mode,
+                "batch": batch,
+                "perplexity_batch": max(1, min(cfg.batch_size, int((usable - extra) // forward))),
+                "reason": f"{(extra + batch * per_row) / GIB:.1f} GiB needed of {usable / GIB:.1f} GiB usable"
+                + ("" if batch == cfg.batch_size else f" (batch lowered from {cfg.batch_size} to fit)"),
+            }
+    raise AssertionError("unreachable: the last mode always returns")
+
+
+def time_plain_generate(model, adapter_dir: str, tokenizer, prompts: list[str], cfg: EvalConfig, batch: int) -> dict:
+    """Plain HF generate on the 4-bit model with the adapter attached (what users run), over one batch of
+    ``baseline_rows`` prompts and ``baseline_tokens`` new tokens after a short warm-up; the adapter is removed
+    again before returning."""
+    from peft import PeftModel
+
+    rows = prompts[: min(cfg.baseline_rows, batch)]
+    tuned = PeftModel.from_pretrained(model, adapter_dir)
+    tuned.eval()
+    tokens = min(cfg.baseline_tokens, cfg.max_new_tokens)
+    generate(tuned, tokenizer, rows[:1], cfg, 1, 2)  # kernels and handles initialised outside the timing
+    _, stats = generate(tuned, tokenizer, rows, cfg, len(rows), tokens)
+    tuned.unload()
+    return {
+        "rows": len(rows),
+        "max_new_tokens": tokens,
+        "new_tokens": stats.new_tokens,
+        "tokens_per_s": stats.tokens_per_second,
+    }

@@ -1,0 +1,220 @@
+"""A small model registry: one JSON index of every trained version, its lineage, and which one is the champion.
+
+Layout under the registry folder::
+
+    index.json            {"champion": 3, "versions": [{version, created_at, status, champion, data_fingerprint,
+                           drop_files, train_paths, config, config_fingerprint, code_version, metrics, adapter,
+                           ggufs, run_dir, flow_run_id, decision}, ...]}
+    data/<sha12>-<name>   every accepted drop file, snapshotted (the drop location may be cleaned up)
+    models/v<N>/          the version's adapter and GGUF files (hard links or copies of the run's outputs)
+
+Why atomic updates: the index is the single source of truth for "what is serving". It is rewritten whole through
+``r1lib.io.write_json`` (a temporary file, fsync, rename), so a crash or a kill in the middle of an update leaves the
+previous index intact and a reader (a serving box, the UI, a concurrent nightly) never sees a half-written file.
+Read-modify-write cycles also hold an exclusive ``flock`` on ``index.lock`` so two writers cannot lose each other's
+update.
+
+    python -m r1lib.ops.registry list registry/          # versions, metrics, champion
+    python -m r1lib.ops.registry rollback registry/      # make the previous champion the champion again
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from r1lib.io import write_json
+from r1lib.paths import PROJECT_DIR
+
+INDEX = "index.json"
+
+
+def code_version(root: str | Path | None = None) -> str:
+    """The git commit of the code that trained (``-dirty`` with uncommitted changes), else ``unknown``."""
+    root = Path(root or PROJECT_DIR)
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if not sha:
+            return os.environ.get("R1_CODE_VERSION", "unknown")
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("R1_CODE_VERSION", "unknown")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class Registry:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # --- the index ------------------------------------------------------------------------------------------------
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX
+
+    def load(self) -> dict:
+        if not self.index_path.exists():
+            return {"champion": None, "versions": []}
+        return json.loads(self.index_path.read_text(encoding="utf-8"))
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[dict]:
+        """Lock, read, let the block change the index, write it back atomically (only if the block finished)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "index.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            index = self.load()
+            yield index
+            write_json(self.index_path, index)
+
+    def versions(self) -> list[dict]:
+        return self.load()["versions"]
+
+    def get(self, version: int) -> dict | None:
+        return next((v for v in self.versions() if v["version"] == version), None)
+
+    def champion(self) -> dict | None:
+        index = self.load()
+        return next((v for v in index["versions"] if v["version"] == index["champion"]), None)
+
+    def processed_files(self) -> set[str]:
+        """sha256 of every drop file some version has already been trained on."""
+        return {f["sha256"] for v in self.versions() for f in v.get("drop_files", [])}
+
+    def accepted_data(self) -> list[str]:
+        """Snapshots of every drop file accepted so far, oldest first."""
+        seen, paths = set(), []
+        for v in self.versions():
+            for f in v.get("drop_files", []):
+                if f["sha256"] not in seen:
+                    seen.add(f["sha256"])
+                    paths.append(f["snapshot"])
+        return paths
+
+    # --- data snapshots -------------------------------------------------------------------------------------------
+
+    def snapshot_path(self, name: str, sha256: str) -> Path:
+        return self.root / "data" / f"{sha256[:12]}-{Path(name).name}"
+
+    # --- versions -------------------------------------------------------------------------------------------------
+
+    def add_version(self, entry: dict[str, Any], adapter: str | None, ggufs: list[dict]) -> dict:
+        """Record a new (not yet promoted) version; its adapter and GGUFs are linked into ``models/v<N>/``."""
+        with self.update() as index:
+            number = max((v["version"] for v in index["versions"]), default=0) + 1
+            home = self.root / "models" / f"v{number}"
+            if home.exists():
+                shutil.rmtree(home)
+            stored_adapter = None
+            if adapter and Path(adapter).is_dir():
+                for file in Path(adapter).rglob("*"):
+                    if file.is_file():
+                        _link_or_copy(file, home / "adapter" / file.relative_to(adapter))
+                stored_adapter = str(home / "adapter")
+            stored_ggufs = []
+            for g in ggufs:
+                dst = home / Path(g["path"]).name
+                _link_or_copy(Path(g["path"]), dst)
+                stored_ggufs.append({**g, "path": str(dst), "source": g["path"]})
+            record = {
+                "version": number,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "status": "candidate",
+                "champion": False,
+                **entry,
+                "adapter": stored_adapter,
+                "ggufs": stored_ggufs,
+            }
+            index["versions"].append(record)
+        return record
+
+    def remove_version(self, number: int) -> None:
+        """Undo ``add_version`` (a rolled-back nightly): forget the entry and delete its files."""
+        with self.update() as index:
+            index["versions"] = [v for v in index["versions"] if v["version"] != number]
+            if index["champion"] == number:
+                index["champion"] = None
+        shutil.rmtree(self.root / "models" / f"v{number}", ignore_errors=True)
+
+    def set_status(self, number: int, status: str, decision: str | None = None) -> None:
+        with self.update() as index:
+            for v in index["versions"]:
+                if v["version"] == number:
+                    v["status"] = status
+                    if decision is not None:
+                        v["decision"] = decision
+
+    def set_champion(self, number: int | None) -> int | None:
+        """Make ``number`` the champion (None: no champion); returns the previous champion's number."""
+        with self.update() as index:
+            previous = index["champion"]
+            if number is not None and not any(v["version"] == number for v in index["versions"]):
+                raise KeyError(f"no version {number} in {self.index_path}")
+            index["champion"] = number
+            for v in index["versions"]:
+                v["champion"] = v["version"] == number
+                if v["version"] == number:
+                    v["status"] = "champion"
+                elif v["version"] == previous and v["status"] == "champion":
+                    v["status"] = "retired"
+            return previous
+
+    def rollback(self) -> int | None:
+        """Re-promote the most recent earlier champion (one that was retired); returns the new champion's number."""
+        index = self.load()
+        current = index["champion"]
+        earlier = [
+            v for v in index["versions"] if v["status"] == "retired" and (current is None or v["version"] < current)
+        ]
+        if not earlier:
+            raise LookupError("no earlier champion to roll back to")
+        target = earlier[-1]["version"]
+        self.set_champion(target)
+        if current is not None:
+            self.set_status(current, "rolled-back")
+        return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m r1lib.ops.registry", description="The model registry.")
+    parser.add_argument("command", choices=["list", "rollback"])
+    parser.add_argument("root", nargs="?", default="registry")
+    args = parser.parse_args(argv)
+    registry = Registry(args.root)
+    if args.command == "rollback":
+        print(f"champion is now v{registry.rollback()}")
+    for v in registry.versions():
+        mark = "*" if v["champion"] else " "
+        print(
+            f"{mark} v{v['version']:<3} {v['status']:11} {v['created_at']}  data {v['data_fingerprint'][:12]}  "
+            f"code {v['code_version'][:12]}  {json.dumps(v.get('metrics', {}))}"
+        )
+
+
+if __name__ == "__main__":
+    main()

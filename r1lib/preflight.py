@@ -1,0 +1,97 @@
+"""Every check of a configuration against this machine, before any stage does work, once per run.
+
+``preflight(config)`` confines every configured input path to ``data.allowed_roots``, reads and checks the launch
+preset, checks a local cluster's size against the cores, and checks the model folder (LoRA targets, safetensors
+weights, no code to trust). It reads no data. The command line calls it before it starts a server, and the flows
+call it first; a configuration that passed once in this process is not checked again. ``allowed_roots_fix`` says
+what to type when a path lies outside the roots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+
+from r1lib.config import PipelineConfig
+from r1lib.errors import ConfigError, PathNotAllowed
+from r1lib.model.loading import check_model_config
+from r1lib.paths import check_links, confine, declared_paths, is_url, refuse_archive, resolve_roots
+from r1lib.training.launcher import launch_plan
+
+_passed: set[str] = set()  # configurations (as JSON) that passed in this process
+
+
+def preflight(config: PipelineConfig) -> None:
+    """``check_config`` once per configuration in this process (the command line and the flow both call it)."""
+    key = config.model_dump_json()
+    if key not in _passed:
+        check_config(config)
+        _passed.add(key)
+
+
+def config_paths(config: PipelineConfig) -> list[tuple[str, str]]:
+    """(field, path) of every ``InputPath`` the configuration names for the run to read, other than the model, in
+    the sections in use (``PipelineConfig.unused_paths``): data inputs as written (files, folders or globs; validate
+    confines what they expand to), augmentation templates, debias lists, the lm_eval folder, the embedded model's
+    pre-training texts."""
+    unused = config.unused_paths()
+    launch = [("train.launch", config.train.launch)] if config.train.launch.endswith((".yaml", ".yml")) else []
+    return launch + [
+        (name, path)
+        for name, path, ref in declared_paths(config)
+        if not ref.output and not any(name == u or name.startswith((u + ".", u + "[")) for u in unused)
+    ]
+
+
+def check_config(config: PipelineConfig) -> None:
+    """Every path ``config_paths`` lists lies under ``data.allowed_roots`` (and, for the lm_eval folder, every
+    symlink inside it); else PathNotAllowed naming the configuration field. Then what the configuration asks of
+    this machine: the launch preset ``train.launch`` names is read and checked (it exists; its trainer and env blocks
+    stay within their allow-lists; the processes it starts fit the GPUs or cores here), a local cluster's
+    ``runner.workers`` fit the cores, and the embedded model or a local model folder has the LoRA targets, safetensors
+    weights and no code it would need trusted (r1lib.model.loading.check_model_config). Reads no data, so a flow
+    calls it first and a bad path, preset, count or model fails before any stage does work."""
+    roots, field = resolve_roots(config.data.allowed_roots), "data.allowed_roots"
+    for name, path in config_paths(config):
+        try:
+            confine(path, roots, field)
+            if name == "evaluate.lm_eval_path" and not is_url(path) and os.path.isdir(path):
+                check_links(path, roots, field)
+        except PathNotAllowed as exc:
+            raise PathNotAllowed(f"{name}: {exc}") from None
+    launch_plan(config.train, "hf" if config.train.backend == "auto" else config.train.backend)
+    cores = os.cpu_count() or 1
+    if config.runner.address is None and config.runner.workers > max(8, 4 * cores):
+        raise ConfigError(
+            f"runner.workers = {config.runner.workers} local workers on {cores} CPU core(s) (at most "
+            f"{max(8, 4 * cores)}); a larger cluster is one you start yourself and name in runner.address"
+        )
+    check_model_config(config.model, config.train.lora.target_modules)
+
+
+def allowed_roots_fix(config: PipelineConfig) -> str | None:
+    """``--set 'data.allowed_roots=[...]'``: the configured roots plus the folder (or the URL's bucket) of each
+    configured path they refuse; None when they refuse none."""
+    roots = resolve_roots(config.data.allowed_roots)
+    extra: list[str] = []
+    for _, path in config_paths(config):
+        try:
+            confine(path, roots, "data.allowed_roots")
+        except PathNotAllowed:
+            try:
+                refuse_archive(path, "data.allowed_roots")
+            except PathNotAllowed:
+                continue  # an archive is refused wherever it lies: no root allows it
+            if is_url(path):
+                scheme, _, rest = path.partition("://")
+                folder = f"{scheme}://{rest.split('/', 1)[0]}/"
+            else:
+                real = os.path.realpath(os.path.expanduser(path.removeprefix("file://")))
+                folder = real if os.path.isdir(real) else os.path.dirname(real)
+            if folder not in extra:
+                extra.append(folder)
+    if not extra:
+        return None
+    value = json.dumps([*config.data.allowed_roots, *extra], ensure_ascii=False)
+    return f"--set {shlex.quote(f'data.allowed_roots={value}')}"

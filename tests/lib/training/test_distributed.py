@@ -1,0 +1,227 @@
+"""Multi-process training: launch presets, and data-parallel training through torchrun.
+
+On this CPU machine the DDP preset starts 2 CPU processes that all-reduce over gloo: the same code path as 2 GPUs over
+NCCL (tests/lib/training/test_gpu.py runs that on a 2-GPU machine), small enough for CI.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from r1lib.config import TrainConfig
+from r1lib.errors import ConfigError
+from r1lib.presets import preset
+from r1lib.training.launcher import launch_plan
+from tests.conftest import ROOT
+
+TRAIN_SCRIPT = """
+import sys
+from pathlib import Path
+from r1lib.config import TrainConfig
+from r1lib.presets import preset
+from tasks.resolve_model import resolve_model
+from tasks.train import train
+cfg = preset("tiny")
+train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": int(sys.argv[4]), "save_steps": 3,
+                           "logging_steps": 1, "micro_batch_size": 4, "gradient_accumulation": 2,
+                           "gpus": int(sys.argv[3]), "learning_rate": 3e-3})
+model_dir = resolve_model(cfg.model, cfg.cache_dir)
+result = train(sys.argv[1], None, model_dir, cfg.model, train_cfg, cfg.tokenize, Path(sys.argv[2]))
+print("RESULT " + result.model_dump_json())
+"""
+
+
+def start(dataset: str, out_dir: Path, processes: int, steps: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", TRAIN_SCRIPT, dataset, str(out_dir), str(processes), str(steps)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def losses(result: dict) -> list[float]:
+    return [h["loss"] for h in json.loads(Path(result["log_history"]).read_text()) if "loss" in h]
+
+
+# --- launch presets -----------------------------------------------------------------------------------------------
+
+
+def train_cfg(**changes) -> TrainConfig:
+    return TrainConfig(**{**preset("tiny").train.model_dump(), **changes})
+
+
+def test_one_process_trains_in_the_task_process():
+    plan = launch_plan(train_cfg(gpus=1), "hf")
+    assert (plan.name, plan.launcher, plan.processes) == ("single", "in-process", 1)
+
+
+def test_more_processes_choose_the_ddp_preset_and_keep_the_effective_batch():
+    plan = launch_plan(train_cfg(gpus=2, micro_batch_size=4, gradient_accumulation=2), "hf")
+    assert (plan.name, plan.launcher, plan.processes) == ("ddp", "torchrun", 2)
+    assert plan.trainer_args["ddp_find_unused_parameters"] is False
+    with pytest.raises(ConfigError, match="multiple of the 2 training processes.*= 12"):
+        launch_plan(train_cfg(gpus=2, micro_batch_size=4, gradient_accumulation=3), "hf")
+
+
+def test_presets_are_data_files_chosen_by_the_config(monkeypatch):
+    fsdp = launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"), "hf")
+    assert fsdp.trainer_args["fsdp"] == "full_shard auto_wrap" and fsdp.quant_storage == "bfloat16"
+    # What the preset sets over the config is said, field by field (the train stage logs it).
+    said = fsdp.overrides(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"))
+    assert "optim='adamw_torch_fused' (train.optimizer = 'adamw_torch')" in said
+    with pytest.raises(ConfigError, match="does not support the unsloth backend"):
+        launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="fsdp"), "unsloth")
+    with pytest.raises(ConfigError, match="trains in one process; use ddp or fsdp"):
+        launch_plan(train_cfg(gpus=2, gradient_accumulation=2, launch="single"), "hf")
+    with pytest.raises(ConfigError, match=r"no preset .*known: ddp, fsdp, single"):
+        launch_plan(train_cfg(launch="deepspeed"), "hf")
+    assert launch_plan(train_cfg(gpus=2, gradient_accumulation=2), "hf").name == "ddp"  # auto: ddp for more than one
+    # The config alone decides: no environment variable picks the preset.
+    monkeypatch.setenv("R1_FINETUNE_LAUNCH", "ddp")
+    assert launch_plan(train_cfg(), "hf").name == "single"
+
+
+# --- data-parallel training ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ddp_over_two_processes_trains_like_one_process_and_rank_zero_writes_one_adapter(small_dataset, tmp_path):
+    single = finish(start(small_dataset, tmp_path / "single", processes=1, steps=6))
+    ddp = finish(start(small_dataset, tmp_path / "ddp", processes=2, steps=6))
+
+    assert (ddp["processes"], ddp["launch"], ddp["steps"]) == (2, "ddp", 6)
+    # Same effective batch (4 x 2 on one process, 4 x 1 on each of two): the same rows per step, so the same losses
+    # up to floating-point reduction order.
+    assert ddp["micro_batch_size"] * ddp["gradient_accumulation"] * 2 == 8
+    assert losses(ddp) == pytest.approx(losses(single), rel=0.02)
+    # Rank 0 wrote the artifacts once; each rank its own RNG state in the checkpoint.
+    train_dir = tmp_path / "ddp"
+    assert sorted(p.name for p in train_dir.iterdir()) == [
+        ".lock",
+        "adapter",
+        "checkpoints",
+        "launch",
+        "log_history.json",
+        "loss_curve.png",
+        "result.json",
+    ]
+    assert (train_dir / "adapter" / "adapter_model.safetensors").exists()
+    last = max((train_dir / "checkpoints").glob("*/checkpoint-6"))
+    assert {p.name for p in last.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert (last / "checkpoint-complete.json").exists()
+
+    # The task died after the final checkpoint, before it returned: the rerun publishes that checkpoint through the
+    # ranks (no step past max_steps, which transformers' resume would train at a mid-epoch end).
+    from safetensors.torch import load_file
+
+    shutil.rmtree(train_dir / "adapter")
+    again = finish(start(small_dataset, train_dir, processes=2, steps=6))
+    assert (again["steps"], again["resumed_from"]) == (6, str(last))
+    assert not list((train_dir / "checkpoints").glob("*/checkpoint-7"))
+    published = load_file(train_dir / "adapter" / "adapter_model.safetensors")
+    saved = load_file(last / "adapter_model.safetensors")
+    assert published.keys() == saved.keys() and all(published[k].equal(saved[k]) for k in saved)
+
+
+@pytest.mark.slow
+def test_killed_ddp_training_leaves_no_orphan_rank_and_resumes(small_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    proc = start(small_dataset, out, processes=2, steps=9)
+    deadline = time.monotonic() + 600
+    while not list(out.glob("checkpoints/*/checkpoint-3/checkpoint-complete.json")):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL of the task's process: the ranks get SIGTERM from the kernel (PR_SET_PDEATHSIG)
+    proc.wait()
+    time.sleep(5)
+    ranks = subprocess.run(
+        ["pgrep", "-f", f"r1lib.training.launcher {out}/launch/spec.json"], capture_output=True, text=True
+    )
+    assert ranks.stdout.strip() == "", f"orphaned ranks still running: {ranks.stdout}"
+    if proc.pid:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # tidy up should the assertion above have failed
+        except ProcessLookupError:
+            pass
+
+    resumed = finish(start(small_dataset, out, processes=2, steps=9))
+    assert resumed["resumed_from"] and resumed["resumed_from"].rsplit("-", 1)[-1] in ("3", "6")
+    assert resumed["steps"] == 9
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_the_ddp_deployment_picks_the_ddp_preset_through_its_parameters():
+    import yaml
+
+    from r1lib.config import PipelineConfig
+    from r1lib.presets import expand_preset
+
+    deployment = next(
+        d
+        for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+        if d["name"] == "nightly-retrain-ddp"
+    )
+    config = PipelineConfig.model_validate(expand_preset(deployment["parameters"]["config"]))
+    env = deployment["work_pool"]["job_variables"]["env"]
+    assert config.train.gpus == 0 and config.train.launch == "ddp" and env["R1_GPU_LIMIT"] == "gpu"
+    # gpus=0 means every visible GPU; on this CPU machine that is one process, so torchrun is not needed
+    plan = launch_plan(config.train, "hf")
+    assert (plan.name, plan.processes, plan.launcher) == ("ddp", 1, "in-process")
+
+
+@pytest.mark.slow
+def test_the_whole_flow_trains_data_parallel_and_writes_one_adapter(tmp_path):
+    """The finetune flow with train.gpus=2 on this CPU machine: the train task launches 2 gloo ranks; evaluation,
+    merge, GGUF export and the smoke test then use the one adapter rank 0 wrote (tests/lib/training/test_gpu.py: the
+    same on 2 GPUs)."""
+    command = [
+        sys.executable,
+        "-m",
+        "flows.finetune",
+        "--set",
+        f"runs_dir={tmp_path}",
+        "--set",
+        "train.gpus=2",
+        "--set",
+        "train.micro_batch_size=8",
+        "--set",
+        "train.gradient_accumulation=2",
+        "--set",
+        "train.max_steps=30",
+        "--set",
+        'export.quantizations=["Q8_0"]',
+        "--set",
+        "evaluate.max_examples=20",
+    ]
+    proc = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_dir = next(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    train = summary["train"]
+    assert (train["processes"], train["launch"], train["steps"]) == (2, "ddp", 30)
+    assert train["micro_batch_size"] * train["gradient_accumulation"] * train["processes"] == 16
+    assert train["last_loss"] < train["first_loss"] / 2
+    assert sorted(p.name for p in (run_dir / "train").glob("*adapter*")) == ["adapter"]
+    assert summary["evaluate"]["perplexity_after"] < summary["evaluate"]["perplexity_before"] / 2
+    assert all(g["smoke_answer"] for g in summary["gguf"])
