@@ -2,16 +2,21 @@
 
 ``preflight(config)`` confines every configured input path to ``data.allowed_roots``, reads and checks the launch
 preset, checks a local cluster's size against the cores, and checks the model folder (LoRA targets, safetensors
-weights, no code to trust). It reads no data. The command line calls it before it starts a server, and the flows
+weights, no code to trust), that the run and cache folders can be written, and that the task runner is installed
+and its cluster answers. It reads no data. The command line calls it before it starts a server, and the flows
 call it first; a configuration that passed once in this process is not checked again. ``allowed_roots_fix`` says
 what to type when a path lies outside the roots.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
+import socket
+import tempfile
+from urllib.parse import urlsplit
 
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError, PathNotAllowed
@@ -68,6 +73,47 @@ def check_config(config: PipelineConfig) -> None:
             f"{max(8, 4 * cores)}); a larger cluster is one you start yourself and name in runner.address"
         )
     check_model_config(config.model, config.train.lora.target_modules)
+    for field in ("runs_dir", "cache_dir"):
+        check_writable_folder(getattr(config, field), field)
+    check_runner(config)
+
+
+def check_writable_folder(folder: str, field: str) -> None:
+    """``folder`` is, or can be made, a folder this process writes into: a probe file is created and removed. A
+    device (``/dev/null``), ``/proc``, a read-only or immutable folder fails here, naming the field."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.path.isdir(folder):
+            raise NotADirectoryError("not a folder")
+        descriptor, probe = tempfile.mkstemp(prefix=".r1-probe-", dir=folder)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{field} = {folder!r}: cannot write there ({reason}); name a writable folder") from None
+
+
+def check_runner(config: PipelineConfig) -> None:
+    """The task runner ``runner.kind`` names is installed, and an existing cluster ``runner.address`` answers a TCP
+    connection within a few seconds (else the data stages would fail after the server started)."""
+    runner = config.runner
+    module = {"dask": "prefect_dask", "ray": "prefect_ray"}.get(runner.kind)
+    if module and importlib.util.find_spec(module) is None:
+        package = module.replace("_", "-")
+        raise ConfigError(
+            f"runner.kind = {runner.kind!r} needs {package} (pip install {package}), or runner.kind=default"
+        )
+    if runner.address:
+        url = urlsplit(runner.address)
+        port = url.port or (10001 if url.scheme == "ray" else 8786)
+        try:
+            with socket.create_connection((url.hostname, port), timeout=5):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"runner.address = {runner.address!r}: no answer ({exc.strerror or exc}); start the cluster first, "
+                "or leave runner.address unset for a temporary local one"
+            ) from None
 
 
 def allowed_roots_fix(config: PipelineConfig) -> str | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 from typing import Any
 
 from pydantic import ValidationError
@@ -125,6 +127,12 @@ def config_from_args(argv: list[str]) -> PipelineConfig:
         set_field(data, item)
     if args.stop_after:
         data["stop_after"] = args.stop_after
+    if data.get("preset") != args.preset:
+        # The preset decides every field the file and the flags leave out: relabelling it would mislabel the run.
+        raise ConfigError(
+            f"preset {data.get('preset')!r} in --config/--set: a preset is chosen with --preset "
+            f"{data.get('preset')} (it decides every field left out), not set as a field"
+        )
     return PipelineConfig.model_validate(data)
 
 
@@ -137,13 +145,17 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
 
 
 def read_config_file(path: str) -> dict:
-    """A ``--config`` file: one JSON object (at most 1 MiB, no key twice in an object); else ConfigError."""
+    """A ``--config`` file: one JSON object in a regular file (at most 1 MiB, no key twice in an object, a byte order
+    mark allowed); else ConfigError."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block the read or never end
+            raise ValueError("not a regular file")
         with open(path, "rb") as handle:
             raw = handle.read(2**20 + 1)
         if len(raw) > 2**20:
             raise ValueError("over 1 MiB; a configuration is a few KiB")
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+        # utf-8-sig: editors on Windows write a byte order mark before the JSON
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_refuse_duplicate_keys)
     except RecursionError:
         raise ConfigError(f"--config {path}: nested too deeply") from None
     except (OSError, ValueError) as exc:
@@ -173,7 +185,8 @@ def set_field(data: dict, item: str) -> None:
             raise ConfigError(f"--set {key}: {where} has no field {part!r} (known: {known})")
         if depth < len(parents):
             node = node[part]
-    node[leaf] = value
+    # A whole section merges over what is there, as --config does; it never resets the other fields to defaults.
+    node[leaf] = merge(node[leaf], value) if isinstance(value, dict) and isinstance(node[leaf], dict) else value
 
 
 def describe(exc: ValidationError) -> str:

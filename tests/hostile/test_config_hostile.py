@@ -8,6 +8,7 @@ started.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_hostile_config_files_are_refused_without_traceback(cli, tmp_path, conte
     assert (code, started) == (2, False) and needle in err and "Traceback" not in err, err
 
 
-def test_values_that_are_choices_not_mistakes_are_accepted(cli):
+def test_values_that_are_choices_not_mistakes_are_accepted(cli, listener):
     """Some values look odd but are choices: no quantized GGUF, no forgetting limit, no test file, a subnormal but
     positive learning rate. They pass, so that the refusals above are not a blanket."""
     for sets in (
@@ -101,10 +102,17 @@ def test_values_that_are_choices_not_mistakes_are_accepted(cli):
         ['data.test_path=""', "dedup.split_test_fraction=0.1"],
         ["train.learning_rate=1e-300"],
         ['train.lora.target_modules=["self_attn.q_proj","mlp.down_proj"]'],
-        ["runner.address=tcp://10.0.0.5:8786", "runner.kind=dask"],
+        [f"runner.address=tcp://127.0.0.1:{listener.getsockname()[1]}", "runner.kind=dask"],
     ):
         code, err, started = cli(*[arg for item in sets for arg in ("--set", item)])
         assert started and code is None, (sets, err)
+
+
+@pytest.fixture
+def listener():
+    """A cluster address that answers: a socket listening on a loopback port."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server
 
 
 def write_preset(folder: Path, text: str) -> str:
