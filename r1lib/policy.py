@@ -8,7 +8,9 @@ failed one; the train stage itself resumes from its last complete checkpoint. A 
 outputs (what the next stages read) have since vanished (someone cleaned ``runs/``) is not trusted: the stage runs
 again.
 
-Results live in ``$R1_RESULT_STORAGE`` when set (a block slug such as ``s3-bucket/r1-results``, or a local folder),
+Results are JSON that names only this project's result models (r1lib/results.py), and a stored record written in
+any other format is passed over before Prefect reads it: a replaced record cannot run code. They live in
+``$R1_RESULT_STORAGE`` when set (a block slug such as ``s3-bucket/r1-results``, or a local folder),
 else in Prefect's default ``$PREFECT_HOME/storage``; a worker pool whose runs must share the cache needs shared storage.
 
 Retries. Transient failures (I/O, network, a killed process, CUDA hiccups) retry with exponential backoff and jitter;
@@ -30,6 +32,7 @@ from prefect.tasks import exponential_backoff
 
 from r1lib.errors import PermanentError
 from r1lib.paths import declared_paths, is_url, parameter_types
+from r1lib.results import StageResultSerializer, untrusted_reason
 
 # Files above this size are fingerprinted by (size, mtime) instead of their bytes: hashing a 15 GB model per stage
 # would cost minutes, and such files are only ever replaced whole (atomic renames), which changes their mtime.
@@ -175,6 +178,10 @@ class StageCache(CachePolicy):
         result_type = parameter_types(task_ctx.task.fn).get("return", Any)
         for generation in range(_MAX_CACHE_GENERATIONS):
             candidate = key if generation == 0 else f"{key}-g{generation}"
+            reason = untrusted_reason(store, candidate)
+            if reason:  # never handed to Prefect, whose reader would run the serializer the record names
+                stage_logger().warning("passing over a stored result: %s", reason)
+                continue
             try:
                 if not store.exists(candidate):
                     return candidate
@@ -207,7 +214,7 @@ def stage_options(
         "log_prints": log_prints,
     }
     if cache:
-        options.update(cache_policy=STAGE_CACHE, persist_result=True)
+        options.update(cache_policy=STAGE_CACHE, persist_result=True, result_serializer=StageResultSerializer())
         if result_storage():
             options["result_storage"] = result_storage()
     return options
