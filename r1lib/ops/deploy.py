@@ -16,7 +16,7 @@ The deployments are the ones in prefect.yaml, deployed by ``prefect deploy`` wit
 - the nightly's working directory on the worker: this checkout for a ``process`` pool, ``--project-dir`` (default
   the image's ``/opt/r1-finetune``) for a ``docker`` or ``kubernetes`` pool.
 
-What already exists is kept: a pool is never replaced (one of another type than asked is reported), the limit's
+What already exists is kept: a pool is never replaced (one of another type than asked is refused), the limit's
 size is not changed. Running it again redeploys and changes nothing else. It needs a reachable Prefect API
 (``PREFECT_API_URL``, or a profile that sets it).
 """
@@ -139,6 +139,9 @@ def plan(args: argparse.Namespace) -> Plan:
         parameters["config"] = full_config(parameters.get("config"))
         pool = deployment["work_pool"]["name"]
         pool_types[pool] = args.gpu_pool_type if pool == "gpu" else "process"
+        if name in NIGHTLIES.values():
+            # prefect.yaml keeps the second nightly paused; the one chosen here runs.
+            deployment["schedules"] = [{**schedule, "active": True} for schedule in deployment.get("schedules") or []]
         if pool == "gpu":
             # Where the worker runs the nightly: without this step, a process worker would stay in its own folder.
             deployment["pull"] = [
@@ -173,8 +176,13 @@ def ensure_pools(client, pools: list[Pool]) -> list[str]:
             client.create_work_pool(WorkPoolCreate(name=pool.name, type=pool.type, base_job_template=template))
             said.append(f"work pool {pool.name!r} ({pool.type}) created")
             continue
-        note = "" if existing.type == pool.type else f"; asked for {pool.type}, kept as it is"
-        said.append(f"work pool {pool.name!r} ({existing.type}) exists{note}")
+        if existing.type != pool.type:
+            # The deployment's working directory follows the pool type asked for: a mismatch would strand it.
+            raise DeployError(
+                f"work pool {pool.name!r} exists as a {existing.type} pool, not {pool.type}: pass "
+                f"--gpu-pool-type {existing.type}, or delete it first (prefect work-pool delete {pool.name})"
+            )
+        said.append(f"work pool {pool.name!r} ({existing.type}) exists")
     return said
 
 

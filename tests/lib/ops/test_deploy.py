@@ -5,6 +5,7 @@ Against a real server (pools, the limit, the deployments, swapping the nightly):
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from r1lib.config import PipelineConfig
@@ -96,3 +97,31 @@ def test_a_missing_deployment_in_the_prefect_file_is_named(tmp_path):
         assert "nightly-retrain-ddp" in str(exc)
     else:
         raise AssertionError("a prefect.yaml without the ddp nightly was accepted")
+
+
+def test_the_chosen_nightly_is_scheduled_active_though_prefect_yaml_pauses_the_other():
+    on_disk = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    active = [n for n, d in on_disk.items() if any(s.get("active", True) for s in d.get("schedules") or [])]
+    assert active == ["nightly-retrain"]  # prefect deploy --all schedules one nightly, not two
+    todo = plan(parse_args(["--nightly", "ddp"]))
+    assert [s["active"] for s in _by_name(todo)["nightly-retrain-ddp"]["schedules"]] == [True]
+
+
+class FakePools:
+    def __init__(self, kinds: dict[str, str]):
+        self.kinds = kinds
+
+    def read_work_pool(self, name):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(type=self.kinds[name])
+
+
+def test_an_existing_pool_of_another_type_is_refused_not_silently_kept():
+    from r1lib.ops.deploy import Pool, ensure_pools
+
+    with pytest.raises(DeployError, match="exists as a process pool, not docker: pass --gpu-pool-type process"):
+        ensure_pools(FakePools({"gpu": "process"}), [Pool("gpu", "docker", None)])
+    assert ensure_pools(FakePools({"gpu": "process"}), [Pool("gpu", "process", None)]) == [
+        "work pool 'gpu' (process) exists"
+    ]
