@@ -24,6 +24,7 @@ from r1lib.config import PipelineConfig, RunnerConfig
 from r1lib.data.records import RowRules
 from r1lib.errors import ConfigError
 from r1lib.ops.local_server import shared_server_url
+from r1lib.preflight import preflight
 from r1lib.stage import StageResult
 from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
 from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
@@ -246,6 +247,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
 @flow(name="r1-data", flow_run_name="data stages -> {run}", log_prints=True)
 def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
     """The data stages as a flow of their own, on the task runner it is given."""
+    preflight(config)  # a no-op inside the finetune flow, which ran it on this configuration already
     return data_stages(config, model_dir, run)
 
 

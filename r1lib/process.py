@@ -3,8 +3,12 @@ the user set wins. The bench and the tests set them through scripts/env.sh."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
+from collections.abc import Callable
 
 DEFAULTS = {
     # Waiting OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads made a
@@ -43,3 +47,22 @@ def apply_defaults() -> None:
     logger = logging.getLogger(logger_name)
     if not any(isinstance(f, DropNotice) for f in logger.filters):
         logger.addFilter(DropNotice(prefix))
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a child process that must not outlive the process starting it (a GGUF converter, a
+    quantizer, a smoke-test interpreter): on Linux the kernel sends the child ``sig`` when its parent dies, so a
+    ``kill -9`` of the flow-run process leaves no 15 GB converter running beside the retry's. The parent's pid is
+    taken before the fork: a parent that died before the child armed the signal is caught by comparing it after.
+    None elsewhere (no such kernel feature)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork: the child only calls it
+
+    def arm() -> None:
+        prctl(1, sig)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm

@@ -39,6 +39,7 @@ from r1lib.export.gguf import (
 from r1lib.io import atomic_dir, atomic_path
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
+from r1lib.process import die_with_parent
 from r1lib.runs import stage_dir
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
             capture_output=True,
             text=True,
             env=offline_env(),
+            preexec_fn=die_with_parent(),
         )
         if proc.returncode != 0:
             raise RuntimeError(f"convert_hf_to_gguf failed ({proc.returncode}) on {merged_dir}:\n{proc.stderr[-3000:]}")
@@ -194,6 +196,7 @@ def quantize_all(source: Path, qtypes: list[str], out_paths: list[Path], threads
             capture_output=True,
             text=True,
             env=offline_env(),
+            preexec_fn=die_with_parent(),
         )
         if proc.returncode != 0 or not all(tmp.exists() for tmp in tmps):
             raise RuntimeError(

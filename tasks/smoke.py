@@ -45,6 +45,7 @@ from r1lib.export.smoke_checks import compare_greedy, perplexity_types, referenc
 from r1lib.io import write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
+from r1lib.process import die_with_parent
 from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
 
@@ -207,7 +208,9 @@ def smoke_all(
     command = [sys.executable, "-c", SMOKE_CHILD, "smoke", json.dumps(jobs)]
     limit = (timeout or cfg.timeout_s) * len(ggufs)
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=limit, env=offline_env())
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=limit, env=offline_env(), preexec_fn=die_with_parent()
+        )
     except subprocess.TimeoutExpired as exc:
         done = len(_result_lines(exc.stdout))
         raise ExportCheckError(
