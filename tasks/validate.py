@@ -23,7 +23,9 @@ from r1lib.data.inputs import expand_inputs, path_exists
 from r1lib.data.json_rows import DuplicateKey
 from r1lib.data.lines import BLANK, LineTooLong, safe_text
 from r1lib.data.readers import MAX_LINE_BYTES, iter_raw_rows
-from r1lib.data.records import RecordError, RowRules, check_schema, location, make_record, normalize
+from r1lib.data.records import RecordError, check_schema, location, make_record
+from r1lib.data.row_formats import normalize
+from r1lib.data.row_rules import RowRules
 from r1lib.data.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
 from r1lib.errors import DataValidationError
 from r1lib.io import concat_files, write_json

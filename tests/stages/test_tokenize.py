@@ -2,7 +2,8 @@ import pytest
 
 from r1lib.config import TokenizeConfig
 from r1lib.data.chat_template import THINK_CLOSE
-from r1lib.data.records import make_record, normalize
+from r1lib.data.records import make_record
+from r1lib.data.row_formats import normalize
 from r1lib.errors import DataValidationError
 from tasks.tokenize import IGNORE, decoded_example, tokenize_records
 
