@@ -208,7 +208,7 @@ def main() -> None:
     import transformers
 
     from r1lib.config import TokenizeConfig
-    from r1lib.data.chat_template import chat_renderer
+    from r1lib.data.chat_render import chat_renderer
     from r1lib.model.embedded import build_tokenizer
     from tasks.tokenize import CHUNK_ROWS, IdsCache, encode_batch, encode_row, tokenize_records
 

@@ -111,14 +111,14 @@ from pathlib import Path  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from r1lib.data.chat_template import (  # noqa: E402  # noqa: E402
+from r1lib.data.chat_render import chat_renderer  # noqa: E402
+from r1lib.data.chat_template import (  # noqa: E402
     ASSISTANT,
     BOS,
     EOS,
     R1_CHAT_TEMPLATE,
     THINK_OPEN,
     USER,
-    chat_renderer,
     render_prompt,
     render_prompts,
 )
