@@ -163,7 +163,7 @@ def run_data(base: Path) -> tuple[list[dict], dict]:
 def run_paths(base: Path) -> tuple[list[dict], dict]:
     import fsspec
 
-    from r1lib.data.readers import expand_inputs
+    from r1lib.data.inputs import expand_inputs
     from tasks.validate import validate_file
 
     inside, outside = base / "root", base / "outside"
@@ -526,7 +526,7 @@ def markdown(result: dict) -> str:
 HEADER = """# Hostile-input battery
 
 `bench/attack.py` (its docstring defines every count): data files, paths, configuration values and model folders of
-our own making, driven through `tasks.validate.validate_file`, `r1lib.data.readers.expand_inputs`,
+our own making, driven through `tasks.validate.validate_file`, `r1lib.data.inputs.expand_inputs`,
 `flows.finetune.main`, the model loaders (with "y" on stdin), one `--stop-after tokenize` run with planted secrets, and
 `--stop-after tokenize` runs killed with SIGKILL. Raw results: `attack-<date>.json`.
 

@@ -102,7 +102,8 @@ def base_row(rng: random.Random) -> dict:
 def make_rows(n_base: int, seed: int = 0, base: list[dict] | None = None) -> list[dict]:
     """Tokenize-stage input: base records (generated, or ``base``) -> augment.expand -> debias.debias_rows."""
     from r1lib.config import AugmentConfig, DebiasConfig
-    from r1lib.data.records import make_record, normalize
+    from r1lib.data.records import make_record
+    from r1lib.data.row_formats import normalize
     from r1lib.data.terms import TermPairs, compile_terms, load_blocklist
     from tasks.augment import expand, load_templates
     from tasks.debias import debias_rows
@@ -207,7 +208,7 @@ def main() -> None:
     import transformers
 
     from r1lib.config import TokenizeConfig
-    from r1lib.data.chat_template import chat_renderer
+    from r1lib.data.chat_render import chat_renderer
     from r1lib.model.embedded import build_tokenizer
     from tasks.tokenize import CHUNK_ROWS, IdsCache, encode_batch, encode_row, tokenize_records
 

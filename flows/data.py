@@ -21,7 +21,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from r1lib.config import PipelineConfig, RunnerConfig
-from r1lib.data.records import RowRules
+from r1lib.data.row_rules import RowRules
 from r1lib.errors import ConfigError
 from r1lib.ops.local_server import shared_server_url
 from r1lib.preflight import preflight

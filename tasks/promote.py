@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from r1lib.config import FORGETTING_LIMIT
-from r1lib.data.readers import SUFFIXES
+from r1lib.data.inputs import SUFFIXES
 from r1lib.io import atomic_path, sha256_file
 from r1lib.ops.registry import Registry
 

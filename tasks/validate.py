@@ -19,17 +19,13 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from r1lib.config import DataConfig
-from r1lib.data.readers import (
-    BLANK,
-    MAX_LINE_BYTES,
-    DuplicateKey,
-    LineTooLong,
-    expand_inputs,
-    iter_raw_rows,
-    path_exists,
-    safe_text,
-)
-from r1lib.data.records import RecordError, RowRules, check_schema, location, make_record, normalize
+from r1lib.data.inputs import expand_inputs, path_exists
+from r1lib.data.json_rows import DuplicateKey
+from r1lib.data.lines import BLANK, LineTooLong, safe_text
+from r1lib.data.readers import MAX_LINE_BYTES, iter_raw_rows
+from r1lib.data.records import RecordError, check_schema, location, make_record
+from r1lib.data.row_formats import normalize
+from r1lib.data.row_rules import RowRules
 from r1lib.data.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
 from r1lib.errors import DataValidationError
 from r1lib.io import concat_files, write_json
@@ -95,7 +91,7 @@ def iter_validated(
     """Stream one file: (True, record, number) for each accepted row, (False, quarantine row, number) for each
     rejected one, (False, None, number) for a blank line (counted, not quarantined). ``rules``: placeholders and the
     tools policy (RowRules; its max_chars gives way to ``max_chars``). ``allowed_roots`` are checked against the file
-    actually opened (r1lib/data/readers.py open_input)."""
+    actually opened (r1lib/data/inputs.py open_input)."""
     name = str(path)
     rules = (rules or RowRules()).model_copy(update={"max_chars": max_chars})
     for number, raw, parsed in iter_raw_rows(path, max_line_bytes, allowed_roots):

@@ -34,7 +34,8 @@ def small_dataset(tmp_path_factory, tokenizer):
     from datasets import Dataset
 
     from r1lib.config import TokenizeConfig
-    from r1lib.data.records import make_record, normalize
+    from r1lib.data.records import make_record
+    from r1lib.data.row_formats import normalize
     from r1lib.io import read_jsonl
     from tasks.tokenize import tokenize_records
 

@@ -114,7 +114,7 @@ def pretraining_documents(tokenizer, cfg: EmbeddedModelConfig) -> list[list[int]
     tiny model is, like a real R1-Distill model, a chat model that already answers general questions in the format.
     """
     from r1lib.data.chat_template import completion_text
-    from r1lib.data.records import normalize
+    from r1lib.data.row_formats import normalize
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     paragraphs = [p for p in Path(cfg.corpus_path).read_text(encoding="utf-8").split("\n\n") if p.strip()]

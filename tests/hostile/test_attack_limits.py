@@ -9,7 +9,8 @@ import pytest
 from conftest import r1
 
 from r1lib.config import DedupConfig, TokenizeConfig
-from r1lib.data.records import make_record, normalize
+from r1lib.data.records import make_record
+from r1lib.data.row_formats import normalize
 from r1lib.data.shards import Shard
 from r1lib.errors import DataValidationError
 from r1lib.io import write_jsonl

@@ -84,7 +84,8 @@ _VALUES = (
 )
 def test_schema_fast_path_never_accepts_what_pydantic_rejects(changes, start_valid):
     """check_schema's plain-Python fast path: whenever it says a record conforms, RecordSchema agrees."""
-    from r1lib.data.records import RecordSchema, _conforms, make_record, normalize
+    from r1lib.data.records import RecordSchema, _conforms, make_record
+    from r1lib.data.row_formats import normalize
 
     valid = make_record(normalize({"instruction": "q", "output": "a"}), "f", 1)
     assert _conforms(valid)

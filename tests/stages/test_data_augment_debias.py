@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from r1lib.config import AugmentConfig, DebiasConfig
 from r1lib.data.counterfactual import Counterfactual
-from r1lib.data.records import make_record, normalize
+from r1lib.data.records import make_record
+from r1lib.data.row_formats import normalize
 from r1lib.data.terms import TermPairs, compile_terms, load_blocklist, segment
 from r1lib.io import write_jsonl
 from tasks.augment import (

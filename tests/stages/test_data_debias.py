@@ -14,7 +14,8 @@ import pytest
 
 from r1lib.config import DebiasConfig
 from r1lib.data.counterfactual import Counterfactual, named_person
-from r1lib.data.records import make_record, normalize
+from r1lib.data.records import make_record
+from r1lib.data.row_formats import normalize
 from r1lib.data.terms import TermPairs, load_blocklist, segment
 from r1lib.errors import DataValidationError
 from r1lib.io import read_jsonl, write_jsonl

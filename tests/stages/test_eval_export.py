@@ -30,6 +30,8 @@ KEY_SOURCES = [
     "r1lib/training/backends.py",
     "r1lib/training/fit.py",
     "r1lib/data/chat_template.py",
+    "r1lib/data/chat_render.py",
+    "r1lib/data/template_inspection.py",
 ]
 
 

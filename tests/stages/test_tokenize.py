@@ -2,7 +2,8 @@ import pytest
 
 from r1lib.config import TokenizeConfig
 from r1lib.data.chat_template import THINK_CLOSE
-from r1lib.data.records import make_record, normalize
+from r1lib.data.records import make_record
+from r1lib.data.row_formats import normalize
 from r1lib.errors import DataValidationError
 from tasks.tokenize import IGNORE, decoded_example, tokenize_records
 
@@ -110,14 +111,14 @@ from pathlib import Path  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from r1lib.data.chat_template import (  # noqa: E402  # noqa: E402
+from r1lib.data.chat_render import chat_renderer  # noqa: E402
+from r1lib.data.chat_template import (  # noqa: E402
     ASSISTANT,
     BOS,
     EOS,
     R1_CHAT_TEMPLATE,
     THINK_OPEN,
     USER,
-    chat_renderer,
     render_prompt,
     render_prompts,
 )

@@ -49,7 +49,7 @@ def read_everything(out_dir: Path) -> str:
 
 
 def test_a_file_swapped_for_a_symlink_after_the_check_is_refused(tree, tmp_path):
-    from r1lib.data.readers import expand_inputs
+    from r1lib.data.inputs import expand_inputs
 
     root, outside = tree
     path = root / "sub" / "train.jsonl"

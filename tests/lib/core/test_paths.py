@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from r1lib.config import DataConfig, ModelConfig, PipelineConfig
-from r1lib.data.readers import expand_inputs
+from r1lib.data.inputs import expand_inputs
 from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed, PermanentError
 from r1lib.paths import PROJECT_DIR, confine, hf_cache_dir, resolve_roots
 from r1lib.preflight import check_config, config_paths

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from r1lib.config import AugmentConfig, DedupConfig, TokenizeConfig
-from r1lib.data.records import make_record, normalize
+from r1lib.data.records import make_record
+from r1lib.data.row_formats import normalize
 from tasks.augment import augment, load_templates, text_variant
 from tasks.dedup import dedup
 from tasks.tokenize import IGNORE, tokenize_records

@@ -7,8 +7,9 @@ import pytest
 from conftest import r1, write_lines
 
 from r1lib.config import DataConfig
-from r1lib.data.readers import expand_inputs
-from r1lib.data.records import RecordError, check_schema, detect_format, make_record, normalize
+from r1lib.data.inputs import expand_inputs
+from r1lib.data.records import RecordError, check_schema, make_record
+from r1lib.data.row_formats import detect_format, normalize
 from r1lib.errors import DataValidationError
 from r1lib.io import read_jsonl, write_jsonl
 from tasks.validate import validate, validate_file

@@ -1,7 +1,7 @@
 """The shapes people actually feed a fine-tuning tool (tests/fixtures/shapes/, sources and intents in its README.md):
 each is read correctly, or refused as a whole with a reason that names the shape, never trained in a wrong meaning.
 
-Expected records are computed here from the source JSON alone (not through r1lib/data/records.py).
+Expected records are computed here from the source JSON alone (not through r1lib/data/row_formats.py).
 """
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from conftest import write_lines
 
 from r1lib.config import DataConfig
-from r1lib.data.records import RowRules
+from r1lib.data.row_rules import RowRules
 from r1lib.errors import DataValidationError
 from tasks.validate import validate, validate_file
 from tests.conftest import ROOT
@@ -175,7 +175,8 @@ def test_an_untrained_last_answer_is_refused_and_an_untrained_earlier_one_is_hon
     ids = {rows_of("xtuner_qwen35_tokenize_data.jsonl")[r["source"]["line"] - 1]["id"] for r in accepted}
     assert ids == {1, 2, 3, 4, 5, 6}  # id 4's "loss": false is on an earlier turn, which is never trained
     row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "loss": False}]}
-    from r1lib.data.records import RecordError, normalize
+    from r1lib.data.records import RecordError
+    from r1lib.data.row_formats import normalize
 
     with pytest.raises(RecordError) as info:
         normalize(row)

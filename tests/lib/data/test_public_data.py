@@ -4,7 +4,7 @@ validate stage unchanged in meaning.
 Per file: the detected format, which rows are accepted and which are quarantined (by exact row number and reason),
 accepted + quarantined == the rows in the file, and for every accepted row the record's system prompt, user turns,
 assistant answers and reasoning equal the source fields' text. The expected values are computed here from the source
-JSON alone, not through r1lib/data/records.py, so a change of meaning anywhere in the stage fails the test.
+JSON alone, not through r1lib/data/row_formats.py, so a change of meaning anywhere in the stage fails the test.
 
 OWN_ROWS, near the end, is a clearly separate block of rows written here (not public) for shapes no public file covers
 yet; their expected records and quarantine reasons are written out by hand.
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from r1lib.config import DataConfig
-from r1lib.data.records import detect_format
+from r1lib.data.row_formats import detect_format
 from tasks.validate import validate, validate_file
 from tests.conftest import ROOT
 

@@ -1,7 +1,8 @@
 import pytest
 from conftest import r1
 
-from r1lib.data.records import RecordError, normalize
+from r1lib.data.records import RecordError
+from r1lib.data.row_formats import normalize
 
 
 def test_seed_format_splits_reasoning_from_answer():

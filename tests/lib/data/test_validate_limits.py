@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lib.data.readers import LineTooLong, iter_lines
+from r1lib.data.lines import LineTooLong, iter_lines
 from r1lib.errors import DataValidationError
 from tasks.validate import validate_file
 from tests.conftest import ROOT
