@@ -8,6 +8,7 @@ stream in chunks of ``CHUNK`` rows, so a worker's memory does not grow with the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import IO, Any
 from pydantic import BaseModel
 
 from r1lib.config import RunnerConfig
-from r1lib.io import _tmp_sibling, jsonl_line
+from r1lib.errors import DiskFull
+from r1lib.io import _tmp_sibling, disk_full, is_disk_full, jsonl_line
 from r1lib.paths import InputPath
 
 DEFAULT_SHARD_ROWS = RunnerConfig.model_fields["shard_rows"].default
@@ -73,8 +75,11 @@ class JsonlWriter:
         return Shard(path=str(self.path), rows=self.rows)
 
     def abort(self) -> None:
+        """Drop the partial file. Its buffered rows are discarded with it: on a full disk the final flush fails
+        again, and that second error must not hide the first."""
         if self._handle is not None:
-            self._handle.close()
+            with contextlib.suppress(OSError):
+                self._handle.close()
             self._handle = None
         self._tmp.unlink(missing_ok=True)
 
@@ -84,6 +89,7 @@ class JsonlWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            full_disk_names(self.path, exc)
 
 
 class ShardWriter:
@@ -115,3 +121,10 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and self._current is not None:
             self._current.abort()
+            full_disk_names(self._current.path, exc)
+
+
+def full_disk_names(path: Path, exc: BaseException | None) -> None:
+    """Raise the DiskFull naming ``path`` and the free space when ``exc`` is a bare out-of-space error."""
+    if exc is not None and not isinstance(exc, DiskFull) and is_disk_full(exc):
+        raise disk_full(path, exc) from exc
