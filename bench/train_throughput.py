@@ -6,7 +6,8 @@
 Models are built from their configs with random weights (no download; speed and memory do not depend on the values)
 and saved once, in bf16, to a scratch directory; every measured configuration then loads a *fresh* 4-bit model from
 there through the project's own path: ``r1lib.training.backends.build_trainer`` (``load_unsloth`` / ``load_hf`` +
-``sft_config`` + TRL ``SFTTrainer``, 8-bit AdamW, bf16, cosine + warm-up), exactly what ``tasks.train.train`` runs.
+the SFT method's ``sft_config`` + TRL ``SFTTrainer``, 8-bit AdamW, bf16, cosine + warm-up), exactly what
+``tasks.train.train`` runs.
 
 Suites
   fixed   every row exactly ``--seq`` (2048) tokens, all labelled; micro-batch ``--fixed-batch``, no accumulation.
@@ -256,6 +257,7 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     from r1lib.presets import preset
     from r1lib.training.backends import build_trainer
     from r1lib.training.fit import TokenCounter
+    from r1lib.training.methods import TrainerSpec
 
     shape = SHAPES[spec["shape"]]
     seq = spec["seq"]
@@ -336,17 +338,18 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
         )
     else:
         trainer, _ = build_trainer(
-            spec["backend"],
-            dataset,
-            None,
-            model_dir,
-            model_cfg,
-            cfg,
-            seq,
-            work / f"ckpt-{spec['name']}",
-            spec["micro_batch"],
-            spec["accumulation"],
-            [Timer()],
+            TrainerSpec(
+                backend=spec["backend"],
+                train_rows=dataset,
+                model_dir=model_dir,
+                model_cfg=model_cfg,
+                cfg=cfg,
+                max_seq_length=seq,
+                output_dir=work / f"ckpt-{spec['name']}",
+                micro_batch=spec["micro_batch"],
+                accumulation=spec["accumulation"],
+                callbacks=[Timer()],
+            )
         )
     counter = TokenCounter(trainer.model)
     load_s = time.monotonic() - load_started
@@ -406,10 +409,24 @@ def plain_hf_trainer(dataset, model_dir, model_cfg, cfg, seq, output_dir, micro_
     head."""
     from transformers import Trainer, default_data_collator
 
-    from r1lib.training.backends import load_hf, sft_config
+    from r1lib.training.backends import load_hf
+    from r1lib.training.methods import TrainerSpec
+    from r1lib.training.methods.sft import sft_config
 
     model, _ = load_hf(model_dir, model_cfg, cfg)
-    args = sft_config(cfg, output_dir, seq, micro_batch, accumulation, False, "hf")
+    args = sft_config(
+        TrainerSpec(
+            backend="hf",
+            train_rows=dataset,
+            model_dir=model_dir,
+            model_cfg=model_cfg,
+            cfg=cfg,
+            max_seq_length=seq,
+            output_dir=output_dir,
+            micro_batch=micro_batch,
+            accumulation=accumulation,
+        )
+    )
     return Trainer(
         model=model, args=args, train_dataset=dataset, data_collator=default_data_collator, callbacks=callbacks
     )
