@@ -119,6 +119,7 @@ def test_without_cuda_or_a_known_shape_the_configuration_stands(tmp_path):
 
 
 def test_an_oom_without_recompute_retries_with_recompute_before_halving(small_dataset, tmp_path, monkeypatch):
+    import r1lib.training.retry as retry
     import tasks.train as train_stage
     from r1lib.config import ModelConfig, TokenizeConfig
     from r1lib.training.fit import FitOutcome
@@ -137,13 +138,14 @@ def test_an_oom_without_recompute_retries_with_recompute_before_halving(small_da
         )  # fmt: skip
 
     planned = MemoryPlan(micro_batch=4, accumulation=1, gradient_checkpointing=False, planned=True, reasons=["test"])
-    monkeypatch.setattr(train_stage, "launch", fake_launch)
+    monkeypatch.setattr(retry, "launch", fake_launch)
     monkeypatch.setattr(train_stage, "plan_memory", lambda *a, **k: planned)
     cfg = train_cfg(backend="hf", max_steps=1, micro_batch_size=4, gradient_accumulation=1)
     result = train_stage.train(small_dataset, None, str(EMBEDDED), ModelConfig(), cfg, TokenizeConfig(), tmp_path)
     assert [s.cfg.gradient_checkpointing for s in specs] == [False, True]
     assert [s.micro_batch for s in specs] == [4, 4]  # recompute first; the micro-batch is untouched
     assert result.gradient_checkpointing and "retrying with gradient checkpointing on" in result.oom_retries[0]
+    assert result.method == "sft" and result.summary()["train"]["method"] == "sft"
 
 
 def test_the_gpu_cap_is_a_no_op_without_cuda():
