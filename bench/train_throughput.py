@@ -50,41 +50,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from r1lib.model.shapes import R1_BOS, config_fields  # noqa: E402  (after the sys.path line above)
+
+# The benchmarked shapes: the real models' config.json fields (r1lib/model/shapes.py), with the R1 tokenizer's BOS,
+# under the bench's short names, and the preset whose train section the bench starts from.
 SHAPES = {
-    # DeepSeek-R1-Distill-Llama-8B = Llama-3.1-8B
-    "llama8b": dict(
-        model_type="llama",
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=14336,
-        vocab_size=128256,
-        max_position_embeddings=8192,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=128000,
-        eos_token_id=128001,
-        preset="r1-llama-8b",
-    ),
-    # DeepSeek-R1-Distill-Qwen-1.5B = Qwen2.5-Math-1.5B
-    "qwen1.5b": dict(
-        model_type="qwen2",
-        hidden_size=1536,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        intermediate_size=8960,
-        vocab_size=151936,
-        max_position_embeddings=8192,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        bos_token_id=151646,
-        eos_token_id=151643,
-        preset="r1-qwen-1.5b",
-    ),
+    name: dict(
+        config_fields(model),
+        bos_token_id=R1_BOS[config_fields(model)["model_type"]],
+        preset=model,
+    )
+    for name, model in {"llama8b": "r1-llama-8b", "qwen1.5b": "r1-qwen-1.5b"}.items()
 }
 DATASHEET_BF16 = 989.4e12
 
