@@ -7,21 +7,22 @@ from __future__ import annotations
 from r1lib.training.methods.base import TrainerSpec, TrainingMethod, trainer_arguments
 
 
-def sft_config(spec: TrainerSpec):
+def sft_config(spec: TrainerSpec, **settings):
+    """TRL's SFTConfig for ``spec``; ``settings``: a variant's own SFTConfig arguments over these."""
     from trl import SFTConfig
 
-    return trainer_arguments(
-        spec,
-        SFTConfig,
+    sft = dict(
         # Evaluation computes the loss only, through TRL's fused LM head (labelled positions, in tiles).
         prediction_loss_only=True,
         max_length=spec.max_seq_length,
         packing=spec.cfg.packing,
         padding_free=spec.cfg.packing,
     )
+    return trainer_arguments(spec, SFTConfig, **{**sft, **settings})
 
 
-def build(spec: TrainerSpec, model, tokenizer):
+def build(spec: TrainerSpec, model, tokenizer, **settings):
+    """The SFTTrainer; a variant of SFT (another loss, noise, weighting) calls it with its SFTConfig ``settings``."""
     from trl import SFTTrainer
 
     return SFTTrainer(
@@ -29,7 +30,7 @@ def build(spec: TrainerSpec, model, tokenizer):
         processing_class=tokenizer,
         train_dataset=spec.train_rows,
         eval_dataset=spec.eval_rows,
-        args=sft_config(spec),
+        args=sft_config(spec, **settings),
         callbacks=list(spec.callbacks),
     )
 
