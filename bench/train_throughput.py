@@ -6,7 +6,8 @@
 Models are built from their configs with random weights (no download; speed and memory do not depend on the values)
 and saved once, in bf16, to a scratch directory; every measured configuration then loads a *fresh* 4-bit model from
 there through the project's own path: ``r1lib.training.backends.build_trainer`` (``load_unsloth`` / ``load_hf`` +
-``sft_config`` + TRL ``SFTTrainer``, 8-bit AdamW, bf16, cosine + warm-up), exactly what ``tasks.train.train`` runs.
+the SFT method's ``sft_config`` + TRL ``SFTTrainer``, 8-bit AdamW, bf16, cosine + warm-up), exactly what
+``tasks.train.train`` runs.
 
 Suites
   fixed   every row exactly ``--seq`` (2048) tokens, all labelled; micro-batch ``--fixed-batch``, no accumulation.
@@ -49,41 +50,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from r1lib.model.shapes import R1_BOS, config_fields  # noqa: E402  (after the sys.path line above)
+
+# The benchmarked shapes: the real models' config.json fields (r1lib/model/shapes.py), with the R1 tokenizer's BOS,
+# under the bench's short names, and the preset whose train section the bench starts from.
 SHAPES = {
-    # DeepSeek-R1-Distill-Llama-8B = Llama-3.1-8B
-    "llama8b": dict(
-        model_type="llama",
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=14336,
-        vocab_size=128256,
-        max_position_embeddings=8192,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=128000,
-        eos_token_id=128001,
-        preset="r1-llama-8b",
-    ),
-    # DeepSeek-R1-Distill-Qwen-1.5B = Qwen2.5-Math-1.5B
-    "qwen1.5b": dict(
-        model_type="qwen2",
-        hidden_size=1536,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        intermediate_size=8960,
-        vocab_size=151936,
-        max_position_embeddings=8192,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        bos_token_id=151646,
-        eos_token_id=151643,
-        preset="r1-qwen-1.5b",
-    ),
+    name: dict(
+        config_fields(model),
+        bos_token_id=R1_BOS[config_fields(model)["model_type"]],
+        preset=model,
+    )
+    for name, model in {"llama8b": "r1-llama-8b", "qwen1.5b": "r1-qwen-1.5b"}.items()
 }
 DATASHEET_BF16 = 989.4e12
 
@@ -256,6 +233,7 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
     from r1lib.presets import preset
     from r1lib.training.backends import build_trainer
     from r1lib.training.fit import TokenCounter
+    from r1lib.training.methods import TrainerSpec
 
     shape = SHAPES[spec["shape"]]
     seq = spec["seq"]
@@ -336,17 +314,18 @@ def measure(spec: dict, model_dir: str, work: Path) -> dict:
         )
     else:
         trainer, _ = build_trainer(
-            spec["backend"],
-            dataset,
-            None,
-            model_dir,
-            model_cfg,
-            cfg,
-            seq,
-            work / f"ckpt-{spec['name']}",
-            spec["micro_batch"],
-            spec["accumulation"],
-            [Timer()],
+            TrainerSpec(
+                backend=spec["backend"],
+                train_rows=dataset,
+                model_dir=model_dir,
+                model_cfg=model_cfg,
+                cfg=cfg,
+                max_seq_length=seq,
+                output_dir=work / f"ckpt-{spec['name']}",
+                micro_batch=spec["micro_batch"],
+                accumulation=spec["accumulation"],
+                callbacks=[Timer()],
+            )
         )
     counter = TokenCounter(trainer.model)
     load_s = time.monotonic() - load_started
@@ -406,10 +385,24 @@ def plain_hf_trainer(dataset, model_dir, model_cfg, cfg, seq, output_dir, micro_
     head."""
     from transformers import Trainer, default_data_collator
 
-    from r1lib.training.backends import load_hf, sft_config
+    from r1lib.training.backends import load_hf
+    from r1lib.training.methods import TrainerSpec
+    from r1lib.training.methods.sft import sft_config
 
     model, _ = load_hf(model_dir, model_cfg, cfg)
-    args = sft_config(cfg, output_dir, seq, micro_batch, accumulation, False, "hf")
+    args = sft_config(
+        TrainerSpec(
+            backend="hf",
+            train_rows=dataset,
+            model_dir=model_dir,
+            model_cfg=model_cfg,
+            cfg=cfg,
+            max_seq_length=seq,
+            output_dir=output_dir,
+            micro_batch=micro_batch,
+            accumulation=accumulation,
+        )
+    )
     return Trainer(
         model=model, args=args, train_dataset=dataset, data_collator=default_data_collator, callbacks=callbacks
     )

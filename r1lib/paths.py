@@ -1,6 +1,6 @@
 """Where the pipeline may read from: dataset paths and local model directories stay under configured roots.
 
-Roots are ``data.allowed_roots`` and ``model.allowed_roots`` (r1lib/config.py): local folders, or remote URL prefixes
+Roots are ``data.allowed_roots`` and ``model.allowed_roots`` (r1lib/config/): local folders, or remote URL prefixes
 such as ``s3://my-bucket/``. A local path is resolved before it is compared (``~``, ``..`` and every symlink, by
 ``os.path.realpath``), so neither ``../../etc`` nor a symlink inside a root that points elsewhere gets out; relative
 paths and roots are relative to the working directory, as every configured path is. A remote URL is allowed only

@@ -1,16 +1,15 @@
 """Stage 5, train: QLoRA fine-tuning of a LoRA adapter on the tokenized rows.
 
-The backends, the fit loop and the launcher live in r1lib/training/; this stage picks a backend and a launch plan,
-runs the fit (resuming from the last complete checkpoint of the same inputs) with what the memory plan chose
-(r1lib/training/plan.py: gradient checkpointing and micro-batch from the model's shape and the GPU memory, under
-``train.max_gpu_memory_gib``), and on CUDA out-of-memory first turns on the recompute the plan had turned off, then
-halves the micro-batch and doubles gradient accumulation (same effective batch), down to ``min_micro_batch_size``.
-It writes ``train/adapter`` and ``train/log_history.json``.
+The training methods (``train.method``: r1lib/training/methods/), backends, fit loop, launcher and out-of-memory
+retry live in r1lib/training/; this stage picks a backend and a launch plan, and runs the fit (resuming from the
+last complete checkpoint of the same inputs) with what the memory plan chose (r1lib/training/plan.py: gradient
+checkpointing and micro-batch from the model's shape and the GPU memory, under ``train.max_gpu_memory_gib``),
+through ``fit_with_oom_retry`` (r1lib/training/retry.py). It writes ``train/adapter`` and
+``train/log_history.json``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -18,22 +17,23 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
-from r1lib.io import atomic_path, disk_full, exclusive_dir, is_disk_full, write_json
+from r1lib.io import exclusive_dir, write_json
 from r1lib.model.gpu_memory import apply_cap
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_logger, stage_options
 from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
 from r1lib.training.backends import choose_backend
-from r1lib.training.fit import FitSpec, inputs_key, last_complete_checkpoint
-from r1lib.training.launcher import CudaOutOfMemory, free_cuda, is_oom, launch, launch_plan
+from r1lib.training.fit import FitSpec, inputs_key
+from r1lib.training.launcher import launch_plan
 from r1lib.training.plan import plan_memory
-
-log = logging.getLogger(__name__)
+from r1lib.training.report import loss_curve, loss_markdown, progress_line
+from r1lib.training.retry import fit_with_oom_retry
 
 
 class TrainResult(StageResult):
     adapter: InputPath
+    method: str = "sft"  # train.method (r1lib/training/methods/); results written before it existed were SFT
     backend: str
     steps: int
     epochs: float
@@ -58,29 +58,7 @@ class TrainResult(StageResult):
 
     def summary(self) -> dict:
         return {
-            "train": self.model_dump(
-                include={
-                    "backend",
-                    "steps",
-                    "train_loss",
-                    "first_loss",
-                    "last_loss",
-                    "seconds",
-                    "tokens",
-                    "segments",
-                    "tokens_per_second",
-                    "steady_tokens_per_second",
-                    "resumed_from",
-                    "micro_batch_size",
-                    "gradient_accumulation",
-                    "processes",
-                    "launch",
-                    "oom_retries",
-                    "adapter",
-                    "gradient_checkpointing",
-                    "memory_plan",
-                }
-            )
+            "train": self.model_dump(exclude={"epochs", "log_history", "loss_curve"})  # every other field
         }
 
     def loss_text(self) -> str:
@@ -93,7 +71,7 @@ class TrainResult(StageResult):
         return [
             (
                 "train",
-                f"{self.backend}: {self.steps} steps, {self.loss_text()} (mean {self.train_loss:.3f}), "
+                f"{self.method}, {self.backend}: {self.steps} steps, {self.loss_text()} (mean {self.train_loss:.3f}), "
                 f"{self.seconds} s ({self.tokens_per_second} tokens/s){resumed}",
             )
         ]
@@ -102,41 +80,13 @@ class TrainResult(StageResult):
         lines = [
             "## Training",
             "",
-            f"{self.backend} backend, {self.steps} steps, {self.loss_text()}, {self.seconds} s, "
-            f"micro batch {self.micro_batch_size} x accumulation {self.gradient_accumulation}.",
+            f"{self.method.upper()} with the {self.backend} backend, {self.steps} steps, {self.loss_text()}, "
+            f"{self.seconds} s, micro batch {self.micro_batch_size} x accumulation {self.gradient_accumulation}.",
             "",
         ]
         if self.loss_curve:
             lines += [f"![Training and evaluation loss]({Path(self.loss_curve).name})", ""]
         return "\n".join(lines)
-
-
-def loss_curve(history: list[dict], out_png: Path) -> Path | None:
-    """Training loss (and eval loss, when training evaluated) per optimizer step; None when nothing was logged."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
-    if not train and not evals:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if train:
-        ax.plot(*zip(*train), marker=".", label="training loss")
-    if evals:
-        ax.plot(*zip(*evals), marker="o", label="eval loss (held-out, during training)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(out_png)
 
 
 def train(
@@ -173,64 +123,34 @@ def train(
             plan.name,
         )
         stage_logger().info("memory plan: %s", memory.describe())
-        micro_batch, accumulation = memory.micro_batch, memory.accumulation
-        checkpointing = memory.gradient_checkpointing
-        oom_retries: list[str] = []
-        while True:
-            resume = last_complete_checkpoint(checkpoint_dir)
-            if resume:
-                log.info("resuming training from %s", resume)
-            spec = FitSpec(
+        run = fit_with_oom_retry(
+            FitSpec(
                 backend=backend,
                 dataset_dir=dataset_dir,
                 eval_dataset_dir=eval_dataset_dir,
                 model_dir=model_dir,
                 model_cfg=model_cfg,
-                cfg=cfg.model_copy(update={"gradient_checkpointing": checkpointing}),
+                cfg=cfg.model_copy(update={"gradient_checkpointing": memory.gradient_checkpointing}),
                 max_seq_length=tokenize_cfg.max_seq_length,
                 checkpoint_dir=str(checkpoint_dir),
                 adapter_dir=str(out_dir / "adapter"),
-                resume=str(resume) if resume else None,
-                micro_batch=micro_batch,
-                accumulation=accumulation,
+                resume=None,  # each attempt resumes from the last complete checkpoint
+                micro_batch=memory.micro_batch,
+                accumulation=memory.accumulation,
                 trainer_args=plan.trainer_args,
                 quant_storage=plan.quant_storage,
-            )
-            oom = None
-            try:
-                outcome = launch(spec, plan, out_dir / "launch", progress_hook)
-            except Exception as exc:  # noqa: BLE001
-                if is_disk_full(exc):
-                    raise disk_full(checkpoint_dir, exc) from exc  # names the folder and the free space; no retry
-                # An automatic choice of no recompute is undone first; then the micro-batch halves.
-                recompute_next = not checkpointing and cfg.gradient_checkpointing == "auto"
-                if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or (
-                    not recompute_next and micro_batch // 2 < cfg.min_micro_batch_size
-                ):
-                    raise
-                where = (
-                    f"CUDA out of memory at micro-batch {micro_batch} x accumulation {accumulation}"
-                    f"{f' x {plan.processes} GPUs' if plan.processes > 1 else ''}"
-                )
-                oom = (
-                    f"{where} without recompute; retrying with gradient checkpointing on"
-                    if recompute_next
-                    else f"{where}; retrying with {micro_batch // 2} x {accumulation * 2} (same effective batch)"
-                )
-            if oom is None:
-                break
-            # Out of the except block, so that the traceback's frames (and the tensors they hold) can be freed.
-            log.warning(oom)
-            oom_retries.append(oom)
-            if recompute_next:
-                checkpointing = True
-            else:
-                micro_batch, accumulation = micro_batch // 2, accumulation * 2
-            free_cuda()
+            ),
+            plan,
+            out_dir / "launch",
+            auto_recompute=cfg.gradient_checkpointing == "auto",
+            progress_hook=progress_hook,
+        )
+        outcome = run.outcome
         history_path = write_json(out_dir / "log_history.json", outcome.log_history)
         curve = loss_curve(outcome.log_history, out_dir / "loss_curve.png")
         result = TrainResult(
             adapter=str(out_dir / "adapter"),
+            method=cfg.method,
             backend=backend,
             steps=outcome.steps,
             epochs=outcome.epochs,
@@ -240,37 +160,21 @@ def train(
             seconds=outcome.seconds,
             tokens_per_second=round(outcome.tokens / max(outcome.seconds, 1e-9), 1),
             steady_tokens_per_second=outcome.steady_tokens_per_second,
-            resumed_from=str(resume) if resume else None,
-            micro_batch_size=micro_batch,
-            gradient_accumulation=accumulation,
+            resumed_from=run.resumed_from,
+            micro_batch_size=run.micro_batch,
+            gradient_accumulation=run.accumulation,
             processes=plan.processes,
             launch=plan.name,
-            oom_retries=oom_retries,
+            oom_retries=run.oom_retries,
             log_history=str(history_path),
             loss_curve=str(curve) if curve else None,
-            gradient_checkpointing=checkpointing,
+            gradient_checkpointing=run.gradient_checkpointing,
             memory_plan=memory.describe(),
             tokens=outcome.tokens,
             segments=outcome.segments,
         )
         write_json(out_dir / "result.json", result.model_dump())
         return result
-
-
-def progress_line(step: int, max_steps: int, logs: dict, origin: tuple[int, float], now: float) -> str:
-    """One line for the UI's progress artifact: step, loss, learning rate, step rate and time left. The rate counts
-    from ``origin`` (this attempt's first report), so steps a resumed run skipped do not inflate it."""
-    parts = [f"step {step}/{max_steps}"]
-    if "loss" in logs:
-        parts.append(f"loss {logs['loss']:.4f}")
-    if logs.get("learning_rate") is not None:
-        parts.append(f"lr {logs['learning_rate']:.2e}")
-    steps, seconds = step - origin[0], now - origin[1]
-    if steps > 0 and seconds > 0:
-        rate = steps / seconds
-        left = (max_steps - step) / rate
-        parts += [f"{rate:.3g} steps/s", f"ETA {left:.0f} s" if left < 120 else f"ETA {left / 60:.1f} min"]
-    return " · ".join(parts)
 
 
 # --- Prefect ------------------------------------------------------------------------------------------------------
@@ -320,13 +224,5 @@ def train_task(
         progress=100.0,
         description=f"done · {result.steps} optimizer steps · {result.loss_text()}{resumed}",
     )
-    rows = "\n".join(f"| {c['step']} | {c['loss']} | {c['lr']:.2e} |" for c in curve if c["lr"] is not None)
-    create_markdown_artifact(
-        key="training-loss",
-        markdown=f"**{result.backend}** backend, {result.steps} steps in {result.seconds} s "
-        f"({result.tokens_per_second} tokens/s)"
-        + (f", resumed from `{result.resumed_from}`" if result.resumed_from else "")
-        + ("\n\n" + "\n".join(f"- {m}" for m in result.oom_retries) if result.oom_retries else "")
-        + f"\n\n| step | loss | learning rate |\n|---|---|---|\n{rows}",
-    )
+    create_markdown_artifact(key="training-loss", markdown=loss_markdown(result, curve))
     return result

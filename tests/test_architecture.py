@@ -13,11 +13,10 @@ from r1lib.presets import PRESETS, expand_preset, preset
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 500
+
+
 # Library modules over MAX_LINES that another branch is splitting: each xfails until then (strict: remove the entry
 # once the module is short, or the test fails).
-LONG_FOR_NOW = {"r1lib/config.py": "r1lib/config.py is being split by concern on its own branch (the house issue)"}
-
-
 def imported_modules(path: Path) -> set[str]:
     """Every module a file imports, at any depth (inside functions and TYPE_CHECKING blocks too)."""
     found = set()
@@ -68,17 +67,7 @@ def test_stage_and_flow_modules_stay_short(path):
     assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines (limit {MAX_LINES})"
 
 
-def library_modules() -> list:
-    """Every .py file of r1lib/ (__init__.py too), those in LONG_FOR_NOW marked as expected to fail."""
-    params = []
-    for path in sorted((ROOT / "r1lib").rglob("*.py")):
-        name = path.relative_to(ROOT).as_posix()
-        marks = [pytest.mark.xfail(strict=True, reason=LONG_FOR_NOW[name])] if name in LONG_FOR_NOW else []
-        params.append(pytest.param(path, id=name, marks=marks))
-    return params
-
-
-@pytest.mark.parametrize("path", library_modules())
+@pytest.mark.parametrize("path", sorted((ROOT / "r1lib").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_library_modules_stay_short(path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines (limit {MAX_LINES}): split it by concern"

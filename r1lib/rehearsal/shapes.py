@@ -1,7 +1,10 @@
 """Real R1-Distill shapes with their real tokenizers, built as random-weight local checkpoints (no download).
 
+The shapes are the real models' config.json fields, from the one table in r1lib/model/shapes.py.
+
     r1-qwen-1.5b   DeepSeek-R1-Distill-Qwen-1.5B (Qwen2: hidden 1536, 28 layers, vocab 151,936)
     r1-qwen-7b     DeepSeek-R1-Distill-Qwen-7B (Qwen2: hidden 3584, 28 layers, vocab 152,064)
+    r1-qwen-14b    DeepSeek-R1-Distill-Qwen-14B (Qwen2: hidden 5120, 48 layers, vocab 152,064)
     r1-llama-8b    DeepSeek-R1-Distill-Llama-8B (Llama 3.1: hidden 4096, 32 layers, vocab 128,256)
     tiny-qwen      the Qwen2 layout at toy size, for a CPU: hidden 64, 2 layers, vocab 151,936
 
@@ -22,74 +25,31 @@ from pathlib import Path
 from r1lib.data.chat_template import ASSISTANT, BOS, EOS, R1_CHAT_TEMPLATE, THINK_CLOSE, THINK_OPEN, USER
 from r1lib.errors import ConfigError
 from r1lib.io import atomic_dir
+from r1lib.model.shapes import R1_BOS, config_fields
 
-QWEN2 = dict(
-    model_type="qwen2",
-    max_position_embeddings=131072,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-6,
-    bos_token_id=151646,
-    eos_token_id=151643,
-    tie_word_embeddings=False,
-)
+
+def _shape(model: str, tokenizer: str, preset: str | None = None, **changes) -> dict:
+    """The real model's config.json fields (r1lib/model/shapes.py) with its R1 tokenizer's BOS, the preset the
+    rehearsal runs and the tokenizer it builds."""
+    fields = config_fields(model, **changes)
+    return dict(fields, bos_token_id=R1_BOS[fields["model_type"]], preset=preset or model, tokenizer=tokenizer)
+
+
 SHAPES: dict[str, dict] = {
-    "r1-qwen-1.5b": dict(
-        QWEN2,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        preset="r1-qwen-1.5b",
-        tokenizer="qwen",
-    ),
-    "r1-qwen-7b": dict(
-        QWEN2,
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        preset="r1-qwen-7b",
-        tokenizer="qwen",
-    ),
-    "r1-llama-8b": dict(
-        model_type="llama",
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=131072,
-        rope_theta=500000.0,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-        rms_norm_eps=1e-5,
-        bos_token_id=128000,
-        eos_token_id=128001,
-        tie_word_embeddings=False,
-        preset="r1-llama-8b",
-        tokenizer="llama3",
-    ),
-    "tiny-qwen": dict(
-        QWEN2,
+    "r1-qwen-1.5b": _shape("r1-qwen-1.5b", "qwen"),
+    "r1-qwen-7b": _shape("r1-qwen-7b", "qwen"),
+    "r1-qwen-14b": _shape("r1-qwen-14b", "qwen"),
+    "r1-llama-8b": _shape("r1-llama-8b", "llama3"),
+    "tiny-qwen": _shape(
+        "r1-qwen-1.5b",
+        "qwen",
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        vocab_size=151936,
+        max_window_layers=2,
         max_position_embeddings=8192,
-        preset="r1-qwen-1.5b",
-        tokenizer="qwen",
     ),
 }
 # DeepSeek-R1-Distill-Llama-8B's special tokens over Llama-3's reserved ones (its tokenizer.json's added tokens).

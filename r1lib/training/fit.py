@@ -1,10 +1,10 @@
 """One training run, in the task's own process or in each rank of a distributed launch.
 
-``fit`` builds the model and trainer (r1lib/training/backends.py), trains, resuming from ``spec.resume`` (weights,
-optimizer, scheduler, RNG and data position), and publishes the adapter (rank 0 writes it). Checkpoints land every
-``save_steps`` in ``checkpoints/<inputs key>/`` and count as complete only after every rank has written its part; a
-checkpoint saved at the last step is published as it is, without training again. ``tokens`` counts the non-pad
-tokens the model actually trained on, over all ranks.
+``fit`` builds the model and the method's trainer (r1lib/training/backends.py, methods/), trains, resuming from
+``spec.resume`` (weights, optimizer, scheduler, RNG and data position), and publishes the adapter (rank 0 writes
+it). Checkpoints land every ``save_steps`` in ``checkpoints/<inputs key>/`` and count as complete only after every
+rank has written its part; a checkpoint saved at the last step is published as it is, without training again.
+``tokens`` counts the non-pad tokens the model actually trained on, over all ranks.
 
 A resumed run reports the whole run, not its last segment: each checkpoint carries the training seconds and tokens
 so far (``run_totals.json``), and the loss is logged at every checkpoint and at the last step, so the log history a
@@ -30,6 +30,7 @@ from r1lib.config import ModelConfig, TrainConfig
 from r1lib.errors import PermanentError
 from r1lib.io import atomic_dir
 from r1lib.training.backends import build_trainer
+from r1lib.training.methods import TrainerSpec
 
 log = logging.getLogger(__name__)
 COMPLETE_MARKER = "checkpoint-complete.json"
@@ -274,19 +275,21 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     if eval_rows is not None and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer, tokenizer = build_trainer(
-        spec.backend,
-        train_rows,
-        eval_rows,
-        spec.model_dir,
-        spec.model_cfg,
-        cfg,
-        spec.max_seq_length,
-        Path(spec.checkpoint_dir),
-        spec.micro_batch,
-        spec.accumulation,
-        callbacks,
-        spec.trainer_args,
-        spec.quant_storage,
+        TrainerSpec(
+            backend=spec.backend,
+            train_rows=train_rows,
+            eval_rows=eval_rows,
+            model_dir=spec.model_dir,
+            model_cfg=spec.model_cfg,
+            cfg=cfg,
+            max_seq_length=spec.max_seq_length,
+            output_dir=Path(spec.checkpoint_dir),
+            micro_batch=spec.micro_batch,
+            accumulation=spec.accumulation,
+            callbacks=callbacks,
+            trainer_args=spec.trainer_args,
+            quant_storage=spec.quant_storage,
+        )
     )
     if spec.resume and (finished := _finished_state(Path(spec.resume))):
         return _publish_finished(trainer, tokenizer, spec, finished, progress_hook)

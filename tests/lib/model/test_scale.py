@@ -9,31 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from r1lib.model.shapes import MODELS
 from tests.conftest import ROOT
 
 GIB = 2**30
 EMBEDDED = next(iter(sorted((ROOT / ".cache" / "embedded").glob("r1-distill-qwen-tiny-*"))), None)
 
-LLAMA_8B = dict(
-    model_type="llama",
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    tie_word_embeddings=False,
-)
-QWEN_7B = dict(
-    model_type="qwen2",
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-    tie_word_embeddings=False,
-)
+# The real models' config.json fields: the one table the bench and the rehearsal build from too.
+LLAMA_8B = MODELS["r1-llama-8b"]
+QWEN_7B = MODELS["r1-qwen-7b"]
 
 
 def shape_dir(tmp_path: Path, config: dict) -> str:
@@ -119,6 +103,7 @@ def test_without_cuda_or_a_known_shape_the_configuration_stands(tmp_path):
 
 
 def test_an_oom_without_recompute_retries_with_recompute_before_halving(small_dataset, tmp_path, monkeypatch):
+    import r1lib.training.retry as retry
     import tasks.train as train_stage
     from r1lib.config import ModelConfig, TokenizeConfig
     from r1lib.training.fit import FitOutcome
@@ -137,19 +122,42 @@ def test_an_oom_without_recompute_retries_with_recompute_before_halving(small_da
         )  # fmt: skip
 
     planned = MemoryPlan(micro_batch=4, accumulation=1, gradient_checkpointing=False, planned=True, reasons=["test"])
-    monkeypatch.setattr(train_stage, "launch", fake_launch)
+    monkeypatch.setattr(retry, "launch", fake_launch)
     monkeypatch.setattr(train_stage, "plan_memory", lambda *a, **k: planned)
     cfg = train_cfg(backend="hf", max_steps=1, micro_batch_size=4, gradient_accumulation=1)
     result = train_stage.train(small_dataset, None, str(EMBEDDED), ModelConfig(), cfg, TokenizeConfig(), tmp_path)
     assert [s.cfg.gradient_checkpointing for s in specs] == [False, True]
     assert [s.micro_batch for s in specs] == [4, 4]  # recompute first; the micro-batch is untouched
     assert result.gradient_checkpointing and "retrying with gradient checkpointing on" in result.oom_retries[0]
+    assert result.method == "sft" and result.summary()["train"]["method"] == "sft"
 
 
 def test_the_gpu_cap_is_a_no_op_without_cuda():
     from r1lib.model.gpu_memory import apply_cap, available_bytes, cap_bytes
 
     assert apply_cap(24) is None and cap_bytes() is None and available_bytes() is None
+
+
+def test_one_table_of_real_shapes_feeds_the_bench_the_rehearsal_and_these_tests():
+    import sys
+
+    from r1lib.model.shape import ModelShape
+    from r1lib.rehearsal.shapes import SHAPES
+
+    sys.path.insert(0, str(ROOT))
+    from bench.train_throughput import SHAPES as BENCH
+
+    for name, fields in MODELS.items():
+        assert fields["max_position_embeddings"] == 131072 and ModelShape.of_config(fields) is not None, name
+        rehearsed = {k: v for k, v in SHAPES[name].items() if k not in ("bos_token_id", "preset", "tokenizer")}
+        assert rehearsed == {k: v for k, v in fields.items() if k != "bos_token_id"}, name
+    assert MODELS["r1-llama-8b"]["rope_scaling"]["original_max_position_embeddings"] == 8192
+    assert BENCH["llama8b"]["max_position_embeddings"] == SHAPES["r1-llama-8b"]["max_position_embeddings"] == 131072
+    assert {k: v for k, v in BENCH["qwen1.5b"].items() if k != "preset"} == {
+        k: v for k, v in SHAPES["r1-qwen-1.5b"].items() if k not in ("preset", "tokenizer")
+    }
+    # the 14B preset can be rehearsed: its shape is the real one
+    assert ModelShape.of_config(MODELS["r1-qwen-14b"]).layers == 48
 
 
 # --- FLOPs --------------------------------------------------------------------------------------------------------

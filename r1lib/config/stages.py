@@ -1,0 +1,136 @@
+"""The sections of the stages after training: evaluate, export, smoke and fairness."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from r1lib.config.base import FORGETTING_LIMIT, MAX_COUNT, NAME_PATTERN, Section, Unique
+from r1lib.paths import InputPath
+
+
+class EvalConfig(Section):
+    max_examples: int = Field(100, ge=1, le=MAX_COUNT, description="Held-out rows used for generation accuracy.")
+    batch_size: int = Field(16, ge=1, le=4096)
+    max_new_tokens: int = Field(64, ge=1, le=1_048_576)
+    time_limit_s: float = Field(
+        600, gt=0, le=7 * 24 * 3600, description="Stop generating (and say so) past this time per model."
+    )
+    temperature: float = Field(0.0, ge=0, le=100, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, ge=1, le=100)
+    no_repeat_ngram_size: int = Field(0, ge=0, le=100)
+    max_forgetting_ratio: float | None = Field(
+        FORGETTING_LIMIT,
+        gt=0,
+        le=1e6,
+        description="Limit on replay perplexity after / before (forgetting); None: no limit.",
+    )
+    on_forgetting: Literal["warn", "fail"] = Field("warn", description="What to do past max_forgetting_ratio.")
+    perplexity_rows: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="Held-out / replay rows for perplexity (None: all)."
+    )
+    lm_eval_tasks: Annotated[list[Annotated[str, Field(pattern=NAME_PATTERN)]], Unique] = Field(
+        [], description="Optional lm-evaluation-harness tasks, run only from local data."
+    )
+    lm_eval_path: InputPath | None = Field(
+        None, description="Local folder with the lm_eval task YAMLs/data (never downloaded)."
+    )
+    lm_eval_limit: int | None = Field(None, ge=1, le=MAX_COUNT, description="Examples per lm_eval task (None: all).")
+    generation: Literal["auto", "merged", "adapter"] = Field(
+        "auto",
+        description="How the held-out rows are generated and scored. merged: the 4-bit base dequantized once and the "
+        "adapter merged into it (the same function as the 4-bit model with the adapter, without dequantizing every "
+        "weight at every step); adapter: the 4-bit model with the adapter attached (plain HF generate); auto: merged "
+        "when the full-precision weights and the generation cache fit the memory available, else adapter.",
+    )
+    baseline_rows: int = Field(
+        0,
+        ge=0,
+        le=MAX_COUNT,
+        description="Also time plain HF generate on the 4-bit model with the adapter attached over this many "
+        "held-out rows (one batch, at most baseline_tokens new tokens), to report the generation speed-up; 0: off.",
+    )
+    baseline_tokens: int = Field(128, ge=1, le=1_048_576, description="New tokens per row in the baseline timing.")
+
+
+class ExportConfig(Section):
+    outtype: Literal["f16", "bf16", "f32"] = Field("f16", description="The converter's full-precision GGUF type.")
+    quantizations: Annotated[
+        list[Literal["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q5_0", "Q6_K", "Q3_K_M", "Q2_K"]], Unique
+    ] = ["Q8_0", "Q4_K_M"]
+
+
+class SmokeConfig(Section):
+    prompts: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(
+        [
+            "My brother talked about the lion and the owl at the park. What is the sentence about?",
+            "What is the capital of France?",
+        ],
+        min_length=1,
+        max_length=100,
+    )
+    max_tokens: int = Field(64, ge=1, le=1_048_576)
+    parity_tokens: int = Field(24, ge=1, le=4096, description="Greedy tokens compared between HF and the F16 GGUF.")
+    n_ctx: int = Field(512, ge=64, le=1_048_576)
+    perplexity_rows: int = Field(
+        64, ge=0, le=MAX_COUNT, description="Held-out rows for GGUF vs HF perplexity (0: skip)."
+    )
+    max_f16_perplexity_drift: float = Field(
+        0.02, ge=0, le=100, description="Fail when the F16/BF16 GGUF's perplexity differs from HF's by more (relative)."
+    )
+    max_quant_perplexity_increase: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Fail when a quantized GGUF's perplexity exceeds the F16's by more (relative); None: report only.",
+    )
+    use_eval_decoding: bool = Field(
+        True, description="Generate with the evaluate stage's temperature/top-p/repeat penalty."
+    )
+    timeout_s: float = Field(600, gt=0, le=7 * 24 * 3600, description="Per GGUF, in the smoke child process.")
+    n_threads: int | None = Field(
+        None, ge=1, le=1024, description="llama.cpp threads (None: half the CPU cores, 1 to 8)."
+    )
+    n_gpu_layers: int = Field(
+        -1, ge=-1, le=100_000, description="Layers llama.cpp offloads to a GPU (-1: all; no effect on CPU builds)."
+    )
+    gguf_perplexity: Literal["auto", "all", "quantized", "none"] = Field(
+        "auto",
+        description="Which GGUFs get the held-out perplexity pass (perplexity_rows). all: every GGUF, the "
+        "full-precision one against the HF merged model; quantized: only the quantized types, each against the HF "
+        "merged model's perplexity (the full-precision GGUF keeps the greedy-token parity check); auto: all when "
+        "llama.cpp offloads to a GPU or the full-precision GGUF is under 2 GiB, else quantized.",
+    )
+    perplexity_max_tokens: int | None = Field(
+        16384,
+        ge=1,
+        le=MAX_COUNT,
+        description="Held-out rows go into the perplexity pass in order until they hold this many tokens (per GGUF), "
+        "so long R1 rows cannot turn the check into minutes of CPU; None: all perplexity_rows.",
+    )
+    require_r1_format: bool = Field(
+        True,
+        description="Fail unless every GGUF answers each prompt with a closed think block and a non-empty answer. "
+        "Off only for models that cannot (random weights in a rehearsal): the outputs are still recorded.",
+    )
+    parity_logit_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Where the F16 GGUF's greedy token differs from the HF merged model's, accept it when HF scored "
+        "it within this many logits of its own choice (a near tie that rounding decides) and stop comparing there; "
+        "0: every compared token must be equal.",
+    )
+
+
+class FairnessConfig(Section):
+    """The model-level fairness check (tasks/fairness.py): held-out prompts that mention a group term are answered
+    as written and as their counterfactual twin (the debias term pairs), by the base and the fine-tuned model."""
+
+    enabled: bool = True
+    max_prompts: int = Field(8, ge=1, le=MAX_COUNT, description="Held-out prompts with a twin that are generated for.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=1_048_576, description="Tokens per answer (None: evaluate.max_new_tokens)."
+    )
