@@ -40,6 +40,7 @@ from r1lib.ops.local_server import prefect_api
 from r1lib.ops.recovery import close_out_orphans
 from r1lib.ops.registry import Registry, VersionEntry, code_version
 from r1lib.presets import expand_preset
+from r1lib.stages import Candidate, settings
 from tasks.evaluate import evaluate_task
 from tasks.promote import (
     PromotionPolicy,
@@ -120,17 +121,11 @@ def nightly(
         adapter = champion_entry.adapter
         if adapter and Path(adapter).is_dir() and champion_entry.model_dir == run.model_dir:
             with gpu_slot():
-                replay = run.data.replay.dataset if run.data.replay else None
                 evaluation = evaluate_task.with_options(task_run_name=f"evaluate champion v{version}")(
-                    run.model_dir,
-                    adapter,
-                    run.data.deduped.test,
-                    run.data.test.dataset,
-                    replay,
-                    challenger_cfg.model,
-                    challenger_cfg.evaluate,
-                    challenger_cfg.tokenize,
-                    str(Path(registry_dir) / "eval" / f"v{version}"),
+                    Candidate(model_dir=run.model_dir, adapter_dir=adapter),
+                    run.held_out,
+                    **settings(challenger_cfg, "evaluate"),
+                    out_dir=str(Path(registry_dir) / "eval" / f"v{version}"),
                 )
             champion, champion_label = evaluation.metrics(), f"champion v{version} (re-evaluated on this held-out set)"
     decision = decide_task(challenger, champion, champion_label, challenger_cfg.data.test_path, policy)

@@ -1,4 +1,5 @@
-"""The run folder's layout: ``runs/<run>/<stage>/``. Stages find their own folder here and nowhere else."""
+"""The run folder's layout: ``runs/<run>/<stage>/``. The flow hands each stage its folder, as r1lib/stages.py
+declares it (``out_dir``); ``stage_dir`` remains for the train stage, which still finds its own."""
 
 from __future__ import annotations
 

@@ -202,6 +202,7 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
     from r1lib.config import EmbeddedModelConfig, SmokeConfig
     from r1lib.export.gguf import GGUFFile
     from r1lib.model.embedded import ensure_embedded_model
+    from r1lib.model.generation import Decoding
     from r1lib.ops.registry import VersionEntry
     from tasks.promote import promote_task, register_task
     from tasks.smoke import smoke_task
@@ -225,7 +226,7 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
             txn.set("previous_champion", champion.version)
             promote_task(registry_dir, record.version, "better")
             assert Registry(registry_dir).champion().version == record.version  # promoted, for a moment
-            smoke_task(model_dir, [g.file() for g in record.ggufs], None, {}, SmokeConfig(), str(tmp_path))
+            smoke_task(model_dir, [g.file() for g in record.ggufs], None, Decoding(), SmokeConfig(), str(tmp_path))
 
     with pytest.raises(Exception, match="llama-cpp-python exited|failed its smoke test"):
         release()
