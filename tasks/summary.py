@@ -1,7 +1,7 @@
 """The run summary: every stage's key figures in one ``summary.json``, a printed report and a Markdown table.
 
 It knows no stage: each result it is given says what it shows (r1lib/stage.py), so a new stage appears here by
-being passed in.
+being passed in, in the order r1lib/stages.py declares.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from r1lib.io import write_json
 from r1lib.paths import OutputPath, resolve_roots
 from r1lib.runs import run_file
 from r1lib.stage import StageResult
+from r1lib.stages import in_stage_order
 
 
 class RunSummary(BaseModel):
@@ -40,7 +41,7 @@ def summarize(config: PipelineConfig, run_dir: str, results: list[StageResult]) 
         "run_dir": run_dir,
     }
     rows = [("roots", f"data {', '.join(roots['data'])}; model {', '.join(roots['model'])}")]
-    for result in results:
+    for result in in_stage_order(results):
         data.update(result.summary())
         rows += result.summary_lines()
     return data, rows
