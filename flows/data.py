@@ -1,4 +1,8 @@
-"""The data stages as Prefect task maps over shards: validate -> dedup -> augment -> debias -> tokenize.
+"""The data stages as Prefect task maps over shards: validate -> dedup -> the data filters -> tokenize.
+
+The data filters are the stages r1lib/stages.py declares with ``filter=True`` (augment, debias), in that order: each
+maps ``tasks/<name>.py``'s ``<name>_shard_task`` over the previous one's training shards and joins the parts with its
+``<name>_merge_task``. A new filter is its module, its configuration section and its line there; nothing here.
 
 Each CPU-heavy stage is a map over shards (``runner.shard_rows`` records each, cut in input order) followed by a
 small merge that joins the shards' outputs in shard order, so the files are the same, byte for byte, whichever task
