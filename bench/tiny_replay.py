@@ -31,6 +31,7 @@ def run_variant(name: str, sets: list[str]) -> dict:
 
     from flows.data import run_data_stages
     from r1lib.presets import config_from_args
+    from r1lib.stages import Candidate
     from tasks.evaluate import evaluate
     from tasks.resolve_model import resolve_model_task
     from tasks.train import train
@@ -57,11 +58,8 @@ def run_variant(name: str, sets: list[str]) -> dict:
     train_s = time.monotonic() - started
     started = time.monotonic()
     evaluation = evaluate(
-        model,
-        trained.adapter,
-        data.deduped.test,
-        data.test.dataset,
-        data.replay.dataset if data.replay else None,
+        Candidate(model_dir=model, adapter_dir=trained.adapter),
+        data.held_out(),
         config.model,
         config.evaluate,
         config.tokenize,

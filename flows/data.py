@@ -1,4 +1,8 @@
-"""The data stages as Prefect task maps over shards: validate -> dedup -> augment -> debias -> tokenize.
+"""The data stages as Prefect task maps over shards: validate -> dedup -> the data filters -> tokenize.
+
+The data filters are the stages r1lib/stages.py declares with ``filter=True`` (augment, debias), in that order: each
+maps ``tasks/<name>.py``'s ``<name>_shard_task`` over the previous one's training shards and joins the parts with its
+``<name>_merge_task``. A new filter is its module, its configuration section and its line there; nothing here.
 
 Each CPU-heavy stage is a map over shards (``runner.shard_rows`` records each, cut in input order) followed by a
 small merge that joins the shards' outputs in shard order, so the files are the same, byte for byte, whichever task
@@ -14,20 +18,22 @@ survivors are written by a second map.
 
 from __future__ import annotations
 
+import importlib
 import time
 
-from prefect import flow, unmapped
+from prefect import Task, flow, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from r1lib.config import PipelineConfig, RunnerConfig
+from r1lib.config import DedupConfig, PipelineConfig, RunnerConfig
 from r1lib.data.row_rules import RowRules
 from r1lib.errors import ConfigError
 from r1lib.ops.local_server import shared_server_url
 from r1lib.preflight import preflight
 from r1lib.stage import StageResult
-from tasks.augment import AugmentedData, augment_merge_task, augment_shard_task
-from tasks.debias import DebiasedData, debias_merge_task, debias_shard_task
+from r1lib.stages import DATA_FILTERS, FilterContext, HeldOut, folders
+from tasks.augment import AugmentedData
+from tasks.debias import DebiasedData
 from tasks.dedup import (
     DedupedData,
     dedup_keys_task,
@@ -44,19 +50,32 @@ from tasks.validate import ValidatedData, data_inputs, validate_input_task, vali
 class PreparedData(BaseModel):
     """What the data stages hand the rest of the flow."""
 
-    validated: ValidatedData  # the validation reports and quarantine; replay records
+    validated: ValidatedData  # the validation reports and quarantine; replay records; the data fingerprint
     deduped: DedupedData  # train/test records, deduplicated and leak-free
-    augmented: AugmentedData
-    debiased: DebiasedData
+    filtered: dict[str, StageResult]  # each data filter's result (augment, debias, ...), in the declared order
     train: TokenizedData
     test: TokenizedData
     replay: TokenizedData | None
     seconds: dict[str, float]  # wall time of each stage (map + merge), for the logs and bench/data_throughput.py
 
+    @property
+    def augmented(self) -> AugmentedData:
+        return self.filtered["augment"]
+
+    @property
+    def debiased(self) -> DebiasedData:
+        return self.filtered["debias"]
+
+    def held_out(self) -> HeldOut:
+        """The held-out set a candidate model is scored on (evaluate, fairness, the nightly's champion)."""
+        return HeldOut(
+            records=self.deduped.test, dataset=self.test.dataset, replay=self.replay.dataset if self.replay else None
+        )
+
     def results(self) -> list[StageResult]:
         """The stage results the run summary shows, in stage order (every split's tokenization: each may drop rows)."""
         splits = [self.train, self.test, *([self.replay] if self.replay else [])]
-        return [self.validated, self.deduped, self.augmented, self.debiased, *splits]
+        return [self.validated, self.deduped, *self.filtered.values(), *splits]
 
 
 def task_runner(cfg: RunnerConfig) -> TaskRunner:
@@ -110,10 +129,20 @@ def _map(task, limit: int | None, **arguments):
     return results
 
 
+def filter_tasks(name: str) -> tuple[Task, Task]:
+    """A data filter's two tasks, ``<name>_shard_task`` and ``<name>_merge_task`` of its module ``tasks/<name>.py``:
+    the shard task maps ``(shard, index, cfg, context, out_dir)`` to a part, the merge joins the parts
+    ``(parts, cfg, out_dir)`` into a result with the filtered training ``shards``."""
+    key = name.replace("-", "_")
+    module = importlib.import_module(f"tasks.{key}")
+    return getattr(module, f"{key}_shard_task"), getattr(module, f"{key}_merge_task")
+
+
 def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
-    """validate -> dedup -> augment -> debias -> tokenize, each a task map over shards plus a merge, submitted to the
-    task runner of the flow this is called in. The caller has run the preflight (r1lib/preflight.py)."""
-    shard_rows, seconds = config.runner.shard_rows, {}
+    """validate -> dedup -> the data filters (augment, debias, ...) -> tokenize, each a task map over shards plus a
+    merge, submitted to the task runner of the flow this is called in. The caller has run the preflight
+    (r1lib/preflight.py)."""
+    shard_rows, seconds, out = config.runner.shard_rows, {}, folders(run)
     limit = config.runner.workers if config.runner.kind == "default" else None
     clock = time.perf_counter()
 
@@ -135,79 +164,35 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         max_chars=unmapped(config.data.max_field_chars),
         max_line_bytes=unmapped(config.data.max_line_bytes),
         shard_rows=unmapped(shard_rows),
-        run_dir=unmapped(run),
+        out_dir=unmapped(out["validate"]),
         rules=unmapped(RowRules.of(config.data)),
         allowed_roots=unmapped(config.data.allowed_roots),
     )
-    validated = validate_merge_task(config.data, validated, run)
+    validated = validate_merge_task(config.data, validated, out["validate"])
     lap("validate")
 
-    splits = {split: validated.shards.get(split, []) for split in ("train", "test")}
-    if config.dedup.enabled:
-        keys = {
-            split: _map(
-                dedup_keys_task,
-                limit,
-                shard=shards,
-                index=indices(shards),
-                split=unmapped(split),
-                cfg=unmapped(config.dedup),
-                run_dir=unmapped(run),
-            )
-            for split, shards in splits.items()
-        }
-        plan = dedup_plan_task(keys["train"], keys["test"], config.dedup, run)
-        parts = {
-            split: _map(
-                dedup_write_task,
-                limit,
-                shard=shards,
-                plan_path=getattr(plan, split),
-                split=unmapped(split),
-                index=indices(shards),
-                run_dir=unmapped(run),
-            )
-            for split, shards in splits.items()
-        }
-        deduped = dedup_merge_task(parts["train"], parts["test"], plan.report, run)
-    else:
-        deduped = dedup_merge_task(
-            *passthrough_parts(splits["train"], splits["test"]),
-            passthrough_report(splits["train"], splits["test"], config.dedup),
-            run,
-        )
+    deduped = dedup(validated, config.dedup, out["dedup"], limit)
     lap("dedup")
 
-    shards = deduped.shards["train"]
-    augmented = augment_merge_task(
-        _map(
-            augment_shard_task,
+    shards, filtered = deduped.shards["train"], {}
+    context = FilterContext(replay=validated.replay)
+    for stage in DATA_FILTERS:  # each filter maps over the previous one's training shards
+        shard_task, merge_task = filter_tasks(stage.name)
+        cfg = getattr(config, stage.section)
+        parts = _map(
+            shard_task,
             limit,
             shard=shards,
             index=indices(shards),
-            replay_path=unmapped(validated.replay),
-            cfg=unmapped(config.augment),
-            run_dir=unmapped(run),
-        ),
-        run,
-    )
-    lap("augment")
-    shards = augmented.shards
-    debiased = debias_merge_task(
-        _map(
-            debias_shard_task,
-            limit,
-            shard=shards,
-            index=indices(shards),
-            cfg=unmapped(config.debias),
-            run_dir=unmapped(run),
-        ),
-        config.debias,
-        run,
-    )
-    lap("debias")
+            cfg=unmapped(cfg),
+            context=unmapped(context),
+            out_dir=unmapped(out[stage.name]),
+        )
+        filtered[stage.name] = merge_task(parts, cfg, out[stage.name])
+        shards = filtered[stage.name].shards
+        lap(stage.name)
 
-    splits = {"train": debiased.shards, "test": deduped.shards["test"]} | (
+    splits = {"train": shards, "test": deduped.shards["test"]} | (
         {"replay": validated.shards["replay"]} if validated.replay else {}
     )
     # Without a limit the splits' maps run side by side; each merge waits only for its own shards.
@@ -215,18 +200,18 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         split: _map(
             tokenize_shard_task,
             limit,
-            shard=shards,
-            index=indices(shards),
+            shard=split_shards,
+            index=indices(split_shards),
             model_dir=unmapped(model_dir),
             cfg=unmapped(config.tokenize),
             split=unmapped(split),
-            run_dir=unmapped(run),
+            out_dir=unmapped(out["tokenize"]),
             trust_remote_code=unmapped(config.model.trust_remote_code),
         )
-        for split, shards in splits.items()
+        for split, split_shards in splits.items()
     }
     merges = {
-        split: tokenize_merge_task.submit(shard_parts, split, run, config.tokenize)
+        split: tokenize_merge_task.submit(shard_parts, split, out["tokenize"], config.tokenize)
         for split, shard_parts in parts.items()
     }
     tokenized = {split: merge.result() for split, merge in merges.items()}
@@ -235,13 +220,46 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
     return PreparedData(
         validated=validated,
         deduped=deduped,
-        augmented=augmented,
-        debiased=debiased,
+        filtered=filtered,
         train=tokenized["train"],
         test=tokenized["test"],
         replay=tokenized.get("replay"),
         seconds=seconds,
     )
+
+
+def dedup(validated: ValidatedData, cfg: DedupConfig, out_dir: str, limit: int | None) -> DedupedData:
+    """Keys mapped over the shards, one plan over all of them, the survivors written by a second map."""
+    splits = {split: validated.shards.get(split, []) for split in ("train", "test")}
+    if not cfg.enabled:
+        parts = passthrough_parts(splits["train"], splits["test"])
+        return dedup_merge_task(*parts, passthrough_report(splits["train"], splits["test"], cfg), out_dir)
+    keys = {
+        split: _map(
+            dedup_keys_task,
+            limit,
+            shard=shards,
+            index=list(range(len(shards))),
+            split=unmapped(split),
+            cfg=unmapped(cfg),
+            out_dir=unmapped(out_dir),
+        )
+        for split, shards in splits.items()
+    }
+    plan = dedup_plan_task(keys["train"], keys["test"], cfg, out_dir)
+    parts = {
+        split: _map(
+            dedup_write_task,
+            limit,
+            shard=shards,
+            plan_path=getattr(plan, split),
+            split=unmapped(split),
+            index=list(range(len(shards))),
+            out_dir=unmapped(out_dir),
+        )
+        for split, shards in splits.items()
+    }
+    return dedup_merge_task(parts["train"], parts["test"], plan.report, out_dir)
 
 
 @flow(name="r1-data", flow_run_name="data stages -> {run}", log_prints=True)

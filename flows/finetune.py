@@ -5,13 +5,15 @@
     python -m flows.finetune --set train.max_steps=20 --set data.train_paths='["my.jsonl"]'
     python -m flows.finetune --stop-after tokenize  # the data stages only: inspect the prepared data first
 
-Each stage is a Prefect task in tasks/; this flow is the only place that knows their order, and it hands every
-stage its inputs. Stages write under ``runs/<run>/<stage>/``; only small typed results travel between them.
+Each stage is a Prefect task in tasks/, declared once in r1lib/stages.py; this flow calls them in that order and
+hands every stage its inputs and its own output folder (``runs/<run>/<stage>/``); only small typed results travel
+between them.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
@@ -27,6 +29,7 @@ from r1lib.ops.gpu_slot import gpu_slot
 from r1lib.ops.recovery import close_out_orphans
 from r1lib.preflight import preflight
 from r1lib.presets import expand_preset, preset
+from r1lib.stages import Candidate, HeldOut, folders, settings
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
@@ -49,6 +52,7 @@ class FinetuneResult(BaseModel):
     model_dir: str
     data: PreparedData
     summary: RunSummary
+    held_out: HeldOut | None = None
     trained: TrainResult | None = None
     evaluation: Evaluation | None = None
     fairness: FairnessReport | None = None
@@ -79,8 +83,9 @@ smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} 
 
 @flow(name="r1-finetune", flow_run_name=run_name, log_prints=True)
 def finetune(config: PresetConfig = TINY) -> FinetuneResult:
-    """validate -> dedup -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> merge -> GGUF -> quantize
-    -> smoke -> card -> summary. The data stages are task maps over shards (flows/data.py).
+    """validate -> dedup -> augment -> debias -> tokenize -> train (QLoRA) -> evaluate -> fairness -> merge -> GGUF
+    -> quantize -> smoke -> card -> summary (r1lib/stages.py). The data stages are task maps over shards
+    (flows/data.py). Each stage gets its own output folder (``at``) and its configuration sections (``settings``).
 
     Every stage's result is cached on its inputs, its code and its input files (r1lib/policy.py), so a retry of a
     failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu`` global
@@ -90,49 +95,33 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     preflight(config)  # paths under the roots, launch preset, cluster size, model folder: before any stage works
     apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())
+    at = folders(run)
     model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
     data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
     if config.stop_after == "tokenize":
         summary = summary_task(config, run, data.results())
         return FinetuneResult(run_dir=run, model_dir=model, data=data, summary=summary)
-    replay = data.replay.dataset if data.replay else None
 
+    held_out = data.held_out()
     with gpu_slot():
-        trained = train(data.train.dataset, data.test.dataset, model, config.model, config.train, config.tokenize, run)
-        evaluation = evaluate(
-            model,
-            trained.adapter,
-            data.deduped.test,
-            data.test.dataset,
-            replay,
-            config.model,
-            config.evaluate,
-            config.tokenize,
-            run,
-        )
-        fairness = fairness_check(
-            model,
-            trained.adapter,
-            data.deduped.test,
-            config.model,
-            config.evaluate,
-            config.tokenize,
-            config.debias,
-            config.fairness,
-            run,
-        )
-        merged = merge(model, trained.adapter, config.model, run)
+        trained = train(data.train.dataset, data.test.dataset, model, **settings(config, "train"), out_dir=at["train"])
+        candidate = Candidate(model_dir=model, adapter_dir=trained.adapter)
+        evaluation = evaluate(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])
+        fairness = fairness_check(candidate, held_out, **settings(config, "fairness"), out_dir=at["fairness"])
+        merged = merge(model, trained.adapter, **settings(config, "merge"), out_dir=at["merge"])
 
-    f16 = convert(merged, config.export.outtype, run)
+    f16 = convert(merged, config.export.outtype, at["convert"], stem=Path(run).name)
     ggufs = [f16, *(quantize_task(f16, config.export.quantizations) if config.export.quantizations else [])]
-    smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, run)
-    sections = [trained, evaluation, fairness, smoke]
-    card = card_task(config, run, ggufs, evaluation.decoding, sections, trained.loss_curve)
-    summary = summary_task(config, run, [*data.results(), *sections, card])
+    smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"])
+    results = [*data.results(), trained, evaluation, fairness, smoke]
+    fingerprint = data.validated.fingerprint
+    card = card_task(config, ggufs, evaluation.decoding, fingerprint, results, trained.loss_curve, at["card"])
+    summary = summary_task(config, run, [*results, card])
     return FinetuneResult(
         run_dir=run,
         model_dir=model,
         data=data,
+        held_out=held_out,
         trained=trained,
         evaluation=evaluation,
         fairness=fairness,

@@ -24,21 +24,23 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
+from pydantic import BaseModel
 
 from flows.finetune import TINY, PresetConfig, finetune
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
-from r1lib.export.gguf import GGUFFile
 from r1lib.ops.gpu_slot import gpu_slot
 from r1lib.ops.local_server import prefect_api
 from r1lib.ops.recovery import close_out_orphans
-from r1lib.ops.registry import Registry, code_version
+from r1lib.ops.registry import Registry, VersionEntry, code_version
 from r1lib.presets import expand_preset
+from r1lib.stages import Candidate, settings
 from tasks.evaluate import evaluate_task
 from tasks.promote import (
     PromotionPolicy,
@@ -46,13 +48,25 @@ from tasks.promote import (
     decide_task,
     promote_task,
     register_task,
-    registered_ggufs,
     scan_drop_task,
     snapshot_task,
 )
 from tasks.smoke import smoke_task
 
 DEFAULT_POLICY = PromotionPolicy()
+
+
+class NightlyResult(BaseModel):
+    """One night: nothing new, or a challenger registered and promoted or rejected, and why."""
+
+    status: Literal["no-new-data", "promoted", "rejected"]
+    data_fingerprint: str
+    files: int  # data files in the drop location
+    version: int | None = None  # the challenger's registry version
+    champion: int | None = None  # the champion's version after the night
+    reason: str | None = None
+    challenger: dict[str, float | int | None] = {}
+    champion_metrics: dict[str, float | int | None] | None = None
 
 
 def nightly_name() -> str:
@@ -66,7 +80,7 @@ def nightly(
     registry_dir: str = "registry",
     config: PresetConfig = TINY,
     policy: PromotionPolicy = DEFAULT_POLICY,
-) -> dict:
+) -> NightlyResult:
     """Retrain on fresh data; promote the challenger only if it beats the champion without more forgetting."""
     close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/ops/recovery.py)
     registry = Registry(registry_dir)
@@ -81,11 +95,11 @@ def nightly(
         )
         print(message)
         create_markdown_artifact(key="nightly-decision", markdown=f"## Nightly retrain\n\n{message}")
-        return {"status": "no-new-data", "data_fingerprint": fingerprint, "files": len(files)}
+        return NightlyResult(status="no-new-data", data_fingerprint=fingerprint, files=len(files))
     print(f"{len(new)} new file(s) in {drop_url}: {[f.name for f in new]}")
 
     stored = snapshot_task(new, registry_dir)
-    train_paths = [*config.data.train_paths, *registry.accepted_data(), *[s["snapshot"] for s in stored]]
+    train_paths = [*config.data.train_paths, *registry.accepted_data(), *[s.snapshot for s in stored]]
     if any(not Path(p).exists() for p in train_paths):
         raise ConfigError(f"missing accepted data files: {[p for p in train_paths if not Path(p).exists()]}")
     challenger_cfg = config.model_copy(deep=True)
@@ -102,78 +116,73 @@ def nightly(
     champion_entry = registry.champion()
     champion, champion_label = None, "no champion yet (vs base model)"
     if champion_entry is not None:
-        version = champion_entry["version"]
-        champion, champion_label = champion_entry.get("metrics"), f"champion v{version} (metrics at its training)"
-        same_base = champion_entry.get("model_dir") == run.model_dir
-        if champion_entry.get("adapter") and Path(champion_entry["adapter"]).is_dir() and same_base:
-            replay = run.data.replay.dataset if run.data.replay else None
+        version = champion_entry.version
+        champion, champion_label = champion_entry.metrics, f"champion v{version} (metrics at its training)"
+        adapter = champion_entry.adapter
+        if adapter and Path(adapter).is_dir() and champion_entry.model_dir == run.model_dir:
             with gpu_slot():
                 evaluation = evaluate_task.with_options(task_run_name=f"evaluate champion v{version}")(
-                    run.model_dir,
-                    champion_entry["adapter"],
-                    run.data.deduped.test,
-                    run.data.test.dataset,
-                    replay,
-                    challenger_cfg.model,
-                    challenger_cfg.evaluate,
-                    challenger_cfg.tokenize,
-                    str(Path(registry_dir) / "eval" / f"v{version}"),
+                    Candidate(model_dir=run.model_dir, adapter_dir=adapter),
+                    run.held_out,
+                    **settings(challenger_cfg, "evaluate"),
+                    out_dir=str(Path(registry_dir) / "eval" / f"v{version}"),
                 )
             champion, champion_label = evaluation.metrics(), f"champion v{version} (re-evaluated on this held-out set)"
     decision = decide_task(challenger, champion, champion_label, challenger_cfg.data.test_path, policy)
 
-    entry = {
-        "data_fingerprint": fingerprint,
-        "drop_files": stored,
-        "train_paths": challenger_cfg.data.train_paths,
-        "config": challenger_cfg.model_dump(mode="json"),
-        "config_fingerprint": challenger_cfg.fingerprint(),
-        "code_version": code_version(),
-        "metrics": challenger,
-        "model_dir": run.model_dir,
-        "run_dir": run.run_dir,
-        "flow_run_id": str(flow_run.id) if flow_run.id else None,
-        "decision": decision.reason,
-        "compared_with": champion_entry["version"] if champion_entry else None,
-    }
+    entry = VersionEntry(
+        data_fingerprint=fingerprint,
+        drop_files=stored,
+        train_paths=challenger_cfg.data.train_paths,
+        config=challenger_cfg.model_dump(mode="json"),
+        config_fingerprint=challenger_cfg.fingerprint(),
+        code_version=code_version(),
+        metrics=challenger,
+        model_dir=run.model_dir,
+        run_dir=run.run_dir,
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        decision=decision.reason,
+        compared_with=champion_entry.version if champion_entry else None,
+    )
     with transaction() as txn:
         txn.set("registry_dir", registry_dir)
-        record = register_task(registry_dir, entry, run.trained.adapter, [g.model_dump() for g in run.ggufs])
+        record = register_task(registry_dir, entry, run.trained.adapter, run.ggufs)
         txn.set("record", record)
         if decision.promote:
-            txn.set("previous_champion", champion_entry["version"] if champion_entry else None)
-            promote_task(registry_dir, record["version"], decision.reason)
+            txn.set("previous_champion", champion_entry.version if champion_entry else None)
+            promote_task(registry_dir, record.version, decision.reason)
             # The registered copies themselves must load and answer: a failure here rolls back both steps above.
-            smoke_task.with_options(task_run_name=f"verify-release v{record['version']}", retries=1)(
+            smoke_task.with_options(task_run_name=f"verify-release v{record.version}", retries=1)(
                 run.merged,
-                [GGUFFile(**g) for g in registered_ggufs(record)],
+                [g.file() for g in record.ggufs],
                 run.data.test.dataset,
                 run.evaluation.decoding,
                 challenger_cfg.smoke,
-                str(Path(registry_dir) / "models" / f"v{record['version']}"),
+                str(Path(registry_dir) / "models" / f"v{record.version}"),
             )
         else:
-            registry.set_status(record["version"], "rejected", decision.reason)
+            registry.set_status(record.version, "rejected", decision.reason)
 
     final = Registry(registry_dir).champion()
-    champion_now = f"v{final['version']}" if final else "none"
+    champion_now = f"v{final.version}" if final else "none"
     outcome = "promoted" if decision.promote else "rejected"
     message = (
-        f"## Nightly retrain: challenger v{record['version']} {outcome}\n\n{decision.reason}\n\n"
+        f"## Nightly retrain: challenger v{record.version} {outcome}\n\n{decision.reason}\n\n"
         f"- data fingerprint `{fingerprint[:16]}`, new files: {', '.join(f.name for f in new)}\n"
         f"- champion now: {champion_now}\n- run: `{run.run_dir}`"
     )
     create_markdown_artifact(key="nightly-decision", markdown=message)
     print(message)
-    return {
-        "status": outcome,
-        "version": record["version"],
-        "champion": final["version"] if final else None,
-        "reason": decision.reason,
-        "data_fingerprint": fingerprint,
-        "challenger": challenger,
-        "champion_metrics": champion,
-    }
+    return NightlyResult(
+        status=outcome,
+        data_fingerprint=fingerprint,
+        files=len(files),
+        version=record.version,
+        champion=final.version if final else None,
+        reason=decision.reason,
+        challenger=challenger,
+        champion_metrics=champion,
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -186,7 +195,7 @@ def main(argv: list[str]) -> None:
     config = PipelineConfig.model_validate(expand_preset(json.loads(args.config) if args.config else {}))
     with prefect_api():  # the configured server, else a local one that stops with the run and dies with it
         outcome = nightly(args.drop, args.registry, config, PromotionPolicy(metric=args.metric))
-    print(json.dumps(outcome, indent=2, default=str))
+    print(outcome.model_dump_json(indent=2))
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from r1lib.data.records import content_key
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import ConfigError
 from r1lib.io import iter_jsonl, write_json
-from r1lib.paths import InputPath, OutputPath
+from r1lib.paths import OutputPath
 from r1lib.policy import stage_options
-from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
+from r1lib.stages import FilterContext
 
 
 class AugmentedData(StageResult):
@@ -253,17 +253,15 @@ def merge_augmented(parts: list[AugmentedShard], out_dir: Path) -> AugmentedData
 
 @task(name="augment-shard", task_run_name="augment {index}", **stage_options())
 def augment_shard_task(
-    shard: Shard, replay_path: InputPath | None, cfg: AugmentConfig, index: int, run_dir: OutputPath
+    shard: Shard, index: int, cfg: AugmentConfig, context: FilterContext, out_dir: OutputPath
 ) -> AugmentedShard:
-    """Add prompt-template and text variants and general replay rows to one shard."""
-    return augment_shard(
-        shard, replay_path, cfg, index, stage_dir(run_dir, "augment", "shards", f"train-{index:04d}.jsonl")
-    )
+    """Add prompt-template and text variants and general replay rows (``context.replay``) to one shard."""
+    return augment_shard(shard, context.replay, cfg, index, Path(out_dir, "shards", f"train-{index:04d}.jsonl"))
 
 
 @task(name="augment", task_run_name="augment merge", **stage_options())
-def augment_merge_task(parts: list[AugmentedShard], run_dir: OutputPath) -> AugmentedData:
+def augment_merge_task(parts: list[AugmentedShard], cfg: AugmentConfig, out_dir: OutputPath) -> AugmentedData:
     """The augmented training shards and their counts."""
-    result = merge_augmented(parts, stage_dir(run_dir, "augment"))
+    result = merge_augmented(parts, Path(out_dir))
     print(f"augmented {result.rows_in} training rows into {result.rows_out}: {result.origins}")
     return result

@@ -1,12 +1,15 @@
-"""Stage 9, deployable outputs beside the GGUFs: Ollama Modelfiles and a model card.
+"""Stage 9, deployable outputs for the GGUFs: Ollama Modelfiles and a model card, in the card stage's own folder
+(``runs/<run>/card/``).
 
 - ``<gguf stem>.Modelfile`` for each GGUF, and ``Modelfile`` for the recommended one (Q4_K_M when built): FROM the
-  GGUF, the R1 chat format as an Ollama TEMPLATE (the generation prompt opens ``<think>``, as in training), stop tokens
-  (``<｜end▁of▁sentence｜>``, ``<｜User｜>``, ...) and the evaluate stage's decoding settings (temperature, top_p,
-  repeat_penalty; ``no_repeat_ngram_size`` has no Ollama / llama.cpp equivalent and is noted instead).
-- ``README.md``: a model card with the base model, the data fingerprint (sha256 of every input file), the
-  configuration, the card section of each stage result it is given (training with its loss curve, evaluation, GGUF
-  metrics) and the exact commands to run it with llama.cpp (llama-cli / llama-server) and Ollama.
+  GGUF (its path relative to the Modelfile), the R1 chat format as an Ollama TEMPLATE (the generation prompt opens
+  ``<think>``, as in training), stop tokens (``<｜end▁of▁sentence｜>``, ``<｜User｜>``, ...) and the evaluate stage's
+  decoding settings (temperature, top_p, repeat_penalty; ``no_repeat_ngram_size`` has no Ollama / llama.cpp
+  equivalent and is noted instead).
+- ``README.md``: a model card with the base model, the data fingerprint (the validate stage's: sha256 of every input
+  file), the configuration, the card section of each stage result it is given, in stage order (training with its
+  loss curve, evaluation, GGUF metrics) and the exact commands to run it with llama.cpp (llama-cli / llama-server)
+  and Ollama.
 
 Everything is written under a temporary name and renamed when complete.
 """
@@ -14,6 +17,7 @@ Everything is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -22,10 +26,12 @@ from prefect import task
 from r1lib.config import PipelineConfig
 from r1lib.data.chat_template import ASSISTANT, BOS, EOS, USER
 from r1lib.export.gguf import FULL_PRECISION, GGUFFile
-from r1lib.io import atomic_path, sha256_file, write_text
+from r1lib.io import atomic_path, write_text
+from r1lib.model.generation import Decoding
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.stage import StageResult
+from r1lib.stages import DataFingerprint, in_stage_order
 
 PREFERRED = ("Q4_K_M", "Q5_K_M", "Q8_0")
 
@@ -67,11 +73,11 @@ def recommended(ggufs: list[GGUFFile]) -> GGUFFile:
     return next((g for g in ggufs if g.type not in FULL_PRECISION), ggufs[0])
 
 
-def modelfile_text(gguf_name: str, decoding: dict, n_ctx: int, system_prompt: str = "") -> str:
-    """An Ollama Modelfile for ``gguf_name`` (a file in the same folder)."""
+def modelfile_text(gguf: str, decoding: Decoding, n_ctx: int, system_prompt: str = "") -> str:
+    """An Ollama Modelfile for ``gguf`` (its path relative to the Modelfile's folder)."""
     lines = [
-        f"# Ollama: ollama create <name> -f {gguf_name.rsplit('.gguf', 1)[0]}.Modelfile  (or -f Modelfile)",
-        f"FROM ./{gguf_name}",
+        f"# Ollama: ollama create <name> -f {Path(gguf).name.rsplit('.gguf', 1)[0]}.Modelfile  (or -f Modelfile)",
+        f"FROM {gguf if '/' in gguf else './' + gguf}",
         "",
         f'TEMPLATE """{OLLAMA_TEMPLATE}"""',
         "",
@@ -80,42 +86,34 @@ def modelfile_text(gguf_name: str, decoding: dict, n_ctx: int, system_prompt: st
         lines += [f'SYSTEM """{system_prompt}"""', ""]
     lines += [f'PARAMETER stop "{token}"' for token in STOP_TOKENS]
     lines += [
-        f"PARAMETER temperature {decoding.get('temperature', 0.0)}",
-        f"PARAMETER top_p {decoding.get('top_p', 1.0)}",
-        f"PARAMETER repeat_penalty {decoding.get('repetition_penalty', 1.0)}",
+        f"PARAMETER temperature {decoding.temperature}",
+        f"PARAMETER top_p {decoding.top_p}",
+        f"PARAMETER repeat_penalty {decoding.repetition_penalty}",
         f"PARAMETER num_ctx {n_ctx}",
     ]
-    if decoding.get("no_repeat_ngram_size"):
+    if decoding.no_repeat_ngram_size:
         lines.append(
-            f"# no_repeat_ngram_size={decoding['no_repeat_ngram_size']} was used in evaluation; "
+            f"# no_repeat_ngram_size={decoding.no_repeat_ngram_size} was used in evaluation; "
             "Ollama / llama.cpp have no equivalent (repeat_penalty is the closest)."
         )
     return "\n".join(lines) + "\n"
 
 
-def data_fingerprint(config: PipelineConfig) -> dict:
-    paths = [
-        *config.data.train_paths,
-        config.data.test_path,
-        *([config.data.replay_path] if config.data.replay_path else []),
-    ]
-    files = {p: sha256_file(Path(p)) for p in paths if Path(p).exists()}
-    import hashlib
-
-    combined = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    return {"sha256": combined, "files": files}
-
-
 def card_text(
-    config: PipelineConfig, run_dir: str, sections: list[StageResult], decoding: dict, fingerprint: dict, rec: GGUFFile
+    config: PipelineConfig,
+    sections: list[StageResult],
+    decoding: Decoding,
+    fingerprint: DataFingerprint,
+    rec: GGUFFile,
+    rec_ref: str,
 ) -> str:
-    name = Path(run_dir).name
+    """The model card; ``rec``: the recommended GGUF, ``rec_ref``: its path from the card's folder."""
+    name = config.run_dir().name
     rec_name = Path(rec.path).name
-    temp = decoding.get("temperature", 0.0)
-    penalty = decoding.get("repetition_penalty", 1.0)
-    top_p = decoding.get("top_p", 1.0)
+    temp, penalty, top_p = decoding.temperature, decoding.repetition_penalty, decoding.top_p
     n_ctx = config.smoke.n_ctx
-    n_predict = config.evaluate.max_new_tokens if config.preset == "tiny" else max(config.smoke.max_tokens, 2048)
+    # A reasoning model thinks at length: 2048 new tokens, or fewer where the model was trained on shorter rows.
+    n_predict = min(max(config.smoke.max_tokens, 2048), config.tokenize.max_seq_length)
     lines = [
         "---",
         f"base_model: {config.model.name_or_path}",
@@ -134,11 +132,11 @@ def card_text(
         "",
         "## Data",
         "",
-        f"Data fingerprint (sha256 over the files below): `{fingerprint['sha256']}`",
+        f"Data fingerprint (sha256 over the files below): `{fingerprint.sha256}`",
         "",
         "| file | sha256 |",
         "|---|---|",
-        *[f"| `{path}` | `{digest}` |" for path, digest in fingerprint["files"].items()],
+        *[f"| `{path}` | `{digest}` |" for path, digest in fingerprint.files.items()],
         "",
         "<details><summary>Configuration</summary>",
         "",
@@ -152,7 +150,7 @@ def card_text(
         "",
         "</details>",
         "",
-        *[section.card_section() for section in sections],
+        *[text for text in (section.card_section() for section in in_stage_order(sections)) if text],
     ]
     prompt = "What is the capital of France?"
     raw = f"{USER}{prompt}{ASSISTANT}<think>\\n"
@@ -181,7 +179,7 @@ def card_text(
         "### Ollama",
         "",
         "```sh",
-        f"ollama create {name.lower()} -f Modelfile          # Modelfile: FROM ./{rec_name}",
+        f"ollama create {name.lower()} -f Modelfile          # Modelfile: FROM {rec_ref}",
         f'ollama run {name.lower()} "{prompt}"',
         "# another quantization: ollama create <name> -f <file stem>.Modelfile",
         "```",
@@ -197,33 +195,32 @@ def card_text(
 
 def write_card(
     config: PipelineConfig,
-    run_dir: str,
     ggufs: list[GGUFFile],
-    decoding: dict,
+    decoding: Decoding,
+    fingerprint: DataFingerprint,
     sections: list[StageResult],
-    loss_curve: str | None = None,
-    out_dir: Path | None = None,
+    loss_curve: str | None,
+    out_dir: Path,
 ) -> CardResult:
-    """Modelfiles, README.md and the loss curve in ``out_dir``, by default beside the GGUFs (``runs/<run>/export``)."""
-    out_dir = Path(out_dir or Path(ggufs[0].path).parent)
+    """Modelfiles, README.md and the loss curve in ``out_dir``."""
+    out_dir = Path(out_dir)
+    n_ctx, system_prompt = config.smoke.n_ctx, config.tokenize.system_prompt
+    refs = {g.path: os.path.relpath(Path(g.path).resolve(), out_dir.resolve()) for g in ggufs}
     modelfiles = []
     for g in ggufs:
-        name = Path(g.path).name
-        path = out_dir / f"{name.rsplit('.gguf', 1)[0]}.Modelfile"
-        write_text(path, modelfile_text(name, decoding, config.smoke.n_ctx, config.tokenize.system_prompt))
+        path = out_dir / f"{Path(g.path).name.rsplit('.gguf', 1)[0]}.Modelfile"
+        write_text(path, modelfile_text(refs[g.path], decoding, n_ctx, system_prompt))
         modelfiles.append(str(path))
     rec = recommended(ggufs)
     main_modelfile = out_dir / "Modelfile"
-    write_text(
-        main_modelfile, modelfile_text(Path(rec.path).name, decoding, config.smoke.n_ctx, config.tokenize.system_prompt)
-    )
+    write_text(main_modelfile, modelfile_text(refs[rec.path], decoding, n_ctx, system_prompt))
     curve = None
     if loss_curve and Path(loss_curve).exists():
         curve = out_dir / "loss_curve.png"
         with atomic_path(curve) as tmp:
             shutil.copyfile(loss_curve, tmp)
     readme = out_dir / "README.md"
-    write_text(readme, card_text(config, run_dir, sections, decoding, data_fingerprint(config), rec))
+    write_text(readme, card_text(config, sections, decoding, fingerprint, rec, refs[rec.path]))
     return CardResult(
         readme=str(readme),
         modelfiles=modelfiles,
@@ -238,14 +235,16 @@ def write_card(
 @task(name="model-card", task_run_name="model card", **stage_options(timeout_seconds=600))
 def card_task(
     config: PipelineConfig,
-    run_dir: OutputPath,
     ggufs: list[GGUFFile],
-    decoding: dict,
+    decoding: Decoding,
+    fingerprint: DataFingerprint,
     sections: list[StageResult],
-    loss_curve: InputPath | None = None,
+    loss_curve: InputPath | None,
+    out_dir: OutputPath,
 ) -> CardResult:
-    """Ollama Modelfiles and the model card (README.md + loss curve) beside the GGUFs; ``sections``: the stage
-    results whose card sections it shows, in order; ``decoding``: the evaluate stage's generation settings."""
-    result = write_card(config, run_dir, ggufs, decoding, sections, loss_curve)
+    """Ollama Modelfiles and the model card (README.md + loss curve); ``sections``: the stage results whose card
+    sections it shows (in stage order); ``decoding``: the evaluate stage's generation settings; ``fingerprint``: the
+    validate stage's."""
+    result = write_card(config, ggufs, decoding, fingerprint, sections, loss_curve, Path(out_dir))
     print(f"model card {result.readme}; Ollama: ollama create <name> -f {result.modelfile}")
     return result

@@ -36,8 +36,8 @@ from r1lib.errors import DataValidationError
 from r1lib.io import concat_files, iter_jsonl, write_json, write_jsonl
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
+from r1lib.stages import FilterContext
 
 log = logging.getLogger(__name__)
 
@@ -359,15 +359,17 @@ def debias_file(train_path: Path, cfg: DebiasConfig, out_dir: Path) -> DebiasedD
 
 
 @task(name="debias-shard", task_run_name="debias {index}", **stage_options())
-def debias_shard_task(shard: Shard, cfg: DebiasConfig, index: int, run_dir: OutputPath) -> DebiasedShard:
+def debias_shard_task(
+    shard: Shard, index: int, cfg: DebiasConfig, context: FilterContext, out_dir: OutputPath
+) -> DebiasedShard:
     """Quarantine blocklisted rows and add counterfactual twins in one shard."""
-    return debias_shard(shard, cfg, stage_dir(run_dir, "debias", "shards", f"train-{index:04d}"))
+    return debias_shard(shard, cfg, Path(out_dir, "shards", f"train-{index:04d}"))
 
 
 @task(name="debias", task_run_name="debias merge", **stage_options())
-def debias_merge_task(parts: list[DebiasedShard], cfg: DebiasConfig, run_dir: OutputPath) -> DebiasedData:
+def debias_merge_task(parts: list[DebiasedShard], cfg: DebiasConfig, out_dir: OutputPath) -> DebiasedData:
     """Join the debiased shards; report group balance."""
-    result = merge_debiased(parts, cfg, stage_dir(run_dir, "debias"))
+    result = merge_debiased(parts, cfg, Path(out_dir))
     create_table_artifact(
         key="bias-report",
         table=[b.model_dump() for b in result.balance],

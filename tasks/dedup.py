@@ -23,7 +23,6 @@ from r1lib.errors import DataValidationError
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
 
 
@@ -429,29 +428,29 @@ def dedup(
 
 
 @task(name="dedup-keys", task_run_name="dedup keys {split} {index}", **stage_options())
-def dedup_keys_task(shard: Shard, cfg: DedupConfig, split: str, index: int, run_dir: OutputPath) -> Keys:
+def dedup_keys_task(shard: Shard, cfg: DedupConfig, split: str, index: int, out_dir: OutputPath) -> Keys:
     """Normalized-text hashes and MinHash signatures of one shard."""
-    return shard_keys(shard.path, cfg, stage_dir(run_dir, "dedup", "keys", f"{split}-{index:04d}.npy"))
+    return shard_keys(shard.path, cfg, Path(out_dir, "keys", f"{split}-{index:04d}.npy"))
 
 
 @task(name="dedup-plan", task_run_name="dedup plan", **stage_options())
-def dedup_plan_task(train_keys: list[Keys], test_keys: list[Keys], cfg: DedupConfig, run_dir: OutputPath) -> DedupPlan:
+def dedup_plan_task(train_keys: list[Keys], test_keys: list[Keys], cfg: DedupConfig, out_dir: OutputPath) -> DedupPlan:
     """One global pass over every shard's keys: which rows are duplicates, near duplicates or test leaks."""
-    return make_plan(train_keys, test_keys, cfg, stage_dir(run_dir, "dedup"))
+    return make_plan(train_keys, test_keys, cfg, Path(out_dir))
 
 
 @task(name="dedup-write", task_run_name="dedup write {split} {index}", **stage_options())
-def dedup_write_task(shard: Shard, plan_path: InputPath, split: str, index: int, run_dir: OutputPath) -> DedupShard:
+def dedup_write_task(shard: Shard, plan_path: InputPath, split: str, index: int, out_dir: OutputPath) -> DedupShard:
     """Write one shard's survivors and its quarantined rows."""
-    return write_survivors(shard.path, plan_path, stage_dir(run_dir, "dedup", "shards", f"{split}-{index:04d}"))
+    return write_survivors(shard.path, plan_path, Path(out_dir, "shards", f"{split}-{index:04d}"))
 
 
 @task(name="dedup", task_run_name="dedup merge", **stage_options())
 def dedup_merge_task(
-    train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, run_dir: OutputPath
+    train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, out_dir: OutputPath
 ) -> DedupedData:
     """Join the deduplicated shards: train/test deduplicated and leak-free."""
-    result = merge_dedup(train_parts, test_parts, report, stage_dir(run_dir, "dedup"))
+    result = merge_dedup(train_parts, test_parts, report, Path(out_dir))
     create_table_artifact(
         key="dedup-report",
         table=[

@@ -34,11 +34,19 @@ from r1lib.data.chat_template import render_prompt
 from r1lib.data.records import answer_of
 from r1lib.errors import PermanentError
 from r1lib.io import read_jsonl, write_json, write_jsonl
-from r1lib.model.generation import GenerationStats, generate, generation_plan, score_generations, time_plain_generate
+from r1lib.model.generation import (
+    Decoding,
+    GenerationStats,
+    generate,
+    generation_plan,
+    score_generations,
+    time_plain_generate,
+)
 from r1lib.model.loading import answer_nll, perplexity
-from r1lib.paths import InputPath, OutputPath
+from r1lib.paths import OutputPath
 from r1lib.policy import stage_options
 from r1lib.stage import StageResult
+from r1lib.stages import Candidate, HeldOut
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +89,7 @@ class Evaluation(StageResult):
     forgetting_ratio: float | None  # replay perplexity after / before
     forgetting_limit: float | None = None
     forgetting_exceeded: bool = False
-    decoding: dict = {}  # the generation settings used (carried into the smoke test and the Modelfile)
+    decoding: Decoding = Decoding()  # the generation settings used (carried into the smoke test and the Modelfile)
     lm_eval_status: str = "not requested"
     samples: str
     speed: dict = {}  # how generation ran (merged or adapter, batch, why) and the plain HF baseline's tokens/s
@@ -141,7 +149,7 @@ class Evaluation(StageResult):
                 "stopped_by_time_limit": base.stopped_by_time_limit or tuned.stopped_by_time_limit,
                 "forgetting_limit": self.forgetting_limit,
                 "forgetting_exceeded": self.forgetting_exceeded,
-                "decoding": self.decoding,
+                "decoding": self.decoding.model_dump(),
                 "lm_eval": {"status": self.lm_eval_status, "before": base.lm_eval, "after": tuned.lm_eval},
                 "comparison": self.comparison(),
                 "generation_speed": self.speed,
@@ -200,8 +208,8 @@ class Evaluation(StageResult):
         lines = [
             "## Evaluation (held-out set, base vs fine-tuned)",
             "",
-            f"Decoding: {json.dumps(self.decoding)}. Perplexity is token-weighted over answer tokens only; "
-            "accuracy compares the answer after `</think>` (reasoning stripped) with the reference.",
+            f"Decoding: {json.dumps(self.decoding.model_dump())}. Perplexity is token-weighted over answer tokens "
+            "only; accuracy compares the answer after `</think>` (reasoning stripped) with the reference.",
             "",
             "| metric | base | fine-tuned | change |",
             "|---|---|---|---|",
@@ -228,16 +236,6 @@ def _fmt(value) -> str:
     if value is None:
         return "–"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def decoding_settings(cfg: EvalConfig) -> dict:
-    return {
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "repetition_penalty": cfg.repetition_penalty,
-        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
-        "max_new_tokens": cfg.max_new_tokens,
-    }
 
 
 def check_forgetting(ratio: float | None, cfg: EvalConfig) -> bool:
@@ -335,11 +333,8 @@ def score_model(
 
 
 def evaluate(
-    model_dir: str,
-    adapter_dir: str,
-    test_records: str,
-    test_dataset: str,
-    replay_dataset: str | None,
+    candidate: Candidate,
+    held_out: HeldOut,
     model_cfg: ModelConfig,
     cfg: EvalConfig,
     tokenize_cfg: TokenizeConfig,
@@ -351,6 +346,8 @@ def evaluate(
     from r1lib.model.loading import dequantize_4bit, load_causal_lm, load_tokenizer
 
     release()  # the training stage's model, before this stage loads its own
+    model_dir, adapter_dir = candidate.model_dir, candidate.adapter_dir
+    test_records, test_dataset, replay_dataset = held_out.records, held_out.dataset, held_out.replay
     records = read_jsonl(Path(test_records))[: cfg.max_examples]
     tokenizer = load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
@@ -422,7 +419,7 @@ def evaluate(
         forgetting_ratio=forgetting,
         forgetting_limit=cfg.max_forgetting_ratio,
         forgetting_exceeded=check_forgetting(forgetting, cfg),
-        decoding=decoding_settings(cfg),
+        decoding=Decoding.of(cfg),
         lm_eval_status=lm_eval_status or f"ran {cfg.lm_eval_tasks} from {cfg.lm_eval_path}",
         samples=str(samples),
         speed=speed,
@@ -442,33 +439,21 @@ def evaluate(
 
 @task(name="evaluate", task_run_name="evaluate", **stage_options(timeout_seconds=6 * 3600))
 def evaluate_task(
-    model_dir: InputPath,
-    adapter_dir: InputPath,
-    test_records: InputPath,
-    test_dataset: InputPath,
-    replay_dataset: InputPath | None,
+    candidate: Candidate,
+    held_out: HeldOut,
+    *,
     model_cfg: ModelConfig,
     cfg: EvalConfig,
     tokenize_cfg: TokenizeConfig,
-    run_dir: OutputPath,
+    out_dir: OutputPath,
 ) -> Evaluation:
-    """Base vs fine-tuned: perplexity, accuracy, format, repetition, forgetting."""
-    result = evaluate(
-        model_dir,
-        adapter_dir,
-        test_records,
-        test_dataset,
-        replay_dataset,
-        model_cfg,
-        cfg,
-        tokenize_cfg,
-        Path(run_dir) / "evaluate",
-    )
+    """Base vs fine-tuned ``candidate`` on ``held_out``: perplexity, accuracy, format, repetition, forgetting."""
+    result = evaluate(candidate, held_out, model_cfg, cfg, tokenize_cfg, Path(out_dir))
     create_table_artifact(
         key="evaluation",
         table=result.comparison(),
         description=(
-            f"Held-out evaluation, base vs fine-tuned (decoding {result.decoding}). Forgetting ratio "
+            f"Held-out evaluation, base vs fine-tuned (decoding {result.decoding.model_dump()}). Forgetting ratio "
             f"{result.forgetting_ratio} (limit {result.forgetting_limit}"
             f"{', EXCEEDED' if result.forgetting_exceeded else ''}). lm_eval: {result.lm_eval_status}"
         ),

@@ -40,7 +40,6 @@ from r1lib.io import atomic_dir, atomic_path
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.process import die_with_parent
-from r1lib.runs import stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -222,15 +221,15 @@ def quantized_path(source: GGUFFile, qtype: str) -> Path:
 
 
 @task(name="merge", task_run_name="merge adapter", **stage_options(timeout_seconds=4 * 3600))
-def merge_task(model_dir: InputPath, adapter_dir: InputPath, model_cfg: ModelConfig, run_dir: OutputPath) -> InputPath:
+def merge_task(model_dir: InputPath, adapter_dir: InputPath, model_cfg: ModelConfig, out_dir: OutputPath) -> InputPath:
     """Merge the LoRA adapter into the full-precision base; save safetensors + tokenizer."""
-    return merge(model_dir, adapter_dir, model_cfg, stage_dir(run_dir, "export", "merged"))
+    return merge(model_dir, adapter_dir, model_cfg, Path(out_dir, "merged"))
 
 
 @task(name="convert-gguf", task_run_name="convert-gguf {outtype}", **stage_options(timeout_seconds=4 * 3600))
-def convert_task(merged_dir: InputPath, outtype: str, run_dir: OutputPath) -> GGUFFile:
-    """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter."""
-    out = stage_dir(run_dir, "export", f"{Path(run_dir).name}-{outtype.upper()}.gguf")
+def convert_task(merged_dir: InputPath, outtype: str, out_dir: OutputPath, stem: str) -> GGUFFile:
+    """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter, as ``<stem>-<OUTTYPE>.gguf`` in ``out_dir``."""
+    out = Path(out_dir, f"{stem}-{outtype.upper()}.gguf")
     result = convert(merged_dir, outtype, out)
     print(
         f"converted to {result.path} ({result.bytes / 2**20:.1f} MiB, tokenizer pre-tokenizer {result.tokenizer_pre})"

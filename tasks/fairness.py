@@ -26,8 +26,8 @@ from r1lib.io import read_jsonl, write_json, write_jsonl
 from r1lib.model.generation import generate, normalize_answer
 from r1lib.paths import OutputPath
 from r1lib.policy import stage_options
-from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
+from r1lib.stages import Candidate, HeldOut
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,8 @@ def agreement(originals: list[str], twins: list[str], pairs: TermPairs) -> list[
 
 
 def fairness(
-    model_dir: str,
-    adapter_dir: str,
-    test_records: str,
+    candidate: Candidate,
+    held_out: HeldOut,
     model_cfg: ModelConfig,
     eval_cfg: EvalConfig,
     tokenize_cfg: TokenizeConfig,
@@ -129,9 +128,12 @@ def fairness(
         return FairnessReport(
             prompts=0, candidates=0, base_agreement=None, tuned_agreement=None, pairs=None, status=status
         )
+    model_dir, adapter_dir = candidate.model_dir, candidate.adapter_dir
     pairs = TermPairs.load(Path(debias_cfg.term_pairs_path))
     protected = load_blocklist(Path(debias_cfg.protected_phrases_path)) if debias_cfg.protected_phrases_path else []
-    chosen, candidates = twin_prompts(read_jsonl(Path(test_records)), Counterfactual(pairs, protected), cfg.max_prompts)
+    chosen, candidates = twin_prompts(
+        read_jsonl(Path(held_out.records)), Counterfactual(pairs, protected), cfg.max_prompts
+    )
     if not chosen:
         status = f"no held-out prompt with a counterfactual twin ({candidates} mention a group term)"
         log.warning("fairness: %s", status)
@@ -186,28 +188,19 @@ def fairness(
 
 @task(name="fairness", **stage_options(timeout_seconds=6 * 3600))
 def fairness_task(
-    model_dir: str,
-    adapter_dir: str,
-    test_records: str,
+    candidate: Candidate,
+    held_out: HeldOut,
+    *,
     model_cfg: ModelConfig,
     eval_cfg: EvalConfig,
     tokenize_cfg: TokenizeConfig,
     debias_cfg: DebiasConfig,
     cfg: FairnessConfig,
-    run_dir: OutputPath,
+    out_dir: OutputPath,
 ) -> FairnessReport:
-    """Counterfactual agreement of the base and the fine-tuned model on held-out prompts that mention a group."""
-    result = fairness(
-        model_dir,
-        adapter_dir,
-        test_records,
-        model_cfg,
-        eval_cfg,
-        tokenize_cfg,
-        debias_cfg,
-        cfg,
-        stage_dir(run_dir, "fairness"),
-    )
+    """Counterfactual agreement of the base and the fine-tuned ``candidate`` on ``held_out`` prompts that mention a
+    group."""
+    result = fairness(candidate, held_out, model_cfg, eval_cfg, tokenize_cfg, debias_cfg, cfg, Path(out_dir))
     create_table_artifact(
         key="fairness",
         table=[

@@ -18,8 +18,9 @@ from pydantic import BaseModel, Field
 
 from r1lib.config import FORGETTING_LIMIT
 from r1lib.data.inputs import SUFFIXES
+from r1lib.export.gguf import GGUFFile
 from r1lib.io import atomic_path, sha256_file
-from r1lib.ops.registry import Registry
+from r1lib.ops.registry import DropSnapshot, Registry, Version, VersionEntry
 
 LOWER_IS_BETTER = {"perplexity", "replay_perplexity", "forgetting_ratio"}
 COMPARED = ("perplexity", "accuracy", "format_ok", "replay_perplexity", "forgetting_ratio", "fairness_agreement")
@@ -164,11 +165,6 @@ def comparison_rows(challenger: dict, champion: dict | None) -> list[dict]:
     ]
 
 
-def registered_ggufs(record: dict) -> list[dict]:
-    """The GGUF files of a registry version (its own copies), as the smoke test takes them."""
-    return [{k: g[k] for k in ("path", "type", "bytes", "tokenizer_pre") if k in g} for g in record["ggufs"]]
-
-
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
@@ -192,7 +188,7 @@ def scan_drop_task(drop_url: str) -> list[DropFile]:
     retries=3,
     retry_delay_seconds=[5, 30, 120],
 )
-def snapshot_task(files: list[DropFile], registry_dir: str) -> list[dict]:
+def snapshot_task(files: list[DropFile], registry_dir: str) -> list[DropSnapshot]:
     """Copy each new drop file into the registry, verified by its sha256, so the drop may be cleaned later."""
     import fsspec
 
@@ -206,22 +202,23 @@ def snapshot_task(files: list[DropFile], registry_dir: str) -> list[dict]:
                 dst.flush()
             if sha256_file(target) != f.sha256:
                 raise OSError(f"{f.url} changed while it was copied (sha256 differs); the retry copies it again")
-        stored.append({"name": f.name, "url": f.url, "sha256": f.sha256, "bytes": f.bytes, "snapshot": str(target)})
+        stored.append(DropSnapshot(name=f.name, url=f.url, sha256=f.sha256, bytes=f.bytes, snapshot=str(target)))
     return stored
 
 
 @task(name="register-version", task_run_name="register challenger", cache_policy=NO_CACHE)
-def register_task(registry_dir: str, entry: dict, adapter: str, ggufs: list[dict]) -> dict:
+def register_task(registry_dir: str, entry: VersionEntry, adapter: str, ggufs: list[GGUFFile]) -> Version:
+    """Register a trained adapter and its GGUF files as a new candidate version."""
     record = Registry(registry_dir).add_version(entry, adapter, ggufs)
-    print(f"registered v{record['version']} (data {entry['data_fingerprint'][:12]}, code {entry['code_version'][:12]})")
+    print(f"registered v{record.version} (data {entry.data_fingerprint[:12]}, code {entry.code_version[:12]})")
     return record
 
 
 @register_task.on_rollback
 def _unregister(txn) -> None:
     record = txn.get("record")
-    Registry(txn.get("registry_dir")).remove_version(record["version"])
-    print(f"rolled back: v{record['version']} removed from the registry")
+    Registry(txn.get("registry_dir")).remove_version(record.version)
+    print(f"rolled back: v{record.version} removed from the registry")
 
 
 @task(name="promote", task_run_name="promote v{version}", cache_policy=NO_CACHE)

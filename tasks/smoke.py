@@ -43,10 +43,10 @@ from r1lib.errors import ExportCheckError
 from r1lib.export.gguf import FULL_PRECISION, SMOKE_CHILD, GGUFFile, offline_env
 from r1lib.export.smoke_checks import compare_greedy, perplexity_types, reference_dtype
 from r1lib.io import write_json
+from r1lib.model.generation import Decoding
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.process import die_with_parent
-from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class SmokeReport(StageResult):
     hf_tokens: list[int]
     hf_perplexity: float | None = None
     perplexity_rows: int = 0
-    decoding: dict = {}
+    decoding: Decoding | None = None  # the evaluation's, when smoke.use_eval_decoding
     perplexity_on: list[str] = []  # the GGUF types that had the perplexity pass
     parity_near_tie: dict | None = None  # {"token": i, "logit_gap": g}: where a near tie ended the comparison
     hf_dtype: str = "float32"  # the HF reference model's dtype
@@ -178,7 +178,7 @@ def smoke_all(
     ggufs: list[GGUFFile],
     prompts: list[str],
     cfg: SmokeConfig,
-    decoding: dict | None = None,
+    decoding: Decoding | None = None,
     perplexity_rows: Path | None = None,
     timeout: float | None = None,
     warnings: list[str] | None = None,
@@ -194,7 +194,7 @@ def smoke_all(
             "prompts": prompts,
             "max_tokens": cfg.max_tokens,
             "n_ctx": cfg.n_ctx,
-            "decoding": decoding or {},
+            "decoding": decoding.model_dump() if decoding else {},
             "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
             "perplexity_rows": str(perplexity_rows)
             if perplexity_rows and (perplexity_types is None or gguf.type in perplexity_types)
@@ -349,7 +349,7 @@ def smoke_test(
     cfg: SmokeConfig,
     out_dir: Path,
     test_dataset: str | None = None,
-    decoding: dict | None = None,
+    decoding: Decoding | None = None,
 ) -> SmokeReport:
     from r1lib.model.gpu_memory import release
 
@@ -398,7 +398,7 @@ def smoke_test(
         hf_tokens=hf_tokens,
         hf_perplexity=hf_ppl,
         perplexity_rows=n_rows,
-        decoding=decoding or {},
+        decoding=decoding,
         perplexity_on=measured if n_rows else [],
         parity_near_tie=near_tie,
         hf_dtype=dtype,
@@ -464,12 +464,13 @@ def smoke_table(report: SmokeReport, answer_chars: int = 40) -> list[dict]:
 
 
 def smoke_description(report: SmokeReport) -> str:
+    decoding = report.decoding.model_dump() if report.decoding else "greedy"
     folder = Path(report.results[0].gguf).parent if report.results else None
     hf = "n/a" if report.hf_perplexity is None else f"{report.hf_perplexity:.5g}"
     return (
         f"GGUF smoke test of `{folder}`. F16 greedy parity with HF: {report.parity_matching}/{report.parity_tokens} "
         f"tokens. HF merged perplexity {hf} on {report.perplexity_rows} held-out rows; *vs HF*: each GGUF's "
-        f"perplexity against it, *quant loss*: against the first GGUF. Decoding {report.decoding or 'greedy'}."
+        f"perplexity against it, *quant loss*: against the first GGUF. Decoding {decoding}."
     )
 
 
@@ -481,13 +482,14 @@ def smoke_task(
     merged_dir: InputPath,
     ggufs: list[GGUFFile],
     test_dataset: InputPath | None,
-    decoding: dict,
+    decoding: Decoding,
     cfg: SmokeConfig,
-    run_dir: OutputPath,
+    out_dir: OutputPath,
 ) -> SmokeReport:
     """Load every GGUF in llama-cpp-python, answer in the R1 format, check parity (tokens, perplexity) with HF.
     ``decoding``: the evaluate stage's generation settings (used when ``smoke.use_eval_decoding``)."""
-    decoding = decoding if cfg.use_eval_decoding else {}
-    report = smoke_test(merged_dir, ggufs, cfg, stage_dir(run_dir, "smoke"), test_dataset, decoding)
+    report = smoke_test(
+        merged_dir, ggufs, cfg, Path(out_dir), test_dataset, decoding if cfg.use_eval_decoding else None
+    )
     create_table_artifact(key="gguf-smoke-test", table=smoke_table(report), description=smoke_description(report))
     return report

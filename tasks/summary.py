@@ -1,12 +1,13 @@
 """The run summary: every stage's key figures in one ``summary.json``, a printed report and a Markdown table.
 
 It knows no stage: each result it is given says what it shows (r1lib/stage.py), so a new stage appears here by
-being passed in.
+being passed in, in the order r1lib/stages.py declares.
 """
 
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -16,8 +17,8 @@ from pydantic import BaseModel
 from r1lib.config import PipelineConfig
 from r1lib.io import write_json
 from r1lib.paths import OutputPath, resolve_roots
-from r1lib.runs import run_file
 from r1lib.stage import StageResult
+from r1lib.stages import in_stage_order
 
 
 class RunSummary(BaseModel):
@@ -40,7 +41,7 @@ def summarize(config: PipelineConfig, run_dir: str, results: list[StageResult]) 
         "run_dir": run_dir,
     }
     rows = [("roots", f"data {', '.join(roots['data'])}; model {', '.join(roots['model'])}")]
-    for result in results:
+    for result in in_stage_order(results):
         data.update(result.summary())
         rows += result.summary_lines()
     return data, rows
@@ -66,7 +67,7 @@ def summary_task(config: PipelineConfig, run_dir: OutputPath, results: list[Stag
     """Write summary.json and show the summary in the UI."""
     data, rows = summarize(config, run_dir, results)
     title = f"r1-finetune run summary ({config.preset}: {config.model.name_or_path})"
-    path = write_json(run_file(run_dir, "summary.json"), data)
+    path = write_json(Path(run_dir, "summary.json"), data)
     # The UI never wraps a table cell: long rows become lines of at most 72 characters.
     lines = [(label, "<br>".join(textwrap.wrap(text, 72, break_on_hyphens=False))) for label, text in rows]
     create_markdown_artifact(key="run-summary", markdown=render_markdown(title, lines))

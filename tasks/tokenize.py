@@ -34,7 +34,6 @@ from r1lib.errors import DataValidationError, PermanentError
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
@@ -459,7 +458,7 @@ def tokenize_shard_task(
     cfg: TokenizeConfig,
     split: str,
     index: int,
-    run_dir: OutputPath,
+    out_dir: OutputPath,
     trust_remote_code: bool = False,
 ) -> TokenizedShard:
     """Apply the R1 chat template, mask the prompt, enforce the length policy on one shard. ``trust_remote_code``:
@@ -468,16 +467,16 @@ def tokenize_shard_task(
         _tokenizer(model_dir, trust_remote_code),
         shard,
         cfg,
-        stage_dir(run_dir, "tokenize", split, "shards", f"{split}-{index:04d}"),
+        Path(out_dir, split, "shards", f"{split}-{index:04d}"),
     )
 
 
 @task(name="tokenize", task_run_name="tokenize {split}", **stage_options())
 def tokenize_merge_task(
-    parts: list[TokenizedShard], split: str, run_dir: OutputPath, cfg: TokenizeConfig | None = None
+    parts: list[TokenizedShard], split: str, out_dir: OutputPath, cfg: TokenizeConfig | None = None
 ) -> TokenizedData:
     """The tokenized shards as one dataset, with its audit; fails past tokenize.max_dropped_fraction."""
-    result = merge_tokenized(parts, stage_dir(run_dir, "tokenize", split), split, cfg)
+    result = merge_tokenized(parts, Path(out_dir, split), split, cfg)
     checks = {
         "rows": result.rows_out,
         "dropped (too long)": result.dropped_too_long,

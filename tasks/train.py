@@ -21,7 +21,6 @@ from r1lib.io import exclusive_dir, write_json
 from r1lib.model.gpu_memory import apply_cap
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_logger, stage_options
-from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
 from r1lib.training.backends import choose_backend
 from r1lib.training.fit import FitSpec, inputs_key
@@ -188,9 +187,9 @@ def train_task(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     tokenize_cfg: TokenizeConfig,
-    run_dir: OutputPath,
+    out_dir: OutputPath,
 ) -> TrainResult:
-    """QLoRA fine-tuning; resumes from the last complete checkpoint when retried."""
+    """QLoRA fine-tuning into ``out_dir``; resumes from the last complete checkpoint when retried."""
     progress_id = create_progress_artifact(
         progress=0.0, key="training-progress", description=f"training: {cfg.max_steps or '?'} optimizer steps to go"
     )
@@ -215,7 +214,7 @@ def train_task(
         model_cfg,
         cfg,
         tokenize_cfg,
-        stage_dir(run_dir, "train"),
+        Path(out_dir),
         progress_hook=report,
     )
     resumed = f" · resumed from {Path(result.resumed_from).name}" if result.resumed_from else ""

@@ -8,6 +8,7 @@ docs/data-stages.md."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -28,11 +29,11 @@ from r1lib.data.row_formats import normalize
 from r1lib.data.row_rules import RowRules
 from r1lib.data.shards import DEFAULT_SHARD_ROWS, JsonlWriter, Shard, ShardWriter
 from r1lib.errors import DataValidationError
-from r1lib.io import concat_files, write_json
+from r1lib.io import concat_files, sha256_file, write_json
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.runs import stage_dir
 from r1lib.stage import StageResult
+from r1lib.stages import DataFingerprint
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ValidatedData(StageResult):
     # The same records as train/test/replay, in shards of runner.shard_rows: what the data stages map over.
     shards: dict[str, list[Shard]] = {}
     report: str | None = None  # report.json
+    fingerprint: DataFingerprint | None = None  # sha256 of every local input file (the model card shows it)
 
     def summary(self) -> dict:
         per_file = {
@@ -283,7 +285,16 @@ def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path
         reports=reports,
         report=str(report),
         shards={split: [s for i in inputs if i.split == split for s in i.shards] for split in splits},
+        fingerprint=data_fingerprint(cfg),
     )
+
+
+def data_fingerprint(cfg: DataConfig) -> DataFingerprint:
+    """sha256 of every local input file (train, test, replay) and one sha256 over them all."""
+    paths = [*cfg.train_paths, cfg.test_path, *([cfg.replay_path] if cfg.replay_path else [])]
+    files = {p: sha256_file(Path(p)) for p in paths if p and Path(p).exists()}
+    combined = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return DataFingerprint(sha256=combined, files=files)
 
 
 def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROWS) -> ValidatedData:
@@ -317,21 +328,21 @@ def validate_input_task(
     max_chars: int,
     max_line_bytes: int,
     shard_rows: int,
-    run_dir: OutputPath,
+    out_dir: OutputPath,
     allowed_roots: list[str],
     rules: RowRules | None = None,
 ) -> ValidatedInput:
     """Validate and normalize one input file; quarantine what is wrong. ``allowed_roots``: data.allowed_roots, held
     against the file actually opened."""
     return validate_input(
-        index, split, path, max_chars, max_line_bytes, shard_rows, stage_dir(run_dir, "validate"), allowed_roots, rules
+        index, split, path, max_chars, max_line_bytes, shard_rows, Path(out_dir), allowed_roots, rules
     )
 
 
 @task(name="validate", task_run_name="validate: merge {cfg.train_paths}", **stage_options())
-def validate_merge_task(cfg: DataConfig, inputs: list[ValidatedInput], run_dir: OutputPath) -> ValidatedData:
+def validate_merge_task(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: OutputPath) -> ValidatedData:
     """Join the validated files; fail when too much was rejected."""
-    result = merge_validated(cfg, inputs, stage_dir(run_dir, "validate"))
+    result = merge_validated(cfg, inputs, Path(out_dir))
     create_table_artifact(
         key="validation-report",
         table=[{**r.model_dump(exclude={"reasons"}), "reasons": json.dumps(r.reasons)} for r in result.reports],

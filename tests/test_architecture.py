@@ -223,3 +223,29 @@ def test_every_preset_round_trips_through_a_dump_and_the_flow_parameter(name):
     assert again == config
     partial = PipelineConfig.model_validate(expand_preset({"preset": name, "train": {"seed": 7}}))
     assert partial.train.seed == 7 and partial.model_copy(update={"train": config.train}) == config
+
+
+def test_every_declared_stage_has_its_task_and_takes_the_sections_it_declares():
+    """r1lib/stages.py names each stage once: a task function ``<stage>_task`` (or, for the mapped data stages,
+    ``<stage>_merge_task``) exists, the sections the flow hands it by keyword are its parameters, and each data
+    filter has the shard and merge tasks the data flow maps (flows/data.py)."""
+    import importlib
+    import inspect
+
+    from r1lib.stages import DATA_FILTERS, STAGES
+
+    tasks = {}
+    for path in modules("tasks"):
+        module = importlib.import_module(f"tasks.{path.stem}")
+        tasks |= {name: getattr(module, name) for name in dir(module) if name.endswith("_task")}
+    for s in STAGES:
+        key = s.name.replace("-", "_")
+        assert f"{key}_task" in tasks or f"{key}_merge_task" in tasks, f"stage {s.name}: no task in tasks/"
+        if f"{key}_task" in tasks:  # called once by the flow, its sections by keyword (r1lib.stages.settings)
+            assert set(s.sections) <= set(inspect.signature(tasks[f"{key}_task"].fn).parameters), s.name
+    for s in DATA_FILTERS:
+        key = s.name.replace("-", "_")
+        shard, merge = tasks[f"{key}_shard_task"], tasks[f"{key}_merge_task"]
+        assert list(inspect.signature(shard.fn).parameters) == ["shard", "index", "cfg", "context", "out_dir"]
+        assert list(inspect.signature(merge.fn).parameters) == ["parts", "cfg", "out_dir"]
+        assert s.section is not None and s.section in PipelineConfig.model_fields

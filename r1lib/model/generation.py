@@ -35,6 +35,27 @@ def repetition_rate(text: str, n: int = 3) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
+class Decoding(BaseModel):
+    """The generation settings the evaluation used (``evaluate.*``): the smoke test generates with them and the
+    Modelfiles and the model card recommend them."""
+
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0  # no llama.cpp / Ollama equivalent: the card notes it
+    max_new_tokens: int | None = None
+
+    @classmethod
+    def of(cls, cfg: EvalConfig) -> Decoding:
+        return cls(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            repetition_penalty=cfg.repetition_penalty,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+            max_new_tokens=cfg.max_new_tokens,
+        )
+
+
 class GenerationStats(BaseModel):
     """How a generation pass went: what the throughput table and the truncated-thinking count read."""
 

@@ -32,10 +32,61 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+from r1lib.export.gguf import GGUFFile
 from r1lib.io import write_json
 from r1lib.paths import PROJECT_DIR
 
 INDEX = "index.json"
+
+
+class DropSnapshot(BaseModel):
+    """A drop file accepted for training, and the registry's own copy of it."""
+
+    sha256: str
+    snapshot: str  # data/<sha12>-<name> under the registry
+    name: str = ""
+    url: str = ""
+    bytes: int = 0
+
+
+class RegisteredGGUF(GGUFFile):
+    """A version's GGUF file: the registry's hard link or copy (``path``) of the run's file (``source``)."""
+
+    source: str | None = None
+
+    def file(self) -> GGUFFile:
+        """As the smoke test takes it."""
+        return GGUFFile(**self.model_dump(exclude={"source"}))
+
+
+class VersionEntry(BaseModel):
+    """What is registered about a trained model: its lineage (data, configuration, code, run) and its figures."""
+
+    data_fingerprint: str
+    code_version: str
+    drop_files: list[DropSnapshot] = []
+    train_paths: list[str] = []
+    config: dict[str, Any] = {}
+    config_fingerprint: str | None = None
+    metrics: dict[str, float | int | None] = {}
+    model_dir: str | None = None
+    run_dir: str | None = None
+    flow_run_id: str | None = None
+    decision: str | None = None
+    compared_with: int | None = None  # the champion's version it was compared with
+
+
+class Version(VersionEntry):
+    """One version in the index: the entry, its number and state, and its own copies of the adapter and GGUFs."""
+
+    version: int
+    created_at: str
+    status: str  # candidate, champion, retired, rejected, rolled-back
+    champion: bool = False
+    adapter: str | None = None
+    ggufs: list[RegisteredGGUF] = []
 
 
 def code_version(root: str | Path | None = None) -> str:
@@ -92,28 +143,28 @@ class Registry:
             yield index
             write_json(self.index_path, index)
 
-    def versions(self) -> list[dict]:
-        return self.load()["versions"]
+    def versions(self) -> list[Version]:
+        return [Version.model_validate(v) for v in self.load()["versions"]]
 
-    def get(self, version: int) -> dict | None:
-        return next((v for v in self.versions() if v["version"] == version), None)
+    def get(self, version: int) -> Version | None:
+        return next((v for v in self.versions() if v.version == version), None)
 
-    def champion(self) -> dict | None:
+    def champion(self) -> Version | None:
         index = self.load()
-        return next((v for v in index["versions"] if v["version"] == index["champion"]), None)
+        return next((Version.model_validate(v) for v in index["versions"] if v["version"] == index["champion"]), None)
 
     def processed_files(self) -> set[str]:
         """sha256 of every drop file some version has already been trained on."""
-        return {f["sha256"] for v in self.versions() for f in v.get("drop_files", [])}
+        return {f.sha256 for v in self.versions() for f in v.drop_files}
 
     def accepted_data(self) -> list[str]:
         """Snapshots of every drop file accepted so far, oldest first."""
         seen, paths = set(), []
         for v in self.versions():
-            for f in v.get("drop_files", []):
-                if f["sha256"] not in seen:
-                    seen.add(f["sha256"])
-                    paths.append(f["snapshot"])
+            for f in v.drop_files:
+                if f.sha256 not in seen:
+                    seen.add(f.sha256)
+                    paths.append(f.snapshot)
         return paths
 
     # --- data snapshots -------------------------------------------------------------------------------------------
@@ -123,8 +174,12 @@ class Registry:
 
     # --- versions -------------------------------------------------------------------------------------------------
 
-    def add_version(self, entry: dict[str, Any], adapter: str | None, ggufs: list[dict]) -> dict:
+    def add_version(
+        self, entry: VersionEntry | dict[str, Any], adapter: str | None, ggufs: list[GGUFFile | dict]
+    ) -> Version:
         """Record a new (not yet promoted) version; its adapter and GGUFs are linked into ``models/v<N>/``."""
+        entry = VersionEntry.model_validate(entry)
+        ggufs = [GGUFFile.model_validate(g) for g in ggufs]
         with self.update() as index:
             number = max((v["version"] for v in index["versions"]), default=0) + 1
             home = self.root / "models" / f"v{number}"
@@ -138,19 +193,19 @@ class Registry:
                 stored_adapter = str(home / "adapter")
             stored_ggufs = []
             for g in ggufs:
-                dst = home / Path(g["path"]).name
-                _link_or_copy(Path(g["path"]), dst)
-                stored_ggufs.append({**g, "path": str(dst), "source": g["path"]})
-            record = {
-                "version": number,
-                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "status": "candidate",
-                "champion": False,
-                **entry,
-                "adapter": stored_adapter,
-                "ggufs": stored_ggufs,
-            }
-            index["versions"].append(record)
+                dst = home / Path(g.path).name
+                _link_or_copy(Path(g.path), dst)
+                stored_ggufs.append(RegisteredGGUF(**{**g.model_dump(), "path": str(dst), "source": g.path}))
+            record = Version(
+                **entry.model_dump(),
+                version=number,
+                created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                status="candidate",
+                champion=False,
+                adapter=stored_adapter,
+                ggufs=stored_ggufs,
+            )
+            index["versions"].append(record.model_dump(mode="json"))
         return record
 
     def remove_version(self, number: int) -> None:
@@ -209,10 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "rollback":
         print(f"champion is now v{registry.rollback()}")
     for v in registry.versions():
-        mark = "*" if v["champion"] else " "
+        mark = "*" if v.champion else " "
         print(
-            f"{mark} v{v['version']:<3} {v['status']:11} {v['created_at']}  data {v['data_fingerprint'][:12]}  "
-            f"code {v['code_version'][:12]}  {json.dumps(v.get('metrics', {}))}"
+            f"{mark} v{v.version:<3} {v.status:11} {v.created_at}  data {v.data_fingerprint[:12]}  "
+            f"code {v.code_version[:12]}  {json.dumps(v.metrics)}"
         )
 
 

@@ -17,6 +17,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from r1lib.stages import stage_of_task
+
 GIB = 2**30
 
 
@@ -91,13 +93,9 @@ def folder_bytes(path: Path) -> int:
 
 
 def stage_of(task_key: str, run_name: str) -> str:
-    """The pipeline stage a Prefect task run belongs to, from its task's function name (``train_task-1a2b``)."""
-    name = task_key.rsplit("-", 1)[0].removesuffix("_task")
-    if name.startswith("resolve_model"):
-        return "resolve-model"
-    if name == "quantize":
-        return run_name  # "quantize Q8_0"
-    return name.split("_", 1)[0]
+    """The pipeline stage a Prefect task run belongs to, from its task's function name (``train_task-1a2b``), as
+    declared in r1lib/stages.py; a quantize run keeps its run name (``quantize Q8_0``)."""
+    return stage_of_task(task_key.rsplit("-", 1)[0], run_name)
 
 
 def task_runs_since(started: datetime) -> list[dict]:

@@ -13,24 +13,17 @@ import json
 from pathlib import Path
 
 from r1lib.io import write_json, write_text
+from r1lib.stages import group_of
 
-DATA_STAGES = ("resolve-model", "validate", "dedup", "augment", "debias", "tokenize")
-EXPORT_STAGES = ("merge", "convert")  # plus every "quantize <type>"
 TEN_MINUTES = 600.0
 
 
 def group_seconds(stages: dict[str, dict]) -> dict[str, float]:
-    """Seconds per part of the flow: data, train, evaluate, export (merge + convert + quantize), smoke, card."""
+    """Seconds per part of the flow, each stage in its declared group (r1lib/stages.py): data, train, evaluate
+    (evaluate, fairness), export (merge + convert + quantize), smoke, card (card, summary)."""
     groups = {"data": 0.0, "train": 0.0, "evaluate": 0.0, "export": 0.0, "smoke": 0.0, "card": 0.0}
     for name, row in stages.items():
-        if name in DATA_STAGES:
-            groups["data"] += row["seconds"]
-        elif name in EXPORT_STAGES or name.startswith("quantize"):
-            groups["export"] += row["seconds"]
-        elif name in groups:
-            groups[name] += row["seconds"]
-        else:
-            groups["card"] += row["seconds"]  # card and summary
+        groups[group_of(name)] += row["seconds"]
     return {k: round(v, 2) for k, v in groups.items()}
 
 

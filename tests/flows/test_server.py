@@ -326,8 +326,8 @@ def test_nightly_promotes_skips_unchanged_data_and_keeps_a_better_champion(stack
     assert "promoted" in _decision(stack, run1)
     assert "champion-vs-challenger" in stack.artifacts(run1)
     champion = registry.champion()
-    assert champion["version"] == 1 and champion["ggufs"] and Path(champion["ggufs"][0]["path"]).exists()
-    assert champion["data_fingerprint"] and champion["code_version"] and champion["metrics"]["perplexity"] > 0
+    assert champion.version == 1 and champion.ggufs and Path(champion.ggufs[0].path).exists()
+    assert champion.data_fingerprint and champion.code_version and champion.metrics["perplexity"] > 0
     finetune_runs = len(stack.flow_runs_of("r1-finetune"))
 
     # Night 2: the same data -> nothing to do, and nothing done.
@@ -338,7 +338,7 @@ def test_nightly_promotes_skips_unchanged_data_and_keeps_a_better_champion(stack
     assert state.state.type.value == "COMPLETED", state.state
     assert "Nothing new" in _decision(stack, run2)
     assert len(stack.flow_runs_of("r1-finetune")) == finetune_runs  # no training subflow
-    assert [v["version"] for v in registry.versions()] == [1]
+    assert [v.version for v in registry.versions()] == [1]
 
     # Night 3: new data, but a deliberately weak challenger (one step at a tiny learning rate) -> not promoted.
     (drop / "2026-11-28.jsonl").write_text("".join(rows[300:360]), encoding="utf-8")
@@ -349,11 +349,11 @@ def test_nightly_promotes_skips_unchanged_data_and_keeps_a_better_champion(stack
     assert state.state.type.value == "COMPLETED", state.state
     decision = _decision(stack, run3)
     assert "rejected" in decision, decision
-    assert registry.champion()["version"] == 1
+    assert registry.champion().version == 1
     challenger = registry.get(2)
-    assert challenger["status"] == "rejected" and not challenger["champion"]
-    assert challenger["metrics"]["perplexity"] > champion["metrics"]["perplexity"]
-    assert len(challenger["train_paths"]) == 3  # the base file + every accepted drop file
+    assert challenger.status == "rejected" and not challenger.champion
+    assert challenger.metrics["perplexity"] > champion.metrics["perplexity"]
+    assert len(challenger.train_paths) == 3  # the base file + every accepted drop file
     table = stack.artifacts(run3)["champion-vs-challenger"][-1]
     assert "re-evaluated" in (table.description or "")
     rows = {row["metric"]: row["better"] for row in _table(table)}

@@ -29,11 +29,14 @@ from pathlib import Path
 import pytest
 from server_stack import RUN_TIMEOUT, small_config, stack, stage  # noqa: F401 (stack: the module's server fixture)
 
+from r1lib.stages import STAGES
+
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 STEPS, SAVE_STEPS = 12, 2  # a kill after the first checkpoint still finds ten steps to go
-EARLIER_STAGES = {"validate", "dedup", "augment", "debias", "resolve", "tokenize"}
-LATE_STAGES = {"train", "evaluate", "merge", "convert", "quantize"}
+# As _kind names a task run: the declared stage name up to its first dash (resolve-model -> resolve).
+EARLIER_STAGES = {s.name.split("-")[0] for s in STAGES if s.group == "data"}
+LATE_STAGES = {s.name for s in STAGES if s.group in ("train", "evaluate", "export")}
 
 
 def _mtimes(run_dir: Path, skip: str = "train") -> dict[str, int]:

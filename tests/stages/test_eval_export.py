@@ -170,6 +170,7 @@ def test_lm_eval_is_skipped_with_a_clear_message(tmp_path):
 
 def test_evaluate_base_vs_tuned_and_the_forgetting_gate(run, tmp_path):
     from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
+    from r1lib.stages import Candidate, HeldOut
     from tasks.evaluate import Evaluation, QualityGateError, evaluate
 
     cfg = EvalConfig(
@@ -185,11 +186,8 @@ def test_evaluate_base_vs_tuned_and_the_forgetting_gate(run, tmp_path):
     )
     with pytest.raises(QualityGateError, match="forgetting"):
         evaluate(
-            run["model_dir"],
-            run["adapter"],
-            run["test_records"],
-            run["test_dataset"],
-            run["replay_dataset"],
+            Candidate(model_dir=run["model_dir"], adapter_dir=run["adapter"]),
+            HeldOut(records=run["test_records"], dataset=run["test_dataset"], replay=run["replay_dataset"]),
             ModelConfig(),
             cfg,
             TokenizeConfig(),
@@ -197,7 +195,7 @@ def test_evaluate_base_vs_tuned_and_the_forgetting_gate(run, tmp_path):
         )
     result = Evaluation.model_validate(json.loads((tmp_path / "evaluation.json").read_text()))  # written before failing
     assert result.forgetting_exceeded and result.forgetting_limit == 0.01
-    assert result.decoding["repetition_penalty"] == 1.2 and result.decoding["no_repeat_ngram_size"] == 3
+    assert result.decoding.repetition_penalty == 1.2 and result.decoding.no_repeat_ngram_size == 3
     assert "hellaswag" in result.lm_eval_status and "skipped" in result.lm_eval_status
     for scores in (result.base, result.tuned):
         assert scores.generated == 4 and scores.answer_tokens > 100 and math.isfinite(scores.perplexity)
@@ -266,10 +264,11 @@ def test_prequantized_base_is_dequantized_before_merging(run, tmp_path):
 @pytest.fixture(scope="module")
 def smoke(run, tmp_path_factory):
     from r1lib.config import SmokeConfig
+    from r1lib.model.generation import Decoding
     from tasks.smoke import smoke_test
 
     cfg = SmokeConfig(max_tokens=32, perplexity_rows=8, parity_tokens=16, n_threads=1)
-    decoding = {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+    decoding = Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.2, no_repeat_ngram_size=3)
     return smoke_test(
         run["merged"], gguf_files(run), cfg, tmp_path_factory.mktemp("smoke"), run["test_dataset"], decoding
     )
@@ -308,9 +307,11 @@ def test_smoke_fails_loudly_on_a_broken_gguf(run, tmp_path):
 
 def test_model_card_and_modelfiles(run, smoke, tmp_path):
     from r1lib.data.chat_template import ASSISTANT, EOS, USER
+    from r1lib.model.generation import Decoding
     from tasks.card import write_card
     from tasks.evaluate import Evaluation, ModelScores
     from tasks.train import TrainResult
+    from tasks.validate import data_fingerprint
 
     scores = dict(
         perplexity=3.0,
@@ -327,21 +328,22 @@ def test_model_card_and_modelfiles(run, smoke, tmp_path):
         tuned=ModelScores(**{**scores, "perplexity": 1.5}),
         forgetting_ratio=1.0,
         samples="x",
-        decoding={"temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3},
+        decoding=Decoding(temperature=0.6, top_p=0.95, repetition_penalty=1.2, no_repeat_ngram_size=3),
     )
     cfg = fixture_config()
     trained = TrainResult.model_validate(run["train_result"])
     card = write_card(
         cfg,
-        run["run_dir"],
         gguf_files(run),
         evaluation.decoding,
-        [trained, evaluation, smoke],
+        data_fingerprint(cfg.data),
+        [smoke, evaluation, trained],  # shown in stage order
         trained.loss_curve,
-        out_dir=tmp_path,
+        tmp_path,
     )
     modelfile = Path(card.modelfile).read_text()
-    assert "FROM ./pytest-eval-export-Q4_K_M.gguf" in modelfile
+    source = modelfile.split("\nFROM ", 1)[1].split("\n", 1)[0]  # relative to the Modelfile's folder
+    assert source.endswith("pytest-eval-export-Q4_K_M.gguf") and (tmp_path / source).resolve().is_file()
     assert 'TEMPLATE """' in modelfile and USER in modelfile and f"{ASSISTANT}<think>" in modelfile
     for stop in (EOS, USER):
         assert f'PARAMETER stop "{stop}"' in modelfile
@@ -351,6 +353,7 @@ def test_model_card_and_modelfiles(run, smoke, tmp_path):
     readme = Path(card.readme).read_text()
     assert Path(card.loss_curve).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![Training and evaluation loss](loss_curve.png)" in readme
+    assert readme.index("## Training") < readme.index("## Evaluation")  # stage order, whatever order they came in
     for needle in (
         "base_model: embedded",
         "Data fingerprint",

@@ -182,6 +182,7 @@ def test_evaluate_cache_key_follows_the_adapters_content(tmp_path):
     """Evaluate reads the adapter the train stage hands on: a new adapter at the same path is a new evaluation."""
     from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
     from r1lib.policy import STAGE_CACHE
+    from r1lib.stages import Candidate, HeldOut
     from tasks.evaluate import evaluate_task
 
     adapter = tmp_path / "adapter"
@@ -192,15 +193,12 @@ def test_evaluate_cache_key_follows_the_adapters_content(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     inputs = {
-        "model_dir": str(model),
-        "adapter_dir": str(adapter),
-        "test_records": str(tmp_path / "test.jsonl"),
-        "test_dataset": str(tmp_path / "test"),
-        "replay_dataset": None,
+        "candidate": Candidate(model_dir=str(model), adapter_dir=str(adapter)),
+        "held_out": HeldOut(records=str(tmp_path / "test.jsonl"), dataset=str(tmp_path / "test")),
         "model_cfg": ModelConfig(),
         "cfg": EvalConfig(),
         "tokenize_cfg": TokenizeConfig(),
-        "run_dir": str(tmp_path / "run"),
+        "out_dir": str(tmp_path / "run" / "evaluate"),
     }
     ctx = SimpleNamespace(result_store=None, task=evaluate_task)
     first = STAGE_CACHE.compute_key(ctx, inputs, {})

@@ -176,19 +176,19 @@ def test_registry_lineage_promotion_and_rollback(tmp_path):
         "drop_files": [{"sha256": "1" * 64, "snapshot": "s1"}],
     }
     v1 = registry.add_version(entry, *_fake_outputs(tmp_path, "one"))
-    assert v1["version"] == 1 and not v1["champion"] and Path(v1["adapter"], "adapter_model.safetensors").exists()
-    assert Path(v1["ggufs"][0]["path"]).read_bytes() == b"GGUF"
+    assert v1.version == 1 and not v1.champion and Path(v1.adapter, "adapter_model.safetensors").exists()
+    assert Path(v1.ggufs[0].path).read_bytes() == b"GGUF" and v1.ggufs[0].source.endswith("one-Q8_0.gguf")
     registry.set_champion(1)
     v2 = registry.add_version(
         {**entry, "drop_files": [{"sha256": "2" * 64, "snapshot": "s2"}]}, *_fake_outputs(tmp_path, "two")
     )
     assert registry.set_champion(2) == 1
-    assert registry.champion()["version"] == 2 and registry.get(1)["status"] == "retired"
+    assert registry.champion().version == 2 and registry.get(1).status == "retired"
     assert registry.processed_files() == {"1" * 64, "2" * 64} and registry.accepted_data() == ["s1", "s2"]
-    assert registry.rollback() == 1 and registry.champion()["version"] == 1
-    assert registry.get(2)["status"] == "rolled-back"
-    registry.remove_version(v2["version"])
-    assert [v["version"] for v in registry.versions()] == [1] and not (tmp_path / "registry/models/v2").exists()
+    assert registry.rollback() == 1 and registry.champion().version == 1
+    assert registry.get(2).status == "rolled-back"
+    registry.remove_version(v2.version)
+    assert [v.version for v in registry.versions()] == [1] and not (tmp_path / "registry/models/v2").exists()
     index = json.loads((tmp_path / "registry/index.json").read_text())
     assert index["champion"] == 1 and [v["champion"] for v in index["versions"]] == [True]
     assert not list((tmp_path / "registry").glob(".index.json.tmp-*"))  # atomic rename left nothing behind
@@ -202,7 +202,9 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
     from r1lib.config import EmbeddedModelConfig, SmokeConfig
     from r1lib.export.gguf import GGUFFile
     from r1lib.model.embedded import ensure_embedded_model
-    from tasks.promote import promote_task, register_task, registered_ggufs
+    from r1lib.model.generation import Decoding
+    from r1lib.ops.registry import VersionEntry
+    from tasks.promote import promote_task, register_task
     from tasks.smoke import smoke_task
 
     model_dir = str(ensure_embedded_model(EmbeddedModelConfig(), Path(".cache")))
@@ -211,27 +213,26 @@ def test_failed_release_smoke_test_rolls_back_the_promotion(prefect_harness, tmp
     champion = registry.add_version(
         {"data_fingerprint": "a" * 64, "code_version": "x"}, *_fake_outputs(tmp_path, "old")
     )
-    registry.set_champion(champion["version"])
+    registry.set_champion(champion.version)
     adapter, ggufs = _fake_outputs(tmp_path, "new")  # "GGUF" and nothing else: llama.cpp cannot load it
 
     @flow
     def release() -> None:
         with transaction() as txn:
             txn.set("registry_dir", registry_dir)
-            record = register_task(registry_dir, {"data_fingerprint": "b" * 64, "code_version": "x"}, adapter, ggufs)
+            entry = VersionEntry(data_fingerprint="b" * 64, code_version="x")
+            record = register_task(registry_dir, entry, adapter, [GGUFFile(**g) for g in ggufs])
             txn.set("record", record)
-            txn.set("previous_champion", champion["version"])
-            promote_task(registry_dir, record["version"], "better")
-            assert Registry(registry_dir).champion()["version"] == record["version"]  # promoted, for a moment
-            smoke_task(
-                model_dir, [GGUFFile(**g) for g in registered_ggufs(record)], None, {}, SmokeConfig(), str(tmp_path)
-            )
+            txn.set("previous_champion", champion.version)
+            promote_task(registry_dir, record.version, "better")
+            assert Registry(registry_dir).champion().version == record.version  # promoted, for a moment
+            smoke_task(model_dir, [g.file() for g in record.ggufs], None, Decoding(), SmokeConfig(), str(tmp_path))
 
     with pytest.raises(Exception, match="llama-cpp-python exited|failed its smoke test"):
         release()
     after = Registry(registry_dir)
-    assert after.champion()["version"] == champion["version"]
-    assert [v["version"] for v in after.versions()] == [champion["version"]]
+    assert after.champion().version == champion.version
+    assert [v.version for v in after.versions()] == [champion.version]
     assert not (tmp_path / "registry/models/v2").exists()
 
 
