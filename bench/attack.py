@@ -4,21 +4,28 @@ through the real code paths, with the figures the project's guarantees are about
     .venv/bin/python bench/attack.py            # everything (about 3 minutes on 2 cores)
     .venv/bin/python bench/attack.py --quick    # no flow run and no kill -9 runs (seconds)
 
-1. Data: each file goes through tasks.validate.validate_file under data.allowed_roots. ``rows`` is what the file
-   holds, counted here independently of the reader (lines of JSON lines / CSV bodies, array elements); a file is
-   ``lost`` rows when accepted + quarantined + blank lines falls short of it without a file-level refusal that names
-   it. A crash is any exception other than the project's own refusals (DataValidationError, PathNotAllowed).
+1. Data: each file goes through tasks.validate.validate_file under data.allowed_roots, with data.placeholders whose
+   values point at each other (``PLACEHOLDER_LOOP``). ``rows`` is what the file holds, counted here independently
+   of the reader (lines of JSON lines / CSV bodies, array elements, Parquet rows); a file is ``lost`` rows when
+   accepted + quarantined + blank lines falls short of it without a file-level refusal that names it. A crash is
+   any exception other than the project's own refusals (DataValidationError, PathNotAllowed). Parquet files are
+   made with pyarrow (``parquet_cases``: a column named twice, a dictionary bomb, a page bomb).
+   ``unfilled_placeholders``: accepted rows still holding ``{{``.
 2. Paths: specs that lead out of the roots (symlinks, folder links, /proc, ``..``, ``~``, fsspec URLs and chains);
    ``outside reads``: rows read from the outside file.
-3. Configuration: ``python -m flows.finetune --set`` values through flows.finetune.main (the flow stubbed out); a
-   refusal must be exit 2, ``configuration refused``, no traceback.
-4. Model folders: an unknown model_type with an auto_map to a .py that writes a marker, a tokenizer auto_map, a
+3. Configuration: ``python -m flows.finetune --set`` values (one data file under two spellings among them) through
+   flows.finetune.main (the flow stubbed out); a refusal must be exit 2, ``configuration refused``, no traceback.
+4. Chat templates (``TEMPLATE_CASES``): each written as a model folder's chat_template.jinja, loaded by
+   load_tokenizer, rendered by render_prompt and by the fast renderer; ``templates not refused``: renderings that
+   did not end in TemplateRefused naming the file; ``hangs``: renderings over 30 s; ``max_peak_mib``: the largest
+   growth of this process's peak RSS during one.
+5. Model folders: an unknown model_type with an auto_map to a .py that writes a marker, a tokenizer auto_map, a
    known model_type with an auto_map; every loader with "y" on stdin, and the command line; ``code executions``:
    marker lines written.
-5. Flow (not --quick): one ``--stop-after tokenize`` run on hostile files with HF_TOKEN and AWS keys planted in the
+6. Flow (not --quick): one ``--stop-after tokenize`` run on hostile files with HF_TOKEN and AWS keys planted in the
    environment; ``secrets leaked``: files under the run folder and PREFECT_HOME (the database included) holding a
    planted value; the summary's rows read against the rows the files hold.
-6. kill -9 (not --quick): ``--stop-after tokenize`` runs (default runner and Dask) killed with SIGKILL mid-run;
+7. kill -9 (not --quick): ``--stop-after tokenize`` runs (default runner and Dask) killed with SIGKILL mid-run;
    ``orphans``: their descendants (the local Prefect server, Dask workers) still alive 8 s later.
 
 Writes bench/results/attack-<date>.json and a row per run in bench/results/attack.md.
@@ -119,10 +126,41 @@ def data_cases() -> list[tuple[str, bytes | str, int]]:
         ("turn_arrays_named_json.json", lines(TURNS, TURNS), 2),
         ("paragraphs.txt", "para one\nline two\n\n\npara two\n", 2),
         ("not_parquet.parquet", b"PAR1 not parquet PAR1", 0),
+        ("placeholders_loop.jsonl", lines({"instruction": "Who?", "output": "I am {{name}} by {{author}}."}, GOOD), 2),
     ]
 
 
+def parquet_cases(folder: Path) -> list[tuple[str, None, int]]:
+    """Parquet files made with pyarrow: a column named twice, a 479-byte dictionary bomb (2,000 rows referencing
+    one 1 MB string: 2 GB decoded), compressed pages that decompress to 100 MB from a few KB."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    twice = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array(["c"])], ["instruction"] * 2 + ["output"])
+    pq.write_table(twice, folder / "parquet_column_twice.parquet")
+    one = pa.array([0] * 2000, pa.int32())
+    bomb = pa.table(
+        {
+            "instruction": pa.DictionaryArray.from_arrays(one, pa.array(["A" * 1_000_000])),
+            "output": pa.DictionaryArray.from_arrays(one, pa.array(["x"])),
+        }
+    )
+    pq.write_table(bomb, folder / "parquet_dictionary_bomb.parquet", compression="zstd", store_schema=False)
+    pages = pa.table({"instruction": ["B" * 200_000] * 500, "output": ["x"] * 500})
+    pq.write_table(pages, folder / "parquet_page_bomb.parquet", compression="zstd", use_dictionary=False)
+    return [
+        ("parquet_column_twice.parquet", None, 1),
+        ("parquet_dictionary_bomb.parquet", None, 2000),
+        ("parquet_page_bomb.parquet", None, 500),
+    ]
+
+
+# data.placeholders for every data case: values that point at each other (placeholders_loop.jsonl uses them)
+PLACEHOLDER_LOOP = {"name": "{{author}}", "author": "{{name}}"}
+
+
 def run_data(base: Path) -> tuple[list[dict], dict]:
+    from r1lib.data.row_rules import RowRules
     from r1lib.errors import DataValidationError, PathNotAllowed
     from tasks.validate import validate_file
 
@@ -132,6 +170,8 @@ def run_data(base: Path) -> tuple[list[dict], dict]:
     cases = [(name, content, rows) for name, content, rows in data_cases()]
     for name, content, _ in cases:
         (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    cases += parquet_cases(folder)
+    rules = RowRules(placeholders=PLACEHOLDER_LOOP)
     (folder / "folder.jsonl").mkdir()
     os.symlink("loop_b.jsonl", folder / "loop_a.jsonl")
     os.symlink("loop_a.jsonl", folder / "loop_b.jsonl")
@@ -141,8 +181,9 @@ def run_data(base: Path) -> tuple[list[dict], dict]:
         path = folder / name
         entry = {"input": name, "rows": rows}
         try:
-            accepted, quarantined, report = validate_file(path, 100_000, allowed_roots=[str(folder)])
+            accepted, quarantined, report = validate_file(path, 100_000, rules=rules, allowed_roots=[str(folder)])
             entry |= {"accepted": report.accepted, "quarantined": report.quarantined, "blank": report.blank_lines}
+            entry["unfilled_placeholders"] = sum("{{" in J(r, ensure_ascii=False) for r in accepted)
             entry["reasons"] = report.reasons
             entry["lost"] = max(0, rows - report.accepted - report.quarantined)
             entry["named"] = all(q["message"].startswith(str(path)) for q in quarantined)
@@ -157,6 +198,7 @@ def run_data(base: Path) -> tuple[list[dict], dict]:
         "rows_lost": sum(r["lost"] for r in results),
         "crashes": sum("crash" in r for r in results),
         "unnamed_errors": sum(not r["named"] for r in results),
+        "unfilled_placeholders": sum(r.get("unfilled_placeholders", 0) for r in results),
     }
 
 
@@ -240,6 +282,8 @@ CONFIG_CASES = [
     "augment.templates_path=/proc/self/environ",
     "debias.blocklist_path=/etc/passwd",
     'data.train_paths=["data/sample/train.jsonl","data/sample/train.jsonl"]',
+    'data.train_paths=["data/sample/train.jsonl","./data/sample/train.jsonl"]',
+    'data.train_paths=["data/sample/train.jsonl","data/sample/"]',
     "train.seed=4294967296",
     "train.launch=bomb.yaml",
     "train.launch=push.yaml",
@@ -287,6 +331,71 @@ def run_config(base: Path) -> tuple[list[dict], dict]:
         finetune_module.finetune = original
     ok = [r for r in results if r["exit"] == 2 and not r["started"] and not r["traceback"]]
     return results, {"inputs": len(results), "refused_cleanly": len(ok), "accepted": len(results) - len(ok)}
+
+
+TEMPLATE_CASES = {
+    "repeat": "{% set s='A'*1500000000 %}{{ s|length }}",
+    "nested_ranges": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x",
+    "doubling": "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}x",
+    "doubling_block": "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set t %}{{ ns.s }}{{ ns.s }}"
+    "{% endset %}{% set ns.s = t %}{% endfor %}x",
+    "center": "{{ 'A'|center(1500000000) }}",
+    "format_width": "{{ '{:>1500000000}'.format('x') }}",
+    "percent_width": "{{ '%1500000000s' % 'x' }}",
+    "join_separator": "{{ range(100000)|join('y' * 100000) }}",
+    "power": "{{ 10 ** 100000000 }}",
+    "lipsum": "{{ lipsum(n=100000000) }}",
+    "recursion": "{% macro f(n) %}{{ f(n) }}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    "split_chars": "{% set l = ('中 ' * 30000000).split() %}{{ l|length }}",
+}
+
+
+def run_templates(base: Path) -> tuple[list[dict], dict]:
+    """Each hostile chat template in a model folder's chat_template.jinja, loaded by load_tokenizer and rendered by
+    render_prompt (tokenize's Jinja path) and by the fast renderer; ``refused``: TemplateRefused naming the file;
+    ``hangs``: a rendering over 30 s; ``peak_mib``: the growth of this process's peak RSS."""
+    import resource
+
+    from r1lib.data.chat_render import chat_renderer
+    from r1lib.data.chat_template import render_prompt
+    from r1lib.data.template_sandbox import TemplateRefused
+    from r1lib.model.embedded import build_tokenizer
+    from r1lib.model.loading import load_tokenizer
+
+    folder = base / "template_model"
+    build_tokenizer().save_pretrained(folder)
+    turns = [*TURNS]
+    results = []
+    for name, template in TEMPLATE_CASES.items():
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+        tokenizer = load_tokenizer(str(folder), trust_remote_code=False)
+        entry = {"input": name}
+        for path, render in (
+            ("render_prompt", lambda tok=tokenizer: render_prompt(tok, {"system": "", "messages": turns})),
+            ("fast", lambda tok=tokenizer: chat_renderer(tok, add_generation_prompt=True).render([turns] * 100)),
+        ):
+            peak, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+            try:
+                render()
+                outcome = "rendered"
+            except TemplateRefused as exc:
+                outcome = "refused" if str(folder / "chat_template.jinja") in str(exc) else "refused unnamed"
+            except Exception as exc:  # noqa: BLE001 (anything else is a finding)
+                outcome = f"{type(exc).__name__}: {str(exc)[:100]}"
+            entry[path] = {
+                "outcome": outcome,
+                "seconds": round(time.monotonic() - t0, 2),
+                "peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) // 1024,
+            }
+        results.append(entry)
+    renders = [r[p] for r in results for p in ("render_prompt", "fast")]
+    return results, {
+        "inputs": len(results),
+        "refused": sum(r["outcome"] == "refused" for r in renders),
+        "not_refused": sum(r["outcome"] != "refused" for r in renders),
+        "hangs": sum(r["seconds"] > 30 for r in renders),
+        "max_peak_mib": max(r["peak_mib"] for r in renders),
+    }
 
 
 def evil_models(base: Path) -> list[Path]:
@@ -519,6 +628,7 @@ def markdown(result: dict) -> str:
     return (
         f"| {result['date']} | {f['hostile_inputs']} | {f['rows_lost']} | {f['crashes']} | {f['outside_reads']} | "
         f"{f['config_accepted']} | {f['code_executions']} | {f['secrets_leaked']} | {f['orphans_after_kill9']} | "
+        f"{f['templates_not_refused']} | {f['hangs']} | {f['unfilled_placeholders']} | "
         f"{result['commit']} {'quick' if result['quick'] else 'full'} |\n"
     )
 
@@ -530,9 +640,10 @@ our own making, driven through `tasks.validate.validate_file`, `r1lib.data.input
 `flows.finetune.main`, the model loaders (with "y" on stdin), one `--stop-after tokenize` run with planted secrets, and
 `--stop-after tokenize` runs killed with SIGKILL. Raw results: `attack-<date>.json`.
 
-| date | inputs | rows lost | crashes | outside reads | config accepted | code runs | secrets leaked | orphans | rev |
-|---|---|---|---|---|---|---|---|---|---|
 """
+COLUMNS = ["date", "inputs", "rows lost", "crashes", "outside reads", "config accepted", "code runs"]
+COLUMNS += ["secrets leaked", "orphans", "templates not refused", "hangs", "unfilled placeholders", "rev"]
+HEADER += "| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|\n"
 
 
 def main() -> int:
@@ -543,7 +654,14 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="attack-"))
     sections: dict = {}
     try:
-        for name, fn in (("data", run_data), ("paths", run_paths), ("config", run_config), ("models", run_models)):
+        sections_run = (
+            ("data", run_data),
+            ("paths", run_paths),
+            ("config", run_config),
+            ("templates", run_templates),
+            ("models", run_models),
+        )
+        for name, fn in sections_run:
             t0 = time.monotonic()
             rows, figures = fn(base)
             sections[name] = {"figures": figures, "seconds": round(time.monotonic() - t0, 1), "cases": rows}
@@ -559,7 +677,9 @@ def main() -> int:
     flow = sections.get("flow", {})
     figures = {
         "hostile_inputs": sum(
-            s["figures"]["inputs"] for k, s in sections.items() if k in ("data", "paths", "config", "models")
+            s["figures"]["inputs"]
+            for k, s in sections.items()
+            if k in ("data", "paths", "config", "templates", "models")
         )
         + (1 if flow else 0)
         + sections.get("kill9", {}).get("figures", {}).get("runs", 0),
@@ -568,6 +688,9 @@ def main() -> int:
         "outside_reads": sections["paths"]["figures"]["outside_reads"],
         "config_accepted": sections["config"]["figures"]["accepted"],
         "code_executions": sections["models"]["figures"]["code_executions"],
+        "templates_not_refused": sections["templates"]["figures"]["not_refused"],
+        "hangs": sections["templates"]["figures"]["hangs"],
+        "unfilled_placeholders": sections["data"]["figures"]["unfilled_placeholders"],
         "secrets_leaked": flow.get("secrets_leaked"),
         "orphans_after_kill9": sections.get("kill9", {}).get("figures", {}).get("orphans"),
     }

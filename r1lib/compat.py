@@ -89,21 +89,49 @@ def forget_quantized_loading(model: Any) -> None:
         model.hf_quantizer = None
 
 
+def bound_chat_templates() -> None:
+    """Make transformers compile every chat template (apply_chat_template, its template-variable scan) in
+    r1lib.data.template_sandbox.BoundedSandbox, Jinja's immutable sandbox with a budget of memory and time per
+    rendering, instead of the plain ImmutableSandboxedEnvironment it names in
+    ``transformers.utils.chat_template_utils``. Idempotent; templates compiled before are compiled again.
+
+    Written for transformers 5.17.0. Remove when transformers lets a caller choose its chat-template environment."""
+    global _BOUND
+    if _BOUND:
+        return
+    from r1lib.data.template_sandbox import BoundedSandbox
+
+    try:
+        from transformers.utils import chat_template_utils as utils
+    except ImportError:
+        _BOUND = True
+        return
+    utils.ImmutableSandboxedEnvironment = BoundedSandbox
+    for name in ("_compile_jinja_template", "_get_template_variables"):
+        cached = getattr(utils, name, None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    _BOUND = True
+
+
+_BOUND = False
+
+
 def jinja_environment(template: str) -> Any:
     """The sandboxed Jinja environment transformers renders chat templates with
-    (``transformers.utils.chat_template_utils._compile_jinja_template``), so the AST we analyse is the one it runs.
+    (``transformers.utils.chat_template_utils._compile_jinja_template``: BoundedSandbox, see bound_chat_templates),
+    so the AST we analyse is the one it runs.
 
     Written for transformers 5.17.0. Remove when transformers exposes its chat-template environment publicly."""
+    bound_chat_templates()
     try:
         from transformers.utils.chat_template_utils import _compile_jinja_template
 
         return _compile_jinja_template(template).environment
     except ImportError:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from r1lib.data.template_sandbox import BoundedSandbox
 
-        return ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-        )
+        return BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
 
 
 def rust_tokenizer(tokenizer: Any) -> Any:

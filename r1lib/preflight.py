@@ -1,6 +1,7 @@
 """Every check of a configuration against this machine, before any stage does work, once per run.
 
-``preflight(config)`` confines every configured input path to ``data.allowed_roots``, reads and checks the launch
+``preflight(config)`` confines every configured input path to ``data.allowed_roots``, refuses data inputs that
+name one file twice however spelt (r1lib.data.inputs.distinct_inputs), reads and checks the launch
 preset, checks a local cluster's size against the cores, and checks the model folder (LoRA targets, safetensors
 weights, no code to trust), that the run and cache folders can be written, and that the task runner is installed
 and its cluster answers. It reads no data. The command line calls it before it starts a server, and the flows
@@ -19,6 +20,7 @@ import tempfile
 from urllib.parse import urlsplit
 
 from r1lib.config import PipelineConfig
+from r1lib.data.inputs import distinct_inputs
 from r1lib.errors import ConfigError, PathNotAllowed
 from r1lib.model.loading import check_model_config
 from r1lib.paths import check_links, confine, declared_paths, is_url, refuse_archive, resolve_roots
@@ -65,6 +67,10 @@ def check_config(config: PipelineConfig) -> None:
                 check_links(path, roots, field)
         except PathNotAllowed as exc:
             raise PathNotAllowed(f"{name}: {exc}") from None
+    data = config.data
+    inputs = [(f"data.train_paths[{i}]", p) for i, p in enumerate(data.train_paths)]
+    inputs += [(f"data.{f}", getattr(data, f)) for f in ("test_path", "replay_path") if getattr(data, f)]
+    distinct_inputs(inputs, data.allowed_roots)
     launch_plan(config.train, "hf" if config.train.backend == "auto" else config.train.backend)
     cores = os.cpu_count() or 1
     if config.runner.address is None and config.runner.workers > max(8, 4 * cores):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import weakref
 
-from r1lib.compat import jinja_environment
+from r1lib.compat import bound_chat_templates, jinja_environment
 from r1lib.data.template_inspection import Recorder, placeholder_types, replay, template_analysis
+from r1lib.data.template_sandbox import TemplateRefused, name_template
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,9 @@ log = logging.getLogger(__name__)
 #      row whose contents hold one is rendered by Jinja.
 #   4. The first ``verify_first`` rows of each shape, and a random ``verify_rate`` share of the rest, are rendered by
 #      Jinja too; one difference sends that shape, in this batch and every later one, to Jinja.
-# Templates that call strftime_now (the date) always render with Jinja.
+# Templates that call strftime_now (the date) always render with Jinja. Every rendering, the probes' too, runs in
+# template_sandbox's BoundedSandbox: a template past its budget of memory or time is refused (TemplateRefused), never
+# sent on to Jinja row by row.
 
 
 class _Shape:
@@ -78,6 +81,8 @@ class FastChatRenderer:
         else:
             try:
                 self.triggers, self.static_reason = template_analysis(parse(template))
+            except TemplateRefused:
+                raise
             except Exception as exc:  # noqa: BLE001 - unparseable here: Jinja decides (and raises) per row
                 self.static_reason = f"template not analysable ({type(exc).__name__}: {exc})"
 
@@ -116,6 +121,8 @@ class FastChatRenderer:
             return _Shape(roles, self.static_reason)
         try:
             short, long = self._probe(roles, False), self._probe(roles, True)
+        except TemplateRefused:
+            raise
         except Exception as exc:  # noqa: BLE001 - the template fails on this shape: Jinja raises for every row
             return _Shape(roles, f"the template raised {type(exc).__name__}: {exc}")
         unsupported = short[2].unsupported + long[2].unsupported
@@ -212,12 +219,15 @@ def chat_renderer(tokenizer, **template_kwargs) -> FastChatRenderer:
     """The tokenizer's (cached) FastChatRenderer for ``apply_chat_template(messages, tokenize=False,
     **template_kwargs)``. A new one is made when the template or the special tokens change."""
     global _RENDERERS
+    bound_chat_templates()
     if _RENDERERS is None:
         _RENDERERS = weakref.WeakKeyDictionary()
     try:
         template = tokenizer.get_chat_template()
     except Exception:  # noqa: BLE001 - no template: apply_chat_template raises its own error per row
         template = None
+    where = f"{getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'} (its chat template)"
+    name_template(template, where, replace=False)
     key = (template, repr(sorted(tokenizer.special_tokens_map.items())), repr(sorted(template_kwargs.items())))
     try:
         cache = _RENDERERS.setdefault(tokenizer, {})

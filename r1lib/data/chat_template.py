@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from r1lib.compat import bound_chat_templates
 from r1lib.data.chat_render import chat_renderer
 
 BOS = "<｜begin▁of▁sentence｜>"
@@ -75,6 +76,7 @@ def render_prompt(tokenizer, record: dict, system_prompt: str = "") -> str:
     messages = prompt_messages(record)
     if system_prompt and not record["system"]:
         messages = [{"role": "system", "content": system_prompt}, *messages]
+    bound_chat_templates()  # in a budget of memory and time (r1lib/data/template_sandbox.py)
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 

@@ -41,6 +41,32 @@ def expand_inputs(spec: str | Path, allowed_roots: Sequence[str] = DATA_ROOTS) -
     return [confine(fs.unstrip_protocol(p) if remote else p, roots, ROOTS_FIELD) for p in files]
 
 
+def distinct_inputs(specs: Sequence[tuple[str, str]], allowed_roots: Sequence[str] = DATA_ROOTS) -> None:
+    """Refuse (ConfigError) data inputs that name one file twice however they spell it: ``a.jsonl`` and
+    ``./a.jsonl``, a link and its target, a file and a folder or glob that holds it. ``specs``: (field, spec) pairs;
+    local files are compared as resolved (``os.path.realpath``), URLs as written; a spec that matches nothing or
+    lies outside the roots is left to the stage that reads it."""
+    import os
+
+    from r1lib.errors import ConfigError
+
+    seen: dict[str, tuple[str, str]] = {}
+    for field, spec in specs:
+        try:
+            files = expand_inputs(spec, allowed_roots)
+        except (DataValidationError, ConfigError, OSError):
+            continue
+        for path in files:
+            key = path if is_url(path) else os.path.realpath(os.path.expanduser(path.removeprefix("file://")))
+            if key in seen and seen[key] != (field, spec):
+                first = seen[key]
+                raise ConfigError(
+                    f"{field}: {spec!r} names the file {key!r}, which {first[0]} {first[1]!r} names already; "
+                    "each data file may be read once (drop one of them)"
+                )
+            seen[key] = (field, spec)
+
+
 def path_exists(path: str) -> bool:
     from fsspec.core import url_to_fs
 

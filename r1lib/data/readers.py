@@ -7,8 +7,9 @@ its end and comes back as a ``LineTooLong``. A .json file, read whole, may not e
 back with its number and raw text, parsed or with the exception that parsing raised, so the caller can quarantine it.
 
 iter_raw_rows picks the reader by the file's suffix: json_rows (JSON lines, .json), csv_rows (CSV, cut into records
-by csv_scan's scanner), Parquet and plain text here. inputs expands a spec into files and opens them within the
-allowed roots; lines holds the bounded line reader and the values every reader yields (BLANK, LineTooLong).
+by csv_scan's scanner), parquet_rows (Parquet, its decoded size measured before it is held), plain text here.
+inputs expands a spec into files and opens them within the allowed roots; lines holds the bounded line reader and
+the values every reader yields (BLANK, LineTooLong).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from r1lib.config import DataConfig
 from r1lib.data.csv_rows import csv_rows
 from r1lib.data.inputs import open_input
 from r1lib.data.json_rows import json_rows, jsonl_rows
-from r1lib.data.lines import BOM, LineTooLong, dump_raw, iter_lines, raw_head
+from r1lib.data.lines import BOM, LineTooLong, iter_lines, raw_head
+from r1lib.data.parquet_rows import parquet_rows
 from r1lib.errors import DataValidationError
 
 MAX_LINE_BYTES = DataConfig.model_fields["max_line_bytes"].default
@@ -73,7 +75,8 @@ def iter_raw_rows(
     """Yield (line or row number, raw text, parsed value or the exception that parsing raised, a LineTooLong, or
     BLANK), 1-based.
 
-    Streams: JSON lines and CSV records in blocks (bounded by ``max_line_bytes``), Parquet in batches; a .json file
+    Streams: JSON lines and CSV records in blocks (bounded by ``max_line_bytes``), Parquet in batches of at most
+    that many decoded bytes (parquet_rows); a .json file
     (one object or an array) is read whole, up to ``max_line_bytes``. ``path`` may be any fsspec URL; the file is
     opened by open_input, which checks ``allowed_roots`` against the file actually opened.
     """
@@ -95,24 +98,8 @@ def iter_raw_rows(
         with open_input(name, allowed_roots) as handle:
             yield from csv_rows(name, handle, max_line_bytes)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-        from pyarrow import ArrowException
-
         with open_input(name, allowed_roots) as handle:
-            number = 0
-            try:
-                for batch in pq.ParquetFile(handle).iter_batches(batch_size=8192):
-                    for row in batch.to_pylist():
-                        number += 1
-                        row = {k: v for k, v in row.items() if v is not None}  # absent columns of a mixed file
-                        yield number, dump_raw(row), row
-            except (ArrowException, OSError) as exc:  # not Parquet, truncated, a corrupt page: the same bytes again
-                if isinstance(exc, OSError) and exc.errno is not None:
-                    raise  # the OS failed to read it (a retry may help), not pyarrow to parse it
-                raise DataValidationError(
-                    f"{name}: not a readable Parquet file after row {number} ({exc}); rewrite it, or convert it to "
-                    "JSON lines"
-                ) from None
+            yield from parquet_rows(name, handle, max_line_bytes)
     elif suffix == ".txt":
         with open_input(name, allowed_roots) as handle:
             yield from _text_rows(handle, max_line_bytes)

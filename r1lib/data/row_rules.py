@@ -81,7 +81,8 @@ def _placeholder_pattern(keys: tuple[str, ...]) -> re.Pattern | None:
 
 def fill_placeholders(body: dict, rules: RowRules) -> dict:
     """Every ``{{key}}``/``<KEY>`` placeholder in the body's texts replaced by its ``rules.placeholders`` value; a
-    placeholder without one refuses the row (it would be trained verbatim)."""
+    placeholder without one, or whose value holds a placeholder in turn (``{"name": "{{author}}"}``), refuses the
+    row (it would be trained verbatim)."""
     values = {k.lower(): v for k, v in rules.placeholders.items()}
     pattern = _placeholder_pattern(tuple(sorted({k.lower() for k in rules.placeholder_keys} | set(values))))
     if pattern is None:
@@ -98,7 +99,17 @@ def fill_placeholders(body: dict, rules: RowRules) -> dict:
                     f'--set \'data.placeholders={{"{key}": "..."}}\' (every placeholder key of the data), or '
                     "remove the row",
                 )
-            return values[key]
+            value = values[key]
+            inner = pattern.search(value) if ("{{" in value or "<" in value) else None
+            if inner is not None:  # filled in one pass, it would stay in the row verbatim
+                raise RecordError(
+                    "placeholder",
+                    field,
+                    f"'{field}' holds the template placeholder {match.group(0)}, whose value in data.placeholders "
+                    f"holds the placeholder {inner.group(0)} in turn; a placeholder's value may not hold one (fix "
+                    "data.placeholders)",
+                )
+            return value
 
         return pattern.sub(value, text) if ("{{" in text or "<" in text) else text
 

@@ -15,7 +15,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from r1lib.compat import bound_chat_templates
 from r1lib.config import ModelConfig
+from r1lib.data.template_sandbox import name_template, template_file
 from r1lib.errors import ConfigError, RemoteCodeRefused, UnsafeWeights
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -179,6 +181,9 @@ def load_tokenizer(model_dir: str, *, trust_remote_code: bool, revision: str | N
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Its chat template renders in a budget of memory and time, and a refusal names the file it came from.
+    bound_chat_templates()
+    name_template(getattr(tokenizer, "chat_template", None), template_file(model_dir))
     return tokenizer
 
 
