@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from r1lib.data.columns import ColumnMap
 from r1lib.paths import InputPath, OutputPath
 
 EMBEDDED = "embedded"  # ModelConfig.name_or_path value that selects the tiny model built from code
@@ -156,6 +157,13 @@ class DataConfig(Section):
     placeholder_keys: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] = Field(
         ["name", "author"],
         description="Placeholder names looked for as {{key}} (any case) or <KEY> (upper case); [] turns the check off.",
+    )
+    columns: dict[Annotated[str, Field(min_length=1)], ColumnMap] = Field(
+        {},
+        description="Which field is which, per input (the spec as written in train_paths or test_path, or one file "
+        'of it): {"data/med.jsonl": {"prompt": "Question", "reasoning": "Complex_CoT", "answer": "Response"}}; '
+        "optional roles: context (appended to the prompt), reasoning (the <think> block), system. JSONL, JSON, CSV "
+        "and Parquet alike. Common R1/QA layouts are recognized without one (r1lib/data/columns.py).",
     )
     tools: Literal["system", "refuse"] = Field(
         "system",

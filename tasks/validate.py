@@ -118,7 +118,7 @@ def iter_validated(
             message = f"not a valid CSV record ({parsed})"
         else:
             try:
-                record = make_record(normalize(parsed, rules=rules), name, number)
+                record = make_record(normalize(parsed, rules=rules, file=name), name, number)
                 check_schema(record)
                 yield True, record, number
                 continue
@@ -240,6 +240,19 @@ def validate_input(
     return ValidatedInput(split=split, shards=written, quarantine=rejected.path, report=report)
 
 
+def _remedy(share: float, limit: float) -> str:
+    """What to change when a split rejects too much: the rows, and the limit only where raising it trains the rest."""
+    if share >= 1 or limit >= 1:  # nothing would be left to train, or the limit is already at its end
+        return (
+            "Every row was refused: fix the rows (an unknown_format message holds the data.columns mapping to paste) "
+            "or leave the file out"
+        )
+    return (
+        "Fix the rows (or leave the file out); to train on the rest anyway, raise the limit: "
+        f"--set data.max_rejected_fraction={min(1, round(share + 0.05, 2)):g}"
+    )
+
+
 def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path) -> ValidatedData:
     """Join the inputs' outputs in input order into ``<split>.jsonl``, ``quarantine.jsonl`` and ``report.json``;
     raise if a split rejects too much."""
@@ -272,8 +285,7 @@ def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path
                 f"{split} data: {rejected} of {rows} rows rejected ({share:.0%}, over "
                 f"data.max_rejected_fraction={cfg.max_rejected_fraction:g}); "
                 f"reasons per file { {i.report.file: i.report.reasons for i in bad} }; first: {first}; every rejected "
-                f"row is in {quarantine_path}. Fix the rows (or leave the file out); to train on the rest anyway, "
-                f"raise the limit: --set data.max_rejected_fraction={min(1, round(share + 0.05, 2)):g}"
+                f"row is in {quarantine_path}. {_remedy(share, cfg.max_rejected_fraction)}"
             )
     return ValidatedData(
         train=str(paths["train"]),
