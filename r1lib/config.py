@@ -177,7 +177,19 @@ class AugmentConfig(Section):
     templates_path: InputPath = Field(
         "data/augment/prompt_templates.txt", description="Prompt wordings, {instruction} inside."
     )
-    prompt_variants: int = Field(1, ge=0, le=8, description="Extra copies of each row under other prompt wordings.")
+    prompt_variants: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="Extra copies of each row under other prompt wordings, in the row's language (a template's "
+        "language is that of its own text; a row with none in its language gets none), never on multi-turn rows or "
+        "rows with a system prompt (personas, role-play).",
+    )
+    template_rows: Literal["reasoning", "all"] = Field(
+        "reasoning",
+        description="Which single-turn rows get prompt-template variants: 'reasoning' only those that carry "
+        "reasoning (the templates ask for it), 'all' every row.",
+    )
     replay_ratio: float = Field(0.1, ge=0, le=1, description="General replay rows mixed in, as a share of train rows.")
     seed: Seed = 0
     text_variants: Annotated[list[Literal["whitespace", "punctuation", "question_first"]], Unique] = Field(
