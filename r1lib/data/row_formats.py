@@ -137,7 +137,14 @@ def detect_format(row: dict, file: str | None = None) -> str:
 def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> str:
     if field not in row or row[field] is None:
         if required:
-            raise RecordError("missing_field", field, f"field '{field}' is missing")
+            where = ""
+            if isinstance(row.get("instances"), list):  # a BELLE / self-instruct seed task
+                where = (
+                    f"; this looks like a seed task whose answers are in 'instances' ({len(row['instances'])} of "
+                    "them): flatten each instance into an instruction/input/output row, or map the columns with "
+                    "data.columns"
+                )
+            raise RecordError("missing_field", field, f"field '{field}' is missing{where}")
         return ""
     value = row[field]
     if not isinstance(value, str):
@@ -171,7 +178,17 @@ def _turns(items: Any, field: str, role_key: str, content_key: str, max_chars: i
                 "prompt/answer rows",
             )
         if role is None:
-            raise RecordError("unknown_role", f"{name}.{role_key}", f"{name} has unknown role {item.get(role_key)!r}")
+            kind = str(item.get(role_key, "")).lower()
+            why = (
+                ": a tool call or its result (ShareGPT function_call/observation turns). Tool-use conversations "
+                "are not trained as plain chat, and data.tools only writes a 'tools' list into the system prompt; "
+                "leave these rows out, or keep only the plain turns"
+                if kind in ("function_call", "observation", "tool", "tool_call", "function", "ipython")
+                else f"; known roles: {sorted(ROLE_ALIASES)}"
+            )
+            raise RecordError(
+                "unknown_role", f"{name}.{role_key}", f"{name} has unknown role {item.get(role_key)!r}{why}"
+            )
         _check_calls(item, name)
         content, reasoning = _content(item, name, content_key, max_chars)
         # The DeepSeek API shape: the assistant message carries its reasoning beside its content.
