@@ -22,6 +22,7 @@ from r1lib.config import DataConfig
 from r1lib.data.inputs import expand_inputs, path_exists
 from r1lib.data.json_rows import DuplicateKey
 from r1lib.data.lines import BLANK, LineTooLong, safe_text
+from r1lib.data.preference import normalize_preference
 from r1lib.data.readers import MAX_LINE_BYTES, iter_raw_rows
 from r1lib.data.records import RecordError, check_schema, location, make_record
 from r1lib.data.row_formats import normalize
@@ -124,6 +125,11 @@ def iter_validated(
                 continue
             except RecordError as exc:
                 reason, field, message = exc.reason, exc.field, str(exc)
+                if reason == "preference_data":  # kept read, for a preference trainer (r1lib/data/preference.py)
+                    try:
+                        extra = {"preference": normalize_preference(parsed, rules.max_chars)}
+                    except RecordError:
+                        pass
         yield (
             False,
             {

@@ -46,6 +46,8 @@ def test_openai_dpo_rows_are_refused_as_preference_data_naming_train_method(tmp_
     assert accepted == []
     assert (quarantined[0]["reason"], quarantined[0]["field"]) == ("preference_data", "non_preferred_output")
     assert "OpenAI DPO" in quarantined[0]["message"] and "train.method" in quarantined[0]["message"]
+    # The quarantine keeps the row read into the preference structure, for the preference trainer to come.
+    assert quarantined[0]["preference"] == normalize_preference(OPENAI_DPO[0])
 
 
 def test_openai_dpo_rows_normalize_into_a_pair():
