@@ -78,7 +78,11 @@ def check_dropped(
         return
     share = dropped / max(rows_in, 1)
     added = {k: n for k, n in origins.items() if k != "original"}  # rows the augment stage added, not the user's
-    why = "prompt alone is longer, which truncation cannot keep" if cfg.truncation == "truncate" else "were dropped"
+    why = (
+        "their prompt alone is longer, which truncation cannot keep"
+        if cfg.truncation == "truncate"
+        else "they were dropped"
+    )
     counted = (
         f"; counted after augmentation: {dropped - sum(added.values())} original rows and augmented copies {added}"
         if added
@@ -86,7 +90,7 @@ def check_dropped(
     )
     message = (
         f"{name}: {dropped} of {rows_in} rows ({share:.0%}{counted}) are longer than tokenize.max_seq_length="
-        f"{cfg.max_seq_length} tokens (the longest {longest}): their {why} (tokenize.truncation={cfg.truncation}); "
+        f"{cfg.max_seq_length} tokens (the longest {longest}): {why} (tokenize.truncation={cfg.truncation}); "
         f"they are in {quarantine}"
     )
     if dropped == rows_in or share > cfg.max_dropped_fraction:
