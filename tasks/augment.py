@@ -46,7 +46,7 @@ SKIP_REASONS = {
     "multi_turn": None,
     "system_prompt": None,
     "no_reasoning": "augment.template_rows=all",
-    "no_template_in_its_language": "augment.templates_path (a template in the row's language)",
+    "no_template_in_its_language": "a template in the row's language in augment.templates_path",
 }
 
 
