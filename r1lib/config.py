@@ -185,6 +185,11 @@ class AugmentConfig(Section):
         "language is that of its own text; a row with none in its language gets none), never on multi-turn rows or "
         "rows with a system prompt (personas, role-play).",
     )
+    more_templates_paths: Annotated[list[InputPath], Unique] = Field(
+        ["data/augment/prompt_templates_zh.txt"],
+        description="More prompt-wording files beside templates_path (one language each or mixed: every template "
+        "is used only on rows in its own language).",
+    )
     template_rows: Literal["reasoning", "all"] = Field(
         "reasoning",
         description="Which single-turn rows get prompt-template variants: 'reasoning' only those that carry "

@@ -1,8 +1,8 @@
 """Stage 2, augment: prompt-template variation and general-data replay.
 
 - Prompt-template variation: each training row gets ``prompt_variants`` extra copies whose last user turn is
-  rewritten by a template from ``data/augment/prompt_templates.txt`` (the answer and reasoning are untouched, so
-  they stay correct), drawn only from the templates in the row's language (r1lib/data/language.py: a Chinese row
+  rewritten by a template from ``templates_path`` or ``more_templates_paths`` (the answer and reasoning are untouched,
+  so they stay correct), drawn only from the templates in the row's language (r1lib/data/language.py: a Chinese row
   gets Chinese templates or none). Rows that are not a plain question keep their wording: multi-turn chats, rows with
   a system prompt (personas, role-play), and with ``template_rows=reasoning`` (the default) rows without reasoning.
   The summary counts each row left alone by its reason.
@@ -90,6 +90,12 @@ def load_templates(path: Path) -> list[str]:
     if bad:
         raise ConfigError(f"{path}: each template needs exactly one {{instruction}} placeholder: {bad[:3]}")
     return templates
+
+
+def all_templates(cfg: AugmentConfig) -> list[str]:
+    """The templates of ``templates_path`` then of each ``more_templates_paths`` file, in that order (a variant's
+    origin names its index in this list)."""
+    return [t for path in [cfg.templates_path, *cfg.more_templates_paths] for t in load_templates(Path(path))]
 
 
 def _twin(record: dict) -> dict:
@@ -281,7 +287,7 @@ def augment_shard(
 ) -> AugmentedShard:
     """The map unit: one deduplicated shard with its variants and its share of replay rows."""
     replay = list(iter_jsonl(Path(replay_path))) if replay_path and cfg.replay_ratio > 0 else []
-    templates = load_templates(Path(cfg.templates_path))
+    templates = all_templates(cfg)
     origins: Counter = Counter()
     skips: Counter = Counter()
     with JsonlWriter(out_path) as out:

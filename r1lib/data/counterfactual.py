@@ -261,7 +261,7 @@ class Counterfactual:
             if word == "her" and {"his", "him"} <= self.pairs.swap.keys():
                 target = pronoun_case(text, start, end) or self.pairs.replacement(match).lower()
                 return self.pairs._match_case(match.group(0), target)
-            if word == "his" and "hers" in self.pairs.swap and _his_alone(text, end):
+            if word == "his" and self.pairs.swap.get("his") == "her" and _his_alone(text, end):
                 return self.pairs._match_case(match.group(0), "hers")
             return self.pairs.replacement(match)
 

@@ -98,14 +98,15 @@ OBJECT_COMPLEMENTS = frozenset(
     """happy sad angry tired sick upset proud sure go come leave stay be do sing dance play work study read write
     eat sleep win lose finish start stop try feel look think know understand see hear buy pay""".split()
 )
-# Gendered words the term pairs do not swap: beside a swapped pronoun they would contradict the twin.
+# Gendered words the term pairs do not swap: beside a swapped pronoun they would contradict the twin ("hers" too:
+# "his" alone becomes "hers", but "hers" is no listed term to become "his").
 UNPAIRED = re.compile(
     r"\b(?:princes?|princess(?:es)?|emperors?|empress(?:es)?|dukes?|duchess(?:es)?|nephews?|nieces?|"
     r"grand(?:father|mother|son|daughter|pa|ma)s?|boyfriends?|girlfriends?|actress(?:es)?|waitress(?:es)?|"
     r"heroines?|brides?|grooms?|monks?|nuns?|widows?|widowers?|fianc[eé]e?s?|moms?|mums?|mommy|mummy|dads?|"
     r"daddy|ma'am|madam|sirs?|stepfathers?|stepmothers?|stepsons?|stepdaughters?|priestess(?:es)?|kings|queens|"
     r"sons|daughters|fathers|mothers|brothers|sisters|uncles|aunts|husbands|wives|gentlemen|ladies|"
-    r"males?|females?|masculine|feminine|manhood|womanhood|boyhood|girlhood)\b"
+    r"males?|females?|masculine|feminine|manhood|womanhood|boyhood|girlhood|hers)\b"
     r"|[男女]|王子|公主|皇帝|皇后|太子|妃|嫔|娘娘|皇上|阿哥|格格|爷爷|奶奶|外公|外婆|叔叔|阿姨|舅舅|姑姑|伯伯|哥哥|姐姐|"
     r"弟弟|妹妹|爸爸|妈妈|父亲|母亲|儿子|儿媳|丈夫|妻子|老公|老婆|先生|小姐|夫人|太太",
     re.IGNORECASE,

@@ -3,7 +3,6 @@ persona/role-play rows, off for rows without reasoning unless asked, with the su
 and why; the replay mix stays as it was."""
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from conftest import write_lines
@@ -11,10 +10,10 @@ from conftest import write_lines
 from r1lib.config import AugmentConfig
 from r1lib.data.language import language_of
 from r1lib.data.records import make_record
-from tasks.augment import augment, load_templates, merge_augmented
+from tasks.augment import all_templates, augment, merge_augmented
 from tasks.validate import validate_file
 
-TEMPLATES = load_templates(Path(AugmentConfig().templates_path))
+TEMPLATES = all_templates(AugmentConfig())
 # The text each English template adds to a prompt: none of it may reach a Chinese row.
 ENGLISH_TEXT = [part.strip() for t in TEMPLATES if language_of(t) == "en" for part in t.split("{instruction}")]
 
