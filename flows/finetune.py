@@ -23,12 +23,14 @@ from pydantic import BaseModel, BeforeValidator
 from flows.data import PreparedData, run_data_stages
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
+from r1lib.io import exclusive_dir
 from r1lib.model.gpu_memory import apply_cap
 from r1lib.ops.cli import run_command
 from r1lib.ops.gpu_slot import gpu_slot
 from r1lib.ops.recovery import close_out_orphans
 from r1lib.preflight import preflight
 from r1lib.presets import expand_preset, preset
+from r1lib.process import apply_defaults
 from r1lib.stages import Candidate, HeldOut, folders, settings
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
@@ -91,46 +93,50 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu`` global
     concurrency limit: two runs never share one GPU.
     """
+    apply_defaults()  # a worker-started run gets the command line's process defaults too
     close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/ops/recovery.py)
     preflight(config)  # paths under the roots, launch preset, cluster size, model folder: before any stage works
     apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())
-    at = folders(run)
-    model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
-    data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
-    if config.stop_after == "tokenize":
-        summary = summary_task(config, run, data.results())
-        return FinetuneResult(run_dir=run, model_dir=model, data=data, summary=summary)
+    with exclusive_dir(run):  # one run per folder: a second run of this run_name fails at once, naming the first
+        at = folders(run)
+        model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
+        data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
+        if config.stop_after == "tokenize":
+            summary = summary_task(config, run, data.results())
+            return FinetuneResult(run_dir=run, model_dir=model, data=data, summary=summary)
 
-    held_out = data.held_out()
-    with gpu_slot():
-        trained = train(data.train.dataset, data.test.dataset, model, **settings(config, "train"), out_dir=at["train"])
-        candidate = Candidate(model_dir=model, adapter_dir=trained.adapter)
-        evaluation = evaluate(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])
-        fairness = fairness_check(candidate, held_out, **settings(config, "fairness"), out_dir=at["fairness"])
-        merged = merge(model, trained.adapter, **settings(config, "merge"), out_dir=at["merge"])
+        held_out = data.held_out()
+        with gpu_slot():
+            trained = train(
+                data.train.dataset, data.test.dataset, model, **settings(config, "train"), out_dir=at["train"]
+            )
+            candidate = Candidate(model_dir=model, adapter_dir=trained.adapter)
+            evaluation = evaluate(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])
+            fairness = fairness_check(candidate, held_out, **settings(config, "fairness"), out_dir=at["fairness"])
+            merged = merge(model, trained.adapter, **settings(config, "merge"), out_dir=at["merge"])
 
-    f16 = convert(merged, config.export.outtype, at["convert"], stem=Path(run).name)
-    ggufs = [f16, *(quantize_task(f16, config.export.quantizations) if config.export.quantizations else [])]
-    smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"])
-    results = [*data.results(), trained, evaluation, fairness, smoke]
-    fingerprint = data.validated.fingerprint
-    card = card_task(config, ggufs, evaluation.decoding, fingerprint, results, trained.loss_curve, at["card"])
-    summary = summary_task(config, run, [*results, card])
-    return FinetuneResult(
-        run_dir=run,
-        model_dir=model,
-        data=data,
-        held_out=held_out,
-        trained=trained,
-        evaluation=evaluation,
-        fairness=fairness,
-        merged=merged,
-        ggufs=ggufs,
-        smoke=smoke,
-        card=card,
-        summary=summary,
-    )
+        f16 = convert(merged, config.export.outtype, at["convert"], stem=Path(run).name)
+        ggufs = [f16, *(quantize_task(f16, config.export.quantizations) if config.export.quantizations else [])]
+        smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"])
+        results = [*data.results(), trained, evaluation, fairness, smoke]
+        fingerprint = data.validated.fingerprint
+        card = card_task(config, ggufs, evaluation.decoding, fingerprint, results, trained.loss_curve, at["card"])
+        summary = summary_task(config, run, [*results, card])
+        return FinetuneResult(
+            run_dir=run,
+            model_dir=model,
+            data=data,
+            held_out=held_out,
+            trained=trained,
+            evaluation=evaluation,
+            fairness=fairness,
+            merged=merged,
+            ggufs=ggufs,
+            smoke=smoke,
+            card=card,
+            summary=summary,
+        )
 
 
 def main(argv: list[str]) -> int:

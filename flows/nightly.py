@@ -40,6 +40,7 @@ from r1lib.ops.local_server import prefect_api
 from r1lib.ops.recovery import close_out_orphans
 from r1lib.ops.registry import Registry, VersionEntry, code_version
 from r1lib.presets import expand_preset
+from r1lib.process import apply_defaults
 from r1lib.stages import Candidate, settings
 from tasks.evaluate import evaluate_task
 from tasks.promote import (
@@ -82,6 +83,7 @@ def nightly(
     policy: PromotionPolicy = DEFAULT_POLICY,
 ) -> NightlyResult:
     """Retrain on fresh data; promote the challenger only if it beats the champion without more forgetting."""
+    apply_defaults()  # a worker-started run gets the command line's process defaults too
     close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/ops/recovery.py)
     registry = Registry(registry_dir)
     files = scan_drop_task(drop_url)

@@ -1,8 +1,11 @@
 """Stage 2, augment: prompt-template variation and general-data replay.
 
 - Prompt-template variation: each training row gets ``prompt_variants`` extra copies whose last user turn is
-  rewritten by a template from ``data/augment/prompt_templates.txt`` (the answer and reasoning are untouched, so
-  they stay correct).
+  rewritten by a template from ``templates_path`` or ``more_templates_paths`` (the answer and reasoning are untouched,
+  so they stay correct), drawn only from the templates in the row's language (r1lib/data/language.py: a Chinese row
+  gets Chinese templates or none). Rows that are not a plain question keep their wording: multi-turn chats, rows with
+  a system prompt (personas, role-play), and with ``template_rows=reasoning`` (the default) rows without reasoning.
+  The summary counts each row left alone by its reason.
 - Text variants (``text_variants``): rewrites of the user turns that cannot change the answer, each added as a copy
   only when it changes the row: ``whitespace`` (runs of spaces/tabs collapsed, lines trimmed), ``punctuation``
   (full-width CJK punctuation and curly quotes <-> ASCII, in the direction that changes the text), ``question_first``
@@ -28,7 +31,8 @@ from prefect import task
 from pydantic import BaseModel
 
 from r1lib.config import AugmentConfig
-from r1lib.data.records import content_key
+from r1lib.data.language import language_of
+from r1lib.data.records import content_key, prompt_of
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import ConfigError
 from r1lib.io import iter_jsonl, write_json
@@ -37,6 +41,14 @@ from r1lib.policy import stage_options
 from r1lib.stage import StageResult
 from r1lib.stages import FilterContext
 
+# Why a row got no prompt-template variant, and the setting that changes it (None: nothing should).
+SKIP_REASONS = {
+    "multi_turn": None,
+    "system_prompt": None,
+    "no_reasoning": "augment.template_rows=all",
+    "no_template_in_its_language": "a template in the row's language in augment.templates_path",
+}
+
 
 class AugmentedData(StageResult):
     shards: list[Shard]  # the augmented training rows, in shard order
@@ -44,12 +56,28 @@ class AugmentedData(StageResult):
     rows_in: int
     rows_out: int
     origins: dict[str, int]
+    template_skips: dict[str, int] = {}  # rows given no prompt-template variant, by reason (SKIP_REASONS)
 
     def summary(self) -> dict:
-        return {"augment": {"rows_in": self.rows_in, "rows_out": self.rows_out, "origins": self.origins}}
+        return {
+            "augment": {
+                "rows_in": self.rows_in,
+                "rows_out": self.rows_out,
+                "origins": self.origins,
+                "template_skips": self.template_skips,
+            }
+        }
 
     def summary_lines(self) -> list[tuple[str, str]]:
-        return [("augment", f"{self.rows_in} -> {self.rows_out} rows {self.origins}")]
+        lines = [("augment", f"{self.rows_in} -> {self.rows_out} rows {self.origins}")]
+        if self.template_skips:
+            why = ", ".join(
+                f"{reason.replace('_', ' ')} {n}"
+                + (f" ({SKIP_REASONS[reason]} adds them)" if SKIP_REASONS[reason] else "")
+                for reason, n in sorted(self.template_skips.items())
+            )
+            lines.append(("augment", f"no prompt-template variant for {sum(self.template_skips.values())} rows: {why}"))
+        return lines
 
 
 def load_templates(path: Path) -> list[str]:
@@ -62,6 +90,12 @@ def load_templates(path: Path) -> list[str]:
     if bad:
         raise ConfigError(f"{path}: each template needs exactly one {{instruction}} placeholder: {bad[:3]}")
     return templates
+
+
+def all_templates(cfg: AugmentConfig) -> list[str]:
+    """The templates of ``templates_path`` then of each ``more_templates_paths`` file, in that order (a variant's
+    origin names its index in this list)."""
+    return [t for path in [cfg.templates_path, *cfg.more_templates_paths] for t in load_templates(Path(path))]
 
 
 def _twin(record: dict) -> dict:
@@ -161,14 +195,44 @@ def text_variant(record: dict, name: str) -> dict | None:
     return twin
 
 
-def expand(train: list[dict], cfg: AugmentConfig, templates: list[str], rng: random.Random) -> list[dict]:
+def template_skip(record: dict, cfg: AugmentConfig, languages: list[str | None]) -> str | None:
+    """Why the record gets no prompt-template variant (a SKIP_REASONS key), or None when it may get one.
+    ``languages``: each template's language."""
+    if sum(m["role"] == "user" for m in record["messages"]) > 1:
+        return "multi_turn"
+    if record["system"].strip():
+        return "system_prompt"
+    if cfg.template_rows == "reasoning" and not record["reasoning"]:
+        return "no_reasoning"
+    language = language_of(prompt_of(record))
+    if language is None or language not in languages:
+        return "no_template_in_its_language"
+    return None
+
+
+def expand(
+    train: list[dict],
+    cfg: AugmentConfig,
+    templates: list[str],
+    rng: random.Random,
+    skips: Counter | None = None,
+) -> list[dict]:
     """The rows and their prompt-template and text variants (no replay): chunk by chunk, with one ``rng`` running
-    through them, this draws what one call on all the rows would."""
+    through them, this draws what one call on all the rows would. ``skips`` counts the rows given no template
+    variant, by reason."""
     out = list(train)
-    n_variants = min(cfg.prompt_variants, len(templates))
+    languages = [language_of(t.replace("{instruction}", "")) for t in templates]
     for record in train:
-        for k in rng.sample(range(len(templates)), n_variants):
-            out.append(vary_prompt(record, templates[k], f"prompt_template:{k}"))
+        if cfg.prompt_variants and templates:
+            reason = template_skip(record, cfg, languages)
+            if reason is not None:
+                if skips is not None:
+                    skips[reason] += 1
+            else:
+                language = language_of(prompt_of(record))
+                fits = [k for k, lang in enumerate(languages) if lang == language]
+                for k in rng.sample(fits, min(cfg.prompt_variants, len(fits))):
+                    out.append(vary_prompt(record, templates[k], f"prompt_template:{k}"))
         for name in cfg.text_variants:
             if (twin := text_variant(record, name)) is not None:
                 out.append(twin)
@@ -182,11 +246,12 @@ def augment_chunks(
     cfg: AugmentConfig,
     templates: list[str],
     rng: random.Random,
+    skips: Counter | None = None,
 ) -> Iterator[list[dict]]:
     """One shard, streamed: each chunk of records with its variants, then ``replay_ratio`` x ``n_rows`` replay rows
     drawn from ``replay``. No shuffle: the trainer samples rows at random anyway, and streaming keeps memory flat."""
     for chunk in chunked(records):
-        yield expand(chunk, cfg, templates, rng)
+        yield expand(chunk, cfg, templates, rng, skips)
     n_replay = round(cfg.replay_ratio * n_rows)
     if n_replay and replay:
         picks = rng.sample(replay, n_replay) if n_replay <= len(replay) else rng.choices(replay, k=n_replay)
@@ -214,6 +279,7 @@ class AugmentedShard(BaseModel):
     shard: Shard
     rows_in: int
     origins: dict[str, int]
+    template_skips: dict[str, int] = {}
 
 
 def augment_shard(
@@ -221,28 +287,32 @@ def augment_shard(
 ) -> AugmentedShard:
     """The map unit: one deduplicated shard with its variants and its share of replay rows."""
     replay = list(iter_jsonl(Path(replay_path))) if replay_path and cfg.replay_ratio > 0 else []
-    templates = load_templates(Path(cfg.templates_path))
+    templates = all_templates(cfg)
     origins: Counter = Counter()
+    skips: Counter = Counter()
     with JsonlWriter(out_path) as out:
         for rows in augment_chunks(
-            iter_jsonl(Path(shard.path)), shard.rows, replay, cfg, templates, shard_rng(cfg, index)
+            iter_jsonl(Path(shard.path)), shard.rows, replay, cfg, templates, shard_rng(cfg, index), skips
         ):
             out.write_many(rows)
             origins.update(r["origin"].split(":")[0] for r in rows)
-        return AugmentedShard(shard=out.close(), rows_in=shard.rows, origins=dict(origins))
+        return AugmentedShard(shard=out.close(), rows_in=shard.rows, origins=dict(origins), template_skips=dict(skips))
 
 
 def merge_augmented(parts: list[AugmentedShard], out_dir: Path) -> AugmentedData:
     """The augmented shards in order (they stay shards: debias maps over them) and the counts in report.json."""
     origins: Counter = Counter()
+    skips: Counter = Counter()
     for part in parts:
         origins.update(part.origins)
+        skips.update(part.template_skips)
     result = AugmentedData(
         shards=[p.shard for p in parts],
         report=str(Path(out_dir) / "report.json"),
         rows_in=sum(p.rows_in for p in parts),
         rows_out=sum(p.shard.rows for p in parts),
         origins=dict(sorted(origins.items())),
+        template_skips=dict(sorted(skips.items())),
     )
     write_json(Path(result.report), result.model_dump(exclude={"shards", "report"}))
     return result
@@ -263,5 +333,6 @@ def augment_shard_task(
 def augment_merge_task(parts: list[AugmentedShard], cfg: AugmentConfig, out_dir: OutputPath) -> AugmentedData:
     """The augmented training shards and their counts."""
     result = merge_augmented(parts, Path(out_dir))
-    print(f"augmented {result.rows_in} training rows into {result.rows_out}: {result.origins}")
+    for _, line in result.summary_lines():
+        print(line)
     return result

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from r1lib.config import FORGETTING_LIMIT
 from r1lib.data.inputs import SUFFIXES
+from r1lib.errors import ConfigError
 from r1lib.export.gguf import GGUFFile
 from r1lib.io import atomic_path, sha256_file
 from r1lib.ops.registry import DropSnapshot, Registry, Version, VersionEntry
@@ -68,12 +69,16 @@ class Decision(BaseModel):
 
 
 def scan_drop(drop_url: str) -> list[DropFile]:
-    """Every data file under the drop location (recursively), fingerprinted by content."""
+    """Every data file under the drop location (recursively), fingerprinted by content. A location that does not
+    exist is a ConfigError: a mistyped ``drop_url`` would otherwise make every nightly a silent no-op."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(drop_url)
     if not fs.exists(root):
-        return []
+        raise ConfigError(
+            f"drop_url {drop_url!r} does not exist: create it (the nightly trains on what appears there) or fix the "
+            "deployment's drop_url parameter"
+        )
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     files = []
     for path in sorted(fs.find(root)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections import Counter
 from pathlib import Path
 
 from prefect import task
@@ -29,7 +30,7 @@ from r1lib.config import TokenizeConfig
 from r1lib.data.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render_prompt, render_prompts
 from r1lib.data.records import location
 from r1lib.data.shards import JsonlWriter, Shard, chunked
-from r1lib.data.tokenized import rows_table, token_features, write_dataset
+from r1lib.data.tokenized import check_dropped, rows_table, token_features, write_dataset
 from r1lib.errors import DataValidationError, PermanentError
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
@@ -213,7 +214,10 @@ def tokenize_records(
         ids = row["input_ids"]
         if len(ids) > cfg.max_seq_length:
             where = location(record["source"]["file"], record["source"]["line"])
-            message = f"{where}: {len(ids)} tokens exceed tokenize.max_seq_length={cfg.max_seq_length}"
+            message = f"{where}: {len(ids)} tokens exceed tokenize.max_seq_length={cfg.max_seq_length}" + (
+                f"; its prompt alone is {row['prompt_len']} tokens, so tokenize.truncation=truncate cannot keep it "
+                "(no answer would be left)" * (cfg.truncation == "truncate")
+            )
             if cfg.truncation == "fail":
                 raise DataValidationError(
                     f"{message} (tokenize.truncation=fail); raise tokenize.max_seq_length, or set "
@@ -227,6 +231,7 @@ def tokenize_records(
                         "field": "messages",
                         "message": message,
                         "tokens": len(ids),
+                        "origin": record.get("origin", "original"),
                         "record": record,
                     }
                 )
@@ -294,6 +299,7 @@ class TokenizedShard(BaseModel):
     audit: dict[str, int]
     examples: list[dict]  # the first rows, decoded, for the audit
     longest_dropped: int = 0  # tokens of the longest row dropped as too long
+    dropped_origins: dict[str, int] = {}  # the dropped rows by origin: originals and which augmentations
 
 
 def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Path) -> TokenizedShard:
@@ -307,6 +313,7 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
     totals = {"truncated": 0, "bos_ok": 0, "think_in_labels": 0, "eos_at_end": 0}
     rows_in = rows_out = tokens = trained = longest = longest_dropped = 0
     examples: list[dict] = []
+    origins: dict[str, int] = {}
     with atomic_path(arrow) as tmp, JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
         writer = ArrowWriter(features=token_features(), path=str(tmp))
         try:
@@ -315,6 +322,8 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
                 rows_in += len(chunk)
                 quarantine.write_many(quarantined)
                 longest_dropped = max([longest_dropped, *(q["tokens"] for q in quarantined)])
+                for q in quarantined:
+                    origins[q["origin"].split(":")[0]] = origins.get(q["origin"].split(":")[0], 0) + 1
                 for key in totals:
                     totals[key] += audit[key]
                 if not rows:
@@ -347,36 +356,8 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
             audit=totals,
             examples=examples,
             longest_dropped=longest_dropped,
+            dropped_origins=origins,
         )
-
-
-def check_dropped(parts: list[TokenizedShard], cfg: TokenizeConfig, name: str, quarantine: str) -> None:
-    """Rows dropped as too long: warned about, and past ``max_dropped_fraction`` (or when none is left) a failure
-    that names the settings that fix it."""
-    rows_in = sum(p.rows_in for p in parts)
-    dropped = sum(p.rows_in - p.rows_out for p in parts)
-    if not dropped:
-        return
-    longest = max(p.longest_dropped for p in parts)
-    share = dropped / max(rows_in, 1)
-    message = (
-        f"{name}: {dropped} of {rows_in} rows ({share:.0%}) are longer than tokenize.max_seq_length="
-        f"{cfg.max_seq_length} tokens (the longest {longest}) and were dropped (tokenize.truncation=drop); they are "
-        f"in {quarantine}"
-    )
-    if dropped == rows_in or share > cfg.max_dropped_fraction:
-        raise DataValidationError(
-            f"{message}. That is over tokenize.max_dropped_fraction={cfg.max_dropped_fraction:g}"
-            + (" and leaves no row" if dropped == rows_in else "")
-            + f": raise tokenize.max_seq_length (e.g. --set tokenize.max_seq_length={_fits(longest)}) or set "
-            "tokenize.truncation=truncate (keeps the rows, cut to the limit)"
-        )
-    log.warning(message)
-
-
-def _fits(tokens: int) -> int:
-    """The next multiple of 256 that holds ``tokens``."""
-    return -(-tokens // 256) * 256
 
 
 def merge_tokenized(
@@ -391,7 +372,12 @@ def merge_tokenized(
     dropped = sum(p.rows_in - p.rows_out for p in parts)
     # Joined before the limit is checked: a refusal names this file, so it must hold the dropped rows.
     quarantine = concat_files(out_dir / "quarantine.jsonl", [p.quarantine for p in parts])
-    check_dropped(parts, cfg or TokenizeConfig(), name, str(quarantine))
+    origins: Counter = Counter()
+    for part in parts:
+        origins.update(part.dropped_origins)
+    rows_in = sum(p.rows_in for p in parts)
+    longest = max((p.longest_dropped for p in parts), default=0)
+    check_dropped(rows_in, dropped, longest, dict(origins), cfg or TokenizeConfig(), name, str(quarantine))
     if not full:
         raise DataValidationError(f"{name}: no row to tokenize")
     fingerprint = xxhash.xxh3_64("".join(p.digest for p in full).encode()).hexdigest()

@@ -23,6 +23,7 @@ from r1lib.config import DataConfig
 from r1lib.data.inputs import expand_inputs, path_exists
 from r1lib.data.json_rows import DuplicateKey
 from r1lib.data.lines import BLANK, LineTooLong, safe_text
+from r1lib.data.preference import normalize_preference
 from r1lib.data.readers import MAX_LINE_BYTES, iter_raw_rows
 from r1lib.data.records import RecordError, check_schema, location, make_record
 from r1lib.data.row_formats import normalize
@@ -120,12 +121,17 @@ def iter_validated(
             message = f"not a valid CSV record ({parsed})"
         else:
             try:
-                record = make_record(normalize(parsed, rules=rules), name, number)
+                record = make_record(normalize(parsed, rules=rules, file=name), name, number)
                 check_schema(record)
                 yield True, record, number
                 continue
             except RecordError as exc:
                 reason, field, message = exc.reason, exc.field, str(exc)
+                if reason == "preference_data":  # kept read, for a preference trainer (r1lib/data/preference.py)
+                    try:
+                        extra = {"preference": normalize_preference(parsed, rules.max_chars)}
+                    except RecordError:
+                        pass
         yield (
             False,
             {
@@ -242,6 +248,19 @@ def validate_input(
     return ValidatedInput(split=split, shards=written, quarantine=rejected.path, report=report)
 
 
+def _remedy(share: float, limit: float) -> str:
+    """What to change when a split rejects too much: the rows, and the limit only where raising it trains the rest."""
+    if share >= 1 or limit >= 1:  # nothing would be left to train, or the limit is already at its end
+        return (
+            "Every row was refused: fix the rows (an unknown_format message holds the data.columns mapping to paste) "
+            "or leave the file out"
+        )
+    return (
+        "Fix the rows (or leave the file out); to train on the rest anyway, raise the limit: "
+        f"--set data.max_rejected_fraction={min(1, round(share + 0.05, 2)):g}"
+    )
+
+
 def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path) -> ValidatedData:
     """Join the inputs' outputs in input order into ``<split>.jsonl``, ``quarantine.jsonl`` and ``report.json``;
     raise if a split rejects too much."""
@@ -274,8 +293,7 @@ def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path
                 f"{split} data: {rejected} of {rows} rows rejected ({share:.0%}, over "
                 f"data.max_rejected_fraction={cfg.max_rejected_fraction:g}); "
                 f"reasons per file { {i.report.file: i.report.reasons for i in bad} }; first: {first}; every rejected "
-                f"row is in {quarantine_path}. Fix the rows (or leave the file out); to train on the rest anyway, "
-                f"raise the limit: --set data.max_rejected_fraction={min(1, round(share + 0.05, 2)):g}"
+                f"row is in {quarantine_path}. {_remedy(share, cfg.max_rejected_fraction)}"
             )
     return ValidatedData(
         train=str(paths["train"]),

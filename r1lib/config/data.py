@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from r1lib.config.base import MAX_COUNT, Section, Seed, Unique
+from r1lib.data.columns import ColumnMap
 from r1lib.paths import InputPath
 
 
@@ -49,6 +50,13 @@ class DataConfig(Section):
         ["name", "author"],
         description="Placeholder names looked for as {{key}} (any case) or <KEY> (upper case); [] turns the check off.",
     )
+    columns: dict[Annotated[str, Field(min_length=1)], ColumnMap] = Field(
+        {},
+        description="Which field is which, per input (the spec as written in train_paths or test_path, or one file "
+        'of it): {"data/med.jsonl": {"prompt": "Question", "reasoning": "Complex_CoT", "answer": "Response"}}; '
+        "optional roles: context (appended to the prompt), reasoning (the <think> block), system. JSONL, JSON, CSV "
+        "and Parquet alike. Common R1/QA layouts are recognized without one (r1lib/data/columns.py).",
+    )
     tools: Literal["system", "refuse"] = Field(
         "system",
         description="Rows with a 'tools' list (function calling): 'system' writes the tool schemas into the system "
@@ -61,7 +69,24 @@ class AugmentConfig(Section):
     templates_path: InputPath = Field(
         "data/augment/prompt_templates.txt", description="Prompt wordings, {instruction} inside."
     )
-    prompt_variants: int = Field(1, ge=0, le=8, description="Extra copies of each row under other prompt wordings.")
+    prompt_variants: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="Extra copies of each row under other prompt wordings, in the row's language (a template's "
+        "language is that of its own text; a row with none in its language gets none), never on multi-turn rows or "
+        "rows with a system prompt (personas, role-play).",
+    )
+    more_templates_paths: Annotated[list[InputPath], Unique] = Field(
+        ["data/augment/prompt_templates_zh.txt"],
+        description="More prompt-wording files beside templates_path (one language each or mixed: every template "
+        "is used only on rows in its own language).",
+    )
+    template_rows: Literal["reasoning", "all"] = Field(
+        "reasoning",
+        description="Which single-turn rows get prompt-template variants: 'reasoning' only those that carry "
+        "reasoning (the templates ask for it), 'all' every row.",
+    )
     replay_ratio: float = Field(0.1, ge=0, le=1, description="General replay rows mixed in, as a share of train rows.")
     seed: Seed = 0
     text_variants: Annotated[list[Literal["whitespace", "punctuation", "question_first"]], Unique] = Field(

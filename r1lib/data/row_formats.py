@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 from r1lib.data.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
+from r1lib.data.columns import LAYOUT_NAMES, ColumnMap, mapping_hint, recognize
 from r1lib.data.records import RecordError
 from r1lib.data.row_rules import RowRules, fill_placeholders, tools_prompt
 
@@ -36,6 +37,8 @@ FORMATS = (
     "Qwen/ChatGLM (query, response, history)",
     "parallel lists (input: [...], output: [...])",
     "DeepSeek reasoner dump (input or question, reasoning_content, content)",
+    *LAYOUT_NAMES,
+    "any other layout with a column mapping (data.columns)",
 )
 
 ROLE_ALIASES = {
@@ -63,7 +66,12 @@ _THOUGHT_MARKERS = ("<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_so
 
 
 def preference_shape(row: dict) -> tuple[str, str] | None:
-    """(shape, key) when the row is preference data (it pairs or labels answers), else None."""
+    """(shape, key) when the row is preference data (it pairs or labels answers), else None. The rows are read into
+    one structure for a preference trainer by r1lib/data/preference.py."""
+    if "preferred_output" in row or "non_preferred_output" in row:
+        return "OpenAI DPO (input, preferred_output, non_preferred_output)", (
+            "non_preferred_output" if "non_preferred_output" in row else "preferred_output"
+        )
     if "chosen_messages" in row or "rejected_messages" in row:
         return "DPO (chosen_messages/rejected_messages)", "rejected_messages"
     if "chosen" in row or "rejected" in row:
@@ -79,14 +87,17 @@ def preference_shape(row: dict) -> tuple[str, str] | None:
     return None
 
 
-def detect_format(row: dict) -> str:
+def detect_format(row: dict, file: str | None = None) -> str:
+    """The row's format (a FORMATS entry's short name; "columns" for a LAYOUTS layout). ``file`` names the input in
+    the unknown_format message's ready-to-paste column mapping."""
     if (shape := preference_shape(row)) is not None:
         raise RecordError(
             "preference_data",
             shape[1],
-            f"preference data, {shape[0]}: this pipeline trains supervised fine-tuning rows only, where every answer "
+            f"preference data, {shape[0]}: train.method=sft trains supervised fine-tuning rows, where every answer "
             "is a target; a rejected or undesirable answer would be learned. Train it with a preference trainer "
-            "(DPO/KTO/ORPO), or convert it to SFT rows of the chosen answers yourself",
+            "(a preference train.method such as dpo or kto, once there is one: r1lib/data/preference.py reads these "
+            "rows for it), or give SFT rows of the chosen answers only",
         )
     if "conversations" in row:
         return "sharegpt"
@@ -104,6 +115,8 @@ def detect_format(row: dict) -> str:
         return "parallel_lists"
     if "instruction" in row or "output" in row:
         return "alpaca" if "input" in row else "instruction_output"
+    if recognize(row) is not None:
+        return "columns"
     if "text" in row:
         raise RecordError(
             "pretraining_text",
@@ -115,14 +128,23 @@ def detect_format(row: dict) -> str:
     raise RecordError(
         "unknown_format",
         None,
-        f"no known format fits the keys {sorted(map(str, row))}; accepted formats: " + "; ".join(FORMATS),
+        f"no known format fits the keys {sorted(map(str, row))}; say which column is which, e.g. "
+        f"{mapping_hint(row, file)} (roles: prompt, answer, and optionally context, reasoning, system), or use one "
+        "of the accepted formats: " + "; ".join(FORMATS),
     )
 
 
 def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> str:
     if field not in row or row[field] is None:
         if required:
-            raise RecordError("missing_field", field, f"field '{field}' is missing")
+            where = ""
+            if isinstance(row.get("instances"), list):  # a BELLE / self-instruct seed task
+                where = (
+                    f"; this looks like a seed task whose answers are in 'instances' ({len(row['instances'])} of "
+                    "them): flatten each instance into an instruction/input/output row, or map the columns with "
+                    "data.columns"
+                )
+            raise RecordError("missing_field", field, f"field '{field}' is missing{where}")
         return ""
     value = row[field]
     if not isinstance(value, str):
@@ -156,7 +178,17 @@ def _turns(items: Any, field: str, role_key: str, content_key: str, max_chars: i
                 "prompt/answer rows",
             )
         if role is None:
-            raise RecordError("unknown_role", f"{name}.{role_key}", f"{name} has unknown role {item.get(role_key)!r}")
+            kind = str(item.get(role_key, "")).lower()
+            why = (
+                ": a tool call or its result (ShareGPT function_call/observation turns). Tool-use conversations "
+                "are not trained as plain chat, and data.tools only writes a 'tools' list into the system prompt; "
+                "leave these rows out, or keep only the plain turns"
+                if kind in ("function_call", "observation", "tool", "tool_call", "function", "ipython")
+                else f"; known roles: {sorted(ROLE_ALIASES)}"
+            )
+            raise RecordError(
+                "unknown_role", f"{name}.{role_key}", f"{name} has unknown role {item.get(role_key)!r}{why}"
+            )
         _check_calls(item, name)
         content, reasoning = _content(item, name, content_key, max_chars)
         # The DeepSeek API shape: the assistant message carries its reasoning beside its content.
@@ -302,17 +334,46 @@ def _answer_split(text: str, field: str) -> tuple[str | None, str]:
     return None, answer
 
 
-def normalize(row: Any, max_chars: int = 100_000, rules: RowRules | None = None) -> dict:
-    """One raw row -> a record without id/source. Raises RecordError with a reason code."""
+def _mapped(row: dict, columns: ColumnMap, max_chars: int) -> tuple[str, list[dict], str]:
+    """(system, turns, answer field) of a row read through a column mapping. A number in a mapped column (a final
+    answer 42) is its text; a missing or empty mapped column refuses the row, naming the mapping."""
+
+    def text(role: str, required: bool = True) -> str:
+        key = getattr(columns, role)
+        if key is None:
+            return ""
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        try:
+            return _text({key: value} if key in row else {}, key, required=required, max_chars=max_chars)
+        except RecordError as exc:
+            raise RecordError(exc.reason, exc.field, f"{exc} (data.columns maps {role} to {key!r})") from None
+
+    prompt, context = text("prompt"), text("context", required=False)
+    if context.strip():
+        prompt = f"{prompt}\n\n{context}"
+    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text("answer")}]
+    if columns.reasoning is not None:
+        turns[1]["reasoning"] = text("reasoning")
+    return text("system", required=False), turns, columns.answer
+
+
+def normalize(row: Any, max_chars: int = 100_000, rules: RowRules | None = None, file: str | None = None) -> dict:
+    """One raw row -> a record without id/source. Raises RecordError with a reason code. ``file``: the input the
+    row came from, whose ``rules.columns`` mapping (if any) says which field is which."""
     rules = rules or RowRules(max_chars=max_chars)
     max_chars = rules.max_chars
     if isinstance(row, list) and row and all(isinstance(t, dict) and "role" in t for t in row):
         row = {"messages": row}  # a bare array of OpenAI turns (one conversation per line)
     if not isinstance(row, dict):
         raise RecordError("not_an_object", None, f"row is a JSON {type(row).__name__}, not an object")
-    fmt = detect_format(row)
+    columns = rules.columns.get(file) if file is not None else None
+    fmt = "columns" if columns is not None else detect_format(row, file)
     system = ""
-    if fmt in ("instruction_output", "alpaca", "query_response", "reasoner_dump"):
+    if fmt == "columns":
+        system, messages, field = _mapped(row, columns or recognize(row)[1], max_chars)
+    elif fmt in ("instruction_output", "alpaca", "query_response", "reasoner_dump"):
         ask_key = next(k for k in _PROMPT_KEYS if k in row) if fmt == "reasoner_dump" else "instruction"
         if fmt == "query_response" and "query" in row:
             ask_key = "query"
@@ -364,7 +425,7 @@ def normalize(row: Any, max_chars: int = 100_000, rules: RowRules | None = None)
 
     answer_turn = messages[-1]
     reasoning = answer_turn.pop("reasoning", None)
-    for name in REASONING_FIELDS:
+    for name in REASONING_FIELDS if fmt != "columns" else ():
         if name in row and row[name] is not None:
             reasoning = _agree(reasoning, _text(row, name, max_chars=max_chars), name)
     inline, answer = _answer_split(answer_turn["content"], field)

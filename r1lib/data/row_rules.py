@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from r1lib.data.columns import ColumnMap
 from r1lib.data.records import RecordError
+from r1lib.errors import ConfigError
 
 
 class RowRules(BaseModel):
@@ -22,6 +24,7 @@ class RowRules(BaseModel):
     placeholders: dict[str, str] = {}
     placeholder_keys: list[str] = ["name", "author"]
     tools: Literal["system", "refuse"] = "system"
+    columns: dict[str, ColumnMap] = {}  # file -> its column mapping (data.columns, its specs expanded)
 
     @classmethod
     def of(cls, cfg) -> RowRules:
@@ -31,6 +34,7 @@ class RowRules(BaseModel):
             placeholders=cfg.placeholders,
             placeholder_keys=cfg.placeholder_keys,
             tools=cfg.tools,
+            columns=expand_columns(cfg),
         )
 
 
@@ -119,3 +123,25 @@ def fill_placeholders(body: dict, rules: RowRules) -> dict:
     if body["reasoning"] is not None:
         body["reasoning"] = fill(body["reasoning"], "reasoning")
     return body
+
+
+def expand_columns(cfg) -> dict[str, ColumnMap]:
+    """``data.columns`` per file: each key (an input spec, or one file of one) expanded as the inputs are. A key
+    that names no file of train_paths or test_path is refused: its mapping would silently apply to nothing."""
+    from r1lib.data.inputs import expand_inputs  # inputs reads the config, which names ColumnMap
+
+    columns = getattr(cfg, "columns", None) or {}
+    if not columns:
+        return {}
+    specs = [*cfg.train_paths, *([cfg.test_path] if cfg.test_path else [])]
+    inputs = {str(f) for spec in specs for f in [str(spec), *expand_inputs(spec, cfg.allowed_roots)]}
+    out: dict[str, ColumnMap] = {}
+    for spec, mapping in columns.items():
+        files = [f for f in dict.fromkeys([spec, *expand_inputs(spec, cfg.allowed_roots)]) if f in inputs]
+        if not files:
+            raise ConfigError(
+                f"data.columns names {spec!r}, which is no input: key it by a path of data.train_paths or "
+                f"data.test_path as written there ({sorted(map(str, specs))})"
+            )
+        out.update(dict.fromkeys(files, mapping))
+    return out

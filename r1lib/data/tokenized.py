@@ -64,3 +64,42 @@ def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> Non
         (tmp / "dataset_info.json").write_text(
             json.dumps({k: info[k] for k in sorted(info)}, indent=2), encoding="utf-8"
         )
+
+
+def check_dropped(
+    rows_in: int, dropped: int, longest: int, origins: dict[str, int], cfg, name: str, quarantine: str
+) -> None:
+    """Rows dropped as too long (``origins``: how many of them are original rows and which augmentations): warned
+    about, and past ``cfg.max_dropped_fraction`` (or when none is left) a failure that names the settings that fix
+    it. ``cfg``: the TokenizeConfig."""
+    from r1lib.errors import DataValidationError
+
+    if not dropped:
+        return
+    share = dropped / max(rows_in, 1)
+    added = {k: n for k, n in origins.items() if k != "original"}  # rows the augment stage added, not the user's
+    why = (
+        "their prompt alone is longer, which truncation cannot keep"
+        if cfg.truncation == "truncate"
+        else "they were dropped"
+    )
+    counted = (
+        f"; counted after augmentation: {dropped - sum(added.values())} original rows and augmented copies {added}"
+        if added
+        else ""
+    )
+    message = (
+        f"{name}: {dropped} of {rows_in} rows ({share:.0%}{counted}) are longer than tokenize.max_seq_length="
+        f"{cfg.max_seq_length} tokens (the longest {longest}): {why} (tokenize.truncation={cfg.truncation}); "
+        f"they are in {quarantine}"
+    )
+    if dropped == rows_in or share > cfg.max_dropped_fraction:
+        raise DataValidationError(
+            f"{message}. That is over tokenize.max_dropped_fraction={cfg.max_dropped_fraction:g}"
+            + (" and leaves no row" if dropped == rows_in else "")
+            + f": raise tokenize.max_seq_length (e.g. --set tokenize.max_seq_length={-(-longest // 256) * 256})"
+            + (" or set tokenize.truncation=truncate (keeps the rows, cut to the limit)" * (cfg.truncation == "drop"))
+        )
+    import logging
+
+    logging.getLogger("tasks.tokenize").warning(message)

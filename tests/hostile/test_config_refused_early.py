@@ -129,3 +129,34 @@ def test_a_ray_runner_without_prefect_ray_is_refused_before_any_work(cli):
 def test_an_unreachable_cluster_address_is_refused_before_any_work(cli):
     # Port 9 on loopback (discard) has no listener here: the connection is refused at once.
     refused(cli("--set", "runner.kind=dask", "--set", "runner.address=tcp://127.0.0.1:9"), "runner.address")
+
+
+def test_a_second_run_of_the_same_run_folder_fails_before_any_stage(tmp_path, monkeypatch):
+    """Two runs of one run_name at once used to mix their data; the second now fails at once, naming the first."""
+    import sys
+
+    from r1lib.io import DirectoryBusy
+    from r1lib.presets import preset
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage ran in a run folder another run holds")
+
+    config = preset("tiny", runs_dir=str(tmp_path / "runs"), run_name="same")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from r1lib.io import exclusive_dir\n"
+            f"with exclusive_dir({str(config.run_dir())!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(finetune_module, "resolve_model", no_stage)
+        with pytest.raises(DirectoryBusy, match=f"in use by pid {holder.pid}"):
+            finetune_module.finetune.fn(config)
+    finally:
+        holder.kill()
+        holder.wait()

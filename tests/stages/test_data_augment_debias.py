@@ -94,7 +94,9 @@ def test_text_variants_keep_answer_and_reasoning_and_record_origin_and_parent():
 
 def test_augment_adds_text_variants_beside_templates():
     records = [rec(f"Ann has {i} cats. How many cats?", str(i), i + 1) for i in range(10)]
-    cfg = AugmentConfig(prompt_variants=1, replay_ratio=0, text_variants=["question_first", "whitespace"])
+    cfg = AugmentConfig(
+        prompt_variants=1, replay_ratio=0, text_variants=["question_first", "whitespace"], template_rows="all"
+    )
     out = augment(records, [], cfg, load_templates(Path(cfg.templates_path)))
     origins = Counter(r["origin"].split(":")[0] for r in out)
     assert origins == {"original": 10, "prompt_template": 10, "text_variant": 10}

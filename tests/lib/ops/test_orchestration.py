@@ -139,7 +139,10 @@ def test_scan_drop_fingerprints_content(tmp_path):
     assert data_fingerprint(scan_drop(f"file://{tmp_path}")) == fp
     (tmp_path / "a.jsonl").write_text('{"x": 2}\n')
     assert data_fingerprint(scan_drop(str(tmp_path))) != fp
-    assert scan_drop(str(tmp_path / "nowhere")) == []
+    with pytest.raises(ConfigError, match="nowhere' does not exist"):
+        scan_drop(str(tmp_path / "nowhere"))  # a mistyped drop_url is no silent "nothing new"
+    (tmp_path / "empty").mkdir()
+    assert scan_drop(str(tmp_path / "empty")) == []
 
 
 def test_decide_metric_direction_and_forgetting():

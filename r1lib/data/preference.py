@@ -1,0 +1,107 @@
+"""Preference rows, recognized by name and normalized into one structure for a preference trainer.
+
+Validation refuses them as SFT rows (reason ``preference_data``: a rejected answer would be learned); this module
+reads them into what a DPO/KTO trainer consumes, the same structure from every layout::
+
+    {"kind": "pair",  "shape": ..., "system": "", "prompt": [turns ending with a user turn],
+     "chosen": {"content": ..., "reasoning": ... or None}, "rejected": {...}}
+    {"kind": "label", "shape": ..., "system": "", "prompt": [...], "completion": {...}, "label": true | false}
+
+Layouts: OpenAI DPO (``input.messages`` / ``preferred_output`` / ``non_preferred_output``); ``prompt`` / ``chosen`` /
+``rejected`` with strings or message lists, or TRL's implicit prompt (``chosen`` and ``rejected`` are whole
+conversations sharing the prompt); LLaMA-Factory ShareGPT (``conversations`` with ``chosen``/``rejected`` turns) and
+Alpaca (``instruction``/``input``) DPO; LLaMA-Factory v1 ``chosen_messages``/``rejected_messages``; ORPO/reward
+``question``/``response_chosen``/``response_rejected``; KTO ``messages`` + ``label`` or ``prompt``/``completion``/
+``label``. Ranked answer lists are refused by name (preference_shape) but not paired here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from r1lib.data.records import RecordError
+from r1lib.data.row_formats import _answer_split, _text, _turns, preference_shape
+
+_PROMPT_TEXT_KEYS = ("prompt", "question", "instruction", "query", "input")
+
+
+def _answer(value: Any, field: str, max_chars: int) -> tuple[list[dict], dict]:
+    """(turns before the answer, the answer) of a chosen/rejected value: a string, one turn ({role, content} or
+    {from, value}), or a list of turns whose last is the assistant's answer."""
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        role_key, content_key = ("from", "value") if value and "from" in value[0] else ("role", "content")
+        turns = _turns(value, field, role_key, content_key, max_chars)
+        last = turns.pop()
+        if last["role"] != "assistant":
+            raise RecordError("role_order", field, f"'{field}' must end with an assistant turn")
+        text, reasoning = last["content"], last.get("reasoning")
+    else:
+        text, reasoning = _text({field: value}, field, max_chars=max_chars), None
+        turns = []
+    inline, answer = _answer_split(text, field)
+    return turns, {"content": answer, "reasoning": reasoning if inline is None else inline}
+
+
+def _prompt(row: dict, max_chars: int) -> list[dict]:
+    """The prompt turns of a row: an OpenAI ``input.messages``, ShareGPT ``conversations``, ``messages``, a
+    ``prompt`` list, or a prompt text (with Alpaca's ``input`` appended to an ``instruction``). [] when the prompt
+    lives inside the answers (TRL's implicit prompt)."""
+    if isinstance(row.get("input"), dict) and "messages" in row["input"]:
+        return _turns(row["input"]["messages"], "input.messages", "role", "content", max_chars)
+    if "conversations" in row:
+        return _turns(row["conversations"], "conversations", "from", "value", max_chars)
+    for key in ("messages", "prompt"):
+        if isinstance(row.get(key), list):
+            return _turns(row[key], key, "role", "content", max_chars)
+    key = next((k for k in _PROMPT_TEXT_KEYS if isinstance(row.get(k), str)), None)
+    if key is None:
+        return []
+    text = _text(row, key, max_chars=max_chars)
+    if key == "instruction" and isinstance(row.get("input"), str) and row["input"].strip():
+        text = f"{text}\n\n{_text(row, 'input', max_chars=max_chars)}"
+    return [{"role": "user", "content": text}]
+
+
+def _split_system(turns: list[dict], row: dict, max_chars: int) -> tuple[str, list[dict]]:
+    system = _text(row, "system", required=False, max_chars=max_chars) if isinstance(row.get("system"), str) else ""
+    if turns and turns[0]["role"] == "system":
+        system = turns.pop(0)["content"]
+    return system, turns
+
+
+def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
+    """One preference row -> the structure above. Raises RecordError (``not_preference`` for a row that pairs or
+    labels no answers; the usual reasons for a broken one)."""
+    shape = preference_shape(row) if isinstance(row, dict) else None
+    if shape is None or shape[1] == "output":
+        raise RecordError("not_preference", None, "the row pairs or labels no answers")
+    name = shape[0]
+    if shape[1] == "label" or shape[1] == "kto_tag":
+        label = row.get("label", row.get("kto_tag"))
+        if "completion" in row:
+            prompt, (before, completion) = _prompt(row, max_chars), _answer(row["completion"], "completion", max_chars)
+        else:
+            before, completion = _answer(row["messages"], "messages", max_chars)
+            prompt = []
+        system, prompt = _split_system(prompt + before, row, max_chars)
+        return {"kind": "label", "shape": name, "system": system, "prompt": prompt, "completion": completion,
+                "label": bool(label)}  # fmt: skip
+    keys = {
+        "non_preferred_output": ("preferred_output", "non_preferred_output"),
+        "preferred_output": ("preferred_output", "non_preferred_output"),
+        "rejected_messages": ("chosen_messages", "rejected_messages"),
+        "response_rejected": ("response_chosen", "response_rejected"),
+    }.get(shape[1], ("chosen", "rejected"))
+    if not all(k in row for k in keys):
+        raise RecordError("missing_field", keys[1] if keys[0] in row else keys[0], f"a pair needs both {list(keys)}")
+    prompt = _prompt(row, max_chars)
+    before_c, chosen = _answer(row[keys[0]], keys[0], max_chars)
+    before_r, rejected = _answer(row[keys[1]], keys[1], max_chars)
+    if before_c != before_r:
+        raise RecordError("conflicting_prompt", keys[1], f"'{keys[0]}' and '{keys[1]}' answer different prompts")
+    system, prompt = _split_system(prompt + before_c, row, max_chars)
+    if not prompt or prompt[-1]["role"] != "user":
+        raise RecordError("role_order", keys[0], "the prompt of a pair must end with a user turn")
+    return {"kind": "pair", "shape": name, "system": system, "prompt": prompt, "chosen": chosen, "rejected": rejected}
