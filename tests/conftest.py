@@ -88,12 +88,29 @@ def tiny_flow_run(prefect_harness, tmp_path_factory):
 # tests/flows/test_server.py and tests/flows/test_server_crash.py run against one server, deployed once by the
 # README's command, with one worker per pool (tests/server_stack.py: running_stack); every run they start has a name
 # and a run directory of its own. (They used to start a stack each.)
+# It is stopped right after the last test that uses it (pytest_runtest_teardown below), not at the end of the session:
+# the server and its workers would otherwise idle beside every later test.
+_STACK_EXITS: list = []
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
+    import contextlib
+
     from server_stack import running_stack
 
-    with running_stack(tmp_path_factory.mktemp("server")) as stack:
-        yield stack
+    with contextlib.ExitStack() as exits:
+        running = exits.enter_context(running_stack(tmp_path_factory.mktemp("server")))
+        _STACK_EXITS.append(exits)
+        yield running
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if not _STACK_EXITS:
+        return
+    later = item.session.items[item.session.items.index(item) + 1 :] if nextitem is not None else []
+    if not any("stack" in getattr(other, "fixturenames", ()) for other in later):
+        _STACK_EXITS.pop().close()  # the fixture's own exit then finds nothing left to stop
 
 
 # --- trainings shared by tests/lib/training/test_faults.py and test_resume_accounting.py ------------------------------
