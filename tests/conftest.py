@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -28,8 +31,9 @@ def tokenizer():
     return build_tokenizer()
 
 
-# 120 tokenized sample rows (the tiny model's tokenizer), for the training fault and multi-process tests.
-@pytest.fixture(scope="module")
+# 120 tokenized sample rows (the tiny model's tokenizer), for the training fault and multi-process tests: one copy per
+# session (every reader only reads it).
+@pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory, tokenizer):
     from datasets import Dataset
 
@@ -45,6 +49,166 @@ def small_dataset(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("data") / "dataset"
     Dataset.from_list(tokenized).save_to_disk(str(path))
     return str(path)
+
+
+# --- the whole flow on the tiny preset, once a session -------------------------------------------------------------
+# tests/flows/test_flow.py (the whole DAG, the broken file, planted secrets, the learning signal) and
+# tests/flows/test_flow_short.py (a run shorter than one logging interval still reports its loss) read the same run:
+# the tiny preset with data/sample/broken.jsonl mixed in, logging_steps above max_steps and one checkpoint at the last
+# step, so the only loss is the one logged at the last step. (They used to be two whole-flow runs, 90 and 60 steps.)
+TINY_FLOW_LOGGING_STEPS = 100
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_run(prefect_harness, tmp_path_factory):
+    from flows.finetune import finetune
+    from r1lib.presets import preset
+    from tests.flows.test_flow import BROKEN, PLANTED_SECRET
+
+    # A hub token and a storage credential in the environment, as a worker would have them: they must reach no output.
+    os.environ["HF_TOKEN"] = os.environ["AWS_SECRET_ACCESS_KEY"] = PLANTED_SECRET
+    runs = tmp_path_factory.mktemp("runs")
+    config = preset("tiny")
+    train = config.train.model_dump()
+    assert train["max_steps"] < TINY_FLOW_LOGGING_STEPS
+    config = config.model_validate(
+        {
+            **config.model_dump(),
+            "runs_dir": str(runs),
+            "data": {**config.data.model_dump(), "train_paths": ["data/sample/train.jsonl", BROKEN]},
+            "train": {**train, "logging_steps": TINY_FLOW_LOGGING_STEPS, "save_steps": train["max_steps"]},
+        }
+    )
+    try:
+        return finetune(config)
+    finally:
+        del os.environ["HF_TOKEN"], os.environ["AWS_SECRET_ACCESS_KEY"]
+
+
+# --- the real Prefect server stack, once a session -----------------------------------------------------------------
+# tests/flows/test_server.py and tests/flows/test_server_crash.py run against one server, deployed once by the
+# README's command, with one worker per pool (tests/server_stack.py: running_stack); every run they start has a name
+# and a run directory of its own. (They used to start a stack each.)
+# It is stopped right after the last test that uses it (pytest_runtest_teardown below), not at the end of the session:
+# the server and its workers would otherwise idle beside every later test.
+_STACK_EXITS: list = []
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    import contextlib
+
+    from server_stack import running_stack
+
+    with contextlib.ExitStack() as exits:
+        running = exits.enter_context(running_stack(tmp_path_factory.mktemp("server")))
+        _STACK_EXITS.append(exits)
+        yield running
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if not _STACK_EXITS:
+        return
+    later = item.session.items[item.session.items.index(item) + 1 :] if nextitem is not None else []
+    if not any("stack" in getattr(other, "fixturenames", ()) for other in later):
+        _STACK_EXITS.pop().close()  # the fixture's own exit then finds nothing left to stop
+
+
+# --- trainings shared by tests/lib/training/test_faults.py and test_resume_accounting.py ------------------------------
+# Those two modules used to train the same 12-step run (uninterrupted, then killed at a checkpoint and resumed) and the
+# same 6-step "rerun after the final checkpoint" each for themselves; each of those runs now happens once a session:
+# - clean_training: test_faults.TRAIN_SCRIPT's 12 steps (checkpoints every 4, the loss logged every 5) in a child
+#   process, uninterrupted; while it runs, a second training on its run directory is started in this process and must
+#   be refused (what it raised is kept for the test that checks it);
+# - killed_and_resumed: the same training SIGKILLed after its checkpoint-8 is complete, then run again;
+# - rerun_after_final_checkpoint: 6 steps in this process, the published adapter removed, the same training again.
+
+
+@pytest.fixture(scope="session")
+def clean_training(small_dataset, tmp_path_factory):
+    from r1lib.config import TrainConfig
+    from r1lib.presets import preset
+    from tasks.resolve_model import resolve_model
+    from tasks.train import train
+    from tests.lib.training.test_faults import finish, start_training
+
+    out = tmp_path_factory.mktemp("clean-training") / "shared"
+    first = start_training(small_dataset, out)
+    lock = out / ".lock"
+    deadline = time.monotonic() + 300
+    while not (lock.exists() and lock.read_text().startswith("pid")):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    cfg = preset("tiny")
+    busy = None
+    try:
+        train(
+            small_dataset,
+            None,
+            resolve_model(cfg.model, cfg.cache_dir),
+            cfg.model,
+            TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12}),
+            cfg.tokenize,
+            out,
+        )
+    except Exception as exc:  # noqa: BLE001 - the test asserts what it was
+        busy = exc
+    finally:
+        result = finish(first)
+    return {"result": result, "dir": out, "pid": first.pid, "second_training": busy}
+
+
+@pytest.fixture(scope="session")
+def killed_and_resumed(small_dataset, tmp_path_factory):
+    from tests.lib.training.test_faults import finish, start_training
+
+    out = tmp_path_factory.mktemp("killed-training") / "killed"
+    proc = start_training(small_dataset, out)
+    deadline = time.monotonic() + 300
+    while not list((out / "checkpoints").glob("*/checkpoint-8/checkpoint-complete.json")):
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [checkpoint] = (out / "checkpoints").glob("*/checkpoint-8")
+    info = {
+        "dir": out,
+        "checkpoint": checkpoint,
+        "adapter_after_kill": (out / "adapter").exists(),
+        "totals_before": json.loads((checkpoint / "run_totals.json").read_text()),
+    }
+    info["resumed"] = finish(start_training(small_dataset, out))
+    return info
+
+
+@pytest.fixture(scope="session")
+def rerun_after_final_checkpoint(small_dataset, tmp_path_factory):
+    """120 rows at 8 a step: 15 steps an epoch, so max_steps=6 ends mid-epoch, where transformers' resume would run
+    one more step (the epoch loop trains before it checks for the end)."""
+    from r1lib.config import TrainConfig
+    from r1lib.presets import preset
+    from tasks.resolve_model import resolve_model
+    from tasks.train import train
+
+    cfg = preset("tiny")
+    train_cfg = TrainConfig(
+        **{
+            **cfg.train.model_dump(),
+            "max_steps": 6,
+            "save_steps": 3,
+            "logging_steps": 1,
+            "micro_batch_size": 8,
+            "learning_rate": 3e-3,
+        }
+    )
+    model_dir = resolve_model(cfg.model, cfg.cache_dir)
+    out = tmp_path_factory.mktemp("rerun") / "train"
+    first = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
+    finals = list((out / "checkpoints").glob("*/checkpoint-6"))
+    shutil.rmtree(out / "adapter")  # the task died while publishing it
+    again = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
+    return {"first": first, "again": again, "dir": out, "final_checkpoints": finals}
 
 
 def write_lines(path: Path, rows: list) -> Path:

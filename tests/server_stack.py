@@ -1,7 +1,8 @@
 """The Prefect stack the server tests run against (tests/flows/test_server.py, tests/flows/test_server_crash.py).
 
-One server per test module: its database is SQLite, or a PostgreSQL database of its own (created here, dropped on
-teardown) when R1_TEST_DATABASE_URL names a role that may create databases (.ci/run starts scripts/postgres for it).
+One server per session (the ``stack`` fixture of tests/conftest.py, shared by both modules): its database is SQLite,
+or a PostgreSQL database of its own (created here, dropped on teardown) when R1_TEST_DATABASE_URL names a role that
+may create databases (.ci/run starts scripts/postgres for it).
 PREFECT_HOME is a fresh temp dir, everything listens on loopback, and R1_PROJECT_DIR is unset. Against that empty
 server the README's deploy command (DEPLOY_COMMAND) creates the two work pools (``local-process``, and ``gpu`` of type
 ``process`` standing in for the Docker/Kubernetes GPU pool: the deployment is the same), the ``gpu`` global
@@ -26,8 +27,6 @@ import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -357,12 +356,6 @@ def running_stack(tmp: Path):
         yield stack
     finally:
         stack.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("server")) as stack:
-        yield stack
 
 
 def head(source: str, target: Path, lines: int) -> str:

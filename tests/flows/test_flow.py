@@ -1,12 +1,9 @@
 """The whole DAG on the embedded tiny model, with the deliberately broken file mixed into the training data."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-
-from r1lib.presets import preset
 
 pytestmark = pytest.mark.slow
 BROKEN = "data/sample/broken.jsonl"
@@ -14,24 +11,9 @@ PLANTED_SECRET = "hf_PLANTEDsecretTOKENthatMUSTnotLEAK42"
 
 
 @pytest.fixture(scope="module")
-def summary(prefect_harness, tmp_path_factory):
-    from flows.finetune import finetune
-
-    # A hub token and a storage credential in the environment, as a worker would have them: they must reach no output.
-    os.environ["HF_TOKEN"] = os.environ["AWS_SECRET_ACCESS_KEY"] = PLANTED_SECRET
-    runs = tmp_path_factory.mktemp("runs")
-    config = preset("tiny")
-    config = config.model_validate(
-        {
-            **config.model_dump(),
-            "runs_dir": str(runs),
-            "data": {**config.data.model_dump(), "train_paths": ["data/sample/train.jsonl", BROKEN]},
-        }
-    )
-    try:
-        return finetune(config).summary.data
-    finally:
-        del os.environ["HF_TOKEN"], os.environ["AWS_SECRET_ACCESS_KEY"]
+def summary(tiny_flow_run):
+    """The session's tiny whole-flow run (tests/conftest.py: tiny_flow_run, shared with test_flow_short.py)."""
+    return tiny_flow_run.summary.data
 
 
 def test_every_broken_row_is_quarantined_with_a_reason_and_none_is_lost(summary):

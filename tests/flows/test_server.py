@@ -1,10 +1,10 @@
 """End to end against a real Prefect server: the README's deploy command, work pools, workers, retries, the nightly
 flow, the run form, the artifacts and the UI in a headless browser.
 
-The server, work pools and workers come from tests/server_stack.py (one stack for this module, deployed by the
-README's command). Runs are kept small through run parameters. Marked ``server`` and ``slow``: ``scripts/test -m "not
-server"`` skips them. Screenshots of the UI go to ``$R1_SCREENSHOT_DIR`` (default ``.ci/artifacts/``, git-ignored);
-the UI test prints their paths.
+The server, work pools and workers come from tests/server_stack.py (one stack for the session, shared with
+test_server_crash.py, deployed by the README's command). Runs are kept small through run parameters. Marked
+``server`` and ``slow``: ``scripts/test -m "not server"`` skips them. Screenshots of the UI go to
+``$R1_SCREENSHOT_DIR`` (default ``.ci/artifacts/``, git-ignored); the UI test prints their paths.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from server_stack import DEPLOY_COMMAND, ROOT, small_config, stack, stage  # noqa: F401 (stack: module fixture)
+from server_stack import DEPLOY_COMMAND, ROOT, small_config, stage
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

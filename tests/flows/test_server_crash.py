@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from server_stack import RUN_TIMEOUT, small_config, stack, stage  # noqa: F401 (stack: the module's server fixture)
+from server_stack import RUN_TIMEOUT, small_config, stage  # the stack fixture: tests/conftest.py
 
 from r1lib.stages import STAGES
 

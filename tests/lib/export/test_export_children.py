@@ -29,6 +29,7 @@ def children(monkeypatch):
     return started
 
 
+@pytest.mark.slow  # two quantizations and six whole-GGUF parses (~10 s each: the 151k-token vocabulary)
 def test_every_quantization_type_in_one_child(run, children, tmp_path):
     from r1lib.export.gguf import check_gguf, gguf_metadata
     from tasks.export import quantize_all

@@ -21,6 +21,9 @@ import pytest
 
 from tests.stages.test_eval_export import ROOT, shared_run
 
+# Real exports in child processes, killed mid-write and retried (several minutes on two cores): the full suite only.
+pytestmark = pytest.mark.slow
+
 SITECUSTOMIZE = textwrap.dedent("""
     import os, socket
 

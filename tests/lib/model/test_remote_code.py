@@ -20,13 +20,12 @@ import pytest
 from tests.conftest import ROOT
 
 
-def hostile_model(folder: Path, marker: Path, model_type: str = "evil_arch") -> Path:
+def hostile_model(folder: Path, marker: Path, tokenizer, model_type: str = "evil_arch") -> Path:
     """A model folder whose config names an unknown ``model_type`` and maps every Auto class to ``evil.py``, which
-    writes ``marker`` when it is imported."""
+    writes ``marker`` when it is imported. ``tokenizer``: the session's embedded tokenizer (building one takes longer
+    than everything else here)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from r1lib.model.embedded import build_tokenizer
 
     folder.mkdir(parents=True)
     torch.manual_seed(0)
@@ -34,7 +33,7 @@ def hostile_model(folder: Path, marker: Path, model_type: str = "evil_arch") -> 
         vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
     )
     Qwen2ForCausalLM(config).save_pretrained(folder)
-    build_tokenizer().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     (folder / "evil.py").write_text(
         f"open({str(marker)!r}, 'a').write('ran\\n')\n"
         "from transformers import Qwen2Config, Qwen2ForCausalLM, PreTrainedTokenizerFast\n"
@@ -82,9 +81,9 @@ def run_with_yes_on_stdin(code: str, tmp_path: Path) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("model_type", ["evil_arch", "qwen2"])
-def test_no_loader_runs_model_code_or_prompts_with_trust_remote_code_off(tmp_path, model_type):
+def test_no_loader_runs_model_code_or_prompts_with_trust_remote_code_off(tmp_path, model_type, tokenizer):
     marker = tmp_path / "ran"
-    model_dir = hostile_model(tmp_path / "model", marker, model_type)
+    model_dir = hostile_model(tmp_path / "model", marker, tokenizer, model_type)
     script = textwrap.dedent(
         f"""
         import json
@@ -122,10 +121,10 @@ def test_a_refusal_is_permanent_and_not_retried():
     assert issubclass(RemoteCodeRefused, PermanentError)
 
 
-def test_trusting_the_code_runs_it(tmp_path):
+def test_trusting_the_code_runs_it(tmp_path, tokenizer):
     """The switch works both ways: with model.trust_remote_code on, the model's own class is used."""
     marker = tmp_path / "ran"
-    model_dir = hostile_model(tmp_path / "model", marker)
+    model_dir = hostile_model(tmp_path / "model", marker, tokenizer)
     script = (
         "from r1lib.config import ModelConfig; from r1lib.model.loading import load_causal_lm; "
         f"m = load_causal_lm({str(model_dir)!r}, ModelConfig(trust_remote_code=True), four_bit=False); "
@@ -158,9 +157,9 @@ def test_every_loading_call_in_the_project_passes_trust_remote_code_explicitly()
     assert not missing, missing
 
 
-def test_the_command_line_refuses_such_a_model_before_any_work_without_a_prompt(tmp_path):
+def test_the_command_line_refuses_such_a_model_before_any_work_without_a_prompt(tmp_path, tokenizer):
     marker = tmp_path / "ran"
-    model_dir = hostile_model(tmp_path / "model", marker)
+    model_dir = hostile_model(tmp_path / "model", marker, tokenizer)
     proc = subprocess.run(
         [
             sys.executable,

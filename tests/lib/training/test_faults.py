@@ -1,13 +1,13 @@
-"""Faults injected on purpose: a training process killed with SIGKILL, a disk that fills up mid-write."""
+"""Faults injected on purpose: a training process killed with SIGKILL, a disk that fills up mid-write.
+
+The trainings are the session's (tests/conftest.py), shared with test_resume_accounting.py: the clean
+12-step run, the same run killed after checkpoint-8 and resumed, and the rerun after the final checkpoint."""
 
 import errno
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from r1lib.presets import preset
 from tasks.resolve_model import resolve_model
 from tasks.train import train
 cfg = preset("tiny")
-train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12, "save_steps": 4, "logging_steps": 1,
+train_cfg = TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12, "save_steps": 4, "logging_steps": 5,
                            "micro_batch_size": 8, "learning_rate": 3e-3})
 model_dir = resolve_model(cfg.model, cfg.cache_dir)
 result = train(sys.argv[1], None, model_dir, cfg.model, train_cfg, cfg.tokenize, Path(sys.argv[2]))
@@ -54,25 +54,13 @@ def final_loss(result: dict) -> float:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_training_resumes_from_the_last_complete_checkpoint(small_dataset, tmp_path):
-    uninterrupted = finish(start_training(small_dataset, tmp_path / "clean"))
-
-    proc = start_training(small_dataset, tmp_path / "killed")
-    checkpoints = tmp_path / "killed" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not list(checkpoints.glob("*/checkpoint-4/checkpoint-complete.json")):
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "adapter").exists()
-
-    resumed = finish(start_training(small_dataset, tmp_path / "killed"))
+def test_sigkill_mid_training_resumes_from_the_last_complete_checkpoint(clean_training, killed_and_resumed):
+    uninterrupted, resumed = clean_training["result"], killed_and_resumed["resumed"]
+    assert not killed_and_resumed["adapter_after_kill"]
     assert resumed["resumed_from"] and resumed["resumed_from"].split("checkpoint-")[-1] in ("4", "8")
     assert resumed["steps"] == uninterrupted["steps"] == 12
     assert abs(final_loss(resumed) - final_loss(uninterrupted)) < 0.05 * final_loss(uninterrupted)
-    assert (tmp_path / "killed" / "adapter" / "adapter_model.safetensors").exists()
+    assert (killed_and_resumed["dir"] / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
@@ -135,67 +123,29 @@ def test_disk_full_while_saving_the_adapter_keeps_no_half_adapter(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_trainings_on_one_run_directory_do_not_interleave(small_dataset, tmp_path):
-    from r1lib.config import TrainConfig
+def test_two_trainings_on_one_run_directory_do_not_interleave(clean_training):
+    """While the session's clean training (a child process) ran, a second training on its run directory was started
+    in this process (conftest.py: clean_training): it was refused, and the first run was not disturbed."""
     from r1lib.io import DirectoryBusy
-    from r1lib.presets import preset
-    from tasks.resolve_model import resolve_model
-    from tasks.train import train
 
-    first = start_training(small_dataset, tmp_path / "shared")
-    lock = tmp_path / "shared" / ".lock"
-    deadline = time.monotonic() + 120
-    while not (lock.exists() and lock.read_text().startswith("pid")):
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    cfg = preset("tiny")
-    try:
-        with pytest.raises(DirectoryBusy, match=rf"is in use by pid {first.pid}"):
-            train(
-                small_dataset,
-                None,
-                resolve_model(cfg.model, cfg.cache_dir),
-                cfg.model,
-                TrainConfig(**{**cfg.train.model_dump(), "max_steps": 12}),
-                cfg.tokenize,
-                tmp_path / "shared",
-            )
-    finally:
-        result = finish(first)
+    refused = clean_training["second_training"]
+    assert isinstance(refused, DirectoryBusy), repr(refused)
+    assert f"is in use by pid {clean_training['pid']}" in str(refused)
+    result = clean_training["result"]
     assert result["steps"] == 12 and result["resumed_from"] is None  # the first run was not disturbed
 
 
 @pytest.mark.slow
-def test_rerun_after_the_final_checkpoint_publishes_it_without_training_past_max_steps(small_dataset, tmp_path):
+def test_rerun_after_the_final_checkpoint_publishes_it_without_training_past_max_steps(rerun_after_final_checkpoint):
     """The task died after the trainer saved checkpoint-<max_steps> but before the adapter was published (or the same
     training ran again on a kept work folder). 120 rows at 8 a step: 15 steps an epoch, so max_steps=6 ends mid-epoch,
     where transformers' resume would run one more step (the epoch loop trains before it checks for the end)."""
     from safetensors.torch import load_file
 
-    from r1lib.config import TrainConfig
-    from r1lib.presets import preset
-    from tasks.resolve_model import resolve_model
-    from tasks.train import train
-
-    cfg = preset("tiny")
-    train_cfg = TrainConfig(
-        **{
-            **cfg.train.model_dump(),
-            "max_steps": 6,
-            "save_steps": 3,
-            "logging_steps": 1,
-            "micro_batch_size": 8,
-            "learning_rate": 3e-3,
-        }
-    )
-    model_dir = resolve_model(cfg.model, cfg.cache_dir)
-    out = tmp_path / "train"
-    first = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
+    run = rerun_after_final_checkpoint
+    first, again, out = run["first"], run["again"], run["dir"]
     assert first.steps == 6 and first.resumed_from is None
-    [final] = (out / "checkpoints").glob("*/checkpoint-6")
-    shutil.rmtree(out / "adapter")  # the task died while publishing it
-
-    again = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
+    [final] = run["final_checkpoints"]
     assert again.resumed_from == str(final)
     assert again.steps == 6 and again.train_loss == pytest.approx(first.train_loss)
     history = json.loads(Path(again.log_history).read_text())

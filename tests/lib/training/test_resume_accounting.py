@@ -2,20 +2,16 @@
 
 A training killed with SIGKILL after its second checkpoint is resumed; its result is compared with the same training
 run without interruption (same data, same order, so the same tokens). A rerun after the final checkpoint publishes
-that checkpoint without training: it too reports the run's time and tokens, not zero.
+that checkpoint without training: it too reports the run's time and tokens, not zero. The trainings are the session's
+(tests/conftest.py), shared with test_faults.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import signal
-import time
 from pathlib import Path
 
 import pytest
-
-from tests.lib.training.test_faults import finish, start_training
 
 pytestmark = pytest.mark.slow
 
@@ -27,22 +23,11 @@ def segment_mean(history: list[dict], after_step: int) -> float:
     return sum(h["loss"] * n for h, n in zip(logged, spans)) / sum(spans)
 
 
-def test_a_run_killed_and_resumed_reports_the_whole_runs_time_tokens_and_loss(small_dataset, tmp_path):
-    clean = finish(start_training(small_dataset, tmp_path / "clean"))
-
-    proc = start_training(small_dataset, tmp_path / "killed")
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "killed" / "checkpoints").glob("*/checkpoint-8/checkpoint-complete.json")):
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    [checkpoint] = (tmp_path / "killed" / "checkpoints").glob("*/checkpoint-8")
-    before = json.loads((checkpoint / "run_totals.json").read_text())
+def test_a_run_killed_and_resumed_reports_the_whole_runs_time_tokens_and_loss(clean_training, killed_and_resumed):
+    clean, resumed = clean_training["result"], killed_and_resumed["resumed"]
+    checkpoint, before = killed_and_resumed["checkpoint"], killed_and_resumed["totals_before"]
     assert before["tokens"] > 0 and before["seconds"] > 0 and before["segments"] == 1
 
-    resumed = finish(start_training(small_dataset, tmp_path / "killed"))
     assert resumed["resumed_from"] == str(checkpoint) and resumed["steps"] == clean["steps"] == 12
     assert resumed["segments"] == 2 and clean["segments"] == 1
     # The same 12 steps over the same rows: the same tokens, counted once each.
@@ -57,21 +42,8 @@ def test_a_run_killed_and_resumed_reports_the_whole_runs_time_tokens_and_loss(sm
     assert abs(resumed["train_loss"] - clean["train_loss"]) < abs(last_segment - clean["train_loss"])
 
 
-def test_a_rerun_after_the_final_checkpoint_reports_the_runs_time_and_tokens(small_dataset, tmp_path):
-    from r1lib.config import TrainConfig
-    from r1lib.presets import preset
-    from tasks.resolve_model import resolve_model
-    from tasks.train import train
-
-    cfg = preset("tiny")
-    train_cfg = TrainConfig(
-        **{**cfg.train.model_dump(), "max_steps": 6, "save_steps": 3, "logging_steps": 4, "micro_batch_size": 8}
-    )
-    model_dir = resolve_model(cfg.model, cfg.cache_dir)
-    out = tmp_path / "train"
-    first = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
-    shutil.rmtree(out / "adapter")  # the task died while publishing it
-    again = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
+def test_a_rerun_after_the_final_checkpoint_reports_the_runs_time_and_tokens(rerun_after_final_checkpoint):
+    first, again = rerun_after_final_checkpoint["first"], rerun_after_final_checkpoint["again"]
     assert again.resumed_from and again.steps == first.steps == 6
     assert again.tokens == first.tokens > 0 and again.seconds > 0 and again.tokens_per_second > 0
     assert again.train_loss == pytest.approx(first.train_loss)
@@ -79,21 +51,12 @@ def test_a_rerun_after_the_final_checkpoint_reports_the_runs_time_and_tokens(sma
     assert "0.0 s" not in again.summary_lines()[0][1]
 
 
-def test_the_loss_is_logged_at_every_checkpoint_and_the_last_step(small_dataset, tmp_path):
-    """logging_steps 5 with checkpoints every 4 of 12 steps: the loss is logged at 4, 5, 8, 10 and 12, so a resumed
-    history covers every step and the run's mean weighs each step once."""
-    from r1lib.config import TrainConfig
-    from r1lib.presets import preset
+def test_the_loss_is_logged_at_every_checkpoint_and_the_last_step(clean_training):
+    """logging_steps 5 with checkpoints every 4 of 12 steps (the session's clean training, conftest.py): the loss is
+    logged at 4, 5, 8, 10 and 12, so a resumed history covers every step and the run's mean weighs each step once."""
     from r1lib.training.fit import run_mean_loss
-    from tasks.resolve_model import resolve_model
-    from tasks.train import train
 
-    cfg = preset("tiny")
-    train_cfg = TrainConfig(
-        **{**cfg.train.model_dump(), "max_steps": 12, "save_steps": 4, "logging_steps": 5, "micro_batch_size": 8}
-    )
-    model_dir = resolve_model(cfg.model, cfg.cache_dir)
-    result = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, tmp_path / "train")
-    history = json.loads(Path(result.log_history).read_text())
+    result = clean_training["result"]
+    history = json.loads(Path(result["log_history"]).read_text())
     assert [h["step"] for h in history if "loss" in h] == [4, 5, 8, 10, 12]
-    assert result.train_loss == pytest.approx(run_mean_loss(history))
+    assert result["train_loss"] == pytest.approx(run_mean_loss(history))
