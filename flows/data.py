@@ -272,5 +272,10 @@ def prepare_data(config: PipelineConfig, model_dir: str, run: str) -> PreparedDa
 def run_data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedData:
     """The data stages as the ``r1-data`` sub-flow, on the task runner ``config.runner`` names (``default``: Prefect's
     thread pool of ``runner.workers`` threads). Inside a flow run the sub-flow is one node of its run graph, which
-    opens onto the shard maps, instead of a few dozen shard tasks stacked at the start of the graph."""
-    return prepare_data.with_options(task_runner=task_runner(config.runner))(config, model_dir, run)
+    opens onto the shard maps, instead of a few dozen shard tasks stacked at the start of the graph.
+
+    The stages after it get a copy of its result: Prefect links a sub-flow's result (and its fields) to the sub-flow
+    run, and records a task that takes them as having a ``flow_run`` input, which Prefect 3.9.1's UI cannot parse:
+    its Task Runs tab then shows none of the run's tasks."""
+    prepared = prepare_data.with_options(task_runner=task_runner(config.runner))(config, model_dir, run)
+    return prepared.model_copy(deep=True)

@@ -132,7 +132,8 @@ def test_an_unreachable_cluster_address_is_refused_before_any_work(cli):
 
 
 def test_a_second_run_of_the_same_run_folder_fails_before_any_stage(tmp_path, monkeypatch):
-    """Two runs of one run_name at once used to mix their data; the second now fails at once, naming the first."""
+    """Two runs of one run_name at once used to mix their data; the second now fails at once, naming the first.
+    The holder waits long: on a busy machine the flow spends a minute starting its Prefect server first."""
     import sys
 
     from r1lib.io import DirectoryBusy
@@ -147,7 +148,7 @@ def test_a_second_run_of_the_same_run_folder_fails_before_any_stage(tmp_path, mo
             sys.executable,
             "-c",
             "import sys, time; from r1lib.io import exclusive_dir\n"
-            f"with exclusive_dir({str(config.run_dir())!r}):\n    print('held', flush=True); time.sleep(60)",
+            f"with exclusive_dir({str(config.run_dir())!r}):\n    print('held', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,
         text=True,

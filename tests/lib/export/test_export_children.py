@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from r1lib.model.generation import Decoding
 from tests.stages.test_eval_export import shared_run
 
 
@@ -59,7 +60,7 @@ def _prompts():
     return [f"<｜begin▁of▁sentence｜><｜User｜>{question}<｜Assistant｜><think>\n"]
 
 
-DECODING = {"temperature": 0.0, "top_p": 1.0, "repetition_penalty": 1.2}  # as test_eval_export's smoke fixture
+DECODING = Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.2)  # as test_eval_export's smoke fixture
 
 
 def test_smoke_runs_every_gguf_in_one_child(run, children, monkeypatch):
