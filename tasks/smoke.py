@@ -43,7 +43,7 @@ from r1lib.errors import ExportCheckError
 from r1lib.export.gguf import FULL_PRECISION, SMOKE_CHILD, GGUFFile, offline_env
 from r1lib.export.smoke_checks import compare_greedy, perplexity_types, reference_dtype
 from r1lib.io import write_json
-from r1lib.model.generation import Decoding
+from r1lib.model.generation import Decoding, own_generation_config
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.process import die_with_parent
@@ -288,7 +288,7 @@ def hf_greedy_tokens(merged_dir: str, prompt: str, n_tokens: int, loaded=None, w
 
     model, tokenizer = loaded or load_merged(merged_dir)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
-    with torch.no_grad():
+    with torch.no_grad(), own_generation_config(model):
         out = model.generate(
             ids,
             max_new_tokens=n_tokens,

@@ -8,6 +8,7 @@ compliance (a closed think block with reasoning, then an answer), the share of e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import string
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from r1lib.config import EvalConfig, ModelConfig
 from r1lib.data.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
 from r1lib.data.records import answer_of
+from r1lib.errors import PermanentError
 from r1lib.model.gpu_memory import GIB, available_bytes
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,40 @@ class GenerationStats(BaseModel):
     stopped_by_time_limit: bool
 
 
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+@contextlib.contextmanager
+def own_generation_config(model):
+    """While the block runs, the model generates with a generation config that holds only its token ids, so the
+    pipeline's settings (passed to ``generate``) and transformers' defaults decide everything else: a model folder's
+    ``generation_config.json`` (beam search, extra return sequences, contrastive search, suppressed tokens) cannot
+    change what evaluation or the smoke test generate. The folder's own config is restored afterwards."""
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    ignored = sorted(k for k in saved.to_diff_dict() if k not in (*TOKEN_IDS, "transformers_version"))
+    if ignored:
+        log.info("the model folder's generation settings %s are ignored: evaluate.* decides the decoding", ignored)
+    own = GenerationConfig(**{k: getattr(saved, k, None) for k in TOKEN_IDS})
+    inner.generation_config = own
+    try:
+        yield own
+    finally:
+        inner.generation_config = saved
+
+
+def check_continuations(prompt_ids, out, rows: list[int]) -> None:
+    """Every returned sequence continues its own prompt: as many sequences as prompts, each starting with its prompt's
+    tokens (left padding included). Else a PermanentError: scores would pair rows with other rows' answers."""
+    if out.shape[0] != prompt_ids.shape[0] or not bool((out[:, : prompt_ids.shape[1]] == prompt_ids).all()):
+        raise PermanentError(
+            f"generation returned {out.shape[0]} sequences for {prompt_ids.shape[0]} prompts (rows {rows[:5]}...), "
+            "or a sequence that does not continue its prompt: evaluation cannot score them against their references"
+        )
+
+
 def generate(
     model,
     tokenizer,
@@ -117,8 +153,9 @@ def generate(
         batch = tokenizer([prompts[i] for i in rows], add_special_tokens=False, padding=True, return_tensors="pt")
         batch = batch.to(device)
         remaining = max(cfg.time_limit_s - (time.monotonic() - started), 1.0)
-        with torch.no_grad():  # max_time also bounds the batch that straddles the limit
+        with torch.no_grad(), own_generation_config(model):  # max_time also bounds the batch at the limit
             out = model.generate(**batch, **kwargs, max_time=remaining, use_cache=True)
+        check_continuations(batch["input_ids"], out, rows)
         for i, ids in zip(rows, out[:, batch["input_ids"].shape[1] :].tolist()):
             ended = eos in ids
             ids = ids[: ids.index(eos) + 1] if ended else ids
