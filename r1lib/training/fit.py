@@ -30,10 +30,10 @@ from r1lib.config import ModelConfig, TrainConfig
 from r1lib.errors import PermanentError
 from r1lib.io import atomic_dir
 from r1lib.training.backends import build_trainer
+from r1lib.training.checkpoints import mark_complete
 from r1lib.training.methods import TrainerSpec
 
 log = logging.getLogger(__name__)
-COMPLETE_MARKER = "checkpoint-complete.json"
 RUN_TOTALS = "run_totals.json"  # in each checkpoint: training seconds and tokens up to it, over every segment
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft writes for a LoRA adapter (checkpoints too)
@@ -121,20 +121,6 @@ def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: Tr
     return digest.hexdigest()[:12]
 
 
-def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest checkpoint marked complete; incomplete ones (a crash mid-save) are deleted."""
-    if not checkpoint_dir.exists():
-        return None
-    found = []
-    for path in checkpoint_dir.glob("checkpoint-*"):
-        if (path / COMPLETE_MARKER).exists():
-            found.append((int(path.name.split("-")[-1]), path))
-        else:
-            log.warning("deleting incomplete checkpoint %s (the last run stopped while writing it)", path)
-            shutil.rmtree(path, ignore_errors=True)
-    return max(found)[1] if found else None
-
-
 def _callbacks(progress_hook=None, totals: RunTotals | None = None):
     from transformers import TrainerCallback
 
@@ -153,7 +139,7 @@ def _callbacks(progress_hook=None, totals: RunTotals | None = None):
                 path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if run is not None:
                     (path / RUN_TOTALS).write_text(json.dumps(run))
-                (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+                mark_complete(path, state.global_step)
 
     class Progress(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):

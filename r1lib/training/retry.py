@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from r1lib.io import disk_full, is_disk_full
 from r1lib.policy import stage_logger
-from r1lib.training.fit import FitOutcome, FitSpec, last_complete_checkpoint
+from r1lib.training.checkpoints import last_complete_checkpoint
+from r1lib.training.fit import FitOutcome, FitSpec
 from r1lib.training.launcher import CudaOutOfMemory, LaunchPlan, free_cuda, is_oom, launch
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def fit_with_oom_retry(
     checkpointing = bool(spec.cfg.gradient_checkpointing)
     oom_retries: list[str] = []
     while True:
-        resume = last_complete_checkpoint(checkpoint_dir)
+        resume = last_complete_checkpoint(checkpoint_dir, distributed=bool(plan.trainer_args.get("fsdp")))
         if resume:
             log.info("resuming training from %s", resume)
         attempt = spec.model_copy(

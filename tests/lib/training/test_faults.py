@@ -63,17 +63,6 @@ def test_sigkill_mid_training_resumes_from_the_last_complete_checkpoint(clean_tr
     assert (killed_and_resumed["dir"] / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path):
-    from r1lib.training.fit import COMPLETE_MARKER, last_complete_checkpoint
-
-    (tmp_path / "checkpoint-4").mkdir()
-    (tmp_path / "checkpoint-4" / COMPLETE_MARKER).write_text("{}")
-    (tmp_path / "checkpoint-8").mkdir()  # the process died while writing this one
-    (tmp_path / "checkpoint-8" / "optimizer.pt").write_bytes(b"half")
-    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
-    assert not (tmp_path / "checkpoint-8").exists()
-
-
 def test_disk_full_during_gguf_conversion_leaves_nothing_and_a_retry_succeeds(tmp_path, monkeypatch):
     """The converter dies with ENOSPC after writing part of the file; the stage fails clearly, no GGUF is left."""
     import tasks.export as export
