@@ -41,6 +41,9 @@ from r1lib.paths import PROJECT_DIR
 INDEX = "index.json"
 
 
+ACCEPTED = ("champion", "retired")  # version statuses whose drop files later trainings include
+
+
 class DropSnapshot(BaseModel):
     """A drop file accepted for training, and the registry's own copy of it."""
 
@@ -158,9 +161,13 @@ class Registry:
         return {f.sha256 for v in self.versions() for f in v.drop_files}
 
     def accepted_data(self) -> list[str]:
-        """Snapshots of every drop file accepted so far, oldest first."""
+        """Snapshots of the drop files of every version that was promoted (champion now or before), oldest first.
+        The files of a rejected challenger are held, not trained on again: they stay in ``data/`` for review, and
+        ``processed_files`` keeps the nightly from retrying them; a corrected file (new content) is new data."""
         seen, paths = set(), []
         for v in self.versions():
+            if v.status not in ACCEPTED:
+                continue
             for f in v.drop_files:
                 if f.sha256 not in seen:
                     seen.add(f.sha256)

@@ -250,3 +250,18 @@ def test_dataset_cache_files_do_not_change_the_fingerprint(tmp_path):
     (folder / "cache-871a41ced49762c4.arrow").write_bytes(b"derived")
     (folder / "tmpabc123").write_bytes(b"half-written")
     assert path_fingerprint(folder) == before
+
+
+def test_a_rejected_challengers_data_is_held_not_trained_on_again(tmp_path):
+    registry = Registry(tmp_path / "registry")
+    entry = {"data_fingerprint": "d" * 64, "code_version": "abc", "metrics": {}}
+    registry.add_version(
+        {**entry, "drop_files": [{"sha256": "1" * 64, "snapshot": "s1"}]}, *_fake_outputs(tmp_path, "a")
+    )
+    registry.set_champion(1)
+    registry.add_version(
+        {**entry, "drop_files": [{"sha256": "2" * 64, "snapshot": "s2"}]}, *_fake_outputs(tmp_path, "b")
+    )
+    registry.set_status(2, "rejected", "accuracy fell")
+    assert registry.accepted_data() == ["s1"]  # the rejected night's file is not in later training sets
+    assert registry.processed_files() == {"1" * 64, "2" * 64}  # nor retried every night: held for review
