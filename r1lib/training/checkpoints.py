@@ -6,8 +6,8 @@ saved). Before it is handed to the trainer it is checked, without loading anythi
 - the adapter (``adapter_model.safetensors``) parses and holds every tensor its header names (a truncated file is
   caught here instead of as a raw error retried three times);
 - no pickle weights (``*.bin``, a pickle renamed ``.safetensors``) and no safetensors index with no shards;
-- the optimizer, scheduler and RNG states load with ``torch.load(weights_only=True)``, which refuses any pickled
-  object that is not plain tensors and numbers;
+- the optimizer, scheduler and RNG states load with ``torch.load(weights_only=True)`` and transformers' allowlist of
+  numpy types (exactly as the trainer will load them), which refuses any other pickled object;
 - a distributed (FSDP) checkpoint's ``.metadata`` files, which torch's reader unpickles, are read only in an FSDP run
   and only when their sha256 is the one the completion marker recorded when this pipeline wrote them.
 
@@ -100,10 +100,13 @@ def checkpoint_problem(checkpoint: Path, distributed: bool) -> str | None:
         recorded = json.loads((checkpoint / COMPLETE_MARKER).read_text()).get("metadata_sha256", {})
         if metadata != recorded:
             return "its distributed .metadata files are not the ones this pipeline wrote (their sha256 differ)"
+    from transformers.trainer_pt_utils import safe_globals  # numpy's RNG state, as the trainer loads it
+
     for pattern in TORCH_STATES:
         for state in checkpoint.glob(pattern):
             try:
-                torch.load(state, map_location="cpu", weights_only=True)
+                with safe_globals():
+                    torch.load(state, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any refusal or parse failure makes the state unusable
                 return f"{state.name} does not load as plain tensors ({type(exc).__name__}: {str(exc)[:160]})"
     return None

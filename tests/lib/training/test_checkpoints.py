@@ -21,7 +21,12 @@ def checkpoint(root, step: int, states: bool = True):
     save_file({"lora_A": torch.ones(4, 2), "lora_B": torch.zeros(2, 4)}, str(path / "adapter_model.safetensors"))
     if states:
         torch.save({"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 0.1}]}, path / "optimizer.pt")
-        torch.save({"python": 1, "cpu": torch.zeros(2, dtype=torch.uint8)}, path / "rng_state.pth")
+        import numpy as np
+
+        numpy_state = np.random.get_state()  # as the trainer saves it: numpy arrays and dtypes inside
+        torch.save(
+            {"python": 1, "numpy": numpy_state, "cpu": torch.zeros(2, dtype=torch.uint8)}, path / "rng_state.pth"
+        )
     mark_complete(path, step)
     return path
 
