@@ -6,6 +6,7 @@ end, started from the DPO adapter (train.init_adapter)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
@@ -92,6 +93,7 @@ def evaluated(setup, adapter, beta: float = 0.1):
 
 @pytest.mark.parametrize("method", ["dpo", "orpo"])
 def test_preference_training_raises_held_out_preference_accuracy(setup, method, caplog):
+    caplog.set_level(logging.INFO)
     adapter, outcome, seconds = train(setup, method, "pairs", STEPS[method], LR[method])
     result = evaluated(setup, adapter)
     print(f"{method}: {outcome.steps} steps in {seconds:.0f} s; {result.summary_line()}")
@@ -104,6 +106,7 @@ def test_preference_training_raises_held_out_preference_accuracy(setup, method, 
 
 
 def test_kto_runs_end_to_end_from_the_dpo_adapter(setup, caplog):
+    caplog.set_level(logging.INFO)
     start = setup["root"] / "dpo" / "adapter"
     if not start.exists():
         pytest.skip("needs the dpo run of this module")
