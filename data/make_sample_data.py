@@ -7,6 +7,9 @@ Writes, in the seed's ``{"instruction", "output"}`` format with R1-style outputs
   data/sample/test.jsonl     held-out rows (no word pair of the test appears in train)
   data/sample/general.jsonl  general knowledge Q&A, for replay mixing and the forgetting check
   data/sample/broken.jsonl   deliberately broken rows (bad JSON, missing fields, empty output, wrong types)
+  data/sample/preference_train.jsonl, preference_test.jsonl
+                             preference pairs of the task (``{"prompt", "chosen", "rejected"}``): chosen is the row's
+                             right answer, rejected the same answer for another topic (train: the first 400 rows)
   data/corpus/general.txt    a small general-English corpus for pre-training the embedded tiny model
 
 The task is one a 4-layer model can visibly learn in a minute on a CPU: it must notice which kind of word the prompt
@@ -191,6 +194,23 @@ def task_rows(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
+def preference_rows(rng: random.Random, rows: list[dict]) -> list[dict]:
+    """Each task row as a preference pair: its right output chosen, the same output for another topic rejected."""
+    pairs = []
+    for row in rows:
+        topic = row["output"].rsplit(" ", 1)[-1].rstrip(".")
+        wrong = rng.choice([t for t in TOPICS if t != topic])
+        reasoning = f"The sentence names two {wrong}, so it is about {wrong}."
+        pairs.append(
+            {
+                "prompt": row["instruction"],
+                "chosen": row["output"],
+                "rejected": r1(reasoning, f"The sentence is about {wrong}."),
+            }
+        )
+    return pairs
+
+
 def general_rows() -> list[dict]:
     rows = []
     for country, capital in CAPITALS:
@@ -362,6 +382,9 @@ def main() -> None:
     (ROOT / "sample" / "broken.jsonl").write_text("\n".join(broken_lines()) + "\n", encoding="utf-8")
     (ROOT / "corpus").mkdir(exist_ok=True)
     (ROOT / "corpus" / "general.txt").write_text(corpus_text(rng), encoding="utf-8")
+    pairs = random.Random(SEED + 1)  # its own stream: the files above stay as they were
+    write_jsonl(ROOT / "sample" / "preference_train.jsonl", preference_rows(pairs, train[:400]))
+    write_jsonl(ROOT / "sample" / "preference_test.jsonl", preference_rows(pairs, test))
     print(f"train {len(train)}, test {len(test)}, general {len(general_rows())}, broken {len(broken_lines())} lines")
 
 

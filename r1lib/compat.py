@@ -216,3 +216,31 @@ def never_prompt_for_remote_code() -> None:
     import transformers.dynamic_module_utils as dynamic_modules
 
     dynamic_modules.TIME_OUT_REMOTE_CODE = 0
+
+
+def pretokenized_preference_trainer(trainer_class: Any) -> Any:
+    """A subclass of TRL's ``DPOTrainer`` or ``KTOTrainer`` that trains on rows we tokenized ourselves
+    (r1lib/data/preference_tokens.py: one BOS, the model's own template), by passing the datasets through its private
+    ``_prepare_dataset`` unchanged: that step would otherwise tokenize text columns again, adding its own BOS.
+
+    Written for trl 1.15.0. Remove when TRL's preference trainers accept pre-tokenized rows (as SFTConfig's
+    ``dataset_kwargs={"skip_prepare_dataset": True}`` does for SFT)."""
+
+    class Pretokenized(trainer_class):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    Pretokenized.__name__ = Pretokenized.__qualname__ = trainer_class.__name__
+    return Pretokenized
+
+
+def orpo_classes() -> tuple[Any, Any]:
+    """(ORPOConfig, ORPOTrainer) from ``trl.experimental.orpo``, where TRL keeps ORPO.
+
+    Written for trl 1.15.0. Remove when ORPO is in TRL's stable API (``from trl import ORPOTrainer``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the experimental namespace announces itself on import
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+    return ORPOConfig, ORPOTrainer

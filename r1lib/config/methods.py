@@ -13,8 +13,36 @@ from typing import Literal
 from pydantic import Field
 
 from r1lib.config.base import Section
+from r1lib.paths import InputPath
 
-Method = Literal["sft"]
+Method = Literal["sft", "dpo", "orpo", "kto"]
+
+
+class DpoSettings(Section):
+    """DPO (TRL's DPOTrainer) on preference pairs; the reference policy is the starting policy, held as the base with
+    the adapter disabled (no second model in memory)."""
+
+    beta: float = Field(0.1, gt=0, le=100, description="How far the policy may move from the reference (higher: less).")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "sigmoid_norm"] = Field(
+        "sigmoid",
+        description="sigmoid: the DPO loss; ipo: IPO; hinge: SLiC; robust: robust DPO; sigmoid_norm: "
+        "length-normalized DPO.",
+    )
+
+
+class OrpoSettings(Section):
+    """ORPO (TRL's ORPOTrainer): the SFT loss on the chosen answer plus an odds-ratio penalty; no reference policy."""
+
+    beta: float = Field(0.1, gt=0, le=100, description="Weight of the odds-ratio term (the paper's lambda).")
+
+
+class KtoSettings(Section):
+    """KTO (TRL's KTOTrainer) on answers labelled desirable or not; pairs are split into one of each."""
+
+    beta: float = Field(0.1, gt=0, le=100, description="How far the policy may move from the reference (higher: less).")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+    desirable_weight: float = Field(1.0, gt=0, le=100)
+    undesirable_weight: float = Field(1.0, gt=0, le=100)
 
 
 class TrainMethods(Section):
@@ -23,5 +51,14 @@ class TrainMethods(Section):
     method: Method = Field(
         "sft",
         description="Training method. sft: supervised fine-tuning on the tokenized prompt/answer rows (the loss on the "
-        "answer tokens only). Each method's own settings, when it has any, are the train section's field of its name.",
+        "answer tokens only); dpo, orpo: preference pairs (chosen / rejected); kto: answers labelled desirable or not. "
+        "Each method's own settings, when it has any, are the train section's field of its name.",
     )
+    init_adapter: InputPath | None = Field(
+        None,
+        description="Start from an earlier LoRA adapter instead of a fresh one (e.g. SFT, then a preference method): "
+        "an adapter folder, or a run folder (its train/adapter). Its rank and target modules must match train.lora.",
+    )
+    dpo: DpoSettings = DpoSettings()
+    orpo: OrpoSettings = OrpoSettings()
+    kto: KtoSettings = KtoSettings()

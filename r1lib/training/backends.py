@@ -6,14 +6,16 @@
   auto     unsloth when CUDA is available and unsloth imports, else hf.
 
 Both train through the trainer of the method ``train.method`` names (r1lib/training/methods/: SFT is TRL's
-``SFTTrainer`` on the tokenize stage's rows). ``build_trainer`` is that one path (fresh model + trainer);
-bench/train_throughput.py measures it.
+``SFTTrainer`` on the tokenize stage's rows). ``build_trainer`` is that one path (fresh model + trainer; the adapter
+starts from ``train.init_adapter``'s weights when set); bench/train_throughput.py measures it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 from r1lib.compat import install_torch_chunked_logprob
 from r1lib.config import ModelConfig, TrainConfig
@@ -97,6 +99,40 @@ def load_hf(model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, quant_stor
     return model, load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
 
 
+def init_adapter_folder(path: str) -> Path:
+    """The adapter folder ``train.init_adapter`` names: the folder itself, or a run folder's ``train/adapter``."""
+    for folder in (Path(path), Path(path) / "train" / "adapter"):
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    raise ConfigError(
+        f"train.init_adapter = {path}: no LoRA adapter there (no adapter_config.json in it or in its train/adapter); "
+        "name an adapter folder or a run folder"
+    )
+
+
+def load_init_adapter(model, path: str, cfg: TrainConfig) -> Path:
+    """Put the weights of the adapter ``train.init_adapter`` names into the fresh LoRA adapter of ``model``; its
+    rank, alpha and target modules must be train.lora's."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    folder = init_adapter_folder(path)
+    saved = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    ours = {"r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "target_modules": sorted(cfg.lora.target_modules)}
+    theirs = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
+              "target_modules": sorted(saved.get("target_modules") or [])}  # fmt: skip
+    if ours != theirs:
+        raise ConfigError(
+            f"train.init_adapter = {path}: the adapter in {folder} has {theirs}, train.lora has {ours}; "
+            "set train.lora to the adapter's settings"
+        )
+    loaded = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
+    if loaded.unexpected_keys:
+        raise ConfigError(f"train.init_adapter = {path}: weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
+    log.info("training starts from the adapter in %s (train.init_adapter)", folder)
+    return folder
+
+
 def build_trainer(spec: TrainerSpec):
     """A fresh model (4-bit base + LoRA) and the trainer of the method ``spec.cfg.method`` names around it; the one
     path both backends, every method, every launch preset and the benchmarks use. Returns (trainer, tokenizer)."""
@@ -120,6 +156,8 @@ def build_trainer(spec: TrainerSpec):
         model, tokenizer = load_unsloth(spec.model_dir, spec.model_cfg, spec.cfg, spec.max_seq_length)
     else:
         model, tokenizer = load_hf(spec.model_dir, spec.model_cfg, spec.cfg, spec.quant_storage)
+    if spec.cfg.init_adapter:
+        load_init_adapter(model, spec.cfg.init_adapter, spec.cfg)
     trainer = method.build(spec, model, tokenizer)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(StepBar())

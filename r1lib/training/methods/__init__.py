@@ -3,11 +3,14 @@ and settings in r1lib/config/methods.py, its test, and its line in ``METHODS``."
 
 from __future__ import annotations
 
-from r1lib.training.methods import sft
+from r1lib.training.methods import dpo, kto, orpo, sft
 from r1lib.training.methods.base import TrainerSpec, TrainingMethod
 
 METHODS: dict[str, TrainingMethod] = {
     "sft": sft.METHOD,
+    "dpo": dpo.METHOD,
+    "orpo": orpo.METHOD,
+    "kto": kto.METHOD,
 }
 
 __all__ = ["METHODS", "TrainerSpec", "TrainingMethod"]

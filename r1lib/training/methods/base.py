@@ -131,3 +131,42 @@ def trainer_arguments(spec: TrainerSpec, config_class, **method_settings):
         # visible GPU (which TRL refuses); more GPUs go through a launch preset (DDP / FSDP ranks) instead.
         train_on_one_gpu(args)
     return args
+
+
+class ScoredOnly:
+    """Wraps a TRL preference collator (rows: ``prompt_ids`` and ``<side>_ids``): its ``completion_mask`` keeps only
+    the tokens our rows score (``<side>_labels`` != -100), so reasoning shown under think_in_loss=mask is context,
+    not scored. ``sides``: the sequences of a batch in the collator's order (DPO: chosen rows, then rejected)."""
+
+    def __init__(self, collator, sides: tuple[str, ...]):
+        self.collator, self.sides = collator, sides
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        batch = self.collator(examples)
+        width = batch["completion_mask"].shape[1]
+        scored = [
+            ([0] * len(e["prompt_ids"]) + [int(label != -100) for label in e[f"{side}_labels"]])[:width]
+            for side in self.sides
+            for e in examples
+        ]
+        scored = torch.tensor([m + [0] * (width - len(m)) for m in scored], dtype=batch["completion_mask"].dtype)
+        batch["completion_mask"] = batch["completion_mask"] * scored
+        return batch
+
+
+def reference_policy(trainer, spec: TrainerSpec) -> str:
+    """Settle and name the reference policy of a TRL preference trainer on our peft model, with no second model in
+    memory: a fresh adapter's reference is the base with the adapter disabled (TRL's frozen "ref" copy of a zero-
+    initialized adapter is the same function, so it is dropped); a run started from ``train.init_adapter`` keeps TRL's
+    frozen copy of that adapter as its reference (DPO's reference is the policy it starts from)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if spec.cfg.init_adapter is None:
+        if "ref" in getattr(model, "peft_config", {}):
+            model.delete_adapter("ref")
+        return "the base model with the LoRA adapter disabled (no second model in memory)"
+    return (
+        f"the starting adapter {spec.cfg.init_adapter}, frozen as a second LoRA adapter on the same base "
+        "(no second model in memory)"
+    )
