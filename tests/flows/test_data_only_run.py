@@ -35,6 +35,7 @@ def test_stop_after_shares_the_run_folder_of_the_full_run():
     assert data_only.run_dir() == full.run_dir()
 
 
+@pytest.mark.slow  # the data flow, whole
 def test_data_only_run_writes_the_prepared_data_and_the_data_summary(prefect_harness, tmp_path, capsys):
     code, out, err = run_main(capsys, "--stop-after", "tokenize", "--set", f"runs_dir={json.dumps(str(tmp_path))}")
     assert code == 0, err
@@ -50,6 +51,7 @@ def test_data_only_run_writes_the_prepared_data_and_the_data_summary(prefect_har
         assert f"\n  {label}" in out
 
 
+@pytest.mark.slow  # the data flow, whole
 def test_rows_all_longer_than_max_seq_length_fail_the_data_only_run_naming_the_setting(
     prefect_harness, tmp_path, capsys
 ):
@@ -75,6 +77,7 @@ def test_rows_all_longer_than_max_seq_length_fail_the_data_only_run_naming_the_s
     assert "train: 12 of 18 rows" in err and "tokenize.max_dropped_fraction=0.1" in err
 
 
+@pytest.mark.slow  # the data flow, whole
 def test_preference_rows_and_unfilled_placeholders_never_reach_the_prepared_data(prefect_harness, tmp_path, capsys):
     files = [
         "data/sample/train.jsonl",

@@ -81,6 +81,7 @@ def run_with_yes_on_stdin(code: str, tmp_path: Path) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("model_type", ["evil_arch", "qwen2"])
+@pytest.mark.slow  # every loader on a real model folder
 def test_no_loader_runs_model_code_or_prompts_with_trust_remote_code_off(tmp_path, model_type, tokenizer):
     marker = tmp_path / "ran"
     model_dir = hostile_model(tmp_path / "model", marker, tokenizer, model_type)
@@ -121,6 +122,7 @@ def test_a_refusal_is_permanent_and_not_retried():
     assert issubclass(RemoteCodeRefused, PermanentError)
 
 
+@pytest.mark.slow  # every loader on a real model folder
 def test_trusting_the_code_runs_it(tmp_path, tokenizer):
     """The switch works both ways: with model.trust_remote_code on, the model's own class is used."""
     marker = tmp_path / "ran"
@@ -157,6 +159,7 @@ def test_every_loading_call_in_the_project_passes_trust_remote_code_explicitly()
     assert not missing, missing
 
 
+@pytest.mark.slow  # every loader on a real model folder
 def test_the_command_line_refuses_such_a_model_before_any_work_without_a_prompt(tmp_path, tokenizer):
     marker = tmp_path / "ran"
     model_dir = hostile_model(tmp_path / "model", marker, tokenizer)

@@ -48,6 +48,7 @@ def clean_env(tmp_path: Path) -> dict:
     return {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
+@pytest.mark.slow  # a real server start, a minute
 def test_a_run_gets_a_server_that_stops_with_it(tmp_path, monkeypatch):
     from prefect import flow
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -104,6 +105,7 @@ def test_the_projects_environment_gives_the_server_time_to_start():
     assert float(values["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) >= 300
 
 
+@pytest.mark.slow  # a real server start, a minute
 def test_kill_9_of_the_holder_leaves_no_server(tmp_path):
     started = time.time()
     holder = subprocess.Popen(
