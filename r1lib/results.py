@@ -118,14 +118,17 @@ def check_record(content: bytes, where: str) -> bytes:
 def untrusted_reason(store: Any, key: str) -> str | None:
     """Why the record stored under ``key`` must not be read (``check_record``'s message), or None when it is absent
     or was written with ``r1-json``. Reads the raw bytes only: nothing in the record is decoded here."""
-    storage = store.metadata_storage or store.result_storage or get_default_result_storage(_sync=True)
+    if not hasattr(store, "result_storage"):  # not a Prefect ResultStore (a test's stand-in): nothing stored to read
+        return None
+    metadata_storage = getattr(store, "metadata_storage", None)
+    storage = metadata_storage or store.result_storage or get_default_result_storage(_sync=True)
     try:
         content = storage.read_path(key, _sync=True)
     except (ValueError, OSError):  # absent: Prefect's local storage raises ValueError for a missing path
         return None
     if content is None:
         return None
-    if store.metadata_storage is not None:
+    if metadata_storage is not None:
         content = json.dumps({"metadata": json.loads(content)}).encode() if content.strip() else b""
     try:
         check_record(content, f"{getattr(storage, 'basepath', storage)}/{key}")
