@@ -308,9 +308,11 @@ def merge_validated(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: Path
 
 
 def data_fingerprint(cfg: DataConfig) -> DataFingerprint:
-    """sha256 of every local input file (train, test, replay) and one sha256 over them all."""
-    paths = [*cfg.train_paths, cfg.test_path, *([cfg.replay_path] if cfg.replay_path else [])]
-    files = {p: sha256_file(Path(p)) for p in paths if p and Path(p).exists()}
+    """sha256 of every local input file (train, test, replay; a folder or glob as the files it expands to) and one
+    sha256 over them all."""
+    specs = [*cfg.train_paths, cfg.test_path, *([cfg.replay_path] if cfg.replay_path else [])]
+    paths = [path for spec in specs if spec for path in expand_inputs(spec, cfg.allowed_roots)]
+    files = {p: sha256_file(Path(p)) for p in paths if Path(p).is_file()}
     combined = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return DataFingerprint(sha256=combined, files=files)
 

@@ -40,11 +40,15 @@ LATE_STAGES = {s.name for s in STAGES if s.group in ("train", "evaluate", "expor
 
 
 def _mtimes(run_dir: Path, skip: str = "train") -> dict[str, int]:
-    """mtime of every file in the run directory outside ``skip`` (not the ``datasets`` caches that readers add)."""
+    """mtime of every file in the run directory outside ``skip`` (not the ``datasets`` caches that readers add, nor
+    the lock a run holds on its folder)."""
     return {
         str(p.relative_to(run_dir)): p.stat().st_mtime_ns
         for p in run_dir.rglob("*")
-        if p.is_file() and p.relative_to(run_dir).parts[0] != skip and not p.name.startswith("cache-")
+        if p.is_file()
+        and p.relative_to(run_dir).parts[0] != skip
+        and not p.name.startswith("cache-")
+        and p.relative_to(run_dir) != Path(".lock")
     }
 
 

@@ -349,6 +349,7 @@ def test_the_shipped_defaults_pass_with_only_the_project_data_root(tmp_path, mon
     config.data.train_paths = [at(p) for p in config.data.train_paths]
     config.data.test_path, config.data.replay_path = at(config.data.test_path), at(config.data.replay_path)
     config.augment.templates_path = at(config.augment.templates_path)
+    config.augment.more_templates_paths = [at(p) for p in config.augment.more_templates_paths]
     config.debias.blocklist_path = at(config.debias.blocklist_path)
     config.debias.term_pairs_path = at(config.debias.term_pairs_path)
     config.debias.protected_phrases_path = at(config.debias.protected_phrases_path)
