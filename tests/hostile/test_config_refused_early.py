@@ -20,6 +20,8 @@ import flows.finetune as finetune_module
 def cli(monkeypatch, capsys):
     started = []
     monkeypatch.setattr(finetune_module, "finetune", lambda config: started.append(config))
+    # The stub calls no API: a configured URL keeps the command line from starting a server for it.
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
 
     def run(*argv: str):
         try:
