@@ -17,12 +17,13 @@ with the reason logged, and the previous complete checkpoint is used, so a rerun
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 import struct
 from pathlib import Path
+
+from r1lib.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,9 @@ COMPLETE_MARKER = "checkpoint-complete.json"
 TORCH_STATES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "rng_state_*.pth")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def distributed_metadata(checkpoint: Path) -> dict[str, str]:
     """{relative path: sha256} of every ``.metadata`` file (torch distributed checkpoints) in ``checkpoint``."""
-    return {str(p.relative_to(checkpoint)): sha256(p) for p in sorted(checkpoint.rglob(".metadata"))}
+    return {str(p.relative_to(checkpoint)): sha256_file(p) for p in sorted(checkpoint.rglob(".metadata"))}
 
 
 def mark_complete(checkpoint: Path, step: int) -> None:

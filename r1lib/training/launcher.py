@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from r1lib.errors import ConfigError
 from r1lib.io import write_json
 from r1lib.model.gpu_memory import apply_cap
 from r1lib.paths import PROJECT_DIR, open_confined
+from r1lib.process import die_with_parent
 from r1lib.training.fit import FitOutcome, FitSpec, fit
 
 log = logging.getLogger(__name__)
@@ -292,15 +294,6 @@ def rank_main(spec_path: str) -> None:
         write_json(work / "outcome.json", outcome.model_dump())
 
 
-def _die_with_parent() -> None:
-    """Runs in the launcher's child before exec: the kernel sends it SIGTERM when the task's process dies (a killed
-    worker), and torchrun passes that on to the ranks, so no orphaned rank keeps writing checkpoints."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def run_distributed(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=None) -> FitOutcome:
     """Start ``plan.processes`` ranks with torchrun and wait; relays rank 0's progress; OOM in any rank raises
     CudaOutOfMemory."""
@@ -325,7 +318,9 @@ def run_distributed(spec: FitSpec, plan: LaunchPlan, work: Path, progress_hook=N
         str(spec_path),
     ]
     log.info("launching %d ranks (%s): %s", plan.processes, plan.name, " ".join(command))
-    process = subprocess.Popen(command, env=env, cwd=root, preexec_fn=_die_with_parent)
+    # The kernel sends torchrun SIGTERM when the task's process dies (a killed worker), and torchrun passes it on to
+    # the ranks, so no orphaned rank keeps writing checkpoints.
+    process = subprocess.Popen(command, env=env, cwd=root, preexec_fn=die_with_parent(signal.SIGTERM))
     seen = 0
     try:
         while process.poll() is None:
