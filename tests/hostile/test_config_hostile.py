@@ -51,27 +51,11 @@ REFUSED = [
 ]
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    started = []
-    monkeypatch.setattr(finetune_module, "finetune", lambda config: started.append(config))
-    # The stub calls no API: a configured URL keeps the command line from starting a server for it.
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-
-    def run(*argv: str) -> tuple[int | None, str, bool]:
-        try:
-            code = finetune_module.main(list(argv))
-        except AttributeError:  # the stub returns no result to print: the flow would have run
-            code = None
-        return code, capsys.readouterr().err, bool(started)
-
-    return run
-
-
 @pytest.mark.parametrize(("sets", "needle"), REFUSED, ids=[repr(s)[:60] for s, _ in REFUSED])
 def test_hostile_values_are_refused_before_any_work_naming_the_field(cli, sets, needle):
     argv = [arg for item in sets for arg in ("--set", item)]
-    code, err, started = cli(*argv)
+    code, err, config = cli(*argv)
+    started = config is not None
     assert (code, started) == (2, False), err
     assert err.startswith("configuration refused") and needle in err, err
     assert "Traceback" not in err
@@ -91,7 +75,8 @@ def test_hostile_values_are_refused_before_any_work_naming_the_field(cli, sets, 
 def test_hostile_config_files_are_refused_without_traceback(cli, tmp_path, content, needle):
     path = tmp_path / "config.json"
     path.write_text(content)
-    code, err, started = cli("--config", str(path))
+    code, err, config = cli("--config", str(path))
+    started = config is not None
     assert (code, started) == (2, False) and needle in err and "Traceback" not in err, err
 
 
@@ -106,7 +91,8 @@ def test_values_that_are_choices_not_mistakes_are_accepted(cli, listener):
         ['train.lora.target_modules=["self_attn.q_proj","mlp.down_proj"]'],
         [f"runner.address=tcp://127.0.0.1:{listener.getsockname()[1]}", "runner.kind=dask"],
     ):
-        code, err, started = cli(*[arg for item in sets for arg in ("--set", item)])
+        code, err, config = cli(*[arg for item in sets for arg in ("--set", item)])
+        started = config is not None
         assert started and code is None, (sets, err)
 
 
@@ -161,7 +147,8 @@ def test_a_hostile_launch_preset_under_the_roots_is_refused_before_any_work(cli,
     for name in ("data", ".cache"):
         (tmp_path / name).symlink_to(Path(finetune_module.__file__).resolve().parent.parent / name)
     (tmp_path / "evil.yaml").write_text("launcher: in-process\ntrainer:\n  push_to_hub: true\n  hub_model_id: x/y\n")
-    code, err, started = cli("--set", "train.launch=evil.yaml")
+    code, err, config = cli("--set", "train.launch=evil.yaml")
+    started = config is not None
     assert (code, started) == (2, False), err
     assert "its trainer block may not set ['hub_model_id', 'push_to_hub']" in err
 

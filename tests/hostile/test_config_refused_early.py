@@ -16,23 +16,6 @@ import pytest
 import flows.finetune as finetune_module
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    started = []
-    monkeypatch.setattr(finetune_module, "finetune", lambda config: started.append(config))
-    # The stub calls no API: a configured URL keeps the command line from starting a server for it.
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-
-    def run(*argv: str):
-        try:
-            code = finetune_module.main(list(argv))
-        except AttributeError:  # the stub returns no result to print: the flow would have run
-            code = None
-        return code, capsys.readouterr().err, started[-1] if started else None
-
-    return run
-
-
 def refused(result, needle: str) -> None:
     code, err, config = result
     assert (code, config) == (2, None), err
