@@ -54,8 +54,11 @@ def small_dataset(tmp_path_factory, tokenizer):
 # --- the whole flow on the tiny preset, once a session -------------------------------------------------------------
 # tests/flows/test_flow.py (the whole DAG, the broken file, planted secrets, the learning signal) and
 # tests/flows/test_flow_short.py (a run shorter than one logging interval still reports its loss) read the same run:
-# the tiny preset with data/sample/broken.jsonl mixed in, logging_steps above max_steps and one checkpoint at the last
+# the tiny preset with data/sample/broken.jsonl mixed in, half its steps (45 of 90: the loss is down from 6.5 to about
+# 0.25 by then, and the model answers in the R1 format), logging_steps above max_steps and one checkpoint at the last
 # step, so the only loss is the one logged at the last step. (They used to be two whole-flow runs, 90 and 60 steps.)
+# The preset's own 90 steps are what ./scripts/demo runs (README.md shows that run's figures).
+TINY_FLOW_STEPS = 45
 TINY_FLOW_LOGGING_STEPS = 100
 
 
@@ -69,7 +72,7 @@ def tiny_flow_run(prefect_harness, tmp_path_factory):
     os.environ["HF_TOKEN"] = os.environ["AWS_SECRET_ACCESS_KEY"] = PLANTED_SECRET
     runs = tmp_path_factory.mktemp("runs")
     config = preset("tiny")
-    train = config.train.model_dump()
+    train = {**config.train.model_dump(), "max_steps": TINY_FLOW_STEPS}
     assert train["max_steps"] < TINY_FLOW_LOGGING_STEPS
     config = config.model_validate(
         {
@@ -104,6 +107,16 @@ def stack(tmp_path_factory):
         running = exits.enter_context(running_stack(tmp_path_factory.mktemp("server")))
         _STACK_EXITS.append(exits)
         yield running
+
+
+# One finetune deployment run, crashed twice, failed once and retried to completion (tests/server_stack.py:
+# crash_fail_and_retry): test_server_crash.py checks the kills, test_server.py the failed late stage and what the run
+# shows (artifacts, run graph, UI). (They used to start a run each.)
+@pytest.fixture(scope="session")
+def crashed_run(stack):
+    from server_stack import crash_fail_and_retry
+
+    return crash_fail_and_retry(stack)
 
 
 def pytest_runtest_teardown(item, nextitem):
@@ -185,7 +198,9 @@ def killed_and_resumed(small_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def rerun_after_final_checkpoint(small_dataset, tmp_path_factory):
     """120 rows at 8 a step: 15 steps an epoch, so max_steps=6 ends mid-epoch, where transformers' resume would run
-    one more step (the epoch loop trains before it checks for the end)."""
+    one more step (the epoch loop trains before it checks for the end). The 8 rows a step are 4 x 2 accumulated, as
+    tests/lib/training/test_distributed.py trains over two processes: the first training's losses are its
+    one-process reference."""
     from r1lib.config import TrainConfig
     from r1lib.presets import preset
     from tasks.resolve_model import resolve_model
@@ -198,17 +213,20 @@ def rerun_after_final_checkpoint(small_dataset, tmp_path_factory):
             "max_steps": 6,
             "save_steps": 3,
             "logging_steps": 1,
-            "micro_batch_size": 8,
+            "micro_batch_size": 4,
+            "gradient_accumulation": 2,
             "learning_rate": 3e-3,
         }
     )
     model_dir = resolve_model(cfg.model, cfg.cache_dir)
     out = tmp_path_factory.mktemp("rerun") / "train"
     first = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
+    # Read now: the rerun writes its own history to the same file.
+    first_losses = [h["loss"] for h in json.loads(Path(first.log_history).read_text()) if "loss" in h]
     finals = list((out / "checkpoints").glob("*/checkpoint-6"))
     shutil.rmtree(out / "adapter")  # the task died while publishing it
     again = train(small_dataset, None, model_dir, cfg.model, train_cfg, cfg.tokenize, out)
-    return {"first": first, "again": again, "dir": out, "final_checkpoints": finals}
+    return {"first": first, "first_losses": first_losses, "again": again, "dir": out, "final_checkpoints": finals}
 
 
 def write_lines(path: Path, rows: list) -> Path:

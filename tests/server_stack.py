@@ -17,6 +17,7 @@ held-out rows, one quantization).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -252,7 +253,7 @@ class Stack:
                     f"flow run {flow_run_id} still {run.state.name}\n"
                     f"{self.log('worker-local')}\n{self.log('worker-gpu')}"
                 )
-                time.sleep(3)
+                time.sleep(1)  # every second idle here is a second of the suite
 
     @staticmethod
     def _family(client, flow_run_id: str) -> tuple[list[uuid.UUID], set[uuid.UUID]]:
@@ -280,14 +281,15 @@ class Stack:
         return [task for task in tasks if task.id not in stand_ins]
 
     def artifacts(self, flow_run_id: str) -> dict[str, list]:
-        """The artifacts of a flow run and of its sub-flow runs, by key."""
+        """The artifacts of a flow run and of its sub-flow runs, by key, oldest first (a retried run has one per
+        attempt that ran the stage: [-1] is the last)."""
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
         with self.client() as client:
             ids, _ = self._family(client, flow_run_id)
             found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
         by_key: dict[str, list] = {}
-        for artifact in found:
+        for artifact in sorted(found, key=lambda artifact: artifact.created):
             by_key.setdefault(artifact.key, []).append(artifact)
         return by_key
 
@@ -393,3 +395,125 @@ def small_config(tmp: Path, name: str | None, **sections) -> dict:
 def stage(name: str) -> str:
     """A task run's name without Prefect's random suffix (``dedup-3f2`` -> ``dedup``); readable names stay."""
     return re.sub(r"-[0-9a-f]{3}$", "", name)
+
+
+# --- one finetune run through four attempts: crashed twice, failed once, then completed ---------------------------
+# What tests/flows/test_server_crash.py (the kills) and test_server.py (the failed late stage, the artifacts, the run
+# graph and the UI) check, from one deployment run (they used to start one run each: the 2-step failed-then-retried
+# run cost a whole flow run more).
+CRASH_STEPS, CRASH_SAVE_STEPS = 12, 2  # a kill after the first checkpoint still finds ten steps to go
+
+
+def kind(task) -> str:
+    """A task run's stage, as the declared stage name up to its first dash (resolve-model -> resolve)."""
+    return stage(task.name).split(" ")[0].split("-")[0]
+
+
+def mtimes(run_dir: Path, skip: str = "train") -> dict[str, int]:
+    """mtime of every file in the run directory outside ``skip`` (not the ``datasets`` caches that readers add, nor
+    the lock a run holds on its folder)."""
+    return {
+        str(p.relative_to(run_dir)): p.stat().st_mtime_ns
+        for p in run_dir.rglob("*")
+        if p.is_file()
+        and p.relative_to(run_dir).parts[0] != skip
+        and not p.name.startswith("cache-")
+        and p.relative_to(run_dir) != Path(".lock")
+    }
+
+
+def wait_until(condition, run_id: str, what: str, stack: Stack) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not condition():
+        with stack.client() as client:
+            state = client.read_flow_run(run_id).state
+        assert not state.is_final(), f"the run ended before {what}: {state}"
+        assert time.monotonic() < deadline, f"no {what}\n{stack.log('worker-local')}"
+        time.sleep(0.3)
+
+
+def retry(stack: Stack, run_id: str):
+    """``prefect flow-run retry`` and wait for the run to end; (the run, the task runs of this attempt, seconds)."""
+    before = {t.id for t in stack.task_runs(run_id)}
+    retry_at, started = time.time(), time.monotonic()
+    stack.cli("flow-run", "retry", run_id)
+    run = stack.wait(run_id, after=retry_at)
+    return run, [t for t in stack.task_runs(run_id) if t.id not in before], time.monotonic() - started
+
+
+def crash_fail_and_retry(stack: Stack) -> dict:
+    """A finetune deployment run (12 steps, a checkpoint every 2) through four attempts; what each left:
+
+    1. SIGKILL of the flow-run process while training, after a checkpoint (Crashed);
+    2. retry 1: resumes training; SIGKILL while the smoke test runs (Crashed);
+    3. retry 2: every finished stage from the cache; the smoke test fails (injected), is retried once and fails
+       again (Failed);
+    4. retry 3: the smoke test passes (Completed), every other stage from the cache."""
+    config = small_config(stack.tmp, "server-crash", train={"max_steps": CRASH_STEPS, "save_steps": CRASH_SAVE_STEPS})
+    run_id = stack.run_deployment("r1-finetune/finetune-local", {"config": config})
+    run_dir = stack.tmp / "runs" / "server-crash"
+    checkpoints = "train/checkpoints/*/checkpoint-*/checkpoint-complete.json"
+    out = {"id": run_id, "run_dir": run_dir}
+
+    # Kill 1: the train stage is running and at least one checkpoint is complete on disk.
+    def training_with_checkpoint() -> bool:
+        if not list(run_dir.glob(checkpoints)):
+            return False
+        return "train" in {kind(t) for t in stack.unfinished_task_runs(run_id) if t.state.type.value == "RUNNING"}
+
+    wait_until(training_with_checkpoint, run_id, "checkpoint while training", stack)
+    stack.hold_file.write_text("the smoke test waits while this file exists")  # for kill 2, read only by retry 1
+    out["pid1"] = stack.kill_flow_run_process(run_id)
+    killed_at = time.monotonic()
+    out["checkpoints1"] = sorted(p.parent.name for p in run_dir.glob(checkpoints))
+    assert not (run_dir / "train" / "adapter").exists(), "training finished before the kill"
+    out["first"] = stack.wait(run_id)
+    out["crash1_seconds"] = time.monotonic() - killed_at
+    out["first_tasks"] = stack.task_runs(run_id)
+    out["left_running1"] = [t.name for t in stack.unfinished_task_runs(run_id)]
+    out["slots_after_kill1"] = stack.gpu_slots_in_use()
+    out["before1"] = mtimes(run_dir)  # what the stages before training wrote
+
+    # Retry 1: resumes training, and is killed 2 while the smoke test runs.
+    retry_at = time.time()
+    stack.cli("flow-run", "retry", run_id)
+    wait_until(stack.held_file.exists, run_id, "smoke test", stack)
+    with stack.client() as client:
+        out["attempt2"] = client.read_flow_run(run_id)
+    out["logs_attempt2"] = stack.logs(run_id)
+    out["pid2"] = stack.kill_flow_run_process(run_id)
+    stack.hold_file.unlink()
+    out["second"] = stack.wait(run_id, after=retry_at)
+    first_ids = {t.id for t in out["first_tasks"]}
+    out["second_tasks"] = [t for t in stack.task_runs(run_id) if t.id not in first_ids]
+    out["left_running2"] = [t.name for t in stack.unfinished_task_runs(run_id)]
+    out["summary2"] = json.loads((run_dir / "train" / "result.json").read_text())
+    out["before2"] = mtimes(run_dir, skip="smoke")
+
+    # Retry 2: every stage that had finished comes from the cache; the smoke test fails (injected).
+    stack.fault_file.write_text("fail the smoke test until this file is gone")
+    out["third"], out["third_tasks"], out["retry2_seconds"] = retry(stack, run_id)
+    out["left_running3"] = [t.name for t in stack.unfinished_task_runs(run_id)]
+    adapter = run_dir / "train" / "adapter"
+    out["adapter"] = adapter
+    out["adapter_mtimes"] = {p.name: p.stat().st_mtime_ns for p in adapter.iterdir()} if adapter.exists() else {}
+
+    # Retry 3: the smoke test passes; everything else from the cache.
+    stack.fault_file.unlink()
+    out["fourth"], out["fourth_tasks"], out["retry3_seconds"] = retry(stack, run_id)
+    out["slots_at_end"] = stack.gpu_slots_in_use()
+    out["all_tasks"] = stack.task_runs(run_id)
+    with stack.client() as client:
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+        out["top_level"] = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
+        )
+    print(
+        f"kill 1 (pid {out['pid1']}) after {out['checkpoints1']}: Crashed in {out['crash1_seconds']:.1f} s, left "
+        f"{out['left_running1']} Running and {out['slots_after_kill1']} GPU slot(s) held; kill 2 (pid {out['pid2']}) "
+        f"in the smoke test left {out['left_running2']}; retry 2 (smoke test failing) took "
+        f"{out['retry2_seconds']:.1f} s: { {stage(t.name): t.state.name for t in out['third_tasks']} }; retry 3 took "
+        f"{out['retry3_seconds']:.1f} s"
+    )
+    return out
