@@ -2,8 +2,8 @@
 logged at every checkpoint and at the last step (r1lib/training/fit.py), so the summary never lacks one.
 
 The run is the session's tiny whole-flow run (tests/conftest.py: tiny_flow_run, shared with test_flow.py): the tiny
-preset with 45 steps, logging_steps 100 and one checkpoint at the last step. Enough steps for the tiny model to learn
-the R1 format that the smoke test checks (2 steps are not: its GGUF then fails the smoke test, rightly)."""
+preset with 60 of its 90 steps, logging_steps 100 and one checkpoint at the last step. Enough steps for the tiny model
+to learn the R1 format that the smoke test checks (2 steps are not: its GGUF then fails the smoke test, rightly)."""
 
 import json
 from pathlib import Path

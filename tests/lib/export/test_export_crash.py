@@ -163,29 +163,31 @@ def test_convert_killed_mid_write_leaves_no_gguf_and_a_retry_succeeds(run, child
     from r1lib.export.gguf import check_gguf
     from tasks.export import convert
 
-    final = tmp_path / "out" / "m-F16.gguf"
-    code = f"""
-        from pathlib import Path
-        from tasks.export import convert
-        convert({run["merged"]!r}, "f16", Path({str(final)!r}))
-    """
+    def code(final: Path) -> str:
+        return f"""
+            from pathlib import Path
+            from tasks.export import convert
+            convert({run["merged"]!r}, "f16", Path({str(final)!r}))
+        """
+
     env = {**child_env, "STALL_GGUF_WRITE": "120"}
+    # Cases 1 and 2 run side by side, each into a folder of its own: a converter's start is one busy core.
+    final_1, final = tmp_path / "out-1" / "m-F16.gguf", tmp_path / "out" / "m-F16.gguf"
+    proc_1, proc_2 = _driver(code(final_1), env), _driver(code(final), env)
 
     # 1. the converter child dies mid-write: the export step fails and removes its temporary file
-    proc = _driver(code, env)
-    _wait_for(lambda: any(p.stat().st_size > 0 for p in _tmp_files(final)), what="the converter's temporary GGUF")
-    converter = _wait_for(lambda: _child_of(proc.pid, "convert_hf_to_gguf"), what="the converter process")
+    _wait_for(lambda: any(p.stat().st_size > 0 for p in _tmp_files(final_1)), what="the converter's temporary GGUF")
+    converter = _wait_for(lambda: _child_of(proc_1.pid, "convert_hf_to_gguf"), what="the converter process")
     os.kill(converter.pid, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "convert_hf_to_gguf failed (-9)" in stderr
-    _assert_nothing_whole(final)
-    assert not _tmp_files(final)
+    _, stderr = proc_1.communicate(timeout=120)
+    assert proc_1.returncode != 0 and "convert_hf_to_gguf failed (-9)" in stderr
+    _assert_nothing_whole(final_1)
+    assert not _tmp_files(final_1)
 
     # 2. the whole export (worker and converter) dies mid-write: only the temporary file may remain
-    proc = _driver(code, env)
     _wait_for(lambda: any(p.stat().st_size > 0 for p in _tmp_files(final)), what="the converter's temporary GGUF")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    os.killpg(proc_2.pid, signal.SIGKILL)
+    proc_2.communicate(timeout=60)
     _assert_nothing_whole(final)
     assert _tmp_files(final)
 
