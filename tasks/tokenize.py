@@ -103,7 +103,7 @@ def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
         # Reasoning is part of the input but not of the loss: it joins the prompt side of the mask.
         shown = (f"{THINK_OPEN}\n" if not opens_think else "") + f"{reasoning.strip()}\n"
         prompt_ids += tokenizer(shown, add_special_tokens=False)["input_ids"]
-        completion = f"{THINK_CLOSE}\n\n{answer.strip()}{tokenizer.eos_token}"
+        completion = f"{THINK_CLOSE}\n\n{answer.rstrip()}{tokenizer.eos_token}"
     else:
         completion = completion_text(reasoning, answer, opens_think)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
@@ -172,7 +172,7 @@ def encode_batch(tokenizer, records: list[dict], cfg: TokenizeConfig, cache: Ids
             shown = ("" if opens_think else think_open) + f"{reasoning.strip()}\n"
             if shown not in known:
                 todo[shown] = None
-            completion = f"{THINK_CLOSE}\n\n{answer.strip()}{eos_token}"
+            completion = f"{THINK_CLOSE}\n\n{answer.rstrip()}{eos_token}"
         else:
             completion = completion_text(reasoning, answer, opens_think)
         todo[prompt] = None

@@ -314,11 +314,21 @@ def _check_trained(items: list, key: str) -> None:
         )
 
 
+def _kept_indent(text: str, after_marker: bool = False) -> str:
+    """An answer as written, less trailing whitespace and blank lines before it: the indentation of its first line
+    (code, a poem) is part of it, as a user turn's is. After a marker (``</think>``), whitespace with no line break
+    (``</think> 42``) is a separator."""
+    head = len(text) - len(text.lstrip())
+    newline = text.rfind("\n", 0, head)
+    return text.strip() if newline < 0 and after_marker else text[newline + 1 :].rstrip()
+
+
 def _answer_split(text: str, field: str) -> tuple[str | None, str]:
-    """(reasoning, answer) of an answer text: an inline <think> block or Bespoke-Stratos thought/solution markers."""
+    """(reasoning, answer) of an answer text: an inline <think> block or Bespoke-Stratos thought/solution markers.
+    The answer keeps the indentation of its first line (``_kept_indent``)."""
     inline, answer = split_reasoning(text)
     if inline is not None:
-        return inline, answer
+        return inline, _kept_indent(text[text.index(THINK_CLOSE) + len(THINK_CLOSE) :], after_marker=True)
     if THINK_OPEN in text or THINK_CLOSE in text:
         raise RecordError("unclosed_think", field, f"'{field}' has an unbalanced <think> block")
     if any(marker in text for marker in _THOUGHT_MARKERS):
@@ -330,8 +340,8 @@ def _answer_split(text: str, field: str) -> tuple[str | None, str]:
                 f"'{field}' has thought/solution markers that do not form <|begin_of_thought|>...<|end_of_thought|>"
                 "<|begin_of_solution|>...<|end_of_solution|>",
             )
-        return match.group(1).strip(), match.group(2).strip()
-    return None, answer
+        return match.group(1).strip(), _kept_indent(match.group(2), after_marker=True)
+    return None, _kept_indent(text)
 
 
 def _mapped(row: dict, columns: ColumnMap, max_chars: int) -> tuple[str, list[dict], str]:
