@@ -156,7 +156,12 @@ def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> st
             raise RecordError("invalid_utf8", field, f"field '{field}' holds a lone surrogate (not encodable as UTF-8)")
         raise RecordError("control_character", field, f"field '{field}' holds a control character")
     if len(value) > max_chars:
-        raise RecordError("field_too_long", field, f"field '{field}' has {len(value)} characters (limit {max_chars})")
+        raise RecordError(
+            "field_too_long",
+            field,
+            f"field '{field}' has {len(value)} characters, over data.max_field_chars={max_chars}: shorten it, or raise "
+            f"data.max_field_chars (tokenize.max_seq_length still bounds what is trained)",
+        )
     return value
 
 
@@ -454,6 +459,11 @@ def normalize(row: Any, max_chars: int = 100_000, rules: RowRules | None = None,
     if row.get("tools") not in (None, "", []):
         tools = tools_prompt(row["tools"])  # "" for an empty list (a JSON "[]" too)
         if tools and rules.tools == "refuse":
-            raise RecordError("tools", "tools", "the row carries a 'tools' list and data.tools is 'refuse'")
+            raise RecordError(
+                "tools",
+                "tools",
+                "the row carries a 'tools' list and data.tools is 'refuse'; data.tools=system writes the tool schemas "
+                "into the system prompt and trains the row",
+            )
         system = f"{system}\n\n{tools}" if system and tools else system or tools
     return fill_placeholders({"system": system, "messages": messages, "reasoning": reasoning}, rules)
