@@ -23,7 +23,7 @@ from r1lib.config import PipelineConfig
 from r1lib.io import write_json
 from r1lib.paths import OutputPath, resolve_roots
 from r1lib.stage import StageResult
-from r1lib.stages import failed_stage, in_stage_order, stage, stage_of_result
+from r1lib.stages import BY_NAME, STAGES, failed_stage, in_stage_order, stage, stage_of_result
 
 log = logging.getLogger(__name__)
 # Where to look when a stage fails without naming a setting: a model that lost its format shows in evaluate and smoke.
@@ -96,11 +96,15 @@ def failure_rows(config: PipelineConfig, error: BaseException, finished: list[St
     except KeyError:
         section = None
     look_at = settings_named(str(error)) or [*LOOK_AT.get(name or "", []), *([f"{section}.*"] if section else [])]
+    done = [stage_of_result(r) for r in in_stage_order(finished)]
+    if name in BY_NAME and BY_NAME[name].group == "data" and not done:
+        # The data stages run one after another inside their sub-flow: every one declared before the failed one ended.
+        done = [s.name for s in STAGES[: BY_NAME[name].order] if s.group == "data" and s.folder]
     return {
         "stage": name or "between stages",
         "error": f"{type(error).__name__}: {error}",
         "look_at": look_at,
-        "finished": [stage_of_result(r) for r in in_stage_order(finished)],
+        "finished": list(dict.fromkeys(done)),
     }
 
 
@@ -111,7 +115,11 @@ def write_failure_summary(
     data, rows = summarize(config, run_dir, finished)
     data["failed"] = failure_rows(config, error, finished)
     failed = data["failed"]
-    rows += [("FAILED", f"{failed['stage']}: {failed['error']}"), ("look at", ", ".join(failed["look_at"]) or "-")]
+    rows += [
+        ("finished", ", ".join(failed["finished"]) or "no stage"),
+        ("FAILED", f"{failed['stage']}: {failed['error']}"),
+        ("look at", ", ".join(failed["look_at"]) or "-"),
+    ]
     title = f"r1-finetune run summary ({config.preset}: {config.model.name_or_path}): FAILED in {failed['stage']}"
     path = write_json(Path(run_dir, "summary.json"), data)
     text = render(title, rows)

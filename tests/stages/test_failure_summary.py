@@ -54,7 +54,8 @@ def test_a_data_stage_failure_names_its_stage_and_the_settings_its_message_names
             tokenizer, tmp_path / "rows.jsonl", TokenizeConfig(max_seq_length=64), tmp_path / "out"
         ),  # fmt: skip
     )
-    assert summary["failed"]["stage"] == "tokenize" and summary["failed"]["finished"] == []
+    failed = summary["failed"]
+    assert failed["stage"] == "tokenize" and failed["finished"] == ["validate", "dedup", "augment", "debias"]
     assert {"tokenize.max_seq_length", "tokenize.truncation"} <= set(summary["failed"]["look_at"])
 
 
@@ -64,6 +65,7 @@ def test_a_smoke_failure_without_a_setting_in_its_message_points_at_the_training
     gguf = GGUFFile(path=str(tmp_path / "m-F16.gguf"), type="F16", bytes=1)
     summary = run_failing(tmp_path, [], lambda: _checked(gguf, data, SmokeConfig(), None))
     assert summary["failed"]["stage"] == "smoke" and "no closed <think> block" in summary["failed"]["error"]
+    assert summary["failed"]["finished"] == []  # no result was handed over
     assert summary["failed"]["look_at"] == ["train.learning_rate", "train.max_steps", "smoke.*"]
 
 
