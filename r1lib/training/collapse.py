@@ -16,6 +16,9 @@ from r1lib.config import PipelineConfig
 from r1lib.errors import ModelCollapsed
 
 log = logging.getLogger(__name__)
+# A share of repeated 3-grams in the generations that fluent text does not reach ("The The The ..."): the tiny demo's
+# models stay under 0.1, the collapsed 5-step GSM8K run reached 0.61.
+DEGENERATE_REPETITION = 0.5
 
 
 class Generation(Protocol):
@@ -25,6 +28,7 @@ class Generation(Protocol):
 
 class Scores(Protocol):
     format_ok: float
+    repetition_rate: float
     replay_perplexity: float | None
     generation: Generation | None
 
@@ -41,16 +45,14 @@ class EvaluationNumbers(Protocol):
 def collapse_signs(evaluation: EvaluationNumbers, config: PipelineConfig) -> list[str]:
     """The numbers that say the fine-tuned model collapsed, in words; empty when it did not.
 
-    Forgetting past ``evaluate.collapse_forgetting_ratio`` is a collapse alone. Format compliance falling to 0 is one
-    only with forgetting over ``evaluate.max_forgetting_ratio`` too (or, with no replay set, when not every
-    generation was merely cut inside its thinking at max_new_tokens): a model that learned to think longer than
-    the evaluation's token budget loses its format score without having collapsed."""
+    Forgetting past ``evaluate.collapse_forgetting_ratio`` is a collapse alone. R1 format compliance falling to
+    (nearly) nothing, a tenth of the base model's or less, is one when something else confirms it: forgetting over
+    ``evaluate.max_forgetting_ratio``, generations that repeat themselves (``DEGENERATE_REPETITION``), or, with no
+    replay set, answers not merely cut inside their thinking at max_new_tokens. A model that learned to think longer
+    than the evaluation's token budget loses its format score without any of those."""
     base, tuned = evaluation.base, evaluation.tuned
-    ratio, limit, collapse = (
-        evaluation.forgetting_ratio,
-        evaluation.forgetting_limit,
-        config.evaluate.collapse_forgetting_ratio,
-    )
+    ratio, limit = evaluation.forgetting_ratio, evaluation.forgetting_limit
+    collapse = config.evaluate.collapse_forgetting_ratio
     forgetting = (
         f"forgetting {ratio:g}x (general-data perplexity {base.replay_perplexity:g} -> {tuned.replay_perplexity:g}; "
         f"limit evaluate.max_forgetting_ratio={limit})"
@@ -58,17 +60,24 @@ def collapse_signs(evaluation: EvaluationNumbers, config: PipelineConfig) -> lis
         else ""
     )
     signs = []
-    if base.format_ok > 0 and tuned.format_ok == 0:
+    if base.format_ok > 0 and tuned.format_ok <= base.format_ok / 10:
+        confirmed = []
+        if ratio is not None and ratio > (limit or 1.0):
+            confirmed.append(forgetting)
+        if tuned.repetition_rate >= DEGENERATE_REPETITION > base.repetition_rate:
+            confirmed.append(
+                f"repeated 3-gram rate {base.repetition_rate:g} -> {tuned.repetition_rate:g} (degenerate repetition)"
+            )
         generation = tuned.generation
-        if ratio is not None:
-            lost = ratio > (limit or 1.0)
-        else:
-            lost = generation is None or generation.truncated_thinking < generation.generated
-        if lost:
-            signs.append(f"R1 format compliance {base.format_ok:.0%} -> 0% (no closed <think> block then an answer)")
-            if forgetting:
-                signs.append(forgetting)
-    if ratio is not None and ratio > collapse and not signs:
+        if ratio is None and (generation is None or generation.truncated_thinking < generation.generated):
+            confirmed.append("answers that end without a closed <think> block")
+        if confirmed:
+            signs += [
+                f"R1 format compliance {base.format_ok:.0%} -> {tuned.format_ok:.0%} (a closed <think> block, then an "
+                "answer)",
+                *confirmed,
+            ]
+    if ratio is not None and ratio > collapse and forgetting not in signs:
         signs.append(f"{forgetting}, past evaluate.collapse_forgetting_ratio={collapse:g}")
     return signs
 

@@ -15,14 +15,14 @@ from tasks.evaluate import Evaluation, ModelScores
 TINY = preset("tiny")
 
 
-def scores(format_ok: float, replay: float | None, truncated_thinking: int = 0) -> ModelScores:
+def scores(format_ok: float, replay: float | None, truncated_thinking: int = 0, repetition: float = 0.1) -> ModelScores:
     generation = GenerationStats(
         prompts=60, generated=60, new_tokens=2880, seconds=3.0, tokens_per_second=960.0, truncated=truncated_thinking,
         truncated_thinking=truncated_thinking, batch_size=30, stopped_by_time_limit=False,
     )  # fmt: skip
     return ModelScores(
         perplexity=2.0, replay_perplexity=replay, accuracy=0.0, accuracy_normalized=0.0, format_ok=format_ok,
-        repetition_rate=0.1, generated=60, stopped_by_time_limit=False, generation=generation,
+        repetition_rate=repetition, generated=60, stopped_by_time_limit=False, generation=generation,
     )  # fmt: skip
 
 
@@ -55,6 +55,15 @@ def test_forgetting_far_past_its_limit_is_a_collapse_alone_and_warn_lets_the_run
     with caplog.at_level(logging.WARNING, logger="r1lib.training.collapse"):
         collapse_check(forgot, warn, steps=90)
     assert "collapsed after 90 steps" in caplog.text
+
+
+def test_format_nearly_gone_with_degenerate_repetition_is_a_collapse_within_the_forgetting_limit():
+    # A 5-step run at lr 0.01 on the GSM8K chat file, scored on its own held-out rows: forgetting 1.46x only.
+    seen = evaluation(scores(0.35, 1.47, repetition=0.0335), scores(0.02, 2.1487, 31, repetition=0.6064))
+    with pytest.raises(ModelCollapsed) as info:
+        collapse_check(seen, TINY, steps=5)
+    message = str(info.value)
+    assert "R1 format compliance 35% -> 2%" in message and "repeated 3-gram rate 0.0335 -> 0.6064" in message
 
 
 @pytest.mark.parametrize(
