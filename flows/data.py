@@ -26,6 +26,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from r1lib.config import DedupConfig, PipelineConfig, RunnerConfig
+from r1lib.data.holdout import HeldOutSource, held_out_configs
 from r1lib.data.row_rules import RowRules
 from r1lib.errors import ConfigError
 from r1lib.ops.local_server import shared_server_url
@@ -154,7 +155,9 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
     def indices(items: list) -> list[int]:
         return list(range(len(items)))
 
-    inputs = data_inputs(config.data)
+    # The user's data is scored on the user's rows: a test file of theirs, or a stable split (r1lib/data/holdout.py).
+    data_cfg, dedup_cfg, source = held_out_configs(config.data, config.dedup)
+    inputs = data_inputs(data_cfg)
     validated = _map(
         validate_input_task,
         limit,
@@ -165,13 +168,13 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         max_line_bytes=unmapped(config.data.max_line_bytes),
         shard_rows=unmapped(shard_rows),
         out_dir=unmapped(out["validate"]),
-        rules=unmapped(RowRules.of(config.data)),
-        allowed_roots=unmapped(config.data.allowed_roots),
+        rules=unmapped(RowRules.of(data_cfg)),
+        allowed_roots=unmapped(data_cfg.allowed_roots),
     )
-    validated = validate_merge_task(config.data, validated, out["validate"])
+    validated = validate_merge_task(data_cfg, validated, out["validate"])
     lap("validate")
 
-    deduped = dedup(validated, config.dedup, out["dedup"], limit)
+    deduped = dedup(validated, dedup_cfg, out["dedup"], limit, source)
     lap("dedup")
 
     shards, filtered = deduped.shards["train"], {}
@@ -228,12 +231,15 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
     )
 
 
-def dedup(validated: ValidatedData, cfg: DedupConfig, out_dir: str, limit: int | None) -> DedupedData:
-    """Keys mapped over the shards, one plan over all of them, the survivors written by a second map."""
+def dedup(
+    validated: ValidatedData, cfg: DedupConfig, out_dir: str, limit: int | None, held_out: HeldOutSource | None = None
+) -> DedupedData:
+    """Keys mapped over the shards, one plan over all of them, the survivors written by a second map. ``held_out``:
+    where the test rows come from (the summary says it)."""
     splits = {split: validated.shards.get(split, []) for split in ("train", "test")}
     if not cfg.enabled:
         parts = passthrough_parts(splits["train"], splits["test"])
-        return dedup_merge_task(*parts, passthrough_report(splits["train"], splits["test"], cfg), out_dir)
+        return dedup_merge_task(*parts, passthrough_report(splits["train"], splits["test"], cfg), out_dir, held_out)
     keys = {
         split: _map(
             dedup_keys_task,
@@ -259,7 +265,7 @@ def dedup(validated: ValidatedData, cfg: DedupConfig, out_dir: str, limit: int |
         )
         for split, shards in splits.items()
     }
-    return dedup_merge_task(parts["train"], parts["test"], plan.report, out_dir)
+    return dedup_merge_task(parts["train"], parts["test"], plan.report, out_dir, held_out)
 
 
 @flow(name="r1-data", flow_run_name="data stages -> {run}", log_prints=True)

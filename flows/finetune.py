@@ -32,13 +32,14 @@ from r1lib.preflight import preflight
 from r1lib.presets import expand_preset, preset
 from r1lib.process import apply_defaults
 from r1lib.stages import Candidate, HeldOut, folders, settings
+from r1lib.training.collapse import collapse_check
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.export import convert_task, merge_task, quantize_task
 from tasks.fairness import FairnessReport, fairness_task
 from tasks.resolve_model import resolve_model_task
 from tasks.smoke import SmokeReport, smoke_task
-from tasks.summary import RunSummary, summary_task
+from tasks.summary import RunSummary, summary_on_failure, summary_task
 from tasks.train import TrainResult, train_task
 
 # The flow's parameter type: a PipelineConfig, where a partial dict means "this preset, with these fields changed".
@@ -98,10 +99,13 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     preflight(config)  # paths under the roots, launch preset, cluster size, model folder: before any stage works
     apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())
-    with exclusive_dir(run):  # one run per folder: a second run of this run_name fails at once, naming the first
+    # One run per folder: a second run of this run_name fails at once, naming the first. A run that fails writes
+    # its summary: every stage that finished (``finished``), the failed one and the setting to look at.
+    with exclusive_dir(run), summary_on_failure(config, run) as finished:
         at = folders(run)
         model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
         data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
+        finished += data.results()
         if config.stop_after == "tokenize":
             summary = summary_task(config, run, data.results())
             return FinetuneResult(run_dir=run, model_dir=model, data=data, summary=summary)
@@ -113,12 +117,16 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
             )
             candidate = Candidate(model_dir=model, adapter_dir=trained.adapter)
             evaluation = evaluate(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])
+            finished += [trained, evaluation]
+            collapse_check(evaluation, config, trained.steps)  # a collapsed model stops here, before export
             fairness = fairness_check(candidate, held_out, **settings(config, "fairness"), out_dir=at["fairness"])
+            finished.append(fairness)
             merged = merge(model, trained.adapter, **settings(config, "merge"), out_dir=at["merge"])
 
         f16 = convert(merged, config.export.outtype, at["convert"], stem=Path(run).name)
         ggufs = [f16, *(quantize_task(f16, config.export.quantizations) if config.export.quantizations else [])]
         smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"])
+        finished.append(smoke)
         results = [*data.results(), trained, evaluation, fairness, smoke]
         fingerprint = data.validated.fingerprint
         card = card_task(config, ggufs, evaluation.decoding, fingerprint, results, trained.loss_curve, at["card"])

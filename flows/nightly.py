@@ -130,7 +130,8 @@ def nightly(
                     out_dir=str(Path(registry_dir) / "eval" / f"v{version}"),
                 )
             champion, champion_label = evaluation.metrics(), f"champion v{version} (re-evaluated on this held-out set)"
-    decision = decide_task(challenger, champion, champion_label, challenger_cfg.data.test_path, policy)
+    held_out = run.data.deduped.held_out.label if run.data.deduped.held_out else challenger_cfg.data.test_path
+    decision = decide_task(challenger, champion, champion_label, held_out, policy)
 
     entry = VersionEntry(
         data_fingerprint=fingerprint,

@@ -34,3 +34,10 @@ class UnsafeWeights(ConfigError):
 class DiskFull(PermanentError, OSError):
     """No space left on the device (ENOSPC, or the quota: EDQUOT) while writing a named file; its message says how
     much is free. A retry would write into the same full disk."""
+
+
+class ModelCollapsed(PermanentError):
+    """Evaluation saw the fine-tuned model collapse (format compliance to 0, forgetting far past its limit): the run
+    stops before export (r1lib/training/collapse.py). ``stage`` is where it was seen."""
+
+    stage = "evaluate"

@@ -20,6 +20,7 @@ import tempfile
 from urllib.parse import urlsplit
 
 from r1lib.config import PipelineConfig
+from r1lib.data.holdout import held_out_source
 from r1lib.data.inputs import distinct_inputs
 from r1lib.errors import ConfigError, PathNotAllowed
 from r1lib.model.loading import check_model_config
@@ -71,6 +72,7 @@ def check_config(config: PipelineConfig) -> None:
     inputs = [(f"data.train_paths[{i}]", p) for i, p in enumerate(data.train_paths)]
     inputs += [(f"data.{f}", getattr(data, f)) for f in ("test_path", "replay_path") if getattr(data, f)]
     distinct_inputs(inputs, data.allowed_roots)
+    held_out_source(data, config.dedup)  # the user's data is never scored on the shipped sample
     launch_plan(config.train, "hf" if config.train.backend == "auto" else config.train.backend)
     cores = os.cpu_count() or 1
     if config.runner.address is None and config.runner.workers > max(8, 4 * cores):

@@ -17,6 +17,7 @@ covers the files it reads.
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 from typing import Literal
 
@@ -219,6 +220,23 @@ def stage_of_task(function: str, run_name: str = "") -> str:
         if name == key or name.startswith(key + "_"):
             return run_name if s.name == "quantize" and run_name else s.name
     return name.split("_", 1)[0]
+
+
+def failed_stage(error: BaseException) -> str | None:
+    """The stage an error came from: its ``stage`` attribute, else the deepest frame of its traceback in a stage
+    module (``tasks/<module>.py``: the module's stage, or in a module of several stages the function's, as
+    ``stage_of_task`` reads it). None when no stage code raised it."""
+    if isinstance(getattr(error, "stage", None), str):
+        return error.stage
+    tasks = Path(__file__).resolve().parent.parent / "tasks"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve().parent == tasks]
+    if not frames:
+        return None
+    module = Path(frames[-1].filename).stem.replace("_", "-")
+    if module in BY_NAME:
+        return module
+    name = stage_of_task(frames[-1].name.lstrip("_"))  # tasks/export.py: merge, convert, quantize
+    return name if name in BY_NAME else module
 
 
 def group_of(stage_name: str) -> Group:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from r1lib.config import DedupConfig
 from r1lib.data.duplicates import MinHasher, find_duplicates, find_leaks, hash64, lsh_params, normalize_text
+from r1lib.data.holdout import HeldOutSource
 from r1lib.data.records import location
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import DataValidationError
@@ -298,33 +299,41 @@ class DedupedData(StageResult):
     shards: dict[str, list[Shard]]  # "train", "test"
     quarantine: str
     report: DedupReport
+    held_out: HeldOutSource | None = None  # where the test rows came from (r1lib/data/holdout.py)
 
     def summary(self) -> dict:
+        held_out = {"held_out": {**self.held_out.model_dump(), "rows": self.report.test_out}} if self.held_out else {}
         return {
             "dedup": {
                 **self.report.model_dump(
                     include={"train_in", "train_out", "test_in", "test_out", "split_to_test", "reasons"}
                 ),
                 "quarantine": self.quarantine,
+                **held_out,
             }
         }
 
     def summary_lines(self) -> list[tuple[str, str]]:
         r = self.report
-        return [
+        lines = [
             (
                 "dedup",
                 f"train {r.train_in} -> {r.train_out}, test {r.test_in} -> {r.test_out}, "
                 f"{r.reasons or 'nothing dropped'}",
             )
         ]
+        return lines + ([("held-out", self.held_out.describe(r.test_out))] if self.held_out else [])
 
 
 def merge_dedup(
-    train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, out_dir: Path
+    train_parts: list[DedupShard],
+    test_parts: list[DedupShard],
+    report: DedupReport,
+    out_dir: Path,
+    held_out: HeldOutSource | None = None,
 ) -> DedupedData:
     """Join the shards' parts in shard order: train.jsonl, test.jsonl (test-file rows, then rows the split moved),
-    quarantine.jsonl, report.json."""
+    quarantine.jsonl, report.json. ``held_out`` says where the test rows came from (the summary shows it)."""
     out_dir = Path(out_dir)
     # Written before the limits are checked: a refusal names this file, so it must hold the removed rows.
     quarantine = concat_files(
@@ -354,6 +363,7 @@ def merge_dedup(
         shards={"train": train_shards, "test": test_shards},
         quarantine=str(quarantine),
         report=report,
+        held_out=held_out,
     )
 
 
@@ -379,12 +389,14 @@ def passthrough_report(train: list[Shard], test: list[Shard], cfg: DedupConfig) 
     )
 
 
-def dedup_files(train: list[Shard], test: list[Shard], cfg: DedupConfig, out_dir: Path) -> DedupedData:
+def dedup_files(
+    train: list[Shard], test: list[Shard], cfg: DedupConfig, out_dir: Path, held_out: HeldOutSource | None = None
+) -> DedupedData:
     """The whole stage in this process, on validate's shards (the flow maps the same steps over them:
     flows/data.py)."""
     out_dir = Path(out_dir)
     if not cfg.enabled:
-        return merge_dedup(*passthrough_parts(train, test), passthrough_report(train, test, cfg), out_dir)
+        return merge_dedup(*passthrough_parts(train, test), passthrough_report(train, test, cfg), out_dir, held_out)
     keys = {
         split: [shard_keys(s.path, cfg, out_dir / "keys" / f"{split}-{k:04d}.npy") for k, s in enumerate(shards)]
         for split, shards in (("train", train), ("test", test))
@@ -397,7 +409,7 @@ def dedup_files(train: list[Shard], test: list[Shard], cfg: DedupConfig, out_dir
         ]
         for split, shards in (("train", train), ("test", test))
     }
-    return merge_dedup(parts["train"], parts["test"], the_plan.report, out_dir)
+    return merge_dedup(parts["train"], parts["test"], the_plan.report, out_dir, held_out)
 
 
 def dedup(
@@ -447,10 +459,15 @@ def dedup_write_task(shard: Shard, plan_path: InputPath, split: str, index: int,
 
 @task(name="dedup", task_run_name="dedup merge", **stage_options())
 def dedup_merge_task(
-    train_parts: list[DedupShard], test_parts: list[DedupShard], report: DedupReport, out_dir: OutputPath
+    train_parts: list[DedupShard],
+    test_parts: list[DedupShard],
+    report: DedupReport,
+    out_dir: OutputPath,
+    held_out: HeldOutSource | None = None,
 ) -> DedupedData:
-    """Join the deduplicated shards: train/test deduplicated and leak-free."""
-    result = merge_dedup(train_parts, test_parts, report, Path(out_dir))
+    """Join the deduplicated shards: train/test deduplicated and leak-free; ``held_out``: where the test rows came
+    from."""
+    result = merge_dedup(train_parts, test_parts, report, Path(out_dir), held_out)
     create_table_artifact(
         key="dedup-report",
         table=[

@@ -103,7 +103,7 @@ def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
         # Reasoning is part of the input but not of the loss: it joins the prompt side of the mask.
         shown = (f"{THINK_OPEN}\n" if not opens_think else "") + f"{reasoning.strip()}\n"
         prompt_ids += tokenizer(shown, add_special_tokens=False)["input_ids"]
-        completion = f"{THINK_CLOSE}\n\n{answer.strip()}{tokenizer.eos_token}"
+        completion = f"{THINK_CLOSE}\n\n{answer.rstrip()}{tokenizer.eos_token}"
     else:
         completion = completion_text(reasoning, answer, opens_think)
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
@@ -172,7 +172,7 @@ def encode_batch(tokenizer, records: list[dict], cfg: TokenizeConfig, cache: Ids
             shown = ("" if opens_think else think_open) + f"{reasoning.strip()}\n"
             if shown not in known:
                 todo[shown] = None
-            completion = f"{THINK_CLOSE}\n\n{answer.strip()}{eos_token}"
+            completion = f"{THINK_CLOSE}\n\n{answer.rstrip()}{eos_token}"
         else:
             completion = completion_text(reasoning, answer, opens_think)
         todo[prompt] = None
@@ -300,6 +300,7 @@ class TokenizedShard(BaseModel):
     examples: list[dict]  # the first rows, decoded, for the audit
     longest_dropped: int = 0  # tokens of the longest row dropped as too long
     dropped_origins: dict[str, int] = {}  # the dropped rows by origin: originals and which augmentations
+    origins: dict[str, int] = {}  # every row by origin (a drop count says how many rows augmentation added)
 
 
 def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Path) -> TokenizedShard:
@@ -314,12 +315,14 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
     rows_in = rows_out = tokens = trained = longest = longest_dropped = 0
     examples: list[dict] = []
     origins: dict[str, int] = {}
+    every: Counter = Counter()
     with atomic_path(arrow) as tmp, JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
         writer = ArrowWriter(features=token_features(), path=str(tmp))
         try:
             for chunk in chunked(iter_jsonl(Path(shard.path)), TOKENIZE_CHUNK):
                 rows, quarantined, audit = tokenize_records(tokenizer, chunk, cfg)
                 rows_in += len(chunk)
+                every.update(r.get("origin", "original").split(":")[0] for r in chunk)
                 quarantine.write_many(quarantined)
                 longest_dropped = max([longest_dropped, *(q["tokens"] for q in quarantined)])
                 for q in quarantined:
@@ -357,6 +360,7 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
             examples=examples,
             longest_dropped=longest_dropped,
             dropped_origins=origins,
+            origins=dict(every),
         )
 
 
@@ -373,11 +377,13 @@ def merge_tokenized(
     # Joined before the limit is checked: a refusal names this file, so it must hold the dropped rows.
     quarantine = concat_files(out_dir / "quarantine.jsonl", [p.quarantine for p in parts])
     origins: Counter = Counter()
+    every: Counter = Counter()
     for part in parts:
         origins.update(part.dropped_origins)
+        every.update(part.origins)
     rows_in = sum(p.rows_in for p in parts)
     longest = max((p.longest_dropped for p in parts), default=0)
-    check_dropped(rows_in, dropped, longest, dict(origins), cfg or TokenizeConfig(), name, str(quarantine))
+    check_dropped(rows_in, dropped, longest, dict(origins), cfg or TokenizeConfig(), name, str(quarantine), dict(every))
     if not full:
         raise DataValidationError(f"{name}: no row to tokenize")
     fingerprint = xxhash.xxh3_64("".join(p.digest for p in full).encode()).hexdigest()

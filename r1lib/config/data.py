@@ -19,6 +19,15 @@ class DataConfig(Section):
         description="Training files, folders or globs (at least one, each once).",
     )
     test_path: InputPath = Field("data/sample/test.jsonl", description="Held-out evaluation file; never trained on.")
+    holdout_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="With your own train_paths and no test file of yours (test_path empty, or left at the shipped "
+        "sample data/sample/test.jsonl), this share of your rows, picked by a stable hash of each prompt "
+        "(dedup.split_salt), is the held-out set and never trained on; the summary says so. 0 refuses such a run, "
+        "naming data.test_path (r1lib/data/holdout.py).",
+    )
     replay_path: InputPath | None = Field(
         "data/sample/general.jsonl", description="General data for replay and forgetting."
     )
@@ -148,7 +157,8 @@ class DedupConfig(Section):
         0.0,
         ge=0,
         lt=1,
-        description="With no test rows (data.test_path empty), the share moved to test by a stable hash of the prompt.",
+        description="With no test file of yours, the share moved to test by a stable hash of the prompt; 0: "
+        "data.holdout_fraction's share.",
     )
     split_salt: str = Field(
         "r1-finetune-split", max_length=256, description="Changes which rows the stable split picks."

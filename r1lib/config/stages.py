@@ -28,6 +28,15 @@ class EvalConfig(Section):
         description="Limit on replay perplexity after / before (forgetting); None: no limit.",
     )
     on_forgetting: Literal["warn", "fail"] = Field("warn", description="What to do past max_forgetting_ratio.")
+    on_collapse: Literal["stop", "warn"] = Field(
+        "stop",
+        description="A collapsed model (format compliance from above 0 to 0, or forgetting past "
+        "collapse_forgetting_ratio): stop the run before export with a failure summary naming the learning rate, "
+        "steps and numbers (r1lib/training/collapse.py), or warn and export it anyway.",
+    )
+    collapse_forgetting_ratio: float = Field(
+        20.0, gt=1, le=1e6, description="Replay perplexity after / before past which the model counts as collapsed."
+    )
     perplexity_rows: int | None = Field(
         None, ge=1, le=MAX_COUNT, description="Held-out / replay rows for perplexity (None: all)."
     )

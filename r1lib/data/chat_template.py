@@ -55,7 +55,7 @@ def completion_text(reasoning: str | None, answer: str, prompt_opens_think: bool
     template since Feb 2025); older templates need the opening tag in the completion instead.
     """
     think = f"{reasoning.strip()}\n{THINK_CLOSE}\n\n" if reasoning else f"{THINK_CLOSE}\n\n"
-    body = think + answer.strip() + EOS
+    body = think + answer.rstrip() + EOS  # leading spaces are the answer's own (indented code), as a user turn's are
     return body if prompt_opens_think else f"{THINK_OPEN}\n{body}"
 
 

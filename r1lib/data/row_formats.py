@@ -156,7 +156,12 @@ def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> st
             raise RecordError("invalid_utf8", field, f"field '{field}' holds a lone surrogate (not encodable as UTF-8)")
         raise RecordError("control_character", field, f"field '{field}' holds a control character")
     if len(value) > max_chars:
-        raise RecordError("field_too_long", field, f"field '{field}' has {len(value)} characters (limit {max_chars})")
+        raise RecordError(
+            "field_too_long",
+            field,
+            f"field '{field}' has {len(value)} characters, over data.max_field_chars={max_chars}: shorten it, or raise "
+            f"data.max_field_chars (tokenize.max_seq_length still bounds what is trained)",
+        )
     return value
 
 
@@ -314,11 +319,21 @@ def _check_trained(items: list, key: str) -> None:
         )
 
 
+def _kept_indent(text: str, after_marker: bool = False) -> str:
+    """An answer as written, less trailing whitespace and blank lines before it: the indentation of its first line
+    (code, a poem) is part of it, as a user turn's is. After a marker (``</think>``), whitespace with no line break
+    (``</think> 42``) is a separator."""
+    head = len(text) - len(text.lstrip())
+    newline = text.rfind("\n", 0, head)
+    return text.strip() if newline < 0 and after_marker else text[newline + 1 :].rstrip()
+
+
 def _answer_split(text: str, field: str) -> tuple[str | None, str]:
-    """(reasoning, answer) of an answer text: an inline <think> block or Bespoke-Stratos thought/solution markers."""
+    """(reasoning, answer) of an answer text: an inline <think> block or Bespoke-Stratos thought/solution markers.
+    The answer keeps the indentation of its first line (``_kept_indent``)."""
     inline, answer = split_reasoning(text)
     if inline is not None:
-        return inline, answer
+        return inline, _kept_indent(text[text.index(THINK_CLOSE) + len(THINK_CLOSE) :], after_marker=True)
     if THINK_OPEN in text or THINK_CLOSE in text:
         raise RecordError("unclosed_think", field, f"'{field}' has an unbalanced <think> block")
     if any(marker in text for marker in _THOUGHT_MARKERS):
@@ -330,8 +345,8 @@ def _answer_split(text: str, field: str) -> tuple[str | None, str]:
                 f"'{field}' has thought/solution markers that do not form <|begin_of_thought|>...<|end_of_thought|>"
                 "<|begin_of_solution|>...<|end_of_solution|>",
             )
-        return match.group(1).strip(), match.group(2).strip()
-    return None, answer
+        return match.group(1).strip(), _kept_indent(match.group(2), after_marker=True)
+    return None, _kept_indent(text)
 
 
 def _mapped(row: dict, columns: ColumnMap, max_chars: int) -> tuple[str, list[dict], str]:
@@ -444,6 +459,11 @@ def normalize(row: Any, max_chars: int = 100_000, rules: RowRules | None = None,
     if row.get("tools") not in (None, "", []):
         tools = tools_prompt(row["tools"])  # "" for an empty list (a JSON "[]" too)
         if tools and rules.tools == "refuse":
-            raise RecordError("tools", "tools", "the row carries a 'tools' list and data.tools is 'refuse'")
+            raise RecordError(
+                "tools",
+                "tools",
+                "the row carries a 'tools' list and data.tools is 'refuse'; data.tools=system writes the tool schemas "
+                "into the system prompt and trains the row",
+            )
         system = f"{system}\n\n{tools}" if system and tools else system or tools
     return fill_placeholders({"system": system, "messages": messages, "reasoning": reasoning}, rules)

@@ -67,11 +67,18 @@ def write_dataset(arrows: list[str], fingerprint: str, dataset_dir: Path) -> Non
 
 
 def check_dropped(
-    rows_in: int, dropped: int, longest: int, origins: dict[str, int], cfg, name: str, quarantine: str
+    rows_in: int,
+    dropped: int,
+    longest: int,
+    origins: dict[str, int],
+    cfg,
+    name: str,
+    quarantine: str,
+    row_origins: dict[str, int] | None = None,
 ) -> None:
-    """Rows dropped as too long (``origins``: how many of them are original rows and which augmentations): warned
-    about, and past ``cfg.max_dropped_fraction`` (or when none is left) a failure that names the settings that fix
-    it. ``cfg``: the TokenizeConfig."""
+    """Rows dropped as too long (``origins``: how many of them are original rows and which augmentations;
+    ``row_origins``: the same of every row in): warned about, and past ``cfg.max_dropped_fraction`` (or when none is
+    left) a failure that names the settings that fix it. ``cfg``: the TokenizeConfig."""
     from r1lib.errors import DataValidationError
 
     if not dropped:
@@ -83,11 +90,18 @@ def check_dropped(
         if cfg.truncation == "truncate"
         else "they were dropped"
     )
-    counted = (
-        f"; counted after augmentation: {dropped - sum(added.values())} original rows and augmented copies {added}"
-        if added
-        else ""
-    )
+    added_in = {k: n for k, n in (row_origins or {}).items() if k != "original"}
+    if added:
+        counted = (
+            f"; counted after augmentation: {dropped - sum(added.values())} original rows and augmented copies {added}"
+        )
+    elif added_in:
+        counted = (
+            f"; the dropped rows are all original; augmentation added {sum(added_in.values())} of the {rows_in} rows "
+            f"{added_in}"
+        )
+    else:
+        counted = ""
     message = (
         f"{name}: {dropped} of {rows_in} rows ({share:.0%}{counted}) are longer than tokenize.max_seq_length="
         f"{cfg.max_seq_length} tokens (the longest {longest}): {why} (tokenize.truncation={cfg.truncation}); "

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from r1lib.config import PipelineConfig
-from r1lib.errors import ConfigError, DataValidationError, PathNotAllowed
+from r1lib.errors import ConfigError, DataValidationError, ModelCollapsed, PathNotAllowed
 from r1lib.preflight import allowed_roots_fix, preflight
 from r1lib.presets import config_from_args, describe
 from r1lib.process import apply_defaults
@@ -48,6 +48,9 @@ def run_command(flow: Callable[[PipelineConfig], Any], argv: list[str]) -> int:
             result = flow(config)
     except DataValidationError as exc:
         print(f"\ndata refused: {exc}", file=sys.stderr)
+        return 1
+    except ModelCollapsed as exc:  # the failure summary is written and printed: no traceback to add
+        print(f"\nrun stopped: {exc}\n\nsummary: {config.run_dir() / 'summary.json'}", file=sys.stderr)
         return 1
     print(f"\n{result.summary.text}\n\nsummary: {result.summary.path}")
     return 0

@@ -73,8 +73,9 @@ def test_rows_all_longer_than_max_seq_length_fail_the_data_only_run_naming_the_s
     )
     assert code == 1
     assert "tokenize.max_seq_length=256" in err and "tokenize.truncation=truncate" in err
-    # 6 rows and their 6 prompt variants are too long; only the 6 replay rows fit: no training on those.
-    assert "train: 12 of 18 rows" in err and "tokenize.max_dropped_fraction=0.1" in err
+    # One of the 6 rows is held out (data.holdout_fraction); 5 rows and their 5 prompt variants are too long, only
+    # the 5 replay rows fit: no training on those.
+    assert "train: 10 of 15 rows" in err and "tokenize.max_dropped_fraction=0.1" in err
 
 
 @pytest.mark.slow  # the data flow, whole

@@ -44,6 +44,19 @@ def test_drop_counts_say_which_rows_were_augmentations(tokenizer, tmp_path):
     )
 
 
+def test_drop_counts_say_how_many_rows_augmentation_added_when_only_originals_dropped(tokenizer, tmp_path):
+    long = make_record(normalize({"instruction": "Count.", "output": r1(" ".join(map(str, range(300))), "300")}),
+                       "rows.jsonl", 1)  # fmt: skip
+    short = make_record(normalize({"instruction": "1 + 1?", "output": "2"}), "rows.jsonl", 2)
+    write_jsonl(tmp_path / "rows.jsonl", [long, {**short, "id": "e" * 16, "origin": "replay", "parent": short["id"]}])
+    with pytest.raises(DataValidationError) as info:
+        tokenize_file(tokenizer, tmp_path / "rows.jsonl", TokenizeConfig(max_seq_length=64), tmp_path / "out")
+    message = str(info.value)
+    assert "1 of 2 rows (50%; the dropped rows are all original; augmentation added 1 of the 2 rows {'replay': 1})" in (
+        message
+    )
+
+
 def test_a_split_refused_whole_is_not_told_to_raise_a_limit_already_at_one(tmp_path):
     path = write_lines(tmp_path / "rows.jsonl", [{"Q": "a?", "A": "b"}, {"Q": "c?", "A": "d"}])
     cfg = DataConfig(

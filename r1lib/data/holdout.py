@@ -1,0 +1,99 @@
+"""Where a run's held-out rows come from: the user's own test file, a stable hash split of the user's rows, or (the
+demo only) the shipped sample's test file.
+
+A user who names their training files but no test file of their own must not be scored on the shipped sample
+(``data/sample/test.jsonl``): those numbers would say nothing about their data. ``held_out_source`` decides once,
+before any stage works (the preflight calls it, so ``data.holdout_fraction=0`` is refused at once), and the data
+stages run on ``held_out_configs``: no test file, and dedup's stable split carving ``data.holdout_fraction`` of the
+rows out (tasks/dedup.py; a row's fate depends on its prompt alone, so adding rows never moves an old one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from r1lib.config import DataConfig, DedupConfig
+from r1lib.errors import ConfigError
+from r1lib.paths import PROJECT_DIR, is_url
+
+SHIPPED_SAMPLE = PROJECT_DIR / "data" / "sample"
+
+
+class HeldOutSource(BaseModel):
+    """Where the held-out rows come from: ``test_file`` (``data.test_path``, the user's), ``split`` (``fraction`` of
+    the training rows, by a stable hash of each prompt salted with ``salt``) or ``shipped_sample`` (the demo: the
+    training files and the test file are the shipped sample's)."""
+
+    kind: Literal["test_file", "split", "shipped_sample"]
+    test_path: str = ""  # data.test_path as configured (for a split: the file that is not used, if any)
+    fraction: float = 0.0
+    salt: str = ""
+
+    @property
+    def label(self) -> str:
+        """A few words naming the held-out set (a promotion decision's "on ...")."""
+        if self.kind == "split":
+            return f"{self.fraction:.0%} of the training rows held out by a stable hash (data.holdout_fraction)"
+        return self.test_path
+
+    def describe(self, rows: int | None = None) -> str:
+        """One line for the run summary: where the held-out rows came from."""
+        count = f"{rows} rows: " if rows is not None else ""
+        if self.kind == "test_file":
+            return f"{count}data.test_path {self.test_path}"
+        if self.kind == "shipped_sample":
+            return f"{count}the shipped sample's test file {self.test_path} (the training files are the sample's too)"
+        unused = f"; data.test_path {self.test_path} (the shipped sample) not used" if self.test_path else ""
+        return (
+            f"{count}{self.fraction:.0%} of your training rows, picked by a stable hash of each prompt "
+            f"(data.holdout_fraction; dedup.split_salt {self.salt!r}), never trained on{unused}; "
+            "to score on a file of yours instead set data.test_path"
+        )
+
+
+def is_shipped_sample(spec: str) -> bool:
+    """Whether an input spec names a file or folder of the shipped sample data (``data/sample/``)."""
+    if not spec or is_url(spec):
+        return False
+    path = Path(spec) if Path(spec).is_absolute() else Path.cwd() / spec
+    try:
+        path.resolve().relative_to(SHIPPED_SAMPLE.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def held_out_source(data: DataConfig, dedup: DedupConfig) -> HeldOutSource:
+    """Where this configuration's held-out rows come from. A test file of the user's is used as it is; with the
+    user's training files and no test file of theirs (``data.test_path`` empty, or the shipped sample's), the share
+    ``dedup.split_test_fraction`` (when set) or ``data.holdout_fraction`` of their rows is held out; with that share
+    0 the run is refused (ConfigError naming data.test_path): scoring the user's model on the shipped sample would
+    report numbers about data it was never meant for."""
+    test = data.test_path or ""
+    if test and not is_shipped_sample(test):
+        return HeldOutSource(kind="test_file", test_path=test)
+    if test and all(is_shipped_sample(p) for p in data.train_paths):
+        return HeldOutSource(kind="shipped_sample", test_path=test)
+    fraction = dedup.split_test_fraction or data.holdout_fraction
+    if fraction <= 0:
+        given = f"data.test_path is the shipped sample's {test}" if test else "data.test_path is empty"
+        raise ConfigError(
+            f"no held-out rows of your data: {given} and data.holdout_fraction is 0. Set data.test_path to a test "
+            "file of yours, or data.holdout_fraction (e.g. 0.1) to hold out that share of your training rows"
+        )
+    return HeldOutSource(kind="split", test_path=test, fraction=fraction, salt=dedup.split_salt)
+
+
+def held_out_configs(data: DataConfig, dedup: DedupConfig) -> tuple[DataConfig, DedupConfig, HeldOutSource]:
+    """The data and dedup sections the data stages run on, and the held-out source: for a split, no test file is
+    read and dedup's stable split holds out the share (with dedup.enabled off too, then removing nothing)."""
+    source = held_out_source(data, dedup)
+    if source.kind != "split":
+        return data, dedup, source
+    split = {"split_test_fraction": source.fraction}
+    if not dedup.enabled:  # dedup off still holds the rows out; it removes no duplicate or leak
+        split |= {"enabled": True, "exact": False, "near": False, "leakage": False}
+    return data.model_copy(update={"test_path": ""}), dedup.model_copy(update=split), source

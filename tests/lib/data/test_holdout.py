@@ -1,0 +1,96 @@
+"""A user's held-out numbers come from the user's data: with their own training files and no test file of theirs,
+a stable hash split of their rows is the held-out set and the summary says so; a share of 0 is refused naming
+data.test_path; the demo (sample in, sample out) and a user's own test file are used as they are."""
+
+import json
+
+import pytest
+from conftest import write_lines
+
+from r1lib.config import DataConfig, DedupConfig
+from r1lib.data.holdout import held_out_configs, held_out_source, is_shipped_sample
+from r1lib.errors import ConfigError
+from r1lib.presets import config_from_args
+from tasks.dedup import dedup_files, is_test_item
+from tasks.validate import validate
+
+SAMPLE_TEST = "data/sample/test.jsonl"
+
+
+def user_rows(n: int) -> list[dict]:
+    return [{"instruction": f"What is {k} plus {k + 1}?", "output": str(2 * k + 1)} for k in range(n)]
+
+
+def test_the_shipped_sample_is_recognized_however_the_path_is_written(tmp_path):
+    assert is_shipped_sample("data/sample/test.jsonl") and is_shipped_sample("./data/sample/../sample/train.jsonl")
+    assert not is_shipped_sample(str(tmp_path / "test.jsonl")) and not is_shipped_sample("s3://bucket/data/sample/x")
+
+
+def test_the_demo_is_scored_on_the_shipped_sample():
+    source = held_out_source(DataConfig(), DedupConfig())
+    assert (source.kind, source.test_path) == ("shipped_sample", SAMPLE_TEST)
+    data, dedup, _ = held_out_configs(DataConfig(), DedupConfig())
+    assert (data.test_path, dedup.split_test_fraction) == (SAMPLE_TEST, 0)
+
+
+def test_a_test_file_of_the_users_is_used_as_it_is(tmp_path):
+    cfg = DataConfig(train_paths=[str(tmp_path / "a.jsonl")], test_path=str(tmp_path / "t.jsonl"))
+    data, dedup, source = held_out_configs(cfg, DedupConfig())
+    assert source.kind == "test_file" and data.test_path == str(tmp_path / "t.jsonl")
+    assert "data.test_path" in source.describe(7) and dedup.split_test_fraction == 0
+
+
+@pytest.mark.parametrize("test_path", [SAMPLE_TEST, ""])
+def test_the_users_training_files_without_a_test_file_of_theirs_are_split(tmp_path, test_path):
+    cfg = DataConfig(train_paths=["data/sample/train.jsonl", str(tmp_path / "mine.jsonl")], test_path=test_path)
+    data, dedup, source = held_out_configs(cfg, DedupConfig())
+    assert (source.kind, source.fraction, data.test_path, dedup.split_test_fraction) == ("split", 0.1, "", 0.1)
+    text = source.describe(12)
+    assert text.startswith("12 rows: 10% of your training rows") and "data.holdout_fraction" in text
+    assert ("(the shipped sample) not used" in text) == bool(test_path)
+
+
+def test_a_split_asked_of_dedup_wins_and_dedup_off_still_holds_rows_out(tmp_path):
+    cfg = DataConfig(train_paths=[str(tmp_path / "mine.jsonl")], holdout_fraction=0.2)
+    _, dedup, source = held_out_configs(cfg, DedupConfig(split_test_fraction=0.3))
+    assert source.fraction == dedup.split_test_fraction == 0.3
+    _, dedup, _ = held_out_configs(cfg, DedupConfig(enabled=False))
+    assert (dedup.enabled, dedup.exact, dedup.near, dedup.leakage, dedup.split_test_fraction) == (
+        True, False, False, False, 0.2
+    )  # fmt: skip
+
+
+def test_no_share_to_hold_out_is_refused_naming_the_test_path(tmp_path):
+    mine = write_lines(tmp_path / "mine.jsonl", user_rows(3))
+    cfg = DataConfig(train_paths=[str(mine)], holdout_fraction=0)
+    with pytest.raises(ConfigError) as info:
+        held_out_source(cfg, DedupConfig())
+    message = str(info.value)
+    assert "data.test_path" in message and "data.holdout_fraction" in message and SAMPLE_TEST in message
+    from r1lib.preflight import check_config
+
+    config = config_from_args(
+        ["--set", f"data.train_paths={json.dumps([str(mine)])}", "--set", "data.holdout_fraction=0",
+         "--set", f"data.allowed_roots={json.dumps(['{project}/data', str(tmp_path)])}"]
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="data.test_path"):
+        check_config(config)  # before any stage works
+
+
+def test_the_held_out_rows_are_the_users_own_and_the_summary_says_where_they_came_from(tmp_path):
+    rows = user_rows(200)
+    mine = write_lines(tmp_path / "mine.jsonl", rows)
+    cfg = DataConfig(train_paths=[str(mine)], replay_path=None, allowed_roots=["{project}/data", str(tmp_path)])
+    data, dedup, source = held_out_configs(cfg, DedupConfig())
+    validated = validate(data, tmp_path / "validate")
+    deduped = dedup_files(validated.shards["train"], validated.shards["test"], dedup, tmp_path / "dedup", source)
+    test = [json.loads(line) for line in open(deduped.test, encoding="utf-8")]
+    prompts = [r["instruction"] for r in rows]
+    salt = "r1-finetune-split"
+    expected = [p for p in prompts if is_test_item({"messages": [{"role": "user", "content": p}]}, 0.1, salt)]
+    assert 8 <= len(test) <= 35 and [r["messages"][0]["content"] for r in test] == expected
+    assert all(r["source"]["file"] == str(mine) for r in test)
+    assert deduped.report.train_out + len(test) == 200
+    lines = dict(deduped.summary_lines())
+    assert lines["held-out"].startswith(f"{len(test)} rows: 10% of your training rows")
+    assert deduped.summary()["dedup"]["held_out"]["kind"] == "split"

@@ -1,0 +1,152 @@
+"""The layouts issue 23 names, from their public sources (tests/fixtures/layouts/README.md,
+tests/fixtures/public/README.md), train through the tiny flow with a mapping or without one: each goes through the
+data stages here (validate, dedup, augment, debias, tokenize, in this process), every answer it holds reaches the
+trained tokens, and one slow test takes all of them, in one file, through the whole flow. Preference layouts are
+refused by name; a Chinese role-play file gets no English template text."""
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from r1lib.config import AugmentConfig, DataConfig, DebiasConfig, DedupConfig, TokenizeConfig
+from r1lib.data.language import language_of
+from r1lib.io import write_jsonl
+from tasks.augment import all_templates, augment
+from tasks.debias import debias_file
+from tasks.dedup import dedup_files
+from tasks.tokenize import tokenize_file
+from tasks.validate import validate
+from tests.conftest import ROOT
+
+LAYOUTS, PUBLIC = ROOT / "tests" / "fixtures" / "layouts", ROOT / "tests" / "fixtures" / "public"
+MEDICAL = LAYOUTS / "medical_o1_sft_zh_excerpt.json"
+MATH = LAYOUTS / "math500_excerpt.jsonl"
+HUANHUAN = LAYOUTS / "selfllm_huanhuan_excerpt.json"
+DPO = LAYOUTS / "foundry_orca_dpo_pairs_validation_excerpt.jsonl"
+TOKENIZE = TokenizeConfig(max_seq_length=2048)  # the embedded model's context: the medical-o1 chain of thought is long
+
+
+def rows_of(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines()]
+
+
+def qa_csv(tmp_path: Path) -> Path:
+    """A QA CSV with problem/answer columns: MATH-500's problem and final answer, in a CSV as a user saves one."""
+    path = tmp_path / "math_qa.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerows([["problem", "answer"], *[[r["problem"], r["answer"]] for r in rows_of(MATH)]])
+    return path
+
+
+def math_parquet(tmp_path: Path) -> Path:
+    pd.DataFrame(rows_of(MATH)).to_parquet(tmp_path / "math.parquet")
+    return tmp_path / "math.parquet"
+
+
+# name: (the file, or how to make it from a public one; data.columns for it or None; rows refused by the validate stage)
+CASES = {
+    "medical-o1 Question/Complex_CoT/Response": (lambda tmp: MEDICAL, None, 0),
+    "medical-o1 through a column mapping": (
+        lambda tmp: MEDICAL, {"prompt": "Question", "reasoning": "Complex_CoT", "answer": "Response"}, 0,
+    ),
+    "MATH problem/solution/answer": (lambda tmp: MATH, None, 0),
+    "MATH as Parquet": (math_parquet, None, 0),
+    "QA CSV problem/answer": (qa_csv, None, 0),
+    "BELLE question/std_answer": (lambda tmp: LAYOUTS / "belle_eval_set_excerpt.jsonl", None, 1),  # an empty answer
+    "GSM8K question/answer": (lambda tmp: LAYOUTS / "gsm8k_train_excerpt.jsonl", None, 0),
+    "GSM8K OpenAI chat (the issue's collapse file)": (
+        lambda tmp: LAYOUTS / "foundry_gsm8k_chat_validation_excerpt.jsonl", None, 0,
+    ),
+    "Chinese role-play (Alpaca)": (lambda tmp: HUANHUAN, None, 0),
+    "Chinese instructions (Alpaca)": (lambda tmp: PUBLIC / "llamafactory_alpaca_zh_demo.json", None, 0),
+    "OpenAI fine-tuning sample": (lambda tmp: PUBLIC / "openai_cookbook_toy_chat_fine_tuning.jsonl", None, 1),
+}  # fmt: skip
+
+
+def data_stages(tmp_path: Path, path: Path, columns: dict | None, tokenizer) -> tuple:
+    """validate -> dedup -> augment -> debias -> tokenize in this process, with the stages' default settings and
+    the tiny preset's augmentation (the shipped replay rows mixed in as a share of the training rows)."""
+    data = DataConfig(
+        train_paths=[str(path)], test_path="", replay_path="data/sample/general.jsonl", max_rejected_fraction=0.5,
+        allowed_roots=["{project}/data", str(path.parent)], columns={str(path): columns} if columns else {},
+    )  # fmt: skip
+    validated = validate(data, tmp_path / "validate")
+    deduped = dedup_files(validated.shards["train"], [], DedupConfig(), tmp_path / "dedup")
+    records = [json.loads(line) for line in open(deduped.train, encoding="utf-8")]
+    replay = [json.loads(line) for line in open(validated.replay, encoding="utf-8")]
+    cfg = AugmentConfig(replay_ratio=1.0)
+    augmented = augment(records, replay, cfg, all_templates(cfg))
+    write_jsonl(tmp_path / "augmented.jsonl", augmented)
+    debiased = debias_file(tmp_path / "augmented.jsonl", DebiasConfig(), tmp_path / "debias")
+    tokenized = tokenize_file(tokenizer, Path(debiased.shards[0].path), TOKENIZE, tmp_path / "tokenize")
+    return validated, records, augmented, tokenized
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_layout_goes_through_the_data_stages_to_trained_tokens(case, tmp_path, tokenizer):
+    make, columns, refused = CASES[case]
+    path = make(tmp_path)
+    validated, records, augmented, tokenized = data_stages(tmp_path, path, columns, tokenizer)
+    assert validated.quarantined == refused and records
+    assert (tokenized.rows_in, tokenized.rows_out, tokenized.dropped_too_long) == (len(augmented),) * 2 + (0,)
+    from datasets import load_from_disk
+
+    trained = [tokenizer.decode([t for t in row if t != -100]) for row in load_from_disk(tokenized.dataset)["labels"]]
+    for record in records:  # every answer of the user's rows is a training target
+        answer = record["messages"][-1]["content"].strip()
+        assert any(answer in text for text in trained), (case, answer[:80])
+
+
+def test_the_chinese_role_play_file_gets_no_english_template_text_with_default_settings(tmp_path, tokenizer):
+    validated, records, augmented, _ = data_stages(tmp_path, HUANHUAN, None, tokenizer)
+    cfg = AugmentConfig()
+    english = [p.strip() for t in all_templates(cfg) if language_of(t) == "en" for p in t.split("{instruction}")]
+    prompts = [m["content"] for r in augmented if r["origin"] != "replay" for m in r["messages"] if m["role"] == "user"]
+    # No template variant: the rows carry no reasoning (dedup drops one of the 12 as a near duplicate).
+    assert validated.reports[0].accepted == 12 and len(prompts) == len(records) >= 11
+    assert not [p for p in prompts for e in english if e and e in p]
+    assert {r["messages"][0]["content"] for r in records} >= {"皇上驾到！", "甄夫人与二小姐觐见莞嫔娘娘。"}
+
+
+def test_openai_dpo_rows_are_refused_as_preference_data_naming_the_training_method(tmp_path):
+    data = DataConfig(train_paths=[str(DPO)], test_path="", replay_path=None, allowed_roots=[str(LAYOUTS)])
+    with pytest.raises(Exception) as info:
+        validate(data, tmp_path / "validate")
+    message = str(info.value)
+    assert "2 of 2 rows rejected" in message and "preference_data" in message and "train.method" in message
+
+
+def combined_rows(tmp_path: Path) -> list[dict]:
+    """Every layout above, row by row in one JSON lines file (CSV and Parquet rows as the objects they read as),
+    plus the OpenAI DPO rows (refused by name, counted)."""
+    rows = []
+    for make, columns, _ in CASES.values():
+        path = make(tmp_path)
+        if columns or path.suffix in (".csv", ".parquet"):
+            continue  # the same rows as the JSON of their source
+        rows += rows_of(path)
+    return rows + rows_of(DPO)
+
+
+@pytest.mark.slow  # the whole tiny flow (train, evaluate, export, smoke) on one combined file
+def test_all_layouts_in_one_file_train_through_the_whole_tiny_flow(prefect_harness, tmp_path):
+    from flows.finetune import finetune
+    from r1lib.presets import expand_preset
+    from tests.server_stack import small_config
+
+    write_jsonl(tmp_path / "layouts.jsonl", combined_rows(tmp_path))
+    config = small_config(tmp_path, "layouts")
+    config["data"] |= {"train_paths": [str(tmp_path / "layouts.jsonl")], "test_path": ""}
+    config["tokenize"] = {"max_seq_length": 2048}
+    result = finetune(expand_preset(config))
+    data = result.summary.data
+    reasons = data["data"]["per_file"][str(tmp_path / "layouts.jsonl")]["reasons"]
+    assert reasons == {"preference_data": 2, "empty_field": 1, "role_order": 1}
+    assert data["dedup"]["held_out"]["kind"] == "split" and data["dedup"]["test_out"] > 0
+    assert data["train"]["steps"] == 2 and len(result.ggufs) == 2 and result.smoke is not None
+    assert "held-out" in result.summary.text
