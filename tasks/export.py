@@ -36,7 +36,7 @@ from r1lib.export.gguf import (
     quantize_file,
     quantize_files,
 )
-from r1lib.io import atomic_dir, atomic_path
+from r1lib.io import atomic_dir, atomic_path, sha256_file
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.process import die_with_parent
@@ -162,8 +162,11 @@ def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
         if proc.returncode != 0:
             raise RuntimeError(f"convert_hf_to_gguf failed ({proc.returncode}) on {merged_dir}:\n{proc.stderr[-3000:]}")
         check_gguf(tmp)
+        digest = sha256_file(tmp)  # of the bytes renamed into place: what the smoke test and the card check
     pre = gguf_metadata(out_path, "tokenizer.ggml.pre")
-    return GGUFFile(path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre)
+    return GGUFFile(
+        path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre, sha256=digest
+    )
 
 
 def quantize_all(source: Path, qtypes: list[str], out_paths: list[Path], threads: int = 0) -> list[GGUFFile]:
@@ -202,9 +205,14 @@ def quantize_all(source: Path, qtypes: list[str], out_paths: list[Path], threads
                 f"llama_model_quantize({source} -> {', '.join(qtypes)}) failed ({proc.returncode}):\n"
                 f"{proc.stderr[-3000:]}"
             )
+        digests = []
         for tmp in tmps:
             check_gguf(tmp)
-    return [GGUFFile(path=str(p), type=q, bytes=p.stat().st_size) for q, p in zip(qtypes, out_paths)]
+            digests.append(sha256_file(tmp))
+    return [
+        GGUFFile(path=str(p), type=q, bytes=p.stat().st_size, sha256=digest)
+        for q, p, digest in zip(qtypes, out_paths, digests)
+    ]
 
 
 def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:
