@@ -49,7 +49,6 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     16-bit checkpoint merges shard by shard (r1lib/export/merge.py: one shard in memory, no model built, no GPU);
     anything else through peft, in host memory."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from r1lib.export.merge import stream_merge, stream_merge_plan
@@ -59,6 +58,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
         dequantize_4bit,
         hub_token,
         is_prequantized,
+        load_adapter,
         load_causal_lm,
         refuse_pickles,
         remote_code_policy,
@@ -91,7 +91,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
                 revision=model_cfg.revision,
                 token=hub_token(model_cfg),
             )
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged = load_adapter(base, adapter_dir).merge_and_unload()
     if merged.dtype == torch.float32 and torch.cuda.is_available():
         merged = merged.to(torch.bfloat16)
     check_unquantized(merged)
