@@ -13,8 +13,11 @@ through the real code paths, with the figures the project's guarantees are about
    ``unfilled_placeholders``: accepted rows still holding ``{{``.
 2. Paths: specs that lead out of the roots (symlinks, folder links, /proc, ``..``, ``~``, fsspec URLs and chains);
    ``outside reads``: rows read from the outside file.
-3. Configuration: ``python -m flows.finetune --set`` values (one data file under two spellings among them) through
-   flows.finetune.main (the flow stubbed out); a refusal must be exit 2, ``configuration refused``, no traceback.
+3. Configuration: ``python -m flows.finetune --set`` values (one data file under two spellings among them; folders
+   that cannot be written, a Ray runner without prefect-ray, an unreachable Dask address, subnormal numbers in 11
+   fields, a preset relabel) through flows.finetune.main (the flow stubbed out); a refusal must be exit 2,
+   ``configuration refused``, no traceback. ``--config`` files in a child with a deadline: a FIFO (refused, not
+   waited on: a wait counts in ``hangs``) and a JSON file with a byte-order mark (read).
 4. Chat templates (``TEMPLATE_CASES``): each written as a model folder's chat_template.jinja, loaded by
    load_tokenizer, rendered by render_prompt and by the fast renderer; ``templates not refused``: renderings that
    did not end in TemplateRefused naming the file; ``hangs``: renderings over 30 s; ``max_peak_mib``: the largest
@@ -25,8 +28,14 @@ through the real code paths, with the figures the project's guarantees are about
 6. Flow (not --quick): one ``--stop-after tokenize`` run on hostile files with HF_TOKEN and AWS keys planted in the
    environment; ``secrets leaked``: files under the run folder and PREFECT_HOME (the database included) holding a
    planted value; the summary's rows read against the rows the files hold.
-7. kill -9 (not --quick): ``--stop-after tokenize`` runs (default runner and Dask) killed with SIGKILL mid-run;
-   ``orphans``: their descendants (the local Prefect server, Dask workers) still alive 8 s later.
+7. kill -9 (not --quick): ``--stop-after tokenize`` runs (default runner and Dask) killed with SIGKILL mid-run,
+   and a process running convert, quantize or the smoke test killed while its child runs; ``orphans``: their
+   descendants (the local Prefect server, Dask workers, converter, quantizer, smoke child) still alive 8 s later.
+8. Round three (bench/attack_round3.py): pickles in checkpoints, adapters and stored result records, GGUFs swapped
+   after the run, a model folder's generation_config.json; ``code executions`` counts its pickles that ran too;
+   ``pickles, records, GGUFs not refused``: checkpoints not fallen back from, adapters, records and GGUFs accepted;
+   ``mispaired rows``: generations that a folder's generation_config changed. The Prefect server killed mid-run is
+   tests/flows/test_server_lost.py (a server of its own).
 
 Writes bench/results/attack-<date>.json and a row per run in bench/results/attack.md.
 """
@@ -49,6 +58,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from attack_round3 import run_round3  # noqa: E402 - after the path that finds it
+
 RESULTS = ROOT / "bench" / "results"
 SECRETS = {
     "HF_TOKEN": "hf_ATTACKplanted0123456789abcdefXYZ",
@@ -287,7 +299,83 @@ CONFIG_CASES = [
     "train.seed=4294967296",
     "train.launch=bomb.yaml",
     "train.launch=push.yaml",
+    # round three (issue 22): folders that cannot be written, runners that cannot run, subnormal numbers, relabels
+    "runs_dir=/dev/null",
+    "runs_dir=/proc/self",
+    "cache_dir=/dev/null",
+    "runner.kind=ray",
+    ("runner.kind=dask", "runner.address=tcp://127.0.0.1:9"),
+    *(
+        f"{field}=5e-324"
+        for field in (
+            "train.learning_rate",
+            "evaluate.temperature",
+            "evaluate.top_p",
+            "evaluate.time_limit_s",
+            "evaluate.max_forgetting_ratio",
+            "smoke.timeout_s",
+            "train.max_grad_norm",
+            "dedup.threshold",
+            "train.max_gpu_memory_gib",
+            "model.embedded.pretrain_lr",
+            "train.weight_decay",
+        )
+    ),
+    "preset=r1-qwen-7b",
+    ("--preset", "r1-qwen-7b", "preset=tiny"),
 ]
+
+
+def _argv(item: tuple[str, ...]) -> list[str]:
+    """A case of several settings (``--set`` each), or a case that starts with its own options."""
+    if item[0].startswith("--"):
+        return [*item[:2], *(a for setting in item[2:] for a in ("--set", setting))]
+    return [a for setting in item for a in ("--set", setting)]
+
+
+def run_config_files(base: Path) -> tuple[list[dict], dict]:
+    """``--config`` files, each in a child process with a deadline: a FIFO (must be refused, not waited on), and a
+    JSON config with a byte-order mark (must be read: the run starts, stubbed)."""
+    fifo = base / "config.fifo"
+    os.mkfifo(fifo)
+    (base / "bom.json").write_bytes(b"\xef\xbb\xbf" + J({"train": {"max_steps": 3}}).encode())
+    child = (  # the flow and the server it would start are stubbed: what is measured is the reading of the file
+        "import contextlib, sys, flows.finetune as f, r1lib.ops.local_server as server\n"
+        "server.prefect_api = contextlib.nullcontext\n"
+        "f.finetune = lambda config: (print('started', config.train.max_steps, flush=True), sys.exit(0))\n"
+        "sys.exit(f.main(sys.argv[1:]))\n"
+    )
+    results = []
+    for name, path, refuse in (("config FIFO", fifo, True), ("config with a BOM", base / "bom.json", False)):
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", child, "--config", str(path)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=600,  # a FIFO read waits forever; the imports alone took 150 s on two busy cores
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            code, err, out, hang = proc.returncode, proc.stderr, proc.stdout, False
+        except subprocess.TimeoutExpired:
+            code, err, out, hang = None, "", "", True
+        ok = (code == 2 and "Traceback" not in err and "started" not in out) if refuse else "started 3" in out
+        results.append(
+            {
+                "input": name,
+                "exit": code,
+                "hang": hang,
+                "as_meant": ok,
+                "seconds": round(time.monotonic() - t0, 2),
+                "message": (err.strip().splitlines() or out.strip().splitlines() or [""])[-1][:140],
+            }
+        )
+    return results, {
+        "inputs": len(results),
+        "not_as_meant": sum(not r["as_meant"] for r in results),
+        "hangs": sum(r["hang"] for r in results),
+    }
 
 
 def run_config(base: Path) -> tuple[list[dict], dict]:
@@ -304,13 +392,14 @@ def run_config(base: Path) -> tuple[list[dict], dict]:
     cwd = os.getcwd()
     try:
         for item in CONFIG_CASES:
-            os.chdir(base if item.endswith(".yaml") and "/" not in item else ROOT)
+            os.chdir(base if isinstance(item, str) and item.endswith(".yaml") and "/" not in item else ROOT)
             err = io.StringIO()
             started.clear()
             t0 = time.monotonic()
+            argv = ["--set", item] if isinstance(item, str) else _argv(item)
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 try:
-                    code = finetune_module.main(["--set", item])
+                    code = finetune_module.main(argv)
                 except AttributeError:  # the stub returns no result to print: the flow would have run
                     code = None
                 except BaseException as exc:  # noqa: BLE001
@@ -318,7 +407,7 @@ def run_config(base: Path) -> tuple[list[dict], dict]:
             text = err.getvalue()
             results.append(
                 {
-                    "input": item[:70],
+                    "input": (item if isinstance(item, str) else " ".join(item))[:70],
                     "exit": code,
                     "started": bool(started),
                     "traceback": "Traceback" in text,
@@ -610,11 +699,71 @@ def kill_trial(base: Path, tag: str, pattern: str, delay: float, extra: list[str
     }
 
 
+# The export children stall at their start (a sitecustomize in the driver's PYTHONPATH), so the kill finds them
+# running; the driver is the process a flow run would be, calling the stage's own function.
+STALL_AT_START = """
+import sys, time
+if sys.argv[:2] in (["-c", "quantize"], ["-c", "smoke"]) or "--outtype" in sys.argv:
+    time.sleep(120)
+"""
+EXPORT_DRIVERS = {
+    "convert": ("convert_hf_to_gguf", "from tasks.export import convert\nconvert({d!r}, 'f16', {d!r} + '/m-F16.gguf')"),
+    "quantize": (
+        "quantize",
+        "from pathlib import Path\nfrom tasks.export import quantize\n"
+        "quantize(Path({d!r}, 'm-F16.gguf'), 'Q8_0', Path({d!r}, 'm-Q8_0.gguf'))",
+    ),
+    "smoke": (
+        "smoke",
+        "from r1lib.config import SmokeConfig\nfrom r1lib.export.gguf import GGUFFile\n"
+        "from tasks.smoke import smoke_all\n"
+        "smoke_all([GGUFFile(path={d!r} + '/m-Q8_0.gguf', type='Q8_0', bytes=1)], ['Hi'], SmokeConfig())",
+    ),
+}
+
+
+def export_kill_trial(base: Path, stage: str) -> dict:
+    """SIGKILL a process running ``stage``'s function once its child runs; its descendants alive 8 s later."""
+    marker, code = EXPORT_DRIVERS[stage]
+    folder = base / f"kill-{stage}"
+    (folder / "site").mkdir(parents=True)
+    (folder / "site" / "sitecustomize.py").write_text(STALL_AT_START)
+    env = {**os.environ, "PYTHONPATH": f"{folder / 'site'}{os.pathsep}{ROOT}"}
+    proc = subprocess.Popen([sys.executable, "-c", code.format(d=str(folder))], cwd=ROOT, env=env)
+    seen: dict[tuple[int, str], str] = {}
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 180 and proc.poll() is None:
+        tree = _tree(proc.pid)
+        for pid, (_, start, _, cmd) in tree.items():
+            seen[(pid, start)] = cmd
+        if any(marker in cmd for *_, cmd in tree.values()):
+            break
+        time.sleep(0.2)
+    running = proc.poll() is None
+    if running:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(8)
+    now = _procs()
+    left = [cmd for (pid, start), cmd in seen.items() if pid in now and now[pid][1] == start and now[pid][2] != "Z"]
+    for (pid, start), _ in seen.items():
+        if pid in now and now[pid][1] == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return {
+        "input": f"{stage}: SIGKILL while its child runs",
+        "killed_mid_run": running,
+        "descendants": len(seen),
+        "orphans": left,
+    }
+
+
 def run_kills(base: Path) -> tuple[list[dict], dict]:
     trials = [
         kill_trial(base, "server-up", "Beginning flow run", 0.5, []),
         kill_trial(base, "data-stages", "Beginning subflow run", 2, []),
         kill_trial(base, "dask", "Beginning subflow run", 3, ["--set", "runner.kind=dask"]),
+        *(export_kill_trial(base, stage) for stage in EXPORT_DRIVERS),
     ]
     return trials, {
         "runs": len(trials),
@@ -628,8 +777,8 @@ def markdown(result: dict) -> str:
     return (
         f"| {result['date']} | {f['hostile_inputs']} | {f['rows_lost']} | {f['crashes']} | {f['outside_reads']} | "
         f"{f['config_accepted']} | {f['code_executions']} | {f['secrets_leaked']} | {f['orphans_after_kill9']} | "
-        f"{f['templates_not_refused']} | {f['hangs']} | {f['unfilled_placeholders']} | "
-        f"{result['commit']} {'quick' if result['quick'] else 'full'} |\n"
+        f"{f['templates_not_refused']} | {f['hangs']} | {f['unfilled_placeholders']} | {f['not_refused_round3']} | "
+        f"{f['mispaired_rows']} | {result['commit']} {'quick' if result['quick'] else 'full'} |\n"
     )
 
 
@@ -642,7 +791,8 @@ our own making, driven through `tasks.validate.validate_file`, `r1lib.data.input
 
 """
 COLUMNS = ["date", "inputs", "rows lost", "crashes", "outside reads", "config accepted", "code runs"]
-COLUMNS += ["secrets leaked", "orphans", "templates not refused", "hangs", "unfilled placeholders", "rev"]
+COLUMNS += ["secrets leaked", "orphans", "templates not refused", "hangs", "unfilled placeholders"]
+COLUMNS += ["pickles, records, GGUFs not refused", "mispaired rows", "rev"]
 HEADER += "| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|\n"
 
 
@@ -658,8 +808,10 @@ def main() -> int:
             ("data", run_data),
             ("paths", run_paths),
             ("config", run_config),
+            ("config_files", run_config_files),
             ("templates", run_templates),
             ("models", run_models),
+            ("round3", lambda b: run_round3(b, ROOT)),
         )
         for name, fn in sections_run:
             t0 = time.monotonic()
@@ -679,17 +831,21 @@ def main() -> int:
         "hostile_inputs": sum(
             s["figures"]["inputs"]
             for k, s in sections.items()
-            if k in ("data", "paths", "config", "templates", "models")
+            if k in ("data", "paths", "config", "config_files", "templates", "models", "round3")
         )
         + (1 if flow else 0)
         + sections.get("kill9", {}).get("figures", {}).get("runs", 0),
         "rows_lost": sections["data"]["figures"]["rows_lost"] + (flow.get("rows_lost") or 0),
         "crashes": sections["data"]["figures"]["crashes"],
         "outside_reads": sections["paths"]["figures"]["outside_reads"],
-        "config_accepted": sections["config"]["figures"]["accepted"],
-        "code_executions": sections["models"]["figures"]["code_executions"],
+        "config_accepted": sections["config"]["figures"]["accepted"]
+        + sections["config_files"]["figures"]["not_as_meant"],
+        "code_executions": sections["models"]["figures"]["code_executions"]
+        + sections["round3"]["figures"]["code_executions"],
         "templates_not_refused": sections["templates"]["figures"]["not_refused"],
-        "hangs": sections["templates"]["figures"]["hangs"],
+        "hangs": sections["templates"]["figures"]["hangs"] + sections["config_files"]["figures"]["hangs"],
+        "not_refused_round3": sections["round3"]["figures"]["not_refused"],
+        "mispaired_rows": sections["round3"]["figures"]["mispaired"],
         "unfilled_placeholders": sections["data"]["figures"]["unfilled_placeholders"],
         "secrets_leaked": flow.get("secrets_leaked"),
         "orphans_after_kill9": sections.get("kill9", {}).get("figures", {}).get("orphans"),

@@ -25,6 +25,7 @@ from prefect import Task, flow, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from r1lib.compat import forget_sub_flow_results
 from r1lib.config import DedupConfig, PipelineConfig, RunnerConfig
 from r1lib.data.holdout import HeldOutSource, held_out_configs
 from r1lib.data.row_rules import RowRules
@@ -280,8 +281,8 @@ def run_data_stages(config: PipelineConfig, model_dir: str, run: str) -> Prepare
     thread pool of ``runner.workers`` threads). Inside a flow run the sub-flow is one node of its run graph, which
     opens onto the shard maps, instead of a few dozen shard tasks stacked at the start of the graph.
 
-    The stages after it get a copy of its result: Prefect links a sub-flow's result (and its fields) to the sub-flow
-    run, and records a task that takes them as having a ``flow_run`` input, which Prefect 3.9.1's UI cannot parse:
-    its Task Runs tab then shows none of the run's tasks."""
+    Prefect's links from the sub-flow's result to its run are dropped (``forget_sub_flow_results``): a task taking
+    them would be recorded with a ``flow_run`` input, which Prefect 3.9.1's UI cannot parse (an empty Task Runs tab)."""
     prepared = prepare_data.with_options(task_runner=task_runner(config.runner))(config, model_dir, run)
-    return prepared.model_copy(deep=True)
+    forget_sub_flow_results()
+    return prepared

@@ -33,6 +33,7 @@ from prefect.transactions import transaction
 from pydantic import BaseModel
 
 from flows.finetune import TINY, PresetConfig, finetune
+from r1lib.compat import forget_sub_flow_results
 from r1lib.config import PipelineConfig
 from r1lib.errors import ConfigError
 from r1lib.ops.gpu_slot import gpu_slot
@@ -112,6 +113,7 @@ def nightly(
         challenger_cfg.run_name = f"nightly-{challenger_cfg.fingerprint()[:10]}"
 
     run = finetune(challenger_cfg)
+    forget_sub_flow_results()  # the tasks below take its fields: no flow_run inputs (the UI's Task Runs tab)
     challenger = {**run.evaluation.metrics(), **(run.fairness.metrics() if run.fairness else {})}
 
     # The champion, scored on exactly the same held-out rows by the same evaluation code.

@@ -206,6 +206,25 @@ def drain_prefect_workers() -> None:
     run_coro_as_sync(drain())
 
 
+def forget_sub_flow_results() -> None:
+    """Drop the links Prefect keeps, in the running flow's context, from a sub-flow's returned value (and each of its
+    fields) to the sub-flow run (``FlowRunContext.run_results``, keyed by ``id()``). A task that later takes one of
+    those objects, or a new dict or list that reuses a freed one's ``id()``, is recorded with a ``flow_run`` input,
+    which Prefect 3.9.1's UI cannot parse ("Invalid TaskInputResponse"): its Task Runs tab then lists no task.
+
+    Written for prefect 3.9.1. Remove when Prefect's UI reads ``flow_run`` task inputs (its TaskInputResponse mapper
+    accepts ``input_type: "flow_run"``)."""
+    from prefect.client.schemas.objects import RunType
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None:
+        return
+    for key, (_, run_type, _) in list(context.run_results.items()):
+        if run_type == RunType.FLOW_RUN:
+            context.run_results.pop(key, None)
+
+
 def never_prompt_for_remote_code() -> None:
     """Make transformers refuse, instead of asking ``Do you wish to run the custom code? [y/N]`` on stdin, when some
     loading call (ours pass ``trust_remote_code`` explicitly; a library's internal one might not) leaves

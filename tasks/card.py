@@ -25,7 +25,7 @@ from prefect import task
 
 from r1lib.config import PipelineConfig
 from r1lib.data.chat_template import ASSISTANT, BOS, EOS, USER
-from r1lib.export.gguf import FULL_PRECISION, GGUFFile
+from r1lib.export.gguf import FULL_PRECISION, GGUFFile, verify_digests
 from r1lib.io import atomic_path, write_text
 from r1lib.model.generation import Decoding
 from r1lib.paths import InputPath, OutputPath
@@ -202,7 +202,8 @@ def write_card(
     loss_curve: str | None,
     out_dir: Path,
 ) -> CardResult:
-    """Modelfiles, README.md and the loss curve in ``out_dir``."""
+    """Modelfiles, README.md and the loss curve in ``out_dir``; every GGUF must still hold what the export wrote."""
+    verify_digests(ggufs)
     out_dir = Path(out_dir)
     n_ctx, system_prompt = config.smoke.n_ctx, config.tokenize.system_prompt
     refs = {g.path: os.path.relpath(Path(g.path).resolve(), out_dir.resolve()) for g in ggufs}
@@ -220,7 +221,11 @@ def write_card(
         with atomic_path(curve) as tmp:
             shutil.copyfile(loss_curve, tmp)
     readme = out_dir / "README.md"
-    write_text(readme, card_text(config, sections, decoding, fingerprint, rec, refs[rec.path]))
+    text = card_text(config, sections, decoding, fingerprint, rec, refs[rec.path])
+    digests = [f"| `{Path(g.path).name}` | `{g.sha256}` |" for g in ggufs if g.sha256]
+    if digests:
+        text += "\n## File digests\n\n| file | sha256 |\n|---|---|\n" + "\n".join(digests) + "\n"
+    write_text(readme, text)
     return CardResult(
         readme=str(readme),
         modelfiles=modelfiles,

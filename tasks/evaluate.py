@@ -340,10 +340,9 @@ def evaluate(
     tokenize_cfg: TokenizeConfig,
     out_dir: Path,
 ) -> Evaluation:
-    from peft import PeftModel
 
     from r1lib.model.gpu_memory import release
-    from r1lib.model.loading import dequantize_4bit, load_causal_lm, load_tokenizer
+    from r1lib.model.loading import dequantize_4bit, load_adapter, load_causal_lm, load_tokenizer
 
     release()  # the training stage's model, before this stage loads its own
     model_dir, adapter_dir = candidate.model_dir, candidate.adapter_dir
@@ -384,7 +383,7 @@ def evaluate(
 
     log.info("evaluating the base model on %d held-out rows", len(records))
     base, base_out = score(model)
-    model = PeftModel.from_pretrained(model, adapter_dir)
+    model = load_adapter(model, adapter_dir)
     if speed["mode"] == "merged":
         model = model.merge_and_unload()
     log.info("evaluating the fine-tuned model")

@@ -36,7 +36,7 @@ from r1lib.export.gguf import (
     quantize_file,
     quantize_files,
 )
-from r1lib.io import atomic_dir, atomic_path
+from r1lib.io import atomic_dir, atomic_path, sha256_file
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.process import die_with_parent
@@ -49,7 +49,6 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     16-bit checkpoint merges shard by shard (r1lib/export/merge.py: one shard in memory, no model built, no GPU);
     anything else through peft, in host memory."""
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from r1lib.export.merge import stream_merge, stream_merge_plan
@@ -59,6 +58,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
         dequantize_4bit,
         hub_token,
         is_prequantized,
+        load_adapter,
         load_causal_lm,
         refuse_pickles,
         remote_code_policy,
@@ -91,7 +91,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
                 revision=model_cfg.revision,
                 token=hub_token(model_cfg),
             )
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged = load_adapter(base, adapter_dir).merge_and_unload()
     if merged.dtype == torch.float32 and torch.cuda.is_available():
         merged = merged.to(torch.bfloat16)
     check_unquantized(merged)
@@ -162,8 +162,11 @@ def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
         if proc.returncode != 0:
             raise RuntimeError(f"convert_hf_to_gguf failed ({proc.returncode}) on {merged_dir}:\n{proc.stderr[-3000:]}")
         check_gguf(tmp)
+        digest = sha256_file(tmp)  # of the bytes renamed into place: what the smoke test and the card check
     pre = gguf_metadata(out_path, "tokenizer.ggml.pre")
-    return GGUFFile(path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre)
+    return GGUFFile(
+        path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre, sha256=digest
+    )
 
 
 def quantize_all(source: Path, qtypes: list[str], out_paths: list[Path], threads: int = 0) -> list[GGUFFile]:
@@ -202,9 +205,14 @@ def quantize_all(source: Path, qtypes: list[str], out_paths: list[Path], threads
                 f"llama_model_quantize({source} -> {', '.join(qtypes)}) failed ({proc.returncode}):\n"
                 f"{proc.stderr[-3000:]}"
             )
+        digests = []
         for tmp in tmps:
             check_gguf(tmp)
-    return [GGUFFile(path=str(p), type=q, bytes=p.stat().st_size) for q, p in zip(qtypes, out_paths)]
+            digests.append(sha256_file(tmp))
+    return [
+        GGUFFile(path=str(p), type=q, bytes=p.stat().st_size, sha256=digest)
+        for q, p, digest in zip(qtypes, out_paths, digests)
+    ]
 
 
 def quantize(source: Path, qtype: str, out_path: Path, threads: int = 0) -> GGUFFile:

@@ -140,9 +140,8 @@ def fairness(
         return FairnessReport(
             prompts=0, candidates=candidates, base_agreement=None, tuned_agreement=None, pairs=None, status=status
         )
-    from peft import PeftModel
 
-    from r1lib.model.loading import load_causal_lm, load_tokenizer
+    from r1lib.model.loading import load_adapter, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
@@ -151,7 +150,7 @@ def fairness(
     started = time.monotonic()
     model.eval()
     base, _ = generate(model, tokenizer, prompts, decoding)
-    model = PeftModel.from_pretrained(model, adapter_dir)
+    model = load_adapter(model, adapter_dir)
     model.eval()
     tuned, _ = generate(model, tokenizer, prompts, decoding)
     n = min(len(base), len(tuned)) // 2  # a time limit may stop generation early: score whole pairs only

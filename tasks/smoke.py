@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from r1lib.config import SmokeConfig
 from r1lib.data.chat_template import extract_answer
 from r1lib.errors import ExportCheckError
-from r1lib.export.gguf import FULL_PRECISION, SMOKE_CHILD, GGUFFile, offline_env
+from r1lib.export.gguf import FULL_PRECISION, SMOKE_CHILD, GGUFFile, offline_env, verify_digests
 from r1lib.export.smoke_checks import compare_greedy, perplexity_types, reference_dtype
 from r1lib.io import write_json
 from r1lib.model.generation import Decoding, own_generation_config
@@ -187,7 +187,9 @@ def smoke_all(
     """Every GGUF, one after the other, in one fresh child process (``timeout``, default ``cfg.timeout_s``, per
     GGUF); raises ExportCheckError naming the first GGUF that crashes, hangs or does not answer every prompt in the
     R1 format (with ``require_r1_format`` off, format failures are appended to ``warnings`` instead). Perplexity
-    over ``perplexity_rows`` is measured for the types in ``perplexity_types`` (None: every GGUF)."""
+    over ``perplexity_rows`` is measured for the types in ``perplexity_types`` (None: every GGUF). A GGUF whose
+    content is not what the export recorded fails first (``verify_digests``)."""
+    verify_digests(ggufs)
     jobs = [
         {
             "path": gguf.path,

@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
 from r1lib.io import exclusive_dir, write_json
 from r1lib.model.gpu_memory import apply_cap
+from r1lib.ops.api_watch import ApiReports
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_logger, stage_options
 from r1lib.stage import StageResult
@@ -189,9 +190,14 @@ def train_task(
     tokenize_cfg: TokenizeConfig,
     out_dir: OutputPath,
 ) -> TrainResult:
-    """QLoRA fine-tuning into ``out_dir``; resumes from the last complete checkpoint when retried."""
-    progress_id = create_progress_artifact(
-        progress=0.0, key="training-progress", description=f"training: {cfg.max_steps or '?'} optimizer steps to go"
+    """QLoRA fine-tuning into ``out_dir``; resumes from the last complete checkpoint when retried. Its reports to the
+    Prefect API are best-effort (``ApiReports``): a server that stops answering does not stop the training."""
+    reports = ApiReports()
+    progress_id = reports(
+        create_progress_artifact,
+        progress=0.0,
+        key="training-progress",
+        description=f"training: {cfg.max_steps or '?'} optimizer steps to go",
     )
     curve: list[dict] = []
     seen: list[tuple[int, float]] = []  # (step, time) of the first report of this attempt: the rate's origin
@@ -199,7 +205,8 @@ def train_task(
     def report(step: int, max_steps: int, logs: dict) -> None:
         now = time.monotonic()
         seen[:] = seen or [(step, now)]
-        update_progress_artifact(
+        reports(
+            update_progress_artifact,
             artifact_id=progress_id,
             progress=100.0 * step / max_steps,
             description=progress_line(step, max_steps, logs, seen[0], now),
@@ -218,10 +225,11 @@ def train_task(
         progress_hook=report,
     )
     resumed = f" · resumed from {Path(result.resumed_from).name}" if result.resumed_from else ""
-    update_progress_artifact(
+    reports(
+        update_progress_artifact,
         artifact_id=progress_id,
         progress=100.0,
         description=f"done · {result.steps} optimizer steps · {result.loss_text()}{resumed}",
     )
-    create_markdown_artifact(key="training-loss", markdown=loss_markdown(result, curve))
+    reports(create_markdown_artifact, key="training-loss", markdown=loss_markdown(result, curve))
     return result

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 EMBEDDED = "embedded"  # ModelConfig.name_or_path value that selects the tiny model built from code
 
@@ -38,3 +39,14 @@ Unique = AfterValidator(_unique)
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_subnormal(cls, value):
+        """A subnormal float (``5e-324``) is a typo or an attack, never a setting: each bound above (``gt=0``) lets
+        it through, and it reaches the run as a zero that is not one."""
+        if isinstance(value, float) and 0 < abs(value) < sys.float_info.min:
+            raise ValueError(
+                f"{value!r} is a subnormal number (below {sys.float_info.min:.3g}); write 0 or a normal value"
+            )
+        return value

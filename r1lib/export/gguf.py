@@ -31,6 +31,28 @@ class GGUFFile(BaseModel):
     type: str
     bytes: int
     tokenizer_pre: str | None = None
+    sha256: str | None = None  # recorded when the export wrote the file; the smoke test and the card check it
+
+
+def verify_digests(ggufs: list[GGUFFile]) -> None:
+    """Raise ExportCheckError naming the first GGUF that is gone or whose content is not what the export wrote (its
+    recorded sha256): a file swapped after the run must not pass the smoke test nor ship in the card. A GGUFFile
+    without a recorded digest (made by hand) is not checked."""
+    from r1lib.errors import ExportCheckError
+    from r1lib.io import sha256_file
+
+    for gguf in ggufs:
+        if gguf.sha256 is None:
+            continue
+        path = Path(gguf.path)
+        if not path.is_file():
+            raise ExportCheckError(f"{path}: the GGUF the export wrote is gone; run the export again")
+        found = sha256_file(path)
+        if found != gguf.sha256:
+            raise ExportCheckError(
+                f"{path}: sha256 {found} is not {gguf.sha256}, the digest recorded when the export wrote it: the "
+                "file was replaced or changed after the run. Delete it and run again to export it anew"
+            )
 
 
 def offline_env() -> dict:

@@ -272,10 +272,10 @@ def time_plain_generate(model, adapter_dir: str, tokenizer, prompts: list[str], 
     """Plain HF generate on the 4-bit model with the adapter attached (what users run), over one batch of
     ``baseline_rows`` prompts and ``baseline_tokens`` new tokens after a short warm-up; the adapter is removed
     again before returning."""
-    from peft import PeftModel
+    from r1lib.model.loading import load_adapter
 
     rows = prompts[: min(cfg.baseline_rows, batch)]
-    tuned = PeftModel.from_pretrained(model, adapter_dir)
+    tuned = load_adapter(model, adapter_dir)
     tuned.eval()
     tokens = min(cfg.baseline_tokens, cfg.max_new_tokens)
     generate(tuned, tokenizer, rows[:1], cfg, 1, 2)  # kernels and handles initialised outside the timing

@@ -226,6 +226,38 @@ def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool, quant_stora
     return model
 
 
+def check_adapter(adapter_dir: str) -> None:
+    """A LoRA adapter folder holds a whole ``adapter_model.safetensors``; pickle weights beside it or instead of it, a
+    pickle renamed ``.safetensors`` or a truncated file are refused (UnsafeWeights, permanent) naming the file, before
+    peft reads anything (it would ``torch.load`` an ``adapter_model.bin``)."""
+    from r1lib.training.checkpoints import safetensors_problem
+
+    folder = Path(adapter_dir)
+    # training_args.bin: the trainer's own record of its arguments beside the adapter; nothing here or in peft reads it
+    pickles = sorted(
+        p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES) and p.name != "training_args.bin"
+    )
+    if pickles:
+        raise UnsafeWeights(
+            f"{adapter_dir}: pickle files {pickles[:5]} in the adapter folder, which can run code when "
+            "loaded; refused. This pipeline writes adapters as safetensors only: train it again"
+        )
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UnsafeWeights(f"{adapter_dir}: no adapter_model.safetensors (found {sorted(os.listdir(folder))[:10]})")
+    problem = safetensors_problem(weights)
+    if problem:
+        raise UnsafeWeights(f"{weights}: {problem}; refused")
+
+
+def load_adapter(model, adapter_dir: str):
+    """``PeftModel.from_pretrained(model, adapter_dir)`` after ``check_adapter``."""
+    from peft import PeftModel
+
+    check_adapter(adapter_dir)
+    return PeftModel.from_pretrained(model, adapter_dir)
+
+
 @contextlib.contextmanager
 def refuse_pickles(source: str) -> Iterator[None]:
     """Around ``from_pretrained(use_safetensors=True)``: a hub repository without safetensors weights is an

@@ -84,11 +84,10 @@ def evaluate_preferences(peft_model, tokenizer, rows: list[dict], beta: float = 
 
 def evaluate_adapter(model_dir: str, model_cfg, adapter_dir: str, rows: list[dict], beta: float = 0.1, **kw):
     """``evaluate_preferences`` of an adapter folder on its base model (loaded as the pipeline loads it)."""
-    from peft import PeftModel
 
-    from r1lib.model.loading import load_causal_lm, load_tokenizer
+    from r1lib.model.loading import load_adapter, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     base = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
-    model = PeftModel.from_pretrained(base, adapter_dir)
+    model = load_adapter(base, adapter_dir)
     return evaluate_preferences(model, tokenizer, rows, beta, **kw)

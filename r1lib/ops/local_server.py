@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from r1lib.compat import drain_prefect_workers
+from r1lib.ops.api_watch import configured_api_url, exit_when_api_lost
 
 log = logging.getLogger(__name__)
 DEFAULT_START_TIMEOUT = 600.0
@@ -173,20 +174,16 @@ def shared_server_url() -> str:
     return _SHARED.url
 
 
-def configured_api_url() -> str | None:
-    from prefect.settings import PREFECT_API_URL
-
-    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None
-
-
 @contextlib.contextmanager
 def prefect_api(timeout: float | None = None) -> Iterator[str]:
     """The Prefect API for a run: the configured one, else a local server started here for the block (and for the
     child processes it starts) and stopped when the block ends; it dies with this process if this process is
-    killed."""
+    killed. A server that stops answering for a while ends the process with a message naming it
+    (r1lib/ops/api_watch.py)."""
     configured = configured_api_url()
     if configured:
-        yield configured
+        with exit_when_api_lost(configured):
+            yield configured
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -194,7 +191,7 @@ def prefect_api(timeout: float | None = None) -> Iterator[str]:
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.url
     try:
-        with temporary_settings({PREFECT_API_URL: server.url}):
+        with temporary_settings({PREFECT_API_URL: server.url}), exit_when_api_lost(server.url):
             try:
                 yield server.url
             finally:

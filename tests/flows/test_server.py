@@ -20,6 +20,8 @@ import pytest
 import yaml
 from server_stack import DEPLOY_COMMAND, ROOT, small_config, stage
 
+from r1lib.stages import NAMES
+
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 SCREENSHOTS = Path(os.environ.get("R1_SCREENSHOT_DIR") or ROOT / ".ci" / "artifacts")
@@ -185,9 +187,42 @@ def test_deployment_run_shows_every_stage_artifact(stack, retried_run):
     assert [row["GGUF"] for row in smoke] == ["F16", "Q8_0"] and all(len(row["answer"]) <= 40 for row in smoke)
 
 
+def _task_runs_tabs(stack, page, flow_run_id: str, shot) -> dict[str, list[str]]:
+    """Open the Task Runs tab of the flow run and of each of its sub-flow runs (the data stages) in the browser;
+    {declared stage: the names of its task runs that the tab shows}."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from r1lib.stages import stage_of_task
+
+    with stack.client() as client:
+        ids, stand_ins = stack._family(client, flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    shown: dict[str, list[str]] = {name: [] for name in NAMES}
+    for index, run_id in enumerate(ids):
+        own = [t for t in tasks if t.flow_run_id == run_id and t.id not in stand_ins]
+        if not own:
+            continue
+        page.goto(f"{stack.url}/runs/flow-run/{run_id}", wait_until="domcontentloaded", timeout=60_000)
+        page.get_by_text("Task Runs", exact=True).filter(visible=True).first.click()
+        page.get_by_text(own[0].name, exact=True).first.wait_for(timeout=90_000)
+        page.wait_for_load_state("networkidle", timeout=90_000)
+        for _ in range(5):  # the list loads more task runs as it is scrolled to its bottom
+            page.mouse.wheel(0, 20_000)
+            page.wait_for_timeout(500)
+        text = page.inner_text("body")
+        assert "No task runs" not in text, f"flow run {run_id}: the Task Runs tab is empty"
+        shot(page, f"task-runs-{index}")
+        for task in own:
+            name = stage_of_task(task.task_key.rsplit("-", 1)[0])
+            if name in shown and task.name in text:
+                shown[name].append(task.name)
+    return shown
+
+
 def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(stack, retried_run):
-    """Headless Chromium: the run page, its Artifacts tab, every artifact table within the page's width, the
-    training progress line, and the deployment's run form, whose unchanged submission is the preset's config."""
+    """Headless Chromium: the run page, the Task Runs tabs (a task run of every stage, by name), its Artifacts tab,
+    every artifact table within the page's width, the training progress line, and the deployment's run form, whose
+    unchanged submission is the preset's config."""
     from r1lib.config import PipelineConfig
     from r1lib.presets import expand_preset
 
@@ -200,7 +235,7 @@ def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(s
     deployment = _deployments(stack)["finetune-local"]
     with stack.client() as client:
         run_name = client.read_flow_run(retried_run["id"]).name
-    shots, submitted = [], []
+    shots, submitted, console = [], [], []
 
     def shot(page, name: str) -> None:
         path = SCREENSHOTS / f"ui-{name}.png"
@@ -215,11 +250,15 @@ def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(s
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda message: console.append(message.text))
             page.goto(f"{stack.url}/runs/flow-run/{retried_run['id']}", wait_until="domcontentloaded", timeout=60_000)
             page.get_by_text(run_name).first.wait_for(timeout=90_000)  # the flow run's page, by its readable name
             page.wait_for_load_state("networkidle", timeout=90_000)
             page.wait_for_timeout(5000)  # the run graph draws after its data came
             shot(page, "flow-run")
+            shown = _task_runs_tabs(stack, page, retried_run["id"], shot)
+            page.goto(f"{stack.url}/runs/flow-run/{retried_run['id']}", wait_until="domcontentloaded", timeout=60_000)
+            page.get_by_text(run_name).first.wait_for(timeout=90_000)
             page.get_by_text("Artifacts", exact=True).filter(visible=True).first.click()  # its Artifacts tab
             page.get_by_text("run-summary").first.wait_for(timeout=90_000)
             text = page.inner_text("body")
@@ -265,6 +304,11 @@ def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(s
         finally:
             browser.close()
             print("screenshots:\n" + "\n".join(f"  {path}" for path in shots))
+    # The Task Runs tabs of the run and of its data sub-flow list a task run of every declared stage, by its name.
+    assert [m for m in console if "Invalid TaskInputResponse" in m] == [], console
+    missing = {name: ui for name, ui in shown.items() if not ui}
+    assert missing == {}, f"stages whose task runs the Task Runs tabs do not show: {sorted(missing)}"
+    assert set(shown) == set(NAMES)
     assert submitted, "the run form submitted nothing"
     from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
 

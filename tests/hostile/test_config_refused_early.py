@@ -146,3 +146,24 @@ def test_a_second_run_of_the_same_run_folder_fails_before_any_stage(tmp_path, mo
     finally:
         holder.kill()
         holder.wait()
+
+
+SUBNORMAL_FIELDS = [
+    "train.learning_rate",
+    "evaluate.temperature",
+    "evaluate.top_p",
+    "evaluate.time_limit_s",
+    "evaluate.max_forgetting_ratio",
+    "smoke.timeout_s",
+    "train.max_grad_norm",
+    "dedup.threshold",
+    "train.max_gpu_memory_gib",
+    "model.embedded.pretrain_lr",
+    "train.weight_decay",
+]
+
+
+@pytest.mark.parametrize("field", SUBNORMAL_FIELDS)
+def test_a_subnormal_number_is_refused_before_any_work_naming_the_field(cli, field):
+    """``5e-324`` passes every ``gt=0`` bound and reaches the run as a zero that is not one (before: accepted)."""
+    refused(cli("--set", f"{field}=5e-324"), field)

@@ -101,3 +101,68 @@ def test_model_names_that_are_neither_a_directory_nor_a_hub_id_are_refused(tmp_p
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no config.json"):
         resolve_model(ModelConfig(name_or_path=str(tmp_path / "empty"), allowed_roots=[str(tmp_path)]), str(tmp_path))
+
+
+class _Marker:
+    """Unpickling this creates ``path``: evidence that a pickle ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def _adapter(folder, case: str, marker):
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    (folder / "training_args.bin").write_bytes(b"the trainer's record, never read")
+    weights = {"base_model.model.a.lora_A.weight": torch.ones(2, 4)}
+    if case == "pickle_bin":
+        (folder / "adapter_model.bin").write_bytes(pickle.dumps(_Marker(marker)))
+    elif case == "pickle_renamed":
+        (folder / "adapter_model.safetensors").write_bytes(pickle.dumps(_Marker(marker)))
+    elif case == "bin_beside_safetensors":
+        save_file(weights, folder / "adapter_model.safetensors")
+        (folder / "adapter_model.bin").write_bytes(pickle.dumps(_Marker(marker)))
+    elif case == "truncated":
+        save_file(weights, folder / "adapter_model.safetensors")
+        blob = (folder / "adapter_model.safetensors").read_bytes()
+        (folder / "adapter_model.safetensors").write_bytes(blob[:-8])
+    else:
+        save_file(weights, folder / "adapter_model.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("pickle_bin", r"pickle files \['adapter_model.bin'\]"),
+        ("pickle_renamed", "a pickle renamed .safetensors"),
+        ("bin_beside_safetensors", r"pickle files \['adapter_model.bin'\]"),
+        ("truncated", "is truncated"),
+    ],
+)
+def test_an_adapter_folder_with_pickles_or_broken_weights_is_refused_up_front(tmp_path, case, needle):
+    """Evaluate, fairness, merge and the nightly's champion load adapters through load_adapter: a pickle or broken
+    adapter is a permanent UnsafeWeights naming the file (no retries of a raw error), and nothing is unpickled."""
+    from r1lib.errors import UnsafeWeights
+    from r1lib.model.loading import check_adapter
+
+    folder = _adapter(tmp_path / "adapter", case, tmp_path / "ran")
+    with pytest.raises(UnsafeWeights, match=needle) as refused:
+        check_adapter(str(folder))
+    assert str(folder) in str(refused.value) and not (tmp_path / "ran").exists()
+
+
+def test_a_whole_safetensors_adapter_passes_the_check(tmp_path):
+    from r1lib.model.loading import check_adapter
+
+    check_adapter(str(_adapter(tmp_path / "adapter", "whole", tmp_path / "ran")))

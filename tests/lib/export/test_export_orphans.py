@@ -17,21 +17,16 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.lib.export.test_export_crash import _child_of, _wait_for
-from tests.stages.test_eval_export import shared_run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # three interpreters that import the pipeline (~12 s each on two busy cores)
 
-# Stalls the child at its start, so that it is surely running when its parent is killed.
+# Stalls the child at its start, so that it is surely running when its parent is killed: no model is needed (the
+# child never reads its input, the paths below name nothing), so no shared run is built for these.
 STALL_AT_START = textwrap.dedent("""
     import sys, time
     if sys.argv[:2] in (["-c", "quantize"], ["-c", "smoke"]) or "--outtype" in sys.argv:
         time.sleep(120)
 """)
-
-
-@pytest.fixture(scope="module")
-def run():
-    return shared_run()
 
 
 def drive(code: str, tmp_path: Path) -> subprocess.Popen:
@@ -42,41 +37,51 @@ def drive(code: str, tmp_path: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, start_new_session=True)
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def children_after_parent_killed(proc: subprocess.Popen, marker: str) -> list[psutil.Process]:
-    """Kill the parent alone (not its group) once its child is running; the children still alive 10 s later."""
-    child = _wait_for(lambda: _child_of(proc.pid, marker), timeout=120, what=f"the {marker} child")
+    """Kill the parent alone (not its group) once its ``marker`` child is running; of every process it had started
+    (the whole tree, counted at the kill), those still alive 10 s later."""
+    _wait_for(lambda: _child_of(proc.pid, marker), timeout=120, what=f"the {marker} child")
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert started, "the parent had started no child"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+    while time.monotonic() < deadline and any(_alive(p) for p in started):
         time.sleep(0.1)
-    alive = [child] if child.is_running() and child.status() != psutil.STATUS_ZOMBIE else []
+    alive = [p for p in started if _alive(p)]
     for leftover in alive:
         leftover.kill()
     return alive
 
 
-def test_no_converter_outlives_a_killed_flow_process(run, tmp_path):
+def test_no_converter_outlives_a_killed_flow_process(tmp_path):
     out = tmp_path / "m-F16.gguf"
-    proc = drive(f"from tasks.export import convert\nconvert({run['merged']!r}, 'f16', {str(out)!r})", tmp_path)
+    proc = drive(f"from tasks.export import convert\nconvert({str(tmp_path)!r}, 'f16', {str(out)!r})", tmp_path)
     assert children_after_parent_killed(proc, "convert_hf_to_gguf") == []
 
 
-def test_no_quantizer_outlives_a_killed_flow_process(run, tmp_path):
+def test_no_quantizer_outlives_a_killed_flow_process(tmp_path):
     code = f"""
         from pathlib import Path
         from tasks.export import quantize
-        quantize(Path({run["ggufs"]["F16"]!r}), "Q8_0", Path({str(tmp_path / "m-Q8_0.gguf")!r}))
+        quantize(Path({str(tmp_path / "m-F16.gguf")!r}), "Q8_0", Path({str(tmp_path / "m-Q8_0.gguf")!r}))
     """
     assert children_after_parent_killed(drive(code, tmp_path), "quantize") == []
 
 
-def test_no_smoke_child_outlives_a_killed_flow_process(run, tmp_path):
+def test_no_smoke_child_outlives_a_killed_flow_process(tmp_path):
     code = f"""
         from r1lib.config import SmokeConfig
         from r1lib.export.gguf import GGUFFile
         from tasks.smoke import smoke_all
-        gguf = GGUFFile(path={run["ggufs"]["Q8_0"]!r}, type="Q8_0", bytes=1)
+        gguf = GGUFFile(path={str(tmp_path / "m-Q8_0.gguf")!r}, type="Q8_0", bytes=1)
         smoke_all([gguf], ["Hi"], SmokeConfig())
     """
     assert children_after_parent_killed(drive(code, tmp_path), "smoke") == []

@@ -265,3 +265,46 @@ def test_a_rejected_challengers_data_is_held_not_trained_on_again(tmp_path):
     registry.set_status(2, "rejected", "accuracy fell")
     assert registry.accepted_data() == ["s1"]  # the rejected night's file is not in later training sets
     assert registry.processed_files() == {"1" * 64, "2" * 64}  # nor retried every night: held for review
+
+
+class _SubResult(BaseModel):
+    report: dict[str, int]
+    paths: list[str]
+
+
+@flow
+def _sub_flow() -> _SubResult:
+    return _SubResult(report={"rows": 3}, paths=["a", "b"])
+
+
+@task
+def _takes(report: dict, paths: list) -> int:
+    return len(report) + len(paths)
+
+
+@flow
+def _parent_flow(forget: bool) -> str:
+    from prefect.context import FlowRunContext
+
+    from r1lib.compat import forget_sub_flow_results
+
+    result = _sub_flow()
+    if forget:
+        forget_sub_flow_results()
+    _takes(result.report, result.paths)
+    return str(FlowRunContext.get().flow_run.id)
+
+
+def test_a_task_taking_a_sub_flows_result_records_no_flow_run_input(prefect_harness):
+    """Prefect 3.9.1's UI cannot parse a ``flow_run`` task input ("Invalid TaskInputResponse": an empty Task Runs
+    tab); the flows drop the sub-flow's links (flows/data.py, flows/nightly.py), so none is recorded."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def input_types(flow_run_id: str) -> set[str]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return {i.input_type for run in runs for inputs in run.task_inputs.values() for i in inputs}
+
+    assert "flow_run" in input_types(_parent_flow(forget=False))  # what the UI choked on
+    assert "flow_run" not in input_types(_parent_flow(forget=True))
