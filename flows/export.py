@@ -9,11 +9,13 @@ quantizer's input: it is deleted once every quantized file is written (a retry c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, wait
 
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
@@ -34,6 +36,17 @@ def quantize_threads(types: int, cores: int | None = None) -> int:
     return max(1, cores // max(types, 1))
 
 
+@contextlib.contextmanager
+def settled() -> Iterator[list[PrefectFuture]]:
+    """A list for futures that run in the background of the block; when the block ends, however it ends (an
+    evaluation that failed), they are waited for: the run folder's lock outlives every stage that writes in it."""
+    futures: list[PrefectFuture] = []
+    try:
+        yield futures
+    finally:
+        wait(futures)
+
+
 class ExportBranch:
     """The submitted export: ``merged`` (the merged model's folder) and the GGUF futures; ``ggufs()`` waits."""
 
@@ -51,11 +64,15 @@ class ExportBranch:
         return quantized
 
 
-def export_branch(config: PipelineConfig, model: str, adapter: str, at: dict[str, str], stem: str) -> ExportBranch:
-    """Submit merge -> convert -> one quantize per type (all at once) and return their futures."""
+def export_branch(
+    config: PipelineConfig, model: str, adapter: str, at: dict[str, str], stem: str, background: list[PrefectFuture]
+) -> ExportBranch:
+    """Submit merge -> convert -> one quantize per type (all at once) and return their futures (also added to
+    ``background``: ``settled``)."""
     merged = merge.submit(model, adapter, **settings(config, "merge"), out_dir=at["merge"])
     full = convert.submit(merged, config.export.outtype, at["convert"], stem=stem)
     qtypes = config.export.quantizations
     threads = quantize_threads(len(qtypes))
     quantized = [quantize.submit(full, [qtype], threads=threads) for qtype in qtypes]
+    background += [merged, full, *quantized]
     return ExportBranch(merged, full, quantized, config.export.keep_full_precision)

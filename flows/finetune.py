@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, BeforeValidator
 
 from flows.data import PreparedData, run_data_stages
-from flows.export import export_branch
+from flows.export import export_branch, settled
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
 from r1lib.io import exclusive_dir
@@ -103,7 +103,9 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     preflight(config)  # paths under the roots, launch preset, cluster size, model folder: before any stage works
     apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())
-    with exclusive_dir(run):  # one run per folder: a second run of this run_name fails at once, naming the first
+    # one run per folder: a second run of this run_name fails at once, naming the first; the lock is held until the
+    # background stages (the export branch) have ended, even when a stage beside them failed
+    with exclusive_dir(run), settled() as background:
         at = folders(run)
         model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
         data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
@@ -117,7 +119,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
                 data.train.dataset, data.test.dataset, model, **settings(config, "train"), out_dir=at["train"]
             )
             candidate = Candidate(model_dir=model, adapter_dir=trained.adapter)
-            exported = export_branch(config, model, trained.adapter, at, Path(run).name)  # host memory, CPU only
+            exported = export_branch(config, model, trained.adapter, at, Path(run).name, background)  # no GPU
             evaluation = evaluate.submit(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])
             fairness = fairness_check.submit(
                 candidate, held_out, **settings(config, "fairness"), out_dir=at["fairness"], wait_for=[evaluation]

@@ -281,7 +281,7 @@ def smoke_test(
     out_dir = Path(out_dir)
     plan = smoke_plan(cfg, ggufs)
     ran = [g for g in ggufs if g.type in plan.run]
-    tokenizer = load_tokenizer(merged_dir)
+    tokenizer = load_tokenizer(merged_dir, trust_remote_code=False)  # this run's own export: see load_merged
     prompts = [
         tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
         for p in cfg.prompts[: plan.prompts]

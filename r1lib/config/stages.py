@@ -21,6 +21,12 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, ge=1, le=100)
     no_repeat_ngram_size: int = Field(0, ge=0, le=100)
+    kv_cache: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="static: a preallocated KV cache, with which transformers compiles the decode step on a GPU "
+        "(torch.compile, CUDA graphs; the first batch pays the compile); dynamic: plain HF generate. "
+        "bench/eval_generation.py measures both.",
+    )
     max_forgetting_ratio: float | None = Field(
         FORGETTING_LIMIT,
         gt=0,
