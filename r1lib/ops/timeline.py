@@ -10,6 +10,7 @@ input it waited for). A stage taken from Prefect's cache never runs: it has no s
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -18,6 +19,15 @@ from pydantic import BaseModel
 from r1lib.stage import StageResult
 from r1lib.stages import stage_of_task
 
+
+class _QuietHooks(logging.Filter):
+    """Prefect logs every hook call twice at INFO ("Running hook ...", "Hook ... finished"): not for these two."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'record_stage_" not in record.getMessage() or record.levelno > logging.INFO
+
+
+logging.getLogger("prefect.task_runs").addFilter(_QuietHooks())
 _LOCK = threading.Lock()
 _RUNS: dict[str, dict[str, dict[str, Any]]] = {}  # flow run id -> task run id -> {stage, start, end, state}
 
@@ -26,14 +36,14 @@ def _flow_run_id(task_run) -> str:
     return str(getattr(task_run, "flow_run_id", None) or "")
 
 
-def _on_running(task, task_run, state) -> None:
+def record_stage_start(task, task_run, state) -> None:
     with _LOCK:
         runs = _RUNS.setdefault(_flow_run_id(task_run), {})
         stage = stage_of_task(task.fn.__name__, task_run.name)
         runs[str(task_run.id)] = {"stage": stage, "start": state.timestamp.timestamp(), "end": None, "state": None}
 
 
-def _on_final(task, task_run, state) -> None:
+def record_stage_end(task, task_run, state) -> None:
     with _LOCK:
         entry = _RUNS.get(_flow_run_id(task_run), {}).get(str(task_run.id))
         if entry is not None:  # a task run taken from the cache never ran: no span
@@ -42,7 +52,7 @@ def _on_final(task, task_run, state) -> None:
 
 def timed() -> dict[str, list]:
     """Keyword arguments for ``Task.with_options``: record each run's start and end for ``RunTimeline``."""
-    return {"on_running": [_on_running], "on_completion": [_on_final], "on_failure": [_on_final]}
+    return {"on_running": [record_stage_start], "on_completion": [record_stage_end], "on_failure": [record_stage_end]}
 
 
 class StageSpan(BaseModel):

@@ -43,3 +43,23 @@ def test_a_stage_from_the_cache_has_no_span_and_a_serial_run_has_no_overlap():
     assert timeline.critical == ["train", "evaluate", "merge"]
     assert timeline.summary()["timeline"]["stages"]["merge"] == {"start_s": 20.0, "end_s": 25.0}
     assert timeline.summary_lines()[0] == ("timeline", "critical path train 10.0 s -> evaluate 10.0 s -> merge 5.0 s")
+
+
+def test_the_recording_hooks_add_no_log_lines(caplog):
+    import logging
+
+    from r1lib.ops.timeline import timed
+
+    hooks = timed()
+    assert [h.__name__ for h in hooks["on_running"] + hooks["on_completion"]] == [
+        "record_stage_start",
+        "record_stage_end",
+    ]
+    logger = logging.getLogger("prefect.task_runs")
+    with caplog.at_level(logging.INFO, logger="prefect.task_runs"):
+        logger.info("Running hook 'record_stage_start' in response to entering state 'Running'")
+        logger.info("Hook 'record_stage_end' finished running successfully")
+        logger.info("Running hook 'notify' in response to entering state 'Completed'")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Running hook 'notify' in response to entering state 'Completed'"
+    ]
