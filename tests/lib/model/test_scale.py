@@ -231,6 +231,21 @@ def test_generation_batches_by_length_keeps_order_and_counts_truncated_thinking(
     assert cut.count(None) >= 1 and cut_stats.stopped_by_time_limit
 
 
+def test_a_static_kv_cache_generates_the_same_tokens_as_the_dynamic_one(tiny):
+    from r1lib.config import EvalConfig
+    from r1lib.model.generation import generate
+
+    model, tokenizer = tiny
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+        for text in ("A much longer question about the lion and the owl at the park, please?", "Hi?")
+    ]  # two lengths in one batch: left padding in a preallocated cache
+    cfg = EvalConfig(max_new_tokens=8, batch_size=2)
+    dynamic, _ = generate(model, tokenizer, prompts, cfg)
+    static, stats = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "static"}))
+    assert static == dynamic and stats.new_tokens > 0
+
+
 def test_scores_skip_rows_the_time_limit_cut():
     from r1lib.model.generation import score_generations
 
