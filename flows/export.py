@@ -25,9 +25,12 @@ from tasks.export import convert_task, merge_task, quantize_task
 
 log = logging.getLogger(__name__)
 
-merge = merge_task.with_options(task_run_name="merge adapter", **timed())
-convert = convert_task.with_options(task_run_name="convert-gguf {outtype}", **timed())
-quantize = quantize_task.with_options(**timed())
+# Submitted stages run in worker threads, where Prefect cannot interrupt a stage on its timeout (it only warns, at
+# WARNING, on every run): they carry none; ``IN_THREAD`` says so once for every submitted stage of the flow.
+IN_THREAD = {"timeout_seconds": None, **timed()}
+merge = merge_task.with_options(task_run_name="merge adapter", **IN_THREAD)
+convert = convert_task.with_options(task_run_name="convert-gguf {outtype}", **IN_THREAD)
+quantize = quantize_task.with_options(**IN_THREAD)
 
 
 def quantize_threads(types: int, cores: int | None = None) -> int:

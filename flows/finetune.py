@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, BeforeValidator
 
 from flows.data import PreparedData, run_data_stages
-from flows.export import export_branch, settled
+from flows.export import IN_THREAD, export_branch, settled
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
 from r1lib.io import exclusive_dir
@@ -75,13 +75,14 @@ def run_name() -> str:
 
 
 # Readable task-run names (the stages' own names stay the cache identity; these only label the runs in the UI).
-# ``timed()``: each run's start and end, for the summary's critical path (r1lib/ops/timeline.py).
+# ``timed()``: each run's start and end, for the summary's critical path (r1lib/ops/timeline.py); ``IN_THREAD``: the
+# same for the stages submitted beside others, without the timeout Prefect cannot enforce in a thread (flows/export.py).
 resolve_model = resolve_model_task.with_options(task_run_name="resolve-model {cfg.name_or_path}")
 train = train_task.with_options(
     task_run_name="train ({cfg.backend}, {cfg.max_steps} steps, lr {cfg.learning_rate})", **timed()
 )
-evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)", **timed())
-fairness_check = fairness_task.with_options(task_run_name="fairness (max {cfg.max_prompts} twin prompts)", **timed())
+evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)", **IN_THREAD)
+fairness_check = fairness_task.with_options(task_run_name="fairness (max {cfg.max_prompts} twin prompts)", **IN_THREAD)
 smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} tokens", **timed())
 write_card = card_task.with_options(**timed())
 
