@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, BeforeValidator
 
 from flows.data import PreparedData, run_data_stages
+from flows.export import IN_THREAD, export_branch, settled
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
 from r1lib.io import exclusive_dir
@@ -28,6 +29,7 @@ from r1lib.model.gpu_memory import apply_cap
 from r1lib.ops.cli import run_command
 from r1lib.ops.gpu_slot import gpu_slot
 from r1lib.ops.recovery import close_out_orphans
+from r1lib.ops.timeline import RunTimeline, timed
 from r1lib.preflight import preflight
 from r1lib.presets import expand_preset, preset
 from r1lib.process import apply_defaults
@@ -35,7 +37,6 @@ from r1lib.stages import Candidate, HeldOut, folders, settings
 from r1lib.training.collapse import collapse_check
 from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
-from tasks.export import convert_task, merge_task, quantize_task
 from tasks.fairness import FairnessReport, fairness_task
 from tasks.resolve_model import resolve_model_task
 from tasks.smoke import SmokeReport, smoke_task
@@ -75,13 +76,16 @@ def run_name() -> str:
 
 
 # Readable task-run names (the stages' own names stay the cache identity; these only label the runs in the UI).
+# ``timed()``: each run's start and end, for the summary's critical path (r1lib/ops/timeline.py); ``IN_THREAD``: the
+# same for the stages submitted beside others, without the timeout Prefect cannot enforce in a thread (flows/export.py).
 resolve_model = resolve_model_task.with_options(task_run_name="resolve-model {cfg.name_or_path}")
-train = train_task.with_options(task_run_name="train ({cfg.backend}, {cfg.max_steps} steps, lr {cfg.learning_rate})")
-evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)")
-merge = merge_task.with_options(task_run_name="merge adapter")
-convert = convert_task.with_options(task_run_name="convert-gguf {outtype}")
-fairness_check = fairness_task.with_options(task_run_name="fairness (max {cfg.max_prompts} twin prompts)")
-smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} tokens")
+train = train_task.with_options(
+    task_run_name="train ({cfg.backend}, {cfg.max_steps} steps, lr {cfg.learning_rate})", **timed()
+)
+evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)", **IN_THREAD)
+fairness_check = fairness_task.with_options(task_run_name="fairness (max {cfg.max_prompts} twin prompts)", **IN_THREAD)
+smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} tokens", **timed())
+write_card = card_task.with_options(**timed())
 
 
 @flow(name="r1-finetune", flow_run_name=run_name, log_prints=True)
@@ -91,17 +95,20 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     (flows/data.py). Each stage gets its own output folder (``at``) and its configuration sections (``settings``).
 
     Every stage's result is cached on its inputs, its code and its input files (r1lib/policy.py), so a retry of a
-    failed run starts at the failed stage. Training, evaluation and the merge hold one slot of the ``gpu`` global
-    concurrency limit: two runs never share one GPU.
+    failed run starts at the failed stage. After training the export branch (merge in host memory, GGUF, every
+    quantized type at once: flows/export.py) runs beside evaluation and fairness; only the GPU stages (training,
+    evaluation, fairness, the smoke test's HF reference) hold a slot of the ``gpu`` global concurrency limit, so two
+    runs never share one GPU. The summary shows which stages overlapped and the critical path.
     """
     apply_defaults()  # a worker-started run gets the command line's process defaults too
     close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/ops/recovery.py)
     preflight(config)  # paths under the roots, launch preset, cluster size, model folder: before any stage works
     apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())
-    # One run per folder: a second run of this run_name fails at once, naming the first. A run that fails writes
-    # its summary: every stage that finished (``finished``), the failed one and the setting to look at.
-    with exclusive_dir(run), summary_on_failure(config, run) as finished:
+    # One run per folder: a second run of this run_name fails at once, naming the first; the lock is held until the
+    # background stages (the export branch) have ended. A run that fails writes its summary: every stage that
+    # finished (``finished``), the failed one and the setting to look at.
+    with exclusive_dir(run), settled() as background, summary_on_failure(config, run) as finished:
         at = folders(run)
         model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
         data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
@@ -111,26 +118,29 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
             return FinetuneResult(run_dir=run, model_dir=model, data=data, summary=summary)
 
         held_out = data.held_out()
-        with gpu_slot():
+        with gpu_slot():  # only the GPU stages hold it: the export branch runs beside them and after
             trained = train(
                 data.train.dataset, data.test.dataset, model, **settings(config, "train"), out_dir=at["train"]
             )
             candidate = Candidate(model_dir=model, adapter_dir=trained.adapter)
-            evaluation = evaluate(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])
+            exported = export_branch(config, model, trained.adapter, at, Path(run).name, background)  # no GPU
+            evaluation = evaluate.submit(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])
+            fairness = fairness_check.submit(
+                candidate, held_out, **settings(config, "fairness"), out_dir=at["fairness"], wait_for=[evaluation]
+            )
+            evaluation = evaluation.result()
             finished += [trained, evaluation]
-            collapse_check(evaluation, config, trained.steps)  # a collapsed model stops here, before export
-            fairness = fairness_check(candidate, held_out, **settings(config, "fairness"), out_dir=at["fairness"])
+            collapse_check(evaluation, config, trained.steps)  # a collapsed model stops here, before the smoke test
+            fairness = fairness.result()
             finished.append(fairness)
-            merged = merge(model, trained.adapter, **settings(config, "merge"), out_dir=at["merge"])
-
-        f16 = convert(merged, config.export.outtype, at["convert"], stem=Path(run).name)
-        ggufs = [f16, *(quantize_task(f16, config.export.quantizations) if config.export.quantizations else [])]
-        smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"])
+        merged, ggufs = exported.merged.result(), exported.ggufs()
+        with gpu_slot():  # the smoke test's HF reference model
+            smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"])
         finished.append(smoke)
         results = [*data.results(), trained, evaluation, fairness, smoke]
         fingerprint = data.validated.fingerprint
-        card = card_task(config, ggufs, evaluation.decoding, fingerprint, results, trained.loss_curve, at["card"])
-        summary = summary_task(config, run, [*results, card])
+        card = write_card(config, ggufs, evaluation.decoding, fingerprint, results, trained.loss_curve, at["card"])
+        summary = summary_task(config, run, [*results, card, RunTimeline.of_current_run()])
         return FinetuneResult(
             run_dir=run,
             model_dir=model,

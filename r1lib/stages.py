@@ -213,7 +213,7 @@ def in_stage_order(results: list) -> list:
 
 def stage_of_task(function: str, run_name: str = "") -> str:
     """The stage a Prefect task belongs to, from its function's name (``dedup_keys_task`` -> ``dedup``); a quantize
-    run keeps its run name (``quantize Q4_K_M, Q8_0``: one child process for every type)."""
+    run keeps its run name (``quantize Q4_K_M``: the flow runs one child process per type, at the same time)."""
     name = function.removesuffix("_task")
     for s in sorted(STAGES, key=lambda s: -len(s.name)):
         key = s.name.replace("-", "_")

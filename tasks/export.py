@@ -54,6 +54,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     from r1lib.export.merge import stream_merge, stream_merge_plan
     from r1lib.model.gpu_memory import release
     from r1lib.model.loading import (
+        MODEL_BUILD_LOCK,
         check_weights,
         dequantize_4bit,
         hub_token,
@@ -82,7 +83,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     else:
         # The original weights at their own precision: the adapter must not be merged into 4-bit values. They load
         # into host memory (no device map), so the merge never needs the full-precision model in GPU memory.
-        with remote_code_policy(model_dir, trust), refuse_pickles(model_dir):
+        with MODEL_BUILD_LOCK, remote_code_policy(model_dir, trust), refuse_pickles(model_dir):
             base = AutoModelForCausalLM.from_pretrained(
                 model_dir,
                 dtype="auto",
@@ -91,7 +92,9 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
                 revision=model_cfg.revision,
                 token=hub_token(model_cfg),
             )
-    merged = load_adapter(base, adapter_dir).merge_and_unload()
+    with MODEL_BUILD_LOCK:
+        merged = load_adapter(base, adapter_dir)
+    merged = merged.merge_and_unload()
     if merged.dtype == torch.float32 and torch.cuda.is_available():
         merged = merged.to(torch.bfloat16)
     check_unquantized(merged)
@@ -252,9 +255,10 @@ def _quantize_run_name() -> str:
 
 
 @task(name="quantize-gguf", task_run_name=_quantize_run_name, **stage_options(timeout_seconds=4 * 3600))
-def quantize_task(source: GGUFFile, qtypes: list[str]) -> list[GGUFFile]:
-    """GGUF F16 -> every quantized type with llama.cpp's quantizer, in one child process."""
-    results = quantize_all(Path(source.path), qtypes, [quantized_path(source, q) for q in qtypes])
+def quantize_task(source: GGUFFile, qtypes: list[str], threads: int = 0) -> list[GGUFFile]:
+    """GGUF F16 -> every quantized type with llama.cpp's quantizer, in one child process of ``threads`` threads
+    (0: every core)."""
+    results = quantize_all(Path(source.path), qtypes, [quantized_path(source, q) for q in qtypes], threads)
     for result in results:
         print(f"quantized {result.type}: {result.path} ({result.bytes / 2**20:.1f} MiB)")
     return results

@@ -25,11 +25,7 @@ rounding decides; ``require_r1_format`` off records format failures as warnings 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import subprocess
-import sys
 from collections.abc import Collection
 from pathlib import Path
 
@@ -40,13 +36,14 @@ from pydantic import BaseModel
 from r1lib.config import SmokeConfig
 from r1lib.data.chat_template import extract_answer
 from r1lib.errors import ExportCheckError
-from r1lib.export.gguf import FULL_PRECISION, SMOKE_CHILD, GGUFFile, offline_env, verify_digests
-from r1lib.export.smoke_checks import compare_greedy, perplexity_types, reference_dtype
+from r1lib.export.gguf import FULL_PRECISION, GGUFFile, verify_digests
+from r1lib.export.hf_reference import hf_greedy_tokens, hf_perplexity, load_merged, write_perplexity_rows
+from r1lib.export.smoke_checks import compare_greedy, perplexity_types, reference_dtype, smoke_plan
+from r1lib.export.smoke_run import SmokeChildren, child_threads
 from r1lib.io import write_json
-from r1lib.model.generation import Decoding, own_generation_config
+from r1lib.model.generation import Decoding
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
-from r1lib.process import die_with_parent
 from r1lib.stage import StageResult
 
 log = logging.getLogger(__name__)
@@ -84,25 +81,30 @@ class SmokeReport(StageResult):
     parity_near_tie: dict | None = None  # {"token": i, "logit_gap": g}: where a near tie ended the comparison
     hf_dtype: str = "float32"  # the HF reference model's dtype
     warnings: list[str] = []  # format failures recorded instead of raised (require_r1_format off)
+    parity_on: str = "F16"  # the GGUF type whose greedy tokens were compared with HF
+    ran: list[str] = []  # the GGUF types loaded and answered (r1lib/export/smoke_checks.py: smoke_plan)
+    plan: str = "every GGUF"
 
     def summary(self) -> dict:
-        by_type = {r.type: r for r in self.results}
+        by_type: dict[str, SmokeResult | None] = {r.type: r for r in self.results}
         return {
             "gguf": [
-                {
+                {  # None where the proportionate plan did not run the file (its header was checked)
                     "type": g.type,
                     "path": g.path,
                     "mib": round(g.bytes / 2**20, 2),
-                    "perplexity": by_type[g.type].perplexity,
-                    "perplexity_vs_hf": by_type[g.type].perplexity_vs_hf,
-                    "quantization_loss": by_type[g.type].quant_loss,
-                    "smoke_tokens_per_second": by_type[g.type].tokens_per_second,
-                    "smoke_load_seconds": by_type[g.type].load_seconds,
-                    "smoke_answer": by_type[g.type].answers[0],
+                    "perplexity": (r := by_type.get(g.type)) and r.perplexity,
+                    "perplexity_vs_hf": r and r.perplexity_vs_hf,
+                    "quantization_loss": r and r.quant_loss,
+                    "smoke_tokens_per_second": r and r.tokens_per_second,
+                    "smoke_load_seconds": r and r.load_seconds,
+                    "smoke_answer": r and r.answers[0],
                 }
                 for g in self.ggufs
             ],
             "parity_f16_vs_hf": f"{self.parity_matching}/{self.parity_tokens} greedy tokens equal",
+            "parity_on": self.parity_on,
+            "smoke_plan": self.plan,
             "parity_perplexity": {
                 "hf_merged": self.hf_perplexity,
                 "rows": self.perplexity_rows,
@@ -119,15 +121,18 @@ class SmokeReport(StageResult):
                 if g["perplexity"] is not None and g["perplexity_vs_hf"] is not None
                 else ""
             )
-            lines.append(
-                (
-                    "gguf",
-                    f"{g['type']:7} {g['mib']:7.2f} MiB  {g['smoke_tokens_per_second']:8.1f} tok/s{ppl}  "
-                    f"answer {g['smoke_answer']!r}  {g['path']}",
-                )
+            speed = (
+                "header checked, not run"
+                if g["smoke_load_seconds"] is None
+                else (f"{g['smoke_tokens_per_second']:8.1f} tok/s{ppl}  answer {g['smoke_answer']!r}")
             )
+            lines.append(("gguf", f"{g['type']:7} {g['mib']:7.2f} MiB  {speed}  {g['path']}"))
         lines.append(
-            ("parity", f"F16 GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} greedy tokens equal")
+            (
+                "parity",
+                f"{self.parity_on} GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} greedy "
+                "tokens equal" + ("" if self.plan == "every GGUF" else f" ({self.plan})"),
+            )
         )
         if self.hf_perplexity is not None:
             lines.append(("", f"HF merged perplexity {self.hf_perplexity:.4f} on {self.perplexity_rows} held-out rows"))
@@ -148,7 +153,10 @@ class SmokeReport(StageResult):
             "|---|---|---|---|---|---|---|---|",
         ]
         for g in self.ggufs:
-            r = by_type[g.type]
+            r = by_type.get(g.type)
+            if r is None:  # not run by the proportionate plan
+                lines.append(f"| `{Path(g.path).name}` | {g.type} | {g.bytes / 2**20:.1f} | header checked, not run |")
+                continue
             lines.append(
                 f"| `{Path(g.path).name}` | {g.type} | {g.bytes / 2**20:.1f} | {_fmt(r.perplexity)} | "
                 f"{_fmt(r.perplexity_vs_hf, True)} | {_fmt(r.quant_loss, True)} | "
@@ -156,8 +164,9 @@ class SmokeReport(StageResult):
             )
         lines += [
             "",
-            f"Greedy-token parity, F16 GGUF vs HF merged model: {self.parity_matching}/{self.parity_tokens} "
-            "tokens equal. Every GGUF passed the smoke test (one BOS, closed think block, non-empty answer).",
+            f"Greedy-token parity, {self.parity_on} GGUF vs HF merged model: {self.parity_matching}/"
+            f"{self.parity_tokens} tokens equal. Every GGUF {'' if len(by_type) == len(self.ggufs) else 'that ran '}"
+            "passed the smoke test (one BOS, closed think block, non-empty answer).",
             "",
         ]
         return "\n".join(lines)
@@ -174,6 +183,42 @@ def _fmt(value, pct: bool = False) -> str:
 # --- the child process --------------------------------------------------------------------------------------------
 
 
+def start_smoke(
+    ggufs: list[GGUFFile],
+    prompts: list[str],
+    cfg: SmokeConfig,
+    decoding: Decoding | None = None,
+    perplexity_rows: Path | None = None,
+    timeout: float | None = None,
+    perplexity_types: Collection[str] | None = None,
+    parity_on: str | None = None,
+) -> SmokeChildren:
+    """One child per GGUF, all started at once and sharing the cores (r1lib/export/smoke_run.py); they have
+    ``timeout`` (default ``cfg.timeout_s``) per GGUF together. Perplexity over ``perplexity_rows`` is measured for
+    the types in ``perplexity_types`` (None: every GGUF); greedy parity tokens come from ``parity_on`` (default: the
+    first full-precision GGUF)."""
+    verify_digests(ggufs)  # a GGUF whose content is not what the export recorded fails before any child starts
+    parity_on = parity_on or next((g.type for g in ggufs if g.type in FULL_PRECISION), None)
+    threads = child_threads(cfg.n_threads, len(ggufs))
+    jobs = [
+        {
+            "path": gguf.path,
+            "prompts": prompts,
+            "max_tokens": cfg.max_tokens,
+            "n_ctx": cfg.n_ctx,
+            "decoding": decoding.model_dump() if decoding else {},
+            "parity_tokens": cfg.parity_tokens if gguf.type == parity_on else 0,
+            "perplexity_rows": str(perplexity_rows)
+            if perplexity_rows and (perplexity_types is None or gguf.type in perplexity_types)
+            else None,
+            "n_threads": threads,
+            "n_gpu_layers": cfg.n_gpu_layers,
+        }
+        for gguf in ggufs
+    ]
+    return SmokeChildren(jobs, (timeout or cfg.timeout_s) * len(ggufs))
+
+
 def smoke_all(
     ggufs: list[GGUFFile],
     prompts: list[str],
@@ -183,61 +228,19 @@ def smoke_all(
     timeout: float | None = None,
     warnings: list[str] | None = None,
     perplexity_types: Collection[str] | None = None,
+    parity_on: str | None = None,
 ) -> list[SmokeResult]:
-    """Every GGUF, one after the other, in one fresh child process (``timeout``, default ``cfg.timeout_s``, per
-    GGUF); raises ExportCheckError naming the first GGUF that crashes, hangs or does not answer every prompt in the
-    R1 format (with ``require_r1_format`` off, format failures are appended to ``warnings`` instead). Perplexity
-    over ``perplexity_rows`` is measured for the types in ``perplexity_types`` (None: every GGUF). A GGUF whose
-    content is not what the export recorded fails first (``verify_digests``)."""
-    verify_digests(ggufs)
-    jobs = [
-        {
-            "path": gguf.path,
-            "prompts": prompts,
-            "max_tokens": cfg.max_tokens,
-            "n_ctx": cfg.n_ctx,
-            "decoding": decoding.model_dump() if decoding else {},
-            "parity_tokens": cfg.parity_tokens if gguf.type in FULL_PRECISION else 0,
-            "perplexity_rows": str(perplexity_rows)
-            if perplexity_rows and (perplexity_types is None or gguf.type in perplexity_types)
-            else None,
-            "n_threads": cfg.n_threads,
-            "n_gpu_layers": cfg.n_gpu_layers,
-        }
-        for gguf in ggufs
-    ]
-    # A fresh, bare interpreter (python -c with the child functions): nothing of the pipeline is imported.
-    command = [sys.executable, "-c", SMOKE_CHILD, "smoke", json.dumps(jobs)]
-    limit = (timeout or cfg.timeout_s) * len(ggufs)
-    try:
-        proc = subprocess.run(
-            command, capture_output=True, text=True, timeout=limit, env=offline_env(), preexec_fn=die_with_parent()
-        )
-    except subprocess.TimeoutExpired as exc:
-        done = len(_result_lines(exc.stdout))
-        raise ExportCheckError(
-            f"{ggufs[min(done, len(ggufs) - 1)].path}: the smoke test took longer than {limit / len(ggufs):g} s"
-        ) from exc
-    lines = _result_lines(proc.stdout)
-    if proc.returncode != 0 or len(lines) < len(ggufs):
-        failed = ggufs[min(len(lines), len(ggufs) - 1)]
-        if proc.returncode != 0:
-            raise ExportCheckError(
-                f"{failed.path}: llama-cpp-python exited with {proc.returncode}:\n{proc.stderr[-2000:]}"
-            )
-        raise ExportCheckError(f"{failed.path}: no result from the smoke child:\n{proc.stdout[-1000:]}")
-    return [_checked(gguf, data, cfg, warnings) for gguf, data in zip(ggufs, lines)]
+    """``start_smoke``, then every GGUF's checked result; raises ExportCheckError naming the first GGUF that crashes,
+    hangs or does not answer every prompt in the R1 format (with ``require_r1_format`` off, format failures are
+    appended to ``warnings`` instead)."""
+    children = start_smoke(ggufs, prompts, cfg, decoding, perplexity_rows, timeout, perplexity_types, parity_on)
+    return checked_results(ggufs, children, cfg, warnings)
 
 
-def _result_lines(stdout: str | bytes | None) -> list[dict]:
-    text = stdout.decode("utf-8", "replace") if isinstance(stdout, bytes) else stdout or ""
-    lines = []
-    for line in text.splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [line for line in lines if isinstance(line, dict)]
+def checked_results(
+    ggufs: list[GGUFFile], children: SmokeChildren, cfg: SmokeConfig, warnings: list[str] | None
+) -> list[SmokeResult]:
+    return [_checked(gguf, data, cfg, warnings) for gguf, data in zip(ggufs, children.results())]
 
 
 def _checked(gguf: GGUFFile, data: dict, cfg: SmokeConfig, warnings: list[str] | None) -> SmokeResult:
@@ -264,87 +267,6 @@ def _checked(gguf: GGUFFile, data: dict, cfg: SmokeConfig, warnings: list[str] |
     return result
 
 
-def load_merged(merged_dir: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """The merged export in ``dtype``. It is this run's own output in an architecture llama.cpp converts, so it
-    needs no code of its own: ``trust_remote_code`` stays off unless a caller says otherwise."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from r1lib.model.loading import load_tokenizer, remote_code_policy
-
-    with remote_code_policy(merged_dir, trust_remote_code):
-        model = AutoModelForCausalLM.from_pretrained(
-            merged_dir,
-            dtype=getattr(torch, dtype),
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else None,
-        )
-    return model.eval(), load_tokenizer(merged_dir, trust_remote_code=trust_remote_code)
-
-
-def hf_greedy_tokens(merged_dir: str, prompt: str, n_tokens: int, loaded=None, with_logits: bool = False):
-    """The HF merged model's greedy tokens for ``prompt`` (up to EOS); with ``with_logits`` also the raw logits of
-    every step (to judge a near tie where the GGUF differs)."""
-    import torch
-
-    model, tokenizer = loaded or load_merged(merged_dir)
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
-    with torch.no_grad(), own_generation_config(model):
-        out = model.generate(
-            ids,
-            max_new_tokens=n_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            output_logits=with_logits,
-            return_dict_in_generate=True,
-        )
-    tokens = out.sequences[0, ids.shape[1] :].tolist()
-    tokens = tokens[: tokens.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in tokens else tokens
-    if not with_logits:
-        return tokens
-    return tokens, [step[0].float().cpu() for step in out.logits[: len(tokens)]]
-
-
-def write_perplexity_rows(
-    test_dataset: str, n_rows: int, n_ctx_limit: int, path: Path, max_tokens: int | None = None
-) -> int:
-    """The first ``n_rows`` held-out rows (input_ids, labels) as JSON for the children, while they hold at most
-    ``max_tokens`` tokens together (at least one row); returns how many."""
-    from datasets import load_from_disk
-
-    rows = load_from_disk(test_dataset)
-    picked, tokens = [], 0
-    for r in rows.select(range(min(n_rows, len(rows)))):
-        if len(r["input_ids"]) > n_ctx_limit:
-            continue
-        if picked and max_tokens is not None and tokens + len(r["input_ids"]) > max_tokens:
-            break
-        picked.append({"input_ids": r["input_ids"], "labels": r["labels"]})
-        tokens += len(r["input_ids"])
-    write_json(path, picked)
-    return len(picked)
-
-
-def hf_perplexity(loaded, rows_path: Path) -> float:
-    import torch
-
-    from r1lib.model.loading import answer_token_nll
-
-    model, _ = loaded
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for row in json.loads(rows_path.read_text(encoding="utf-8")):
-            nll, n = answer_token_nll(
-                model,
-                torch.tensor([row["input_ids"]], device=model.device),
-                torch.tensor([row["labels"]], device=model.device),
-            )
-            total, count = total + nll.item(), count + n
-    return math.exp(total / max(count, 1))
-
-
 def smoke_test(
     merged_dir: str,
     ggufs: list[GGUFFile],
@@ -354,42 +276,48 @@ def smoke_test(
     decoding: Decoding | None = None,
 ) -> SmokeReport:
     from r1lib.model.gpu_memory import release
+    from r1lib.model.loading import load_tokenizer
 
     release()  # what earlier stages left on the GPU, before the HF reference loads
     out_dir = Path(out_dir)
-    dtype = reference_dtype(merged_dir)
-    loaded = load_merged(merged_dir, dtype)
-    tokenizer = loaded[1]
+    plan = smoke_plan(cfg, ggufs)
+    ran = [g for g in ggufs if g.type in plan.run]
+    tokenizer = load_tokenizer(merged_dir, trust_remote_code=False)  # this run's own export: see load_merged
     prompts = [
         tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        for p in cfg.prompts
+        for p in cfg.prompts[: plan.prompts]
     ]
-    rows_path, n_rows, hf_ppl = None, 0, None
-    measured = perplexity_types(cfg, ggufs) if cfg.perplexity_rows else []
+    rows_path, n_rows, hf_ppl = out_dir / "perplexity_rows.json", 0, None
+    measured = [t for t in perplexity_types(cfg, ggufs) if t in plan.run] if cfg.perplexity_rows else []
     if test_dataset and measured and Path(test_dataset).exists():
-        rows_path = out_dir / "perplexity_rows.json"
         n_rows = write_perplexity_rows(test_dataset, cfg.perplexity_rows, 1 << 16, rows_path, cfg.perplexity_max_tokens)
+    rows = rows_path if n_rows else None
+    children = start_smoke(ran, prompts, cfg, decoding, rows, perplexity_types=measured, parity_on=plan.parity_on)
+    try:  # the HF reference while the GGUF children run
+        dtype = reference_dtype(merged_dir)
+        loaded = load_merged(merged_dir, dtype)
         hf_ppl = round(hf_perplexity(loaded, rows_path), 6) if n_rows else None
+        tolerance = plan.tolerance
+        hf_tokens = hf_greedy_tokens(merged_dir, prompts[0], cfg.parity_tokens, loaded, with_logits=tolerance > 0)
+        hf_tokens, hf_logits = hf_tokens if tolerance > 0 else (hf_tokens, None)
+        del loaded
+    except BaseException:
+        children.stop()
+        raise
     warnings: list[str] = []
-    results = smoke_all(
-        ggufs, prompts, cfg, decoding, rows_path if n_rows else None, warnings=warnings, perplexity_types=measured
-    )
+    results = checked_results(ran, children, cfg, warnings)
     for warning in warnings:
         log.warning("smoke test (require_r1_format off): %s", warning)
 
-    reference = next((r for r in results if r.type in FULL_PRECISION), None)
-    if reference is None:
-        raise ExportCheckError("no full-precision GGUF (F16/BF16/F32) to check parity with the HF merged model")
+    reference = next(r for r in results if r.type == plan.parity_on)
+    full = next((r for r in results if r.type in FULL_PRECISION), None)
     for r in results:
         if r.perplexity is not None and hf_ppl:
             r.perplexity_vs_hf = round(r.perplexity / hf_ppl - 1, 6)
         # quantization loss over the full-precision GGUF, or over the HF merged model when that had no pass
-        baseline = reference.perplexity or hf_ppl
+        baseline = (full.perplexity if full else None) or hf_ppl
         if r.perplexity is not None and baseline:
             r.quant_loss = round(r.perplexity / baseline - 1, 6)
-    tolerance = cfg.parity_logit_tolerance
-    hf_tokens = hf_greedy_tokens(merged_dir, prompts[0], cfg.parity_tokens, loaded, with_logits=tolerance > 0)
-    hf_tokens, hf_logits = hf_tokens if tolerance > 0 else (hf_tokens, None)
     gguf_tokens = reference.parity_ids[: cfg.parity_tokens]
     matching, near_tie = compare_greedy(hf_tokens, gguf_tokens, hf_logits, tolerance)
     report = SmokeReport(
@@ -405,6 +333,9 @@ def smoke_test(
         parity_near_tie=near_tie,
         hf_dtype=dtype,
         warnings=warnings,
+        parity_on=plan.parity_on,
+        ran=plan.run,
+        plan=plan.reason,
     )
     write_json(out_dir / "smoke.json", report.model_dump())
 
@@ -421,14 +352,15 @@ def smoke_test(
             f"{reference.gguf}: greedy tokens diverge from the HF merged model at token {matching}: "
             f"HF {hf_tokens} vs GGUF {gguf_tokens}"
         )
-    if reference.perplexity_vs_hf is not None and abs(reference.perplexity_vs_hf) > cfg.max_f16_perplexity_drift:
+    if full and full.perplexity_vs_hf is not None and abs(full.perplexity_vs_hf) > cfg.max_f16_perplexity_drift:
         problems.append(
-            f"{reference.gguf}: perplexity {reference.perplexity} vs HF {hf_ppl} "
-            f"({reference.perplexity_vs_hf:+.2%}, limit {cfg.max_f16_perplexity_drift:.2%})"
+            f"{full.gguf}: perplexity {full.perplexity} vs HF {hf_ppl} "
+            f"({full.perplexity_vs_hf:+.2%}, limit {cfg.max_f16_perplexity_drift:.2%})"
         )
     if cfg.max_quant_perplexity_increase is not None:
+        baseline_name = f"the {full.type} GGUF" if full else "the HF merged model"
         problems += [
-            f"{r.gguf}: perplexity {r.perplexity} is {r.quant_loss:+.2%} over the {reference.type} GGUF "
+            f"{r.gguf}: perplexity {r.perplexity} is {r.quant_loss:+.2%} over {baseline_name} "
             f"(limit {cfg.max_quant_perplexity_increase:.2%})"
             for r in results
             if r.quant_loss is not None and r.quant_loss > cfg.max_quant_perplexity_increase

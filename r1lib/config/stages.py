@@ -21,6 +21,12 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, ge=1, le=100)
     no_repeat_ngram_size: int = Field(0, ge=0, le=100)
+    kv_cache: Literal["dynamic", "static"] = Field(
+        "dynamic",
+        description="static: a preallocated KV cache, with which transformers compiles the decode step on a GPU "
+        "(torch.compile, CUDA graphs; the first batch pays the compile); dynamic: plain HF generate. "
+        "bench/eval_generation.py measures both.",
+    )
     max_forgetting_ratio: float | None = Field(
         FORGETTING_LIMIT,
         gt=0,
@@ -69,6 +75,11 @@ class ExportConfig(Section):
     quantizations: Annotated[
         list[Literal["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q5_0", "Q6_K", "Q3_K_M", "Q2_K"]], Unique
     ] = ["Q8_0", "Q4_K_M"]
+    keep_full_precision: bool = Field(
+        True,
+        description="Ship the outtype GGUF beside the quantized ones; off: it is only the quantizer's input, deleted "
+        "once every quantized type is written (kept when no quantization is requested).",
+    )
 
 
 class SmokeConfig(Section):
@@ -131,6 +142,20 @@ class SmokeConfig(Section):
         description="Where the F16 GGUF's greedy token differs from the HF merged model's, accept it when HF scored "
         "it within this many logits of its own choice (a near tie that rounding decides) and stop comparing there; "
         "0: every compared token must be equal.",
+    )
+    proportionate: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="on: only the quantized GGUFs run (all at once), each answering the first prompt, and greedy "
+        "parity with HF is checked on the most precise of them; the full-precision file's header was checked when "
+        "it was written. off: every GGUF answers every prompt, parity on the full-precision one. auto: on where "
+        "llama.cpp has no GPU and a GGUF is 2 GiB or more (a 7B F16 generates about 5 tokens/s on a CPU).",
+    )
+    quantized_parity_logit_tolerance: float = Field(
+        0.5,
+        ge=0,
+        le=100,
+        description="parity_logit_tolerance where parity is checked on a quantized GGUF (proportionate, or no "
+        "full-precision file kept): quantization moves logits by more than rounding does.",
     )
 
 

@@ -3,12 +3,15 @@
 - ``perplexity_types``: the GGUFs that get the (CPU-heavy) held-out perplexity pass;
 - ``reference_dtype``: the HF reference model's dtype within the GPU memory this process may use;
 - ``compare_greedy``: greedy-token parity between the HF merged model and the full-precision GGUF, with an optional
-  tolerance for a near tie that rounding decides.
+  tolerance for a near tie that rounding decides;
+- ``smoke_plan``: which GGUFs run at all, how many prompts each answers and which one the parity is checked on.
 """
 
 from __future__ import annotations
 
 import logging
+
+from pydantic import BaseModel
 
 from r1lib.config import SmokeConfig
 from r1lib.export.gguf import FULL_PRECISION, GGUFFile
@@ -62,3 +65,51 @@ def llama_gpu_offload() -> bool:
         return bool(llama_cpp.llama_supports_gpu_offload())
     except (ImportError, AttributeError, OSError):
         return False
+
+
+# Quantized types, most precise first: a proportionate smoke test checks greedy parity on the first one present.
+BY_PRECISION = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+BIG_GGUF_BYTES = 2 * 2**30  # from here a full-precision GGUF generates slowly on a CPU llama.cpp
+
+
+class SmokePlan(BaseModel):
+    """What the smoke test runs: ``run``, the GGUF types loaded in a child; ``prompts``, how many of
+    ``smoke.prompts`` each answers; ``parity_on``, the type whose greedy tokens must equal the HF model's, within
+    ``tolerance`` logits at a near tie."""
+
+    run: list[str]
+    prompts: int
+    parity_on: str
+    tolerance: float
+    reason: str
+
+
+def smoke_plan(cfg: SmokeConfig, ggufs: list[GGUFFile], gpu_offload: bool | None = None) -> SmokePlan:
+    """The proportionate plan (``smoke.proportionate``): where llama.cpp has no GPU and a GGUF is big, only the
+    quantized files run, each answering one short prompt, and parity is checked on the most precise of them; else
+    every file answers every prompt and parity is checked on the full-precision file (the most precise quantized one
+    when none was kept)."""
+    full = [g.type for g in ggufs if g.type in FULL_PRECISION]
+    quantized = sorted(
+        (g.type for g in ggufs if g.type not in FULL_PRECISION),
+        key=lambda t: BY_PRECISION.index(t) if t in BY_PRECISION else len(BY_PRECISION),
+    )
+    big = any(g.bytes >= BIG_GGUF_BYTES for g in ggufs)
+    offload = llama_gpu_offload() if gpu_offload is None else gpu_offload
+    on = cfg.proportionate == "on" or (cfg.proportionate == "auto" and big and not offload)
+    if on and quantized:
+        reason = "proportionate: " + ("on" if cfg.proportionate == "on" else "llama.cpp has no GPU and a GGUF is big")
+        plan = {"run": quantized, "prompts": 1, "parity_on": quantized[0], "reason": reason}
+    else:
+        parity = (full or quantized)[0]
+        plan = {
+            "run": [g.type for g in ggufs],
+            "prompts": len(cfg.prompts),
+            "parity_on": parity,
+            "reason": "every GGUF",
+        }
+    exact = plan["parity_on"] in FULL_PRECISION
+    tolerance = (
+        cfg.parity_logit_tolerance if exact else max(cfg.parity_logit_tolerance, cfg.quantized_parity_logit_tolerance)
+    )
+    return SmokePlan(**plan, tolerance=tolerance)

@@ -137,6 +137,8 @@ def generate(
     }
     if cfg.temperature > 0:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+    if cfg.kv_cache == "static":  # on a GPU transformers then compiles the decode step (CUDA graphs)
+        kwargs["cache_implementation"] = "static"
     from tqdm.auto import tqdm
 
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -275,6 +277,7 @@ def time_plain_generate(model, adapter_dir: str, tokenizer, prompts: list[str], 
     from r1lib.model.loading import load_adapter
 
     rows = prompts[: min(cfg.baseline_rows, batch)]
+    cfg = cfg.model_copy(update={"kv_cache": "dynamic"})  # plain HF generate, whatever the evaluation uses
     tuned = load_adapter(model, adapter_dir)
     tuned.eval()
     tokens = min(cfg.baseline_tokens, cfg.max_new_tokens)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from r1lib.data.template_sandbox import name_template, template_file
 from r1lib.errors import ConfigError, RemoteCodeRefused, UnsafeWeights
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# from_pretrained sets process-wide state (torch's default dtype, transformers' quantized-loading flag): stages that
+# build models at once in threads of one flow process (evaluation beside the export's merge) take turns building.
+MODEL_BUILD_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -211,7 +215,7 @@ def load_causal_lm(model_dir: str, cfg: ModelConfig, four_bit: bool, quant_stora
             bnb_4bit_compute_dtype=compute_dtype(),
             **({"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}),
         )
-    with remote_code_policy(model_dir, cfg.trust_remote_code), refuse_pickles(model_dir):
+    with MODEL_BUILD_LOCK, remote_code_policy(model_dir, cfg.trust_remote_code), refuse_pickles(model_dir):
         model = AutoModelForCausalLM.from_pretrained(
             model_dir,
             dtype=compute_dtype(),

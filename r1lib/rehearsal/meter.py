@@ -146,6 +146,8 @@ def stage_table(runs: list[dict], samples: list[dict], flow_start: float, flow_e
         inside = [s for s in samples if start <= s["t"] <= end + 0.5] or [min(samples, key=lambda s: abs(s["t"] - end))]
         row = {
             "seconds": round(end - start, 2),
+            "start_s": round(start - flow_start, 2),  # from the flow's start: which stages ran together
+            "end_s": round(end - flow_start, 2),
             "share": round((end - start) / total, 4),
             "peak_rss_gib": round(max(s["rss"] for s in inside) / GIB, 2),
             "disk_written_gib": round((disk_at(end) - disk_at(start)) / GIB, 3),

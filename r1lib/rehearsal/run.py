@@ -112,7 +112,9 @@ def rehearsal_config(args, model_dir: Path, data: dict, work: Path):
         "evaluate.max_new_tokens": args.eval_max_new_tokens,
         "evaluate.time_limit_s": args.eval_time_limit,
         "evaluate.baseline_rows": args.eval_batch if args.baseline_rows is None else args.baseline_rows,
+        "evaluate.baseline_tokens": args.eval_max_new_tokens,  # the baseline at the pipeline's own length
         "export.quantizations": ["Q4_K_M", "Q8_0"],
+        "export.keep_full_precision": False,  # the F16 is the quantizer's input only
         "smoke.max_tokens": args.smoke_tokens,
         "smoke.parity_tokens": 16,
         "smoke.perplexity_rows": 8,
@@ -276,10 +278,11 @@ def rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
     deleted: list[str] = []
 
     def housekeeping() -> None:
-        if (
+        if (  # evaluation and fairness read the base beside the export: it goes once they and the merge are done
             disk["delete_base_after_merge"]
             and not deleted
             and (Path(out_dir(run_dir, "merge")) / "merged" / "config.json").exists()
+            and (Path(out_dir(run_dir, "fairness")) / "fairness.json").exists()
         ):
             for weights in model_dir.glob("*.safetensors"):
                 weights.unlink()
@@ -311,6 +314,7 @@ def rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
 
 def _measure(record: dict, samples, flow_start, flow_end, started_at, result, error) -> None:
     """The stage table and the run's figures into ``record``."""
+    from r1lib.ops.timeline import StageSpan, critical_path
     from r1lib.rehearsal.meter import stage_table, task_runs_since
 
     stages = stage_table(task_runs_since(started_at), samples, flow_start, flow_end)
@@ -319,9 +323,12 @@ def _measure(record: dict, samples, flow_start, flow_end, started_at, result, er
         completed=error is None,
         total_seconds=round(flow_end - flow_start, 2),
         train_seconds=stages.get("train", {}).get("seconds", 0.0),
-        export_seconds=round(
-            sum(row["seconds"] for name, row in stages.items() if group_of(name) == "export"),
-            2,
+        export_seconds=span_seconds(stages, lambda name: group_of(name) == "export"),
+        after_training_seconds=round(flow_end - flow_start - stages["train"]["end_s"], 2)
+        if "train" in stages
+        else None,
+        critical_path=critical_path(
+            [StageSpan(stage=name, start=row["start_s"], end=row["end_s"]) for name, row in stages.items()]
         ),
         outside_stages_seconds=round(max(0.0, flow_end - flow_start - covered), 2),
         stages=stages,
@@ -330,6 +337,13 @@ def _measure(record: dict, samples, flow_start, flow_end, started_at, result, er
     )
     if error:
         record["error"] = error
+
+
+def span_seconds(stages: dict[str, dict], member) -> float:
+    """Wall seconds from the first start to the last end of the stages ``member`` picks (stages that overlap count
+    once: the quantize children run at the same time)."""
+    rows = [row for name, row in stages.items() if member(name)]
+    return round(max(r["end_s"] for r in rows) - min(r["start_s"] for r in rows), 2) if rows else 0.0
 
 
 def _deadline(record: dict, args, work: Path, sampler, flow_start, started_at) -> None:

@@ -95,3 +95,13 @@ def test_planted_secret_appears_in_no_output(summary):
     found = asyncio.run(artifacts())
     assert found, "the run created artifacts"
     assert not [a.key for a in found if PLANTED_SECRET in json.dumps(a.data, default=str)]
+
+
+def test_the_export_branch_runs_beside_evaluation_and_the_summary_names_the_critical_path(summary):
+    timeline = summary["timeline"]
+    stages = timeline["stages"]
+    assert {"train", "evaluate", "fairness", "merge", "convert", "quantize Q8_0", "smoke", "card"} <= set(stages)
+    together = {frozenset(pair["stages"]) for pair in timeline["overlapped"]}
+    assert frozenset({"evaluate", "merge"}) in together  # the merge started when training ended, not after fairness
+    assert stages["merge"]["start_s"] < stages["evaluate"]["end_s"]
+    assert timeline["critical_path"][0] == "train" and timeline["critical_path"][-1] == "card"

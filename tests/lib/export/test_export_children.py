@@ -1,4 +1,5 @@
-"""Quantize and smoke test start one child process for all their GGUFs, and still name the one that fails."""
+"""Quantize starts one child process for all the types it is given; the smoke test one child per GGUF, all at once; each
+names the GGUF that fails."""
 
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ def children(monkeypatch):
         return real_run(cmd, *args, **kwargs)
 
     monkeypatch.setattr(subprocess, "run", counting_run)
+    return started
+
+
+@pytest.fixture
+def started_children(monkeypatch):
+    """The command lines of the child processes started through subprocess.Popen (which still starts them)."""
+    started: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(cmd, *args, **kwargs):
+        started.append(list(cmd))
+        return real_popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", counting_popen)
     return started
 
 
@@ -63,7 +78,7 @@ def _prompts():
 DECODING = Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.2)  # as test_eval_export's smoke fixture
 
 
-def test_smoke_runs_every_gguf_in_one_child(run, children, monkeypatch):
+def test_smoke_runs_each_gguf_in_its_own_child_at_once(run, started_children, monkeypatch):
     import tasks.smoke
     from r1lib.config import SmokeConfig
     from r1lib.export.gguf import GGUFFile
@@ -74,13 +89,13 @@ def test_smoke_runs_every_gguf_in_one_child(run, children, monkeypatch):
     # test is about the process structure; the R1-format check has its own tests (test_eval_export.py).
     monkeypatch.setattr(tasks.smoke, "extract_answer", lambda output: output[-8:] or "-")
     results = smoke_all(ggufs, _prompts(), SmokeConfig(n_threads=1, max_tokens=32, parity_tokens=8), DECODING)
-    assert len(children) == 1
+    assert len(started_children) == len(ggufs)
     assert [r.type for r in results] == list(run["ggufs"])
     assert all(r.answers[0] and r.bos_count == 1 for r in results)
     assert results[0].parity_ids and not results[1].parity_ids  # parity tokens from the full-precision file only
 
 
-def test_a_crash_on_the_second_gguf_names_it(run, tmp_path, children):
+def test_a_crash_on_the_second_gguf_names_it(run, tmp_path, started_children):
     from r1lib.config import SmokeConfig
     from r1lib.errors import ExportCheckError
     from r1lib.export.gguf import GGUFFile
@@ -92,4 +107,4 @@ def test_a_crash_on_the_second_gguf_names_it(run, tmp_path, children):
     with pytest.raises(ExportCheckError) as failure:
         smoke_all([good, GGUFFile(path=str(broken), type="Q8_0", bytes=4096)], _prompts(), SmokeConfig(n_threads=1))
     assert str(failure.value).startswith(f"{broken}: llama-cpp-python exited with")
-    assert len(children) == 1
+    assert len(started_children) == 2

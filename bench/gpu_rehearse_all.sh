@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Issue #26 on a lent GPU machine: the rehearsals of the three shapes, the evaluation-generation bench and the export
+# bench, each writing its raw log, JSON and Markdown table under $OUT. One part per device call (each fits the
+# 10-minute limit of a call; a flow that is still running at --deadline-s writes its table so far and exits 3):
+#
+#   run(carry=[".gpu"], command="source scripts/gpu-env.sh && bench/gpu_rehearse_all.sh 7b")
+#   ... the same with 7b-cap24, 8b, evalgen (bench/eval_generation.py on the 7B shape) and export (bench/export_speed.py)
+#   KV_CACHE=static bench/gpu_rehearse_all.sh 7b   # the rehearsal with evaluate.kv_cache static (compiled decode)
+#
+# Several parts in one call run one after the other (``bench/gpu_rehearse_all.sh evalgen export``).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+WORK=${WORK:-/tmp/r1-rehearse}
+DEADLINE=${DEADLINE:-540}  # seconds after the rehearsal starts: the table is written before the call's limit
+KV_CACHE=${KV_CACHE:-dynamic}  # evaluate.kv_cache for the rehearsals: static where the evalgen part measured it faster
+# The issue's measurement: 4 training steps, 256 new tokens per evaluation row, 2 perplexity rows in the smoke test.
+COMMON=(--train-steps 4 --eval-max-new-tokens 256 --set smoke.perplexity_rows=2 --deadline-s "$DEADLINE"
+        --set "evaluate.kv_cache=\"$KV_CACHE\"" --out "$OUT" --work "$WORK")
+
+part() {  # name, command...: the command's whole output into $OUT/<name>.log, its status into the log's last line
+  local name=$1; shift
+  echo "[gpu_rehearse_all] $name: $*" | tee "$OUT/$name.log"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >>"$OUT/$name.log" 2>&1
+  local began=$SECONDS
+  "$@" 2>&1 | tee -a "$OUT/$name.log"
+  local code=${PIPESTATUS[0]}
+  echo "[gpu_rehearse_all] $name exited $code after $((SECONDS - began)) s" | tee -a "$OUT/$name.log"
+}
+
+for what in "${@:-7b}"; do
+  case "$what" in
+    7b) part rehearse-r1-qwen-7b python -m flows.rehearse --shape r1-qwen-7b "${COMMON[@]}" ;;
+    7b-cap24) part rehearse-r1-qwen-7b-cap24 python -m flows.rehearse --shape r1-qwen-7b --gpu-cap-gib 24 "${COMMON[@]}" ;;
+    8b) part rehearse-r1-llama-8b python -m flows.rehearse --shape r1-llama-8b "${COMMON[@]}" ;;
+    evalgen) part eval-generation-r1-qwen-7b python bench/eval_generation.py --shape r1-qwen-7b --batch 16 \
+               --max-new-tokens 256 --out "$OUT" --work "$WORK/evalgen" ;;
+    export) part export-speed-r1-qwen-7b python bench/export_speed.py --shape r1-qwen-7b --out "$OUT" \
+              --work "$WORK/export" ;;
+    *) echo "unknown part $what (7b, 7b-cap24, 8b, evalgen, export)" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,81 @@
+"""The export branch of the finetune flow: merge -> full-precision GGUF -> every quantized type, as Prefect futures.
+
+It needs no GPU and nothing of the evaluation, so the flow submits it as soon as training has written the adapter
+and it runs beside evaluation and the fairness check (flows/finetune.py). The merge streams shard by shard in host
+memory; each quantized type is its own child process, all at once, sharing the machine's cores. When
+``export.keep_full_precision`` is off and quantized types are requested, the full-precision GGUF is only the
+quantizer's input: it is deleted once every quantized file is written (a retry converts it again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from prefect.futures import PrefectFuture, wait
+
+from r1lib.config import PipelineConfig
+from r1lib.export.gguf import GGUFFile
+from r1lib.ops.timeline import timed
+from r1lib.stages import settings
+from tasks.export import convert_task, merge_task, quantize_task
+
+log = logging.getLogger(__name__)
+
+# Submitted stages run in worker threads, where Prefect cannot interrupt a stage on its timeout (it only warns, at
+# WARNING, on every run): they carry none; ``IN_THREAD`` says so once for every submitted stage of the flow.
+IN_THREAD = {"timeout_seconds": None, **timed()}
+merge = merge_task.with_options(task_run_name="merge adapter", **IN_THREAD)
+convert = convert_task.with_options(task_run_name="convert-gguf {outtype}", **IN_THREAD)
+quantize = quantize_task.with_options(**IN_THREAD)
+
+
+def quantize_threads(types: int, cores: int | None = None) -> int:
+    """llama.cpp threads for each of ``types`` quantize children running at once: the cores shared among them."""
+    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(1, cores // max(types, 1))
+
+
+@contextlib.contextmanager
+def settled() -> Iterator[list[PrefectFuture]]:
+    """A list for futures that run in the background of the block; when the block ends, however it ends (an
+    evaluation that failed), they are waited for: the run folder's lock outlives every stage that writes in it."""
+    futures: list[PrefectFuture] = []
+    try:
+        yield futures
+    finally:
+        wait(futures)
+
+
+class ExportBranch:
+    """The submitted export: ``merged`` (the merged model's folder) and the GGUF futures; ``ggufs()`` waits."""
+
+    def __init__(self, merged: PrefectFuture, full: PrefectFuture, quantized: list[PrefectFuture], keep_full: bool):
+        self.merged, self.full, self.quantized, self.keep_full = merged, full, quantized, keep_full
+
+    def ggufs(self) -> list[GGUFFile]:
+        """The GGUF files the run ships, full precision first when kept; drops a temporary full-precision file."""
+        full = self.full.result()
+        quantized = [file for future in self.quantized for file in future.result()]
+        if self.keep_full or not quantized:
+            return [full, *quantized]
+        Path(full.path).unlink(missing_ok=True)
+        log.info("deleted %s: export.keep_full_precision is off, it was the quantizer's input", full.path)
+        return quantized
+
+
+def export_branch(
+    config: PipelineConfig, model: str, adapter: str, at: dict[str, str], stem: str, background: list[PrefectFuture]
+) -> ExportBranch:
+    """Submit merge -> convert -> one quantize per type (all at once) and return their futures (also added to
+    ``background``: ``settled``)."""
+    merged = merge.submit(model, adapter, **settings(config, "merge"), out_dir=at["merge"])
+    full = convert.submit(merged, config.export.outtype, at["convert"], stem=stem)
+    qtypes = config.export.quantizations
+    threads = quantize_threads(len(qtypes))
+    quantized = [quantize.submit(full, [qtype], threads=threads) for qtype in qtypes]
+    background += [merged, full, *quantized]
+    return ExportBranch(merged, full, quantized, config.export.keep_full_precision)
