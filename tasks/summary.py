@@ -104,7 +104,7 @@ def failure_rows(config: PipelineConfig, error: BaseException, finished: list[St
         "stage": name or "between stages",
         "error": f"{type(error).__name__}: {error}",
         "look_at": look_at,
-        "finished": list(dict.fromkeys(done)),
+        "finished": [s for s in dict.fromkeys(done) if s != name],  # a check after a stage fails the stage
     }
 
 

@@ -91,8 +91,9 @@ def collapse_check(evaluation: EvaluationNumbers, config: PipelineConfig, steps:
     lr = config.train.learning_rate
     message = (
         f"the fine-tuned model collapsed after {steps} steps at train.learning_rate={lr:g}: {'; '.join(signs)}. "
-        f"Export and the smoke test would fail on it. Lower train.learning_rate (e.g. {lr / 50:g}) or "
-        "train.max_steps, or add replay (augment.replay_ratio); to export anyway set evaluate.on_collapse=warn"
+        "Exporting it would spend minutes on a model that lost its format. Lower train.learning_rate "
+        f"(e.g. {lr / 50:g}) or train.max_steps, or add replay (augment.replay_ratio); to export anyway set "
+        "evaluate.on_collapse=warn"
     )
     if config.evaluate.on_collapse == "warn":
         log.warning("%s", message)
