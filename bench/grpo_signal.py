@@ -27,12 +27,16 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
 RESULTS = ROOT / "bench" / "results"
-SFT = {"max_steps": 6, "learning_rate": 1e-2, "micro_batch_size": 16, "gradient_accumulation": 1}
+# The tiny model's activations are small: no recompute (it would add a forward pass to every step).
+SFT = {"max_steps": 6, "learning_rate": 1e-2, "micro_batch_size": 16, "gradient_accumulation": 1,
+       "gradient_checkpointing": False}  # fmt: skip
 GRPO = {
     "learning_rate": 5e-3,
     "micro_batch_size": 16,  # completions per step: 2 prompts x 8
     "gradient_accumulation": 1,
-    "grpo": {"num_generations": 8, "max_completion_length": 40, "overlong_buffer": 8, "temperature": 1.0},
+    "gradient_checkpointing": False,
+    # a right completion is about 25 tokens ("The sentence names two animals, ... </think> The sentence is about ...")
+    "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 1.0},
 }
 TRAIN_ROWS, HELD_OUT, REPLAY_ROWS = 400, 60, 64
 
@@ -118,6 +122,7 @@ def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max
     base = scored(model_dir, None, held_out, replay)
     sft_adapter, sft_s, _ = fit_adapter(model_dir, train, work / "sft", 42, **{**SFT, "max_steps": sft_steps})
     sft = scored(model_dir, sft_adapter, held_out, replay)
+    print(json.dumps({"base": base, "sft": sft}), flush=True)
     runs = []
     for seed in seeds:
         adapter, seconds, last = fit_adapter(
