@@ -308,7 +308,7 @@ def rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
         watchdog.start()
     result, error = run_flow(flow, config, sampler)
     flow_end = time.time()
-    if args.grpo_steps and error is None and getattr(result, "trained", None) is not None:
+    if args.grpo_steps and error is None and getattr(result, "data", None) is not None:
         record["grpo"], error = grpo_stage(args, config, result, work)
     if args.deadline_s:
         watchdog.cancel()  # the flow ended first: its own table, not the deadline's
@@ -318,13 +318,16 @@ def rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
 
 
 def grpo_stage(args, config, result, work: Path) -> tuple[dict, str | None]:
-    """GRPO after the flow, from its SFT adapter, on its tokenized training rows (r1lib/rehearsal/grpo.py): seconds
-    and generated tokens per step and peak GPU memory, every completion at its token limit. (figures, error)."""
+    """GRPO after the flow, from its SFT adapter (a fresh one after a data-only run: ``--set stop_after=tokenize``),
+    on its tokenized training rows (r1lib/rehearsal/grpo.py): seconds and generated tokens per step and peak GPU
+    memory, every completion at its token limit. (figures, error)."""
     from r1lib.rehearsal.grpo import grpo_settings, measure_grpo
+    from r1lib.training.backends import choose_backend
 
+    trained = getattr(result, "trained", None)
     train = config.train.model_copy(
         update={
-            "init_adapter": result.trained.adapter,
+            "init_adapter": trained.adapter if trained is not None else None,
             "micro_batch_size": args.grpo_micro_batch,
             "gradient_accumulation": 1,
             "grpo": config.train.grpo.model_validate(grpo_settings(args.grpo_generations, args.grpo_completion_tokens)),
@@ -333,7 +336,7 @@ def grpo_stage(args, config, result, work: Path) -> tuple[dict, str | None]:
     try:
         figures = measure_grpo(
             result.model_dir, config.model, train, result.data.train.dataset, work / "grpo", args.grpo_steps,
-            config.tokenize.max_seq_length, result.trained.backend,
+            config.tokenize.max_seq_length, trained.backend if trained is not None else choose_backend(config.train),
         )  # fmt: skip
     except BaseException as exc:  # noqa: BLE001  (as run_flow: the failure is the finding)
         traceback.print_exc()
