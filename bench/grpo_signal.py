@@ -1,6 +1,6 @@
 """Does GRPO learn on the embedded tiny model? SFT first, then GRPO from that adapter, on a CPU, seed by seed.
 
-    python bench/grpo_signal.py                        # SFT 6 steps, then GRPO 30 steps for seeds 1 2 3
+    python bench/grpo_signal.py                        # SFT 8 steps, then GRPO 12 steps for seeds 1 2 3
     python bench/grpo_signal.py --seeds 1 --grpo-steps 10
 
 The SFT adapter is trained once (the tiny preset's settings, few steps: it answers some held-out prompts right, not
@@ -28,7 +28,7 @@ os.chdir(ROOT)
 
 RESULTS = ROOT / "bench" / "results"
 # The tiny model's activations are small: no recompute (it would add a forward pass to every step).
-SFT = {"max_steps": 6, "learning_rate": 1e-2, "micro_batch_size": 16, "gradient_accumulation": 1,
+SFT = {"max_steps": 8, "learning_rate": 1e-2, "micro_batch_size": 16, "gradient_accumulation": 1,
        "gradient_checkpointing": False}  # fmt: skip
 GRPO = {
     "learning_rate": 5e-3,
@@ -38,7 +38,7 @@ GRPO = {
     # a right completion is about 25 tokens ("The sentence names two animals, ... </think> The sentence is about ...")
     "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 1.0},
 }
-TRAIN_ROWS, HELD_OUT, REPLAY_ROWS = 400, 60, 64
+TRAIN_ROWS, HELD_OUT, REPLAY_ROWS, REPLAY_COPIES = 400, 60, 64, 3
 
 
 def tokenized(tokenizer, name: str, limit: int, out: Path) -> str:
@@ -104,17 +104,22 @@ def scored(model_dir: str, adapter: str | None, held_out: list[dict], replay: st
     return {**rewards.model_dump(), "replay_perplexity": round(perplexity(model, replay, batch_size=16), 4)}
 
 
-def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max_steps"]) -> dict:
-    """SFT once, then GRPO per seed; every figure the JSON holds."""
+def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max_steps"], **grpo) -> dict:
+    """SFT once, then GRPO per seed (``grpo``: train-section fields over GRPO's); every figure the JSON holds."""
     from r1lib.config import EmbeddedModelConfig
     from r1lib.model.embedded import build_tokenizer, ensure_embedded_model
     from r1lib.training.methods.grpo import grpo_rows
 
     tokenizer = build_tokenizer()
     model_dir = str(ensure_embedded_model(EmbeddedModelConfig(), ROOT / ".cache"))
-    train = tokenized(tokenizer, "train.jsonl", TRAIN_ROWS, work / "train")
     replay = tokenized(tokenizer, "general.jsonl", REPLAY_ROWS, work / "replay")
-    from datasets import load_from_disk
+    from datasets import concatenate_datasets, load_from_disk
+
+    # general rows mixed in, as the tiny preset's replay does (about a third of the rows), so SFT keeps forgetting low
+    task = load_from_disk(tokenized(tokenizer, "train.jsonl", TRAIN_ROWS, work / "task"))
+    mixed = concatenate_datasets([task] + [load_from_disk(replay)] * REPLAY_COPIES).shuffle(seed=0)
+    mixed.save_to_disk(str(work / "train"))
+    train = str(work / "train")
 
     held_out, refused = grpo_rows(load_from_disk(tokenized(tokenizer, "test.jsonl", HELD_OUT, work / "test")),
                                   tokenizer, 200)  # fmt: skip
@@ -127,7 +132,7 @@ def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max
     for seed in seeds:
         adapter, seconds, last = fit_adapter(
             model_dir, train, work / f"grpo-{seed}", seed,
-            **{**GRPO, "method": "grpo", "max_steps": grpo_steps, "init_adapter": sft_adapter},
+            **{**GRPO, **grpo, "method": "grpo", "max_steps": grpo_steps, "init_adapter": sft_adapter},
         )  # fmt: skip
         after = scored(model_dir, adapter, held_out, replay)
         runs.append({
@@ -141,7 +146,7 @@ def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max
         "date": date.today().isoformat(),
         "held_out_prompts": len(held_out),
         "sft": {"steps": sft_steps, "seconds": sft_s, **SFT, "max_steps": sft_steps},
-        "grpo": {"steps": grpo_steps, **GRPO},
+        "grpo": {"steps": grpo_steps, **GRPO, **grpo},
         "base": base,
         "before_sft": sft,
         "sft_forgetting_ratio": round(sft["replay_perplexity"] / base["replay_perplexity"], 4),
@@ -178,12 +183,15 @@ def main() -> int:
     apply_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--grpo-steps", type=int, default=30)
+    parser.add_argument("--grpo-steps", type=int, default=12)
     parser.add_argument("--sft-steps", type=int, default=SFT["max_steps"])
+    parser.add_argument("--learning-rate", type=float, default=GRPO["learning_rate"], help="of GRPO")
+    parser.add_argument("--temperature", type=float, default=GRPO["grpo"]["temperature"])
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
+    grpo = {"learning_rate": args.learning_rate, "grpo": {**GRPO["grpo"], "temperature": args.temperature}}
     with tempfile.TemporaryDirectory(prefix="grpo-signal-") as work:
-        result = run(args.seeds, args.grpo_steps, Path(work), args.sft_steps)
+        result = run(args.seeds, args.grpo_steps, Path(work), args.sft_steps, **grpo)
     text = table(result)
     print(text)
     stem = f"grpo_signal-{result['date']}{'-' + args.tag if args.tag else ''}"
