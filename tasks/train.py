@@ -91,7 +91,8 @@ class TrainResult(StageResult):
             "",
         ]
         if self.loss_curve:
-            lines += [f"![Training and evaluation loss]({Path(self.loss_curve).name})", ""]
+            story = " and the per-step rewards, lengths and shares" if self.method == "grpo" else ""
+            lines += [f"![Training and evaluation loss{story}]({Path(self.loss_curve).name})", ""]
         return "\n".join(lines)
 
 
