@@ -7,7 +7,8 @@ The SFT adapter is trained once (the tiny preset's settings, few steps: it answe
 all, so GRPO has room). Each seed trains GRPO from it through the same fit loop the train stage runs
 (``train.method=grpo``, ``train.init_adapter``), then scores greedy completions of the held-out prompts
 (data/sample/test.jsonl) with the rewards: mean correctness before (SFT) and after (GRPO), and forgetting as the
-pipeline defines it (general-data replay perplexity of the adapter / the base model's; limit 1.5x). Writes
+pipeline defines it (general-data replay perplexity of the adapter / the base model's; limit 1.5x) and GRPO's own
+share of it (after GRPO / the SFT adapter it started from). Writes
 bench/results/grpo_signal-<date>.json and .md. tests/lib/training/test_grpo_signal.py runs one seed of it.
 """
 
@@ -139,6 +140,7 @@ def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max
             "seed": seed, "train_seconds": seconds, "last_logged": last, **{f"after_{k}": v for k, v in after.items()},
             "correctness_gain": round(after["correctness"] - sft["correctness"], 4),
             "forgetting_ratio": round(after["replay_perplexity"] / base["replay_perplexity"], 4),
+            "grpo_forgetting_ratio": round(after["replay_perplexity"] / sft["replay_perplexity"], 4),
         })  # fmt: skip
         print(json.dumps(runs[-1]), flush=True)
     gains = [r["correctness_gain"] for r in runs]
@@ -161,8 +163,9 @@ def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max
 
 def table(result: dict) -> str:
     lines = [
-        "| seed | GRPO s | correctness SFT -> GRPO | format | think closed | new tokens | forgetting (limit 1.5) |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | GRPO s | correctness SFT -> GRPO | format | think closed | new tokens | replay ppl | "
+        "GRPO's forgetting (after / SFT) | forgetting (after / base) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     sft = result["before_sft"]
     for r in result["runs"]:
@@ -170,7 +173,8 @@ def table(result: dict) -> str:
             f"| {r['seed']} | {r['train_seconds']} | {sft['correctness']:.1%} -> {r['after_correctness']:.1%} "
             f"({r['correctness_gain']:+.1%}) | {sft['format']:.0%} -> {r['after_format']:.0%} | "
             f"{sft['think_closed']:.0%} -> {r['after_think_closed']:.0%} | {sft['mean_new_tokens']} -> "
-            f"{r['after_mean_new_tokens']} | {r['forgetting_ratio']}x |"
+            f"{r['after_mean_new_tokens']} | {sft['replay_perplexity']} -> {r['after_replay_perplexity']} | "
+            f"{r['after_replay_perplexity'] / sft['replay_perplexity']:.3f}x | {r['forgetting_ratio']}x |"
         )
     return "\n".join(lines)
 
@@ -202,7 +206,9 @@ def main() -> int:
         f"`python bench/grpo_signal.py {' '.join(sys.argv[1:])}`: SFT {result['sft']['steps']} steps, then GRPO "
         f"{result['grpo']['steps']} steps (8 completions per prompt, 2 prompts per step) per seed; "
         f"{result['held_out_prompts']} held-out prompts, greedy. Base model correctness "
-        f"{result['base']['correctness']:.1%}. Correctness gain: mean {result['gain_mean']:+.1%}, "
+        f"{result['base']['correctness']:.1%}, replay perplexity {result['base']['replay_perplexity']}; the SFT "
+        f"adapter's forgetting {result['sft_forgetting_ratio']}x (limit {result['forgetting_limit']}x). "
+        f"Correctness gain: mean {result['gain_mean']:+.1%}, "
         f"min {result['gain_min']:+.1%}, max {result['gain_max']:+.1%}. Load average {result['load_average']} "
         "(2 cores).\n\n" + text + "\n"
     )
