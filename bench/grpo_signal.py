@@ -37,7 +37,7 @@ GRPO = {
     "gradient_accumulation": 1,
     "gradient_checkpointing": False,
     # a right completion is about 25 tokens ("The sentence names two animals, ... </think> The sentence is about ...")
-    "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 1.0},
+    "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 0.8},
 }
 TRAIN_ROWS, HELD_OUT, REPLAY_ROWS, REPLAY_COPIES = 400, 60, 64, 3
 
