@@ -7,9 +7,10 @@ peft, on the same random-weight model, prompts and settings, each in a child pro
         --max-completion-length 16 --prompt-tokens 20,40 --rows 8                # the same path on a CPU
 
 Random weights never end a sentence, so every completion runs to ``--max-completion-length``: both sides generate
-exactly the same number of tokens per step. Per side: seconds per optimizer step (median after the first), generated
-tokens per second, peak GPU memory (torch's, in that process). Writes bench/results/grpo_throughput-<shape>[-cap<N>]
--<date>.json and .md, and each child's raw log beside them.
+exactly the same number of tokens per step. ``--sides pipeline`` then ``--sides trl`` measures them in two calls
+(on one machine: the second reuses ``--work``'s model and reports both). Per side: seconds per optimizer step (median
+after the first), generated tokens per second, peak GPU memory (torch's, in that process). Writes
+bench/results/grpo_throughput-<shape>[-cap<N>]-<date>.json and .md, and each child's raw log beside them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--work", default="/tmp/r1-grpo-throughput")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--tag", default="")
+    parser.add_argument("--fresh", action="store_true", help="start from an empty --work (else reuse its model)")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -231,8 +233,9 @@ def main(argv: list[str]) -> int:
     if args.child:
         return child(args)
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)  # a later call on the same machine reuses the model and the other side
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"grpo_throughput-{args.shape}{f'-cap{args.gpu_cap_gib:g}' if args.gpu_cap_gib else ''}-{date.today()}"
@@ -246,10 +249,15 @@ def main(argv: list[str]) -> int:
         "device": device(),
         "gpu_cap_gib": args.gpu_cap_gib,
         "command": "python bench/grpo_throughput.py " + " ".join(argv),
-        "sides": args.sides,
+        "sides": [s for s in SIDES if s in args.sides or (work / f"{s}.json").exists()],
         "settings": {k: spec["train"][k] for k in ("micro_batch_size", "gradient_accumulation", "grpo")},
     }
-    for side in args.sides:
+    for side in SIDES:
+        if side not in args.sides:  # measured by an earlier call into this --work (one side per call on a GPU)
+            if (work / f"{side}.json").exists():
+                result[side] = {**json.loads((work / f"{side}.json").read_text()), "earlier_call": True}
+            continue
+        (work / f"{side}.json").unlink(missing_ok=True)
         log_path = out / f"{stem}-{side}.log"
         with open(log_path, "w") as log:
             code = subprocess.call([sys.executable, __file__, *argv, "--child", side], stdout=log, stderr=log)
@@ -275,7 +283,7 @@ def main(argv: list[str]) -> int:
         f"({args.num_generations} per prompt), every completion {args.max_completion_length} tokens (random weights "
         f"never stop). Raw logs: `{stem}-<side>.log`.\n\n{text}\n\n{summary}\n"
     )
-    return 0 if all("error" not in result[s] for s in args.sides) else 1
+    return 0 if all("error" not in result[s] for s in result["sides"]) else 1
 
 
 if __name__ == "__main__":
