@@ -10,11 +10,17 @@ through ``fit_with_oom_retry`` (r1lib/training/retry.py). It writes ``train/adap
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
 from r1lib.io import exclusive_dir, write_json
@@ -26,8 +32,9 @@ from r1lib.stage import StageResult
 from r1lib.training.backends import choose_backend
 from r1lib.training.fit import FitSpec, inputs_key
 from r1lib.training.launcher import launch_plan
+from r1lib.training.methods import METHODS
 from r1lib.training.plan import plan_memory
-from r1lib.training.report import loss_curve, loss_markdown, progress_line
+from r1lib.training.report import loss_curve, loss_markdown, method_story, progress_line
 from r1lib.training.retry import fit_with_oom_retry
 
 
@@ -85,7 +92,8 @@ class TrainResult(StageResult):
             "",
         ]
         if self.loss_curve:
-            lines += [f"![Training and evaluation loss]({Path(self.loss_curve).name})", ""]
+            story = " and the per-step rewards, lengths and shares" if self.method == "grpo" else ""
+            lines += [f"![Training and evaluation loss{story}]({Path(self.loss_curve).name})", ""]
         return "\n".join(lines)
 
 
@@ -147,7 +155,7 @@ def train(
         )
         outcome = run.outcome
         history_path = write_json(out_dir / "log_history.json", outcome.log_history)
-        curve = loss_curve(outcome.log_history, out_dir / "loss_curve.png")
+        curve = loss_curve(outcome.log_history, out_dir / "loss_curve.png", METHODS[cfg.method].reports)
         result = TrainResult(
             adapter=str(out_dir / "adapter"),
             method=cfg.method,
@@ -232,4 +240,7 @@ def train_task(
         description=f"done · {result.steps} optimizer steps · {result.loss_text()}{resumed}",
     )
     reports(create_markdown_artifact, key="training-loss", markdown=loss_markdown(result, curve))
+    history = json.loads(Path(result.log_history).read_text(encoding="utf-8"))
+    if story := method_story(history, METHODS[cfg.method].reports):  # GRPO: rewards, lengths, shares per step
+        reports(create_table_artifact, key="training-story", table=story, description=f"{cfg.method}: per logging step")
     return result

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from r1lib.config.base import Section
 from r1lib.paths import InputPath
 
-Method = Literal["sft", "dpo", "orpo", "kto"]
+MAX_TOKENS = 1 << 20
+
+Method = Literal["sft", "dpo", "orpo", "kto", "grpo"]
 
 
 class DpoSettings(Section):
@@ -45,13 +47,72 @@ class KtoSettings(Section):
     undesirable_weight: float = Field(1.0, gt=0, le=100)
 
 
+class RewardWeights(Section):
+    """The weight of each GRPO reward (r1lib/training/rewards.py) in the total a completion is ranked by; 0 keeps a
+    reward logged in the run's story but out of the ranking."""
+
+    format: float = Field(0.5, ge=0, le=100, description="R1 format: one closed think block, then an answer (0 or 1).")
+    correctness: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="The answer after </think> equals the reference: exact, numeric or math (0 or 1).",
+    )
+    overlong: float = Field(
+        1.0, ge=0, le=100, description="Soft over-length penalty: 0 up to the buffer, then down to -1 at the limit."
+    )
+
+
+class GrpoSettings(Section):
+    """GRPO (TRL's GRPOTrainer) with verifiable rewards: completions sampled from the policy with plain HF generation
+    (no vLLM), ranked within their group by the weighted rewards; prompts and reference answers are the tokenize
+    stage's rows (the answer after </think>). The reference policy is the starting policy (no second model)."""
+
+    num_generations: int = Field(
+        8, ge=2, le=256, description="Completions per prompt (the group). micro_batch_size x gradient_accumulation "
+        "(the completions of one optimizer step) must be a multiple of it.",
+    )  # fmt: skip
+    max_completion_length: int = Field(1024, ge=1, le=MAX_TOKENS, description="New tokens per completion, at most.")
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature of the completions.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(
+        0.04, ge=0, le=100, description="KL penalty towards the starting policy (0: none, and no reference pass)."
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "dapo",
+        description="grpo: per-sequence length normalization (length-biased); dr_grpo: a constant; dapo: the active "
+        "tokens of the accumulated batch; bnpo: those of the micro-batch.",
+    )
+    rewards: RewardWeights = RewardWeights()
+    overlong_buffer: int = Field(
+        256, ge=1, le=MAX_TOKENS,
+        description="The penalty ramps from 0 to -1 over the last this-many tokens before max_completion_length.",
+    )  # fmt: skip
+    max_answer_chars: int = Field(
+        200, ge=1, le=100_000,
+        description="A reference answer longer than this is free text no rule can check: its row is refused.",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _buffer_inside_the_limit(self):
+        if self.overlong_buffer > self.max_completion_length:
+            raise ValueError(
+                f"train.grpo.overlong_buffer ({self.overlong_buffer}) exceeds train.grpo.max_completion_length "
+                f"({self.max_completion_length}); lower the buffer"
+            )
+        if not any(self.rewards.model_dump().values()):
+            raise ValueError("train.grpo.rewards: every weight is 0, so nothing ranks the completions; set one above 0")
+        return self
+
+
 class TrainMethods(Section):
     """The method field and the methods' own sections; ``TrainConfig`` extends it, so they are ``train.*`` fields."""
 
     method: Method = Field(
         "sft",
         description="Training method. sft: supervised fine-tuning on the tokenized prompt/answer rows (the loss on the "
-        "answer tokens only); dpo, orpo: preference pairs (chosen / rejected); kto: answers labelled desirable or not. "
+        "answer tokens only); dpo, orpo: preference pairs (chosen / rejected); kto: answers labelled desirable or not; "
+        "grpo: reinforcement learning on the tokenized rows' prompts, rewarded by checking answers against references. "
         "Each method's own settings, when it has any, are the train section's field of its name.",
     )
     init_adapter: InputPath | None = Field(
@@ -62,3 +123,4 @@ class TrainMethods(Section):
     dpo: DpoSettings = DpoSettings()
     orpo: OrpoSettings = OrpoSettings()
     kto: KtoSettings = KtoSettings()
+    grpo: GrpoSettings = GrpoSettings()

@@ -3,7 +3,8 @@
 rehearsal-<shape>[-cap<GiB>]-<date>.json   shape, gpu_cap_gib, completed, total_seconds, train_seconds,
                                            export_seconds, stages {name: {seconds, share, peak_gpu_*_gib,
                                            peak_rss_gib, disk_written_gib}}, eval_generation {tokens_per_s,
-                                           hf_generate_tokens_per_s, speedup}, and what the run was
+                                           hf_generate_tokens_per_s, speedup}, grpo {seconds_per_step,
+                                           generated_tokens_per_s, peak_gpu_*_gib} (--grpo-steps), and what the run was
 rehearsal-<shape>[-cap<GiB>]-<date>.md     the same as tables
 """
 
@@ -110,6 +111,17 @@ def markdown(result: dict) -> str:
             f"Training: {train.get('steps')} steps, {train.get('tokens'):,} tokens in "
             f"{_fmt(train.get('loop_seconds'))} s of steps ({_fmt(train.get('tokens_per_second'))} tokens/s; "
             f"{train.get('backend')}; {train.get('memory_plan')}).",
+            "",
+        ]
+    grpo = result.get("grpo") or {}
+    if grpo:
+        lines += [
+            f"GRPO stage (after the flow, from its adapter; {grpo.get('backend')}): {grpo.get('steps')} steps of "
+            f"{grpo.get('completions_per_step')} completions ({grpo.get('num_generations')} per prompt, up to "
+            f"{grpo.get('max_completion_length')} tokens; mean {_fmt(grpo.get('mean_completion_length'))}): "
+            f"**{_fmt(grpo.get('seconds_per_step'), 2)} s per step**, {_fmt(grpo.get('generated_tokens_per_s'))} "
+            f"generated tokens/s, peak GPU reserved {_fmt(grpo.get('peak_gpu_reserved_gib'), 2)} GiB "
+            f"(allocated {_fmt(grpo.get('peak_gpu_allocated_gib'), 2)} GiB).",
             "",
         ]
     gen = result.get("eval_generation") or {}

@@ -49,6 +49,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--baseline-rows", type=int, default=None, help="rows of the plain HF generate timing (default: one batch)"
     )
     parser.add_argument("--smoke-tokens", type=int, default=32)
+    parser.add_argument(
+        "--grpo-steps", type=int, default=0, help="GRPO steps after the flow, from its adapter (0: none)"
+    )
+    parser.add_argument("--grpo-generations", type=int, default=8, help="train.grpo.num_generations")
+    parser.add_argument("--grpo-completion-tokens", type=int, default=1024, help="train.grpo.max_completion_length")
+    parser.add_argument("--grpo-micro-batch", type=int, default=8, help="completions per micro-batch of the GRPO stage")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     parser.add_argument("--work", default="/tmp/r1-rehearse", help="scratch folder (model, data, run)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the JSON and table go")
@@ -304,12 +310,42 @@ def rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
         watchdog.daemon = True
         watchdog.start()
     result, error = run_flow(flow, config, sampler)
+    flow_end = time.time()
+    if args.grpo_steps and error is None and getattr(result, "data", None) is not None:
+        record["grpo"], error = grpo_stage(args, config, result, work)
     if args.deadline_s:
         watchdog.cancel()  # the flow ended first: its own table, not the deadline's
-    flow_end = time.time()
     samples = sampler.stop()
     _measure(record, samples, flow_start, flow_end, started_at, result, error)
     return _finish(record, args, work, 0 if error is None else 1)
+
+
+def grpo_stage(args, config, result, work: Path) -> tuple[dict, str | None]:
+    """GRPO after the flow, from its SFT adapter (a fresh one after a data-only run: ``--set stop_after=tokenize``),
+    on its tokenized training rows (r1lib/rehearsal/grpo.py): seconds and generated tokens per step and peak GPU
+    memory, every completion at its token limit. (figures, error)."""
+    from r1lib.rehearsal.grpo import grpo_settings, measure_grpo
+    from r1lib.training.backends import choose_backend
+
+    trained = getattr(result, "trained", None)
+    train = config.train.model_copy(
+        update={
+            "init_adapter": trained.adapter if trained is not None else None,
+            "micro_batch_size": args.grpo_micro_batch,
+            "gradient_accumulation": 1,
+            "grpo": config.train.grpo.model_validate(grpo_settings(args.grpo_generations, args.grpo_completion_tokens)),
+        }
+    )
+    try:
+        figures = measure_grpo(
+            result.model_dir, config.model, train, result.data.train.dataset, work / "grpo", args.grpo_steps,
+            config.tokenize.max_seq_length, trained.backend if trained is not None else choose_backend(config.train),
+        )  # fmt: skip
+    except BaseException as exc:  # noqa: BLE001  (as run_flow: the failure is the finding)
+        traceback.print_exc()
+        return {}, f"grpo: {type(exc).__name__}: {str(exc)[:400]}"
+    print(f"[rehearse] grpo: {figures}", flush=True)
+    return figures, None
 
 
 def _measure(record: dict, samples, flow_start, flow_end, started_at, result, error) -> None:

@@ -244,9 +244,10 @@ def _accept_indexed_cpu_locations() -> None:
     )
 
 
-def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
+def fit(spec: FitSpec, progress_hook=None, extra_callbacks=()) -> FitOutcome:
     """Train once: build the model and trainer, train (resuming from ``spec.resume``), save the adapter. Runs in the
-    task's own process or in every rank of a distributed launch; only rank 0 writes the adapter."""
+    task's own process or in every rank of a distributed launch; only rank 0 writes the adapter. ``extra_callbacks``:
+    TrainerCallbacks of a caller that measures (r1lib/rehearsal/grpo.py)."""
     if spec.backend == "unsloth":
         import unsloth  # noqa: F401  (before transformers / trl / peft are imported below)
     from datasets import load_from_disk
@@ -257,7 +258,7 @@ def fit(spec: FitSpec, progress_hook=None) -> FitOutcome:
     train_rows = load_from_disk(spec.dataset_dir)
     eval_rows = load_from_disk(spec.eval_dataset_dir) if spec.eval_dataset_dir and cfg.eval_steps else None
     totals = RunTotals(spec.resume)
-    callbacks = _callbacks(progress_hook, totals)
+    callbacks = _callbacks(progress_hook, totals) + list(extra_callbacks)
     if eval_rows is not None and cfg.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer, tokenizer = build_trainer(

@@ -7,8 +7,32 @@ from pathlib import Path
 from r1lib.io import atomic_path
 
 
-def loss_curve(history: list[dict], out_png: Path) -> Path | None:
-    """Training loss (and eval loss, when training evaluated) per optimizer step; None when nothing was logged."""
+def method_story(history: list[dict], reports: tuple[str, ...]) -> list[dict]:
+    """One row per logging step of the metrics a method reports beyond the loss (``TrainingMethod.reports``: GRPO's
+    mean reward per reward function, completion length, shares closing their think block and truncated), rounded;
+    empty when the method reports nothing else or logged none of it."""
+    rows = []
+    for h in history:
+        if "step" in h and any(h.get(name) is not None for name in reports[1:]):
+            rows.append({"step": h["step"], **{name: _rounded(h.get(name)) for name in reports if name in h}})
+    return rows
+
+
+def _rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _story_panels(story: list[dict]) -> list[tuple[str, list[str]]]:
+    """The story's plot panels: the rewards and shares (0..1 scale) in one, the lengths in tokens in another."""
+    names = [n for n in dict.fromkeys(k for row in story for k in row) if n not in ("step", "loss")]
+    lengths = [n for n in names if "length" in n]
+    return [(title, group) for title, group in (("rewards and shares", [n for n in names if n not in lengths]),
+                                                ("completion length (tokens)", lengths)) if group]  # fmt: skip
+
+
+def loss_curve(history: list[dict], out_png: Path, reports: tuple[str, ...] = ("loss",)) -> Path | None:
+    """Training loss (and eval loss, when training evaluated) per optimizer step, with a panel per group of the
+    method's other reports when it logged any (``method_story``); None when nothing was logged."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +42,19 @@ def loss_curve(history: list[dict], out_png: Path) -> Path | None:
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
     if not train and not evals:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    story = method_story(history, reports)
+    panels = _story_panels(story)
+    fig, axes = plt.subplots(1 + len(panels), 1, figsize=(7, 4 + 3 * len(panels)), dpi=100, squeeze=False)
+    ax = axes[0][0]
+    for (title, names), (other,) in zip(panels, axes[1:]):
+        for name in names:
+            points = [(row["step"], row[name]) for row in story if row.get(name) is not None]
+            if points:
+                other.plot(*zip(*points), marker=".", label=name)
+        other.set_xlabel("optimizer step")
+        other.set_title(title)
+        other.grid(alpha=0.3)
+        other.legend(fontsize=8)
     if train:
         ax.plot(*zip(*train), marker=".", label="training loss")
     if evals:

@@ -3,7 +3,7 @@ and settings in r1lib/config/methods.py, its test, and its line in ``METHODS``."
 
 from __future__ import annotations
 
-from r1lib.training.methods import dpo, kto, orpo, sft
+from r1lib.training.methods import dpo, grpo, kto, orpo, sft
 from r1lib.training.methods.base import TrainerSpec, TrainingMethod
 
 METHODS: dict[str, TrainingMethod] = {
@@ -11,6 +11,7 @@ METHODS: dict[str, TrainingMethod] = {
     "dpo": dpo.METHOD,
     "orpo": orpo.METHOD,
     "kto": kto.METHOD,
+    "grpo": grpo.METHOD,
 }
 
 __all__ = ["METHODS", "TrainerSpec", "TrainingMethod"]

@@ -353,8 +353,12 @@ def test_rehearsal_results_carry_what_the_checks_read(tmp_path):
         "data": {"train": {"rows": 400}, "test": {"rows": 16}, "seconds": 9.0},
         "train": {"steps": 10, "tokens": 100_000, "loop_seconds": 40.0, "tokens_per_second": 2500.0},
         "eval_generation": {"tokens_per_s": 900.0, "hf_generate_tokens_per_s": 200.0, "speedup": 4.5},
+        "grpo": {"backend": "unsloth", "steps": 3, "completions_per_step": 8, "num_generations": 8,
+                 "max_completion_length": 1024, "mean_completion_length": 1024.0, "seconds_per_step": 41.25,
+                 "generated_tokens_per_s": 198.6, "peak_gpu_reserved_gib": 19.5, "peak_gpu_allocated_gib": 17.0},
     }  # fmt: skip
     json_path, md_path = write_result(record, tmp_path)
+    assert "**41.25 s per step**, 198.6 generated tokens/s, peak GPU reserved 19.50 GiB" in md_path.read_text()
     assert json_path.name == "rehearsal-r1-qwen-7b-cap24-2026-11-30.json"
     saved = json.loads(json_path.read_text())
     for key in ("shape", "gpu_cap_gib", "completed", "total_seconds", "train_seconds", "export_seconds", "stages"):
@@ -406,6 +410,26 @@ def test_the_rehearsal_runs_every_stage_on_a_toy_shape_with_the_real_tokenizer(t
     assert result["after_training_seconds"] > 0 and result["critical_path"][-1] in ("card", "summary")
     assert result["data"]["train"]["completion_tokens"]["max"] <= 200
     assert not (tmp_path / "work" / "tiny-qwen").exists()  # cleaned up (no --keep)
+
+
+@pytest.mark.slow
+def test_the_rehearsal_measures_a_grpo_stage_after_a_data_only_flow(tmp_path):
+    from flows.rehearse import main
+
+    code = main(
+        [
+            "--shape", "tiny-qwen", "--train-rows", "8", "--test-rows", "2", "--prompt-tokens", "20,40",
+            "--completion-tokens", "40,80", "--grpo-steps", "2", "--grpo-generations", "4",
+            "--grpo-completion-tokens", "8", "--grpo-micro-batch", "4", "--set", "stop_after=\"tokenize\"",
+            "--set", 'train.optimizer="adamw_torch"', "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    result = json.loads(next((tmp_path / "out").glob("rehearsal-tiny-qwen-*.json")).read_text())
+    assert code == 0 and result["completed"], result.get("error")
+    grpo = result["grpo"]
+    assert grpo["steps"] == 2 and grpo["completions_per_step"] == 4 and len(grpo["step_seconds"]) == 2
+    assert grpo["mean_completion_length"] == 8.0 and grpo["clipped_ratio"] == 1.0  # random weights never stop
+    assert grpo["generated_tokens"] == 2 * 4 * 8 and grpo["seconds_per_step"] > 0
 
 
 # --- the FSDP rerun -------------------------------------------------------------------------------------------------

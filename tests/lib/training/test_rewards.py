@@ -1,0 +1,97 @@
+"""The GRPO rewards (r1lib/training/rewards.py), each on completions as TRL hands them: the text after the
+generation prompt (which opens ``<think>``), special tokens stripped."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1lib.training.rewards import (
+    as_number,
+    checkable,
+    correctness_reward,
+    format_reward,
+    match,
+    overlong_penalty,
+    think_closed,
+    trl_rewards,
+)
+
+GOOD = "The sentence names two animals.\n</think>\n\nThe sentence is about animals."
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        (GOOD, 1.0),
+        (GOOD + "<｜end▁of▁sentence｜>", 1.0),
+        ("no think block closes here", 0.0),
+        ("reasoning\n</think>\n\n", 0.0),  # no answer after it
+        ("\n</think>\n\nThe answer.", 0.0),  # no reasoning
+        ("a\n</think>\nb\n</think>\nc", 0.0),  # two closing tags
+        ("a\n</think>\n<think>more</think> b", 0.0),
+    ],
+)
+def test_format_rewards_one_closed_think_block_with_an_answer_after_it(completion, expected):
+    assert format_reward(completion) == expected
+
+
+def test_think_closed_counts_a_closed_block_even_without_an_answer():
+    assert think_closed("reasoning\n</think>\n\n") and not think_closed("still thinking") and think_closed(GOOD)
+
+
+@pytest.mark.parametrize(
+    "answer, reference, how",
+    [
+        ("The sentence is about animals.", "The sentence is about animals.", "exact"),
+        ("the sentence is about Animals", "The sentence is about animals.", "normalized"),
+        ("1,000", "1000", "numeric"),
+        ("$12.50", "12.5", "numeric"),
+        ("\\boxed{42}", "42", "numeric"),
+        ("42.", "42", "numeric"),
+        ("\\frac{1}{2}", "0.5", "math"),
+        ("$\\sqrt{4}$", "2", "math"),
+        ("41", "42", None),
+        ("1.5", "15", None),  # normalization alone would call them equal
+        ("The sentence is about colors.", "The sentence is about animals.", None),
+        ("", "42", None),
+        (None, "42", None),
+        ("\\frac{1}{", "0.5", None),  # math-verify cannot parse it: not right, and no exception either
+    ],
+)
+def test_correctness_matches_exact_normalized_numeric_and_math_equivalent_answers(answer, reference, how):
+    assert match(answer, reference) == how
+
+
+def test_correctness_reads_the_answer_after_the_think_block_only():
+    assert correctness_reward("It is 42, I think.\n</think>\n\n42", "42") == 1.0
+    assert correctness_reward("The answer is 42", "42") == 0.0  # no closed think block: no answer
+    assert correctness_reward("42\n</think>\n\n41", "42") == 0.0  # the reasoning's 42 does not count
+
+
+def test_numbers_are_read_from_short_answers_only():
+    assert as_number("-3.5") == -3.5 and as_number("2e3") == 2000.0 and as_number("50%") == 50.0
+    assert as_number("about 42 apples") is None and as_number("1,00") is None and as_number(".") is None
+
+
+def test_the_overlong_penalty_is_soft_zero_until_the_buffer_then_down_to_minus_one():
+    assert overlong_penalty(10, 100, 20) == 0.0 and overlong_penalty(80, 100, 20) == 0.0
+    assert overlong_penalty(90, 100, 20) == -0.5 and overlong_penalty(100, 100, 20) == -1.0
+
+
+def test_a_reference_answer_is_checkable_only_when_short_and_present():
+    assert checkable("42", 200) is None
+    assert checkable(None, 200).startswith("no_answer")
+    assert checkable("  ", 200).startswith("empty_answer")
+    assert "train.grpo.max_answer_chars=10" in checkable("a long free-text answer", 10)
+
+
+def test_trl_reward_functions_are_named_weighted_and_log_the_closed_think_share():
+    functions, weights = trl_rewards({"format": 0.5, "correctness": 1.0, "overlong": 0.0}, max_length=8, buffer=4)
+    assert [f.__name__ for f in functions] == ["format", "correctness", "overlong"] and weights == [0.5, 1.0, 0.0]
+    completions = [GOOD, "thinking without end"]
+    logged = {}
+    fmt, correct, overlong = functions
+    assert fmt(completions=completions, log_metric=logged.__setitem__) == [1.0, 0.0]
+    assert logged == {"completions/think_closed_ratio": 0.5}
+    assert correct(completions=completions, answer=["The sentence is about animals."] * 2) == [1.0, 0.0]
+    assert overlong(completion_ids=[[1] * 3, [1] * 8]) == [0.0, -1.0]
