@@ -26,12 +26,14 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from r1lib.config import DedupConfig, PipelineConfig, RunnerConfig
+from r1lib.data.preference_tokens import UNPAIRED_COLUMNS
 from r1lib.data.row_rules import RowRules
 from r1lib.errors import ConfigError
 from r1lib.ops.local_server import shared_server_url
 from r1lib.preflight import preflight
 from r1lib.stage import StageResult
 from r1lib.stages import DATA_FILTERS, FilterContext, HeldOut, folders
+from r1lib.training.methods import METHODS
 from tasks.augment import AugmentedData
 from tasks.debias import DebiasedData
 from tasks.dedup import (
@@ -69,8 +71,21 @@ class PreparedData(BaseModel):
     def held_out(self) -> HeldOut:
         """The held-out set a candidate model is scored on (evaluate, fairness, the nightly's champion)."""
         return HeldOut(
-            records=self.deduped.test, dataset=self.test.dataset, replay=self.replay.dataset if self.replay else None
+            records=self.deduped.test,
+            dataset=self.test.dataset,
+            replay=self.replay.dataset if self.replay else None,
+            pairs=self.test.preference.dataset,
+            pairs_from="a stable hash split of the training pairs (dedup.preference_test_fraction)"
+            if self.deduped.report.held_out_pairs
+            else "the test file",
         )
+
+    def training_sets(self) -> tuple[str, str | None]:
+        """(train, eval) datasets the train stage fits on: the preference rows in a preference run (its training
+        split holds no other), else the SFT rows."""
+        if self.train.preference.dataset:
+            return self.train.preference.dataset, self.test.preference.dataset
+        return self.train.dataset, self.test.dataset
 
     def results(self) -> list[StageResult]:
         """The stage results the run summary shows, in stage order (every split's tokenization: each may drop rows)."""
@@ -155,6 +170,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         return list(range(len(items)))
 
     inputs = data_inputs(config.data)
+    rules, layout = preference_rules(config)
     validated = _map(
         validate_input_task,
         limit,
@@ -165,7 +181,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         max_line_bytes=unmapped(config.data.max_line_bytes),
         shard_rows=unmapped(shard_rows),
         out_dir=unmapped(out["validate"]),
-        rules=unmapped(RowRules.of(config.data)),
+        rules=unmapped(rules),
         allowed_roots=unmapped(config.data.allowed_roots),
     )
     validated = validate_merge_task(config.data, validated, out["validate"])
@@ -207,6 +223,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
             split=unmapped(split),
             out_dir=unmapped(out["tokenize"]),
             trust_remote_code=unmapped(config.model.trust_remote_code),
+            layout=unmapped(layout if split == "train" else "pairs"),
         )
         for split, split_shards in splits.items()
     }
@@ -226,6 +243,18 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         replay=tokenized.get("replay"),
         seconds=seconds,
     )
+
+
+def preference_rules(config: PipelineConfig) -> tuple[RowRules, str]:
+    """The validate stage's row rules (the data section's, and the preference rows train.method trains on) and the
+    layout of the training split's preference rows (KTO: unpaired; held-out rows are always pairs)."""
+    method = METHODS[config.train.method]
+    if method.consumes != "preference":
+        return RowRules.of(config.data), "pairs"
+    unpaired = method.columns == UNPAIRED_COLUMNS
+    kinds = ("pair", "label") if unpaired else ("pair",)
+    rules = RowRules.of(config.data).model_copy(update={"preference_method": method.name, "preference_kinds": kinds})
+    return rules, "unpaired" if unpaired else "pairs"
 
 
 def dedup(validated: ValidatedData, cfg: DedupConfig, out_dir: str, limit: int | None) -> DedupedData:

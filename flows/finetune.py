@@ -108,9 +108,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
 
         held_out = data.held_out()
         with gpu_slot():
-            trained = train(
-                data.train.dataset, data.test.dataset, model, **settings(config, "train"), out_dir=at["train"]
-            )
+            trained = train(*data.training_sets(), model, **settings(config, "train"), out_dir=at["train"])
             candidate = Candidate(model_dir=model, adapter_dir=trained.adapter)
             evaluation = evaluate(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])
             fairness = fairness_check(candidate, held_out, **settings(config, "fairness"), out_dir=at["fairness"])

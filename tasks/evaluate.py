@@ -43,6 +43,7 @@ from r1lib.model.generation import (
     time_plain_generate,
 )
 from r1lib.model.loading import answer_nll, perplexity
+from r1lib.model.preference_eval import PreferenceEval, held_out_preferences
 from r1lib.paths import OutputPath
 from r1lib.policy import stage_options
 from r1lib.stage import StageResult
@@ -92,6 +93,7 @@ class Evaluation(StageResult):
     decoding: Decoding = Decoding()  # the generation settings used (carried into the smoke test and the Modelfile)
     lm_eval_status: str = "not requested"
     samples: str
+    preference: PreferenceEval | None = None  # held-out preference pairs, base vs tuned (a dpo/orpo/kto run)
     speed: dict = {}  # how generation ran (merged or adapter, batch, why) and the plain HF baseline's tokens/s
 
     def comparison(self) -> list[dict]:
@@ -103,6 +105,10 @@ class Evaluation(StageResult):
         for key in sorted(set(self.base.lm_eval) | set(self.tuned.lm_eval)):
             before, after = self.base.lm_eval.get(key), self.tuned.lm_eval.get(key)
             rows.append({"metric": f"lm_eval {key}", "base": before, "tuned": after, "change": _change(before, after)})
+        for key, label in (("accuracy", "preference accuracy (held-out pairs)"), ("margin", "preference margin")):
+            if self.preference is not None:
+                before, after = getattr(self.preference.base, key), getattr(self.preference.tuned, key)
+                rows.append({"metric": label, "base": before, "tuned": after, "change": _change(before, after)})
         rows.append(
             {
                 "metric": "forgetting ratio (replay ppl after / before)",
@@ -123,6 +129,15 @@ class Evaluation(StageResult):
             "forgetting_ratio": self.forgetting_ratio,
             "base_perplexity": self.base.perplexity,
             "base_accuracy": self.base.accuracy,
+            **(
+                {}
+                if self.preference is None
+                else {
+                    "preference_accuracy": self.preference.tuned.accuracy,
+                    "base_preference_accuracy": self.preference.base.accuracy,
+                    "reward_margin": self.preference.reward_margin,
+                }
+            ),  # fmt: skip
         }
 
     def summary(self) -> dict:
@@ -153,6 +168,7 @@ class Evaluation(StageResult):
                 "lm_eval": {"status": self.lm_eval_status, "before": base.lm_eval, "after": tuned.lm_eval},
                 "comparison": self.comparison(),
                 "generation_speed": self.speed,
+                "preference": self.preference.model_dump() if self.preference else None,
             }
         }
 
@@ -186,6 +202,7 @@ class Evaluation(StageResult):
             ("", f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; lm_eval: {self.lm_eval_status}"),
             ("", self.speed_line()),
             ("forgetting", self.forgetting_text()),
+            *([("preference", self.preference.summary_line())] if self.preference else []),
         ]
 
     def speed_line(self) -> str:
@@ -385,6 +402,8 @@ def evaluate(
     log.info("evaluating the base model on %d held-out rows", len(records))
     base, base_out = score(model)
     model = PeftModel.from_pretrained(model, adapter_dir)
+    # Before a merge: the base's scores are the adapter's, disabled (no second model in memory).
+    preference = held_out_preferences(model, tokenizer, held_out, cfg.max_examples, cfg.preference_beta)
     if speed["mode"] == "merged":
         model = model.merge_and_unload()
     log.info("evaluating the fine-tuned model")
@@ -422,6 +441,7 @@ def evaluate(
         decoding=Decoding.of(cfg),
         lm_eval_status=lm_eval_status or f"ran {cfg.lm_eval_tasks} from {cfg.lm_eval_path}",
         samples=str(samples),
+        preference=preference,
         speed=speed,
     )
     write_json(Path(out_dir) / "evaluation.json", result.model_dump())

@@ -17,6 +17,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
+from r1lib.data.preference_tokens import PAIR_COLUMNS, UNPAIRED_COLUMNS
 from r1lib.io import exclusive_dir, write_json
 from r1lib.model.gpu_memory import apply_cap
 from r1lib.paths import InputPath, OutputPath
@@ -25,6 +26,7 @@ from r1lib.stage import StageResult
 from r1lib.training.backends import choose_backend
 from r1lib.training.fit import FitSpec, inputs_key
 from r1lib.training.launcher import launch_plan
+from r1lib.training.methods import METHODS
 from r1lib.training.plan import plan_memory
 from r1lib.training.report import loss_curve, loss_markdown, progress_line
 from r1lib.training.retry import fit_with_oom_retry
@@ -33,6 +35,7 @@ from r1lib.training.retry import fit_with_oom_retry
 class TrainResult(StageResult):
     adapter: InputPath
     method: str = "sft"  # train.method (r1lib/training/methods/); results written before it existed were SFT
+    trained_on: str = ""  # what it trained on: "360 preference pairs", "1200 rows"
     backend: str
     steps: int
     epochs: float
@@ -70,7 +73,8 @@ class TrainResult(StageResult):
         return [
             (
                 "train",
-                f"{self.method}, {self.backend}: {self.steps} steps, {self.loss_text()} (mean {self.train_loss:.3f}), "
+                f"{self.method} on {self.trained_on or 'the tokenized rows'}, {self.backend}: {self.steps} steps, "
+                f"{self.loss_text()} (mean {self.train_loss:.3f}), "
                 f"{self.seconds} s ({self.tokens_per_second} tokens/s){resumed}",
             )
         ]
@@ -79,13 +83,23 @@ class TrainResult(StageResult):
         lines = [
             "## Training",
             "",
-            f"{self.method.upper()} with the {self.backend} backend, {self.steps} steps, {self.loss_text()}, "
+            f"{self.method.upper()} on {self.trained_on or 'the tokenized rows'} with the {self.backend} backend, "
+            f"{self.steps} steps, {self.loss_text()}, "
             f"{self.seconds} s, micro batch {self.micro_batch_size} x accumulation {self.gradient_accumulation}.",
             "",
         ]
         if self.loss_curve:
             lines += [f"![Training and evaluation loss]({Path(self.loss_curve).name})", ""]
         return "\n".join(lines)
+
+
+def rows_trained(method: str, dataset_dir: str) -> str:
+    """What ``method`` trains on in ``dataset_dir``, counted: "360 preference pairs", "720 labelled answers"."""
+    from datasets import load_from_disk
+
+    columns = METHODS[method].columns
+    kind = {PAIR_COLUMNS: "preference pairs", UNPAIRED_COLUMNS: "labelled answers"}.get(columns, "rows")
+    return f"{load_from_disk(dataset_dir).num_rows} {kind}"
 
 
 def train(
@@ -122,6 +136,8 @@ def train(
             plan.name,
         )
         stage_logger().info("memory plan: %s", memory.describe())
+        trained_on = rows_trained(cfg.method, dataset_dir)
+        stage_logger().info("train.method=%s on %s (%s)", cfg.method, trained_on, dataset_dir)
         run = fit_with_oom_retry(
             FitSpec(
                 backend=backend,
@@ -150,6 +166,7 @@ def train(
         result = TrainResult(
             adapter=str(out_dir / "adapter"),
             method=cfg.method,
+            trained_on=trained_on,
             backend=backend,
             steps=outcome.steps,
             epochs=outcome.epochs,
