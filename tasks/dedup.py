@@ -321,7 +321,15 @@ class DedupedData(StageResult):
         return {
             "dedup": {
                 **self.report.model_dump(
-                    include={"train_in", "train_out", "test_in", "test_out", "split_to_test", "reasons"}
+                    include={
+                        "train_in",
+                        "train_out",
+                        "test_in",
+                        "test_out",
+                        "split_to_test",
+                        "held_out_pairs",
+                        "reasons",
+                    }
                 ),
                 "quarantine": self.quarantine,
             }

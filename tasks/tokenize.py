@@ -84,14 +84,12 @@ class TokenizedData(StageResult):
         }
 
     def summary_lines(self) -> list[tuple[str, str]]:
-        return [
-            (
-                self.label,
-                f"{self.rows_in} -> {self.rows_out} rows, masked share {self.masked_share}, "
-                f"{self.dropped_too_long} dropped as too long, {self.truncated} truncated"
-                + (f"; {self.preference.line()}" if self.preference.rows_in else ""),
-            )
-        ]
+        sft = (
+            f"{self.rows_in} -> {self.rows_out} rows, masked share {self.masked_share}, "
+            f"{self.dropped_too_long} dropped as too long, {self.truncated} truncated"
+        )
+        preference = [self.preference.line()] if self.preference.rows_in else []
+        return [(self.label, "; ".join(([sft] if self.rows_in or not preference else []) + preference))]
 
 
 def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
