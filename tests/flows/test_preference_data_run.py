@@ -1,6 +1,6 @@
 """Public preference files, as a new user has them, through the data stages of a preference run (``--stop-after
 tokenize`` with train.method dpo or kto): every row is accepted or quarantined with a reason, and the accepted
-pairs come out tokenized. Sources: tests/fixtures/shapes/README.md and tests/fixtures/public/README.md; Firefly's
+pairs come out tokenized. Sources: tests/fixtures/shapes/README.md; Firefly's
 DPO layout (its repository has no license, so nothing was copied) is a row written here, key for key as Firefly's."""
 
 import json
@@ -12,7 +12,6 @@ from conftest import write_lines
 from flows.finetune import main
 
 SHAPES = "tests/fixtures/shapes"
-PUBLIC = "tests/fixtures/public"
 FIREFLY_LAYOUT = {
     "prompt": "How do I keep a sourdough starter alive?",
     "prompt_id": "0f3c",
@@ -64,7 +63,7 @@ def test_public_preference_files_run_through_the_data_stages_every_row_accounted
     firefly = str(write_lines(tmp_path / "firefly_dummy_dpo_layout.jsonl", [FIREFLY_LAYOUT]))
     pair_files = [
         f"{SHAPES}/llamafactory_dpo_zh_demo.json",
-        f"{PUBLIC}/openai_cookbook_dpo_guide_sample.jsonl",
+        f"{SHAPES}/openai_cookbook_dpo_guide_sample.jsonl",
         firefly,
     ]
     kto_file = f"{SHAPES}/llamafactory_kto_en_demo.json"

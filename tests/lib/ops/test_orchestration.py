@@ -265,3 +265,12 @@ def test_a_rejected_challengers_data_is_held_not_trained_on_again(tmp_path):
     registry.set_status(2, "rejected", "accuracy fell")
     assert registry.accepted_data() == ["s1"]  # the rejected night's file is not in later training sets
     assert registry.processed_files() == {"1" * 64, "2" * 64}  # nor retried every night: held for review
+
+
+def test_promotion_can_compare_held_out_preference_accuracy():
+    policy = PromotionPolicy(metric="preference_accuracy")
+    challenger = {"preference_accuracy": 0.9, "base_preference_accuracy": 0.5, "forgetting_ratio": 1.0}
+    assert decide(challenger, None, policy)[0]  # beats the base model
+    promote, why = decide(challenger, {"preference_accuracy": 0.95, "forgetting_ratio": 1.0}, policy)
+    assert not promote and why.startswith("preference_accuracy 0.9 vs champion 0.95")
+    assert decide({"accuracy": 0.5}, None, policy) == (False, "challenger has no preference_accuracy")
