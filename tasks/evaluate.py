@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
 from r1lib.data.chat_template import render_prompt
+from r1lib.data.preference import is_preference
 from r1lib.data.records import answer_of
 from r1lib.errors import PermanentError
 from r1lib.io import read_jsonl, write_json, write_jsonl
@@ -365,7 +366,7 @@ def evaluate(
     release()  # the training stage's model, before this stage loads its own
     model_dir, adapter_dir = candidate.model_dir, candidate.adapter_dir
     test_records, test_dataset, replay_dataset = held_out.records, held_out.dataset, held_out.replay
-    records = read_jsonl(Path(test_records))[: cfg.max_examples]
+    records = [r for r in read_jsonl(Path(test_records)) if not is_preference(r)][: cfg.max_examples]  # SFT rows
     tokenizer = load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
     lm_eval_status = lm_eval_unavailable(cfg)
@@ -487,6 +488,8 @@ def evaluate_task(
         f"forgetting ratio {result.forgetting_ratio}" + (" (OVER THE LIMIT)" if result.forgetting_exceeded else "")
     )
     print(result.speed_line())
+    if result.preference is not None:
+        print(result.preference.summary_line())
     if result.lm_eval_status != "not requested":
         print(f"lm_eval: {result.lm_eval_status}")
     return result

@@ -9,6 +9,10 @@ duplicate-BOS bug), and every row is checked to hold exactly one BOS, at positio
 ``think_in_loss`` decides whether the reasoning is trained (keep), shown but not trained (mask) or left out (drop).
 Rows longer than ``max_seq_length`` are dropped (to quarantine), truncated, or fail the stage, as configured.
 
+Preference records (a dpo/orpo/kto run) become pair rows, or KTO's labelled rows for a KTO training split, in a
+dataset of their own beside the SFT rows (``preference/``: r1lib/data/preference_tokens.py), their drops counted and
+limited the same way.
+
 Sharded (flows/data.py): ``tokenize_shard`` writes each shard's rows to an Arrow file, chunk by chunk;
 ``merge_tokenized`` hard-links them, in shard order, into one ``load_from_disk`` dataset (``write_dataset``).
 """

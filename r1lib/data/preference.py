@@ -1,7 +1,8 @@
 """Preference rows, recognized by name and normalized into one structure for a preference trainer.
 
-Validation refuses them as SFT rows (reason ``preference_data``: a rejected answer would be learned); this module
-reads them into what a DPO/KTO trainer consumes, the same structure from every layout::
+An SFT run refuses them (reason ``preference_data``: a rejected answer would be learned); a preference run
+(train.method dpo, orpo, kto) accepts them as preference records (``preference_record``). This module reads every
+layout into one structure first::
 
     {"kind": "pair",  "shape": ..., "system": "", "prompt": [turns ending with a user turn],
      "chosen": {"content": ..., "reasoning": ... or None}, "rejected": {...}}

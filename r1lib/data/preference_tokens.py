@@ -16,7 +16,9 @@ are -100) or drop (answers only). Columns: ``prompt_ids``, ``chosen_ids`` / ``ch
 
 A pair whose two sides tokenize the same (as trained: e.g. answers that differ only in reasoning under ``drop``) or
 that is longer than ``tokenize.max_seq_length`` is dropped with its reason; more dropped rows than
-``tokenize.max_dropped_fraction`` fail the split (``check_dropped_pairs``).
+``tokenize.max_dropped_fraction`` fail the split (``check_dropped_pairs``). In the tokenize stage,
+``PreferenceShard`` takes a shard's preference records out of its chunks and ``merge_preference`` joins the shards'
+rows (tasks/tokenize.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PAIRS = "data/sample/preference_train.jsonl"
-STEPS = 30
+STEPS, LR = 20, 1e-3  # the tiny preset's SFT rate (1e-2) collapses this base under DPO: its answers lose </think>
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,18 @@ def summary(prefect_harness, tmp_path_factory):
             **config.model_dump(),
             "runs_dir": str(tmp_path_factory.mktemp("runs")),
             "data": {**config.data.model_dump(), "train_paths": [PAIRS]},  # the SFT test file stays the test file
-            "train": {**config.train.model_dump(), "method": "dpo", "max_steps": STEPS, "micro_batch_size": 8},
+            "train": {
+                **config.train.model_dump(),
+                "method": "dpo",
+                "max_steps": STEPS,
+                "learning_rate": LR,
+                "micro_batch_size": 8,
+            },
         }
     )
-    return finetune(config).summary.data
+    summary = finetune(config).summary.data
+    print("dpo flow:", summary["train"]["trained_on"], summary["evaluate"]["preference"], summary["dedup"])
+    return summary
 
 
 @pytest.mark.slow  # the whole flow
