@@ -26,14 +26,16 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from r1lib.compat import forget_sub_flow_results
-from r1lib.config import DedupConfig, PipelineConfig, RunnerConfig
+from r1lib.config import DataConfig, DedupConfig, PipelineConfig, RunnerConfig
 from r1lib.data.holdout import HeldOutSource, held_out_configs
+from r1lib.data.preference_tokens import UNPAIRED_COLUMNS
 from r1lib.data.row_rules import RowRules
 from r1lib.errors import ConfigError
 from r1lib.ops.local_server import shared_server_url
 from r1lib.preflight import preflight
 from r1lib.stage import StageResult
 from r1lib.stages import DATA_FILTERS, FilterContext, HeldOut, folders
+from r1lib.training.methods import METHODS
 from tasks.augment import AugmentedData
 from tasks.debias import DebiasedData
 from tasks.dedup import (
@@ -71,8 +73,21 @@ class PreparedData(BaseModel):
     def held_out(self) -> HeldOut:
         """The held-out set a candidate model is scored on (evaluate, fairness, the nightly's champion)."""
         return HeldOut(
-            records=self.deduped.test, dataset=self.test.dataset, replay=self.replay.dataset if self.replay else None
+            records=self.deduped.test,
+            dataset=self.test.dataset,
+            replay=self.replay.dataset if self.replay else None,
+            pairs=self.test.preference.dataset,
+            pairs_from="a stable hash split of the training pairs (dedup.preference_test_fraction)"
+            if self.deduped.report.held_out_pairs
+            else "the test file",
         )
+
+    def training_sets(self) -> tuple[str, str | None]:
+        """(train, eval) datasets the train stage fits on: the preference rows in a preference run (its training
+        split holds no other), else the SFT rows."""
+        if self.train.preference.dataset:
+            return self.train.preference.dataset, self.test.preference.dataset
+        return self.train.dataset, self.test.dataset
 
     def results(self) -> list[StageResult]:
         """The stage results the run summary shows, in stage order (every split's tokenization: each may drop rows)."""
@@ -159,6 +174,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
     # The user's data is scored on the user's rows: a test file of theirs, or a stable split (r1lib/data/holdout.py).
     data_cfg, dedup_cfg, source = held_out_configs(config.data, config.dedup)
     inputs = data_inputs(data_cfg)
+    rules, layout = preference_rules(config, data_cfg)
     validated = _map(
         validate_input_task,
         limit,
@@ -169,7 +185,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         max_line_bytes=unmapped(config.data.max_line_bytes),
         shard_rows=unmapped(shard_rows),
         out_dir=unmapped(out["validate"]),
-        rules=unmapped(RowRules.of(data_cfg)),
+        rules=unmapped(rules),
         allowed_roots=unmapped(data_cfg.allowed_roots),
     )
     validated = validate_merge_task(data_cfg, validated, out["validate"])
@@ -211,6 +227,7 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
             split=unmapped(split),
             out_dir=unmapped(out["tokenize"]),
             trust_remote_code=unmapped(config.model.trust_remote_code),
+            layout=unmapped(layout if split == "train" else "pairs"),
         )
         for split, split_shards in splits.items()
     }
@@ -230,6 +247,18 @@ def data_stages(config: PipelineConfig, model_dir: str, run: str) -> PreparedDat
         replay=tokenized.get("replay"),
         seconds=seconds,
     )
+
+
+def preference_rules(config: PipelineConfig, data_cfg: DataConfig) -> tuple[RowRules, str]:
+    """The validate stage's row rules (the data section's, and the preference rows train.method trains on) and the
+    layout of the training split's preference rows (KTO: unpaired; held-out rows are always pairs)."""
+    method = METHODS[config.train.method]
+    if method.consumes != "preference":
+        return RowRules.of(data_cfg), "pairs"
+    unpaired = method.columns == UNPAIRED_COLUMNS
+    kinds = ("pair", "label") if unpaired else ("pair",)
+    rules = RowRules.of(data_cfg).model_copy(update={"preference_method": method.name, "preference_kinds": kinds})
+    return rules, "unpaired" if unpaired else "pairs"
 
 
 def dedup(

@@ -258,11 +258,13 @@ class Candidate(BaseModel):
 
 class HeldOut(BaseModel):
     """The held-out data a candidate is scored on: the test records (deduplicated, leak-free), their tokenization,
-    and the general replay set (forgetting), if any."""
+    the general replay set (forgetting), if any, and the held-out preference pairs, if any."""
 
     records: InputPath
-    dataset: InputPath
+    dataset: InputPath | None  # None: the test rows are preference pairs only
     replay: InputPath | None = None
+    pairs: InputPath | None = None  # held-out preference pairs (a dpo/orpo/kto run): preference accuracy
+    pairs_from: str = ""  # where those pairs come from: the test file, or a stable hash split of the training pairs
 
 
 class DataFingerprint(BaseModel):

@@ -13,6 +13,8 @@
   apples."). Answer and reasoning are untouched.
 - Replay: general rows (``data.replay_path``) mixed in at ``replay_ratio`` of the training rows, a guard against
   forgetting. Every added row records its ``origin`` and its ``parent`` row id.
+- Preference rows (a dpo/orpo/kto run) are never rewritten and get no variant (skip reason ``preference_row``), and
+  replay is drawn for the SFT rows only: a preference method trains on pairs, and its reference policy is its guard.
 
 Sharded (flows/data.py): each shard draws its templates and replay rows from its own random stream (``seed`` and the
 shard's place), so the output does not depend on where or when a shard runs; a shard's replay rows follow its own
@@ -32,6 +34,7 @@ from pydantic import BaseModel
 
 from r1lib.config import AugmentConfig
 from r1lib.data.language import language_of
+from r1lib.data.preference import is_preference
 from r1lib.data.records import content_key, prompt_of
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import ConfigError
@@ -47,6 +50,7 @@ SKIP_REASONS = {
     "system_prompt": None,
     "no_reasoning": "augment.template_rows=all",
     "no_template_in_its_language": "a template in the row's language in augment.templates_path",
+    "preference_row": None,  # a preference pair or labelled answer: its wording is part of what was judged
 }
 
 
@@ -223,6 +227,10 @@ def expand(
     out = list(train)
     languages = [language_of(t.replace("{instruction}", "")) for t in templates]
     for record in train:
+        if is_preference(record):
+            if skips is not None:
+                skips["preference_row"] += 1
+            continue
         if cfg.prompt_variants and templates:
             reason = template_skip(record, cfg, languages)
             if reason is not None:
@@ -250,9 +258,11 @@ def augment_chunks(
 ) -> Iterator[list[dict]]:
     """One shard, streamed: each chunk of records with its variants, then ``replay_ratio`` x ``n_rows`` replay rows
     drawn from ``replay``. No shuffle: the trainer samples rows at random anyway, and streaming keeps memory flat."""
+    preference_rows = 0
     for chunk in chunked(records):
+        preference_rows += sum(map(is_preference, chunk))
         yield expand(chunk, cfg, templates, rng, skips)
-    n_replay = round(cfg.replay_ratio * n_rows)
+    n_replay = round(cfg.replay_ratio * (n_rows - preference_rows))
     if n_replay and replay:
         picks = rng.sample(replay, n_replay) if n_replay <= len(replay) else rng.choices(replay, k=n_replay)
         yield [{**r, "origin": "replay", "parent": r["id"]} for r in picks]

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from r1lib.config import DebiasConfig
 from r1lib.data.counterfactual import Counterfactual, changes
+from r1lib.data.preference import is_preference, preference_texts
 from r1lib.data.records import location
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.data.terms import TermPairs, TermPattern, compile_terms, load_blocklist
@@ -95,7 +96,7 @@ def record_texts(record: dict) -> list[tuple[str, str]]:
     texts += [(f"messages[{i}]", m["content"]) for i, m in enumerate(record["messages"])]
     if record.get("reasoning"):
         texts.append(("reasoning", record["reasoning"]))
-    return texts
+    return texts + preference_texts(record)
 
 
 def _texts(record: dict) -> list[str]:
@@ -105,7 +106,7 @@ def _texts(record: dict) -> list[str]:
         texts.append(record["system"])
     if record.get("reasoning"):
         texts.append(record["reasoning"])
-    return texts
+    return texts + [text for _, text in preference_texts(record)]
 
 
 def counterfactual(record: dict, pairs: TermPairs) -> dict | None:
@@ -184,6 +185,9 @@ def debias_chunk(
     before = balance_counts(kept, pairs)
     twins, no_twin, sample = [], Counter(), []
     for record in kept if swapper else []:
+        if is_preference(record):  # a twin would need both answers swapped alike: left to the data's author
+            no_twin["preference_row"] += 1
+            continue
         twin, why = swapper.twin(record)
         if twin is None:
             no_twin.update([why] if why else [])

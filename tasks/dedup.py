@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from r1lib.config import DedupConfig
 from r1lib.data.duplicates import MinHasher, find_duplicates, find_leaks, hash64, lsh_params, normalize_text
 from r1lib.data.holdout import HeldOutSource
+from r1lib.data.preference import preference_texts
 from r1lib.data.records import location
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import DataValidationError
@@ -39,6 +40,7 @@ class DedupReport(BaseModel):
     bands: int
     rows_per_band: int
     max_removed_fraction: float = 1.0  # dedup.max_removed_fraction, checked by merge_dedup
+    held_out_pairs: int = 0  # training pairs held out by dedup.preference_test_fraction (of split_to_test)
 
     def removed(self) -> dict[str, tuple[int, int]]:
         """(rows removed, rows in) per split; rows the split moved from train to test are moved, not removed."""
@@ -52,8 +54,9 @@ class DedupReport(BaseModel):
 
 
 def conversation_text(record: dict) -> str:
+    """Everything a row says: system, turns and, for a preference row, its answers (two pairs of one prompt differ)."""
     parts = [record["system"]] if record.get("system") else []
-    return "\n".join(parts + [m["content"] for m in record["messages"]])
+    return "\n".join(parts + [m["content"] for m in record["messages"]] + [t for _, t in preference_texts(record)])
 
 
 def prompt_text(record: dict) -> str:
@@ -92,6 +95,8 @@ def _key_dtype(num_perm: int) -> np.dtype:
             ("exact", "<u8"),
             ("prompt", "<u8"),
             ("to_test", "?"),
+            ("pair", "?"),  # a preference pair
+            ("pair_to_test", "?"),  # held out for preference accuracy when the test rows hold no pair
             ("line", "<i8"),
             ("file", "<i4"),
             ("id", "S16"),
@@ -111,6 +116,10 @@ def record_keys(records: list[dict], cfg: DedupConfig, hasher: MinHasher | None,
     if cfg.split_test_fraction > 0:
         limit = cfg.split_test_fraction * 2**64
         out["to_test"] = [hash64(p, cfg.split_salt) < limit for p in prompts]
+    out["pair"] = [r.get("preference") == "pair" for r in records]
+    if cfg.preference_test_fraction > 0:
+        limit = cfg.preference_test_fraction * 2**64
+        out["pair_to_test"] = out["pair"] & np.array([hash64(p, cfg.split_salt) < limit for p in prompts], dtype=bool)
     out["line"] = [r["source"]["line"] for r in records]
     out["file"] = [files.setdefault(r["source"]["file"], len(files)) for r in records]
     out["id"] = [r["id"].encode() for r in records]
@@ -158,12 +167,16 @@ def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndar
     KEEP_TEST or DROPPED), the dropped rows ({(side, row): (reason, split, other side, other row)}) and the report.
 
     With no test rows and ``split_test_fraction`` > 0, train rows whose prompt hash falls below the fraction become
-    the test set (in train order). Then each set loses its exact and near duplicates (the first row is kept), then
-    train loses the rows that leak a kept test row (same prompt, or a near-identical conversation)."""
+    the test set (in train order). When no test row is a preference pair, the training pairs whose prompt hash falls
+    below ``preference_test_fraction`` are held out as test rows too (the pairs preference accuracy is measured on).
+    Then each set loses its exact and near duplicates (the first row is kept), then train loses the rows that leak a
+    kept test row (same prompt, or a near-identical conversation)."""
     bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
     n_train, n_test = len(train), len(test)
     moved = train.keys["to_test"] & (n_test == 0 and cfg.split_test_fraction > 0)
-    train_fate = np.where(moved, KEEP_TEST, KEEP_TRAIN).astype(np.int8)
+    test_pairs = bool(test.keys["pair"].any() or (train.keys["pair"] & moved).any())
+    held_pairs = train.keys["pair_to_test"] & ~moved & (not test_pairs)
+    train_fate = np.where(moved | held_pairs, KEEP_TEST, KEEP_TRAIN).astype(np.int8)
     test_fate = np.full(n_test, KEEP_TEST, dtype=np.int8)
     fates = {"train": train_fate, "test": test_fate}
     sides = {"train": train, "test": test}
@@ -179,10 +192,14 @@ def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndar
             fates[side][idx[pos]] = DROPPED
         return idx[fates[side][idx] != DROPPED]
 
-    train_idx = drop_duplicates("train", np.flatnonzero(~moved), "train")
-    test_side, test_idx = ("train", np.flatnonzero(moved)) if moved.any() else ("test", np.arange(n_test))
-    test_idx = drop_duplicates(test_side, test_idx, "test")
-    if cfg.leakage and len(test_idx):
+    train_idx = drop_duplicates("train", np.flatnonzero(~moved & ~held_pairs), "train")
+    first_side, first_idx = ("train", np.flatnonzero(moved)) if moved.any() else ("test", np.arange(n_test))
+    kept_test = [(first_side, drop_duplicates(first_side, first_idx, "test"))]
+    kept_test.append(("train", drop_duplicates("train", np.flatnonzero(held_pairs), "test")))
+    for test_side, test_idx in kept_test:
+        train_idx = train_idx[train_fate[train_idx] != DROPPED]
+        if not (cfg.leakage and len(test_idx)):
+            continue
         t, e = train.keys[train_idx], sides[test_side].keys[test_idx]
         leaks = find_leaks(
             t["prompt"],
@@ -201,7 +218,8 @@ def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndar
         test_in=n_test,
         train_out=int((train_fate == KEEP_TRAIN).sum()),
         test_out=int((train_fate == KEEP_TEST).sum() + (test_fate == KEEP_TEST).sum()),
-        split_to_test=int(moved.sum()),
+        split_to_test=int(moved.sum() + held_pairs.sum()),
+        held_out_pairs=int(held_pairs.sum()),
         reasons=dict(Counter(d[0] for d in drops.values())),
         threshold=cfg.threshold,
         num_perm=cfg.num_perm,
@@ -306,7 +324,15 @@ class DedupedData(StageResult):
         return {
             "dedup": {
                 **self.report.model_dump(
-                    include={"train_in", "train_out", "test_in", "test_out", "split_to_test", "reasons"}
+                    include={
+                        "train_in",
+                        "train_out",
+                        "test_in",
+                        "test_out",
+                        "split_to_test",
+                        "held_out_pairs",
+                        "reasons",
+                    }
                 ),
                 "quarantine": self.quarantine,
                 **held_out,

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
 from r1lib.data.chat_template import render_prompt
+from r1lib.data.preference import is_preference
 from r1lib.data.records import answer_of
 from r1lib.errors import PermanentError
 from r1lib.io import read_jsonl, write_json, write_jsonl
@@ -43,6 +44,7 @@ from r1lib.model.generation import (
     time_plain_generate,
 )
 from r1lib.model.loading import answer_nll, perplexity
+from r1lib.model.preference_eval import PreferenceEval, held_out_preferences
 from r1lib.paths import OutputPath
 from r1lib.policy import stage_options
 from r1lib.stage import StageResult
@@ -92,6 +94,7 @@ class Evaluation(StageResult):
     decoding: Decoding = Decoding()  # the generation settings used (carried into the smoke test and the Modelfile)
     lm_eval_status: str = "not requested"
     samples: str
+    preference: PreferenceEval | None = None  # held-out preference pairs, base vs tuned (a dpo/orpo/kto run)
     speed: dict = {}  # how generation ran (merged or adapter, batch, why) and the plain HF baseline's tokens/s
 
     def comparison(self) -> list[dict]:
@@ -103,6 +106,10 @@ class Evaluation(StageResult):
         for key in sorted(set(self.base.lm_eval) | set(self.tuned.lm_eval)):
             before, after = self.base.lm_eval.get(key), self.tuned.lm_eval.get(key)
             rows.append({"metric": f"lm_eval {key}", "base": before, "tuned": after, "change": _change(before, after)})
+        for key, label in (("accuracy", "preference accuracy (held-out pairs)"), ("margin", "preference margin")):
+            if self.preference is not None:
+                before, after = getattr(self.preference.base, key), getattr(self.preference.tuned, key)
+                rows.append({"metric": label, "base": before, "tuned": after, "change": _change(before, after)})
         rows.append(
             {
                 "metric": "forgetting ratio (replay ppl after / before)",
@@ -123,6 +130,15 @@ class Evaluation(StageResult):
             "forgetting_ratio": self.forgetting_ratio,
             "base_perplexity": self.base.perplexity,
             "base_accuracy": self.base.accuracy,
+            **(
+                {}
+                if self.preference is None
+                else {
+                    "preference_accuracy": self.preference.tuned.accuracy,
+                    "base_preference_accuracy": self.preference.base.accuracy,
+                    "reward_margin": self.preference.reward_margin,
+                }
+            ),  # fmt: skip
         }
 
     def summary(self) -> dict:
@@ -153,6 +169,7 @@ class Evaluation(StageResult):
                 "lm_eval": {"status": self.lm_eval_status, "before": base.lm_eval, "after": tuned.lm_eval},
                 "comparison": self.comparison(),
                 "generation_speed": self.speed,
+                "preference": self.preference.model_dump() if self.preference else None,
             }
         }
 
@@ -186,6 +203,7 @@ class Evaluation(StageResult):
             ("", f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; lm_eval: {self.lm_eval_status}"),
             ("", self.speed_line()),
             ("forgetting", self.forgetting_text()),
+            *([("preference", self.preference.summary_line())] if self.preference else []),
         ]
 
     def speed_line(self) -> str:
@@ -347,7 +365,7 @@ def evaluate(
     release()  # the training stage's model, before this stage loads its own
     model_dir, adapter_dir = candidate.model_dir, candidate.adapter_dir
     test_records, test_dataset, replay_dataset = held_out.records, held_out.dataset, held_out.replay
-    records = read_jsonl(Path(test_records))[: cfg.max_examples]
+    records = [r for r in read_jsonl(Path(test_records)) if not is_preference(r)][: cfg.max_examples]  # SFT rows
     tokenizer = load_tokenizer(model_dir, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
     model = load_causal_lm(model_dir, model_cfg, four_bit=model_cfg.load_in_4bit)
     lm_eval_status = lm_eval_unavailable(cfg)
@@ -384,6 +402,8 @@ def evaluate(
     log.info("evaluating the base model on %d held-out rows", len(records))
     base, base_out = score(model)
     model = load_adapter(model, adapter_dir)
+    # Before a merge: the base's scores are the adapter's, disabled (no second model in memory).
+    preference = held_out_preferences(model, tokenizer, held_out, cfg.max_examples, cfg.preference_beta)
     if speed["mode"] == "merged":
         model = model.merge_and_unload()
     log.info("evaluating the fine-tuned model")
@@ -421,6 +441,7 @@ def evaluate(
         decoding=Decoding.of(cfg),
         lm_eval_status=lm_eval_status or f"ran {cfg.lm_eval_tasks} from {cfg.lm_eval_path}",
         samples=str(samples),
+        preference=preference,
         speed=speed,
     )
     write_json(Path(out_dir) / "evaluation.json", result.model_dump())
@@ -466,6 +487,8 @@ def evaluate_task(
         f"forgetting ratio {result.forgetting_ratio}" + (" (OVER THE LIMIT)" if result.forgetting_exceeded else "")
     )
     print(result.speed_line())
+    if result.preference is not None:
+        print(result.preference.summary_line())
     if result.lm_eval_status != "not requested":
         print(f"lm_eval: {result.lm_eval_status}")
     return result

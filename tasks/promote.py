@@ -35,8 +35,10 @@ class DropFile(BaseModel):
 
 
 class PromotionPolicy(BaseModel):
-    metric: Literal["accuracy", "perplexity", "format_ok"] = Field(
-        "accuracy", description="Compared on the fixed held-out set; perplexity: lower is better, others higher."
+    metric: Literal["accuracy", "perplexity", "format_ok", "preference_accuracy"] = Field(
+        "accuracy",
+        description="Compared on the fixed held-out set; perplexity: lower is better, others higher. "
+        "preference_accuracy: held-out preference pairs (a dpo/orpo/kto run).",
     )
     min_improvement: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this.")
     forgetting_tolerance: float = Field(

@@ -9,6 +9,10 @@ duplicate-BOS bug), and every row is checked to hold exactly one BOS, at positio
 ``think_in_loss`` decides whether the reasoning is trained (keep), shown but not trained (mask) or left out (drop).
 Rows longer than ``max_seq_length`` are dropped (to quarantine), truncated, or fail the stage, as configured.
 
+Preference records (a dpo/orpo/kto run) become pair rows, or KTO's labelled rows for a KTO training split, in a
+dataset of their own beside the SFT rows (``preference/``: r1lib/data/preference_tokens.py), their drops counted and
+limited the same way.
+
 Sharded (flows/data.py): ``tokenize_shard`` writes each shard's rows to an Arrow file, chunk by chunk;
 ``merge_tokenized`` hard-links them, in shard order, into one ``load_from_disk`` dataset (``write_dataset``).
 """
@@ -28,6 +32,7 @@ from pydantic import BaseModel
 from r1lib.compat import rust_tokenizer
 from r1lib.config import TokenizeConfig
 from r1lib.data.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render_prompt, render_prompts
+from r1lib.data.preference_tokens import PreferenceRows, PreferenceShard, merge_preference
 from r1lib.data.records import location
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.data.tokenized import check_dropped, rows_table, token_features, write_dataset
@@ -44,7 +49,8 @@ TOKENIZE_CHUNK = 8192  # records a tokenize_shard holds at once
 
 
 class TokenizedData(StageResult):
-    dataset: InputPath  # a datasets.Dataset saved with save_to_disk: input_ids, labels
+    dataset: InputPath | None  # a datasets.Dataset saved with save_to_disk: input_ids, labels (None: no SFT row)
+    preference: PreferenceRows = PreferenceRows()  # a dpo/orpo/kto run's rows (r1lib/data/preference_tokens.py)
     split: str = "train"
     rows_in: int
     rows_out: int
@@ -61,7 +67,7 @@ class TokenizedData(StageResult):
 
     @property
     def masked_share(self) -> float:
-        return round(1 - self.trained_tokens / self.tokens, 3)
+        return round(1 - self.trained_tokens / max(self.tokens, 1), 3)
 
     @property
     def label(self) -> str:
@@ -77,17 +83,17 @@ class TokenizedData(StageResult):
                 "truncated": self.truncated,
                 "masked_share": self.masked_share,
                 "quarantine": self.quarantine,
+                **({"preference": self.preference.model_dump()} if self.preference.rows_in else {}),
             }
         }
 
     def summary_lines(self) -> list[tuple[str, str]]:
-        return [
-            (
-                self.label,
-                f"{self.rows_in} -> {self.rows_out} rows, masked share {self.masked_share}, "
-                f"{self.dropped_too_long} dropped as too long, {self.truncated} truncated",
-            )
-        ]
+        sft = (
+            f"{self.rows_in} -> {self.rows_out} rows, masked share {self.masked_share}, "
+            f"{self.dropped_too_long} dropped as too long, {self.truncated} truncated"
+        )
+        preference = [self.preference.line()] if self.preference.rows_in else []
+        return [(self.label, "; ".join(([sft] if self.rows_in or not preference else []) + preference))]
 
 
 def encode_row(tokenizer, record: dict, cfg: TokenizeConfig) -> dict:
@@ -301,10 +307,14 @@ class TokenizedShard(BaseModel):
     longest_dropped: int = 0  # tokens of the longest row dropped as too long
     dropped_origins: dict[str, int] = {}  # the dropped rows by origin: originals and which augmentations
     origins: dict[str, int] = {}  # every row by origin (a drop count says how many rows augmentation added)
+    preference: PreferenceRows = PreferenceRows()
 
 
-def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Path) -> TokenizedShard:
-    """The map unit: one shard of records to an Arrow file of rows (streamed in chunks) and its quarantine part."""
+def tokenize_shard(
+    tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Path, layout: str = "pairs"
+) -> TokenizedShard:
+    """The map unit: one shard of records to an Arrow file of rows (streamed in chunks) and its quarantine part; its
+    preference records to preference rows in ``layout`` (pairs, or unpaired: preference_tokens.py)."""
     import numpy as np
     import pyarrow.compute as pc
     import xxhash
@@ -316,10 +326,12 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
     examples: list[dict] = []
     origins: dict[str, int] = {}
     every: Counter = Counter()
+    preferences = PreferenceShard(tokenizer, cfg, layout)
     with atomic_path(arrow) as tmp, JsonlWriter(f"{out_prefix}.quarantine.jsonl") as quarantine:
         writer = ArrowWriter(features=token_features(), path=str(tmp))
         try:
             for chunk in chunked(iter_jsonl(Path(shard.path)), TOKENIZE_CHUNK):
+                chunk = preferences.take(chunk, quarantine)
                 rows, quarantined, audit = tokenize_records(tokenizer, chunk, cfg)
                 rows_in += len(chunk)
                 every.update(r.get("origin", "original").split(":")[0] for r in chunk)
@@ -361,6 +373,7 @@ def tokenize_shard(tokenizer, shard: Shard, cfg: TokenizeConfig, out_prefix: Pat
             longest_dropped=longest_dropped,
             dropped_origins=origins,
             origins=dict(every),
+            preference=preferences.close(f"{out_prefix}.preference"),
         )
 
 
@@ -384,20 +397,26 @@ def merge_tokenized(
     rows_in = sum(p.rows_in for p in parts)
     longest = max((p.longest_dropped for p in parts), default=0)
     check_dropped(rows_in, dropped, longest, dict(origins), cfg or TokenizeConfig(), name, str(quarantine), dict(every))
-    if not full:
+    parts_preference = [p.preference for p in parts]
+    preference = merge_preference(
+        parts_preference, out_dir / "preference", cfg or TokenizeConfig(), name, str(quarantine)
+    )
+    if not full and not preference.rows:
         raise DataValidationError(f"{name}: no row to tokenize")
     fingerprint = xxhash.xxh3_64("".join(p.digest for p in full).encode()).hexdigest()
-    write_dataset([p.arrow for p in full], fingerprint, out_dir / "dataset")
+    if full:
+        write_dataset([p.arrow for p in full], fingerprint, out_dir / "dataset")
     audit = {key: sum(p.audit[key] for p in parts) for key in parts[0].audit}
     result = TokenizedData(
         split=name,
-        dataset=str(out_dir / "dataset"),
+        dataset=str(out_dir / "dataset") if full else None,
+        preference=preference,
         rows_in=sum(p.rows_in for p in parts),
         rows_out=sum(p.rows_out for p in parts),
         dropped_too_long=dropped,
         tokens=sum(p.tokens for p in parts),
         trained_tokens=sum(p.trained_tokens for p in parts),
-        max_length=max(p.max_length for p in full),
+        max_length=max((p.max_length for p in full), default=0),
         quarantine=str(quarantine),
         audit=str(out_dir / "audit.json"),
         **audit,
@@ -409,7 +428,7 @@ def merge_tokenized(
             **result.model_dump(exclude={"audit"}),
             "dataset": "dataset",
             "quarantine": "quarantine.jsonl",
-            "examples": full[0].examples,
+            "examples": full[0].examples if full else [],
         },
     )
     return result
@@ -452,15 +471,12 @@ def tokenize_shard_task(
     index: int,
     out_dir: OutputPath,
     trust_remote_code: bool = False,
+    layout: str = "pairs",
 ) -> TokenizedShard:
     """Apply the R1 chat template, mask the prompt, enforce the length policy on one shard. ``trust_remote_code``:
-    the model.trust_remote_code setting, for a tokenizer that ships code."""
-    return tokenize_shard(
-        _tokenizer(model_dir, trust_remote_code),
-        shard,
-        cfg,
-        Path(out_dir, split, "shards", f"{split}-{index:04d}"),
-    )
+    the model.trust_remote_code setting, for a tokenizer that ships code; ``layout``: of its preference rows."""
+    tokenizer = _tokenizer(model_dir, trust_remote_code)
+    return tokenize_shard(tokenizer, shard, cfg, Path(out_dir, split, "shards", f"{split}-{index:04d}"), layout)
 
 
 @task(name="tokenize", task_run_name="tokenize {split}", **stage_options())

@@ -23,6 +23,7 @@ from prefect.artifacts import (
 )
 
 from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
+from r1lib.data.preference_tokens import PAIR_COLUMNS, UNPAIRED_COLUMNS
 from r1lib.io import exclusive_dir, write_json
 from r1lib.model.gpu_memory import apply_cap
 from r1lib.ops.api_watch import ApiReports
@@ -41,6 +42,7 @@ from r1lib.training.retry import fit_with_oom_retry
 class TrainResult(StageResult):
     adapter: InputPath
     method: str = "sft"  # train.method (r1lib/training/methods/); results written before it existed were SFT
+    trained_on: str = ""  # what it trained on: "360 preference pairs", "1200 rows"
     backend: str
     steps: int
     epochs: float
@@ -78,7 +80,8 @@ class TrainResult(StageResult):
         return [
             (
                 "train",
-                f"{self.method}, {self.backend}: {self.steps} steps, {self.loss_text()} (mean {self.train_loss:.3f}), "
+                f"{self.method} on {self.trained_on or 'the tokenized rows'}, {self.backend}: {self.steps} steps, "
+                f"{self.loss_text()} (mean {self.train_loss:.3f}), "
                 f"{self.seconds} s ({self.tokens_per_second} tokens/s){resumed}",
             )
         ]
@@ -87,7 +90,8 @@ class TrainResult(StageResult):
         lines = [
             "## Training",
             "",
-            f"{self.method.upper()} with the {self.backend} backend, {self.steps} steps, {self.loss_text()}, "
+            f"{self.method.upper()} on {self.trained_on or 'the tokenized rows'} with the {self.backend} backend, "
+            f"{self.steps} steps, {self.loss_text()}, "
             f"{self.seconds} s, micro batch {self.micro_batch_size} x accumulation {self.gradient_accumulation}.",
             "",
         ]
@@ -95,6 +99,15 @@ class TrainResult(StageResult):
             story = " and the per-step rewards, lengths and shares" if self.method == "grpo" else ""
             lines += [f"![Training and evaluation loss{story}]({Path(self.loss_curve).name})", ""]
         return "\n".join(lines)
+
+
+def rows_trained(method: str, dataset_dir: str) -> str:
+    """What ``method`` trains on in ``dataset_dir``, counted: "360 preference pairs", "720 labelled answers"."""
+    from datasets import load_from_disk
+
+    columns = METHODS[method].columns
+    kind = {PAIR_COLUMNS: "preference pairs", UNPAIRED_COLUMNS: "labelled answers"}.get(columns, "rows")
+    return f"{load_from_disk(dataset_dir).num_rows} {kind}"
 
 
 def train(
@@ -131,6 +144,8 @@ def train(
             plan.name,
         )
         stage_logger().info("memory plan: %s", memory.describe())
+        trained_on = rows_trained(cfg.method, dataset_dir)
+        stage_logger().info("train.method=%s on %s (%s)", cfg.method, trained_on, dataset_dir)
         run = fit_with_oom_retry(
             FitSpec(
                 backend=backend,
@@ -159,6 +174,7 @@ def train(
         result = TrainResult(
             adapter=str(out_dir / "adapter"),
             method=cfg.method,
+            trained_on=trained_on,
             backend=backend,
             steps=outcome.steps,
             epochs=outcome.epochs,

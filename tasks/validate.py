@@ -23,7 +23,7 @@ from r1lib.config import DataConfig
 from r1lib.data.inputs import expand_inputs, path_exists
 from r1lib.data.json_rows import DuplicateKey
 from r1lib.data.lines import BLANK, LineTooLong, safe_text
-from r1lib.data.preference import normalize_preference
+from r1lib.data.preference import is_preference, normalize_preference, preference_record
 from r1lib.data.readers import MAX_LINE_BYTES, iter_raw_rows
 from r1lib.data.records import RecordError, check_schema, location, make_record
 from r1lib.data.row_formats import normalize
@@ -127,11 +127,12 @@ def iter_validated(
                 continue
             except RecordError as exc:
                 reason, field, message = exc.reason, exc.field, str(exc)
-                if reason == "preference_data":  # kept read, for a preference trainer (r1lib/data/preference.py)
-                    try:
-                        extra = {"preference": normalize_preference(parsed, rules.max_chars)}
-                    except RecordError:
-                        pass
+                if reason == "preference_data":
+                    accepted, refusal, extra = preference_row(parsed, rules, name, number)
+                    if accepted is not None:
+                        yield True, accepted, number
+                        continue
+                    reason, field, message = refusal or (reason, field, message)
         yield (
             False,
             {
@@ -145,6 +146,45 @@ def iter_validated(
             },
             number,
         )
+
+
+def preference_row(parsed: dict, rules: RowRules, name: str, number: int) -> tuple[dict | None, tuple | None, dict]:
+    """(record, None, {}) for a preference row that ``rules.preference_method`` trains on; else (None, (reason,
+    field, message) or None to keep the preference_data refusal, extra quarantine fields: the normalized row)."""
+    try:
+        row = normalize_preference(parsed, rules.max_chars)
+    except RecordError as exc:  # a broken pair: its own reason in a preference run
+        return None, (exc.reason, exc.field, str(exc)) if rules.preference_method else None, {}
+    if not rules.preference_method:
+        return None, None, {"preference": row}
+    if row["kind"] in rules.preference_kinds:
+        return preference_record(row, name, number), None, {}
+    message = (
+        f"{row['shape']}: one answer labelled desirable or not, and train.method={rules.preference_method} trains "
+        "on pairs (chosen and rejected); train it with --set train.method=kto"
+    )
+    return None, ("preference_label", "label", message), {"preference": row}
+
+
+def misplaced(split: str, record: dict, rules: RowRules | None) -> dict | None:
+    """The quarantine row of an accepted record its split cannot use in a preference run, else None: an SFT row in
+    the training data (DPO/ORPO/KTO train on preference rows only; an SFT row has nothing to prefer its answer to),
+    a preference row in the replay data (general rows, for forgetting)."""
+    method = rules.preference_method if rules else None
+    if method is None or split == "test" or (split == "train") != (not is_preference(record)):
+        return None
+    reason, message = "preference_data", "a preference row in the replay data, which holds general SFT rows"
+    if split == "train":
+        reason, message = (
+            "sft_row",
+            (
+                f"an SFT row (one answer, nothing to prefer it to) in the training data of a train.method={method} "
+                "run, which trains on preference rows only; train it in an SFT run (train.method=sft) and start this "
+                "run from its adapter (train.init_adapter), or leave the file out"
+            ),
+        )
+    where = location(record["source"]["file"], record["source"]["line"])
+    return {**record["source"], "reason": reason, "field": None, "message": f"{where}: {message}", "record": record}
 
 
 def validate_file(
@@ -219,6 +259,8 @@ def validate_input(
         JsonlWriter(parts / f"{split}-{index:04d}.quarantine.jsonl") as quarantine,
     ):
         for ok, row, _ in iter_validated(path, max_chars, max_line_bytes, rules, allowed_roots):
+            if ok and (refused := misplaced(split, row, rules)) is not None:
+                ok, row = False, refused
             if ok:
                 shards.write(row)
                 accepted += 1

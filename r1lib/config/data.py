@@ -160,6 +160,13 @@ class DedupConfig(Section):
         description="With no test file of yours, the share moved to test by a stable hash of the prompt; 0: "
         "data.holdout_fraction's share.",
     )
+    preference_test_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="In a preference run (train.method dpo, orpo, kto) whose test rows hold no preference pair, the "
+        "share of the training pairs held out for preference accuracy, by a stable hash of the prompt (0: none).",
+    )
     split_salt: str = Field(
         "r1-finetune-split", max_length=256, description="Changes which rows the stable split picks."
     )

@@ -68,6 +68,13 @@ class EvalConfig(Section):
         "held-out rows (one batch, at most baseline_tokens new tokens), to report the generation speed-up; 0: off.",
     )
     baseline_tokens: int = Field(128, ge=1, le=1_048_576, description="New tokens per row in the baseline timing.")
+    preference_beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="Held-out preference pairs (a dpo/orpo/kto run): the beta of the reported mean reward margin, "
+        "beta x (tuned - base log-probability margin); set it to the run's train.dpo.beta.",
+    )
 
 
 class ExportConfig(Section):

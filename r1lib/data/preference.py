@@ -1,7 +1,8 @@
 """Preference rows, recognized by name and normalized into one structure for a preference trainer.
 
-Validation refuses them as SFT rows (reason ``preference_data``: a rejected answer would be learned); this module
-reads them into what a DPO/KTO trainer consumes, the same structure from every layout::
+An SFT run refuses them (reason ``preference_data``: a rejected answer would be learned); a preference run
+(train.method dpo, orpo, kto) accepts them as preference records (``preference_record``). This module reads every
+layout into one structure first::
 
     {"kind": "pair",  "shape": ..., "system": "", "prompt": [turns ending with a user turn],
      "chosen": {"content": ..., "reasoning": ... or None}, "rejected": {...}}
@@ -17,6 +18,9 @@ Alpaca (``instruction``/``input``) DPO; LLaMA-Factory v1 ``chosen_messages``/``r
 
 from __future__ import annotations
 
+import hashlib
+import json
+import unicodedata
 from typing import Any
 
 from r1lib.data.records import RecordError
@@ -96,12 +100,59 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
     }.get(shape[1], ("chosen", "rejected"))
     if not all(k in row for k in keys):
         raise RecordError("missing_field", keys[1] if keys[0] in row else keys[0], f"a pair needs both {list(keys)}")
-    prompt = _prompt(row, max_chars)
     before_c, chosen = _answer(row[keys[0]], keys[0], max_chars)
     before_r, rejected = _answer(row[keys[1]], keys[1], max_chars)
     if before_c != before_r:
         raise RecordError("conflicting_prompt", keys[1], f"'{keys[0]}' and '{keys[1]}' answer different prompts")
+    # Whole conversations as answers (TRL's implicit prompt, UltraFeedback/Firefly) carry the prompt; a row-level
+    # prompt or messages beside them repeats it (messages: the chosen conversation again) and is not prepended.
+    prompt = [] if before_c else _prompt(row, max_chars)
     system, prompt = _split_system(prompt + before_c, row, max_chars)
     if not prompt or prompt[-1]["role"] != "user":
         raise RecordError("role_order", keys[0], "the prompt of a pair must end with a user turn")
     return {"kind": "pair", "shape": name, "system": system, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def side_text(side: dict) -> str:
+    """One normalized answer as the assistant text a preference record holds: ``<think>`` block first when it has
+    reasoning (r1lib/data/chat_template.py: split_reasoning reads it back)."""
+    if side["reasoning"]:
+        return f"<think>\n{side['reasoning'].strip()}\n</think>\n\n{side['content']}"
+    return side["content"]
+
+
+def preference_record(row: dict, file: str, line: int) -> dict:
+    """A normalized preference row (``normalize_preference``) as the record the data stages carry: the prompt as an
+    SFT record's ``system`` and ``messages`` (ending with the last user turn), ``preference`` = ``pair`` with
+    ``chosen`` and ``rejected`` texts, or ``label`` with ``completion`` and ``label``. Its id hashes all of it (two
+    pairs for one prompt are two records)."""
+    if row["kind"] == "pair":
+        answers = {"chosen": side_text(row["chosen"]), "rejected": side_text(row["rejected"])}
+    else:
+        answers = {"completion": side_text(row["completion"]), "label": row["label"]}
+    payload = json.dumps([row["system"], row["prompt"], answers], ensure_ascii=False)
+    return {
+        "id": hashlib.sha256(unicodedata.normalize("NFC", payload).encode()).hexdigest()[:16],
+        "system": row["system"],
+        "messages": row["prompt"],
+        "reasoning": None,
+        "preference": row["kind"],
+        **answers,
+        "source": {"file": file, "line": line},
+        "origin": "original",
+    }
+
+
+def is_preference(record: dict) -> bool:
+    """Whether a record is a preference record (``preference_record``), not an SFT one."""
+    return "preference" in record
+
+
+def preference_texts(record: dict) -> list[tuple[str, str]]:
+    """(field, text) of a preference record's answers ([] for an SFT record): what dedup compares and debias
+    searches beside the prompt."""
+    if record.get("preference") == "pair":
+        return [("chosen", record["chosen"]), ("rejected", record["rejected"])]
+    if record.get("preference") == "label":
+        return [("completion", record["completion"]), ("label", str(record["label"]).lower())]
+    return []

@@ -16,17 +16,24 @@ are -100) or drop (answers only). Columns: ``prompt_ids``, ``chosen_ids`` / ``ch
 
 A pair whose two sides tokenize the same (as trained: e.g. answers that differ only in reasoning under ``drop``) or
 that is longer than ``tokenize.max_seq_length`` is dropped with its reason; more dropped rows than
-``tokenize.max_dropped_fraction`` fail the split (``check_dropped_pairs``).
+``tokenize.max_dropped_fraction`` fail the split (``check_dropped_pairs``). In the tokenize stage,
+``PreferenceShard`` takes a shard's preference records out of its chunks and ``merge_preference`` joins the shards'
+rows (tasks/tokenize.py).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel
 
 from r1lib.config import TokenizeConfig
 from r1lib.data.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, render_prompt, split_reasoning
 from r1lib.data.records import location
 from r1lib.errors import DataValidationError, PermanentError
+from r1lib.io import atomic_dir
+from r1lib.paths import InputPath
 
 IGNORE = -100
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels")
@@ -170,3 +177,92 @@ def decoded(tokenizer, row: dict, side: str = "chosen") -> dict:
         "shown": tokenizer.decode(ids[:first]),
         "scored": tokenizer.decode(ids[first:]),
     }
+
+
+def tokenize_preference(tokenizer, records: list[dict], cfg: TokenizeConfig, layout: str = "pairs"):
+    """(rows, quarantined records, dropped counts by reason) of preference records (r1lib/data/preference.py:
+    preference_record) in the ``layout`` the split is trained or scored in: ``pairs`` (DPO, ORPO, and every held-out
+    set: preference accuracy compares two answers; a labelled answer alone is quarantined, reason unpaired_row) or
+    ``unpaired`` (KTO: labelled answers, and each pair as one desirable and one undesirable answer)."""
+    pairs = [r for r in records if r["preference"] == "pair"]
+    labelled = [r for r in records if r["preference"] == "label"]
+    rows, quarantined, dropped = tokenize_pairs(tokenizer, pairs, cfg)
+    if layout == "unpaired":
+        more, more_quarantined, more_dropped = tokenize_unpaired(tokenizer, labelled, cfg)
+        return unpair(rows) + more, quarantined + more_quarantined, dropped + more_dropped
+    for record in labelled:
+        message = "a labelled answer with no pair: pair rows train dpo/orpo and score preference accuracy"
+        quarantined.append({**_quarantined(record, "unpaired_row", message), "field": "label"})
+    return rows, quarantined, dropped + Counter(unpaired_row=len(labelled))
+
+
+def save_rows(rows: list[dict], path: str | Path) -> str | None:
+    """Preference rows as a ``datasets.load_from_disk`` folder (None when there are none)."""
+    from datasets import Dataset
+
+    if not rows:
+        return None
+    with atomic_dir(Path(path)) as tmp:
+        Dataset.from_list(rows).save_to_disk(str(tmp))
+    return str(path)
+
+
+def merge_rows(parts: list[str | None], path: str | Path) -> str | None:
+    """The shards' preference rows (``save_rows`` folders, in shard order) as one folder (None when there are none)."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    with atomic_dir(Path(path)) as tmp:
+        concatenate_datasets([load_from_disk(p) for p in parts]).save_to_disk(str(tmp))
+    return str(path)
+
+
+class PreferenceRows(BaseModel):
+    """A shard's or a split's preference rows: the ``load_from_disk`` folder (None: none) and the counts."""
+
+    dataset: InputPath | None = None
+    rows_in: int = 0  # preference records read
+    rows: int = 0  # rows written (a pair split for KTO is two)
+    dropped: dict[str, int] = {}
+
+    def line(self) -> str:
+        return f"{self.rows_in} preference rows -> {self.rows} rows, dropped {self.dropped or 'none'}"
+
+
+class PreferenceShard:
+    """The preference records of one shard of the tokenize stage, taken out of its chunks (``take``) and written as
+    rows (``close``); the stage tokenizes the rest as SFT rows."""
+
+    def __init__(self, tokenizer, cfg: TokenizeConfig, layout: str):
+        self.tokenizer, self.cfg, self.layout = tokenizer, cfg, layout
+        self.rows: list[dict] = []
+        self.rows_in, self.dropped = 0, Counter()
+
+    def take(self, chunk: list[dict], quarantine) -> list[dict]:
+        """The chunk's SFT records; its preference records tokenized, their drops written to ``quarantine``."""
+        from r1lib.data.preference import is_preference
+
+        preferences = [r for r in chunk if is_preference(r)]
+        if not preferences:
+            return chunk
+        rows, quarantined, dropped = tokenize_preference(self.tokenizer, preferences, self.cfg, self.layout)
+        self.rows += rows
+        self.rows_in += len(preferences)
+        self.dropped.update(dropped)
+        quarantine.write_many(quarantined)
+        return [r for r in chunk if not is_preference(r)]
+
+    def close(self, path: str | Path) -> PreferenceRows:
+        dataset = save_rows(self.rows, path)
+        return PreferenceRows(dataset=dataset, rows_in=self.rows_in, rows=len(self.rows), dropped=dict(self.dropped))
+
+
+def merge_preference(parts: list[PreferenceRows], path: Path, cfg: TokenizeConfig, name: str, quarantine: str):
+    """The shards' preference rows as one PreferenceRows; fails past tokenize.max_dropped_fraction."""
+    dropped = sum((Counter(p.dropped) for p in parts), Counter())
+    rows_in = sum(p.rows_in for p in parts)
+    check_dropped_pairs(rows_in, dropped, cfg, name, quarantine)
+    dataset = merge_rows([p.dataset for p in parts], path)
+    return PreferenceRows(dataset=dataset, rows_in=rows_in, rows=sum(p.rows for p in parts), dropped=dict(dropped))

@@ -91,13 +91,17 @@ def detect_format(row: dict, file: str | None = None) -> str:
     """The row's format (a FORMATS entry's short name; "columns" for a LAYOUTS layout). ``file`` names the input in
     the unknown_format message's ready-to-paste column mapping."""
     if (shape := preference_shape(row)) is not None:
+        if shape[1] == "output":
+            fix = "ranked answers are not paired here: give each as a chosen/rejected pair for train.method: dpo"
+        else:
+            method = "kto" if shape[1] in ("label", "kto_tag") else "dpo"
+            fix = f"train it with a preference method: --set train.method={method} (r1lib/data/preference.py reads it)"
         raise RecordError(
             "preference_data",
             shape[1],
             f"preference data, {shape[0]}: train.method=sft trains supervised fine-tuning rows, where every answer "
-            "is a target; a rejected or undesirable answer would be learned. Train it with a preference trainer "
-            "(a preference train.method such as dpo or kto, once there is one: r1lib/data/preference.py reads these "
-            "rows for it), or give SFT rows of the chosen answers only",
+            f"is a target; a rejected or undesirable answer would be learned. To use it, {fix}; or give SFT rows of "
+            "the chosen answers only",
         )
     if "conversations" in row:
         return "sharegpt"

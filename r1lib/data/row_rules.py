@@ -25,6 +25,10 @@ class RowRules(BaseModel):
     placeholder_keys: list[str] = ["name", "author"]
     tools: Literal["system", "refuse"] = "system"
     columns: dict[str, ColumnMap] = {}  # file -> its column mapping (data.columns, its specs expanded)
+    # train.method when it trains on preference rows (validate accepts them, refuses SFT training rows), and which
+    # kinds it takes ("pair", "label"); None: an SFT run, where preference rows are refused (preference_data).
+    preference_method: str | None = None
+    preference_kinds: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, cfg) -> RowRules:

@@ -27,12 +27,13 @@ class PreferenceEval(BaseModel):
     base: PreferenceScores
     tuned: PreferenceScores
     reward_margin: float  # beta * (tuned margin - base margin): the mean implicit DPO reward margin of the tuned model
+    pairs_from: str = ""  # the test file, or a stable hash split of the training pairs
 
     def summary_line(self) -> str:
         return (
             f"preference accuracy {self.base.accuracy:.0%} -> {self.tuned.accuracy:.0%} on {self.tuned.pairs} "
             f"held-out pairs, margin {self.base.margin:+.2f} -> {self.tuned.margin:+.2f} nats, "
-            f"reward margin {self.reward_margin:+.3f}"
+            f"reward margin {self.reward_margin:+.3f}" + (f" (pairs from {self.pairs_from})" if self.pairs_from else "")
         )
 
 
@@ -80,6 +81,20 @@ def evaluate_preferences(peft_model, tokenizer, rows: list[dict], beta: float = 
     finally:
         peft_model.train(was_training)
     return PreferenceEval(base=base, tuned=tuned, reward_margin=round(beta * (tuned.margin - base.margin), 4))
+
+
+def held_out_preferences(peft_model, tokenizer, held_out, max_pairs: int, beta: float, batch_size: int = 8):
+    """``evaluate_preferences`` on the first ``max_pairs`` of ``held_out.pairs`` (a HeldOut, r1lib/stages.py), or None
+    when the run has no held-out pairs. ``peft_model``: the adapter on the base, not merged (the base is the adapter
+    disabled)."""
+    from datasets import load_from_disk
+
+    if not held_out.pairs:
+        return None
+    pairs = load_from_disk(held_out.pairs)
+    rows = pairs.select(range(min(max_pairs, pairs.num_rows))).to_list()
+    result = evaluate_preferences(peft_model, tokenizer, rows, beta, batch_size)
+    return result.model_copy(update={"pairs_from": held_out.pairs_from})
 
 
 def evaluate_adapter(model_dir: str, model_cfg, adapter_dir: str, rows: list[dict], beta: float = 0.1, **kw):

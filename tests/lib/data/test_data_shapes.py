@@ -58,7 +58,10 @@ def test_preference_files_are_refused_as_preference_data(name):
     assert accepted == []
     assert report.rows == len(rows_of(name)) == len(quarantined)
     assert {(q["reason"], q["field"]) for q in quarantined} == {("preference_data", PREFERENCE_FILES[name])}
-    assert all("preference data" in q["message"] and "preference trainer" in q["message"] for q in quarantined)
+    # The fix is named: the preference method that trains the rows (ranked answers are paired by no method).
+    fix = {"label": "--set train.method=kto", "output": "give each as a chosen/rejected pair"}
+    expected = fix.get(PREFERENCE_FILES[name], "--set train.method=dpo")
+    assert all("preference data" in q["message"] and expected in q["message"] for q in quarantined)
 
 
 def test_kto_undesirable_answers_never_reach_training():

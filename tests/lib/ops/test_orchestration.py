@@ -308,3 +308,12 @@ def test_a_task_taking_a_sub_flows_result_records_no_flow_run_input(prefect_harn
 
     assert "flow_run" in input_types(_parent_flow(forget=False))  # what the UI choked on
     assert "flow_run" not in input_types(_parent_flow(forget=True))
+
+
+def test_promotion_can_compare_held_out_preference_accuracy():
+    policy = PromotionPolicy(metric="preference_accuracy")
+    challenger = {"preference_accuracy": 0.9, "base_preference_accuracy": 0.5, "forgetting_ratio": 1.0}
+    assert decide(challenger, None, policy)[0]  # beats the base model
+    promote, why = decide(challenger, {"preference_accuracy": 0.95, "forgetting_ratio": 1.0}, policy)
+    assert not promote and why.startswith("preference_accuracy 0.9 vs champion 0.95")
+    assert decide({"accuracy": 0.5}, None, policy) == (False, "challenger has no preference_accuracy")
