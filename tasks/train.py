@@ -34,6 +34,7 @@ from r1lib.training.backends import choose_backend
 from r1lib.training.fit import FitSpec, inputs_key
 from r1lib.training.launcher import launch_plan
 from r1lib.training.methods import METHODS
+from r1lib.training.methods.base import REFERENCE_METHODS, reference_description
 from r1lib.training.plan import plan_memory
 from r1lib.training.report import loss_curve, loss_markdown, method_story, progress_line
 from r1lib.training.retry import fit_with_oom_retry
@@ -146,6 +147,8 @@ def train(
         stage_logger().info("memory plan: %s", memory.describe())
         trained_on = rows_trained(cfg.method, dataset_dir)
         stage_logger().info("train.method=%s on %s (%s)", cfg.method, trained_on, dataset_dir)
+        if cfg.method in REFERENCE_METHODS:
+            stage_logger().info("reference policy: %s", reference_description(cfg))
         run = fit_with_oom_retry(
             FitSpec(
                 backend=backend,

@@ -162,11 +162,19 @@ def reference_policy(trainer, spec: TrainerSpec) -> str:
     initialized adapter is the same function, so it is dropped); a run started from ``train.init_adapter`` keeps TRL's
     frozen copy of that adapter as its reference (DPO's reference is the policy it starts from)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if spec.cfg.init_adapter is None:
-        if "ref" in getattr(model, "peft_config", {}):
-            model.delete_adapter("ref")
+    if spec.cfg.init_adapter is None and "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+    return reference_description(spec.cfg)
+
+
+REFERENCE_METHODS = ("dpo", "kto")  # the methods with a reference policy (ORPO and SFT have none)
+
+
+def reference_description(cfg: TrainConfig) -> str:
+    """The reference policy a DPO/KTO run of ``cfg`` trains against, in words (the train stage logs it)."""
+    if cfg.init_adapter is None:
         return "the base model with the LoRA adapter disabled (no second model in memory)"
     return (
-        f"the starting adapter {spec.cfg.init_adapter}, frozen as a second LoRA adapter on the same base "
+        f"the starting adapter {cfg.init_adapter}, frozen as a second LoRA adapter on the same base "
         "(no second model in memory)"
     )
