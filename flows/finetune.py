@@ -28,6 +28,7 @@ from r1lib.model.gpu_memory import apply_cap
 from r1lib.ops.cli import run_command
 from r1lib.ops.gpu_slot import gpu_slot
 from r1lib.ops.recovery import close_out_orphans
+from r1lib.ops.tracking import tracked_run
 from r1lib.preflight import preflight
 from r1lib.presets import expand_preset, preset
 from r1lib.process import apply_defaults
@@ -98,12 +99,14 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     preflight(config)  # paths under the roots, launch preset, cluster size, model folder: before any stage works
     apply_cap(config.train.max_gpu_memory_gib)  # binds every GPU stage that runs in this process
     run = str(config.run_dir())
-    with exclusive_dir(run):  # one run per folder: a second run of this run_name fails at once, naming the first
+    # One run per folder (a second run of this run_name fails at once, naming the first); one tracker run per flow run.
+    with exclusive_dir(run), tracked_run(config, run) as tracker:
         at = folders(run)
         model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
         data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
         if config.stop_after == "tokenize":
             summary = summary_task(config, run, data.results())
+            tracker.log_run(data.results(), files=[Path(run) / "summary.json"])
             return FinetuneResult(run_dir=run, model_dir=model, data=data, summary=summary)
 
         held_out = data.held_out()
@@ -123,6 +126,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
         fingerprint = data.validated.fingerprint
         card = card_task(config, ggufs, evaluation.decoding, fingerprint, results, trained.loss_curve, at["card"])
         summary = summary_task(config, run, [*results, card])
+        tracker.log_run([*results, card], ggufs, [Path(run) / "summary.json", card.readme, trained.loss_curve])
         return FinetuneResult(
             run_dir=run,
             model_dir=model,

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
+from r1lib.config import ModelConfig, TokenizeConfig, TrackingConfig, TrainConfig
 from r1lib.io import exclusive_dir, write_json
 from r1lib.model.gpu_memory import apply_cap
 from r1lib.paths import InputPath, OutputPath
@@ -97,6 +97,7 @@ def train(
     tokenize_cfg: TokenizeConfig,
     out_dir: Path,
     progress_hook=None,
+    tracking_cfg: TrackingConfig | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went.
 
@@ -138,6 +139,8 @@ def train(
                 accumulation=memory.accumulation,
                 trainer_args=plan.trainer_args,
                 quant_storage=plan.quant_storage,
+                report_to=tracking_cfg.report_to if tracking_cfg else "none",
+                run_name=out_dir.parent.name,
             ),
             plan,
             out_dir / "launch",
@@ -188,8 +191,10 @@ def train_task(
     cfg: TrainConfig,
     tokenize_cfg: TokenizeConfig,
     out_dir: OutputPath,
+    tracking_cfg: TrackingConfig | None = None,
 ) -> TrainResult:
-    """QLoRA fine-tuning into ``out_dir``; resumes from the last complete checkpoint when retried."""
+    """QLoRA fine-tuning into ``out_dir``; resumes from the last complete checkpoint when retried. The trainer logs
+    to ``tracking_cfg.report_to`` live (the flow opened that tracker run: r1lib/ops/tracking.py)."""
     progress_id = create_progress_artifact(
         progress=0.0, key="training-progress", description=f"training: {cfg.max_steps or '?'} optimizer steps to go"
     )
@@ -216,6 +221,7 @@ def train_task(
         tokenize_cfg,
         Path(out_dir),
         progress_hook=report,
+        tracking_cfg=tracking_cfg,
     )
     resumed = f" · resumed from {Path(result.resumed_from).name}" if result.resumed_from else ""
     update_progress_artifact(
