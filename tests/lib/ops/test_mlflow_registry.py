@@ -88,6 +88,13 @@ def test_promotion_unchanged_night_and_rejection_are_visible_in_the_mlflow_regis
     ]
     assert client.get_run(champion.run_id).data.metrics["accuracy"] == 0.6
     assert registry.champion().version == first.version  # the nightly reads the champion from the alias
+    # What serves it (README.md): the champion's files by its alias.
+    import mlflow.artifacts
+
+    served = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}@champion", dst_path=str(tmp_path / "served"), tracking_uri=mlflow_server
+    )
+    assert (tmp_path / "served" / "v1-Q8_0.gguf").read_bytes() == b"GGUFv1" and served
 
     # Night 2: the drop holds only files already trained on: the real nightly flow stops before training.
     drop = tmp_path / "drop"
