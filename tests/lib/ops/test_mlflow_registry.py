@@ -60,7 +60,7 @@ def night(registry, tmp_path, name, metrics, fingerprint):
 
 @pytest.mark.server
 def test_promotion_unchanged_night_and_rejection_are_visible_in_the_mlflow_registry(
-    mlflow_server, prefect_harness, tmp_path
+    mlflow_server, prefect_harness, tmp_path, monkeypatch
 ):
     from mlflow.tracking import MlflowClient
 
@@ -88,13 +88,12 @@ def test_promotion_unchanged_night_and_rejection_are_visible_in_the_mlflow_regis
     ]
     assert client.get_run(champion.run_id).data.metrics["accuracy"] == 0.6
     assert registry.champion().version == first.version  # the nightly reads the champion from the alias
-    # What serves it (README.md): the champion's files by its alias.
+    # What serves it (README.md: MLFLOW_TRACKING_URI=... mlflow artifacts download -u models:/<name>@champion).
     import mlflow.artifacts
 
-    served = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{name}@champion", dst_path=str(tmp_path / "served"), tracking_uri=mlflow_server
-    )
-    assert (tmp_path / "served" / "v1-Q8_0.gguf").read_bytes() == b"GGUFv1" and served
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the registry too, as for the command line
+    served = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@champion", dst_path=str(tmp_path / "s"))
+    assert (tmp_path / "s" / "v1-Q8_0.gguf").read_bytes() == b"GGUFv1" and served
 
     # Night 2: the drop holds only files already trained on: the real nightly flow stops before training.
     drop = tmp_path / "drop"
