@@ -1,7 +1,7 @@
 """Screenshots of an MLflow run's pages in headless Chromium (Debian's, driven by Playwright), for the README.
 
-.venv/bin/python scripts/mlflow_screenshot.py http://127.0.0.1:5000 <experiment id> <run id> docs/mlflow
--> docs/mlflow-run.png (overview: parameters, metrics, tags), docs/mlflow-metrics.png (the charts: the loss)
+.venv/bin/python scripts/mlflow_screenshot.py http://127.0.0.1:5000 <experiment id> <run id> docs/mlflow <run name>
+-> docs/mlflow-run.png (overview: status, tags, metrics), docs/mlflow-metrics.png (the charts: the loss)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-def main(uri: str, experiment: str, run: str, stem: str) -> None:
+def main(uri: str, experiment: str, run: str, stem: str, run_name: str) -> None:
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,9 +30,9 @@ def main(uri: str, experiment: str, run: str, stem: str) -> None:
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             for name, url in page_of.items():
-                page.goto(url, wait_until="domcontentloaded", timeout=120_000)
-                page.wait_for_load_state("networkidle", timeout=120_000)
-                page.wait_for_timeout(8000)  # the charts draw after their data came
+                page.goto(url, wait_until="load", timeout=120_000)
+                page.get_by_text(run_name).first.wait_for(timeout=120_000)  # the run's page, by its name
+                page.wait_for_timeout(15_000)  # the UI keeps polling (never network-idle); charts draw after their data
                 path = Path(f"{stem}-{name}.png")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(path), full_page=False)
@@ -42,4 +42,4 @@ def main(uri: str, experiment: str, run: str, stem: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])
