@@ -30,6 +30,7 @@ from r1lib.ops.cli import run_command
 from r1lib.ops.gpu_slot import gpu_slot
 from r1lib.ops.recovery import close_out_orphans
 from r1lib.ops.timeline import RunTimeline, timed
+from r1lib.ops.tracking import tracked_run
 from r1lib.preflight import preflight
 from r1lib.presets import expand_preset, preset
 from r1lib.process import apply_defaults
@@ -108,13 +109,20 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     # One run per folder: a second run of this run_name fails at once, naming the first; the lock is held until the
     # background stages (the export branch) have ended. A run that fails writes its summary: every stage that
     # finished (``finished``), the failed one and the setting to look at.
-    with exclusive_dir(run), settled() as background, summary_on_failure(config, run) as finished:
+    # One tracker run per flow run (r1lib/ops/tracking.py).
+    with (
+        exclusive_dir(run),
+        settled() as background,
+        summary_on_failure(config, run) as finished,
+        tracked_run(config, run) as tracker,
+    ):
         at = folders(run)
         model = resolve_model(config.model, config.cache_dir, config.train.lora.target_modules)
         data = run_data_stages(config, model, run)  # validate -> dedup -> augment -> debias -> tokenize
         finished += data.results()
         if config.stop_after == "tokenize":
             summary = summary_task(config, run, data.results())
+            tracker.log_run(data.results(), files=[Path(run) / "summary.json"])
             return FinetuneResult(run_dir=run, model_dir=model, data=data, summary=summary)
 
         held_out = data.held_out()
@@ -139,6 +147,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
         fingerprint = data.validated.fingerprint
         card = write_card(config, ggufs, evaluation.decoding, fingerprint, results, trained.loss_curve, at["card"])
         summary = summary_task(config, run, [*results, card, RunTimeline.of_current_run()])
+        tracker.log_run([*results, card], ggufs, [Path(run) / "summary.json", card.readme, trained.loss_curve])
         return FinetuneResult(
             run_dir=run,
             model_dir=model,

@@ -87,6 +87,8 @@ def nightly(
     apply_defaults()  # a worker-started run gets the command line's process defaults too
     close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/ops/recovery.py)
     registry = Registry(registry_dir)
+    # registry.backend = mlflow: every change below is mirrored there, and the champion is read from its alias.
+    registry.attach(config.registry.backend, config.registry.uri or config.tracking.uri, config.registry.model_name)
     files = scan_drop_task(drop_url)
     seen = registry.processed_files()
     new = [f for f in files if f.sha256 not in seen]

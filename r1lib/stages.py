@@ -105,7 +105,7 @@ STAGES: tuple[Stage, ...] = (
         group="train",
         consumes=("TokenizedData train/test", "model_dir"),
         produces=("TrainResult: adapter, loss curve",),
-        sections={"model_cfg": "model", "cfg": "train", "tokenize_cfg": "tokenize"},
+        sections={"model_cfg": "model", "cfg": "train", "tokenize_cfg": "tokenize", "tracking_cfg": "tracking"},
         folder="train",
     ),
     Stage(

@@ -14,8 +14,9 @@
 - Repetition: the share of repeated 3-grams in the generations.
 - Forgetting: perplexity on the general replay set before vs after, against ``EvalConfig.max_forgetting_ratio``
   (``on_forgetting``: warn, or fail the stage after the results are written).
-- Optional lm-evaluation-harness tasks (``EvalConfig.lm_eval_tasks``), only from local data: skipped with a clear
-  message when ``lm_eval`` is not installed or the data is not local. Nothing is downloaded at run time.
+- Optional lm-evaluation-harness tasks (``EvalConfig.lm_eval_tasks``), only from local task files, the think block
+  stripped before scoring (r1lib/model/benchmarks.py): skipped with a clear message when ``lm_eval`` is not installed
+  or the tasks are not local. Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from r1lib.data.preference import is_preference
 from r1lib.data.records import answer_of
 from r1lib.errors import PermanentError
 from r1lib.io import read_jsonl, write_json, write_jsonl
+from r1lib.model.benchmarks import lm_eval_unavailable, run_lm_eval
 from r1lib.model.generation import (
     Decoding,
     GenerationStats,
@@ -139,6 +141,9 @@ class Evaluation(StageResult):
                     "reward_margin": self.preference.reward_margin,
                 }
             ),  # fmt: skip
+            # lm_eval/<task>/<metric>: a promotion may gate on one (PromotionPolicy.metric)
+            **{f"lm_eval/{k}": v for k, v in self.tuned.lm_eval.items()},
+            **{f"base_lm_eval/{k}": v for k, v in self.base.lm_eval.items()},
         }
 
     def summary(self) -> dict:
@@ -201,6 +206,10 @@ class Evaluation(StageResult):
                 f"{tuned.accuracy_normalized:.0%}",
             ),
             ("", f"repetition {base.repetition_rate} -> {tuned.repetition_rate}; lm_eval: {self.lm_eval_status}"),
+            *[
+                ("", f"lm_eval {key} (think block stripped): {base.lm_eval.get(key)} -> {tuned.lm_eval.get(key)}")
+                for key in sorted(set(base.lm_eval) | set(tuned.lm_eval))
+            ],
             ("", self.speed_line()),
             ("forgetting", self.forgetting_text()),
             *([("preference", self.preference.summary_line())] if self.preference else []),
@@ -267,51 +276,6 @@ def check_forgetting(ratio: float | None, cfg: EvalConfig) -> bool:
         cfg.on_forgetting,
     )
     return True
-
-
-# --- optional lm-evaluation-harness -------------------------------------------------------------------------------
-
-
-def lm_eval_unavailable(cfg: EvalConfig) -> str | None:
-    """Why the configured lm_eval tasks cannot run offline (None when they can)."""
-    import importlib.util
-
-    if not cfg.lm_eval_tasks:
-        return "not requested"
-    if importlib.util.find_spec("lm_eval") is None:
-        return (
-            f"skipped lm_eval tasks {cfg.lm_eval_tasks}: lm-evaluation-harness is not installed "
-            "(pip install lm-eval, and put its task data in evaluate.lm_eval_path)"
-        )
-    if not cfg.lm_eval_path or not Path(cfg.lm_eval_path).is_dir():
-        return (
-            f"skipped lm_eval tasks {cfg.lm_eval_tasks}: evaluate.lm_eval_path={cfg.lm_eval_path!r} is not a local "
-            "folder; lm_eval data is never downloaded at run time"
-        )
-    return None
-
-
-def run_lm_eval(model, tokenizer, cfg: EvalConfig) -> dict[str, float]:
-    """The configured lm_eval tasks on an in-memory model, offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)."""
-    import os
-
-    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    out = simple_evaluate(
-        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size),
-        tasks=cfg.lm_eval_tasks,
-        limit=cfg.lm_eval_limit,
-        task_manager=TaskManager(include_path=cfg.lm_eval_path),
-    )
-    scores = {}
-    for task_name, metrics in out["results"].items():
-        for metric, value in metrics.items():
-            if isinstance(value, (int, float)) and "stderr" not in metric:
-                scores[f"{task_name}/{metric}"] = round(float(value), 4)
-    return scores
 
 
 def score_model(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -24,6 +24,7 @@ from r1lib.io import atomic_path, sha256_file
 from r1lib.ops.registry import DropSnapshot, Registry, Version, VersionEntry
 
 LOWER_IS_BETTER = {"perplexity", "replay_perplexity", "forgetting_ratio"}
+LM_EVAL_METRIC = r"^lm_eval/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+,[A-Za-z0-9_.-]+$"
 COMPARED = ("perplexity", "accuracy", "format_ok", "replay_perplexity", "forgetting_ratio", "fairness_agreement")
 
 
@@ -35,10 +36,15 @@ class DropFile(BaseModel):
 
 
 class PromotionPolicy(BaseModel):
-    metric: Literal["accuracy", "perplexity", "format_ok", "preference_accuracy"] = Field(
+    metric: (
+        Literal["accuracy", "perplexity", "format_ok", "preference_accuracy"]
+        | Annotated[str, Field(pattern=LM_EVAL_METRIC)]
+    ) = Field(
         "accuracy",
         description="Compared on the fixed held-out set; perplexity: lower is better, others higher. "
-        "preference_accuracy: held-out preference pairs (a dpo/orpo/kto run).",
+        "preference_accuracy: held-out preference pairs (a dpo/orpo/kto run). "
+        "lm_eval/<task>/<metric>,<filter> (e.g. lm_eval/r1_sample_topic/exact_match,none): an evaluate.lm_eval_tasks "
+        "score, think block stripped, higher is better.",
     )
     min_improvement: float = Field(0.0, ge=0, description="The challenger must beat the champion by more than this.")
     forgetting_tolerance: float = Field(
@@ -157,18 +163,19 @@ def fairness_refusal(challenger: dict, champion: dict | None, against: str, poli
 
 
 def comparison_rows(challenger: dict, champion: dict | None) -> list[dict]:
-    """Challenger, champion and base model side by side, with which direction is better for each metric."""
+    """Challenger, champion and base model side by side, with which direction is better for each metric (the
+    lm_eval task scores, think block stripped, after the held-out metrics)."""
+    with_base = ("perplexity", "accuracy", "fairness_agreement")
+    lm_eval = sorted(k for k in challenger if k.startswith("lm_eval/"))
     return [
         {
             "metric": m,
             "challenger": challenger.get(m),
             "champion": None if champion is None else champion.get(m),
-            "base model": challenger.get(f"base_{m}")
-            if m in ("perplexity", "accuracy", "fairness_agreement")
-            else None,
+            "base model": challenger.get(f"base_{m}") if m in with_base or m in lm_eval else None,
             "better": "lower" if m in LOWER_IS_BETTER else "higher",
         }
-        for m in COMPARED
+        for m in (*COMPARED, *lm_eval)
     ]
 
 

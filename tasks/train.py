@@ -22,7 +22,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from r1lib.config import ModelConfig, TokenizeConfig, TrainConfig
+from r1lib.config import ModelConfig, TokenizeConfig, TrackingConfig, TrainConfig
 from r1lib.data.preference_tokens import PAIR_COLUMNS, UNPAIRED_COLUMNS
 from r1lib.io import exclusive_dir, write_json
 from r1lib.model.gpu_memory import apply_cap
@@ -120,6 +120,7 @@ def train(
     tokenize_cfg: TokenizeConfig,
     out_dir: Path,
     progress_hook=None,
+    tracking_cfg: TrackingConfig | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went.
 
@@ -165,6 +166,8 @@ def train(
                 accumulation=memory.accumulation,
                 trainer_args=plan.trainer_args,
                 quant_storage=plan.quant_storage,
+                report_to=tracking_cfg.report_to if tracking_cfg else "none",
+                run_name=out_dir.parent.name,
             ),
             plan,
             out_dir / "launch",
@@ -216,9 +219,11 @@ def train_task(
     cfg: TrainConfig,
     tokenize_cfg: TokenizeConfig,
     out_dir: OutputPath,
+    tracking_cfg: TrackingConfig | None = None,
 ) -> TrainResult:
     """QLoRA fine-tuning into ``out_dir``; resumes from the last complete checkpoint when retried. Its reports to the
-    Prefect API are best-effort (``ApiReports``): a server that stops answering does not stop the training."""
+    Prefect API are best-effort (``ApiReports``): a server that stops answering does not stop the training. The
+    trainer logs to ``tracking_cfg.report_to`` live (the flow opened that tracker run: r1lib/ops/tracking.py)."""
     reports = ApiReports()
     progress_id = reports(
         create_progress_artifact,
@@ -250,6 +255,7 @@ def train_task(
         tokenize_cfg,
         Path(out_dir),
         progress_hook=report,
+        tracking_cfg=tracking_cfg,
     )
     resumed = f" · resumed from {Path(result.resumed_from).name}" if result.resumed_from else ""
     reports(

@@ -283,3 +283,47 @@ def cli(monkeypatch, capsys):
         return code, capsys.readouterr().err, started[-1] if started else None
 
     return run
+
+
+# --- a real MLflow tracking server and model registry, once a session -----------------------------------------------
+# tests/lib/ops/test_tracking.py, tests/lib/ops/test_mlflow_registry.py and tests/flows/test_tracking_flow.py log to
+# and read from it through MlflowClient: `mlflow server` on loopback, a free port, a SQLite backend and a local
+# artifact folder in a temp dir, stopped (its process group) at the end of the session.
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    import subprocess
+    import sys
+    import urllib.request
+
+    from server_stack import free_port
+
+    pytest.importorskip("mlflow", reason="the tracking extra: scripts/bootstrap dev,server,tracking")
+    home = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--artifacts-destination", str(home / "art")]
+    log = open(home / "server.log", "wb")
+    server = subprocess.Popen([*command, "--workers", "1"], cwd=home, stdout=log, stderr=log, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300  # its SQLite migrations take a minute and more on a busy two-core machine
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(1)
+        yield uri
+    finally:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+            if server.poll() is None:
+                os.killpg(server.pid, sig)
+                try:
+                    server.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    continue
+        log.close()

@@ -26,6 +26,7 @@ from r1lib.config.data import (
 from r1lib.config.methods import Method, TrainMethods
 from r1lib.config.model import EmbeddedModelConfig, ModelConfig
 from r1lib.config.stages import EvalConfig, ExportConfig, FairnessConfig, SmokeConfig
+from r1lib.config.tracking import RegistryConfig, TrackingConfig
 from r1lib.config.train import LoraSettings, TrainConfig
 from r1lib.paths import OutputPath
 
@@ -46,12 +47,14 @@ __all__ = [
     "Method",
     "ModelConfig",
     "PipelineConfig",
+    "RegistryConfig",
     "RunnerConfig",
     "Section",
     "Seed",
     "SmokeConfig",
     "TokenizeConfig",
     "TrainConfig",
+    "TrackingConfig",
     "TrainMethods",
     "Unique",
 ]
@@ -80,6 +83,8 @@ class PipelineConfig(Section):
     export: ExportConfig = ExportConfig()
     smoke: SmokeConfig = SmokeConfig()
     fairness: FairnessConfig = FairnessConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
     stop_after: Literal["tokenize"] | None = Field(
         None,
         description="'tokenize': run the data stages only (their outputs and the summary's data lines), no training; "
@@ -105,5 +110,12 @@ class PipelineConfig(Section):
 
         # The runner's kind, address and workers change where the data stages run, not what they write.
         # stop_after: a data-only run shares the full run's folder and cached stages.
-        exclude = {"run_name": True, "stop_after": True, "runner": {"kind", "address", "workers"}}
+        # tracking and registry: where the numbers go, not what is computed.
+        exclude = {
+            "run_name": True,
+            "stop_after": True,
+            "runner": {"kind", "address", "workers"},
+            "tracking": True,
+            "registry": True,
+        }
         return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()

@@ -53,6 +53,19 @@ class EvalConfig(Section):
         None, description="Local folder with the lm_eval task YAMLs/data (never downloaded)."
     )
     lm_eval_limit: int | None = Field(None, ge=1, le=MAX_COUNT, description="Examples per lm_eval task (None: all).")
+    lm_eval_strip_thinking: bool = Field(
+        True,
+        description="Score only the answer after the last </think> (lm-eval's think_end_token); false scores the "
+        "whole response, reasoning included.",
+    )
+    lm_eval_thinking_tokens: int = Field(
+        2048,
+        ge=0,
+        le=1_048_576,
+        description="Thinking budget per lm_eval answer: generation stops at this plus lm_eval_answer_tokens new "
+        "tokens, and a response still inside its think block there has no answer (scored wrong).",
+    )
+    lm_eval_answer_tokens: int = Field(256, ge=1, le=1_048_576, description="New tokens for the answer after thinking.")
     generation: Literal["auto", "merged", "adapter"] = Field(
         "auto",
         description="How the held-out rows are generated and scored. merged: the 4-bit base dequantized once and the "

@@ -16,6 +16,10 @@ update.
 
     python -m r1lib.ops.registry list registry/          # versions, metrics, champion
     python -m r1lib.ops.registry rollback registry/      # make the previous champion the champion again
+
+A second home (``registry.backend: mlflow``, r1lib/ops/mlflow_registry.py) is recorded in the index (``attach``):
+from then on every version, promotion, rejection and removal is mirrored into that MLflow model registry, and the
+champion is read from its ``champion`` alias.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from r1lib.errors import ConfigError
 from r1lib.export.gguf import GGUFFile
 from r1lib.io import write_json
 from r1lib.paths import PROJECT_DIR
@@ -136,6 +141,32 @@ class Registry:
             return {"champion": None, "versions": []}
         return json.loads(self.index_path.read_text(encoding="utf-8"))
 
+    # --- the MLflow home ------------------------------------------------------------------------------------------
+
+    def attach(self, backend: str, uri: str | None = None, model_name: str = "r1-finetune") -> None:
+        """Record where this registry is mirrored (``mlflow``: the model ``model_name`` at ``uri``; ``folder``:
+        nowhere). Versions registered before stay where they were."""
+        if backend == "mlflow" and not uri:
+            raise ConfigError("registry.backend = mlflow needs registry.uri (or tracking.uri): the MLflow server")
+        home = {"uri": uri, "model_name": model_name} if backend == "mlflow" else None
+        if self.load().get("mlflow") == home:
+            return  # nothing changes (a folder registry that was never mirrored stays untouched)
+        with self.update() as index:
+            if backend == "mlflow":
+                index["mlflow"] = {"uri": uri, "model_name": model_name}
+            else:
+                index.pop("mlflow", None)
+
+    @property
+    def mirror(self):
+        """The attached MLflow registry (``MlflowRegistry``), or None."""
+        home = self.load().get("mlflow")
+        if not home:
+            return None
+        from r1lib.ops.mlflow_registry import MlflowRegistry
+
+        return MlflowRegistry(home["uri"], home["model_name"])
+
     @contextlib.contextmanager
     def update(self) -> Iterator[dict]:
         """Lock, read, let the block change the index, write it back atomically (only if the block finished)."""
@@ -153,6 +184,10 @@ class Registry:
         return next((v for v in self.versions() if v.version == version), None)
 
     def champion(self) -> Version | None:
+        """The champion: the version the MLflow home's ``champion`` alias names when attached, else the index's."""
+        if (mirror := self.mirror) is not None:
+            number = mirror.champion_number()
+            return None if number is None else self.get(number)
         index = self.load()
         return next((Version.model_validate(v) for v in index["versions"] if v["version"] == index["champion"]), None)
 
@@ -212,6 +247,8 @@ class Registry:
                 adapter=stored_adapter,
                 ggufs=stored_ggufs,
             )
+            if (mirror := self.mirror) is not None:  # inside the update: a failed mirror leaves the index as it was
+                mirror.add(record)
             index["versions"].append(record.model_dump(mode="json"))
         return record
 
@@ -221,6 +258,8 @@ class Registry:
             index["versions"] = [v for v in index["versions"] if v["version"] != number]
             if index["champion"] == number:
                 index["champion"] = None
+        if (mirror := self.mirror) is not None:
+            mirror.remove(number)
         shutil.rmtree(self.root / "models" / f"v{number}", ignore_errors=True)
 
     def set_status(self, number: int, status: str, decision: str | None = None) -> None:
@@ -230,6 +269,8 @@ class Registry:
                     v["status"] = status
                     if decision is not None:
                         v["decision"] = decision
+        if (mirror := self.mirror) is not None:
+            mirror.set_status(number, status, decision)
 
     def set_champion(self, number: int | None) -> int | None:
         """Make ``number`` the champion (None: no champion); returns the previous champion's number."""
@@ -244,7 +285,9 @@ class Registry:
                     v["status"] = "champion"
                 elif v["version"] == previous and v["status"] == "champion":
                     v["status"] = "retired"
-            return previous
+        if (mirror := self.mirror) is not None:
+            mirror.set_champion(number)
+        return previous
 
     def rollback(self) -> int | None:
         """Re-promote the most recent earlier champion (one that was retired); returns the new champion's number."""

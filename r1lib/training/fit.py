@@ -57,6 +57,8 @@ class FitSpec(BaseModel):
     accumulation: int  # per process
     trainer_args: dict = {}
     quant_storage: str | None = None
+    report_to: str = "none"  # tracking.report_to
+    run_name: str | None = None
 
 
 class FitOutcome(BaseModel):
@@ -276,6 +278,8 @@ def fit(spec: FitSpec, progress_hook=None, extra_callbacks=()) -> FitOutcome:
             callbacks=callbacks,
             trainer_args=spec.trainer_args,
             quant_storage=spec.quant_storage,
+            report_to=spec.report_to,
+            run_name=spec.run_name,
         )
     )
     if spec.resume and (finished := _finished_state(Path(spec.resume))):

@@ -40,6 +40,8 @@ class TrainerSpec(BaseModel):
     callbacks: list = []
     trainer_args: dict = {}  # the launch preset's TrainingArguments (DDP / FSDP), applied over ours
     quant_storage: str | None = None  # the 4-bit weights' storage dtype (FSDP shards them)
+    report_to: str = "none"  # tracking.report_to: the tracker the trainer logs to live (r1lib/ops/tracking.py)
+    run_name: str | None = None  # the tracker run's name (the run folder's)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,9 @@ def shared_settings(spec: TrainerSpec) -> dict:
         greater_is_better=False,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
+        # The tracker run itself is opened by the flow (r1lib/ops/tracking.py); its integration finds it there.
+        report_to=spec.report_to,
+        run_name=spec.run_name,
         use_cpu=not cuda,
         dataloader_num_workers=0,
         remove_unused_columns=False,
