@@ -1,6 +1,7 @@
 """DPO training throughput and peak memory: the pipeline's DPO against TRL's plain ``DPOTrainer``.
 
-    python bench/dpo_throughput.py --shape llama8b --out bench/results --tag h100      # GPU: ~4 min on one H100
+    python bench/dpo_throughput.py --shape llama8b --build-only                        # GPU: the model, once
+    python bench/dpo_throughput.py --shape llama8b --out bench/results --tag h100      # GPU: both sides
     python bench/dpo_throughput.py --shape tiny --steps 2 --warmup 1 --seq 64          # CPU: the same path, a toy shape
 
 Both sides train the same preference pairs (random token ids: every side ``--seq`` tokens, the first
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--work", default="/tmp/bench-dpo")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--timeout-s", type=float, default=540, help="per side")
+    parser.add_argument("--timeout-s", type=float, default=270, help="per side")
+    parser.add_argument("--build-only", action="store_true", help="only build and save the random-weight model")
     parser.add_argument("--child", choices=["pipeline", "plain"])
     parser.add_argument("--results")
     args = parser.parse_args(argv)
@@ -357,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     build_model_dir(args.shape, work / "models")
+    if args.build_only:
+        return None
     stem = f"dpo_throughput{'_' + args.tag if args.tag else ''}"
     results_path = work / f"{stem}.jsonl"
     results_path.unlink(missing_ok=True)
