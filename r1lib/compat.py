@@ -31,25 +31,31 @@ def install_torch_chunked_logprob() -> None:
     class TorchChunkedLogProb:
         @staticmethod
         def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
-            results = {name: [] for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")}
+            # Only what the caller asks for, each one pass over the vocabulary: on a CPU these passes are the step.
+            names = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+            results = {name: [] for name in names}
             for start in range(0, hidden.shape[0], 1024):
                 logits = torch.nn.functional.linear(hidden[start : start + 1024], weight, bias).float()
-                logits = logits * (logit_scale or 1.0)
+                if logit_scale and logit_scale != 1.0:
+                    logits = logits * logit_scale
                 if softcap:
                     logits = torch.tanh(logits / softcap) * softcap
-                logp = (logits / temperature).log_softmax(-1)
+                if temperature != 1.0:
+                    logits = logits / temperature
                 target = targets[start : start + 1024]
-                results["log_probs"].append(logp.gather(-1, target[:, None]).squeeze(-1))
+                log_norm = torch.logsumexp(logits, -1)
+                results["log_probs"].append(logits.gather(-1, target[:, None]).squeeze(-1) - log_norm)
                 with torch.no_grad():
-                    probs = logp.exp()
-                    results["entropy"].append(-(probs * logp).sum(-1))
-                    results["log_sum_sq_probs"].append(torch.logsumexp(2 * logp, -1))
-                    results["mean_logits"].append(logits.mean(-1))
-                    results["is_top1"].append(logits.argmax(-1) == target)
-            return tuple(
-                torch.cat(results[name]) if (name == "log_probs" or name in outputs) and results[name] else None
-                for name in results
-            )
+                    if "entropy" in outputs:
+                        shifted = logits - log_norm[:, None]
+                        results["entropy"].append(-(shifted.exp() * shifted).sum(-1))
+                    if "log_sum_sq_probs" in outputs:
+                        results["log_sum_sq_probs"].append(torch.logsumexp(2 * logits, -1) - 2 * log_norm)
+                    if "mean_logits" in outputs:
+                        results["mean_logits"].append(logits.mean(-1))
+                    if "is_top1" in outputs:
+                        results["is_top1"].append(logits.argmax(-1) == target)
+            return tuple(torch.cat(results[name]) if results[name] else None for name in names)
 
     trl_utils._ChunkedLogProbFunction = TorchChunkedLogProb
 

@@ -30,6 +30,14 @@ class DpoSettings(Section):
         description="sigmoid: the DPO loss; ipo: IPO; hinge: SLiC; robust: robust DPO; sigmoid_norm: "
         "length-normalized DPO.",
     )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Weight of an SFT loss (mean negative log-likelihood of the chosen answer's scored tokens) added "
+        "to the preference loss (RPO); 0: the preference loss alone. It keeps the chosen answer likely while the "
+        "rejected one is pushed down.",
+    )
 
 
 class OrpoSettings(Section):

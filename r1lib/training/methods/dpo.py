@@ -13,13 +13,25 @@ from r1lib.training.methods.base import ScoredOnly, TrainerSpec, TrainingMethod,
 log = logging.getLogger(__name__)
 
 
+def losses(settings) -> dict[str, float]:
+    """TRL's ``loss_type`` -> ``loss_weights`` for ``train.dpo``: the preference loss, plus the SFT loss on the chosen
+    side (RPO) when ``sft_weight`` is set."""
+    return {settings.loss_type: 1.0, **({"sft": settings.sft_weight} if settings.sft_weight else {})}
+
+
 def build(spec: TrainerSpec, model, tokenizer):
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     settings = spec.cfg.dpo
+    weights = losses(settings)
     args = trainer_arguments(
-        spec, DPOConfig, beta=settings.beta, loss_type=[settings.loss_type], max_length=spec.max_seq_length
+        spec,
+        DPOConfig,
+        beta=settings.beta,
+        loss_type=list(weights),
+        loss_weights=list(weights.values()),
+        max_length=spec.max_seq_length,
     )
     collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=spec.max_seq_length)
     trainer = pretokenized_preference_trainer(DPOTrainer)(
@@ -31,7 +43,7 @@ def build(spec: TrainerSpec, model, tokenizer):
         data_collator=ScoredOnly(collator, ("chosen", "rejected")),
         callbacks=list(spec.callbacks),
     )
-    log.info("dpo: beta %g, loss %s; reference policy: %s", settings.beta, settings.loss_type,
+    log.info("dpo: beta %g, losses %s; reference policy: %s", settings.beta, weights,
              reference_policy(trainer, spec))  # fmt: skip
     return trainer
 

@@ -28,6 +28,15 @@ def test_dpo_arguments_come_from_the_spec_and_its_section():
     assert not args.remove_unused_columns and args.per_device_train_batch_size == 2
 
 
+def test_sft_weight_adds_the_sft_loss_on_the_chosen_side():
+    from r1lib.config import TrainConfig
+    from r1lib.training.methods.dpo import losses
+
+    assert losses(TrainConfig(method="dpo").dpo) == {"sigmoid": 1.0}
+    rpo = TrainConfig(method="dpo", dpo={"loss_type": "ipo", "sft_weight": 0.5})
+    assert losses(rpo.dpo) == {"ipo": 1.0, "sft": 0.5}
+
+
 def test_the_collator_scores_only_labelled_tokens_chosen_rows_first():
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
