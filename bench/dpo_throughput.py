@@ -79,7 +79,9 @@ def build_model_dir(shape_name: str, root: Path) -> Path:
         return path
     started = time.monotonic()
     with torch.device("cuda" if cuda() else "cpu"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**shape), dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.for_model(**shape), dtype=torch.bfloat16, trust_remote_code=False
+        )
     model.save_pretrained(path, safe_serialization=True)
     vocab = {f"w{i}": i for i in range(1000)}
     vocab.update({"<unk>": 1000, "<pad>": 1001, "<bos>": shape["bos_token_id"], "<eos>": shape["eos_token_id"]})
@@ -173,7 +175,11 @@ def plain_trainer(args, rows, model_dir: Path, callbacks):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
     )
     model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), quantization_config=quantization, dtype=dtype, device_map={"": 0} if on_gpu else None
+        str(model_dir),
+        quantization_config=quantization,
+        dtype=dtype,
+        device_map={"": 0} if on_gpu else None,
+        trust_remote_code=False,
     )
     lora = LoraConfig(
         r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -206,7 +212,7 @@ def plain_trainer(args, rows, model_dir: Path, callbacks):
         model=model,
         args=config,
         train_dataset=rows,
-        processing_class=AutoTokenizer.from_pretrained(str(model_dir)),
+        processing_class=AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False),
         peft_config=lora,
         callbacks=callbacks,
     )

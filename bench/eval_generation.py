@@ -44,7 +44,9 @@ def random_adapter(model_dir: Path, out_dir: Path, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map={"": device})
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16, device_map={"": device}, trust_remote_code=False
+    )
     model = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, target_modules=LORA_TARGETS))
     with torch.no_grad():
         for name, param in model.named_parameters():

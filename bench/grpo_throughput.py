@@ -143,10 +143,14 @@ def run_trl(spec: dict, work: Path) -> dict:
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
     )
     model = AutoModelForCausalLM.from_pretrained(
-        spec["model_dir"], quantization_config=quant, dtype=dtype, device_map={"": 0} if cuda else None
+        spec["model_dir"],
+        quantization_config=quant,
+        dtype=dtype,
+        device_map={"": 0} if cuda else None,
+        trust_remote_code=False,
     )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"], trust_remote_code=False)
     tokenizer.padding_side = "left"
     functions, weights = trl_rewards(
         cfg.grpo.rewards.model_dump(), cfg.grpo.max_completion_length, cfg.grpo.overlong_buffer
