@@ -191,9 +191,12 @@ def main() -> int:
     parser.add_argument("--sft-steps", type=int, default=SFT["max_steps"])
     parser.add_argument("--learning-rate", type=float, default=GRPO["learning_rate"], help="of GRPO")
     parser.add_argument("--temperature", type=float, default=GRPO["grpo"]["temperature"])
+    parser.add_argument("--format-weight", type=float, default=0.5, help="train.grpo.rewards.format")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
-    grpo = {"learning_rate": args.learning_rate, "grpo": {**GRPO["grpo"], "temperature": args.temperature}}
+    rewards = {"format": args.format_weight, "correctness": 1.0, "overlong": 1.0}
+    grpo = {"learning_rate": args.learning_rate,
+            "grpo": {**GRPO["grpo"], "temperature": args.temperature, "rewards": rewards}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="grpo-signal-") as work:
         result = run(args.seeds, args.grpo_steps, Path(work), args.sft_steps, **grpo)
     text = table(result)
