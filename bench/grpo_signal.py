@@ -32,12 +32,12 @@ RESULTS = ROOT / "bench" / "results"
 SFT = {"max_steps": 8, "learning_rate": 1e-2, "micro_batch_size": 16, "gradient_accumulation": 1,
        "gradient_checkpointing": False}  # fmt: skip
 GRPO = {
-    "learning_rate": 5e-3,
+    "learning_rate": 1e-3,
     "micro_batch_size": 16,  # completions per step: 2 prompts x 8
     "gradient_accumulation": 1,
     "gradient_checkpointing": False,
     # a right completion is about 25 tokens ("The sentence names two animals, ... </think> The sentence is about ...")
-    "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 0.8},
+    "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 0.5},
 }
 TRAIN_ROWS, HELD_OUT, REPLAY_ROWS, REPLAY_COPIES = 400, 60, 64, 3
 
