@@ -32,12 +32,12 @@ RESULTS = ROOT / "bench" / "results"
 SFT = {"max_steps": 8, "learning_rate": 1e-2, "micro_batch_size": 16, "gradient_accumulation": 1,
        "gradient_checkpointing": False}  # fmt: skip
 GRPO = {
-    "learning_rate": 5e-3,
+    "learning_rate": 1e-3,
     "micro_batch_size": 16,  # completions per step: 2 prompts x 8
     "gradient_accumulation": 1,
     "gradient_checkpointing": False,
     # a right completion is about 25 tokens ("The sentence names two animals, ... </think> The sentence is about ...")
-    "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 0.8},
+    "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 0.5},
 }
 TRAIN_ROWS, HELD_OUT, REPLAY_ROWS, REPLAY_COPIES = 400, 60, 64, 3
 
@@ -191,9 +191,12 @@ def main() -> int:
     parser.add_argument("--sft-steps", type=int, default=SFT["max_steps"])
     parser.add_argument("--learning-rate", type=float, default=GRPO["learning_rate"], help="of GRPO")
     parser.add_argument("--temperature", type=float, default=GRPO["grpo"]["temperature"])
+    parser.add_argument("--format-weight", type=float, default=0.5, help="train.grpo.rewards.format")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
-    grpo = {"learning_rate": args.learning_rate, "grpo": {**GRPO["grpo"], "temperature": args.temperature}}
+    rewards = {"format": args.format_weight, "correctness": 1.0, "overlong": 1.0}
+    grpo = {"learning_rate": args.learning_rate,
+            "grpo": {**GRPO["grpo"], "temperature": args.temperature, "rewards": rewards}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="grpo-signal-") as work:
         result = run(args.seeds, args.grpo_steps, Path(work), args.sft_steps, **grpo)
     text = table(result)
