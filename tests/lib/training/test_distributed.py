@@ -103,47 +103,22 @@ def test_presets_are_data_files_chosen_by_the_config(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ddp_trains_like_one_process_leaves_no_orphan_rank_when_killed_and_rank_zero_writes_one_adapter(
+def test_ddp_over_two_processes_trains_like_one_process_and_rank_zero_writes_one_adapter(
     small_dataset, rerun_after_final_checkpoint, tmp_path
 ):
-    """Two ranks train 6 steps; the task's process is killed with SIGKILL after checkpoint 3 and run again, and then
-    once more after its final checkpoint. (These were two tests, each starting its own ranks: one that trained 6
-    steps uninterrupted, and one killed at checkpoint 3 of 9 and resumed.) The one-process reference is the
-    session's 6-step training of the same settings (conftest.py: rerun_after_final_checkpoint)."""
-    train_dir = tmp_path / "ddp"
-    proc = start(small_dataset, train_dir, processes=2, steps=6)
-    deadline = time.monotonic() + 600
-    while not list(train_dir.glob("checkpoints/*/checkpoint-3/checkpoint-complete.json")):
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.kill()  # SIGKILL of the task's process: the ranks get SIGTERM from the kernel (PR_SET_PDEATHSIG)
-    proc.wait()
+    """The one-process reference is the session's 6-step training of the same settings in the test process
+    (conftest.py: rerun_after_final_checkpoint; this test used to train it in a child process of its own)."""
+    ddp = finish(start(small_dataset, tmp_path / "ddp", processes=2, steps=6))
 
-    def ranks() -> str:
-        command = ["pgrep", "-f", f"r1lib.training.launcher {train_dir}/launch/spec.json"]
-        return subprocess.run(command, capture_output=True, text=True).stdout.strip()
-
-    gone_by = time.monotonic() + 5  # the ranks' SIGTERM handling gets 5 s, as long as it ends within them
-    while ranks() and time.monotonic() < gone_by:
-        time.sleep(0.2)
-    assert ranks() == "", f"orphaned ranks still running: {ranks()}"
-    if proc.pid:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # tidy up should the assertion above have failed
-        except ProcessLookupError:
-            pass
-
-    ddp = finish(start(small_dataset, train_dir, processes=2, steps=6))
-    assert ddp["resumed_from"] and ddp["resumed_from"].rsplit("-", 1)[-1] == "3"
     assert (ddp["processes"], ddp["launch"], ddp["steps"]) == (2, "ddp", 6)
     # Same effective batch (4 x 2 on one process, 4 x 1 on each of two): the same rows per step, so the same losses
-    # up to floating-point reduction order, across the kill too.
+    # up to floating-point reduction order.
     assert ddp["micro_batch_size"] * ddp["gradient_accumulation"] * 2 == 8
     single = rerun_after_final_checkpoint["first"]
     assert (single.processes, single.micro_batch_size, single.gradient_accumulation) == (1, 4, 2)
     assert losses(ddp) == pytest.approx(rerun_after_final_checkpoint["first_losses"], rel=0.02)
     # Rank 0 wrote the artifacts once; each rank its own RNG state in the checkpoint.
+    train_dir = tmp_path / "ddp"
     assert sorted(p.name for p in train_dir.iterdir()) == [
         ".lock",
         "adapter",
@@ -169,6 +144,39 @@ def test_ddp_trains_like_one_process_leaves_no_orphan_rank_when_killed_and_rank_
     published = load_file(train_dir / "adapter" / "adapter_model.safetensors")
     saved = load_file(last / "adapter_model.safetensors")
     assert published.keys() == saved.keys() and all(published[k].equal(saved[k]) for k in saved)
+
+
+@pytest.mark.slow
+def test_killed_ddp_training_leaves_no_orphan_rank_and_resumes(small_dataset, tmp_path):
+    """Killed after checkpoint 3 of 6 (it was 9 steps: the three more proved nothing more)."""
+    out = tmp_path / "ddp"
+    proc = start(small_dataset, out, processes=2, steps=6)
+    deadline = time.monotonic() + 600
+    while not list(out.glob("checkpoints/*/checkpoint-3/checkpoint-complete.json")):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL of the task's process: the ranks get SIGTERM from the kernel (PR_SET_PDEATHSIG)
+    proc.wait()
+
+    def ranks() -> str:
+        command = ["pgrep", "-f", f"r1lib.training.launcher {out}/launch/spec.json"]
+        return subprocess.run(command, capture_output=True, text=True).stdout.strip()
+
+    gone_by = time.monotonic() + 5  # the ranks' SIGTERM handling gets 5 s, as long as it ends within them
+    while ranks() and time.monotonic() < gone_by:
+        time.sleep(0.2)
+    assert ranks() == "", f"orphaned ranks still running: {ranks()}"
+    if proc.pid:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # tidy up should the assertion above have failed
+        except ProcessLookupError:
+            pass
+
+    resumed = finish(start(small_dataset, out, processes=2, steps=6))
+    assert resumed["resumed_from"] and resumed["resumed_from"].rsplit("-", 1)[-1] == "3"
+    assert resumed["steps"] == 6
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_the_ddp_deployment_picks_the_ddp_preset_through_its_parameters():
