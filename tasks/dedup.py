@@ -16,9 +16,17 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from r1lib.config import DedupConfig
-from r1lib.data.duplicates import MinHasher, find_duplicates, find_leaks, hash64, lsh_params, normalize_text
+from r1lib.data.duplicates import (
+    MinHasher,
+    conversation_text,
+    find_duplicates,
+    find_leaks,
+    hash64,
+    lsh_params,
+    normalize_text,
+    prompt_text,
+)
 from r1lib.data.holdout import HeldOutSource
-from r1lib.data.preference import preference_texts
 from r1lib.data.records import location
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import DataValidationError
@@ -48,31 +56,6 @@ class DedupReport(BaseModel):
             "train": (self.train_in - self.split_to_test - self.train_out, self.train_in),
             "test": (self.test_in + self.split_to_test - self.test_out, self.test_in + self.split_to_test),
         }
-
-
-# --- text keys ----------------------------------------------------------------------------------------------------
-
-
-def conversation_text(record: dict) -> str:
-    """Everything a row says: system, turns and, for a preference row, its answers (two pairs of one prompt differ)."""
-    parts = [record["system"]] if record.get("system") else []
-    return "\n".join(parts + [m["content"] for m in record["messages"]] + [t for _, t in preference_texts(record)])
-
-
-def prompt_text(record: dict) -> str:
-    parts = [record["system"]] if record.get("system") else []
-    return "\n".join(parts + [m["content"] for m in record["messages"] if m["role"] == "user"])
-
-
-def is_test_item(record: dict, fraction: float, salt: str) -> bool:
-    """The stable split: depends only on this row's normalized prompt, never on the other rows."""
-    return fraction > 0 and hash64(normalize_text(prompt_text(record)), salt) < fraction * 2**64
-
-
-# --- MinHash (datasketch affine32 scheme, vectorized over batches) -------------------------------------------------
-
-
-# --- the plan: which rows go ---------------------------------------------------------------------------------------
 
 
 # --- keys (map), plan (reduce), survivors (map) ----------------------------------------------------------------------

@@ -35,7 +35,7 @@ from r1lib.data.chat_template import THINK_CLOSE, THINK_OPEN, completion_text, r
 from r1lib.data.preference_tokens import PreferenceRows, PreferenceShard, merge_preference
 from r1lib.data.records import location
 from r1lib.data.shards import JsonlWriter, Shard, chunked
-from r1lib.data.tokenized import check_dropped, rows_table, token_features, write_dataset
+from r1lib.data.tokenized import check_dropped, contains_run, rows_table, token_features, write_dataset
 from r1lib.errors import DataValidationError, PermanentError
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
 from r1lib.paths import InputPath, OutputPath
@@ -253,7 +253,7 @@ def tokenize_records(
         audit["bos_ok"] += 1
         # The labels that are not IGNORE: exactly those after the prompt (token ids are never -100).
         labels = row["labels"][row["prompt_len"] :]
-        audit["think_in_labels"] += _contains(labels, think_close_ids)
+        audit["think_in_labels"] += contains_run(labels, think_close_ids)
         audit["eos_at_end"] += labels[-1:] == [eos_id]
         rows.append({"input_ids": row["input_ids"], "labels": row["labels"]})
     return rows, quarantined, audit
@@ -266,22 +266,6 @@ def _encoded(tokenizer, records, cfg: TokenizeConfig, cache: IdsCache):
     it = iter(records)
     while chunk := list(islice(it, CHUNK_ROWS)):
         yield from zip(chunk, encode_batch(tokenizer, chunk, cfg, cache))
-
-
-def _contains(seq: list[int], sub: list[int]) -> bool:
-    """Whether ``sub`` occurs in ``seq`` as a contiguous run (the empty run occurs everywhere)."""
-    n = len(sub)
-    if n == 0:
-        return True
-    first, i = sub[0], 0
-    try:
-        while True:
-            i = seq.index(first, i)
-            if seq[i : i + n] == sub:
-                return True
-            i += 1
-    except ValueError:
-        return False
 
 
 def decoded_example(tokenizer, row: dict) -> dict:

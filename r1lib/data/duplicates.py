@@ -16,6 +16,7 @@ import unicodedata
 import numpy as np
 
 from r1lib.compat import lsh_optimal_params, minhash_fmix
+from r1lib.data.preference import preference_texts
 
 _WS_RE = re.compile(r"\s+")
 
@@ -219,3 +220,22 @@ def find_leaks(
         for i, j in pairs[ok].tolist():
             leaks.setdefault(i, j - n)
     return leaks
+
+
+# --- the rows' text keys -------------------------------------------------------------------------------------------
+
+
+def conversation_text(record: dict) -> str:
+    """Everything a row says: system, turns and, for a preference row, its answers (two pairs of one prompt differ)."""
+    parts = [record["system"]] if record.get("system") else []
+    return "\n".join(parts + [m["content"] for m in record["messages"]] + [t for _, t in preference_texts(record)])
+
+
+def prompt_text(record: dict) -> str:
+    parts = [record["system"]] if record.get("system") else []
+    return "\n".join(parts + [m["content"] for m in record["messages"] if m["role"] == "user"])
+
+
+def is_test_item(record: dict, fraction: float, salt: str) -> bool:
+    """The stable split: depends only on this row's normalized prompt, never on the other rows."""
+    return fraction > 0 and hash64(normalize_text(prompt_text(record)), salt) < fraction * 2**64

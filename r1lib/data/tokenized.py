@@ -117,3 +117,19 @@ def check_dropped(
     import logging
 
     logging.getLogger("tasks.tokenize").warning(message)
+
+
+def contains_run(seq: list[int], sub: list[int]) -> bool:
+    """Whether ``sub`` occurs in ``seq`` as a contiguous run (the empty run occurs everywhere)."""
+    n = len(sub)
+    if n == 0:
+        return True
+    first, i = sub[0], 0
+    try:
+        while True:
+            i = seq.index(first, i)
+            if seq[i : i + n] == sub:
+                return True
+            i += 1
+    except ValueError:
+        return False

@@ -9,10 +9,10 @@ from conftest import r1, write_lines
 from pydantic import ValidationError
 
 from r1lib.config import DataConfig, DedupConfig
-from r1lib.data.duplicates import MinHasher, band_keys, candidate_pairs, find_duplicates, lsh_params
+from r1lib.data.duplicates import MinHasher, band_keys, candidate_pairs, find_duplicates, is_test_item, lsh_params
 from r1lib.data.records import make_record
 from r1lib.data.row_formats import normalize
-from tasks.dedup import dedup, dedup_files, is_test_item
+from tasks.dedup import dedup, dedup_files
 from tasks.validate import validate
 
 WORDS = (

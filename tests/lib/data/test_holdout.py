@@ -8,10 +8,11 @@ import pytest
 from conftest import write_lines
 
 from r1lib.config import DataConfig, DedupConfig
+from r1lib.data.duplicates import is_test_item
 from r1lib.data.holdout import held_out_configs, held_out_source, is_shipped_sample
 from r1lib.errors import ConfigError
 from r1lib.presets import config_from_args
-from tasks.dedup import dedup_files, is_test_item
+from tasks.dedup import dedup_files
 from tasks.validate import validate
 
 SAMPLE_TEST = "data/sample/test.jsonl"
