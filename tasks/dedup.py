@@ -98,7 +98,10 @@ def record_keys(records: list[dict], cfg: DedupConfig, hasher: MinHasher | None,
     out["prompt"] = [hash64(p) for p in prompts]
     if cfg.split_test_fraction > 0:
         limit = cfg.split_test_fraction * 2**64
-        out["to_test"] = [hash64(p, cfg.split_salt) < limit for p in prompts]
+        # A labelled answer (KTO) is never held out: held-out preference rows are pairs (preference accuracy).
+        out["to_test"] = [
+            r.get("preference") != "label" and hash64(p, cfg.split_salt) < limit for r, p in zip(records, prompts)
+        ]
     out["pair"] = [r.get("preference") == "pair" for r in records]
     if cfg.preference_test_fraction > 0:
         limit = cfg.preference_test_fraction * 2**64
