@@ -105,8 +105,11 @@ def scored(model_dir: str, adapter: str | None, held_out: list[dict], replay: st
     return {**rewards.model_dump(), "replay_perplexity": round(perplexity(model, replay, batch_size=16), 4)}
 
 
-def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max_steps"], **grpo) -> dict:
-    """SFT once, then GRPO per seed (``grpo``: train-section fields over GRPO's); every figure the JSON holds."""
+def run(
+    seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max_steps"], grpo_on_task: bool = True, **grpo
+) -> dict:
+    """SFT once, then GRPO per seed (``grpo``: train-section fields over GRPO's); every figure the JSON holds.
+    ``grpo_on_task``: GRPO samples task prompts only (the held-out task), not the general replay rows SFT mixes in."""
     from r1lib.config import EmbeddedModelConfig
     from r1lib.model.embedded import build_tokenizer, ensure_embedded_model
     from r1lib.training.methods.grpo import grpo_rows
@@ -117,7 +120,8 @@ def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max
     from datasets import concatenate_datasets, load_from_disk
 
     # general rows mixed in, as the tiny preset's replay does (about a third of the rows), so SFT keeps forgetting low
-    task = load_from_disk(tokenized(tokenizer, "train.jsonl", TRAIN_ROWS, work / "task"))
+    task_dir = tokenized(tokenizer, "train.jsonl", TRAIN_ROWS, work / "task")
+    task = load_from_disk(task_dir)
     mixed = concatenate_datasets([task] + [load_from_disk(replay)] * REPLAY_COPIES).shuffle(seed=0)
     mixed.save_to_disk(str(work / "train"))
     train = str(work / "train")
@@ -132,7 +136,7 @@ def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max
     runs = []
     for seed in seeds:
         adapter, seconds, last = fit_adapter(
-            model_dir, train, work / f"grpo-{seed}", seed,
+            model_dir, task_dir if grpo_on_task else train, work / f"grpo-{seed}", seed,
             **{**GRPO, **grpo, "method": "grpo", "max_steps": grpo_steps, "init_adapter": sft_adapter},
         )  # fmt: skip
         after = scored(model_dir, adapter, held_out, replay)
@@ -148,7 +152,7 @@ def run(seeds: list[int], grpo_steps: int, work: Path, sft_steps: int = SFT["max
         "date": date.today().isoformat(),
         "held_out_prompts": len(held_out),
         "sft": {"steps": sft_steps, "seconds": sft_s, **SFT, "max_steps": sft_steps},
-        "grpo": {"steps": grpo_steps, **GRPO, **grpo},
+        "grpo": {"steps": grpo_steps, "prompts": "task rows" if grpo_on_task else "task + replay rows", **GRPO, **grpo},
         "base": base,
         "before_sft": sft,
         "sft_forgetting_ratio": round(sft["replay_perplexity"] / base["replay_perplexity"], 4),
@@ -191,14 +195,17 @@ def main() -> int:
     parser.add_argument("--sft-steps", type=int, default=SFT["max_steps"])
     parser.add_argument("--learning-rate", type=float, default=GRPO["learning_rate"], help="of GRPO")
     parser.add_argument("--temperature", type=float, default=GRPO["grpo"]["temperature"])
+    parser.add_argument("--beta", type=float, default=0.04, help="train.grpo.beta (KL towards the SFT adapter)")
     parser.add_argument("--format-weight", type=float, default=0.5, help="train.grpo.rewards.format")
+    parser.add_argument("--grpo-on-mixed", action="store_true", help="GRPO on the SFT mix (task + replay rows)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     rewards = {"format": args.format_weight, "correctness": 1.0, "overlong": 1.0}
     grpo = {"learning_rate": args.learning_rate,
-            "grpo": {**GRPO["grpo"], "temperature": args.temperature, "rewards": rewards}}  # fmt: skip
+            "grpo": {**GRPO["grpo"], "temperature": args.temperature, "beta": args.beta,
+                     "rewards": rewards}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="grpo-signal-") as work:
-        result = run(args.seeds, args.grpo_steps, Path(work), args.sft_steps, **grpo)
+        result = run(args.seeds, args.grpo_steps, Path(work), args.sft_steps, not args.grpo_on_mixed, **grpo)
     text = table(result)
     print(text)
     stem = f"grpo_signal-{result['date']}{'-' + args.tag if args.tag else ''}"

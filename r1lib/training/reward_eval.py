@@ -4,9 +4,12 @@ bench/grpo_signal.py and the GRPO acceptance test compare an SFT adapter with th
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pydantic import BaseModel
 
 from r1lib.config import EvalConfig, ModelConfig
+from r1lib.data.chat_template import EOS, extract_answer
 from r1lib.training.rewards import correctness_reward, format_reward, think_closed
 
 
@@ -17,6 +20,7 @@ class HeldOutRewards(BaseModel):
     think_closed: float  # share of completions that close their think block
     mean_new_tokens: float
     seconds: float
+    answers: dict[str, int] = {}  # the five most frequent answers after </think>: a policy stuck on one shows here
 
 
 def held_out_rewards(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int = 32) -> HeldOutRewards:
@@ -37,6 +41,7 @@ def held_out_rewards(model, tokenizer, rows: list[dict], max_new_tokens: int, ba
         think_closed=round(sum(think_closed(c) for c, _ in done) / n, 4),
         mean_new_tokens=round(stats.new_tokens / n, 1),
         seconds=stats.seconds,
+        answers=dict(Counter(str(extract_answer(c.split(EOS, 1)[0])) for c, _ in done).most_common(5)),
     )
 
 
