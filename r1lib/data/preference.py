@@ -24,7 +24,7 @@ import unicodedata
 from typing import Any
 
 from r1lib.data.records import RecordError
-from r1lib.data.row_formats import _answer_split, _text, _turns, preference_shape
+from r1lib.data.row_formats import _answer_split, _text, _turns, kto_label, preference_shape
 
 _PROMPT_TEXT_KEYS = ("prompt", "question", "instruction", "query", "input")
 
@@ -83,7 +83,12 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
         raise RecordError("not_preference", None, "the row pairs or labels no answers")
     name = shape[0]
     if shape[1] == "label" or shape[1] == "kto_tag":
-        label = row.get("label", row.get("kto_tag"))
+        key = "label" if "label" in row else "kto_tag"
+        label = kto_label(row[key])
+        if label is None:
+            raise RecordError(
+                "wrong_type", key, f"field '{key}' must be true or false (a KTO label), got {json.dumps(row[key])[:80]}"
+            )
         if "completion" in row:
             prompt, (before, completion) = _prompt(row, max_chars), _answer(row["completion"], "completion", max_chars)
         else:
@@ -91,7 +96,7 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
             prompt = []
         system, prompt = _split_system(prompt + before, row, max_chars)
         return {"kind": "label", "shape": name, "system": system, "prompt": prompt, "completion": completion,
-                "label": bool(label)}  # fmt: skip
+                "label": label}  # fmt: skip
     keys = {
         "non_preferred_output": ("preferred_output", "non_preferred_output"),
         "preferred_output": ("preferred_output", "non_preferred_output"),

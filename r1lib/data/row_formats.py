@@ -65,6 +65,20 @@ _THOUGHT_RE = re.compile(
 _THOUGHT_MARKERS = ("<|begin_of_thought|>", "<|end_of_thought|>", "<|begin_of_solution|>", "<|end_of_solution|>")
 
 
+_TRUE, _FALSE = {"true", "1", "yes", "desirable"}, {"false", "0", "no", "undesirable"}
+
+
+def kto_label(value) -> bool | None:
+    """A KTO label as a bool (true/false, 1/0, "true"/"false", "yes"/"no", any case), or None if it is none of them."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
 def preference_shape(row: dict) -> tuple[str, str] | None:
     """(shape, key) when the row is preference data (it pairs or labels answers), else None. The rows are read into
     one structure for a preference trainer by r1lib/data/preference.py."""
@@ -78,7 +92,9 @@ def preference_shape(row: dict) -> tuple[str, str] | None:
         return "DPO (chosen/rejected)", "rejected" if "rejected" in row else "chosen"
     if "response_chosen" in row or "response_rejected" in row:
         return "ORPO/reward (response_chosen/response_rejected)", "response_rejected"
-    if isinstance(row.get("label"), bool) or "kto_tag" in row:
+    # KTO: prompt/completion/label whatever the label's type (a string "false" must not make it an SFT row to imitate);
+    # beside messages, a label that reads as true/false (a messages row may carry another kind of label).
+    if "kto_tag" in row or ("label" in row and ("completion" in row or kto_label(row["label"]) is not None)):
         return "KTO (a desirable/undesirable label per row)", "label" if "label" in row else "kto_tag"
     output = row.get("output")
     # Parallel input/output lists are a conversation (detect_format), not a ranking.

@@ -134,3 +134,23 @@ def test_a_row_that_pairs_nothing_is_not_preference_data():
     with pytest.raises(RecordError) as info:
         normalize_preference({"instruction": "Q?", "output": "A."})
     assert info.value.reason == "not_preference"
+
+
+@pytest.mark.parametrize("label", ["false", "False", 0, "no", "undesirable"])
+def test_a_kto_label_that_reads_false_is_preference_data_not_an_sft_row(label):
+    """A KTO row whose label is a string or a number must not pass as an SFT row (its undesirable answer imitated)."""
+    from r1lib.data.row_formats import detect_format
+
+    row = {"prompt": "Say hi", "completion": "Go away.", "label": label}
+    with pytest.raises(RecordError) as refused:
+        detect_format(row)
+    assert refused.value.reason == "preference_data" and "train.method=kto" in str(refused.value)
+    assert normalize_preference(row)["label"] is False
+
+
+@pytest.mark.parametrize("label", [None, "maybe", 2, [False]])
+def test_a_kto_label_that_is_not_true_or_false_is_refused_naming_the_field(label):
+    row = {"prompt": "Say hi", "completion": "Hello.", "label": label}
+    with pytest.raises(RecordError) as refused:
+        normalize_preference(row)
+    assert refused.value.reason == "wrong_type" and "'label' must be true or false" in str(refused.value)
