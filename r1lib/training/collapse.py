@@ -10,6 +10,7 @@ and the numbers that showed it (``evaluate.on_collapse``: stop or warn; ``evalua
 from __future__ import annotations
 
 import logging
+import math
 from typing import Protocol
 
 from r1lib.config import PipelineConfig
@@ -42,6 +43,10 @@ class EvaluationNumbers(Protocol):
     forgetting_limit: float | None
 
 
+def _g(number: float | None) -> str:
+    return "none" if number is None else f"{number:g}"
+
+
 def collapse_signs(evaluation: EvaluationNumbers, config: PipelineConfig) -> list[str]:
     """The numbers that say the fine-tuned model collapsed, in words; empty when it did not.
 
@@ -52,9 +57,16 @@ def collapse_signs(evaluation: EvaluationNumbers, config: PipelineConfig) -> lis
     than the evaluation's token budget loses its format score without any of those."""
     base, tuned = evaluation.base, evaluation.tuned
     ratio, limit = evaluation.forgetting_ratio, evaluation.forgetting_limit
+    numbers = (ratio, tuned.replay_perplexity, tuned.format_ok, tuned.repetition_rate)
+    if any(x is not None and not math.isfinite(x) for x in numbers):  # a NaN loss: no comparison below can see it
+        return [
+            f"numbers that are not finite (forgetting {ratio}, general-data perplexity {tuned.replay_perplexity}, "
+            f"R1 format compliance {tuned.format_ok}, repetition {tuned.repetition_rate}): the weights diverged"
+        ]
     collapse = config.evaluate.collapse_forgetting_ratio
     forgetting = (
-        f"forgetting {ratio:g}x (general-data perplexity {base.replay_perplexity:g} -> {tuned.replay_perplexity:g}; "
+        f"forgetting {ratio:g}x (general-data perplexity {_g(base.replay_perplexity)} -> "
+        f"{_g(tuned.replay_perplexity)}; "
         f"limit evaluate.max_forgetting_ratio={limit})"
         if ratio is not None
         else ""

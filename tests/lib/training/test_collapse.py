@@ -82,3 +82,12 @@ def test_a_model_that_did_not_collapse_goes_on(base, tuned):
 def test_without_a_replay_set_format_lost_on_finished_answers_is_a_collapse():
     with pytest.raises(ModelCollapsed, match="R1 format compliance 30% -> 0%"):
         collapse_check(evaluation(scores(0.3, None), scores(0.0, None, truncated_thinking=10)), TINY, steps=5)
+
+
+def test_a_diverged_model_whose_numbers_are_nan_is_a_collapse():
+    """A NaN loss gives NaN forgetting: every comparison with it is false, so it must be a sign by itself."""
+    diverged = evaluation(scores(0.9, 1.5), scores(0.0, float("nan")))
+    signs = collapse_signs(diverged, TINY)
+    assert len(signs) == 1 and "not finite" in signs[0] and "the weights diverged" in signs[0]
+    with pytest.raises(ModelCollapsed):
+        collapse_check(diverged, TINY, steps=3)
