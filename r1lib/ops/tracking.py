@@ -31,11 +31,16 @@ log = logging.getLogger(__name__)
 
 # Keys whose values are secrets whatever they hold, and values that look like a credential wherever they appear.
 SECRET_KEY = re.compile(
-    r"(token|secret|password|passwd|api_?key|credential|private_?key|authorization|(^|_)auth($|_))", re.IGNORECASE
+    r"(token|secret|password|passwd|api[_-]?key|credential|private_?key|authorization|oauth|cookie"
+    r"|(^|[_-])(auth|pass|pw|key|session)($|[_-]))",
+    re.IGNORECASE,
 )
 SECRET_VALUE = re.compile(
-    r"(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}"
-    r"|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}|://[^/\s:@]+:[^/\s@]+@)"
+    r"(hf_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}|://[^/\s@]*:[^/\s@]+@"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----|hooks\.slack\.com/services/|discord(app)?\.com/api/webhooks/"
+    r"|[?&](token|access_token|sig|signature|x-amz-signature|x-amz-credential|code|key|api_key|apikey)=)",
+    re.IGNORECASE,
 )
 REDACTED = "<redacted>"
 PARAM_LIMIT = 6000  # characters MLflow keeps of one parameter value
@@ -63,6 +68,18 @@ def redact(key: str, value: Any) -> Any:
     if SECRET_KEY.search(key.rsplit("/", 1)[-1]) or SECRET_VALUE.search(text):
         return REDACTED
     return value
+
+
+def public_url(url: str | None) -> str | None:
+    """``url`` for a log line or an artifact: its user:password part and its query string dropped when it holds a
+    credential (a tracking URI may carry both)."""
+    if not url or not SECRET_VALUE.search(url):
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = f"{parts.hostname or ''}:{parts.port}" if parts.port else parts.hostname or ""
+    return urlunsplit((parts.scheme, host, parts.path, "", parts.fragment))
 
 
 def redacted_params(config: PipelineConfig) -> dict[str, str]:
@@ -259,7 +276,10 @@ def link_artifact(tracker: Tracker, cfg: TrackingConfig) -> None:
         get_run_context()  # outside a flow run there is no Prefect run to link from
         if tracker.url:
             create_link_artifact(
-                key="tracker-run", link=tracker.url, link_text=f"{tracker.name} run", description="Live metrics"
+                key="tracker-run",
+                link=public_url(tracker.url),
+                link_text=f"{tracker.name} run",
+                description="Live metrics",
             )
         elif isinstance(tracker, TensorBoardTracker):
             create_markdown_artifact(
@@ -268,7 +288,7 @@ def link_artifact(tracker: Tracker, cfg: TrackingConfig) -> None:
         elif isinstance(tracker, MlflowTracker):
             create_markdown_artifact(
                 key="tracker-run",
-                markdown=f"MLflow run `{tracker.run_id}`: `mlflow ui --backend-store-uri {tracker.uri}`",
+                markdown=f"MLflow run `{tracker.run_id}`: `mlflow ui --backend-store-uri {public_url(tracker.uri)}`",
             )
 
 
@@ -288,7 +308,8 @@ def tracked_run(config: PipelineConfig, run_dir: str | Path) -> Iterator[Tracker
     tracker, environment = open_tracker(cfg, Path(run_dir), tags)
     tracker.log_params(redacted_params(config))
     link_artifact(tracker, cfg)
-    log.info("tracking: %s run %s", tracker.name, tracker.url or environment)
+    shown = public_url(tracker.url) or {key: redact(key, public_url(value)) for key, value in environment.items()}
+    log.info("tracking: %s run %s", tracker.name, shown)
     failed = True
     try:
         with patched_environ(environment):

@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from r1lib.ops.tracking import REDACTED, public_url, redact
+
 TOKEN = "hf_abcdefGHIJKLmnopqrSTUVwxyz0123456789"  # a hub token's shape
 AWS = "AKIAABCDEFGHIJKLMNOP"
 
@@ -124,3 +126,32 @@ def test_an_mlflow_run_holds_the_redacted_config_and_closes_finished_or_failed(m
     with pytest.raises(RuntimeError, match="stage failed"), tracked_run(config, tmp_path / "runs" / "bad") as failed:
         raise RuntimeError("stage failed")
     assert client.get_run(failed.run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("url", "https://h.example/x?token=abc123"),
+        ("url", "https://acct.blob.core.windows.net/c/f?sv=2024&sig=abcdef"),
+        ("hook", "https://hooks.slack.com/services/T000/B000/XXXX"),
+        ("hook", "https://discord.com/api/webhooks/1/abc"),
+        ("token_like", "github_pat_11ABCDEFG0123456789_abcdefghij"),
+        ("short_hf", "hf_abcdefgh12"),
+        ("pem", "-----BEGIN RSA PRIVATE KEY-----\nMIIB"),
+        ("url", "https://:pw@host.example/"),
+        ("api-key", "plain"),
+        ("pw", "plain"),
+        ("session_cookie", "plain"),
+    ],
+)
+def test_credential_shapes_found_by_an_outside_attack_are_redacted(key, value):
+    assert redact(key, value) == REDACTED
+
+
+def test_the_tracker_link_and_log_line_drop_a_uris_credentials():
+    assert public_url("https://alice:S3cret@mlflow.example.com:5000/#/runs/abc") == (
+        "https://mlflow.example.com:5000/#/runs/abc"
+    )
+    assert public_url("postgresql://u:pw@db/mlflow") == "postgresql://db/mlflow"
+    assert public_url("http://127.0.0.1:5000/#/experiments/1") == "http://127.0.0.1:5000/#/experiments/1"
+    assert redact("keep_full_precision", True) is True  # a key is a word of the name, not a substring
