@@ -25,9 +25,9 @@ from r1lib.data.duplicates import (
     lsh_params,
     normalize_text,
     prompt_text,
+    quarantine_row,
 )
 from r1lib.data.holdout import HeldOutSource
-from r1lib.data.records import location
 from r1lib.data.shards import JsonlWriter, Shard, chunked
 from r1lib.errors import DataValidationError
 from r1lib.io import atomic_path, concat_files, iter_jsonl, write_json
@@ -274,25 +274,10 @@ def write_survivors(shard: str, plan_path: str, out_prefix: Path) -> DedupShard:
                 test.write(record)
             else:
                 drop = dropped[str(i)]
-                quarantine.write(_quarantine_row(record, drop["reason"], drop["of"], drop["split"]))
+                quarantine.write(quarantine_row(record, drop["reason"], drop["of"], drop["split"]))
         if rows != len(fate):  # the shard changed after its keys were taken
             raise DataValidationError(f"{shard}: {rows} rows, but its dedup plan has {len(fate)}")
         return DedupShard(train=train.close(), test=test.close(), quarantine=quarantine.close().path)
-
-
-def _quarantine_row(record: dict, reason: str, other: dict, split: str) -> dict:
-    src = record["source"]
-    what = {"duplicate": "repeats", "near_duplicate": "nearly repeats", "test_leak": "leaks test row"}[reason]
-    return {
-        "file": src["file"],
-        "line": src["line"],
-        "reason": reason,
-        "field": None,
-        "split": split,
-        "duplicate_of": other,
-        "message": f"{location(src['file'], src['line'])}: {what} {location(other['file'], other['line'])}",
-        "record": record,
-    }
 
 
 class DedupedData(StageResult):
@@ -353,9 +338,16 @@ def merge_dedup(
     )
     write_json(out_dir / "report.json", report.model_dump())
     if not report.train_out:
+        split = " (the held-out split took the rest: data.holdout_fraction)" if report.split_to_test else ""
         raise DataValidationError(
-            f"no training row left after dedup ({report.reasons}); every dropped row is in "
+            f"no training row left after dedup ({report.reasons}){split}; every dropped row is in "
             f"{out_dir / 'quarantine.jsonl'}"
+        )
+    if held_out is not None and held_out.kind == "split" and not report.test_out:
+        raise DataValidationError(
+            f"the held-out split of {held_out.fraction:g} (data.holdout_fraction) took no row of "
+            f"{report.train_in} (rows whose prompts hash above it, or labelled KTO answers, stay in training): "
+            "give a test file of your own (data.test_path) or raise data.holdout_fraction"
         )
     for split, (removed, rows) in report.removed().items():
         if rows and removed / rows > report.max_removed_fraction:
@@ -439,7 +431,7 @@ def dedup(
     train_fate, test_fate, drops, report = plan(sides["train"], sides["test"], cfg)
     records = {"train": train, "test": test}
     quarantine = [
-        _quarantine_row(records[side][i], reason, sides[other_side].ref(other), split)
+        quarantine_row(records[side][i], reason, sides[other_side].ref(other), split)
         for (side, i), (reason, split, other_side, other) in sorted(drops.items())
     ]
     kept_test = [r for r, f in zip(test, test_fate) if f == KEEP_TEST] + [

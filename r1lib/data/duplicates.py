@@ -17,6 +17,7 @@ import numpy as np
 
 from r1lib.compat import lsh_optimal_params, minhash_fmix
 from r1lib.data.preference import preference_texts
+from r1lib.data.records import location
 
 _WS_RE = re.compile(r"\s+")
 
@@ -239,3 +240,19 @@ def prompt_text(record: dict) -> str:
 def is_test_item(record: dict, fraction: float, salt: str) -> bool:
     """The stable split: depends only on this row's normalized prompt, never on the other rows."""
     return fraction > 0 and hash64(normalize_text(prompt_text(record)), salt) < fraction * 2**64
+
+
+def quarantine_row(record: dict, reason: str, other: dict, split: str) -> dict:
+    """A removed row's quarantine entry, naming the row it repeats or leaks (file and line of both)."""
+    src = record["source"]
+    what = {"duplicate": "repeats", "near_duplicate": "nearly repeats", "test_leak": "leaks test row"}[reason]
+    return {
+        "file": src["file"],
+        "line": src["line"],
+        "reason": reason,
+        "field": None,
+        "split": split,
+        "duplicate_of": other,
+        "message": f"{location(src['file'], src['line'])}: {what} {location(other['file'], other['line'])}",
+        "record": record,
+    }

@@ -10,7 +10,7 @@ from conftest import write_lines
 from r1lib.config import DataConfig, DedupConfig
 from r1lib.data.duplicates import is_test_item
 from r1lib.data.holdout import held_out_configs, held_out_source, is_shipped_sample
-from r1lib.errors import ConfigError
+from r1lib.errors import ConfigError, DataValidationError
 from r1lib.presets import config_from_args
 from tasks.dedup import dedup_files
 from tasks.validate import validate
@@ -95,3 +95,15 @@ def test_the_held_out_rows_are_the_users_own_and_the_summary_says_where_they_cam
     lines = dict(deduped.summary_lines())
     assert lines["held-out"].startswith(f"{len(test)} rows: 10% of your training rows")
     assert deduped.summary()["dedup"]["held_out"]["kind"] == "split"
+
+
+def test_a_split_that_holds_out_no_row_fails_at_dedup_naming_the_settings(tmp_path):
+    """Outside attack finding 3: a split of a tiny share (or of few rows) used to fail later, in tokenize, naming
+    tokenize.*; it now fails where it happens, naming data.holdout_fraction and data.test_path."""
+    mine = write_lines(tmp_path / "mine.jsonl", user_rows(5))
+    cfg = DataConfig(train_paths=[str(mine)], replay_path=None, allowed_roots=["{project}/data", str(tmp_path)])
+    data, dedup, source = held_out_configs(cfg.model_copy(update={"holdout_fraction": 1e-9}), DedupConfig())
+    validated = validate(data, tmp_path / "validate")
+    with pytest.raises(DataValidationError) as refused:
+        dedup_files(validated.shards["train"], validated.shards["test"], dedup, tmp_path / "dedup", source)
+    assert "data.holdout_fraction" in str(refused.value) and "data.test_path" in str(refused.value)
