@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import re
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 
 from r1lib.data.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
 from r1lib.model.generation import format_check, normalize_answer
@@ -40,7 +40,7 @@ def format_reward(completion: str) -> float:
     return 1.0 if format_check(completion.split(EOS, 1)[0])[0] else 0.0
 
 
-def as_number(text: str) -> float | None:
+def as_number(text: str) -> Decimal | None:
     """The number a short answer states (``42``, ``-3.5``, ``1,000``, ``2e3``, ``$12``, ``50%``, a trailing period;
     inside ``\\boxed{}`` too), or None."""
     text = text.strip()
@@ -50,9 +50,10 @@ def as_number(text: str) -> float | None:
     if not text or not _NUMBER.match(text) or not any(c.isdigit() for c in text):
         return None
     try:
-        return float(text.replace(",", ""))
-    except ValueError:
+        number = Decimal(text.replace(",", ""))
+    except InvalidOperation:
         return None
+    return number if number.is_finite() else None
 
 
 @functools.cache
@@ -92,7 +93,8 @@ def match(answer: str | None, reference: str) -> str | None:
         return "exact"
     found, gold = as_number(answer), as_number(reference)
     if found is not None and gold is not None:  # before normalization, which drops the decimal point (1.5 vs 15)
-        return "numeric" if math.isclose(found, gold, rel_tol=1e-6, abs_tol=1e-9) else None
+        # exact decimal equality: 1.50 is 1.5 and 2e3 is 2000, but 1000001 is not 1000000 (a float tolerance said so)
+        return "numeric" if found == gold else None
     if normalize_answer(answer) == normalize_answer(reference):
         return "normalized"
     return "math" if math_equal(answer, reference) else None

@@ -95,3 +95,12 @@ def test_trl_reward_functions_are_named_weighted_and_log_the_closed_think_share(
     assert logged == {"completions/think_closed_ratio": 0.5}
     assert correct(completions=completions, answer=["The sentence is about animals."] * 2) == [1.0, 0.0]
     assert overlong(completion_ids=[[1] * 3, [1] * 8]) == [0.0, -1.0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference"),
+    [("1000001", "1000000"), ("12345678901234567", "12345678901234568"), ("1e-9", "0"), ("2e999999", "1e999999")],
+)
+def test_close_but_different_numbers_are_wrong(answer, reference):
+    """Outside attack finding 9: a float tolerance scored these as right; a stated answer is equal or it is not."""
+    assert match(answer, reference) is None
