@@ -94,6 +94,33 @@ def exit_when_api_lost(
         done.set()
 
 
+REPORT_S = 10.0  # the longest a stage waits for one report: the server can die between /health and the call
+
+
+def within(seconds: float, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)`` in a daemon thread (with this context: Prefect's run context is a context variable),
+    raising TimeoutError when it has not returned in ``seconds`` (the Prefect client retries a refused connection for
+    about a minute); the thread is left to end on its own."""
+    import contextvars
+
+    context, outcome = contextvars.copy_context(), {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = context.run(call, *args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="api-report", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer from the Prefect API in {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 class ApiReports:
     """Reports to the Prefect API that a stage can do without (progress, artifacts): ``reports(call, *args)`` runs
     the call unless the API's ``/health`` does not answer at once, and after one failure (the server stopped
@@ -114,9 +141,9 @@ class ApiReports:
         error = api_error(url, timeout=5.0) if url else None
         if error is None:
             try:
-                return call(*args, **kwargs)
-            except (httpx.HTTPError, OSError) as exc:
-                error = str(exc)
+                return within(REPORT_S, call, *args, **kwargs)
+            except (httpx.HTTPError, OSError) as exc:  # TimeoutError is an OSError
+                error = str(exc) or type(exc).__name__
         from r1lib.policy import stage_logger
 
         self.failed = error
