@@ -26,8 +26,9 @@ from tasks.export import convert_task, merge_task, quantize_task
 log = logging.getLogger(__name__)
 
 # Submitted stages run in worker threads, where Prefect cannot interrupt a stage on its timeout (it only warns, at
-# WARNING, on every run): they carry none; ``IN_THREAD`` says so once for every submitted stage of the flow.
-IN_THREAD = {"timeout_seconds": None, **timed()}
+# WARNING, on every run): they carry none; ``IN_THREAD`` says so once for every submitted stage of the flow. It is 0,
+# not None: ``with_options(timeout_seconds=None)`` keeps the task's own, and Task makes a 0 timeout None.
+IN_THREAD = {"timeout_seconds": 0, **timed()}
 merge = merge_task.with_options(task_run_name="merge adapter", **IN_THREAD)
 convert = convert_task.with_options(task_run_name="convert-gguf {outtype}", **IN_THREAD)
 quantize = quantize_task.with_options(**IN_THREAD)

@@ -82,3 +82,12 @@ def test_a_failed_background_stage_is_retried_while_the_stage_beside_it_goes_on(
 
 def test_quantize_children_share_the_cores():
     assert quantize_threads(2, cores=16) == 8 and quantize_threads(3, cores=2) == 1 and quantize_threads(0, 4) == 4
+
+
+def test_stages_submitted_to_threads_carry_no_timeout():
+    """Prefect logs a WARNING on every run of a task with a timeout in a worker thread (the fresh-clone demo showed six:
+    ``with_options(timeout_seconds=None)`` had kept the stages' own timeouts)."""
+    from flows.export import convert, merge, quantize
+    from flows.finetune import evaluate, fairness_check
+
+    assert [t.timeout_seconds for t in (evaluate, fairness_check, merge, convert, quantize)] == [None] * 5
