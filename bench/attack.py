@@ -662,6 +662,23 @@ def _tree(root: int) -> dict:
     return {pid: procs[pid] for pid in found - {root} if pid in procs}
 
 
+def kill_and_count_survivors(proc: subprocess.Popen, seen: dict[tuple[int, str], str]) -> tuple[bool, list[str]]:
+    """SIGKILL ``proc`` if it still runs; after 8 s, the commands of the descendants in ``seen`` (pid, start time)
+    still alive, which this harness then kills (what it started must not outlive it). Returns (was running, left)."""
+    running = proc.poll() is None
+    if running:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(8)
+    now = _procs()
+    left = [cmd for (pid, start), cmd in seen.items() if pid in now and now[pid][1] == start and now[pid][2] != "Z"]
+    for (pid, start), _ in seen.items():
+        if pid in now and now[pid][1] == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return running, left
+
+
 def kill_trial(base: Path, tag: str, pattern: str, delay: float, extra: list[str]) -> dict:
     """Start a data-only run, SIGKILL it ``delay`` s after ``pattern`` shows in its log, list survivors 8 s later."""
     log_path = base / f"kill-{tag}.log"
@@ -680,17 +697,7 @@ def kill_trial(base: Path, tag: str, pattern: str, delay: float, extra: list[str
         if at is not None and time.monotonic() - at >= delay:
             break
         time.sleep(0.2)
-    running = proc.poll() is None
-    if running:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(8)
-    now = _procs()
-    left = [cmd for (pid, start), cmd in seen.items() if pid in now and now[pid][1] == start and now[pid][2] != "Z"]
-    for (pid, start), _ in seen.items():  # what this harness started must not outlive it
-        if pid in now and now[pid][1] == start:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    running, left = kill_and_count_survivors(proc, seen)
     return {
         "input": f"{tag}: SIGKILL {delay:g} s after {pattern!r}",
         "killed_mid_run": running,
@@ -739,17 +746,7 @@ def export_kill_trial(base: Path, stage: str) -> dict:
         if any(marker in cmd for *_, cmd in tree.values()):
             break
         time.sleep(0.2)
-    running = proc.poll() is None
-    if running:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(8)
-    now = _procs()
-    left = [cmd for (pid, start), cmd in seen.items() if pid in now and now[pid][1] == start and now[pid][2] != "Z"]
-    for (pid, start), _ in seen.items():
-        if pid in now and now[pid][1] == start:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    running, left = kill_and_count_survivors(proc, seen)
     return {
         "input": f"{stage}: SIGKILL while its child runs",
         "killed_mid_run": running,
