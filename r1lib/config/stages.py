@@ -37,8 +37,8 @@ class EvalConfig(Section):
     on_collapse: Literal["stop", "warn"] = Field(
         "stop",
         description="A collapsed model (format compliance from above 0 to 0, or forgetting past "
-        "collapse_forgetting_ratio): stop the run before export with a failure summary naming the learning rate, "
-        "steps and numbers (r1lib/training/collapse.py), or warn and export it anyway.",
+        "collapse_forgetting_ratio): stop the run before the smoke test and the card with a failure summary naming "
+        "the learning rate, steps and numbers (r1lib/training/collapse.py), or warn and ship it anyway.",
     )
     collapse_forgetting_ratio: float = Field(
         20.0, gt=1, le=1e6, description="Replay perplexity after / before past which the model counts as collapsed."

@@ -1,8 +1,9 @@
-"""A collapse that evaluation already sees stops the run before minutes of export.
+"""A collapse that evaluation already sees stops the run before the smoke test and the card (the export branch,
+which runs beside evaluation, is left to end).
 
 A learning rate too high for the data (the tiny preset's 1e-2 on a file of another shape, a few steps) can leave the
 model between formats: its R1 format compliance falls to 0 and its general-data perplexity rises hundreds of times.
-Exporting it costs minutes and ends in the smoke test's "no closed <think> block" with no hint of why.
+Shipping it costs minutes and ends in the smoke test's "no closed <think> block" with no hint of why.
 ``collapse_check`` reads the evaluation's numbers and raises ``ModelCollapsed`` naming the learning rate, the steps
 and the numbers that showed it (``evaluate.on_collapse``: stop or warn; ``evaluate.collapse_forgetting_ratio``).
 """
@@ -103,7 +104,7 @@ def collapse_check(evaluation: EvaluationNumbers, config: PipelineConfig, steps:
     lr = config.train.learning_rate
     message = (
         f"the fine-tuned model collapsed after {steps} steps at train.learning_rate={lr:g}: {'; '.join(signs)}. "
-        "Exporting it would spend minutes on a model that lost its format. Lower train.learning_rate "
+        "Smoke-testing and shipping it would spend minutes on a model that lost its format. Lower train.learning_rate "
         f"(e.g. {lr / 50:g}) or train.max_steps, or add replay (augment.replay_ratio); to export anyway set "
         "evaluate.on_collapse=warn"
     )

@@ -1,6 +1,6 @@
-"""A collapse that evaluation already sees stops the run before export, naming the learning rate, the steps and the
-numbers that showed it (the issue's run: format compliance 78% -> 0%, forgetting 470x at lr 0.01, 5 steps); a model
-that only thinks past the evaluation's token budget, or forgets within its limit, goes on."""
+"""A collapse that evaluation already sees stops the run before the smoke test and the card, naming the learning rate,
+the steps and the numbers that showed it (the issue's run: format compliance 78% -> 0%, forgetting 470x at lr 0.01, 5
+steps); a model that only thinks past the evaluation's token budget, or forgets within its limit, goes on."""
 
 import logging
 
