@@ -1,21 +1,18 @@
-"""Preference rows that contradict themselves or each other (bench/attack4 on branch attack4, findings 5-8 and 15):
+"""Preference rows that contradict themselves or each other (bench/attack4 on branch attack4, findings 5-8):
 pairs of one prompt preferred both ways, also when only invisible characters tell them apart, leave dedup together
 with a reason; equal sides are refused at validate naming the row and the field; a row-level prompt or system beside
 conversations that say something else, a whole conversation beside chosen/rejected and a null side are refused
-clearly; a KTO row in a dpo run is named as one with train.method=kto; and the shipped sample is recognized by
-content, not by how its path is written."""
+clearly; and a KTO row in a dpo run is named as one with train.method=kto."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 
 import pytest
 from conftest import r1, write_lines
 
-from r1lib.config import DataConfig, DedupConfig, TokenizeConfig
-from r1lib.data.holdout import held_out_source, is_shipped_sample
+from r1lib.config import DedupConfig, TokenizeConfig
 from r1lib.data.preference import normalize_preference, preference_record
 from r1lib.data.preference_tokens import check_dropped_pairs
 from r1lib.data.row_rules import RowRules
@@ -136,23 +133,3 @@ def test_a_kto_row_in_a_dpo_run_is_named_as_one_with_the_method_that_trains_it(t
     for q in quarantined.values():
         assert "KTO" in q["message"] and "train.method=kto" in q["message"], q["message"]
     assert "sft_row" not in {q["reason"] for q in quarantined.values()}
-
-
-def test_the_shipped_sample_is_judged_by_content_and_resolved_path(tmp_path, monkeypatch):
-    from r1lib.data.holdout import SHIPPED_SAMPLE
-
-    sample_test = SHIPPED_SAMPLE / "test.jsonl"
-    copy = tmp_path / "my_test.jsonl"
-    shutil.copy(sample_test, copy)
-    (tmp_path / "link.jsonl").symlink_to(sample_test)
-    mine = write_lines(tmp_path / "mine.jsonl", [{"instruction": "Own row?", "output": "Yes."}])
-    for spec in (f"file://{sample_test}", str(copy), str(tmp_path / "link.jsonl"), f"file://{copy}"):
-        assert is_shipped_sample(spec), spec
-        source = held_out_source(DataConfig(train_paths=[str(mine)], test_path=spec), DedupConfig())
-        assert source.kind == "split" and "not used" in source.describe(), spec
-    edited = tmp_path / "edited.jsonl"
-    edited.write_bytes(sample_test.read_bytes().replace(b"}", b"} ", 1))  # one byte more: the user's own file
-    assert not is_shipped_sample(str(edited)) and not is_shipped_sample(str(mine))
-    assert (
-        held_out_source(DataConfig(train_paths=[str(mine)], test_path=str(edited)), DedupConfig()).kind == "test_file"
-    )
