@@ -19,11 +19,13 @@ from r1lib.config import DedupConfig
 from r1lib.data.duplicates import (
     MinHasher,
     conversation_text,
+    find_contradictions,
     find_duplicates,
     find_leaks,
     hash64,
     lsh_params,
     normalize_text,
+    pair_orientation,
     prompt_text,
     quarantine_row,
 )
@@ -80,6 +82,8 @@ def _key_dtype(num_perm: int) -> np.dtype:
             ("to_test", "?"),
             ("pair", "?"),  # a preference pair
             ("pair_to_test", "?"),  # held out for preference accuracy when the test rows hold no pair
+            ("contra", "<u8"),  # a pair's prompt and answers as a set (0: no pair), and which way round they are
+            ("flip", "?"),
             ("line", "<i8"),
             ("file", "<i4"),
             ("id", "S16"),
@@ -103,6 +107,8 @@ def record_keys(records: list[dict], cfg: DedupConfig, hasher: MinHasher | None,
             r.get("preference") != "label" and hash64(p, cfg.split_salt) < limit for r, p in zip(records, prompts)
         ]
     out["pair"] = [r.get("preference") == "pair" for r in records]
+    orientations = [pair_orientation(r) for r in records]
+    out["contra"], out["flip"] = [k for k, _ in orientations], [f for _, f in orientations]
     if cfg.preference_test_fraction > 0:
         limit = cfg.preference_test_fraction * 2**64
         out["pair_to_test"] = out["pair"] & np.array([hash64(p, cfg.split_salt) < limit for p in prompts], dtype=bool)
@@ -155,8 +161,9 @@ def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndar
     With no test rows and ``split_test_fraction`` > 0, train rows whose prompt hash falls below the fraction become
     the test set (in train order). When no test row is a preference pair, the training pairs whose prompt hash falls
     below ``preference_test_fraction`` are held out as test rows too (the pairs preference accuracy is measured on).
-    Then each set loses its exact and near duplicates (the first row is kept), then train loses the rows that leak a
-    kept test row (same prompt, or a near-identical conversation)."""
+    First every pair that another pair of its set contradicts (same prompt and answers, preferred the other way) is
+    dropped, both directions. Then each set loses its exact and near duplicates (the first row is kept), then train
+    loses the rows that leak a kept test row (same prompt, or a near-identical conversation)."""
     bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
     n_train, n_test = len(train), len(test)
     moved = train.keys["to_test"] & (n_test == 0 and cfg.split_test_fraction > 0)
@@ -167,9 +174,13 @@ def plan(train: Side, test: Side, cfg: DedupConfig) -> tuple[np.ndarray, np.ndar
     fates = {"train": train_fate, "test": test_fate}
     sides = {"train": train, "test": test}
     drops: dict[tuple[str, int], tuple[str, str, str, int]] = {}
+    for side in ("train", "test"):  # one prompt, the same two answers preferred both ways: neither is trained
+        for i, j in find_contradictions(sides[side].keys["contra"], sides[side].keys["flip"]).items():
+            split = "test" if side == "test" or fates[side][i] == KEEP_TEST else "train"
+            drops[(side, i)], fates[side][i] = ("contradictory_pair", split, side, j), DROPPED
 
     def drop_duplicates(side: str, idx: np.ndarray, split: str) -> np.ndarray:
-        keys = sides[side].keys
+        idx, keys = idx[fates[side][idx] != DROPPED], sides[side].keys
         exact = keys["exact"][idx] if cfg.exact else np.arange(len(idx), dtype=np.uint64)
         for pos, (reason, of) in find_duplicates(
             exact, keys["sig"][idx] if cfg.near else None, cfg.threshold, bands, rows
@@ -280,6 +291,9 @@ def write_survivors(shard: str, plan_path: str, out_prefix: Path) -> DedupShard:
         return DedupShard(train=train.close(), test=test.close(), quarantine=quarantine.close().path)
 
 
+_SUMMARY_KEYS = {"train_in", "train_out", "test_in", "test_out", "split_to_test", "held_out_pairs", "reasons"}
+
+
 class DedupedData(StageResult):
     """Train and test records, deduplicated and leak-free, as files and as shards (what the next stages map over)."""
 
@@ -294,17 +308,7 @@ class DedupedData(StageResult):
         held_out = {"held_out": {**self.held_out.model_dump(), "rows": self.report.test_out}} if self.held_out else {}
         return {
             "dedup": {
-                **self.report.model_dump(
-                    include={
-                        "train_in",
-                        "train_out",
-                        "test_in",
-                        "test_out",
-                        "split_to_test",
-                        "held_out_pairs",
-                        "reasons",
-                    }
-                ),
+                **self.report.model_dump(include=_SUMMARY_KEYS),
                 "quarantine": self.quarantine,
                 **held_out,
             }
@@ -337,11 +341,15 @@ def merge_dedup(
         out_dir / "quarantine.jsonl", [p.quarantine for p in train_parts + test_parts if p.quarantine]
     )
     write_json(out_dir / "report.json", report.model_dump())
+    swapped = (  # not repetition: the data contradicts itself, and no setting can say which direction it means
+        "; contradictory_pair rows prefer each of two answers to the other for one prompt: keep the direction you "
+        "mean and delete the other row (its file and line are in the quarantine)"
+    ) * ("contradictory_pair" in report.reasons)
     if not report.train_out:
         split = " (the held-out split took the rest: data.holdout_fraction)" if report.split_to_test else ""
         raise DataValidationError(
             f"no training row left after dedup ({report.reasons}){split}; every dropped row is in "
-            f"{out_dir / 'quarantine.jsonl'}"
+            f"{out_dir / 'quarantine.jsonl'}{swapped}"
         )
     if held_out is not None and held_out.kind == "split" and not report.test_out:
         raise DataValidationError(
@@ -356,6 +364,7 @@ def merge_dedup(
                 f"dedup.max_removed_fraction={report.max_removed_fraction:g}): {report.reasons}; every removed row "
                 f"is in {out_dir / 'quarantine.jsonl'} with the row it repeats. If that much repetition is expected, "
                 f"raise dedup.max_removed_fraction, or relax dedup.threshold (near duplicates) or dedup.leakage"
+                f"{swapped}"
             )
     train_shards = [p.train for p in train_parts if p.train and p.train.rows]
     test_shards = [p.test for p in test_parts + train_parts if p.test and p.test.rows]
@@ -379,18 +388,10 @@ def passthrough_parts(train: list[Shard], test: list[Shard]) -> tuple[list[Dedup
 def passthrough_report(train: list[Shard], test: list[Shard], cfg: DedupConfig) -> DedupReport:
     train_in, test_in = sum(s.rows for s in train), sum(s.rows for s in test)
     return DedupReport(
-        train_in=train_in,
-        test_in=test_in,
-        train_out=train_in,
-        test_out=test_in,
-        split_to_test=0,
-        reasons={},
-        threshold=cfg.threshold,
-        num_perm=cfg.num_perm,
-        bands=0,
-        rows_per_band=0,
+        train_in=train_in, test_in=test_in, train_out=train_in, test_out=test_in, split_to_test=0, reasons={},
+        threshold=cfg.threshold, num_perm=cfg.num_perm, bands=0, rows_per_band=0,
         max_removed_fraction=cfg.max_removed_fraction,
-    )
+    )  # fmt: skip
 
 
 def dedup_files(

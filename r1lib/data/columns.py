@@ -7,7 +7,7 @@ A ``ColumnMap`` is given per input in ``data.columns`` (keyed by the input spec 
 ``question``/``std_answer``, QA ``problem``/``answer`` or ``question``/``answer``. A layout is recognized only when
 the row's other fields are metadata (METADATA_KEYS, or not text): a ``context`` or ``passage`` beside a question
 would be lost, so such a row asks for a mapping instead. ``suggest_columns`` guesses a ready-to-paste mapping from a
-row's keys for the ``unknown_format`` message.
+row's keys for the ``unknown_format`` message (of several answer-like columns, the one holding the most text).
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ _GUESSES = (
     ("context", r"context|passage|document|background|input"),
 )
 
+_LONGEST = frozenset({"reasoning", "answer"})  # roles whose columns come as a label beside its text
+
 
 def suggest_columns(row: dict) -> dict[str, str]:
     """A mapping guessed from the row's keys (the ones holding text), each role at most once; a role it cannot
@@ -120,10 +122,11 @@ def suggest_columns(row: dict) -> dict[str, str]:
     texts = [str(k) for k, v in row.items() if isinstance(v, str)] or [str(k) for k in row]
     guess: dict[str, str] = {}
     for role, pattern in _GUESSES:
-        for key in texts:
-            if key not in guess.values() and re.search(pattern, key, re.IGNORECASE):
-                guess[role] = key
-                break
+        found = [k for k in texts if k not in guess.values() and re.search(pattern, k, re.IGNORECASE)]
+        if found and role in _LONGEST:  # answer_letter "A" beside answer_text: the text is the answer to train
+            found.sort(key=lambda k: -len(row[k]) if isinstance(row.get(k), str) else 0)
+        if found:
+            guess[role] = found[0]
     rest = iter(k for k in texts if k not in guess.values())  # unnamed columns, in order: prompt, then answer
     for role in ("prompt", "answer"):
         guess.setdefault(role, next(rest, "<column>"))

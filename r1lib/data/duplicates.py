@@ -16,7 +16,7 @@ import unicodedata
 import numpy as np
 
 from r1lib.compat import lsh_optimal_params, minhash_fmix
-from r1lib.data.preference import preference_texts
+from r1lib.data.preference import INVISIBLE_RE, preference_texts, visible_text
 from r1lib.data.records import location
 
 _WS_RE = re.compile(r"\s+")
@@ -32,8 +32,9 @@ _M32 = np.uint64(0xFFFFFFFF)
 
 
 def normalize_text(text: str) -> str:
-    """What counts as "the same text": NFKC, case-folded, whitespace collapsed."""
-    return _WS_RE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """What counts as "the same text": NFKC, case-folded, invisible characters (zero-width...) gone, whitespace
+    collapsed."""
+    return _WS_RE.sub(" ", INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", text)).casefold()).strip()
 
 
 def hash64(text: str, salt: str = "") -> int:
@@ -242,10 +243,35 @@ def is_test_item(record: dict, fraction: float, salt: str) -> bool:
     return fraction > 0 and hash64(normalize_text(prompt_text(record)), salt) < fraction * 2**64
 
 
+def pair_orientation(record: dict) -> tuple[int, bool]:
+    """(key, flipped) of a preference pair: the key hashes its prompt and its two answers as a set (as read:
+    visible_text), ``flipped`` says which way round they are; (0, False) for any other row."""
+    if record.get("preference") != "pair":
+        return 0, False
+    chosen, rejected = visible_text(record["chosen"]), visible_text(record["rejected"])
+    low, high = sorted((chosen, rejected))
+    return hash64("\x1e".join((normalize_text(prompt_text(record)), low, high)), "pair") or 1, chosen > rejected
+
+
+def find_contradictions(keys: np.ndarray, flipped: np.ndarray) -> dict[int, int]:
+    """{row: a row preferring the other way} for every pair whose prompt and two answers another pair holds the other
+    way round: both directions go, since which one the data means cannot be known (exact repeats of one direction
+    too: they contradict the same row)."""
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    for i in np.flatnonzero(keys).tolist():
+        groups.setdefault(int(keys[i]), ([], []))[int(flipped[i])].append(i)
+    out: dict[int, int] = {}
+    for one, other in groups.values():
+        if one and other:
+            out |= {i: other[0] for i in one} | {i: one[0] for i in other}
+    return out
+
+
 def quarantine_row(record: dict, reason: str, other: dict, split: str) -> dict:
-    """A removed row's quarantine entry, naming the row it repeats or leaks (file and line of both)."""
+    """A removed row's quarantine entry, naming the row it repeats, leaks or contradicts (file and line of both)."""
     src = record["source"]
-    what = {"duplicate": "repeats", "near_duplicate": "nearly repeats", "test_leak": "leaks test row"}[reason]
+    what = {"duplicate": "repeats", "near_duplicate": "nearly repeats", "test_leak": "leaks test row",
+            "contradictory_pair": "prefers the other answer of the same prompt than"}[reason]  # fmt: skip
     return {
         "file": src["file"],
         "line": src["line"],

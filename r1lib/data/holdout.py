@@ -10,8 +10,11 @@ rows out (tasks/dedup.py; a row's fate depends on its prompt alone, so adding ro
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel
 
@@ -54,16 +57,33 @@ class HeldOutSource(BaseModel):
         )
 
 
+@functools.lru_cache(maxsize=1)
+def _sample_digests() -> dict[int, frozenset[str]]:
+    """{size: sha256 digests} of the shipped sample's files (a few hundred kB, read once per process)."""
+    digests: dict[int, set[str]] = {}
+    for file in SHIPPED_SAMPLE.rglob("*"):
+        if file.is_file():
+            digests.setdefault(file.stat().st_size, set()).add(hashlib.sha256(file.read_bytes()).hexdigest())
+    return {size: frozenset(found) for size, found in digests.items()}
+
+
 def is_shipped_sample(spec: str) -> bool:
-    """Whether an input spec names a file or folder of the shipped sample data (``data/sample/``)."""
+    """Whether an input spec names the shipped sample data (``data/sample/``): a file or folder under it however the
+    path is written (relative, ``..``, a symlink, a ``file://`` URL), or a copy of one of its files elsewhere (the
+    same bytes: judged by content, so a copied sample is never taken for the user's own data)."""
+    if spec.startswith("file://"):
+        spec = unquote(urlparse(spec).path)
     if not spec or is_url(spec):
         return False
-    path = Path(spec) if Path(spec).is_absolute() else Path.cwd() / spec
+    path = (Path(spec) if Path(spec).is_absolute() else Path.cwd() / spec).resolve()
+    if path.is_relative_to(SHIPPED_SAMPLE.resolve()):
+        return True
     try:
-        path.resolve().relative_to(SHIPPED_SAMPLE.resolve())
-    except ValueError:
+        size = path.stat().st_size if path.is_file() else -1
+    except OSError:
         return False
-    return True
+    digests = _sample_digests().get(size)
+    return bool(digests) and hashlib.sha256(path.read_bytes()).hexdigest() in digests
 
 
 def held_out_source(data: DataConfig, dedup: DedupConfig) -> HeldOutSource:

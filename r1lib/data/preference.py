@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from typing import Any
 
@@ -27,11 +28,22 @@ from r1lib.data.records import RecordError
 from r1lib.data.row_formats import _answer_split, _text, _turns, kto_label, preference_shape
 
 _PROMPT_TEXT_KEYS = ("prompt", "question", "instruction", "query", "input")
+# Format characters that show nothing (zero-width space and joiners, direction marks and isolates, word joiner, BOM,
+# soft hyphen): two texts differing only in them read the same.
+INVISIBLE_RE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
+_WS_RE = re.compile(r"\s+")
+
+
+def visible_text(text: str) -> str:
+    """A text as a reader sees it: NFKC, invisible format characters removed, whitespace collapsed (case kept)."""
+    return _WS_RE.sub(" ", INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", text))).strip()
 
 
 def _answer(value: Any, field: str, max_chars: int) -> tuple[list[dict], dict]:
     """(turns before the answer, the answer) of a chosen/rejected value: a string, one turn ({role, content} or
     {from, value}), or a list of turns whose last is the assistant's answer."""
+    if value is None:  # present but null: not "missing", and no answer to prefer or reject
+        raise RecordError("empty_field", field, f"field '{field}' is null: a pair needs both answers as text")
     if isinstance(value, dict):
         value = [value]
     if isinstance(value, list):
@@ -69,10 +81,38 @@ def _prompt(row: dict, max_chars: int) -> list[dict]:
 
 
 def _split_system(turns: list[dict], row: dict, max_chars: int) -> tuple[str, list[dict]]:
+    """(system prompt, the other turns): a row's ``system`` or a leading system turn; both, differing, refuse it."""
     system = _text(row, "system", required=False, max_chars=max_chars) if isinstance(row.get("system"), str) else ""
     if turns and turns[0]["role"] == "system":
-        system = turns.pop(0)["content"]
+        turn = turns.pop(0)["content"]
+        if system.strip() and visible_text(system) != visible_text(turn):
+            raise RecordError(
+                "conflicting_system",
+                "system",
+                f"field 'system' ({system[:60]!r}) and the system turn of the conversation ({turn[:60]!r}) differ: "
+                "which one the answers were written for cannot be known; keep one",
+            )
+        system = turn
     return system, turns
+
+
+def _row_prompt_conflict(row: dict, conversation: list[dict], max_chars: int) -> None:
+    """Refuse a row-level ``prompt`` (or question, instruction...) beside answers that are whole conversations when
+    it asks something else than they do: TRL's implicit prompt is the conversations', and the row's would be dropped."""
+    if "messages" in row or "conversations" in row:
+        return  # messages beside conversations repeat the chosen one (Firefly, UltraFeedback)
+    given = [t for t in _prompt(row, max_chars) if t["role"] != "system"]
+    asked = [t for t in conversation if t["role"] != "system"]
+    if given and [(t["role"], visible_text(t["content"])) for t in given] != [
+        (t["role"], visible_text(t["content"])) for t in asked
+    ]:
+        key = next(k for k in ("prompt", *_PROMPT_TEXT_KEYS) if k in row)
+        raise RecordError(
+            "conflicting_prompt",
+            key,
+            f"field '{key}' ({given[-1]['content'][:60]!r}) is not the prompt the 'chosen'/'rejected' conversations "
+            f"answer ({asked[-1]['content'][:60] if asked else ''!r}): keep one prompt",
+        )
 
 
 def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
@@ -87,7 +127,10 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
         label = kto_label(row[key])
         if label is None:
             raise RecordError(
-                "wrong_type", key, f"field '{key}' must be true or false (a KTO label), got {json.dumps(row[key])[:80]}"
+                "wrong_type",
+                key,
+                f"field '{key}' must be true or false (a KTO row's label: desirable or not, for train.method=kto), "
+                f"got {json.dumps(row[key])[:80]}",
             )
         if "completion" in row:
             prompt, (before, completion) = _prompt(row, max_chars), _answer(row["completion"], "completion", max_chars)
@@ -111,10 +154,27 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
         raise RecordError("conflicting_prompt", keys[1], f"'{keys[0]}' and '{keys[1]}' answer different prompts")
     # Whole conversations as answers (TRL's implicit prompt, UltraFeedback/Firefly) carry the prompt; a row-level
     # prompt or messages beside them repeats it (messages: the chosen conversation again) and is not prepended.
+    if before_c:
+        _row_prompt_conflict(row, before_c, max_chars)
     prompt = [] if before_c else _prompt(row, max_chars)
     system, prompt = _split_system(prompt + before_c, row, max_chars)
+    if not before_c and prompt and prompt[-1]["role"] == "assistant" and isinstance(row.get("messages"), list):
+        raise RecordError(
+            "role_order",
+            "messages",
+            f"'messages' ends with an assistant turn beside '{keys[0]}'/'{keys[1]}': it is a whole conversation, not "
+            "the prompt of the pair; give the prompt as 'prompt' or as 'messages' ending with the user turn",
+        )
     if not prompt or prompt[-1]["role"] != "user":
         raise RecordError("role_order", keys[0], "the prompt of a pair must end with a user turn")
+    if visible_text(side_text(chosen)) == visible_text(side_text(rejected)):
+        raise RecordError(
+            "equal_sides",
+            keys[1],
+            f"'{keys[0]}' and '{keys[1]}' are the same answer (compared as read: whitespace and invisible characters "
+            "such as zero-width spaces ignored): a pair that prefers an answer to itself teaches nothing; make "
+            f"'{keys[1]}' the worse answer or leave the row out",
+        )
     return {"kind": "pair", "shape": name, "system": system, "prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 

@@ -104,7 +104,10 @@ def tokenize_pairs(tokenizer, records: list[dict], cfg: TokenizeConfig) -> tuple
         prompt, opens = prompt_ids(tokenizer, record, cfg)
         sides = [answer_ids(tokenizer, record[side], opens, cfg.think_in_loss) for side in ("chosen", "rejected")]
         if sides[0] == sides[1]:
-            message = f"chosen and rejected are the same as trained (think_in_loss={cfg.think_in_loss})"
+            message = "chosen and rejected are the same as trained" + (
+                f": they differ only in the reasoning, which tokenize.think_in_loss={cfg.think_in_loss} leaves out "
+                "(think_in_loss=keep scores it)"
+            ) * (cfg.think_in_loss != "keep")
             quarantined.append(_quarantined(record, "equal_sides", message))
             continue
         fitted, dropped = _fit(prompt, sides, record, cfg)
@@ -159,12 +162,15 @@ def check_dropped_pairs(rows_in: int, dropped: Counter, cfg: TokenizeConfig, nam
         return
     share = total / max(rows_in, 1)
     reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
+    fixes = ["fix the data"] + ["raise tokenize.max_seq_length"] * ("too_long" in dropped)
+    if "equal_sides" in dropped and cfg.think_in_loss != "keep":  # not a length problem: the loss skips the difference
+        fixes.append(f"keep the reasoning in the loss (tokenize.think_in_loss=keep, now {cfg.think_in_loss})")
     if total == rows_in or share > cfg.max_dropped_fraction:
         raise DataValidationError(
             f"{name}: {total} of {rows_in} preference rows ({share:.0%}) were dropped ({reasons}; they are in "
             f"{quarantine}). That is over tokenize.max_dropped_fraction={cfg.max_dropped_fraction:g}"
             + (" and leaves no row" if total == rows_in else "")
-            + ": fix the data, raise tokenize.max_seq_length, or raise tokenize.max_dropped_fraction"
+            + f": {', '.join(fixes)}, or raise tokenize.max_dropped_fraction"
         )
 
 

@@ -6,6 +6,7 @@ refused by name; a Chinese role-play file gets no English template text."""
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,9 @@ MEDICAL = LAYOUTS / "medical_o1_sft_zh_excerpt.json"
 MATH = LAYOUTS / "math500_excerpt.jsonl"
 HUANHUAN = LAYOUTS / "selfllm_huanhuan_excerpt.json"
 DPO = LAYOUTS / "foundry_orca_dpo_pairs_validation_excerpt.jsonl"
+TRACES = LAYOUTS / "r1_distill_pcmb_traces_excerpt.jsonl"  # R1 traces: question / reasoning / answer_text
+# Its rows also hold answer_letter, predicted_letter, teacher_model: text beside the layout, so it takes a mapping.
+TRACES_COLUMNS = {"prompt": "question", "reasoning": "reasoning", "answer": "answer_text"}
 TOKENIZE = TokenizeConfig(max_seq_length=2048)  # the embedded model's context: the medical-o1 chain of thought is long
 
 
@@ -65,6 +69,7 @@ CASES = {
     "Chinese role-play (Alpaca)": (lambda tmp: HUANHUAN, None, 0),
     "Chinese instructions (Alpaca)": (lambda tmp: PUBLIC / "llamafactory_alpaca_zh_demo.json", None, 0),
     "OpenAI fine-tuning sample": (lambda tmp: PUBLIC / "openai_cookbook_toy_chat_fine_tuning.jsonl", None, 1),
+    "R1 traces question/reasoning/answer_text through a column mapping": (lambda tmp: TRACES, TRACES_COLUMNS, 0),
 }  # fmt: skip
 
 
@@ -102,6 +107,26 @@ def test_each_layout_goes_through_the_data_stages_to_trained_tokens(case, tmp_pa
         assert any(answer in text for text in trained), (case, answer[:80])
 
 
+def test_r1_traces_without_a_mapping_are_refused_with_the_mapping_that_trains_them(tmp_path, tokenizer):
+    data = DataConfig(train_paths=[str(TRACES)], test_path="", replay_path=None, allowed_roots=[str(LAYOUTS)])
+    with pytest.raises(Exception) as info:
+        validate(data, tmp_path / "validate")
+    message = str(info.value)
+    assert "3 of 3 rows rejected" in message and "unknown_format" in message
+    pasted = json.loads(re.search(r"--set 'data\.columns=(\{.*?\}\})'", message).group(1))
+    assert pasted == {str(TRACES): TRACES_COLUMNS}  # answer_text, not the answer_letter beside it
+    _, records, _, tokenized = data_stages(tmp_path / "mapped", TRACES, pasted[str(TRACES)], tokenizer)
+    from datasets import load_from_disk
+
+    trained = [tokenizer.decode([t for t in row if t != -100]) for row in load_from_disk(tokenized.dataset)["labels"]]
+    source = rows_of(TRACES)
+    assert [(r["messages"][0]["content"], r["reasoning"]) for r in records] == [
+        (s["question"], s["reasoning"].strip()) for s in source
+    ]
+    for row in source:  # the chain of thought is trained inside the think block, the answer after it
+        assert any(row["reasoning"].strip() in text and row["answer_text"].strip() in text for text in trained)
+
+
 def test_the_chinese_role_play_file_gets_no_english_template_text_with_default_settings(tmp_path, tokenizer):
     validated, records, augmented, _ = data_stages(tmp_path, HUANHUAN, None, tokenizer)
     cfg = AugmentConfig()
@@ -122,8 +147,8 @@ def test_openai_dpo_rows_are_refused_as_preference_data_naming_the_training_meth
 
 
 def combined_rows(tmp_path: Path) -> list[dict]:
-    """Every layout above, row by row in one JSON lines file (CSV and Parquet rows as the objects they read as),
-    plus the OpenAI DPO rows (refused by name, counted)."""
+    """Every layout above that needs no mapping, row by row in one JSON lines file (CSV and Parquet rows as the
+    objects they read as), plus the OpenAI DPO rows (refused by name, counted). A mapped layout is its own input."""
     rows = []
     for make, columns, _ in CASES.values():
         path = make(tmp_path)
@@ -140,13 +165,19 @@ def test_all_layouts_in_one_file_train_through_the_whole_tiny_flow(prefect_harne
     from tests.server_stack import small_config
 
     write_jsonl(tmp_path / "layouts.jsonl", combined_rows(tmp_path))
+    traces = tmp_path / TRACES.name  # a second input: its layout takes a mapping, which is per file
+    traces.write_bytes(TRACES.read_bytes())
     config = small_config(tmp_path, "layouts")
-    config["data"] |= {"train_paths": [str(tmp_path / "layouts.jsonl")], "test_path": ""}
+    config["data"] |= {
+        "train_paths": [str(tmp_path / "layouts.jsonl"), str(traces)], "test_path": "",
+        "columns": {str(traces): TRACES_COLUMNS},
+    }  # fmt: skip
     config["tokenize"] = {"max_seq_length": 2048}
     result = finetune(expand_preset(config))
     data = result.summary.data
     reasons = data["data"]["per_file"][str(tmp_path / "layouts.jsonl")]["reasons"]
     assert reasons == {"preference_data": 2, "empty_field": 1, "role_order": 1}
+    assert data["data"]["per_file"][str(traces)] == {"accepted": 3, "quarantined": 0, "reasons": {}}
     assert data["dedup"]["held_out"]["kind"] == "split" and data["dedup"]["test_out"] > 0
     assert data["train"]["steps"] == 2 and len(result.ggufs) == 2 and result.smoke is not None
     assert "held-out" in result.summary.text

@@ -118,7 +118,8 @@ def test_tokenize_writes_preference_rows_beside_the_sft_rows_of_a_split(tokenize
     sft = {"id": "s" * 16, "system": "", "messages": [{"role": "user", "content": "Red and blue?"},
            {"role": "assistant", "content": "Colors."}], "reasoning": None, "source": {"file": "t", "line": 3},
            "origin": "original"}  # fmt: skip
-    equal = record({**PAIR, "rejected": PAIR["chosen"]}, 2)
+    # validate refuses a pair with equal sides (equal_sides); tokenize still drops one its rendering makes equal
+    equal = {**record(PAIR, 2), "id": "e" * 16, "rejected": PAIR["chosen"]}
     shard = write_lines(tmp_path / "records.jsonl", [record(PAIR), equal, sft])
     cfg = TokenizeConfig(max_dropped_fraction=0.5)
     for layout, rows, columns in (("pairs", 1, "rejected_ids"), ("unpaired", 2, "label")):

@@ -110,6 +110,8 @@ ROW_REFUSALS = {
                         ["'output' has an empty <think>"]),
     "empty_answer": ("jsonl", J({"instruction": "q", "output": "<think>abc</think>"}), {}, ["'output' has no answer"]),
     "preference_data": ("jsonl", J({"prompt": "q", "chosen": "a", "rejected": "b"}), {}, ["train.method"]),
+    "equal_sides": ("jsonl", J({"prompt": "q", "chosen": "a\u200b", "rejected": " a"}), {"method": "dpo"},
+                    ["'rejected'", "same answer", "the worse answer or leave the row out"]),
     "placeholder": ("jsonl", J({"instruction": "Who are you?", "output": "I am {{name}}."}), {},
                     ["data.placeholders=", '"name"']),
     "tools": ("jsonl", J({"messages": [U("q"), A("a")], "tools": [TOOL]}), {"tools": "refuse"},
@@ -135,7 +137,10 @@ def test_a_refused_row_says_where_and_what_to_change(reason, tmp_path):
     suffix, text, options, names = ROW_REFUSALS[reason]
     path = tmp_path / f"rows.{suffix}"
     path.write_bytes(text if isinstance(text, bytes) else (text + "\n").encode())
-    rules = RowRules(tools=options.get("tools", "system"))
+    method = options.get("method")  # a preference run's refusals (train.method dpo: pairs accepted, then checked)
+    rules = RowRules(
+        tools=options.get("tools", "system"), preference_method=method, preference_kinds=("pair",) * bool(method)
+    )
     _, quarantined, _ = validate_file(
         path, options.get("max_chars", 100_000), options.get("max_line_bytes", 64 * 2**20), rules
     )
@@ -187,6 +192,14 @@ def refuse_test_leak(tmp_path, tokenizer) -> str:
     return refuse_dedup(rows, tmp_path, test=rows[:3])
 
 
+def refuse_contradictory_pair(tmp_path, tokenizer) -> str:
+    from r1lib.data.preference import normalize_preference, preference_record
+
+    rows = [{"prompt": "Which is right?", "chosen": a, "rejected": b} for a, b in (("Yes.", "No."), ("No.", "Yes."))]
+    records = [preference_record(normalize_preference(r), "rows.jsonl", n) for n, r in enumerate(rows, 1)]
+    return refuse_dedup(records + [rec("What is 2 + 2?", "4", 3)], tmp_path)
+
+
 def refuse_blocked_term(tmp_path, tokenizer) -> str:
     write_jsonl(tmp_path / "in.jsonl", [rec("You idiot, 1 + 1?", "2", 1), rec("2 + 2?", "4", 2)])
     with pytest.raises(DataValidationError) as info:
@@ -208,6 +221,7 @@ STAGE_REFUSALS = {
     "duplicate": (refuse_duplicate, ["duplicate", *DEDUP_FIXES]),
     "near_duplicate": (refuse_near_duplicate, ["near_duplicate", *DEDUP_FIXES]),
     "test_leak": (refuse_test_leak, ["test_leak", *DEDUP_FIXES]),
+    "contradictory_pair": (refuse_contradictory_pair, ["contradictory_pair", "keep the direction you mean", "delete"]),
     "dedup:limit": (refuse_duplicate, ["dedup.max_removed_fraction=0.5"]),
     "blocked_term": (refuse_blocked_term, ["debias.blocklist_path", "debias.max_blocked_fraction"]),
     "debias:limit": (refuse_blocked_term, ["debias.max_blocked_fraction=0.1"]),

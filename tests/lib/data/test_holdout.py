@@ -3,13 +3,14 @@ a stable hash split of their rows is the held-out set and the summary says so; a
 data.test_path; the demo (sample in, sample out) and a user's own test file are used as they are."""
 
 import json
+import shutil
 
 import pytest
 from conftest import write_lines
 
 from r1lib.config import DataConfig, DedupConfig
 from r1lib.data.duplicates import is_test_item
-from r1lib.data.holdout import held_out_configs, held_out_source, is_shipped_sample
+from r1lib.data.holdout import SHIPPED_SAMPLE, held_out_configs, held_out_source, is_shipped_sample
 from r1lib.errors import ConfigError, DataValidationError
 from r1lib.presets import config_from_args
 from tasks.dedup import dedup_files
@@ -25,6 +26,25 @@ def user_rows(n: int) -> list[dict]:
 def test_the_shipped_sample_is_recognized_however_the_path_is_written(tmp_path):
     assert is_shipped_sample("data/sample/test.jsonl") and is_shipped_sample("./data/sample/../sample/train.jsonl")
     assert not is_shipped_sample(str(tmp_path / "test.jsonl")) and not is_shipped_sample("s3://bucket/data/sample/x")
+
+
+def test_a_copy_of_the_sample_a_symlink_or_a_file_url_is_the_sample_not_the_users_test_file(tmp_path):
+    # bench/attack4 finding 15: the held-out source was judged by the path as written
+    sample_test = SHIPPED_SAMPLE / "test.jsonl"
+    copy = tmp_path / "my_test.jsonl"
+    shutil.copy(sample_test, copy)
+    (tmp_path / "link.jsonl").symlink_to(sample_test)
+    mine = write_lines(tmp_path / "mine.jsonl", [{"instruction": "Own row?", "output": "Yes."}])
+    for spec in (f"file://{sample_test}", str(copy), str(tmp_path / "link.jsonl"), f"file://{copy}"):
+        assert is_shipped_sample(spec), spec
+        source = held_out_source(DataConfig(train_paths=[str(mine)], test_path=spec), DedupConfig())
+        assert source.kind == "split" and "not used" in source.describe(), spec
+    edited = tmp_path / "edited.jsonl"
+    edited.write_bytes(sample_test.read_bytes().replace(b"}", b"} ", 1))  # one byte more: the user's own file
+    assert not is_shipped_sample(str(edited)) and not is_shipped_sample(str(mine))
+    assert (
+        held_out_source(DataConfig(train_paths=[str(mine)], test_path=str(edited)), DedupConfig()).kind == "test_file"
+    )
 
 
 def test_the_demo_is_scored_on_the_shipped_sample():
