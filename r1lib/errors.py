@@ -41,3 +41,10 @@ class ModelCollapsed(PermanentError):
     stops before export (r1lib/training/collapse.py). ``stage`` is where it was seen."""
 
     stage = "evaluate"
+
+
+class TrackerUnavailable(PermanentError):
+    """The experiment tracker (``tracking.report_to`` at ``tracking.uri``) could not be opened when the flow started:
+    no stage ran. ``stage`` names that step in the failure summary."""
+
+    stage = "tracking"

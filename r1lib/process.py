@@ -4,10 +4,13 @@ the user set wins. The bench and the tests set them through scripts/env.sh."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 DEFAULTS = {
@@ -66,3 +69,29 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
             os._exit(1)
 
     return arm
+
+
+@functools.cache
+def die_with_spawning_parent(poll_s: float = 0.25) -> None:
+    """In a child of multiprocessing's spawn start method (a worker of a local Dask cluster), exit as soon as the
+    process that spawned it dies; a no-op in any other process. Such a child imports its parent's main module (for
+    the command line, flows.finetune: many seconds on a busy machine) before Dask's own parent watch starts, and a
+    ``kill -9`` of the flow process in that window left the workers and multiprocessing's resource tracker alive
+    until their imports ended. The flows and r1lib packages call this first (the entries ``python -m flows.*`` and
+    ``r1-finetune``), so the watch starts before those imports; once per process. A flow run that a Prefect worker
+    starts (``python -m prefect.engine``) keeps the window: its workers import none of this before Dask's watch.
+
+    A thread polling the parent's pid, not PR_SET_PDEATHSIG: that signal follows the thread that started the child
+    (Dask's, which may end before the worker does), not the process."""
+    if sys.orig_argv[-1:] != ["--multiprocessing-fork"]:  # the last word of spawn's command line
+        return
+    parent = os.getppid()
+    if parent == 1:  # the parent died before this ran
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die with spawning parent", daemon=True).start()

@@ -222,6 +222,11 @@ def stage_of_task(function: str, run_name: str = "") -> str:
     return name.split("_", 1)[0]
 
 
+# The context manager that writes the failure summary (tasks/summary.py): an error of the flow's body is thrown into
+# it, so its frame ends every such traceback, but it never raised one.
+REPORTERS = frozenset({"summary_on_failure"})
+
+
 def failed_stage(error: BaseException) -> str | None:
     """The stage an error came from: its ``stage`` attribute, else the deepest frame of its traceback in a stage
     module (``tasks/<module>.py``: the module's stage, or in a module of several stages the function's, as
@@ -229,7 +234,11 @@ def failed_stage(error: BaseException) -> str | None:
     if isinstance(getattr(error, "stage", None), str):
         return error.stage
     tasks = Path(__file__).resolve().parent.parent / "tasks"
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve().parent == tasks]
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if Path(f.filename).resolve().parent == tasks and f.name not in REPORTERS
+    ]
     if not frames:
         return None
     module = Path(frames[-1].filename).stem.replace("_", "-")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lib.config import PipelineConfig, TrackingConfig
+from r1lib.errors import TrackerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,18 @@ def link_artifact(tracker: Tracker, cfg: TrackingConfig) -> None:
             )
 
 
+def unavailable(cfg: TrackingConfig, exc: Exception) -> TrackerUnavailable:
+    """The error of a tracker that could not be opened: the setting, its address without credentials, the cause."""
+    where = public_url(cfg.uri) if cfg.uri else "its default"
+    cause = f"{type(exc).__name__}: {exc}"
+    if cfg.uri and where != cfg.uri:
+        cause = cause.replace(cfg.uri, where)
+    return TrackerUnavailable(
+        f"the {cfg.report_to} tracker at tracking.uri={where} could not be opened ({cause[:300]}); make it "
+        "reachable, correct tracking.uri, or set tracking.report_to=none"
+    )
+
+
 @contextlib.contextmanager
 def tracked_run(config: PipelineConfig, run_dir: str | Path) -> Iterator[Tracker]:
     """Open the tracker run for this flow run, hand the trainer its environment, close the run on exit."""
@@ -305,8 +318,15 @@ def tracked_run(config: PipelineConfig, run_dir: str | Path) -> Iterator[Tracker
 
         if flow_run.id:
             tags["prefect.flow_run_id"] = str(flow_run.id)
-    tracker, environment = open_tracker(cfg, Path(run_dir), tags)
-    tracker.log_params(redacted_params(config))
+    tracker = None
+    try:
+        tracker, environment = open_tracker(cfg, Path(run_dir), tags)
+        tracker.log_params(redacted_params(config))
+    except Exception as exc:
+        if tracker is not None:
+            with contextlib.suppress(Exception):
+                tracker.close(failed=True)
+        raise unavailable(cfg, exc) from exc
     link_artifact(tracker, cfg)
     shown = public_url(tracker.url) or {key: redact(key, public_url(value)) for key, value in environment.items()}
     log.info("tracking: %s run %s", tracker.name, shown)

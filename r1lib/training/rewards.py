@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
@@ -28,6 +29,20 @@ log = logging.getLogger(__name__)
 REWARDS = ("format", "correctness", "overlong")  # the names train.grpo.rewards weighs, in TRL's column order
 _NUMBER = re.compile(r"^[-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?([eE][-+]?\d+)?$")
 _BOXED = re.compile(r"\\boxed\{(.*)\}", re.DOTALL)
+# What math-verify is never asked about (sympy would evaluate it for seconds, up to math-verify's own limit).
+_POW = r"(?:\^|\*\*)"
+_COSTLY = re.compile(
+    "|".join(
+        (
+            rf"{_POW}\s*(?:\w+|\{{[^{{}}]*\}})\s*{_POW}",  # a power of a power: 2^2^2, 2^{3}^4
+            rf"{_POW}\s*\{{[^{{}}]*{_POW}",  # a power inside an exponent: 9^{9^{9}}
+            rf"{_POW}\s*\{{?\s*[-+]?\d{{4,}}",  # an exponent of four digits or more: (x+1)^{1000000}
+            r"\d{4,}\s*!",  # a factorial of four digits or more: 100000!
+        )
+    )
+)
+MATH_MAX_CHARS = 1000  # an answer longer than this (or than 4x its reference + 64) is compared without math-verify
+MATH_TIMEOUT_S = 2  # math-verify's own limit per parse and per comparison (whole seconds: it uses signal.alarm)
 
 
 def think_closed(completion: str) -> bool:
@@ -64,19 +79,53 @@ def _math_verify():
     except ImportError:
         log.warning("math-verify is not installed: GRPO correctness checks exact and numeric answers only")
         return None
+    # sympy's first comparison sets itself up (2.4 s at load 19, then 14-68 ms): once, with a time limit of its own.
+    # Called from the main thread only (math_equal), where math-verify's limit works.
+    verify(parse("$x^2+2x+1$", parsing_timeout=60), parse("$(x+1)^2$", parsing_timeout=60), timeout_seconds=60)
     return parse, verify
+
+
+@functools.cache
+def _off_main_thread_notice() -> None:
+    log.warning(
+        "GRPO correctness is checked outside the main thread: math-verify bounds its time with signal.alarm, which "
+        "only the main thread has, so answers are matched exactly, normalized and as numbers only (an equal object "
+        "written differently, \\frac{1}{2} for 0.5, scores 0). Call the rewards from the main thread to use it."
+    )
+
+
+def math_checkable(answer: str, reference: str) -> bool:
+    """Whether math-verify may be asked about ``answer``: short enough (``MATH_MAX_CHARS``, and at most 4x the
+    reference + 64 characters: no rewriting of a short answer is that long) and holding nothing sympy would spend
+    seconds evaluating (``_COSTLY``). A hostile completion then costs one regex scan, not math-verify's time limit."""
+    if len(answer) > min(MATH_MAX_CHARS, 4 * len(reference) + 64):
+        return False
+    return _COSTLY.search(answer) is None
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_reference(reference: str) -> list:
+    """A reference parsed once for the group of completions scored against it."""
+    parse, _ = _math_verify()
+    return parse(reference, parsing_timeout=MATH_TIMEOUT_S)
 
 
 def math_equal(answer: str, reference: str) -> bool:
     """Whether math-verify finds the two the same mathematical object; False when it cannot parse either (a parse
-    failure is not a wrong answer's proof, but it is not a right one's either)."""
+    failure is not a wrong answer's proof, but it is not a right one's either), when ``math_checkable`` says no, and
+    outside the main thread (math-verify's time limit needs it: a WARNING says so once)."""
+    if not math_checkable(answer, reference):
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        _off_main_thread_notice()
+        return False
     tools = _math_verify()
     if tools is None:
         return False
     parse, verify = tools
     try:
-        gold, found = parse(reference), parse(answer)
-        return bool(gold) and bool(found) and bool(verify(gold, found))
+        gold, found = _parsed_reference(reference), parse(answer, parsing_timeout=MATH_TIMEOUT_S)
+        return bool(gold) and bool(found) and bool(verify(gold, found, timeout_seconds=MATH_TIMEOUT_S))
     except Exception as exc:  # noqa: BLE001 - its parser raises many kinds on odd input; that answer is just unproven
         log.debug("math-verify could not compare %r with %r: %s", answer[:80], reference[:80], exc)
         return False

@@ -12,6 +12,7 @@ from r1lib.data.row_formats import normalize
 from r1lib.errors import DataValidationError, ExportCheckError, ModelCollapsed
 from r1lib.export.gguf import GGUFFile
 from r1lib.io import write_jsonl
+from r1lib.ops.tracking import tracked_run
 from r1lib.presets import preset
 from r1lib.stages import failed_stage
 from r1lib.training.collapse import collapse_check
@@ -72,6 +73,30 @@ def test_a_smoke_failure_without_a_setting_in_its_message_points_at_the_training
 def test_an_error_of_no_stage_is_said_to_be_between_stages():
     assert failed_stage(ValueError("x")) is None and failed_stage(ModelCollapsed("x")) == "evaluate"
     assert failed_stage(ExportCheckError("x")) is None and isinstance(DataValidationError("x"), Exception)
+
+
+def test_an_error_in_the_flow_body_outside_any_stage_is_between_stages_not_in_the_summary(tmp_path):
+    def flow_body():
+        raise ValueError("raised by the flow itself")
+
+    assert run_failing(tmp_path, [], flow_body)["failed"]["stage"] == "between stages"
+
+
+def test_a_tracker_that_cannot_be_opened_is_the_failed_step_and_names_tracking_uri(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after MLflow's backoff
+    tracking = TINY.tracking.model_copy(update={"report_to": "mlflow", "uri": "http://alice:S3cret@127.0.0.1:9"})
+    config = TINY.model_copy(update={"tracking": tracking})
+
+    def open_tracker():
+        with tracked_run(config, tmp_path):
+            pass
+
+    failed = run_failing(tmp_path, [], open_tracker)["failed"]
+    assert failed["stage"] == "tracking" and failed["error"].startswith("TrackerUnavailable: the mlflow tracker")
+    assert failed["look_at"][0] == "tracking.uri" and "http://127.0.0.1:9" in failed["error"]
+    printed = capsys.readouterr().out
+    assert "FAILED in tracking" in printed
+    assert "S3cret" not in printed + (tmp_path / "summary.json").read_text(encoding="utf-8")
 
 
 def test_settings_named_reads_real_settings_only():

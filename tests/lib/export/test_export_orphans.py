@@ -48,17 +48,24 @@ def children_after_parent_killed(proc: subprocess.Popen, marker: str) -> list[ps
     """Kill the parent alone (not its group) once its ``marker`` child is running; of every process it had started
     (the whole tree, counted at the kill), those still alive 10 s later."""
     _wait_for(lambda: _child_of(proc.pid, marker), timeout=120, what=f"the {marker} child")
-    started = psutil.Process(proc.pid).children(recursive=True)
+    started, alive = kill_and_count(proc)
     assert started, "the parent had started no child"
+    return alive
+
+
+def kill_and_count(proc: subprocess.Popen, grace_s: float = 10) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """SIGKILL the parent alone (not its group): (every process it had started, the whole tree counted at the kill;
+    those of them still alive ``grace_s`` later, which are then killed)."""
+    started = psutil.Process(proc.pid).children(recursive=True)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(_alive(p) for p in started):
         time.sleep(0.1)
     alive = [p for p in started if _alive(p)]
     for leftover in alive:
         leftover.kill()
-    return alive
+    return started, alive
 
 
 def test_no_converter_outlives_a_killed_flow_process(tmp_path):

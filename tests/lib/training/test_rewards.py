@@ -3,8 +3,12 @@ generation prompt (which opens ``<think>``), special tokens stripped."""
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import pytest
 
+from r1lib.training import rewards
 from r1lib.training.rewards import (
     as_number,
     checkable,
@@ -104,3 +108,42 @@ def test_trl_reward_functions_are_named_weighted_and_log_the_closed_think_share(
 def test_close_but_different_numbers_are_wrong(answer, reference):
     """Outside attack finding 9: a float tolerance scored these as right; a stated answer is equal or it is not."""
     assert match(answer, reference) is None
+
+
+# Each took up to math-verify's 5 s time limit (or 1.3 s for the 100k characters), one completion after another.
+HOSTILE_ANSWERS = {
+    "power tower": "^".join(["2"] * 50),
+    "nested exponents": "9^{9^{9^{9}}}",
+    "huge exponent": "(x+1)^{1000000} - (x+2)^{1000000}",
+    "huge factorial": "100000!",
+    "100k characters": "x " * 50_000,
+    "10k empty fractions": "\\frac{}{}" * 10_000,
+}
+
+
+def test_a_hostile_answer_is_never_handed_to_math_verify(monkeypatch):
+    asked, real = [], rewards._math_verify
+    monkeypatch.setattr(rewards, "_math_verify", lambda: asked.append(1) or real())
+    for answer in HOSTILE_ANSWERS.values():
+        assert correctness_reward(f"reasoning\n</think>\n\n{answer}", "4") == 0.0
+    assert asked == []
+    # what it is for still reaches it: two powers side by side, a small exponent, a fraction
+    assert [rewards.math_checkable(a, "1") for a in ("x^2 + y^2", "2^{10}", "\\frac{1}{2}")] == [True] * 3
+    assert correctness_reward("r\n</think>\n\n$(x+1)^2$", "$x^2+2x+1$") == 1.0 and asked
+    assert correctness_reward("r\n</think>\n\n$2^{10}$", "1024") == 1.0
+
+
+HALF = "reasoning\n</think>\n\n\\frac{1}{2}"
+
+
+def test_off_the_main_thread_correctness_falls_back_and_says_so_once_at_warning(caplog):
+    rewards._off_main_thread_notice.cache_clear()
+    scores = []
+    worker = threading.Thread(target=lambda: scores.extend(correctness_reward(HALF, "0.5") for _ in range(3)))
+    with caplog.at_level(logging.WARNING, logger=rewards.__name__):
+        worker.start()
+        worker.join()
+    assert scores == [0.0, 0.0, 0.0]  # math-verify needs the main thread: exact, normalized and numeric only
+    notices = [r for r in caplog.records if "outside the main thread" in r.getMessage()]
+    assert len(notices) == 1 and notices[0].levelno == logging.WARNING
+    assert correctness_reward(HALF, "0.5") == 1.0  # in the main thread math-verify proves it

@@ -1,0 +1,49 @@
+"""A child that multiprocessing spawns from a process of this project dies with that process, even before it has
+finished importing (r1lib/process.py: die_with_spawning_parent, called by the r1lib and flows packages)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import psutil
+
+from tests.conftest import ROOT
+from tests.lib.export.test_export_crash import _wait_for
+from tests.lib.export.test_export_orphans import kill_and_count
+
+# The parent imports r1lib and spawns a child that only sleeps: the child imports the parent's script (so r1lib)
+# before it runs its target, as a Dask worker imports flows.finetune. Nothing else would end it within two minutes.
+PARENT = textwrap.dedent("""
+    import multiprocessing
+    import time
+
+    import r1lib  # noqa: F401 - what the spawned child imports first
+
+    if __name__ == "__main__":
+        multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,)).start()
+        time.sleep(120)
+""")
+
+
+def spawned(pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(pid).children() if "--multiprocessing-fork" in p.cmdline()]
+
+
+def test_a_spawned_child_dies_with_its_killed_parent(tmp_path):
+    (tmp_path / "parent.py").write_text(PARENT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")], cwd=tmp_path, env=env)
+    try:
+        # The child's watch is a second thread: it runs once the child has imported r1lib.
+        child = _wait_for(
+            lambda: next((c for c in spawned(proc.pid) if c.num_threads() > 1), None), timeout=60, what="the watch"
+        )
+        started, alive = kill_and_count(proc, grace_s=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert child.pid in [p.pid for p in started]  # beside multiprocessing's resource tracker
+    assert alive == []  # without the watch the child would sleep on for two minutes, and the tracker with it
