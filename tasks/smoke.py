@@ -73,6 +73,8 @@ class SmokeResult(BaseModel):
     perplexity_tokens: int = 0
     perplexity_vs_hf: float | None = None  # relative difference from the HF merged model's perplexity
     quant_loss: float | None = None  # relative perplexity increase over the full-precision GGUF
+    seconds: float | None = None  # the child's whole work: load, answers, parity tokens, perplexity pass
+    perplexity_seconds: float | None = None
 
 
 class SmokeReport(StageResult):
@@ -316,10 +318,11 @@ def smoke_test(
     waited = time.monotonic()
     results = checked_results(ran, children, cfg, warnings)
     log.info(
-        "smoke test: HF reference %.1f s (%s), waited %.1f s more for the GGUF children, %.1f s in all",
+        "smoke test: HF reference %.1f s (%s), waited %.1f s more for the GGUF children (%s), %.1f s in all",
         reference.seconds,
         "computed beside the export" if beside else "computed here while the children ran",
         time.monotonic() - waited,
+        ", ".join(f"{r.type} {r.seconds} s, perplexity pass {r.perplexity_seconds} s" for r in results),
         time.monotonic() - started,
     )
     for warning in warnings:

@@ -256,7 +256,7 @@ def run_gguf(
     from llama_cpp import Llama
 
     decoding = decoding or {}
-    started = time.monotonic()
+    began = started = time.monotonic()
     llm = Llama(
         model_path=path,
         n_ctx=n_ctx,
@@ -297,8 +297,14 @@ def run_gguf(
     }
     if perplexity_rows:
         rows = json.loads(Path(perplexity_rows).read_text(encoding="utf-8"))
+        started = time.monotonic()
         nll, count = gguf_perplexity(path, rows, n_threads, n_gpu_layers)
-        result.update(perplexity=round(math.exp(nll / max(count, 1)), 6), perplexity_tokens=count)
+        result.update(
+            perplexity=round(math.exp(nll / max(count, 1)), 6),
+            perplexity_tokens=count,
+            perplexity_seconds=round(time.monotonic() - started, 3),
+        )
+    result["seconds"] = round(time.monotonic() - began, 3)
     return result
 
 
