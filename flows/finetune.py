@@ -85,7 +85,7 @@ train = train_task.with_options(
 )
 evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)", **IN_THREAD)
 fairness_check = fairness_task.with_options(task_run_name="fairness (max {cfg.max_prompts} twin prompts)", **IN_THREAD)
-smoke_reference = smoke_reference_task.with_options(**IN_THREAD)
+smoke_reference = smoke_reference_task.with_options(**timed())
 smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} tokens", **timed())
 write_card = card_task.with_options(**timed())
 
@@ -139,15 +139,13 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
             evaluation = evaluation.result()
             finished += [trained, evaluation]
             collapse_check(evaluation, config, trained.steps)  # a collapsed model stops here, before the smoke test
-            # The smoke test's HF reference model, on the GPU once fairness is done, beside convert and quantize.
-            reference = smoke_reference.submit(
-                exported.merged, data.test.dataset, config.smoke, at["smoke"], wait_for=[fairness]
-            )
-            background.append(reference)
             fairness = fairness.result()
             finished.append(fairness)
-            reference = reference.result()
-        merged, ggufs = exported.merged.result(), exported.ggufs()
+            # The smoke test's HF reference model, on the GPU now, beside convert and quantize (the merge, shorter
+            # than evaluation, is done: a failed merge is reported as itself).
+            merged = exported.merged.result()
+            reference = smoke_reference(merged, data.test.dataset, config.smoke, at["smoke"])
+        ggufs = exported.ggufs()
         smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"], reference)
         finished.append(smoke)
         results = [*data.results(), trained, evaluation, fairness, smoke]
