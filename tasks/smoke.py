@@ -93,6 +93,7 @@ class SmokeReport(StageResult):
     parity_on: str = "F16"  # the GGUF type whose greedy tokens were compared with HF
     ran: list[str] = []  # the GGUF types loaded and answered (r1lib/export/smoke_checks.py: smoke_plan)
     plan: str = "every GGUF"
+    timing: str = ""  # where the stage's time went: the HF reference, the wait for each child
 
     def summary(self) -> dict:
         by_type: dict[str, SmokeResult | None] = {r.type: r for r in self.results}
@@ -317,14 +318,14 @@ def smoke_test(
     warnings: list[str] = []
     waited = time.monotonic()
     results = checked_results(ran, children, cfg, warnings)
-    log.info(
-        "smoke test: HF reference %.1f s (%s), waited %.1f s more for the GGUF children (%s), %.1f s in all",
-        reference.seconds,
-        "computed beside the export" if beside else "computed here while the children ran",
-        time.monotonic() - waited,
-        ", ".join(f"{r.type} {r.seconds} s, perplexity pass {r.perplexity_seconds} s" for r in results),
-        time.monotonic() - started,
+    timing = (
+        f"HF reference {reference.seconds:.1f} s "
+        f"({'computed beside the export' if beside else 'computed here while the children ran'}), then "
+        f"{time.monotonic() - waited:.1f} s waiting for the GGUF children ("
+        + ", ".join(f"{r.type} {r.seconds} s, perplexity pass {r.perplexity_seconds} s" for r in results)
+        + f"), {time.monotonic() - started:.1f} s in all"
     )
+    log.info("smoke test: %s", timing)
     for warning in warnings:
         log.warning("smoke test (require_r1_format off): %s", warning)
 
@@ -355,6 +356,7 @@ def smoke_test(
         parity_on=plan.parity_on,
         ran=plan.run,
         plan=plan.reason,
+        timing=timing,
     )
     write_json(out_dir / "smoke.json", report.model_dump())
 
@@ -458,5 +460,6 @@ def smoke_task(
     report = smoke_test(
         merged_dir, ggufs, cfg, Path(out_dir), test_dataset, decoding if cfg.use_eval_decoding else None, reference
     )
+    print(f"smoke test: {report.timing}")
     create_table_artifact(key="gguf-smoke-test", table=smoke_table(report), description=smoke_description(report))
     return report
