@@ -62,7 +62,7 @@ def after(merged: Path, out: Path, qtypes: list[str]) -> dict:
     started = time.monotonic()
     f16 = convert(str(merged), "f16", out / "m-F16.gguf")
     converted = time.monotonic()
-    threads = quantize_threads(len(qtypes))
+    threads = quantize_threads()
     with ThreadPoolExecutor(len(qtypes)) as pool:  # as the flow's task runner runs the quantize tasks
         files = list(pool.map(lambda q: quantize(Path(f16.path), q, out / f"m-{q}.gguf", threads), qtypes))
     Path(f16.path).unlink()

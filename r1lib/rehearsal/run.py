@@ -205,6 +205,7 @@ def collect(result) -> dict:
             "hf_dtype": smoke.hf_dtype,
             "tokens_per_second": {r.type: r.tokens_per_second for r in smoke.results},
             "format_warnings": len(smoke.warnings),
+            "timing": smoke.timing,
         }
     summary = getattr(result, "summary", None)
     if summary is not None:

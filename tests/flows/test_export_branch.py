@@ -80,8 +80,11 @@ def test_a_failed_background_stage_is_retried_while_the_stage_beside_it_goes_on(
     assert ATTEMPTS[1] < beside_done  # the retry ran while the other stage was still running
 
 
-def test_quantize_children_share_the_cores():
-    assert quantize_threads(2, cores=16) == 8 and quantize_threads(3, cores=2) == 1 and quantize_threads(0, 4) == 4
+def test_each_quantize_child_gets_every_core():
+    import os
+
+    assert quantize_threads(cores=16) == 16 and quantize_threads(cores=2) == 2
+    assert quantize_threads() == len(os.sched_getaffinity(0))
 
 
 def test_stages_submitted_to_threads_carry_no_timeout():

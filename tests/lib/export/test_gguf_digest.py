@@ -84,3 +84,62 @@ def test_a_gguf_swapped_or_gone_fails_the_model_card_naming_it(tmp_path):
     Path(swapped.path).unlink()
     with pytest.raises(ExportCheckError, match=r"run-Q8_0\.gguf: the GGUF the export wrote is gone"):
         verify_digests([swapped])
+
+
+def _stamped(tmp_path: Path, monkeypatch) -> GGUFFile:
+    """A GGUF hashed as the export hashes it, its last change long enough ago for its stamp to count."""
+    import r1lib.io
+    from r1lib.io import sha256_stamped
+
+    monkeypatch.setattr(r1lib.io, "STAMP_SETTLED_NS", 0)
+    path = tiny_gguf(tmp_path / "run-Q8_0.gguf")
+    digest, stamp = sha256_stamped(path)
+    assert stamp is not None
+    return GGUFFile(path=str(path), type="Q8_0", bytes=path.stat().st_size, sha256=digest, stamp=stamp)
+
+
+def test_an_unchanged_stamped_gguf_is_not_hashed_again(tmp_path, monkeypatch):
+    import r1lib.io
+
+    written = _stamped(tmp_path, monkeypatch)
+    read: list[Path] = []
+    monkeypatch.setattr(r1lib.io, "sha256_file", lambda path: read.append(path) or "")
+    verify_digests([GGUFFile.model_validate_json(written.model_dump_json())])  # as a cached result comes back
+    assert read == []
+
+
+def test_a_gguf_changed_in_place_with_its_mtime_put_back_is_hashed_again_and_named(tmp_path, monkeypatch):
+    import os
+
+    written = _stamped(tmp_path, monkeypatch)
+    path = Path(written.path)
+    before = path.stat()
+    with open(path, "r+b") as handle:  # same inode, same size
+        handle.seek(before.st_size - 4)
+        handle.write(b"\x00\x01\x02\x03")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # a user can set the mtime back, not the ctime
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(ExportCheckError, match=r"run-Q8_0\.gguf: sha256 .* replaced or changed after the run"):
+        verify_digests([written])
+
+
+def test_a_gguf_replaced_by_a_rename_is_hashed_again_and_named(tmp_path, monkeypatch):
+    written = _stamped(tmp_path, monkeypatch)
+    other = tiny_gguf(tmp_path / "other.gguf", 3.0)
+    other.replace(written.path)  # a new inode in its place
+    with pytest.raises(ExportCheckError, match=r"run-Q8_0\.gguf: sha256 .* replaced or changed after the run"):
+        verify_digests([written])
+
+
+def test_a_file_changed_too_recently_for_its_ctime_to_tell_gets_no_stamp(tmp_path):
+    from r1lib.io import sha256_file, sha256_stamped
+
+    path = tiny_gguf(tmp_path / "fresh.gguf")
+    assert sha256_stamped(path) == (sha256_file(path), None)  # just written: hashed again by every check
+
+
+def test_a_temporary_full_precision_gguf_is_not_hashed(fake_children, tmp_path):
+    from tasks.export import convert
+
+    f16 = convert(str(tmp_path), "f16", tmp_path / "m-F16.gguf", digest=False)
+    assert (f16.sha256, f16.stamp) == (None, None) and Path(f16.path).is_file()

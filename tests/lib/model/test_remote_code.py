@@ -64,7 +64,7 @@ LOADERS = {
     "train(hf)": "from r1lib.training.backends import load_hf; from r1lib.config import TrainConfig; "
     "load_hf(D, CFG, TrainConfig())",
     "merge": "from tasks.export import merge; merge(D, D, CFG, OUT)",
-    "smoke": "from tasks.smoke import load_merged; load_merged(D, trust_remote_code=False)",
+    "smoke": "from r1lib.export.hf_reference import load_merged; load_merged(D, trust_remote_code=False)",
 }
 TOKENIZER_ONLY = {"load_tokenizer", "tokenize"}
 

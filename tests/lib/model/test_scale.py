@@ -297,7 +297,7 @@ def test_greedy_parity_accepts_only_a_near_tie():
 def test_perplexity_rows_stop_at_the_token_budget(tmp_path):
     from datasets import Dataset
 
-    from tasks.smoke import write_perplexity_rows
+    from r1lib.export.hf_reference import write_perplexity_rows
 
     rows = Dataset.from_dict({"input_ids": [[1] * 100] * 5, "labels": [[1] * 100] * 5})
     rows.save_to_disk(str(tmp_path / "ds"))
