@@ -308,23 +308,71 @@ def cli(monkeypatch, capsys):
 # tests/lib/ops/test_tracking.py, tests/lib/ops/test_mlflow_registry.py and the tiny flow run (tiny_flow_run, read by
 # tests/flows/test_tracking_flow.py) log to and read from it through MlflowClient: `mlflow server` on loopback, a free
 # port, a SQLite backend and a local artifact folder in a temp dir, stopped (its process group) at the end of the
-# session.
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+# session. It is started as soon as the collected tests are known to need it (pytest_collection_finish), in the
+# background: its imports and SQLite migrations (a minute and more on a busy two-core machine) then overlap the tests
+# that run before the first one that uses it, instead of delaying that one.
+_MLFLOW: dict = {}
+MLFLOW_USERS = {"mlflow_server", "tiny_flow_run"}  # tiny_flow_run asks for it with request.getfixturevalue
+
+
+def _start_mlflow(home: Path) -> dict:
     import subprocess
     import sys
-    import urllib.request
 
     from server_stack import free_port
 
-    pytest.importorskip("mlflow", reason="the tracking extra: scripts/bootstrap dev,server,tracking")
-    home = tmp_path_factory.mktemp("mlflow")
+    home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--artifacts-destination", str(home / "art")]
     log = open(home / "server.log", "wb")
     server = subprocess.Popen([*command, "--workers", "1"], cwd=home, stdout=log, stderr=log, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    return {"server": server, "log": log, "home": home, "uri": f"http://127.0.0.1:{port}"}
+
+
+def _stop_mlflow() -> None:
+    import subprocess
+
+    started = _MLFLOW.pop("started", None)
+    if started is None:
+        return
+    server = started["server"]
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        if server.poll() is None:
+            os.killpg(server.pid, sig)
+            try:
+                server.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+    started["log"].close()
+    shutil.rmtree(started["home"], ignore_errors=True)  # a temp dir of its own: nothing in it outlives the session
+
+
+def pytest_collection_finish(session):
+    import importlib.util
+
+    wanted = any(MLFLOW_USERS & set(getattr(item, "fixturenames", ())) for item in session.items)
+    if wanted and importlib.util.find_spec("mlflow") and not session.config.option.collectonly:
+        import tempfile
+
+        _MLFLOW["started"] = _start_mlflow(Path(tempfile.mkdtemp(prefix="r1-test-mlflow-")))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _stop_mlflow()  # when no test asked for it after all (a -x stop, a skip); else the fixture stopped it
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    import urllib.request
+
+    pytest.importorskip("mlflow", reason="the tracking extra: scripts/bootstrap dev,server,tracking")
+    if "started" not in _MLFLOW:  # collection did not foresee it
+        import tempfile
+
+        _MLFLOW["started"] = _start_mlflow(Path(tempfile.mkdtemp(prefix="r1-test-mlflow-")))
+    started = _MLFLOW["started"]
+    server, home, uri = started["server"], started["home"], started["uri"]
     deadline = time.monotonic() + 300  # its SQLite migrations take a minute and more on a busy two-core machine
     try:
         while True:
@@ -339,11 +387,4 @@ def mlflow_server(tmp_path_factory):
             time.sleep(1)
         yield uri
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-            if server.poll() is None:
-                os.killpg(server.pid, sig)
-                try:
-                    server.wait(timeout=wait)
-                except subprocess.TimeoutExpired:
-                    continue
-        log.close()
+        _stop_mlflow()
