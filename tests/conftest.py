@@ -53,35 +53,54 @@ def small_dataset(tmp_path_factory, tokenizer):
 
 # --- the whole flow on the tiny preset, once a session -------------------------------------------------------------
 # tests/flows/test_flow.py (the whole DAG, the broken file, planted secrets, the learning signal) and
-# tests/flows/test_flow_short.py (a run shorter than one logging interval still reports its loss) read the same run:
-# the tiny preset with data/sample/broken.jsonl mixed in, 60 of its 90 steps, logging_steps above max_steps and one
-# checkpoint at the last step, so the only loss is the one logged at the last step. (They used to be two whole-flow
-# runs, 90 and 60 steps.) 45 steps were too few: held-out accuracy 48%, where the test asks for 40% at least. The
-# preset's own 90 steps are what ./scripts/demo runs (README.md shows that run's figures).
+# tests/flows/test_tracking_flow.py (the MLflow run, the lm-eval task) read the same run: the tiny preset with
+# data/sample/broken.jsonl mixed in, 60 of its 90 steps, the loss logged every 10, one checkpoint at the last step,
+# tracking.report_to=mlflow on the session's MLflow server (mlflow_server below) and the shipped lm-eval task scored.
+# (The tracking run used to be a second whole flow of 90 steps; the tracker and lm-eval change no figure of the
+# run: loss, perplexity, accuracy and parity are those of the untracked run.) 45 steps were too few: held-out
+# accuracy 48%, where the test asks for 40% at least. The preset's own 90 steps are what ./scripts/demo runs
+# (README.md shows that run's figures). A run shorter than one logging interval is
+# tests/stages/test_layouts_train.py's whole flow.
 TINY_FLOW_STEPS = 60
-TINY_FLOW_LOGGING_STEPS = 100
+TINY_FLOW_LOGGING_STEPS = 10
+TINY_FLOW_EXPERIMENT = "acceptance"
+TINY_FLOW_LM_EVAL = {
+    "lm_eval_tasks": ["r1_sample_topic"],
+    "lm_eval_path": "data/lm_eval",
+    "lm_eval_limit": 8,
+    "lm_eval_thinking_tokens": 48,
+    "lm_eval_answer_tokens": 24,
+}
 
 
 @pytest.fixture(scope="session")
-def tiny_flow_run(prefect_harness, tmp_path_factory):
+def tiny_flow_run(prefect_harness, tmp_path_factory, request):
+    import importlib.util
+
     from flows.finetune import finetune
     from r1lib.presets import preset
     from tests.flows.test_flow import BROKEN, PLANTED_SECRET
 
-    # A hub token and a storage credential in the environment, as a worker would have them: they must reach no output.
+    # A hub token and a storage credential in the environment, as a worker would have them, and the same token in
+    # the configuration: they must reach no output (the tracker gets the configuration redacted).
     os.environ["HF_TOKEN"] = os.environ["AWS_SECRET_ACCESS_KEY"] = PLANTED_SECRET
     runs = tmp_path_factory.mktemp("runs")
     config = preset("tiny")
-    train = {**config.train.model_dump(), "max_steps": TINY_FLOW_STEPS}
-    assert train["max_steps"] < TINY_FLOW_LOGGING_STEPS
-    config = config.model_validate(
-        {
-            **config.model_dump(),
-            "runs_dir": str(runs),
-            "data": {**config.data.model_dump(), "train_paths": ["data/sample/train.jsonl", BROKEN]},
-            "train": {**train, "logging_steps": TINY_FLOW_LOGGING_STEPS, "save_steps": train["max_steps"]},
-        }
-    )
+    dumped = config.model_dump()
+    train = {**dumped["train"], "max_steps": TINY_FLOW_STEPS}
+    assert train["max_steps"] % TINY_FLOW_LOGGING_STEPS == 0
+    data = {**dumped["data"], "train_paths": ["data/sample/train.jsonl", BROKEN]}
+    update = {
+        "runs_dir": str(runs),
+        "data": {**data, "placeholders": {"api_token": PLANTED_SECRET}},
+        "train": {**train, "logging_steps": TINY_FLOW_LOGGING_STEPS, "save_steps": train["max_steps"]},
+    }
+    # Without the tracking extra the run is untracked and without lm-eval (test_tracking_flow.py then skips itself).
+    if importlib.util.find_spec("mlflow") and importlib.util.find_spec("lm_eval"):
+        tracking = {"report_to": "mlflow", "uri": request.getfixturevalue("mlflow_server")}
+        update["tracking"] = {**dumped["tracking"], **tracking, "experiment": TINY_FLOW_EXPERIMENT}
+        update["evaluate"] = {**dumped["evaluate"], **TINY_FLOW_LM_EVAL}
+    config = config.model_validate({**dumped, **update})
     try:
         return finetune(config)
     finally:
@@ -286,25 +305,74 @@ def cli(monkeypatch, capsys):
 
 
 # --- a real MLflow tracking server and model registry, once a session -----------------------------------------------
-# tests/lib/ops/test_tracking.py, tests/lib/ops/test_mlflow_registry.py and tests/flows/test_tracking_flow.py log to
-# and read from it through MlflowClient: `mlflow server` on loopback, a free port, a SQLite backend and a local
-# artifact folder in a temp dir, stopped (its process group) at the end of the session.
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+# tests/lib/ops/test_tracking.py, tests/lib/ops/test_mlflow_registry.py and the tiny flow run (tiny_flow_run, read by
+# tests/flows/test_tracking_flow.py) log to and read from it through MlflowClient: `mlflow server` on loopback, a free
+# port, a SQLite backend and a local artifact folder in a temp dir, stopped (its process group) at the end of the
+# session. It is started as soon as the collected tests are known to need it (pytest_collection_finish), in the
+# background: its imports and SQLite migrations (a minute and more on a busy two-core machine) then overlap the tests
+# that run before the first one that uses it, instead of delaying that one.
+_MLFLOW: dict = {}
+MLFLOW_USERS = {"mlflow_server", "tiny_flow_run"}  # tiny_flow_run asks for it with request.getfixturevalue
+
+
+def _start_mlflow(home: Path) -> dict:
     import subprocess
     import sys
-    import urllib.request
 
     from server_stack import free_port
 
-    pytest.importorskip("mlflow", reason="the tracking extra: scripts/bootstrap dev,server,tracking")
-    home = tmp_path_factory.mktemp("mlflow")
+    home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--artifacts-destination", str(home / "art")]
     log = open(home / "server.log", "wb")
     server = subprocess.Popen([*command, "--workers", "1"], cwd=home, stdout=log, stderr=log, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    return {"server": server, "log": log, "home": home, "uri": f"http://127.0.0.1:{port}"}
+
+
+def _stop_mlflow() -> None:
+    import subprocess
+
+    started = _MLFLOW.pop("started", None)
+    if started is None:
+        return
+    server = started["server"]
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        if server.poll() is None:
+            os.killpg(server.pid, sig)
+            try:
+                server.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+    started["log"].close()
+    shutil.rmtree(started["home"], ignore_errors=True)  # a temp dir of its own: nothing in it outlives the session
+
+
+def pytest_collection_finish(session):
+    import importlib.util
+
+    wanted = any(MLFLOW_USERS & set(getattr(item, "fixturenames", ())) for item in session.items)
+    if wanted and importlib.util.find_spec("mlflow") and not session.config.option.collectonly:
+        import tempfile
+
+        _MLFLOW["started"] = _start_mlflow(Path(tempfile.mkdtemp(prefix="r1-test-mlflow-")))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _stop_mlflow()  # when no test asked for it after all (a -x stop, a skip); else the fixture stopped it
+
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    import urllib.request
+
+    pytest.importorskip("mlflow", reason="the tracking extra: scripts/bootstrap dev,server,tracking")
+    if "started" not in _MLFLOW:  # collection did not foresee it
+        import tempfile
+
+        _MLFLOW["started"] = _start_mlflow(Path(tempfile.mkdtemp(prefix="r1-test-mlflow-")))
+    started = _MLFLOW["started"]
+    server, home, uri = started["server"], started["home"], started["uri"]
     deadline = time.monotonic() + 300  # its SQLite migrations take a minute and more on a busy two-core machine
     try:
         while True:
@@ -319,11 +387,4 @@ def mlflow_server(tmp_path_factory):
             time.sleep(1)
         yield uri
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-            if server.poll() is None:
-                os.killpg(server.pid, sig)
-                try:
-                    server.wait(timeout=wait)
-                except subprocess.TimeoutExpired:
-                    continue
-        log.close()
+        _stop_mlflow()

@@ -12,7 +12,7 @@ PLANTED_SECRET = "hf_PLANTEDsecretTOKENthatMUSTnotLEAK42"
 
 @pytest.fixture(scope="module")
 def summary(tiny_flow_run):
-    """The session's tiny whole-flow run (tests/conftest.py: tiny_flow_run, shared with test_flow_short.py)."""
+    """The session's tiny whole-flow run (tests/conftest.py: tiny_flow_run, shared with test_tracking_flow.py)."""
     return tiny_flow_run.summary.data
 
 

@@ -31,6 +31,11 @@ def summary(prefect_harness, tmp_path_factory):
                 "learning_rate": LR,
                 "micro_batch_size": 8,
             },
+            # One quantized type beside the F16 (the tiny flow exports and smoke-tests the preset's two) and half
+            # the preset's answer tokens: what is checked here is that a DPO adapter is scored, merged, exported and
+            # answers, not every quantizer or the answers' accuracy (tests/flows/test_flow.py checks those).
+            "export": {**config.export.model_dump(), "quantizations": ["Q8_0"]},
+            "evaluate": {**config.evaluate.model_dump(), "max_new_tokens": 24},
         }
     )
     summary = finetune(config).summary.data

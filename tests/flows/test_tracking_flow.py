@@ -1,5 +1,6 @@
-"""The tiny flow with ``tracking.report_to = mlflow`` against a real local MLflow server (tests/conftest.py), and the
-shipped lm-eval task scored with the think block stripped: one whole-flow run, every assertion below reads it.
+"""The session's tiny flow run (tests/conftest.py: tiny_flow_run, also read by test_flow.py) reports to a real local
+MLflow server (tests/conftest.py: mlflow_server) with ``tracking.report_to = mlflow``, and scores the shipped lm-eval
+task with the think block stripped; every assertion below reads that run. (This used to be a second whole flow.)
 
 Through MlflowClient: one run named like the run folder, the trainer's loss at each logging step, the configuration
 as parameters (no planted secret anywhere), the evaluation, lm-eval, fairness, smoke and data numbers as metrics, and
@@ -8,7 +9,6 @@ the GGUF files, summary and model card as artifacts; a Prefect link artifact poi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,41 +17,19 @@ from tests.flows.test_flow import PLANTED_SECRET
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("mlflow", reason="the tracking extra: scripts/bootstrap dev,server,tracking,benchmarks")
+pytest.importorskip("lm_eval", reason="the benchmarks extra: scripts/bootstrap dev,server,tracking,benchmarks")
 TASK_SCORE = "r1_sample_topic/exact_match,none"
 
 
 @pytest.fixture(scope="module")
-def tracked(prefect_harness, mlflow_server, tmp_path_factory):
+def tracked(tiny_flow_run, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    from flows.finetune import finetune
-    from r1lib.presets import preset
+    from tests.conftest import TINY_FLOW_EXPERIMENT
 
-    config = preset("tiny")
-    update = {
-        "runs_dir": str(tmp_path_factory.mktemp("runs")),
-        "data": {"placeholders": {"api_token": PLANTED_SECRET}},
-        "train": {"logging_steps": 10},
-        "evaluate": {
-            "lm_eval_tasks": ["r1_sample_topic"],
-            "lm_eval_path": "data/lm_eval",
-            "lm_eval_limit": 8,
-            "lm_eval_thinking_tokens": 48,
-            "lm_eval_answer_tokens": 24,
-        },
-        "export": {"quantizations": ["Q8_0"]},
-        "tracking": {"report_to": "mlflow", "uri": mlflow_server, "experiment": "acceptance"},
-    }
-    dumped = config.model_dump()
-    config = config.model_validate({**dumped, **{k: v if not isinstance(v, dict) else {**dumped[k], **v}
-                                                for k, v in update.items()}})  # fmt: skip
-    os.environ["HF_TOKEN"] = PLANTED_SECRET  # as a worker would have it
-    try:
-        result = finetune(config)
-    finally:
-        del os.environ["HF_TOKEN"]
+    result = tiny_flow_run
     client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("acceptance")
+    experiment = client.get_experiment_by_name(TINY_FLOW_EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], f"tags.`r1.run_dir` = '{result.run_dir}'")
     return result, client, runs
 
@@ -92,7 +70,8 @@ def test_evaluation_lm_eval_fairness_smoke_and_data_numbers_are_metrics(tracked)
     assert metrics["metrics/base_lm_eval/r1_sample_topic/exact_match_none"] == evaluation.base.lm_eval[TASK_SCORE]
     assert metrics["data/rows_read"] == result.summary.data["data"]["rows_read"]
     assert "fairness/agreement_after" in metrics or any(k.startswith("fairness/") for k in metrics)
-    assert metrics["gguf/Q8_0/mib"] == round(result.ggufs[1].bytes / 2**20, 2)
+    q8 = next(g for g in result.ggufs if g.type == "Q8_0")
+    assert metrics["gguf/Q8_0/mib"] == round(q8.bytes / 2**20, 2)
 
 
 def test_gguf_files_summary_and_card_are_artifacts(tracked):

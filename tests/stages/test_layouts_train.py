@@ -1,8 +1,9 @@
 """The layouts issue 23 names, from their public sources (tests/fixtures/layouts/README.md,
 tests/fixtures/public/README.md), train through the tiny flow with a mapping or without one: each goes through the
 data stages here (validate, dedup, augment, debias, tokenize, in this process), every answer it holds reaches the
-trained tokens, and one slow test takes all of them, in one file, through the whole flow. Preference layouts are
-refused by name; a Chinese role-play file gets no English template text."""
+trained tokens, and one whole-flow run takes all of them, in one file (two slow tests read it: the layouts, and what a
+run shorter than one logging interval reports). Preference layouts are refused by name; a Chinese role-play file gets
+no English template text."""
 
 import csv
 import json
@@ -158,26 +159,52 @@ def combined_rows(tmp_path: Path) -> list[dict]:
     return rows + rows_of(DPO)
 
 
-@pytest.mark.slow  # the whole tiny flow (train, evaluate, export, smoke) on one combined file
-def test_all_layouts_in_one_file_train_through_the_whole_tiny_flow(prefect_harness, tmp_path):
+LONG_LOGGING_INTERVAL = 100  # longer than the whole-flow run below
+
+
+@pytest.fixture(scope="module")
+def layouts_run(prefect_harness, tmp_path_factory):
+    """Every layout in one file through the whole tiny flow: two steps, one checkpoint at the last, and the loss
+    logging interval longer than the run (what a run shorter than one logging interval reports is checked here too)."""
     from flows.finetune import finetune
     from r1lib.presets import expand_preset
     from tests.server_stack import small_config
 
+    tmp_path = tmp_path_factory.mktemp("layouts-flow")
     write_jsonl(tmp_path / "layouts.jsonl", combined_rows(tmp_path))
     traces = tmp_path / TRACES.name  # a second input: its layout takes a mapping, which is per file
     traces.write_bytes(TRACES.read_bytes())
-    config = small_config(tmp_path, "layouts")
+    config = small_config(tmp_path, "layouts", train={"save_steps": 2, "logging_steps": LONG_LOGGING_INTERVAL})
     config["data"] |= {
         "train_paths": [str(tmp_path / "layouts.jsonl"), str(traces)], "test_path": "",
         "columns": {str(traces): TRACES_COLUMNS},
     }  # fmt: skip
     config["tokenize"] = {"max_seq_length": 2048}
-    result = finetune(expand_preset(config))
+    return finetune(expand_preset(config)), tmp_path / "layouts.jsonl", traces
+
+
+@pytest.mark.slow  # the whole tiny flow (train, evaluate, export, smoke) on one combined file
+def test_all_layouts_in_one_file_train_through_the_whole_tiny_flow(layouts_run):
+    result, path, traces = layouts_run
     data = result.summary.data
-    reasons = data["data"]["per_file"][str(tmp_path / "layouts.jsonl")]["reasons"]
+    reasons = data["data"]["per_file"][str(path)]["reasons"]
     assert reasons == {"preference_data": 2, "empty_field": 1, "role_order": 1}
     assert data["data"]["per_file"][str(traces)] == {"accepted": 3, "quarantined": 0, "reasons": {}}
     assert data["dedup"]["held_out"]["kind"] == "split" and data["dedup"]["test_out"] > 0
     assert data["train"]["steps"] == 2 and len(result.ggufs) == 2 and result.smoke is not None
     assert "held-out" in result.summary.text
+
+
+@pytest.mark.slow  # the same run
+def test_a_run_shorter_than_one_logging_interval_still_reports_its_loss(layouts_run):
+    """train.max_steps < train.logging_steps: the loss is logged at every checkpoint and at the last step
+    (r1lib/training/fit.py), so the summary never lacks one. (It used to read the tiny flow run, which now logs every
+    10 steps for the tracker's loss curve: tests/flows/test_tracking_flow.py.)"""
+    result, _, _ = layouts_run
+    trained = result.trained
+    assert 0 < trained.steps < LONG_LOGGING_INTERVAL and trained.first_loss is not None
+    assert trained.first_loss == trained.last_loss  # the one loss, logged at the last step
+    assert f"loss {trained.first_loss:.3f} -> {trained.last_loss:.3f}" in result.summary.text
+    on_disk = json.loads((Path(result.run_dir) / "summary.json").read_text(encoding="utf-8"))
+    assert on_disk["train"]["first_loss"] == trained.first_loss
+    assert on_disk["fairness"]["prompts"] == result.summary.data["fairness"]["prompts"] > 0
