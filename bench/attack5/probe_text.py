@@ -54,3 +54,8 @@ for row in (
     {"instruction": "Translate to French", "input": "cat", "output": "chat"},
 ):
     print(json.dumps(row, ensure_ascii=False)[:90], "->", suggest_columns(row))
+
+print("== mapping_hint with a quote in the file or column name: the pasted --set breaks the shell's quoting ==")
+from r1lib.data.columns import mapping_hint
+
+print(mapping_hint({"query": "a", "reply": "b"}, "bob's data.jsonl"))
