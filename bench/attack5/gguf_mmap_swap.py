@@ -52,3 +52,43 @@ for case, predirty in (("A pre-dirtied mapping", True), ("B mapping made after t
     mapped.close()
     os.close(fd)
     path.unlink()
+
+# Other swaps, each expected to be caught (ctime or inode moves).
+def swap_rename(path: Path) -> None:
+    other = path.with_suffix(".new")
+    other.write_bytes(path.read_bytes().replace(b"GGUF", b"GGUG", 1))
+    st = path.stat()
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)
+
+
+def swap_hardlink(path: Path) -> None:
+    link = path.with_suffix(".link")
+    os.link(path, link)
+    st = path.stat()
+    with open(link, "r+b") as handle:
+        handle.seek(8)
+        handle.write(b"TAMPERED")
+    os.utime(link, ns=(st.st_atime_ns, st.st_mtime_ns))
+    link.unlink()
+
+
+def swap_same_size_utime(path: Path) -> None:
+    st = path.stat()
+    with open(path, "r+b") as handle:
+        handle.seek(8)
+        handle.write(b"TAMPERED")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+for name, swap in (("C rename onto it, mtime copied", swap_rename), ("D write via a hardlink, mtime restored",
+                   swap_hardlink), ("E same-size write, mtime restored", swap_same_size_utime)):  # fmt: skip
+    path = folder / "model-x.gguf"
+    path.write_bytes(b"GGUF" + bytes(1 << 16))
+    time.sleep(1.3)
+    gguf = gguf_at(path)
+    swap(path)
+    print(f"{name}: {verdict(gguf, path)}")
+    path.unlink()
+if len(sys.argv) == 1:
+    folder.rmdir()
