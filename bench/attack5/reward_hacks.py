@@ -19,3 +19,10 @@ for reference, answers in {
         reward = correctness_reward(C + answer, reference)
         print(f"reference {reference!r:6} answer {answer!r:42} reward {reward}  match {match(answer, reference)!s:10} "
               f"{time.perf_counter() - t:.3f} s")
+
+print("== format reward: reasoning or answer that shows nothing ==")
+from r1lib.training.rewards import format_reward
+
+for completion in ["<think>\nx\n</think>\n\n\u200b", "<think>\n\u200b\n</think>\n\n42", "<think>\n\u3164\n</think>\n\n\u3164",
+                   "<think>\n.\n</think>\n\n."]:  # fmt: skip
+    print(f"{completion!r:45} format {format_reward(completion)}")
