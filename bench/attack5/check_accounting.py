@@ -1,5 +1,6 @@
 """attack5: rows in = accepted + quarantined for a data run's summary (per file and in all), and dedup's rows in =
 rows out + rows dropped. Usage: python bench/attack5/check_accounting.py runs/<name>"""
+
 import json
 import sys
 from pathlib import Path
@@ -16,10 +17,13 @@ checks = {
     "rows_read == accepted + quarantined": data["rows_read"] == accepted + quarantined,
     "quarantined == quarantine.jsonl lines": data["quarantined"] == quarantined == lines,
     "per-file reasons sum to quarantined": all(sum(v["reasons"].values()) == v["quarantined"] for v in files.values()),
-    "dedup in == out + dropped": dedup["train_in"] + dedup["test_in"] == dedup["train_out"] + dedup["test_out"] + dropped,
+    "dedup in == out + dropped": dedup["train_in"] + dedup["test_in"]
+    == dedup["train_out"] + dedup["test_out"] + dropped,
     "dedup reasons == dedup quarantine lines": sum(dedup["reasons"].values()) == dropped,
 }
-print(f"{run}: read {data['rows_read']} = accepted {accepted} + quarantined {quarantined}; dedup "
-      f"{dedup['train_in']}+{dedup['test_in']} -> {dedup['train_out']}+{dedup['test_out']} + {dropped} dropped")
+print(
+    f"{run}: read {data['rows_read']} = accepted {accepted} + quarantined {quarantined}; dedup "
+    f"{dedup['train_in']}+{dedup['test_in']} -> {dedup['train_out']}+{dedup['test_out']} + {dropped} dropped"
+)
 for name, ok in checks.items():
     print(f"  {'ok  ' if ok else 'FAIL'} {name}")

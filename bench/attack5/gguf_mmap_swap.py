@@ -6,6 +6,7 @@ kernel stamps the time on the write fault, not on each store) until writeback wr
 dirty_expire_centisecs, 30 s by default). The stamp still matches, the bytes do not, verify_digests passes.
 Case B: the same with a mapping made only after the stamp (its first store faults: the ctime moves, it is caught).
 Run: python bench/attack5/gguf_mmap_swap.py [folder]   (default: a temp folder on the project's disk)"""
+
 import mmap
 import os
 import sys
@@ -33,7 +34,8 @@ def verdict(gguf: GGUFFile, path: Path) -> str:
         passed = True
     except ExportCheckError:
         passed = False
-    return f"bytes changed: {changed}; stamp still equal: {FileStamp.of(path) == tuple(gguf.stamp)}; verify_digests passed: {passed}"
+    same = FileStamp.of(path) == tuple(gguf.stamp)
+    return f"bytes changed: {changed}; stamp still equal: {same}; verify_digests passed: {passed}"
 
 
 for case, predirty in (("A pre-dirtied mapping", True), ("B mapping made after the stamp", False)):
@@ -52,6 +54,7 @@ for case, predirty in (("A pre-dirtied mapping", True), ("B mapping made after t
     mapped.close()
     os.close(fd)
     path.unlink()
+
 
 # Other swaps, each expected to be caught (ctime or inode moves).
 def swap_rename(path: Path) -> None:

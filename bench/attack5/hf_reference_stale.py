@@ -6,6 +6,7 @@ the stage cache neither fingerprints them nor passes over a cached reference who
    reference, and the smoke test fails on np.load with a bare FileNotFoundError (no file, stage or fix named).
 2. The npy rewritten (other logits, same shape) is read as the reference's: nothing records its digest.
 Run: python bench/attack5/hf_reference_stale.py"""
+
 import tempfile
 from pathlib import Path
 
@@ -18,8 +19,9 @@ out = Path(tempfile.mkdtemp(dir=Path(__file__).parent))
 logits, rows = out / "hf_logits.npy", out / "perplexity_rows.json"
 np.save(logits, np.array([[0.0, 5.0, 1.0]], np.float32))
 rows.write_text('[{"input_ids": [1, 2], "labels": [-100, 2]}]')
-ref = HFReference(merged_dir=str(out), prompt="p", tokens=[1], logits=str(logits), perplexity=3.0, rows=1,
-                  rows_path=str(rows))
+ref = HFReference(
+    merged_dir=str(out), prompt="p", tokens=[1], logits=str(logits), perplexity=3.0, rows=1, rows_path=str(rows)
+)
 
 np.save(logits, np.array([[5.0, 5.0, 5.0]], np.float32))  # 2: rewritten after the reference was computed
 print("rewritten npy read as the reference's (a near tie everywhere now):", reference_logits(ref).tolist())

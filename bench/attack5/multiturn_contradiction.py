@@ -1,6 +1,7 @@
 """attack5: two pairs whose conversations differ only in an earlier assistant turn are taken for a contradiction and
 both dropped: pair_orientation keys the prompt by prompt_text, which keeps the system and the user turns only.
 Run: python bench/attack5/multiturn_contradiction.py"""
+
 import numpy as np
 
 from r1lib.data.duplicates import find_contradictions, pair_orientation

@@ -2,10 +2,11 @@
 with multiprocessing's spawn method, as a local Dask cluster does. The child imports r1lib first
 (die_with_spawning_parent) and reads os.getppid() == 1: it takes its live parent for a dead one and exits.
 Run: unshare --pid --fork --mount-proc python bench/attack5/pid1_spawn.py"""
+
 import multiprocessing as mp
+import os
 
 import r1lib  # noqa: F401 - what a flow process has imported; the spawned child imports it again as __mp_main__
-import os
 
 
 def child(q):

@@ -1,6 +1,7 @@
 """attack5: as_number's \\boxed{(.*)} search on an answer of many unclosed \\boxed{ is quadratic (each start scans to
 the end and backs off); the answer's length is not bounded before it (math_checkable bounds only math-verify).
 Run: python bench/attack5/probe_boxed.py"""
+
 import time
 
 from r1lib.training.rewards import correctness_reward

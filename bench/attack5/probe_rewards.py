@@ -1,6 +1,8 @@
 """attack5: hostile GRPO answers against correctness_reward, each call timed (main thread, math-verify on)."""
+
 import time
-from r1lib.training.rewards import correctness_reward, math_checkable, _math_verify
+
+from r1lib.training.rewards import _math_verify, correctness_reward, math_checkable
 
 _math_verify()  # sympy's one-off setup, not counted
 C = "<think>\nlet me think\n</think>\n\n"

@@ -1,10 +1,13 @@
 """attack5: invisible characters visible_text keeps -> equal_sides and contradictory_pair evaded; column guesses."""
-import json, sys
-from r1lib.data.preference import normalize_preference, preference_record, visible_text
-from r1lib.data.duplicates import pair_orientation, find_contradictions
-from r1lib.data.records import RecordError
-from r1lib.data.columns import suggest_columns
+
+import json
+
 import numpy as np
+
+from r1lib.data.columns import mapping_hint, suggest_columns
+from r1lib.data.duplicates import find_contradictions, pair_orientation
+from r1lib.data.preference import normalize_preference, preference_record, visible_text
+from r1lib.data.records import RecordError
 
 INVISIBLE = {
     "U+034F combining grapheme joiner": "\u034f",
@@ -25,7 +28,7 @@ for name, ch in INVISIBLE.items():
         normalize_preference(row)
         print(f"ACCEPTED  {name}: visible_text equal? {visible_text(row['chosen']) == visible_text(row['rejected'])}")
     except RecordError as e:
-        print(f"refused   {name}: {e.reason if hasattr(e,'reason') else e}")
+        print(f"refused   {name}: {e.reason if hasattr(e, 'reason') else e}")
 
 print("== contradictory_pair: the second row flips the first, with one invisible character ==")
 for name, ch in INVISIBLE.items():
@@ -56,6 +59,4 @@ for row in (
     print(json.dumps(row, ensure_ascii=False)[:90], "->", suggest_columns(row))
 
 print("== mapping_hint with a quote in the file or column name: the pasted --set breaks the shell's quoting ==")
-from r1lib.data.columns import mapping_hint
-
 print(mapping_hint({"query": "a", "reply": "b"}, "bob's data.jsonl"))

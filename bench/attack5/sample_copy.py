@@ -3,6 +3,7 @@ sha256): a copy re-saved with CRLF line ends, with a trailing blank line, with i
 or gzip-compressed. held_out_source then takes it for the user's own test file (kind test_file): the user's model is
 scored on the shipped sample, which holdout.py exists to prevent.
 Run: python bench/attack5/sample_copy.py"""
+
 import gzip
 import random
 import tempfile
