@@ -86,8 +86,11 @@ def die_with_spawning_parent(poll_s: float = 0.25) -> None:
     if sys.orig_argv[-1:] != ["--multiprocessing-fork"]:  # the last word of spawn's command line
         return
     parent = os.getppid()
-    if parent == 1:  # the parent died before this ran
-        os._exit(1)
+    if parent == 1:
+        # Either the parent is a container's init (its death ends the whole pid namespace) or it died before this
+        # ran and this child was re-parented: the two look alike here, and exiting would kill every worker of a flow
+        # that runs as PID 1, so the watch is left to Dask's own, as before it.
+        return
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -47,3 +47,44 @@ def test_a_spawned_child_dies_with_its_killed_parent(tmp_path):
             proc.kill()
     assert child.pid in [p.pid for p in started]  # beside multiprocessing's resource tracker
     assert alive == []  # without the watch the child would sleep on for two minutes, and the tracker with it
+
+
+# The same parent as PID 1 (a container's entry point): its spawned child sees getppid() == 1 from the start and must
+# run, not take its live parent for a dead one (bench/attack5/pid1_spawn.py).
+PID1_PARENT = textwrap.dedent("""
+    import multiprocessing
+    import os
+
+    import r1lib  # noqa: F401 - what the spawned child imports first
+
+    def child(queue):
+        queue.put(os.getppid())
+
+    if __name__ == "__main__":
+        assert os.getpid() == 1, os.getpid()
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        process = context.Process(target=child, args=(queue,))
+        process.start()
+        process.join(120)
+        print("exit", process.exitcode, "parent", queue.get(timeout=5))
+""")
+
+
+def test_a_spawned_child_of_a_pid_1_parent_runs(tmp_path):
+    import shutil
+
+    import pytest
+
+    unshare = shutil.which("unshare")
+    probe = unshare and subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if not probe or probe.returncode != 0:
+        pytest.skip("no pid namespace here (unshare --pid needs privileges)")
+    (tmp_path / "parent.py").write_text(PID1_PARENT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [unshare, "--pid", "--fork", "--mount-proc", sys.executable, str(tmp_path / "parent.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exit 0 parent 1" in done.stdout
