@@ -298,6 +298,8 @@ def smoke_test(
             f"the HF reference was computed for {reference.merged_dir} and prompt {reference.prompt[:80]!r}, not for "
             f"{merged_dir} and {prompts[0][:80]!r}: run the smoke test again"
         )
+    if reference is not None:
+        reference.check_files()
     measured = [t for t in perplexity_types(cfg, ggufs) if t in plan.run] if cfg.perplexity_rows else []
     if reference is not None:
         rows, n_rows = (Path(reference.rows_path) if reference.rows_path else None), reference.rows

@@ -17,8 +17,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from r1lib.config import SmokeConfig
-from r1lib.io import atomic_path, write_json
+from r1lib.errors import ExportCheckError
+from r1lib.io import atomic_path, sha256_file, write_json
 from r1lib.model.generation import own_generation_config
+from r1lib.paths import InputPath
 
 
 class HFReference(BaseModel):
@@ -27,12 +29,25 @@ class HFReference(BaseModel):
     merged_dir: str
     prompt: str  # the first smoke prompt, templated: the greedy parity prompt
     tokens: list[int]  # greedy, up to smoke.parity_tokens
-    logits: str | None = None  # .npy: the raw logits of each greedy step (a near tie's gap), where a tolerance is set
+    # .npy: the raw logits of each greedy step (a near tie's gap), where a tolerance is set
+    logits: InputPath | None = None
     perplexity: float | None = None  # over ``rows`` held-out rows (answer tokens), None when there are none
     rows: int = 0
-    rows_path: str | None = None  # the rows as JSON, for the GGUF children
+    rows_path: InputPath | None = None  # the rows as JSON, for the GGUF children
+    digests: dict[str, str] = {}  # sha256 of ``logits`` and ``rows_path`` as written (``check_files``)
     dtype: str = "float32"
     seconds: float = 0.0
+
+    def check_files(self) -> None:
+        """Raise ExportCheckError naming a side file that is gone or no longer what this reference wrote."""
+        for path in filter(None, (self.logits, self.rows_path)):
+            expected = self.digests.get(path)
+            if not Path(path).is_file():
+                raise ExportCheckError(f"{path}: the smoke test's HF reference file is gone: run the smoke test again")
+            if expected is None or sha256_file(path) != expected:
+                raise ExportCheckError(
+                    f"{path}: the smoke test's HF reference file changed after it was written: run the smoke test again"
+                )
 
 
 def smoke_prompts(merged_dir: str, cfg: SmokeConfig, count: int | None = None) -> list[str]:
@@ -84,7 +99,9 @@ def hf_reference(
             np.save(handle, np.stack([s.numpy() for s in steps]) if steps else np.zeros((0, 0), np.float32))
     del loaded
     release()
+    side_files = [str(p) for p in (logits_path, rows_path if n_rows else None) if p]
     return HFReference(
+        digests={path: sha256_file(path) for path in side_files},
         merged_dir=str(merged_dir),
         prompt=prompt,
         tokens=tokens,
