@@ -2,7 +2,7 @@
 
 Generation batches prompts by length and counts what a throughput table needs (new tokens, tokens/s) and the
 completions that hit ``max_new_tokens`` inside the think block (truncated thinking). Scores: accuracy of the answer
-after ``</think>`` (exact and normalized: case, spaces, punctuation), R1 format
+after ``</think>`` (exact and normalized: case, spaces, trailing punctuation), R1 format
 compliance (a closed think block with reasoning, then an answer), the share of empty thinking, repeated 3-grams.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import string
 import time
+import unicodedata
 
 from pydantic import BaseModel
 
 from r1lib.config import EvalConfig, ModelConfig
 from r1lib.data.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
+from r1lib.data.preference import visible_text
 from r1lib.data.records import answer_of
 from r1lib.errors import PermanentError
 from r1lib.model.gpu_memory import GIB, available_bytes
@@ -25,10 +26,26 @@ from r1lib.model.gpu_memory import GIB, available_bytes
 log = logging.getLogger(__name__)
 
 
+_SENTENCE_END = ".!?。！？"  # what may end an answer sentence without changing what it says
+_FACTORIAL_OF = frozenset("0123456789)]}")
+# Letters that render as blank space (Hangul fillers): their category says letter, a reader sees nothing.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
 def normalize_answer(text: str) -> str:
-    text = text.lower().strip()
-    text = text.translate(str.maketrans("", "", string.punctuation + "。，！？"))
-    return re.sub(r"\s+", " ", text).strip()
+    """An answer for comparison: case folded, whitespace collapsed, trailing sentence punctuation and surrounding
+    space dropped. Everything inside stays (signs, slashes, decimal separators, commas): ``-42`` is not ``42``,
+    ``1/2`` is not ``12``, ``3,14`` is not ``3.14``."""
+    text = re.sub(r"\s+", " ", text.casefold()).strip()
+    while text and text[-1] in _SENTENCE_END + " " and not (text[-1] == "!" and text[-2:-1] in _FACTORIAL_OF):
+        text = text[:-1]  # a "!" after a digit or bracket is a factorial (5! is 120), not the sentence's end
+    return text.strip()
+
+
+def shows_content(text: str) -> bool:
+    """Whether a text shows a reader something beyond punctuation: a visible letter, digit or symbol once invisible
+    format characters (``visible_text``) and blank fillers are gone."""
+    return any(unicodedata.category(c)[0] in "LNS" and c not in _BLANK_LETTERS for c in visible_text(text))
 
 
 def repetition_rate(text: str, n: int = 3) -> float:
@@ -194,14 +211,16 @@ def generate(
 def format_check(completion: str) -> tuple[bool, bool]:
     """(R1 format ok, thinking empty) of a completion that follows the generation prompt (which opens ``<think>``).
 
-    OK means: exactly one ``</think>``, non-empty reasoning before it, no second ``<think>``, a non-empty answer after.
+    OK means: exactly one ``</think>``, reasoning before it, no second ``<think>``, an answer after; reasoning and
+    answer each show something (``shows_content``: not only invisible characters or a ".").
     """
     if completion.count(THINK_CLOSE) != 1:
         return False, False
     reasoning, answer = completion.split(THINK_CLOSE, 1)
     reasoning = reasoning.replace(THINK_OPEN, "", 1).strip()
     answer = answer.replace(EOS, "").strip()
-    ok = bool(reasoning) and bool(answer) and THINK_OPEN not in reasoning and THINK_OPEN not in answer
+    shown = shows_content(reasoning) and shows_content(answer)
+    ok = shown and THINK_OPEN not in reasoning and THINK_OPEN not in answer
     return ok, not reasoning
 
 

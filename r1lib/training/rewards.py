@@ -4,7 +4,9 @@ opens ``<think>``) and, where it needs one, its reference answer.
   format       1 when the completion holds one closed think block with reasoning and a non-empty answer after it
                (the evaluation's R1 format check), else 0
   correctness  1 when the answer after ``</think>`` equals the reference: exactly, after normalization (case, spaces,
-               punctuation), as the same number, or as the same mathematical object (``math-verify``); else 0
+               trailing punctuation), as the same number, or as the same mathematical object (``math-verify``, on
+               the ONE final expression: the \\boxed{} content, else the answer text whole; a list, a set, a
+               disjunction or words around it get nothing); else 0
   overlong     0 up to ``max_length - buffer`` tokens, then falling linearly to -1 at ``max_length`` (DAPO's soft
                over-length punishment: a truncated completion is never worth more than a finished one)
 
@@ -28,7 +30,21 @@ log = logging.getLogger(__name__)
 
 REWARDS = ("format", "correctness", "overlong")  # the names train.grpo.rewards weighs, in TRL's column order
 _NUMBER = re.compile(r"^[-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?([eE][-+]?\d+)?$")
-_BOXED = re.compile(r"\\boxed\{(.*)\}", re.DOTALL)
+_BRACE = re.compile(r"\\boxed\s*\{|\{|\}")  # what a one-pass brace scan stops at
+# "The answer is ..." / "答案是 ...": the answer phrase before a final expression, not part of it.
+_ANSWER_PHRASE = re.compile(
+    r"^(?:so,?\s*)?(?:the\s+)?(?:final\s+)?answer(?:\s+is\s*:?|\s*[:：=])\s*|^(?:最终)?答案(?:是|为|[:：])\s*", re.I
+)
+_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"))
+# Several candidates in one answer: a list, a disjunction, a range, plus-minus, or plain words (2-letter connectives
+# or 3+ letters not after a backslash and not a function name) - a hedge, not one expression.
+_SEVERAL = re.compile(
+    r"\\lor\b|\\vee\b|\\cup\b|\\pm\b|\\mp\b|±|∨|\.\.\.|…|\\[lcv]?dots\b|\\\{"
+    r"|(?<![\\A-Za-z])(?:or|and|is|no|to|of|if|so|be|as|(?!(?:sin|cos|tan|cot|sec|csc|log|ln|exp|sqrt|pi|inf|mod|gcd"
+    r"|lcm|max|min|deg)(?![A-Za-z]))[A-Za-z]{3,})(?![A-Za-z])",
+    re.I,
+)
+_OPEN, _CLOSE = "([{", ")]}"
 # What math-verify is never asked about (sympy would evaluate it for seconds, up to math-verify's own limit).
 _POW = r"(?:\^|\*\*)"
 _COSTLY = re.compile(
@@ -38,6 +54,11 @@ _COSTLY = re.compile(
             rf"{_POW}\s*\{{[^{{}}]*{_POW}",  # a power inside an exponent: 9^{9^{9}}
             rf"{_POW}\s*\{{?\s*[-+]?\d{{4,}}",  # an exponent of four digits or more: (x+1)^{1000000}
             r"\d{4,}\s*!",  # a factorial of four digits or more: 100000!
+            rf"{_POW}\s*\{{?\s*\([^()]*{_POW}",  # a power inside a parenthesized exponent: 9 ^ (9 ^ 9), 2**(3**4)
+            r"(?:!|\^|\*\*)[^!]*[)}\]]\s*!",  # a factorial of a factorial or power: (99!)!, (10^{999})!
+            r"\\?exp\s*[({][^)}]*\\?exp|e\s*\^\s*\{?\s*\\?exp",  # an exponential of one: \exp(\exp(10))
+            r"\\d?binom\s*\{?\s*\d{4,}|\\Gamma\s*[({]\s*\d{4,}",  # \binom{1000000}{500000}, \Gamma(100000)
+            r"\\(?:sum|prod|int)\w*\s*[_^].*?\d{4,}",  # a sum, product or integral to 4+ digits: \sum_{k=1}^{10^7}
         )
     )
 )
@@ -55,12 +76,63 @@ def format_reward(completion: str) -> float:
     return 1.0 if format_check(completion.split(EOS, 1)[0])[0] else 0.0
 
 
+def boxed_contents(text: str) -> list[str]:
+    """The contents of the outermost ``\\boxed{...}`` in ``text``, in order (an unclosed one yields nothing). One
+    pass with a stack of open braces: linear in the text's length, however many ``\\boxed{`` stay open."""
+    found: list[str] = []
+    stack: list[int | None] = []  # per open brace: where a \boxed content starts, or None for a plain brace
+    open_boxes = 0
+    for token in _BRACE.finditer(text):
+        if token.group() != "}":
+            boxed = token.group() != "{"
+            stack.append(token.end() if boxed else None)
+            open_boxes += boxed
+        elif stack and (start := stack.pop()) is not None:
+            open_boxes -= 1
+            if not open_boxes:
+                found.append(text[start : token.start()].strip())
+    return found
+
+
+def final_expression(answer: str) -> str | None:
+    """The one final answer a completion states: the ``\\boxed{}`` content (every box the same, else None: boxing
+    two candidates is a hedge), else the answer text whole, less an answer phrase (``The answer is``, ``答案是``),
+    trailing sentence punctuation and ``$...$``/``\\(...\\)`` around it. None when nothing is left."""
+    if boxes := boxed_contents(answer):
+        if len(set(boxes)) > 1:
+            return None
+        answer = boxes[-1]
+    elif "\\boxed" in answer:
+        return None  # a \boxed that never closes states no answer
+    answer = _ANSWER_PHRASE.sub("", answer.strip()).rstrip(".。 ").strip()  # not "!": 5! is a factorial
+    for left, right in _WRAPPERS:
+        if len(answer) > len(left) + len(right) and answer.startswith(left) and answer.endswith(right):
+            answer = answer[len(left) : -len(right)].strip().rstrip(".。 ").strip()
+    return answer or None
+
+
+def several(expression: str) -> bool:
+    """Whether an expression holds several candidates (or words around one): a comma or semicolon outside brackets,
+    a disjunction, a set, a range with dots, plus-minus, plain words. A single number, fraction, root, tuple or
+    interval is one expression."""
+    depth = 0
+    for char in expression:
+        depth += (char in _OPEN) - (char in _CLOSE)
+        if depth <= 0 and char in ",;，；":
+            return True
+    return _SEVERAL.search(expression) is not None or any(
+        c.isalpha() and not c.isascii() and not "\u0370" <= c <= "\u03ff" for c in expression
+    )
+
+
 def as_number(text: str) -> Decimal | None:
     """The number a short answer states (``42``, ``-3.5``, ``1,000``, ``2e3``, ``$12``, ``50%``, a trailing period;
-    inside ``\\boxed{}`` too), or None."""
+    inside ``\\boxed{}`` too, when every box holds the same), or None."""
     text = text.strip()
-    if boxed := _BOXED.search(text):
-        text = boxed.group(1).strip()
+    if boxes := boxed_contents(text):
+        if len(set(boxes)) > 1:
+            return None
+        text = boxes[-1]
     text = text.strip().rstrip(".").removeprefix("$").removesuffix("%").strip()
     if not text or not _NUMBER.match(text) or not any(c.isdigit() for c in text):
         return None
@@ -105,15 +177,28 @@ def math_checkable(answer: str, reference: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _parsed_reference(reference: str) -> list:
-    """A reference parsed once for the group of completions scored against it."""
+    """A reference parsed once for the group of completions scored against it: its final expression as LaTeX (as the
+    answer's is), else the reference as written."""
     parse, _ = _math_verify()
-    return parse(reference, parsing_timeout=MATH_TIMEOUT_S)
+    expression = final_expression(reference)
+    parsed = parse(f"${expression}$", parsing_timeout=MATH_TIMEOUT_S) if expression else []
+    return parsed or parse(reference, parsing_timeout=MATH_TIMEOUT_S)
+
+
+def _is_several(parsed: list) -> bool:
+    """Whether math-verify read several candidates: a set of two or more, or a disjunction."""
+    import sympy
+
+    return any(
+        (isinstance(p, sympy.FiniteSet) and len(p) > 1) or isinstance(p, (sympy.Or, sympy.Union)) for p in parsed
+    )
 
 
 def math_equal(answer: str, reference: str) -> bool:
     """Whether math-verify finds the two the same mathematical object; False when it cannot parse either (a parse
-    failure is not a wrong answer's proof, but it is not a right one's either), when ``math_checkable`` says no, and
-    outside the main thread (math-verify's time limit needs it: a WARNING says so once)."""
+    failure is not a wrong answer's proof, but it is not a right one's either), when the answer parses to several
+    candidates and the reference to one, when ``math_checkable`` says no, and outside the main thread (math-verify's
+    time limit needs it: a WARNING says so once). ``answer`` is one expression (``final_expression``)."""
     if not math_checkable(answer, reference):
         return False
     if threading.current_thread() is not threading.main_thread():
@@ -124,15 +209,18 @@ def math_equal(answer: str, reference: str) -> bool:
         return False
     parse, verify = tools
     try:
-        gold, found = _parsed_reference(reference), parse(answer, parsing_timeout=MATH_TIMEOUT_S)
-        return bool(gold) and bool(found) and bool(verify(gold, found, timeout_seconds=MATH_TIMEOUT_S))
+        gold, found = _parsed_reference(reference), parse(f"${answer}$", parsing_timeout=MATH_TIMEOUT_S)
+        if not gold or not found or (_is_several(found) and not _is_several(gold)):
+            return False
+        return bool(verify(gold, found, timeout_seconds=MATH_TIMEOUT_S))
     except Exception as exc:  # noqa: BLE001 - its parser raises many kinds on odd input; that answer is just unproven
         log.debug("math-verify could not compare %r with %r: %s", answer[:80], reference[:80], exc)
         return False
 
 
 def match(answer: str | None, reference: str) -> str | None:
-    """How the answer matches the reference (``exact``, ``normalized``, ``numeric``, ``math``), or None."""
+    """How the answer matches the reference (``exact``, ``normalized``, ``numeric``, ``math``), or None. Only the
+    whole answer or its one final expression counts: never one candidate picked out of several."""
     if answer is None:
         return None
     answer, reference = answer.strip(), reference.strip()
@@ -146,7 +234,10 @@ def match(answer: str | None, reference: str) -> str | None:
         return "numeric" if found == gold else None
     if normalize_answer(answer) == normalize_answer(reference):
         return "normalized"
-    return "math" if math_equal(answer, reference) else None
+    expression, gold_expression = final_expression(answer), final_expression(reference)
+    if expression is None or (several(expression) and not (gold_expression and several(gold_expression))):
+        return None  # math-verify would pick one candidate of several (its last number): a hedge is never paid
+    return "math" if math_equal(expression, reference) else None
 
 
 def correctness_reward(completion: str, reference: str) -> float:

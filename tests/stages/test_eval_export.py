@@ -140,8 +140,33 @@ def test_scores_strip_reasoning_and_check_the_r1_format():
     assert scores["accuracy"] == 0.5 and scores["accuracy_normalized"] == 0.75
     assert scores["format_ok"] == 0.5 and scores["empty_thinking"] == 0.25
     assert format_check("a</think>b</think>c") == (False, False)
-    assert normalize_answer("  The  Answer, is: 4! ") == "the answer is 4"
+    assert normalize_answer("  The  Answer is\n 4. ") == "the answer is 4"
     assert repetition_rate("a b c a b c a b c") > 0.5 and repetition_rate("a b c d e") == 0
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold"), [("-42?", "42"), ("12", "1/2"), ("4-2", "42"), ("3,14", "3.14"), ("5!", "5")]
+)
+def test_normalization_keeps_signs_slashes_separators_and_factorials(answer, gold):
+    """Outside attack finding 3: normalization deleted all punctuation, so these scored as right answers."""
+    from r1lib.model.generation import normalize_answer
+
+    assert normalize_answer(answer) != normalize_answer(gold)
+
+
+def test_the_sample_task_answers_still_match_when_cased_or_unpunctuated_differently():
+    from r1lib.data.records import answer_of
+    from r1lib.model.generation import normalize_answer, score_generations
+
+    rows = [json.loads(line) for line in (ROOT / "data/sample/test.jsonl").read_text().splitlines()]
+    golds = [row["output"].split("</think>", 1)[1].strip() for row in rows]
+    assert len(set(golds)) > 1 and all(g.endswith(".") for g in golds)
+    records = [_record(g) for g in golds]
+    assert [answer_of(r) for r in records] == golds
+    for gold in golds:
+        assert normalize_answer(f" {gold.upper().rstrip('.')} ") == normalize_answer(gold)
+    completions = [f"reasoning\n</think>\n\n{g.lower().rstrip('.')}" for g in golds]
+    assert score_generations(records, completions)["accuracy_normalized"] == 1.0
 
 
 def test_forgetting_limit_warns_or_fails():

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
 from r1lib.training import rewards
 from r1lib.training.rewards import (
     as_number,
+    boxed_contents,
     checkable,
     correctness_reward,
     format_reward,
@@ -33,6 +35,13 @@ GOOD = "The sentence names two animals.\n</think>\n\nThe sentence is about anima
         ("\n</think>\n\nThe answer.", 0.0),  # no reasoning
         ("a\n</think>\nb\n</think>\nc", 0.0),  # two closing tags
         ("a\n</think>\n<think>more</think> b", 0.0),
+        # outside attack finding 16: a reasoning or answer that shows nothing (invisible, a blank filler, a ".")
+        ("x\n</think>\n\n\u200b", 0.0),
+        ("\u200b\n</think>\n\n42", 0.0),
+        ("\u3164\n</think>\n\n\u3164", 0.0),
+        (".\n</think>\n\n.", 0.0),
+        ("x\n</think>\n\n42", 1.0),
+        ("x\n</think>\n\n答案是 42", 1.0),
     ],
 )
 def test_format_rewards_one_closed_think_block_with_an_answer_after_it(completion, expected):
@@ -112,6 +121,13 @@ def test_close_but_different_numbers_are_wrong(answer, reference):
 
 # Each took up to math-verify's 5 s time limit (or 1.3 s for the 100k characters), one completion after another.
 HOSTILE_ANSWERS = {
+    # outside attack finding 4: each took math-verify's whole 2 s limit (the exp tower 0.9 s)
+    "parenthesized power tower": "$(9^(9^9))$",
+    "spaced power tower": "9 ^ (9 ^ 9)",
+    "factorial of a factorial": "$(99!)!$",
+    "** power tower": "2**(3**(4**5))",
+    "big binomial": "\\boxed{\\binom{1000000}{500000}}",
+    "exp tower": "$\\exp(\\exp(\\exp(10)))$",
     "power tower": "^".join(["2"] * 50),
     "nested exponents": "9^{9^{9^{9}}}",
     "huge exponent": "(x+1)^{1000000} - (x+2)^{1000000}",
@@ -147,3 +163,62 @@ def test_off_the_main_thread_correctness_falls_back_and_says_so_once_at_warning(
     notices = [r for r in caplog.records if "outside the main thread" in r.getMessage()]
     assert len(notices) == 1 and notices[0].levelno == logging.WARNING
     assert correctness_reward(HALF, "0.5") == 1.0  # in the main thread math-verify proves it
+
+
+def scored(answer: str, reference: str) -> float:
+    return correctness_reward(f"reasoning\n</think>\n\n{answer}", reference)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["41 or 42", "41, 42", "\\{41, 42\\}", "$41 \\lor 42$", "the answer is not 42", "1, 2, ..., 100",
+     "1, 2, 3, ..., 100 (one of these is 42)", "\\boxed{41} or \\boxed{42}", "\\boxed{41, 42}", "42 \\text{ or } 41",
+     "\\pm 42", "答案是 41 或 42"],
+)  # fmt: skip
+def test_a_hedged_answer_is_not_paid(answer):
+    """Outside attack finding 2: math-verify took the last number of these and scored them 1.0 against 42."""
+    assert scored(answer, "42") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference"), [("-42?", "42"), ("12", "1/2"), ("4-2", "42"), ("3,14", "3.14"), ("5!", "5"), ("3", "-3")]
+)
+def test_signs_slashes_and_separators_are_part_of_the_answer(answer, reference):
+    """Outside attack finding 3: normalization deleted all punctuation and matched these."""
+    assert scored(answer, reference) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference"),
+    [
+        ("42.0", "42"),
+        ("$\\frac{1}{2}$", "0.5"),
+        ("\\boxed{-3}", "-3"),
+        ("答案是 42", "42"),
+        ("The answer is $\\sqrt{2}$.", "\\sqrt{2}"),
+        ("The final answer is \\boxed{\\dfrac{3}{4}}", "0.75"),
+        ("\\(x^2\\)", "x^2"),
+        ("\\{1, 2\\}", "\\{1,2\\}"),  # a set is one answer where the reference is a set
+        ("(1, 2)", "(1,2)"),  # a comma inside brackets is one object
+        ("5!", "120"),
+        ("The Sentence is about animals", "The sentence is about animals."),
+    ],
+)
+def test_one_equal_final_answer_is_still_paid(answer, reference):
+    assert scored(answer, reference) == 1.0
+
+
+def test_the_final_expression_is_the_boxed_one_when_every_box_agrees():
+    assert boxed_contents("a \\boxed{\\frac{1}{2}} b \\boxed{ {x} }") == ["\\frac{1}{2}", "{x}"]
+    assert boxed_contents("\\boxed{\\boxed{42}}") == ["\\boxed{42}"]
+    assert rewards.final_expression("\\boxed{42} so \\boxed{42}") == "42"
+    assert rewards.final_expression("\\boxed{41} so \\boxed{42}") is None
+    assert rewards.final_expression("The answer is: $-3$.") == "-3" and rewards.final_expression("\\boxed{4") is None
+
+
+def test_many_unclosed_boxes_cost_one_linear_scan():
+    """Outside attack finding 5: 16,000 unclosed \\boxed{ took 10 s (quadratic); 50,000 would take minutes."""
+    answer = "\\boxed{" * 50_000
+    started = time.perf_counter()
+    assert boxed_contents(answer) == [] and scored(answer, "42") == 0.0 and as_number(answer) is None
+    assert time.perf_counter() - started < 3  # about 0.1 s linear (at load 9 on two cores)
