@@ -441,6 +441,23 @@ def retry(stack: Stack, run_id: str):
     return run, [t for t in stack.task_runs(run_id) if t.id not in before], time.monotonic() - started
 
 
+def wait_for_worker_crash_report(stack: Stack, run_id: str, reports: int, limit: float = 30.0) -> None:
+    """Wait (at most ``limit`` s) until the workers have logged ``reports`` crash reports of ``run_id``: a worker
+    reports a killed run as Crashed seconds after the run's own report, and a retry issued in between is
+    overwritten by it (the retried run reads Crashed)."""
+    line = f"prefect.flow_runs.worker - Reported flow run '{run_id}' as crashed"  # not the runner's own report
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        logged = sum(
+            (stack.tmp / f"{name}.log").read_text(errors="replace").count(line)
+            for name in ("worker-local", "worker-gpu")
+            if (stack.tmp / f"{name}.log").exists()
+        )
+        if logged >= reports:
+            return
+        time.sleep(0.5)
+
+
 def crash_fail_and_retry(stack: Stack) -> dict:
     """A finetune deployment run (12 steps, a checkpoint every 2) through four attempts; what each left:
 
@@ -469,6 +486,7 @@ def crash_fail_and_retry(stack: Stack) -> dict:
     assert not (run_dir / "train" / "adapter").exists(), "training finished before the kill"
     out["first"] = stack.wait(run_id)
     out["crash1_seconds"] = time.monotonic() - killed_at
+    wait_for_worker_crash_report(stack, run_id, 1)
     out["first_tasks"] = stack.task_runs(run_id)
     out["left_running1"] = [t.name for t in stack.unfinished_task_runs(run_id)]
     out["slots_after_kill1"] = stack.gpu_slots_in_use()
@@ -484,6 +502,7 @@ def crash_fail_and_retry(stack: Stack) -> dict:
     out["pid2"] = stack.kill_flow_run_process(run_id)
     stack.hold_file.unlink()
     out["second"] = stack.wait(run_id, after=retry_at)
+    wait_for_worker_crash_report(stack, run_id, 2)
     first_ids = {t.id for t in out["first_tasks"]}
     out["second_tasks"] = [t for t in stack.task_runs(run_id) if t.id not in first_ids]
     out["left_running2"] = [t.name for t in stack.unfinished_task_runs(run_id)]
