@@ -20,25 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 from typing import Any
 
 from r1lib.data.records import RecordError
 from r1lib.data.row_formats import _answer_split, _text, _turns, kto_label, preference_shape
+from r1lib.data.visible import visible_text
 
 _PROMPT_TEXT_KEYS = ("prompt", "question", "instruction", "query", "input")
-# Format characters that show nothing (zero-width space and joiners, direction marks and isolates, word joiner, BOM,
-# soft hyphen): two texts differing only in them read the same.
-INVISIBLE_RE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
-_WS_RE = re.compile(r"\s+")
-
-
-def visible_text(text: str) -> str:
-    """A text as a reader sees it: NFKC, invisible format characters removed, whitespace collapsed (case kept)."""
-    return _WS_RE.sub(" ", INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", text))).strip()
-
-
 def _answer(value: Any, field: str, max_chars: int) -> tuple[list[dict], dict]:
     """(turns before the answer, the answer) of a chosen/rejected value: a string, one turn ({role, content} or
     {from, value}), or a list of turns whose last is the assistant's answer."""
