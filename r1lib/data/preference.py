@@ -137,6 +137,15 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
     }.get(shape[1], ("chosen", "rejected"))
     if not all(k in row for k in keys):
         raise RecordError("missing_field", keys[1] if keys[0] in row else keys[0], f"a pair needs both {list(keys)}")
+    label = next((k for k in ("label", "kto_tag") if k in row and kto_label(row[k]) is not None), None)
+    if label is not None:  # a pair and a KTO label: which one the data means cannot be known, never one dropped
+        raise RecordError(
+            "ambiguous_preference",
+            label,
+            f"field '{label}' ({json.dumps(row[label])}) is a KTO label beside the pair '{keys[0]}'/'{keys[1]}': "
+            f"is the row a pair (train.method=dpo) or a labelled answer (train.method=kto)? Remove '{label}' to "
+            "train it as a pair, or give the labelled answer as prompt/completion/label",
+        )
     before_c, chosen = _answer(row[keys[0]], keys[0], max_chars)
     before_r, rejected = _answer(row[keys[1]], keys[1], max_chars)
     if before_c != before_r:
@@ -154,6 +163,9 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
             f"'messages' ends with an assistant turn beside '{keys[0]}'/'{keys[1]}': it is a whole conversation, not "
             "the prompt of the pair; give the prompt as 'prompt' or as 'messages' ending with the user turn",
         )
+    null = next((k for k in (*_PROMPT_TEXT_KEYS, "messages", "conversations") if k in row and row[k] is None), None)
+    if not prompt and null is not None:  # the prompt given as null: no prompt, not a prompt in the wrong order
+        raise RecordError("empty_field", null, f"field '{null}' is null: a pair needs its prompt as text or turns")
     if not prompt or prompt[-1]["role"] != "user":
         raise RecordError("role_order", keys[0], "the prompt of a pair must end with a user turn")
     if visible_text(side_text(chosen)) == visible_text(side_text(rejected)):
