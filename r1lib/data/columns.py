@@ -132,7 +132,8 @@ def _words(key: str) -> list[str]:
 def _is_metadata(key: str) -> bool:
     """Whether a column names or labels the row (METADATA_KEYS, ``*_id``, ``*_name``, ``*_type``...)."""
     words = _words(key)
-    return key.lower() in METADATA_KEYS or any(w in _ID_WORDS for w in words) or (words[-1:] or [""])[0] in METADATA_KEYS
+    last = words[-1] if words else ""
+    return key.lower() in METADATA_KEYS or last in METADATA_KEYS or any(w in _ID_WORDS for w in words)
 
 
 def _is_label(value: object) -> bool:

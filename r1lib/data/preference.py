@@ -28,6 +28,8 @@ from r1lib.data.row_formats import _answer_split, _text, _turns, kto_label, pref
 from r1lib.data.visible import visible_text
 
 _PROMPT_TEXT_KEYS = ("prompt", "question", "instruction", "query", "input")
+
+
 def _answer(value: Any, field: str, max_chars: int) -> tuple[list[dict], dict]:
     """(turns before the answer, the answer) of a chosen/rejected value: a string, one turn ({role, content} or
     {from, value}), or a list of turns whose last is the assistant's answer."""

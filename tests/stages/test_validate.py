@@ -93,7 +93,8 @@ def test_a_field_of_only_invisible_characters_is_empty(tmp_path):
     # bench/attack5 finding 7: an answer of a zero-width space was trained as an answer
     rows = [{"question": "q\u034f", "answer": "\u200b"}, {"instruction": "Hi?", "output": "\u3164\ufe0f"},
             {"instruction": "\u200b\u2060", "output": "x"}, {"instruction": "Hi?", "output": r1("\u200b", "Hello.")},
-            {"instruction": "Hi?", "output": r1("Greet.", "\u034f")}, {"instruction": "Hi?", "output": "Hello\u200b."}]  # fmt: skip
+            {"instruction": "Hi?", "output": r1("Greet.", "\u034f")},
+            {"instruction": "Hi?", "output": "Hello\u200b."}]  # fmt: skip
     accepted, quarantined, report = validate_file(write_lines(tmp_path / "rows.jsonl", rows), max_chars=100_000)
     assert len(accepted) + len(quarantined) == report.rows == 6
     assert [(q["line"], q["reason"], q["field"]) for q in quarantined] == [
