@@ -16,8 +16,9 @@ import unicodedata
 import numpy as np
 
 from r1lib.compat import lsh_optimal_params, minhash_fmix
-from r1lib.data.preference import INVISIBLE_RE, preference_texts, visible_text
+from r1lib.data.preference import preference_texts
 from r1lib.data.records import location
+from r1lib.data.visible import INVISIBLE_RE, visible_text
 
 _WS_RE = re.compile(r"\s+")
 
@@ -244,13 +245,16 @@ def is_test_item(record: dict, fraction: float, salt: str) -> bool:
 
 
 def pair_orientation(record: dict) -> tuple[int, bool]:
-    """(key, flipped) of a preference pair: the key hashes its prompt and its two answers as a set (as read:
-    visible_text), ``flipped`` says which way round they are; (0, False) for any other row."""
+    """(key, flipped) of a preference pair: the key hashes its whole conversation (system and every turn, assistant
+    turns too, with roles: two pairs after different earlier answers are not the same question) and its two answers
+    as a set (as read: visible_text), ``flipped`` says which way round they are; (0, False) for any other row."""
     if record.get("preference") != "pair":
         return 0, False
     chosen, rejected = visible_text(record["chosen"]), visible_text(record["rejected"])
     low, high = sorted((chosen, rejected))
-    return hash64("\x1e".join((normalize_text(prompt_text(record)), low, high)), "pair") or 1, chosen > rejected
+    turns = [f"system\x1f{record.get('system') or ''}"] + [f"{m['role']}\x1f{m['content']}" for m in record["messages"]]
+    conversation = "\x1d".join(normalize_text(t) for t in turns)
+    return hash64("\x1e".join((conversation, low, high)), "pair") or 1, chosen > rejected
 
 
 def find_contradictions(keys: np.ndarray, flipped: np.ndarray) -> dict[int, int]:

@@ -20,23 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 from typing import Any
 
 from r1lib.data.records import RecordError
 from r1lib.data.row_formats import _answer_split, _text, _turns, kto_label, preference_shape
+from r1lib.data.visible import visible_text
 
 _PROMPT_TEXT_KEYS = ("prompt", "question", "instruction", "query", "input")
-# Format characters that show nothing (zero-width space and joiners, direction marks and isolates, word joiner, BOM,
-# soft hyphen): two texts differing only in them read the same.
-INVISIBLE_RE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]")
-_WS_RE = re.compile(r"\s+")
-
-
-def visible_text(text: str) -> str:
-    """A text as a reader sees it: NFKC, invisible format characters removed, whitespace collapsed (case kept)."""
-    return _WS_RE.sub(" ", INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", text))).strip()
 
 
 def _answer(value: Any, field: str, max_chars: int) -> tuple[list[dict], dict]:
@@ -148,6 +139,15 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
     }.get(shape[1], ("chosen", "rejected"))
     if not all(k in row for k in keys):
         raise RecordError("missing_field", keys[1] if keys[0] in row else keys[0], f"a pair needs both {list(keys)}")
+    label = next((k for k in ("label", "kto_tag") if k in row and kto_label(row[k]) is not None), None)
+    if label is not None:  # a pair and a KTO label: which one the data means cannot be known, never one dropped
+        raise RecordError(
+            "ambiguous_preference",
+            label,
+            f"field '{label}' ({json.dumps(row[label])}) is a KTO label beside the pair '{keys[0]}'/'{keys[1]}': "
+            f"is the row a pair (train.method=dpo) or a labelled answer (train.method=kto)? Remove '{label}' to "
+            "train it as a pair, or give the labelled answer as prompt/completion/label",
+        )
     before_c, chosen = _answer(row[keys[0]], keys[0], max_chars)
     before_r, rejected = _answer(row[keys[1]], keys[1], max_chars)
     if before_c != before_r:
@@ -165,6 +165,9 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
             f"'messages' ends with an assistant turn beside '{keys[0]}'/'{keys[1]}': it is a whole conversation, not "
             "the prompt of the pair; give the prompt as 'prompt' or as 'messages' ending with the user turn",
         )
+    null = next((k for k in (*_PROMPT_TEXT_KEYS, "messages", "conversations") if k in row and row[k] is None), None)
+    if not prompt and null is not None:  # the prompt given as null: no prompt, not a prompt in the wrong order
+        raise RecordError("empty_field", null, f"field '{null}' is null: a pair needs its prompt as text or turns")
     if not prompt or prompt[-1]["role"] != "user":
         raise RecordError("role_order", keys[0], "the prompt of a pair must end with a user turn")
     if visible_text(side_text(chosen)) == visible_text(side_text(rejected)):

@@ -27,6 +27,7 @@ from r1lib.data.chat_template import THINK_CLOSE, THINK_OPEN, split_reasoning
 from r1lib.data.columns import LAYOUT_NAMES, ColumnMap, mapping_hint, recognize
 from r1lib.data.records import RecordError
 from r1lib.data.row_rules import RowRules, fill_placeholders, tools_prompt
+from r1lib.data.visible import visible_text
 
 FORMATS = (
     "instruction/output (Alpaca: instruction, input, output)",
@@ -169,8 +170,9 @@ def _text(row: dict, field: str, *, required: bool = True, max_chars: int) -> st
     value = row[field]
     if not isinstance(value, str):
         raise RecordError("wrong_type", field, f"field '{field}' must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise RecordError("empty_field", field, f"field '{field}' is empty")
+    if required and not visible_text(value):  # zero-width spaces, fillers... only: nothing a reader could see
+        shown = "empty" if not value.strip() else f"empty as read (only invisible characters: {value[:20]!r})"
+        raise RecordError("empty_field", field, f"field '{field}' is {shown}")
     if _BAD_CHAR_RE.search(value):  # one scan for the common, clean case; then say which
         if _SURROGATE_RE.search(value):
             raise RecordError("invalid_utf8", field, f"field '{field}' holds a lone surrogate (not encodable as UTF-8)")
@@ -466,9 +468,9 @@ def normalize(row: Any, max_chars: int = 100_000, rules: RowRules | None = None,
     inline, answer = _answer_split(answer_turn["content"], field)
     if inline is not None:
         reasoning = _agree(reasoning, inline, field)
-    if reasoning is not None and not reasoning.strip():
+    if reasoning is not None and not visible_text(reasoning):
         raise RecordError("empty_reasoning", field, f"'{field}' has an empty <think> block")
-    if not answer:
+    if not visible_text(answer):
         raise RecordError("empty_answer", field, f"'{field}' has no answer after its reasoning")
     answer_turn["content"] = answer
     # Earlier assistant turns keep only their answers, as the R1 template shows them.

@@ -7,9 +7,11 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from r1lib.errors import DataValidationError
 from tasks.validate import validate_file
 
-STATS = {"files": 0, "rows": 0, "quarantined": 0, "line_too_long": 0, "lost": 0}
+STATS = {"files": 0, "rows": 0, "quarantined": 0, "line_too_long": 0, "lost": 0, "refused_files": 0}
+WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 MAX_LINE_BYTES = 300_000  # small, so that over-long lines stay cheap to generate
 
 GOOD = {"instruction": "What is the sentence about?", "output": "<think>\nTwo animals.\n</think>\n\nAnimals."}
@@ -54,8 +56,15 @@ def test_mutated_files_lose_no_row(tmp_path_factory, seed, n, extra):
     lines = [mutate(rng, good) for _ in range(n)] + [b.replace(b"\n", b" ") for b in extra]
     path = tmp_path_factory.mktemp("fuzz") / "data.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    non_blank = sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
-    accepted, quarantined, report = validate_file(path, 100_000, max_line_bytes=MAX_LINE_BYTES)
+    content = path.read_bytes()
+    non_blank = sum(1 for line in content.split(b"\n") if line.strip())
+    try:
+        accepted, quarantined, report = validate_file(path, 100_000, max_line_bytes=MAX_LINE_BYTES)
+    except DataValidationError as exc:  # a file declared UTF-16/32 by its first bytes is refused whole, by name
+        assert "not UTF-8" in str(exc) and "re-save it as UTF-8" in str(exc), str(exc)
+        assert content.startswith(WIDE_BOMS) or content[:4096].count(0) * 3 >= len(content[:4096])
+        STATS["refused_files"] += 1
+        return
     too_long = [q for q in quarantined if q["reason"] == "line_too_long"]
     STATS["files"] += 1
     STATS["rows"] += non_blank

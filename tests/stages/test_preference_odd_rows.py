@@ -133,3 +133,63 @@ def test_a_kto_row_in_a_dpo_run_is_named_as_one_with_the_method_that_trains_it(t
     for q in quarantined.values():
         assert "KTO" in q["message"] and "train.method=kto" in q["message"], q["message"]
     assert "sft_row" not in {q["reason"] for q in quarantined.values()}
+
+
+# bench/attack5 finding 6: code points that draw nothing, outside the zero-width set the first fix knew
+INVISIBLE = ["\u034f", "\ufe0f", "\ufe00", "\U000e0100", "\U000e0041", "\U000e0020", "\u061c", "\u3164", "\u115f",
+             "\u1160", "\uffa0", "\u180b", "\u180f", "\U0001d173", "\U0001d17a", "\u200b"]  # fmt: skip
+
+
+@pytest.mark.parametrize("mark", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+def test_answers_told_apart_only_by_a_character_that_draws_nothing_are_equal_and_contradict(tmp_path, mark):
+    answer = "The capital of France is Paris."
+    quarantined = validated(tmp_path, [
+        {"prompt": "Capital?", "chosen": answer, "rejected": answer[:4] + mark + answer[4:]},
+        {"prompt": "Capital?", "chosen": answer, "rejected": "It is Lyon."},
+    ])  # fmt: skip
+    assert {line: q["reason"] for line, q in quarantined.items()} == {1: "equal_sides"}
+    rows = [pair("Is 7 prime?", "Yes, 7 is prime.", "No, 7 is not prime.", 1),
+            pair("Is 7 prime?", f"No, 7 is{mark} not prime.", "Yes, 7 is prime.", 2)]  # fmt: skip
+    _, _, dropped, report = dedup(rows, [], DedupConfig(near=False, preference_test_fraction=0))
+    assert report.reasons == {"contradictory_pair": 2} and {d["line"] for d in dropped} == {1, 2}
+
+
+def test_a_drawn_difference_is_kept_a_homoglyph_too():
+    from r1lib.data.visible import visible_text
+
+    # Out of scope by design: a Cyrillic "о" (U+043E) is drawn, so a pair using it is a different answer.
+    assert visible_text("N\u043e, 7") != visible_text("No, 7")
+    assert visible_text("\u0600\u0661") == "\u0600\u0661"  # an Arabic number sign (Cf, but drawn) stays
+    assert visible_text("a\u034f\ufe0f\U000e0041\u3164 b") == "a b"
+
+
+def test_pairs_after_different_earlier_answers_do_not_contradict():
+    # bench/attack5 finding 8: the key held the user turns only, so "7" and "9" earlier read as one conversation
+    def multi(number: str, chosen: str, rejected: str, line: int) -> dict:
+        turns = [U("Pick a number below 10."), {"role": "assistant", "content": number}, U("Is your number prime?")]
+        return preference_record(normalize_preference({"messages": turns, "chosen": chosen, "rejected": rejected}),
+                                 "pairs.jsonl", line)  # fmt: skip
+
+    rows = [multi("7", "Yes, it is prime.", "No, it is not prime.", 1),
+            multi("9", "No, it is not prime.", "Yes, it is prime.", 2),
+            multi("7", "No, it is not prime.", "Yes, it is prime.", 3)]  # fmt: skip
+    _, _, dropped, report = dedup(rows, [], DedupConfig(near=False, preference_test_fraction=0))
+    assert report.reasons == {"contradictory_pair": 2}  # 1 and 3 (both after "7"); 2 stands
+    assert {d["line"]: d["duplicate_of"]["line"] for d in dropped} == {1: 3, 3: 1}
+
+
+def test_a_null_prompt_and_a_pair_carrying_a_kto_label_are_named(tmp_path):
+    # bench/attack5 finding 14: a null prompt read as role_order on 'chosen'; a KTO label beside a pair was ignored
+    quarantined = validated(tmp_path, [
+        {"prompt": None, "chosen": "a", "rejected": "b"},
+        {"prompt": "Pair or label?", "chosen": "a", "rejected": "b", "label": True},
+        {"prompt": "Pair or tag?", "chosen": "a", "rejected": "b", "kto_tag": "false"},
+        {"prompt": "Category label?", "chosen": "a", "rejected": "b", "label": "geometry"},  # not a KTO label: a pair
+    ])  # fmt: skip
+    assert {line: (q["reason"], q["field"]) for line, q in quarantined.items()} == {
+        1: ("empty_field", "prompt"),
+        2: ("ambiguous_preference", "label"),
+        3: ("ambiguous_preference", "kto_tag"),
+    }
+    assert "field 'prompt' is null" in quarantined[1]["message"]
+    assert "train.method=dpo" in quarantined[2]["message"] and "train.method=kto" in quarantined[2]["message"]

@@ -110,6 +110,8 @@ ROW_REFUSALS = {
                         ["'output' has an empty <think>"]),
     "empty_answer": ("jsonl", J({"instruction": "q", "output": "<think>abc</think>"}), {}, ["'output' has no answer"]),
     "preference_data": ("jsonl", J({"prompt": "q", "chosen": "a", "rejected": "b"}), {}, ["train.method"]),
+    "ambiguous_preference": ("jsonl", J({"prompt": "q", "chosen": "a", "rejected": "b", "label": True}),
+                             {"method": "dpo"}, ["field 'label'", "train.method=dpo", "train.method=kto"]),
     "equal_sides": ("jsonl", J({"prompt": "q", "chosen": "a\u200b", "rejected": " a"}), {"method": "dpo"},
                     ["'rejected'", "same answer", "the worse answer or leave the row out"]),
     "placeholder": ("jsonl", J({"instruction": "Who are you?", "output": "I am {{name}}."}), {},

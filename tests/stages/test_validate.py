@@ -87,3 +87,43 @@ def test_blank_lines_are_counted_not_quarantined(tmp_path):
     path = write_lines(tmp_path / "b.jsonl", [{"instruction": "a", "output": "b"}, "", "   "])
     accepted, quarantined, report = validate_file(path, 100)
     assert (len(accepted), len(quarantined), report.blank_lines) == (1, 0, 2)
+
+
+def test_a_field_of_only_invisible_characters_is_empty(tmp_path):
+    # bench/attack5 finding 7: an answer of a zero-width space was trained as an answer
+    rows = [{"question": "q\u034f", "answer": "\u200b"}, {"instruction": "Hi?", "output": "\u3164\ufe0f"},
+            {"instruction": "\u200b\u2060", "output": "x"}, {"instruction": "Hi?", "output": r1("\u200b", "Hello.")},
+            {"instruction": "Hi?", "output": r1("Greet.", "\u034f")},
+            {"instruction": "Hi?", "output": "Hello\u200b."}]  # fmt: skip
+    accepted, quarantined, report = validate_file(write_lines(tmp_path / "rows.jsonl", rows), max_chars=100_000)
+    assert len(accepted) + len(quarantined) == report.rows == 6
+    assert [(q["line"], q["reason"], q["field"]) for q in quarantined] == [
+        (1, "empty_field", "answer"), (2, "empty_field", "output"), (3, "empty_field", "instruction"),
+        (4, "empty_reasoning", "output"), (5, "empty_answer", "output"),
+    ]  # fmt: skip
+    assert "only invisible characters" in quarantined[0]["message"]
+    assert accepted[0]["messages"][-1]["content"] == "Hello\u200b."  # text around it is kept as written
+
+
+NAMED = {"utf-16": "UTF-16 LE (byte order mark FF FE)", "utf-16-le": "UTF-16 LE (no byte order mark",
+         "utf-16-be": "UTF-16 BE (no byte order mark", "utf-32": "UTF-32 LE (byte order mark FF FE 00 00)",
+         "utf-32-be": "UTF-32 BE (no byte order mark"}  # fmt: skip
+
+
+@pytest.mark.parametrize("encoding", sorted(NAMED))
+@pytest.mark.parametrize("suffix", ["jsonl", "json", "csv", "txt"])
+def test_a_utf16_or_utf32_file_is_refused_once_naming_its_encoding(tmp_path, encoding, suffix):
+    # bench/attack5 finding 15: read as 1 invalid_utf8 and N invalid_json rows, with no word of the encoding
+    text = {"jsonl": '{"instruction": "Hi?", "output": "Hello."}\n' * 5,
+            "json": '[{"instruction": "Hi?", "output": "Hello."}]',
+            "csv": "instruction,output\nHi?,Hello.\n", "txt": "Some text.\n\nMore text.\n"}[suffix]  # fmt: skip
+    path = tmp_path / f"rows.{suffix}"
+    path.write_bytes(text.encode(encoding))
+    with pytest.raises(DataValidationError) as info:
+        validate_file(path, max_chars=100_000)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the file is {NAMED[encoding]}") and "re-save it as UTF-8" in message, message
+    path.write_bytes(text.encode("utf-8-sig"))  # the same rows in UTF-8 (with its BOM) are read as rows
+    accepted, quarantined, report = validate_file(path, max_chars=100_000)
+    reasons = {q["reason"] for q in quarantined}
+    assert (len(accepted), reasons) == ((0, {"pretraining_text"}) if suffix == "txt" else (report.rows, set()))

@@ -159,3 +159,42 @@ def test_a_mapping_keyed_by_a_folder_applies_to_its_files(tmp_path):
     _write(folder, ".jsonl")
     result = validate(_config(tmp_path, folder, {str(folder): MAPPING}), tmp_path / "out")
     assert result.quarantined == 0 and result.rows_in == 3
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ({"task": "arithmetic", "query": "What is 2+2?", "response": "4"}, {"prompt": "query", "answer": "response"}),
+        ({"user_id": "u_8812", "question_text": "What is 2+2?", "response": "4"},
+         {"prompt": "question_text", "answer": "response"}),
+        ({"subtask_name": "geometry", "problem_statement": "Area of a unit square?", "final": "1"},
+         {"prompt": "problem_statement", "answer": "final"}),
+        ({"question": "What is 2+2?", "answer": "4", "solution": "Two plus two makes four, so the answer is 4."},
+         {"prompt": "question", "reasoning": "solution", "answer": "answer"}),
+        ({"prompt": "Classify: great movie", "sentiment_analysis": "positive", "output": "The review is positive."},
+         {"prompt": "prompt", "answer": "output"}),
+        ({"instruction": "Translate to French", "input": "cat", "output": "chat"},
+         {"prompt": "instruction", "context": "input", "answer": "output"}),
+        ({"answer_letter": "A", "answer_text": "Paris is the capital.", "question": "Capital?"},
+         {"prompt": "question", "answer": "answer_text"}),
+    ],
+)  # fmt: skip
+def test_suggested_columns_skip_metadata_and_prefer_exact_names_then_text(row, expected):
+    # bench/attack5 finding 12: user_id, task and subtask_name were offered as the prompt, a label as the reasoning
+    from r1lib.data.columns import suggest_columns
+
+    assert suggest_columns(row) == expected
+
+
+def test_the_pasted_mapping_survives_a_quote_in_a_file_or_column_name():
+    # bench/attack5 finding 13: a single quote ended the shell string of the pasted --set
+    import shlex
+
+    from r1lib.data.columns import mapping_hint
+
+    hint = mapping_hint({"bob's query": "What?", "reply": "That."}, "bob's data.jsonl")
+    words = shlex.split(hint)
+    assert words[0] == "--set" and len(words) == 2 and words[1].startswith("data.columns=")
+    assert json.loads(words[1].removeprefix("data.columns=")) == {
+        "bob's data.jsonl": {"prompt": "bob's query", "answer": "reply"}
+    }

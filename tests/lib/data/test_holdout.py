@@ -2,6 +2,7 @@
 a stable hash split of their rows is the held-out set and the summary says so; a share of 0 is refused naming
 data.test_path; the demo (sample in, sample out) and a user's own test file are used as they are."""
 
+import gzip
 import json
 import shutil
 
@@ -39,12 +40,40 @@ def test_a_copy_of_the_sample_a_symlink_or_a_file_url_is_the_sample_not_the_user
         assert is_shipped_sample(spec), spec
         source = held_out_source(DataConfig(train_paths=[str(mine)], test_path=spec), DedupConfig())
         assert source.kind == "split" and "not used" in source.describe(), spec
-    edited = tmp_path / "edited.jsonl"
-    edited.write_bytes(sample_test.read_bytes().replace(b"}", b"} ", 1))  # one byte more: the user's own file
+    edited = tmp_path / "edited.jsonl"  # 10 sample rows among 20 of the user's: the user's own file
+    sample_lines = sample_test.read_text().splitlines(keepends=True)
+    edited.write_text("".join(sample_lines[:10]) + "".join(json.dumps(r) + "\n" for r in user_rows(20)))
     assert not is_shipped_sample(str(edited)) and not is_shipped_sample(str(mine))
     assert (
         held_out_source(DataConfig(train_paths=[str(mine)], test_path=str(edited)), DedupConfig()).kind == "test_file"
     )
+
+
+def test_a_re_saved_copy_of_the_sample_is_the_sample_judged_by_its_rows(tmp_path):
+    # bench/attack5 finding 11: a whole-file digest missed every re-saved copy
+    original = (SHIPPED_SAMPLE / "test.jsonl").read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    respaced = "".join(json.dumps(json.loads(line), indent=None, separators=(", ", " : ")) + "\n" for line in lines)
+    copies = {
+        "crlf.jsonl": original.replace(b"\n", b"\r\n"),
+        "blank.jsonl": original + b"\n\n",
+        "shuffled.jsonl": "".join(lines[1::2] + lines[::2]).encode(),
+        "half.jsonl": "".join(lines[: len(lines) // 2]).encode(),
+        "test.jsonl.gz": gzip.compress(original),
+        "respaced.jsonl": respaced.encode("utf-8-sig"),
+        "mostly.jsonl": "".join(lines[:30] + [json.dumps(r) + "\n" for r in user_rows(20)]).encode(),
+    }
+    mine = write_lines(tmp_path / "mine.jsonl", user_rows(5))
+    for name, content in copies.items():
+        (tmp_path / name).write_bytes(content)
+        assert is_shipped_sample(str(tmp_path / name)), name
+        source = held_out_source(DataConfig(train_paths=[str(mine)], test_path=str(tmp_path / name)), DedupConfig())
+        assert source.kind == "split", name
+    half_mine = tmp_path / "half_mine.jsonl"  # half the rows the user's: not "most of them" the sample's
+    half_mine.write_text("".join(lines[:20] + [json.dumps(r) + "\n" for r in user_rows(20)]))
+    assert not is_shipped_sample(str(half_mine))
+    (tmp_path / "junk.jsonl").write_bytes(b"\xff\xfe not text")
+    assert not is_shipped_sample(str(tmp_path / "junk.jsonl"))
 
 
 def test_the_demo_is_scored_on_the_shipped_sample():
