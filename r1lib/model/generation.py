@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from r1lib.config import EvalConfig, ModelConfig
 from r1lib.data.chat_template import EOS, THINK_CLOSE, THINK_OPEN, extract_answer
-from r1lib.data.preference import visible_text
 from r1lib.data.records import answer_of
+from r1lib.data.visible import visible_text
 from r1lib.errors import PermanentError
 from r1lib.model.gpu_memory import GIB, available_bytes
 
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 _SENTENCE_END = ".!?。！？"  # what may end an answer sentence without changing what it says
 _FACTORIAL_OF = frozenset("0123456789)]}")
-# Letters that render as blank space (Hangul fillers): their category says letter, a reader sees nothing.
-_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 
 def normalize_answer(text: str) -> str:
@@ -44,8 +42,8 @@ def normalize_answer(text: str) -> str:
 
 def shows_content(text: str) -> bool:
     """Whether a text shows a reader something beyond punctuation: a visible letter, digit or symbol once invisible
-    format characters (``visible_text``) and blank fillers are gone."""
-    return any(unicodedata.category(c)[0] in "LNS" and c not in _BLANK_LETTERS for c in visible_text(text))
+    characters (``visible_text``: format characters, blank fillers) are gone."""
+    return any(unicodedata.category(c)[0] in "LNS" for c in visible_text(text))
 
 
 def repetition_rate(text: str, n: int = 3) -> float:
