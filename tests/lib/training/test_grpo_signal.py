@@ -12,7 +12,7 @@ import pytest
 # A learning-signal measurement still short of its target (bench/results/grpo_signal-*): opt-in, `-m signal`.
 pytestmark = [pytest.mark.slow, pytest.mark.signal]
 
-GRPO_STEPS = 12
+GRPO_STEPS = 16
 MIN_GAIN = 0.1  # absolute: 10 points of held-out correctness
 
 
