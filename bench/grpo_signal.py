@@ -1,14 +1,16 @@
 """Does GRPO learn on the embedded tiny model? SFT first, then GRPO from that adapter, on a CPU, seed by seed.
 
-    python bench/grpo_signal.py                        # SFT 8 steps, then GRPO 12 steps for seeds 1 2 3
+    python bench/grpo_signal.py                        # SFT 56 steps, then GRPO 16 steps for seeds 1 2 3
     python bench/grpo_signal.py --seeds 1 --grpo-steps 10
 
-The SFT adapter is trained once (the tiny preset's settings, few steps: it answers some held-out prompts right, not
-all, so GRPO has room). Each seed trains GRPO from it through the same fit loop the train stage runs
-(``train.method=grpo``, ``train.init_adapter``), then scores greedy completions of the held-out prompts
-(data/sample/test.jsonl) with the rewards: mean correctness before (SFT) and after (GRPO), and forgetting as the
-pipeline defines it (general-data replay perplexity of the adapter / the base model's; limit 1.5x) and GRPO's own
-share of it (after GRPO / the SFT adapter it started from). Writes
+The SFT adapter is trained once (the tiny preset's settings, fewer steps: it already tells the four topics apart and
+answers most held-out prompts right, not all, so GRPO has room; a shorter start names one topic for nearly every
+prompt, and GRPO then moves that one choice instead of the answer per prompt). Each seed trains GRPO from it
+through the same fit loop the train stage runs (``train.method=grpo``, ``train.init_adapter``; 8 prompts x 8
+completions a step), then scores greedy completions of the held-out prompts (data/sample/test.jsonl) with the
+rewards: mean correctness before (SFT) and after (GRPO), and forgetting as the pipeline defines it (general-data
+replay perplexity of the adapter / the base model's; limit 1.5x) and GRPO's own share of it (after GRPO / the SFT
+adapter it started from). Writes
 bench/results/grpo_signal-<date>.json and .md. tests/lib/training/test_grpo_signal.py runs one seed of it.
 """
 
@@ -29,15 +31,23 @@ os.chdir(ROOT)
 
 RESULTS = ROOT / "bench" / "results"
 # The tiny model's activations are small: no recompute (it would add a forward pass to every step).
-SFT = {"max_steps": 8, "learning_rate": 1e-2, "micro_batch_size": 16, "gradient_accumulation": 1,
+SFT = {"max_steps": 56, "learning_rate": 1e-2, "micro_batch_size": 16, "gradient_accumulation": 1,
        "gradient_checkpointing": False}  # fmt: skip
 GRPO = {
     "learning_rate": 1e-3,
-    "micro_batch_size": 16,  # completions per step: 2 prompts x 8
-    "gradient_accumulation": 1,
+    "micro_batch_size": 16,
+    # completions per step: 16 x 4 = 8 prompts x 8; with 2 prompts a step the update follows those prompts' topics
+    # and GRPO moved which topic the policy answers for every prompt (bench/results/grpo_signal-2026-12-07-summary.md)
+    "gradient_accumulation": 4,
     "gradient_checkpointing": False,
     # a right completion is about 25 tokens ("The sentence names two animals, ... </think> The sentence is about ...")
-    "grpo": {"num_generations": 8, "max_completion_length": 32, "overlong_buffer": 6, "temperature": 0.5},
+    "grpo": {
+        "num_generations": 8,
+        "max_completion_length": 32,
+        "overlong_buffer": 6,
+        "temperature": 1.0,
+        "rewards": {"format": 0.1, "correctness": 1.0, "overlong": 1.0},
+    },  # fmt: skip
 }
 TRAIN_ROWS, HELD_OUT, REPLAY_ROWS, REPLAY_COPIES = 400, 60, 64, 3
 
@@ -59,8 +69,8 @@ def tokenized(tokenizer, name: str, limit: int, out: Path) -> str:
     return str(out)
 
 
-def fit_adapter(model_dir: str, dataset: str, out: Path, seed: int, **train) -> tuple[str, float, dict]:
-    """Train an adapter through the train stage's fit loop; (adapter folder, seconds, last logged metrics)."""
+def fit_adapter(model_dir: str, dataset: str, out: Path, seed: int, **train) -> tuple[str, float, list[dict]]:
+    """Train an adapter through the train stage's fit loop; (adapter folder, seconds, the logged metrics per step)."""
     from r1lib.config import TrainConfig
     from r1lib.presets import preset
     from r1lib.training.fit import FitSpec, fit
@@ -85,7 +95,7 @@ def fit_adapter(model_dir: str, dataset: str, out: Path, seed: int, **train) -> 
         )  # fmt: skip
     )
     logged = [h for h in outcome.log_history if "loss" in h]
-    return str(out / "adapter"), round(time.monotonic() - started, 1), logged[-1] if logged else {}
+    return str(out / "adapter"), round(time.monotonic() - started, 1), logged
 
 
 def scored(model_dir: str, adapter: str | None, held_out: list[dict], replay: str) -> dict:
@@ -135,24 +145,35 @@ def run(
     print(json.dumps({"base": base, "sft": sft}), flush=True)
     runs = []
     for seed in seeds:
-        adapter, seconds, last = fit_adapter(
+        adapter, seconds, logged = fit_adapter(
             model_dir, task_dir if grpo_on_task else train, work / f"grpo-{seed}", seed,
             **{**GRPO, **grpo, "method": "grpo", "max_steps": grpo_steps, "init_adapter": sft_adapter},
         )  # fmt: skip
         after = scored(model_dir, adapter, held_out, replay)
         runs.append({
-            "seed": seed, "train_seconds": seconds, "last_logged": last, **{f"after_{k}": v for k, v in after.items()},
+            "seed": seed, "train_seconds": seconds, "last_logged": logged[-1] if logged else {},
+            # the sampled completions' mean correctness per logged step: the training-side learning curve
+            "train_correctness": [round(h.get("rewards/correctness/mean", float("nan")), 3) for h in logged],
+            **{f"after_{k}": v for k, v in after.items()},
             "correctness_gain": round(after["correctness"] - sft["correctness"], 4),
             "forgetting_ratio": round(after["replay_perplexity"] / base["replay_perplexity"], 4),
             "grpo_forgetting_ratio": round(after["replay_perplexity"] / sft["replay_perplexity"], 4),
         })  # fmt: skip
         print(json.dumps(runs[-1]), flush=True)
     gains = [r["correctness_gain"] for r in runs]
+    settings = {**GRPO, **grpo}
     return {
         "date": date.today().isoformat(),
         "held_out_prompts": len(held_out),
         "sft": {"steps": sft_steps, "seconds": sft_s, **SFT, "max_steps": sft_steps},
-        "grpo": {"steps": grpo_steps, "prompts": "task rows" if grpo_on_task else "task + replay rows", **GRPO, **grpo},
+        "grpo": {
+            "steps": grpo_steps,
+            "prompts": "task rows" if grpo_on_task else "task + replay rows",
+            **settings,
+            "prompts_per_step": settings["micro_batch_size"]
+            * settings["gradient_accumulation"]
+            // settings["grpo"]["num_generations"],
+        },  # fmt: skip
         "base": base,
         "before_sft": sft,
         "sft_forgetting_ratio": round(sft["replay_perplexity"] / base["replay_perplexity"], 4),
@@ -191,17 +212,22 @@ def main() -> int:
     apply_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--grpo-steps", type=int, default=12)
+    parser.add_argument("--grpo-steps", type=int, default=16)
     parser.add_argument("--sft-steps", type=int, default=SFT["max_steps"])
     parser.add_argument("--learning-rate", type=float, default=GRPO["learning_rate"], help="of GRPO")
     parser.add_argument("--temperature", type=float, default=GRPO["grpo"]["temperature"])
     parser.add_argument("--beta", type=float, default=0.04, help="train.grpo.beta (KL towards the SFT adapter)")
-    parser.add_argument("--format-weight", type=float, default=0.5, help="train.grpo.rewards.format")
+    parser.add_argument("--format-weight", type=float, default=0.1, help="train.grpo.rewards.format")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="of GRPO (x num_generations completions)")
     parser.add_argument("--grpo-on-mixed", action="store_true", help="GRPO on the SFT mix (task + replay rows)")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
     rewards = {"format": args.format_weight, "correctness": 1.0, "overlong": 1.0}
-    grpo = {"learning_rate": args.learning_rate,
+    accumulation, rest = divmod(args.prompts_per_step * GRPO["grpo"]["num_generations"], GRPO["micro_batch_size"])
+    if rest or not accumulation:
+        parser.error(f"--prompts-per-step x {GRPO['grpo']['num_generations']} must be a multiple of "
+                     f"{GRPO['micro_batch_size']}")  # fmt: skip
+    grpo = {"learning_rate": args.learning_rate, "gradient_accumulation": accumulation,
             "grpo": {**GRPO["grpo"], "temperature": args.temperature, "beta": args.beta,
                      "rewards": rewards}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="grpo-signal-") as work:
@@ -214,7 +240,8 @@ def main() -> int:
     (RESULTS / f"{stem}.md").write_text(
         f"# GRPO on the embedded tiny model, from its SFT adapter ({result['date']})\n\n"
         f"`python bench/grpo_signal.py {' '.join(sys.argv[1:])}`: SFT {result['sft']['steps']} steps, then GRPO "
-        f"{result['grpo']['steps']} steps (8 completions per prompt, 2 prompts per step) per seed; "
+        f"{result['grpo']['steps']} steps ({result['grpo']['grpo']['num_generations']} completions per prompt, "
+        f"{result['grpo']['prompts_per_step']} prompts per step) per seed; "
         f"{result['held_out_prompts']} held-out prompts, greedy. Base model correctness "
         f"{result['base']['correctness']:.1%}, replay perplexity {result['base']['replay_perplexity']}; the SFT "
         f"adapter's forgetting {result['sft_forgetting_ratio']}x (limit {result['forgetting_limit']}x). "
