@@ -22,19 +22,19 @@ import pytest
 
 from tests.conftest import ROOT
 
-# Not yet meeting the targets together (see RUNS): run with -m signal, not in the suite; a run that misses one is an
-# xfail naming it.
-pytestmark = [pytest.mark.slow, pytest.mark.signal]
+# Minutes of CPU training per method (see RUNS): not in the default suite; -m slow runs it.
+pytestmark = pytest.mark.slow
 
 TRAIN_PAIRS, HELD_OUT, TASK_ROWS = 400, 60, 30
 # Optimizer steps of 8 pairs (and 8 replay chats), each method's learning rate and own settings (train.dpo,
 # train.orpo). Measured (loaded 2-core CPU, 60 held-out pairs, base 38%, replay weight 1): DPO + sft_weight 1, beta
 # 0.1, 100 steps: lr 5e-3: 100%, task accuracy 0% -> 100%, forgetting 0.97x (271 s CPU); lr 1e-2: 100%, 97%, 1.00x;
-# lr 3e-3, 60 steps: 65%, 47%, 0.99x. ORPO beta 1.0, 100 steps, lr 3e-3: 80%, 47%, 0.98x (327 s CPU). Without the
-# replay loss the tiny model (hidden 64) forgot its general chats: ORPO lr 3e-3 100%, 11.4x; DPO up to 2,039x.
+# lr 3e-3, 60 steps: 65%, 47%, 0.99x. ORPO beta 1.0, 100 steps: lr 1e-2: 100%, 100%, 0.99x (326 s CPU); lr 5e-3:
+# 98%, 97%, 0.98x; lr 3e-3: 80%, 47%, 0.98x. Without the replay loss the tiny model (hidden 64) forgot its general
+# chats: ORPO lr 3e-3 100%, 11.4x; DPO up to 2,039x.
 RUNS = {
     "dpo": dict(steps=100, lr=5e-3, settings={"dpo": {"beta": 0.1, "sft_weight": 1.0}}),
-    "orpo": dict(steps=100, lr=3e-3, settings={"orpo": {"beta": 1.0}}),
+    "orpo": dict(steps=100, lr=1e-2, settings={"orpo": {"beta": 1.0}}),
 }
 TARGET = 0.9  # the held-out preference accuracy each method must reach (issue 24)
 
@@ -171,13 +171,8 @@ def test_preference_training_raises_held_out_preference_accuracy(setup, method, 
     assert result["accuracy"][1] >= result["accuracy"][0]
     if method == "dpo":
         assert "reference policy: the base model with the LoRA adapter disabled" in caplog.text
-    unmet = []
-    if preference.tuned.accuracy < TARGET:
-        unmet.append(f"held-out preference accuracy {preference.tuned.accuracy:.0%} < {TARGET:.0%}")
-    if result["forgetting"] > FORGETTING_LIMIT:
-        unmet.append(f"forgetting {result['forgetting']}x > {FORGETTING_LIMIT}x")
-    if unmet:  # each target not reached, named in the report: not a silent pass
-        pytest.xfail(f"{method}: " + "; ".join(unmet))
+    assert preference.tuned.accuracy >= TARGET, f"{method}: held-out preference accuracy below {TARGET:.0%}"
+    assert result["forgetting"] <= FORGETTING_LIMIT, f"{method}: forgetting over {FORGETTING_LIMIT}x"
 
 
 def test_kto_runs_end_to_end_from_the_dpo_adapter(setup, caplog):
