@@ -89,6 +89,11 @@ class PreparedData(BaseModel):
             return self.train.preference.dataset, self.test.preference.dataset
         return self.train.dataset, self.test.dataset
 
+    def preference_replay(self) -> str | None:
+        """The general replay rows a preference method adds the SFT loss of (``train.replay_weight``): the SFT rows of
+        a preference run's training split (augment's replay; it holds no other); None in an SFT run."""
+        return self.train.dataset if self.train.preference.dataset else None
+
     def results(self) -> list[StageResult]:
         """The stage results the run summary shows, in stage order (every split's tokenization: each may drop rows)."""
         splits = [self.train, self.test, *([self.replay] if self.replay else [])]

@@ -129,7 +129,10 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
 
         held_out = data.held_out()
         with gpu_slot():  # only the GPU stages hold it: the export branch runs beside them and after
-            trained = train(*data.training_sets(), model, **settings(config, "train"), out_dir=at["train"])
+            trained = train(
+                *data.training_sets(), model, **settings(config, "train"), out_dir=at["train"],
+                replay_dataset_dir=data.preference_replay(),
+            )  # fmt: skip
             candidate = Candidate(model_dir=model, adapter_dir=trained.adapter)
             exported = export_branch(config, model, trained.adapter, at, Path(run).name, background)  # no GPU
             evaluation = evaluate.submit(candidate, held_out, **settings(config, "evaluate"), out_dir=at["evaluate"])

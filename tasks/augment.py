@@ -13,8 +13,9 @@
   apples."). Answer and reasoning are untouched.
 - Replay: general rows (``data.replay_path``) mixed in at ``replay_ratio`` of the training rows, a guard against
   forgetting. Every added row records its ``origin`` and its ``parent`` row id.
-- Preference rows (a dpo/orpo/kto run) are never rewritten and get no variant (skip reason ``preference_row``), and
-  replay is drawn for the SFT rows only: a preference method trains on pairs, and its reference policy is its guard.
+- Preference rows (a dpo/orpo/kto run) are never rewritten and get no variant (skip reason ``preference_row``); their
+  replay rows are the SFT rows of a preference run's training split, trained with the SFT loss beside the preference
+  loss (``train.replay_weight``): the reference policy alone does not keep the general chats (forgetting).
 
 Sharded (flows/data.py): each shard draws its templates and replay rows from its own random stream (``seed`` and the
 shard's place), so the output does not depend on where or when a shard runs; a shard's replay rows follow its own
@@ -258,11 +259,9 @@ def augment_chunks(
 ) -> Iterator[list[dict]]:
     """One shard, streamed: each chunk of records with its variants, then ``replay_ratio`` x ``n_rows`` replay rows
     drawn from ``replay``. No shuffle: the trainer samples rows at random anyway, and streaming keeps memory flat."""
-    preference_rows = 0
     for chunk in chunked(records):
-        preference_rows += sum(map(is_preference, chunk))
         yield expand(chunk, cfg, templates, rng, skips)
-    n_replay = round(cfg.replay_ratio * (n_rows - preference_rows))
+    n_replay = round(cfg.replay_ratio * n_rows)
     if n_replay and replay:
         picks = rng.sample(replay, n_replay) if n_replay <= len(replay) else rng.choices(replay, k=n_replay)
         yield [{**r, "origin": "replay", "parent": r["id"]} for r in picks]

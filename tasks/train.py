@@ -34,7 +34,7 @@ from r1lib.training.backends import choose_backend
 from r1lib.training.fit import FitSpec, inputs_key
 from r1lib.training.launcher import launch_plan
 from r1lib.training.methods import METHODS
-from r1lib.training.methods.base import REFERENCE_METHODS, reference_description
+from r1lib.training.methods.base import REFERENCE_METHODS, REPLAY_METHODS, reference_description
 from r1lib.training.plan import plan_memory
 from r1lib.training.report import loss_curve, loss_markdown, method_story, progress_line
 from r1lib.training.retry import fit_with_oom_retry
@@ -121,8 +121,10 @@ def train(
     out_dir: Path,
     progress_hook=None,
     tracking_cfg: TrackingConfig | None = None,
+    replay_dataset_dir: str | None = None,
 ) -> TrainResult:
-    """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went.
+    """Fine-tune a LoRA adapter on the tokenized rows; returns where it is and how training went. A preference method
+    adds the SFT loss of the general replay rows in ``replay_dataset_dir`` (``train.replay_weight``).
 
     A second training into the same ``out_dir`` (two runs of one config at once) fails at once with a message naming
     the process that holds it, instead of interleaving checkpoints; a Prefect retry of it waits with backoff.
@@ -133,7 +135,9 @@ def train(
         plan = launch_plan(cfg, backend)
         if plan.trainer_args:
             stage_logger().info("launch preset %s sets %s", plan.name, "; ".join(plan.overrides(cfg)))
-        checkpoint_dir = out_dir / "checkpoints" / inputs_key(dataset_dir, model_dir, model_cfg, cfg, plan.processes)
+        replay_dataset_dir = replay_dataset_dir if cfg.method in REPLAY_METHODS and cfg.replay_weight else None
+        key = inputs_key(dataset_dir, model_dir, model_cfg, cfg, plan.processes, replay_dataset_dir)
+        checkpoint_dir = out_dir / "checkpoints" / key
         apply_cap(cfg.max_gpu_memory_gib)
         memory = plan_memory(
             cfg,
@@ -150,6 +154,10 @@ def train(
         stage_logger().info("train.method=%s on %s (%s)", cfg.method, trained_on, dataset_dir)
         if cfg.method in REFERENCE_METHODS:
             stage_logger().info("reference policy: %s", reference_description(cfg))
+        if replay_dataset_dir:
+            stage_logger().info("replay: the SFT loss of %s x train.replay_weight %g added to every step's loss",
+                                rows_trained("sft", replay_dataset_dir).replace("rows", "general rows"),
+                                cfg.replay_weight)  # fmt: skip
         run = fit_with_oom_retry(
             FitSpec(
                 backend=backend,
@@ -168,6 +176,7 @@ def train(
                 quant_storage=plan.quant_storage,
                 report_to=tracking_cfg.report_to if tracking_cfg else "none",
                 run_name=out_dir.parent.name,
+                replay_dataset_dir=replay_dataset_dir,
             ),
             plan,
             out_dir / "launch",
@@ -220,6 +229,7 @@ def train_task(
     tokenize_cfg: TokenizeConfig,
     out_dir: OutputPath,
     tracking_cfg: TrackingConfig | None = None,
+    replay_dataset_dir: InputPath | None = None,
 ) -> TrainResult:
     """QLoRA fine-tuning into ``out_dir``; resumes from the last complete checkpoint when retried. Its reports to the
     Prefect API are best-effort (``ApiReports``): a server that stops answering does not stop the training. The
@@ -256,6 +266,7 @@ def train_task(
         Path(out_dir),
         progress_hook=report,
         tracking_cfg=tracking_cfg,
+        replay_dataset_dir=replay_dataset_dir,
     )
     resumed = f" · resumed from {Path(result.resumed_from).name}" if result.resumed_from else ""
     reports(

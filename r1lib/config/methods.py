@@ -128,6 +128,14 @@ class TrainMethods(Section):
         description="Start from an earlier LoRA adapter instead of a fresh one (e.g. SFT, then a preference method): "
         "an adapter folder, or a run folder (its train/adapter). Its rank and target modules must match train.lora.",
     )
+    replay_weight: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="dpo, orpo, kto: weight of an SFT loss on general replay rows (data.replay_path, drawn by "
+        "augment.replay_ratio) added to every step's preference loss, as many rows as pairs, a guard against "
+        "forgetting; 0: none. SFT trains on its replay rows as ordinary rows.",
+    )
     dpo: DpoSettings = DpoSettings()
     orpo: OrpoSettings = OrpoSettings()
     kto: KtoSettings = KtoSettings()

@@ -59,6 +59,7 @@ class FitSpec(BaseModel):
     quant_storage: str | None = None
     report_to: str = "none"  # tracking.report_to
     run_name: str | None = None
+    replay_dataset_dir: str | None = None  # a preference method's general replay rows (train.replay_weight)
 
 
 class FitOutcome(BaseModel):
@@ -106,13 +107,22 @@ def run_mean_loss(history: list[dict]) -> float:
     return sum(h["loss"] * n for h, n in zip(logged, spans)) / max(sum(spans), 1)
 
 
-def inputs_key(dataset_dir: str, model_dir: str, model_cfg: ModelConfig, cfg: TrainConfig, processes: int = 1) -> str:
-    """Checkpoints are reused only by a run with the same data, model, training settings and number of processes
-    (each rank's data order and RNG state are in the checkpoint)."""
+def inputs_key(
+    dataset_dir: str,
+    model_dir: str,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    processes: int = 1,
+    replay_dataset_dir: str | None = None,
+) -> str:
+    """Checkpoints are reused only by a run with the same data (and replay rows), model, training settings and number
+    of processes (each rank's data order and RNG state are in the checkpoint)."""
     from datasets import load_from_disk
 
     digest = hashlib.sha256()
     digest.update(dataset_fingerprint(load_from_disk(dataset_dir)).encode())
+    if replay_dataset_dir:
+        digest.update(b"replay:" + dataset_fingerprint(load_from_disk(replay_dataset_dir)).encode())
     digest.update(model_dir.encode())
     digest.update(model_cfg.model_dump_json().encode())
     # The OOM retry changes micro-batch/accumulation; the effective batch (and so the run) stays the same.
@@ -259,6 +269,7 @@ def fit(spec: FitSpec, progress_hook=None, extra_callbacks=()) -> FitOutcome:
     _accept_indexed_cpu_locations()
     train_rows = load_from_disk(spec.dataset_dir)
     eval_rows = load_from_disk(spec.eval_dataset_dir) if spec.eval_dataset_dir and cfg.eval_steps else None
+    replay_rows = load_from_disk(spec.replay_dataset_dir) if spec.replay_dataset_dir and cfg.replay_weight else None
     totals = RunTotals(spec.resume)
     callbacks = _callbacks(progress_hook, totals) + list(extra_callbacks)
     if eval_rows is not None and cfg.early_stopping_patience:
@@ -268,6 +279,7 @@ def fit(spec: FitSpec, progress_hook=None, extra_callbacks=()) -> FitOutcome:
             backend=spec.backend,
             train_rows=train_rows,
             eval_rows=eval_rows,
+            replay_rows=replay_rows,
             model_dir=spec.model_dir,
             model_cfg=spec.model_cfg,
             cfg=cfg,

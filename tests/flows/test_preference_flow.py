@@ -54,7 +54,9 @@ def test_every_pair_is_trained_held_out_or_dropped_with_a_reason(summary):
         summary["dedup"],
     )
     assert dedup["train_in"] == pairs and dedup["split_to_test"] == dedup["held_out_pairs"] > 0
-    assert summary["augment"]["rows_out"] == summary["augment"]["rows_in"] == summary["debias"]["rows_in"]
+    augment = summary["augment"]  # no variant of a pair; general replay rows beside them (train.replay_weight)
+    assert augment["origins"]["original"] == augment["rows_in"] and augment["rows_out"] == summary["debias"]["rows_in"]
+    assert augment["origins"]["replay"] == augment["rows_out"] - augment["rows_in"] > 0
     assert trained["rows_in"] == dedup["train_out"] - summary["debias"]["blocked"]
     assert trained["rows"] + sum(trained["dropped"].values()) == trained["rows_in"]
     assert 0 < held_out["rows_in"] <= dedup["held_out_pairs"]

@@ -71,16 +71,17 @@ def record(row: dict, line: int = 1) -> dict:
     return preference_record(normalize_preference(row), "pairs.jsonl", line)
 
 
-def test_augment_leaves_preference_rows_alone_and_draws_replay_for_sft_rows_only():
+def test_augment_leaves_preference_rows_alone_and_draws_their_replay_rows():
     import random
 
     from tasks.augment import augment_chunks
 
     pairs = [record(PAIR, 1), record({**PAIR, "rejected": "Numbers."}, 2)]
     replay = [{"id": "r", "messages": [], "system": ""}]
-    cfg = AugmentConfig(prompt_variants=2, replay_ratio=1.0, text_variants=["whitespace"])
+    cfg = AugmentConfig(prompt_variants=2, replay_ratio=0.5, text_variants=["whitespace"])
     out = [r for chunk in augment_chunks(pairs, 2, replay, cfg, ["Q: {instruction}"], random.Random(0)) for r in chunk]
-    assert out == pairs
+    # no variant of a pair; one general row (replay_ratio x 2 pairs), the SFT loss of train.replay_weight trains it
+    assert out == [*pairs, {**replay[0], "origin": "replay", "parent": "r"}]
 
 
 def test_debias_blocks_a_pair_whose_rejected_answer_holds_a_blocked_term():

@@ -30,6 +30,7 @@ class TrainerSpec(BaseModel):
     backend: str  # "unsloth" or "hf", as chosen (r1lib/training/backends.py: choose_backend)
     train_rows: Any  # a datasets.Dataset of the rows the method consumes
     eval_rows: Any = None  # held-out rows for the loss during training, or None
+    replay_rows: Any = None  # a preference method's general replay rows (input_ids, labels), or None (with_replay)
     model_dir: str
     model_cfg: ModelConfig
     cfg: TrainConfig
@@ -160,6 +161,54 @@ class ScoredOnly:
         return batch
 
 
+def with_replay(trainer_class, spec: TrainerSpec, fused_head: bool):
+    """``trainer_class`` (a TRL preference trainer) whose training loss adds ``train.replay_weight`` times the SFT
+    loss (mean negative log-likelihood of the labelled tokens) of ``spec.replay_rows``: general chats that keep what
+    the model knew while the preference loss moves it (forgetting). Each training micro-batch takes as many replay
+    rows as it has preference rows, in one seeded order that a resumed run and each rank pick up from the step count.
+    ``fused_head``: the trainer patched TRL's fused LM head in (DPO, KTO), so no batch x seq x vocab logits are built.
+    Unchanged when there are no replay rows or the weight is 0."""
+    import random
+
+    rows, weight = spec.replay_rows, spec.cfg.replay_weight
+    if rows is None or not rows.num_rows or not weight:
+        return trainer_class
+    order = random.Random(spec.cfg.seed).sample(range(rows.num_rows), rows.num_rows)
+    size = spec.micro_batch
+
+    class WithReplay(trainer_class):
+        _replay_at = (-1, 0)  # (optimizer step, micro-batch within it) of the last replay batch drawn
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not model.training:
+                return result
+            step = self.state.global_step
+            micro = self._replay_at[1] + 1 if self._replay_at[0] == step else 0
+            self._replay_at = (step, micro)
+            start = ((step * self.args.gradient_accumulation_steps + micro) * self.args.world_size
+                     + self.args.process_index) * size  # fmt: skip
+            picked = rows.select([order[(start + k) % len(order)] for k in range(size)]).to_dict()
+            extra = weight * replay_loss(model, picked, self.processing_class.pad_token_id, fused_head)
+            return (result[0] + extra, result[1]) if return_outputs else result + extra
+
+    WithReplay.__name__ = WithReplay.__qualname__ = trainer_class.__name__
+    return WithReplay
+
+
+def replay_loss(model, rows, pad_token_id: int, fused_head: bool):
+    """The mean negative log-likelihood of the labelled tokens of ``rows`` (input_ids, labels), right-padded."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in rows["input_ids"])
+    ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows["input_ids"]], device=device)
+    labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows["labels"]], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows["input_ids"]], device=device)
+    extra = {"fused_lm_head": True} if fused_head else {}
+    return model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False, **extra).loss
+
+
 def reference_policy(trainer, spec: TrainerSpec) -> str:
     """Settle and name the reference policy of a TRL preference trainer on our peft model, with no second model in
     memory: a fresh adapter's reference is the base with the adapter disabled (TRL's frozen "ref" copy of a zero-
@@ -172,6 +221,7 @@ def reference_policy(trainer, spec: TrainerSpec) -> str:
 
 
 REFERENCE_METHODS = ("dpo", "kto")  # the methods with a reference policy (ORPO and SFT have none)
+REPLAY_METHODS = ("dpo", "orpo", "kto")  # the methods that add the SFT loss of general replay rows (with_replay)
 
 
 def reference_description(cfg: TrainConfig) -> str:

@@ -8,7 +8,14 @@ import logging
 
 from r1lib.compat import pretokenized_preference_trainer
 from r1lib.data.preference_tokens import PAIR_COLUMNS
-from r1lib.training.methods.base import ScoredOnly, TrainerSpec, TrainingMethod, reference_policy, trainer_arguments
+from r1lib.training.methods.base import (
+    ScoredOnly,
+    TrainerSpec,
+    TrainingMethod,
+    reference_policy,
+    trainer_arguments,
+    with_replay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,7 @@ def build(spec: TrainerSpec, model, tokenizer):
         max_length=spec.max_seq_length,
     )
     collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=spec.max_seq_length)
-    trainer = pretokenized_preference_trainer(DPOTrainer)(
+    trainer = with_replay(pretokenized_preference_trainer(DPOTrainer), spec, fused_head=True)(
         model=model,
         processing_class=tokenizer,
         train_dataset=spec.train_rows,

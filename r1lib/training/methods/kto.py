@@ -8,7 +8,14 @@ import logging
 
 from r1lib.compat import pretokenized_preference_trainer
 from r1lib.data.preference_tokens import UNPAIRED_COLUMNS
-from r1lib.training.methods.base import ScoredOnly, TrainerSpec, TrainingMethod, reference_policy, trainer_arguments
+from r1lib.training.methods.base import (
+    ScoredOnly,
+    TrainerSpec,
+    TrainingMethod,
+    reference_policy,
+    trainer_arguments,
+    with_replay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,7 @@ def build(spec: TrainerSpec, model, tokenizer):
         rows = with_kl_completions(rows, spec.micro_batch)
         eval_rows = None if eval_rows is None else with_kl_completions(eval_rows, spec.micro_batch)
     collator = DataCollatorForUnpairedPreference(pad_token_id=tokenizer.pad_token_id, max_length=spec.max_seq_length)
-    trainer = pretokenized_preference_trainer(KTOTrainer)(
+    trainer = with_replay(pretokenized_preference_trainer(KTOTrainer), spec, fused_head=True)(
         model=model,
         processing_class=tokenizer,
         train_dataset=rows,

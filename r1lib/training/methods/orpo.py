@@ -8,7 +8,7 @@ import logging
 
 from r1lib.compat import orpo_classes
 from r1lib.data.preference_tokens import PAIR_COLUMNS
-from r1lib.training.methods.base import TrainerSpec, TrainingMethod, trainer_arguments
+from r1lib.training.methods.base import TrainerSpec, TrainingMethod, trainer_arguments, with_replay
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def build(spec: TrainerSpec, model, tokenizer):
     settings = spec.cfg.orpo
     args = trainer_arguments(spec, ORPOConfig, beta=settings.beta, max_length=spec.max_seq_length)
     log.info("orpo: beta %g; no reference policy (the odds ratio is the policy's own)", settings.beta)
-    return PretokenizedORPO(
+    return with_replay(PretokenizedORPO, spec, fused_head=False)(
         model=model,
         processing_class=tokenizer,
         train_dataset=convert(spec.train_rows),

@@ -100,3 +100,53 @@ def test_the_oom_retry_halves_the_micro_batch_at_the_same_effective_batch(tmp_pa
             auto_recompute=False,
         )
     assert [a.micro_batch for a in attempts] == [8, 4]
+
+
+def test_replay_adds_the_weighted_sft_loss_of_general_rows_in_one_order_across_steps_and_ranks():
+    import torch
+    from datasets import Dataset
+
+    from r1lib.config import TrainConfig
+    from r1lib.training.methods.base import with_replay
+
+    replay = Dataset.from_dict(
+        {"input_ids": [[i, i + 1] for i in range(10, 15)], "labels": [[-100, i + 1] for i in range(10, 15)]}
+    )
+    seen: list[list[int]] = []
+
+    class Model(torch.nn.Module):  # its loss: the mean labelled token id, so the test can add it up
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask, labels, use_cache):
+            seen.append(input_ids[:, 0].tolist())
+            return type("Out", (), {"loss": labels[labels != -100].float().mean()})
+
+    class Preference:  # the TRL trainer's part: its own loss, the step count, the batch layout
+        processing_class = type("Tokenizer", (), {"pad_token_id": 0})
+
+        def __init__(self, rank: int):
+            self.state = type("State", (), {"global_step": 0})()
+            self.args = type("Args", (), {"gradient_accumulation_steps": 2, "world_size": 2, "process_index": rank})()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return torch.tensor(1.0)
+
+    cfg = TrainConfig(method="dpo", replay_weight=0.5, seed=3)
+    trainer_class = with_replay(Preference, spec(None, cfg=cfg, replay_rows=replay, micro_batch=2), fused_head=False)
+    ranks = [trainer_class(rank) for rank in (0, 1)]
+    model = Model()
+    for step in range(2):
+        for trainer in ranks:
+            trainer.state.global_step = step
+            losses = [trainer.compute_loss(model, {}) for _ in range(2)]  # two micro-batches a step
+            assert all(loss.item() == 1.0 + 0.5 * (sum(ids) / 2 + 1) for loss, ids in zip(losses, seen[-2:]))
+    drawn = [i for ids in seen for i in ids]
+    # rank 0 takes batches 0 and 2 of step 0, rank 1 batches 1 and 3; 16 rows drawn cycle the 5 in one order
+    order = [drawn[0], drawn[1], drawn[4], drawn[5], drawn[2], drawn[3], drawn[6], drawn[7]]
+    assert sorted(order[:5]) == list(range(10, 15)) and order[5:] == order[:3]
+    model.training = False
+    assert ranks[0].compute_loss(model, {}).item() == 1.0  # evaluation: the preference loss alone
+    assert with_replay(Preference, spec(None, cfg=cfg.model_copy(update={"replay_weight": 0.0}), replay_rows=replay),
+                       fused_head=False) is Preference  # fmt: skip
