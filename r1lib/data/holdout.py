@@ -61,16 +61,6 @@ class HeldOutSource(BaseModel):
         )
 
 
-@functools.lru_cache(maxsize=1)
-def _sample_digests() -> dict[int, frozenset[str]]:
-    """{size: sha256 digests} of the shipped sample's files (a few hundred kB, read once per process)."""
-    digests: dict[int, set[str]] = {}
-    for file in SHIPPED_SAMPLE.rglob("*"):
-        if file.is_file():
-            digests.setdefault(file.stat().st_size, set()).add(hashlib.sha256(file.read_bytes()).hexdigest())
-    return {size: frozenset(found) for size, found in digests.items()}
-
-
 # A file this large (read or unpacked) cannot be mostly the sample's rows (~500 kB in all) without repeating them.
 _MAX_EXAMINED_BYTES = 16 * 2**20
 
@@ -130,9 +120,8 @@ def is_sample_content(path: Path) -> bool:
 
 def is_shipped_sample(spec: str) -> bool:
     """Whether an input spec names the shipped sample data (``data/sample/``): a file or folder under it however the
-    path is written (relative, ``..``, a symlink, a ``file://`` URL), or a copy of one of its files elsewhere (the
-    same bytes, or mostly its rows however re-saved: ``is_sample_content``), so a copied sample is never taken for the
-    user's own data."""
+    path is written (relative, ``..``, a symlink, a ``file://`` URL), or a copy of one of its files elsewhere (mostly
+    its rows, however saved: ``is_sample_content``), so a copied sample is never taken for the user's own data."""
     if spec.startswith("file://"):
         spec = unquote(urlparse(spec).path)
     if not spec or is_url(spec):
@@ -141,12 +130,7 @@ def is_shipped_sample(spec: str) -> bool:
     if path.is_relative_to(SHIPPED_SAMPLE.resolve()):
         return True
     try:
-        if not path.is_file():
-            return False
-        digests = _sample_digests().get(path.stat().st_size)
-        if digests and hashlib.sha256(path.read_bytes()).hexdigest() in digests:
-            return True
-        return is_sample_content(path)
+        return path.is_file() and is_sample_content(path)  # a byte-for-byte copy too: every row is a sample row
     except OSError:
         return False
 
