@@ -4,11 +4,13 @@ finished importing (r1lib/process.py: die_with_spawning_parent, called by the r1
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import psutil
+import pytest
 
 from tests.conftest import ROOT
 from tests.lib.export.test_export_crash import _wait_for
@@ -72,10 +74,6 @@ PID1_PARENT = textwrap.dedent("""
 
 
 def test_a_spawned_child_of_a_pid_1_parent_runs(tmp_path):
-    import shutil
-
-    import pytest
-
     unshare = shutil.which("unshare")
     probe = unshare and subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
     if not probe or probe.returncode != 0:
