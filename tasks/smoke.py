@@ -18,9 +18,10 @@ Parity, two ways:
 
 The expensive checks are proportionate (``SmokeConfig``): ``gguf_perplexity`` picks which GGUFs get the perplexity
 pass (on a big model with a CPU llama.cpp, only the quantized ones, against the HF merged model: the full-precision
-GGUF keeps its greedy-token parity), ``perplexity_max_tokens`` bounds the rows it reads, and the HF reference loads at
-float32 only where that fits the GPU memory (else bfloat16). ``parity_logit_tolerance`` accepts a near tie that
-rounding decides; ``require_r1_format`` off records format failures as warnings (random-weight rehearsals).
+GGUF keeps its greedy-token parity), ``perplexity_max_tokens`` bounds the tokens it reads (and
+``proportionate_perplexity_tokens`` where the smoke test is proportionate), and the HF reference loads at float32
+only where that fits the GPU memory (else bfloat16). ``parity_logit_tolerance`` accepts a near tie that rounding
+decides; ``require_r1_format`` off records format failures as warnings (random-weight rehearsals).
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ from r1lib.export.hf_reference import (
     reference_logits,
     smoke_prompts,
 )
-from r1lib.export.smoke_checks import compare_greedy, perplexity_types, smoke_plan
+from r1lib.export.smoke_checks import (
+    compare_greedy,
+    full_precision_bytes,
+    perplexity_budget,
+    perplexity_types,
+    proportionate_on,
+    smoke_plan,
+)
 from r1lib.export.smoke_run import SmokeChildren, child_threads
 from r1lib.io import write_json
 from r1lib.model.generation import Decoding
@@ -304,7 +312,7 @@ def smoke_test(
     if reference is not None:
         rows, n_rows = (Path(reference.rows_path) if reference.rows_path else None), reference.rows
     else:
-        rows, n_rows = perplexity_rows(cfg, test_dataset, out_dir) if measured else (None, 0)
+        rows, n_rows = perplexity_rows(cfg, test_dataset, out_dir, plan.perplexity_tokens) if measured else (None, 0)
     rows, n_rows = (rows, n_rows) if measured else (None, 0)
     children = start_smoke(ran, prompts, cfg, decoding, rows, perplexity_types=measured, parity_on=plan.parity_on)
     beside = reference is not None
@@ -440,7 +448,8 @@ def smoke_reference_task(
 ) -> HFReference:
     """The smoke test's HF side (r1lib/export/hf_reference.py): the merged model's greedy parity tokens and held-out
     perplexity, computed on the GPU as soon as the merge and evaluation are done, beside convert and quantize."""
-    rows, n_rows = perplexity_rows(cfg, test_dataset, Path(out_dir))
+    budget = perplexity_budget(cfg, proportionate_on(cfg, full_precision_bytes(merged_dir)))
+    rows, n_rows = perplexity_rows(cfg, test_dataset, Path(out_dir), budget)
     reference = hf_reference(merged_dir, cfg, rows, n_rows, Path(out_dir))
     print(f"HF reference ({reference.dtype}) in {reference.seconds:.1f} s: {len(reference.tokens)} greedy tokens")
     return reference

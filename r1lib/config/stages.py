@@ -147,8 +147,17 @@ class SmokeConfig(Section):
         16384,
         ge=1,
         le=MAX_COUNT,
-        description="Held-out rows go into the perplexity pass in order until they hold this many tokens (per GGUF), "
-        "so long R1 rows cannot turn the check into minutes of CPU; None: all perplexity_rows.",
+        description="Held-out rows go into the perplexity pass in order until they hold this many tokens (per GGUF; "
+        "a first row longer than that is cut to it), so long R1 rows cannot turn the check into minutes of CPU; "
+        "None: all perplexity_rows.",
+    )
+    proportionate_perplexity_tokens: int | None = Field(
+        512,
+        ge=1,
+        le=MAX_COUNT,
+        description="Where the smoke test is proportionate (no GPU for llama.cpp, a big GGUF), the perplexity pass "
+        "reads at most this many tokens per GGUF, a longer row cut to it (a 7B quantized GGUF scores about 20 "
+        "tokens/s on 8 CPU threads); None: perplexity_max_tokens alone.",
     )
     require_r1_format: bool = Field(
         True,

@@ -61,13 +61,16 @@ def smoke_prompts(merged_dir: str, cfg: SmokeConfig, count: int | None = None) -
     ]
 
 
-def perplexity_rows(cfg: SmokeConfig, test_dataset: str | None, out_dir: Path) -> tuple[Path | None, int]:
-    """The held-out rows of the perplexity pass written for the children (``write_perplexity_rows``): their file and
-    count, or (None, 0) where no pass is asked or there are no rows."""
+def perplexity_rows(
+    cfg: SmokeConfig, test_dataset: str | None, out_dir: Path, max_tokens: int | None
+) -> tuple[Path | None, int]:
+    """The held-out rows of the perplexity pass, at most ``max_tokens`` tokens (the smoke plan's
+    ``perplexity_tokens``), written for the children (``write_perplexity_rows``): their file and count, or (None, 0)
+    where no pass is asked or there are no rows."""
     if not (test_dataset and cfg.perplexity_rows and cfg.gguf_perplexity != "none" and Path(test_dataset).exists()):
         return None, 0
     path = Path(out_dir) / "perplexity_rows.json"
-    n_rows = write_perplexity_rows(test_dataset, cfg.perplexity_rows, 1 << 16, path, cfg.perplexity_max_tokens)
+    n_rows = write_perplexity_rows(test_dataset, cfg.perplexity_rows, 1 << 16, path, max_tokens)
     return (path if n_rows else None), n_rows
 
 
@@ -168,18 +171,24 @@ def write_perplexity_rows(
     test_dataset: str, n_rows: int, n_ctx_limit: int, path: Path, max_tokens: int | None = None
 ) -> int:
     """The first ``n_rows`` held-out rows (input_ids, labels) as JSON for the children, while they hold at most
-    ``max_tokens`` tokens together (at least one row); returns how many."""
+    ``max_tokens`` tokens together; a first row longer than that is cut to it (HF and every GGUF score the same
+    window), kept only while answer tokens remain in it. Returns how many rows were written."""
     from datasets import load_from_disk
 
     rows = load_from_disk(test_dataset)
     picked, tokens = [], 0
     for r in rows.select(range(min(n_rows, len(rows)))):
-        if len(r["input_ids"]) > n_ctx_limit:
+        ids, labels = r["input_ids"], r["labels"]
+        if len(ids) > n_ctx_limit:
             continue
-        if picked and max_tokens is not None and tokens + len(r["input_ids"]) > max_tokens:
-            break
-        picked.append({"input_ids": r["input_ids"], "labels": r["labels"]})
-        tokens += len(r["input_ids"])
+        if max_tokens is not None and tokens + len(ids) > max_tokens:
+            if picked:
+                break
+            ids, labels = ids[:max_tokens], labels[:max_tokens]
+            if all(label == -100 for label in labels[1:]):
+                continue  # the prompt alone fills the window: no answer token to score
+        picked.append({"input_ids": ids, "labels": labels})
+        tokens += len(ids)
     write_json(path, picked)
     return len(picked)
 

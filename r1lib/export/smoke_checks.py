@@ -4,7 +4,8 @@
 - ``reference_dtype``: the HF reference model's dtype within the GPU memory this process may use;
 - ``compare_greedy``: greedy-token parity between the HF merged model and the full-precision GGUF, with an optional
   tolerance for a near tie that rounding decides;
-- ``smoke_plan``: which GGUFs run at all, how many prompts each answers and which one the parity is checked on.
+- ``smoke_plan``: which GGUFs run at all, how many prompts each answers, which one the parity is checked on and how
+  many tokens the perplexity pass reads (``perplexity_budget``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,32 @@ class SmokePlan(BaseModel):
     parity_on: str
     tolerance: float
     reason: str
+    perplexity_tokens: int | None  # the perplexity pass's token budget per GGUF (``perplexity_budget``)
+
+
+def proportionate_on(cfg: SmokeConfig, biggest_bytes: int, gpu_offload: bool | None = None) -> bool:
+    """Whether the smoke test is proportionate (``smoke.proportionate``): on, or auto where the biggest GGUF is
+    ``BIG_GGUF_BYTES`` or more and llama.cpp has no GPU."""
+    if cfg.proportionate != "auto":
+        return cfg.proportionate == "on"
+    return biggest_bytes >= BIG_GGUF_BYTES and not (llama_gpu_offload() if gpu_offload is None else gpu_offload)
+
+
+def perplexity_budget(cfg: SmokeConfig, proportionate: bool) -> int | None:
+    """Tokens the perplexity pass reads per GGUF: ``perplexity_max_tokens``, capped by
+    ``proportionate_perplexity_tokens`` where the smoke test is proportionate (None: no limit)."""
+    caps = [cfg.perplexity_max_tokens] + ([cfg.proportionate_perplexity_tokens] if proportionate else [])
+    caps = [c for c in caps if c is not None]
+    return min(caps) if caps else None
+
+
+def full_precision_bytes(model_dir: str) -> int:
+    """The size of a 16-bit GGUF of the model in ``model_dir`` (2 bytes a parameter; 0 where its shape is unknown):
+    what the smoke plan will see, known before any GGUF is written."""
+    from r1lib.model.shape import ModelShape
+
+    shape = ModelShape.read(model_dir)
+    return shape.params * 2 if shape else 0
 
 
 def smoke_plan(cfg: SmokeConfig, ggufs: list[GGUFFile], gpu_offload: bool | None = None) -> SmokePlan:
@@ -94,9 +121,7 @@ def smoke_plan(cfg: SmokeConfig, ggufs: list[GGUFFile], gpu_offload: bool | None
         (g.type for g in ggufs if g.type not in FULL_PRECISION),
         key=lambda t: BY_PRECISION.index(t) if t in BY_PRECISION else len(BY_PRECISION),
     )
-    big = any(g.bytes >= BIG_GGUF_BYTES for g in ggufs)
-    offload = llama_gpu_offload() if gpu_offload is None else gpu_offload
-    on = cfg.proportionate == "on" or (cfg.proportionate == "auto" and big and not offload)
+    on = proportionate_on(cfg, max((g.bytes for g in ggufs), default=0), gpu_offload)
     if on and quantized:
         reason = "proportionate: " + ("on" if cfg.proportionate == "on" else "llama.cpp has no GPU and a GGUF is big")
         plan = {"run": quantized, "prompts": 1, "parity_on": quantized[0], "reason": reason}
@@ -112,4 +137,4 @@ def smoke_plan(cfg: SmokeConfig, ggufs: list[GGUFFile], gpu_offload: bool | None
     tolerance = (
         cfg.parity_logit_tolerance if exact else max(cfg.parity_logit_tolerance, cfg.quantized_parity_logit_tolerance)
     )
-    return SmokePlan(**plan, tolerance=tolerance)
+    return SmokePlan(**plan, tolerance=tolerance, perplexity_tokens=perplexity_budget(cfg, on and bool(quantized)))

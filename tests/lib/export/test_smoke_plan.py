@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from r1lib.config import SmokeConfig
 from r1lib.export.gguf import GGUFFile
-from r1lib.export.smoke_checks import smoke_plan
+from r1lib.export.smoke_checks import full_precision_bytes, perplexity_budget, proportionate_on, smoke_plan
 
 GIB = 2**30
 
@@ -40,3 +40,23 @@ def test_proportionate_on_and_off_override_the_size_rule():
     assert smoke_plan(SmokeConfig(proportionate="off"), big, gpu_offload=False).run == ["F16", "Q8_0"]
     only_full = files({"F16": 14.2})  # nothing quantized: the full-precision file is the one that runs
     assert smoke_plan(SmokeConfig(), only_full, gpu_offload=False).run == ["F16"]
+
+
+def test_a_proportionate_plan_caps_the_perplexity_pass_and_the_reference_reads_the_same_budget(tmp_path):
+    import json
+
+    from r1lib.model.shapes import config_fields
+
+    cfg = SmokeConfig()
+    big = smoke_plan(cfg, files({"F16": 14.2, "Q4_K_M": 4.4, "Q8_0": 7.5}), gpu_offload=False)
+    assert big.perplexity_tokens == cfg.proportionate_perplexity_tokens < cfg.perplexity_max_tokens
+    gpu = smoke_plan(cfg, files({"F16": 14.2, "Q8_0": 7.5}), gpu_offload=True)
+    assert gpu.perplexity_tokens == cfg.perplexity_max_tokens
+    tight = SmokeConfig(perplexity_max_tokens=256)  # the smaller of the two limits wins
+    assert smoke_plan(tight, files({"F16": 14.2, "Q8_0": 7.5}), gpu_offload=False).perplexity_tokens == 256
+    # the HF reference runs before any GGUF exists: it sizes the model from its config.json, as the plan will
+    (tmp_path / "config.json").write_text(json.dumps(config_fields("r1-qwen-7b")))
+    assert full_precision_bytes(str(tmp_path)) > 14 * GIB
+    on = proportionate_on(cfg, full_precision_bytes(str(tmp_path)), gpu_offload=False)
+    assert perplexity_budget(cfg, on) == big.perplexity_tokens
+    assert full_precision_bytes(str(tmp_path / "nothing-here")) == 0

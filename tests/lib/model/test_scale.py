@@ -306,6 +306,23 @@ def test_perplexity_rows_stop_at_the_token_budget(tmp_path):
     assert write_perplexity_rows(str(tmp_path / "ds"), 5, 1 << 16, tmp_path / "c.json", None) == 5
 
 
+def test_a_first_row_past_the_budget_is_cut_to_it_while_answer_tokens_remain(tmp_path):
+    import json
+
+    from datasets import Dataset
+
+    from r1lib.export.hf_reference import write_perplexity_rows
+
+    prompt_then_answer = [-100] * 40 + list(range(60))  # 40 prompt tokens, 60 answer tokens
+    rows = Dataset.from_dict({"input_ids": [list(range(100))] * 3, "labels": [prompt_then_answer] * 3})
+    rows.save_to_disk(str(tmp_path / "ds"))
+    assert write_perplexity_rows(str(tmp_path / "ds"), 3, 1 << 16, tmp_path / "cut.json", 50) == 1
+    [row] = json.loads((tmp_path / "cut.json").read_text())
+    assert row["input_ids"] == list(range(50)) and row["labels"] == prompt_then_answer[:50]
+    # a window that holds only prompt tokens scores nothing: no row rather than an empty one
+    assert write_perplexity_rows(str(tmp_path / "ds"), 3, 1 << 16, tmp_path / "none.json", 30) == 0
+
+
 # --- the rehearsal's data and tokenizers --------------------------------------------------------------------------
 
 
