@@ -47,8 +47,10 @@ from r1lib.export.hf_reference import (
     smoke_prompts,
 )
 from r1lib.export.smoke_checks import (
+    SmokePlan,
     compare_greedy,
     full_precision_bytes,
+    logit_gap,
     perplexity_budget,
     perplexity_types,
     proportionate_on,
@@ -379,10 +381,7 @@ def smoke_test(
             tolerance,
         )
     elif matching < len(hf_tokens):
-        problems.append(
-            f"{reference.gguf}: greedy tokens diverge from the HF merged model at token {matching}: "
-            f"HF {hf_tokens} vs GGUF {gguf_tokens}"
-        )
+        problems.append(f"{reference.gguf}: {divergence(plan, hf_tokens, gguf_tokens, hf_logits, matching)}")
     if full and full.perplexity_vs_hf is not None and abs(full.perplexity_vs_hf) > cfg.max_f16_perplexity_drift:
         problems.append(
             f"{full.gguf}: perplexity {full.perplexity} vs HF {hf_ppl} "
@@ -399,6 +398,17 @@ def smoke_test(
     if problems:
         raise ExportCheckError("; ".join(problems))
     return report
+
+
+def divergence(plan: SmokePlan, hf_tokens: list[int], gguf_tokens: list[int], hf_logits, step: int) -> str:
+    """The parity failure in words: where the tokens part, HF's logit gap there and the setting that accepts it."""
+    setting = "parity_logit_tolerance" if plan.parity_on in FULL_PRECISION else "quantized_parity_logit_tolerance"
+    if hf_logits is None or step >= min(len(hf_tokens), len(gguf_tokens)):
+        why = f"no logit gap measured (smoke.{setting} is 0)"
+    else:
+        gap = logit_gap(hf_logits, hf_tokens, gguf_tokens, step)
+        why = f"HF scored the GGUF's token {gap:.4g} logits below its own, past smoke.{setting}={plan.tolerance:g}"
+    return f"greedy tokens diverge from the HF merged model at token {step} ({why}): HF {hf_tokens} vs {gguf_tokens}"
 
 
 def _share(value: float | None) -> str:

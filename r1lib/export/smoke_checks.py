@@ -42,9 +42,14 @@ def compare_greedy(hf_tokens: list[int], gguf_tokens: list[int], hf_logits=None,
     )
     if tolerance <= 0 or hf_logits is None or matching >= min(len(hf_tokens), len(gguf_tokens)):
         return matching, None
-    step = hf_logits[matching]
-    gap = float(step[hf_tokens[matching]] - step[gguf_tokens[matching]])
+    gap = logit_gap(hf_logits, hf_tokens, gguf_tokens, matching)
     return matching, ({"token": matching, "logit_gap": round(gap, 5)} if gap <= tolerance else None)
+
+
+def logit_gap(hf_logits, hf_tokens: list[int], gguf_tokens: list[int], step: int) -> float:
+    """How far below its own choice HF scored the GGUF's token at greedy step ``step``, in logits."""
+    scores = hf_logits[step]
+    return float(scores[hf_tokens[step]] - scores[gguf_tokens[step]])
 
 
 def perplexity_types(cfg: SmokeConfig, ggufs: list[GGUFFile]) -> list[str]:
