@@ -34,6 +34,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 # How README.md tells a user to create the pools, the GPU limit and the deployments.
 DEPLOY_COMMAND = (".venv/bin/python", "-m", "r1lib.ops.deploy")
 RUN_TIMEOUT = 1500  # seconds for one flow run on a busy two-core machine
+STOP_GRACE = 5  # seconds the server and workers get after SIGTERM on teardown: no flow run is left for them to save
 # postgresql+asyncpg://user:password@host:port/db of a role with CREATEDB (scripts/postgres prints one); unset: SQLite.
 DATABASE_URL = os.environ.get("R1_TEST_DATABASE_URL")
 
@@ -205,17 +206,20 @@ class Stack:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for _, proc in reversed(self.procs):
-            if proc.poll() is not None:
-                continue
-            try:
+        # TERM to every group at once, then one shared grace: waiting 20 s per process in turn cost 40 s of teardown
+        # (tests/flows/test_server_crash.py's, the slowest item list of a whole suite run) with no run left to save.
+        running = [(name, proc) for name, proc in reversed(self.procs) if proc.poll() is None]
+        for _, proc in running:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # the worker's and server's children too
-                proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+        grace = time.monotonic() + STOP_GRACE
+        for name, proc in running:
+            try:
+                proc.wait(timeout=max(0.1, grace - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{name} still running {STOP_GRACE} s after SIGTERM: SIGKILL")
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait(timeout=10)
         if self.database:
             postgres(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
