@@ -446,18 +446,21 @@ def retry(stack: Stack, run_id: str):
 
 
 def wait_for_worker_crash_report(stack: Stack, run_id: str, reports: int, limit: float = 30.0) -> None:
-    """Wait (at most ``limit`` s) until the workers have logged ``reports`` crash reports of ``run_id``: a worker
-    reports a killed run as Crashed seconds after the run's own report, and a retry issued in between is
-    overwritten by it (the retried run reads Crashed)."""
-    line = f"prefect.flow_runs.worker - Reported flow run '{run_id}' as crashed"  # not the runner's own report
+    """Wait (at most ``limit`` s) until the workers have handled ``reports`` kills of ``run_id``: a worker reports a
+    killed run as Crashed seconds after the run's own report, and a retry issued in between is overwritten by it (the
+    retried run reads Crashed). The worker logs "Reported ..." only when its proposal changed the state; either way it
+    then logs the SIGKILL resolution line (prefect/workers/base.py), so that line ends the wait too: waiting for a
+    report that never came cost the whole ``limit``."""
+    reported = f"prefect.flow_runs.worker - Reported flow run '{run_id}' as crashed"  # not the runner's own report
+    handled = "prefect.flow_runs.worker - Check whether the flow run exceeded its memory allocation"  # after a -9
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        logged = sum(
-            (stack.tmp / f"{name}.log").read_text(errors="replace").count(line)
+        logs = [
+            (stack.tmp / f"{name}.log").read_text(errors="replace")
             for name in ("worker-local", "worker-gpu")
             if (stack.tmp / f"{name}.log").exists()
-        )
-        if logged >= reports:
+        ]
+        if sum(log.count(reported) for log in logs) >= reports or sum(log.count(handled) for log in logs) >= reports:
             return
         time.sleep(0.5)
 
