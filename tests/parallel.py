@@ -8,11 +8,21 @@ test_preference_training.py's KTO run starts from its DPO run's adapter). Groups
 (test_tracking_flow.py reads the tiny run and the MLflow server). Then the groups and lone tests are ordered longest
 first, so that the last minutes are not one long test alone on one worker (scripts/test keeps this order:
 ``--no-loadscope-reorder``).
+
+xdist 3.8.0's own ``loadgroup`` cannot see the groups under pytest 9.2: it appends the group to ``item._nodeid``,
+which pytest 9.2's node ids no longer read. So the workers write each grouped test's group to a file
+(write_groups) and the controller schedules by it (GroupScheduling), through xdist's public scheduler hook.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 SHARED_FIXTURES = {
     "tiny_flow_run": "tiny-flow",
@@ -108,3 +118,34 @@ def group_and_order(items: list) -> dict[str, str]:
     ordered = sorted(units.values(), key=lambda unit: -sum(seconds[item.nodeid] for item in unit))  # stable
     items[:] = [item for unit in ordered for item in unit]
     return {fixture: root(group) for fixture, group in SHARED_FIXTURES.items()}
+
+
+def groups_file(controller_pid: int) -> Path:
+    """Where the workers of the controller process ``controller_pid`` (their parent) leave the groups."""
+    return Path(tempfile.gettempdir()) / f"r1-xdist-groups-{controller_pid}.json"
+
+
+def write_groups(items: list) -> None:
+    """On a worker, once collected: {node id: group} of the grouped tests, for GroupScheduling (every worker
+    collects the same tests and writes the same file; a temp name then a rename, so a reader never sees half)."""
+    groups = {item.nodeid: mark.args[0] for item in items if (mark := item.get_closest_marker("xdist_group"))}
+    path = groups_file(os.getppid())
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(groups))
+    tmp.replace(path)
+
+
+class GroupScheduling(LoadScopeScheduling):
+    """xdist's loadscope scheduling with tests/parallel.py's groups as the scopes: a grouped test's scope is its group,
+    any other test is a scope of its own. Scopes are handed out in collection order (group_and_order's)."""
+
+    def __init__(self, config, log=None):
+        super().__init__(config, log)
+        self.groups: dict[str, str] | None = None
+
+    def _split_scope(self, nodeid: str) -> str:
+        if self.groups is None:  # first called once every worker has collected (and written the file)
+            path = groups_file(os.getpid())
+            self.groups = json.loads(path.read_text())
+            path.unlink()
+        return self.groups.get(nodeid, nodeid)
