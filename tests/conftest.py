@@ -348,11 +348,19 @@ def _stop_mlflow() -> None:
     shutil.rmtree(started["home"], ignore_errors=True)  # a temp dir of its own: nothing in it outlives the session
 
 
+@pytest.hookimpl(tryfirst=True)  # an xdist worker writes its groups before it tells the controller it has collected
 def pytest_collection_finish(session):
     import importlib.util
 
+    if XDIST_WORKER:
+        from parallel import write_groups
+
+        write_groups(session.items)
+
     wanted = any(MLFLOW_USERS & set(getattr(item, "fixturenames", ())) for item in session.items)
-    if wanted and importlib.util.find_spec("mlflow") and not session.config.option.collectonly:
+    # An xdist worker starts it with the first test of its group instead (pytest_runtest_setup): only one worker
+    # runs that group, and every worker collects every test.
+    if wanted and not XDIST_WORKER and importlib.util.find_spec("mlflow") and not session.config.option.collectonly:
         import tempfile
 
         _MLFLOW["started"] = _start_mlflow(Path(tempfile.mkdtemp(prefix="r1-test-mlflow-")))
@@ -388,3 +396,41 @@ def mlflow_server():
         yield uri
     finally:
         _stop_mlflow()
+
+
+# --- parallel runs (pytest-xdist: scripts/test runs -n 2 --dist loadgroup; tests/parallel.py says how it groups) ----
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER and Path(os.environ.get("PREFECT_HOME", "")).name != f"xdist-{XDIST_WORKER}":  # imported twice
+    # Each worker gets its own Prefect home (the local server's SQLite database, the stage result storage): two
+    # servers on one SQLite file lock each other out. Kept between runs like .prefect/ itself.
+    _home = Path(os.environ.get("PREFECT_HOME") or ROOT / ".prefect") / f"xdist-{XDIST_WORKER}"
+    _home.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(_home)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist appends the group to the node ids
+def pytest_collection_modifyitems(config, items):
+    """Under xdist: the tests sharing a fixture become one group, and the longest groups and tests run first."""
+    if XDIST_WORKER:
+        from parallel import group_and_order
+
+        _MLFLOW["group"] = group_and_order(items)["mlflow_server"]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup schedules by tests/parallel.py's groups (xdist's own cannot see them under pytest 9.2)."""
+    if config.getvalue("dist") == "loadgroup":
+        from parallel import GroupScheduling
+
+        return GroupScheduling(config, log)
+
+
+def pytest_runtest_setup(item):
+    """Under xdist: the worker that runs the MLflow users' group starts the server at the group's first test."""
+    import importlib.util
+    import tempfile
+
+    mark = item.get_closest_marker("xdist_group")
+    first = mark and mark.args[0] == _MLFLOW.get("group") and "started" not in _MLFLOW
+    if first and importlib.util.find_spec("mlflow"):
+        _MLFLOW["started"] = _start_mlflow(Path(tempfile.mkdtemp(prefix="r1-test-mlflow-")))
