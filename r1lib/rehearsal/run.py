@@ -213,9 +213,31 @@ def collect(result) -> dict:
     return out
 
 
+# The variables the rehearsal sets for its own Prefect home, restored when it returns.
+REHEARSAL_ENVIRON = (
+    "PREFECT_HOME",
+    "R1_RESULT_STORAGE",
+    "PREFECT_SERVER_ANALYTICS_ENABLED",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+)
+
+
 def rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
     """The rehearsal ``python -m flows.rehearse`` runs; ``flow``: the finetune flow, called with the configuration
-    once this process has its own Prefect home (import Prefect and the flow inside it, not before)."""
+    once this process has its own Prefect home (import Prefect and the flow inside it, not before). The process's
+    environment is as it was when it returns: a caller that goes on (a test) does not inherit the removed home."""
+    saved = {key: os.environ.get(key) for key in REHEARSAL_ENVIRON}
+    try:
+        return _rehearse(argv, flow)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
     args = parse_args(argv)
     work = Path(args.work) / args.shape
     if work.exists() and not args.resume:

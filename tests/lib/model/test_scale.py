@@ -397,8 +397,11 @@ def test_rehearsal_results_carry_what_the_checks_read(tmp_path):
 
 @pytest.mark.slow
 def test_the_rehearsal_runs_every_stage_on_a_toy_shape_with_the_real_tokenizer(tmp_path):
+    import os
+
     from flows.rehearse import main
 
+    home_before = os.environ.get("PREFECT_HOME")
     code = main(
         [
             "--shape", "tiny-qwen", "--train-rows", "24", "--test-rows", "4", "--prompt-tokens", "20,60",
@@ -427,6 +430,7 @@ def test_the_rehearsal_runs_every_stage_on_a_toy_shape_with_the_real_tokenizer(t
     assert result["after_training_seconds"] > 0 and result["critical_path"][-1] in ("card", "summary")
     assert result["data"]["train"]["completion_tokens"]["max"] <= 200
     assert not (tmp_path / "work" / "tiny-qwen").exists()  # cleaned up (no --keep)
+    assert os.environ.get("PREFECT_HOME") == home_before  # the removed home does not leak into later tests
 
 
 @pytest.mark.slow
