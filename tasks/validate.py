@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -379,6 +380,26 @@ def validate(cfg: DataConfig, out_dir: Path, shard_rows: int = DEFAULT_SHARD_ROW
     return merge_validated(cfg, inputs, out_dir)
 
 
+def report_table(reports: list[FileReport]) -> tuple[list[dict], str | None]:
+    """The validation report as table rows, each file named relative to the folder all of them share (returned, for
+    the description; None where they share none): the UI never wraps a cell, so a long data path would push the
+    table past the page."""
+    try:
+        folder = os.path.commonpath([str(Path(r.file).parent) for r in reports]) if reports else None
+    except ValueError:  # absolute and relative paths, or none in common
+        folder = None
+    folder = folder if folder not in (None, "", "/") else None
+    rows = [
+        {
+            **r.model_dump(exclude={"reasons"}),
+            "file": os.path.relpath(r.file, folder) if folder else r.file,
+            "reasons": json.dumps(r.reasons),
+        }
+        for r in reports
+    ]
+    return rows, folder
+
+
 # --- Prefect ------------------------------------------------------------------------------------------------------
 
 
@@ -405,9 +426,11 @@ def validate_input_task(
 def validate_merge_task(cfg: DataConfig, inputs: list[ValidatedInput], out_dir: OutputPath) -> ValidatedData:
     """Join the validated files; fail when too much was rejected."""
     result = merge_validated(cfg, inputs, Path(out_dir))
+    table, folder = report_table(result.reports)
     create_table_artifact(
         key="validation-report",
-        table=[{**r.model_dump(exclude={"reasons"}), "reasons": json.dumps(r.reasons)} for r in result.reports],
-        description=f"Rows accepted and quarantined per input file. Quarantine: {result.quarantine}",
+        table=table,
+        description=f"Rows accepted and quarantined per input file{f' (under {folder})' if folder else ''}. "
+        f"Quarantine: {result.quarantine}",
     )
     return result

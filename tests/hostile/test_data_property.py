@@ -2,10 +2,13 @@
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from r1lib.data.readers import wide_encoding
 from r1lib.data.records import check_schema
+from r1lib.errors import DataValidationError
 from r1lib.io import read_jsonl, write_jsonl
 from tasks.validate import validate_file
 
@@ -37,10 +40,15 @@ lines = st.one_of(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(lines, max_size=12))
+@example(raw_lines=[b"\xfe\xff"])  # a UTF-16 BE byte order mark alone: hypothesis found it in a suite run
 def test_nothing_crashes_nothing_is_lost_every_rejection_has_a_reason(tmp_path, raw_lines):
     raw_lines = [b.replace(b"\n", b" ").replace(b"\r", b" ") for b in raw_lines]  # one row per line
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b"".join(b + b"\n" for b in raw_lines))
+    if wide_encoding(path.read_bytes()[:4096]):  # a UTF-16/32 file is refused whole, naming the fix, not row by row
+        with pytest.raises(DataValidationError, match=f"^{path}: the file is UTF-(16|32) .*re-save it as UTF-8"):
+            validate_file(path, 1000)
+        return
     accepted, quarantined, report = validate_file(path, 1000)
     with open(path, "rb") as handle:  # what a line is, as the reader sees it (str.splitlines differs)
         physical = handle.readlines()

@@ -127,3 +127,20 @@ def test_a_utf16_or_utf32_file_is_refused_once_naming_its_encoding(tmp_path, enc
     accepted, quarantined, report = validate_file(path, max_chars=100_000)
     reasons = {q["reason"] for q in quarantined}
     assert (len(accepted), reasons) == ((0, {"pretraining_text"}) if suffix == "txt" else (report.rows, set()))
+
+
+def test_the_report_table_names_files_under_their_shared_folder_so_a_long_path_fits_the_page():
+    from tasks.validate import FileReport, report_table
+
+    deep = "/home/someone/projects/a-rather-long-project-name/data/2026-12-07-nightly"
+    reports = [
+        FileReport(file=f"{deep}/{name}", rows=3, accepted=2, quarantined=1, blank_lines=0, reasons={"x": 1})
+        for name in ("train.jsonl", "more/test.jsonl")
+    ]
+    rows, folder = report_table(reports)
+    assert folder == deep and [r["file"] for r in rows] == ["train.jsonl", "more/test.jsonl"]
+    assert rows[0]["reasons"] == '{"x": 1}' and rows[0]["quarantined"] == 1
+    relative = FileReport(file="relative.jsonl", rows=1, accepted=1, quarantined=0, blank_lines=0, reasons={})
+    mixed = [reports[0], relative]
+    rows, folder = report_table(mixed)  # nothing shared: the paths stay as given
+    assert folder is None and [r["file"] for r in rows] == [reports[0].file, "relative.jsonl"]
