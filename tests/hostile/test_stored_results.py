@@ -50,7 +50,9 @@ class Exploit:
 
 
 def stored_records() -> list[Path]:
-    storage = Path(os.environ["PREFECT_HOME"]) / "storage"
+    from prefect.settings import get_current_settings
+
+    storage = Path(get_current_settings().results.local_storage_path)  # PREFECT_HOME/storage unless set otherwise
     return sorted(storage.iterdir(), key=lambda p: p.stat().st_mtime)
 
 
