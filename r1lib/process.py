@@ -3,6 +3,7 @@ the user set wins. The bench and the tests set them through scripts/env.sh."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -11,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 DEFAULTS = {
     # Waiting OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads made a
@@ -98,3 +99,17 @@ def die_with_spawning_parent(poll_s: float = 0.25) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="die with spawning parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def restored_environ(keys: Iterable[str]) -> Iterator[None]:
+    """The block may set or remove ``keys`` in ``os.environ``; each is back as it was when the block ends."""
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

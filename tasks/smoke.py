@@ -403,7 +403,9 @@ def smoke_test(
 def divergence(plan: SmokePlan, hf_tokens: list[int], gguf_tokens: list[int], hf_logits, step: int) -> str:
     """The parity failure in words: where the tokens part, HF's logit gap there and the setting that accepts it."""
     setting = "parity_logit_tolerance" if plan.parity_on in FULL_PRECISION else "quantized_parity_logit_tolerance"
-    if hf_logits is None or step >= min(len(hf_tokens), len(gguf_tokens)):
+    if step >= len(gguf_tokens):
+        why = f"the GGUF stopped after {len(gguf_tokens)} tokens"
+    elif hf_logits is None:
         why = f"no logit gap measured (smoke.{setting} is 0)"
     else:
         gap = logit_gap(hf_logits, hf_tokens, gguf_tokens, step)

@@ -27,6 +27,7 @@ from typing import Any
 
 from r1lib.config import PipelineConfig, TrackingConfig
 from r1lib.errors import TrackerUnavailable
+from r1lib.process import restored_environ
 
 log = logging.getLogger(__name__)
 
@@ -256,16 +257,9 @@ def open_tracker(cfg: TrackingConfig, run_dir: Path, tags: dict[str, str]) -> tu
 @contextlib.contextmanager
 def patched_environ(values: dict[str, str]) -> Iterator[None]:
     """``os.environ`` with ``values`` for the block (the trainer's integrations read them), restored after."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
+    with restored_environ(values):
+        os.environ.update(values)
         yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 def link_artifact(tracker: Tracker, cfg: TrackingConfig) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from r1lib.process import restored_environ
 from r1lib.stages import group_of, out_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,15 +227,8 @@ def rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
     """The rehearsal ``python -m flows.rehearse`` runs; ``flow``: the finetune flow, called with the configuration
     once this process has its own Prefect home (import Prefect and the flow inside it, not before). The process's
     environment is as it was when it returns: a caller that goes on (a test) does not inherit the removed home."""
-    saved = {key: os.environ.get(key) for key in REHEARSAL_ENVIRON}
-    try:
+    with restored_environ(REHEARSAL_ENVIRON):
         return _rehearse(argv, flow)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:

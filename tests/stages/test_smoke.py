@@ -28,3 +28,4 @@ def test_an_exact_parity_without_logits_says_no_gap_was_measured():
     plan = smoke_plan(SmokeConfig(), small, gpu_offload=False)
     message = divergence(plan, [1, 4, 5], [1, 7, 2], None, 1)
     assert "no logit gap measured (smoke.parity_logit_tolerance is 0)" in message
+    assert "the GGUF stopped after 1 tokens" in divergence(plan, [1, 4, 5], [1], None, 1)
