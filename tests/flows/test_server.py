@@ -260,8 +260,17 @@ def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(s
             page.goto(f"{stack.url}/runs/flow-run/{retried_run['id']}", wait_until="domcontentloaded", timeout=60_000)
             page.get_by_text(run_name).first.wait_for(timeout=90_000)
             page.get_by_text("Artifacts", exact=True).filter(visible=True).first.click()  # its Artifacts tab
-            for key in ("run-summary", "evaluation", "gguf-smoke-test"):  # the tab lists them as their data comes
-                page.get_by_text(key, exact=True).first.wait_for(timeout=90_000)
+            page.get_by_text("run-summary").first.wait_for(timeout=90_000)
+            # The task runs' artifacts are listed below the flow run's, drawn as they scroll into view.
+            wanted, text, deadline = ("run-summary", "evaluation", "gguf-smoke-test"), "", time.monotonic() + 90
+            while time.monotonic() < deadline and not all(key in text for key in wanted):
+                page.get_by_text("Task runs", exact=True).last.scroll_into_view_if_needed()
+                page.mouse.move(700, 500)
+                page.mouse.wheel(0, 2000)
+                page.wait_for_timeout(1000)
+                text = page.inner_text("body")
+            for key in wanted:
+                assert key in text, f"{key} not on the flow run's Artifacts tab"
             shot(page, "flow-run-artifacts")
 
             # Every table (the table artifacts, and the Markdown ones that hold a table) fits the page: the UI never
