@@ -326,7 +326,11 @@ def _start_mlflow(home: Path) -> dict:
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--artifacts-destination", str(home / "art")]
     log = open(home / "server.log", "wb")
-    server = subprocess.Popen([*command, "--workers", "1"], cwd=home, stdout=log, stderr=log, start_new_session=True)
+    # No job runner: its seven huey consumers poll for work (GenAI jobs no test uses) at a third of a core in all.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [*command, "--workers", "1"], cwd=home, stdout=log, stderr=log, start_new_session=True, env=env
+    )
     return {"server": server, "log": log, "home": home, "uri": f"http://127.0.0.1:{port}"}
 
 
