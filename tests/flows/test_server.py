@@ -259,19 +259,19 @@ def test_ui_shows_the_run_its_artifacts_and_a_run_form_that_submits_the_preset(s
             shown = _task_runs_tabs(stack, page, retried_run["id"], shot)
             page.goto(f"{stack.url}/runs/flow-run/{retried_run['id']}", wait_until="domcontentloaded", timeout=60_000)
             page.get_by_text(run_name).first.wait_for(timeout=90_000)
+            # The tab lists the task runs' artifacts below the flow run's in a virtual scroller, which draws a card only
+            # once it is inside the viewport: a run title long enough to wrap pushed them below a 1,000 px one.
+            page.set_viewport_size({"width": 1400, "height": 2400})
             page.get_by_text("Artifacts", exact=True).filter(visible=True).first.click()  # its Artifacts tab
             page.get_by_text("run-summary").first.wait_for(timeout=90_000)
-            # The task runs' artifacts are listed below the flow run's, drawn as they scroll into view.
-            wanted, text, deadline = ("run-summary", "evaluation", "gguf-smoke-test"), "", time.monotonic() + 90
-            while time.monotonic() < deadline and not all(key in text for key in wanted):
-                page.get_by_text("Task runs", exact=True).last.scroll_into_view_if_needed()
-                page.mouse.move(700, 500)
-                page.mouse.wheel(0, 2000)
-                page.wait_for_timeout(1000)
+            wanted, text, deadline = ("run-summary", "evaluation", "gguf-smoke-test"), "", time.monotonic() + 60
+            while not all(key in text for key in wanted) and time.monotonic() < deadline:
+                page.wait_for_timeout(500)
                 text = page.inner_text("body")
             for key in wanted:
                 assert key in text, f"{key} not on the flow run's Artifacts tab"
             shot(page, "flow-run-artifacts")
+            page.set_viewport_size({"width": 1400, "height": 1000})
 
             # Every table (the table artifacts, and the Markdown ones that hold a table) fits the page: the UI never
             # wraps a cell, so a wider table is cut off behind a scroll bar.
