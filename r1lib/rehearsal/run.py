@@ -129,6 +129,9 @@ def rehearsal_config(args, model_dir: Path, data: dict, work: Path):
         "smoke.n_threads": cpu_count(),
         "smoke.require_r1_format": False,  # random weights cannot answer in the format
         "smoke.parity_logit_tolerance": 0.25,  # random weights: near ties everywhere (README)
+        # Q8_0 moved the prompt logits of the Llama-8B layout's random weights by up to 0.36 (4 layers) and 0.46
+        # (8 layers; F16: 0.014), about as the square root of depth: near 0.9 at 32, where the default 0.5 failed.
+        "smoke.quantized_parity_logit_tolerance": 1.0,
     }
     for key, value in overrides.items():
         set_field(config, f"{key}={json.dumps(value)}")
@@ -256,7 +259,8 @@ def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
     notes = [
         "random weights: generations never reach the end-of-sentence token, so evaluation and smoke test run to "
         "their token limits; the smoke test records the R1 format instead of requiring it, and accepts a greedy "
-        "near tie within 0.25 logits (about the mean gap between the top two logits of a random 7B model)"
+        "near tie within 0.25 logits (about the mean gap between the top two logits of a random 7B model), or "
+        "within 1.0 where parity is checked on a quantized file (Q8_0 noise on random weights)"
     ]
     record = {
         "shape": args.shape,
