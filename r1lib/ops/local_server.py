@@ -33,6 +33,7 @@ from pathlib import Path
 
 from r1lib.compat import drain_prefect_workers
 from r1lib.ops.api_watch import configured_api_url, exit_when_api_lost
+from r1lib.process import restored_environ
 
 log = logging.getLogger(__name__)
 DEFAULT_START_TIMEOUT = 600.0
@@ -188,21 +189,17 @@ def prefect_api(timeout: float | None = None) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server = start(timeout)
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.url
-    try:
-        with temporary_settings({PREFECT_API_URL: server.url}), exit_when_api_lost(server.url):
-            try:
-                yield server.url
-            finally:
-                with contextlib.suppress(Exception):  # a run that failed still stops its server
-                    drain_prefect_workers()
-    finally:
-        server.stop()
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
+    with restored_environ(["PREFECT_API_URL"]):
+        os.environ["PREFECT_API_URL"] = server.url
+        try:
+            with temporary_settings({PREFECT_API_URL: server.url}), exit_when_api_lost(server.url):
+                try:
+                    yield server.url
+                finally:
+                    with contextlib.suppress(Exception):  # a run that failed still stops its server
+                        drain_prefect_workers()
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
