@@ -388,11 +388,14 @@ def report_table(reports: list[FileReport]) -> tuple[list[dict], str | None]:
         folder = os.path.commonpath([str(Path(r.file).parent) for r in reports]) if reports else None
     except ValueError:  # absolute and relative paths, or none in common
         folder = None
-    folder = folder if folder not in (None, "", "/") else None
+    # Cut as text, never normalized: folder + "/" + name is the path as given (a URL's "//", a "..").
+    prefix = f"{folder}/" if folder not in (None, "", "/") else None
+    if prefix is None or not all(r.file.startswith(prefix) for r in reports):
+        prefix = folder = None
     rows = [
         {
             **r.model_dump(exclude={"reasons"}),
-            "file": os.path.relpath(r.file, folder) if folder else r.file,
+            "file": r.file[len(prefix) :] if prefix else r.file,
             "reasons": json.dumps(r.reasons),
         }
         for r in reports

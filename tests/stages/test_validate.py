@@ -144,3 +144,15 @@ def test_the_report_table_names_files_under_their_shared_folder_so_a_long_path_f
     mixed = [reports[0], relative]
     rows, folder = report_table(mixed)  # nothing shared: the paths stay as given
     assert folder is None and [r["file"] for r in rows] == [reports[0].file, "relative.jsonl"]
+    # Named as given: a URL keeps its "//" (no folder), a ".." stays in the name (it may cross a symbolic link).
+    urls = [
+        FileReport(file=f"s3://bucket/a/{n}", rows=1, accepted=1, quarantined=0, blank_lines=0, reasons={})
+        for n in "xy"
+    ]
+    assert report_table(urls)[1] is None and [r["file"] for r in report_table(urls)[0]] == [u.file for u in urls]
+    dotted = [
+        FileReport(file=f, rows=1, accepted=1, quarantined=0, blank_lines=0, reasons={})
+        for f in ("/d/l/../x", "/d/z/y")
+    ]
+    rows, folder = report_table(dotted)
+    assert [f"{folder}/{r['file']}" for r in rows] == ["/d/l/../x", "/d/z/y"]
