@@ -6,6 +6,8 @@
 #   run(carry=[".gpu"], command="source scripts/gpu-env.sh && bench/gpu_rehearse_all.sh 7b")
 #   ... the same with 7b-cap24, 8b, evalgen (bench/eval_generation.py on the 7B shape) and export (bench/export_speed.py)
 #   KV_CACHE=static bench/gpu_rehearse_all.sh 7b   # the rehearsal with evaluate.kv_cache static (compiled decode)
+#   GRPO_STEPS=2 bench/gpu_rehearse_all.sh 1.5b     # with a GRPO stage after the flow (issue #25)
+#   bench/gpu_rehearse_all.sh probe 7b             # first the machine's cores, memory and disk/RAM write speed
 #
 # Several parts in one call run one after the other (``bench/gpu_rehearse_all.sh evalgen export``).
 set -uo pipefail
@@ -17,6 +19,8 @@ KV_CACHE=${KV_CACHE:-dynamic}  # evaluate.kv_cache for the rehearsals: static wh
 # The issue's measurement: 4 training steps, 256 new tokens per evaluation row, 2 perplexity rows in the smoke test.
 COMMON=(--train-steps 4 --eval-max-new-tokens 256 --set smoke.perplexity_rows=2 --deadline-s "$DEADLINE"
         --set "evaluate.kv_cache=\"$KV_CACHE\"" --out "$OUT" --work "$WORK")
+GRPO_STEPS=${GRPO_STEPS:-0}  # issue #25: a GRPO stage after the flow (8 completions of 1,024 tokens a step)
+[ "$GRPO_STEPS" -gt 0 ] && COMMON+=(--grpo-steps "$GRPO_STEPS")
 
 part() {  # name, command...: the command's whole output into $OUT/<name>.log, its status into the log's last line
   local name=$1; shift
@@ -30,6 +34,12 @@ part() {  # name, command...: the command's whole output into $OUT/<name>.log, i
 
 for what in "${@:-7b}"; do
   case "$what" in
+    probe) part machine-probe bash -c 'nproc; lscpu | grep -E "Model name|^CPU\(s\)"; free -g; df -h /tmp /dev/shm .;
+             echo "dirty_ratio $(cat /proc/sys/vm/dirty_ratio) background $(cat /proc/sys/vm/dirty_background_ratio)";
+             for d in /tmp /dev/shm; do echo "write 4 GiB to $d:";
+               dd if=/dev/zero of=$d/r1-dd-probe bs=16M count=256 conv=fdatasync 2>&1 | tail -1; rm -f $d/r1-dd-probe;
+             done' ;;
+    1.5b) part rehearse-r1-qwen-1.5b python -m flows.rehearse --shape r1-qwen-1.5b "${COMMON[@]}" ;;
     7b) part rehearse-r1-qwen-7b python -m flows.rehearse --shape r1-qwen-7b "${COMMON[@]}" ;;
     7b-cap24) part rehearse-r1-qwen-7b-cap24 python -m flows.rehearse --shape r1-qwen-7b --gpu-cap-gib 24 "${COMMON[@]}" ;;
     8b) part rehearse-r1-llama-8b python -m flows.rehearse --shape r1-llama-8b "${COMMON[@]}" ;;
@@ -37,6 +47,6 @@ for what in "${@:-7b}"; do
                --max-new-tokens 256 --out "$OUT" --work "$WORK/evalgen" ;;
     export) part export-speed-r1-qwen-7b python bench/export_speed.py --shape r1-qwen-7b --out "$OUT" \
               --work "$WORK/export" ;;
-    *) echo "unknown part $what (7b, 7b-cap24, 8b, evalgen, export)" >&2; exit 2 ;;
+    *) echo "unknown part $what (probe, 1.5b, 7b, 7b-cap24, 8b, evalgen, export)" >&2; exit 2 ;;
   esac
 done

@@ -4,7 +4,8 @@ It needs no GPU and nothing of the evaluation, so the flow submits it as soon as
 and it runs beside evaluation and the fairness check (flows/finetune.py). The merge streams shard by shard in host
 memory; each quantized type is its own child process, all at once, each with every core (``quantize_threads``). When
 ``export.keep_full_precision`` is off and quantized types are requested, the full-precision GGUF is only the
-quantizer's input: it is deleted once every quantized file is written (a retry converts it again).
+quantizer's input: it goes to RAM where it fits (``export.scratch_dir``: r1lib/export/scratch.py) and is deleted once
+every quantized file is written (a retry converts it again).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prefect.futures import PrefectFuture, wait
 
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
+from r1lib.export.scratch import remove_scratch
 from r1lib.ops.timeline import timed
 from r1lib.stages import settings
 from tasks.export import convert_task, merge_task, quantize_task
@@ -44,14 +46,18 @@ def quantize_threads(cores: int | None = None) -> int:
 
 
 @contextlib.contextmanager
-def settled() -> Iterator[list[PrefectFuture]]:
+def settled(config: PipelineConfig | None = None, run: str = "") -> Iterator[list[PrefectFuture]]:
     """A list for futures that run in the background of the block; when the block ends, however it ends (an
-    evaluation that failed), they are waited for: the run folder's lock outlives every stage that writes in it."""
+    evaluation that failed), they are waited for: the run folder's lock outlives every stage that writes in it.
+    Then the run's scratch folder goes, given the run's ``config`` (``export.scratch_dir``: a temporary GGUF in RAM
+    must not outlive the run)."""
     futures: list[PrefectFuture] = []
     try:
         yield futures
     finally:
         wait(futures)
+        if config is not None:
+            remove_scratch(config.export.scratch_dir, Path(run).name)
 
 
 class ExportBranch:
@@ -79,7 +85,10 @@ def export_branch(
     qtypes, keep_full = config.export.quantizations, config.export.keep_full_precision
     merged = merge.submit(model, adapter, **settings(config, "merge"), out_dir=at["merge"])
     # a full-precision file that only feeds the quantizer is not hashed: it never ships (ExportBranch.ggufs)
-    full = convert.submit(merged, config.export.outtype, at["convert"], stem=stem, digest=keep_full or not qtypes)
-    quantized = [quantize.submit(full, [qtype], threads=quantize_threads()) for qtype in qtypes]
+    temporary = bool(qtypes) and not keep_full  # only the quantizer's input: hashed never, in RAM where it fits
+    scratch = config.export.scratch_dir if temporary else None
+    full = convert.submit(merged, config.export.outtype, at["convert"], stem=stem, digest=not temporary,
+                          scratch_dir=scratch)  # fmt: skip
+    quantized = [quantize.submit(full, [qtype], at["convert"], threads=quantize_threads()) for qtype in qtypes]
     background += [merged, full, *quantized]
     return ExportBranch(merged, full, quantized, keep_full)

@@ -114,7 +114,7 @@ def finetune(config: PresetConfig = TINY) -> FinetuneResult:
     # One tracker run per flow run (r1lib/ops/tracking.py).
     with (
         exclusive_dir(run),
-        settled() as background,
+        settled(config, run) as background,
         summary_on_failure(config, run) as finished,
         tracked_run(config, run) as tracker,
     ):

@@ -37,6 +37,7 @@ from r1lib.export.gguf import (
     quantize_file,
     quantize_files,
 )
+from r1lib.export.scratch import full_precision_size, scratch_folder
 from r1lib.io import atomic_dir, atomic_path, sha256_stamped
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
@@ -254,11 +255,21 @@ def merge_task(model_dir: InputPath, adapter_dir: InputPath, model_cfg: ModelCon
 
 
 @task(name="convert-gguf", task_run_name="convert-gguf {outtype}", **stage_options(timeout_seconds=4 * 3600))
-def convert_task(merged_dir: InputPath, outtype: str, out_dir: OutputPath, stem: str, digest: bool = True) -> GGUFFile:
+def convert_task(
+    merged_dir: InputPath,
+    outtype: str,
+    out_dir: OutputPath,
+    stem: str,
+    digest: bool = True,
+    scratch_dir: str | None = None,
+) -> GGUFFile:
     """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter, as ``<stem>-<OUTTYPE>.gguf`` in ``out_dir``;
-    ``digest`` off for a temporary quantizer input (``convert``)."""
-    out = Path(out_dir, f"{stem}-{outtype.upper()}.gguf")
-    result = convert(merged_dir, outtype, out, digest)
+    ``digest`` off for a temporary quantizer input (``convert``), which ``scratch_dir`` (``export.scratch_dir``) may
+    place in RAM instead (r1lib/export/scratch.py)."""
+    folder = Path(out_dir)
+    if scratch_dir is not None:
+        folder = scratch_folder(scratch_dir, out_dir, full_precision_size(merged_dir, outtype), stem)
+    result = convert(merged_dir, outtype, folder / f"{stem}-{outtype.upper()}.gguf", digest)
     print(
         f"converted to {result.path} ({result.bytes / 2**20:.1f} MiB, tokenizer pre-tokenizer {result.tokenizer_pre})"
     )
@@ -272,10 +283,11 @@ def _quantize_run_name() -> str:
 
 
 @task(name="quantize-gguf", task_run_name=_quantize_run_name, **stage_options(timeout_seconds=4 * 3600))
-def quantize_task(source: GGUFFile, qtypes: list[str], threads: int = 0) -> list[GGUFFile]:
-    """GGUF F16 -> every quantized type with llama.cpp's quantizer, in one child process of ``threads`` threads
-    (0: every core)."""
-    results = quantize_all(Path(source.path), qtypes, [quantized_path(source, q) for q in qtypes], threads)
+def quantize_task(source: GGUFFile, qtypes: list[str], out_dir: OutputPath, threads: int = 0) -> list[GGUFFile]:
+    """GGUF F16 -> every quantized type with llama.cpp's quantizer into ``out_dir``, in one child process of
+    ``threads`` threads (0: every core)."""
+    outs = [Path(out_dir, quantized_path(source, q).name) for q in qtypes]
+    results = quantize_all(Path(source.path), qtypes, outs, threads)
     for result in results:
         print(f"quantized {result.type}: {result.path} ({result.bytes / 2**20:.1f} MiB)")
     return results

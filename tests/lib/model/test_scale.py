@@ -430,6 +430,7 @@ def test_the_rehearsal_runs_every_stage_on_a_toy_shape_with_the_real_tokenizer(t
     assert result["after_training_seconds"] > 0 and result["critical_path"][-1] in ("card", "summary")
     assert result["data"]["train"]["completion_tokens"]["max"] <= 200
     assert not (tmp_path / "work" / "tiny-qwen").exists()  # cleaned up (no --keep)
+    assert not list(Path("/dev/shm").glob("r1-finetune-rehearse-tiny-qwen*"))  # the F16's scratch folder too
     assert os.environ.get("PREFECT_HOME") == home_before  # the removed home does not leak into later tests
 
 

@@ -1,0 +1,97 @@
+"""Where the temporary full-precision GGUF goes (``export.scratch_dir``): in RAM when there is room for it.
+
+With ``export.keep_full_precision`` off the F16/BF16 GGUF is only the quantizer's input: 2 bytes a parameter (a 7B's
+is 14.5 GB) written by the converter, read by every quantize child, then deleted. On a disk that writes a few hundred
+MB/s, after the merge has just written as much again, that traffic is what the export waits for; in a RAM-backed
+folder (``/dev/shm``, a tmpfs) it never touches the disk. ``auto`` takes ``/dev/shm`` only when it has room for the
+file and the machine has the memory to spare beside it (``MEMORY_RESERVE``), else the export folder; the log says
+which and why. Each run writes into its own subfolder (``r1-finetune-<run>``), removed when the run ends however it
+ends (flows/export.py: ``settled``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RAM_DIR = Path("/dev/shm")
+MEMORY_RESERVE = 8 * 2**30  # left to the stages running beside the export (evaluation's host side, the smoke test)
+HEADROOM = 1.05  # the GGUF's header and alignment padding over the tensors' bytes
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemAvailable in bytes (None where the kernel does not say)."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def full_precision_size(merged_dir: str | Path, outtype: str) -> int:
+    """Bytes of the ``outtype`` GGUF the converter writes from the merged safetensors: their element count times the
+    type's width (f32: 4, f16/bf16: 2), from the files' own headers."""
+    width = 4 if outtype.lower() == "f32" else 2
+    elements = 0
+    for shard in sorted(Path(merged_dir).glob("*.safetensors")):
+        with open(shard, "rb") as handle:  # the safetensors header: its length, then JSON of every tensor's shape
+            length = min(int.from_bytes(handle.read(8), "little"), 100 * 2**20)  # safetensors' own limit
+            header = json.loads(handle.read(length))
+        for name, info in header.items():
+            if name != "__metadata__":
+                elements += math.prod(info["shape"])
+    return int(elements * width * HEADROOM)
+
+
+def run_folder(root: str | Path, run: str) -> Path:
+    """The run's own subfolder of a scratch root."""
+    return Path(root) / f"r1-finetune-{run}"
+
+
+def scratch_root(setting: str, export_dir: str | Path, need: int) -> tuple[Path | None, str]:
+    """(the scratch root, why): None for the export folder itself. ``setting``: ``auto``, ``export`` or a folder."""
+    if setting == "export":
+        return None, "export.scratch_dir is 'export'"
+    if setting != "auto":
+        return Path(setting), f"export.scratch_dir is {setting!r}"
+    if not RAM_DIR.is_dir() or not os.access(RAM_DIR, os.W_OK):
+        return None, f"{RAM_DIR} is not a writable folder"
+    free = shutil.disk_usage(RAM_DIR).free
+    memory = available_memory()
+    gib = 2**30
+    if free < need:
+        return None, f"{RAM_DIR} has {free / gib:.1f} GiB free, the file needs {need / gib:.1f} GiB"
+    if memory is None or memory < need + MEMORY_RESERVE:
+        have = "unknown" if memory is None else f"{memory / gib:.1f} GiB"
+        return None, (
+            f"available memory {have} is under the file's {need / gib:.1f} GiB plus {MEMORY_RESERVE / gib:.0f} GiB "
+            "for the stages beside it"
+        )
+    return RAM_DIR, f"{RAM_DIR} has room ({free / gib:.1f} GiB free, {memory / gib:.1f} GiB of memory available)"
+
+
+def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) -> Path:
+    """The folder the temporary full-precision GGUF is written to (made here), logged with the reason."""
+    root, why = scratch_root(setting, export_dir, need)
+    folder = Path(export_dir) if root is None else run_folder(root, run)
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("temporary full-precision GGUF (%.1f GiB) in %s: %s", need / 2**30, folder, why)
+    return folder
+
+
+def remove_scratch(setting: str, run: str) -> None:
+    """Remove the run's scratch subfolder (nothing for ``export``: that file is deleted where it lies)."""
+    if setting == "export":
+        return
+    folder = run_folder(RAM_DIR if setting == "auto" else setting, run)
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed the scratch folder %s", folder)

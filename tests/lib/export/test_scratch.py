@@ -1,0 +1,105 @@
+"""The temporary full-precision GGUF goes to RAM only where it fits beside the run (r1lib/export/scratch.py)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from r1lib.export import scratch
+
+
+def safetensors_header_only(path: Path, shapes: dict[str, list[int]], dtype: str = "BF16") -> None:
+    """A safetensors file's header (its data bytes are not read by ``full_precision_size``)."""
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 2
+        for n in shape:
+            size *= n
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = {"format": "pt"}
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text)
+
+
+def test_the_size_counts_every_tensor_of_every_shard_at_the_outtype_width(tmp_path):
+    safetensors_header_only(tmp_path / "model-00001-of-00002.safetensors", {"a": [1024, 512], "b": [7]})
+    safetensors_header_only(tmp_path / "model-00002-of-00002.safetensors", {"c": [3, 5, 2]})
+    elements = 1024 * 512 + 7 + 30
+    assert scratch.full_precision_size(tmp_path, "f16") == int(elements * 2 * scratch.HEADROOM)
+    assert scratch.full_precision_size(tmp_path, "F32") == int(elements * 4 * scratch.HEADROOM)
+
+
+@pytest.fixture
+def ram(tmp_path, monkeypatch):
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    monkeypatch.setattr(scratch, "RAM_DIR", folder)
+    return folder
+
+
+def fake_memory(monkeypatch, free: int, available: int | None) -> None:
+    monkeypatch.setattr(scratch.shutil, "disk_usage", lambda _: type("U", (), {"free": free})())
+    monkeypatch.setattr(scratch, "available_memory", lambda: available)
+
+
+def test_auto_takes_ram_only_with_room_for_the_file_and_the_reserve(ram, tmp_path, monkeypatch):
+    export = tmp_path / "export"
+    need = 10 * 2**30
+    fake_memory(monkeypatch, free=need + 1, available=need + scratch.MEMORY_RESERVE + 1)
+    assert scratch.scratch_folder("auto", export, need, "run-1") == ram / "r1-finetune-run-1"
+    assert (ram / "r1-finetune-run-1").is_dir()
+
+    fake_memory(monkeypatch, free=need - 1, available=10 * need)  # a small /dev/shm (Docker's default is 64 MB)
+    root, why = scratch.scratch_root("auto", export, need)
+    assert root is None and "free" in why
+    fake_memory(monkeypatch, free=10 * need, available=need + scratch.MEMORY_RESERVE - 1)  # memory for the others
+    root, why = scratch.scratch_root("auto", export, need)
+    assert root is None and "available memory" in why
+    fake_memory(monkeypatch, free=10 * need, available=None)  # a kernel that does not say: the disk, not a guess
+    assert scratch.scratch_root("auto", export, need)[0] is None
+    assert scratch.scratch_folder("auto", export, need, "run-1") == export and export.is_dir()
+
+
+def test_auto_without_a_writable_ram_folder_uses_the_export_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(scratch, "RAM_DIR", tmp_path / "no-such-folder")
+    root, why = scratch.scratch_root("auto", tmp_path, 1)
+    assert root is None and "not a writable folder" in why
+
+
+def test_export_and_an_explicit_folder_are_taken_as_set(ram, tmp_path, monkeypatch):
+    fake_memory(monkeypatch, free=0, available=0)  # no check for what the user named
+    assert scratch.scratch_folder("export", tmp_path / "export", 10**12, "r") == tmp_path / "export"
+    assert scratch.scratch_folder(str(tmp_path / "fast"), tmp_path / "export", 10**12, "r") == (
+        tmp_path / "fast" / "r1-finetune-r"
+    )
+
+
+def test_the_run_removes_only_its_own_scratch_folder(ram, tmp_path):
+    mine, other = ram / "r1-finetune-run-1", ram / "r1-finetune-run-2"
+    for folder in (mine, other):
+        folder.mkdir()
+        (folder / "m-F16.gguf").write_bytes(b"GGUF")
+    scratch.remove_scratch("auto", "run-1")
+    assert not mine.exists() and (other / "m-F16.gguf").exists()
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "kept.gguf").write_bytes(b"GGUF")
+    scratch.remove_scratch("export", "run-2")  # the export folder is never removed
+    assert (export / "kept.gguf").exists() and other.exists()
+    named = tmp_path / "fast"
+    (named / "r1-finetune-run-2").mkdir(parents=True)
+    scratch.remove_scratch(str(named), "run-2")
+    assert not (named / "r1-finetune-run-2").exists() and named.is_dir()
+
+
+def test_available_memory_reads_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24576000 kB\nMemAvailable:   1000 kB\n")
+    assert scratch.available_memory(meminfo) == 1000 * 1024
+    meminfo.write_text("MemTotal: 1 kB\n")
+    assert scratch.available_memory(meminfo) is None
+    assert scratch.available_memory(tmp_path / "missing") is None
