@@ -1,11 +1,13 @@
-"""The export branch of the finetune flow: merge -> full-precision GGUF -> every quantized type, as Prefect futures.
+"""The export branch of the finetune flow: merge and full-precision GGUF -> every quantized type, as Prefect futures.
 
 It needs no GPU and nothing of the evaluation, so the flow submits it as soon as training has written the adapter
 and it runs beside evaluation and the fairness check (flows/finetune.py). The merge streams shard by shard in host
-memory; each quantized type is its own child process, all at once, each with every core (``quantize_threads``). When
-``export.keep_full_precision`` is off and quantized types are requested, the full-precision GGUF is only the
-quantizer's input: it goes to RAM where it fits (``export.scratch_dir``: r1lib/export/scratch.py) and is deleted once
-every quantized file is written (a retry converts it again).
+memory; where it is a plain LoRA on a 16-bit base the converter does not wait for it: it reads the base and adds the
+adapter to each weight itself (r1lib/export/merge.py: ``conversion_view``). Each quantized type is its own child
+process, all at once, each with every core (``quantize_threads``). When ``export.keep_full_precision`` is off and
+quantized types are requested, the full-precision GGUF is only the quantizer's input: it goes to RAM where it fits
+(``export.scratch_dir``: r1lib/export/scratch.py) and is deleted once every quantized file is written (a retry
+converts it again).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prefect.futures import PrefectFuture, wait
 
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
+from r1lib.export.merge import stream_merge_plan
 from r1lib.export.scratch import remove_scratch
 from r1lib.ops.timeline import timed
 from r1lib.stages import settings
@@ -84,11 +87,16 @@ def export_branch(
     ``background``: ``settled``)."""
     qtypes, keep_full = config.export.quantizations, config.export.keep_full_precision
     merged = merge.submit(model, adapter, **settings(config, "merge"), out_dir=at["merge"])
-    # a full-precision file that only feeds the quantizer is not hashed: it never ships (ExportBranch.ggufs)
-    temporary = bool(qtypes) and not keep_full  # only the quantizer's input: hashed never, in RAM where it fits
+    # a full-precision file that only feeds the quantizer is not hashed (it never ships: ExportBranch.ggufs) and
+    # goes to RAM where it fits
+    temporary = bool(qtypes) and not keep_full
     scratch = config.export.scratch_dir if temporary else None
-    full = convert.submit(merged, config.export.outtype, at["convert"], stem=stem, digest=not temporary,
-                          scratch_dir=scratch)  # fmt: skip
+    # A plain LoRA on a 16-bit base is merged by the converter as it reads each weight, beside the merge (which the
+    # smoke test's HF reference needs); anything else (a 4-bit base, DoRA ...) converts the merged model.
+    fused = stream_merge_plan(model, adapter) is not None
+    source = {"model_dir": model, "adapter_dir": adapter, "model_cfg": config.model} if fused else {"model_dir": merged}
+    full = convert.submit(**source, outtype=config.export.outtype, out_dir=at["convert"], stem=stem,
+                          digest=not temporary, scratch_dir=scratch)  # fmt: skip
     quantized = [quantize.submit(full, [qtype], at["convert"], threads=quantize_threads()) for qtype in qtypes]
     background += [merged, full, *quantized]
     return ExportBranch(merged, full, quantized, keep_full)

