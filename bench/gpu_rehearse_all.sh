@@ -42,6 +42,8 @@ for what in "${@:-7b}"; do
     1.5b) part rehearse-r1-qwen-1.5b python -m flows.rehearse --shape r1-qwen-1.5b "${COMMON[@]}" ;;
     7b-grpo) part rehearse-r1-qwen-7b-grpo python -m flows.rehearse --shape r1-qwen-7b --set stop_after='"tokenize"' \
                --tag grpo "${COMMON[@]}" ;;  # the data stages, then the GRPO stage alone (GRPO_STEPS)
+    1.5b-grpo) part rehearse-r1-qwen-1.5b-grpo python -m flows.rehearse --shape r1-qwen-1.5b \
+                 --set stop_after='"tokenize"' --tag grpo "${COMMON[@]}" ;;
     7b) part rehearse-r1-qwen-7b python -m flows.rehearse --shape r1-qwen-7b "${COMMON[@]}" ;;
     7b-cap24) part rehearse-r1-qwen-7b-cap24 python -m flows.rehearse --shape r1-qwen-7b --gpu-cap-gib 24 "${COMMON[@]}" ;;
     8b) part rehearse-r1-llama-8b python -m flows.rehearse --shape r1-llama-8b "${COMMON[@]}" ;;
@@ -49,6 +51,6 @@ for what in "${@:-7b}"; do
                --max-new-tokens 256 --out "$OUT" --work "$WORK/evalgen" ;;
     export) part export-speed-r1-qwen-7b python bench/export_speed.py --shape r1-qwen-7b --out "$OUT" \
               --work "$WORK/export" ;;
-    *) echo "unknown part $what (probe, 1.5b, 7b, 7b-grpo, 7b-cap24, 8b, evalgen, export)" >&2; exit 2 ;;
+    *) echo "unknown part $what (probe, 1.5b, 1.5b-grpo, 7b, 7b-grpo, 7b-cap24, 8b, evalgen, export)" >&2; exit 2 ;;
   esac
 done

@@ -114,7 +114,9 @@ def markdown(result: dict) -> str:
             "",
         ]
     grpo = result.get("grpo") or {}
-    if grpo:
+    if grpo.get("error"):
+        lines += [f"GRPO stage (after the flow, from its adapter): {grpo['error']}.", ""]
+    elif grpo:
         lines += [
             f"GRPO stage (after the flow, from its adapter; {grpo.get('backend')}): {grpo.get('steps')} steps of "
             f"{grpo.get('completions_per_step')} completions ({grpo.get('num_generations')} per prompt, up to "

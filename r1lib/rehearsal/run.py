@@ -310,6 +310,8 @@ def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
             and not deleted
             and (Path(out_dir(run_dir, "merge")) / "merged" / "config.json").exists()
             and (Path(out_dir(run_dir, "fairness")) / "fairness.json").exists()
+            and any(Path(out_dir(run_dir, "convert")).glob("*.gguf"))  # a converter reading the base is done
+            and not any(Path(out_dir(run_dir, "convert")).glob(".*-merged-view"))
         ):
             for weights in model_dir.glob("*.safetensors"):
                 weights.unlink()
@@ -322,16 +324,18 @@ def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
 
     sampler = Sampler(work, on_sample=housekeeping)
     flow_start = time.time()
+    ended: dict = {}  # the flow's end, result and error, once it has ended (the deadline may come in the GRPO stage)
     if args.deadline_s:
         watchdog = threading.Timer(
             max(1.0, args.deadline_s - (time.monotonic() - began_all)),
             _deadline,
-            (record, args, work, sampler, flow_start, started_at),
+            (record, args, work, sampler, flow_start, started_at, ended),
         )
         watchdog.daemon = True
         watchdog.start()
     result, error = run_flow(flow, config, sampler)
     flow_end = time.time()
+    ended.update(flow_end=flow_end, result=result, error=error)
     if args.grpo_steps and error is None and getattr(result, "data", None) is not None:
         record["grpo"], error = grpo_stage(args, config, result, work)
     if args.deadline_s:
@@ -403,12 +407,17 @@ def span_seconds(stages: dict[str, dict], member) -> float:
     return round(max(r["end_s"] for r in rows) - min(r["start_s"] for r in rows), 2) if rows else 0.0
 
 
-def _deadline(record: dict, args, work: Path, sampler, flow_start, started_at) -> None:
-    """At ``--deadline-s``: the table of the stages so far (the running one up to now), then exit at once."""
+def _deadline(record: dict, args, work: Path, sampler, flow_start, started_at, ended: dict) -> None:
+    """At ``--deadline-s``: the table of the stages so far (the running one up to now), then exit at once. Where the
+    flow had ended and the GRPO stage was running, the flow's own table, and the GRPO stage marked as cut."""
     try:
         samples = list(sampler.samples) or [sampler.sample()]
-        error = f"stopped at --deadline-s {args.deadline_s:g} while the flow was still running"
-        _measure(record, samples, flow_start, time.time(), started_at, None, error)
+        if "flow_end" in ended:
+            _measure(record, samples, flow_start, ended["flow_end"], started_at, ended["result"], ended["error"])
+            record["grpo"] = {"error": f"stopped at --deadline-s {args.deadline_s:g} while the GRPO stage was running"}
+        else:
+            error = f"stopped at --deadline-s {args.deadline_s:g} while the flow was still running"
+            _measure(record, samples, flow_start, time.time(), started_at, None, error)
         # The scratch folder stays: the stage that is still running (a quantize child) reads from it until it dies.
         _finish(record, args, work, 3, keep=True)
     finally:

@@ -581,3 +581,27 @@ def load_file_key(folder: Path, key: str):
             if key in handle.keys():
                 return handle.get_tensor(key)
     raise KeyError(key)
+
+
+def test_a_deadline_in_the_grpo_stage_keeps_the_flows_own_table(monkeypatch, tmp_path):
+    """The flow ended and the GRPO stage after it was cut: the table is the flow's (its end, its result, completed),
+    and the GRPO stage says it was stopped (the 7B call of 2026-12-07 read the cut as the flow's)."""
+    from types import SimpleNamespace
+
+    import r1lib.rehearsal.run as rehearsal
+
+    seen = {}
+    monkeypatch.setattr(rehearsal, "_measure", lambda record, s, start, end, at, result, error: seen.update(
+        end=end, result=result, error=error))  # fmt: skip
+    monkeypatch.setattr(rehearsal, "_finish", lambda record, args, work, code, keep=False: seen.update(code=code))
+    monkeypatch.setattr(rehearsal.os, "_exit", lambda code: seen.update(exit=code))
+    sampler = SimpleNamespace(samples=[{"disk": 0}], sample=lambda: {"disk": 0})
+    args = SimpleNamespace(deadline_s=520)
+    record: dict = {}
+    ended = {"flow_end": 1234.5, "result": "the flow's result", "error": None}
+    rehearsal._deadline(record, args, tmp_path, sampler, 1000.0, "t0", ended)
+    assert seen == {"end": 1234.5, "result": "the flow's result", "error": None, "code": 3, "exit": 3}
+    assert "GRPO stage" in record["grpo"]["error"]
+    seen.clear()
+    rehearsal._deadline({}, args, tmp_path, sampler, 1000.0, "t0", {})  # still in the flow: the cut is the flow's
+    assert seen["result"] is None and "flow was still running" in seen["error"] and seen["end"] > 1234.5
