@@ -102,9 +102,10 @@ def die_with_spawning_parent(poll_s: float = 0.25) -> None:
 
 
 @contextlib.contextmanager
-def restored_environ(keys: Iterable[str]) -> Iterator[None]:
-    """The block may set or remove ``keys`` in ``os.environ``; each is back as it was when the block ends."""
-    saved = {key: os.environ.get(key) for key in keys}
+def restored_environ(keys: str | Iterable[str]) -> Iterator[None]:
+    """The block may set or remove ``keys`` (one name or several) in ``os.environ``; each is back as it was when the
+    block ends."""
+    saved = {key: os.environ.get(key) for key in ([keys] if isinstance(keys, str) else keys)}
     try:
         yield
     finally:

@@ -86,3 +86,20 @@ def test_a_spawned_child_of_a_pid_1_parent_runs(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "exit 0 parent 1" in done.stdout
+
+
+def test_restored_environ_takes_one_name_or_several(monkeypatch):
+    from r1lib.process import restored_environ
+
+    monkeypatch.setenv("R1_TEST_KEPT", "before")
+    monkeypatch.delenv("R1_TEST_ADDED", raising=False)
+    monkeypatch.delenv("R", raising=False)
+    with restored_environ("R1_TEST_KEPT"):  # one name, not its characters
+        os.environ["R1_TEST_KEPT"] = "changed"
+        os.environ["R"] = "a stray one-letter name a character loop would have saved"
+    assert os.environ["R1_TEST_KEPT"] == "before"
+    assert os.environ.pop("R") == "a stray one-letter name a character loop would have saved"
+    with restored_environ(["R1_TEST_KEPT", "R1_TEST_ADDED"]):
+        os.environ["R1_TEST_ADDED"] = "new"
+        del os.environ["R1_TEST_KEPT"]
+    assert os.environ["R1_TEST_KEPT"] == "before" and "R1_TEST_ADDED" not in os.environ
