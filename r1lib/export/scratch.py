@@ -5,12 +5,14 @@ is 14.5 GB) written by the converter, read by every quantize child, then deleted
 MB/s, after the merge has just written as much again, that traffic is what the export waits for; in a RAM-backed
 folder (``/dev/shm``, a tmpfs) it never touches the disk. ``auto`` takes ``/dev/shm`` only when it has room for the
 file and the machine has the memory to spare beside it (``MEMORY_RESERVE``), else the export folder; the log says
-which and why. Each run writes into its own subfolder (``r1-finetune-<run>``), removed when the run ends however it
-ends (flows/export.py: ``settled``).
+which and why. Each run writes into its own subfolder (``r1-finetune-<run>-<key of its export folder>``: two runs of
+one run name in two runs folders do not share it), removed when the run ends however it ends (flows/export.py:
+``settled``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -51,9 +53,11 @@ def full_precision_size(merged_dir: str | Path, outtype: str) -> int:
     return int(elements * width * HEADROOM)
 
 
-def run_folder(root: str | Path, run: str) -> Path:
-    """The run's own subfolder of a scratch root."""
-    return Path(root) / f"r1-finetune-{run}"
+def run_folder(root: str | Path, run: str, export_dir: str | Path) -> Path:
+    """The run's own subfolder of a scratch root, keyed by its export folder too (run names repeat across runs
+    folders, and one run's end must not remove another's file)."""
+    key = hashlib.sha256(str(Path(export_dir).resolve()).encode()).hexdigest()[:10]
+    return Path(root) / f"r1-finetune-{run}-{key}"
 
 
 def scratch_root(setting: str, export_dir: str | Path, need: int) -> tuple[Path | None, str]:
@@ -81,17 +85,17 @@ def scratch_root(setting: str, export_dir: str | Path, need: int) -> tuple[Path 
 def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) -> Path:
     """The folder the temporary full-precision GGUF is written to (made here), logged with the reason."""
     root, why = scratch_root(setting, export_dir, need)
-    folder = Path(export_dir) if root is None else run_folder(root, run)
+    folder = Path(export_dir) if root is None else run_folder(root, run, export_dir)
     folder.mkdir(parents=True, exist_ok=True)
     log.info("temporary full-precision GGUF (%.1f GiB) in %s: %s", need / 2**30, folder, why)
     return folder
 
 
-def remove_scratch(setting: str, run: str) -> None:
+def remove_scratch(setting: str, run: str, export_dir: str | Path) -> None:
     """Remove the run's scratch subfolder (nothing for ``export``: that file is deleted where it lies)."""
     if setting == "export":
         return
-    folder = run_folder(RAM_DIR if setting == "auto" else setting, run)
+    folder = run_folder(RAM_DIR if setting == "auto" else setting, run, export_dir)
     if folder.is_dir():
         shutil.rmtree(folder, ignore_errors=True)
         log.info("removed the scratch folder %s", folder)
