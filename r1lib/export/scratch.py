@@ -20,6 +20,8 @@ import os
 import shutil
 from pathlib import Path
 
+from r1lib.errors import ExportCheckError
+
 log = logging.getLogger(__name__)
 
 RAM_DIR = Path("/dev/shm")
@@ -40,16 +42,20 @@ def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 def full_precision_size(merged_dir: str | Path, outtype: str) -> int:
     """Bytes of the ``outtype`` GGUF the converter writes from the merged safetensors: their element count times the
-    type's width (f32: 4, f16/bf16: 2), from the files' own headers."""
+    type's width (f32: 4, f16/bf16: 2), from the files' own headers. A file that is no safetensors fails naming it."""
     width = 4 if outtype.lower() == "f32" else 2
     elements = 0
     for shard in sorted(Path(merged_dir).glob("*.safetensors")):
-        with open(shard, "rb") as handle:  # the safetensors header: its length, then JSON of every tensor's shape
-            length = min(int.from_bytes(handle.read(8), "little"), 100 * 2**20)  # safetensors' own limit
-            header = json.loads(handle.read(length))
-        for name, info in header.items():
-            if name != "__metadata__":
-                elements += math.prod(info["shape"])
+        try:
+            with open(shard, "rb") as handle:  # the safetensors header: its length, then JSON of every tensor's shape
+                length = min(int.from_bytes(handle.read(8), "little"), 100 * 2**20)  # safetensors' own limit
+                header = json.loads(handle.read(length))
+            elements += sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # truncated, garbage or a foreign header
+            raise ExportCheckError(
+                f"{shard}: no readable safetensors header ({type(exc).__name__}: {str(exc)[:200]}); the export "
+                "needs its tensors' shapes: write the model again (the merge stage)"
+            ) from exc
     return int(elements * width * HEADROOM)
 
 

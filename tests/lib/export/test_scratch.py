@@ -33,6 +33,20 @@ def test_the_size_counts_every_tensor_of_every_shard_at_the_outtype_width(tmp_pa
     assert scratch.full_precision_size(tmp_path, "F32") == int(elements * 4 * scratch.HEADROOM)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"sh", bytes(range(200, 256)), b"\x02\0\0\0\0\0\0\0[]"],
+    ids=["empty", "truncated", "garbage", "no-object"],
+)
+def test_a_shard_that_is_no_safetensors_fails_naming_the_file(tmp_path, content):
+    from r1lib.errors import ExportCheckError
+
+    safetensors_header_only(tmp_path / "model-00001-of-00002.safetensors", {"a": [4, 4]})
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(content)
+    with pytest.raises(ExportCheckError, match="model-00002-of-00002.safetensors: no readable safetensors header"):
+        scratch.full_precision_size(tmp_path, "f16")
+
+
 @pytest.fixture
 def ram(tmp_path, monkeypatch):
     folder = tmp_path / "shm"
