@@ -281,7 +281,9 @@ def convert_task(
                 f"{adapter_dir} on {model_dir} is no plain 16-bit LoRA merge: convert the merged model"
             )
         tokenizer = r1_tokenizer(adapter_dir, model_cfg)
-        source = str(conversion_view(model_dir, adapter_dir, plan, tokenizer, Path(out_dir, f".{stem}-merged-view")))
+        # named ``merged`` as the merge's folder: the converter names the model (general.name) after its folder
+        view = Path(out_dir, f".{stem}-merged-view", "merged")
+        source = str(conversion_view(model_dir, adapter_dir, plan, tokenizer, view))
         log.info(
             "converting %s with %s merged in as it is read (%d weights)", model_dir, adapter_dir, len(plan["pairs"])
         )
@@ -292,7 +294,7 @@ def convert_task(
         result = convert(source, outtype, folder / f"{stem}-{outtype.upper()}.gguf", digest)
     finally:
         if source != model_dir:
-            shutil.rmtree(source, ignore_errors=True)  # the view: links and a tokenizer, read once
+            shutil.rmtree(Path(source).parent, ignore_errors=True)  # the view: links and a tokenizer, read once
     print(
         f"converted to {result.path} ({result.bytes / 2**20:.1f} MiB, tokenizer pre-tokenizer {result.tokenizer_pre})"
     )

@@ -5,18 +5,22 @@ is 14.5 GB) written by the converter, read by every quantize child, then deleted
 MB/s, after the merge has just written as much again, that traffic is what the export waits for; in a RAM-backed
 folder (``/dev/shm``, a tmpfs) it never touches the disk. ``auto`` takes ``/dev/shm`` only when it has room for the
 file and the machine has the memory to spare beside it (``MEMORY_RESERVE``), else the export folder; the log says
-which and why. Each run writes into its own subfolder (``r1-finetune-<run>``), removed when the run ends however it
-ends (flows/export.py: ``settled``).
+which and why. Each run writes into its own subfolder (``r1-finetune-<run>-<key of its export folder>``: two runs of
+one run name in two runs folders do not share it), removed when the run ends however it ends (flows/export.py:
+``settled``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 from pathlib import Path
+
+from r1lib.errors import ExportCheckError
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +42,28 @@ def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 
 def full_precision_size(merged_dir: str | Path, outtype: str) -> int:
     """Bytes of the ``outtype`` GGUF the converter writes from the merged safetensors: their element count times the
-    type's width (f32: 4, f16/bf16: 2), from the files' own headers."""
+    type's width (f32: 4, f16/bf16: 2), from the files' own headers. A file that is no safetensors fails naming it."""
     width = 4 if outtype.lower() == "f32" else 2
     elements = 0
     for shard in sorted(Path(merged_dir).glob("*.safetensors")):
-        with open(shard, "rb") as handle:  # the safetensors header: its length, then JSON of every tensor's shape
-            length = min(int.from_bytes(handle.read(8), "little"), 100 * 2**20)  # safetensors' own limit
-            header = json.loads(handle.read(length))
-        for name, info in header.items():
-            if name != "__metadata__":
-                elements += math.prod(info["shape"])
+        try:
+            with open(shard, "rb") as handle:  # the safetensors header: its length, then JSON of every tensor's shape
+                length = min(int.from_bytes(handle.read(8), "little"), 100 * 2**20)  # safetensors' own limit
+                header = json.loads(handle.read(length))
+            elements += sum(math.prod(info["shape"]) for name, info in header.items() if name != "__metadata__")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # truncated, garbage or a foreign header
+            raise ExportCheckError(
+                f"{shard}: no readable safetensors header ({type(exc).__name__}: {str(exc)[:200]}); the export "
+                "needs its tensors' shapes: write the model again (the merge stage)"
+            ) from exc
     return int(elements * width * HEADROOM)
 
 
-def run_folder(root: str | Path, run: str) -> Path:
-    """The run's own subfolder of a scratch root."""
-    return Path(root) / f"r1-finetune-{run}"
+def run_folder(root: str | Path, run: str, export_dir: str | Path) -> Path:
+    """The run's own subfolder of a scratch root, keyed by its export folder too (run names repeat across runs
+    folders, and one run's end must not remove another's file)."""
+    key = hashlib.sha256(str(Path(export_dir).resolve()).encode()).hexdigest()[:10]
+    return Path(root) / f"r1-finetune-{run}-{key}"
 
 
 def scratch_root(setting: str, export_dir: str | Path, need: int) -> tuple[Path | None, str]:
@@ -81,17 +91,17 @@ def scratch_root(setting: str, export_dir: str | Path, need: int) -> tuple[Path 
 def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) -> Path:
     """The folder the temporary full-precision GGUF is written to (made here), logged with the reason."""
     root, why = scratch_root(setting, export_dir, need)
-    folder = Path(export_dir) if root is None else run_folder(root, run)
+    folder = Path(export_dir) if root is None else run_folder(root, run, export_dir)
     folder.mkdir(parents=True, exist_ok=True)
     log.info("temporary full-precision GGUF (%.1f GiB) in %s: %s", need / 2**30, folder, why)
     return folder
 
 
-def remove_scratch(setting: str, run: str) -> None:
+def remove_scratch(setting: str, run: str, export_dir: str | Path) -> None:
     """Remove the run's scratch subfolder (nothing for ``export``: that file is deleted where it lies)."""
     if setting == "export":
         return
-    folder = run_folder(RAM_DIR if setting == "auto" else setting, run)
+    folder = run_folder(RAM_DIR if setting == "auto" else setting, run, export_dir)
     if folder.is_dir():
         shutil.rmtree(folder, ignore_errors=True)
         log.info("removed the scratch folder %s", folder)

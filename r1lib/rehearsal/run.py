@@ -330,6 +330,8 @@ def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
             max(1.0, args.deadline_s - (time.monotonic() - began_all)),
             _deadline,
             (record, args, work, sampler, flow_start, started_at, ended),
+            # os._exit skips the flow's settled: the run's temporary F16 in /dev/shm would outlive the process
+            {"scratch": (config.export.scratch_dir, run_dir.name, out_dir(run_dir, "convert"))},
         )
         watchdog.daemon = True
         watchdog.start()
@@ -407,9 +409,12 @@ def span_seconds(stages: dict[str, dict], member) -> float:
     return round(max(r["end_s"] for r in rows) - min(r["start_s"] for r in rows), 2) if rows else 0.0
 
 
-def _deadline(record: dict, args, work: Path, sampler, flow_start, started_at, ended: dict) -> None:
+def _deadline(
+    record: dict, args, work: Path, sampler, flow_start, started_at, ended: dict, scratch: tuple | None = None
+) -> None:
     """At ``--deadline-s``: the table of the stages so far (the running one up to now), then exit at once. Where the
-    flow had ended and the GRPO stage was running, the flow's own table, and the GRPO stage marked as cut."""
+    flow had ended and the GRPO stage was running, the flow's own table, and the GRPO stage marked as cut.
+    ``scratch``: ``remove_scratch``'s arguments, the run's scratch folder (RAM), which the exit would leave behind."""
     try:
         samples = list(sampler.samples) or [sampler.sample()]
         if "flow_end" in ended:
@@ -421,6 +426,10 @@ def _deadline(record: dict, args, work: Path, sampler, flow_start, started_at, e
         # The scratch folder stays: the stage that is still running (a quantize child) reads from it until it dies.
         _finish(record, args, work, 3, keep=True)
     finally:
+        if scratch is not None:  # unlinked, a file a child still reads stays readable until the child dies
+            from r1lib.export.scratch import remove_scratch
+
+            remove_scratch(*scratch)
         os._exit(3)
 
 

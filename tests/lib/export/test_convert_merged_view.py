@@ -41,13 +41,12 @@ def tensors(path: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def fields(path: Path) -> dict[str, object]:
-    """Every metadata field but ``general.*`` (the converter names the model after its folder)."""
+    """Every metadata field, ``general.*`` included (the converter names the model after its folder: the shipped
+    name must not be the view's)."""
     import gguf
 
     reader = gguf.GGUFReader(path)
-    return {
-        name: field.contents() for name, field in reader.fields.items() if not name.startswith(("general.", "GGUF."))
-    }
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
 
 
 def test_the_converter_merging_as_it_reads_writes_the_merged_models_gguf(base_and_adapter, tmp_path):
@@ -70,6 +69,7 @@ def test_the_converter_merging_as_it_reads_writes_the_merged_models_gguf(base_an
     assert fields(Path(fused.path)) == fields(Path(expected.path))
     assert "tokenizer.chat_template" in fields(Path(fused.path))
     assert not (tmp_path / "out" / ".fused-merged-view").exists()  # the view (links, tokenizer) is gone
+    assert fields(Path(fused.path))["general.name"] == "Merged"
 
 
 def test_a_view_whose_adapter_names_a_weight_the_base_lacks_fails_the_conversion(base_and_adapter, tmp_path):

@@ -33,6 +33,20 @@ def test_the_size_counts_every_tensor_of_every_shard_at_the_outtype_width(tmp_pa
     assert scratch.full_precision_size(tmp_path, "F32") == int(elements * 4 * scratch.HEADROOM)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"sh", bytes(range(200, 256)), b"\x02\0\0\0\0\0\0\0[]"],
+    ids=["empty", "truncated", "garbage", "no-object"],
+)
+def test_a_shard_that_is_no_safetensors_fails_naming_the_file(tmp_path, content):
+    from r1lib.errors import ExportCheckError
+
+    safetensors_header_only(tmp_path / "model-00001-of-00002.safetensors", {"a": [4, 4]})
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(content)
+    with pytest.raises(ExportCheckError, match="model-00002-of-00002.safetensors: no readable safetensors header"):
+        scratch.full_precision_size(tmp_path, "f16")
+
+
 @pytest.fixture
 def ram(tmp_path, monkeypatch):
     folder = tmp_path / "shm"
@@ -50,8 +64,8 @@ def test_auto_takes_ram_only_with_room_for_the_file_and_the_reserve(ram, tmp_pat
     export = tmp_path / "export"
     need = 10 * 2**30
     fake_memory(monkeypatch, free=need + 1, available=need + scratch.MEMORY_RESERVE + 1)
-    assert scratch.scratch_folder("auto", export, need, "run-1") == ram / "r1-finetune-run-1"
-    assert (ram / "r1-finetune-run-1").is_dir()
+    assert scratch.scratch_folder("auto", export, need, "run-1") == scratch.run_folder(ram, "run-1", export)
+    assert scratch.run_folder(ram, "run-1", export).is_dir()
 
     fake_memory(monkeypatch, free=need - 1, available=10 * need)  # a small /dev/shm (Docker's default is 64 MB)
     root, why = scratch.scratch_root("auto", export, need)
@@ -74,26 +88,37 @@ def test_export_and_an_explicit_folder_are_taken_as_set(ram, tmp_path, monkeypat
     fake_memory(monkeypatch, free=0, available=0)  # no check for what the user named
     assert scratch.scratch_folder("export", tmp_path / "export", 10**12, "r") == tmp_path / "export"
     assert scratch.scratch_folder(str(tmp_path / "fast"), tmp_path / "export", 10**12, "r") == (
-        tmp_path / "fast" / "r1-finetune-r"
+        scratch.run_folder(tmp_path / "fast", "r", tmp_path / "export")
     )
 
 
 def test_the_run_removes_only_its_own_scratch_folder(ram, tmp_path):
-    mine, other = ram / "r1-finetune-run-1", ram / "r1-finetune-run-2"
+    export = tmp_path / "export"
+    mine, other = scratch.run_folder(ram, "run-1", export), scratch.run_folder(ram, "run-2", export)
     for folder in (mine, other):
         folder.mkdir()
         (folder / "m-F16.gguf").write_bytes(b"GGUF")
-    scratch.remove_scratch("auto", "run-1")
+    scratch.remove_scratch("auto", "run-1", export)
     assert not mine.exists() and (other / "m-F16.gguf").exists()
-    export = tmp_path / "export"
     export.mkdir()
     (export / "kept.gguf").write_bytes(b"GGUF")
-    scratch.remove_scratch("export", "run-2")  # the export folder is never removed
+    scratch.remove_scratch("export", "run-2", export)  # the export folder is never removed
     assert (export / "kept.gguf").exists() and other.exists()
     named = tmp_path / "fast"
-    (named / "r1-finetune-run-2").mkdir(parents=True)
-    scratch.remove_scratch(str(named), "run-2")
-    assert not (named / "r1-finetune-run-2").exists() and named.is_dir()
+    scratch.run_folder(named, "run-2", export).mkdir(parents=True)
+    scratch.remove_scratch(str(named), "run-2", export)
+    assert not scratch.run_folder(named, "run-2", export).exists() and named.is_dir()
+
+
+def test_two_runs_of_one_run_name_in_two_runs_folders_keep_their_own_scratch(ram, tmp_path, monkeypatch):
+    fake_memory(monkeypatch, free=2**40, available=2**40)
+    first, second = tmp_path / "runs-a" / "exp" / "convert", tmp_path / "runs-b" / "exp" / "convert"
+    folder_a = scratch.scratch_folder("auto", first, 10, "exp")
+    folder_b = scratch.scratch_folder("auto", second, 10, "exp")
+    assert folder_a != folder_b and folder_a.parent == folder_b.parent == ram
+    (folder_b / "exp-F16.gguf").write_bytes(b"GGUF")  # the second run's quantizer input
+    scratch.remove_scratch("auto", "exp", first)  # the first run ends
+    assert not folder_a.exists() and (folder_b / "exp-F16.gguf").exists()
 
 
 def test_available_memory_reads_meminfo(tmp_path):

@@ -605,3 +605,24 @@ def test_a_deadline_in_the_grpo_stage_keeps_the_flows_own_table(monkeypatch, tmp
     seen.clear()
     rehearsal._deadline({}, args, tmp_path, sampler, 1000.0, "t0", {})  # still in the flow: the cut is the flow's
     assert seen["result"] is None and "flow was still running" in seen["error"] and seen["end"] > 1234.5
+
+
+def test_a_deadline_removes_the_runs_scratch_folder_the_exit_would_leave_in_ram(monkeypatch, tmp_path):
+    """``os._exit`` at the deadline skips the flow's ``settled``: the run's temporary F16 in /dev/shm (14.5 GB on a 7B)
+    would hold that memory until the machine restarts, under the next rehearsal part's feet."""
+    from types import SimpleNamespace
+
+    import r1lib.rehearsal.run as rehearsal
+    from r1lib.export import scratch
+
+    monkeypatch.setattr(scratch, "RAM_DIR", tmp_path / "shm")
+    monkeypatch.setattr(rehearsal, "_measure", lambda *a: None)
+    monkeypatch.setattr(rehearsal, "_finish", lambda *a, **k: None)
+    monkeypatch.setattr(rehearsal.os, "_exit", lambda code: None)
+    folder = scratch.run_folder(tmp_path / "shm", "rehearse-x", tmp_path / "convert")
+    folder.mkdir(parents=True)
+    (folder / "rehearse-x-F16.gguf").write_bytes(b"GGUF")
+    sampler = SimpleNamespace(samples=[{"disk": 0}], sample=lambda: {"disk": 0})
+    rehearsal._deadline({}, SimpleNamespace(deadline_s=1), tmp_path, sampler, 0.0, "t0", {},
+                        scratch=("auto", "rehearse-x", tmp_path / "convert"))  # fmt: skip
+    assert not folder.exists() and (tmp_path / "shm").is_dir()
