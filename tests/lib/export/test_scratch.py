@@ -35,7 +35,7 @@ def test_the_size_counts_every_tensor_of_every_shard_at_the_outtype_width(tmp_pa
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"sh", bytes(range(200, 256)), b"\x02\0\0\0\0\0\0\0[]"],
+    [b"", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": {"sh', bytes(range(200, 256)), b"\x02\0\0\0\0\0\0\0[]"],
     ids=["empty", "truncated", "garbage", "no-object"],
 )
 def test_a_shard_that_is_no_safetensors_fails_naming_the_file(tmp_path, content):
