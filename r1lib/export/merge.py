@@ -29,6 +29,16 @@ def _shards(model_dir: Path) -> list[Path]:
     return [single] if single.is_file() else []
 
 
+def _declares_quantization(model_dir: Path) -> bool:
+    """A ``quantization_config`` in the base's config.json: the merge dequantizes through peft (tasks/export.py), so
+    neither it nor the converter may take the weights as plain 16-bit ones."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # no readable config: not the plain case
+    return not isinstance(config, dict) or config.get("quantization_config") is not None
+
+
 def stream_merge_plan(model_dir: str | Path, adapter_dir: str | Path) -> dict | None:
     """What a shard-by-shard merge needs (the scale and, per adapted weight, its LoRA key pair), or None when the
     adapter or checkpoint is not the plain case this merge handles."""
@@ -51,7 +61,7 @@ def stream_merge_plan(model_dir: str | Path, adapter_dir: str | Path) -> dict | 
         and config.get("bias", "none") == "none"
     )
     shards = _shards(model_dir)
-    if not plain or not shards:
+    if not plain or not shards or _declares_quantization(model_dir):
         return None
     r, alpha = int(config["r"]), float(config["lora_alpha"])
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r

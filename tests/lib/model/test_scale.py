@@ -571,6 +571,10 @@ def test_anything_but_a_plain_16bit_lora_merge_goes_through_peft(tmp_path):
     assert stream_merge_plan(tmp_path / "fp32", tmp_path / "plain") is None  # float32 weights: peft casts them
     assert stream_merge_plan(tmp_path / "bf16", tmp_path / "dora") is None
     assert stream_merge_plan(tmp_path / "bf16", tmp_path / "saved") is None
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (tmp_path / "bf16" / "config.json").write_text(json.dumps(config))
+    assert stream_merge_plan(tmp_path / "bf16", tmp_path / "plain") is None  # the merge goes through peft: so does GGUF
 
 
 def load_file_key(folder: Path, key: str):
