@@ -34,22 +34,26 @@ def base_and_adapter(tmp_path_factory):
     return root
 
 
-def tensors(path: Path) -> dict[str, tuple[int, bytes]]:
-    import gguf
-
-    return {t.name: (int(t.tensor_type), bytes(np.asarray(t.data).tobytes())) for t in gguf.GGUFReader(path).tensors}
-
-
-def fields(path: Path) -> dict[str, object]:
-    """Every metadata field, ``general.*`` included (the converter names the model after its folder: the shipped
-    name must not be the view's)."""
+def read_gguf(path: Path) -> tuple[dict[str, object], dict[str, tuple[int, bytes]]]:
+    """(every metadata field, every tensor's type and bytes) of a GGUF, read once (a 152k-token vocabulary makes
+    each read take seconds)."""
     import gguf
 
     reader = gguf.GGUFReader(path)
-    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    tensors = {t.name: (int(t.tensor_type), bytes(np.asarray(t.data).tobytes())) for t in reader.tensors}
+    return fields, tensors
+
+
+def safetensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for shard in sorted(folder.glob("*.safetensors")) for k, v in load_file(shard).items()}
 
 
 def test_the_converter_merging_as_it_reads_writes_the_merged_models_gguf(base_and_adapter, tmp_path):
+    import torch
+
     from r1lib.config import ModelConfig
     from tasks.export import convert, convert_task, merge
 
@@ -60,16 +64,17 @@ def test_the_converter_merging_as_it_reads_writes_the_merged_models_gguf(base_an
         str(root / "base"), "f16", str(tmp_path / "out"), stem="fused", digest=False,
         adapter_dir=str(root / "adapter"), model_cfg=ModelConfig(),
     )  # fmt: skip
-    plain = convert(str(root / "base"), "f16", tmp_path / "base.gguf", digest=False)
-
-    want, got, base = tensors(Path(expected.path)), tensors(Path(fused.path)), tensors(Path(plain.path))
+    (want_fields, want), (got_fields, got) = read_gguf(Path(expected.path)), read_gguf(Path(fused.path))
     assert list(got) == list(want) and all(got[name] == want[name] for name in want)
-    adapted = [name for name in want if want[name] != base[name]]
-    assert sorted(adapted) == sorted(f"blk.{i}.{t}.weight" for i in (0, 1) for t in ("attn_q", "ffn_down"))
-    assert fields(Path(fused.path)) == fields(Path(expected.path))
-    assert "tokenizer.chat_template" in fields(Path(fused.path))
+    # the adapter moved exactly the adapted weights: the GGUFs are the merged model's, not the base's
+    base, merged_weights = safetensors(root / "base"), safetensors(Path(merged))
+    adapted = [name for name in base if not torch.equal(base[name], merged_weights[name])]
+    assert sorted(adapted) == sorted(
+        f"model.layers.{i}.{m}.weight" for i in (0, 1) for m in ("self_attn.q_proj", "mlp.down_proj")
+    )
+    assert got_fields == want_fields and "tokenizer.chat_template" in got_fields
+    assert got_fields["general.name"] == "Merged"  # named after the merged model's folder, not the view's
     assert not (tmp_path / "out" / ".fused-merged-view").exists()  # the view (links, tokenizer) is gone
-    assert fields(Path(fused.path))["general.name"] == "Merged"
 
 
 def test_a_view_whose_adapter_names_a_weight_the_base_lacks_fails_the_conversion(base_and_adapter, tmp_path):
