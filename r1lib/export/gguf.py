@@ -175,7 +175,9 @@ def child_code(functions: list, call: str, preamble: str = "") -> str:
     pipeline, so a child starts in about a second instead of loading Prefect."""
     import inspect
 
-    header = "import json, logging, math, os, sys, time\nfrom pathlib import Path\n" + preamble + "\n"
+    # Annotations stay text, as in the modules the functions come from: the child imports no typing names.
+    header = "from __future__ import annotations\nimport json, logging, math, os, sys, time\nfrom pathlib import Path\n"
+    header += preamble + "\n"
     return header + "\n\n".join(inspect.getsource(f) for f in functions) + f"\n\n{call}\n"
 
 

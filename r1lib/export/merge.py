@@ -86,6 +86,13 @@ def stream_merge_plan(model_dir: str | Path, adapter_dir: str | Path) -> dict | 
     return {"scale": scale, "pairs": pairs, "shards": [str(s) for s in shards]}
 
 
+def merged_weight(weight, a, b, scale: float):
+    """``W + scale * B @ A`` in float32, back in W's dtype: the one merge arithmetic of the streamed merge and of the
+    converter merging as it reads (r1lib/compat.py: ``lora_merged_conversion`` gets this function), so both write the
+    same bits. ``a`` and ``b`` are float32."""
+    return (weight.float() + (b @ a) * scale).to(weight.dtype)
+
+
 def stream_merge(model_dir: str | Path, adapter_dir: str | Path, plan: dict, out_dir: Path) -> None:
     """Write the merged checkpoint into ``out_dir`` (shards under their names, the index and configs copied;
     ``use_cache`` on for inference). ``plan`` comes from ``stream_merge_plan``."""
@@ -105,7 +112,7 @@ def stream_merge(model_dir: str | Path, adapter_dir: str | Path, plan: dict, out
                 weight = handle.get_tensor(key)
                 if key in plan["pairs"]:
                     a, b = (adapter[k].float() for k in plan["pairs"][key])
-                    weight = (weight.float() + (b @ a) * plan["scale"]).to(weight.dtype)
+                    weight = merged_weight(weight, a, b, plan["scale"])
                 tensors[key] = weight.contiguous()
         save_file(tensors, str(out_dir / Path(shard).name), metadata={**metadata, "format": "pt"})
         del tensors
