@@ -23,9 +23,9 @@ from prefect.futures import PrefectFuture, wait
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
 from r1lib.export.merge import stream_merge_plan
-from r1lib.export.scratch import remove_scratch
+from r1lib.export.scratch import remove_run_scratch
 from r1lib.ops.timeline import timed
-from r1lib.stages import folders, settings
+from r1lib.stages import settings
 from tasks.export import convert_task, merge_task, quantize_task
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def settled(config: PipelineConfig | None = None, run: str = "") -> Iterator[lis
     finally:
         wait(futures)
         if config is not None:
-            remove_scratch(config.export.scratch_dir, Path(run).name, folders(run)["convert"])
+            remove_run_scratch(config.export.scratch_dir, run)
 
 
 class ExportBranch:

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from r1lib.errors import ExportCheckError
+from r1lib.stages import out_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def run_folder(root: str | Path, run: str, export_dir: str | Path) -> Path:
     return Path(root) / f"r1-finetune-{run}-{key}"
 
 
-def scratch_root(setting: str, export_dir: str | Path, need: int) -> tuple[Path | None, str]:
+def scratch_root(setting: str, need: int) -> tuple[Path | None, str]:
     """(the scratch root, why): None for the export folder itself. ``setting``: ``auto``, ``export`` or a folder."""
     if setting == "export":
         return None, "export.scratch_dir is 'export'"
@@ -90,11 +91,17 @@ def scratch_root(setting: str, export_dir: str | Path, need: int) -> tuple[Path 
 
 def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) -> Path:
     """The folder the temporary full-precision GGUF is written to (made here), logged with the reason."""
-    root, why = scratch_root(setting, export_dir, need)
+    root, why = scratch_root(setting, need)
     folder = Path(export_dir) if root is None else run_folder(root, run, export_dir)
     folder.mkdir(parents=True, exist_ok=True)
     log.info("temporary full-precision GGUF (%.1f GiB) in %s: %s", need / 2**30, folder, why)
     return folder
+
+
+def remove_run_scratch(setting: str, run_dir: str | Path) -> None:
+    """``remove_scratch`` for the finetune flow's run folder: its name is the GGUF's stem and its ``convert`` stage
+    folder the export folder (flows/export.py), however the run ends (``settled``, the rehearsal's deadline)."""
+    remove_scratch(setting, Path(run_dir).name, out_dir(run_dir, "convert"))
 
 
 def remove_scratch(setting: str, run: str, export_dir: str | Path) -> None:

@@ -331,7 +331,7 @@ def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
             _deadline,
             (record, args, work, sampler, flow_start, started_at, ended),
             # os._exit skips the flow's settled: the run's temporary F16 in /dev/shm would outlive the process
-            {"scratch": (config.export.scratch_dir, run_dir.name, out_dir(run_dir, "convert"))},
+            {"scratch": (config.export.scratch_dir, run_dir)},
         )
         watchdog.daemon = True
         watchdog.start()
@@ -414,7 +414,8 @@ def _deadline(
 ) -> None:
     """At ``--deadline-s``: the table of the stages so far (the running one up to now), then exit at once. Where the
     flow had ended and the GRPO stage was running, the flow's own table, and the GRPO stage marked as cut.
-    ``scratch``: ``remove_scratch``'s arguments, the run's scratch folder (RAM), which the exit would leave behind."""
+    ``scratch``: (``export.scratch_dir``, the run folder): the run's scratch folder (RAM), which the exit would leave
+    behind."""
     try:
         samples = list(sampler.samples) or [sampler.sample()]
         if "flow_end" in ended:
@@ -427,9 +428,9 @@ def _deadline(
         _finish(record, args, work, 3, keep=True)
     finally:
         if scratch is not None:  # unlinked, a file a child still reads stays readable until the child dies
-            from r1lib.export.scratch import remove_scratch
+            from r1lib.export.scratch import remove_run_scratch
 
-            remove_scratch(*scratch)
+            remove_run_scratch(*scratch)
         os._exit(3)
 
 

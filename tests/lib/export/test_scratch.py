@@ -68,19 +68,19 @@ def test_auto_takes_ram_only_with_room_for_the_file_and_the_reserve(ram, tmp_pat
     assert scratch.run_folder(ram, "run-1", export).is_dir()
 
     fake_memory(monkeypatch, free=need - 1, available=10 * need)  # a small /dev/shm (Docker's default is 64 MB)
-    root, why = scratch.scratch_root("auto", export, need)
+    root, why = scratch.scratch_root("auto", need)
     assert root is None and "free" in why
     fake_memory(monkeypatch, free=10 * need, available=need + scratch.MEMORY_RESERVE - 1)  # memory for the others
-    root, why = scratch.scratch_root("auto", export, need)
+    root, why = scratch.scratch_root("auto", need)
     assert root is None and "available memory" in why
     fake_memory(monkeypatch, free=10 * need, available=None)  # a kernel that does not say: the disk, not a guess
-    assert scratch.scratch_root("auto", export, need)[0] is None
+    assert scratch.scratch_root("auto", need)[0] is None
     assert scratch.scratch_folder("auto", export, need, "run-1") == export and export.is_dir()
 
 
 def test_auto_without_a_writable_ram_folder_uses_the_export_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(scratch, "RAM_DIR", tmp_path / "no-such-folder")
-    root, why = scratch.scratch_root("auto", tmp_path, 1)
+    root, why = scratch.scratch_root("auto", 1)
     assert root is None and "not a writable folder" in why
 
 

@@ -623,10 +623,13 @@ def test_a_deadline_removes_the_runs_scratch_folder_the_exit_would_leave_in_ram(
     monkeypatch.setattr(rehearsal, "_measure", lambda *a: None)
     monkeypatch.setattr(rehearsal, "_finish", lambda *a, **k: None)
     monkeypatch.setattr(rehearsal.os, "_exit", lambda code: None)
-    folder = scratch.run_folder(tmp_path / "shm", "rehearse-x", tmp_path / "convert")
+    from r1lib.stages import out_dir
+
+    run_dir = tmp_path / "runs" / "rehearse-x"
+    folder = scratch.run_folder(tmp_path / "shm", "rehearse-x", out_dir(run_dir, "convert"))
     folder.mkdir(parents=True)
     (folder / "rehearse-x-F16.gguf").write_bytes(b"GGUF")
     sampler = SimpleNamespace(samples=[{"disk": 0}], sample=lambda: {"disk": 0})
     rehearsal._deadline({}, SimpleNamespace(deadline_s=1), tmp_path, sampler, 0.0, "t0", {},
-                        scratch=("auto", "rehearse-x", tmp_path / "convert"))  # fmt: skip
+                        scratch=("auto", run_dir))  # fmt: skip
     assert not folder.exists() and (tmp_path / "shm").is_dir()
