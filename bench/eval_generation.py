@@ -11,9 +11,14 @@ the same ``--batch`` prompts with up to ``--max-new-tokens`` tokens each, greedy
   plain            the 4-bit model with the adapter attached, HF generate, dynamic cache: what users run (the
                    baseline of tasks/evaluate.py: time_plain_generate)
   merged-dynamic   the evaluation's path: 4-bit weights dequantized, the adapter merged, HF generate
-  merged-static    the same with ``evaluate.kv_cache: static``: a preallocated cache, and on a GPU the decode step
-                   compiled by transformers (torch.compile, CUDA graphs). Timed twice: the first pass pays the compile,
-                   the second is what every later batch of the evaluation gets.
+  merged-static    the same with ``evaluate.kv_cache: static``: a preallocated cache, the one-token decode step
+                   recorded once as a CUDA graph and replayed (r1lib/model/graph_decode.py). Timed twice: the first
+                   pass pays the recording, the second is what every later batch of the evaluation gets.
+  adapter-static   the recorded step on the 4-bit model with the adapter attached (evaluation's adapter mode, when
+                   the dequantized weights do not fit)
+
+Each static mode also reports how many rows wrote exactly the tokens of its dynamic counterpart (plain for
+adapter-static, merged-dynamic for merged-static): bf16 ties may part a few rows late in a completion.
 
 Writes eval-generation-<shape>-<date>.json and .md (tokens/s and the speed-up of each mode over ``plain``).
 """
@@ -59,16 +64,20 @@ def random_adapter(model_dir: Path, out_dir: Path, seed: int = 0) -> None:
         torch.cuda.empty_cache()
 
 
-def timed(model, tokenizer, prompts, cfg, batch: int) -> dict:
+def timed(model, tokenizer, prompts, cfg, batch: int, reference: list | None = None) -> dict:
     from r1lib.model.generation import generate
 
-    _, stats = generate(model, tokenizer, prompts, cfg, batch, cfg.max_new_tokens)
-    return {
+    texts, stats = generate(model, tokenizer, prompts, cfg, batch, cfg.max_new_tokens)
+    row = {
         "new_tokens": stats.new_tokens,
         "seconds": stats.seconds,
         "tokens_per_s": stats.tokens_per_second,
         "truncated": stats.truncated,
+        "texts": texts,
     }
+    if reference is not None:
+        row["same_tokens_rows"] = f"{sum(a == b for a, b in zip(texts, reference))}/{len(texts)}"
+    return row
 
 
 def measure(model_dir: Path, adapter_dir: Path, prompts: list[str], batch: int, max_new_tokens: int) -> dict:
@@ -86,15 +95,24 @@ def measure(model_dir: Path, adapter_dir: Path, prompts: list[str], batch: int, 
     model = load_causal_lm(str(model_dir), ModelConfig(), four_bit=True)
     modes = {"plain": time_plain_generate(model, str(adapter_dir), tokenizer, prompts, cfg, batch)}
     modes["plain"]["seconds"] = None  # time_plain_generate reports tokens/s only
+    static = cfg.model_copy(update={"kv_cache": "static"})
+    dynamic = cfg.model_copy(update={"kv_cache": "dynamic"})
+    tuned = PeftModel.from_pretrained(model, str(adapter_dir))
+    tuned.eval()
+    plain_texts = timed(tuned, tokenizer, prompts, dynamic, batch)["texts"]  # the reference of adapter-static
+    modes["adapter-static"] = timed(tuned, tokenizer, prompts, static, batch, plain_texts)
+    model = tuned.unload()
     model = PeftModel.from_pretrained(dequantize_4bit(model), str(adapter_dir)).merge_and_unload()
     model.eval()
-    generate(model, tokenizer, prompts[:1], cfg, 1, 2)  # kernels initialised outside the timing, as the baseline's
-    modes["merged-dynamic"] = timed(model, tokenizer, prompts, cfg, batch)
-    static = cfg.model_copy(update={"kv_cache": "static"})
-    modes["merged-static (first pass, with the compile)"] = timed(model, tokenizer, prompts, static, batch)
-    modes["merged-static"] = timed(model, tokenizer, prompts, static, batch)
-    del model
+    generate(model, tokenizer, prompts[:1], dynamic, 1, 2)  # kernels initialised outside the timing, as the baseline's
+    modes["merged-dynamic"] = timed(model, tokenizer, prompts, dynamic, batch)
+    reference = modes["merged-dynamic"]["texts"]
+    modes["merged-static (first pass, with the recording)"] = timed(model, tokenizer, prompts, static, batch, reference)
+    modes["merged-static"] = timed(model, tokenizer, prompts, static, batch, reference)
+    del model, tuned
     release()
+    for row in modes.values():
+        row.pop("texts", None)
     plain = modes["plain"]["tokens_per_s"]
     for row in modes.values():
         row["speedup_over_plain"] = round(row["tokens_per_s"] / max(plain, 1e-9), 2)
@@ -110,13 +128,14 @@ def markdown(record: dict) -> str:
         f"R1-like prompts ({record['prompt_tokens']} tokens) at once, up to {record['max_new_tokens']} new tokens "
         "each, greedy, in every mode.",
         "",
-        "| mode | new tokens | seconds | tokens/s | speed-up over plain |",
-        "|---|---:|---:|---:|---:|",
+        "| mode | new tokens | seconds | tokens/s | speed-up over plain | rows with the dynamic path's tokens |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in record["modes"].items():
         seconds = "–" if row["seconds"] is None else f"{row['seconds']:.2f}"
         lines.append(
-            f"| {name} | {row['new_tokens']} | {seconds} | {row['tokens_per_s']} | {row['speedup_over_plain']}x |"
+            f"| {name} | {row['new_tokens']} | {seconds} | {row['tokens_per_s']} | {row['speedup_over_plain']}x "
+            f"| {row.get('same_tokens_rows', '–')} |"
         )
     return "\n".join([*lines, ""])
 

@@ -5,7 +5,7 @@
 #
 #   run(carry=[".gpu"], command="source scripts/gpu-env.sh && bench/gpu_rehearse_all.sh 7b")
 #   ... the same with 7b-cap24, 8b, evalgen (bench/eval_generation.py on the 7B shape) and export (bench/export_speed.py)
-#   KV_CACHE=static bench/gpu_rehearse_all.sh 7b   # the rehearsal with evaluate.kv_cache static (compiled decode)
+#   KV_CACHE=dynamic bench/gpu_rehearse_all.sh 7b  # the rehearsal with plain HF generate in evaluation
 #   GRPO_STEPS=2 bench/gpu_rehearse_all.sh 1.5b     # with a GRPO stage after the flow (issue #25)
 #   bench/gpu_rehearse_all.sh probe 7b             # first the machine's cores, memory and disk/RAM write speed
 #
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/r1-rehearse}
 DEADLINE=${DEADLINE:-540}  # seconds after the rehearsal starts: the table is written before the call's limit
-KV_CACHE=${KV_CACHE:-dynamic}  # evaluate.kv_cache for the rehearsals: static where the evalgen part measured it faster
+KV_CACHE=${KV_CACHE:-auto}  # evaluate.kv_cache: auto records the decode step as a CUDA graph on the GPU
 # The issue's measurement: 4 training steps, 256 new tokens per evaluation row, 2 perplexity rows in the smoke test.
 COMMON=(--train-steps 4 --eval-max-new-tokens 256 --set smoke.perplexity_rows=2 --deadline-s "$DEADLINE"
         --set "evaluate.kv_cache=\"$KV_CACHE\"" --out "$OUT" --work "$WORK")

@@ -21,11 +21,12 @@ class EvalConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, ge=1, le=100)
     no_repeat_ngram_size: int = Field(0, ge=0, le=100)
-    kv_cache: Literal["dynamic", "static"] = Field(
-        "dynamic",
-        description="static: a preallocated KV cache, with which transformers compiles the decode step on a GPU "
-        "(torch.compile, CUDA graphs; the first batch pays the compile); dynamic: plain HF generate. "
-        "bench/eval_generation.py measures both.",
+    kv_cache: Literal["auto", "static", "dynamic"] = Field(
+        "auto",
+        description="static: greedy decoding into a preallocated KV cache, the one-token decode step recorded once as "
+        "a CUDA graph on a GPU and replayed (r1lib/model/graph_decode.py; no torch.compile); dynamic: plain HF "
+        "generate; auto: static on a CUDA device, dynamic elsewhere. Sampling, a repetition penalty or an attention "
+        "other than sdpa use HF generate whatever this says. bench/eval_generation.py measures both.",
     )
     max_forgetting_ratio: float | None = Field(
         FORGETTING_LIMIT,

@@ -152,12 +152,12 @@ def generate(
     }
     if cfg.temperature > 0:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
-    if cfg.kv_cache == "static":  # on a GPU transformers then compiles the decode step (CUDA graphs)
-        kwargs["cache_implementation"] = "static"
     from tqdm.auto import tqdm
 
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    decoder = graph_decoder(model, cfg, min(batch_size, len(prompts)), max(lengths, default=0) + max_new_tokens, eos,
+                            tokenizer.pad_token_id)
     outputs: list[str | None] = [None] * len(prompts)
     new_tokens = truncated = truncated_thinking = done = 0
     started, stopped = time.monotonic(), False
@@ -171,7 +171,12 @@ def generate(
         batch = batch.to(device)
         remaining = max(cfg.time_limit_s - (time.monotonic() - started), 1.0)
         with torch.no_grad(), own_generation_config(model):  # max_time also bounds the batch at the limit
-            out = model.generate(**batch, **kwargs, max_time=remaining, use_cache=True)
+            if decoder is not None:
+                out = decoder.generate(
+                    batch["input_ids"], batch["attention_mask"], max_new_tokens, time.monotonic() + remaining
+                )
+            else:
+                out = model.generate(**batch, **kwargs, max_time=remaining, use_cache=True)
         check_continuations(batch["input_ids"], out, rows)
         for i, ids in zip(rows, out[:, batch["input_ids"].shape[1] :].tolist()):
             ended = eos in ids
@@ -204,6 +209,21 @@ def generate(
             max_new_tokens,
         )
     return outputs, stats
+
+
+def graph_decoder(model, cfg: EvalConfig, batch: int, max_len: int, eos: int, pad: int):
+    """The recorded-step decoder (r1lib/model/graph_decode.py) when ``evaluate.kv_cache`` asks for it (``static``,
+    or ``auto`` on a CUDA device) and it supports the decoding; None: HF ``generate``."""
+    from r1lib.model.graph_decode import decoder_for, unsupported
+
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if cfg.kv_cache == "dynamic" or (cfg.kv_cache == "auto" and not on_cuda) or batch < 1:
+        return None
+    why = unsupported(model, cfg)
+    if why is not None:
+        log.info("evaluate.kv_cache = %s: %s needs HF generate, which this pass uses", cfg.kv_cache, why)
+        return None
+    return decoder_for(model, batch, max_len, eos, pad)
 
 
 def format_check(completion: str) -> tuple[bool, bool]:
