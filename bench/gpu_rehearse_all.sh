@@ -36,6 +36,8 @@ for what in "${@:-7b}"; do
   case "$what" in
     probe) part machine-probe bash -c 'nproc; lscpu | grep -E "Model name|^CPU\(s\)"; free -g; df -h /tmp /dev/shm .;
              echo "dirty_ratio $(cat /proc/sys/vm/dirty_ratio) background $(cat /proc/sys/vm/dirty_background_ratio)";
+             echo "cgroup cpu.max: $(cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null)";
+             python3 bench/cpu_parallel.py;
              for d in /tmp /dev/shm; do echo "write 4 GiB to $d:";
                dd if=/dev/zero of=$d/r1-dd-probe bs=16M count=256 conv=fdatasync 2>&1 | tail -1; rm -f $d/r1-dd-probe;
              done' ;;
