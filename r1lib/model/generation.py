@@ -214,7 +214,7 @@ def generate(
 def graph_decoder(model, cfg: EvalConfig, batch: int, max_len: int, eos: int, pad: int):
     """The recorded-step decoder (r1lib/model/graph_decode.py) when ``evaluate.kv_cache`` asks for it (``static``,
     or ``auto`` on a CUDA device) and it supports the decoding; None: HF ``generate``."""
-    from r1lib.model.graph_decode import decoder_for, unsupported
+    from r1lib.model.graph_decode import Sampling, decoder_for, unsupported
 
     on_cuda = next(model.parameters()).device.type == "cuda"
     if cfg.kv_cache == "dynamic" or (cfg.kv_cache == "auto" and not on_cuda) or batch < 1:
@@ -223,7 +223,7 @@ def graph_decoder(model, cfg: EvalConfig, batch: int, max_len: int, eos: int, pa
     if why is not None:
         log.info("evaluate.kv_cache = %s: %s needs HF generate, which this pass uses", cfg.kv_cache, why)
         return None
-    return decoder_for(model, batch, max_len, eos, pad)
+    return decoder_for(model, batch, max_len, eos, pad, Sampling(temperature=cfg.temperature, top_p=cfg.top_p))
 
 
 def format_check(completion: str) -> tuple[bool, bool]:

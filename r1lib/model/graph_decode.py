@@ -1,15 +1,17 @@
-"""Greedy batched decoding with a preallocated KV cache, the one-token decode step captured once as a CUDA graph.
+"""Batched decoding with a preallocated KV cache, the one-token decode step captured once as a CUDA graph.
 
 Plain HF ``generate`` spends most of a decode step launching kernels from Python (hundreds per layer with a 4-bit
 base and a LoRA adapter). Here a batch is prefilled eagerly into a transformers ``StaticCache``; then the step (the
-model's forward for one token per row, the argmax, the finished-row bookkeeping) is recorded once with
+model's forward for one token per row, the choice of the next token, the finished-row bookkeeping) is recorded once with
 ``torch.cuda.graph`` and replayed, so a step costs the GPU's time alone. No ``torch.compile``: recording takes one
 forward's time, where compiling the decoder took 30-60 s per model on a 7B shape.
 
-Contract: the same tokens as greedy HF ``generate`` (left padding, the prompt's positions counted from its first real
-token, a finished row padded with ``pad_token_id``), up to floating-point ties. ``unsupported`` says when this path
-does not apply (sampling, logits processors, an attention implementation other than sdpa, sliding windows); the
-caller then uses HF ``generate``. On a CPU the same loop runs eagerly (what the tests compare against HF).
+Contract: greedy, the same tokens as greedy HF ``generate`` (left padding, the prompt's positions counted from its first
+real token, a finished row padded with ``pad_token_id``), up to floating-point ties. ``Sampling``: HF's temperature,
+top-k and top-p warpers in HF's order, then a draw from the softmax (the exponential-race form of ``multinomial``,
+which needs no host sync). ``unsupported`` says when this path does not apply (a repetition penalty, n-gram blocking,
+an attention implementation other than sdpa, sliding windows); the caller then uses HF ``generate``. On a CPU the
+same loop runs eagerly (what the tests compare against HF).
 """
 
 from __future__ import annotations
@@ -17,15 +19,23 @@ from __future__ import annotations
 import logging
 import time
 
+from pydantic import BaseModel
+
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 32  # decode steps between looks at the host (all rows finished? time limit?): each look is a sync
 
 
+class Sampling(BaseModel):
+    """How the next token is drawn; temperature 0 is greedy (the others are then ignored)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no top-k cut
+    top_p: float = 1.0
+
+
 def unsupported(model, cfg) -> str | None:
     """Why the graph path cannot generate what ``cfg`` (evaluate.*) asks of ``model``; None when it can."""
-    if cfg.temperature > 0:
-        return "sampling (evaluate.temperature > 0)"
     if cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size:
         return "a repetition penalty or no_repeat_ngram_size"
     config = model.config
@@ -40,16 +50,33 @@ def unsupported(model, cfg) -> str | None:
     return None
 
 
+def probabilities(logits, sampling: Sampling):
+    """The distribution HF samples from: temperature, then top-k, then top-p (its warpers, in its order), softmax."""
+    scores = logits.float() / sampling.temperature
+    if 0 < sampling.top_k < scores.shape[-1]:
+        kth = scores.topk(sampling.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if sampling.top_p < 1.0:  # HF's TopPLogitsWarper: drop the low tail whose mass is at most 1 - top_p
+        ordered, order = scores.sort(dim=-1)
+        tail = ordered.softmax(-1).cumsum(-1) <= 1 - sampling.top_p
+        tail[:, -1] = False  # the most likely token always stays
+        scores = scores.masked_fill(tail.scatter(1, order, tail), float("-inf"))
+    return scores.softmax(-1)
+
+
 class GraphDecoder:
     """One preallocated cache and one recorded decode step for batches of ``batch`` rows and up to ``max_len``
     tokens (prompt plus new ones); reused for every batch of a generation pass. ``capture`` False (CPU): the step
     runs eagerly."""
 
-    def __init__(self, model, batch: int, max_len: int, eos: int, pad: int, capture: bool):
+    def __init__(
+        self, model, batch: int, max_len: int, eos: int, pad: int, capture: bool, sampling: Sampling | None = None
+    ):
         import torch
         from transformers import StaticCache
 
         self.model, self.batch, self.max_len, self.capture = model, batch, max_len, capture
+        self.sampling = sampling if sampling is not None and sampling.temperature > 0 else None
         device = next(model.parameters()).device
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         long = {"dtype": torch.long, "device": device}
@@ -61,6 +88,15 @@ class GraphDecoder:
         self.sequences = torch.full((batch, max_len), pad, **long)
         self.eos, self.pad = torch.tensor(eos, **long), torch.tensor(pad, **long)
         self.graph = None
+
+    def _choose(self, logits):
+        """The next token of each row from its logits: the argmax, or a draw from ``probabilities``."""
+        import torch
+
+        if self.sampling is None:
+            return logits.argmax(-1)
+        probs = probabilities(logits, self.sampling)
+        return (probs / torch.empty_like(probs).exponential_()).argmax(-1)  # a draw from probs, no host sync
 
     def _step(self) -> None:
         """Feed ``token`` at ``slot``; write each row's next token (greedy, or pad once the row has finished)."""
@@ -74,7 +110,7 @@ class GraphDecoder:
             past_key_values=self.cache,
             use_cache=True,
         ).logits[:, -1, :]
-        chosen = torch.where(self.finished, self.pad, logits.argmax(-1))
+        chosen = torch.where(self.finished, self.pad, self._choose(logits))
         self.slot.add_(1)
         self.sequences.index_copy_(1, self.slot, chosen[:, None])
         self.finished.logical_or_(chosen == self.eos)
@@ -122,7 +158,7 @@ class GraphDecoder:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
-        chosen = logits.argmax(-1)
+        chosen = self._choose(logits)
         self.sequences[:, length] = chosen
         self.finished.copy_(chosen == self.eos)
         self.token.copy_(chosen[:, None])
@@ -130,7 +166,7 @@ class GraphDecoder:
         self.slot.fill_(length)
 
     def generate(self, input_ids, attention_mask, max_new_tokens: int, deadline: float | None = None):
-        """Greedy completions of a left-padded batch (at most ``batch`` rows): prompt plus up to ``max_new_tokens``
+        """Completions of a left-padded batch (at most ``batch`` rows): prompt plus up to ``max_new_tokens``
         tokens per row, like HF ``generate``'s output. Stops when every row has ended or at ``deadline``
         (``time.monotonic()``), checked every CHECK_EVERY steps."""
         import torch
@@ -159,7 +195,7 @@ class GraphDecoder:
         return self.sequences[:rows, : length + steps].clone()
 
 
-def decoder_for(model, batch: int, max_len: int, eos: int, pad: int) -> GraphDecoder:
+def decoder_for(model, batch: int, max_len: int, eos: int, pad: int, sampling: Sampling | None = None) -> GraphDecoder:
     """A GraphDecoder for ``model`` that records its step when the model is on a CUDA device."""
     device = next(model.parameters()).device
-    return GraphDecoder(model, batch, max_len, eos, pad, capture=device.type == "cuda")
+    return GraphDecoder(model, batch, max_len, eos, pad, capture=device.type == "cuda", sampling=sampling)

@@ -105,7 +105,7 @@ def test_which_decodings_take_the_recorded_step(tiny):
     assert isinstance(graph_decoder(model, static, 2, 64, 1, 0), GraphDecoder)
     assert graph_decoder(model, EvalConfig(kv_cache="auto"), 2, 64, 1, 0) is None  # auto: CUDA only
     assert graph_decoder(model, EvalConfig(kv_cache="dynamic"), 2, 64, 1, 0) is None
-    assert "sampling" in unsupported(model, static.model_copy(update={"temperature": 0.7}))
+    assert unsupported(model, static.model_copy(update={"temperature": 0.7})) is None  # sampling: in the graph
     assert "repetition" in unsupported(model, static.model_copy(update={"repetition_penalty": 1.1}))
     assert graph_decoder(model, static.model_copy(update={"no_repeat_ngram_size": 3}), 2, 64, 1, 0) is None
 
@@ -121,3 +121,54 @@ def test_a_batch_larger_than_the_decoder_is_refused(tiny):
         decoder.generate(torch.ones((3, 4), dtype=torch.long), torch.ones((3, 4), dtype=torch.long), 4)
     with pytest.raises(ValueError, match="exceeds"):
         decoder.generate(torch.ones((2, 10), dtype=torch.long), torch.ones((2, 10), dtype=torch.long), 8)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(0.7, 0, 1.0), (1.0, 0, 0.9), (1.3, 20, 0.8), (0.5, 5, 1.0)]
+)
+def test_sampling_draws_from_the_distribution_hf_samples_from(temperature, top_k, top_p):
+    import torch
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from r1lib.model.graph_decode import Sampling, probabilities
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 200) * 3
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p))
+    expected = warpers(None, logits.clone()).softmax(-1)
+    got = probabilities(logits, Sampling(temperature=temperature, top_k=top_k, top_p=top_p))
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert (got > 0).sum() < 200 or (top_k == 0 and top_p == 1)  # the cuts removed tokens where asked
+
+
+def test_sampled_tokens_follow_their_probabilities(tiny):
+    """Many draws through the decoder's own choice: each token's share is near its probability."""
+    import torch
+
+    from r1lib.model.graph_decode import Sampling, decoder_for, probabilities
+
+    model, _, _ = tiny
+    sampling = Sampling(temperature=1.0, top_p=0.95)
+    decoder = decoder_for(model, batch=1, max_len=8, eos=1, pad=0, sampling=sampling)
+    torch.manual_seed(1)
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -8.0]]).expand(20000, -1)
+    drawn = torch.bincount(decoder._choose(logits), minlength=6).float() / 20000
+    expected = probabilities(logits[:1], sampling)[0]
+    assert torch.allclose(drawn, expected, atol=0.015)
+    assert drawn[-1] == 0  # cut by top-p: never drawn
+
+
+def test_a_sampled_pass_runs_and_differs_from_greedy(tiny):
+    from r1lib.config import EvalConfig
+    from r1lib.model.generation import generate
+
+    model, tokenizer, prompts = tiny
+    cfg = EvalConfig(max_new_tokens=24, batch_size=5, kv_cache="static")
+    greedy, _ = generate(model, tokenizer, prompts, cfg)
+    sampled, stats = generate(model, tokenizer, prompts, cfg.model_copy(update={"temperature": 1.5}))
+    assert stats.generated == len(prompts) and stats.new_tokens > 0
+    assert sampled != greedy
