@@ -46,6 +46,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--accumulation", type=int, default=1)
     parser.add_argument("--rows", type=int, default=32, help="prompts in the data set")
     parser.add_argument("--prompt-tokens", type=pair, default=(100, 300))
+    parser.add_argument(
+        "--rollouts", default="auto", choices=("auto", "recorded", "hf"), help="train.grpo.rollouts of the pipeline"
+    )
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     parser.add_argument("--work", default="/tmp/r1-grpo-throughput")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -68,7 +71,7 @@ def settings(args) -> dict:
         micro_batch_size=args.micro_batch,
         gradient_accumulation=args.accumulation,
         max_gpu_memory_gib=args.gpu_cap_gib,
-        grpo=grpo_settings(args.num_generations, args.max_completion_length),
+        grpo={**grpo_settings(args.num_generations, args.max_completion_length), "rollouts": args.rollouts},
         gradient_checkpointing=True,
     )
     return {"train": train, "model": config.model.model_dump(), "max_seq_length": config.tokenize.max_seq_length}

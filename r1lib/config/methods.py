@@ -86,6 +86,12 @@ class GrpoSettings(Section):
     beta: float = Field(
         0.04, ge=0, le=100, description="KL penalty towards the starting policy (0: none, and no reference pass)."
     )
+    rollouts: Literal["auto", "recorded", "hf"] = Field(
+        "auto",
+        description="How completions are sampled. recorded: a preallocated KV cache and the one-token decode step "
+        "recorded once as a CUDA graph and replayed (r1lib/model/graph_decode.py; eager on a CPU), with the model in "
+        "eval mode (no dropout); hf: the trainer's own HF generate; auto: recorded on a CUDA device, hf elsewhere.",
+    )
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
         "dapo",
         description="grpo: per-sequence length normalization (length-biased); dr_grpo: a constant; dapo: the active "

@@ -70,7 +70,14 @@ class GraphDecoder:
     runs eagerly."""
 
     def __init__(
-        self, model, batch: int, max_len: int, eos: int, pad: int, capture: bool, sampling: Sampling | None = None
+        self,
+        model,
+        batch: int,
+        max_len: int,
+        eos: int | list[int],
+        pad: int,
+        capture: bool,
+        sampling: Sampling | None = None,
     ):
         import torch
         from transformers import StaticCache
@@ -86,7 +93,8 @@ class GraphDecoder:
         self.attended = torch.zeros((batch, max_len), dtype=torch.bool, device=device)  # cache slots a row sees
         self.finished = torch.zeros((batch,), dtype=torch.bool, device=device)
         self.sequences = torch.full((batch, max_len), pad, **long)
-        self.eos, self.pad = torch.tensor(eos, **long), torch.tensor(pad, **long)
+        self.eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), **long)  # any of them ends a row
+        self.pad = torch.tensor(pad, **long)
         self.graph = None
 
     def _choose(self, logits):
@@ -113,7 +121,7 @@ class GraphDecoder:
         chosen = torch.where(self.finished, self.pad, self._choose(logits))
         self.slot.add_(1)
         self.sequences.index_copy_(1, self.slot, chosen[:, None])
-        self.finished.logical_or_(chosen == self.eos)
+        self.finished.logical_or_(torch.isin(chosen, self.eos))
         self.token.copy_(chosen[:, None])
         self.position.add_(1)
 
@@ -160,7 +168,7 @@ class GraphDecoder:
         ).logits[:, -1, :]
         chosen = self._choose(logits)
         self.sequences[:, length] = chosen
-        self.finished.copy_(chosen == self.eos)
+        self.finished.copy_(torch.isin(chosen, self.eos))
         self.token.copy_(chosen[:, None])
         self.position.copy_(positions[:, -1:] + 1)
         self.slot.fill_(length)
@@ -195,7 +203,78 @@ class GraphDecoder:
         return self.sequences[:rows, : length + steps].clone()
 
 
-def decoder_for(model, batch: int, max_len: int, eos: int, pad: int, sampling: Sampling | None = None) -> GraphDecoder:
+def decoder_for(
+    model, batch: int, max_len: int, eos: int | list[int], pad: int, sampling: Sampling | None = None
+) -> GraphDecoder:
     """A GraphDecoder for ``model`` that records its step when the model is on a CUDA device."""
     device = next(model.parameters()).device
     return GraphDecoder(model, batch, max_len, eos, pad, capture=device.type == "cuda", sampling=sampling)
+
+
+def generation_unsupported(config) -> str | None:
+    """Why a transformers ``GenerationConfig`` asks for more than the decoder does; None when it does not."""
+
+    def setting(name: str, default):  # transformers 5 leaves unset fields None
+        value = getattr(config, name, None)
+        return default if value is None else value
+
+    if setting("num_beams", 1) != 1 or setting("num_return_sequences", 1) != 1:
+        return "beam search or several sequences per prompt"
+    if setting("repetition_penalty", 1.0) != 1.0 or setting("no_repeat_ngram_size", 0):
+        return "a repetition penalty or no_repeat_ngram_size"
+    if setting("min_p", 0.0) or setting("typical_p", 1.0) != 1.0:
+        return "min_p or typical_p"
+    if setting("suppress_tokens", None) or setting("bad_words_ids", None):
+        return "suppressed tokens"
+    if config.max_new_tokens is None or config.pad_token_id is None or config.eos_token_id is None:
+        return "no max_new_tokens, pad_token_id or eos_token_id"
+    return None
+
+
+def recorded_generate(model):
+    """A drop-in for ``model.generate(input_ids=, attention_mask=, generation_config=)`` as TRL's GRPOTrainer calls it
+    for its rollouts: the same left-padded prompt-plus-completion tensor, decoded by a GraphDecoder with the model in
+    eval mode (no dropout, no gradient checkpointing; train mode is restored). Anything else it is asked (other
+    arguments, logits processors, ``generation_unsupported``) goes to the model's own ``generate``, and so does every
+    later call once the recorded path has raised (logged once with the error)."""
+    import torch
+
+    original = model.generate
+    state = {"failed": None}
+
+    def generate(input_ids=None, attention_mask=None, generation_config=None, **other):
+        why = (
+            "other arguments " + ", ".join(sorted(other))
+            if other
+            else "no generation_config"
+            if generation_config is None
+            else generation_unsupported(generation_config)
+        )
+        if why or state["failed"] or input_ids is None:
+            return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
+                            **other)  # fmt: skip
+        config = generation_config
+        sampling = Sampling(
+            temperature=(1.0 if config.temperature is None else config.temperature) if config.do_sample else 0.0,
+            top_k=config.top_k or 0,
+            top_p=config.top_p if config.top_p is not None else 1.0,
+        )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        rows, length = input_ids.shape
+        was_training = model.training
+        model.eval()
+        try:
+            decoder = decoder_for(model, rows, length + config.max_new_tokens, config.eos_token_id,
+                                  config.pad_token_id, sampling)  # fmt: skip
+            with torch.no_grad():
+                out = decoder.generate(input_ids, attention_mask, config.max_new_tokens)
+        except Exception as exc:  # noqa: BLE001 - the rollout still happens, through the model's own generate
+            state["failed"] = f"{type(exc).__name__}: {exc}"
+            log.warning("recorded decode step failed (%s); HF generate does the rollouts from now on", state["failed"])
+            return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config)
+        finally:
+            model.train(was_training)
+        return out
+
+    return generate

@@ -126,6 +126,22 @@ def check_group_size(spec: TrainerSpec) -> None:
         )
 
 
+def use_recorded_rollouts(model, setting: str) -> str:
+    """Point the policy's ``generate`` (what TRL samples rollouts with) at the recorded decode step when
+    ``train.grpo.rollouts`` asks for it; says which path the rollouts take."""
+    from r1lib.model.graph_decode import recorded_generate
+
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if setting == "hf" or (setting == "auto" and not on_cuda):
+        return "HF generate"
+    if not on_cuda and any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+        # bitsandbytes repacks CPU 4-bit weights at their first eval-mode forward, which its training forward cannot use
+        log.warning("train.grpo.rollouts = recorded on a CPU with a 4-bit model: HF generate does the rollouts instead")
+        return "HF generate (a 4-bit model on a CPU)"
+    model.generate = recorded_generate(model)
+    return "the recorded decode step" + (" (CUDA graph)" if on_cuda else " (eager: no CUDA device)")
+
+
 def build(spec: TrainerSpec, model, tokenizer):
     from trl import GRPOConfig, GRPOTrainer
 
@@ -163,11 +179,13 @@ def build(spec: TrainerSpec, model, tokenizer):
         processing_class=tokenizer,
         callbacks=list(spec.callbacks),
     )
+    rollouts = use_recorded_rollouts(trainer.model, settings.rollouts)
     policy = reference_policy(trainer, spec) if settings.beta else "none (train.grpo.beta = 0: no KL term)"
     log.info(
-        "grpo (%s): %d completions per prompt, at most %d new tokens, temperature %g, beta %g, loss %s, rewards %s; "
-        "reference policy: %s",
+        "grpo (%s, rollouts: %s): %d completions per prompt, at most %d new tokens, temperature %g, beta %g, loss %s, "
+        "rewards %s; reference policy: %s",
         type(trainer).__name__,
+        rollouts,
         settings.num_generations,
         settings.max_completion_length,
         settings.temperature,

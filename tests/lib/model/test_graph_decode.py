@@ -172,3 +172,57 @@ def test_a_sampled_pass_runs_and_differs_from_greedy(tiny):
     sampled, stats = generate(model, tokenizer, prompts, cfg.model_copy(update={"temperature": 1.5}))
     assert stats.generated == len(prompts) and stats.new_tokens > 0
     assert sampled != greedy
+
+
+def trl_like_config(tokenizer, **changes):
+    """A GenerationConfig as TRL's GRPOTrainer builds it for its rollouts (trl 1.15, use_vllm off)."""
+    from transformers import GenerationConfig
+
+    settings = {
+        "max_new_tokens": 12,
+        "do_sample": True,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": [tokenizer.eos_token_id],
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": None,
+        "repetition_penalty": 1.0,
+        "cache_implementation": None,
+    }
+    return GenerationConfig(**{**settings, **changes}, disable_compile=True)
+
+
+def test_recorded_generate_stands_in_for_generate_in_grpo_rollouts(tiny):
+    """Greedy through the drop-in equals the model's own generate; sampled rollouts have the shape TRL slices; the
+    model's train mode comes back; what the decoder does not do goes to the original generate."""
+    import torch
+
+    from r1lib.model.graph_decode import recorded_generate
+
+    model, tokenizer, prompts = tiny
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    greedy = trl_like_config(tokenizer, do_sample=False)
+    with torch.no_grad():
+        expected = model.generate(**batch, generation_config=greedy)
+    calls = []
+    original = model.generate
+    model.generate = lambda **kw: calls.append(kw) or original(**kw)
+    try:
+        drop_in = recorded_generate(model)
+        model.train()
+        got = drop_in(**batch, generation_config=greedy)
+        assert model.training  # restored after the rollout ran in eval mode
+        assert torch.equal(got[:, : expected.shape[1]], expected) and not calls
+        torch.manual_seed(0)
+        sampled = drop_in(**batch, generation_config=trl_like_config(tokenizer, temperature=1.2, top_p=0.9))
+        assert sampled.shape[0] == len(prompts) and sampled.shape[1] <= batch["input_ids"].shape[1] + 12
+        assert torch.equal(sampled[:, : batch["input_ids"].shape[1]], batch["input_ids"]) and not calls
+        drop_in(**batch, generation_config=trl_like_config(tokenizer, repetition_penalty=1.1))
+        drop_in(**batch, generation_config=trl_like_config(tokenizer, min_p=0.05))
+        assert len(calls) == 2  # both went to the model's own generate
+    finally:
+        model.eval()
+        del model.generate

@@ -125,3 +125,27 @@ def test_the_story_table_and_plot_show_the_rewards_per_logging_step(tmp_path):
     assert method_story(history, ("loss",)) == []  # SFT: nothing beyond the loss
     png = loss_curve(history, tmp_path / "curve.png", STORY)
     assert png.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_grpo_trains_with_recorded_rollouts(tmp_path, monkeypatch):
+    """Two GRPO steps on a tiny random model (16-bit, CPU) with train.grpo.rollouts = recorded: every rollout goes
+    through the graph decoder (eager here) and the steps complete with completions of the configured length."""
+    import bench.grpo_throughput as bench
+    import r1lib.model.graph_decode as graph_decode
+
+    calls = []
+    original = graph_decode.GraphDecoder.generate
+    monkeypatch.setattr(
+        graph_decode.GraphDecoder, "generate", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
+    args = bench.parse_args(
+        "--shape tiny-qwen --steps 2 --num-generations 4 --max-completion-length 16 --prompt-tokens 20,40 --rows 8 "
+        "--rollouts recorded".split()
+    )
+    spec = {**bench.settings(args), **bench.prepare(args, tmp_path)}
+    spec["train"]["max_steps"] = 2
+    spec["model"]["load_in_4bit"] = False  # bitsandbytes' CPU repacking: recorded rollouts need 16-bit on a CPU
+    figures = bench.run_pipeline(spec, tmp_path)
+    assert figures["steps"] == 2 and len(calls) == 2
+    assert figures["generated_tokens"] == 2 * 8 * 16  # random weights never stop: every completion to the limit
