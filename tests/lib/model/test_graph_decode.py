@@ -226,3 +226,21 @@ def test_recorded_generate_stands_in_for_generate_in_grpo_rollouts(tiny):
     finally:
         model.eval()
         del model.generate
+
+
+def test_a_failing_decoder_hands_the_pass_to_hf_generate(tiny, monkeypatch, caplog):
+    from r1lib.config import EvalConfig
+    from r1lib.model.generation import generate
+    from r1lib.model.graph_decode import GraphDecoder
+
+    model, tokenizer, prompts = tiny
+    cfg = EvalConfig(max_new_tokens=8, batch_size=2)
+    expected, _ = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "dynamic"}))
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(GraphDecoder, "generate", broken)
+    got, stats = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "static"}))
+    assert got == expected and stats.generated == len(prompts)
+    assert "recorded decode step failed (RuntimeError: operation not permitted" in caplog.text
