@@ -1,17 +1,22 @@
 """Batched decoding with a preallocated KV cache, the one-token decode step captured once as a CUDA graph.
 
 Plain HF ``generate`` spends most of a decode step launching kernels from Python (hundreds per layer with a 4-bit
-base and a LoRA adapter). Here a batch is prefilled eagerly into a transformers ``StaticCache``; then the step (the
-model's forward for one token per row, the choice of the next token, the finished-row bookkeeping) is recorded once with
+base and a LoRA adapter). Here a batch is prefilled eagerly into the decoder's own KV cache; then the step (one token
+per row through every layer, the choice of the next token, the finished-row bookkeeping) is recorded once with
 ``torch.cuda.graph`` and replayed, so a step costs the GPU's time alone. No ``torch.compile``: recording takes one
 forward's time, where compiling the decoder took 30-60 s per model on a 7B shape.
+
+The decoder runs the model's own modules (embedding, norms, projections, MLP, head: whatever bitsandbytes, peft or
+Unsloth put there) through a Llama / Qwen2 layer loop of its own (``LayerLoop``) instead of the model's ``forward``:
+a process that trained through Unsloth has every Llama and Qwen2 class's ``forward`` replaced by Unsloth's, which
+keeps its own cache and would never write this one.
 
 Contract: greedy, the same tokens as greedy HF ``generate`` (left padding, the prompt's positions counted from its first
 real token, a finished row padded with ``pad_token_id``), up to floating-point ties. ``Sampling``: HF's temperature,
 top-k and top-p warpers in HF's order, then a draw from the softmax (the exponential-race form of ``multinomial``,
 which needs no host sync). ``unsupported`` says when this path does not apply (a repetition penalty, n-gram blocking,
-an attention implementation other than sdpa, sliding windows); the caller then uses HF ``generate``. On a CPU the
-same loop runs eagerly (what the tests compare against HF).
+an architecture other than Llama / Qwen2, sliding windows); the caller then uses HF ``generate``. On a CPU the same
+loop runs eagerly (what the tests compare against HF).
 """
 
 from __future__ import annotations
@@ -38,16 +43,7 @@ def unsupported(model, cfg) -> str | None:
     """Why the graph path cannot generate what ``cfg`` (evaluate.*) asks of ``model``; None when it can."""
     if cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size:
         return "a repetition penalty or no_repeat_ngram_size"
-    config = model.config
-    if getattr(config, "_attn_implementation", "sdpa") != "sdpa":
-        return f"attention implementation {config._attn_implementation!r} (sdpa only)"
-    if (
-        getattr(config, "use_sliding_window", False)
-        or getattr(config, "sliding_window", None)
-        and any(t != "full_attention" for t in getattr(config, "layer_types", None) or [])
-    ):
-        return "sliding-window attention layers"
-    return None
+    return LayerLoop.unsupported(model)
 
 
 def probabilities(logits, sampling: Sampling):
@@ -62,6 +58,83 @@ def probabilities(logits, sampling: Sampling):
         tail[:, -1] = False  # the most likely token always stays
         scores = scores.masked_fill(tail.scatter(1, order, tail), float("-inf"))
     return scores.softmax(-1)
+
+
+ARCHITECTURES = ("llama", "qwen2")  # the R1 distills' layer layout: pre-norm, rotary q/k, GQA, gated MLP
+
+
+def _rotate_half(x):
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LayerLoop:
+    """A Llama / Qwen2 decoder run layer by layer on its own modules, with its own KV cache of ``batch`` rows and
+    ``max_len`` slots: the computation of transformers' eager-sdpa forward (rotary embedding in float32, GQA
+    attention scaled by head_dim ** -0.5, residuals around attention and MLP)."""
+
+    def __init__(self, model, batch: int, max_len: int):
+        import torch
+
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = inner.config
+        self.body, self.head = inner.model, inner.lm_head
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        rotary = self.body.rotary_emb
+        self.inv_freq, self.rope_scale = rotary.inv_freq.float(), float(getattr(rotary, "attention_scaling", 1.0))
+        weight = self.body.embed_tokens.weight
+        shape = (batch, self.kv_heads, max_len, self.head_dim)
+        layers = len(self.body.layers)
+        self.keys = [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in range(layers)]
+
+    @staticmethod
+    def unsupported(model) -> str | None:
+        """Why the loop cannot stand in for ``model``'s forward; None when it can."""
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = inner.config
+        if getattr(config, "model_type", None) not in ARCHITECTURES:
+            return f"architecture {getattr(config, 'model_type', None)!r} (the decoder runs {', '.join(ARCHITECTURES)})"
+        if getattr(config, "use_sliding_window", False) or any(
+            t != "full_attention" for t in getattr(config, "layer_types", None) or []
+        ):
+            return "sliding-window attention layers"
+        body = getattr(inner, "model", None)
+        if body is None or not hasattr(getattr(body, "rotary_emb", None), "inv_freq"):
+            return "no model.rotary_emb.inv_freq"
+        return None
+
+    def forward(self, ids, positions, slots, mask):
+        """Logits of each row's last token after feeding ``ids`` ([rows, tokens]) at ``positions`` (rotary) into
+        cache ``slots`` ([tokens]); ``mask`` ([rows, 1, tokens, max_len], True: attend) says which slots each
+        query sees."""
+        import torch
+        import torch.nn.functional as F
+
+        rows, tokens = ids.shape
+        x = self.body.embed_tokens(ids)
+        freqs = positions[:, :, None].float() * self.inv_freq[None, None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos = (angles.cos() * self.rope_scale).to(x.dtype)[:, None]
+        sin = (angles.sin() * self.rope_scale).to(x.dtype)[:, None]
+        for keys, values, layer in zip(self.keys, self.values, self.body.layers):
+            attn, h = layer.self_attn, layer.input_layernorm(x)
+            q = attn.q_proj(h).view(rows, tokens, self.heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(rows, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(rows, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            keys.index_copy_(2, slots, k.to(keys.dtype))
+            values.index_copy_(2, slots, v.to(values.dtype))
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=self.head_dim**-0.5, enable_gqa=self.heads != self.kv_heads
+            )
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(rows, tokens, self.heads * self.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.head(self.body.norm(x[:, -1:]))[:, -1]
 
 
 class GraphDecoder:
@@ -80,12 +153,11 @@ class GraphDecoder:
         sampling: Sampling | None = None,
     ):
         import torch
-        from transformers import StaticCache
 
         self.model, self.batch, self.max_len, self.capture = model, batch, max_len, capture
         self.sampling = sampling if sampling is not None and sampling.temperature > 0 else None
         device = next(model.parameters()).device
-        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.loop = LayerLoop(model, batch, max_len)
         long = {"dtype": torch.long, "device": device}
         self.token = torch.full((batch, 1), pad, **long)  # the token each row feeds into the next step
         self.position = torch.zeros((batch, 1), **long)  # its position id (counted from the row's first real token)
@@ -111,13 +183,7 @@ class GraphDecoder:
         import torch
 
         self.attended.index_fill_(1, self.slot, True)
-        logits = self.model(
-            input_ids=self.token,
-            position_ids=self.position,
-            attention_mask=self.attended[:, None, None, :],
-            past_key_values=self.cache,
-            use_cache=True,
-        ).logits[:, -1, :]
+        logits = self.loop.forward(self.token, self.position, self.slot, self.attended[:, None, None, :])
         chosen = torch.where(self.finished, self.pad, self._choose(logits))
         self.slot.add_(1)
         self.sequences.index_copy_(1, self.slot, chosen[:, None])
@@ -141,12 +207,12 @@ class GraphDecoder:
             self._step()
 
     def _prefill(self, input_ids, attention_mask) -> None:
-        """Reset the cache and the state in place (the recorded step reads these very tensors), run the prompts
-        eagerly and write each row's first new token."""
+        """Reset the state in place (the recorded step reads these very tensors), run the prompts eagerly into
+        cache slots 0..length-1 and write each row's first new token. Slots past a row's end are never attended, so
+        what an earlier batch left there needs no clearing."""
         import torch
 
         rows, length = input_ids.shape
-        self.cache.reset()
         self.attended.zero_()
         self.attended[:, :length] = attention_mask.bool()
         self.finished.zero_()
@@ -158,14 +224,7 @@ class GraphDecoder:
         mask = causal[None, None] & self.attended[:, None, None, :]
         # A padding query sees no key: let it see itself, or sdpa returns NaN there (masked for real rows anyway).
         mask[:, :, torch.arange(length), torch.arange(length)] = True
-        logits = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
+        logits = self.loop.forward(input_ids, positions, torch.arange(length, device=input_ids.device), mask)
         chosen = self._choose(logits)
         self.sequences[:, length] = chosen
         self.finished.copy_(torch.isin(chosen, self.eos))

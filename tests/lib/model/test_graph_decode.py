@@ -244,3 +244,26 @@ def test_a_failing_decoder_hands_the_pass_to_hf_generate(tiny, monkeypatch, capl
     got, stats = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "static"}))
     assert got == expected and stats.generated == len(prompts)
     assert "recorded decode step failed (RuntimeError: operation not permitted" in caplog.text
+
+
+def test_a_llama3_layout_decodes_the_tokens_hf_generates(tiny):
+    """The layer loop on a random Llama with Llama-3's rotary scaling (R1-Distill-Llama-8B's layout, tiny), bf16-free
+    float32 on a CPU: its greedy tokens equal HF generate's, and random weights run every row to the limit."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer, prompts = tiny
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 256},
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.2)  # sharper logits than the default init: fewer near-ties between tokens
+    dynamic, static, _, stats = both(model, tokenizer, prompts, max_new_tokens=20, batch_size=3)
+    assert static == dynamic and stats.new_tokens > 0
