@@ -267,3 +267,27 @@ def test_a_llama3_layout_decodes_the_tokens_hf_generates(tiny):
             param.normal_(0, 0.2)  # sharper logits than the default init: fewer near-ties between tokens
     dynamic, static, _, stats = both(model, tokenizer, prompts, max_new_tokens=20, batch_size=3)
     assert static == dynamic and stats.new_tokens > 0
+
+
+def test_a_loop_that_does_not_compute_the_model_is_caught_before_decoding(tiny, caplog):
+    """The first batch's logits are checked against the model's forward: a loop that computes something else (here
+    a rotary frequency the model does not use) raises before a token is decoded."""
+    import logging
+
+    import torch
+
+    from r1lib.model.graph_decode import decoder_for
+
+    model, tokenizer, prompts = tiny
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts[:2], add_special_tokens=False, padding=True, return_tensors="pt")
+    caplog.set_level(logging.INFO, logger="r1lib.model.graph_decode")
+    decoder = decoder_for(model, batch=2, max_len=256, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    with torch.no_grad():
+        decoder.generate(batch["input_ids"], batch["attention_mask"], 4)
+    assert "same argmax in 100% of 2 rows" in caplog.text
+
+    decoder = decoder_for(model, batch=2, max_len=256, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    decoder.loop.inv_freq = decoder.loop.inv_freq * 3  # a rotary the model does not use
+    with torch.no_grad(), pytest.raises(RuntimeError, match="does not compute this model"):
+        decoder.generate(batch["input_ids"], batch["attention_mask"], 4)
