@@ -22,6 +22,7 @@ from r1lib.data.records import answer_of
 from r1lib.data.visible import visible_text
 from r1lib.errors import PermanentError
 from r1lib.model.gpu_memory import GIB, available_bytes
+from r1lib.model.graph_decode import HF_TOP_K
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,8 @@ def generate(
         "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
         "do_sample": cfg.temperature > 0,
     }
-    if cfg.temperature > 0:
-        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+    if cfg.temperature > 0:  # top-k stated, so HF and the recorded step sample from one distribution
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=HF_TOP_K)
     from tqdm.auto import tqdm
 
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -230,7 +231,8 @@ def graph_decoder(model, cfg: EvalConfig, batch: int, max_len: int, eos: int, pa
     if why is not None:
         log.info("evaluate.kv_cache = %s: %s needs HF generate, which this pass uses", cfg.kv_cache, why)
         return None
-    return decoder_for(model, batch, max_len, eos, pad, Sampling(temperature=cfg.temperature, top_p=cfg.top_p))
+    sampling = Sampling(temperature=cfg.temperature, top_k=HF_TOP_K, top_p=cfg.top_p)
+    return decoder_for(model, batch, max_len, eos, pad, sampling)
 
 
 def format_check(completion: str) -> tuple[bool, bool]:

@@ -304,56 +304,78 @@ def decoder_for(
     return GraphDecoder(model, batch, max_len, eos, pad, capture=device.type == "cuda", sampling=sampling)
 
 
+# GenerationConfig fields the decoder honours, and fields that cannot change the tokens (max_length: HF lets
+# max_new_tokens override it). Any other field set must hold its value in NEUTRAL (or None/False).
+HONOURED = frozenset({"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "pad_token_id", "eos_token_id"})
+HARMLESS = frozenset(
+    {"bos_token_id", "max_length", "use_cache", "cache_implementation", "disable_compile", "compile_config",
+     "transformers_version", "_from_model_config"}
+)  # fmt: skip
+NEUTRAL = {
+    "num_beams": 1, "num_return_sequences": 1, "num_beam_groups": 1, "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+    "min_length": 0, "min_new_tokens": 0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+    "length_penalty": 1.0, "diversity_penalty": 0.0, "early_stopping": False, "guidance_scale": 1.0,
+}  # fmt: skip
+HF_TOP_K = 50  # transformers' default top-k when a sampling config leaves top_k unset
+
+
 def generation_unsupported(config) -> str | None:
-    """Why a transformers ``GenerationConfig`` asks for more than the decoder does; None when it does not."""
-
-    def setting(name: str, default):  # transformers 5 leaves unset fields None
-        value = getattr(config, name, None)
-        return default if value is None else value
-
-    if setting("num_beams", 1) != 1 or setting("num_return_sequences", 1) != 1:
-        return "beam search or several sequences per prompt"
-    if setting("repetition_penalty", 1.0) != 1.0 or setting("no_repeat_ngram_size", 0):
-        return "a repetition penalty or no_repeat_ngram_size"
-    if setting("min_p", 0.0) or setting("typical_p", 1.0) != 1.0:
-        return "min_p or typical_p"
-    if setting("suppress_tokens", None) or setting("bad_words_ids", None):
-        return "suppressed tokens"
+    """Why a transformers ``GenerationConfig`` asks for more than the decoder does (any setting beyond HONOURED
+    that would change the tokens); None when it does not."""
+    for name, value in config.to_diff_dict().items():
+        if name in HONOURED or name in HARMLESS or value is None or value is False or value == NEUTRAL.get(name, ...):
+            continue
+        return f"generation setting {name}={value!r}"
     if config.max_new_tokens is None or config.pad_token_id is None or config.eos_token_id is None:
         return "no max_new_tokens, pad_token_id or eos_token_id"
+    if config.do_sample and (
+        (config.temperature is not None and config.temperature <= 0)
+        or (config.top_k is not None and config.top_k < 0)
+        or (config.top_p is not None and config.top_p < 0)
+    ):  # HF raises on these; the decoder would have decoded greedily
+        return "a sampling setting HF generate refuses (temperature <= 0, a negative top_k or top_p)"
     return None
+
+
+def resolved(model, config):
+    """``config`` with its unset fields taken from the model's own generation config, as HF ``generate`` does."""
+    import copy
+
+    config = copy.deepcopy(config)
+    config.update(**model.generation_config.to_dict(), defaults_only=True)
+    return config
 
 
 def recorded_generate(model):
     """A drop-in for ``model.generate(input_ids=, attention_mask=, generation_config=)`` as TRL's GRPOTrainer calls it
     for its rollouts: the same left-padded prompt-plus-completion tensor, decoded by a GraphDecoder with the model in
     eval mode (no dropout, no gradient checkpointing; train mode is restored). Anything else it is asked (other
-    arguments, logits processors, ``generation_unsupported``) goes to the model's own ``generate``, and so does every
-    later call once the recorded path has raised (logged once with the error)."""
+    arguments, no attention mask, ``generation_unsupported`` of the config resolved as HF resolves it,
+    ``LayerLoop.unsupported``) goes to the model's own ``generate``, and so does every later call once the recorded path
+    has raised (logged once with the error)."""
     import torch
 
     original = model.generate
     state = {"failed": None}
 
     def generate(input_ids=None, attention_mask=None, generation_config=None, **other):
+        config = None if generation_config is None else resolved(model, generation_config)
         why = (
             "other arguments " + ", ".join(sorted(other))
             if other
-            else "no generation_config"
-            if generation_config is None
-            else generation_unsupported(generation_config)
+            else "no generation_config, input_ids or attention_mask"  # HF infers a missing mask from the padding
+            if config is None or input_ids is None or attention_mask is None
+            else generation_unsupported(config) or LayerLoop.unsupported(model)
         )
-        if why or state["failed"] or input_ids is None:
+        if why or state["failed"]:
             return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
                             **other)  # fmt: skip
-        config = generation_config
         sampling = Sampling(
             temperature=(1.0 if config.temperature is None else config.temperature) if config.do_sample else 0.0,
-            top_k=config.top_k or 0,
+            top_k=HF_TOP_K if config.top_k is None else config.top_k,
             top_p=config.top_p if config.top_p is not None else 1.0,
         )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         rows, length = input_ids.shape
         was_training = model.training
         model.eval()
