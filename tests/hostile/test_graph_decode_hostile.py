@@ -184,6 +184,17 @@ def test_evaluation_samples_with_the_top_k_hf_generate_uses(monkeypatch):
     assert decoder.sampling.top_k == (seen[0] if seen else 0)
 
 
+def test_grpo_rollouts_report_hf_generate_for_a_model_the_decoder_cannot_run():
+    """The log said the recorded step did the rollouts of a model the decoder cannot run, which all went to HF."""
+    from r1lib.training.methods.grpo import use_recorded_rollouts
+
+    model = tiny_sliding_qwen2()
+    assert use_recorded_rollouts(model, "recorded").startswith("HF generate (sliding-window")
+    assert "generate" not in vars(model)  # the model's own generate, not the drop-in
+    sdpa = tiny_llama()
+    assert use_recorded_rollouts(sdpa, "recorded").startswith("the recorded decode step") and "generate" in vars(sdpa)
+
+
 @pytest.mark.parametrize("changes", [{"temperature": 0.0}, {"top_k": -1}, {"top_p": -0.5}])
 def test_sampling_settings_hf_refuses_are_refused_not_decoded_greedily(changes):
     from r1lib.model.graph_decode import recorded_generate

@@ -129,11 +129,14 @@ def check_group_size(spec: TrainerSpec) -> None:
 def use_recorded_rollouts(model, setting: str) -> str:
     """Point the policy's ``generate`` (what TRL samples rollouts with) at the recorded decode step when
     ``train.grpo.rollouts`` asks for it; says which path the rollouts take."""
-    from r1lib.model.graph_decode import recorded_generate
+    from r1lib.model.graph_decode import LayerLoop, recorded_generate
 
     on_cuda = next(model.parameters()).device.type == "cuda"
     if setting == "hf" or (setting == "auto" and not on_cuda):
         return "HF generate"
+    if why := LayerLoop.unsupported(model):
+        log.warning("train.grpo.rollouts = %s: %s needs HF generate, which does the rollouts", setting, why)
+        return f"HF generate ({why})"
     if not on_cuda and any(type(m).__name__ == "Linear4bit" for m in model.modules()):
         # bitsandbytes repacks CPU 4-bit weights at their first eval-mode forward, which its training forward cannot use
         log.warning("train.grpo.rollouts = recorded on a CPU with a 4-bit model: HF generate does the rollouts instead")
