@@ -105,6 +105,9 @@ class LayerLoop:
         body = getattr(inner, "model", None)
         if body is None or not hasattr(getattr(body, "rotary_emb", None), "inv_freq"):
             return "no model.rotary_emb.inv_freq"
+        rope = str(getattr(body.rotary_emb, "rope_type", "default"))
+        if "dynamic" in rope or rope == "longrope":  # HF recomputes inv_freq from the length; the loop keeps its copy
+            return f"rope type {rope!r} (frequencies that change with the sequence length)"
         return None
 
     def forward(self, ids, positions, slots, mask):

@@ -8,15 +8,15 @@ import pytest
 from tests.lib.model.test_graph_decode import EMBEDDED
 
 
-def tiny_llama(attn: str = "sdpa"):
+def tiny_llama(attn: str = "sdpa", **changes):
     """A random-weight Llama (fp32, scaled weights: peaked logits, so greedy has no near-ties)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         attn_implementation=attn)  # fmt: skip
+    shape = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}  # fmt: skip
+    config = LlamaConfig(**{**shape, **changes}, attn_implementation=attn)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for param in model.parameters():
@@ -203,3 +203,22 @@ def test_sampling_settings_hf_refuses_are_refused_not_decoded_greedily(changes):
     with pytest.raises(ValueError):
         recorded_generate(tiny_llama())(input_ids=ids, attention_mask=mask,
                                         generation_config=rollout_config(do_sample=True, **changes))  # fmt: skip
+
+
+def test_a_dynamic_rope_model_goes_to_hf_generate():
+    """Dynamic NTK RoPE: HF recomputes the frequencies once a sequence passes max_position_embeddings; the layer
+    loop kept the first ones, so a short prompt passed the decoder's check and the tokens past 16 differed."""
+    import torch
+
+    from r1lib.config import EvalConfig
+    from r1lib.model.generation import graph_decoder
+    from r1lib.model.graph_decode import recorded_generate
+
+    model = tiny_llama(max_position_embeddings=16, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    ids, mask = left_padded(ROWS)
+    config = rollout_config(max_new_tokens=40)
+    with torch.no_grad():  # the drop-in first: HF generate leaves the rotary's frequencies changed
+        got = recorded_generate(model)(input_ids=ids, attention_mask=mask, generation_config=config)
+        expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    assert same_tokens(expected, got)
+    assert graph_decoder(model, EvalConfig(kv_cache="static"), 2, 64, 5, 0) is None
