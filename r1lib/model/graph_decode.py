@@ -157,6 +157,7 @@ class GraphDecoder:
     ):
         import torch
 
+        max_len = max(max_len, 3)  # the recording's two warm-up steps write slots 0-2
         self.model, self.batch, self.max_len, self.capture = model, batch, max_len, capture
         self.sampling = sampling if sampling is not None and sampling.temperature > 0 else None
         device = next(model.parameters()).device
