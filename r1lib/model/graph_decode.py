@@ -174,19 +174,15 @@ class GraphDecoder:
         self.graph = None
         self.checked = False
 
-    def _check(self, input_ids, attention_mask, positions, logits) -> None:
-        """Once per decoder: the loop's last-token logits of the first batch against the model's own forward (with
-        the same positions); a gap beyond what bf16 kernels explain (5% of the logits' range) raises, so the caller
-        generates with HF instead of decoding something else than the model. The gap is logged."""
-        rows = slice(0, 4)  # a few rows say it: the whole batch's reference would double the prefill's memory
+    def _check(self, input_ids, attention_mask, logits) -> None:
+        """Once per decoder: the loop's last-token logits of the first batch against the model's own forward; a gap
+        beyond what bf16 kernels explain (5% of the logits' range) raises, so the caller generates with HF instead
+        of decoding something else than the model. The gap is logged."""
+        # Up to four unpadded rows (the batch's longest prompt has none): a forward that some library replaced may
+        # read left padding its own way, and the whole batch's reference would double the prefill's memory.
+        rows = attention_mask.bool().all(-1).nonzero()[:4, 0]
         logits = logits[rows]
-        reference = self.model(
-            input_ids=input_ids[rows],
-            attention_mask=attention_mask[rows],
-            position_ids=positions[rows],
-            use_cache=False,
-            logits_to_keep=1,
-        ).logits[:, -1, :]
+        reference = self.model(input_ids=input_ids[rows], use_cache=False, logits_to_keep=1).logits[:, -1, :]
         gap = float((logits.float() - reference.float()).abs().max())
         scale = float(reference.float().abs().max())
         agree = float((logits.argmax(-1) == reference.argmax(-1)).float().mean())
@@ -262,7 +258,7 @@ class GraphDecoder:
         mask[:, :, torch.arange(length), torch.arange(length)] = True
         logits = self.loop.forward(input_ids, positions, torch.arange(length, device=input_ids.device), mask)
         if not self.checked:
-            self._check(input_ids, attention_mask, positions, logits)
+            self._check(input_ids, attention_mask, logits)
         chosen = self._choose(logits)
         self.sequences[:, length] = chosen
         self.finished.copy_(torch.isin(chosen, self.eos))
