@@ -291,3 +291,27 @@ def test_a_loop_that_does_not_compute_the_model_is_caught_before_decoding(tiny, 
     decoder.loop.inv_freq = decoder.loop.inv_freq * 3  # a rotary the model does not use
     with torch.no_grad(), pytest.raises(RuntimeError, match="does not compute this model"):
         decoder.generate(batch["input_ids"], batch["attention_mask"], 4)
+
+
+def test_the_decoder_does_not_depend_on_the_models_forward_keeping_its_cache(tiny, monkeypatch):
+    """What a process that trained through Unsloth looks like: every Qwen2 ``forward`` replaced by one that keeps
+    a cache of its own and ignores the one it is given. HF generate then decodes without context; the decoder,
+    which runs the modules through its own loop and cache, still writes HF's tokens."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM
+
+    from r1lib.config import EvalConfig
+    from r1lib.model.generation import generate
+
+    model, tokenizer, prompts = tiny
+    cfg = EvalConfig(max_new_tokens=24, batch_size=5)
+    expected, _ = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "dynamic"}))
+    original = Qwen2ForCausalLM.forward
+
+    def own_cache_forward(self, *args, past_key_values=None, **kwargs):
+        return original(self, *args, past_key_values=None, **kwargs)
+
+    monkeypatch.setattr(Qwen2ForCausalLM, "forward", own_cache_forward)
+    broken, _ = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "dynamic"}))
+    assert broken != expected  # HF generate through such a forward loses the context
+    got, stats = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "static"}))
+    assert got == expected and stats.generated == len(prompts)
