@@ -7,7 +7,9 @@ folder (``/dev/shm``, a tmpfs) it never touches the disk. ``auto`` takes ``/dev/
 file and the machine has the memory to spare beside it (``MEMORY_RESERVE``), else the export folder; the log says
 which and why. Each run writes into its own subfolder (``r1-finetune-<run>-<key of its export folder>``: two runs of
 one run name in two runs folders do not share it), removed when the run ends however it ends (flows/export.py:
-``settled``).
+``settled``). A run killed outright (SIGKILL, out of memory) cannot remove it: each subfolder names its export folder
+(``owner.json``), and the next export into that root removes every subfolder whose run has ended (its run folder's
+lock is free, or its run folder is gone) before it measures the room left (``remove_orphans``).
 """
 
 from __future__ import annotations
@@ -89,11 +91,52 @@ def scratch_root(setting: str, need: int) -> tuple[Path | None, str]:
     return RAM_DIR, f"{RAM_DIR} has room ({free / gib:.1f} GiB free, {memory / gib:.1f} GiB of memory available)"
 
 
+OWNER = "owner.json"
+
+
+def run_ended(export_dir: Path) -> bool:
+    """Whether the run that exports into ``export_dir`` has ended: the lock its run folder holds while it runs
+    (r1lib/io.py: ``exclusive_dir``, a kernel flock released when the process dies) is free, or, without a lock
+    file, the run folder is gone. A run folder without a lock file is not known to have ended."""
+    import fcntl
+
+    lock = export_dir.parent / ".lock"
+    if not lock.is_file():
+        return not export_dir.parent.exists()
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
+def remove_orphans(root: Path) -> None:
+    """Remove the subfolders of ``root`` that this pipeline made (``r1-finetune-*`` with an ``owner.json``) for runs
+    that have ended without removing them; each removal is logged with its size. Anything else is left alone."""
+    for folder in sorted(root.glob("r1-finetune-*")):
+        try:
+            owner = Path(json.loads((folder / OWNER).read_text())["export_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours, or being made right now
+        if run_ended(owner):
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("removed %s (%.1f GiB): left by a run that ended without removing it (%s)", folder,
+                        size / 2**30, owner)  # fmt: skip
+
+
 def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) -> Path:
-    """The folder the temporary full-precision GGUF is written to (made here), logged with the reason."""
+    """The folder the temporary full-precision GGUF is written to (made here, with its ``owner.json``), logged with
+    the reason; first the root's orphaned subfolders go (``remove_orphans``)."""
+    if setting != "export":
+        remove_orphans(RAM_DIR if setting == "auto" else Path(setting))
     root, why = scratch_root(setting, need)
     folder = Path(export_dir) if root is None else run_folder(root, run, export_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    if root is not None:
+        (folder / OWNER).write_text(json.dumps({"export_dir": str(Path(export_dir).resolve())}))
     log.info("temporary full-precision GGUF (%.1f GiB) in %s: %s", need / 2**30, folder, why)
     return folder
 

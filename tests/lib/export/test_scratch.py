@@ -128,3 +128,40 @@ def test_available_memory_reads_meminfo(tmp_path):
     meminfo.write_text("MemTotal: 1 kB\n")
     assert scratch.available_memory(meminfo) is None
     assert scratch.available_memory(tmp_path / "missing") is None
+
+
+def test_a_killed_runs_scratch_folder_goes_at_the_next_export_and_nothing_else(ram, tmp_path, monkeypatch):
+    """A run killed outright leaves its F16 in RAM: the next export into the root removes it (its run folder's lock
+    is free), keeps a running run's folder (its lock is held), a folder whose owner has no lock file, and anything
+    not made by this pipeline."""
+    from r1lib.io import exclusive_dir
+
+    fake_memory(monkeypatch, free=2**40, available=2**40)
+    killed, running, lockless = (tmp_path / name / "convert" for name in ("killed", "running", "lockless"))
+    with exclusive_dir(killed.parent):
+        dead = scratch.scratch_folder("auto", killed, 10, "killed")
+    (dead / "killed-F16.gguf").write_bytes(b"GGUF" * 1000)  # what the SIGKILLed converter had written
+    lockless.mkdir(parents=True)
+    kept_lockless = scratch.scratch_folder("auto", lockless, 10, "lockless")
+    foreign = ram / "r1-finetune-someone-elses"
+    foreign.mkdir()
+    (ram / "unrelated.bin").write_bytes(b"x")
+    with exclusive_dir(running.parent):
+        alive = scratch.scratch_folder("auto", running, 10, "running")
+        (alive / "running-F16.gguf").write_bytes(b"GGUF")
+        assert not dead.exists()  # removed when the running run asked for its folder
+        assert (alive / "running-F16.gguf").exists() and kept_lockless.exists() and foreign.exists()
+        scratch.scratch_folder("auto", tmp_path / "third" / "convert", 10, "third")
+        assert (alive / "running-F16.gguf").exists()  # held lock: still running
+    gone = tmp_path / "moved" / "convert"
+    gone.mkdir(parents=True)
+    orphan = scratch.scratch_folder("auto", gone, 10, "moved")
+    shutil_rmtree(gone.parent)  # its run folder deleted (it had no lock file)
+    scratch.scratch_folder("auto", tmp_path / "fourth" / "convert", 10, "fourth")
+    assert not orphan.exists() and (ram / "unrelated.bin").exists() and foreign.exists()
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
