@@ -14,12 +14,14 @@ lock is free, or its run folder is gone) before it measures the room left (``rem
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from r1lib.errors import ExportCheckError
@@ -69,16 +71,18 @@ def run_folder(root: str | Path, run: str, export_dir: str | Path) -> Path:
     return Path(root) / f"r1-finetune-{run}-{key}"
 
 
-def scratch_root(setting: str, need: int) -> tuple[Path | None, str]:
-    """(the scratch root, why): None for the export folder itself. ``setting``: ``auto``, ``export`` or a folder."""
+def scratch_root(setting: str, need: int, promised: int = 0) -> tuple[Path | None, str]:
+    """(the scratch root, why): None for the export folder itself. ``setting``: ``auto``, ``export`` or a folder.
+    ``promised``: bytes that running exports into RAM have yet to write there (``promised``), not free for this one."""
     if setting == "export":
         return None, "export.scratch_dir is 'export'"
     if setting != "auto":
         return Path(setting), f"export.scratch_dir is {setting!r}"
     if not RAM_DIR.is_dir() or not os.access(RAM_DIR, os.W_OK):
         return None, f"{RAM_DIR} is not a writable folder"
-    free = shutil.disk_usage(RAM_DIR).free
+    free = shutil.disk_usage(RAM_DIR).free - promised
     memory = available_memory()
+    memory = None if memory is None else memory - promised
     gib = 2**30
     if free < need:
         return None, f"{RAM_DIR} has {free / gib:.1f} GiB free, the file needs {need / gib:.1f} GiB"
@@ -88,7 +92,10 @@ def scratch_root(setting: str, need: int) -> tuple[Path | None, str]:
             f"available memory {have} is under the file's {need / gib:.1f} GiB plus {MEMORY_RESERVE / gib:.0f} GiB "
             "for the stages beside it"
         )
-    return RAM_DIR, f"{RAM_DIR} has room ({free / gib:.1f} GiB free, {memory / gib:.1f} GiB of memory available)"
+    return RAM_DIR, (
+        f"{RAM_DIR} has room ({free / gib:.1f} GiB free, {memory / gib:.1f} GiB of memory available"
+        + (f", after {promised / gib:.1f} GiB that running exports have yet to write there)" if promised else ")")
+    )
 
 
 OWNER = "owner.json"
@@ -112,31 +119,78 @@ def run_ended(export_dir: Path) -> bool:
         return True
 
 
-def remove_orphans(root: Path) -> None:
-    """Remove the subfolders of ``root`` that this pipeline made (``r1-finetune-*`` with an ``owner.json``) for runs
-    that have ended without removing them; each removal is logged with its size. Anything else is left alone."""
+def owners(root: Path) -> list[tuple[Path, dict]]:
+    """The subfolders of ``root`` this pipeline made (``r1-finetune-*`` with an ``owner.json``), with their record."""
+    found = []
     for folder in sorted(root.glob("r1-finetune-*")):
         try:
-            owner = Path(json.loads((folder / OWNER).read_text())["export_dir"])
+            record = json.loads((folder / OWNER).read_text())
+            Path(record["export_dir"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not ours, or being made right now
-        if run_ended(owner):
-            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        found.append((folder, record))
+    return found
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files in a scratch subfolder, its own record aside."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != OWNER)
+
+
+def remove_orphans(root: Path) -> None:
+    """Remove the subfolders of ``root`` that this pipeline made for runs that have ended without removing them;
+    each removal is logged with its size. Anything else is left alone."""
+    for folder, record in owners(root):
+        if run_ended(Path(record["export_dir"])):
+            size = folder_bytes(folder)
             shutil.rmtree(folder, ignore_errors=True)
             log.warning("removed %s (%.1f GiB): left by a run that ended without removing it (%s)", folder,
-                        size / 2**30, owner)  # fmt: skip
+                        size / 2**30, record["export_dir"])  # fmt: skip
+
+
+def promised(root: Path) -> int:
+    """Bytes the running exports into ``root`` have yet to write: each one's expected size less what its folder
+    holds now. Two runs that start their exports together must not both count the same free RAM."""
+    return sum(max(0, int(record.get("need", 0)) - folder_bytes(folder)) for folder, record in owners(root))
+
+
+@contextlib.contextmanager
+def root_lock(root: Path) -> Iterator[None]:
+    """One export at a time chooses its place in ``root`` (a flock on a file there; none where it cannot be made)."""
+    import fcntl
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / ".r1-finetune.lock", "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) -> Path:
-    """The folder the temporary full-precision GGUF is written to (made here, with its ``owner.json``), logged with
-    the reason; first the root's orphaned subfolders go (``remove_orphans``)."""
-    if setting != "export":
-        remove_orphans(RAM_DIR if setting == "auto" else Path(setting))
-    root, why = scratch_root(setting, need)
-    folder = Path(export_dir) if root is None else run_folder(root, run, export_dir)
+    """The folder the temporary full-precision GGUF is written to (made here, with its ``owner.json``: export
+    folder and expected size), logged with the reason. First the root's orphaned subfolders go (``remove_orphans``);
+    the choice is made under the root's lock, counting what running exports will still write there (``promised``)."""
+    if setting == "export":
+        root, why = scratch_root(setting, need)
+        return _made(Path(export_dir), need, why)
+    base = RAM_DIR if setting == "auto" else Path(setting)
+    with root_lock(base) if base.is_dir() or setting != "auto" else contextlib.nullcontext():
+        remove_orphans(base)
+        root, why = scratch_root(setting, need, promised(base))
+        if root is None:
+            return _made(Path(export_dir), need, why)
+        folder = run_folder(root, run, export_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / OWNER).write_text(json.dumps({"export_dir": str(Path(export_dir).resolve()), "need": need}))
+        return _made(folder, need, why)
+
+
+def _made(folder: Path, need: int, why: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    if root is not None:
-        (folder / OWNER).write_text(json.dumps({"export_dir": str(Path(export_dir).resolve())}))
     log.info("temporary full-precision GGUF (%.1f GiB) in %s: %s", need / 2**30, folder, why)
     return folder
 

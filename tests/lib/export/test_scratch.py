@@ -165,3 +165,19 @@ def shutil_rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path)
+
+
+def test_a_second_export_counts_what_the_first_has_yet_to_write(ram, tmp_path, monkeypatch):
+    """Two runs whose exports start together: the first takes RAM for its 60-byte file; the second sees 100 bytes
+    free but 60 promised, so its 60 bytes go to its export folder; once the first has written its file, the free
+    space it used is no longer counted twice."""
+    from r1lib.io import exclusive_dir
+
+    fake_memory(monkeypatch, free=100, available=2**40)
+    first, second = tmp_path / "one" / "convert", tmp_path / "two" / "convert"
+    with exclusive_dir(first.parent), exclusive_dir(second.parent):
+        assert scratch.scratch_folder("auto", first, 60, "one").parent == ram
+        assert scratch.promised(ram) == 60
+        assert scratch.scratch_folder("auto", second, 60, "two") == second  # 100 free - 60 promised < 60
+        (scratch.run_folder(ram, "one", first) / "one-F16.gguf").write_bytes(b"x" * 60)
+        assert scratch.promised(ram) == 0
