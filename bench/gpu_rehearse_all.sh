@@ -10,6 +10,7 @@
 #   bench/gpu_rehearse_all.sh probe 7b             # first the machine's cores, memory and disk/RAM write speed
 #
 #   bench/gpu_rehearse_all.sh grpo                 # GRPO step, pipeline vs TRL, 7B under the 24 GiB cap (issue #25)
+#   bench/gpu_rehearse_all.sh grpo-unsloth-rollouts  # the pipeline side with train.grpo.rollouts=hf, to compare
 #   bench/gpu_rehearse_all.sh dpo                  # DPO, pipeline vs TRL, 8B shape, 16 pairs of 2,048 (issue #24)
 #
 # Several parts in one call run one after the other (``bench/gpu_rehearse_all.sh evalgen export``).
@@ -58,9 +59,13 @@ for what in "${@:-7b}"; do
               --work "$WORK/export" ;;
     grpo) part grpo-throughput-r1-qwen-7b-cap24 python bench/grpo_throughput.py --shape r1-qwen-7b --gpu-cap-gib 24 \
             --steps 2 --out "$OUT" --work "$WORK/grpo-tp" --tag "$(date +%H%M)" ;;  # issue #25: both sides, one run
+    grpo-unsloth-rollouts) part grpo-throughput-r1-qwen-7b-cap24-unsloth-rollouts python bench/grpo_throughput.py \
+            --shape r1-qwen-7b --gpu-cap-gib 24 --steps 2 --sides pipeline --rollouts hf --out "$OUT" \
+            --work "$WORK/grpo-tp-hf" --tag unsloth-rollouts ;;  # the pipeline with Unsloth's own decode graphs
     dpo) part dpo-throughput-llama8b-b16 python bench/dpo_throughput.py --shape llama8b --seq 2048 --batch 16 \
            --warmup 2 --steps 3 --timeout-s 240 --out "$OUT" --tag b16 ;;  # issue #24: both sides, one run
-    *) echo "unknown part $what (probe, 1.5b, 1.5b-grpo, 7b, 7b-grpo, 7b-cap24, 8b, evalgen, export, grpo, dpo)" >&2
+    *) echo "unknown part $what (probe, 1.5b, 1.5b-grpo, 7b, 7b-grpo, 7b-cap24, 8b, evalgen, export, grpo," \
+            "grpo-unsloth-rollouts, dpo)" >&2
        exit 2 ;;
   esac
 done
