@@ -112,8 +112,10 @@ class LayerLoop:
 
     def forward(self, ids, positions, slots, mask):
         """Logits of each row's last token after feeding ``ids`` ([rows, tokens]) at ``positions`` (rotary) into
-        cache ``slots`` ([tokens]); ``mask`` ([rows, 1, tokens, max_len], True: attend) says which slots each
-        query sees."""
+        cache ``slots`` ([tokens]); ``mask`` ([rows, 1, tokens, span], True: attend) says which of the first
+        ``span`` slots each query sees. A prefill (several tokens) attends over its span with the key heads
+        repeated, as transformers' sdpa path does, so the memory-efficient kernel takes the mask and no
+        tokens x span score matrix per head is held; a one-token step lets sdpa share the key heads."""
         import torch
         import torch.nn.functional as F
 
@@ -132,8 +134,14 @@ class LayerLoop:
             k = k * cos + _rotate_half(k) * sin
             keys.index_copy_(2, slots, k.to(keys.dtype))
             values.index_copy_(2, slots, v.to(values.dtype))
+            span_keys, span_values = keys[:, :, : mask.shape[-1]], values[:, :, : mask.shape[-1]]
+            grouped = self.heads != self.kv_heads
+            if grouped and tokens > 1:
+                group = self.heads // self.kv_heads
+                span_keys = span_keys.repeat_interleave(group, dim=1)
+                span_values = span_values.repeat_interleave(group, dim=1)
             out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=self.head_dim**-0.5, enable_gqa=self.heads != self.kv_heads
+                q, span_keys, span_values, attn_mask=mask, scale=self.head_dim**-0.5, enable_gqa=grouped and tokens == 1
             )
             x = x + attn.o_proj(out.transpose(1, 2).reshape(rows, tokens, self.heads * self.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -252,8 +260,8 @@ class GraphDecoder:
         self.sequences[:, :length] = input_ids
         positions = attention_mask.long().cumsum(-1) - 1
         positions.masked_fill_(attention_mask == 0, 1)  # what HF generate gives padding (never attended)
-        causal = torch.ones((length, self.max_len), dtype=torch.bool, device=input_ids.device).tril()
-        mask = causal[None, None] & self.attended[:, None, None, :]
+        causal = torch.ones((length, length), dtype=torch.bool, device=input_ids.device).tril()
+        mask = causal[None, None] & self.attended[:, None, None, :length]  # the prompt's slots: nothing later yet
         # A padding query sees no key: let it see itself, or sdpa returns NaN there (masked for real rows anyway).
         mask[:, :, torch.arange(length), torch.arange(length)] = True
         logits = self.loop.forward(input_ids, positions, torch.arange(length, device=input_ids.device), mask)
