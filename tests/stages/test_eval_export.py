@@ -234,6 +234,34 @@ def test_evaluate_base_vs_tuned_and_the_forgetting_gate(run, tmp_path):
     assert len((tmp_path / "generations.jsonl").read_text().splitlines()) == 4
 
 
+def test_the_recorded_decoder_gives_the_evaluation_hf_generate_gives(run, tmp_path):
+    """The evaluate stage with evaluate.kv_cache static (the recorded decode step, eager on a CPU) against dynamic
+    (HF generate): the same completions for base and tuned, so the same scores."""
+    from r1lib.config import EvalConfig, ModelConfig, TokenizeConfig
+    from r1lib.stages import Candidate, HeldOut
+    from tasks.evaluate import evaluate
+
+    results = {}
+    for cache in ("dynamic", "static"):
+        out = tmp_path / cache
+        results[cache] = evaluate(
+            Candidate(model_dir=run["model_dir"], adapter_dir=run["adapter"]),
+            HeldOut(records=run["test_records"], dataset=run["test_dataset"], replay=run["replay_dataset"]),
+            ModelConfig(),
+            EvalConfig(max_examples=6, batch_size=4, max_new_tokens=48, perplexity_rows=4, kv_cache=cache),
+            TokenizeConfig(),
+            out,
+        )
+    dynamic, static = results["dynamic"], results["static"]
+    assert (tmp_path / "static" / "generations.jsonl").read_text() == (
+        tmp_path / "dynamic" / "generations.jsonl"
+    ).read_text()
+    for side in ("base", "tuned"):
+        a, b = getattr(dynamic, side), getattr(static, side)
+        assert (a.accuracy, a.format_ok, a.generated) == (b.accuracy, b.format_ok, b.generated) and a.generated == 6
+        assert a.generation.new_tokens == b.generation.new_tokens > 0
+
+
 # --- export -------------------------------------------------------------------------------------------------------
 
 
