@@ -326,3 +326,38 @@ def test_a_roots_lock_held_for_good_does_not_hang_the_export(ram, tmp_path, monk
             assert scratch.scratch_folder("auto", tmp_path / "r" / "convert", 10, "r").parent == ram
     assert "held for over" in caplog.text
 
+
+def test_a_run_starting_while_an_export_probes_its_lock_is_not_refused(ram, tmp_path, monkeypatch):
+    """``run_ended`` takes a run folder's lock for an instant; a run of that folder starting in that instant (a killed
+    run started again) must wait it out, not fail as if a run held its folder."""
+    import fcntl
+    import threading
+    import time
+
+    from r1lib.io import exclusive_dir
+
+    fake_memory(monkeypatch, free=2**40, available=2**40)
+    killed = tmp_path / "killed" / "convert"
+    with exclusive_dir(killed.parent):
+        scratch.scratch_folder("auto", killed, 10, "killed")
+    real_flock, outcome = fcntl.flock, []
+
+    def restart():
+        try:
+            with exclusive_dir(killed.parent):
+                outcome.append("started")
+        except Exception as exc:  # noqa: BLE001 - the refusal is the outcome under test
+            outcome.append(repr(exc))
+
+    def probing(handle, operation):
+        real_flock(handle, operation)
+        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB and threading.current_thread() is threading.main_thread():
+            starter.start()
+            time.sleep(0.3)  # the restart tries while the probe holds the lock
+
+    starter = threading.Thread(target=restart)
+    monkeypatch.setattr(fcntl, "flock", probing)
+    scratch.remove_orphans(ram)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    starter.join(10)
+    assert outcome == ["started"]
