@@ -16,14 +16,13 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 from prefect.futures import PrefectFuture, wait
 
 from r1lib.config import PipelineConfig
 from r1lib.export.gguf import GGUFFile
 from r1lib.export.merge import stream_merge_plan
-from r1lib.export.scratch import remove_run_scratch
+from r1lib.export.scratch import discard, remove_run_scratch
 from r1lib.ops.timeline import timed
 from r1lib.stages import settings
 from tasks.export import convert_task, merge_task, quantize_task
@@ -75,7 +74,7 @@ class ExportBranch:
         quantized = [file for future in self.quantized for file in future.result()]
         if self.keep_full or not quantized:
             return [full, *quantized]
-        Path(full.path).unlink(missing_ok=True)
+        discard(full.path)
         log.info("deleted %s: export.keep_full_precision is off, it was the quantizer's input", full.path)
         return quantized
 

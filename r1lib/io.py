@@ -265,13 +265,16 @@ class DirectoryBusy(RuntimeError):
     """Another process holds the lock of a directory (e.g. a second run training into the same run directory)."""
 
 
+PROBE_GRACE = 1.0  # seconds a run waits for its folder's lock even when it waits for no holder
+
+
 @contextlib.contextmanager
 def exclusive_dir(path: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` (a ``.lock`` file inside) while the block runs.
 
-    A second holder waits up to ``wait_seconds`` and then fails with a message naming the process that holds it. The
-    lock is a kernel ``flock``: it is released when its holder exits, killed processes included, so it never goes
-    stale.
+    A second holder waits up to ``wait_seconds`` (at least ``PROBE_GRACE``) and then fails with a message naming the
+    process that holds it. The lock is a kernel ``flock``: it is released when its holder exits, killed processes
+    included, so it never goes stale.
     """
     import fcntl
     import time
@@ -280,7 +283,8 @@ def exclusive_dir(path: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
     lock_path = path / ".lock"
     handle = open(lock_path, "a+")
-    deadline = time.monotonic() + wait_seconds
+    # at least a moment: another run's export probes this lock for an instant (r1lib/export/scratch.py: run_ended)
+    deadline = time.monotonic() + max(wait_seconds, PROBE_GRACE)
     try:
         while True:
             try:
@@ -293,7 +297,7 @@ def exclusive_dir(path: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
                     raise DirectoryBusy(
                         f"{path} is in use by {holder}; wait for it to finish or use another run_name"
                     ) from None
-                time.sleep(0.5)
+                time.sleep(0.05)
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,31 +111,57 @@ def run_ended(export_dir: Path) -> bool:
     lock = export_dir.parent / ".lock"
     if not lock.is_file():
         return not export_dir.parent.exists()
-    with open(lock, "a") as handle:
+    try:  # read-only: flock needs no write access (another user's run folder, a read-only filesystem)
+        handle = open(lock, "rb")
+    except OSError:
+        return False
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:
             return False
         fcntl.flock(handle, fcntl.LOCK_UN)
         return True
 
 
+def _own_folder(folder: Path) -> bool:
+    """A real folder of this user, no symlink: the only kind this module writes into, counts or removes."""
+    try:
+        info = folder.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+
+
 def owners(root: Path) -> list[tuple[Path, dict]]:
-    """The subfolders of ``root`` this pipeline made (``r1-finetune-*`` with an ``owner.json``), with their record."""
+    """The subfolders of ``root`` this pipeline made (this user's ``r1-finetune-*`` folders, no symlink, with an
+    ``owner.json`` naming an export folder), with their record; a ``need`` that is no byte count reads as 0."""
     found = []
     for folder in sorted(root.glob("r1-finetune-*")):
+        if not _own_folder(folder):
+            continue  # a symlink (its target is not ours) or another user's folder
         try:
             record = json.loads((folder / OWNER).read_text())
-            Path(record["export_dir"])
+            if not isinstance(record["export_dir"], str):
+                continue
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not ours, or being made right now
+        need = record.get("need")
+        record["need"] = need if type(need) is int and need > 0 else 0
         found.append((folder, record))
     return found
 
 
 def folder_bytes(folder: Path) -> int:
-    """Bytes of the files in a scratch subfolder, its own record aside."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != OWNER)
+    """Bytes of the files in a scratch subfolder, its own record aside. A symlink counts as nothing (what it points
+    at was not written here), a file removed while it is counted (its run ending) as nothing."""
+    total = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(parent, name))
+                total += info.st_size if stat.S_ISREG(info.st_mode) and name != OWNER else 0
+    return total
 
 
 def remove_orphans(root: Path) -> None:
@@ -151,48 +178,99 @@ def remove_orphans(root: Path) -> None:
 def promised(root: Path) -> int:
     """Bytes the running exports into ``root`` have yet to write: each one's expected size less what its folder
     holds now. Two runs that start their exports together must not both count the same free RAM."""
-    return sum(max(0, int(record.get("need", 0)) - folder_bytes(folder)) for folder, record in owners(root))
+    return sum(max(0, record["need"] - folder_bytes(folder)) for folder, record in owners(root))
+
+
+LOCK_WAIT = 60.0  # seconds: choosing takes well under one; a holder stuck longer must not hang every export
 
 
 @contextlib.contextmanager
 def root_lock(root: Path) -> Iterator[None]:
-    """One export at a time chooses its place in ``root`` (a flock on a file there; none where it cannot be made)."""
+    """One export at a time chooses its place in ``root`` (a flock on a file there, never opened through a symlink;
+    none where it cannot be made, or after ``LOCK_WAIT`` seconds of another holder, logged)."""
     import fcntl
+    import time
 
+    lock = root / ".r1-finetune.lock"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / ".r1-finetune.lock", "a")
+        handle = os.fdopen(os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "rb")
     except OSError:
         yield
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    log.warning("%s held for over %.0f s: choosing the scratch place without it", lock, LOCK_WAIT)
+                    break
+                time.sleep(0.1)
         yield
 
 
 def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) -> Path:
     """The folder the temporary full-precision GGUF is written to (made here, with its ``owner.json``: export
     folder and expected size), logged with the reason. First the root's orphaned subfolders go (``remove_orphans``);
-    the choice is made under the root's lock, counting what running exports will still write there (``promised``)."""
+    the choice is made under the root's lock, counting what running exports will still write there (``promised``).
+    A subfolder that cannot be made there as this user's own folder (a symlink or a file in its place, a read-only or
+    unwritable root): ``auto`` falls back to the export folder, a named folder fails naming the setting."""
     if setting == "export":
         root, why = scratch_root(setting, need)
         return _made(Path(export_dir), need, why)
     base = RAM_DIR if setting == "auto" else Path(setting)
     with root_lock(base) if base.is_dir() or setting != "auto" else contextlib.nullcontext():
         remove_orphans(base)
+        mine = run_folder(base, run, export_dir)
+        if _own_folder(mine):  # left by an earlier attempt at this export folder (a killed run restarted, a retry)
+            shutil.rmtree(mine, ignore_errors=True)
         root, why = scratch_root(setting, need, promised(base))
         if root is None:
             return _made(Path(export_dir), need, why)
         folder = run_folder(root, run, export_dir)
+        refused = _claim(folder, {"export_dir": str(Path(export_dir).resolve()), "need": need})
+        if refused is None:
+            return _made(folder, need, why)
+        if setting != "auto":
+            raise ExportCheckError(
+                f"export.scratch_dir {setting!r}: {refused}; name a writable folder, or set it to auto or export"
+            )
+        return _made(Path(export_dir), need, f"{refused} ({why})")
+
+
+def _claim(folder: Path, record: dict) -> str | None:
+    """Make ``folder`` with its ``owner.json`` (written to a temporary name, then renamed); None, or why it cannot:
+    nothing is written through a symlink or into a folder that is not this user's."""
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / OWNER).write_text(json.dumps({"export_dir": str(Path(export_dir).resolve()), "need": need}))
-        return _made(folder, need, why)
+        if not _own_folder(folder):
+            return f"{folder} is a symlink or not this user's folder"
+        temporary = folder / f".{OWNER}.tmp"
+        temporary.unlink(missing_ok=True)
+        temporary.write_text(json.dumps(record))
+        os.replace(temporary, folder / OWNER)
+    except OSError as exc:
+        return f"{folder} cannot be made ({exc.strerror or exc})"
+    return None
 
 
 def _made(folder: Path, need: int, why: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     log.info("temporary full-precision GGUF (%.1f GiB) in %s: %s", need / 2**30, folder, why)
     return folder
+
+
+def discard(path: str | Path) -> None:
+    """Delete the temporary full-precision GGUF and, where it lies in a scratch subfolder, that folder too: an empty
+    one would still count as what its export has yet to write (``promised``) until the run ends."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    folder = path.parent
+    if folder.name.startswith("r1-finetune-") and _own_folder(folder) and (folder / OWNER).is_file():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_run_scratch(setting: str, run_dir: str | Path) -> None:
@@ -206,6 +284,6 @@ def remove_scratch(setting: str, run: str, export_dir: str | Path) -> None:
     if setting == "export":
         return
     folder = run_folder(RAM_DIR if setting == "auto" else setting, run, export_dir)
-    if folder.is_dir():
+    if _own_folder(folder):
         shutil.rmtree(folder, ignore_errors=True)
         log.info("removed the scratch folder %s", folder)

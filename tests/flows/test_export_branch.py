@@ -94,3 +94,26 @@ def test_stages_submitted_to_threads_carry_no_timeout():
     from flows.finetune import evaluate, fairness_check
 
     assert [t.timeout_seconds for t in (evaluate, fairness_check, merge, convert, quantize)] == [None] * 5
+
+
+def test_a_deleted_temporary_gguf_takes_its_ram_folder_with_it(tmp_path, monkeypatch):
+    """Once the quantizers have read it, the temporary F16 goes and its scratch folder with it: an empty folder of a
+    run still running (its smoke test, card) would count as RAM its export has yet to fill (scratch.promised)."""
+    from types import SimpleNamespace
+
+    from flows.export import ExportBranch
+    from r1lib.export import scratch
+
+    ram = tmp_path / "shm"
+    ram.mkdir()
+    monkeypatch.setattr(scratch, "RAM_DIR", ram)
+    monkeypatch.setattr(scratch.shutil, "disk_usage", lambda _: SimpleNamespace(free=2**40))
+    monkeypatch.setattr(scratch, "available_memory", lambda: 2**40)
+    export = tmp_path / "run" / "convert"
+    with exclusive_dir(export.parent):
+        folder = scratch.scratch_folder("auto", export, 60, "run")
+        (folder / "run-F16.gguf").write_bytes(b"x" * 60)
+        done = SimpleNamespace(result=lambda: SimpleNamespace(path=str(folder / "run-F16.gguf")))
+        quantized = SimpleNamespace(result=lambda: ["q8"])
+        assert ExportBranch(done, done, [quantized], keep_full=False).ggufs() == ["q8"]
+        assert not folder.exists() and scratch.promised(ram) == 0

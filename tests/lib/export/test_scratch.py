@@ -181,3 +181,183 @@ def test_a_second_export_counts_what_the_first_has_yet_to_write(ram, tmp_path, m
         assert scratch.scratch_folder("auto", second, 60, "two") == second  # 100 free - 60 promised < 60
         (scratch.run_folder(ram, "one", first) / "one-F16.gguf").write_bytes(b"x" * 60)
         assert scratch.promised(ram) == 0
+
+
+def write_owner(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / scratch.OWNER).write_text(text)
+
+
+@pytest.mark.parametrize("need", ['"abc"', "null", "1e400", "NaN", "[1]", "-5", "true", "1.5"])
+def test_an_owner_record_whose_need_is_no_byte_count_promises_nothing(ram, tmp_path, monkeypatch, need):
+    """A garbage ``need`` (hand-edited, another tool's, a hostile user's) neither fails the export nor holds RAM."""
+    from r1lib.io import exclusive_dir
+
+    fake_memory(monkeypatch, free=100, available=2**40)
+    live = tmp_path / "live" / "convert"
+    with exclusive_dir(live.parent):
+        odd = scratch.run_folder(ram, "live", live)
+        write_owner(odd, f'{{"export_dir": "{live}", "need": {need}}}')
+        assert scratch.promised(ram) == 0
+        assert scratch.scratch_folder("auto", tmp_path / "next" / "convert", 60, "next").parent == ram
+        assert odd.is_dir()  # its run is running: kept
+
+
+def test_a_run_lock_this_process_may_not_open_for_writing_is_still_probed(ram, tmp_path, monkeypatch):
+    """Another user's run folder, or one on a read-only filesystem: its lock opens read-only; the export neither fails
+    nor takes a live run's file (here every open for writing in the module is refused, as EACCES/EROFS would)."""
+    import builtins
+
+    from r1lib.io import exclusive_dir
+
+    fake_memory(monkeypatch, free=2**40, available=2**40)
+    killed, running = tmp_path / "killed" / "convert", tmp_path / "running" / "convert"
+    with exclusive_dir(killed.parent):
+        dead = scratch.scratch_folder("auto", killed, 10, "killed")
+
+    def read_only(path, mode="r", *args, **kwargs):
+        if set(mode) & set("wax+"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, mode, *args, **kwargs)
+
+    with exclusive_dir(running.parent):
+        alive = scratch.scratch_folder("auto", running, 10, "running")
+        monkeypatch.setattr(scratch, "open", read_only, raising=False)
+        scratch.remove_orphans(ram)
+        assert alive.is_dir() and not dead.exists()
+
+
+def test_a_symlink_or_a_file_in_place_of_the_runs_folder_is_never_written_through(ram, tmp_path, monkeypatch, caplog):
+    """/dev/shm is everyone's: a link planted at the run's (predictable) folder name must not make the export write its
+    record and its 14 GB file into the link's target, nor a file there fail it; a named folder fails naming the
+    setting."""
+    from r1lib.errors import ExportCheckError
+
+    fake_memory(monkeypatch, free=2**40, available=2**40)
+    important = tmp_path / "important"
+    important.mkdir()
+    (important / scratch.OWNER).write_text("precious")
+    export = tmp_path / "run" / "convert"
+    scratch.run_folder(ram, "run", export).symlink_to(important)
+    with caplog.at_level("INFO", logger=scratch.log.name):
+        assert scratch.scratch_folder("auto", export, 10, "run") == export
+    assert "symlink" in caplog.text
+    assert [p.name for p in important.iterdir()] == [scratch.OWNER] and (important / scratch.OWNER).read_text() == (
+        "precious"
+    )
+    scratch.remove_scratch("auto", "run", export)  # the run's end leaves the link alone too
+    assert scratch.run_folder(ram, "run", export).is_symlink()
+    other = tmp_path / "other" / "convert"
+    scratch.run_folder(ram, "other", other).write_text("not a folder")
+    assert scratch.scratch_folder("auto", other, 10, "other") == other
+    assert scratch.run_folder(ram, "other", other).read_text() == "not a folder"
+    with pytest.raises(ExportCheckError, match="export.scratch_dir .*symlink"):
+        scratch.scratch_folder(str(ram), export, 10, "run")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ExportCheckError, match="export.scratch_dir .*a-file.*cannot be made"):
+        scratch.scratch_folder(str(tmp_path / "a-file"), export, 10, "run")
+
+
+def test_a_symlinked_scratch_folder_is_neither_counted_nor_reported_removed(ram, tmp_path, caplog):
+    """A ``r1-finetune-*`` link to a folder elsewhere (with an owner record there) is not ours: the removal that cannot
+    happen is not logged as done at every export, and what lies behind it is not promised RAM."""
+    victim = tmp_path / "victim"
+    write_owner(victim, json.dumps({"export_dir": str(tmp_path / "gone" / "convert"), "need": 50}))
+    (victim / "data").write_text("keep")
+    (ram / "r1-finetune-evil-0123456789").symlink_to(victim)
+    with caplog.at_level("INFO", logger=scratch.log.name):
+        scratch.remove_orphans(ram)
+    assert "removed" not in caplog.text and (victim / "data").read_text() == "keep"
+    assert scratch.promised(ram) == 0
+
+
+def test_a_symlink_inside_a_live_runs_folder_counts_as_nothing_written(ram, tmp_path, monkeypatch):
+    """A link inside a scratch folder to a large file elsewhere does not make its run's promise look kept: the
+    second export must still not count the same free RAM."""
+    from r1lib.io import exclusive_dir
+
+    fake_memory(monkeypatch, free=100, available=2**40)
+    first, second = tmp_path / "one" / "convert", tmp_path / "two" / "convert"
+    (tmp_path / "big").write_bytes(b"x" * 100)
+    with exclusive_dir(first.parent), exclusive_dir(second.parent):
+        folder = scratch.scratch_folder("auto", first, 60, "one")
+        (folder / "link").symlink_to(tmp_path / "big")
+        assert scratch.promised(ram) == 60
+        assert scratch.scratch_folder("auto", second, 60, "two") == second
+
+
+def test_a_restarted_runs_leftover_file_is_removed_before_the_room_is_measured(ram, tmp_path, monkeypatch):
+    """A run killed by the out-of-memory killer and started again in its folder: its own earlier scratch folder (same
+    name, now under its own held lock, so no orphan) holds the dead attempt's file; it goes before the room is
+    measured, or the restart would find its own garbage filling RAM."""
+    from r1lib.io import exclusive_dir
+
+    def usage(_):
+        return type("U", (), {"free": 100 - scratch.folder_bytes(ram)})()
+
+    monkeypatch.setattr(scratch.shutil, "disk_usage", usage)
+    monkeypatch.setattr(scratch, "available_memory", lambda: 2**40)
+    export = tmp_path / "exp" / "convert"
+    with exclusive_dir(export.parent):
+        folder = scratch.scratch_folder("auto", export, 60, "exp")
+        (folder / "exp-F16.gguf").write_bytes(b"x" * 60)  # then SIGKILL
+    with exclusive_dir(export.parent):  # the restart
+        assert scratch.scratch_folder("auto", export, 60, "exp") == folder
+        assert not (folder / "exp-F16.gguf").exists()
+
+
+def test_the_roots_lock_is_not_opened_through_a_symlink(ram, tmp_path, monkeypatch):
+    fake_memory(monkeypatch, free=2**40, available=2**40)
+    (tmp_path / "elsewhere").mkdir()
+    (ram / ".r1-finetune.lock").symlink_to(tmp_path / "elsewhere" / "created")
+    assert scratch.scratch_folder("auto", tmp_path / "r" / "convert", 10, "r").parent == ram
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_roots_lock_held_for_good_does_not_hang_the_export(ram, tmp_path, monkeypatch, caplog):
+    """Another user's stuck process holding the root's lock: the export waits ``LOCK_WAIT``, says so and goes on."""
+    import fcntl
+
+    fake_memory(monkeypatch, free=2**40, available=2**40)
+    monkeypatch.setattr(scratch, "LOCK_WAIT", 0.3)
+    with open(ram / ".r1-finetune.lock", "a") as stuck:
+        fcntl.flock(stuck, fcntl.LOCK_EX)
+        with caplog.at_level("WARNING", logger=scratch.log.name):
+            assert scratch.scratch_folder("auto", tmp_path / "r" / "convert", 10, "r").parent == ram
+    assert "held for over" in caplog.text
+
+
+def test_a_run_starting_while_an_export_probes_its_lock_is_not_refused(ram, tmp_path, monkeypatch):
+    """``run_ended`` takes a run folder's lock for an instant; a run of that folder starting in that instant (a killed
+    run started again) must wait it out, not fail as if a run held its folder."""
+    import fcntl
+    import threading
+    import time
+
+    from r1lib.io import exclusive_dir
+
+    fake_memory(monkeypatch, free=2**40, available=2**40)
+    killed = tmp_path / "killed" / "convert"
+    with exclusive_dir(killed.parent):
+        scratch.scratch_folder("auto", killed, 10, "killed")
+    real_flock, outcome = fcntl.flock, []
+
+    def restart():
+        try:
+            with exclusive_dir(killed.parent):
+                outcome.append("started")
+        except Exception as exc:  # noqa: BLE001 - the refusal is the outcome under test
+            outcome.append(repr(exc))
+
+    def probing(handle, operation):
+        real_flock(handle, operation)
+        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB and threading.current_thread() is threading.main_thread():
+            starter.start()
+            time.sleep(0.3)  # the restart tries while the probe holds the lock
+
+    starter = threading.Thread(target=restart)
+    monkeypatch.setattr(fcntl, "flock", probing)
+    scratch.remove_orphans(ram)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    starter.join(10)
+    assert outcome == ["started"]
