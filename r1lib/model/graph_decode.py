@@ -365,7 +365,7 @@ def recorded_generate(model):
     import torch
 
     original = model.generate
-    state = {"failed": None}
+    state = {"failed": None, "told": set()}
 
     def generate(input_ids=None, attention_mask=None, generation_config=None, **other):
         config = None if generation_config is None else resolved(model, generation_config)
@@ -377,6 +377,9 @@ def recorded_generate(model):
             else generation_unsupported(config) or LayerLoop.unsupported(model)
         )
         if why or state["failed"]:
+            if why and why not in state["told"]:  # once per reason: the rollouts' path is in the train log
+                state["told"].add(why)
+                log.info("rollout through HF generate: %s", why)
             return original(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
                             **other)  # fmt: skip
         sampling = Sampling(
