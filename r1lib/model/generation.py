@@ -86,6 +86,7 @@ class GenerationStats(BaseModel):
     truncated_thinking: int  # of those, the ones still inside the think block (no </think> yet)
     batch_size: int
     stopped_by_time_limit: bool
+    decoder: str = "HF generate"  # what generated the pass: the recorded decode step, or HF generate and why
 
 
 TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -160,6 +161,7 @@ def generate(
     decoder = graph_decoder(
         model, cfg, min(batch_size, len(prompts)), max(lengths, default=0) + max_new_tokens, eos, tokenizer.pad_token_id
     )
+    path = "HF generate" if decoder is None else "recorded decode step" + (" (CUDA graph)" if decoder.capture else "")
     outputs: list[str | None] = [None] * len(prompts)
     new_tokens = truncated = truncated_thinking = done = 0
     started, stopped = time.monotonic(), False
@@ -182,7 +184,7 @@ def generate(
                 except Exception as exc:  # noqa: BLE001 - the pass goes on with HF generate
                     log.warning("the recorded decode step failed (%s: %s); HF generate does the rest of this pass",
                                 type(exc).__name__, str(exc)[:300])  # fmt: skip
-                    decoder = None
+                    decoder, path = None, f"HF generate after the recorded step failed ({type(exc).__name__})"
             if out is None:
                 out = model.generate(**batch, **kwargs, max_time=remaining, use_cache=True)
         check_continuations(batch["input_ids"], out, rows)
@@ -207,6 +209,7 @@ def generate(
         truncated_thinking=truncated_thinking,
         batch_size=batch_size,
         stopped_by_time_limit=stopped,
+        decoder=path,
     )
     if truncated_thinking:  # the caller warns where it matters (the fine-tuned model's answers: tasks/evaluate.py)
         log.info(

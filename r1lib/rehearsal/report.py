@@ -129,7 +129,8 @@ def markdown(result: dict) -> str:
     gen = result.get("eval_generation") or {}
     if gen:
         lines += [
-            f"Evaluation generation ({gen.get('mode')}, batch {gen.get('batch')}, max_new_tokens "
+            f"Evaluation generation ({gen.get('mode')}, {gen.get('decoder', 'HF generate')}, batch {gen.get('batch')}, "
+            "max_new_tokens "
             f"{gen.get('max_new_tokens')}): base {_fmt(gen.get('base_tokens_per_s'))} tokens/s, fine-tuned "
             f"{_fmt(gen.get('tokens_per_s'))} tokens/s; plain HF generate on the 4-bit model with the adapter "
             f"attached {_fmt(gen.get('hf_generate_tokens_per_s'))} tokens/s ({_baseline(gen)}): "

@@ -184,6 +184,7 @@ def collect(result) -> dict:
         base, tuned, speed = evaluation.base.generation, evaluation.tuned.generation, evaluation.speed
         out["eval_generation"] = {
             "mode": speed.get("mode"),
+            "decoder": tuned.decoder,
             "batch": speed.get("batch"),
             "reason": speed.get("reason"),
             "max_new_tokens": evaluation.decoding.max_new_tokens,

@@ -260,6 +260,7 @@ def test_the_recorded_decoder_gives_the_evaluation_hf_generate_gives(run, tmp_pa
         a, b = getattr(dynamic, side), getattr(static, side)
         assert (a.accuracy, a.format_ok, a.generated) == (b.accuracy, b.format_ok, b.generated) and a.generated == 6
         assert a.generation.new_tokens == b.generation.new_tokens > 0
+        assert (a.generation.decoder, b.generation.decoder) == ("HF generate", "recorded decode step")
 
 
 # --- export -------------------------------------------------------------------------------------------------------
