@@ -97,6 +97,9 @@ def disk_plan(shape: str, folder: Path) -> dict:
     }
 
 
+CPU_TRAINING = {"train.micro_batch_size": 1, "train.gradient_accumulation": 1}
+
+
 def rehearsal_config(args, model_dir: Path, data: dict, work: Path):
     from r1lib.presets import preset, set_field
     from r1lib.rehearsal.meter import cpu_count
@@ -133,6 +136,11 @@ def rehearsal_config(args, model_dir: Path, data: dict, work: Path):
         # (8 layers; F16: 0.014), about as the square root of depth: near 0.9 at 32, where the default 0.5 failed.
         "smoke.quantized_parity_logit_tolerance": 1.0,
     }
+    import torch
+
+    if not torch.cuda.is_available():  # 8 rows of 4,096 tokens (a GPU preset) hold 20 GB of logits on a CPU
+        overrides |= CPU_TRAINING
+        print(f"[rehearse] no CUDA device: training sized for a CPU {CPU_TRAINING} (--set overrides it)", flush=True)
     for key, value in overrides.items():
         set_field(config, f"{key}={json.dumps(value)}")
     for item in args.set:
