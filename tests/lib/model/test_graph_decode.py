@@ -315,3 +315,21 @@ def test_the_decoder_does_not_depend_on_the_models_forward_keeping_its_cache(tin
     assert broken != expected  # HF generate through such a forward loses the context
     got, stats = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "static"}))
     assert got == expected and stats.generated == len(prompts)
+
+
+def test_a_decoder_that_cannot_be_built_hands_the_pass_to_hf_generate(tiny, monkeypatch, caplog):
+    from r1lib.config import EvalConfig
+    from r1lib.model import graph_decode
+    from r1lib.model.generation import generate
+
+    model, tokenizer, prompts = tiny
+    cfg = EvalConfig(max_new_tokens=8, batch_size=2)
+    expected, _ = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "dynamic"}))
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory while allocating the KV cache")
+
+    monkeypatch.setattr(graph_decode, "LayerLoop", type("Broken", (graph_decode.LayerLoop,), {"__init__": no_memory}))
+    got, stats = generate(model, tokenizer, prompts, cfg.model_copy(update={"kv_cache": "static"}))
+    assert got == expected and stats.decoder == "HF generate: the recorded step could not be built (RuntimeError)"
+    assert "could not be built (RuntimeError: CUDA out of memory" in caplog.text
