@@ -268,6 +268,22 @@ class DirectoryBusy(RuntimeError):
 PROBE_GRACE = 1.0  # seconds a run waits for its folder's lock even when it waits for no holder
 
 
+def flock_within(handle, seconds: float, poll: float = 0.05) -> bool:
+    """Take an exclusive ``flock`` on the open file ``handle``, trying every ``poll`` seconds for up to ``seconds``
+    (0: one try); False when another holder kept it that long. Other errors of ``flock`` propagate."""
+    import fcntl
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+
+
 @contextlib.contextmanager
 def exclusive_dir(path: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` (a ``.lock`` file inside) while the block runs.
@@ -276,28 +292,16 @@ def exclusive_dir(path: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
     process that holds it. The lock is a kernel ``flock``: it is released when its holder exits, killed processes
     included, so it never goes stale.
     """
-    import fcntl
-    import time
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     lock_path = path / ".lock"
     handle = open(lock_path, "a+")
-    # at least a moment: another run's export probes this lock for an instant (r1lib/export/scratch.py: run_ended)
-    deadline = time.monotonic() + max(wait_seconds, PROBE_GRACE)
     try:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "another process"
-                    raise DirectoryBusy(
-                        f"{path} is in use by {holder}; wait for it to finish or use another run_name"
-                    ) from None
-                time.sleep(0.05)
+        # at least a moment: another run's export probes this lock for an instant (r1lib/export/scratch.py: run_ended)
+        if not flock_within(handle, max(wait_seconds, PROBE_GRACE)):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DirectoryBusy(f"{path} is in use by {holder}; wait for it to finish or use another run_name")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")

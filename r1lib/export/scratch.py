@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from r1lib.errors import ExportCheckError
+from r1lib.io import flock_within
 from r1lib.stages import out_dir
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ def run_ended(export_dir: Path) -> bool:
         return False
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not flock_within(handle, 0):
+                return False
         except OSError:
             return False
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -188,8 +190,6 @@ LOCK_WAIT = 60.0  # seconds: choosing takes well under one; a holder stuck longe
 def root_lock(root: Path) -> Iterator[None]:
     """One export at a time chooses its place in ``root`` (a flock on a file there, never opened through a symlink;
     none where it cannot be made, or after ``LOCK_WAIT`` seconds of another holder, logged)."""
-    import fcntl
-    import time
 
     lock = root / ".r1-finetune.lock"
     try:
@@ -199,16 +199,12 @@ def root_lock(root: Path) -> Iterator[None]:
         yield
         return
     with handle:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    log.warning("%s held for over %.0f s: choosing the scratch place without it", lock, LOCK_WAIT)
-                    break
-                time.sleep(0.1)
+        try:
+            held = not flock_within(handle, LOCK_WAIT, poll=0.1)
+        except OSError:  # a filesystem without flock: as where the lock file cannot be made
+            held = False
+        if held:
+            log.warning("%s held for over %.0f s: choosing the scratch place without it", lock, LOCK_WAIT)
         yield
 
 
@@ -230,10 +226,9 @@ def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) ->
         root, why = scratch_root(setting, need, promised(base))
         if root is None:
             return _made(Path(export_dir), need, why)
-        folder = run_folder(root, run, export_dir)
-        refused = _claim(folder, {"export_dir": str(Path(export_dir).resolve()), "need": need})
+        refused = _claim(mine, {"export_dir": str(Path(export_dir).resolve()), "need": need})  # root is base here
         if refused is None:
-            return _made(folder, need, why)
+            return _made(mine, need, why)
         if setting != "auto":
             raise ExportCheckError(
                 f"export.scratch_dir {setting!r}: {refused}; name a writable folder, or set it to auto or export"
