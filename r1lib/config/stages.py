@@ -23,10 +23,10 @@ class EvalConfig(Section):
     no_repeat_ngram_size: int = Field(0, ge=0, le=100)
     kv_cache: Literal["auto", "static", "dynamic"] = Field(
         "auto",
-        description="static: greedy decoding into a preallocated KV cache, the one-token decode step recorded once as "
+        description="static: decoding into a preallocated KV cache, the one-token decode step recorded once as "
         "a CUDA graph on a GPU and replayed (r1lib/model/graph_decode.py; no torch.compile); dynamic: plain HF "
-        "generate; auto: static on a CUDA device, dynamic elsewhere. Sampling, a repetition penalty or an attention "
-        "other than sdpa use HF generate whatever this says. bench/eval_generation.py measures both.",
+        "generate; auto: static on a CUDA device, dynamic elsewhere. A repetition penalty, n-gram blocking or a "
+        "model other than Llama / Qwen2 use HF generate whatever this says. bench/eval_generation.py measures both.",
     )
     max_forgetting_ratio: float | None = Field(
         FORGETTING_LIMIT,

@@ -22,7 +22,7 @@ from r1lib.data.records import answer_of
 from r1lib.data.visible import visible_text
 from r1lib.errors import PermanentError
 from r1lib.model.gpu_memory import GIB, available_bytes
-from r1lib.model.graph_decode import HF_TOP_K
+from r1lib.model.graph_decode import HF_TOP_K, base_model
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def own_generation_config(model):
     change what evaluation or the smoke test generate. The folder's own config is restored afterwards."""
     from transformers import GenerationConfig
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model(model)
     saved = inner.generation_config
     ignored = sorted(k for k in saved.to_diff_dict() if k not in (*TOKEN_IDS, "transformers_version"))
     if ignored:

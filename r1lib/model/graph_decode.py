@@ -60,6 +60,11 @@ def probabilities(logits, sampling: Sampling):
     return scores.softmax(-1)
 
 
+def base_model(model):
+    """The transformers model under a peft wrapper (``model`` itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 ARCHITECTURES = ("llama", "qwen2")  # the R1 distills' layer layout: pre-norm, rotary q/k, GQA, gated MLP
 
 
@@ -78,7 +83,7 @@ class LayerLoop:
     def __init__(self, model, batch: int, max_len: int):
         import torch
 
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner = base_model(model)
         config = inner.config
         self.body, self.head = inner.model, inner.lm_head
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -94,7 +99,7 @@ class LayerLoop:
     @staticmethod
     def unsupported(model) -> str | None:
         """Why the loop cannot stand in for ``model``'s forward; None when it can."""
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner = base_model(model)
         config = inner.config
         if getattr(config, "model_type", None) not in ARCHITECTURES:
             return f"architecture {getattr(config, 'model_type', None)!r} (the decoder runs {', '.join(ARCHITECTURES)})"
