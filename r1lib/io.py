@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from r1lib.errors import DiskFull
+from r1lib.errors import ConfigError, DiskFull, PermanentError
 
 log = logging.getLogger(__name__)
 _HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
@@ -295,10 +295,22 @@ def exclusive_dir(path: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     lock_path = path / ".lock"
-    handle = open(lock_path, "a+")
+    try:  # never through a symlink: the holder's pid is written into the file, which a link's target would lose
+        handle = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644), "a+")
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise PermanentError(f"{lock_path} is a symlink, not a lock file of this folder: remove it") from exc
     try:
         # at least a moment: another run's export probes this lock for an instant (r1lib/export/scratch.py: run_ended)
-        if not flock_within(handle, max(wait_seconds, PROBE_GRACE)):
+        try:
+            taken = flock_within(handle, max(wait_seconds, PROBE_GRACE))
+        except OSError as exc:  # a filesystem without flock (some NFS, Lustre mounts): one run per folder unknowable
+            raise ConfigError(
+                f"cannot lock {lock_path} ({exc.strerror or exc}): set runs_dir to a folder on a filesystem with flock "
+                "(a local disk)"
+            ) from exc
+        if not taken:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise DirectoryBusy(f"{path} is in use by {holder}; wait for it to finish or use another run_name")

@@ -195,7 +195,8 @@ def root_lock(root: Path) -> Iterator[None]:
     try:
         root.mkdir(parents=True, exist_ok=True)
         handle = os.fdopen(os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644), "rb")
-    except OSError:
+    except OSError as exc:  # a symlink or a folder in its place, a read-only root: another export is not kept out
+        log.warning("%s cannot be a lock (%s): choosing the scratch place without it", lock, exc.strerror or exc)
         yield
         return
     with handle:

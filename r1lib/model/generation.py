@@ -164,7 +164,9 @@ def generate(
             tokenizer.pad_token_id,
         )  # fmt: skip
         path = (
-            "HF generate" if decoder is None else "recorded decode step" + (" (CUDA graph)" if decoder.capture else "")
+            f"HF generate{hf_reason(model, cfg)}"
+            if decoder is None
+            else "recorded decode step" + (" (CUDA graph)" if decoder.capture else "")
         )
     except Exception as exc:  # noqa: BLE001 - building the decoder must not fail the pass either
         log.warning("the recorded decode step could not be built (%s: %s); HF generate does this pass",
@@ -230,13 +232,27 @@ def generate(
     return outputs, stats
 
 
+def asks_recorded_step(model, cfg: EvalConfig) -> bool:
+    """Whether ``evaluate.kv_cache`` asks for the recorded step: ``static``, or ``auto`` on a CUDA device."""
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    return cfg.kv_cache == "static" or (cfg.kv_cache == "auto" and on_cuda)
+
+
+def hf_reason(model, cfg: EvalConfig) -> str:
+    """Why HF ``generate`` does a pass whose ``evaluate.kv_cache`` asks for the recorded step (``: <why>``), for the
+    pass's ``decoder``; empty where it does not ask for it."""
+    from r1lib.model.graph_decode import unsupported
+
+    why = unsupported(model, cfg) if asks_recorded_step(model, cfg) else None
+    return f": {why} needs it" if why else ""
+
+
 def graph_decoder(model, cfg: EvalConfig, batch: int, max_len: int, eos: int, pad: int):
     """The recorded-step decoder (r1lib/model/graph_decode.py) when ``evaluate.kv_cache`` asks for it (``static``,
     or ``auto`` on a CUDA device) and it supports the decoding; None: HF ``generate``."""
     from r1lib.model.graph_decode import Sampling, decoder_for, unsupported
 
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    if cfg.kv_cache == "dynamic" or (cfg.kv_cache == "auto" and not on_cuda) or batch < 1:
+    if not asks_recorded_step(model, cfg) or batch < 1:
         return None
     why = unsupported(model, cfg)
     if why is not None:

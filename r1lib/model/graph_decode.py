@@ -194,6 +194,9 @@ class GraphDecoder:
         # Up to four unpadded rows (the batch's longest prompt has none): a forward that some library replaced may
         # read left padding its own way, and the whole batch's reference would double the prefill's memory.
         rows = attention_mask.bool().all(-1).nonzero()[:4, 0]
+        if rows.numel() == 0:  # every row padded (a batch padded past its longest prompt): the longest, unpadded
+            rows = attention_mask.sum(-1).argmax()[None]
+            input_ids = input_ids[:, input_ids.shape[1] - int(attention_mask[rows].sum()) :]
         logits = logits[rows]
         reference = self.model(input_ids=input_ids[rows], use_cache=False, logits_to_keep=1).logits[:, -1, :]
         gap = float((logits.float() - reference.float()).abs().max())
@@ -364,9 +367,9 @@ def recorded_generate(model):
     """A drop-in for ``model.generate(input_ids=, attention_mask=, generation_config=)`` as TRL's GRPOTrainer calls it
     for its rollouts: the same left-padded prompt-plus-completion tensor, decoded by a GraphDecoder with the model in
     eval mode (no dropout, no gradient checkpointing; train mode is restored). Anything else it is asked (other
-    arguments, no attention mask, ``generation_unsupported`` of the config resolved as HF resolves it,
-    ``LayerLoop.unsupported``) goes to the model's own ``generate``, and so does every later call once the recorded path
-    has raised (logged once with the error)."""
+    arguments, no attention mask, a mask that is not left padding, ``generation_unsupported`` of the config resolved
+    as HF resolves it, ``LayerLoop.unsupported``) goes to the model's own ``generate``, and so does every later call
+    once the recorded path has raised (logged once with the error)."""
     import torch
 
     original = model.generate
@@ -379,6 +382,8 @@ def recorded_generate(model):
             if other
             else "no generation_config, input_ids or attention_mask"  # HF infers a missing mask from the padding
             if config is None or input_ids is None or attention_mask is None
+            else "a batch that is not left-padded"  # the decoder reads each row's last column as its last token
+            if not bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all())
             else generation_unsupported(config) or LayerLoop.unsupported(model)
         )
         if why or state["failed"]:

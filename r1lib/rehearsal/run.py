@@ -369,7 +369,9 @@ def grpo_stage(args, config, result, work: Path) -> tuple[dict, str | None]:
             "init_adapter": trained.adapter if trained is not None else None,
             "micro_batch_size": args.grpo_micro_batch,
             "gradient_accumulation": 1,
-            "grpo": config.train.grpo.model_validate(grpo_settings(args.grpo_generations, args.grpo_completion_tokens)),
+            "grpo": config.train.grpo.model_validate(  # the run's train.grpo (its --set too) under the stage's flags
+                config.train.grpo.model_dump() | grpo_settings(args.grpo_generations, args.grpo_completion_tokens)
+            ),
         }
     )
     try:
