@@ -8,8 +8,9 @@ file and the machine has the memory to spare beside it (``MEMORY_RESERVE``), els
 which and why. Each run writes into its own subfolder (``r1-finetune-<run>-<key of its export folder>``: two runs of
 one run name in two runs folders do not share it), removed when the run ends however it ends (flows/export.py:
 ``settled``). A run killed outright (SIGKILL, out of memory) cannot remove it: each subfolder names its export folder
-(``owner.json``), and the next export into that root removes every subfolder whose run has ended (its run folder's
-lock is free, or its run folder is gone) before it measures the room left (``remove_orphans``).
+(``owner.json``, with its host), and the next export into that root removes every subfolder whose run has ended (its
+run folder's lock is free, or its run folder is gone) before it measures the room left (``remove_orphans``); in a
+root two hosts share, only its own host's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from r1lib.errors import ExportCheckError
-from r1lib.io import flock_within
+from r1lib.io import _HOST, flock_within
 from r1lib.stages import out_dir
 
 log = logging.getLogger(__name__)
@@ -167,9 +168,12 @@ def folder_bytes(folder: Path) -> int:
 
 
 def remove_orphans(root: Path) -> None:
-    """Remove the subfolders of ``root`` that this pipeline made for runs that have ended without removing them;
-    each removal is logged with its size. Anything else is left alone."""
+    """Remove the subfolders of ``root`` that this pipeline made for runs of this host that have ended without
+    removing them; each removal is logged with its size. Anything else is left alone: another host's run folder
+    (a scratch root on a shared filesystem) may be on that host's own disk, absent or another folder here."""
     for folder, record in owners(root):
+        if record.get("host", _HOST) != _HOST:  # a root two hosts share: that run folder is not checkable here
+            continue
         if run_ended(Path(record["export_dir"])):
             size = folder_bytes(folder)
             shutil.rmtree(folder, ignore_errors=True)
@@ -227,7 +231,8 @@ def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) ->
         root, why = scratch_root(setting, need, promised(base))
         if root is None:
             return _made(Path(export_dir), need, why)
-        refused = _claim(mine, {"export_dir": str(Path(export_dir).resolve()), "need": need})  # root is base here
+        record = {"export_dir": str(Path(export_dir).resolve()), "need": need, "host": _HOST}
+        refused = _claim(mine, record)  # root is base here
         if refused is None:
             return _made(mine, need, why)
         if setting != "auto":

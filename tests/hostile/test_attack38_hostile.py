@@ -265,3 +265,26 @@ def test_the_grpo_stage_keeps_the_runs_own_grpo_settings(tmp_path, monkeypatch):
     settings = seen[0].grpo
     assert (settings.beta, settings.rollouts) == (0.3, "hf")
     assert (settings.num_generations, settings.max_completion_length) == (8, 1024)  # the stage's own flags
+
+
+def test_another_hosts_scratch_folder_in_a_shared_root_is_left_alone(tmp_path, monkeypatch):
+    """export.scratch_dir on a filesystem two hosts share, each run folder on its host's own disk: from the other host
+    the run folder is not there, so its export judged the run ended and removed the F16 GGUF being written."""
+    from r1lib.export import scratch
+    from r1lib.io import exclusive_dir
+
+    shared, run = tmp_path / "shared", tmp_path / "node-a" / "run"
+    shared.mkdir()
+    monkeypatch.setattr(scratch.shutil, "disk_usage", lambda _: SimpleNamespace(free=2**40))
+    monkeypatch.setattr(scratch, "available_memory", lambda: 2**40)
+    with exclusive_dir(run):
+        monkeypatch.setattr(scratch, "_HOST", "node-a", raising=False)
+        written = scratch.scratch_folder(str(shared), run / "export", 10, "run")
+    monkeypatch.setattr(scratch, "_HOST", "node-b", raising=False)
+    mine = tmp_path / "node-b" / "run"
+    with exclusive_dir(mine):
+        dead = scratch.scratch_folder(str(shared), mine / "export", 10, "dead")
+    run.parent.rename(tmp_path / "elsewhere")  # as node-b sees node-a's run folder: not there
+    scratch.remove_orphans(shared)
+    assert written.is_dir()  # node-a's, in flight
+    assert not dead.exists()  # node-b's own ended run: still removed
