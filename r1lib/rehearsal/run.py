@@ -53,8 +53,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--grpo-steps", type=int, default=0, help="GRPO steps after the flow, from its adapter (0: none)"
     )
-    parser.add_argument("--grpo-generations", type=int, default=8, help="train.grpo.num_generations")
-    parser.add_argument("--grpo-completion-tokens", type=int, default=1024, help="train.grpo.max_completion_length")
+    parser.add_argument(
+        "--grpo-generations", type=int, default=None, help="train.grpo.num_generations (default: the run's)"
+    )
+    parser.add_argument(
+        "--grpo-completion-tokens", type=int, default=None, help="train.grpo.max_completion_length (default: the run's)"
+    )
     parser.add_argument("--grpo-micro-batch", type=int, default=8, help="completions per micro-batch of the GRPO stage")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     parser.add_argument("--work", default="/tmp/r1-rehearse", help="scratch folder (model, data, run)")
@@ -364,14 +368,15 @@ def grpo_stage(args, config, result, work: Path) -> tuple[dict, str | None]:
     from r1lib.training.backends import choose_backend
 
     trained = getattr(result, "trained", None)
+    asked = config.train.grpo  # the run's train.grpo, its --set included; the stage's flags where given
+    generations = asked.num_generations if args.grpo_generations is None else args.grpo_generations
+    tokens = asked.max_completion_length if args.grpo_completion_tokens is None else args.grpo_completion_tokens
     train = config.train.model_copy(
         update={
             "init_adapter": trained.adapter if trained is not None else None,
             "micro_batch_size": args.grpo_micro_batch,
             "gradient_accumulation": 1,
-            "grpo": config.train.grpo.model_validate(  # the run's train.grpo (its --set too) under the stage's flags
-                config.train.grpo.model_dump() | grpo_settings(args.grpo_generations, args.grpo_completion_tokens)
-            ),
+            "grpo": asked.model_validate(asked.model_dump() | grpo_settings(generations, tokens)),
         }
     )
     try:

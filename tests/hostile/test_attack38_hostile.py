@@ -264,7 +264,31 @@ def test_the_grpo_stage_keeps_the_runs_own_grpo_settings(tmp_path, monkeypatch):
     assert grpo_stage(args, config, result, tmp_path) == ({}, None)
     settings = seen[0].grpo
     assert (settings.beta, settings.rollouts) == (0.3, "hf")
-    assert (settings.num_generations, settings.max_completion_length) == (8, 1024)  # the stage's own flags
+    assert (settings.num_generations, settings.max_completion_length) == (8, 1024)  # train.grpo's defaults
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [((), (4, 512)), (("--grpo-generations", "6", "--grpo-completion-tokens", "32"), (6, 32))],
+)
+def test_the_grpo_stage_takes_the_group_and_length_the_user_set(tmp_path, monkeypatch, flags, expected):
+    """``--set train.grpo.num_generations=4``: the stage's flags, defaulting to 8 and 1024, replaced it silently."""
+    from r1lib.rehearsal import grpo
+    from r1lib.rehearsal.run import grpo_stage
+
+    args, config = rehearsal(
+        tmp_path, monkeypatch, "--grpo-steps", "1", *flags, "--set", "train.grpo.num_generations=4",
+        "--set", "train.grpo.max_completion_length=512",
+    )  # fmt: skip
+    seen = []
+    monkeypatch.setattr(grpo, "measure_grpo", lambda model, model_cfg, train, *rest: seen.append(train) or {})
+    result = SimpleNamespace(
+        trained=SimpleNamespace(adapter=str(tmp_path / "adapter"), backend="hf"),
+        model_dir=str(tmp_path / "model"),
+        data=SimpleNamespace(train=SimpleNamespace(dataset=str(tmp_path / "tokenized"))),
+    )
+    grpo_stage(args, config, result, tmp_path)
+    assert (seen[0].grpo.num_generations, seen[0].grpo.max_completion_length) == expected
 
 
 def test_another_hosts_scratch_folder_in_a_shared_root_is_left_alone(tmp_path, monkeypatch):
