@@ -209,7 +209,8 @@ def root_lock(root: Path) -> Iterator[None]:
         except OSError:  # a filesystem without flock: as where the lock file cannot be made
             held = False
         if held:
-            log.warning("%s held for over %.0f s: choosing the scratch place without it", lock, LOCK_WAIT)
+            log.warning("%s held for over %.0f s: choosing the scratch place without it (export.scratch_dir can name "
+                        "another folder, or 'export')", lock, LOCK_WAIT)  # fmt: skip
         yield
 
 

@@ -90,6 +90,30 @@ def test_a_scratch_root_whose_lock_is_a_symlink_says_it_chooses_without_it(tmp_p
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_a_scratch_roots_lock_another_process_keeps_names_the_lock_and_the_setting(tmp_path, monkeypatch, caplog):
+    """Another process holds the root's lock past LOCK_WAIT: the warning named the lock but not what to change."""
+    import subprocess
+    import sys
+
+    from r1lib.export import scratch
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         f"handle = open({str(tmp_path / '.r1-finetune.lock')!r}, 'a')\n"
+         "fcntl.flock(handle, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(scratch, "LOCK_WAIT", 0.3)
+        with caplog.at_level(logging.WARNING, logger="r1lib.export.scratch"), scratch.root_lock(tmp_path):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"{tmp_path / '.r1-finetune.lock'} held for over" in caplog.text and "export.scratch_dir" in caplog.text
+
+
 # --- the recorded-step decoder against HF generate ------------------------------------------------------------------
 
 
