@@ -28,13 +28,13 @@ import orjson
 from r1lib.errors import ConfigError, DiskFull, PermanentError
 
 log = logging.getLogger(__name__)
-_HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
+HOST = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64] or "host"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
 
 
 def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def _writer_alive(pid: int) -> bool:
@@ -55,7 +55,7 @@ def clean_stale_siblings(path: Path) -> list[Path]:
     removed = []
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
         host, _, rest = tmp.name[len(path.name) + 6 :].rpartition("-")[0].rpartition("-")
-        if host != _HOST or not rest.isdigit() or _writer_alive(int(rest)):
+        if host != HOST or not rest.isdigit() or _writer_alive(int(rest)):
             continue
         log.warning("removing %s, left by an interrupted writer of %s", tmp, path)
         if tmp.is_dir() and not tmp.is_symlink():

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from r1lib.errors import ExportCheckError
-from r1lib.io import _HOST, flock_within
+from r1lib.io import HOST, flock_within
 from r1lib.stages import out_dir
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def remove_orphans(root: Path) -> None:
     removing them; each removal is logged with its size. Anything else is left alone: another host's run folder
     (a scratch root on a shared filesystem) may be on that host's own disk, absent or another folder here."""
     for folder, record in owners(root):
-        if record.get("host", _HOST) != _HOST:  # a root two hosts share: that run folder is not checkable here
+        if record.get("host", HOST) != HOST:  # a root two hosts share: that run folder is not checkable here
             continue
         if run_ended(Path(record["export_dir"])):
             size = folder_bytes(folder)
@@ -232,7 +232,7 @@ def scratch_folder(setting: str, export_dir: str | Path, need: int, run: str) ->
         root, why = scratch_root(setting, need, promised(base))
         if root is None:
             return _made(Path(export_dir), need, why)
-        record = {"export_dir": str(Path(export_dir).resolve()), "need": need, "host": _HOST}
+        record = {"export_dir": str(Path(export_dir).resolve()), "need": need, "host": HOST}
         refused = _claim(mine, record)  # root is base here
         if refused is None:
             return _made(mine, need, why)

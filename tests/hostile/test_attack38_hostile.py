@@ -326,9 +326,9 @@ def test_another_hosts_scratch_folder_in_a_shared_root_is_left_alone(tmp_path, m
     monkeypatch.setattr(scratch.shutil, "disk_usage", lambda _: SimpleNamespace(free=2**40))
     monkeypatch.setattr(scratch, "available_memory", lambda: 2**40)
     with exclusive_dir(run):
-        monkeypatch.setattr(scratch, "_HOST", "node-a", raising=False)
+        monkeypatch.setattr(scratch, "HOST", "node-a", raising=False)
         written = scratch.scratch_folder(str(shared), run / "export", 10, "run")
-    monkeypatch.setattr(scratch, "_HOST", "node-b", raising=False)
+    monkeypatch.setattr(scratch, "HOST", "node-b", raising=False)
     mine = tmp_path / "node-b" / "run"
     with exclusive_dir(mine):
         dead = scratch.scratch_folder(str(shared), mine / "export", 10, "dead")
