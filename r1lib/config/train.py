@@ -99,3 +99,14 @@ class TrainConfig(TrainMethods):
         if self.max_steps == 0:
             raise ValueError("max_steps must be -1 (train for `epochs`) or at least 1")
         return self
+
+    @model_validator(mode="after")
+    def _grpo_groups_fill_a_step(self):
+        # TRL ranks completions within groups of one optimizer step's completions: refused here, before any stage
+        group, per_step = self.grpo.num_generations, self.micro_batch_size * self.gradient_accumulation
+        if self.method == "grpo" and per_step % group:
+            raise ValueError(
+                f"method grpo: micro_batch_size x gradient_accumulation = {per_step} completions per optimizer step "
+                f"is not a multiple of grpo.num_generations = {group}; set the batch to a multiple of it"
+            )
+        return self

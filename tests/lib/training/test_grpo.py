@@ -93,9 +93,22 @@ def test_grpo_settings_reach_trl_and_a_split_group_is_refused_by_setting():
     check_group_size(s)  # 2 x 4 = 8 completions: two groups of 4
     args = trainer_arguments(s, GRPOConfig, num_generations=4, max_completion_length=64, beta=0.0, loss_type="grpo")
     assert (args.num_generations, args.max_completion_length, args.beta, args.loss_type) == (4, 64, 0.0, "grpo")
-    with pytest.raises(ConfigError, match="train.grpo.num_generations = 3"):
-        check_group_size(spec(s.train_rows, cfg=cfg.model_copy(update={"grpo": cfg.grpo.model_copy(
-            update={"num_generations": 3})})))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"6 completions per optimizer step .* train.grpo.num_generations = 4"):
+        check_group_size(spec(s.train_rows, cfg=cfg, micro_batch=3, accumulation=2))  # as a launch plan can split it
+
+
+def test_a_grpo_batch_that_splits_a_group_is_refused_by_the_form():
+    """The form refuses it before any stage runs, naming both settings; other methods do not care."""
+    from pydantic import ValidationError
+
+    from r1lib.config import PipelineConfig, TrainConfig
+
+    with pytest.raises(ValidationError, match=r"2 completions per optimizer step .* grpo.num_generations = 8"):
+        TrainConfig(method="grpo", micro_batch_size=1, gradient_accumulation=2)
+    with pytest.raises(ValidationError, match="grpo.num_generations = 8"):
+        PipelineConfig.model_validate({"train": {"method": "grpo", "micro_batch_size": 3, "gradient_accumulation": 1}})
+    assert TrainConfig(method="grpo", micro_batch_size=4, gradient_accumulation=4).grpo.num_generations == 8
+    assert TrainConfig(method="sft", micro_batch_size=1, gradient_accumulation=1).micro_batch_size == 1
 
 
 def test_grpo_settings_refuse_a_buffer_past_the_limit_and_all_weights_zero():
