@@ -36,6 +36,10 @@ def summary(prefect_harness, tmp_path_factory):
             # answers, not every quantizer or the answers' accuracy (tests/flows/test_flow.py checks those).
             "export": {**config.export.model_dump(), "quantizations": ["Q8_0"]},
             "evaluate": {**config.evaluate.model_dump(), "max_new_tokens": 24},
+            # The R1 format after these few DPO steps depends on the embedded model's weights, which its build gives
+            # differently on different CPUs (seen: AVX2-only vs AVX-512 machines); tests/flows/test_flow.py requires
+            # the format after the preset's whole training. Here every GGUF must load and answer.
+            "smoke": {**config.smoke.model_dump(), "require_r1_format": False},
         }
     )
     summary = finetune(config).summary.data
@@ -77,7 +81,7 @@ def test_held_out_preference_accuracy_and_margin_are_reported_base_vs_tuned(summ
 @pytest.mark.slow
 def test_the_dpo_adapter_is_merged_exported_smoke_tested_and_named_on_the_card(summary):
     run = Path(summary["run_dir"])
-    assert all(g["smoke_answer"] for g in summary["gguf"])
+    assert all(g["smoke_tokens_per_second"] > 0 for g in summary["gguf"]), summary["gguf"]
     card = (run / "card" / "README.md").read_text(encoding="utf-8")
     assert "DPO on " in card and "preference pairs" in card and "preference accuracy (held-out pairs)" in card
     assert json.loads((run / "summary.json").read_text(encoding="utf-8"))["train"]["method"] == "dpo"
