@@ -107,6 +107,16 @@ class GrpoSettings(Section):
         description="A reference answer longer than this is free text no rule can check: its row is refused.",
     )  # fmt: skip
 
+    def group_split(self, per_step: int) -> str | None:
+        """Why ``per_step`` completions per optimizer step split a group (TRL ranks completions within groups inside
+        one step's completions), or None when they fill whole groups."""
+        if per_step % self.num_generations:
+            return (
+                f"{per_step} completions per optimizer step is not a multiple of train.grpo.num_generations = "
+                f"{self.num_generations}; set the batch to a multiple of it"
+            )
+        return None
+
     @model_validator(mode="after")
     def _buffer_inside_the_limit(self):
         if self.overlong_buffer > self.max_completion_length:

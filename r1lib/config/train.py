@@ -102,11 +102,7 @@ class TrainConfig(TrainMethods):
 
     @model_validator(mode="after")
     def _grpo_groups_fill_a_step(self):
-        # TRL ranks completions within groups of one optimizer step's completions: refused here, before any stage
-        group, per_step = self.grpo.num_generations, self.micro_batch_size * self.gradient_accumulation
-        if self.method == "grpo" and per_step % group:
-            raise ValueError(
-                f"method grpo: micro_batch_size x gradient_accumulation = {per_step} completions per optimizer step "
-                f"is not a multiple of grpo.num_generations = {group}; set the batch to a multiple of it"
-            )
+        per_step = self.micro_batch_size * self.gradient_accumulation
+        if self.method == "grpo" and (why := self.grpo.group_split(per_step)):
+            raise ValueError(f"method grpo: micro_batch_size x gradient_accumulation: {why}")
         return self

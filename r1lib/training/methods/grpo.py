@@ -114,15 +114,12 @@ def prepared_rows(rows, tokenizer, max_answer_chars: int, where: str, out_dir: P
 
 
 def check_group_size(spec: TrainerSpec) -> None:
-    """TRL ranks completions within groups of num_generations inside one optimizer step's completions: their number
-    must be a multiple of it."""
-    group = spec.cfg.grpo.num_generations
+    """The completions of one optimizer step, counted over every process of a launch preset, fill whole groups
+    (the config form checks one process; a launch plan can add processes)."""
     per_step = spec.micro_batch * spec.accumulation * int(os.environ.get("WORLD_SIZE", "1"))
-    if per_step % group:
+    if why := spec.cfg.grpo.group_split(per_step):
         raise ConfigError(
-            f"train.method = grpo: {per_step} completions per optimizer step (train.micro_batch_size x "
-            f"train.gradient_accumulation x processes) is not a multiple of train.grpo.num_generations = {group}; "
-            "set the batch to a multiple of it"
+            f"train.method = grpo: train.micro_batch_size x train.gradient_accumulation x processes: {why}"
         )
 
 

@@ -103,7 +103,7 @@ def test_a_grpo_batch_that_splits_a_group_is_refused_by_the_form():
 
     from r1lib.config import PipelineConfig, TrainConfig
 
-    with pytest.raises(ValidationError, match=r"2 completions per optimizer step .* grpo.num_generations = 8"):
+    with pytest.raises(ValidationError, match=r"2 completions per optimizer step .*train\.grpo.num_generations = 8"):
         TrainConfig(method="grpo", micro_batch_size=1, gradient_accumulation=2)
     with pytest.raises(ValidationError, match="grpo.num_generations = 8"):
         PipelineConfig.model_validate({"train": {"method": "grpo", "micro_batch_size": 3, "gradient_accumulation": 1}})
