@@ -194,7 +194,6 @@ LOCK_WAIT = 60.0  # seconds: choosing takes well under one; a holder stuck longe
 def root_lock(root: Path) -> Iterator[None]:
     """One export at a time chooses its place in ``root`` (a flock on a file there, never opened through a symlink;
     none where it cannot be made, or after ``LOCK_WAIT`` seconds of another holder, logged)."""
-
     lock = root / ".r1-finetune.lock"
     try:
         root.mkdir(parents=True, exist_ok=True)

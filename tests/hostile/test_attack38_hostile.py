@@ -269,15 +269,11 @@ def test_a_cpu_rehearsal_validates_and_keeps_the_users_batch(tmp_path, monkeypat
     assert (mine.train.micro_batch_size, mine.train.gradient_accumulation) == (2, 3)
 
 
-def test_the_grpo_stage_keeps_the_runs_own_grpo_settings(tmp_path, monkeypatch):
-    """``--set train.grpo.beta=0.3 --set train.grpo.rollouts=hf``: the GRPO stage rebuilt train.grpo from its own
-    four fields, so it trained with beta 0.04 and the recorded rollouts, and said nothing."""
+def measured_grpo_train_configs(tmp_path, monkeypatch) -> tuple[list, SimpleNamespace]:
+    """The train sections the rehearsal's GRPO stage measures with (``measure_grpo`` records them instead of
+    training), and a finished rehearsal result for the stage to start from."""
     from r1lib.rehearsal import grpo
-    from r1lib.rehearsal.run import grpo_stage
 
-    args, config = rehearsal(
-        tmp_path, monkeypatch, "--grpo-steps", "1", "--set", "train.grpo.beta=0.3", "--set", 'train.grpo.rollouts="hf"'
-    )
     seen = []
     monkeypatch.setattr(grpo, "measure_grpo", lambda model, model_cfg, train, *rest: seen.append(train) or {})
     result = SimpleNamespace(
@@ -285,6 +281,18 @@ def test_the_grpo_stage_keeps_the_runs_own_grpo_settings(tmp_path, monkeypatch):
         model_dir=str(tmp_path / "model"),
         data=SimpleNamespace(train=SimpleNamespace(dataset=str(tmp_path / "tokenized"))),
     )
+    return seen, result
+
+
+def test_the_grpo_stage_keeps_the_runs_own_grpo_settings(tmp_path, monkeypatch):
+    """``--set train.grpo.beta=0.3 --set train.grpo.rollouts=hf``: the GRPO stage rebuilt train.grpo from its own
+    four fields, so it trained with beta 0.04 and the recorded rollouts, and said nothing."""
+    from r1lib.rehearsal.run import grpo_stage
+
+    args, config = rehearsal(
+        tmp_path, monkeypatch, "--grpo-steps", "1", "--set", "train.grpo.beta=0.3", "--set", 'train.grpo.rollouts="hf"'
+    )
+    seen, result = measured_grpo_train_configs(tmp_path, monkeypatch)
     assert grpo_stage(args, config, result, tmp_path) == ({}, None)
     settings = seen[0].grpo
     assert (settings.beta, settings.rollouts) == (0.3, "hf")
@@ -297,20 +305,13 @@ def test_the_grpo_stage_keeps_the_runs_own_grpo_settings(tmp_path, monkeypatch):
 )
 def test_the_grpo_stage_takes_the_group_and_length_the_user_set(tmp_path, monkeypatch, flags, expected):
     """``--set train.grpo.num_generations=4``: the stage's flags, defaulting to 8 and 1024, replaced it silently."""
-    from r1lib.rehearsal import grpo
     from r1lib.rehearsal.run import grpo_stage
 
     args, config = rehearsal(
         tmp_path, monkeypatch, "--grpo-steps", "1", *flags, "--set", "train.grpo.num_generations=4",
         "--set", "train.grpo.max_completion_length=512",
     )  # fmt: skip
-    seen = []
-    monkeypatch.setattr(grpo, "measure_grpo", lambda model, model_cfg, train, *rest: seen.append(train) or {})
-    result = SimpleNamespace(
-        trained=SimpleNamespace(adapter=str(tmp_path / "adapter"), backend="hf"),
-        model_dir=str(tmp_path / "model"),
-        data=SimpleNamespace(train=SimpleNamespace(dataset=str(tmp_path / "tokenized"))),
-    )
+    seen, result = measured_grpo_train_configs(tmp_path, monkeypatch)
     grpo_stage(args, config, result, tmp_path)
     assert (seen[0].grpo.num_generations, seen[0].grpo.max_completion_length) == expected
 
