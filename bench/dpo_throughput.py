@@ -241,10 +241,11 @@ def measure(args) -> dict:
 
     class Timer(TrainerCallback):
         def on_step_end(self, targs, state, control, **kwargs):
-            if state.global_step in (args.warmup, steps_total):
-                if cuda():
-                    torch.cuda.synchronize()
-                marks[state.global_step] = time.perf_counter()
+            if cuda():
+                torch.cuda.synchronize()
+            marks[state.global_step] = time.perf_counter()
+            # A side stopped by --timeout-s still leaves its steps' times and its peak memory for the table.
+            progress(args, state.global_step, marks[state.global_step])
 
     if cuda():
         torch.cuda.empty_cache()
@@ -273,15 +274,45 @@ def measure(args) -> dict:
         losses=[round(h["loss"], 4) for h in history if "loss" in h],
         reward_margins=[round(h["rewards/margins"], 4) for h in history if "rewards/margins" in h],
     )
-    if cuda():
-        result.update(
-            device=torch.cuda.get_device_name(),
-            peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
-            peak_allocated_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        )
-    else:
-        result.update(device="cpu", peak_reserved_gib=None, peak_allocated_gib=None)
+    result.update(device=torch.cuda.get_device_name() if cuda() else "cpu", **memory_now())
     result["peak_rss_gib"] = peak_rss_gib()
+    return result
+
+
+def memory_now() -> dict:
+    """Peak GPU memory since the reset before the model load (None on a CPU)."""
+    import torch
+
+    if not cuda():
+        return dict(peak_reserved_gib=None, peak_allocated_gib=None)
+    return dict(
+        peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        peak_allocated_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    )
+
+
+def progress(args, step: int, at: float) -> None:
+    """One finished optimizer step of a side, appended to the results file as it happens."""
+    line = dict(side=args.child, progress=True, step=step, at=at, **memory_now(), peak_rss_gib=peak_rss_gib())
+    with open(args.results, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def stopped(side: str, lines: list[dict], args) -> dict:
+    """What a side stopped by the time limit measured: its steps, the timed ones' tokens/s (over those that finished
+    after the warm-up) and its peak memory so far."""
+    steps = {line["step"]: line for line in lines if line["side"] == side and line.get("progress")}
+    result = dict(side=side, error=f"stopped after {args.timeout_s:.0f} s at step {max(steps, default=0)}")
+    if not steps:
+        return result
+    last = steps[max(steps)]
+    result.update({k: last[k] for k in ("peak_reserved_gib", "peak_allocated_gib", "peak_rss_gib")})
+    result["step_seconds"] = [round(steps[k]["at"] - steps[k - 1]["at"], 3) for k in sorted(steps) if k - 1 in steps]
+    timed = max(steps) - args.warmup
+    if timed > 0 and args.warmup in steps:
+        seconds = last["at"] - steps[args.warmup]["at"]
+        result.update(partial_timed_steps=timed, timed_seconds=round(seconds, 3),
+                      tokens_per_s=round(timed * args.batch * 2 * args.seq / seconds, 1))  # fmt: skip
     return result
 
 
@@ -326,7 +357,12 @@ def table(summary: dict) -> str:
     ]
     for r in summary["results"]:
         if "error" in r:
-            lines.append(f"| {r['side']} | failed: {r['error'][:200]} | | | | | | |")
+            rate = f"{r['tokens_per_s']:,.0f} ({r['partial_timed_steps']} timed steps)" if "tokens_per_s" in r else ""
+            lines.append(
+                f"| {r['side']} | failed: {r['error'][:200]} | {rate} | {r.get('timed_seconds', '')} | "
+                f"{r.get('peak_reserved_gib', '')} | {r.get('peak_allocated_gib', '')} | {r.get('peak_rss_gib', '')} | "
+                f"step s: {r.get('step_seconds', '')} |"
+            )
             continue
         lines.append(
             f"| {r['side']} | {r['backend']} | {r['tokens_per_s']:,.0f} | {r['timed_seconds']} | "
@@ -334,6 +370,10 @@ def table(summary: dict) -> str:
         )
     lines += ["", "| ratio | value | target |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {TARGETS.get(k, '')} |" for k, v in summary["ratios"].items()]
+    stopped_sides = [r["side"] for r in summary["results"] if "error" in r and "tokens_per_s" in r]
+    if stopped_sides and summary["ratios"]:
+        lines += ["", f"Partial: {', '.join(stopped_sides)} stopped by the time limit; its tokens/s covers the timed "
+                  "steps that finished and its peak memory those steps only."]  # fmt: skip
     return head + "\n".join(lines) + "\n"
 
 
@@ -377,9 +417,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         try:
             subprocess.run(command, env=env, cwd=ROOT, timeout=args.timeout_s, check=False)
         except subprocess.TimeoutExpired:
+            lines = (
+                [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+            )
             with open(results_path, "a") as handle:
-                handle.write(json.dumps(dict(side=side, error=f"stopped after {args.timeout_s:.0f} s")) + "\n")
-    results = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+                handle.write(json.dumps(stopped(side, lines, args)) + "\n")
+    lines = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    results = [line for line in lines if not line.get("progress")]
     by_side = {r["side"]: r for r in results}
     summary = dict(
         date=datetime.date.today().isoformat(),
