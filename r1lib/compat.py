@@ -19,45 +19,15 @@ def dataset_fingerprint(dataset: Any) -> str:
 def install_torch_chunked_logprob() -> None:
     """TRL's loss projects labelled positions through the LM head with a Triton kernel
     (``trl.trainer.utils._ChunkedLogProbFunction``); CPU builds of torch have no Triton, so TRL leaves it unset.
-    This supplies the same function in plain torch, a chunk of tokens at a time.
+    This supplies the same function in plain torch (r1lib/training/logprob.py).
 
     Written for trl 1.15.0. Remove when TRL computes its chunked log-probabilities without Triton on CPU."""
-    import torch
     import trl.trainer.utils as trl_utils
 
-    if trl_utils._ChunkedLogProbFunction is not None:
-        return
+    from r1lib.training.logprob import ChunkedLogProb
 
-    class TorchChunkedLogProb:
-        @staticmethod
-        def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
-            # Only what the caller asks for, each one pass over the vocabulary: on a CPU these passes are the step.
-            names = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
-            results = {name: [] for name in names}
-            for start in range(0, hidden.shape[0], 1024):
-                logits = torch.nn.functional.linear(hidden[start : start + 1024], weight, bias).float()
-                if logit_scale and logit_scale != 1.0:
-                    logits = logits * logit_scale
-                if softcap:
-                    logits = torch.tanh(logits / softcap) * softcap
-                if temperature != 1.0:
-                    logits = logits / temperature
-                target = targets[start : start + 1024]
-                log_norm = torch.logsumexp(logits, -1)
-                results["log_probs"].append(logits.gather(-1, target[:, None]).squeeze(-1) - log_norm)
-                with torch.no_grad():
-                    if "entropy" in outputs:
-                        shifted = logits - log_norm[:, None]
-                        results["entropy"].append(-(shifted.exp() * shifted).sum(-1))
-                    if "log_sum_sq_probs" in outputs:
-                        results["log_sum_sq_probs"].append(torch.logsumexp(2 * logits, -1) - 2 * log_norm)
-                    if "mean_logits" in outputs:
-                        results["mean_logits"].append(logits.mean(-1))
-                    if "is_top1" in outputs:
-                        results["is_top1"].append(logits.argmax(-1) == target)
-            return tuple(torch.cat(results[name]) if results[name] else None for name in names)
-
-    trl_utils._ChunkedLogProbFunction = TorchChunkedLogProb
+    if trl_utils._ChunkedLogProbFunction is None:
+        trl_utils._ChunkedLogProbFunction = ChunkedLogProb
 
 
 def train_on_one_gpu(args: Any) -> None:

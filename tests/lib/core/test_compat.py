@@ -11,8 +11,11 @@ def test_torch_chunked_logprob_matches_the_full_softmax():
     from r1lib.compat import install_torch_chunked_logprob
 
     install_torch_chunked_logprob()
+    from r1lib.training.logprob import ChunkedLogProb
+
+    assert trl_utils._ChunkedLogProbFunction is ChunkedLogProb  # what TRL's fused LM head calls on this machine
     torch.manual_seed(0)
-    hidden = torch.randn(1500, 8, requires_grad=True)  # more rows than one chunk of 1024
+    hidden = torch.randn(1500, 8, requires_grad=True)
     weight, bias = torch.randn(50, 8), torch.randn(50)
     targets = torch.randint(0, 50, (1500,))
     log_probs, entropy, sq, mean, top1 = trl_utils._ChunkedLogProbFunction.apply(

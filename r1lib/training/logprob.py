@@ -1,0 +1,116 @@
+"""Per-token log-probabilities of the labels through the LM head, a few tokens at a time, in plain torch.
+
+TRL's fused LM head (the loss of SFT, DPO, KTO and GRPO on labelled positions) calls a Triton kernel that never holds
+the batch x vocabulary logits; CPU builds of torch have no Triton. ``ChunkedLogProb`` is the same autograd function
+(same arguments, same five outputs) for any device: the forward keeps only per-token statistics, the backward
+recomputes each tile of logits and turns it into its gradient in place. A tile is ``TILE_TOKENS`` tokens: on the
+embedded model's 152k-token vocabulary that is 19 MB of fp32 logits, which the CPU's cache and the allocator's free
+list keep between passes (a 1,024-token tile is 620 MB of fresh pages at every pass). r1lib/compat.py installs it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TILE_TOKENS = 32
+OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+def scaled(logits: torch.Tensor, scale: float | None, softcap: float | None, temperature: float):
+    """(z, tanh): the logits as the loss sees them (scale, then softcap, then temperature, as TRL's kernel), in
+    place; ``tanh`` is the softcap's, kept for its derivative (None without a softcap)."""
+    if scale and scale != 1.0:
+        logits.mul_(scale)
+    tanh = None
+    if softcap:
+        tanh = logits.div_(softcap).tanh_()
+        logits = tanh * softcap
+    if temperature != 1.0:
+        logits.div_(temperature)
+    return logits, tanh
+
+
+class ChunkedLogProb(torch.autograd.Function):
+    """``apply(hidden [N, H], weight [V, H], bias [V] | None, targets [N], temperature, chunk_size, softcap,
+    logit_scale, outputs)`` -> (log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1), each [N] or None when
+    not in ``outputs``. Gradients flow from log_probs and entropy into hidden, weight and bias; the other three are
+    not differentiable. ``chunk_size`` (TRL's vocabulary tile) is accepted and unused: a tile here spans the whole
+    vocabulary."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
+        ctx.set_materialize_grads(False)  # entropy is mostly logged only: no zero gradient to push back for it
+        n, device = hidden.shape[0], hidden.device
+        log_z, target_z = (torch.empty(n, dtype=torch.float32, device=device) for _ in range(2))
+        asked = {name: torch.empty(n, dtype=torch.float32, device=device) for name in OUTPUTS[1:4] if name in outputs}
+        top1 = torch.empty(n, dtype=torch.bool, device=device) if "is_top1" in outputs else None
+        weight32, bias32 = weight.float(), (bias.float() if bias is not None else None)
+        with torch.no_grad():
+            for start in range(0, n, TILE_TOKENS):
+                end = min(n, start + TILE_TOKENS)
+                z, _ = scaled(torch.nn.functional.linear(hidden[start:end].float(), weight32, bias32),
+                              logit_scale, softcap, temperature)  # fmt: skip
+                target = targets[start:end]
+                target_z[start:end] = z.gather(-1, target[:, None]).squeeze(-1)
+                if "mean_logits" in asked:
+                    asked["mean_logits"][start:end] = z.mean(-1)
+                if top1 is not None:
+                    top1[start:end] = z.argmax(-1) == target
+                if "log_sum_sq_probs" in asked:
+                    asked["log_sum_sq_probs"][start:end] = torch.logsumexp(2 * z, -1)
+                peak = z.amax(-1, keepdim=True)
+                if "entropy" in asked:
+                    weights = (z - peak).exp_()
+                    total = weights.sum(-1)
+                    asked["entropy"][start:end] = weights.mul_(z).sum(-1) / total  # the mean logit under p
+                else:
+                    total = z.sub_(peak).exp_().sum(-1)
+                log_z[start:end] = peak.squeeze(-1) + total.log()
+        log_probs = target_z - log_z
+        entropy = log_z - asked["entropy"] if "entropy" in asked else None
+        sq = asked["log_sum_sq_probs"] - 2 * log_z if "log_sum_sq_probs" in asked else None
+        mean = asked.get("mean_logits")
+        ctx.save_for_backward(hidden, weight, bias, targets, log_z, entropy if entropy is not None else log_z)
+        ctx.settings = (temperature, softcap, logit_scale)
+        ctx.mark_non_differentiable(*(x for x in (sq, mean, top1) if x is not None))
+        return log_probs, entropy, sq, mean, top1
+
+    @staticmethod
+    def backward(ctx, grad_log_probs, grad_entropy, *_):
+        hidden, weight, bias, targets, log_z, entropy = ctx.saved_tensors
+        temperature, softcap, scale = ctx.settings
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        weight32, bias32 = weight.float(), (bias.float() if bias is not None else None)
+        zeros = lambda t: torch.zeros(t.shape, dtype=torch.float32, device=t.device)  # noqa: E731
+        grad_hidden = zeros(hidden) if needs_hidden else None
+        grad_weight = zeros(weight) if needs_weight else None
+        grad_bias = zeros(bias) if needs_bias else None
+        rows = torch.arange(TILE_TOKENS, device=hidden.device)
+        for start in range(0, hidden.shape[0], TILE_TOKENS):
+            end = min(hidden.shape[0], start + TILE_TOKENS)
+            tile = hidden[start:end].float()
+            log_p, tanh = scaled(torch.nn.functional.linear(tile, weight32, bias32), scale, softcap, temperature)
+            log_p.sub_(log_z[start:end, None])
+            p = log_p.exp()
+            grad = torch.zeros_like(p)
+            if grad_log_probs is not None:  # d log p_t / dz = onehot(t) - p
+                g = grad_log_probs[start:end].float()
+                grad.addcmul_(p, g[:, None], value=-1.0)
+                grad[rows[: end - start], targets[start:end]] += g
+            if grad_entropy is not None:  # dH / dz = -p (log p + H)
+                g = grad_entropy[start:end].float()
+                grad.addcmul_(p.mul_(log_p.add_(entropy[start:end, None])), g[:, None], value=-1.0)
+            if temperature != 1.0:
+                grad.div_(temperature)
+            if tanh is not None:
+                grad.mul_(1 - tanh * tanh)
+            if scale and scale != 1.0:
+                grad.mul_(scale)
+            if grad_hidden is not None:
+                grad_hidden[start:end] = grad @ weight32
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.t(), tile)
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+        cast = lambda g, like: g.to(like.dtype) if g is not None else None  # noqa: E731
+        return cast(grad_hidden, hidden), cast(grad_weight, weight), cast(grad_bias, bias), *(None,) * 6
