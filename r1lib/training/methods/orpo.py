@@ -25,12 +25,44 @@ def orpo_columns(row: dict) -> dict:
     return out
 
 
-def build(spec: TrainerSpec, model, tokenizer):
-    ORPOConfig, ORPOTrainer = orpo_classes()
+def pretokenized_orpo():
+    """TRL's ``ORPOTrainer`` on our pre-tokenized rows, its loss through TRL's fused LM head: the log-probabilities of
+    the labelled tokens come a tile at a time (r1lib/training/logprob.py on a CPU), never the batch x sequence x
+    vocabulary logits (on the 152k vocabulary of the R1 Qwen distills at 2 x 2,048 tokens, 2.5 GB of fp32 logits and as
+    much again for their log-softmax). The loss is ORPO's own: the NLL of every non-pad token of the chosen sequence
+    (ORPO's definition, prompt included) and the odds ratio of the mean log-probabilities of the scored tokens."""
+    import torch
+
+    _, ORPOTrainer = orpo_classes()
 
     class PretokenizedORPO(ORPOTrainer):
-        def tokenize_row(self, feature, model=None):  # the rows are tokenized already (orpo_columns)
+        @staticmethod  # datasets hashes the function it maps: a bound method would pickle the whole trainer (20 s)
+        def tokenize_row(feature, model=None):  # the rows are tokenized already (orpo_columns)
             return feature
+
+        def concatenated_forward(self, model, batch):
+            if self.aux_loss_enabled:  # a mixture of experts: its router loss needs the model's own forward
+                return super().concatenated_forward(model, batch)
+            joined = self.concatenated_inputs(batch, padding_value=self.padding_value, device=self.accelerator.device)
+            ids, mask = joined["concatenated_input_ids"], joined["concatenated_attention_mask"]
+            out = model(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), use_cache=False,
+                        fused_lm_head=True)  # fmt: skip
+            chosen = batch["chosen_labels"].shape[0]
+            nll_tokens = out.label_mask[:chosen]
+            nll = -(out.log_probs[:chosen] * nll_tokens).sum() / nll_tokens.sum().clamp(min=1)
+            scored = joined["concatenated_labels"][:, 1:] != -100
+            mean_logps = (out.log_probs * scored).sum(-1) / scored.sum(-1).clamp(min=1)
+            # per position, the mean logit over the vocabulary: the mean of these is the "logits/*" metric TRL logs
+            logits = out.mean_logits.masked_fill(~out.label_mask, torch.nan)
+            return mean_logps[:chosen], mean_logps[chosen:], logits[:chosen].nanmean(), logits[chosen:].nanmean(), nll
+
+    return PretokenizedORPO
+
+
+def build(spec: TrainerSpec, model, tokenizer):
+    from trl.trainer.utils import add_fused_lm_head
+
+    ORPOConfig, _ = orpo_classes()
 
     def convert(rows):
         return None if rows is None else rows.map(orpo_columns, remove_columns=rows.column_names)
@@ -38,7 +70,7 @@ def build(spec: TrainerSpec, model, tokenizer):
     settings = spec.cfg.orpo
     args = trainer_arguments(spec, ORPOConfig, beta=settings.beta, max_length=spec.max_seq_length)
     log.info("orpo: beta %g; no reference policy (the odds ratio is the policy's own)", settings.beta)
-    return with_replay(PretokenizedORPO, spec, fused_head=False)(
+    trainer = with_replay(pretokenized_orpo(), spec, fused_head=True)(
         model=model,
         processing_class=tokenizer,
         train_dataset=convert(spec.train_rows),
@@ -46,6 +78,10 @@ def build(spec: TrainerSpec, model, tokenizer):
         args=args,
         callbacks=list(spec.callbacks),
     )
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    add_fused_lm_head(unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped,
+                      outputs=("log_probs", "mean_logits"))  # fmt: skip
+    return trainer
 
 
 METHOD = TrainingMethod(
