@@ -1,0 +1,111 @@
+"""Hostile training-method settings: a GRPO run with a held-out loss (r1lib/training/methods/grpo.py), the
+out-of-memory retry at an odd micro-batch (r1lib/training/retry.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from tests.lib.training.test_methods import spec
+
+# --- GRPO's held-out batch ------------------------------------------------------------------------------------------
+
+
+def built_grpo_arguments(monkeypatch, micro_batch: int, accumulation: int, group: int):
+    """The GRPOConfig ``grpo.build`` hands TRL for a run with a held-out loss every 2 steps (no model loaded)."""
+    import trl
+    from datasets import Dataset
+
+    from r1lib.config import TrainConfig
+    from r1lib.training.methods import grpo
+
+    built = []
+
+    class Trainer:
+        def __init__(self, args, **_):
+            built.append(args)
+            self.model = None
+
+    monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
+    monkeypatch.setattr(grpo, "prepared_rows", lambda rows, *_: rows)
+    monkeypatch.setattr(grpo, "use_recorded_rollouts", lambda *_: "HF generate")
+    cfg = TrainConfig(
+        method="grpo", max_steps=2, eval_steps=2, micro_batch_size=micro_batch, gradient_accumulation=accumulation,
+        grpo={"num_generations": group, "beta": 0.0},
+    )  # fmt: skip
+    rows = Dataset.from_list([{"input_ids": [1], "labels": [1]}])
+    grpo.build(spec(rows, cfg=cfg, eval_rows=rows, micro_batch=micro_batch, accumulation=accumulation), None,
+               SimpleNamespace(padding_side="right"))  # fmt: skip
+    return built[0]
+
+
+@pytest.mark.parametrize(
+    ("micro_batch", "accumulation", "group", "expected"),
+    [(2, 4, 8, 8), (8, 1, 8, 8), (3, 2, 6, 6), (16, 1, 8, 16), (3, 4, 4, 4)],
+)
+def test_a_grpo_run_with_a_held_out_loss_builds_its_trainer(micro_batch, accumulation, group, expected, monkeypatch):
+    """``--set train.method=grpo --set train.eval_steps=50`` with the default batch (2 x 4, groups of 8): the form
+    passed it, then TRL refused it after the model had loaded, naming none of our settings: "The global eval batch
+    size (2 * 1) must be divisible by the number of generations used for evaluation (8)"."""
+    args = built_grpo_arguments(monkeypatch, micro_batch, accumulation, group)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (micro_batch, accumulation)
+    assert (args.per_device_eval_batch_size, args.eval_strategy) == (expected, "steps")
+
+
+@pytest.mark.parametrize(("processes", "expected"), [(1, 8), (2, 4), (3, 8), (8, 1)])
+def test_the_held_out_batch_of_every_process_together_holds_whole_groups(processes, expected, monkeypatch):
+    from datasets import Dataset
+
+    from r1lib.config import TrainConfig
+    from r1lib.training.methods.grpo import eval_batch_size
+
+    monkeypatch.setenv("WORLD_SIZE", str(processes))
+    cfg = TrainConfig(method="grpo", micro_batch_size=1, gradient_accumulation=8 * processes)
+    size = eval_batch_size(spec(Dataset.from_list([{"input_ids": [1]}]), cfg=cfg, micro_batch=1, accumulation=8))
+    assert size == expected and size * processes % 8 == 0
+
+
+# --- the out-of-memory retry ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("micro_batch", "accumulation", "tried"),
+    [(3, 2, [(3, 2), (1, 6)]), (6, 1, [(6, 1), (3, 2), (1, 6)]), (12, 1, [(12, 1), (6, 2), (3, 4), (1, 12)])],
+)
+def test_the_oom_retry_at_an_odd_micro_batch_keeps_the_effective_batch(micro_batch, accumulation, tried, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """A GRPO run of 3 x 2 with groups of 6 (the form's check passes) runs out of memory: the retry went to 1 x 4,
+    logging "same effective batch", so a step held 4 completions, and the retry died on the group check (SFT: a
+    third of every step's rows silently gone)."""
+    import r1lib.training.retry as retry
+    from r1lib.config import ModelConfig, TrainConfig
+    from r1lib.training.fit import FitOutcome, FitSpec
+    from r1lib.training.launcher import CudaOutOfMemory, LaunchPlan
+
+    attempts = []
+
+    def fake_launch(attempt, plan, work, hook):
+        attempts.append((attempt.micro_batch, attempt.accumulation))
+        if attempt.micro_batch > 1:
+            raise CudaOutOfMemory("CUDA out of memory (planted)")
+        return FitOutcome(
+            steps=1, epochs=0.1, train_loss=1.0, losses=[1.0], seconds=1.0, tokens=10,
+            steady_tokens_per_second=None, log_history=[],
+        )  # fmt: skip
+
+    monkeypatch.setattr(retry, "launch", fake_launch)
+    cfg = TrainConfig(
+        method="grpo", gradient_checkpointing=True, micro_batch_size=micro_batch, gradient_accumulation=accumulation,
+        grpo={"num_generations": micro_batch * accumulation},
+    )  # fmt: skip
+    first = FitSpec(
+        backend="hf", dataset_dir="d", eval_dataset_dir=None, model_dir="m", model_cfg=ModelConfig(), cfg=cfg,
+        max_seq_length=64, checkpoint_dir=str(tmp_path / "ck"), adapter_dir=str(tmp_path / "adapter"), resume=None,
+        micro_batch=micro_batch, accumulation=accumulation,
+    )  # fmt: skip
+    plan = LaunchPlan(name="single", launcher="in-process", processes=1)
+    run = retry.fit_with_oom_retry(first, plan, tmp_path / "launch", auto_recompute=False)
+    assert attempts == tried
+    assert all(m * a == micro_batch * accumulation for m, a in attempts)
+    assert run.oom_retries[-1].endswith(f"retrying with {tried[-1][0]} x {tried[-1][1]} (same effective batch)")
