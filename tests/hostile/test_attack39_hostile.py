@@ -1,5 +1,6 @@
-"""Hostile training-method settings: a GRPO run with a held-out loss (r1lib/training/methods/grpo.py), the
-out-of-memory retry at an odd micro-batch (r1lib/training/retry.py)."""
+"""Hostile training-method settings and completions: a GRPO run with a held-out loss (r1lib/training/methods/grpo.py),
+the out-of-memory retry at an odd micro-batch (r1lib/training/retry.py), GRPO's correctness reward on answers written
+with a CJK keyboard, markdown or LaTeX separators (r1lib/training/rewards.py)."""
 
 from __future__ import annotations
 
@@ -109,3 +110,41 @@ def test_the_oom_retry_at_an_odd_micro_batch_keeps_the_effective_batch(micro_bat
     assert attempts == tried
     assert all(m * a == micro_batch * accumulation for m, a in attempts)
     assert run.oom_retries[-1].endswith(f"retrying with {tried[-1][0]} x {tried[-1][1]} (same effective batch)")
+
+
+# --- the correctness reward -----------------------------------------------------------------------------------------
+
+
+def scored(answer: str, reference: str) -> float:
+    from r1lib.training.rewards import correctness_reward
+
+    return correctness_reward(f"Let me work it out.\n</think>\n\n{answer}", reference)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference"),
+    [
+        ("１/２", "1/2"),  # full-width digits and slash: scored 0 while "４２" scored 1
+        ("\\frac{１}{２}", "0.5"),
+        ("x=４２", "42"),
+        ("１，０００", "1000"),  # full-width comma as the thousands separator ("１,０００" scored 1)
+        ("答案：１２", "12"),
+        ("1/2", "１/２"),  # the reference typed on the same keyboard
+        ("**Answer:** 42", "42"),  # the R1 distills' markdown answer line: 0 while "Answer: 42" scored 1
+        ("**Answer**: 42", "42"),
+        ("**The final answer is** $\\frac{1}{2}$", "0.5"),
+        ("1\\,000", "1000"),  # LaTeX's thin-space thousands separator ("1{,}000" scored 1)
+        ("\\boxed{12\\,345\\,678}", "12345678"),
+    ],
+)
+def test_an_equal_answer_in_another_script_or_markup_is_paid(answer, reference):
+    assert scored(answer, reference) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference"),
+    [("４１，４２", "42"), ("**Answer:** 41 or 42", "42"), ("１/３", "1/2"), ("1\\,5", "1.5"), ("1\\,001", "1000"),
+     ("**Answer:** 43", "42")],
+)  # fmt: skip
+def test_a_hedge_or_a_different_number_in_those_forms_is_still_not_paid(answer, reference):
+    assert scored(answer, reference) == 0.0
