@@ -87,6 +87,23 @@ def _split_system(turns: list[dict], row: dict, max_chars: int) -> tuple[str, li
     return system, turns
 
 
+def _check_prompt(prompt: list[dict], field: str, kind: str) -> None:
+    """Refuse a prompt that is not user and assistant turns alternating from a user turn to a last user turn (as an
+    SFT row's turns before its answer are): an answer to no question, an answer after an answer, or a system turn
+    after the first, which the chat template would move to the top."""
+    roles = [t["role"] for t in prompt]
+    if not roles or roles[-1] != "user":
+        ending = f" (its last turn is {roles[-1]})" if roles else " (it has none: no question to answer)"
+        raise RecordError("role_order", field, f"the prompt of a {kind} must end with a user turn{ending}")
+    if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+        raise RecordError(
+            "role_order",
+            field,
+            f"the prompt of a {kind} must alternate user/assistant turns from a user turn (a system turn first at "
+            f"most): {roles}",
+        )
+
+
 def _row_prompt_conflict(row: dict, conversation: list[dict], max_chars: int) -> None:
     """Refuse a row-level ``prompt`` (or question, instruction...) beside answers that are whole conversations when
     it asks something else than they do: TRL's implicit prompt is the conversations', and the row's would be dropped."""
@@ -129,6 +146,7 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
             before, completion = _answer(row["messages"], "messages", max_chars)
             prompt = []
         system, prompt = _split_system(prompt + before, row, max_chars)
+        _check_prompt(prompt, "completion" if "completion" in row else "messages", "labelled answer")
         return {"kind": "label", "shape": name, "system": system, "prompt": prompt, "completion": completion,
                 "label": label}  # fmt: skip
     keys = {
@@ -168,8 +186,7 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
     null = next((k for k in (*_PROMPT_TEXT_KEYS, "messages", "conversations") if k in row and row[k] is None), None)
     if not prompt and null is not None:  # the prompt given as null: no prompt, not a prompt in the wrong order
         raise RecordError("empty_field", null, f"field '{null}' is null: a pair needs its prompt as text or turns")
-    if not prompt or prompt[-1]["role"] != "user":
-        raise RecordError("role_order", keys[0], "the prompt of a pair must end with a user turn")
+    _check_prompt(prompt, keys[0], "pair")
     if visible_text(side_text(chosen)) == visible_text(side_text(rejected)):
         raise RecordError(
             "equal_sides",

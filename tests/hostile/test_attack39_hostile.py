@@ -1,6 +1,7 @@
 """Hostile training-method settings and completions: a GRPO run with a held-out loss (r1lib/training/methods/grpo.py),
 the out-of-memory retry at an odd micro-batch (r1lib/training/retry.py), GRPO's correctness reward on answers written
-with a CJK keyboard, markdown or LaTeX separators (r1lib/training/rewards.py)."""
+with a CJK keyboard, markdown or LaTeX separators (r1lib/training/rewards.py), preference rows whose prompt is no
+question or ends with an answer (r1lib/data/preference.py)."""
 
 from __future__ import annotations
 
@@ -148,3 +149,50 @@ def test_an_equal_answer_in_another_script_or_markup_is_paid(answer, reference):
 )  # fmt: skip
 def test_a_hedge_or_a_different_number_in_those_forms_is_still_not_paid(answer, reference):
     assert scored(answer, reference) == 0.0
+
+
+# --- preference prompts ---------------------------------------------------------------------------------------------
+
+USER, ASSISTANT, SYSTEM = ({"role": r, "content": c} for r, c in (("user", "Q"), ("assistant", "A0"), ("system", "S")))
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"completion": "A", "label": True}, "completion"),  # passed validation, then tokenize crashed: "Cannot
+        ({"messages": [ASSISTANT], "label": "yes"}, "messages"),  # apply chat template to an empty conversation"
+        ({"messages": [SYSTEM, ASSISTANT], "label": "1"}, "messages"),
+        # trained as an assistant answering its own answer, where a pair with the same prompt was refused
+        ({"prompt": [USER, ASSISTANT], "completion": "A", "label": "true"}, "completion"),
+        ({"messages": [USER, ASSISTANT, {"role": "assistant", "content": "B"}], "label": True}, "messages"),
+        ({"prompt": "Q", "completion": [{"role": "user", "content": "Q2"}, ASSISTANT], "label": False}, "completion"),
+        # the chat template moves a later system turn to the top, before the question it followed
+        ({"prompt": [USER, SYSTEM, {"role": "user", "content": "Q2"}], "chosen": "A", "rejected": "B"}, "chosen"),
+        ({"prompt": [USER, {"role": "user", "content": "Q2"}], "chosen": "A", "rejected": "B"}, "chosen"),
+        ({"prompt": [ASSISTANT, USER], "chosen": "A", "rejected": "B"}, "chosen"),
+    ],
+)
+def test_a_preference_prompt_that_is_no_question_or_ends_with_an_answer_is_refused(row, field):
+    from r1lib.data.preference import normalize_preference
+    from r1lib.data.records import RecordError
+
+    with pytest.raises(RecordError, match="must (end with a|alternate) user") as refused:
+        normalize_preference(row)
+    assert (refused.value.reason, refused.value.field) == ("role_order", field)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"prompt": [SYSTEM, USER, ASSISTANT, USER], "completion": "A", "label": "no"},
+        {"messages": [SYSTEM, USER, ASSISTANT, USER, {"role": "assistant", "content": "B"}], "label": True},
+        {"prompt": [SYSTEM, USER, ASSISTANT, USER], "chosen": "A", "rejected": "B"},
+        {"prompt": "Q", "completion": "A", "label": "TRUE "},
+    ],
+)
+def test_a_multi_turn_prompt_that_alternates_is_kept_whole(row):
+    from r1lib.data.preference import normalize_preference
+
+    normalized = normalize_preference(row)
+    assert normalized["prompt"][-1] == USER and normalized["system"] in ("S", "")
+    assert [t["role"] for t in normalized["prompt"]] in (["user"], ["user", "assistant", "user"])
