@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from r1lib.config.base import Section
 from r1lib.paths import InputPath
@@ -146,3 +146,9 @@ class TrainMethods(Section):
     orpo: OrpoSettings = OrpoSettings()
     kto: KtoSettings = KtoSettings()
     grpo: GrpoSettings = GrpoSettings()
+
+    @field_validator("init_adapter")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        # a cleared field of the run form arrives as "": a fresh adapter, as None is (not the current folder)
+        return value or None

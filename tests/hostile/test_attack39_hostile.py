@@ -1,10 +1,12 @@
 """Hostile training-method settings and completions: a GRPO run with a held-out loss (r1lib/training/methods/grpo.py),
 the out-of-memory retry at an odd micro-batch (r1lib/training/retry.py), GRPO's correctness reward on answers written
 with a CJK keyboard, markdown or LaTeX separators (r1lib/training/rewards.py), preference rows whose prompt is no
-question or ends with an answer (r1lib/data/preference.py)."""
+question or ends with an answer (r1lib/data/preference.py), and train.init_adapter folders that cannot start the run
+(r1lib/training/backends.py, checked by r1lib/preflight.py)."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -196,3 +198,115 @@ def test_a_multi_turn_prompt_that_alternates_is_kept_whole(row):
     normalized = normalize_preference(row)
     assert normalized["prompt"][-1] == USER and normalized["system"] in ("S", "")
     assert [t["role"] for t in normalized["prompt"]] in (["user"], ["user", "assistant", "user"])
+
+
+# --- train.init_adapter ---------------------------------------------------------------------------------------------
+
+LORA = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                      "down_proj"]}  # fmt: skip
+
+
+def adapter_folder(folder, config: dict | str = LORA, weights: bool = True):
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    text = config if isinstance(config, str) else json.dumps({"peft_type": "LORA", **config})
+    (folder / "adapter_config.json").write_text(text)
+    if weights:
+        save_file({"base_model.model.a.lora_A.weight": torch.ones(2, 4)}, folder / "adapter_model.safetensors")
+    return folder
+
+
+def preflight_with(tmp_path, init_adapter: str):
+    from r1lib.preflight import check_config
+    from r1lib.presets import config_from_args
+
+    config = config_from_args(
+        ["--preset", "tiny", "--set", f"train.init_adapter={json.dumps(init_adapter)}",
+         "--set", f"data.allowed_roots={json.dumps([str(tmp_path), '.'])}",
+         "--set", f"runs_dir={json.dumps(str(tmp_path / 'runs'))}",
+         "--set", f"cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
+    )  # fmt: skip
+    check_config(config)
+    return config
+
+
+def hostile_adapter(tmp_path, case: str):
+    if case == "missing":
+        return tmp_path / "nowhere"
+    if case == "no_config":
+        (tmp_path / "run" / "train" / "adapter").mkdir(parents=True)
+        return tmp_path / "run"
+    if case == "symlink_loop":
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        return tmp_path / "loop"
+    if case == "other_rank":
+        return adapter_folder(tmp_path / "run" / "train" / "adapter", {**LORA, "r": 8}).parent.parent
+    if case == "other_targets":
+        return adapter_folder(tmp_path / "adapter", {**LORA, "target_modules": ["q_proj", "v_proj"]})
+    if case == "broken_config":
+        return adapter_folder(tmp_path / "adapter", '{"r": 16, ')
+    if case == "no_weights":
+        return adapter_folder(tmp_path / "adapter", weights=False)
+    folder = adapter_folder(tmp_path / "adapter")  # pickle weights beside the safetensors
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04 a pickle")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("missing", "no LoRA adapter there"),
+        ("no_config", "no LoRA adapter there"),
+        ("symlink_loop", "no LoRA adapter there"),
+        ("other_rank", r"'r': 8.*set train.lora"),
+        ("other_targets", r"\['q_proj', 'v_proj'\].*set train.lora"),
+        ("broken_config", "adapter_config.json cannot be read"),
+        ("no_weights", "no adapter_model.safetensors"),
+        ("pickle", r"pickle files \['adapter_model.bin'\]"),
+    ],
+)
+def test_an_init_adapter_that_cannot_start_the_run_is_refused_before_any_stage(tmp_path, case, needle):
+    """Each of these passed the preflight and every data stage, and failed only in the train stage after the base
+    model had loaded (minutes to hours in); the pickle one was never checked as evaluation and merge check theirs."""
+    folder = hostile_adapter(tmp_path, case)
+    with pytest.raises(Exception, match=needle) as refused:
+        preflight_with(tmp_path, str(folder))
+    assert "train.init_adapter" in str(refused.value) or str(folder) in str(refused.value)
+
+
+def test_a_matching_adapter_or_run_folder_passes_and_a_cleared_field_is_a_fresh_adapter(tmp_path):
+    from r1lib.training.methods.base import reference_description
+
+    run = adapter_folder(tmp_path / "run" / "train" / "adapter").parent.parent
+    assert preflight_with(tmp_path, str(run)).train.init_adapter == str(run)
+    cleared = preflight_with(tmp_path, "")  # the run form sends a cleared field as ""
+    assert cleared.train.init_adapter is None
+    assert reference_description(cleared.train).startswith("the base model with the LoRA adapter disabled")
+
+
+def test_an_adapter_of_another_base_model_is_refused_naming_it(tmp_path):
+    """Same rank and targets, trained on a model of another width: torch's bare "size mismatch" RuntimeError."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r1lib.config import TrainConfig
+    from r1lib.errors import ConfigError
+    from r1lib.training.backends import load_init_adapter
+
+    def tiny(hidden: int):
+        torch.manual_seed(0)
+        shape = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
+        return get_peft_model(LlamaForCausalLM(shape), lora)
+
+    other = tiny(32)
+    other.peft_config["default"].base_model_name_or_path = "someone/wider-model"
+    other.save_pretrained(tmp_path / "adapter")
+    cfg = TrainConfig(init_adapter=str(tmp_path / "adapter"))
+    with pytest.raises(ConfigError, match=r"trained on another model \(someone/wider-model\): size mismatch"):
+        load_init_adapter(tiny(16), cfg.init_adapter, cfg)
+    assert load_init_adapter(tiny(32), cfg.init_adapter, cfg) == tmp_path / "adapter"
