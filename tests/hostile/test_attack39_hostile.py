@@ -2,7 +2,8 @@
 the out-of-memory retry at an odd micro-batch (r1lib/training/retry.py), GRPO's correctness reward on answers written
 with a CJK keyboard, markdown or LaTeX separators (r1lib/training/rewards.py), preference rows whose prompt is no
 question or ends with an answer (r1lib/data/preference.py), and train.init_adapter folders that cannot start the run
-(r1lib/training/backends.py, checked by r1lib/preflight.py)."""
+(r1lib/training/backends.py, checked by r1lib/preflight.py), the rehearsal's GRPO stage with odd settings
+(r1lib/rehearsal/run.py)."""
 
 from __future__ import annotations
 
@@ -310,3 +311,80 @@ def test_an_adapter_of_another_base_model_is_refused_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"trained on another model \(someone/wider-model\): size mismatch"):
         load_init_adapter(tiny(16), cfg.init_adapter, cfg)
     assert load_init_adapter(tiny(32), cfg.init_adapter, cfg) == tmp_path / "adapter"
+
+
+# --- the rehearsal's GRPO stage -------------------------------------------------------------------------------------
+
+
+def grpo_stage_sees(tmp_path, monkeypatch, *argv):
+    """The train section the rehearsal's GRPO stage hands measure_grpo (stubbed), on a CPU."""
+    from r1lib.rehearsal import grpo
+    from r1lib.rehearsal.run import grpo_stage
+    from tests.hostile.test_attack38_hostile import rehearsal
+
+    args, config = rehearsal(tmp_path, monkeypatch, "--grpo-steps", "1", *argv)
+    seen = []
+    monkeypatch.setattr(grpo, "measure_grpo", lambda model, model_cfg, train, *rest: seen.append(train) or {})
+    result = SimpleNamespace(
+        trained=SimpleNamespace(adapter=str(tmp_path / "adapter"), backend="hf"),
+        model_dir=str(tmp_path / "model"),
+        data=SimpleNamespace(train=SimpleNamespace(dataset=str(tmp_path / "tokenized"))),
+    )
+    figures, error = grpo_stage(args, config, result, tmp_path)
+    return seen[0] if seen else error
+
+
+@pytest.mark.parametrize("group", [6, 3, 16])
+def test_the_rehearsals_grpo_stage_batches_whole_groups_of_the_runs_size(tmp_path, monkeypatch, group):
+    """``--set train.grpo.num_generations=6``: the stage kept the group and trained 8 x 1 completions a step (its
+    fixed --grpo-micro-batch), so the GRPO stage failed on the group check after the whole flow had run."""
+    from r1lib.config import TrainConfig
+    from r1lib.training.methods.grpo import check_group_size
+    from tests.lib.training.test_methods import spec
+
+    train = grpo_stage_sees(tmp_path, monkeypatch, "--set", f"train.grpo.num_generations={group}")
+    assert train.grpo.num_generations == group
+    assert train.micro_batch_size * train.gradient_accumulation % group == 0
+    TrainConfig.model_validate(train.model_dump())  # what the form accepts
+    check_group_size(spec(None, cfg=train, micro_batch=train.micro_batch_size, accumulation=1))
+
+
+def test_a_grpo_stage_batch_that_splits_a_group_is_refused_naming_the_flags_before_the_flow(tmp_path, monkeypatch):
+    from r1lib.errors import ConfigError
+    from r1lib.rehearsal.run import grpo_train_config
+    from tests.hostile.test_attack38_hostile import rehearsal
+
+    args, config = rehearsal(tmp_path, monkeypatch, "--grpo-steps", "1", "--grpo-micro-batch", "8",
+                             "--grpo-generations", "6")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"--grpo-micro-batch 8 .*num_generations 6.*not a multiple"):
+        grpo_train_config(args, config, None)
+    error = grpo_stage_sees(tmp_path, monkeypatch, "--grpo-micro-batch", "8", "--grpo-generations", "6")
+    assert "--grpo-micro-batch 8" in error
+
+
+def test_the_grpo_stage_keeps_the_runs_overlong_buffer_inside_the_limit(tmp_path, monkeypatch):
+    """``--set train.grpo.overlong_buffer=100``: the stage replaced it with a quarter of the limit (256)."""
+    kept = grpo_stage_sees(tmp_path, monkeypatch, "--set", "train.grpo.overlong_buffer=100")
+    assert (kept.grpo.overlong_buffer, kept.grpo.max_completion_length) == (100, 1024)
+    past = grpo_stage_sees(tmp_path, monkeypatch, "--set", "train.grpo.overlong_buffer=100",
+                           "--grpo-completion-tokens", "32")  # fmt: skip
+    assert (past.grpo.overlong_buffer, past.grpo.max_completion_length) == (8, 32)  # past the limit: a quarter of it
+
+
+def test_the_rehearsal_refuses_that_batch_before_the_flow_runs(tmp_path, monkeypatch):
+    import r1lib.rehearsal.run as run
+    from flows.rehearse import main
+
+    monkeypatch.setattr(run, "run_flow", lambda *a: pytest.fail("the flow ran"))
+    # main points Prefect at a home of its own: restored after the test
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    monkeypatch.delenv("R1_RESULT_STORAGE", raising=False)
+    code = main(
+        ["--shape", "tiny-qwen", "--train-rows", "4", "--test-rows", "2", "--prompt-tokens", "20,40",
+         "--completion-tokens", "40,80", "--grpo-steps", "2", "--grpo-generations", "6", "--grpo-micro-batch", "8",
+         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    result = json.loads(next((tmp_path / "out").glob("rehearsal-tiny-qwen-*.json")).read_text())
+    assert code == 1 and not result["completed"] and "--grpo-micro-batch 8" in result["error"]
