@@ -116,6 +116,12 @@ class GrpoSettings(Section):
             )
         if not any(self.rewards.model_dump().values()):
             raise ValueError("train.grpo.rewards: every weight is 0, so nothing ranks the completions; set one above 0")
+        if not (self.rewards.format or self.rewards.correctness):
+            raise ValueError(
+                "train.grpo.rewards: format and correctness are both 0, so only the over-length penalty ranks the "
+                "completions (every one shorter than the buffer scores the same: nothing is learned but brevity); "
+                "set format or correctness above 0"
+            )
         return self
 
 

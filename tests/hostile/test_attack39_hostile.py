@@ -388,3 +388,19 @@ def test_the_rehearsal_refuses_that_batch_before_the_flow_runs(tmp_path, monkeyp
     )  # fmt: skip
     result = json.loads(next((tmp_path / "out").glob("rehearsal-tiny-qwen-*.json")).read_text())
     assert code == 1 and not result["completed"] and "--grpo-micro-batch 8" in result["error"]
+
+
+# --- the reward weights ---------------------------------------------------------------------------------------------
+
+
+def test_reward_weights_that_leave_only_the_length_penalty_are_refused():
+    """``--set train.grpo.rewards.correctness=0 --set train.grpo.rewards.format=0``: the form accepted it (overlong
+    kept its default 1), and every completion shorter than the buffer scored the same, so no group had a signal."""
+    from pydantic import ValidationError
+
+    from r1lib.config import TrainConfig
+
+    with pytest.raises(ValidationError, match="format and correctness are both 0"):
+        TrainConfig(method="grpo", grpo={"rewards": {"format": 0, "correctness": 0}})
+    for weights in ({"format": 0}, {"correctness": 0}, {"overlong": 0}, {"correctness": 0, "overlong": 0}):
+        assert TrainConfig(method="grpo", grpo={"rewards": weights}).grpo.rewards.overlong in (0, 1)
