@@ -153,6 +153,12 @@ class TrainMethods(Section):
     kto: KtoSettings = KtoSettings()
     grpo: GrpoSettings = GrpoSettings()
 
+    @property
+    def smallest_micro_batch(self) -> int:
+        """The least micro-batch the method trains with: KTO's KL term (loss_type kto) pairs each row with another
+        row of its micro-batch (TRL refuses one row), so two; else one."""
+        return 2 if self.method == "kto" and self.kto.loss_type == "kto" else 1
+
     @field_validator("init_adapter")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:

@@ -1,7 +1,7 @@
 """A training run that survives CUDA out-of-memory: each attempt resumes from the last complete checkpoint, and on
 OOM the next attempt first turns on the recompute an automatic choice had turned off, then halves the micro-batch
 (to the largest divisor of the per-process batch at most half of it) and raises gradient accumulation to keep the
-same effective batch, down to ``train.min_micro_batch_size``.
+same effective batch, down to ``train.min_micro_batch_size`` (and the method's least: two rows for KTO).
 
 A full disk is not retried: it is raised naming the checkpoint folder and the free space. Any other error is
 raised as it is.
@@ -73,7 +73,7 @@ def fit_with_oom_retry(
             recompute_next = not checkpointing and auto_recompute
             per_process, smaller = micro_batch * accumulation, halved_micro_batch(micro_batch, accumulation)
             if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or (
-                not recompute_next and smaller < spec.cfg.min_micro_batch_size
+                not recompute_next and smaller < max(spec.cfg.min_micro_batch_size, spec.cfg.smallest_micro_batch)
             ):
                 raise
             where = (

@@ -404,3 +404,59 @@ def test_reward_weights_that_leave_only_the_length_penalty_are_refused():
         TrainConfig(method="grpo", grpo={"rewards": {"format": 0, "correctness": 0}})
     for weights in ({"format": 0}, {"correctness": 0}, {"overlong": 0}, {"correctness": 0, "overlong": 0}):
         assert TrainConfig(method="grpo", grpo={"rewards": weights}).grpo.rewards.overlong in (0, 1)
+
+
+# --- KTO's micro-batch ----------------------------------------------------------------------------------------------
+
+
+def test_a_kto_micro_batch_of_one_is_refused_by_the_form_naming_both_fixes():
+    """``--set train.method=kto --set train.micro_batch_size=1``: the form passed it, then TRL's KTOTrainer refused
+    it after the model had loaded ("Actual (not effective) batch size must be > 1")."""
+    from pydantic import ValidationError
+
+    from r1lib.config import TrainConfig
+
+    with pytest.raises(ValidationError, match=r"micro_batch_size = 1.*apo_zero_unpaired"):
+        TrainConfig(method="kto", micro_batch_size=1, gradient_accumulation=16)
+    assert TrainConfig(method="kto", kto={"loss_type": "apo_zero_unpaired"}, micro_batch_size=1).micro_batch_size == 1
+    assert TrainConfig(method="dpo", micro_batch_size=1).micro_batch_size == 1
+
+
+def test_the_memory_plan_on_a_small_card_keeps_two_kto_rows(tmp_path):
+    """The 7B shape on a 12 GiB card: the plan chose micro-batch 1 x 16, which the form's check never saw."""
+    from r1lib.config import ModelConfig
+    from r1lib.model.shapes import MODELS
+    from r1lib.presets import preset
+    from r1lib.training.plan import plan_memory
+
+    (tmp_path / "config.json").write_text(json.dumps(MODELS["r1-qwen-7b"]))
+    model = ModelConfig(name_or_path=str(tmp_path))
+    for method, least in (("kto", 2), ("dpo", 1)):
+        cfg = preset("r1-qwen-7b").train.model_copy(update={"method": method})
+        plan = plan_memory(cfg, model, str(tmp_path), "hf", 4096, 4, 4, budget=12 * 2**30)
+        assert (plan.micro_batch, plan.accumulation) == (least, 16 // least)
+
+
+def test_the_oom_retry_stops_at_two_kto_rows(tmp_path, monkeypatch):
+    import r1lib.training.retry as retry
+    from r1lib.config import ModelConfig, TrainConfig
+    from r1lib.training.fit import FitSpec
+    from r1lib.training.launcher import CudaOutOfMemory, LaunchPlan
+
+    attempts = []
+
+    def out_of_memory(attempt, plan, work, hook):
+        attempts.append((attempt.micro_batch, attempt.accumulation))
+        raise CudaOutOfMemory("CUDA out of memory (planted)")
+
+    monkeypatch.setattr(retry, "launch", out_of_memory)
+    cfg = TrainConfig(method="kto", gradient_checkpointing=True, micro_batch_size=8, gradient_accumulation=1)
+    first = FitSpec(
+        backend="hf", dataset_dir="d", eval_dataset_dir=None, model_dir="m", model_cfg=ModelConfig(), cfg=cfg,
+        max_seq_length=64, checkpoint_dir=str(tmp_path / "ck"), adapter_dir=str(tmp_path / "adapter"), resume=None,
+        micro_batch=8, accumulation=1,
+    )  # fmt: skip
+    with pytest.raises(CudaOutOfMemory):  # the out-of-memory error, not TRL's batch-size refusal at micro-batch 1
+        retry.fit_with_oom_retry(first, LaunchPlan(name="single", launcher="in-process", processes=1),
+                                 tmp_path / "launch", auto_recompute=False)  # fmt: skip
+    assert attempts == [(8, 1), (4, 2), (2, 4)]
