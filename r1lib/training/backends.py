@@ -138,7 +138,7 @@ def check_init_adapter(path: str, cfg: TrainConfig) -> Path:
 
 def load_init_adapter(model, path: str, cfg: TrainConfig) -> Path:
     """Put the weights of the adapter ``train.init_adapter`` names (``check_init_adapter``) into the fresh LoRA
-    adapter of ``model``; weights shaped for another model are a ConfigError naming the base it was trained on."""
+    adapter of ``model``; weights shaped for another model, or too few for its LoRA layers, are a ConfigError."""
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
@@ -156,6 +156,14 @@ def load_init_adapter(model, path: str, cfg: TrainConfig) -> Path:
         ) from None
     if loaded.unexpected_keys:
         raise ConfigError(f"train.init_adapter = {path}: weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
+    # a model of the same width but more layers: the adapter leaves some LoRA layers at their fresh start
+    unfilled = [key for key in loaded.missing_keys if ".lora_" in key]
+    if unfilled:
+        raise ConfigError(
+            f"train.init_adapter = {path}: the adapter in {folder} has no weights for {len(unfilled)} LoRA weights "
+            f"of this model (e.g. {unfilled[0]}): it was trained on another model; start from an adapter of "
+            "model.name_or_path"
+        )
     log.info("training starts from the adapter in %s (train.init_adapter)", folder)
     return folder
 

@@ -297,9 +297,9 @@ def test_an_adapter_of_another_base_model_is_refused_naming_it(tmp_path):
     from r1lib.errors import ConfigError
     from r1lib.training.backends import load_init_adapter
 
-    def tiny(hidden: int):
+    def tiny(hidden: int, layers: int = 1):
         torch.manual_seed(0)
-        shape = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+        shape = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                             num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
         lora = LoraConfig(r=16, lora_alpha=32, target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
         return get_peft_model(LlamaForCausalLM(shape), lora)
@@ -311,6 +311,9 @@ def test_an_adapter_of_another_base_model_is_refused_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"trained on another model \(someone/wider-model\): size mismatch"):
         load_init_adapter(tiny(16), cfg.init_adapter, cfg)
     assert load_init_adapter(tiny(32), cfg.init_adapter, cfg) == tmp_path / "adapter"
+    # the same width, one layer more: the second layer's LoRA silently kept its fresh start
+    with pytest.raises(ConfigError, match=r"no weights for 14 LoRA weights of this model \(e.g. .*layers\.1\."):
+        load_init_adapter(tiny(32, layers=2), cfg.init_adapter, cfg)
 
 
 # --- the rehearsal's GRPO stage -------------------------------------------------------------------------------------
