@@ -118,7 +118,8 @@ def final_expression(answer: str) -> str | None:
 def several(expression: str) -> bool:
     """Whether an expression holds several candidates (or words around one): a comma or semicolon outside brackets,
     a disjunction, a set, a range with dots, plus-minus, plain words. A single number, fraction, root, tuple or
-    interval is one expression."""
+    interval is one expression. LaTeX's spaces ``\\,`` and ``\\;`` separate nothing."""
+    expression = expression.replace("\\,", " ").replace("\\;", " ")
     depth = 0
     for char in expression:
         depth += (char in _OPEN) - (char in _CLOSE)

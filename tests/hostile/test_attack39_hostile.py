@@ -139,6 +139,8 @@ def scored(answer: str, reference: str) -> float:
         ("**The final answer is** $\\frac{1}{2}$", "0.5"),
         ("1\\,000", "1000"),  # LaTeX's thin-space thousands separator ("1{,}000" scored 1)
         ("\\boxed{12\\,345\\,678}", "12345678"),
+        ("42\\,\\text{cm}", "42"),  # LaTeX's thin space before a unit read as a list's comma ("42\\text{ cm}": 1)
+        ("\\frac{1}{2}\\;\\text{m}", "0.5"),
     ],
 )
 def test_an_equal_answer_in_another_script_or_markup_is_paid(answer, reference):
@@ -148,7 +150,7 @@ def test_an_equal_answer_in_another_script_or_markup_is_paid(answer, reference):
 @pytest.mark.parametrize(
     ("answer", "reference"),
     [("４１，４２", "42"), ("**Answer:** 41 or 42", "42"), ("１/３", "1/2"), ("1\\,5", "1.5"), ("1\\,001", "1000"),
-     ("**Answer:** 43", "42")],
+     ("**Answer:** 43", "42"), ("41\\,\\text{or}\\,42", "42"), ("41,\\,42", "42")],
 )  # fmt: skip
 def test_a_hedge_or_a_different_number_in_those_forms_is_still_not_paid(answer, reference):
     assert scored(answer, reference) == 0.0
