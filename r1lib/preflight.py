@@ -83,7 +83,7 @@ def check_config(config: PipelineConfig) -> None:
             f"{max(8, 4 * cores)}); a larger cluster is one you start yourself and name in runner.address"
         )
     check_model_config(config.model, config.train.lora.target_modules)
-    if config.train.init_adapter:
+    if config.train.init_adapter and config.stop_after is None:  # a data-only run may precede the adapter's run end
         check_init_adapter(config.train.init_adapter, config.train)
     for field in ("runs_dir", "cache_dir"):
         check_writable_folder(getattr(config, field), field)

@@ -221,7 +221,7 @@ def adapter_folder(folder, config: dict | str = LORA, weights: bool = True):
     return folder
 
 
-def preflight_with(tmp_path, init_adapter: str):
+def preflight_with(tmp_path, init_adapter: str, *argv: str):
     from r1lib.preflight import check_config
     from r1lib.presets import config_from_args
 
@@ -229,7 +229,7 @@ def preflight_with(tmp_path, init_adapter: str):
         ["--preset", "tiny", "--set", f"train.init_adapter={json.dumps(init_adapter)}",
          "--set", f"data.allowed_roots={json.dumps([str(tmp_path), '.'])}",
          "--set", f"runs_dir={json.dumps(str(tmp_path / 'runs'))}",
-         "--set", f"cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
+         "--set", f"cache_dir={json.dumps(str(tmp_path / 'cache'))}", *argv]
     )  # fmt: skip
     check_config(config)
     return config
@@ -284,6 +284,8 @@ def test_a_matching_adapter_or_run_folder_passes_and_a_cleared_field_is_a_fresh_
 
     run = adapter_folder(tmp_path / "run" / "train" / "adapter").parent.parent
     assert preflight_with(tmp_path, str(run)).train.init_adapter == str(run)
+    data_only = preflight_with(tmp_path, str(tmp_path / "sft-run-still-training"), "--set", 'stop_after="tokenize"')
+    assert data_only.stop_after == "tokenize"  # no train stage: its adapter may not exist yet
     cleared = preflight_with(tmp_path, "")  # the run form sends a cleared field as ""
     assert cleared.train.init_adapter is None
     assert reference_description(cleared.train).startswith("the base model with the LoRA adapter disabled")
