@@ -116,14 +116,13 @@ def check_init_adapter(path: str, cfg: TrainConfig) -> Path:
     from r1lib.model.loading import check_adapter
 
     folder = init_adapter_folder(path)
+    config_file = folder / "adapter_config.json"
     try:
-        saved = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(
-            f"train.init_adapter = {path}: {folder / 'adapter_config.json'} cannot be read ({exc})"
-        ) from None
+        raise ConfigError(f"train.init_adapter = {path}: {config_file} cannot be read ({exc})") from None
     if not isinstance(saved, dict):
-        raise ConfigError(f"train.init_adapter = {path}: {folder / 'adapter_config.json'} is not a JSON object")
+        raise ConfigError(f"train.init_adapter = {path}: {config_file} is not a JSON object")
     ours = {"r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "target_modules": sorted(cfg.lora.target_modules)}
     theirs = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
               "target_modules": sorted(saved.get("target_modules") or [])}  # fmt: skip
