@@ -104,6 +104,18 @@ def _check_prompt(prompt: list[dict], field: str, kind: str) -> None:
         )
 
 
+def _check_answered(side: dict, field: str, preferred: str) -> None:
+    """Refuse a preferred answer that is reasoning with nothing after it (an SFT row's is refused alike): the
+    trainer would teach the model to stop once it has thought. A rejected one may be so: not answering is bad."""
+    if side["reasoning"] is not None and not visible_text(side["content"]).strip():
+        raise RecordError(
+            "empty_answer",
+            field,
+            f"'{field}' ({preferred}) has no answer after its reasoning: training would prefer thinking without "
+            "answering; give its answer, or leave the row out",
+        )
+
+
 def _row_prompt_conflict(row: dict, conversation: list[dict], max_chars: int) -> None:
     """Refuse a row-level ``prompt`` (or question, instruction...) beside answers that are whole conversations when
     it asks something else than they do: TRL's implicit prompt is the conversations', and the row's would be dropped."""
@@ -147,6 +159,8 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
             prompt = []
         system, prompt = _split_system(prompt + before, row, max_chars)
         _check_prompt(prompt, "completion" if "completion" in row else "messages", "labelled answer")
+        if label:
+            _check_answered(completion, "completion" if "completion" in row else "messages", "labelled desirable")
         return {"kind": "label", "shape": name, "system": system, "prompt": prompt, "completion": completion,
                 "label": label}  # fmt: skip
     keys = {
@@ -168,6 +182,7 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
         )
     before_c, chosen = _answer(row[keys[0]], keys[0], max_chars)
     before_r, rejected = _answer(row[keys[1]], keys[1], max_chars)
+    _check_answered(chosen, keys[0], "the preferred answer")
     if before_c != before_r:
         raise RecordError("conflicting_prompt", keys[1], f"'{keys[0]}' and '{keys[1]}' answer different prompts")
     # Whole conversations as answers (TRL's implicit prompt, UltraFeedback/Firefly) carry the prompt; a row-level

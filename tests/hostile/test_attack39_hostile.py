@@ -467,3 +467,33 @@ def test_the_oom_retry_stops_at_two_kto_rows(tmp_path, monkeypatch):
         retry.fit_with_oom_retry(first, LaunchPlan(name="single", launcher="in-process", processes=1),
                                  tmp_path / "launch", auto_recompute=False)  # fmt: skip
     assert attempts == [(8, 1), (4, 2), (2, 4)]
+
+
+THOUGHT_ONLY = "<think>\nLet me think about it.\n</think>\n\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"prompt": "Q", "chosen": THOUGHT_ONLY, "rejected": "B"}, "chosen"),
+        ({"prompt": "Q", "chosen": THOUGHT_ONLY + "\u200b", "rejected": "B"}, "chosen"),
+        ({"prompt": "Q", "completion": THOUGHT_ONLY, "label": "yes"}, "completion"),
+        ({"messages": [USER, {"role": "assistant", "content": THOUGHT_ONLY}], "label": True}, "messages"),
+    ],
+)
+def test_a_preferred_answer_that_only_thinks_is_refused_as_an_sft_row_is(row, field):
+    """An SFT row whose answer is reasoning with nothing after it is refused (empty_answer); as the chosen side of a
+    pair, or a desirable KTO answer, it was accepted: preference training then rewards stopping after the thought."""
+    from r1lib.data.preference import normalize_preference
+    from r1lib.data.records import RecordError
+
+    with pytest.raises(RecordError, match="no answer after its reasoning") as refused:
+        normalize_preference(row)
+    assert (refused.value.reason, refused.value.field) == ("empty_answer", field)
+
+
+def test_a_rejected_or_undesirable_answer_that_only_thinks_is_kept_as_a_bad_example():
+    from r1lib.data.preference import normalize_preference
+
+    assert normalize_preference({"prompt": "Q", "chosen": "A", "rejected": THOUGHT_ONLY})["rejected"]["content"] == ""
+    assert normalize_preference({"prompt": "Q", "completion": THOUGHT_ONLY, "label": "no"})["label"] is False
