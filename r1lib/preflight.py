@@ -25,6 +25,7 @@ from r1lib.data.inputs import distinct_inputs
 from r1lib.errors import ConfigError, PathNotAllowed
 from r1lib.model.loading import check_model_config
 from r1lib.paths import check_links, confine, declared_paths, is_url, refuse_archive, resolve_roots
+from r1lib.training.backends import check_init_adapter
 from r1lib.training.launcher import launch_plan
 
 _passed: set[str] = set()  # configurations (as JSON) that passed in this process
@@ -58,7 +59,8 @@ def check_config(config: PipelineConfig) -> None:
     this machine: the launch preset ``train.launch`` names is read and checked (it exists; its trainer and env blocks
     stay within their allow-lists; the processes it starts fit the GPUs or cores here), a local cluster's
     ``runner.workers`` fit the cores, and the embedded model or a local model folder has the LoRA targets, safetensors
-    weights and no code it would need trusted (r1lib.model.loading.check_model_config). Reads no data, so a flow
+    weights and no code it would need trusted (r1lib.model.loading.check_model_config), and the adapter
+    ``train.init_adapter`` names fits train.lora (r1lib.training.backends.check_init_adapter). Reads no data, so a flow
     calls it first and a bad path, preset, count or model fails before any stage does work."""
     roots, field = resolve_roots(config.data.allowed_roots), "data.allowed_roots"
     for name, path in config_paths(config):
@@ -81,6 +83,8 @@ def check_config(config: PipelineConfig) -> None:
             f"{max(8, 4 * cores)}); a larger cluster is one you start yourself and name in runner.address"
         )
     check_model_config(config.model, config.train.lora.target_modules)
+    if config.train.init_adapter and config.stop_after is None:  # a data-only run may precede the adapter's run end
+        check_init_adapter(config.train.init_adapter, config.train)
     for field in ("runs_dir", "cache_dir"):
         check_writable_folder(getattr(config, field), field)
     check_runner(config)

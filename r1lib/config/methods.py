@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from r1lib.config.base import Section
 from r1lib.paths import InputPath
@@ -126,6 +126,12 @@ class GrpoSettings(Section):
             )
         if not any(self.rewards.model_dump().values()):
             raise ValueError("train.grpo.rewards: every weight is 0, so nothing ranks the completions; set one above 0")
+        if not (self.rewards.format or self.rewards.correctness):
+            raise ValueError(
+                "train.grpo.rewards: format and correctness are both 0, so only the over-length penalty ranks the "
+                "completions (every one shorter than the buffer scores the same: nothing is learned but brevity); "
+                "set format or correctness above 0"
+            )
         return self
 
 
@@ -156,3 +162,15 @@ class TrainMethods(Section):
     orpo: OrpoSettings = OrpoSettings()
     kto: KtoSettings = KtoSettings()
     grpo: GrpoSettings = GrpoSettings()
+
+    @property
+    def smallest_micro_batch(self) -> int:
+        """The least micro-batch the method trains with: KTO's KL term (loss_type kto) pairs each row with another
+        row of its micro-batch (TRL refuses one row), so two; else one."""
+        return 2 if self.method == "kto" and self.kto.loss_type == "kto" else 1
+
+    @field_validator("init_adapter")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        # a cleared field of the run form arrives as "": a fresh adapter, as None is (not the current folder)
+        return value or None

@@ -101,6 +101,17 @@ class TrainConfig(TrainMethods):
         return self
 
     @model_validator(mode="after")
+    def _kto_pairs_rows_within_a_micro_batch(self):
+        # TRL's KTOTrainer refuses a micro-batch of one after the model has loaded: refused here, before any stage
+        if self.micro_batch_size < self.smallest_micro_batch:
+            raise ValueError(
+                f"method kto (loss_type kto): micro_batch_size = {self.micro_batch_size}, but the KL term pairs each "
+                "row with another of its micro-batch; set micro_batch_size to 2 or more (gradient_accumulation keeps "
+                "the effective batch), or train.kto.loss_type = apo_zero_unpaired"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _grpo_groups_fill_a_step(self):
         per_step = self.micro_batch_size * self.gradient_accumulation
         if self.method == "grpo" and (why := self.grpo.group_split(per_step)):

@@ -87,6 +87,35 @@ def _split_system(turns: list[dict], row: dict, max_chars: int) -> tuple[str, li
     return system, turns
 
 
+def _check_prompt(prompt: list[dict], field: str, kind: str) -> None:
+    """Refuse a prompt that is not user and assistant turns alternating from a user turn to a last user turn (as an
+    SFT row's turns before its answer are): an answer to no question, an answer after an answer, or a system turn
+    after the first, which the chat template would move to the top."""
+    roles = [t["role"] for t in prompt]
+    if not roles or roles[-1] != "user":
+        ending = f" (its last turn is {roles[-1]})" if roles else " (it has none: no question to answer)"
+        raise RecordError("role_order", field, f"the prompt of a {kind} must end with a user turn{ending}")
+    if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+        raise RecordError(
+            "role_order",
+            field,
+            f"the prompt of a {kind} must alternate user/assistant turns from a user turn (a system turn first at "
+            f"most): {roles}",
+        )
+
+
+def _check_answered(side: dict, field: str, preferred: str) -> None:
+    """Refuse a preferred answer that is reasoning with nothing after it (an SFT row's is refused alike): the
+    trainer would teach the model to stop once it has thought. A rejected one may be so: not answering is bad."""
+    if side["reasoning"] is not None and not visible_text(side["content"]).strip():
+        raise RecordError(
+            "empty_answer",
+            field,
+            f"'{field}' ({preferred}) has no answer after its reasoning: training would prefer thinking without "
+            "answering; give its answer, or leave the row out",
+        )
+
+
 def _row_prompt_conflict(row: dict, conversation: list[dict], max_chars: int) -> None:
     """Refuse a row-level ``prompt`` (or question, instruction...) beside answers that are whole conversations when
     it asks something else than they do: TRL's implicit prompt is the conversations', and the row's would be dropped."""
@@ -129,6 +158,9 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
             before, completion = _answer(row["messages"], "messages", max_chars)
             prompt = []
         system, prompt = _split_system(prompt + before, row, max_chars)
+        _check_prompt(prompt, "completion" if "completion" in row else "messages", "labelled answer")
+        if label:
+            _check_answered(completion, "completion" if "completion" in row else "messages", "labelled desirable")
         return {"kind": "label", "shape": name, "system": system, "prompt": prompt, "completion": completion,
                 "label": label}  # fmt: skip
     keys = {
@@ -150,6 +182,7 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
         )
     before_c, chosen = _answer(row[keys[0]], keys[0], max_chars)
     before_r, rejected = _answer(row[keys[1]], keys[1], max_chars)
+    _check_answered(chosen, keys[0], "the preferred answer")
     if before_c != before_r:
         raise RecordError("conflicting_prompt", keys[1], f"'{keys[0]}' and '{keys[1]}' answer different prompts")
     # Whole conversations as answers (TRL's implicit prompt, UltraFeedback/Firefly) carry the prompt; a row-level
@@ -168,8 +201,7 @@ def normalize_preference(row: Any, max_chars: int = 100_000) -> dict:
     null = next((k for k in (*_PROMPT_TEXT_KEYS, "messages", "conversations") if k in row and row[k] is None), None)
     if not prompt and null is not None:  # the prompt given as null: no prompt, not a prompt in the wrong order
         raise RecordError("empty_field", null, f"field '{null}' is null: a pair needs its prompt as text or turns")
-    if not prompt or prompt[-1]["role"] != "user":
-        raise RecordError("role_order", keys[0], "the prompt of a pair must end with a user turn")
+    _check_prompt(prompt, keys[0], "pair")
     if visible_text(side_text(chosen)) == visible_text(side_text(rejected)):
         raise RecordError(
             "equal_sides",

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from r1lib.errors import ConfigError
 from r1lib.process import restored_environ
 from r1lib.stages import group_of, out_dir
 
@@ -59,7 +60,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--grpo-completion-tokens", type=int, default=None, help="train.grpo.max_completion_length (default: the run's)"
     )
-    parser.add_argument("--grpo-micro-batch", type=int, default=8, help="completions per micro-batch of the GRPO stage")
+    parser.add_argument(
+        "--grpo-micro-batch", type=int, default=None, help="completions per micro-batch of the GRPO stage (default: "
+        "one group, train.grpo.num_generations); a multiple of the group",
+    )  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     parser.add_argument("--work", default="/tmp/r1-rehearse", help="scratch folder (model, data, run)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the JSON and table go")
@@ -314,6 +318,12 @@ def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
     print(f"[rehearse] data: {record['data']}", flush=True)
 
     config = rehearsal_config(args, model_dir, record["data"], work)
+    if args.grpo_steps:  # refused now, not after the flow has run for minutes
+        try:
+            grpo_train_config(args, config, None)
+        except ConfigError as exc:
+            record["error"] = str(exc)
+            return _finish(record, args, work, 1)
     run_dir = config.run_dir()
     deleted: list[str] = []
 
@@ -360,26 +370,43 @@ def _rehearse(argv: list[str], flow: Callable[[Any], Any]) -> int:
     return _finish(record, args, work, 0 if error is None else 1)
 
 
+def grpo_train_config(args, config, adapter: str | None):
+    """The GRPO stage's train section, validated as the form validates one: the run's, its train.grpo kept (the
+    stage's flags where given; the buffer inside the limit), the batch --grpo-micro-batch (one group) x 1. A
+    ConfigError naming the flags when a step would split a group."""
+    from pydantic import ValidationError
+
+    from r1lib.config import TrainConfig
+    from r1lib.rehearsal.grpo import grpo_settings
+
+    asked = config.train.grpo  # the run's train.grpo, its --set included; the stage's flags where given
+    generations = asked.num_generations if args.grpo_generations is None else args.grpo_generations
+    tokens = asked.max_completion_length if args.grpo_completion_tokens is None else args.grpo_completion_tokens
+    grpo = asked.model_dump() | grpo_settings(generations, tokens)
+    if asked.overlong_buffer <= tokens:
+        grpo["overlong_buffer"] = asked.overlong_buffer
+    micro_batch = generations if args.grpo_micro_batch is None else args.grpo_micro_batch
+    batch = {"method": "grpo", "micro_batch_size": micro_batch, "gradient_accumulation": 1}
+    try:
+        return TrainConfig.model_validate(config.train.model_dump() | batch | {"init_adapter": adapter, "grpo": grpo})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"the GRPO stage (--grpo-steps {args.grpo_steps}): --grpo-micro-batch {micro_batch} and "
+            f"train.grpo (num_generations {generations}: --grpo-generations or --set) do not fit: "
+            f"{exc.errors()[0]['msg']}"
+        ) from None
+
+
 def grpo_stage(args, config, result, work: Path) -> tuple[dict, str | None]:
     """GRPO after the flow, from its SFT adapter (a fresh one after a data-only run: ``--set stop_after=tokenize``),
     on its tokenized training rows (r1lib/rehearsal/grpo.py): seconds and generated tokens per step and peak GPU
     memory, every completion at its token limit. (figures, error)."""
-    from r1lib.rehearsal.grpo import grpo_settings, measure_grpo
+    from r1lib.rehearsal.grpo import measure_grpo
     from r1lib.training.backends import choose_backend
 
     trained = getattr(result, "trained", None)
-    asked = config.train.grpo  # the run's train.grpo, its --set included; the stage's flags where given
-    generations = asked.num_generations if args.grpo_generations is None else args.grpo_generations
-    tokens = asked.max_completion_length if args.grpo_completion_tokens is None else args.grpo_completion_tokens
-    train = config.train.model_copy(
-        update={
-            "init_adapter": trained.adapter if trained is not None else None,
-            "micro_batch_size": args.grpo_micro_batch,
-            "gradient_accumulation": 1,
-            "grpo": asked.model_validate(asked.model_dump() | grpo_settings(generations, tokens)),
-        }
-    )
     try:
+        train = grpo_train_config(args, config, trained.adapter if trained is not None else None)
         figures = measure_grpo(
             result.model_dir, config.model, train, result.data.train.dataset, work / "grpo", args.grpo_steps,
             config.tokenize.max_seq_length, trained.backend if trained is not None else choose_backend(config.train),

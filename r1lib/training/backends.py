@@ -110,14 +110,19 @@ def init_adapter_folder(path: str) -> Path:
     )
 
 
-def load_init_adapter(model, path: str, cfg: TrainConfig) -> Path:
-    """Put the weights of the adapter ``train.init_adapter`` names into the fresh LoRA adapter of ``model``; its
-    rank, alpha and target modules must be train.lora's."""
-    from peft import set_peft_model_state_dict
-    from peft.utils import load_peft_weights
+def check_init_adapter(path: str, cfg: TrainConfig) -> Path:
+    """The adapter folder ``train.init_adapter`` names, before any work: its adapter_config.json has train.lora's
+    rank, alpha and target modules, and its weights are whole safetensors (``check_adapter``). Reads no weights."""
+    from r1lib.model.loading import check_adapter
 
     folder = init_adapter_folder(path)
-    saved = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config_file = folder / "adapter_config.json"
+    try:
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"train.init_adapter = {path}: {config_file} cannot be read ({exc})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"train.init_adapter = {path}: {config_file} is not a JSON object")
     ours = {"r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "target_modules": sorted(cfg.lora.target_modules)}
     theirs = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
               "target_modules": sorted(saved.get("target_modules") or [])}  # fmt: skip
@@ -126,9 +131,38 @@ def load_init_adapter(model, path: str, cfg: TrainConfig) -> Path:
             f"train.init_adapter = {path}: the adapter in {folder} has {theirs}, train.lora has {ours}; "
             "set train.lora to the adapter's settings"
         )
-    loaded = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
+    check_adapter(str(folder))
+    return folder
+
+
+def load_init_adapter(model, path: str, cfg: TrainConfig) -> Path:
+    """Put the weights of the adapter ``train.init_adapter`` names (``check_init_adapter``) into the fresh LoRA
+    adapter of ``model``; weights shaped for another model, or too few for its LoRA layers, are a ConfigError."""
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    folder = check_init_adapter(path, cfg)
+    try:
+        loaded = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
+    except RuntimeError as exc:  # torch's load_state_dict: "size mismatch for ...lora_A.default.weight: ..."
+        if "size mismatch" not in str(exc):
+            raise
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        mismatch = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:300])
+        raise ConfigError(
+            f"train.init_adapter = {path}: the adapter in {folder} was trained on another model ({base}): "
+            f"{mismatch}; start from an adapter of model.name_or_path"
+        ) from None
     if loaded.unexpected_keys:
         raise ConfigError(f"train.init_adapter = {path}: weights that fit no LoRA layer: {loaded.unexpected_keys[:5]}")
+    # a model of the same width but more layers: the adapter leaves some LoRA layers at their fresh start
+    unfilled = [key for key in loaded.missing_keys if ".lora_" in key]
+    if unfilled:
+        raise ConfigError(
+            f"train.init_adapter = {path}: the adapter in {folder} has no weights for {len(unfilled)} LoRA weights "
+            f"of this model (e.g. {unfilled[0]}): it was trained on another model; start from an adapter of "
+            "model.name_or_path"
+        )
     log.info("training starts from the adapter in %s (train.init_adapter)", folder)
     return folder
 

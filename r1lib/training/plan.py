@@ -121,6 +121,7 @@ def plan_memory(
     )
     per_process = micro_batch * accumulation
     sizes = divisors_descending(per_process) if cfg.memory_plan == "auto" else [micro_batch]
+    sizes = [s for s in sizes if s >= cfg.smallest_micro_batch] or sizes  # KTO's KL term: two rows at least
     four_bit = model_cfg.load_in_4bit
 
     def need(size: int, recompute: bool) -> int:

@@ -1,6 +1,7 @@
 """A training run that survives CUDA out-of-memory: each attempt resumes from the last complete checkpoint, and on
 OOM the next attempt first turns on the recompute an automatic choice had turned off, then halves the micro-batch
-and doubles gradient accumulation (the same effective batch), down to ``train.min_micro_batch_size``.
+(to the largest divisor of the per-process batch at most half of it) and raises gradient accumulation to keep the
+same effective batch, down to ``train.min_micro_batch_size`` (and the method's least: two rows for KTO).
 
 A full disk is not retried: it is raised naming the checkpoint folder and the free space. Any other error is
 raised as it is.
@@ -33,6 +34,13 @@ class RetriedFit(BaseModel):
     oom_retries: list[str]  # one line per out-of-memory retry: what ran out and what was tried next
 
 
+def halved_micro_batch(micro_batch: int, accumulation: int) -> int:
+    """The largest micro-batch of at most half ``micro_batch`` that divides the per-process batch (``micro_batch``
+    x ``accumulation``), so that the effective batch, and a GRPO step's whole groups, stay as they were; 0 at 1."""
+    per_process = micro_batch * accumulation
+    return next((size for size in range(micro_batch // 2, 0, -1) if per_process % size == 0), 0)
+
+
 def fit_with_oom_retry(
     spec: FitSpec, plan: LaunchPlan, work: Path, *, auto_recompute: bool, progress_hook=None
 ) -> RetriedFit:
@@ -63,8 +71,9 @@ def fit_with_oom_retry(
                 raise disk_full(checkpoint_dir, exc) from exc  # names the folder and the free space; no retry
             # An automatic choice of no recompute is undone first; then the micro-batch halves.
             recompute_next = not checkpointing and auto_recompute
+            per_process, smaller = micro_batch * accumulation, halved_micro_batch(micro_batch, accumulation)
             if not (isinstance(exc, CudaOutOfMemory) or is_oom(exc)) or (
-                not recompute_next and micro_batch // 2 < spec.cfg.min_micro_batch_size
+                not recompute_next and smaller < max(spec.cfg.min_micro_batch_size, spec.cfg.smallest_micro_batch)
             ):
                 raise
             where = (
@@ -74,7 +83,7 @@ def fit_with_oom_retry(
             oom = (
                 f"{where} without recompute; retrying with gradient checkpointing on"
                 if recompute_next
-                else f"{where}; retrying with {micro_batch // 2} x {accumulation * 2} (same effective batch)"
+                else f"{where}; retrying with {smaller} x {per_process // smaller} (same effective batch)"
             )
         if oom is None:
             return RetriedFit(
@@ -91,5 +100,5 @@ def fit_with_oom_retry(
         if recompute_next:
             checkpointing = True
         else:
-            micro_batch, accumulation = micro_batch // 2, accumulation * 2
+            micro_batch, accumulation = smaller, per_process // smaller
         free_cuda()

@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 REWARDS = ("format", "correctness", "overlong")  # the names train.grpo.rewards weighs, in TRL's column order
 _NUMBER = re.compile(r"^[-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?([eE][-+]?\d+)?$")
 _BRACE = re.compile(r"\\boxed\s*\{|\{|\}")  # what a one-pass brace scan stops at
-# "The answer is ..." / "答案是 ...": the answer phrase before a final expression, not part of it.
+# "The answer is ...", "**Answer:** ..." / "答案是 ...": the answer phrase before a final expression, not part of it.
 _ANSWER_PHRASE = re.compile(
-    r"^(?:so,?\s*)?(?:the\s+)?(?:final\s+)?answer(?:\s+is\s*:?|\s*[:：=])\s*|^(?:最终)?答案(?:是|为|[:：])\s*", re.I
+    r"^(?:\*\*)?(?:so,?\s*)?(?:the\s+)?(?:final\s+)?answer(?:\*\*)?(?:\s+is\s*:?|\s*[:：=])(?:\*\*)?\s*"
+    r"|^(?:最终)?答案(?:是|为|[:：])\s*",
+    re.I,
 )
+# Full-width forms (１２, ＋, ／, ，) as their ASCII twins: a CJK keyboard's digits and signs are the same answer.
+_HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 _WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"))
 # Several candidates in one answer: a list, a disjunction, a range, plus-minus, or plain words (2-letter connectives
 # or 3+ letters not after a backslash and not a function name) - a hedge, not one expression.
@@ -114,7 +118,8 @@ def final_expression(answer: str) -> str | None:
 def several(expression: str) -> bool:
     """Whether an expression holds several candidates (or words around one): a comma or semicolon outside brackets,
     a disjunction, a set, a range with dots, plus-minus, plain words. A single number, fraction, root, tuple or
-    interval is one expression."""
+    interval is one expression. LaTeX's spaces ``\\,`` and ``\\;`` separate nothing."""
+    expression = expression.replace("\\,", " ").replace("\\;", " ")
     depth = 0
     for char in expression:
         depth += (char in _OPEN) - (char in _CLOSE)
@@ -126,14 +131,15 @@ def several(expression: str) -> bool:
 
 
 def as_number(text: str) -> Decimal | None:
-    """The number a short answer states (``42``, ``-3.5``, ``1,000``, ``2e3``, ``$12``, ``50%``, a trailing period;
-    inside ``\\boxed{}`` too, when every box holds the same), or None."""
+    """The number a short answer states (``42``, ``-3.5``, ``1,000``, ``1\\,000``, ``2e3``, ``$12``, ``50%``, a trailing
+    period; inside ``\\boxed{}`` too, when every box holds the same), or None."""
     text = text.strip()
     if boxes := boxed_contents(text):
         if len(set(boxes)) > 1:
             return None
         text = boxes[-1]
     text = text.strip().rstrip(".").removeprefix("$").removesuffix("%").strip()
+    text = text.replace("{,}", ",").replace("\\,", ",")  # LaTeX's thousands separators: 1{,}000 and 1\,000
     if not text or not _NUMBER.match(text) or not any(c.isdigit() for c in text):
         return None
     try:
@@ -219,11 +225,12 @@ def math_equal(answer: str, reference: str) -> bool:
 
 
 def match(answer: str | None, reference: str) -> str | None:
-    """How the answer matches the reference (``exact``, ``normalized``, ``numeric``, ``math``), or None. Only the
-    whole answer or its one final expression counts: never one candidate picked out of several."""
+    """How the answer matches the reference (``exact``, ``normalized``, ``numeric``, ``math``), or None, full-width
+    forms read as ASCII. Only the whole answer or its one final expression counts: never one candidate picked out of
+    several."""
     if answer is None:
         return None
-    answer, reference = answer.strip(), reference.strip()
+    answer, reference = answer.translate(_HALF_WIDTH).strip(), reference.translate(_HALF_WIDTH).strip()
     if not answer:
         return None
     if answer == reference:

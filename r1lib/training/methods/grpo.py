@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -123,6 +124,14 @@ def check_group_size(spec: TrainerSpec) -> None:
         )
 
 
+def eval_batch_size(spec: TrainerSpec) -> int:
+    """The held-out micro-batch: TRL scores whole groups there too, so the held-out batch of every process together
+    must be a multiple of num_generations. The micro-batch, raised to the next size that holds whole groups."""
+    group, processes = spec.cfg.grpo.num_generations, int(os.environ.get("WORLD_SIZE", "1"))
+    step = group // math.gcd(group, processes)
+    return -(-spec.micro_batch // step) * step
+
+
 def use_recorded_rollouts(model, setting: str) -> str:
     """Point the policy's ``generate`` (what TRL samples rollouts with) at the recorded decode step when
     ``train.grpo.rollouts`` asks for it; says which path the rollouts take."""
@@ -160,6 +169,7 @@ def build(spec: TrainerSpec, model, tokenizer):
         spec,
         GRPOConfig,
         num_generations=settings.num_generations,
+        per_device_eval_batch_size=eval_batch_size(spec),
         max_completion_length=settings.max_completion_length,
         temperature=settings.temperature,
         top_p=settings.top_p,
