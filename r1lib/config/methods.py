@@ -41,9 +41,16 @@ class DpoSettings(Section):
 
 
 class OrpoSettings(Section):
-    """ORPO (TRL's ORPOTrainer): the SFT loss on the chosen answer plus an odds-ratio penalty; no reference policy."""
+    """ORPO (TRL's ORPOTrainer): the NLL of the chosen side plus an odds-ratio penalty of the scored tokens' mean
+    log-probabilities; no reference policy."""
 
     beta: float = Field(0.1, gt=0, le=100, description="Weight of the odds-ratio term (the paper's lambda).")
+    nll_tokens: Literal["sequence", "scored"] = Field(
+        "sequence",
+        description="The tokens of the chosen side the NLL term trains. sequence: every token, the prompt and "
+        "reasoning shown under think_in_loss=mask included (ORPO's definition, TRL's); scored: only those the "
+        "tokenize stage scores (the answer, and the reasoning under think_in_loss=keep), as every other method.",
+    )
 
 
 class KtoSettings(Section):

@@ -25,12 +25,13 @@ def orpo_columns(row: dict) -> dict:
     return out
 
 
-def pretokenized_orpo():
+def pretokenized_orpo(nll_on_sequence: bool = True):
     """TRL's ``ORPOTrainer`` on our pre-tokenized rows, its loss through TRL's fused LM head: the log-probabilities of
     the labelled tokens come a tile at a time (r1lib/training/logprob.py on a CPU), never the batch x sequence x
     vocabulary logits (on the 152k vocabulary of the R1 Qwen distills at 2 x 2,048 tokens, 2.5 GB of fp32 logits and as
-    much again for their log-softmax). The loss is ORPO's own: the NLL of every non-pad token of the chosen sequence
-    (ORPO's definition, prompt included) and the odds ratio of the mean log-probabilities of the scored tokens."""
+    much again for their log-softmax). The loss is ORPO's own: the NLL of the chosen side (every non-pad token, as
+    ORPO defines it; only the scored ones when ``nll_on_sequence`` is False) and the odds ratio of the mean
+    log-probabilities of the scored tokens."""
     import torch
 
     _, ORPOTrainer = orpo_classes()
@@ -48,9 +49,9 @@ def pretokenized_orpo():
             out = model(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100), use_cache=False,
                         fused_lm_head=True)  # fmt: skip
             chosen = batch["chosen_labels"].shape[0]
-            nll_tokens = out.label_mask[:chosen]
-            nll = -(out.log_probs[:chosen] * nll_tokens).sum() / nll_tokens.sum().clamp(min=1)
             scored = joined["concatenated_labels"][:, 1:] != -100
+            nll_tokens = (out.label_mask if nll_on_sequence else scored)[:chosen]
+            nll = -(out.log_probs[:chosen] * nll_tokens).sum() / nll_tokens.sum().clamp(min=1)
             mean_logps = (out.log_probs * scored).sum(-1) / scored.sum(-1).clamp(min=1)
             # per position, the mean logit over the vocabulary: the mean of these is the "logits/*" metric TRL logs
             logits = out.mean_logits.masked_fill(~out.label_mask, torch.nan)
@@ -69,8 +70,9 @@ def build(spec: TrainerSpec, model, tokenizer):
 
     settings = spec.cfg.orpo
     args = trainer_arguments(spec, ORPOConfig, beta=settings.beta, max_length=spec.max_seq_length)
-    log.info("orpo: beta %g; no reference policy (the odds ratio is the policy's own)", settings.beta)
-    trainer = with_replay(pretokenized_orpo(), spec, fused_head=True)(
+    log.info("orpo: beta %g, NLL on the chosen side's %s tokens; no reference policy (the odds ratio is the "
+             "policy's own)", settings.beta, "every" if settings.nll_tokens == "sequence" else "scored")  # fmt: skip
+    trainer = with_replay(pretokenized_orpo(settings.nll_tokens == "sequence"), spec, fused_head=True)(
         model=model,
         processing_class=tokenizer,
         train_dataset=convert(spec.train_rows),
