@@ -8,6 +8,7 @@ Promotion and registration run inside one Prefect transaction (flows/nightly.py)
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -117,6 +118,8 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
         old, against, old_forgetting = challenger.get(f"base_{metric}"), "base model", None
     if new is None:
         return False, f"challenger has no {metric}"
+    if (refusal := not_a_number(challenger, champion, policy)) is not None:
+        return False, refusal
     if old is not None:
         gain = (old - new) if lower else (new - old)
         if gain <= policy.min_improvement:
@@ -139,6 +142,25 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
         f"{metric} {new:.4g} beats {against} {old if old is None else format(old, '.4g')}; "
         f"forgetting ratio {forgetting}; counterfactual agreement {challenger.get('fairness_agreement')}"
     )
+
+
+def not_a_number(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> str | None:
+    """Why a figure the decision compares is present but not a finite number (a diverged evaluation, a hand-edited
+    registry index), or None: every comparison with NaN is false, so it would pass each check unseen."""
+    compared = [policy.metric, "forgetting_ratio"]
+    if policy.max_fairness_drop is not None:
+        compared.append("fairness_agreement")
+    figures = [(f"challenger's {name}", challenger.get(name)) for name in compared]
+    if champion is None:
+        figures.append((f"base model's {policy.metric}", challenger.get(f"base_{policy.metric}")))
+    else:
+        figures += [(f"champion's {name}", champion.get(name)) for name in compared]
+    if policy.max_fairness_drop is not None:
+        figures.append(("base model's fairness_agreement", challenger.get("base_fairness_agreement")))
+    for label, value in figures:
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return f"{label} is {value!r}, not a finite number: it cannot be compared"
+    return None
 
 
 def fairness_refusal(challenger: dict, champion: dict | None, against: str, policy: PromotionPolicy) -> str | None:

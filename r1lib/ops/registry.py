@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from r1lib.errors import ConfigError
 from r1lib.export.gguf import GGUFFile
@@ -137,9 +137,34 @@ class Registry:
         return self.root / INDEX
 
     def load(self) -> dict:
+        """The index as stored; ConfigError naming the file when it is not one this registry could have written
+        (truncated, a version number twice, an entry or a champion that does not validate): every reader and
+        writer would otherwise act on it, each failing its own way or promoting a duplicate."""
         if not self.index_path.exists():
             return {"champion": None, "versions": []}
-        return json.loads(self.index_path.read_text(encoding="utf-8"))
+        fix = f"restore it or fix it by hand (the nightly's registry_dir is {str(self.root)!r})"
+        try:
+            index = json.loads(self.index_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"{self.index_path} is not readable JSON ({exc}): {fix}") from None
+        if not (isinstance(index, dict) and isinstance(index.get("versions"), list)):
+            raise ConfigError(f"{self.index_path} holds no list of versions: {fix}")
+        numbers = []
+        for position, entry in enumerate(index["versions"]):
+            try:
+                numbers.append(Version.model_validate(entry).version)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+                named = entry.get("version") if isinstance(entry, dict) else None
+                raise ConfigError(
+                    f"{self.index_path}: entry {position} (version {named!r}) is not valid ({problems}): {fix}"
+                ) from None
+        if twice := sorted({n for n in numbers if numbers.count(n) > 1}):
+            raise ConfigError(f"{self.index_path} lists version(s) {twice} more than once: {fix}")
+        champion = index.get("champion")
+        if champion is not None and champion not in numbers:
+            raise ConfigError(f"{self.index_path} names champion {champion!r}, which is not one of its versions: {fix}")
+        return index
 
     # --- the MLflow home ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,155 @@
+"""Hostile inputs read back from disk: a retry's checkpoint (r1lib/training/checkpoints.py), the nightly registry's
+hand-edited index (r1lib/ops/registry.py) and the figures a promotion compares (tasks/promote.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from r1lib.errors import ConfigError
+from r1lib.ops.registry import Registry
+from r1lib.training.checkpoints import last_complete_checkpoint, mark_complete
+from tasks.promote import PromotionPolicy, decide
+
+NAN = float("nan")
+
+# --- the checkpoint a retry resumes from ------------------------------------------------------------------------------
+
+
+def checkpoint(root, step: int, state: str | None = None, name: str | None = None):
+    """A whole checkpoint as the trainer writes it, its ``trainer_state.json`` replaced by ``state`` when given."""
+    path = root / (name or f"checkpoint-{step}")
+    path.mkdir()
+    save_file({"lora_A": torch.ones(4, 2), "lora_B": torch.zeros(2, 4)}, str(path / "adapter_model.safetensors"))
+    normal = json.dumps({"global_step": step, "max_steps": 10, "epoch": 0.5, "log_history": []})
+    (path / "trainer_state.json").write_text(normal if state is None else state)
+    mark_complete(path, step)
+    return path
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        '{"global_step": 4, "max_st',  # truncated
+        "[]",
+        json.dumps({"global_step": 400, "max_steps": 10, "epoch": 40.0, "log_history": []}),  # past its own end
+        json.dumps({"global_step": 2, "max_steps": 10, "epoch": 0.1, "log_history": []}),  # not its folder's step
+        json.dumps({"global_step": "4", "max_steps": 10, "epoch": 0.5, "log_history": []}),
+    ],
+    ids=["truncated", "not-an-object", "past-max-steps", "another-step", "step-as-text"],
+)
+def test_a_checkpoint_whose_trainer_state_is_broken_is_set_aside_for_the_previous_one(tmp_path, caplog, state):
+    """Before: the checkpoint passed every check; the resume then failed on every retry with a bare
+    ``JSONDecodeError`` naming no file, or published a run of 400 steps out of 10 without training."""
+    previous = checkpoint(tmp_path, 2)
+    checkpoint(tmp_path, 4, state)
+    assert last_complete_checkpoint(tmp_path) == previous
+    assert (tmp_path / "broken-checkpoint-4").is_dir()
+    assert "checkpoint-4" in caplog.text and "trainer_state.json" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["checkpoint-4-backup", "checkpoint-4.bak", "checkpoint-latest"])
+def test_a_folder_named_like_a_checkpoint_is_left_alone(tmp_path, name):
+    """A user's copy ``checkpoint-4-backup`` beside the trainer's: before, every retry died on ``int('backup')``
+    (with a completion marker), or the copy was deleted as a crash's leftover (without)."""
+    newest = checkpoint(tmp_path, 4)
+    copy = checkpoint(tmp_path, 4, name=name)
+    kept = tmp_path / f"{name}-kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine\n")
+    assert last_complete_checkpoint(tmp_path) == newest
+    assert (copy / "adapter_model.safetensors").is_file() and (kept / "notes.txt").read_text() == "mine\n"
+
+
+# --- the registry's index, edited by hand -----------------------------------------------------------------------------
+
+
+def version(number: int, status: str = "retired", **metrics) -> dict:
+    return {
+        "version": number,
+        "created_at": "2026-12-01T02:00:00+00:00",
+        "status": status,
+        "champion": status == "champion",
+        "data_fingerprint": "d" * 64,
+        "code_version": "c" * 40,
+        "metrics": metrics,
+    }
+
+
+@pytest.mark.parametrize(
+    "index, needle",
+    [
+        ('{"champion": 1, "versions": [{"version": 1, "crea', "not readable JSON"),
+        ({"champion": None, "versions": {"1": {}}}, "no list of versions"),
+        ({"champion": 2, "versions": [version(1), version(2, "champion", accuracy="high")]}, "version 2"),
+        ({"champion": 2, "versions": [version(1), version(2, "champion"), version(2, "rejected")]}, "[2]"),
+        ({"champion": 7, "versions": [version(1)]}, "champion 7"),
+    ],
+    ids=["truncated", "versions-not-a-list", "metric-as-text", "version-twice", "champion-not-listed"],
+)
+def test_a_hand_edited_index_is_refused_naming_the_file(tmp_path, index, needle):
+    """Before: a bare JSONDecodeError or pydantic error naming no file; with version 2 listed twice,
+    ``set_champion(2)`` made the rejected copy champion too."""
+    registry = Registry(tmp_path / "registry")
+    registry.root.mkdir()
+    registry.index_path.write_text(index if isinstance(index, str) else json.dumps(index))
+    for read in (registry.champion, registry.versions, lambda: registry.set_champion(2)):
+        with pytest.raises(ConfigError) as refused:
+            read()
+        assert str(registry.index_path) in str(refused.value) and needle in str(refused.value)
+        assert "registry_dir" in str(refused.value)
+
+
+def test_a_well_formed_index_reads_as_before(tmp_path):
+    registry = Registry(tmp_path / "registry")
+    registry.root.mkdir()
+    index = {"champion": 2, "versions": [version(1), version(2, "champion", accuracy=0.5)]}
+    registry.index_path.write_text(json.dumps(index))
+    assert registry.champion().version == 2 and registry.champion().metrics == {"accuracy": 0.5}
+    assert registry.set_champion(1) == 2 and registry.get(2).status == "retired"
+
+
+# --- the figures a promotion compares ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "challenger, champion, policy, named",
+    [
+        ({"accuracy": NAN, "base_accuracy": 0.5}, None, PromotionPolicy(), "challenger's accuracy"),
+        ({"perplexity": NAN, "base_perplexity": 5.0}, None, PromotionPolicy(metric="perplexity"), "perplexity"),
+        ({"accuracy": 0.4}, {"accuracy": NAN}, PromotionPolicy(), "champion's accuracy"),
+        ({"accuracy": 0.9, "base_accuracy": NAN}, None, PromotionPolicy(), "base model's accuracy"),
+        ({"accuracy": 0.9, "base_accuracy": 0.5, "forgetting_ratio": NAN}, None, PromotionPolicy(), "forgetting"),
+        (
+            {"accuracy": 0.9, "forgetting_ratio": 1.5},
+            {"accuracy": 0.5, "forgetting_ratio": NAN},
+            PromotionPolicy(max_forgetting_ratio=None),
+            "champion's forgetting_ratio",
+        ),
+        (
+            {"accuracy": 0.9, "base_accuracy": 0.5, "fairness_agreement": NAN, "base_fairness_agreement": 0.9},
+            None,
+            PromotionPolicy(),
+            "challenger's fairness_agreement",
+        ),
+    ],
+    ids=["nan-accuracy", "nan-perplexity", "champion-nan", "base-nan", "nan-forgetting", "champion-nan-forgetting",
+         "nan-fairness"],
+)  # fmt: skip
+def test_a_figure_that_is_not_a_number_never_promotes(challenger, champion, policy, named):
+    """Every comparison with NaN is false, so each check passed it: before, ``accuracy nan beats base model 0.5``
+    promoted a diverged challenger, and a champion whose stored metric was NaN lost to anything."""
+    promote, reason = decide(challenger, champion, policy)
+    assert not promote
+    assert named in reason and "not a finite number" in reason
+
+
+def test_finite_figures_decide_as_before():
+    assert decide({"accuracy": 0.9, "base_accuracy": 0.5}, None, PromotionPolicy())[0]
+    assert not decide({"accuracy": 0.4, "base_accuracy": 0.5}, None, PromotionPolicy())[0]
+    assert decide(
+        {"accuracy": 0.9, "fairness_agreement": NAN}, {"accuracy": 0.5}, PromotionPolicy(max_fairness_drop=None)
+    )[0]
