@@ -138,7 +138,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block finishes. What killed
-    writers of ``path`` left is removed first; a full disk is a DiskFull naming ``path``."""
+    writers of ``path`` left is removed first; a full disk is a DiskFull naming ``path``. A symlink at ``path`` is
+    replaced as ``atomic_path`` replaces one, never followed: what it points at is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_siblings(path)
@@ -147,7 +148,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         with _disk_full_names(path):
             yield tmp
-            if path.exists():
+            if path.is_symlink():
+                log.warning("replacing the symlink %s (to %s) with the folder written here", path, os.readlink(path))
+                path.unlink()
+            elif path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
     finally:

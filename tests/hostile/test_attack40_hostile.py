@@ -1,5 +1,6 @@
-"""Hostile inputs read back from disk: a retry's checkpoint (r1lib/training/checkpoints.py), the nightly registry's
-hand-edited index (r1lib/ops/registry.py) and the figures a promotion compares (tasks/promote.py)."""
+"""Hostile inputs read back from disk: a retry's checkpoint (r1lib/training/checkpoints.py), an output folder a user
+replaced by a symlink (r1lib/io.py: atomic_dir), the nightly registry's hand-edited index (r1lib/ops/registry.py) and
+the figures a promotion compares (tasks/promote.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from r1lib.errors import ConfigError
+from r1lib.io import atomic_dir
 from r1lib.ops.registry import Registry
 from r1lib.training.checkpoints import last_complete_checkpoint, mark_complete
 from tasks.promote import PromotionPolicy, decide
@@ -62,6 +64,28 @@ def test_a_folder_named_like_a_checkpoint_is_left_alone(tmp_path, name):
     (kept / "notes.txt").write_text("mine\n")
     assert last_complete_checkpoint(tmp_path) == newest
     assert (copy / "adapter_model.safetensors").is_file() and (kept / "notes.txt").read_text() == "mine\n"
+
+
+# --- an output folder replaced by a symlink ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["a folder outside the run", "nothing"])
+def test_an_output_folder_replaced_by_a_symlink_is_rewritten_and_its_target_left_alone(tmp_path, target):
+    """``runs/x/merge/merged`` a symlink to another disk: before, every attempt failed with a bare ``OSError: Cannot
+    call rmtree on a symbolic link`` naming no path (retried as transient), or ``NotADirectoryError`` when dangling."""
+    outside = tmp_path / "outside"
+    if target != "nothing":
+        outside.mkdir()
+        (outside / "keep.txt").write_text("another disk's file\n")
+    merged = tmp_path / "run" / "merged"
+    merged.parent.mkdir()
+    merged.symlink_to(outside)
+    with atomic_dir(merged) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+    assert not merged.is_symlink() and (merged / "model.safetensors").read_text() == "new"
+    if target != "nothing":
+        assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert [p.name for p in merged.parent.iterdir()] == ["merged"]  # no temporary folder left beside it
 
 
 # --- the registry's index, edited by hand -----------------------------------------------------------------------------
