@@ -7,8 +7,9 @@ saved). Before it is handed to the trainer it is checked, without loading anythi
 - the adapter (``adapter_model.safetensors``) parses and holds every tensor its header names (a truncated file is
   caught here instead of as a raw error retried three times);
 - no pickle weights (``*.bin``, a pickle renamed ``.safetensors``) and no safetensors index with no shards;
-- the optimizer, scheduler and RNG states load with ``torch.load(weights_only=True)`` and transformers' allowlist of
-  numpy types (exactly as the trainer will load them), which refuses any other pickled object;
+- the optimizer, scheduler, loss scaler and RNG states load with ``torch.load(weights_only=True)`` and
+  transformers' allowlist of numpy types (exactly as the trainer will load them), which refuses any other pickled
+  object;
 - a distributed (FSDP) checkpoint's ``.metadata`` files, which torch's reader unpickles, are read only in an FSDP run
   and only when their sha256 is the one the completion marker recorded when this pipeline wrote them.
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "checkpoint-complete.json"
 TRAINER_STATE = "trainer_state.json"  # the step, the run's length and the log history a resume restores
-TORCH_STATES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "rng_state_*.pth")
+TORCH_STATES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "rng_state_*.pth")
 
 
 def distributed_metadata(checkpoint: Path) -> dict[str, str]:

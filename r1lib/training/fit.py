@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from r1lib.compat import dataset_fingerprint
+from r1lib.compat import dataset_fingerprint, pass_over_unusable_scaler_state
 from r1lib.config import ModelConfig, TrainConfig
 from r1lib.errors import PermanentError
 from r1lib.io import atomic_dir
@@ -300,6 +300,10 @@ def fit(spec: FitSpec, progress_hook=None, extra_callbacks=()) -> FitOutcome:
     timer = _steady_timer(counter, skip_steps=3)
     trainer.add_callback(timer)
     totals.counter, totals.started = counter, time.monotonic()
+    if pass_over_unusable_scaler_state(trainer, spec.resume):
+        log.warning(
+            "%s/scaler.pt: an fp16 loss scale, which this run (no fp16) has no use for; passed over", spec.resume
+        )
     output = trainer.train(resume_from_checkpoint=spec.resume)
     run = totals.now()
     counter.remove()

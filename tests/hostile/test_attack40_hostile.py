@@ -5,6 +5,7 @@ the figures a promotion compares (tasks/promote.py)."""
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -64,6 +65,51 @@ def test_a_folder_named_like_a_checkpoint_is_left_alone(tmp_path, name):
     (kept / "notes.txt").write_text("mine\n")
     assert last_complete_checkpoint(tmp_path) == newest
     assert (copy / "adapter_model.safetensors").is_file() and (kept / "notes.txt").read_text() == "mine\n"
+
+
+def test_a_pickle_scaler_state_is_set_aside_for_the_previous_checkpoint(tmp_path):
+    """``scaler.pt`` is loaded by the trainer whenever it is there: a pickle or truncated one passed the checks, then
+    failed every retry of the resume instead of falling back to the previous checkpoint."""
+    previous = checkpoint(tmp_path, 2)
+    hostile = checkpoint(tmp_path, 4)
+    (hostile / "scaler.pt").write_bytes(pickle.dumps({"scale": 65536.0}))
+    assert last_complete_checkpoint(tmp_path) == previous
+
+
+def test_a_checkpoint_an_fp16_host_wrote_resumes_on_a_host_without_fp16(tmp_path, caplog):
+    """A retry on a bf16 or CPU host of a run an fp16 host checkpointed (``train.bf16: auto`` picks per GPU): before,
+    the trainer loaded its ``scaler.pt`` into no scaler, ``AttributeError: 'NoneType' object has no attribute
+    'load_state_dict'``, on every retry."""
+    from torch import nn
+    from transformers import Trainer, TrainingArguments
+
+    from r1lib.compat import pass_over_unusable_scaler_state
+
+    class Line(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, x=None, labels=None):
+            return {"loss": ((self.linear(x).squeeze(-1) - labels) ** 2).mean()}
+
+    rows = [{"x": torch.full((2,), float(i)), "labels": torch.tensor(1.0)} for i in range(8)]
+
+    def trainer():
+        args = TrainingArguments(
+            output_dir=str(tmp_path), max_steps=4, save_steps=2, per_device_train_batch_size=2, report_to=[],
+            use_cpu=True, disable_tqdm=True,
+        )  # fmt: skip
+        return Trainer(model=Line(), args=args, train_dataset=rows)
+
+    trainer().train()
+    written = tmp_path / "checkpoint-2"
+    torch.save({"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                "_growth_tracker": 0}, written / "scaler.pt")  # fmt: skip
+    resumed = trainer()
+    assert pass_over_unusable_scaler_state(resumed, str(written))
+    assert resumed.train(resume_from_checkpoint=str(written)).global_step == 4
+    assert not pass_over_unusable_scaler_state(trainer(), str(tmp_path / "checkpoint-4"))  # no scaler.pt there
 
 
 # --- an output folder replaced by a symlink ---------------------------------------------------------------------------
