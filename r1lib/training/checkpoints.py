@@ -13,6 +13,9 @@ saved). Before it is handed to the trainer it is checked, without loading anythi
 - a distributed (FSDP) checkpoint's ``.metadata`` files, which torch's reader unpickles, are read only in an FSDP run
   and only when their sha256 is the one the completion marker recorded when this pipeline wrote them.
 
+The best checkpoint a resumed state names (early stopping loads it at the end) is taken from the same folder and
+checked the same way (``trusted_best``), never from the path recorded in the state.
+
 An incomplete checkpoint (a crash mid-save) is deleted; one that fails a check is renamed ``broken-checkpoint-N``
 with the reason logged, and the previous complete checkpoint is used, so a rerun never stops on it.
 """
@@ -132,6 +135,24 @@ def checkpoint_problem(checkpoint: Path, distributed: bool) -> str | None:
             except Exception as exc:  # noqa: BLE001 - any refusal or parse failure makes the state unusable
                 return f"{state.name} does not load as plain tensors ({type(exc).__name__}: {str(exc)[:160]})"
     return None
+
+
+def trusted_best(best: str | None, checkpoint_dir: Path, distributed: bool = False) -> Path | None:
+    """The checkpoint a resumed trainer state names as its best (``best_model_checkpoint``), taken as the folder of
+    that name in ``checkpoint_dir`` and only when it is complete and passes ``checkpoint_problem``; else None, logged.
+    The recorded path is never followed: weights load from it, and a distributed checkpoint's ``.metadata``
+    unpickles."""
+    if not best:
+        return None
+    candidate = Path(checkpoint_dir) / Path(best).name
+    if checkpoint_step(candidate) is None or not (candidate / COMPLETE_MARKER).is_file():
+        problem = f"no complete checkpoint of that name in {checkpoint_dir}"
+    else:
+        problem = checkpoint_problem(candidate, distributed)
+    if problem:
+        log.warning("not loading %s, the best checkpoint its trainer state names: %s", best, problem)
+        return None
+    return candidate
 
 
 def last_complete_checkpoint(checkpoint_dir: Path, distributed: bool = False) -> Path | None:

@@ -30,7 +30,7 @@ from r1lib.config import ModelConfig, TrainConfig
 from r1lib.errors import PermanentError
 from r1lib.io import atomic_dir
 from r1lib.training.backends import build_trainer
-from r1lib.training.checkpoints import mark_complete
+from r1lib.training.checkpoints import mark_complete, trusted_best
 from r1lib.training.methods import TrainerSpec
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,21 @@ def _callbacks(progress_hook=None, totals: RunTotals | None = None):
                     (path / RUN_TOTALS).write_text(json.dumps(run))
                 mark_complete(path, state.global_step)
 
+    class TrustedBest(TrainerCallback):
+        """The best checkpoint a resumed state names, which the trainer loads at the end, only as ``trusted_best``
+        allows."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.best_model_checkpoint:
+                best = trusted_best(state.best_model_checkpoint, Path(args.output_dir), bool(args.fsdp))
+                state.best_model_checkpoint = str(best) if best else None
+
     class Progress(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and state.max_steps:
                 progress_hook(state.global_step, state.max_steps, logs or {})
 
-    return [LogAtCheckpoints(), MarkComplete()] + ([Progress()] if progress_hook else [])
+    return [LogAtCheckpoints(), MarkComplete(), TrustedBest()] + ([Progress()] if progress_hook else [])
 
 
 class TokenCounter:
@@ -364,10 +373,10 @@ def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_h
     from peft import set_peft_model_state_dict
 
     checkpoint = Path(spec.resume)
-    best = state.get("best_model_checkpoint")
-    holds_weights = best and (Path(best, ADAPTER_WEIGHTS).exists() or Path(best, FSDP_SHARDED_MODEL).is_dir())
+    best = trusted_best(state.get("best_model_checkpoint"), checkpoint.parent, bool(spec.trainer_args.get("fsdp")))
+    holds_weights = best and ((best / ADAPTER_WEIGHTS).exists() or (best / FSDP_SHARDED_MODEL).is_dir())
     if trainer.args.load_best_model_at_end and holds_weights:
-        checkpoint = Path(best)  # what a run that had not died would have published
+        checkpoint = best  # what a run that had not died would have published
     log.info(
         "%s already reached step %d of %d: publishing %s without training",
         spec.resume,

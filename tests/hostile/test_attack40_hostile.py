@@ -5,7 +5,9 @@ the figures a promotion compares (tasks/promote.py)."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,6 +112,41 @@ def test_a_checkpoint_an_fp16_host_wrote_resumes_on_a_host_without_fp16(tmp_path
     assert pass_over_unusable_scaler_state(resumed, str(written))
     assert resumed.train(resume_from_checkpoint=str(written)).global_step == 4
     assert not pass_over_unusable_scaler_state(trainer(), str(tmp_path / "checkpoint-4"))  # no scaler.pt there
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_the_best_checkpoint_a_state_names_is_taken_only_from_its_own_folder_and_checked(tmp_path):
+    """``best_model_checkpoint`` in a resumed ``trainer_state.json`` naming a folder elsewhere whose
+    ``pytorch_model_fsdp_0/.metadata`` is a pickle: before, publishing a finished run (early stopping on) read it with
+    torch's distributed reader and ran the pickle, in a one-process run; the trainer would load its weights too."""
+    from r1lib.training.checkpoints import trusted_best
+    from r1lib.training.fit import _callbacks
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "elsewhere" / "checkpoint-2"
+    (evil / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (evil / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(Exploit(marker)))
+    runs = tmp_path / "checkpoints"
+    runs.mkdir()
+    assert trusted_best(str(evil), runs) is None  # no checkpoint-2 here: the recorded path is never followed
+    own = checkpoint(runs, 2)
+    assert trusted_best(str(evil), runs) == own  # the folder of that name here (a moved run folder resumes too)
+    assert trusted_best(str(tmp_path / "elsewhere" / "best"), runs) is None
+    (own / "optimizer.pt").write_bytes(pickle.dumps(Exploit(marker)))
+    assert trusted_best(str(own), runs) is None  # a sibling that fails the checks is not loaded either
+
+    callback = next(c for c in _callbacks() if type(c).__name__ == "TrustedBest")
+    state = SimpleNamespace(best_model_checkpoint=str(evil))
+    callback.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / "elsewhere"), fsdp=None), state, None)
+    assert state.best_model_checkpoint is None
+    assert not marker.exists()
 
 
 # --- an output folder replaced by a symlink ---------------------------------------------------------------------------
