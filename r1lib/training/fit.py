@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -35,6 +36,7 @@ from r1lib.training.methods import TrainerSpec
 
 log = logging.getLogger(__name__)
 RUN_TOTALS = "run_totals.json"  # in each checkpoint: training seconds and tokens up to it, over every segment
+RUN_TOTAL_KEYS = ("seconds", "tokens", "segments")
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft writes for a LoRA adapter (checkpoints too)
 FSDP_SHARDED_MODEL = "pytorch_model_fsdp_0"  # accelerate's torch.distributed.checkpoint folder of a sharded model
@@ -94,9 +96,20 @@ class RunTotals:
 
 
 def read_run_totals(checkpoint: Path) -> dict:
-    """A checkpoint's run totals; a checkpoint written without them counts as no time and no tokens."""
+    """A checkpoint's run totals; a checkpoint written without them, or with a file that does not hold them as
+    numbers (logged, naming it: only the accounting is lost, not the training), counts as no time and no tokens."""
     path = checkpoint / RUN_TOTALS
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        totals = json.loads(path.read_text(encoding="utf-8"))
+        values = [totals.get(k, 0) for k in RUN_TOTAL_KEYS]
+        if not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(f"not non-negative numbers: { {k: totals.get(k) for k in RUN_TOTAL_KEYS} }")
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s is unreadable (%s): the run's time and tokens before %s are not counted", path, exc, checkpoint)
+        return {}
+    return totals
 
 
 def run_mean_loss(history: list[dict]) -> float:

@@ -114,6 +114,23 @@ def test_a_checkpoint_an_fp16_host_wrote_resumes_on_a_host_without_fp16(tmp_path
     assert not pass_over_unusable_scaler_state(trainer(), str(tmp_path / "checkpoint-4"))  # no scaler.pt there
 
 
+@pytest.mark.parametrize("totals", ['{"seconds": 12.5, "tok', '{"seconds": "12", "tokens": 1, "segments": 1}', "[1]",
+                                    '{"seconds": 1, "tokens": Infinity, "segments": 1}'])  # fmt: skip
+def test_unreadable_run_totals_lose_the_accounting_not_the_resume(tmp_path, caplog, totals):
+    """``run_totals.json`` truncated or of the wrong types: before, ``RunTotals`` raised a bare JSONDecodeError (or
+    ValueError, OverflowError) on every retry of the resume, naming no file."""
+    from r1lib.training.fit import RunTotals
+
+    written = checkpoint(tmp_path, 4)
+    (written / "run_totals.json").write_text(totals)
+    resumed = RunTotals(str(written))
+    assert (resumed.seconds, resumed.tokens, resumed.segments) == (0.0, 0, 1)
+    assert "run_totals.json" in caplog.text
+    (written / "run_totals.json").write_text('{"seconds": 12.5, "tokens": 300, "segments": 1}')
+    resumed = RunTotals(str(written))
+    assert (resumed.seconds, resumed.tokens, resumed.segments) == (12.5, 300, 2)
+
+
 class Exploit:
     def __init__(self, marker):
         self.marker = marker
