@@ -188,6 +188,61 @@ def test_an_output_folder_replaced_by_a_symlink_is_rewritten_and_its_target_left
     assert [p.name for p in merged.parent.iterdir()] == ["merged"]  # no temporary folder left beside it
 
 
+# --- a hostile adapter folder at the streamed merge ------------------------------------------------------------------
+
+TARGET = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+def base_and_adapter(tmp_path, tensors: dict, config: dict | None = None):
+    """A one-weight bf16 base (q_proj 8 x 8) and an adapter folder with ``tensors`` and ``config``."""
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.zeros(8, 8, dtype=torch.bfloat16)},
+              str(base / "model.safetensors"))  # fmt: skip
+    (adapter / "adapter_config.json").write_text(json.dumps(config or {"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    return base, adapter
+
+
+@pytest.mark.parametrize(
+    "tensors, config, needle",
+    [
+        ({"A": torch.ones(2, 8), "B": torch.ones(1, 2)}, None, "B [1, 2]"),  # one row, broadcast over all 8
+        ({"A": torch.ones(2, 1), "B": torch.ones(8, 2)}, None, "A [2, 1]"),  # one column, broadcast over all 8
+        ({"A": torch.ones(4, 8), "B": torch.ones(8, 4)}, None, "rank r = 2"),  # scaled by alpha / 2, not / 4
+        ({"A": torch.ones(2, 8)}, None, "lora_B.weight beside"),
+        ({"A": torch.ones(2, 8), "B": torch.ones(8, 2)}, {"peft_type": "LORA", "r": 0, "lora_alpha": 4}, "r = 0"),
+        ({"A": torch.ones(2, 8), "B": torch.ones(8, 2)}, {"peft_type": "LORA", "lora_alpha": 4}, "rank and alpha"),
+    ],
+    ids=["B-one-row", "A-one-column", "rank-not-r", "no-B", "r-0", "no-r"],
+)
+def test_an_adapter_that_is_not_this_bases_is_refused_by_the_streamed_merge_naming_it(tmp_path, tensors, config,
+                                                                                      needle):  # fmt: skip
+    """Before: ``W + scale * B @ A`` broadcast a [1, 8] or [8, 1] product over the whole weight and the merge and the
+    converter wrote it (peft refuses such an adapter), a rank other than r merged at the wrong scale, a missing B was
+    a bare KeyError and r = 0 a ZeroDivisionError."""
+    from r1lib.errors import ExportCheckError
+    from r1lib.export.merge import stream_merge_plan
+
+    named = {f"{TARGET}.lora_{k}.weight": v for k, v in tensors.items()}
+    base, adapter = base_and_adapter(tmp_path, named, config)
+    with pytest.raises(ExportCheckError) as refused:
+        stream_merge_plan(base, adapter)
+    assert "adapter" in str(refused.value) and needle in str(refused.value)
+
+
+def test_a_whole_adapter_of_this_base_still_merges_shard_by_shard(tmp_path):
+    from r1lib.export.merge import stream_merge_plan
+
+    tensors = {f"{TARGET}.lora_A.weight": torch.ones(2, 8), f"{TARGET}.lora_B.weight": torch.ones(8, 2)}
+    plan = stream_merge_plan(*base_and_adapter(tmp_path, tensors))
+    assert (
+        plan is not None and plan["scale"] == 2.0 and list(plan["pairs"]) == ["model.layers.0.self_attn.q_proj.weight"]
+    )
+
+
 # --- the registry's index, edited by hand -----------------------------------------------------------------------------
 
 
