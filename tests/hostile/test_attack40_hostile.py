@@ -1,6 +1,7 @@
 """Hostile inputs read back from disk: a retry's checkpoint (r1lib/training/checkpoints.py), an output folder a user
-replaced by a symlink (r1lib/io.py: atomic_dir), the nightly registry's hand-edited index (r1lib/ops/registry.py) and
-the figures a promotion compares (tasks/promote.py)."""
+replaced by a symlink (r1lib/io.py: atomic_dir), the nightly registry's hand-edited index (r1lib/ops/registry.py),
+the figures a promotion compares (tasks/promote.py), a hostile adapter at the streamed merge (r1lib/export/merge.py)
+and a GGUF that scores NaN (r1lib/export/smoke_checks.py)."""
 
 from __future__ import annotations
 
@@ -241,6 +242,19 @@ def test_a_whole_adapter_of_this_base_still_merges_shard_by_shard(tmp_path):
     assert (
         plan is not None and plan["scale"] == 2.0 and list(plan["pairs"]) == ["model.layers.0.self_attn.q_proj.weight"]
     )
+
+
+def test_a_gguf_whose_perplexity_is_not_a_number_fails_the_smoke_test_naming_it():
+    """A GGUF scoring NaN on the held-out rows (NaN weights merged in): ``abs(nan) > max_f16_perplexity_drift`` and
+    ``nan > max_quant_perplexity_increase`` are false, so before both limits passed it."""
+    from r1lib.export.smoke_checks import not_finite
+
+    problems = not_finite({"the HF merged model": 12.5, "run-F16.gguf": NAN, "run-Q8_0.gguf": float("inf"),
+                           "run-Q4_K_M.gguf": None})  # fmt: skip
+    assert [p.split(":")[0] for p in problems] == ["run-F16.gguf", "run-Q8_0.gguf"]
+    assert all("not a finite number" in p for p in problems)
+    assert not_finite({"the HF merged model": NAN})[0].startswith("the HF merged model")
+    assert not_finite({"the HF merged model": 12.5, "run-F16.gguf": 12.6}) == []
 
 
 # --- the registry's index, edited by hand -----------------------------------------------------------------------------
