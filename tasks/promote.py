@@ -108,7 +108,8 @@ def data_fingerprint(files: list[DropFile]) -> str:
 
 
 def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> tuple[bool, str]:
-    """Promote? and why. Without a champion the challenger must beat the base model it was tuned from."""
+    """Promote? and why. Without a champion, or with one that has no figure for the metric (its metrics recorded
+    before the metric was chosen, its adapter gone), the challenger must beat the base model it was tuned from."""
     metric = policy.metric
     lower = metric in LOWER_IS_BETTER
     new = challenger.get(metric)
@@ -116,6 +117,9 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
         old, against, old_forgetting = champion.get(metric), "champion", champion.get("forgetting_ratio")
     else:
         old, against, old_forgetting = challenger.get(f"base_{metric}"), "base model", None
+    beaten = against  # what the metric is compared with
+    if old is None and champion is not None:
+        old, beaten = challenger.get(f"base_{metric}"), f"base model (the champion has no {metric})"
     if new is None:
         return False, f"challenger has no {metric}"
     if (refusal := not_a_number(challenger, champion, policy)) is not None:
@@ -124,7 +128,7 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
         gain = (old - new) if lower else (new - old)
         if gain <= policy.min_improvement:
             return False, (
-                f"{metric} {new:.4g} vs {against} {old:.4g}: not better by more than "
+                f"{metric} {new:.4g} vs {beaten} {old:.4g}: not better by more than "
                 f"{policy.min_improvement:g} ({'lower' if lower else 'higher'} is better)"
             )
     forgetting = challenger.get("forgetting_ratio")
@@ -139,7 +143,7 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
     if (refusal := fairness_refusal(challenger, champion, against, policy)) is not None:
         return False, refusal
     return True, (
-        f"{metric} {new:.4g} beats {against} {old if old is None else format(old, '.4g')}; "
+        f"{metric} {new:.4g} beats {beaten} {old if old is None else format(old, '.4g')}; "
         f"forgetting ratio {forgetting}; counterfactual agreement {challenger.get('fairness_agreement')}"
     )
 
@@ -151,9 +155,9 @@ def not_a_number(challenger: dict, champion: dict | None, policy: PromotionPolic
     if policy.max_fairness_drop is not None:
         compared.append("fairness_agreement")
     figures = [(f"challenger's {name}", challenger.get(name)) for name in compared]
-    if champion is None:
+    if champion is None or champion.get(policy.metric) is None:
         figures.append((f"base model's {policy.metric}", challenger.get(f"base_{policy.metric}")))
-    else:
+    if champion is not None:
         figures += [(f"champion's {name}", champion.get(name)) for name in compared]
     if policy.max_fairness_drop is not None:
         figures.append(("base model's fairness_agreement", challenger.get("base_fairness_agreement")))

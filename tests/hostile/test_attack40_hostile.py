@@ -340,6 +340,18 @@ def test_a_figure_that_is_not_a_number_never_promotes(challenger, champion, poli
     assert named in reason and "not a finite number" in reason
 
 
+def test_a_champion_without_the_metric_leaves_the_challenger_to_beat_the_base_model():
+    """The champion's metrics recorded before ``policy.metric`` was chosen (its adapter gone, so not re-scored):
+    before, ``accuracy 0.3 beats champion None`` promoted a challenger worse than the base model it was tuned from."""
+    champion = {"perplexity": 3.0, "forgetting_ratio": 1.0}
+    promote, reason = decide({"accuracy": 0.3, "base_accuracy": 0.5}, champion, PromotionPolicy())
+    assert not promote and "base model (the champion has no accuracy) 0.5" in reason
+    promote, reason = decide({"accuracy": 0.7, "base_accuracy": 0.5, "forgetting_ratio": 1.02}, champion,
+                             PromotionPolicy())  # fmt: skip
+    assert promote and "beats base model (the champion has no accuracy) 0.5" in reason
+    assert not decide({"accuracy": 0.7, "base_accuracy": NAN}, champion, PromotionPolicy())[0]
+
+
 def test_finite_figures_decide_as_before():
     assert decide({"accuracy": 0.9, "base_accuracy": 0.5}, None, PromotionPolicy())[0]
     assert not decide({"accuracy": 0.4, "base_accuracy": 0.5}, None, PromotionPolicy())[0]
