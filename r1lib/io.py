@@ -94,12 +94,14 @@ def free_space(path: Path) -> str:
     return f"{free / 2**20:,.1f} MiB free on the filesystem of {folder}"
 
 
-def disk_full(path: Path, exc: BaseException) -> DiskFull:
-    """The DiskFull error for a write of ``path`` that failed with ``exc``."""
+def disk_full(
+    path: Path, exc: BaseException, fix: str = "free some space or point the run elsewhere (runs_dir)"
+) -> DiskFull:
+    """The DiskFull error for a write of ``path`` that failed with ``exc``; ``fix``: the setting that moves it."""
     return DiskFull(
         errno.ENOSPC,
-        f"No space left on device writing {path} ({free_space(path)}); free some space or point the run "
-        f"elsewhere (runs_dir), then retry ({type(exc).__name__}: {str(exc)[-300:]})",
+        f"No space left on device writing {path} ({free_space(path)}); {fix}, then retry "
+        f"({type(exc).__name__}: {str(exc)[-300:]})",
     )
 
 

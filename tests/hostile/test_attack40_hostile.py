@@ -257,6 +257,31 @@ def test_a_gguf_whose_perplexity_is_not_a_number_fails_the_smoke_test_naming_it(
     assert not_finite({"the HF merged model": 12.5, "run-F16.gguf": 12.6}) == []
 
 
+def test_a_full_scratch_folder_names_export_scratch_dir_not_runs_dir(tmp_path, monkeypatch):
+    """The temporary full-precision GGUF in a scratch folder (``export.scratch_dir``) that fills up: before, the
+    error said to point ``runs_dir`` elsewhere, which moves nothing the converter writes."""
+    import subprocess
+
+    import tasks.export as export
+    from r1lib.errors import DiskFull
+
+    def full_disk(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "OSError: [Errno 28] No space left on device")
+
+    monkeypatch.setattr(export.subprocess, "run", full_disk)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    save_file({"w": torch.zeros(4, 4, dtype=torch.bfloat16)}, str(merged / "model.safetensors"))
+    scratch, out = tmp_path / "scratch", tmp_path / "run" / "convert"
+    with pytest.raises(DiskFull) as full:
+        export.convert_task.fn(str(merged), "f16", str(out), "run", digest=False, scratch_dir=str(scratch))
+    assert str(scratch) in str(full.value) and "export.scratch_dir" in str(full.value)
+    assert "runs_dir" not in str(full.value)
+    with pytest.raises(DiskFull) as full:  # written in the export folder itself: runs_dir is the setting
+        export.convert_task.fn(str(merged), "f16", str(out), "run", digest=False, scratch_dir=None)
+    assert "runs_dir" in str(full.value)
+
+
 # --- the registry's index, edited by hand -----------------------------------------------------------------------------
 
 
