@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -196,7 +197,14 @@ class Registry:
     def update(self) -> Iterator[dict]:
         """Lock, read, let the block change the index, write it back atomically (only if the block finished)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "index.lock", "w") as lock:
+        lock_path = self.root / "index.lock"
+        try:  # never through a symlink: opening one for writing emptied the file it pointed at
+            descriptor = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise ConfigError(f"{lock_path} is a symlink, not this registry's lock file: remove it") from None
+        with os.fdopen(descriptor, "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             index = self.load()
             yield index

@@ -321,6 +321,19 @@ def test_a_hand_edited_index_is_refused_naming_the_file(tmp_path, index, needle)
         assert "registry_dir" in str(refused.value)
 
 
+def test_a_symlinked_registry_lock_is_refused_and_its_target_left_as_it_was(tmp_path):
+    """``index.lock`` a symlink to a file of the user running the nightly: before, every registry update opened it for
+    writing and emptied that file."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("three weeks of notes\n")
+    registry = Registry(tmp_path / "registry")
+    registry.root.mkdir()
+    (registry.root / "index.lock").symlink_to(notes)
+    with pytest.raises(ConfigError, match=r"index\.lock is a symlink"):
+        registry.set_champion(None)
+    assert notes.read_text() == "three weeks of notes\n"
+
+
 def test_a_well_formed_index_reads_as_before(tmp_path):
     registry = Registry(tmp_path / "registry")
     registry.root.mkdir()
