@@ -425,7 +425,9 @@ def publish_adapter(trainer, tokenizer, adapter_dir: Path, is_rank_zero: bool) -
     """Every rank takes part in saving (FSDP gathers the sharded LoRA weights); rank 0 writes, into a staging
     directory that is renamed onto ``adapter_dir`` only when complete."""
     staging = adapter_dir.with_name(f".{adapter_dir.name}.staging")
-    if is_rank_zero and staging.exists():
+    if is_rank_zero and staging.is_symlink():
+        staging.unlink()  # a link left in its place: removed, never followed (rmtree refuses it, naming nothing)
+    elif is_rank_zero and staging.exists():
         shutil.rmtree(staging)
     _barrier()
     if getattr(trainer, "is_fsdp_enabled", False):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -280,6 +281,29 @@ def test_a_full_scratch_folder_names_export_scratch_dir_not_runs_dir(tmp_path, m
     with pytest.raises(DiskFull) as full:  # written in the export folder itself: runs_dir is the setting
         export.convert_task.fn(str(merged), "f16", str(out), "run", digest=False, scratch_dir=None)
     assert "runs_dir" in str(full.value)
+
+
+def test_a_symlink_in_place_of_the_adapters_staging_folder_is_removed_not_followed(tmp_path):
+    """``.adapter.staging`` a symlink to a folder elsewhere: before, every attempt to publish the trained adapter
+    failed with a bare ``OSError: Cannot call rmtree on a symbolic link``, retried as transient."""
+    from r1lib.training.fit import publish_adapter
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine\n")
+    adapter = tmp_path / "train" / "adapter"
+    adapter.parent.mkdir()
+    (adapter.parent / ".adapter.staging").symlink_to(elsewhere)
+
+    def save(folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_file({"lora_A": torch.ones(2, 2)}, str(Path(folder) / "adapter_model.safetensors"))
+
+    trainer = SimpleNamespace(save_model=save)
+    tokenizer = SimpleNamespace(save_pretrained=lambda folder: Path(folder, "tokenizer.json").write_text("{}"))
+    publish_adapter(trainer, tokenizer, adapter, is_rank_zero=True)
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
 
 
 # --- the registry's index, edited by hand -----------------------------------------------------------------------------
