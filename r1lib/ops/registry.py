@@ -220,7 +220,12 @@ class Registry:
         """The champion: the version the MLflow home's ``champion`` alias names when attached, else the index's."""
         if (mirror := self.mirror) is not None:
             number = mirror.champion_number()
-            return None if number is None else self.get(number)
+            if number is not None and (found := self.get(number)) is None:
+                raise ConfigError(
+                    f"the MLflow registry's champion alias names v{number}, which {self.index_path} does not list: "
+                    "point the alias at a version it lists (or remove the alias)"
+                )
+            return None if number is None else found
         index = self.load()
         return next((Version.model_validate(v) for v in index["versions"] if v["version"] == index["champion"]), None)
 

@@ -358,6 +358,27 @@ def test_a_symlinked_registry_lock_is_refused_and_its_target_left_as_it_was(tmp_
     assert notes.read_text() == "three weeks of notes\n"
 
 
+@pytest.mark.parametrize("tags", [{}, {"r1.version": "v3"}, {"r1.version": "9"}], ids=["no-tag", "text", "unlisted"])
+def test_an_mlflow_champion_alias_this_registry_did_not_register_is_refused(tmp_path, monkeypatch, tags):
+    """The MLflow home's ``champion`` alias moved by hand to a model version without the ``r1.version`` tag (a bare
+    ``KeyError: 'r1.version'``), with a tag that is no number (ValueError), or naming a version the index does not
+    list: before, the last read as "no champion yet", so the challenger was compared with the base model only."""
+    from r1lib.ops.mlflow_registry import MlflowRegistry
+
+    mirror = MlflowRegistry.__new__(MlflowRegistry)
+    mirror.uri, mirror.name = "http://mlflow.example:5000", "r1-finetune"
+    mirror.client = SimpleNamespace(
+        get_model_version_by_alias=lambda name, alias: SimpleNamespace(version="4", tags=tags)
+    )
+    registry = Registry(tmp_path / "registry")
+    registry.root.mkdir()
+    registry.index_path.write_text(json.dumps({"champion": 1, "versions": [version(1, "champion")]}))
+    monkeypatch.setattr(Registry, "mirror", property(lambda self: mirror))
+    with pytest.raises(ConfigError, match="champion") as refused:
+        registry.champion()
+    assert ("index.json" if tags.get("r1.version") == "9" else "r1.version tag") in str(refused.value)
+
+
 def test_a_well_formed_index_reads_as_before(tmp_path):
     registry = Registry(tmp_path / "registry")
     registry.root.mkdir()
