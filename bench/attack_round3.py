@@ -56,6 +56,7 @@ def _checkpoint(folder: Path, step: int) -> Path:
     checkpoint.mkdir(parents=True)
     _weights(checkpoint / "adapter_model.safetensors")
     (checkpoint / "adapter_config.json").write_text(J({"peft_type": "LORA"}))
+    (checkpoint / "trainer_state.json").write_text(J({"global_step": step, "max_steps": 10, "log_history": []}))
     mark_complete(checkpoint, step)
     return checkpoint
 

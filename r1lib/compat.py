@@ -313,3 +313,21 @@ def threaded_f16_cast() -> None:
         return cast(np.asarray(data))
 
     gguf.quants.quantize = quantize
+
+
+def pass_over_unusable_scaler_state(trainer: Any, checkpoint: str | None) -> bool:
+    """transformers' ``Trainer._load_scaler`` loads a checkpoint's ``scaler.pt`` whenever the file is there, into
+    ``accelerator.scaler``, which is None in a run without fp16 loss scaling: a checkpoint an fp16 host wrote
+    (``train.bf16: auto`` on a GPU without bf16) failed every resume on a bf16 or CPU host with ``AttributeError:
+    'NoneType' object has no attribute 'load_state_dict'``. Such a run has no loss scale to restore, so the file is
+    passed over; returns whether it was.
+
+    Written for transformers 5.17.0. Remove when ``_load_scaler`` checks for a scaler before loading."""
+    import os
+
+    if checkpoint is None or not os.path.isfile(os.path.join(checkpoint, "scaler.pt")):
+        return False
+    if getattr(trainer.accelerator, "scaler", None) is not None:
+        return False
+    trainer._load_scaler = lambda checkpoint: None
+    return True

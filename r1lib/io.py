@@ -94,12 +94,14 @@ def free_space(path: Path) -> str:
     return f"{free / 2**20:,.1f} MiB free on the filesystem of {folder}"
 
 
-def disk_full(path: Path, exc: BaseException) -> DiskFull:
-    """The DiskFull error for a write of ``path`` that failed with ``exc``."""
+def disk_full(
+    path: Path, exc: BaseException, fix: str = "free some space or point the run elsewhere (runs_dir)"
+) -> DiskFull:
+    """The DiskFull error for a write of ``path`` that failed with ``exc``; ``fix``: the setting that moves it."""
     return DiskFull(
         errno.ENOSPC,
-        f"No space left on device writing {path} ({free_space(path)}); free some space or point the run "
-        f"elsewhere (runs_dir), then retry ({type(exc).__name__}: {str(exc)[-300:]})",
+        f"No space left on device writing {path} ({free_space(path)}); {fix}, then retry "
+        f"({type(exc).__name__}: {str(exc)[-300:]})",
     )
 
 
@@ -138,7 +140,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block finishes. What killed
-    writers of ``path`` left is removed first; a full disk is a DiskFull naming ``path``."""
+    writers of ``path`` left is removed first; a full disk is a DiskFull naming ``path``. A symlink at ``path`` is
+    replaced as ``atomic_path`` replaces one, never followed: what it points at is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_siblings(path)
@@ -147,7 +150,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         with _disk_full_names(path):
             yield tmp
-            if path.exists():
+            if path.is_symlink():
+                log.warning("replacing the symlink %s (to %s) with the folder written here", path, os.readlink(path))
+                path.unlink()
+            elif path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
     finally:

@@ -28,7 +28,7 @@ from prefect import task
 from r1lib.compat import forget_quantized_loading, lora_merged_conversion, threaded_f16_cast
 from r1lib.config import ModelConfig
 from r1lib.data.chat_template import ASSISTANT, R1_CHAT_TEMPLATE, THINK_CLOSE, USER
-from r1lib.errors import ExportCheckError
+from r1lib.errors import DiskFull, ExportCheckError
 from r1lib.export.gguf import (
     GGUFFile,
     check_gguf,
@@ -40,7 +40,7 @@ from r1lib.export.gguf import (
 )
 from r1lib.export.merge import MERGE_SPEC, conversion_view, merged_weight, stream_merge_plan
 from r1lib.export.scratch import full_precision_size, scratch_folder
-from r1lib.io import atomic_dir, atomic_path, sha256_stamped
+from r1lib.io import atomic_dir, atomic_path, disk_full, sha256_stamped
 from r1lib.paths import InputPath, OutputPath
 from r1lib.policy import stage_options
 from r1lib.process import die_with_parent
@@ -293,8 +293,14 @@ def convert_task(
     folder = Path(out_dir)
     if scratch_dir is not None:
         folder = scratch_folder(scratch_dir, out_dir, full_precision_size(source, outtype), stem)
+    target = folder / f"{stem}-{outtype.upper()}.gguf"
     try:
-        result = convert(source, outtype, folder / f"{stem}-{outtype.upper()}.gguf", digest)
+        result = convert(source, outtype, target, digest)
+    except DiskFull as exc:
+        if folder == Path(out_dir):
+            raise
+        fix = f"set export.scratch_dir (now {scratch_dir!r}) to 'export' or a folder with room for it"
+        raise disk_full(target, exc.__cause__ or exc, fix) from exc
     finally:
         if source != model_dir:
             shutil.rmtree(Path(source).parent, ignore_errors=True)  # the view: links and a tokenizer, read once

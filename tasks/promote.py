@@ -8,6 +8,7 @@ Promotion and registration run inside one Prefect transaction (flows/nightly.py)
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -107,7 +108,8 @@ def data_fingerprint(files: list[DropFile]) -> str:
 
 
 def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> tuple[bool, str]:
-    """Promote? and why. Without a champion the challenger must beat the base model it was tuned from."""
+    """Promote? and why. Without a champion, or with one that has no figure for the metric (its metrics recorded
+    before the metric was chosen, its adapter gone), the challenger must beat the base model it was tuned from."""
     metric = policy.metric
     lower = metric in LOWER_IS_BETTER
     new = challenger.get(metric)
@@ -115,13 +117,18 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
         old, against, old_forgetting = champion.get(metric), "champion", champion.get("forgetting_ratio")
     else:
         old, against, old_forgetting = challenger.get(f"base_{metric}"), "base model", None
+    beaten = against  # what the metric is compared with
+    if old is None and champion is not None:
+        old, beaten = challenger.get(f"base_{metric}"), f"base model (the champion has no {metric})"
     if new is None:
         return False, f"challenger has no {metric}"
+    if (refusal := not_a_number(challenger, champion, policy)) is not None:
+        return False, refusal
     if old is not None:
         gain = (old - new) if lower else (new - old)
         if gain <= policy.min_improvement:
             return False, (
-                f"{metric} {new:.4g} vs {against} {old:.4g}: not better by more than "
+                f"{metric} {new:.4g} vs {beaten} {old:.4g}: not better by more than "
                 f"{policy.min_improvement:g} ({'lower' if lower else 'higher'} is better)"
             )
     forgetting = challenger.get("forgetting_ratio")
@@ -136,9 +143,28 @@ def decide(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> 
     if (refusal := fairness_refusal(challenger, champion, against, policy)) is not None:
         return False, refusal
     return True, (
-        f"{metric} {new:.4g} beats {against} {old if old is None else format(old, '.4g')}; "
+        f"{metric} {new:.4g} beats {beaten} {old if old is None else format(old, '.4g')}; "
         f"forgetting ratio {forgetting}; counterfactual agreement {challenger.get('fairness_agreement')}"
     )
+
+
+def not_a_number(challenger: dict, champion: dict | None, policy: PromotionPolicy) -> str | None:
+    """Why a figure the decision compares is present but not a finite number (a diverged evaluation, a hand-edited
+    registry index), or None: every comparison with NaN is false, so it would pass each check unseen."""
+    compared = [policy.metric, "forgetting_ratio"]
+    if policy.max_fairness_drop is not None:
+        compared.append("fairness_agreement")
+    figures = [(f"challenger's {name}", challenger.get(name)) for name in compared]
+    if champion is None or champion.get(policy.metric) is None:
+        figures.append((f"base model's {policy.metric}", challenger.get(f"base_{policy.metric}")))
+    if champion is not None:
+        figures += [(f"champion's {name}", champion.get(name)) for name in compared]
+    if policy.max_fairness_drop is not None:
+        figures.append(("base model's fairness_agreement", challenger.get("base_fairness_agreement")))
+    for label, value in figures:
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return f"{label} is {value!r}, not a finite number: it cannot be compared"
+    return None
 
 
 def fairness_refusal(challenger: dict, champion: dict | None, against: str, policy: PromotionPolicy) -> str | None:

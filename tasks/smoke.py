@@ -51,6 +51,7 @@ from r1lib.export.smoke_checks import (
     compare_greedy,
     full_precision_bytes,
     logit_gap,
+    not_finite,
     perplexity_budget,
     perplexity_types,
     proportionate_on,
@@ -372,7 +373,7 @@ def smoke_test(
     )
     write_json(out_dir / "smoke.json", report.model_dump())
 
-    problems = []
+    problems = not_finite({"the HF merged model": hf_ppl, **{r.gguf: r.perplexity for r in results}})
     if near_tie:
         log.warning(
             "greedy parity: equal for %d tokens, then a near tie (HF logit gap %s <= %s) decided by rounding",

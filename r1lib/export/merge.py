@@ -14,6 +14,8 @@ import math
 import shutil
 from pathlib import Path
 
+from r1lib.errors import ExportCheckError
+
 ADAPTER_FILE = "adapter_model.safetensors"
 HALF_DTYPES = {"BF16", "F16"}
 COPIED = ("config.json", "generation_config.json", "model.safetensors.index.json")
@@ -48,7 +50,12 @@ def stream_merge_plan(model_dir: str | Path, adapter_dir: str | Path) -> dict | 
     config_path, weights = adapter_dir / "adapter_config.json", adapter_dir / ADAPTER_FILE
     if not config_path.is_file() or not weights.is_file():
         return None
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ExportCheckError(f"{config_path}: not readable JSON ({exc}); train the adapter again") from None
+    if not isinstance(config, dict):
+        raise ExportCheckError(f"{config_path}: not a JSON object; train the adapter again")
     plain = (
         config.get("peft_type") == "LORA"
         and not config.get("use_dora")
@@ -63,27 +70,48 @@ def stream_merge_plan(model_dir: str | Path, adapter_dir: str | Path) -> dict | 
     shards = _shards(model_dir)
     if not plain or not shards or _declares_quantization(model_dir):
         return None
-    r, alpha = int(config["r"]), float(config["lora_alpha"])
+    try:
+        r, alpha = int(config["r"]), float(config["lora_alpha"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportCheckError(f"{config_path}: no LoRA rank and alpha ({type(exc).__name__}: {exc})") from None
+    if r < 1:
+        raise ExportCheckError(f"{config_path}: r = {r}; a LoRA adapter's rank is at least 1: train it again")
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     pairs: dict[str, tuple[str, str]] = {}
+    shapes: dict[str, list[int]] = {}
     with safe_open(str(weights), framework="pt") as handle:
         for key in handle.keys():
+            shapes[key] = handle.get_slice(key).get_shape()
             if not key.endswith(".lora_A.weight"):
                 if not key.endswith(".lora_B.weight"):
                     return None  # embeddings, magnitudes or anything else: peft knows how
                 continue
             target = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight") + ".weight"
             pairs[target] = (key, key.replace(".lora_A.weight", ".lora_B.weight"))
-    found: set[str] = set()
+    found: dict[str, list[int]] = {}
     for shard in shards:
         with safe_open(str(shard), framework="pt") as handle:
             for key in handle.keys():
                 if handle.get_slice(key).get_dtype() not in HALF_DTYPES:
                     return None  # float32 or quantized weights: the peft path handles dtype and dequantizing
-                found.add(key)
-    if not pairs or set(pairs) - found:
+                found[key] = handle.get_slice(key).get_shape()
+    if not pairs or set(pairs) - set(found):
         return None
+    for target, (a, b) in pairs.items():
+        check_pair(weights, r, target, found[target], shapes[a], shapes.get(b), b)
     return {"scale": scale, "pairs": pairs, "shards": [str(s) for s in shards]}
+
+
+def check_pair(weights: Path, r: int, target: str, weight: list[int], a: list[int], b: list[int] | None, b_key: str):
+    """Raise ExportCheckError naming the adapter file unless ``B @ A`` has the shape of ``target`` at rank ``r``:
+    ``merged_weight`` would broadcast a row or a column over the whole weight where peft refuses to load it."""
+    if b is None:
+        raise ExportCheckError(f"{weights}: no {b_key} beside its lora_A: not a whole LoRA adapter; train it again")
+    if len(a) != 2 or len(b) != 2 or (a[0], b[1]) != (r, r) or [b[0], a[1]] != list(weight):
+        raise ExportCheckError(
+            f"{weights}: the LoRA pair of {target} has shapes A {a} and B {b}, not A [{r}, {weight[-1]}] and "
+            f"B [{weight[0]}, {r}] for rank r = {r} and the base weight {weight}: not this base's adapter"
+        )
 
 
 def merged_weight(weight, a, b, scale: float):

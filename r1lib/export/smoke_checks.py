@@ -2,6 +2,7 @@
 
 - ``perplexity_types``: the GGUFs that get the (CPU-heavy) held-out perplexity pass;
 - ``reference_dtype``: the HF reference model's dtype within the GPU memory this process may use;
+- ``not_finite``: the perplexities that no limit can judge (NaN, infinite);
 - ``compare_greedy``: greedy-token parity between the HF merged model and the full-precision GGUF, with an optional
   tolerance for a near tie that rounding decides;
 - ``smoke_plan``: which GGUFs run at all, how many prompts each answers, which one the parity is checked on and how
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from pydantic import BaseModel
 
@@ -50,6 +52,16 @@ def logit_gap(hf_logits, hf_tokens: list[int], gguf_tokens: list[int], step: int
     """How far below its own choice HF scored the GGUF's token at greedy step ``step``, in logits."""
     scores = hf_logits[step]
     return float(scores[hf_tokens[step]] - scores[gguf_tokens[step]])
+
+
+def not_finite(perplexities: dict[str, float | None]) -> list[str]:
+    """One problem per measured perplexity that is NaN or infinite ({what was scored: its perplexity}): every
+    comparison with NaN is false, so the drift and quantization-loss limits would pass it."""
+    return [
+        f"{where}: perplexity {value} on the held-out rows is not a finite number (NaN or infinite logits)"
+        for where, value in perplexities.items()
+        if value is not None and not math.isfinite(value)
+    ]
 
 
 def perplexity_types(cfg: SmokeConfig, ggufs: list[GGUFFile]) -> list[str]:

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from r1lib.errors import ConfigError
+
 CHAMPION = "champion"
 TAG_LIMIT = 5000  # characters MLflow keeps of one model-version tag
 
@@ -113,7 +115,14 @@ class MlflowRegistry:
             found = self.client.get_model_version_by_alias(self.name, CHAMPION)
         except MlflowException:
             return None
-        return int(found.tags["r1.version"])
+        number = found.tags.get("r1.version", "")
+        if not number.isdigit():
+            raise ConfigError(
+                f"MLflow model {self.name!r} at {self.uri}: its {CHAMPION!r} alias points at version {found.version}, "
+                f"whose r1.version tag is {number or 'missing'}: not a version this registry registered. Point the "
+                "alias at one that is (or remove it)"
+            )
+        return int(number)
 
     def remove(self, number: int) -> None:
         """Undo ``add`` (a rolled-back registration)."""

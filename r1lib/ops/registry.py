@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -36,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from r1lib.errors import ConfigError
 from r1lib.export.gguf import GGUFFile
@@ -137,9 +138,34 @@ class Registry:
         return self.root / INDEX
 
     def load(self) -> dict:
+        """The index as stored; ConfigError naming the file when it is not one this registry could have written
+        (truncated, a version number twice, an entry or a champion that does not validate): every reader and
+        writer would otherwise act on it, each failing its own way or promoting a duplicate."""
         if not self.index_path.exists():
             return {"champion": None, "versions": []}
-        return json.loads(self.index_path.read_text(encoding="utf-8"))
+        fix = f"restore it or fix it by hand (the nightly's registry_dir is {str(self.root)!r})"
+        try:
+            index = json.loads(self.index_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"{self.index_path} is not readable JSON ({exc}): {fix}") from None
+        if not (isinstance(index, dict) and isinstance(index.get("versions"), list)):
+            raise ConfigError(f"{self.index_path} holds no list of versions: {fix}")
+        numbers = []
+        for position, entry in enumerate(index["versions"]):
+            try:
+                numbers.append(Version.model_validate(entry).version)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+                named = entry.get("version") if isinstance(entry, dict) else None
+                raise ConfigError(
+                    f"{self.index_path}: entry {position} (version {named!r}) is not valid ({problems}): {fix}"
+                ) from None
+        if twice := sorted({n for n in numbers if numbers.count(n) > 1}):
+            raise ConfigError(f"{self.index_path} lists version(s) {twice} more than once: {fix}")
+        champion = index.get("champion")
+        if champion is not None and champion not in numbers:
+            raise ConfigError(f"{self.index_path} names champion {champion!r}, which is not one of its versions: {fix}")
+        return index
 
     # --- the MLflow home ------------------------------------------------------------------------------------------
 
@@ -171,7 +197,14 @@ class Registry:
     def update(self) -> Iterator[dict]:
         """Lock, read, let the block change the index, write it back atomically (only if the block finished)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "index.lock", "w") as lock:
+        lock_path = self.root / "index.lock"
+        try:  # never through a symlink: opening one for writing emptied the file it pointed at
+            descriptor = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise ConfigError(f"{lock_path} is a symlink, not this registry's lock file: remove it") from None
+        with os.fdopen(descriptor, "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             index = self.load()
             yield index
@@ -187,7 +220,12 @@ class Registry:
         """The champion: the version the MLflow home's ``champion`` alias names when attached, else the index's."""
         if (mirror := self.mirror) is not None:
             number = mirror.champion_number()
-            return None if number is None else self.get(number)
+            if number is not None and (found := self.get(number)) is None:
+                raise ConfigError(
+                    f"the MLflow registry's champion alias names v{number}, which {self.index_path} does not list: "
+                    "point the alias at a version it lists (or remove the alias)"
+                )
+            return None if number is None else found
         index = self.load()
         return next((Version.model_validate(v) for v in index["versions"] if v["version"] == index["champion"]), None)
 

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -25,16 +26,17 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from r1lib.compat import dataset_fingerprint
+from r1lib.compat import dataset_fingerprint, pass_over_unusable_scaler_state
 from r1lib.config import ModelConfig, TrainConfig
 from r1lib.errors import PermanentError
 from r1lib.io import atomic_dir
 from r1lib.training.backends import build_trainer
-from r1lib.training.checkpoints import mark_complete
+from r1lib.training.checkpoints import mark_complete, trusted_best
 from r1lib.training.methods import TrainerSpec
 
 log = logging.getLogger(__name__)
 RUN_TOTALS = "run_totals.json"  # in each checkpoint: training seconds and tokens up to it, over every segment
+RUN_TOTAL_KEYS = ("seconds", "tokens", "segments")
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what peft writes for a LoRA adapter (checkpoints too)
 FSDP_SHARDED_MODEL = "pytorch_model_fsdp_0"  # accelerate's torch.distributed.checkpoint folder of a sharded model
@@ -94,9 +96,20 @@ class RunTotals:
 
 
 def read_run_totals(checkpoint: Path) -> dict:
-    """A checkpoint's run totals; a checkpoint written without them counts as no time and no tokens."""
+    """A checkpoint's run totals; a checkpoint written without them, or with a file that does not hold them as
+    numbers (logged, naming it: only the accounting is lost, not the training), counts as no time and no tokens."""
     path = checkpoint / RUN_TOTALS
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        totals = json.loads(path.read_text(encoding="utf-8"))
+        values = [totals.get(k, 0) for k in RUN_TOTAL_KEYS]
+        if not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(f"not non-negative numbers: { {k: totals.get(k) for k in RUN_TOTAL_KEYS} }")
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s is unreadable (%s): the run's time and tokens before %s are not counted", path, exc, checkpoint)
+        return {}
+    return totals
 
 
 def run_mean_loss(history: list[dict]) -> float:
@@ -153,12 +166,21 @@ def _callbacks(progress_hook=None, totals: RunTotals | None = None):
                     (path / RUN_TOTALS).write_text(json.dumps(run))
                 mark_complete(path, state.global_step)
 
+    class TrustedBest(TrainerCallback):
+        """The best checkpoint a resumed state names, which the trainer loads at the end, only as ``trusted_best``
+        allows."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.best_model_checkpoint:
+                best = trusted_best(state.best_model_checkpoint, Path(args.output_dir), bool(args.fsdp))
+                state.best_model_checkpoint = str(best) if best else None
+
     class Progress(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and state.max_steps:
                 progress_hook(state.global_step, state.max_steps, logs or {})
 
-    return [LogAtCheckpoints(), MarkComplete()] + ([Progress()] if progress_hook else [])
+    return [LogAtCheckpoints(), MarkComplete(), TrustedBest()] + ([Progress()] if progress_hook else [])
 
 
 class TokenCounter:
@@ -300,6 +322,10 @@ def fit(spec: FitSpec, progress_hook=None, extra_callbacks=()) -> FitOutcome:
     timer = _steady_timer(counter, skip_steps=3)
     trainer.add_callback(timer)
     totals.counter, totals.started = counter, time.monotonic()
+    if pass_over_unusable_scaler_state(trainer, spec.resume):
+        log.warning(
+            "%s/scaler.pt: an fp16 loss scale, which this run (no fp16) has no use for; passed over", spec.resume
+        )
     output = trainer.train(resume_from_checkpoint=spec.resume)
     run = totals.now()
     counter.remove()
@@ -360,10 +386,10 @@ def _publish_finished(trainer, tokenizer, spec: FitSpec, state: dict, progress_h
     from peft import set_peft_model_state_dict
 
     checkpoint = Path(spec.resume)
-    best = state.get("best_model_checkpoint")
-    holds_weights = best and (Path(best, ADAPTER_WEIGHTS).exists() or Path(best, FSDP_SHARDED_MODEL).is_dir())
+    best = trusted_best(state.get("best_model_checkpoint"), checkpoint.parent, bool(spec.trainer_args.get("fsdp")))
+    holds_weights = best and ((best / ADAPTER_WEIGHTS).exists() or (best / FSDP_SHARDED_MODEL).is_dir())
     if trainer.args.load_best_model_at_end and holds_weights:
-        checkpoint = Path(best)  # what a run that had not died would have published
+        checkpoint = best  # what a run that had not died would have published
     log.info(
         "%s already reached step %d of %d: publishing %s without training",
         spec.resume,
@@ -399,7 +425,9 @@ def publish_adapter(trainer, tokenizer, adapter_dir: Path, is_rank_zero: bool) -
     """Every rank takes part in saving (FSDP gathers the sharded LoRA weights); rank 0 writes, into a staging
     directory that is renamed onto ``adapter_dir`` only when complete."""
     staging = adapter_dir.with_name(f".{adapter_dir.name}.staging")
-    if is_rank_zero and staging.exists():
+    if is_rank_zero and staging.is_symlink():
+        staging.unlink()  # a link left in its place: removed, never followed (rmtree refuses it, naming nothing)
+    elif is_rank_zero and staging.exists():
         shutil.rmtree(staging)
     _barrier()
     if getattr(trainer, "is_fsdp_enabled", False):

@@ -19,6 +19,7 @@ def checkpoint(root, step: int, states: bool = True):
     path = root / f"checkpoint-{step}"
     path.mkdir()
     save_file({"lora_A": torch.ones(4, 2), "lora_B": torch.zeros(2, 4)}, str(path / "adapter_model.safetensors"))
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 10, "log_history": []}))
     if states:
         torch.save({"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 0.1}]}, path / "optimizer.pt")
         import numpy as np
@@ -87,6 +88,7 @@ def test_distributed_metadata_is_read_only_as_written_in_an_fsdp_run(tmp_path):
     fsdp = tmp_path / "checkpoint-6"
     (fsdp / "pytorch_model_fsdp_0").mkdir(parents=True)
     (fsdp / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps({"planner": "as written"}))
+    (fsdp / "trainer_state.json").write_text(json.dumps({"global_step": 6, "max_steps": 10}))
     mark_complete(fsdp, 6)
     assert last_complete_checkpoint(tmp_path, distributed=True) == fsdp
     (fsdp / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps({"planner": "replaced"}))
@@ -94,6 +96,7 @@ def test_distributed_metadata_is_read_only_as_written_in_an_fsdp_run(tmp_path):
     again = tmp_path / "checkpoint-8"
     (again / "pytorch_model_fsdp_0").mkdir(parents=True)
     (again / "pytorch_model_fsdp_0" / ".metadata").write_bytes(b"x")
+    (again / "trainer_state.json").write_text(json.dumps({"global_step": 8, "max_steps": 10}))
     mark_complete(again, 8)
     assert last_complete_checkpoint(tmp_path, distributed=False) is None  # never in a one-process run
 
