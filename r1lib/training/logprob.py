@@ -1,18 +1,19 @@
 """Per-token log-probabilities of the labels through the LM head, a few tokens at a time, in plain torch.
 
-TRL's fused LM head (the loss of SFT, DPO, KTO and GRPO on labelled positions) calls a Triton kernel that never holds
-the batch x vocabulary logits; CPU builds of torch have no Triton. ``ChunkedLogProb`` is the same autograd function
-(same arguments, same five outputs) for any device: the forward keeps only per-token statistics, the backward
-recomputes each tile of logits and turns it into its gradient in place. A tile is ``TILE_TOKENS`` tokens: on the
-embedded model's 152k-token vocabulary that is 19 MB of fp32 logits, which the CPU's cache and the allocator's free
-list keep between passes (a 1,024-token tile is 620 MB of fresh pages at every pass). r1lib/compat.py installs it.
+TRL's fused LM head (the loss of SFT, DPO, KTO, GRPO and our ORPO on labelled positions) calls a Triton kernel that
+never holds the batch x vocabulary logits; CPU builds of torch have no Triton. ``ChunkedLogProb`` is the same autograd
+function (same arguments, same five outputs) for any device: the forward keeps only per-token statistics, the backward
+recomputes each tile of logits and turns it into its gradient in place. A tile is ``TILE_TOKENS`` tokens, in one
+buffer reused tile after tile (78 MB of fp32 logits on the embedded model's 152k-token vocabulary): the LM head's
+weight is read once per tile, and the passes over a tile work in place in it (a 1,024-token chunk through autograd was
+620 MB of new pages at every pass, all of them kept for the backward). r1lib/compat.py installs it.
 """
 
 from __future__ import annotations
 
 import torch
 
-TILE_TOKENS = 32
+TILE_TOKENS = 128
 OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
@@ -30,6 +31,13 @@ def scaled(logits: torch.Tensor, scale: float | None, softcap: float | None, tem
     return logits, tanh
 
 
+def projected(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """``hidden @ weight.T + bias`` in fp32, written into ``out`` (a buffer reused tile after tile)."""
+    if bias is None:
+        return torch.mm(hidden.float(), weight.t(), out=out)
+    return torch.addmm(bias, hidden.float(), weight.t(), out=out)
+
+
 class ChunkedLogProb(torch.autograd.Function):
     """``apply(hidden [N, H], weight [V, H], bias [V] | None, targets [N], temperature, chunk_size, softcap,
     logit_scale, outputs)`` -> (log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1), each [N] or None when
@@ -45,26 +53,30 @@ class ChunkedLogProb(torch.autograd.Function):
         asked = {name: torch.empty(n, dtype=torch.float32, device=device) for name in OUTPUTS[1:4] if name in outputs}
         top1 = torch.empty(n, dtype=torch.bool, device=device) if "is_top1" in outputs else None
         weight32, bias32 = weight.float(), (bias.float() if bias is not None else None)
+        tile_buffer = torch.empty(min(n, TILE_TOKENS), weight.shape[0], dtype=torch.float32, device=device)
+        exp_buffer = torch.empty_like(tile_buffer) if "entropy" in asked else None
         with torch.no_grad():
             for start in range(0, n, TILE_TOKENS):
                 end = min(n, start + TILE_TOKENS)
-                z, _ = scaled(torch.nn.functional.linear(hidden[start:end].float(), weight32, bias32),
+                z, _ = scaled(projected(hidden[start:end], weight32, bias32, tile_buffer[: end - start]),
                               logit_scale, softcap, temperature)  # fmt: skip
                 target = targets[start:end]
                 target_z[start:end] = z.gather(-1, target[:, None]).squeeze(-1)
                 if "mean_logits" in asked:
                     asked["mean_logits"][start:end] = z.mean(-1)
-                if top1 is not None:
-                    top1[start:end] = z.argmax(-1) == target
                 if "log_sum_sq_probs" in asked:
                     asked["log_sum_sq_probs"][start:end] = torch.logsumexp(2 * z, -1)
-                peak = z.amax(-1, keepdim=True)
-                if "entropy" in asked:
-                    weights = (z - peak).exp_()
+                peak, best = z.max(-1, keepdim=True)  # one pass for both (the first maximum, as argmax)
+                if top1 is not None:
+                    top1[start:end] = best.squeeze(-1) == target
+                shifted = z.sub_(peak)
+                if exp_buffer is not None:
+                    weights = torch.exp(shifted, out=exp_buffer[: end - start])
                     total = weights.sum(-1)
-                    asked["entropy"][start:end] = weights.mul_(z).sum(-1) / total  # the mean logit under p
+                    # the mean logit under p: sum p (z - peak) / sum p, + peak
+                    asked["entropy"][start:end] = weights.mul_(shifted).sum(-1) / total + peak.squeeze(-1)
                 else:
-                    total = z.sub_(peak).exp_().sum(-1)
+                    total = shifted.exp_().sum(-1)
                 log_z[start:end] = peak.squeeze(-1) + total.log()
         log_probs = target_z - log_z
         entropy = log_z - asked["entropy"] if "entropy" in asked else None
@@ -86,20 +98,27 @@ class ChunkedLogProb(torch.autograd.Function):
         grad_weight = zeros(weight) if needs_weight else None
         grad_bias = zeros(bias) if needs_bias else None
         rows = torch.arange(TILE_TOKENS, device=hidden.device)
+        tile_buffer = torch.empty(min(hidden.shape[0], TILE_TOKENS), weight.shape[0], dtype=torch.float32,
+                                  device=hidden.device)  # fmt: skip
         for start in range(0, hidden.shape[0], TILE_TOKENS):
             end = min(hidden.shape[0], start + TILE_TOKENS)
             tile = hidden[start:end].float()
-            log_p, tanh = scaled(torch.nn.functional.linear(tile, weight32, bias32), scale, softcap, temperature)
-            log_p.sub_(log_z[start:end, None])
-            p = log_p.exp()
-            grad = torch.zeros_like(p)
+            z, tanh = scaled(projected(tile, weight32, bias32, tile_buffer[: end - start]), scale, softcap, temperature)
+            log_p = z.sub_(log_z[start:end, None])
+            entropy_term = None
+            if grad_entropy is not None:  # dH / dz = -p (log p + H): needs log p, which the next line overwrites
+                entropy_term = log_p + entropy[start:end, None]
+            grad = log_p.exp_()  # p, turned into the gradient in place
+            if entropy_term is not None:
+                entropy_term.mul_(grad).mul_(-grad_entropy[start:end, None].float())
             if grad_log_probs is not None:  # d log p_t / dz = onehot(t) - p
                 g = grad_log_probs[start:end].float()
-                grad.addcmul_(p, g[:, None], value=-1.0)
+                grad.mul_(-g[:, None])
                 grad[rows[: end - start], targets[start:end]] += g
-            if grad_entropy is not None:  # dH / dz = -p (log p + H)
-                g = grad_entropy[start:end].float()
-                grad.addcmul_(p.mul_(log_p.add_(entropy[start:end, None])), g[:, None], value=-1.0)
+            else:
+                grad.zero_()
+            if entropy_term is not None:
+                grad.add_(entropy_term)
             if temperature != 1.0:
                 grad.div_(temperature)
             if tanh is not None:
@@ -107,7 +126,7 @@ class ChunkedLogProb(torch.autograd.Function):
             if scale and scale != 1.0:
                 grad.mul_(scale)
             if grad_hidden is not None:
-                grad_hidden[start:end] = grad @ weight32
+                torch.mm(grad, weight32, out=grad_hidden[start:end])
             if grad_weight is not None:
                 grad_weight.addmm_(grad.t(), tile)
             if grad_bias is not None:
