@@ -7,7 +7,8 @@ real-architecture model: a Qwen2 built from its config (hidden 512, 4 layers), s
   - a training process killed (SIGKILL) mid-run is resumed by a rerun from its last complete checkpoint and reaches
     the same final step count;
   - a real CUDA out-of-memory (an oversized micro-batch under ``torch.cuda.set_per_process_memory_fraction``) makes
-    the retry loop halve the micro-batch and double accumulation.
+    the retry loop halve the micro-batch and double accumulation;
+  - DPO, ORPO and KTO train a few steps on the 4-bit base with finite losses.
 The GPU image has no Prefect: there a stand-in for its decorators is installed (see ``_stub_prefect``), so the test
 exercises tasks.train, not the flow.
 """
@@ -127,6 +128,28 @@ def build_rows(path: Path, n: int, length: int | None, seed: int) -> Path:
     return path
 
 
+def build_pairs(path: Path, n: int, seed: int, unpaired: bool = False) -> Path:
+    """Learnable preference pairs: the prompt starts a progression mod 900, the chosen side continues it, the rejected
+    side is random tokens; KTO's unpaired rows (``unpaired``) are the same pairs split."""
+    import random
+
+    from datasets import Dataset
+
+    from r1lib.data.preference_tokens import unpair
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        start, step = rng.randrange(900), rng.randrange(1, 30)
+        sequence = [10 + (start + i * step) % 900 for i in range(rng.randint(40, 160))]
+        prompt, answer = sequence[:16], sequence[16:]
+        wrong = [10 + rng.randrange(900) for _ in answer]
+        rows.append({"prompt_ids": [1001, *prompt], "chosen_ids": answer, "chosen_labels": answer,
+                     "rejected_ids": wrong, "rejected_labels": wrong})  # fmt: skip
+    Dataset.from_list(unpair(rows) if unpaired else rows).save_to_disk(str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu-train")
@@ -135,6 +158,8 @@ def assets(tmp_path_factory):
         "train": str(build_rows(root / "train", 400, None, seed=1)),
         "eval": str(build_rows(root / "eval", 32, None, seed=2)),
         "fixed": str(build_rows(root / "fixed", 160, 2048, seed=3)),
+        "pairs": str(build_pairs(root / "pairs", 64, seed=4)),
+        "unpaired": str(build_pairs(root / "unpaired", 32, seed=5, unpaired=True)),
         "root": root,
     }
 
@@ -188,6 +213,29 @@ def test_unsloth_4bit_training_packed(assets, tmp_path):
     assert history[0]["learning_rate"] < max(h.get("learning_rate", 0) for h in history)  # warm-up
     adapter_cfg = json.loads((Path(result.adapter) / "adapter_config.json").read_text())
     assert set(adapter_cfg["target_modules"]) == set(cfg.lora.target_modules)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+def test_preference_methods_train_on_the_4bit_base(assets, tmp_path, method):
+    """DPO, ORPO and KTO through the backend on the 4-bit base: each trains its steps with finite losses and writes
+    an adapter (ORPO's loss and KTO's, as DPO's, through TRL's fused LM head)."""
+    train_mod, ModelConfig, TokenizeConfig, TrainConfig = _imports()
+    cfg = TrainConfig(backend=BACKEND, method=method, max_steps=4, micro_batch_size=4, gradient_accumulation=1,
+                      learning_rate=1e-3, save_steps=100, logging_steps=1, packing=False)  # fmt: skip
+    result = train_mod.train(
+        assets["unpaired" if method == "kto" else "pairs"],
+        None,
+        assets["model"],
+        ModelConfig(name_or_path=assets["model"]),
+        cfg,
+        TokenizeConfig(max_seq_length=512),
+        tmp_path / "run",
+    )
+    print(method, result.model_dump_json(indent=1))
+    assert result.backend == BACKEND and result.steps == 4 and not result.oom_retries
+    assert (Path(result.adapter) / "adapter_model.safetensors").exists()
+    losses = [h["loss"] for h in json.loads(Path(result.log_history).read_text()) if "loss" in h]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses), losses
 
 
 def _child() -> None:
