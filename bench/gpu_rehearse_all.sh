@@ -12,6 +12,7 @@
 #   bench/gpu_rehearse_all.sh grpo                 # GRPO step, pipeline vs TRL, 7B under the 24 GiB cap (issue #25)
 #   bench/gpu_rehearse_all.sh grpo-unsloth-rollouts  # the pipeline side with train.grpo.rollouts=hf, to compare
 #   bench/gpu_rehearse_all.sh dpo                  # DPO, pipeline vs TRL, 8B shape, 16 pairs of 2,048 (issue #24)
+#   bench/gpu_rehearse_all.sh preference-tests     # DPO, ORPO and KTO train on Unsloth's 4-bit base (pytest -m gpu)
 #
 # Several parts in one call run one after the other (``bench/gpu_rehearse_all.sh evalgen export``).
 set -uo pipefail
@@ -64,8 +65,10 @@ for what in "${@:-7b}"; do
             --work "$WORK/grpo-tp-hf" --tag unsloth-rollouts ;;  # the pipeline with Unsloth's own decode graphs
     dpo) part dpo-throughput-llama8b-b16 python bench/dpo_throughput.py --shape llama8b --seq 2048 --batch 16 \
            --warmup 2 --steps 3 --timeout-s 240 --out "$OUT" --tag b16 ;;  # issue #24: both sides, one run
+    preference-tests) part gpu-tests-preference python -m pytest -m gpu -q -p no:cacheprovider \
+                        tests/lib/training/test_gpu.py -k preference ;;  # ORPO's fused head on Unsloth, first time
     *) echo "unknown part $what (probe, 1.5b, 1.5b-grpo, 7b, 7b-grpo, 7b-cap24, 8b, evalgen, export, grpo," \
-            "grpo-unsloth-rollouts, dpo)" >&2
+            "grpo-unsloth-rollouts, dpo, preference-tests)" >&2
        exit 2 ;;
   esac
 done
