@@ -1,0 +1,36 @@
+"""Hostile checks of the plain-torch chunked log-probabilities (r1lib/training/logprob.py), ORPO through the fused
+LM head (r1lib/training/methods/orpo.py) and the DPO bench's partial results (bench/dpo_throughput.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("side", ["chosen", "rejected"])
+def test_an_orpo_pair_with_a_side_cut_to_no_scored_token_keeps_the_loss_finite(tmp_path, monkeypatch, side):
+    """think_in_loss=mask with tokenize.truncation=truncate can cut a side to shown-only tokens (all -100). Its mean
+    log-prob over no token was 0 (probability 1): an inf loss (rejected) or NaN LoRA gradients (chosen) for the
+    whole step. Such a pair now has a log-odds of 0 and no odds-ratio gradient; the other pairs keep TRL's values."""
+    import torch
+
+    from r1lib.compat import orpo_classes
+    from tests.lib.training import test_orpo
+
+    cut = dict(test_orpo.ROWS[0])
+    cut[f"{side}_labels"] = [-100] * len(cut[f"{side}_ids"])
+    monkeypatch.setattr(test_orpo, "ROWS", [cut, *test_orpo.ROWS[1:]])
+    trainer, model, batch = test_orpo.orpo_trainer(tmp_path)
+    assert (batch[f"{side}_labels"][0] == -100).all()
+    loss, metrics = trainer.get_batch_loss_metrics(model, batch, "train")
+    assert torch.isfinite(loss), loss
+    trained = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, trained)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    ours = trainer.concatenated_forward(model, batch)
+    theirs = orpo_classes()[1].concatenated_forward(trainer, model, batch)
+    assert ours[0][0] == ours[1][0]  # the cut pair: a log-odds of 0
+    assert torch.allclose(ours[0][1:], theirs[0][1:], atol=1e-5) and torch.allclose(
+        ours[1][1:], theirs[1][1:], atol=1e-5
+    )
+    assert torch.allclose(ours[4], theirs[4], atol=1e-5)  # the NLL still trains the cut pair's chosen side
