@@ -34,3 +34,26 @@ def test_an_orpo_pair_with_a_side_cut_to_no_scored_token_keeps_the_loss_finite(t
         ours[1][1:], theirs[1][1:], atol=1e-5
     )
     assert torch.allclose(ours[4], theirs[4], atol=1e-5)  # the NLL still trains the cut pair's chosen side
+
+
+@pytest.mark.parametrize("logit_scale", [0.0, 0.5])
+def test_chunked_log_probs_apply_a_logit_scale_of_zero_as_trls_kernel_does(logit_scale):
+    """TRL passes a model's logit_scale as read, "a real 0.0 is kept as-is" (every logit 0: a uniform distribution);
+    the plain-torch function skipped a falsy scale and returned the unscaled log-probs and gradients."""
+    import math
+
+    import torch
+
+    from r1lib.training.logprob import OUTPUTS, ChunkedLogProb
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(5, 8, requires_grad=True), torch.randn(40, 8)
+    targets = torch.randint(0, 40, (5,))
+    log_probs, entropy, *_ = ChunkedLogProb.apply(hidden, weight, None, targets, 1.0, 4096, None, logit_scale, OUTPUTS)
+    reference = ((hidden.detach().double() @ weight.double().t()) * logit_scale).log_softmax(-1)
+    assert torch.allclose(log_probs.double(), reference.gather(-1, targets[:, None]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(entropy.double(), -(reference.exp() * reference).sum(-1), atol=1e-5)
+    if logit_scale == 0.0:
+        assert torch.allclose(log_probs, torch.full((5,), -math.log(40)))
+        log_probs.sum().backward()
+        assert torch.equal(hidden.grad, torch.zeros_like(hidden))
