@@ -57,3 +57,37 @@ def test_chunked_log_probs_apply_a_logit_scale_of_zero_as_trls_kernel_does(logit
         assert torch.allclose(log_probs, torch.full((5,), -math.log(40)))
         log_probs.sum().backward()
         assert torch.equal(hidden.grad, torch.zeros_like(hidden))
+
+
+def test_the_dpo_bench_keeps_both_sides_when_a_killed_child_left_half_a_line(tmp_path, monkeypatch):
+    """The time limit kills a child with SIGKILL: a progress line cut short made json.loads fail and the bench lose
+    both sides' results. A side that wrote its result and then overran while exiting kept a "stopped" line after it,
+    which replaced the measurement in the table."""
+    import json
+    import subprocess
+
+    import bench.dpo_throughput as bench
+
+    measured = dict(side="plain", backend="torch", tokens_per_s=100.0, timed_seconds=2.0, peak_reserved_gib=1.0,
+                    peak_allocated_gib=1.0, peak_rss_gib=1.0, losses=[0.69])  # fmt: skip
+
+    def child(command, **_):
+        side = command[command.index("--child") + 1]
+        results = command[command.index("--results") + 1]
+        line = dict(side=side, progress=True, step=1, at=1.0, peak_reserved_gib=1.0, peak_allocated_gib=1.0,
+                    peak_rss_gib=1.0)  # fmt: skip
+        with open(results, "a") as handle:
+            if side == "plain":  # finished, then overran its exit
+                handle.write(json.dumps(line) + "\n" + json.dumps(measured) + "\n")
+            else:  # killed mid-write of its second step
+                handle.write(json.dumps(line) + "\n" + json.dumps({**line, "step": 2})[:30])
+        raise subprocess.TimeoutExpired(command, 1)
+
+    monkeypatch.setattr(bench, "build_model_dir", lambda *_: None)
+    monkeypatch.setattr(bench.subprocess, "run", child)
+    summary = bench.main(["--shape", "tiny", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                          "--warmup", "1", "--steps", "1", "--timeout-s", "5"])  # fmt: skip
+    by_side = {r["side"]: r for r in summary["results"]}
+    assert by_side["plain"] == measured
+    assert by_side["pipeline"]["error"] == "stopped after 5 s at step 1"
+    assert by_side["pipeline"]["peak_reserved_gib"] == 1.0
