@@ -298,6 +298,18 @@ def progress(args, step: int, at: float) -> None:
         handle.write(json.dumps(line) + "\n")
 
 
+def result_lines(path: Path) -> list[dict]:
+    """The results file's lines (none when absent), less any cut short: the half line a child killed by the time
+    limit mid-write leaves."""
+    parsed = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return parsed
+
+
 def stopped(side: str, lines: list[dict], args) -> dict:
     """What a side stopped by the time limit measured: its steps, the timed ones' tokens/s (over those that finished
     after the warm-up) and its peak memory so far."""
@@ -417,12 +429,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         try:
             subprocess.run(command, env=env, cwd=ROOT, timeout=args.timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            lines = (
-                [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
-            )
-            with open(results_path, "a") as handle:
-                handle.write(json.dumps(stopped(side, lines, args)) + "\n")
-    lines = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+            lines = result_lines(results_path)
+            # a side that wrote its result and overran only while exiting keeps its result
+            if not any(line["side"] == side and not line.get("progress") for line in lines):
+                cut = not results_path.read_text().endswith("\n") if results_path.exists() else False
+                with open(results_path, "a") as handle:
+                    handle.write("\n" * cut + json.dumps(stopped(side, lines, args)) + "\n")
+    lines = result_lines(results_path)
     results = [line for line in lines if not line.get("progress")]
     by_side = {r["side"]: r for r in results}
     summary = dict(

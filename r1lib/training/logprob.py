@@ -20,7 +20,7 @@ OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 def scaled(logits: torch.Tensor, scale: float | None, softcap: float | None, temperature: float):
     """(z, tanh): the logits as the loss sees them (scale, then softcap, then temperature, as TRL's kernel), in
     place; ``tanh`` is the softcap's, kept for its derivative (None without a softcap)."""
-    if scale and scale != 1.0:
+    if scale is not None and scale != 1.0:  # a real 0.0 is kept, as TRL does
         logits.mul_(scale)
     tanh = None
     if softcap:
@@ -123,7 +123,7 @@ class ChunkedLogProb(torch.autograd.Function):
                 grad.div_(temperature)
             if tanh is not None:
                 grad.mul_(1 - tanh * tanh)
-            if scale and scale != 1.0:
+            if scale is not None and scale != 1.0:
                 grad.mul_(scale)
             if grad_hidden is not None:
                 torch.mm(grad, weight32, out=grad_hidden[start:end])

@@ -5,6 +5,7 @@ chosen side plus ``beta`` times the odds-ratio penalty; ORPO has no reference po
 from __future__ import annotations
 
 import logging
+import math
 
 from r1lib.compat import orpo_classes
 from r1lib.data.preference_tokens import PAIR_COLUMNS
@@ -52,7 +53,13 @@ def pretokenized_orpo(nll_on_sequence: bool = True):
             scored = joined["concatenated_labels"][:, 1:] != -100
             nll_tokens = (out.label_mask if nll_on_sequence else scored)[:chosen]
             nll = -(out.log_probs[:chosen] * nll_tokens).sum() / nll_tokens.sum().clamp(min=1)
-            mean_logps = (out.log_probs * scored).sum(-1) / scored.sum(-1).clamp(min=1)
+            counts = scored.sum(-1)
+            mean_logps = (out.log_probs * scored).sum(-1) / counts.clamp(min=1)
+            # A side cut to no scored token (think_in_loss=mask, tokenize.truncation=truncate) has no mean: its 0
+            # (probability 1) made the log-odds infinite (an inf loss, NaN gradients). Both sides of such a pair
+            # take one constant, a log-odds of 0 with no gradient: the pair trains through the NLL only.
+            unscored = ((counts[:chosen] == 0) | (counts[chosen:] == 0)).repeat(2)
+            mean_logps = mean_logps.masked_fill(unscored, math.log(0.5))
             # per position, the mean logit over the vocabulary: the mean of these is the "logits/*" metric TRL logs
             logits = out.mean_logits.masked_fill(~out.label_mask, torch.nan)
             return mean_logps[:chosen], mean_logps[chosen:], logits[:chosen].nanmean(), logits[chosen:].nanmean(), nll
