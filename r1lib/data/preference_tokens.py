@@ -94,7 +94,14 @@ def _fit(prompt: list[int], sides: list[tuple[list[int], list[int]]], record: di
     room = cfg.max_seq_length - len(prompt)
     if cfg.truncation == "drop" or room < 1:
         return None, _quarantined(record, "too_long", message, longest)
-    return [(ids[:room], labels[:room]) for ids, labels in sides], None
+    cut = [(ids[:room], labels[:room]) for ids, labels in sides]
+    if any(all(label == IGNORE for label in labels) for _, labels in cut):
+        # the prompt and the reasoning shown under think_in_loss=mask fill the room: a side would train nothing
+        return None, _quarantined(
+            record, "too_long", f"{message}; cut to fit, a side would keep no scored token (the prompt and the "
+            "reasoning shown but not scored fill it), so tokenize.truncation=truncate cannot keep the pair", longest,
+        )  # fmt: skip
+    return cut, None
 
 
 def tokenize_pairs(tokenizer, records: list[dict], cfg: TokenizeConfig) -> tuple[list[dict], list[dict], Counter]:

@@ -449,3 +449,28 @@ def test_ids_cache_across_calls(tokenizer, max_ids):
         assert cache.size <= max_ids and cache.size == sum(map(len, cache.ids.values()))
     with pytest.raises(ValueError, match="another tokenizer"):
         encode_batch(tokenizer, records[:1], TokenizeConfig(), IdsCache(object()))
+
+
+def test_a_cut_that_would_keep_no_scored_token_is_quarantined_as_too_long(tokenizer):
+    """think_in_loss=mask, truncation=truncate, reasoning that fills max_seq_length: cut to fit, the row (SFT) or a
+    side of the pair (preference) would train nothing; it is quarantined as too_long, counted, naming why. (A pair
+    was kept with a side of no scored token: ORPO's log-odds of it were infinite.)"""
+    from r1lib.data.preference import normalize_preference, preference_record
+    from r1lib.data.preference_tokens import tokenize_pairs
+
+    reasoning = " ".join(f"step {i}." for i in range(120))
+    long = record(output=f"<think>\n{reasoning}\n</think>\n\nAnn.")
+    cfg = TokenizeConfig(think_in_loss="mask", truncation="truncate", max_seq_length=96)
+    rows, quarantined, audit = tokenize_records(tokenizer, [long, record()], cfg)
+    assert len(rows) == 1 and audit["truncated"] == 0  # the short row, untouched
+    assert [q["reason"] for q in quarantined] == ["too_long"]
+    assert "no answer would be left" in quarantined[0]["message"]  # the masked reasoning counts as prompt
+    kept, _, _ = tokenize_records(tokenizer, [long], cfg.model_copy(update={"think_in_loss": "keep"}))
+    assert len(kept) == 1 and any(label != IGNORE for label in kept[0]["labels"])  # keep scores the reasoning
+
+    side = f"<think>\n{reasoning}\n</think>\n\n"
+    row = {"prompt": "Who wrote it?", "chosen": side + "Ann.", "rejected": side + "Bob."}
+    pairs, dropped, counts = tokenize_pairs(
+        tokenizer, [preference_record(normalize_preference(row), "p.jsonl", 1)], cfg
+    )
+    assert not pairs and counts == {"too_long": 1} and "no scored token" in dropped[0]["message"]
