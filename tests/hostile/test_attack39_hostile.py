@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.lib.training.test_methods import spec
+from tests.lib.training.test_methods import oom_above, spec
 
 # --- GRPO's held-out batch ------------------------------------------------------------------------------------------
 
@@ -85,21 +85,10 @@ def test_the_oom_retry_at_an_odd_micro_batch_keeps_the_effective_batch(micro_bat
     third of every step's rows silently gone)."""
     import r1lib.training.retry as retry
     from r1lib.config import ModelConfig, TrainConfig
-    from r1lib.training.fit import FitOutcome, FitSpec
-    from r1lib.training.launcher import CudaOutOfMemory, LaunchPlan
+    from r1lib.training.fit import FitSpec
+    from r1lib.training.launcher import LaunchPlan
 
-    attempts = []
-
-    def fake_launch(attempt, plan, work, hook):
-        attempts.append((attempt.micro_batch, attempt.accumulation))
-        if attempt.micro_batch > 1:
-            raise CudaOutOfMemory("CUDA out of memory (planted)")
-        return FitOutcome(
-            steps=1, epochs=0.1, train_loss=1.0, losses=[1.0], seconds=1.0, tokens=10,
-            steady_tokens_per_second=None, log_history=[],
-        )  # fmt: skip
-
-    monkeypatch.setattr(retry, "launch", fake_launch)
+    attempts = oom_above(monkeypatch, 1)
     cfg = TrainConfig(
         method="grpo", gradient_checkpointing=True, micro_batch_size=micro_batch, gradient_accumulation=accumulation,
         grpo={"num_generations": micro_batch * accumulation},
@@ -325,18 +314,11 @@ def test_an_adapter_of_another_base_model_is_refused_naming_it(tmp_path):
 
 def grpo_stage_sees(tmp_path, monkeypatch, *argv):
     """The train section the rehearsal's GRPO stage hands measure_grpo (stubbed), on a CPU."""
-    from r1lib.rehearsal import grpo
     from r1lib.rehearsal.run import grpo_stage
-    from tests.hostile.test_attack38_hostile import rehearsal
+    from tests.hostile.test_attack38_hostile import measured_grpo_train_configs, rehearsal
 
     args, config = rehearsal(tmp_path, monkeypatch, "--grpo-steps", "1", *argv)
-    seen = []
-    monkeypatch.setattr(grpo, "measure_grpo", lambda model, model_cfg, train, *rest: seen.append(train) or {})
-    result = SimpleNamespace(
-        trained=SimpleNamespace(adapter=str(tmp_path / "adapter"), backend="hf"),
-        model_dir=str(tmp_path / "model"),
-        data=SimpleNamespace(train=SimpleNamespace(dataset=str(tmp_path / "tokenized"))),
-    )
+    seen, result = measured_grpo_train_configs(tmp_path, monkeypatch)
     figures, error = grpo_stage(args, config, result, tmp_path)
     return seen[0] if seen else error
 

@@ -63,17 +63,18 @@ def test_rows_without_the_columns_a_method_trains_on_are_refused_by_name():
         METHODS["sft"].check_rows(Dataset.from_dict({"input_ids": [[1, 2]]}), "the training set")
 
 
-def test_the_oom_retry_halves_the_micro_batch_at_the_same_effective_batch(tmp_path, monkeypatch):
+def oom_above(monkeypatch, fits: int) -> list[tuple[int, int]]:
+    """Training launches stubbed: a micro-batch above ``fits`` runs out of CUDA memory, one at or below it trains.
+    Returns the (micro-batch, accumulation) of every attempt, as they come."""
     import r1lib.training.retry as retry
-    from r1lib.config import ModelConfig, TrainConfig
-    from r1lib.training.fit import FitOutcome, FitSpec
-    from r1lib.training.launcher import CudaOutOfMemory, LaunchPlan
+    from r1lib.training.fit import FitOutcome
+    from r1lib.training.launcher import CudaOutOfMemory
 
     attempts = []
 
     def fake_launch(attempt, plan, work, hook):
-        attempts.append(attempt)
-        if attempt.micro_batch > 2:
+        attempts.append((attempt.micro_batch, attempt.accumulation))
+        if attempt.micro_batch > fits:
             raise CudaOutOfMemory("CUDA out of memory (planted)")
         return FitOutcome(
             steps=1, epochs=0.1, train_loss=1.0, losses=[1.0], seconds=1.0, tokens=10,
@@ -81,6 +82,16 @@ def test_the_oom_retry_halves_the_micro_batch_at_the_same_effective_batch(tmp_pa
         )  # fmt: skip
 
     monkeypatch.setattr(retry, "launch", fake_launch)
+    return attempts
+
+
+def test_the_oom_retry_halves_the_micro_batch_at_the_same_effective_batch(tmp_path, monkeypatch):
+    import r1lib.training.retry as retry
+    from r1lib.config import ModelConfig, TrainConfig
+    from r1lib.training.fit import FitSpec
+    from r1lib.training.launcher import CudaOutOfMemory, LaunchPlan
+
+    attempts = oom_above(monkeypatch, 2)
     first = FitSpec(
         backend="hf", dataset_dir="d", eval_dataset_dir=None, model_dir="m", model_cfg=ModelConfig(),
         cfg=TrainConfig(gradient_checkpointing=True, min_micro_batch_size=2), max_seq_length=64,
@@ -89,7 +100,7 @@ def test_the_oom_retry_halves_the_micro_batch_at_the_same_effective_batch(tmp_pa
     )  # fmt: skip
     plan = LaunchPlan(name="single", launcher="in-process", processes=1)
     run = retry.fit_with_oom_retry(first, plan, tmp_path / "launch", auto_recompute=False)
-    assert [(a.micro_batch, a.accumulation) for a in attempts] == [(8, 1), (4, 2), (2, 4)]
+    assert attempts == [(8, 1), (4, 2), (2, 4)]
     assert (run.micro_batch, run.accumulation, len(run.oom_retries)) == (2, 4, 2)
     attempts.clear()
     with pytest.raises(CudaOutOfMemory):  # the floor: micro-batch 4 may not halve below min_micro_batch_size 4
@@ -99,7 +110,7 @@ def test_the_oom_retry_halves_the_micro_batch_at_the_same_effective_batch(tmp_pa
             tmp_path / "launch",
             auto_recompute=False,
         )
-    assert [a.micro_batch for a in attempts] == [8, 4]
+    assert [micro_batch for micro_batch, _ in attempts] == [8, 4]
 
 
 def test_replay_adds_the_weighted_sft_loss_of_general_rows_in_one_order_across_steps_and_ranks():
